@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs every build, run and test dependency of keyplane from Debian's
+# packages. Idempotent: does nothing when all packages are present, and runs
+# `apt-get update` only when something is missing.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake pkg-config clang libclang-rt-14-dev clang-format git
+  # libraries (DESIGN.md: Dependencies)
+  libuv1-dev node-llhttp libraft-dev libcurl4-openssl-dev libmsgpack-dev
+  libzstd-dev libssl-dev libjansson-dev libfyaml-dev
+  # tests and tools
+  libcmocka-dev python3 curl ca-certificates procps iproute2
+  # benchmarks: the side-by-side references
+  nginx-light wrk
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=sudo
+else
+  SUDO=
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# Update the package lists only when an install from the current lists fails
+# (fresh machines have none; old lists may name versions that are gone).
+if ! $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; then
+  $SUDO apt-get update
+  $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+# nginx is installed for the benchmarks only; do not leave Debian's default
+# site running on port 80.
+if command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+fi
+pkill -x nginx >/dev/null 2>&1 || true
+echo "install-deps: done"

@@ -1,0 +1,69 @@
+/* keyplaned configuration: defaults, then the YAML file, then KEYPLANE_*
+ * environment variables, then command-line flags (each later source wins).
+ *
+ * Every setting has one name used in all three places: YAML key
+ * `gateway_listen`, environment `KEYPLANE_GATEWAY_LISTEN`, flag
+ * `--gateway-listen`. Errors name the source, line and field. */
+#ifndef KP_NODE_CONFIG_H
+#define KP_NODE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct kp_config {
+    char *config_file;     /* NULL when none */
+    char *data_dir;        /* default "./keyplane-data" */
+    char *gateway_listen;  /* default "127.0.0.1:7600" */
+    char *control_listen;  /* default "127.0.0.1:7601" */
+    char *raft_listen;     /* default "127.0.0.1:7602" */
+    char *join;            /* comma-separated host:port list, NULL when none */
+    char *master_key_file; /* NULL when none */
+    char *node_name;       /* default: the host name */
+    int workers;           /* 0 = one per core (default) */
+    char *log_level;       /* "info" */
+    /* HTTP limits (node/core/http.h) */
+    int64_t max_body_bytes;    /* 8 MiB */
+    int64_t max_header_bytes;  /* 32 KiB */
+    int64_t max_headers;       /* 100 */
+    int64_t header_timeout_ms; /* 10000 */
+    int64_t body_timeout_ms;   /* 30000 */
+    int64_t idle_timeout_ms;   /* 60000 */
+    int64_t drain_timeout_ms;  /* 30000: how long SIGTERM waits for in-flight work */
+    int64_t drain_delay_ms;    /* 0: after SIGTERM, keep accepting this long with /readyz
+                                  answering 503, so load balancers stop sending first */
+};
+
+/* What the command line asked for besides settings. */
+enum kp_config_action {
+    KP_CONFIG_RUN,
+    KP_CONFIG_HELP,
+    KP_CONFIG_VERSION,
+    KP_CONFIG_CHECK, /* --check-config: validate, print a summary, exit */
+};
+
+/* Fill @cfg from defaults, file, environment (@envp, NULL-terminated
+ * "NAME=value" strings, normally `environ`) and flags (argc/argv, argv[0] is
+ * the program). On error returns non-zero and writes a message naming the
+ * source and field into errmsg, e.g.
+ * "keyplane.yaml:7: workers: expected an integer from 0 to 1024, got \"many\"".
+ *
+ * @cfg must be zeroed (`struct kp_config cfg = {0};`) or hold an earlier
+ * load: on success its old values are freed and replaced. On error it is
+ * left exactly as it was. Errors are KP_ECONFIG (bad input; errmsg says
+ * what) or KP_ENOMEM ("out of memory"). The file is named by --config or
+ * KEYPLANE_CONFIG; with neither, no file is read. -h/--help and -V/--version
+ * anywhere on the line return 0 with that action and @cfg holding the
+ * defaults, without reading the file or the environment. */
+int kp_config_load(struct kp_config *cfg, int argc, char **argv, char **envp,
+                   enum kp_config_action *action, char *errmsg, size_t errlen);
+/* Frees every value and zeroes @cfg; calling it again is harmless. */
+void kp_config_free(struct kp_config *cfg);
+/* The --help text, generated from the settings table (static storage; call
+ * from one thread). */
+const char *kp_config_usage(void);
+/* Print the effective configuration as YAML (for --check-config). */
+void kp_config_print(const struct kp_config *cfg, FILE *out);
+
+#endif

@@ -1,0 +1,180 @@
+/* Handlers of the control listener (health, readiness, metrics, status) and,
+ * until the router lands, of the gateway listener.
+ *
+ * Every answer is JSON except /metrics. Errors have the OpenAI shape that
+ * apps and clusterctl both parse: {"error":{"message","type","code","param"}}
+ * with the request id in X-Request-Id. */
+#include <stdio.h>
+#include <string.h>
+
+#include "node.h"
+
+/* Take the client's X-Request-Id when it is sane, or make one. */
+static const char *request_id(struct kp_http_exchange *ex, const struct kp_http_request *req)
+{
+    const char *given = kp_http_request_header(req, "x-request-id");
+    if (given != NULL) {
+        size_t n = strlen(given);
+        bool ok = n > 0 && n <= 128;
+        for (size_t i = 0; ok && i < n; i++) {
+            char c = given[i];
+            ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '-' || c == '_' || c == '.' || c == ':';
+        }
+        if (ok)
+            return given;
+    }
+    char *id = kp_http_alloc(ex, 4 + 32 + 1);
+    if (id == NULL)
+        return "req_unknown";
+    memcpy(id, "req_", 4);
+    if (kp_random_hex(id + 4, 16) != KP_OK)
+        return "req_unknown";
+    return id;
+}
+
+void kp_node_error(struct kp_http_exchange *ex, int status, const char *rid, const char *type,
+                   const char *code, const char *message)
+{
+    size_t len;
+    char *body = kp_json_error_body(message, type, code, &len);
+    struct kp_http_header h[3] = {
+        KP_HTTP_HEADER("Content-Type", "application/json"),
+        KP_HTTP_HEADER("X-Request-Id", rid),
+        KP_HTTP_HEADER("X-Keyplane-Error", code),
+    };
+    if (body == NULL) {
+        kp_http_respond(ex, 503, h + 1, 2, NULL, 0);
+        return;
+    }
+    kp_http_respond(ex, status, h, 3, body, len);
+    kp_free(body);
+}
+
+static void respond_json(struct kp_http_exchange *ex, int status, const char *rid, json_t *v)
+{
+    size_t len;
+    char *body = v ? kp_json_dumps(v, &len) : NULL;
+    json_decref(v);
+    if (body == NULL) {
+        kp_node_error(ex, 503, rid, "server_error", "out_of_memory", "out of memory; retry");
+        return;
+    }
+    struct kp_http_header h[2] = {KP_HTTP_HEADER("Content-Type", "application/json"),
+                                  KP_HTTP_HEADER("X-Request-Id", rid)};
+    kp_http_respond(ex, status, h, 2, body, len);
+    kp_free(body);
+}
+
+static void handle_readyz(struct kp_http_exchange *ex, struct kp_runtime *rt, const char *rid)
+{
+    const char *state = "ready";
+    int status = 200;
+    if (atomic_load(&rt->draining)) {
+        state = "draining";
+        status = 503;
+    } else if (!atomic_load(&rt->ready)) {
+        state = "starting";
+        status = 503;
+    }
+    respond_json(ex, status, rid, json_pack("{s:s}", "status", state));
+}
+
+static void handle_metrics(struct kp_http_exchange *ex, const char *rid)
+{
+    struct kp_buf out;
+    kp_buf_init(&out);
+    if (kp_metrics_render(&out) != 0) {
+        kp_buf_free(&out);
+        kp_node_error(ex, 503, rid, "server_error", "out_of_memory", "out of memory; retry");
+        return;
+    }
+    struct kp_http_header h[1] = {
+        KP_HTTP_HEADER("Content-Type", "text/plain; version=0.0.4; charset=utf-8")};
+    kp_http_respond(ex, 200, h, 1, out.data, out.len);
+    kp_buf_free(&out);
+}
+
+static void handle_status(struct kp_http_exchange *ex, struct kp_runtime *rt, const char *rid)
+{
+    int64_t now = kp_now_unix_ms();
+    char started[32];
+    kp_format_time_ms(rt->started_unix_ms, started, sizeof(started));
+    json_t *v = json_pack(
+        "{s:s,s:s,s:s,s:s,s:I,s:b,s:b,s:i,s:{s:s,s:s},s:{s:i,s:i},s:{s:i,s:i}}", "version",
+        kp_version(), "commit", kp_build_commit(), "node", rt->cfg->node_name, "started_at",
+        started, "uptime_s", (json_int_t)((now - rt->started_unix_ms) / 1000), "ready",
+        atomic_load(&rt->ready), "draining", atomic_load(&rt->draining), "workers", rt->n_workers,
+        "listen", "gateway", rt->gateway_addr, "control", rt->control_addr, "connections",
+        "gateway", (int)kp_runtime_connections(rt, "gateway"), "control",
+        (int)kp_runtime_connections(rt, "control"), "inflight", "gateway",
+        (int)kp_runtime_inflight(rt, "gateway"), "control",
+        (int)kp_runtime_inflight(rt, "control"));
+    respond_json(ex, 200, rid, v);
+}
+
+struct route {
+    const char *path;
+    const char *method;
+    int id;
+};
+
+enum { R_HEALTHZ, R_READYZ, R_METRICS, R_STATUS };
+
+static const struct route control_routes[] = {
+    {"/healthz", "GET", R_HEALTHZ},
+    {"/readyz", "GET", R_READYZ},
+    {"/metrics", "GET", R_METRICS},
+    {"/admin/v1/status", "GET", R_STATUS},
+};
+
+void kp_control_handle(struct kp_http_exchange *ex, const struct kp_http_request *req, void *arg)
+{
+    struct kp_runtime *rt = arg;
+    const char *rid = request_id(ex, req);
+    for (size_t i = 0; i < sizeof(control_routes) / sizeof(control_routes[0]); i++) {
+        const struct route *r = &control_routes[i];
+        if (strcmp(req->path, r->path) != 0)
+            continue;
+        kp_http_set_route(ex, r->path);
+        if (strcmp(req->method, r->method) != 0 &&
+            !(strcmp(req->method, "HEAD") == 0 && strcmp(r->method, "GET") == 0)) {
+            char msg[128];
+            snprintf(msg, sizeof(msg), "%s %s is not allowed; use %s", req->method, r->path,
+                     r->method);
+            kp_node_error(ex, 405, rid, "invalid_request_error", "method_not_allowed", msg);
+            return;
+        }
+        switch (r->id) {
+        case R_HEALTHZ:
+            respond_json(ex, 200, rid, json_pack("{s:s}", "status", "ok"));
+            return;
+        case R_READYZ:
+            handle_readyz(ex, rt, rid);
+            return;
+        case R_METRICS:
+            handle_metrics(ex, rid);
+            return;
+        case R_STATUS:
+            handle_status(ex, rt, rid);
+            return;
+        }
+    }
+    kp_node_error(ex, 404, rid, "invalid_request_error", "not_found",
+                  "no such endpoint on the control port; see docs/architecture.md");
+}
+
+void kp_gateway_handle(struct kp_http_exchange *ex, const struct kp_http_request *req, void *arg)
+{
+    (void)arg;
+    const char *rid = request_id(ex, req);
+    if (strncmp(req->path, "/v1/", 4) == 0 || strncmp(req->path, "/anthropic/", 11) == 0) {
+        kp_http_set_route(ex, "/v1/*");
+        kp_node_error(ex, 501, rid, "server_error", "router_not_built",
+                      "this keyplaned has no gateway router yet: model calls are not served "
+                      "by this build");
+        return;
+    }
+    kp_node_error(ex, 404, rid, "invalid_request_error", "not_found",
+                  "no such endpoint; model calls go to /v1/...");
+}

@@ -1,0 +1,67 @@
+/* Clocks and random ids. Randomness comes from OpenSSL's CSPRNG. */
+#include "clock.h"
+
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "error.h"
+
+uint64_t kp_now_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+uint64_t kp_now_mono_ms(void)
+{
+    return kp_now_mono_us() / 1000u;
+}
+
+int64_t kp_now_unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void kp_format_time_ms(int64_t unix_ms, char *buf, size_t len)
+{
+    /* Floor division, so times before 1970 count down correctly. */
+    int64_t ms = unix_ms % 1000;
+    int64_t s = unix_ms / 1000;
+    if (ms < 0) {
+        ms += 1000;
+        s -= 1;
+    }
+    time_t secs = (time_t)s;
+    struct tm tm;
+    if (gmtime_r(&secs, &tm) == NULL) {
+        snprintf(buf, len, "invalid-time");
+        return;
+    }
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)ms);
+}
+
+int kp_random_bytes(void *buf, size_t len)
+{
+    return RAND_bytes(buf, (int)len) == 1 ? KP_OK : KP_EIO;
+}
+
+int kp_random_hex(char *out, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[64];
+    if (n > sizeof(raw))
+        return KP_EINVAL;
+    if (kp_random_bytes(raw, n) != KP_OK)
+        return KP_EIO;
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[2 * n] = '\0';
+    return KP_OK;
+}

@@ -1,0 +1,20 @@
+/* Clocks and ids. */
+#ifndef KP_CORE_CLOCK_H
+#define KP_CORE_CLOCK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Monotonic time. */
+uint64_t kp_now_mono_us(void);
+uint64_t kp_now_mono_ms(void);
+/* Wall clock, Unix epoch. */
+int64_t kp_now_unix_ms(void);
+/* "2026-11-29T23:04:05.123Z" into buf (at least 25 bytes). */
+void kp_format_time_ms(int64_t unix_ms, char *buf, size_t len);
+/* Fill @buf with @len cryptographically random bytes (OpenSSL). */
+int kp_random_bytes(void *buf, size_t len);
+/* A random id: @n random bytes as lower-case hex into out (2n+1 bytes). */
+int kp_random_hex(char *out, size_t n);
+
+#endif

@@ -1,0 +1,15 @@
+/* node/core: the building blocks every keyplane module and tool may use.
+ * Depends on no other keyplane folder. */
+#ifndef KP_CORE_H
+#define KP_CORE_H
+
+#include "alloc.h"
+#include "clock.h"
+#include "error.h"
+#include "http.h"
+#include "json.h"
+#include "log.h"
+#include "metrics.h"
+#include "version.h"
+
+#endif

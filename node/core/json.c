@@ -1,0 +1,137 @@
+/* JSON helpers: escaping for hand-built lines (logs, metrics labels) and
+ * the OpenAI-shaped error body every listener answers with. */
+#include "json.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* Length of the valid UTF-8 sequence at s[i..len), or 0 when it is not one
+ * (bad lead byte, missing continuation, overlong form, surrogate, > U+10FFFF). */
+static size_t utf8_seq(const unsigned char *s, size_t i, size_t len)
+{
+    unsigned char c = s[i];
+    size_t n;
+    unsigned cp;
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (len - i < n)
+        return 0;
+    for (size_t k = 1; k < n; k++) {
+        if ((s[i + k] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i + k] & 0x3f);
+    }
+    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 4 && cp < 0x10000) ||
+        cp > 0x10ffff)
+        return 0;
+    return n;
+}
+
+int kp_json_escape(struct kp_buf *out, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t start = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        const char *esc = NULL;
+        char u[7];
+        if (c >= 0x80) {
+            size_t n = utf8_seq((const unsigned char *)s, i, len);
+            if (n > 0) {
+                i += n - 1;
+                continue;
+            }
+            /* Not UTF-8: the JSON would be invalid, so say so in-band. */
+            if (kp_buf_append(out, s + start, i - start) != 0 ||
+                kp_buf_append_lit(out, "\\ufffd") != 0)
+                return -1;
+            start = i + 1;
+            continue;
+        }
+        switch (c) {
+        case '"':
+            esc = "\\\"";
+            break;
+        case '\\':
+            esc = "\\\\";
+            break;
+        case '\n':
+            esc = "\\n";
+            break;
+        case '\r':
+            esc = "\\r";
+            break;
+        case '\t':
+            esc = "\\t";
+            break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                u[0] = '\\';
+                u[1] = 'u';
+                u[2] = '0';
+                u[3] = '0';
+                u[4] = hex[c >> 4];
+                u[5] = hex[c & 15];
+                u[6] = '\0';
+                esc = u;
+            }
+        }
+        if (esc == NULL)
+            continue;
+        if (kp_buf_append(out, s + start, i - start) != 0 ||
+            kp_buf_append(out, esc, strlen(esc)) != 0)
+            return -1;
+        start = i + 1;
+    }
+    return kp_buf_append(out, s + start, len - start);
+}
+
+char *kp_json_dumps(const json_t *v, size_t *len)
+{
+    size_t n = json_dumpb(v, NULL, 0, JSON_COMPACT);
+    if (n == 0)
+        return NULL;
+    char *s = kp_malloc(n + 1);
+    if (s == NULL)
+        return NULL;
+    json_dumpb(v, s, n, JSON_COMPACT);
+    s[n] = '\0';
+    if (len)
+        *len = n;
+    return s;
+}
+
+char *kp_json_error_body(const char *message, const char *type, const char *code, size_t *len)
+{
+    struct kp_buf b;
+    kp_buf_init(&b);
+    int rc = kp_buf_append_lit(&b, "{\"error\":{\"message\":\"");
+    rc |= kp_json_escape(&b, message, strlen(message));
+    rc |= kp_buf_append_lit(&b, "\",\"type\":\"");
+    rc |= kp_json_escape(&b, type, strlen(type));
+    if (code) {
+        rc |= kp_buf_append_lit(&b, "\",\"code\":\"");
+        rc |= kp_json_escape(&b, code, strlen(code));
+        rc |= kp_buf_append_lit(&b, "\"");
+    } else {
+        rc |= kp_buf_append_lit(&b, "\",\"code\":null");
+    }
+    rc |= kp_buf_append_lit(&b, ",\"param\":null}}");
+    if (rc != 0) {
+        kp_buf_free(&b);
+        return NULL;
+    }
+    if (len)
+        *len = b.len;
+    return b.data;
+}

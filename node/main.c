@@ -1,0 +1,98 @@
+/* keyplaned: one node of a keyplane cluster.
+ *
+ * Loads the configuration (file, environment, flags), locks the data
+ * directory, starts the worker threads and their listeners, writes
+ * listen.json, and runs until SIGTERM or SIGINT has drained it.
+ * Exit codes: 0 after a clean drain, 1 when the node cannot run (data
+ * directory in use, address taken, ...), 2 for a usage or configuration
+ * error. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "node.h"
+
+extern char **environ;
+
+static void apply_limits(struct kp_runtime *rt, const struct kp_config *cfg)
+{
+    kp_http_limits_default(&rt->limits);
+    rt->limits.max_body_bytes = (size_t)cfg->max_body_bytes;
+    rt->limits.max_header_bytes = (size_t)cfg->max_header_bytes;
+    rt->limits.max_headers = (unsigned)cfg->max_headers;
+    rt->limits.header_timeout_ms = (uint64_t)cfg->header_timeout_ms;
+    rt->limits.body_timeout_ms = (uint64_t)cfg->body_timeout_ms;
+    rt->limits.idle_timeout_ms = (uint64_t)cfg->idle_timeout_ms;
+}
+
+static int run(struct kp_config *cfg)
+{
+    char errmsg[512];
+    struct kp_datadir dd;
+    struct kp_runtime rt = {0};
+    int code = 1;
+
+    if (kp_datadir_open(&dd, cfg->data_dir, errmsg, sizeof(errmsg)) != KP_OK) {
+        kp_error("main", "%s", errmsg);
+        return 1;
+    }
+    rt.cfg = cfg;
+    rt.n_workers = cfg->workers > 0 ? cfg->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (rt.n_workers < 1)
+        rt.n_workers = 1;
+    rt.started_unix_ms = kp_now_unix_ms();
+    rt.main_loop = uv_default_loop();
+    apply_limits(&rt, cfg);
+
+    if (kp_runtime_run(&rt, errmsg, sizeof(errmsg)) != KP_OK) {
+        kp_error("main", "cannot start: %s", errmsg);
+        goto out;
+    }
+    if (kp_datadir_write_listen(&dd, rt.gateway_addr, rt.control_addr, errmsg, sizeof(errmsg)) !=
+        KP_OK)
+        kp_warn("main", "%s", errmsg);
+    atomic_store(&rt.ready, true);
+    kp_info("main", "keyplaned %s ready: node %s, %d workers, gateway http://%s, control http://%s",
+            kp_version(), cfg->node_name, rt.n_workers, rt.gateway_addr, rt.control_addr);
+    code = kp_runtime_wait(&rt);
+    kp_info("main", "stopped");
+out:
+    uv_loop_close(rt.main_loop);
+    kp_datadir_close(&dd);
+    return code;
+}
+
+int main(int argc, char **argv)
+{
+    struct kp_config cfg = {0};
+    enum kp_config_action action;
+    char errmsg[1024];
+
+    kp_log_init_from_env();
+    if (kp_config_load(&cfg, argc, argv, environ, &action, errmsg, sizeof(errmsg)) != 0) {
+        fprintf(stderr, "keyplaned: %s\n", errmsg);
+        return 2;
+    }
+    int code = 0;
+    switch (action) {
+    case KP_CONFIG_HELP:
+        fputs(kp_config_usage(), stdout);
+        break;
+    case KP_CONFIG_VERSION:
+        printf("keyplaned %s (commit %s)\n", kp_version(), kp_build_commit());
+        break;
+    case KP_CONFIG_CHECK:
+        kp_config_print(&cfg, stdout);
+        fprintf(stderr, "keyplaned: configuration is valid\n");
+        break;
+    case KP_CONFIG_RUN: {
+        int level = kp_log_parse_level(cfg.log_level ? cfg.log_level : "info");
+        if (level >= 0 && !kp_trace_enabled)
+            kp_log_set_level(level);
+        code = run(&cfg);
+        break;
+    }
+    }
+    kp_config_free(&cfg);
+    return code;
+}

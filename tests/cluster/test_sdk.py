@@ -1,0 +1,44 @@
+"""The official OpenAI and Anthropic SDKs against a real keyplane-mock.
+
+Runs tests/sdk/sdk_check.mjs (Node.js) with the mock's URL and expects exit 0.
+Skips, saying why, when node or tests/sdk/node_modules (from `npm ci` in
+tests/sdk) or the mock binary is missing.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import unittest
+
+from test_mock import MOCK, MockProcess
+
+SDK_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sdk"))
+
+
+class SdkTest(unittest.TestCase):
+    def test_official_sdks_get_well_formed_answers(self):
+        node = shutil.which("node")
+        if node is None:
+            self.skipTest("node is not installed; the SDK check needs Node.js 20 or later")
+        if not os.path.isdir(os.path.join(SDK_DIR, "node_modules")):
+            self.skipTest("tests/sdk/node_modules is missing; run `npm ci` in tests/sdk")
+        if not os.access(MOCK, os.X_OK):
+            self.skipTest("no keyplane-mock at %s (set KEYPLANE_BIN_DIR)" % MOCK)
+        mock = MockProcess("--workers", "2")
+        try:
+            r = subprocess.run([node, "sdk_check.mjs", mock.base], cwd=SDK_DIR,
+                               capture_output=True, timeout=300)
+            out = r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+            if r.returncode != 0:
+                sys.stderr.write("\n--- sdk_check.mjs ---\n%s\n--- keyplane-mock stderr ---\n%s\n"
+                                 % (out, mock.stderr_text()))
+            self.assertEqual(r.returncode, 0, "sdk_check.mjs failed:\n" + out)
+            self.assertRegex(out, r"(?m)^\d+ passed, 0 failed$")
+            self.assertEqual(mock.stop(), 0)
+        finally:
+            mock.close()
+
+
+if __name__ == "__main__":
+    unittest.main()

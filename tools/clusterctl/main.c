@@ -1,0 +1,341 @@
+/* clusterctl's entry point: global options, the command table, and where the
+ * server and token come from.
+ *
+ * The global options come before the command (`clusterctl --server URL
+ * status`); server commands also accept them after the command name
+ * (`clusterctl status -o json`). The server and token are resolved once per
+ * run: a flag wins over the environment (KEYPLANE_SERVER, KEYPLANE_TOKEN),
+ * which wins over the current context of the contexts file, which wins over
+ * the default local node. A context's token is only sent to that context's
+ * server, so `--server elsewhere` never leaks the token of the current
+ * context to another host.
+ *
+ * Every failure ends in one of four exit codes (clusterctl.h) with a line on
+ * stderr that says what to do next. */
+#include <curl/curl.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clusterctl.h"
+
+static const struct kp_ctl_command commands[] = {
+    {"status", "", "show the node's status, liveness and readiness", kp_ctl__cmd_status, false},
+    {"health", "", "exit 0 when the node is ready, 1 otherwise", kp_ctl__cmd_health, false},
+    {"metrics", "", "print the node's Prometheus metrics", kp_ctl__cmd_metrics, false},
+    {"config", "SUBCOMMAND ...", "manage contexts (clusterctl config --help)", kp_ctl__cmd_config,
+     true},
+    {"version", "", "print clusterctl's version", kp_ctl__cmd_version, false},
+};
+
+static const char global_help[] =
+    "Options:\n"
+    "  -s, --server URL       control URL of a keyplaned node (default " KP_CTL_DEFAULT_SERVER ")\n"
+    "  -t, --token TOKEN      admin token, sent as Authorization: Bearer (prefer KEYPLANE_TOKEN:\n"
+    "                         a flag is visible to other users in the process list)\n"
+    "  -o, --output FORMAT    table (default) or json\n"
+    "  -h, --help             show this help; COMMAND --help shows a command's\n"
+    "\n"
+    "The server and token come from the flags, else KEYPLANE_SERVER and KEYPLANE_TOKEN,\n"
+    "else the current context in $KEYPLANE_CONFIG_DIR/config.yaml (default\n"
+    "~/.config/keyplane/config.yaml; see clusterctl config --help).\n"
+    "\n"
+    "Exit codes: 0 ok, 1 refused by the server or not ready, 2 usage or configuration\n"
+    "error, 3 server unreachable.\n";
+
+static const struct option common_options[] = {
+    {"server", required_argument, NULL, 's'},
+    {"token", required_argument, NULL, 't'},
+    {"output", required_argument, NULL, 'o'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static void vreport(const struct kp_ctl *ctl, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
+static void vreport(const struct kp_ctl *ctl, const char *fmt, va_list ap)
+{
+    fprintf(stderr, "%s: ", ctl->prog);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void kp_ctl__error(struct kp_ctl *ctl, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(ctl, fmt, ap);
+    va_end(ap);
+}
+
+void kp_ctl__usage_error(struct kp_ctl *ctl, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vreport(ctl, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "Run '%s --help' for usage.\n", ctl->prog);
+}
+
+void kp_ctl__print_group_usage(FILE *out, const char *prog, const char *group,
+                               const struct kp_ctl_command *table, size_t n)
+{
+    fprintf(out, "usage: %s [options] %s%sCOMMAND [ARGS]\n\nCommands:\n", prog, group ? group : "",
+            group ? " " : "");
+    for (size_t i = 0; i < n; i++) {
+        char head[160];
+        int len = snprintf(head, sizeof(head), "%s %s", table[i].name, table[i].synopsis);
+        if (len > 28)
+            fprintf(out, "  %s\n  %-28s %s\n", head, "", table[i].summary);
+        else
+            fprintf(out, "  %-28s %s\n", head, table[i].summary);
+    }
+}
+
+static void print_usage(FILE *out, const char *prog)
+{
+    kp_ctl__print_group_usage(out, prog, NULL, commands, sizeof(commands) / sizeof(commands[0]));
+    fprintf(out, "\n%s", global_help);
+}
+
+void kp_ctl__print_json(const json_t *v)
+{
+    char *s = json_dumps(v, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (s != NULL) {
+        puts(s);
+        free(s);
+    }
+}
+
+int kp_ctl__parse_output(struct kp_ctl *ctl, const char *value)
+{
+    if (strcmp(value, "table") == 0) {
+        ctl->output = KP_CTL_OUTPUT_TABLE;
+    } else if (strcmp(value, "json") == 0) {
+        ctl->output = KP_CTL_OUTPUT_JSON;
+    } else {
+        kp_ctl__usage_error(ctl, "--output must be 'table' or 'json', not '%s'", value);
+        return KP_CTL_EXIT_USAGE;
+    }
+    return KP_CTL_EXIT_OK;
+}
+
+bool kp_ctl__wants_help(int argc, char **argv)
+{
+    for (int i = 1; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return true;
+    }
+    return false;
+}
+
+/* getopt's own messages are switched off (opterr = 0) so that every usage
+ * error reads the same way and ends with the --help hint. */
+static int bad_option(struct kp_ctl *ctl, int c, char **argv)
+{
+    const char *arg = argv[optind - 1];
+    if (c == ':')
+        kp_ctl__usage_error(ctl, "option '%s' needs a value", arg);
+    else if (optopt != 0)
+        kp_ctl__usage_error(ctl, "unknown option '-%c'", optopt);
+    else
+        kp_ctl__usage_error(ctl, "unknown option '%s'", arg);
+    return KP_CTL_EXIT_USAGE;
+}
+
+/* Parses the common options from argv[1] on; returns an exit code, with
+ * *next set to the first argument that is not an option and *help to whether
+ * --help was given. With @stop_at_arg the scan stops at the first non-option
+ * (the command name). */
+static int parse_common(struct kp_ctl *ctl, int argc, char **argv, bool stop_at_arg, int *next,
+                        bool *help)
+{
+    int c;
+    *help = false;
+    opterr = 0;
+    optind = 0; /* glibc: restart the scan on a new argv */
+    while ((c = getopt_long(argc, argv, stop_at_arg ? "+:s:t:o:h" : ":s:t:o:h", common_options,
+                            NULL)) != -1) {
+        switch (c) {
+        case 's':
+            ctl->flag_server = optarg;
+            break;
+        case 't':
+            ctl->flag_token = optarg;
+            break;
+        case 'o':
+            if (kp_ctl__parse_output(ctl, optarg) != KP_CTL_EXIT_OK)
+                return KP_CTL_EXIT_USAGE;
+            break;
+        case 'h':
+            *help = true;
+            break;
+        default:
+            return bad_option(ctl, c, argv);
+        }
+    }
+    *next = optind;
+    return KP_CTL_EXIT_OK;
+}
+
+/* Drops trailing slashes so that paths can be appended as "/admin/...". */
+static void trim_server(char *server)
+{
+    size_t n = strlen(server);
+    while (n > 0 && server[n - 1] == '/')
+        server[--n] = '\0';
+}
+
+static int resolve_from_context(struct kp_ctl *ctl, const char *env_token)
+{
+    struct kp_ctl_contexts *contexts;
+    struct kp_ctl_context cur;
+    const char *name;
+    char err[512];
+
+    if (kp_ctl__contexts_load(&contexts, err, sizeof(err)) != 0) {
+        kp_ctl__error(ctl, "%s", err);
+        return KP_CTL_EXIT_USAGE;
+    }
+    name = kp_ctl__contexts_current(contexts);
+    if (name != NULL && kp_ctl__contexts_find(contexts, name, &cur)) {
+        if (ctl->server == NULL && cur.server != NULL) {
+            if ((ctl->server = kp_strdup(cur.server)) != NULL)
+                trim_server(ctl->server);
+            snprintf(ctl->server_source, sizeof(ctl->server_source), "context %s", name);
+        }
+        /* The context's token belongs to the context's server only. */
+        if (ctl->token == NULL && env_token == NULL && cur.token != NULL && cur.server != NULL &&
+            ctl->server != NULL && strcmp(ctl->server, cur.server) == 0)
+            ctl->token = kp_strdup(cur.token);
+    }
+    kp_ctl__contexts_close(contexts);
+    return KP_CTL_EXIT_OK;
+}
+
+static const char *nonempty_env(const char *name)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+static int resolve(struct kp_ctl *ctl)
+{
+    const char *env_server = nonempty_env("KEYPLANE_SERVER");
+    const char *env_token = nonempty_env("KEYPLANE_TOKEN");
+    const char *token = ctl->flag_token ? ctl->flag_token : env_token;
+
+    if (ctl->flag_server != NULL || env_server != NULL) {
+        if ((ctl->server = kp_strdup(ctl->flag_server ? ctl->flag_server : env_server)) != NULL)
+            trim_server(ctl->server);
+        snprintf(ctl->server_source, sizeof(ctl->server_source), "%s",
+                 ctl->flag_server ? "--server" : "KEYPLANE_SERVER");
+    }
+    if (token != NULL)
+        ctl->token = kp_strdup(token);
+    if (ctl->server == NULL || ctl->token == NULL) {
+        int rc = resolve_from_context(ctl, env_token);
+        if (rc != KP_CTL_EXIT_OK)
+            return rc;
+    }
+    if (ctl->server == NULL) {
+        ctl->server = kp_strdup(KP_CTL_DEFAULT_SERVER);
+        snprintf(ctl->server_source, sizeof(ctl->server_source), "the default");
+    }
+    if (ctl->server == NULL || (token != NULL && ctl->token == NULL)) {
+        kp_ctl__error(ctl, "out of memory");
+        return KP_CTL_EXIT_NO;
+    }
+    if (!kp_ctl__valid_server(ctl->server)) {
+        kp_ctl__usage_error(ctl, "server '%s' (from %s) is not an http:// or https:// URL",
+                            ctl->server, ctl->server_source);
+        return KP_CTL_EXIT_USAGE;
+    }
+    if (ctl->token != NULL && strpbrk(ctl->token, "\r\n") != NULL) {
+        kp_ctl__usage_error(ctl, "the token contains a line break");
+        return KP_CTL_EXIT_USAGE;
+    }
+    return KP_CTL_EXIT_OK;
+}
+
+int kp_ctl__options(struct kp_ctl *ctl, int argc, char **argv, const char *synopsis)
+{
+    int next;
+    bool help; /* already answered by kp_ctl__dispatch */
+    int rc = parse_common(ctl, argc, argv, false, &next, &help);
+    if (rc != KP_CTL_EXIT_OK)
+        return rc;
+    if (next < argc) {
+        kp_ctl__usage_error(ctl, "%s takes no argument '%s'%s%s", argv[0], argv[next],
+                            synopsis[0] ? "; usage: " : "", synopsis);
+        return KP_CTL_EXIT_USAGE;
+    }
+    return KP_CTL_EXIT_OK;
+}
+
+int kp_ctl__begin(struct kp_ctl *ctl, int argc, char **argv, const char *synopsis)
+{
+    int rc = kp_ctl__options(ctl, argc, argv, synopsis);
+    return rc != KP_CTL_EXIT_OK ? rc : resolve(ctl);
+}
+
+static const struct kp_ctl_command *find_command(const struct kp_ctl_command *table, size_t n,
+                                                 const char *name)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(table[i].name, name) == 0)
+            return &table[i];
+    }
+    return NULL;
+}
+
+int kp_ctl__dispatch(struct kp_ctl *ctl, const char *group, const struct kp_ctl_command *table,
+                     size_t n, int argc, char **argv)
+{
+    const struct kp_ctl_command *cmd = find_command(table, n, argv[0]);
+
+    if (cmd == NULL) {
+        kp_ctl__usage_error(ctl, "unknown command '%s%s%s'", group ? group : "", group ? " " : "",
+                            argv[0]);
+        return KP_CTL_EXIT_USAGE;
+    }
+    if (!cmd->group && kp_ctl__wants_help(argc, argv)) {
+        printf("usage: %s [options] %s%s%s %s\n\n%s.\n", ctl->prog, group ? group : "",
+               group ? " " : "", cmd->name, cmd->synopsis, cmd->summary);
+        return KP_CTL_EXIT_OK;
+    }
+    return cmd->run(ctl, argc, argv);
+}
+
+int main(int argc, char **argv)
+{
+    struct kp_ctl ctl;
+    int next, rc;
+    bool help;
+
+    memset(&ctl, 0, sizeof(ctl));
+    ctl.prog = "clusterctl";
+    ctl.output = KP_CTL_OUTPUT_TABLE;
+
+    rc = parse_common(&ctl, argc, argv, true, &next, &help);
+    if (rc != KP_CTL_EXIT_OK)
+        return rc;
+    if (help || next >= argc) {
+        print_usage(help ? stdout : stderr, ctl.prog);
+        return help ? KP_CTL_EXIT_OK : KP_CTL_EXIT_USAGE;
+    }
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        kp_ctl__error(&ctl, "cannot initialise libcurl");
+        return KP_CTL_EXIT_NO;
+    }
+    rc = kp_ctl__dispatch(&ctl, NULL, commands, sizeof(commands) / sizeof(commands[0]), argc - next,
+                          argv + next);
+    kp_ctl__client_close(&ctl);
+    kp_free(ctl.server);
+    kp_free(ctl.token);
+    curl_global_cleanup();
+    return rc;
+}
