@@ -16,6 +16,12 @@ packages=(
   nginx-light wrk
 )
 
+# The SDK checks (tests/sdk) run the official Node.js SDKs. Machines that
+# already have node and npm (for example from NodeSource) keep theirs.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -42,10 +48,14 @@ if ! $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; then
   $SUDO apt-get update
   $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-# nginx is installed for the benchmarks only; do not leave Debian's default
+# nginx is installed for the benchmarks only (they start their own with a
+# private config): when this run installed it, do not leave Debian's default
 # site running on port 80.
-if command -v systemctl >/dev/null 2>&1; then
-  $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+if [[ " ${missing[*]} " == *" nginx-light "* ]]; then
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
+  elif [ -f /run/nginx.pid ]; then
+    $SUDO kill "$(cat /run/nginx.pid)" >/dev/null 2>&1 || true
+  fi
 fi
-pkill -x nginx >/dev/null 2>&1 || true
 echo "install-deps: done"
