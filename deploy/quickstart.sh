@@ -31,9 +31,11 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-"$bin/keyplane-mock" --listen "127.0.0.1:$mock_port" >"$state/mock.out" 2>"$state/mock.log" &
+# Each child runs in its own session, so a Ctrl-C reaches only this script,
+# whose trap stops them in order (SIGTERM, which drains keyplaned).
+setsid "$bin/keyplane-mock" --listen "127.0.0.1:$mock_port" >"$state/mock.out" 2>"$state/mock.log" &
 pids+=($!)
-"$bin/keyplaned" --data-dir "$state/node1" \
+setsid "$bin/keyplaned" --data-dir "$state/node1" \
   --gateway-listen "127.0.0.1:$gw_port" --control-listen "127.0.0.1:$ctl_port" \
   --raft-listen "127.0.0.1:$((ctl_port + 1))" 2>"$state/keyplaned.log" &
 pids+=($!)
@@ -51,7 +53,7 @@ wait_http() { # url what pid
   echo "quickstart: $2 did not answer $1 within 20 s" >&2
   exit 1
 }
-wait_http "http://127.0.0.1:$mock_port/v1/models" keyplane-mock "${pids[0]}" "$state/mock.log"
+wait_http "http://127.0.0.1:$mock_port/healthz" keyplane-mock "${pids[0]}" "$state/mock.log"
 wait_http "http://127.0.0.1:$ctl_port/readyz" keyplaned "${pids[1]}" "$state/keyplaned.log"
 
 cat <<MSG

@@ -22,7 +22,10 @@
     X(KP_EPERM, "permission denied")                                                               \
     X(KP_EADDR, "bad address")                                                                     \
     X(KP_ENET, "network error")                                                                    \
-    X(KP_ESHUTDOWN, "shutting down")
+    X(KP_ESHUTDOWN, "shutting down")                                                               \
+    X(KP_ECONFLICT, "version conflict")                                                            \
+    X(KP_ENOTLEADER, "not the leader")                                                             \
+    X(KP_EVERSION, "unsupported version")
 
 enum kp_err {
 #define KP_ERR_ENUM(code, msg) code,

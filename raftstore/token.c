@@ -1,0 +1,251 @@
+/* Tokens: generation, parsing, hashing and verification, and scope checks.
+ *
+ * Generation draws the id and the secret from OpenSSL's CSPRNG by rejection
+ * sampling (no modulo bias), appends the checksum, and returns the text once
+ * with the MAC the registry keeps. Parsing is the first thing the gateway and
+ * the control port do with a presented token: it checks the prefix, the id,
+ * the secret's characters and length, and the CRC-32, in that order, and
+ * says which one failed, so that a mistyped token gets "checksum does not
+ * match" instead of an anonymous 401 after a registry lookup. Only a token
+ * that parses is looked up by id and verified against its stored MAC.
+ *
+ * The checksum is CRC-32 (the zlib/IEEE polynomial) because it catches every
+ * change confined to 32 consecutive bits, so every single-character typo and
+ * every swap of neighbouring characters, with certainty, where a truncated
+ * hash would only make a miss unlikely. It is public: anyone holding the
+ * token can compute it, and it says nothing useful to anyone who does not,
+ * since the secret behind it has 190 bits. Comparing it is therefore done
+ * with memcmp; the MAC is compared with CRYPTO_memcmp.
+ *
+ * Secrets are stored as HMAC-SHA256 under a 32-byte pepper held in the
+ * registry. A fast MAC is enough because the secret is random and long: slow
+ * password hashes exist for secrets people choose. Buffers that held a
+ * secret are wiped with OPENSSL_cleanse before they are released. */
+#include "raftstore/token.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/* Offsets inside the token text. */
+enum {
+    ID_OFF = sizeof(KP_TOKEN_PREFIX) - 1,
+    SEP_OFF = ID_OFF + KP_TOKEN_ID_CHARS,
+    SECRET_OFF = SEP_OFF + 1,
+    CHECK_OFF = SECRET_OFF + KP_TOKEN_SECRET_CHARS,
+    BODY_CHARS = KP_TOKEN_SECRET_CHARS + KP_TOKEN_CHECK_CHARS,
+};
+
+static const char base32_digits[] = "abcdefghijklmnopqrstuvwxyz234567";
+static const char base62_digits[] =
+    "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/* --- characters and checksum ---------------------------------------------- */
+
+static bool is_base32(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '2' && c <= '7');
+}
+
+static bool is_base62(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* CRC-32 as zlib computes it (reflected 0xEDB88320, inverted in and out);
+ * 50 bytes per token do not need a table. */
+static uint32_t crc32_ieee(const char *s, size_t len)
+{
+    uint32_t crc = 0xFFFFFFFFu;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= (uint8_t)s[i];
+        for (int k = 0; k < 8; k++)
+            crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+
+/* The checksum of the first CHECK_OFF characters of @text, as six base62
+ * digits, most significant first (62^6 > 2^32, so every CRC fits). */
+static void checksum_digits(const char *text, char out[KP_TOKEN_CHECK_CHARS])
+{
+    uint32_t v = crc32_ieee(text, CHECK_OFF);
+    for (int i = KP_TOKEN_CHECK_CHARS - 1; i >= 0; i--) {
+        out[i] = base62_digits[v % 62];
+        v /= 62;
+    }
+}
+
+/* Fill @out with @n characters drawn uniformly from the first @radix of
+ * @digits. Bytes at or above the largest multiple of @radix are dropped so
+ * that every character is equally likely. */
+static int random_chars(const char *digits, unsigned radix, char *out, size_t n)
+{
+    const unsigned limit = 256 - 256 % radix;
+    unsigned char pool[64];
+    size_t used = sizeof(pool);
+    int rc = KP_OK;
+    for (size_t i = 0; i < n;) {
+        if (used == sizeof(pool)) {
+            if ((rc = kp_random_bytes(pool, sizeof(pool))) != KP_OK)
+                break;
+            used = 0;
+        }
+        unsigned b = pool[used++];
+        if (b < limit)
+            out[i++] = digits[b % radix];
+    }
+    OPENSSL_cleanse(pool, sizeof(pool));
+    return rc;
+}
+
+/* --- generation ------------------------------------------------------------ */
+
+int kp_token_generate(const uint8_t pepper[KP_TOKEN_PEPPER_LEN], char **text_out,
+                      char id_out[KP_TOKEN_ID_SIZE], uint8_t hash_out[KP_TOKEN_HASH_LEN])
+{
+    char text[KP_TOKEN_TEXT_LEN + 1];
+    int rc;
+
+    *text_out = NULL;
+    memcpy(text, KP_TOKEN_PREFIX, ID_OFF);
+    if ((rc = random_chars(base32_digits, 32, text + ID_OFF, KP_TOKEN_ID_CHARS)) != KP_OK)
+        goto err_wipe;
+    text[SEP_OFF] = '_';
+    if ((rc = random_chars(base62_digits, 62, text + SECRET_OFF, KP_TOKEN_SECRET_CHARS)) != KP_OK)
+        goto err_wipe;
+    checksum_digits(text, text + CHECK_OFF);
+    text[KP_TOKEN_TEXT_LEN] = '\0';
+
+    if ((rc = kp_token_hash(pepper, text + SECRET_OFF, KP_TOKEN_SECRET_CHARS, hash_out)) != KP_OK)
+        goto err_wipe;
+    char *copy = kp_malloc(sizeof(text));
+    if (copy == NULL) {
+        rc = KP_ENOMEM;
+        goto err_wipe;
+    }
+    memcpy(copy, text, sizeof(text));
+    memcpy(id_out, "tk_", 3);
+    memcpy(id_out + 3, text + ID_OFF, KP_TOKEN_ID_CHARS);
+    id_out[KP_TOKEN_ID_SIZE - 1] = '\0';
+    *text_out = copy;
+    OPENSSL_cleanse(text, sizeof(text));
+    return KP_OK;
+
+err_wipe:
+    OPENSSL_cleanse(text, sizeof(text));
+    memset(hash_out, 0, KP_TOKEN_HASH_LEN);
+    return rc;
+}
+
+void kp_token_text_free(char *text)
+{
+    if (text == NULL)
+        return;
+    OPENSSL_cleanse(text, KP_TOKEN_TEXT_LEN + 1);
+    kp_free(text);
+}
+
+/* --- parsing --------------------------------------------------------------- */
+
+/* Writes the message (when @errmsg is not NULL) and returns @rc. */
+__attribute__((format(printf, 4, 5))) static int failf(int rc, char *errmsg, size_t errlen,
+                                                       const char *fmt, ...)
+{
+    if (errmsg != NULL && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(errmsg, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+#define malformed(...) failf(KP_EPARSE, __VA_ARGS__)
+
+int kp_token_parse(const char *text, size_t len, struct kp_token_parts *out, char *errmsg,
+                   size_t errlen)
+{
+    size_t i;
+
+    if (len == 0)
+        return malformed(errmsg, errlen, "token is empty");
+    if (len < ID_OFF || memcmp(text, KP_TOKEN_PREFIX, ID_OFF) != 0)
+        return malformed(errmsg, errlen, "token does not start with " KP_TOKEN_PREFIX);
+
+    for (i = ID_OFF; i < len && text[i] != '_'; i++) {
+        if (!is_base32(text[i]))
+            return malformed(errmsg, errlen,
+                             "token id: character %zu is not one of a-z, 2-7 (mistyped token?)",
+                             i + 1);
+    }
+    if (i == len)
+        return malformed(errmsg, errlen, "token has no '_' after its id");
+    if (i - ID_OFF != KP_TOKEN_ID_CHARS)
+        return malformed(errmsg, errlen, "token id has %zu characters; expected %d", i - ID_OFF,
+                         KP_TOKEN_ID_CHARS);
+
+    for (i = SECRET_OFF; i < len; i++) {
+        if (!is_base62(text[i]))
+            return malformed(errmsg, errlen,
+                             "token secret: character %zu is not one of A-Z, a-z, 0-9", i + 1);
+    }
+    if (len - SECRET_OFF != BODY_CHARS)
+        return malformed(errmsg, errlen,
+                         "token secret has %zu characters; expected %d (%d secret, %d checksum)",
+                         len - SECRET_OFF, BODY_CHARS, KP_TOKEN_SECRET_CHARS,
+                         KP_TOKEN_CHECK_CHARS);
+
+    /* Public information: no need for a constant-time comparison. */
+    char check[KP_TOKEN_CHECK_CHARS];
+    checksum_digits(text, check);
+    if (memcmp(check, text + CHECK_OFF, KP_TOKEN_CHECK_CHARS) != 0)
+        return malformed(errmsg, errlen,
+                         "token checksum does not match (mistyped, truncated or altered token)");
+
+    memcpy(out->id, "tk_", 3);
+    memcpy(out->id + 3, text + ID_OFF, KP_TOKEN_ID_CHARS);
+    out->id[KP_TOKEN_ID_SIZE - 1] = '\0';
+    out->secret = text + SECRET_OFF;
+    out->secret_len = KP_TOKEN_SECRET_CHARS;
+    return KP_OK;
+}
+
+bool kp_token_id_valid(const char *id)
+{
+    if (id == NULL || strncmp(id, "tk_", 3) != 0 || strlen(id) != KP_TOKEN_ID_SIZE - 1)
+        return false;
+    for (size_t i = 3; i < KP_TOKEN_ID_SIZE - 1; i++) {
+        if (!is_base32(id[i]))
+            return false;
+    }
+    return true;
+}
+
+/* --- hashing and verification ---------------------------------------------- */
+
+int kp_token_hash(const uint8_t pepper[KP_TOKEN_PEPPER_LEN], const char *secret, size_t len,
+                  uint8_t out[KP_TOKEN_HASH_LEN])
+{
+    unsigned int n = 0;
+    /* HMAC() fails only when OpenSSL cannot allocate or fetch SHA-256. */
+    if (HMAC(EVP_sha256(), pepper, KP_TOKEN_PEPPER_LEN, (const unsigned char *)secret, len, out,
+             &n) == NULL ||
+        n != KP_TOKEN_HASH_LEN)
+        return KP_EIO;
+    return KP_OK;
+}
+
+int kp_token_verify(const uint8_t stored_hash[KP_TOKEN_HASH_LEN],
+                    const uint8_t pepper[KP_TOKEN_PEPPER_LEN], const char *secret, size_t len)
+{
+    uint8_t mac[KP_TOKEN_HASH_LEN];
+    int rc = kp_token_hash(pepper, secret, len, mac);
+    if (rc == KP_OK)
+        rc = CRYPTO_memcmp(mac, stored_hash, KP_TOKEN_HASH_LEN) == 0 ? KP_OK : KP_EPERM;
+    OPENSSL_cleanse(mac, sizeof(mac));
+    return rc;
+}
