@@ -144,6 +144,25 @@ char *kp_arena_strndup(struct kp_arena *a, const char *s, size_t n)
     return d;
 }
 
+void kp_arena_reset(struct kp_arena *a)
+{
+    struct kp_arena_chunk *keep = NULL, *c = a->head;
+    while (c != NULL) {
+        struct kp_arena_chunk *next = c->next;
+        if (keep == NULL && c->cap == a->chunk_size) {
+            keep = c;
+        } else {
+            kp_free(c);
+        }
+        c = next;
+    }
+    if (keep != NULL) {
+        keep->used = 0;
+        keep->next = NULL;
+    }
+    a->head = keep;
+}
+
 void kp_arena_free(struct kp_arena *a)
 {
     struct kp_arena_chunk *c = a->head;

@@ -32,6 +32,8 @@ void *kp_arena_alloc(struct kp_arena *a, size_t size);
 char *kp_arena_strndup(struct kp_arena *a, const char *s, size_t n);
 /* Frees every chunk; the arena can be used again afterwards. */
 void kp_arena_free(struct kp_arena *a);
+/* Forgets every allocation but keeps one ordinary chunk for reuse. */
+void kp_arena_reset(struct kp_arena *a);
 
 /* A growable byte buffer. */
 struct kp_buf {

@@ -107,6 +107,8 @@ struct conn {
     size_t in_off;
     enum conn_state state;
     struct kp_http_exchange *ex;
+    struct kp_http_exchange *spare; /* a finished exchange kept for reuse */
+    struct kp_buf head;             /* answer head being built, reused */
     size_t queued;
     int open_handles;
     bool reading;
@@ -443,15 +445,37 @@ static int build_head(struct kp_http_exchange *ex, struct kp_buf *out, int statu
 
 /* --- exchanges ----------------------------------------------------------- */
 
+/* Buffers above this are freed rather than kept for the next request. */
+#define REUSE_MAX_BYTES (64 * 1024)
+
+/* A new exchange, reusing the connection's spare one (and its buffers) on
+ * keep-alive connections so a request costs no allocation in the common
+ * case. */
 static struct kp_http_exchange *ex_new(struct conn *c)
 {
-    struct kp_http_exchange *ex = kp_calloc(1, sizeof(*ex));
-    if (ex == NULL)
-        return NULL;
+    struct kp_http_exchange *ex = c->spare;
+    if (ex != NULL) {
+        c->spare = NULL;
+        struct kp_arena arena = ex->arena;
+        struct kp_buf text = ex->text, body = ex->body;
+        struct hdr_span *spans = ex->spans;
+        unsigned cap_spans = ex->cap_spans;
+        memset(ex, 0, sizeof(*ex));
+        ex->arena = arena;
+        ex->text = text;
+        ex->body = body;
+        ex->text.len = ex->body.len = 0;
+        ex->spans = spans;
+        ex->cap_spans = cap_spans;
+    } else {
+        ex = kp_calloc(1, sizeof(*ex));
+        if (ex == NULL)
+            return NULL;
+        kp_arena_init(&ex->arena, 2048);
+        kp_buf_init(&ex->text);
+        kp_buf_init(&ex->body);
+    }
     ex->conn = c;
-    kp_arena_init(&ex->arena, 2048);
-    kp_buf_init(&ex->text);
-    kp_buf_init(&ex->body);
     ex->route = "other";
     ex->start_us = kp_now_mono_us();
     return ex;
@@ -464,6 +488,21 @@ static void ex_free(struct kp_http_exchange *ex)
     kp_buf_free(&ex->body);
     kp_free(ex->spans);
     kp_free(ex);
+}
+
+/* Keep a finished exchange as the connection's spare, or free it. */
+static void ex_release(struct conn *c, struct kp_http_exchange *ex)
+{
+    if (c->closing || c->spare != NULL) {
+        ex_free(ex);
+        return;
+    }
+    kp_arena_reset(&ex->arena);
+    if (ex->text.cap > REUSE_MAX_BYTES)
+        kp_buf_free(&ex->text);
+    if (ex->body.cap > REUSE_MAX_BYTES)
+        kp_buf_free(&ex->body);
+    c->spare = ex;
 }
 
 uv_loop_t *kp_http_loop(struct kp_http_exchange *ex)
@@ -536,13 +575,12 @@ int kp_http_respond(struct kp_http_exchange *ex, int status, const struct kp_htt
         ex_finish(ex);
         return KP_ECLOSED;
     }
-    struct kp_buf head;
-    kp_buf_init(&head);
-    int rc = build_head(ex, &head, status, headers, n_headers, (long long)len);
+    struct kp_buf *head = &ex->conn->head;
+    head->len = 0;
+    int rc = build_head(ex, head, status, headers, n_headers, (long long)len);
     if (rc == KP_OK)
-        rc = conn_write(ex->conn, head.data, head.len, ex->is_head ? NULL : body,
+        rc = conn_write(ex->conn, head->data, head->len, ex->is_head ? NULL : body,
                         ex->is_head ? 0 : len, NULL, 0);
-    kp_buf_free(&head);
     if (rc != KP_OK)
         ex->keep_alive = false;
     ex_finish(ex);
@@ -569,12 +607,11 @@ int kp_http_stream_begin(struct kp_http_exchange *ex, int status,
     ex->chunked = ex->req.version_minor >= 1;
     if (!ex->chunked)
         ex->keep_alive = false;
-    struct kp_buf head;
-    kp_buf_init(&head);
-    int rc = build_head(ex, &head, status, headers, n_headers, -1);
+    struct kp_buf *head = &ex->conn->head;
+    head->len = 0;
+    int rc = build_head(ex, head, status, headers, n_headers, -1);
     if (rc == KP_OK)
-        rc = conn_write(ex->conn, head.data, head.len, NULL, 0, NULL, 0);
-    kp_buf_free(&head);
+        rc = conn_write(ex->conn, head->data, head->len, NULL, 0, NULL, 0);
     return rc;
 }
 
@@ -637,7 +674,7 @@ static void ex_finish(struct kp_http_exchange *ex)
     kp_metrics_http_observe(srv->cfg.name, ex->route, status, kp_now_mono_us() - ex->start_us);
     bool keep = ex->keep_alive && !ex->aborted && !srv->draining;
     c->ex = NULL;
-    ex_free(ex);
+    ex_release(c, ex);
 
     if (c->closing) {
         conn_maybe_free(c);
@@ -694,6 +731,9 @@ static void conn_maybe_free(struct conn *c)
         return;
     struct kp_http_server *srv = c->srv;
     conn_unlink(c);
+    if (c->spare != NULL)
+        ex_free(c->spare);
+    kp_buf_free(&c->head);
     kp_buf_free(&c->in);
     kp_free(c);
     server_maybe_closed(srv);

@@ -68,9 +68,13 @@ __attribute__((constructor)) static void note_start_time(void)
 static struct route_stats *route_find(const char *listener, const char *route)
 {
     size_t n = atomic_load_explicit(&n_routes, memory_order_acquire);
+    /* Route and listener names are static strings, so the same pointers come
+     * back request after request: compare pointers first, text second. */
     for (size_t i = 0; i < n; i++)
-        if ((routes[i].route == route || strcmp(routes[i].route, route) == 0) &&
-            (routes[i].listener == listener || strcmp(routes[i].listener, listener) == 0))
+        if (routes[i].route == route && routes[i].listener == listener)
+            return &routes[i];
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(routes[i].route, route) == 0 && strcmp(routes[i].listener, listener) == 0)
             return &routes[i];
     return NULL;
 }
