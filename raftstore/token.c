@@ -164,47 +164,43 @@ __attribute__((format(printf, 4, 5))) static int failf(int rc, char *errmsg, siz
     return rc;
 }
 
-#define malformed(...) failf(KP_EPARSE, __VA_ARGS__)
-
 int kp_token_parse(const char *text, size_t len, struct kp_token_parts *out, char *errmsg,
                    size_t errlen)
 {
     size_t i;
 
     if (len == 0)
-        return malformed(errmsg, errlen, "token is empty");
+        return failf(KP_EPARSE, errmsg, errlen, "token is empty");
     if (len < ID_OFF || memcmp(text, KP_TOKEN_PREFIX, ID_OFF) != 0)
-        return malformed(errmsg, errlen, "token does not start with " KP_TOKEN_PREFIX);
+        return failf(KP_EPARSE, errmsg, errlen, "token does not start with " KP_TOKEN_PREFIX);
 
     for (i = ID_OFF; i < len && text[i] != '_'; i++) {
         if (!is_base32(text[i]))
-            return malformed(errmsg, errlen,
-                             "token id: character %zu is not one of a-z, 2-7 (mistyped token?)",
-                             i + 1);
+            return failf(KP_EPARSE, errmsg, errlen,
+                         "token id: character %zu is not one of a-z, 2-7 (mistyped token?)", i + 1);
     }
     if (i == len)
-        return malformed(errmsg, errlen, "token has no '_' after its id");
+        return failf(KP_EPARSE, errmsg, errlen, "token has no '_' after its id");
     if (i - ID_OFF != KP_TOKEN_ID_CHARS)
-        return malformed(errmsg, errlen, "token id has %zu characters; expected %d", i - ID_OFF,
-                         KP_TOKEN_ID_CHARS);
+        return failf(KP_EPARSE, errmsg, errlen, "token id has %zu characters; expected %d",
+                     i - ID_OFF, KP_TOKEN_ID_CHARS);
 
     for (i = SECRET_OFF; i < len; i++) {
         if (!is_base62(text[i]))
-            return malformed(errmsg, errlen,
-                             "token secret: character %zu is not one of A-Z, a-z, 0-9", i + 1);
+            return failf(KP_EPARSE, errmsg, errlen,
+                         "token secret: character %zu is not one of A-Z, a-z, 0-9", i + 1);
     }
     if (len - SECRET_OFF != BODY_CHARS)
-        return malformed(errmsg, errlen,
-                         "token secret has %zu characters; expected %d (%d secret, %d checksum)",
-                         len - SECRET_OFF, BODY_CHARS, KP_TOKEN_SECRET_CHARS,
-                         KP_TOKEN_CHECK_CHARS);
+        return failf(KP_EPARSE, errmsg, errlen,
+                     "token secret has %zu characters; expected %d (%d secret, %d checksum)",
+                     len - SECRET_OFF, BODY_CHARS, KP_TOKEN_SECRET_CHARS, KP_TOKEN_CHECK_CHARS);
 
     /* Public information: no need for a constant-time comparison. */
     char check[KP_TOKEN_CHECK_CHARS];
     checksum_digits(text, check);
     if (memcmp(check, text + CHECK_OFF, KP_TOKEN_CHECK_CHARS) != 0)
-        return malformed(errmsg, errlen,
-                         "token checksum does not match (mistyped, truncated or altered token)");
+        return failf(KP_EPARSE, errmsg, errlen,
+                     "token checksum does not match (mistyped, truncated or altered token)");
 
     memcpy(out->id, "tk_", 3);
     memcpy(out->id + 3, text + ID_OFF, KP_TOKEN_ID_CHARS);
@@ -248,4 +244,176 @@ int kp_token_verify(const uint8_t stored_hash[KP_TOKEN_HASH_LEN],
         rc = CRYPTO_memcmp(mac, stored_hash, KP_TOKEN_HASH_LEN) == 0 ? KP_OK : KP_EPERM;
     OPENSSL_cleanse(mac, sizeof(mac));
     return rc;
+}
+
+/* --- scope ------------------------------------------------------------------ */
+
+/* Longest request value quoted back in a refusal. Values come from request
+ * headers and bodies, so they are cut rather than echoed whole, and bytes
+ * outside printable ASCII become '?': the message ends up in a JSON body,
+ * and a cut UTF-8 sequence would make it invalid. */
+#define QUOTE_MAX 64
+
+static void quote_value(char out[QUOTE_MAX + 4], const char *value)
+{
+    size_t i;
+    for (i = 0; value[i] != '\0' && i < QUOTE_MAX; i++)
+        out[i] = value[i] >= ' ' && value[i] <= '~' ? value[i] : '?';
+    if (value[i] != '\0') {
+        memcpy(out + i, "...", 3);
+        i += 3;
+    }
+    out[i] = '\0';
+}
+
+static bool model_matches(const char *pattern, const char *model)
+{
+    size_t n = strlen(pattern);
+    if (n > 0 && pattern[n - 1] == '*')
+        return strncmp(pattern, model, n - 1) == 0;
+    return strcmp(pattern, model) == 0;
+}
+
+/* Whether @value is in the list; an empty list holds everything. */
+static bool listed(const char *const *items, size_t n, const char *value, bool wildcards)
+{
+    if (n == 0)
+        return true;
+    for (size_t i = 0; i < n; i++) {
+        if (wildcards ? model_matches(items[i], value) : strcmp(items[i], value) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* "<what> <value> is outside this token's scope (allowed: a, b)" into @buf.
+ * A list that does not fit ends with "...", so the message stays whole. */
+static void outside_text(char *buf, size_t cap, const char *what, const char *value,
+                         const char *const *allowed, size_t n)
+{
+    const size_t tail = sizeof(", ...)"); /* kept free for the end of a cut list */
+    char quoted[QUOTE_MAX + 4];
+    quote_value(quoted, value);
+    int w = snprintf(buf, cap, "%s %s is outside this token's scope (allowed: ", what, quoted);
+    if (w < 0 || (size_t)w + tail > cap)
+        return;
+    size_t used = (size_t)w;
+    for (size_t i = 0; i < n; i++) {
+        const char *sep = i > 0 ? ", " : "";
+        if (used + strlen(sep) + strlen(allowed[i]) + tail > cap) {
+            used += (size_t)snprintf(buf + used, cap - used, "%s...", sep);
+            break;
+        }
+        used += (size_t)snprintf(buf + used, cap - used, "%s%s", sep, allowed[i]);
+    }
+    snprintf(buf + used, cap - used, ")");
+}
+
+static int refuse_outside(struct kp_token_refusal *why, enum kp_token_scope_dim dim,
+                          const char *what, const char *value, const char *const *allowed, size_t n)
+{
+    why->dim = dim;
+    outside_text(why->msg, sizeof(why->msg), what, value, allowed, n);
+    return KP_EPERM;
+}
+
+static bool tenant_allowed(const char *scope_tenant, const char *tenant)
+{
+    /* A scope without a tenant is invalid (kp_token_scope_check); refuse. */
+    if (scope_tenant == NULL)
+        return false;
+    return strcmp(scope_tenant, "*") == 0 || strcmp(scope_tenant, tenant) == 0;
+}
+
+int kp_token_scope_allows(const struct kp_token_scope *scope, int64_t now_ms, const char *tenant,
+                          const char *project, const char *pool, const char *model,
+                          struct kp_token_refusal *why)
+{
+    struct kp_token_refusal unused;
+    if (why == NULL)
+        why = &unused;
+    why->dim = KP_TOKEN_SCOPE_ALLOWED;
+    why->msg[0] = '\0';
+
+    /* expires_at is the first instant at which the token no longer works. */
+    if (scope->expires_at != 0 && now_ms >= scope->expires_at) {
+        char when[32];
+        kp_format_time_ms(scope->expires_at, when, sizeof(when));
+        why->dim = KP_TOKEN_SCOPE_EXPIRED;
+        snprintf(why->msg, sizeof(why->msg), "token expired at %s", when);
+        return KP_EPERM;
+    }
+    if (tenant != NULL && !tenant_allowed(scope->tenant, tenant)) {
+        const char *none = "none";
+        return refuse_outside(why, KP_TOKEN_SCOPE_TENANT, "tenant", tenant,
+                              scope->tenant ? &scope->tenant : &none, 1);
+    }
+    if (project != NULL && !listed(scope->projects, scope->n_projects, project, false))
+        return refuse_outside(why, KP_TOKEN_SCOPE_PROJECT, "project", project, scope->projects,
+                              scope->n_projects);
+    if (pool != NULL && !listed(scope->pools, scope->n_pools, pool, false))
+        return refuse_outside(why, KP_TOKEN_SCOPE_POOL, "pool", pool, scope->pools, scope->n_pools);
+    if (model != NULL && !listed(scope->models, scope->n_models, model, true))
+        return refuse_outside(why, KP_TOKEN_SCOPE_MODEL, "model", model, scope->models,
+                              scope->n_models);
+    return KP_OK;
+}
+
+/* One scope entry: non-empty, bounded, printable ASCII without spaces or
+ * ',' (lists are shown comma-separated), '*' only last and only in models. */
+static int check_entry(const char *what, size_t index, const char *s, bool wildcard_ok,
+                       char *errmsg, size_t errlen)
+{
+    if (s == NULL || s[0] == '\0')
+        return failf(KP_EINVAL, errmsg, errlen, "%s entry %zu is empty", what, index + 1);
+    size_t len = strlen(s);
+    if (len > KP_TOKEN_SCOPE_MAX_NAME)
+        return failf(KP_EINVAL, errmsg, errlen, "%s entry %zu is longer than %d bytes", what,
+                     index + 1, KP_TOKEN_SCOPE_MAX_NAME);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= ' ' || c > '~' || c == ',')
+            return failf(KP_EINVAL, errmsg, errlen,
+                         "%s entry %zu: character %zu is not printable ASCII, or is a space or ','",
+                         what, index + 1, i + 1);
+        if (c == '*' && (!wildcard_ok || i != len - 1))
+            return failf(KP_EINVAL, errmsg, errlen,
+                         "%s entry %zu: '*' is allowed only as the last character of a model", what,
+                         index + 1);
+    }
+    return KP_OK;
+}
+
+static int check_list(const char *what, const char *const *items, size_t n, bool wildcard_ok,
+                      char *errmsg, size_t errlen)
+{
+    if (n > KP_TOKEN_SCOPE_MAX_ENTRIES)
+        return failf(KP_EINVAL, errmsg, errlen, "%s: %zu entries; at most %d", what, n,
+                     KP_TOKEN_SCOPE_MAX_ENTRIES);
+    if (n > 0 && items == NULL)
+        return failf(KP_EINVAL, errmsg, errlen, "%s: %zu entries but no list", what, n);
+    for (size_t i = 0; i < n; i++) {
+        int rc = check_entry(what, i, items[i], wildcard_ok, errmsg, errlen);
+        if (rc != KP_OK)
+            return rc;
+    }
+    return KP_OK;
+}
+
+int kp_token_scope_check(const struct kp_token_scope *scope, char *errmsg, size_t errlen)
+{
+    int rc;
+    if (scope->tenant == NULL || scope->tenant[0] == '\0')
+        return failf(KP_EINVAL, errmsg, errlen, "scope needs a tenant, or \"*\" for every tenant");
+    if (strcmp(scope->tenant, "*") != 0 &&
+        (rc = check_entry("tenant", 0, scope->tenant, false, errmsg, errlen)) != KP_OK)
+        return rc;
+    if ((rc = check_list("projects", scope->projects, scope->n_projects, false, errmsg, errlen)) !=
+            KP_OK ||
+        (rc = check_list("pools", scope->pools, scope->n_pools, false, errmsg, errlen)) != KP_OK ||
+        (rc = check_list("models", scope->models, scope->n_models, true, errmsg, errlen)) != KP_OK)
+        return rc;
+    if (scope->expires_at < 0)
+        return failf(KP_EINVAL, errmsg, errlen, "expires_at is negative; 0 means never");
+    return KP_OK;
 }

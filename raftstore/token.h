@@ -156,15 +156,15 @@ struct kp_token_scope {
 };
 
 /* The dimension that refused a request; the router answers 401 for
- * KP_SCOPE_EXPIRED (the credential is no longer valid) and 403 for the
+ * KP_TOKEN_SCOPE_EXPIRED (the credential is no longer valid) and 403 for the
  * others. */
 enum kp_token_scope_dim {
-    KP_SCOPE_ALLOWED,
-    KP_SCOPE_EXPIRED,
-    KP_SCOPE_TENANT,
-    KP_SCOPE_PROJECT,
-    KP_SCOPE_POOL,
-    KP_SCOPE_MODEL,
+    KP_TOKEN_SCOPE_ALLOWED,
+    KP_TOKEN_SCOPE_EXPIRED,
+    KP_TOKEN_SCOPE_TENANT,
+    KP_TOKEN_SCOPE_PROJECT,
+    KP_TOKEN_SCOPE_POOL,
+    KP_TOKEN_SCOPE_MODEL,
 };
 
 struct kp_token_refusal {

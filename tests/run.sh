@@ -24,6 +24,10 @@ echo "== build (Debug, ASan+UBSan, -Werror)"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Debug -DKP_ASAN=ON -DKP_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
 
+echo "== build (Release, -Werror: what quickstart builds; optimisers warn differently)"
+cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release -DKP_TESTS=OFF -DKP_WERROR=ON >/dev/null
+cmake --build build-release -j"$jobs"
+
 echo "== build fuzz drivers (clang, libFuzzer)"
 cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DKP_FUZZ=ON \
   -DKP_TESTS=OFF -DKP_WERROR=ON >/dev/null

@@ -10,6 +10,7 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "seal.h"
 #include "version.h"
 
 #endif

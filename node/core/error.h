@@ -25,7 +25,8 @@
     X(KP_ESHUTDOWN, "shutting down")                                                               \
     X(KP_ECONFLICT, "version conflict")                                                            \
     X(KP_ENOTLEADER, "not the leader")                                                             \
-    X(KP_EVERSION, "unsupported version")
+    X(KP_EVERSION, "unsupported version")                                                          \
+    X(KP_EAUTH, "authentication failed")
 
 enum kp_err {
 #define KP_ERR_ENUM(code, msg) code,

@@ -29,9 +29,9 @@
 #include "alloc.h"
 #include "error.h"
 
-/* A blob that fails authentication. error.h has no code of its own for it
- * yet; KP_EIO is what EBADMSG, the kernel's AEAD failure, translates to. */
-#define KP_SEAL_EAUTH KP_EIO
+/* A blob that fails authentication (tampered, or bound to another key id or
+ * version). */
+#define KP_SEAL_EAUTH KP_EAUTH
 
 #define KP_SEAL_KEK_LEN      32
 #define KP_SEAL_KEK_ID_BYTES 8
@@ -85,11 +85,9 @@ struct kp_seal_kek;
 /* Read the KEK from @path: 64 hex digits or 44 base64 characters (32
  * bytes), surrounding whitespace ignored. Refuses a file that group or
  * others may access (mode & 077), telling the operator to chmod 600. */
-int kp_seal_kek_load_file(const char *path, struct kp_seal_kek **out, char *errmsg,
-                          size_t errlen);
+int kp_seal_kek_load_file(const char *path, struct kp_seal_kek **out, char *errmsg, size_t errlen);
 /* The same format, from the value of KEYPLANE_MASTER_KEY. */
-int kp_seal_kek_from_env(const char *value, struct kp_seal_kek **out, char *errmsg,
-                         size_t errlen);
+int kp_seal_kek_from_env(const char *value, struct kp_seal_kek **out, char *errmsg, size_t errlen);
 /* @len must be KP_SEAL_KEK_LEN. */
 int kp_seal_kek_from_bytes(const void *key, size_t len, struct kp_seal_kek **out, char *errmsg,
                            size_t errlen);
@@ -108,7 +106,8 @@ void kp_seal_kek_free(struct kp_seal_kek *kek);
 
 /* Seal @len bytes at @plaintext for registry key @key_id at @version and
  * append the blob (KP_SEAL_OVERHEAD + @len bytes) to @out. On error @out
- * is left as it was. No reference to @plaintext is kept. */
+ * is left as it was. No reference to @plaintext is kept; it must not point
+ * into @out, which may move. */
 int kp_seal_secret(const struct kp_seal_kek *kek, const void *plaintext, size_t len,
                    const char *key_id, uint64_t version, struct kp_buf *out, char *errmsg,
                    size_t errlen);
@@ -121,7 +120,7 @@ int kp_seal_open(const struct kp_seal_kek *kek, const void *blob, size_t len, co
  * append the new blob to @out. The encrypted secret is copied unchanged and
  * never decrypted (damage to it is found by kp_seal_open); only the data
  * key is unwrapped, in memory that is wiped before returning. On error
- * @out is left as it was. */
+ * @out is left as it was. @blob must not point into @out, which may move. */
 int kp_seal_rewrap(const struct kp_seal_kek *old_kek, const struct kp_seal_kek *new_kek,
                    const void *blob, size_t len, const char *key_id, uint64_t version,
                    struct kp_buf *out, char *errmsg, size_t errlen);
