@@ -17,32 +17,18 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int file_fail(char *errmsg, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int file_fail(char *errmsg, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (errmsg != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errmsg, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 static int check_regular(int fd, size_t max_len, size_t *size, char *errmsg, size_t errlen)
 {
     struct stat st;
     if (fstat(fd, &st) != 0)
-        return file_fail(errmsg, errlen, kp_err_from_errno(errno), "%s", strerror(errno));
+        return kp_errf(errmsg, errlen, kp_err_from_errno(errno), "%s", strerror(errno));
     if (S_ISDIR(st.st_mode))
-        return file_fail(errmsg, errlen, KP_EINVAL, "is a directory");
+        return kp_errf(errmsg, errlen, KP_EINVAL, "is a directory");
     if (!S_ISREG(st.st_mode))
-        return file_fail(errmsg, errlen, KP_EINVAL, "not a regular file");
+        return kp_errf(errmsg, errlen, KP_EINVAL, "not a regular file");
     if ((uint64_t)st.st_size > max_len)
-        return file_fail(errmsg, errlen, KP_ETOOBIG, "%lld bytes, larger than the %zu-byte limit",
-                         (long long)st.st_size, max_len);
+        return kp_errf(errmsg, errlen, KP_ETOOBIG, "%lld bytes, larger than the %zu-byte limit",
+                       (long long)st.st_size, max_len);
     *size = (size_t)st.st_size;
     return KP_OK;
 }
@@ -52,18 +38,18 @@ static int read_all(int fd, size_t max_len, struct kp_buf *out, char *errmsg, si
     for (;;) {
         /* kp_buf keeps one byte for its terminating NUL. */
         if (out->cap - out->len <= 1 && kp_buf_reserve(out, 65536) != 0)
-            return file_fail(errmsg, errlen, KP_ENOMEM, "out of memory");
+            return kp_errf(errmsg, errlen, KP_ENOMEM, "out of memory");
         size_t room = out->cap - out->len - 1;
         ssize_t n = read(fd, out->data + out->len, room);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
-            return file_fail(errmsg, errlen, kp_err_from_errno(errno), "%s", strerror(errno));
+            return kp_errf(errmsg, errlen, kp_err_from_errno(errno), "%s", strerror(errno));
         if (n == 0)
             return KP_OK;
         out->len += (size_t)n;
         if (out->len > max_len)
-            return file_fail(errmsg, errlen, KP_ETOOBIG, "larger than the %zu-byte limit", max_len);
+            return kp_errf(errmsg, errlen, KP_ETOOBIG, "larger than the %zu-byte limit", max_len);
     }
 }
 
@@ -74,13 +60,13 @@ int kp_segment_file_read(const char *path, size_t max_len, struct kp_buf *out, c
     out->len = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return file_fail(errmsg, errlen, kp_err_from_errno(errno), "%s", strerror(errno));
+        return kp_errf(errmsg, errlen, kp_err_from_errno(errno), "%s", strerror(errno));
     int rc = check_regular(fd, max_len, &size, errmsg, errlen);
     if (rc != KP_OK)
         goto out_close;
     /* One allocation for the usual case of a file that does not change. */
     if (kp_buf_reserve(out, size + 1) != 0) {
-        rc = file_fail(errmsg, errlen, KP_ENOMEM, "out of memory");
+        rc = kp_errf(errmsg, errlen, KP_ENOMEM, "out of memory");
         goto out_close;
     }
     rc = read_all(fd, max_len, out, errmsg, errlen);

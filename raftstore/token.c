@@ -151,56 +151,44 @@ void kp_token_text_free(char *text)
 
 /* --- parsing --------------------------------------------------------------- */
 
-/* Writes the message (when @errmsg is not NULL) and returns @rc. */
-__attribute__((format(printf, 4, 5))) static int failf(int rc, char *errmsg, size_t errlen,
-                                                       const char *fmt, ...)
-{
-    if (errmsg != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errmsg, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 int kp_token_parse(const char *text, size_t len, struct kp_token_parts *out, char *errmsg,
                    size_t errlen)
 {
     size_t i;
 
     if (len == 0)
-        return failf(KP_EPARSE, errmsg, errlen, "token is empty");
+        return kp_errf(errmsg, errlen, KP_EPARSE, "token is empty");
     if (len < ID_OFF || memcmp(text, KP_TOKEN_PREFIX, ID_OFF) != 0)
-        return failf(KP_EPARSE, errmsg, errlen, "token does not start with " KP_TOKEN_PREFIX);
+        return kp_errf(errmsg, errlen, KP_EPARSE, "token does not start with " KP_TOKEN_PREFIX);
 
     for (i = ID_OFF; i < len && text[i] != '_'; i++) {
         if (!is_base32(text[i]))
-            return failf(KP_EPARSE, errmsg, errlen,
-                         "token id: character %zu is not one of a-z, 2-7 (mistyped token?)", i + 1);
+            return kp_errf(errmsg, errlen, KP_EPARSE,
+                           "token id: character %zu is not one of a-z, 2-7 (mistyped token?)",
+                           i + 1);
     }
     if (i == len)
-        return failf(KP_EPARSE, errmsg, errlen, "token has no '_' after its id");
+        return kp_errf(errmsg, errlen, KP_EPARSE, "token has no '_' after its id");
     if (i - ID_OFF != KP_TOKEN_ID_CHARS)
-        return failf(KP_EPARSE, errmsg, errlen, "token id has %zu characters; expected %d",
-                     i - ID_OFF, KP_TOKEN_ID_CHARS);
+        return kp_errf(errmsg, errlen, KP_EPARSE, "token id has %zu characters; expected %d",
+                       i - ID_OFF, KP_TOKEN_ID_CHARS);
 
     for (i = SECRET_OFF; i < len; i++) {
         if (!is_base62(text[i]))
-            return failf(KP_EPARSE, errmsg, errlen,
-                         "token secret: character %zu is not one of A-Z, a-z, 0-9", i + 1);
+            return kp_errf(errmsg, errlen, KP_EPARSE,
+                           "token secret: character %zu is not one of A-Z, a-z, 0-9", i + 1);
     }
     if (len - SECRET_OFF != BODY_CHARS)
-        return failf(KP_EPARSE, errmsg, errlen,
-                     "token secret has %zu characters; expected %d (%d secret, %d checksum)",
-                     len - SECRET_OFF, BODY_CHARS, KP_TOKEN_SECRET_CHARS, KP_TOKEN_CHECK_CHARS);
+        return kp_errf(errmsg, errlen, KP_EPARSE,
+                       "token secret has %zu characters; expected %d (%d secret, %d checksum)",
+                       len - SECRET_OFF, BODY_CHARS, KP_TOKEN_SECRET_CHARS, KP_TOKEN_CHECK_CHARS);
 
     /* Public information: no need for a constant-time comparison. */
     char check[KP_TOKEN_CHECK_CHARS];
     checksum_digits(text, check);
     if (memcmp(check, text + CHECK_OFF, KP_TOKEN_CHECK_CHARS) != 0)
-        return failf(KP_EPARSE, errmsg, errlen,
-                     "token checksum does not match (mistyped, truncated or altered token)");
+        return kp_errf(errmsg, errlen, KP_EPARSE,
+                       "token checksum does not match (mistyped, truncated or altered token)");
 
     memcpy(out->id, "tk_", 3);
     memcpy(out->id + 3, text + ID_OFF, KP_TOKEN_ID_CHARS);
@@ -365,21 +353,22 @@ static int check_entry(const char *what, size_t index, const char *s, bool wildc
                        char *errmsg, size_t errlen)
 {
     if (s == NULL || s[0] == '\0')
-        return failf(KP_EINVAL, errmsg, errlen, "%s entry %zu is empty", what, index + 1);
+        return kp_errf(errmsg, errlen, KP_EINVAL, "%s entry %zu is empty", what, index + 1);
     size_t len = strlen(s);
     if (len > KP_TOKEN_SCOPE_MAX_NAME)
-        return failf(KP_EINVAL, errmsg, errlen, "%s entry %zu is longer than %d bytes", what,
-                     index + 1, KP_TOKEN_SCOPE_MAX_NAME);
+        return kp_errf(errmsg, errlen, KP_EINVAL, "%s entry %zu is longer than %d bytes", what,
+                       index + 1, KP_TOKEN_SCOPE_MAX_NAME);
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c <= ' ' || c > '~' || c == ',')
-            return failf(KP_EINVAL, errmsg, errlen,
-                         "%s entry %zu: character %zu is not printable ASCII, or is a space or ','",
-                         what, index + 1, i + 1);
+            return kp_errf(
+                errmsg, errlen, KP_EINVAL,
+                "%s entry %zu: character %zu is not printable ASCII, or is a space or ','", what,
+                index + 1, i + 1);
         if (c == '*' && (!wildcard_ok || i != len - 1))
-            return failf(KP_EINVAL, errmsg, errlen,
-                         "%s entry %zu: '*' is allowed only as the last character of a model", what,
-                         index + 1);
+            return kp_errf(errmsg, errlen, KP_EINVAL,
+                           "%s entry %zu: '*' is allowed only as the last character of a model",
+                           what, index + 1);
     }
     return KP_OK;
 }
@@ -388,10 +377,10 @@ static int check_list(const char *what, const char *const *items, size_t n, bool
                       char *errmsg, size_t errlen)
 {
     if (n > KP_TOKEN_SCOPE_MAX_ENTRIES)
-        return failf(KP_EINVAL, errmsg, errlen, "%s: %zu entries; at most %d", what, n,
-                     KP_TOKEN_SCOPE_MAX_ENTRIES);
+        return kp_errf(errmsg, errlen, KP_EINVAL, "%s: %zu entries; at most %d", what, n,
+                       KP_TOKEN_SCOPE_MAX_ENTRIES);
     if (n > 0 && items == NULL)
-        return failf(KP_EINVAL, errmsg, errlen, "%s: %zu entries but no list", what, n);
+        return kp_errf(errmsg, errlen, KP_EINVAL, "%s: %zu entries but no list", what, n);
     for (size_t i = 0; i < n; i++) {
         int rc = check_entry(what, i, items[i], wildcard_ok, errmsg, errlen);
         if (rc != KP_OK)
@@ -404,7 +393,8 @@ int kp_token_scope_check(const struct kp_token_scope *scope, char *errmsg, size_
 {
     int rc;
     if (scope->tenant == NULL || scope->tenant[0] == '\0')
-        return failf(KP_EINVAL, errmsg, errlen, "scope needs a tenant, or \"*\" for every tenant");
+        return kp_errf(errmsg, errlen, KP_EINVAL,
+                       "scope needs a tenant, or \"*\" for every tenant");
     if (strcmp(scope->tenant, "*") != 0 &&
         (rc = check_entry("tenant", 0, scope->tenant, false, errmsg, errlen)) != KP_OK)
         return rc;
@@ -414,6 +404,6 @@ int kp_token_scope_check(const struct kp_token_scope *scope, char *errmsg, size_
         (rc = check_list("models", scope->models, scope->n_models, true, errmsg, errlen)) != KP_OK)
         return rc;
     if (scope->expires_at < 0)
-        return failf(KP_EINVAL, errmsg, errlen, "expires_at is negative; 0 means never");
+        return kp_errf(errmsg, errlen, KP_EINVAL, "expires_at is negative; 0 means never");
     return KP_OK;
 }

@@ -3,6 +3,8 @@
 #include "error.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <uv.h>
 
 static const char *const names[] = {
@@ -68,6 +70,17 @@ int kp_err_from_errno(int e)
     default:
         return KP_EIO;
     }
+}
+
+int kp_errf(char *errmsg, size_t errlen, int rc, const char *fmt, ...)
+{
+    if (errmsg != NULL && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(errmsg, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
 }
 
 int kp_err_from_uv(int uverr)

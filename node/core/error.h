@@ -44,4 +44,12 @@ int kp_err_from_errno(int e);
 /* Translate a (negative) libuv error code. */
 int kp_err_from_uv(int uverr);
 
+#include <stddef.h>
+
+/* Write a formatted message into @errmsg (when not NULL) and return @rc: the
+ * one-line way to fail with context ("return kp_errf(errmsg, errlen,
+ * KP_EPARSE, "line %d: ...", n);"). */
+int kp_errf(char *errmsg, size_t errlen, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 #endif

@@ -73,20 +73,6 @@ static const char hex_digits[] = "0123456789abcdef";
 
 /* --- errors -------------------------------------------------------------- */
 
-static int fail(char *errmsg, size_t errlen, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *errmsg, size_t errlen, int rc, const char *fmt, ...)
-{
-    if (errmsg != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(errmsg, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 /* The one place OpenSSL errors become keyplane errors. OpenSSL's reason
  * strings name the failing operation only; they never carry buffer
  * contents. Authentication failures do not come here: they are expected
@@ -96,7 +82,8 @@ static int ossl_fail(char *errmsg, size_t errlen, const char *what)
     unsigned long e = ERR_peek_last_error();
     const char *reason = e != 0 ? ERR_reason_error_string(e) : NULL;
     int rc = ERR_GET_REASON(e) == ERR_GET_REASON(ERR_R_MALLOC_FAILURE) ? KP_ENOMEM : KP_ECONFIG;
-    fail(errmsg, errlen, rc, "%s: OpenSSL: %s", what, reason != NULL ? reason : "unknown failure");
+    kp_errf(errmsg, errlen, rc, "%s: OpenSSL: %s", what,
+            reason != NULL ? reason : "unknown failure");
     ERR_clear_error();
     return rc;
 }
@@ -229,10 +216,10 @@ static int kek_new(const unsigned char key[KP_SEAL_KEK_LEN], struct kp_seal_kek 
     int rc;
     struct kp_seal_kek *kek = kp_malloc(sizeof(*kek));
     if (kek == NULL)
-        return fail(errmsg, errlen, KP_ENOMEM, "master key: out of memory");
+        return kp_errf(errmsg, errlen, KP_ENOMEM, "master key: out of memory");
     kek->key = kp_secret_new(key, KP_SEAL_KEK_LEN);
     if (kek->key == NULL) {
-        rc = fail(errmsg, errlen, KP_ENOMEM, "master key: out of memory");
+        rc = kp_errf(errmsg, errlen, KP_ENOMEM, "master key: out of memory");
         goto err_after_kek;
     }
     if (EVP_Digest(key, KP_SEAL_KEK_LEN, md, &md_len, EVP_sha256(), NULL) != 1) {
@@ -297,9 +284,9 @@ static int decode_hex(const char *t, const char *source, unsigned char key[KP_SE
 {
     for (size_t i = 0; i < 2 * KP_SEAL_KEK_LEN; i++)
         if (hex_value((unsigned char)t[i]) < 0)
-            return fail(errmsg, errlen, KP_EPARSE,
-                        "%s: character %zu is not a hex digit (64 hex digits expected)", source,
-                        i + 1);
+            return kp_errf(errmsg, errlen, KP_EPARSE,
+                           "%s: character %zu is not a hex digit (64 hex digits expected)", source,
+                           i + 1);
     for (size_t i = 0; i < KP_SEAL_KEK_LEN; i++)
         key[i] = (unsigned char)(hex_value((unsigned char)t[2 * i]) << 4 |
                                  hex_value((unsigned char)t[2 * i + 1]));
@@ -318,9 +305,9 @@ static int decode_base64(const char *t, const char *source, unsigned char key[KP
     for (size_t i = 0; i < 43 && rc == KP_OK; i++) {
         int v = base64_value((unsigned char)t[i]);
         if (v < 0) {
-            rc = fail(errmsg, errlen, KP_EPARSE,
-                      "%s: character %zu is not base64 (44 base64 characters expected)", source,
-                      i + 1);
+            rc = kp_errf(errmsg, errlen, KP_EPARSE,
+                         "%s: character %zu is not base64 (44 base64 characters expected)", source,
+                         i + 1);
             break;
         }
         acc = (acc << 6 | (uint32_t)v) & 0xffffff;
@@ -332,11 +319,11 @@ static int decode_base64(const char *t, const char *source, unsigned char key[KP
         }
     }
     if (rc == KP_OK && t[43] != '=')
-        rc = fail(errmsg, errlen, KP_EPARSE,
-                  "%s: character 44 is not '=' (base64 of 32 bytes ends with one '=')", source);
+        rc = kp_errf(errmsg, errlen, KP_EPARSE,
+                     "%s: character 44 is not '=' (base64 of 32 bytes ends with one '=')", source);
     if (rc == KP_OK && (acc & ((1u << bits) - 1)) != 0)
-        rc = fail(errmsg, errlen, KP_EPARSE, "%s: base64 is not canonical (last bits not zero)",
-                  source);
+        rc = kp_errf(errmsg, errlen, KP_EPARSE, "%s: base64 is not canonical (last bits not zero)",
+                     source);
     /* The accumulator held key bits. */
     kp_secret_wipe(&acc, sizeof(acc));
     return rc;
@@ -361,10 +348,10 @@ static int kek_parse_text(const char *text, size_t len, const char *source,
         return decode_hex(text, source, key, errmsg, errlen);
     if (len == 44)
         return decode_base64(text, source, key, errmsg, errlen);
-    return fail(errmsg, errlen, KP_EPARSE,
-                "%s: %zu characters; expected a 32-byte key as 64 hex digits or 44 base64 "
-                "characters (make one with: openssl rand -hex 32)",
-                source, len);
+    return kp_errf(errmsg, errlen, KP_EPARSE,
+                   "%s: %zu characters; expected a 32-byte key as 64 hex digits or 44 base64 "
+                   "characters (make one with: openssl rand -hex 32)",
+                   source, len);
 }
 
 static int kek_from_text(const char *text, size_t len, const char *source, struct kp_seal_kek **out,
@@ -381,10 +368,10 @@ static int kek_from_text(const char *text, size_t len, const char *source, struc
 int kp_seal_kek_from_env(const char *value, struct kp_seal_kek **out, char *errmsg, size_t errlen)
 {
     if (out == NULL)
-        return fail(errmsg, errlen, KP_EINVAL, "KEYPLANE_MASTER_KEY: no output");
+        return kp_errf(errmsg, errlen, KP_EINVAL, "KEYPLANE_MASTER_KEY: no output");
     *out = NULL;
     if (value == NULL)
-        return fail(errmsg, errlen, KP_EINVAL, "KEYPLANE_MASTER_KEY is not set");
+        return kp_errf(errmsg, errlen, KP_EINVAL, "KEYPLANE_MASTER_KEY is not set");
     return kek_from_text(value, strlen(value), "KEYPLANE_MASTER_KEY", out, errmsg, errlen);
 }
 
@@ -392,11 +379,11 @@ int kp_seal_kek_from_bytes(const void *key, size_t len, struct kp_seal_kek **out
                            size_t errlen)
 {
     if (out == NULL)
-        return fail(errmsg, errlen, KP_EINVAL, "master key: no output");
+        return kp_errf(errmsg, errlen, KP_EINVAL, "master key: no output");
     *out = NULL;
     if (key == NULL || len != KP_SEAL_KEK_LEN)
-        return fail(errmsg, errlen, KP_EINVAL, "master key: %zu bytes; it must be %d", len,
-                    KP_SEAL_KEK_LEN);
+        return kp_errf(errmsg, errlen, KP_EINVAL, "master key: %zu bytes; it must be %d", len,
+                       KP_SEAL_KEK_LEN);
     return kek_new(key, out, errmsg, errlen);
 }
 
@@ -404,7 +391,7 @@ int kp_seal_kek_generate(struct kp_seal_kek **out, char *errmsg, size_t errlen)
 {
     unsigned char key[KP_SEAL_KEK_LEN];
     if (out == NULL)
-        return fail(errmsg, errlen, KP_EINVAL, "master key: no output");
+        return kp_errf(errmsg, errlen, KP_EINVAL, "master key: no output");
     *out = NULL;
     /* The private DRBG: key material does not share a generator with
      * values that are published, like nonces. */
@@ -420,14 +407,15 @@ static int kek_file_check(int fd, const char *path, char *errmsg, size_t errlen)
 {
     struct stat st;
     if (fstat(fd, &st) != 0)
-        return fail(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", path,
-                    strerror(errno));
+        return kp_errf(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", path,
+                       strerror(errno));
     if (!S_ISREG(st.st_mode))
-        return fail(errmsg, errlen, KP_EINVAL, "master key file %s is not a regular file", path);
+        return kp_errf(errmsg, errlen, KP_EINVAL, "master key file %s is not a regular file", path);
     if ((st.st_mode & 077) != 0)
-        return fail(errmsg, errlen, KP_EPERM,
-                    "master key file %s has mode %04o, open to group or others; run: chmod 600 %s",
-                    path, (unsigned)(st.st_mode & 07777), path);
+        return kp_errf(
+            errmsg, errlen, KP_EPERM,
+            "master key file %s has mode %04o, open to group or others; run: chmod 600 %s", path,
+            (unsigned)(st.st_mode & 07777), path);
     return KP_OK;
 }
 
@@ -441,8 +429,8 @@ static int kek_file_read(int fd, const char *path, char *buf, size_t cap, size_t
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
-            return fail(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", path,
-                        strerror(errno));
+            return kp_errf(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", path,
+                           strerror(errno));
         if (r == 0)
             break;
         n += (size_t)r;
@@ -458,12 +446,12 @@ int kp_seal_kek_load_file(const char *path, struct kp_seal_kek **out, char *errm
     size_t len = 0;
     int rc;
     if (out == NULL || path == NULL)
-        return fail(errmsg, errlen, KP_EINVAL, "master key file: no path");
+        return kp_errf(errmsg, errlen, KP_EINVAL, "master key file: no path");
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
-        return fail(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", path,
-                    strerror(errno));
+        return kp_errf(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", path,
+                       strerror(errno));
     rc = kek_file_check(fd, path, errmsg, errlen);
     if (rc != KP_OK)
         goto done;
@@ -471,10 +459,11 @@ int kp_seal_kek_load_file(const char *path, struct kp_seal_kek **out, char *errm
     if (rc != KP_OK)
         goto done;
     if (len == sizeof(text)) {
-        rc = fail(errmsg, errlen, KP_EPARSE,
-                  "master key file %s: longer than %zu bytes; expected one 32-byte key as 64 hex "
-                  "digits or 44 base64 characters",
-                  path, sizeof(text) - 1);
+        rc =
+            kp_errf(errmsg, errlen, KP_EPARSE,
+                    "master key file %s: longer than %zu bytes; expected one 32-byte key as 64 hex "
+                    "digits or 44 base64 characters",
+                    path, sizeof(text) - 1);
         goto done;
     }
     snprintf(source, sizeof(source), "master key file %s", path);
@@ -509,9 +498,9 @@ static int sync_parent_dir(const char *path, char *errmsg, size_t errlen)
         int e = errno;
         if (fd >= 0)
             close(fd);
-        return fail(errmsg, errlen, kp_err_from_errno(e),
-                    "master key file %s written, but syncing its directory failed: %s", path,
-                    strerror(e));
+        return kp_errf(errmsg, errlen, kp_err_from_errno(e),
+                       "master key file %s written, but syncing its directory failed: %s", path,
+                       strerror(e));
     }
     close(fd);
     return KP_OK;
@@ -522,8 +511,8 @@ static int write_temp(const char *tmp_path, int fd, const char *text, size_t len
                       size_t errlen)
 {
     if (fchmod(fd, 0600) != 0 || write_all(fd, text, len) != 0 || fsync(fd) != 0)
-        return fail(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", tmp_path,
-                    strerror(errno));
+        return kp_errf(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", tmp_path,
+                       strerror(errno));
     return KP_OK;
 }
 
@@ -534,29 +523,30 @@ int kp_seal_kek_write_file(const struct kp_seal_kek *kek, const char *path, char
     char text[2 * KP_SEAL_KEK_LEN + 2];
     int rc;
     if (kek == NULL || path == NULL)
-        return fail(errmsg, errlen, KP_EINVAL, "master key file: no key or path");
+        return kp_errf(errmsg, errlen, KP_EINVAL, "master key file: no key or path");
     if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp.XXXXXX", path) >= sizeof(tmp))
-        return fail(errmsg, errlen, KP_EINVAL, "master key file %s: path too long", path);
+        return kp_errf(errmsg, errlen, KP_EINVAL, "master key file %s: path too long", path);
     int fd = mkstemp(tmp); /* O_EXCL, mode 0600 */
     if (fd < 0)
-        return fail(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", tmp,
-                    strerror(errno));
+        return kp_errf(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", tmp,
+                       strerror(errno));
     to_hex(kek->key->data, KP_SEAL_KEK_LEN, text);
     text[2 * KP_SEAL_KEK_LEN] = '\n';
     rc = write_temp(tmp, fd, text, 2 * KP_SEAL_KEK_LEN + 1, errmsg, errlen);
     kp_secret_wipe(text, sizeof(text));
     if (close(fd) != 0 && rc == KP_OK)
-        rc = fail(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", tmp,
-                  strerror(errno));
+        rc = kp_errf(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", tmp,
+                     strerror(errno));
     if (rc != KP_OK)
         goto err_after_temp;
     /* link(), unlike rename(), refuses to replace an existing key. */
     if (link(tmp, path) != 0) {
         int e = errno;
-        rc = e == EEXIST ? fail(errmsg, errlen, KP_EEXIST,
-                                "master key file %s already exists; refusing to replace it", path)
-                         : fail(errmsg, errlen, kp_err_from_errno(e), "master key file %s: %s",
-                                path, strerror(e));
+        rc = e == EEXIST
+                 ? kp_errf(errmsg, errlen, KP_EEXIST,
+                           "master key file %s already exists; refusing to replace it", path)
+                 : kp_errf(errmsg, errlen, kp_err_from_errno(e), "master key file %s: %s", path,
+                           strerror(e));
         goto err_after_temp;
     }
     unlink(tmp);
@@ -581,21 +571,21 @@ static int blob_parse(const void *blob, size_t len, struct blob_view *v, char *e
 {
     const unsigned char *b = blob;
     if (b == NULL || len < OFF_KEK_ID)
-        return fail(errmsg, errlen, KP_EPARSE,
-                    "sealed secret is %zu bytes, too short to be one (truncated?)", len);
+        return kp_errf(errmsg, errlen, KP_EPARSE,
+                       "sealed secret is %zu bytes, too short to be one (truncated?)", len);
     if (memcmp(b, BLOB_MAGIC, BLOB_MAGIC_LEN) != 0)
-        return fail(errmsg, errlen, KP_EPARSE, "not a sealed secret (no KPSB magic)");
+        return kp_errf(errmsg, errlen, KP_EPARSE, "not a sealed secret (no KPSB magic)");
     if (b[OFF_VERSION] != BLOB_VERSION)
-        return fail(errmsg, errlen, KP_EPARSE,
-                    "sealed secret format version %u is not supported (this node reads %u)",
-                    b[OFF_VERSION], BLOB_VERSION);
+        return kp_errf(errmsg, errlen, KP_EPARSE,
+                       "sealed secret format version %u is not supported (this node reads %u)",
+                       b[OFF_VERSION], BLOB_VERSION);
     if (len < BLOB_FIXED)
-        return fail(errmsg, errlen, KP_EPARSE,
-                    "sealed secret is %zu bytes, shorter than the %d-byte minimum (truncated?)",
-                    len, BLOB_FIXED);
+        return kp_errf(errmsg, errlen, KP_EPARSE,
+                       "sealed secret is %zu bytes, shorter than the %d-byte minimum (truncated?)",
+                       len, BLOB_FIXED);
     if (len - BLOB_FIXED > KP_SEAL_MAX_PLAINTEXT)
-        return fail(errmsg, errlen, KP_EPARSE,
-                    "sealed secret is %zu bytes, more than any secret this node seals", len);
+        return kp_errf(errmsg, errlen, KP_EPARSE,
+                       "sealed secret is %zu bytes, more than any secret this node seals", len);
     v->base = b;
     v->ciphertext_len = len - BLOB_FIXED;
     v->data_tag = b + OFF_CIPHERTEXT + v->ciphertext_len;
@@ -606,8 +596,8 @@ static int check_key_id(const char *key_id, size_t *len, char *errmsg, size_t er
 {
     *len = key_id != NULL ? strnlen(key_id, KP_SEAL_MAX_KEY_ID + 1) : 0;
     if (*len == 0 || *len > KP_SEAL_MAX_KEY_ID)
-        return fail(errmsg, errlen, KP_EINVAL, "seal: key id must be 1 to %d bytes",
-                    KP_SEAL_MAX_KEY_ID);
+        return kp_errf(errmsg, errlen, KP_EINVAL, "seal: key id must be 1 to %d bytes",
+                       KP_SEAL_MAX_KEY_ID);
     return KP_OK;
 }
 
@@ -678,7 +668,8 @@ static int gcm_open(const unsigned char *key, const unsigned char *nonce, const 
         rc = ossl_fail(errmsg, errlen, "open: AES-256-GCM");
     } else if (EVP_DecryptFinal_ex(ctx, out + (len > 0 ? n : 0), &n) != 1) {
         ERR_clear_error();
-        rc = fail(errmsg, errlen, KP_SEAL_EAUTH, "sealed secret does not authenticate: %s", what);
+        rc =
+            kp_errf(errmsg, errlen, KP_SEAL_EAUTH, "sealed secret does not authenticate: %s", what);
     }
     EVP_CIPHER_CTX_free(ctx);
     if (rc != KP_OK)
@@ -695,9 +686,9 @@ static int unwrap_dek(const struct kp_seal_kek *kek, const struct blob_view *v, 
     if (memcmp(b + OFF_KEK_ID, kek->id, KP_SEAL_KEK_ID_BYTES) != 0) {
         char blob_id[KP_SEAL_KEK_ID_LEN];
         to_hex(b + OFF_KEK_ID, KP_SEAL_KEK_ID_BYTES, blob_id);
-        return fail(errmsg, errlen, KP_EPERM,
-                    "sealed under a different master key (kek id %s, this node has %s)", blob_id,
-                    kek->id_hex);
+        return kp_errf(errmsg, errlen, KP_EPERM,
+                       "sealed under a different master key (kek id %s, this node has %s)", blob_id,
+                       kek->id_hex);
     }
     struct aad aad;
     aad_build(&aad, 'W', kek->id, key_id, key_id_len, version);
@@ -737,7 +728,7 @@ static int check_args(const void *kek, const void *io, const char *key_id, size_
                       char *errmsg, size_t errlen)
 {
     if (kek == NULL || io == NULL)
-        return fail(errmsg, errlen, KP_EINVAL, "seal: no master key or no output");
+        return kp_errf(errmsg, errlen, KP_EINVAL, "seal: no master key or no output");
     return check_key_id(key_id, key_id_len, errmsg, errlen);
 }
 
@@ -752,12 +743,12 @@ int kp_seal_secret(const struct kp_seal_kek *kek, const void *plaintext, size_t 
     if (rc != KP_OK)
         return rc;
     if (plaintext == NULL && len > 0)
-        return fail(errmsg, errlen, KP_EINVAL, "seal: no plaintext");
+        return kp_errf(errmsg, errlen, KP_EINVAL, "seal: no plaintext");
     if (len > KP_SEAL_MAX_PLAINTEXT)
-        return fail(errmsg, errlen, KP_ETOOBIG, "seal: secret is %zu bytes; the limit is %d", len,
-                    KP_SEAL_MAX_PLAINTEXT);
+        return kp_errf(errmsg, errlen, KP_ETOOBIG, "seal: secret is %zu bytes; the limit is %d",
+                       len, KP_SEAL_MAX_PLAINTEXT);
     if (kp_buf_reserve(out, BLOB_FIXED + len) != 0)
-        return fail(errmsg, errlen, KP_ENOMEM, "seal: out of memory");
+        return kp_errf(errmsg, errlen, KP_ENOMEM, "seal: out of memory");
     unsigned char *b = (unsigned char *)out->data + out->len;
     memcpy(b, BLOB_MAGIC, BLOB_MAGIC_LEN);
     b[OFF_VERSION] = BLOB_VERSION;
@@ -796,7 +787,7 @@ int kp_seal_open(const struct kp_seal_kek *kek, const void *blob, size_t len, co
         goto done;
     struct kp_secret *s = secret_alloc(v.ciphertext_len);
     if (s == NULL) {
-        rc = fail(errmsg, errlen, KP_ENOMEM, "open: out of memory");
+        rc = kp_errf(errmsg, errlen, KP_ENOMEM, "open: out of memory");
         goto done;
     }
     aad_build(&aad, 'D', NULL, key_id, key_id_len, version);
@@ -820,7 +811,7 @@ int kp_seal_rewrap(const struct kp_seal_kek *old_kek, const struct kp_seal_kek *
     struct blob_view v;
     int rc = check_args(old_kek, out, key_id, &key_id_len, errmsg, errlen);
     if (rc == KP_OK && new_kek == NULL)
-        rc = fail(errmsg, errlen, KP_EINVAL, "rewrap: no new master key");
+        rc = kp_errf(errmsg, errlen, KP_EINVAL, "rewrap: no new master key");
     if (rc == KP_OK)
         rc = blob_parse(blob, len, &v, errmsg, errlen);
     if (rc != KP_OK)
@@ -829,7 +820,7 @@ int kp_seal_rewrap(const struct kp_seal_kek *old_kek, const struct kp_seal_kek *
     if (rc != KP_OK)
         goto done;
     if (kp_buf_reserve(out, len) != 0) {
-        rc = fail(errmsg, errlen, KP_ENOMEM, "rewrap: out of memory");
+        rc = kp_errf(errmsg, errlen, KP_ENOMEM, "rewrap: out of memory");
         goto done;
     }
     unsigned char *b = (unsigned char *)out->data + out->len;
@@ -846,7 +837,7 @@ int kp_seal_inspect(const void *blob, size_t len, struct kp_seal_info *info, cha
 {
     struct blob_view v;
     if (info == NULL)
-        return fail(errmsg, errlen, KP_EINVAL, "inspect: no output");
+        return kp_errf(errmsg, errlen, KP_EINVAL, "inspect: no output");
     int rc = blob_parse(blob, len, &v, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
