@@ -1,0 +1,629 @@
+/* raftstore: the replicated registry. This header is the module's API for
+ * three users:
+ *
+ *   the control plane builds commands (struct kp_command) and encodes them
+ *   (kp_command_encode) to propose through Raft, then answers the client
+ *   from the apply result (struct kp_fsm_result);
+ *
+ *   the raft glue feeds committed entries to the state machine
+ *   (kp_fsm_apply), takes and restores snapshots (kp_fsm_snapshot,
+ *   kp_fsm_restore) and, after each batch of applies, builds a view
+ *   (kp_fsm_view_build) and publishes it (kp_view_publish);
+ *
+ *   router workers acquire the published view (kp_view_acquire), look
+ *   entities up in it without locks, and release it (kp_view_release).
+ *
+ * Everything here is pure: no sockets, files, clocks or random numbers.
+ * Time, ids and random values come inside the commands, so every replica
+ * that applies the same entries holds byte-identical state. docs/registry.md
+ * describes the entities, the commands, the snapshot format and the audit
+ * chain in full.
+ *
+ * Entities are immutable once they are in the registry: an update makes a
+ * new one and drops the old. The structs below are what the router and the
+ * control plane read; strings are NUL-terminated UTF-8 and NULL when an
+ * optional field is absent (an empty string is never stored). */
+#ifndef KP_RAFTSTORE_H
+#define KP_RAFTSTORE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/core.h"
+
+/* Money: billionths of a US dollar (the same typedef as meter/meter.h). */
+typedef int64_t kp_nanousd;
+
+/* --- entities ------------------------------------------------------------ */
+
+enum kp_kind {
+    KP_KIND_PROVIDER,
+    KP_KIND_KEY,
+    KP_KIND_POOL,
+    KP_KIND_TENANT,
+    KP_KIND_PROJECT,
+    KP_KIND_TOKEN,
+    KP_KIND_POLICY,
+    KP_KIND_PRICE,
+    KP_KIND_MEMBER,
+    KP_KIND_ALERT_RULE,
+    KP_KIND_WEBHOOK,
+    KP_KIND_KEY_HEALTH,
+    KP_KIND_COUNT
+};
+
+/* "provider", "key", ... */
+const char *kp_kind_name(enum kp_kind kind);
+
+/* What every entity starts with. @refs is managed by the store: holders of
+ * a view never touch it. */
+struct kp_entity {
+    atomic_uint refs;
+    uint8_t kind;     /* enum kp_kind */
+    char *id;         /* [A-Za-z0-9._:-]{1,128} */
+    uint64_t version; /* 1 on create, +1 per change */
+    int64_t created_ms;
+    int64_t updated_ms;
+};
+
+struct kp_bytes {
+    uint8_t *p;
+    uint32_t n;
+};
+
+struct kp_strv {
+    char **v;
+    uint32_t n;
+};
+
+struct kp_strpair {
+    char *key;
+    char *value;
+};
+
+/* Sorted by key, keys unique. */
+struct kp_strmap {
+    struct kp_strpair *v;
+    uint32_t n;
+};
+
+enum kp_provider_kind {
+    KP_PROVIDER_OPENAI,
+    KP_PROVIDER_AZURE_OPENAI,
+    KP_PROVIDER_ANTHROPIC,
+    KP_PROVIDER_GEMINI,
+    KP_PROVIDER_OPENAI_COMPATIBLE,
+};
+
+struct kp_provider {
+    struct kp_entity e;
+    uint8_t kind;             /* enum kp_provider_kind */
+    char *base_url;           /* https://...; http://... only with allow_insecure */
+    char *api_version;        /* required for azure-openai */
+    struct kp_strmap headers; /* extra headers sent upstream */
+    bool allow_insecure;
+};
+
+enum kp_key_status { KP_KEY_ACTIVE, KP_KEY_DISABLED, KP_KEY_REVOKED };
+enum kp_secret_state { KP_SECRET_PRIMARY, KP_SECRET_PREVIOUS, KP_SECRET_RETIRED };
+
+/* One version of a key's secret. @sealed is the ciphertext produced by the
+ * core sealing code (AES-256-GCM under a data key wrapped by the KEK); the
+ * registry treats it as opaque bytes and erases it (n = 0) when the version
+ * is retired or the key revoked. */
+struct kp_key_secret {
+    uint32_t version;
+    struct kp_bytes sealed;
+    char *fingerprint;
+    char *last4;
+    uint8_t state;           /* enum kp_secret_state */
+    int64_t retire_after_ms; /* a previous version is usable until then */
+};
+
+struct kp_key {
+    struct kp_entity e;
+    char *provider; /* provider id */
+    char *name;
+    char *owner;
+    struct kp_strv tags;
+    uint8_t status;        /* enum kp_key_status; set by set_key_status */
+    struct kp_strv models; /* allowed models; empty means any */
+    uint64_t rpm;          /* 0 means no limit */
+    uint64_t tpm;
+    struct kp_key_secret *secrets; /* ascending version; set by add/retire */
+    uint32_t nsecrets;
+};
+
+enum kp_pool_strategy {
+    KP_POOL_PRIORITY,
+    KP_POOL_WEIGHTED,
+    KP_POOL_LEAST_INFLIGHT,
+    KP_POOL_LOWEST_LATENCY,
+};
+
+struct kp_pool_member {
+    char *key;         /* key id */
+    uint32_t weight;   /* 1..1000 */
+    uint32_t priority; /* 0..1000, lower first */
+};
+
+struct kp_downgrade {
+    char *from; /* model */
+    char *to;
+};
+
+/* A pool's id is its name (what apps and policies refer to). */
+struct kp_pool {
+    struct kp_entity e;
+    uint8_t strategy; /* enum kp_pool_strategy */
+    struct kp_pool_member *members;
+    uint32_t nmembers;
+    char *fallback; /* pool id, or NULL */
+    struct kp_downgrade *downgrades;
+    uint32_t ndowngrades;
+};
+
+/* A tenant's id is its name (the X-Tenant header). */
+struct kp_tenant {
+    struct kp_entity e;
+    char *display_name;
+};
+
+/* A project's id is its name (the X-Project header), unique in the
+ * cluster; it belongs to one tenant. */
+struct kp_project {
+    struct kp_entity e;
+    char *tenant;
+    char *display_name;
+};
+
+/* An internal API token (docs/tokens.md; its id is "tk_" and the token's
+ * id). @hash is the HMAC of the token secret under the cluster pepper
+ * (computed by the control plane; the registry only stores it). Scope, as
+ * struct kp_token_scope reads it: tenant is a tenant id or "*" for every
+ * tenant; empty lists mean "not restricted"; projects belong to the
+ * tenant. */
+struct kp_token {
+    struct kp_entity e;
+    char *name;
+    uint8_t hash[32];
+    char *role;
+    char *tenant; /* tenant id or "*" */
+    struct kp_strv projects;
+    struct kp_strv pools;
+    struct kp_strv models;
+    int64_t expires_at_ms; /* 0 means never */
+    bool disabled;
+};
+
+enum kp_scope_kind {
+    KP_SCOPE_GLOBAL,
+    KP_SCOPE_TENANT,
+    KP_SCOPE_PROJECT,
+    KP_SCOPE_KEY,
+    KP_SCOPE_POOL,
+    KP_SCOPE_TOKEN,
+    KP_SCOPE_FEATURE, /* target is a feature name, not an entity */
+};
+enum kp_budget_window { KP_BUDGET_DAILY, KP_BUDGET_MONTHLY };
+enum kp_budget_kind { KP_BUDGET_HARD, KP_BUDGET_SOFT };
+
+struct kp_budget {
+    char *name;
+    uint8_t window; /* enum kp_budget_window */
+    kp_nanousd limit_nanousd;
+    uint8_t kind; /* enum kp_budget_kind */
+};
+
+/* Stored only: enforcement (escrow leases) is a separate piece of work. */
+struct kp_policy {
+    struct kp_entity e;
+    uint8_t scope_kind; /* enum kp_scope_kind */
+    char *scope_target; /* NULL for global */
+    struct kp_strv models;
+    uint64_t rpm;
+    uint64_t tpm;
+    struct kp_budget *budgets;
+    uint32_t nbudgets;
+};
+
+/* A price's id is the model name. Amounts in nano-USD per million tokens,
+ * plus a fee per request. */
+struct kp_price {
+    struct kp_entity e;
+    kp_nanousd input_per_mtok;
+    kp_nanousd cached_input_per_mtok;
+    kp_nanousd output_per_mtok;
+    kp_nanousd request_fee;
+};
+
+enum kp_member_role { KP_MEMBER_VOTER, KP_MEMBER_STANDBY, KP_MEMBER_SPARE };
+
+struct kp_member {
+    struct kp_entity e;
+    uint64_t node_id; /* Raft id, unique, > 0 */
+    char *address;    /* host:port of the raft listener */
+    uint8_t role;     /* enum kp_member_role */
+    bool meter;
+};
+
+/* Alert rules and webhooks are stored generically; their meaning lives in
+ * meter/. */
+struct kp_alert_rule {
+    struct kp_entity e;
+    char *kind;
+    struct kp_strmap params;
+};
+
+struct kp_webhook {
+    struct kp_entity e;
+    char *kind;
+    struct kp_strmap params;
+};
+
+enum kp_health_status {
+    KP_HEALTH_HEALTHY,
+    KP_HEALTH_DEGRADED,
+    KP_HEALTH_RATE_LIMITED,
+    KP_HEALTH_QUOTA_EXHAUSTED,
+    KP_HEALTH_INVALID,
+    KP_HEALTH_DISABLED,
+};
+
+/* The health of a key; its id is the key's id. Kept apart from the key so
+ * that status changes from probes do not bump the key's version. */
+struct kp_key_health {
+    struct kp_entity e;
+    uint8_t status; /* enum kp_health_status */
+    char *last_error_class;
+    int64_t last_change_ms; /* when status last changed */
+};
+
+/* Cluster settings, set once by init_cluster. Its id is the cluster id. */
+struct kp_cluster {
+    struct kp_entity e;
+    uint8_t pepper[32]; /* token HMAC pepper: secret, never logged */
+};
+
+/* Names of the enum values as they appear on the wire ("azure-openai",
+ * "least_inflight", ...); NULL when out of range. */
+const char *kp_provider_kind_name(int v);
+const char *kp_key_status_name(int v);
+const char *kp_health_status_name(int v);
+const char *kp_pool_strategy_name(int v);
+const char *kp_member_role_name(int v);
+const char *kp_scope_kind_name(int v);
+
+/* The usable primary secret of @key, or NULL (no secret, or the key is not
+ * active). */
+const struct kp_key_secret *kp_key_primary(const struct kp_key *key);
+
+/* --- audit chain ----------------------------------------------------------- */
+
+/* One audit record. Applying any entry (accepted or refused) appends
+ * exactly one. No field ever holds secret material.
+ * hash = SHA-256(prev_hash || canonical msgpack of the entry without
+ * hash); docs/registry.md gives the exact bytes. */
+struct kp_audit_entry {
+    uint64_t seq; /* 1, 2, 3, ... */
+    int64_t ts;   /* from the command */
+    char *actor;
+    char *role;
+    char *action; /* the op, or what audit_only names */
+    char *target;
+    char *result; /* "ok", "ok (...)", "refused: ...", or audit_only's */
+    char *request_id;
+    char *source;
+    uint8_t prev_hash[32];
+    uint8_t hash[32];
+};
+
+/* The hash that @e should carry, from its other fields. Returns KP_ENOMEM
+ * (nothing written) when out of memory. */
+int kp_audit_hash(const struct kp_audit_entry *e, uint8_t out[32]);
+
+/* Verify @n consecutive entries: seq increases by one, each prev_hash is the
+ * hash before it (@anchor for the first; NULL means 32 zero bytes, the
+ * start of a chain) and each hash is right. Returns KP_OK, or KP_EPARSE with
+ * *@bad the index of the first broken entry and a message naming its seq
+ * (KP_ENOMEM when hashing could not allocate). */
+int kp_audit_verify(const struct kp_audit_entry *entries, size_t n, const uint8_t anchor[32],
+                    size_t *bad, char *errmsg, size_t errlen);
+
+/* --- commands ---------------------------------------------------------------- */
+
+#define KP_COMMAND_VERSION 1
+
+#define KP_OP_MAP(X)                                                                               \
+    X(PUT_PROVIDER, "put_provider")                                                                \
+    X(DELETE_PROVIDER, "delete_provider")                                                          \
+    X(PUT_KEY, "put_key")                                                                          \
+    X(DELETE_KEY, "delete_key")                                                                    \
+    X(ADD_KEY_SECRET, "add_key_secret")                                                            \
+    X(RETIRE_KEY_SECRET, "retire_key_secret")                                                      \
+    X(SET_KEY_STATUS, "set_key_status")                                                            \
+    X(PUT_POOL, "put_pool")                                                                        \
+    X(DELETE_POOL, "delete_pool")                                                                  \
+    X(PUT_TENANT, "put_tenant")                                                                    \
+    X(DELETE_TENANT, "delete_tenant")                                                              \
+    X(PUT_PROJECT, "put_project")                                                                  \
+    X(DELETE_PROJECT, "delete_project")                                                            \
+    X(PUT_TOKEN, "put_token")                                                                      \
+    X(DISABLE_TOKEN, "disable_token")                                                              \
+    X(DELETE_TOKEN, "delete_token")                                                                \
+    X(PUT_POLICY, "put_policy")                                                                    \
+    X(DELETE_POLICY, "delete_policy")                                                              \
+    X(PUT_PRICE, "put_price")                                                                      \
+    X(DELETE_PRICE, "delete_price")                                                                \
+    X(PUT_MEMBER, "put_member")                                                                    \
+    X(REMOVE_MEMBER, "remove_member")                                                              \
+    X(PUT_ALERT_RULE, "put_alert_rule")                                                            \
+    X(DELETE_ALERT_RULE, "delete_alert_rule")                                                      \
+    X(PUT_WEBHOOK, "put_webhook")                                                                  \
+    X(DELETE_WEBHOOK, "delete_webhook")                                                            \
+    X(SET_KEY_HEALTH, "set_key_health")                                                            \
+    X(INIT_CLUSTER, "init_cluster")                                                                \
+    X(AUDIT_ONLY, "audit_only")                                                                    \
+    X(REWRAP_SECRETS, "rewrap_secrets")
+
+enum kp_op {
+    KP_OP_NONE, /* not decoded */
+#define KP_OP_ENUM(op, name) KP_OP_##op,
+    KP_OP_MAP(KP_OP_ENUM)
+#undef KP_OP_ENUM
+        KP_OP_COUNT
+};
+
+/* "put_key"; NULL when out of range. */
+const char *kp_op_name(enum kp_op op);
+
+/* Who asked, for the audit entry. actor is required. */
+struct kp_audit_ctx {
+    char *actor;
+    char *role;
+    char *request_id;
+    char *source;
+};
+
+/* Bodies of the ops that do not carry a whole entity. */
+struct kp_cmd_target { /* delete_*, disable_token, remove_member */
+    char *id;
+};
+
+struct kp_cmd_key_status {
+    char *id;
+    uint8_t status; /* enum kp_key_status */
+};
+
+struct kp_cmd_add_secret {
+    char *id; /* key id */
+    uint32_t version;
+    struct kp_bytes sealed;
+    char *fingerprint;
+    char *last4;
+    int64_t retire_previous_after_ms; /* when the old primary stops */
+};
+
+struct kp_cmd_retire_secret {
+    char *id; /* key id */
+    uint32_t version;
+};
+
+struct kp_cmd_audit_only {
+    char *action;
+    char *target;
+    char *result;
+};
+
+struct kp_rewrap_item {
+    char *key;            /* key id */
+    uint64_t key_version; /* the key's version the blob was read from */
+    uint32_t version;     /* the secret version */
+    struct kp_bytes sealed;
+};
+
+struct kp_cmd_rewrap {
+    struct kp_rewrap_item *secrets;
+    uint32_t nsecrets;
+};
+
+/* A decoded or to-be-encoded command. The body's type follows the op:
+ *   put_<kind>        the entity struct (version, created/updated, and a
+ *                     key's status and secrets are set by the registry)
+ *   delete_*, disable_token, remove_member     struct kp_cmd_target
+ *   set_key_status    struct kp_cmd_key_status
+ *   add_key_secret    struct kp_cmd_add_secret
+ *   retire_key_secret struct kp_cmd_retire_secret
+ *   set_key_health    struct kp_key_health (id = key id)
+ *   init_cluster      struct kp_cluster
+ *   audit_only        struct kp_cmd_audit_only
+ *   rewrap_secrets    struct kp_cmd_rewrap */
+struct kp_command {
+    uint32_t v; /* KP_COMMAND_VERSION */
+    enum kp_op op;
+    int64_t ts; /* Unix ms, from the proposer */
+    struct kp_audit_ctx audit;
+    bool has_expect_version; /* 0: must not exist; N: must be at N */
+    uint64_t expect_version;
+    union {
+        void *any;
+        struct kp_provider *provider;
+        struct kp_key *key;
+        struct kp_pool *pool;
+        struct kp_tenant *tenant;
+        struct kp_project *project;
+        struct kp_token *token;
+        struct kp_policy *policy;
+        struct kp_price *price;
+        struct kp_member *member;
+        struct kp_alert_rule *alert_rule;
+        struct kp_webhook *webhook;
+        struct kp_key_health *key_health;
+        struct kp_cluster *cluster;
+        struct kp_cmd_target *target;
+        struct kp_cmd_key_status *key_status;
+        struct kp_cmd_add_secret *add_secret;
+        struct kp_cmd_retire_secret *retire_secret;
+        struct kp_cmd_audit_only *audit_only;
+        struct kp_cmd_rewrap *rewrap;
+    } body;
+};
+
+/* Encode @cmd as a msgpack map appended to @out. Values are not validated
+ * here (apply does that, on every replica); a NULL body or an unknown op is
+ * KP_EINVAL. Nothing is appended on failure. No reference to @cmd is kept. */
+int kp_command_encode(const struct kp_command *cmd, struct kp_buf *out, char *errmsg,
+                      size_t errlen);
+
+/* Decode and validate one command (every field: type, range, charset,
+ * length). Never reads outside @buf and never allocates more than the input
+ * could hold. On success the caller owns @cmd and frees it with
+ * kp_command_free. On failure @cmd holds whatever of the envelope (op, ts,
+ * audit) was read, still to be freed, and the message names the field path
+ * ("members[2].weight: must be 1..1000"). Returns KP_EVERSION for v != 1,
+ * KP_EINVAL for anything else wrong, KP_ENOMEM. */
+int kp_command_decode(const void *buf, size_t len, struct kp_command *cmd, char *errmsg,
+                      size_t errlen);
+void kp_command_free(struct kp_command *cmd);
+
+/* --- the state machine --------------------------------------------------------- */
+
+/* Audit entries the state machine keeps (older ones leave memory and the
+ * snapshot; the head hash still chains them). */
+#define KP_AUDIT_RETAIN 10000
+/* Largest snapshot payload (uncompressed) restore accepts by default. */
+#define KP_SNAPSHOT_MAX_RAW ((size_t)1 << 30)
+
+struct kp_fsm;
+
+/* The outcome of applying one entry. code: KP_OK, or why the command was
+ * refused: KP_EINVAL / KP_EVERSION (HTTP 400), KP_ENOENT (404),
+ * KP_ECONFLICT (409). message names the field path or the conflicting
+ * entity. */
+struct kp_fsm_result {
+    int code;
+    enum kp_op op;
+    uint64_t version;   /* the target's version after apply (0 if deleted) */
+    uint64_t audit_seq; /* the audit entry this apply appended */
+    char message[256];
+};
+
+struct kp_fsm *kp_fsm_new(void);
+void kp_fsm_free(struct kp_fsm *fsm);
+
+/* Apply the command in @buf as log entry @index.
+ *
+ * Returns KP_OK when the entry was applied: either the command took effect
+ * (res->code == KP_OK) or it was refused (res->code says why) and changed
+ * nothing but the audit chain. Refusals are deterministic: every replica
+ * refuses the same entries the same way and appends the same audit entry.
+ *
+ * Returns KP_ENOMEM when memory ran out: then nothing at all changed (not
+ * even the audit chain or the applied index), because every allocation is
+ * made before the first mutation. The glue must not move on to the next
+ * entry: it retries this one, or aborts the process, since a replica that
+ * skipped an entry would diverge (CONVENTIONS: abort when state would
+ * otherwise diverge). */
+int kp_fsm_apply(struct kp_fsm *fsm, uint64_t index, const void *buf, size_t len,
+                 struct kp_fsm_result *res);
+
+uint64_t kp_fsm_applied_index(const struct kp_fsm *fsm);
+/* Number of entities of @kind. */
+size_t kp_fsm_count(const struct kp_fsm *fsm, enum kp_kind kind);
+/* The current entity of @kind named @id, or NULL. Valid until the next
+ * apply or restore; raft thread only (others use a view). */
+const struct kp_entity *kp_fsm_get(const struct kp_fsm *fsm, enum kp_kind kind, const char *id);
+/* NULL until init_cluster. */
+const struct kp_cluster *kp_fsm_cluster(const struct kp_fsm *fsm);
+
+/* The audit head (0 and zero hash before the first entry) and the retained
+ * entries, oldest first; *n counts them. Valid until the next apply. */
+void kp_fsm_audit_head(const struct kp_fsm *fsm, uint64_t *seq, uint8_t hash[32]);
+const struct kp_audit_entry *kp_fsm_audit_entry(const struct kp_fsm *fsm, size_t i);
+size_t kp_fsm_audit_count(const struct kp_fsm *fsm);
+
+/* Serialize the whole state into @out (appended): a header and one zstd
+ * frame of canonical msgpack (docs/registry.md). Two replicas with the same
+ * history produce the same bytes. KP_ENOMEM leaves @out as it was. */
+int kp_fsm_snapshot(const struct kp_fsm *fsm, struct kp_buf *out, char *errmsg, size_t errlen);
+
+/* Replace the state of @fsm by the snapshot in @buf. Input is untrusted:
+ * header, sizes, checksum, zstd frame, every entity (validated as a command
+ * would be), canonical order and referential integrity are checked, and
+ * decompression stops at @max_raw bytes (0 means KP_SNAPSHOT_MAX_RAW). On
+ * any failure @fsm is unchanged; KP_EPARSE / KP_EVERSION / KP_ETOOBIG /
+ * KP_ENOMEM with a message. */
+int kp_fsm_restore(struct kp_fsm *fsm, const void *buf, size_t len, size_t max_raw, char *errmsg,
+                   size_t errlen);
+
+/* --- the view routers read -------------------------------------------------------- */
+
+/* An immutable picture of the registry after some applied index. Entities
+ * and tables are shared with the state machine by reference count, so
+ * building one costs a few atomic increments, whatever the size; the state
+ * machine copies a table before it next changes it (copy on write). */
+struct kp_view;
+
+/* Build a view of the current state, holding one reference for the caller.
+ * NULL when out of memory. Raft thread only. */
+struct kp_view *kp_fsm_view_build(struct kp_fsm *fsm);
+
+/* Take one more reference to a view you hold. */
+struct kp_view *kp_view_hold(struct kp_view *view);
+/* Drop a reference; the last one frees the view (any thread). */
+void kp_view_release(struct kp_view *view);
+
+uint64_t kp_view_applied_index(const struct kp_view *view);
+/* NULL until init_cluster. */
+const struct kp_cluster *kp_view_cluster(const struct kp_view *view);
+
+/* Lookups by id; the result lives as long as the view is held. */
+const struct kp_entity *kp_view_get(const struct kp_view *view, enum kp_kind kind, const char *id);
+const struct kp_provider *kp_view_provider(const struct kp_view *view, const char *id);
+const struct kp_key *kp_view_key(const struct kp_view *view, const char *id);
+const struct kp_pool *kp_view_pool(const struct kp_view *view, const char *name);
+const struct kp_tenant *kp_view_tenant(const struct kp_view *view, const char *name);
+const struct kp_project *kp_view_project(const struct kp_view *view, const char *name);
+const struct kp_token *kp_view_token(const struct kp_view *view, const char *id);
+const struct kp_policy *kp_view_policy(const struct kp_view *view, const char *id);
+const struct kp_price *kp_view_price(const struct kp_view *view, const char *model);
+const struct kp_member *kp_view_member(const struct kp_view *view, const char *id);
+const struct kp_key_health *kp_view_key_health(const struct kp_view *view, const char *key_id);
+/* The key of @pool's member @i (NULL if @i is out of range). */
+const struct kp_key *kp_view_pool_key(const struct kp_view *view, const struct kp_pool *pool,
+                                      uint32_t i);
+
+size_t kp_view_count(const struct kp_view *view, enum kp_kind kind);
+/* Call @fn for every entity of @kind, in no particular order, until it
+ * returns non-zero (which is returned). */
+int kp_view_each(const struct kp_view *view, enum kp_kind kind,
+                 int (*fn)(const struct kp_entity *e, void *arg), void *arg);
+
+/* Where the raft thread publishes views for router workers.
+ *
+ * kp_view_acquire is lock-free for readers (two atomic increments, one
+ * load, one decrement). kp_view_publish swaps the pointer and then waits
+ * for readers that may have loaded the old pointer but not yet taken their
+ * reference; that window is a few instructions long, so the wait is short.
+ * One publisher at a time (the raft thread). */
+struct kp_view_slot {
+    _Atomic(struct kp_view *) current;
+    atomic_uint gen;
+    atomic_uint active[2];
+};
+
+void kp_view_slot_init(struct kp_view_slot *slot);
+/* Drops the published view. No reader may be inside acquire. */
+void kp_view_slot_close(struct kp_view_slot *slot);
+/* Publish @view, taking over the caller's reference; the old view's slot
+ * reference is dropped once no reader can still be taking it. A NULL @view
+ * (kp_fsm_view_build ran out of memory) changes nothing: readers keep the
+ * last view until the next publish. */
+void kp_view_publish(struct kp_view_slot *slot, struct kp_view *view);
+/* The current view with a reference for the caller (NULL if none was
+ * published); give it back with kp_view_release. */
+struct kp_view *kp_view_acquire(struct kp_view_slot *slot);
+
+#endif
