@@ -20,9 +20,8 @@
  * the offset where it was found and the length of the valid prefix before
  * it: a torn tail ends the prefix at the last whole frame.
  *
- * zstd's memory comes from kp_malloc through its custom allocator hooks,
- * so allocation-failure tests reach it too. */
-#define ZSTD_STATIC_LINKING_ONLY /* ZSTD_createCCtx_advanced, ZSTD_customMem */
+ * zstd's memory comes from kp_malloc (core's kp_zstd_cctx_new and
+ * kp_zstd_dctx_new), so allocation-failure tests reach it too. */
 #include "meter/meter.h"
 
 #include <inttypes.h>
@@ -30,7 +29,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <zstd.h>
-#include <zstd_errors.h>
 
 static const uint8_t header_magic[8] = {'K', 'P', 'S', 'E', 'G', '\r', '\n', 0x1a};
 static const uint8_t frame_magic[4] = {'K', 'P', 'F', 'R'};
@@ -114,42 +112,12 @@ uint32_t kp_segment_crc32c(uint32_t crc, const void *buf, size_t len)
 
 /* --- little-endian fields ------------------------------------------------ */
 
-static void put_le(uint8_t *p, uint64_t v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_le(const uint8_t *p, size_t n)
-{
-    uint64_t v = 0;
-    for (size_t i = n; i > 0; i--)
-        v = v << 8 | p[i - 1];
-    return v;
-}
-
 /* Times are int64 on the wire as two's complement. */
 static int64_t get_time(const uint8_t *p)
 {
-    uint64_t v = get_le(p, 8);
+    uint64_t v = kp_get_le(p, 8);
     return v <= INT64_MAX ? (int64_t)v : -(int64_t)(~v) - 1;
 }
-
-/* --- zstd memory --------------------------------------------------------- */
-
-static void *zstd_alloc(void *opaque, size_t size)
-{
-    (void)opaque;
-    return kp_malloc(size);
-}
-
-static void zstd_free(void *opaque, void *p)
-{
-    (void)opaque;
-    kp_free(p);
-}
-
-static const ZSTD_customMem zstd_mem = {zstd_alloc, zstd_free, NULL};
 
 /* --- header -------------------------------------------------------------- */
 
@@ -157,13 +125,13 @@ static void header_encode(const struct kp_segment_header *h, uint8_t out[KP_SEGM
 {
     memset(out, 0, KP_SEGMENT_HEADER_SIZE);
     memcpy(out, header_magic, sizeof(header_magic));
-    put_le(out + HDR_VERSION, h->version, 2);
-    put_le(out + HDR_SIZE, KP_SEGMENT_HEADER_SIZE, 2);
-    put_le(out + HDR_FLAGS, h->flags, 4);
-    put_le(out + HDR_SEQ, h->seq, 8);
-    put_le(out + HDR_CREATED, (uint64_t)h->created_ms, 8);
+    kp_put_le(out + HDR_VERSION, h->version, 2);
+    kp_put_le(out + HDR_SIZE, KP_SEGMENT_HEADER_SIZE, 2);
+    kp_put_le(out + HDR_FLAGS, h->flags, 4);
+    kp_put_le(out + HDR_SEQ, h->seq, 8);
+    kp_put_le(out + HDR_CREATED, (uint64_t)h->created_ms, 8);
     memcpy(out + HDR_NODE, h->node, strlen(h->node));
-    put_le(out + HDR_CRC, kp_segment_crc32c(0, out, HDR_CRC), 4);
+    kp_put_le(out + HDR_CRC, kp_segment_crc32c(0, out, HDR_CRC), 4);
 }
 
 /* The node name: 1..63 bytes of UTF-8, then zeros to the end of the field. */
@@ -225,7 +193,7 @@ int kp_segment_writer_init(struct kp_segment_writer *w, const struct kp_segment_
     int rc = writer_options(w, opt);
     if (rc != KP_OK)
         return rc;
-    w->cctx = ZSTD_createCCtx_advanced(zstd_mem);
+    w->cctx = kp_zstd_cctx_new();
     if (w->cctx == NULL)
         goto err_nomem;
     header_encode(&w->header, header);
@@ -264,14 +232,14 @@ int kp_segment_writer_add(struct kp_segment_writer *w, const struct kp_usage_eve
 static void frame_header_encode(const struct kp_segment_writer *w, uint8_t *fh, size_t payload_len)
 {
     memcpy(fh, frame_magic, sizeof(frame_magic));
-    put_le(fh + FRM_PAYLOAD_LEN, payload_len, 4);
-    put_le(fh + FRM_RAW_LEN, w->pending.len, 4);
-    put_le(fh + FRM_COUNT, w->pending_events, 4);
-    put_le(fh + FRM_MIN, (uint64_t)w->pending_min, 8);
-    put_le(fh + FRM_MAX, (uint64_t)w->pending_max, 8);
-    put_le(fh + FRM_PAYLOAD_CRC,
-           kp_segment_crc32c(0, fh + KP_SEGMENT_FRAME_HEADER_SIZE, payload_len), 4);
-    put_le(fh + FRM_CRC, kp_segment_crc32c(0, fh, FRM_CRC), 4);
+    kp_put_le(fh + FRM_PAYLOAD_LEN, payload_len, 4);
+    kp_put_le(fh + FRM_RAW_LEN, w->pending.len, 4);
+    kp_put_le(fh + FRM_COUNT, w->pending_events, 4);
+    kp_put_le(fh + FRM_MIN, (uint64_t)w->pending_min, 8);
+    kp_put_le(fh + FRM_MAX, (uint64_t)w->pending_max, 8);
+    kp_put_le(fh + FRM_PAYLOAD_CRC,
+              kp_segment_crc32c(0, fh + KP_SEGMENT_FRAME_HEADER_SIZE, payload_len), 4);
+    kp_put_le(fh + FRM_CRC, kp_segment_crc32c(0, fh, FRM_CRC), 4);
 }
 
 /* Fold the frame just written into the segment's totals. */
@@ -302,7 +270,7 @@ int kp_segment_writer_flush(struct kp_segment_writer *w)
     size_t n = ZSTD_compressCCtx(w->cctx, fh + KP_SEGMENT_FRAME_HEADER_SIZE, bound, w->pending.data,
                                  w->pending.len, w->zstd_level);
     if (ZSTD_isError(n)) {
-        int rc = ZSTD_getErrorCode(n) == ZSTD_error_memory_allocation ? KP_ENOMEM : KP_EIO;
+        int rc = kp_zstd_err(n, KP_EIO);
         return writer_fail(w, rc, "segment writer: zstd: %s", ZSTD_getErrorName(n));
     }
     frame_header_encode(w, fh, n);
@@ -316,14 +284,14 @@ static void footer_encode(const struct kp_segment_writer *w, const uint8_t *seal
 {
     memset(out, 0, KP_SEGMENT_FOOTER_SIZE);
     memcpy(out, footer_magic, sizeof(footer_magic));
-    put_le(out + FTR_FRAMES, w->frames, 4);
-    put_le(out + FTR_EVENTS, w->events, 8);
-    put_le(out + FTR_MIN, (uint64_t)w->min_time_ms, 8);
-    put_le(out + FTR_MAX, (uint64_t)w->max_time_ms, 8);
-    put_le(out + FTR_FRAMES_LEN, w->frames_len, 8);
-    put_le(out + FTR_FRAMES_CRC, w->frames_crc, 4);
+    kp_put_le(out + FTR_FRAMES, w->frames, 4);
+    kp_put_le(out + FTR_EVENTS, w->events, 8);
+    kp_put_le(out + FTR_MIN, (uint64_t)w->min_time_ms, 8);
+    kp_put_le(out + FTR_MAX, (uint64_t)w->max_time_ms, 8);
+    kp_put_le(out + FTR_FRAMES_LEN, w->frames_len, 8);
+    kp_put_le(out + FTR_FRAMES_CRC, w->frames_crc, 4);
     uint32_t crc = kp_segment_crc32c(0, sealed_header, KP_SEGMENT_HEADER_SIZE);
-    put_le(out + FTR_CRC, kp_segment_crc32c(crc, out, FTR_CRC), 4);
+    kp_put_le(out + FTR_CRC, kp_segment_crc32c(crc, out, FTR_CRC), 4);
 }
 
 int kp_segment_writer_seal(struct kp_segment_writer *w)
@@ -389,22 +357,22 @@ static bool header_parse(struct kp_segment_reader *r)
     if (r->len < KP_SEGMENT_HEADER_SIZE)
         return reader_fail(r, KP_EPARSE, 0, "header truncated (%zu of %d bytes)", r->len,
                            KP_SEGMENT_HEADER_SIZE);
-    r->header.version = (uint16_t)get_le(p + HDR_VERSION, 2);
+    r->header.version = (uint16_t)kp_get_le(p + HDR_VERSION, 2);
     if (r->header.version != KP_SEGMENT_VERSION)
         return reader_fail(r, KP_EPARSE, HDR_VERSION, "unsupported format version %u",
                            r->header.version);
-    if (get_le(p + HDR_SIZE, 2) != KP_SEGMENT_HEADER_SIZE)
+    if (kp_get_le(p + HDR_SIZE, 2) != KP_SEGMENT_HEADER_SIZE)
         return reader_fail(r, KP_EPARSE, HDR_SIZE, "header size %u, expected %d",
-                           (unsigned)get_le(p + HDR_SIZE, 2), KP_SEGMENT_HEADER_SIZE);
-    if (get_le(p + HDR_CRC, 4) != kp_segment_crc32c(0, p, HDR_CRC))
+                           (unsigned)kp_get_le(p + HDR_SIZE, 2), KP_SEGMENT_HEADER_SIZE);
+    if (kp_get_le(p + HDR_CRC, 4) != kp_segment_crc32c(0, p, HDR_CRC))
         return reader_fail(r, KP_EPARSE, 0, "header checksum mismatch");
-    r->header.flags = (uint32_t)get_le(p + HDR_FLAGS, 4);
+    r->header.flags = (uint32_t)kp_get_le(p + HDR_FLAGS, 4);
     if (r->header.flags & ~KP_SEGMENT_FLAG_SEALED)
         return reader_fail(r, KP_EPARSE, HDR_FLAGS, "unknown header flags 0x%" PRIx32,
                            r->header.flags);
     if (!node_field_valid(p + HDR_NODE))
         return reader_fail(r, KP_EPARSE, HDR_NODE, "invalid node name");
-    r->header.seq = get_le(p + HDR_SEQ, 8);
+    r->header.seq = kp_get_le(p + HDR_SEQ, 8);
     r->header.created_ms = get_time(p + HDR_CREATED);
     memcpy(r->header.node, p + HDR_NODE, KP_SEGMENT_NODE_MAX);
     r->header.node[KP_SEGMENT_NODE_MAX] = '\0';
@@ -450,8 +418,8 @@ static bool reader_end(struct kp_segment_reader *r)
 
 static bool footer_totals(struct kp_segment_reader *r, const uint8_t *f)
 {
-    uint64_t frames = get_le(f + FTR_FRAMES, 4), events = get_le(f + FTR_EVENTS, 8);
-    uint64_t frames_len = get_le(f + FTR_FRAMES_LEN, 8);
+    uint64_t frames = kp_get_le(f + FTR_FRAMES, 4), events = kp_get_le(f + FTR_EVENTS, 8);
+    uint64_t frames_len = kp_get_le(f + FTR_FRAMES_LEN, 8);
     FOOTER_EXPECT(frames == r->frames, FTR_FRAMES, "footer says %" PRIu64 " frames, found %" PRIu64,
                   frames, r->frames);
     FOOTER_EXPECT(events == r->events, FTR_EVENTS, "footer says %" PRIu64 " events, found %" PRIu64,
@@ -463,7 +431,7 @@ static bool footer_totals(struct kp_segment_reader *r, const uint8_t *f)
     FOOTER_EXPECT(frames_len == r->pos - KP_SEGMENT_HEADER_SIZE, FTR_FRAMES_LEN,
                   "footer says %" PRIu64 " bytes of frames, found %zu", frames_len,
                   r->pos - KP_SEGMENT_HEADER_SIZE);
-    FOOTER_EXPECT(get_le(f + FTR_FRAMES_CRC, 4) == r->frames_crc, FTR_FRAMES_CRC,
+    FOOTER_EXPECT(kp_get_le(f + FTR_FRAMES_CRC, 4) == r->frames_crc, FTR_FRAMES_CRC,
                   "footer's checksum of the frame headers does not match them");
     return true;
 }
@@ -483,7 +451,7 @@ static bool reader_footer(struct kp_segment_reader *r)
                            "footer after the frames but the header is not marked sealed "
                            "(interrupted seal?)");
     uint32_t crc = kp_segment_crc32c(0, r->buf, KP_SEGMENT_HEADER_SIZE);
-    if (get_le(f + FTR_CRC, 4) != kp_segment_crc32c(crc, f, FTR_CRC))
+    if (kp_get_le(f + FTR_CRC, 4) != kp_segment_crc32c(crc, f, FTR_CRC))
         return reader_fail(r, KP_EPARSE, r->pos, "footer checksum mismatch");
     if (!footer_totals(r, f))
         return false;
@@ -508,7 +476,7 @@ static bool ensure_raw(struct kp_segment_reader *r, size_t n)
 
 static bool zstd_fail(struct kp_segment_reader *r, size_t at, size_t code)
 {
-    if (ZSTD_getErrorCode(code) == ZSTD_error_memory_allocation)
+    if (kp_zstd_err(code, KP_EPARSE) == KP_ENOMEM)
         return reader_fail(r, KP_ENOMEM, at, "out of memory");
     return reader_fail(r, KP_EPARSE, at, "frame payload: zstd: %s", ZSTD_getErrorName(code));
 }
@@ -518,15 +486,14 @@ static bool zstd_fail(struct kp_segment_reader *r, size_t at, size_t code)
 static bool decompress(struct kp_segment_reader *r, size_t at, size_t payload_len, size_t raw_len)
 {
     const uint8_t *src = r->buf + at;
-    unsigned long long declared = ZSTD_getFrameContentSize(src, payload_len);
-    if (declared != raw_len)
+    enum kp_zstd_frame shape = kp_zstd_frame_check(src, payload_len, raw_len);
+    if (shape == KP_ZSTD_FRAME_SIZE)
         return reader_fail(r, KP_EPARSE, at,
                            "frame payload: zstd frame does not declare %zu bytes of content",
                            raw_len);
-    size_t fsize = ZSTD_findFrameCompressedSize(src, payload_len);
-    if (ZSTD_isError(fsize) || fsize != payload_len)
+    if (shape != KP_ZSTD_FRAME_OK)
         return reader_fail(r, KP_EPARSE, at, "frame payload is not exactly one zstd frame");
-    if (r->dctx == NULL && (r->dctx = ZSTD_createDCtx_advanced(zstd_mem)) == NULL)
+    if (r->dctx == NULL && (r->dctx = kp_zstd_dctx_new()) == NULL)
         return reader_fail(r, KP_ENOMEM, at, "out of memory");
     if (!ensure_raw(r, raw_len))
         return false;
@@ -542,8 +509,9 @@ static bool decompress(struct kp_segment_reader *r, size_t at, size_t payload_le
 /* The frame header's claims, checked before any of them is trusted. */
 static bool frame_bounds(struct kp_segment_reader *r, const uint8_t *fh, size_t off)
 {
-    uint64_t payload_len = get_le(fh + FRM_PAYLOAD_LEN, 4), raw_len = get_le(fh + FRM_RAW_LEN, 4);
-    uint64_t count = get_le(fh + FRM_COUNT, 4);
+    uint64_t payload_len = kp_get_le(fh + FRM_PAYLOAD_LEN, 4),
+             raw_len = kp_get_le(fh + FRM_RAW_LEN, 4);
+    uint64_t count = kp_get_le(fh + FRM_COUNT, 4);
     if (raw_len > KP_SEGMENT_FRAME_MAX_RAW)
         return reader_fail(r, KP_ETOOBIG, off + FRM_RAW_LEN,
                            "frame claims %" PRIu64 " uncompressed bytes, the limit is %u", raw_len,
@@ -569,18 +537,18 @@ static bool frame_parse(struct kp_segment_reader *r, size_t off, const uint8_t *
                            KP_SEGMENT_FRAME_HEADER_SIZE);
     if (memcmp(fh, frame_magic, sizeof(frame_magic)) != 0)
         return reader_fail(r, KP_EPARSE, off, "bad frame magic");
-    if (get_le(fh + FRM_CRC, 4) != kp_segment_crc32c(0, fh, FRM_CRC))
+    if (kp_get_le(fh + FRM_CRC, 4) != kp_segment_crc32c(0, fh, FRM_CRC))
         return reader_fail(r, KP_EPARSE, off, "frame header checksum mismatch");
     if (!frame_bounds(r, fh, off))
         return false;
-    size_t payload_len = (size_t)get_le(fh + FRM_PAYLOAD_LEN, 4);
+    size_t payload_len = (size_t)kp_get_le(fh + FRM_PAYLOAD_LEN, 4);
     if (left - KP_SEGMENT_FRAME_HEADER_SIZE < payload_len)
         return reader_fail(r, KP_EPARSE, off, "frame truncated (payload of %zu bytes, %zu present)",
                            payload_len, left - KP_SEGMENT_FRAME_HEADER_SIZE);
     size_t at = off + KP_SEGMENT_FRAME_HEADER_SIZE;
-    if (get_le(fh + FRM_PAYLOAD_CRC, 4) != kp_segment_crc32c(0, r->buf + at, payload_len))
+    if (kp_get_le(fh + FRM_PAYLOAD_CRC, 4) != kp_segment_crc32c(0, r->buf + at, payload_len))
         return reader_fail(r, KP_EPARSE, at, "frame payload checksum mismatch");
-    return decompress(r, at, payload_len, (size_t)get_le(fh + FRM_RAW_LEN, 4));
+    return decompress(r, at, payload_len, (size_t)kp_get_le(fh + FRM_RAW_LEN, 4));
 }
 
 /* Load the next frame, or reach the end. True when events are ready. */
@@ -599,14 +567,14 @@ static bool load_frame(struct kp_segment_reader *r)
     r->frame_off = off;
     if (!frame_parse(r, off, fh))
         return false;
-    r->raw_len = (size_t)get_le(fh + FRM_RAW_LEN, 4);
+    r->raw_len = (size_t)kp_get_le(fh + FRM_RAW_LEN, 4);
     r->raw_pos = 0;
-    r->frame_left = (uint32_t)get_le(fh + FRM_COUNT, 4);
+    r->frame_left = (uint32_t)kp_get_le(fh + FRM_COUNT, 4);
     r->frame_events = 0;
     r->frame_min = get_time(fh + FRM_MIN);
     r->frame_max = get_time(fh + FRM_MAX);
     r->frames_crc = kp_segment_crc32c(r->frames_crc, fh, KP_SEGMENT_FRAME_HEADER_SIZE);
-    r->pos = off + KP_SEGMENT_FRAME_HEADER_SIZE + (size_t)get_le(fh + FRM_PAYLOAD_LEN, 4);
+    r->pos = off + KP_SEGMENT_FRAME_HEADER_SIZE + (size_t)kp_get_le(fh + FRM_PAYLOAD_LEN, 4);
     return true;
 }
 

@@ -10,10 +10,11 @@
  * one allocates from a claimed element count before reading the elements
  * (five bytes claiming a 4-billion-element array ask malloc for 96 GB) and
  * builds a tree we would only walk once. The decoder here reads the map in
- * place with a cursor, allocates nothing, and checks every value as it
- * reads it: a wrong type, a value out of range, an oversized, empty (where
- * required) or non-UTF-8 string, a duplicate key, a missing field or the
- * input ending early each fail with the field's name and the byte offset.
+ * place with core's bounded reader (core/mpack.h), allocates nothing, and
+ * checks every value as it reads it: a wrong type, a value out of range,
+ * an oversized, empty (where required) or non-UTF-8 string, a duplicate
+ * key, a missing field or the input ending early each fail with the
+ * field's name and the byte offset.
  * Keys it does not know are skipped without recursion, so a newer writer's
  * extra fields, however nested, cost an old reader nothing. */
 #include "meter/meter.h"
@@ -78,19 +79,6 @@ static const struct field fields[] = {
 
 _Static_assert(NFIELDS <= 32, "the decoder tracks seen fields in a uint32_t");
 
-static void set_err(char *errmsg, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *errmsg, size_t errlen, const char *fmt, ...)
-{
-    if (errmsg == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(errmsg, errlen, fmt, ap);
-    va_end(ap);
-}
-
 void kp_usage_event_init(struct kp_usage_event *ev)
 {
     memset(ev, 0, sizeof(*ev));
@@ -109,52 +97,15 @@ int kp_usage_set_str(char dst[KP_USAGE_STR_MAX + 1], const char *s)
     return KP_OK;
 }
 
-/* Length of the UTF-8 sequence starting with @b and the smallest second
- * byte allowed after it (to refuse overlong forms and surrogates); 0 when
- * @b cannot start a sequence. */
-static size_t utf8_seq(uint8_t b, uint8_t *lo, uint8_t *hi)
-{
-    *lo = 0x80;
-    *hi = 0xbf;
-    if (b >= 0xc2 && b <= 0xdf)
-        return 2;
-    if (b >= 0xe0 && b <= 0xef) {
-        if (b == 0xe0)
-            *lo = 0xa0;
-        if (b == 0xed)
-            *hi = 0x9f;
-        return 3;
-    }
-    if (b >= 0xf0 && b <= 0xf4) {
-        if (b == 0xf0)
-            *lo = 0x90;
-        if (b == 0xf4)
-            *hi = 0x8f;
-        return 4;
-    }
-    return 0;
-}
-
 bool kp_usage_str_valid(const char *s, size_t len)
 {
     const uint8_t *p = (const uint8_t *)s;
     if (len > KP_USAGE_STR_MAX)
         return false;
     for (size_t i = 0; i < len;) {
-        if (p[i] == 0)
+        size_t n = kp_utf8_len(p + i, len - i);
+        if (n == 0 || p[i] == 0)
             return false;
-        if (p[i] < 0x80) {
-            i++;
-            continue;
-        }
-        uint8_t lo, hi;
-        size_t n = utf8_seq(p[i], &lo, &hi);
-        if (n == 0 || len - i < n || p[i + 1] < lo || p[i + 1] > hi)
-            return false;
-        for (size_t k = 2; k < n; k++) {
-            if ((p[i + k] & 0xc0) != 0x80)
-                return false;
-        }
         i += n;
     }
     return true;
@@ -165,19 +116,15 @@ bool kp_usage_str_valid(const char *s, size_t len)
 static int check_str(const struct field *f, const char *s, char *errmsg, size_t errlen)
 {
     size_t n = strnlen(s, KP_USAGE_STR_MAX + 1);
-    if (n > KP_USAGE_STR_MAX) {
-        set_err(errmsg, errlen, "field '%s' (%s): longer than %d bytes", f->key, f->name,
-                KP_USAGE_STR_MAX);
-        return KP_EINVAL;
-    }
-    if (!kp_usage_str_valid(s, n)) {
-        set_err(errmsg, errlen, "field '%s' (%s): not valid UTF-8", f->key, f->name);
-        return KP_EINVAL;
-    }
-    if (f->nonempty && n == 0) {
-        set_err(errmsg, errlen, "field '%s' (%s): must not be empty", f->key, f->name);
-        return KP_EINVAL;
-    }
+    if (n > KP_USAGE_STR_MAX)
+        return kp_errf(errmsg, errlen, KP_EINVAL, "field '%s' (%s): longer than %d bytes", f->key,
+                       f->name, KP_USAGE_STR_MAX);
+    if (!kp_usage_str_valid(s, n))
+        return kp_errf(errmsg, errlen, KP_EINVAL, "field '%s' (%s): not valid UTF-8", f->key,
+                       f->name);
+    if (f->nonempty && n == 0)
+        return kp_errf(errmsg, errlen, KP_EINVAL, "field '%s' (%s): must not be empty", f->key,
+                       f->name);
     return KP_OK;
 }
 
@@ -199,8 +146,7 @@ static int check_field(const struct field *f, const void *p, char *errmsg, size_
     case FT_BOOL:
         return KP_OK;
     }
-    set_err(errmsg, errlen, "field '%s' (%s): out of range", f->key, f->name);
-    return KP_EINVAL;
+    return kp_errf(errmsg, errlen, KP_EINVAL, "field '%s' (%s): out of range", f->key, f->name);
 }
 
 int kp_usage_event_check(const struct kp_usage_event *ev, char *errmsg, size_t errlen)
@@ -269,192 +215,13 @@ int kp_usage_event_encode(const struct kp_usage_event *ev, struct kp_buf *out, c
 
 err_nomem:
     out->len = start;
-    set_err(errmsg, errlen, "encode usage event: out of memory");
-    return KP_ENOMEM;
+    return kp_errf(errmsg, errlen, KP_ENOMEM, "encode usage event: out of memory");
 }
 
 /* --- decoding ------------------------------------------------------------ */
 
-enum mp_kind { MP_NIL, MP_BOOL, MP_INT, MP_FLOAT, MP_STR, MP_BIN, MP_ARRAY, MP_MAP, MP_EXT };
-
-static const char *const mp_kind_names[] = {
-    "nil",    "a boolean", "an integer", "a float",      "a string",
-    "binary", "an array",  "a map",      "an extension",
-};
-
-/* One msgpack head: the type byte and what follows it up to the payload.
- * For strings, binary and extensions @n is the payload length (not yet
- * consumed); for arrays and maps the element count. */
-struct mp_head {
-    enum mp_kind kind;
-    uint64_t n;
-    bool negative; /* an integer below zero: see @i */
-    uint64_t u;    /* an integer >= 0 */
-    int64_t i;
-    bool b;
-};
-
-struct cursor {
-    const uint8_t *p;
-    size_t len;
-    size_t pos;
-};
-
-static bool take(struct cursor *c, size_t n, const uint8_t **out)
-{
-    if (c->len - c->pos < n)
-        return false;
-    *out = c->p + c->pos;
-    c->pos += n;
-    return true;
-}
-
-static bool take_be(struct cursor *c, size_t n, uint64_t *v)
-{
-    const uint8_t *p;
-    if (!take(c, n, &p))
-        return false;
-    *v = 0;
-    for (size_t i = 0; i < n; i++)
-        *v = *v << 8 | p[i];
-    return true;
-}
-
-static void set_signed(struct mp_head *h, int64_t v)
-{
-    h->kind = MP_INT;
-    h->i = v;
-    h->negative = v < 0;
-    h->u = v < 0 ? 0 : (uint64_t)v;
-}
-
-static bool head_signed(struct cursor *c, struct mp_head *h, size_t nbytes)
-{
-    uint64_t v;
-    if (!take_be(c, nbytes, &v))
-        return false;
-    /* Two's complement of the stored width (conversions to a narrower signed
-     * type wrap on every compiler we support; no overflow is involved). */
-    int64_t s = nbytes == 1   ? (int8_t)v
-                : nbytes == 2 ? (int16_t)v
-                : nbytes == 4 ? (int32_t)v
-                              : (int64_t)v;
-    set_signed(h, s);
-    return true;
-}
-
-/* How the bytes after a type byte 0xc0..0xdf are read. */
-enum head_how { H_BAD, H_NONE, H_BOOL, H_FIXED, H_LEN, H_EXTLEN, H_UINT, H_SINT };
-
-static const struct {
-    uint8_t kind;
-    uint8_t how;
-    uint8_t size; /* width of the length or value, or the fixed payload */
-} typed_heads[32] = {
-    {MP_NIL, H_NONE, 0},   {MP_NIL, H_BAD, 0},     {MP_BOOL, H_BOOL, 0},   /* c0..c2 */
-    {MP_BOOL, H_BOOL, 0},  {MP_BIN, H_LEN, 1},     {MP_BIN, H_LEN, 2},     /* c3..c5 */
-    {MP_BIN, H_LEN, 4},    {MP_EXT, H_EXTLEN, 1},  {MP_EXT, H_EXTLEN, 2},  /* c6..c8 */
-    {MP_EXT, H_EXTLEN, 4}, {MP_FLOAT, H_FIXED, 4}, {MP_FLOAT, H_FIXED, 8}, /* c9..cb */
-    {MP_INT, H_UINT, 1},   {MP_INT, H_UINT, 2},    {MP_INT, H_UINT, 4},    /* cc..ce */
-    {MP_INT, H_UINT, 8},   {MP_INT, H_SINT, 1},    {MP_INT, H_SINT, 2},    /* cf..d1 */
-    {MP_INT, H_SINT, 4},   {MP_INT, H_SINT, 8},    {MP_EXT, H_FIXED, 2},   /* d2..d4 */
-    {MP_EXT, H_FIXED, 3},  {MP_EXT, H_FIXED, 5},   {MP_EXT, H_FIXED, 9},   /* d5..d7 */
-    {MP_EXT, H_FIXED, 17}, {MP_STR, H_LEN, 1},     {MP_STR, H_LEN, 2},     /* d8..da */
-    {MP_STR, H_LEN, 4},    {MP_ARRAY, H_LEN, 2},   {MP_ARRAY, H_LEN, 4},   /* db..dd */
-    {MP_MAP, H_LEN, 2},    {MP_MAP, H_LEN, 4},                             /* de..df */
-};
-
-/* Type bytes 0xc0..0xdf, whose lengths and values follow in big endian.
- * An extension's type byte is counted as part of its payload. */
-static bool head_typed(struct cursor *c, uint8_t b, struct mp_head *h)
-{
-    unsigned how = typed_heads[b - 0xc0].how;
-    size_t size = typed_heads[b - 0xc0].size;
-    h->kind = typed_heads[b - 0xc0].kind;
-    switch (how) {
-    case H_NONE:
-        return true;
-    case H_BOOL:
-        h->b = b == 0xc3;
-        return true;
-    case H_FIXED:
-        h->n = size;
-        return true;
-    case H_LEN:
-        return take_be(c, size, &h->n);
-    case H_EXTLEN:
-        if (!take_be(c, size, &h->n))
-            return false;
-        h->n += 1;
-        return true;
-    case H_UINT:
-        return take_be(c, size, &h->u);
-    case H_SINT:
-        return head_signed(c, h, size);
-    }
-    return false; /* H_BAD: 0xc1 is never used */
-}
-
-/* Read one head. False when the input ends inside it or the type byte is
- * the unused 0xc1. Float payloads are left unconsumed like strings. */
-static bool read_head(struct cursor *c, struct mp_head *h)
-{
-    const uint8_t *p;
-    if (!take(c, 1, &p))
-        return false;
-    uint8_t b = *p;
-    memset(h, 0, sizeof(*h));
-    if (b <= 0x7f) {
-        h->kind = MP_INT;
-        h->u = b;
-    } else if (b <= 0x8f) {
-        h->kind = MP_MAP;
-        h->n = b & 0x0f;
-    } else if (b <= 0x9f) {
-        h->kind = MP_ARRAY;
-        h->n = b & 0x0f;
-    } else if (b <= 0xbf) {
-        h->kind = MP_STR;
-        h->n = b & 0x1f;
-    } else if (b >= 0xe0) {
-        set_signed(h, (int64_t)b - 256);
-    } else {
-        return head_typed(c, b, h);
-    }
-    return true;
-}
-
-static bool has_payload(enum mp_kind kind)
-{
-    return kind == MP_STR || kind == MP_BIN || kind == MP_EXT || kind == MP_FLOAT;
-}
-
-/* Skip one value of any shape. Containers add their elements to a counter
- * instead of recursing; every element consumes at least one byte, so the
- * loop ends within @c->len steps whatever counts the input claims. */
-static bool skip_value(struct cursor *c)
-{
-    uint64_t left = 1;
-    while (left > 0) {
-        struct mp_head h;
-        const uint8_t *p;
-        if (!read_head(c, &h))
-            return false;
-        left--;
-        if (has_payload(h.kind) && (h.n > SIZE_MAX || !take(c, (size_t)h.n, &p)))
-            return false;
-        if (h.kind == MP_ARRAY)
-            left += h.n;
-        else if (h.kind == MP_MAP)
-            left += 2 * h.n;
-        if (left > c->len - c->pos)
-            return false; /* more elements claimed than bytes remain */
-    }
-    return true;
-}
-
 struct decoder {
-    struct cursor c;
+    struct kp_mp_reader c;
     struct kp_usage_event *ev;
     char *errmsg;
     size_t errlen;
@@ -474,20 +241,19 @@ static int fail(struct decoder *d, size_t off, const struct field *f, const char
     va_end(ap);
     d->err_off = off;
     if (f != NULL)
-        set_err(d->errmsg, d->errlen, "field '%s' (%s): %s", f->key, f->name, what);
-    else
-        set_err(d->errmsg, d->errlen, "%s", what);
-    return KP_EPARSE;
+        return kp_errf(d->errmsg, d->errlen, KP_EPARSE, "field '%s' (%s): %s", f->key, f->name,
+                       what);
+    return kp_errf(d->errmsg, d->errlen, KP_EPARSE, "%s", what);
 }
 
-static int decode_str(struct decoder *d, const struct field *f, size_t at, const struct mp_head *h,
-                      char *dst)
+static int decode_str(struct decoder *d, const struct field *f, size_t at,
+                      const struct kp_mp_head *h, char *dst)
 {
     const uint8_t *p;
     if (h->n > KP_USAGE_STR_MAX)
         return fail(d, at, f, "string of %" PRIu64 " bytes exceeds the %d-byte limit", h->n,
                     KP_USAGE_STR_MAX);
-    if (!take(&d->c, (size_t)h->n, &p))
+    if (!kp_mp_take(&d->c, (size_t)h->n, &p))
         return fail(d, at, f, "input ends inside the string");
     if (!kp_usage_str_valid((const char *)p, (size_t)h->n))
         return fail(d, at, f, "not valid UTF-8 (or contains a NUL byte)");
@@ -498,8 +264,8 @@ static int decode_str(struct decoder *d, const struct field *f, size_t at, const
     return KP_OK;
 }
 
-static int decode_int(struct decoder *d, const struct field *f, size_t at, const struct mp_head *h,
-                      void *dst)
+static int decode_int(struct decoder *d, const struct field *f, size_t at,
+                      const struct kp_mp_head *h, void *dst)
 {
     if (f->type == FT_INT64) {
         if (!h->negative && h->u > INT64_MAX)
@@ -521,21 +287,21 @@ static int decode_int(struct decoder *d, const struct field *f, size_t at, const
     return KP_OK;
 }
 
-static enum mp_kind expected_kind(enum field_type t)
+static enum kp_mp_kind expected_kind(enum field_type t)
 {
-    return t == FT_STR ? MP_STR : t == FT_BOOL ? MP_BOOL : MP_INT;
+    return t == FT_STR ? KP_MP_STR : t == FT_BOOL ? KP_MP_BOOL : KP_MP_INT;
 }
 
 static int decode_value(struct decoder *d, const struct field *f)
 {
-    size_t at = d->c.pos;
-    struct mp_head h;
+    size_t at = kp_mp_offset(&d->c);
+    struct kp_mp_head h;
     void *dst = (char *)d->ev + f->off;
-    if (!read_head(&d->c, &h))
+    if (!kp_mp_read_head(&d->c, &h))
         return fail(d, at, f, "input ends inside the value (or bad type byte)");
     if (h.kind != expected_kind(f->type))
-        return fail(d, at, f, "expected %s, found %s", mp_kind_names[expected_kind(f->type)],
-                    mp_kind_names[h.kind]);
+        return fail(d, at, f, "expected %s, found %s", kp_mp_kind_name(expected_kind(f->type)),
+                    kp_mp_kind_name(h.kind));
     if (f->type == FT_STR)
         return decode_str(d, f, at, &h, dst);
     if (f->type == FT_BOOL) {
@@ -557,19 +323,21 @@ static const struct field *find_field(const uint8_t *key, size_t n)
 /* One key and its value. @seen has a bit per field of the table. */
 static int decode_entry(struct decoder *d, uint32_t *seen)
 {
-    size_t at = d->c.pos;
-    struct mp_head h;
+    size_t at = kp_mp_offset(&d->c);
     const uint8_t *key;
-    if (!read_head(&d->c, &h))
+    size_t n;
+    if (!kp_mp_read_str(&d->c, SIZE_MAX, &key, &n)) {
+        if (d->c.err == KP_MP_ETYPE)
+            return fail(d, at, NULL, "expected a string key, found %s",
+                        kp_mp_kind_name(d->c.err_kind));
+        if (d->c.err == KP_MP_EPAYLOAD)
+            return fail(d, at, NULL, "input ends inside a key");
         return fail(d, at, NULL, "input ends inside a key (or bad type byte)");
-    if (h.kind != MP_STR)
-        return fail(d, at, NULL, "expected a string key, found %s", mp_kind_names[h.kind]);
-    if (h.n > SIZE_MAX || !take(&d->c, (size_t)h.n, &key))
-        return fail(d, at, NULL, "input ends inside a key");
-    const struct field *f = find_field(key, (size_t)h.n);
+    }
+    const struct field *f = find_field(key, n);
     if (f == NULL) {
-        size_t vat = d->c.pos;
-        if (!skip_value(&d->c))
+        size_t vat = kp_mp_offset(&d->c);
+        if (!kp_mp_skip(&d->c))
             return fail(d, vat, NULL, "input ends inside the value of an unknown key");
         return KP_OK;
     }
@@ -584,18 +352,18 @@ static int check_all_seen(struct decoder *d, uint32_t seen)
 {
     for (size_t i = 0; i < NFIELDS; i++) {
         if (!(seen & (1u << i)))
-            return fail(d, d->c.pos, &fields[i], "missing");
+            return fail(d, kp_mp_offset(&d->c), &fields[i], "missing");
     }
     return KP_OK;
 }
 
 static int decode_map(struct decoder *d)
 {
-    struct mp_head h;
-    if (!read_head(&d->c, &h))
+    struct kp_mp_head h;
+    if (!kp_mp_read_head(&d->c, &h))
         return fail(d, 0, NULL, "input ends before the event (or bad type byte)");
-    if (h.kind != MP_MAP)
-        return fail(d, 0, NULL, "expected a map, found %s", mp_kind_names[h.kind]);
+    if (h.kind != KP_MP_MAP)
+        return fail(d, 0, NULL, "expected a map, found %s", kp_mp_kind_name(h.kind));
     uint32_t seen = 0;
     for (uint64_t i = 0; i < h.n; i++) {
         int rc = decode_entry(d, &seen);
@@ -609,14 +377,14 @@ int kp_usage_event_decode(const void *buf, size_t len, struct kp_usage_event *ev
                           char *errmsg, size_t errlen)
 {
     struct decoder d = {
-        .c = {.p = buf, .len = len, .pos = 0},
         .ev = ev,
         .errmsg = errmsg,
         .errlen = errlen,
     };
+    kp_mp_reader_init(&d.c, buf, len);
     kp_usage_event_init(ev);
     int rc = decode_map(&d);
-    *used = rc == KP_OK ? d.c.pos : d.err_off;
+    *used = rc == KP_OK ? kp_mp_offset(&d.c) : d.err_off;
     return rc;
 }
 

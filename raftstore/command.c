@@ -10,16 +10,17 @@
  * is not guessed, not even where its actor is.
  * Then the body is read through the op's schema.
  *
- * The reader does not use msgpack-c's unpacker, which allocates from a
- * claimed element count before reading the elements. It walks the input in
- * place with a cursor, refuses a container that claims more elements than
- * bytes remain before allocating anything for it, and checks each value as
- * it reads it: type, range, length, character set, enum name, duplicates,
- * required fields, unknown fields (refused: a field this version does not
- * know could carry meaning that other replicas would apply). Errors name
- * the field path: "members[2].weight: must be 1..1000". Unknown values are
- * never echoed back unless they are plain ids, so a message (which ends up
- * in the audit chain) never carries arbitrary input.
+ * The reader is core's bounded one (core/mpack.h), not msgpack-c's
+ * unpacker, which allocates from a claimed element count before reading
+ * the elements. It walks the input in place, refuses a container that
+ * claims more elements than bytes remain before anything is allocated for
+ * it, and checks each value as it reads it: type, range, length,
+ * character set, enum name, duplicates, required fields, unknown fields
+ * (refused: a field this version does not know could carry meaning that
+ * other replicas would apply). Errors name the field path:
+ * "members[2].weight: must be 1..1000". Unknown values are never echoed
+ * back unless they are plain ids, so a message (which ends up in the audit
+ * chain) never carries arbitrary input.
  *
  * Writing goes through msgpack-c's packer into a kp_buf. Every field is
  * written in schema order and integers in their shortest form, so the same
@@ -42,149 +43,6 @@ static const char *const op_names[KP_OP_COUNT] = {[KP_OP_NONE] = NULL,
 const char *kp_op_name(enum kp_op op)
 {
     return op > KP_OP_NONE && op < KP_OP_COUNT ? op_names[op] : NULL;
-}
-
-/* --- msgpack reading -------------------------------------------------------------------- */
-
-const char *const kp_store__mp_kind_names[] = {
-    "nil",    "a boolean", "an integer", "a float",      "a string",
-    "binary", "an array",  "a map",      "an extension",
-};
-
-bool kp_store__mp_take(struct kp_mp_cursor *c, size_t n, const uint8_t **out)
-{
-    if (c->len - c->pos < n)
-        return false;
-    *out = c->p + c->pos;
-    c->pos += n;
-    return true;
-}
-
-static bool take_be(struct kp_mp_cursor *c, size_t n, uint64_t *v)
-{
-    const uint8_t *p = NULL;
-    if (!kp_store__mp_take(c, n, &p))
-        return false;
-    *v = 0;
-    for (size_t i = 0; i < n; i++)
-        *v = *v << 8 | p[i];
-    return true;
-}
-
-static void set_signed(struct kp_mp_head *h, int64_t v)
-{
-    h->kind = KP_MP_INT;
-    h->i = v;
-    h->negative = v < 0;
-    h->u = v < 0 ? 0 : (uint64_t)v;
-}
-
-/* Type bytes 0xc0..0xdf: kind, how the rest is read, and its width. */
-enum { H_BAD, H_NONE, H_BOOL, H_FIXED, H_LEN, H_EXTLEN, H_UINT, H_SINT };
-static const struct {
-    uint8_t kind, how, size;
-} typed[32] = {
-    {KP_MP_NIL, H_NONE, 0},   {KP_MP_NIL, H_BAD, 0},     {KP_MP_BOOL, H_BOOL, 0},
-    {KP_MP_BOOL, H_BOOL, 0},  {KP_MP_BIN, H_LEN, 1},     {KP_MP_BIN, H_LEN, 2},
-    {KP_MP_BIN, H_LEN, 4},    {KP_MP_EXT, H_EXTLEN, 1},  {KP_MP_EXT, H_EXTLEN, 2},
-    {KP_MP_EXT, H_EXTLEN, 4}, {KP_MP_FLOAT, H_FIXED, 4}, {KP_MP_FLOAT, H_FIXED, 8},
-    {KP_MP_INT, H_UINT, 1},   {KP_MP_INT, H_UINT, 2},    {KP_MP_INT, H_UINT, 4},
-    {KP_MP_INT, H_UINT, 8},   {KP_MP_INT, H_SINT, 1},    {KP_MP_INT, H_SINT, 2},
-    {KP_MP_INT, H_SINT, 4},   {KP_MP_INT, H_SINT, 8},    {KP_MP_EXT, H_FIXED, 2},
-    {KP_MP_EXT, H_FIXED, 3},  {KP_MP_EXT, H_FIXED, 5},   {KP_MP_EXT, H_FIXED, 9},
-    {KP_MP_EXT, H_FIXED, 17}, {KP_MP_STR, H_LEN, 1},     {KP_MP_STR, H_LEN, 2},
-    {KP_MP_STR, H_LEN, 4},    {KP_MP_ARRAY, H_LEN, 2},   {KP_MP_ARRAY, H_LEN, 4},
-    {KP_MP_MAP, H_LEN, 2},    {KP_MP_MAP, H_LEN, 4},
-};
-
-static bool head_typed(struct kp_mp_cursor *c, uint8_t b, struct kp_mp_head *h)
-{
-    unsigned size = typed[b - 0xc0].size;
-    uint64_t v;
-    h->kind = typed[b - 0xc0].kind;
-    switch (typed[b - 0xc0].how) {
-    case H_NONE:
-        return true;
-    case H_BOOL:
-        h->b = b == 0xc3;
-        return true;
-    case H_FIXED:
-        h->n = size;
-        return true;
-    case H_LEN:
-        return take_be(c, size, &h->n);
-    case H_EXTLEN:
-        if (!take_be(c, size, &h->n))
-            return false;
-        h->n += 1; /* the extension's type byte */
-        return true;
-    case H_UINT:
-        return take_be(c, size, &h->u);
-    case H_SINT:
-        if (!take_be(c, size, &v))
-            return false;
-        set_signed(h, size == 1   ? (int8_t)v
-                      : size == 2 ? (int16_t)v
-                      : size == 4 ? (int32_t)v
-                                  : (int64_t)v);
-        return true;
-    }
-    return false; /* 0xc1 is never used */
-}
-
-bool kp_store__mp_head(struct kp_mp_cursor *c, struct kp_mp_head *h)
-{
-    const uint8_t *p = NULL;
-    if (!kp_store__mp_take(c, 1, &p))
-        return false;
-    uint8_t b = *p;
-    memset(h, 0, sizeof(*h));
-    if (b <= 0x7f) {
-        h->kind = KP_MP_INT;
-        h->u = b;
-    } else if (b <= 0x8f) {
-        h->kind = KP_MP_MAP;
-        h->n = b & 0x0f;
-    } else if (b <= 0x9f) {
-        h->kind = KP_MP_ARRAY;
-        h->n = b & 0x0f;
-    } else if (b <= 0xbf) {
-        h->kind = KP_MP_STR;
-        h->n = b & 0x1f;
-    } else if (b >= 0xe0) {
-        set_signed(h, (int64_t)b - 256);
-    } else {
-        return head_typed(c, b, h);
-    }
-    return true;
-}
-
-static bool has_payload(enum kp_mp_kind k)
-{
-    return k == KP_MP_STR || k == KP_MP_BIN || k == KP_MP_EXT || k == KP_MP_FLOAT;
-}
-
-/* Skip one value of any shape without recursion: containers add their
- * elements to a counter, which can never exceed the bytes left. */
-bool kp_store__mp_skip(struct kp_mp_cursor *c)
-{
-    uint64_t left = 1;
-    while (left > 0) {
-        struct kp_mp_head h;
-        const uint8_t *p = NULL;
-        if (!kp_store__mp_head(c, &h))
-            return false;
-        left--;
-        if (has_payload(h.kind) && (h.n > SIZE_MAX || !kp_store__mp_take(c, (size_t)h.n, &p)))
-            return false;
-        if (h.kind == KP_MP_ARRAY)
-            left += h.n;
-        else if (h.kind == KP_MP_MAP)
-            left += 2 * h.n;
-        if (left > c->len - c->pos)
-            return false;
-    }
-    return true;
 }
 
 /* --- decoding through a schema ---------------------------------------------------------- */
@@ -224,7 +82,7 @@ static void path_pop(struct kp_decoder *d, size_t old)
 
 static int read_head(struct kp_decoder *d, struct kp_mp_head *h)
 {
-    if (!kp_store__mp_head(&d->c, h))
+    if (!kp_mp_read_head(&d->c, h))
         return kp_store__fail(d, KP_EINVAL, "input ends early (or bad type byte)");
     return KP_OK;
 }
@@ -233,46 +91,54 @@ static int expect(struct kp_decoder *d, const struct kp_mp_head *h, enum kp_mp_k
 {
     if (h->kind == kind)
         return KP_OK;
-    return kp_store__fail(d, KP_EINVAL, "expected %s, found %s", kp_store__mp_kind_names[kind],
-                          kp_store__mp_kind_names[h->kind]);
+    return kp_store__fail(d, KP_EINVAL, "expected %s, found %s", kp_mp_kind_name(kind),
+                          kp_mp_kind_name(h->kind));
 }
 
-/* The bytes of a string or bin whose head was read. */
-static int take_payload(struct kp_decoder *d, const struct kp_mp_head *h, uint64_t max,
-                        const uint8_t **p)
+/* The message for a failed kp_mp_read_str or kp_mp_read_bin of @want, at
+ * most @max bytes long. */
+static int payload_fail(struct kp_decoder *d, enum kp_mp_kind want, uint64_t max)
 {
-    if (h->n > max)
+    switch (d->c.err) {
+    case KP_MP_ETYPE:
+        return kp_store__fail(d, KP_EINVAL, "expected %s, found %s", kp_mp_kind_name(want),
+                              kp_mp_kind_name(d->c.err_kind));
+    case KP_MP_ERANGE:
         return kp_store__fail(d, KP_EINVAL, "longer than %" PRIu64 " bytes", max);
-    if (!kp_store__mp_take(&d->c, (size_t)h->n, p))
+    case KP_MP_EPAYLOAD:
         return kp_store__fail(d, KP_EINVAL, "input ends inside the value");
-    return KP_OK;
+    default:
+        return kp_store__fail(d, KP_EINVAL, "input ends early (or bad type byte)");
+    }
+}
+
+/* The bytes of a string of at most @max bytes, in place. */
+static int read_chars(struct kp_decoder *d, uint64_t max, const uint8_t **p, size_t *n)
+{
+    return kp_mp_read_str(&d->c, max, p, n) ? KP_OK : payload_fail(d, KP_MP_STR, max);
 }
 
 /* A string of @cs, 1..@max bytes, copied into *@out. */
 static int read_str(struct kp_decoder *d, enum kp_cs cs, uint64_t max, char **out)
 {
-    struct kp_mp_head h;
     const uint8_t *p = NULL;
-    int rc = read_head(d, &h);
-    if (rc == KP_OK)
-        rc = expect(d, &h, KP_MP_STR);
-    if (rc == KP_OK)
-        rc = take_payload(d, &h, max, &p);
+    size_t n = 0;
+    int rc = read_chars(d, max, &p, &n);
     if (rc != KP_OK)
         return rc;
-    if (h.n == 0)
+    if (n == 0)
         return kp_store__fail(d, KP_EINVAL, "must not be empty");
-    const char *bad = kp_store__check_cs(cs, (const char *)p, (size_t)h.n);
-    if (bad != NULL || memchr(p, 0, (size_t)h.n) != NULL)
+    const char *bad = kp_store__check_cs(cs, (const char *)p, n);
+    if (bad != NULL || memchr(p, 0, n) != NULL)
         return kp_store__fail(d, KP_EINVAL, "%s", bad ? bad : "must not contain NUL");
-    if ((*out = kp_strndup((const char *)p, (size_t)h.n)) == NULL)
+    if ((*out = kp_strndup((const char *)p, n)) == NULL)
         return KP_ENOMEM;
     return KP_OK;
 }
 
 static int read_field_str(struct kp_decoder *d, const struct kp_field *f, char **out)
 {
-    size_t at = d->c.pos;
+    const uint8_t *at = d->c.p;
     struct kp_mp_head h;
     int rc = read_head(d, &h);
     if (rc != KP_OK)
@@ -281,12 +147,12 @@ static int read_field_str(struct kp_decoder *d, const struct kp_field *f, char *
         return (f->flags & KP_FF_REQ) ? kp_store__fail(d, KP_EINVAL, "missing") : KP_OK;
     if (h.kind == KP_MP_STR && h.n == 0 && !(f->flags & KP_FF_REQ))
         return KP_OK; /* "" is stored as absent */
-    if (h.kind == KP_MP_STR && h.n == 1 && (f->flags & KP_FF_STAR) && d->c.pos < d->c.len &&
-        d->c.p[d->c.pos] == '*') {
-        d->c.pos++;
+    if (h.kind == KP_MP_STR && h.n == 1 && (f->flags & KP_FF_STAR) && d->c.p < d->c.end &&
+        *d->c.p == '*') {
+        d->c.p++;
         return (*out = kp_strdup("*")) != NULL ? KP_OK : KP_ENOMEM;
     }
-    d->c.pos = at;
+    d->c.p = at;
     return read_str(d, f->cs, f->max, out);
 }
 
@@ -315,17 +181,13 @@ static int read_int(struct kp_decoder *d, const struct kp_field *f, void *dst)
 
 static int read_enum(struct kp_decoder *d, const struct kp_field *f, uint8_t *dst)
 {
-    struct kp_mp_head h;
     const uint8_t *p = NULL;
-    int rc = read_head(d, &h);
-    if (rc == KP_OK)
-        rc = expect(d, &h, KP_MP_STR);
-    if (rc == KP_OK)
-        rc = take_payload(d, &h, 64, &p);
+    size_t n = 0;
+    int rc = read_chars(d, 64, &p, &n);
     if (rc != KP_OK)
         return rc;
     for (uint8_t i = 0; f->names[i] != NULL; i++) {
-        if (strlen(f->names[i]) == h.n && memcmp(f->names[i], p, (size_t)h.n) == 0) {
+        if (strlen(f->names[i]) == n && memcmp(f->names[i], p, n) == 0) {
             *dst = i;
             return KP_OK;
         }
@@ -339,31 +201,27 @@ static int read_enum(struct kp_decoder *d, const struct kp_field *f, uint8_t *ds
 
 static int read_bytes(struct kp_decoder *d, const struct kp_field *f, void *dst)
 {
-    struct kp_mp_head h;
     const uint8_t *p = NULL;
-    int rc = read_head(d, &h);
-    if (rc == KP_OK)
-        rc = expect(d, &h, KP_MP_BIN);
-    if (rc == KP_OK)
-        rc = take_payload(d, &h, f->type == KP_FT_HASH32 ? 32 : f->max, &p);
-    if (rc != KP_OK)
-        return rc;
+    size_t n = 0;
+    uint64_t max = f->type == KP_FT_HASH32 ? 32 : f->max;
+    if (!kp_mp_read_bin(&d->c, max, &p, &n))
+        return payload_fail(d, KP_MP_BIN, max);
     if (f->type == KP_FT_HASH32) {
-        if (h.n != 32)
+        if (n != 32)
             return kp_store__fail(d, KP_EINVAL, "must be exactly 32 bytes");
         memcpy(dst, p, 32);
         return KP_OK;
     }
     struct kp_bytes *b = dst;
-    if (h.n == 0) {
+    if (n == 0) {
         if (f->flags & KP_FF_REQ)
             return kp_store__fail(d, KP_EINVAL, "must not be empty");
         return KP_OK;
     }
-    if ((b->p = kp_malloc((size_t)h.n)) == NULL)
+    if ((b->p = kp_malloc(n)) == NULL)
         return KP_ENOMEM;
-    memcpy(b->p, p, (size_t)h.n);
-    b->n = (uint32_t)h.n;
+    memcpy(b->p, p, n);
+    b->n = (uint32_t)n;
     return KP_OK;
 }
 
@@ -380,7 +238,7 @@ static int read_count(struct kp_decoder *d, enum kp_mp_kind kind, uint64_t max, 
         return rc;
     if (h.n > max)
         return kp_store__fail(d, KP_EINVAL, "more than %" PRIu64 " entries", max);
-    if (h.n > (d->c.len - d->c.pos) / min_bytes)
+    if (h.n > kp_mp_left(&d->c) / min_bytes)
         return kp_store__fail(d, KP_EINVAL, "input ends inside the value");
     *n = (uint32_t)h.n;
     return KP_OK;
@@ -517,23 +375,22 @@ static const struct kp_field *find_field(const struct kp_schema *s, const uint8_
 static int read_key(struct kp_decoder *d, const struct kp_schema *s, uint32_t *seen,
                     const struct kp_field **f)
 {
-    struct kp_mp_head h;
     const uint8_t *k = NULL;
-    int rc = read_head(d, &h);
-    if (rc == KP_OK && h.kind != KP_MP_STR)
-        rc = kp_store__fail(d, KP_EINVAL, "expected a string key, found %s",
-                            kp_store__mp_kind_names[h.kind]);
-    if (rc == KP_OK)
-        rc = take_payload(d, &h, 64, &k);
-    if (rc != KP_OK)
-        return rc;
-    *f = find_field(s, k, (size_t)h.n);
-    if (*f == NULL && d->skip_envelope && d->pathlen == 0 && is_envelope_key(k, (size_t)h.n))
+    size_t n = 0;
+    *f = NULL;
+    if (!kp_mp_read_str(&d->c, 64, &k, &n)) {
+        if (d->c.err == KP_MP_ETYPE)
+            return kp_store__fail(d, KP_EINVAL, "expected a string key, found %s",
+                                  kp_mp_kind_name(d->c.err_kind));
+        return payload_fail(d, KP_MP_STR, 64);
+    }
+    *f = find_field(s, k, n);
+    if (*f == NULL && d->skip_envelope && d->pathlen == 0 && is_envelope_key(k, n))
         return KP_OK;
     if (*f == NULL) {
-        bool plain = h.n > 0 && kp_store__check_cs(KP_CS_ID, (const char *)k, (size_t)h.n) == NULL;
+        bool plain = n > 0 && kp_store__check_cs(KP_CS_ID, (const char *)k, n) == NULL;
         return kp_store__fail(d, KP_EINVAL, "unknown field%s%.*s%s", plain ? " '" : "",
-                              plain ? (int)h.n : 0, (const char *)k, plain ? "'" : "");
+                              plain ? (int)n : 0, (const char *)k, plain ? "'" : "");
     }
     size_t old = path_push(d, (*f)->name, -1);
     uint32_t bit = 1u << (*f - s->fields);
@@ -585,7 +442,7 @@ int kp_store__decode_obj(struct kp_decoder *d, const struct kp_schema *s, void *
         if ((rc = read_key(d, s, &seen, &f)) != KP_OK)
             return rc;
         if (f == NULL) {
-            if (!kp_store__mp_skip(&d->c))
+            if (!kp_mp_skip(&d->c))
                 return kp_store__fail(d, KP_EINVAL, "input ends early");
             continue;
         }
@@ -922,9 +779,9 @@ void kp_command_free(struct kp_command *cmd)
     cmd->body.any = NULL;
 }
 
-/* Where each envelope field's value starts (0: absent). */
+/* Where each envelope field's value starts (NULL: absent). */
 struct envelope {
-    size_t at[5]; /* v, op, ts, audit, expect_version */
+    const uint8_t *at[5]; /* v, op, ts, audit, expect_version */
 };
 
 static const char *const envelope_keys[5] = {"v", "op", "ts", "audit", "expect_version"};
@@ -936,73 +793,69 @@ static int scan_envelope(struct kp_decoder *d, struct envelope *env)
     if (rc != KP_OK)
         return rc;
     for (uint32_t i = 0; i < n; i++) {
-        struct kp_mp_head h;
         const uint8_t *k = NULL;
-        if ((rc = read_head(d, &h)) != KP_OK || (rc = expect(d, &h, KP_MP_STR)) != KP_OK ||
-            (rc = take_payload(d, &h, 64, &k)) != KP_OK)
+        size_t klen = 0;
+        if ((rc = read_chars(d, 64, &k, &klen)) != KP_OK)
             return rc;
         for (int e = 0; e < 5; e++) {
-            if (strlen(envelope_keys[e]) != h.n || memcmp(envelope_keys[e], k, (size_t)h.n) != 0)
+            if (strlen(envelope_keys[e]) != klen || memcmp(envelope_keys[e], k, klen) != 0)
                 continue;
-            if (env->at[e] != 0)
+            if (env->at[e] != NULL)
                 return kp_store__fail(d, KP_EINVAL, "%s: appears twice", envelope_keys[e]);
-            env->at[e] = d->c.pos;
+            env->at[e] = d->c.p;
         }
-        if (!kp_store__mp_skip(&d->c))
+        if (!kp_mp_skip(&d->c))
             return kp_store__fail(d, KP_EINVAL, "input ends early");
     }
-    if (d->c.pos != d->c.len)
+    if (kp_mp_left(&d->c) != 0)
         return kp_store__fail(d, KP_EINVAL, "trailing bytes after the command");
     return KP_OK;
 }
 
 static int read_version(struct kp_decoder *d, const struct envelope *env, struct kp_command *cmd)
 {
-    struct kp_mp_head h;
-    if (env->at[0] == 0)
+    uint64_t v = 0;
+    if (env->at[0] == NULL)
         return kp_store__fail(d, KP_EINVAL, "v: missing");
-    d->c.pos = env->at[0];
-    if (!kp_store__mp_head(&d->c, &h) || h.kind != KP_MP_INT || h.negative || h.u > UINT32_MAX)
+    d->c.p = env->at[0];
+    if (!kp_mp_read_uint(&d->c, UINT32_MAX, &v))
         return kp_store__fail(d, KP_EVERSION, "v: unsupported command version");
-    cmd->v = (uint32_t)h.u;
-    if (h.u != KP_COMMAND_VERSION)
+    cmd->v = (uint32_t)v;
+    if (v != KP_COMMAND_VERSION)
         return kp_store__fail(d, KP_EVERSION,
                               "v: unsupported command version %" PRIu64 " (this node applies %d)",
-                              h.u, KP_COMMAND_VERSION);
+                              v, KP_COMMAND_VERSION);
     return KP_OK;
 }
 
 static int read_op(struct kp_decoder *d, const struct envelope *env, struct kp_command *cmd)
 {
-    struct kp_mp_head h;
     const uint8_t *p = NULL;
-    if (env->at[1] == 0)
+    size_t n = 0;
+    if (env->at[1] == NULL)
         return kp_store__fail(d, KP_EINVAL, "op: missing");
-    d->c.pos = env->at[1];
+    d->c.p = env->at[1];
     size_t old = path_push(d, "op", -1);
-    int rc = read_head(d, &h);
-    if (rc == KP_OK)
-        rc = expect(d, &h, KP_MP_STR);
-    if (rc == KP_OK)
-        rc = take_payload(d, &h, 64, &p);
+    int rc = read_chars(d, 64, &p, &n);
     if (rc != KP_OK)
         return rc;
     for (int op = KP_OP_NONE + 1; op < KP_OP_COUNT; op++) {
-        if (strlen(op_names[op]) == h.n && memcmp(op_names[op], p, (size_t)h.n) == 0) {
+        if (strlen(op_names[op]) == n && memcmp(op_names[op], p, n) == 0) {
             cmd->op = (enum kp_op)op;
             path_pop(d, old);
             return KP_OK;
         }
     }
-    bool plain = h.n > 0 && kp_store__check_cs(KP_CS_ID, (const char *)p, (size_t)h.n) == NULL;
+    bool plain = n > 0 && kp_store__check_cs(KP_CS_ID, (const char *)p, n) == NULL;
     return kp_store__fail(d, KP_EINVAL, "unknown operation%s%.*s%s", plain ? " '" : "",
-                          plain ? (int)h.n : 0, (const char *)p, plain ? "'" : "");
+                          plain ? (int)n : 0, (const char *)p, plain ? "'" : "");
 }
 
 /* One optional integer of the envelope through a synthetic field. */
-static int read_env_int(struct kp_decoder *d, size_t at, const struct kp_field *f, void *dst)
+static int read_env_int(struct kp_decoder *d, const uint8_t *at, const struct kp_field *f,
+                        void *dst)
 {
-    d->c.pos = at;
+    d->c.p = at;
     size_t old = path_push(d, f->name, -1);
     int rc = read_int(d, f, dst);
     if (rc == KP_OK)
@@ -1020,23 +873,23 @@ static int read_envelope(struct kp_decoder *d, const struct envelope *env, struc
     int rc = read_version(d, env, cmd);
     if (rc != KP_OK)
         return rc;
-    if (env->at[2] == 0)
+    if (env->at[2] == NULL)
         return kp_store__fail(d, KP_EINVAL, "ts: missing");
     if ((rc = read_env_int(d, env->at[2], &ts_field, &cmd->ts)) != KP_OK)
         return rc;
-    if (env->at[3] == 0)
+    if (env->at[3] == NULL)
         return kp_store__fail(d, KP_EINVAL, "audit: missing");
-    d->c.pos = env->at[3];
+    d->c.p = env->at[3];
     size_t old = path_push(d, "audit", -1);
     if ((rc = kp_store__decode_obj(d, &kp_store__audit_ctx_schema, &cmd->audit)) != KP_OK)
         return rc;
     path_pop(d, old);
     if ((rc = read_op(d, env, cmd)) != KP_OK)
         return rc;
-    if (env->at[4] != 0) {
+    if (env->at[4] != NULL) {
         struct kp_mp_head h;
-        d->c.pos = env->at[4];
-        if (kp_store__mp_head(&d->c, &h) && h.kind == KP_MP_NIL)
+        d->c.p = env->at[4];
+        if (kp_mp_read_head(&d->c, &h) && h.kind == KP_MP_NIL)
             return KP_OK;
         cmd->has_expect_version = true;
         return read_env_int(d, env->at[4], &expect_field, &cmd->expect_version);
@@ -1058,12 +911,12 @@ int kp_command_decode(const void *buf, size_t len, struct kp_command *cmd, char 
                       size_t errlen)
 {
     struct kp_decoder d = {
-        .c = {.p = buf, .len = len},
         .mode = KP_MODE_CMD,
         .errmsg = errmsg,
         .errlen = errlen,
     };
-    struct envelope env = {{0}};
+    struct envelope env = {{NULL}};
+    kp_mp_reader_init(&d.c, buf, len);
     memset(cmd, 0, sizeof(*cmd));
     if (errmsg != NULL && errlen > 0)
         errmsg[0] = '\0';
@@ -1075,7 +928,7 @@ int kp_command_decode(const void *buf, size_t len, struct kp_command *cmd, char 
     const struct kp_schema *body = kp_store__op_body(cmd->op);
     if ((cmd->body.any = body_alloc(cmd->op, body)) == NULL)
         return KP_ENOMEM;
-    d.c.pos = 0;
+    d.c.p = d.c.start;
     d.skip_envelope = true;
     return kp_store__decode_obj(&d, body, cmd->body.any);
 }

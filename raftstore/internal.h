@@ -104,45 +104,11 @@ enum kp_codec_mode {
     KP_MODE_HASH, /* encoding only: snapshot form without KP_FF_NOHASH fields */
 };
 
-struct kp_mp_cursor {
-    const uint8_t *p;
-    size_t len;
-    size_t pos;
-};
-
-enum kp_mp_kind {
-    KP_MP_NIL,
-    KP_MP_BOOL,
-    KP_MP_INT,
-    KP_MP_FLOAT,
-    KP_MP_STR,
-    KP_MP_BIN,
-    KP_MP_ARRAY,
-    KP_MP_MAP,
-    KP_MP_EXT
-};
-
-/* One msgpack head. Strings, binary, floats and extensions: @n is the
- * payload length, not yet consumed. Arrays and maps: the element count. */
-struct kp_mp_head {
-    enum kp_mp_kind kind;
-    uint64_t n;
-    bool negative; /* integer below zero, value in @i */
-    uint64_t u;
-    int64_t i;
-    bool b;
-};
-
-bool kp_store__mp_take(struct kp_mp_cursor *c, size_t n, const uint8_t **out);
-bool kp_store__mp_head(struct kp_mp_cursor *c, struct kp_mp_head *h);
-bool kp_store__mp_skip(struct kp_mp_cursor *c);
-extern const char *const kp_store__mp_kind_names[];
-
 /* A decoder over untrusted msgpack; errors carry the field path. */
 struct kp_decoder {
-    struct kp_mp_cursor c;
-    int mode;           /* enum kp_codec_mode */
-    bool skip_envelope; /* top level of a command: skip v, op, ts, ... */
+    struct kp_mp_reader c; /* core/mpack.h */
+    int mode;              /* enum kp_codec_mode */
+    bool skip_envelope;    /* top level of a command: skip v, op, ts, ... */
     char path[160];
     size_t pathlen;
     char *errmsg;

@@ -82,35 +82,10 @@ static bool is_tchar(unsigned char c)
            (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
-/* Length of the well-formed UTF-8 sequence at @p (at most @n bytes), 0 if
- * there is none (overlong forms and surrogates are not well formed). */
-static size_t utf8_len(const unsigned char *p, size_t n)
-{
-    unsigned char b = p[0], lo = 0x80, hi = 0xbf;
-    size_t len;
-    if (b < 0x80)
-        return 1;
-    if (b >= 0xc2 && b <= 0xdf)
-        len = 2;
-    else if (b >= 0xe0 && b <= 0xef)
-        len = 3, lo = b == 0xe0 ? 0xa0 : 0x80, hi = b == 0xed ? 0x9f : 0xbf;
-    else if (b >= 0xf0 && b <= 0xf4)
-        len = 4, lo = b == 0xf0 ? 0x90 : 0x80, hi = b == 0xf4 ? 0x8f : 0xbf;
-    else
-        return 0;
-    if (n < len || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t k = 2; k < len; k++) {
-        if ((p[k] & 0xc0) != 0x80)
-            return 0;
-    }
-    return len;
-}
-
 static const char *check_text(const unsigned char *p, size_t n)
 {
     for (size_t i = 0; i < n;) {
-        size_t l = utf8_len(p + i, n - i);
+        size_t l = kp_utf8_len(p + i, n - i);
         if (l == 0)
             return "must be valid UTF-8";
         if (l == 1 && (p[i] < 0x20 || p[i] == 0x7f))
@@ -153,7 +128,7 @@ void kp_store__utf8_trim(char *s)
 {
     size_t n = strlen(s), i = 0;
     while (i < n) {
-        size_t l = utf8_len((const unsigned char *)s + i, n - i);
+        size_t l = kp_utf8_len(s + i, n - i);
         if (l == 0)
             break;
         i += l;

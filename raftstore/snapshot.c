@@ -29,7 +29,6 @@
  * and reference, and the audit chain and its head. Only when all of that
  * passed does the new state replace the old one; on any failure the state
  * machine is untouched. */
-#define ZSTD_STATIC_LINKING_ONLY /* ZSTD_customMem, ZSTD_create*_advanced */
 #include "raftstore/internal.h"
 
 #include <inttypes.h>
@@ -38,7 +37,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <zstd.h>
-#include <zstd_errors.h>
 
 #define SNAP_FORMAT      1
 #define SNAP_HEADER_SIZE 64
@@ -46,34 +44,6 @@
 #define SNAP_LEVEL       3
 
 static const uint8_t magic[8] = {'K', 'P', 'S', 'N', 'A', 'P', '\r', '\n'};
-
-static void *zalloc(void *opaque, size_t size)
-{
-    (void)opaque;
-    return kp_malloc(size);
-}
-
-static void zfree(void *opaque, void *p)
-{
-    (void)opaque;
-    kp_free(p);
-}
-
-static const ZSTD_customMem zmem = {zalloc, zfree, NULL};
-
-static void put_le(uint8_t *p, uint64_t v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_le(const uint8_t *p, size_t n)
-{
-    uint64_t v = 0;
-    for (size_t i = n; i > 0; i--)
-        v = v << 8 | p[i - 1];
-    return v;
-}
 
 /* SHA-256(header[0..32) || SHA-256(payload)). KP_ENOMEM when OpenSSL
  * could not allocate its digest context. */
@@ -142,7 +112,7 @@ static int pack_state(const struct kp_state *st, struct kp_buf *raw)
 static int compress_into(const struct kp_buf *raw, struct kp_buf *out, char *errmsg, size_t errlen)
 {
     size_t bound = ZSTD_compressBound(raw->len);
-    ZSTD_CCtx *cctx = ZSTD_createCCtx_advanced(zmem);
+    ZSTD_CCtx *cctx = kp_zstd_cctx_new();
     int rc = KP_ENOMEM;
     if (cctx == NULL || kp_buf_reserve(out, SNAP_HEADER_SIZE + bound) != 0)
         goto out;
@@ -152,15 +122,15 @@ static int compress_into(const struct kp_buf *raw, struct kp_buf *out, char *err
     ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
     size_t n = ZSTD_compress2(cctx, h + SNAP_HEADER_SIZE, bound, raw->data, raw->len);
     if (ZSTD_isError(n)) {
-        rc = ZSTD_getErrorCode(n) == ZSTD_error_memory_allocation ? KP_ENOMEM : KP_EIO;
+        rc = kp_zstd_err(n, KP_EIO);
         snprintf(errmsg, errlen, "snapshot: zstd: %s", ZSTD_getErrorName(n));
         goto out;
     }
     memcpy(h, magic, 8);
-    put_le(h + 8, SNAP_FORMAT, 4);
-    put_le(h + 12, 0, 4);
-    put_le(h + 16, raw->len, 8);
-    put_le(h + 24, n, 8);
+    kp_put_le(h + 8, SNAP_FORMAT, 4);
+    kp_put_le(h + 12, 0, 4);
+    kp_put_le(h + 16, raw->len, 8);
+    kp_put_le(h + 24, n, 8);
     if (file_hash(h, h + SNAP_HEADER_SIZE, n, h + 32) != KP_OK) {
         snprintf(errmsg, errlen, "snapshot: sha256: out of memory");
         goto out;
@@ -205,17 +175,17 @@ static int check_header(const uint8_t *p, size_t len, size_t max_raw, uint64_t *
 {
     if (len < SNAP_HEADER_SIZE || memcmp(p, magic, 8) != 0)
         return fail(errmsg, errlen, KP_EPARSE, "not a keyplane snapshot");
-    uint64_t version = get_le(p + 8, 4);
+    uint64_t version = kp_get_le(p + 8, 4);
     if (version != SNAP_FORMAT)
         return fail(errmsg, errlen, KP_EVERSION, "snapshot format %" PRIu64 " (this node reads %d)",
                     version, SNAP_FORMAT);
-    if (get_le(p + 12, 4) != 0)
+    if (kp_get_le(p + 12, 4) != 0)
         return fail(errmsg, errlen, KP_EPARSE, "unknown header flags");
-    *raw_len = get_le(p + 16, 8);
+    *raw_len = kp_get_le(p + 16, 8);
     if (*raw_len > max_raw)
         return fail(errmsg, errlen, KP_ETOOBIG, "%" PRIu64 " bytes exceed the %zu-byte limit",
                     *raw_len, max_raw);
-    if (get_le(p + 24, 8) != len - SNAP_HEADER_SIZE)
+    if (kp_get_le(p + 24, 8) != len - SNAP_HEADER_SIZE)
         return fail(errmsg, errlen, KP_EPARSE, "payload length does not match the input");
     const void *payload = p + SNAP_HEADER_SIZE;
     size_t plen = len - SNAP_HEADER_SIZE;
@@ -224,15 +194,14 @@ static int check_header(const uint8_t *p, size_t len, size_t max_raw, uint64_t *
         return fail(errmsg, errlen, KP_ENOMEM, "out of memory");
     if (memcmp(sum, p + 32, 32) != 0)
         return fail(errmsg, errlen, KP_EPARSE, "checksum mismatch");
-    if (ZSTD_getFrameContentSize(payload, plen) != *raw_len ||
-        ZSTD_findFrameCompressedSize(payload, plen) != plen)
+    if (kp_zstd_frame_check(payload, plen, *raw_len) != KP_ZSTD_FRAME_OK)
         return fail(errmsg, errlen, KP_EPARSE, "payload is not one zstd frame of the raw length");
     return KP_OK;
 }
 
 static int zstd_fail(size_t code, char *errmsg, size_t errlen)
 {
-    if (ZSTD_getErrorCode(code) == ZSTD_error_memory_allocation)
+    if (kp_zstd_err(code, KP_EPARSE) == KP_ENOMEM)
         return fail(errmsg, errlen, KP_ENOMEM, "out of memory");
     return fail(errmsg, errlen, KP_EPARSE, "zstd: %s", ZSTD_getErrorName(code));
 }
@@ -286,7 +255,7 @@ static int unpack_bytes(const uint8_t *p, size_t len, size_t max_raw, uint8_t **
     int rc = check_header(p, len, max_raw, &declared, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
-    ZSTD_DCtx *dctx = ZSTD_createDCtx_advanced(zmem);
+    ZSTD_DCtx *dctx = kp_zstd_dctx_new();
     if (dctx == NULL)
         return fail(errmsg, errlen, KP_ENOMEM, "out of memory");
     ZSTD_DCtx_setParameter(dctx, ZSTD_d_windowLogMax, SNAP_WINDOW_LOG);
@@ -307,16 +276,16 @@ static int key(struct kp_decoder *d, const char *want)
     struct kp_mp_head h;
     const uint8_t *p;
     size_t n = strlen(want);
-    if (!kp_store__mp_head(&d->c, &h) || h.kind != KP_MP_STR || h.n != n ||
-        !kp_store__mp_take(&d->c, n, &p) || memcmp(p, want, n) != 0)
+    if (!kp_mp_read_head(&d->c, &h) || h.kind != KP_MP_STR || h.n != n ||
+        !kp_mp_take(&d->c, n, &p) || memcmp(p, want, n) != 0)
         return kp_store__fail(d, KP_EPARSE, "expected the key '%s'", want);
     return KP_OK;
 }
 
 static int head(struct kp_decoder *d, enum kp_mp_kind kind, struct kp_mp_head *h)
 {
-    if (!kp_store__mp_head(&d->c, h) || h->kind != kind)
-        return kp_store__fail(d, KP_EPARSE, "expected %s", kp_store__mp_kind_names[kind]);
+    if (!kp_mp_read_head(&d->c, h) || h->kind != kind)
+        return kp_store__fail(d, KP_EPARSE, "expected %s", kp_mp_kind_name(kind));
     return KP_OK;
 }
 
@@ -328,7 +297,7 @@ static int array(struct kp_decoder *d, uint64_t max, uint32_t *n)
     int rc = head(d, KP_MP_ARRAY, &h);
     if (rc != KP_OK)
         return rc;
-    if (h.n > max || h.n > (d->c.len - d->c.pos) / 16)
+    if (h.n > max || h.n > kp_mp_left(&d->c) / 16)
         return kp_store__fail(d, KP_EPARSE, "array of %" PRIu64 " entries is too long", h.n);
     *n = (uint32_t)h.n;
     return KP_OK;
@@ -340,10 +309,10 @@ static int read_cluster(struct kp_decoder *d, struct kp_state *st)
     int rc = key(d, "cluster");
     if (rc != KP_OK)
         return rc;
-    size_t at = d->c.pos;
-    if (kp_store__mp_head(&d->c, &h) && h.kind == KP_MP_NIL)
+    const uint8_t *at = d->c.p;
+    if (kp_mp_read_head(&d->c, &h) && h.kind == KP_MP_NIL)
         return KP_OK;
-    d->c.pos = at;
+    d->c.p = at;
     if ((st->cluster = (struct kp_cluster *)kp_store__entity_alloc(KP_KIND_COUNT)) == NULL)
         return KP_ENOMEM;
     return kp_store__decode_obj(d, &kp_store__cluster_schema, st->cluster);
@@ -360,7 +329,7 @@ static int read_audit(struct kp_decoder *d, struct kp_audit_log *log)
     if (rc == KP_OK && (rc = key(d, "seq")) == KP_OK && (rc = head(d, KP_MP_INT, &h)) == KP_OK)
         log->seq = h.u;
     if (rc == KP_OK && (rc = key(d, "hash")) == KP_OK && (rc = head(d, KP_MP_BIN, &h)) == KP_OK) {
-        if (h.n != 32 || !kp_store__mp_take(&d->c, 32, &hash))
+        if (h.n != 32 || !kp_mp_take(&d->c, 32, &hash))
             return kp_store__fail(d, KP_EPARSE, "audit.hash: expected 32 bytes");
         memcpy(log->hash, hash, 32);
     }
@@ -423,7 +392,7 @@ static int read_state(struct kp_decoder *d, struct kp_state *st)
         rc = read_audit(d, &st->audit);
     for (int k = 0; rc == KP_OK && k < KP_KIND_COUNT; k++)
         rc = read_table(d, st, k);
-    if (rc == KP_OK && d->c.pos != d->c.len)
+    if (rc == KP_OK && kp_mp_left(&d->c) != 0)
         rc = kp_store__fail(d, KP_EPARSE, "trailing bytes");
     return rc;
 }
@@ -497,16 +466,14 @@ int kp_fsm_restore(struct kp_fsm *fsm, const void *buf, size_t len, size_t max_r
         kp_free(raw);
         return fail(errmsg, errlen, rc, "out of memory");
     }
-    struct kp_decoder d = {.c = {.p = raw, .len = raw_len},
-                           .mode = KP_MODE_SNAP,
-                           .errmsg = why,
-                           .errlen = sizeof(why)};
+    struct kp_decoder d = {.mode = KP_MODE_SNAP, .errmsg = why, .errlen = sizeof(why)};
+    kp_mp_reader_init(&d.c, raw, raw_len);
     rc = read_state(&d, &st);
     if (rc == KP_ENOMEM)
         rc = fail(errmsg, errlen, rc, "out of memory");
     else if (rc != KP_OK)
-        rc = fail(errmsg, errlen, rc == KP_EVERSION ? rc : KP_EPARSE, "at byte %zu: %s", d.c.pos,
-                  why);
+        rc = fail(errmsg, errlen, rc == KP_EVERSION ? rc : KP_EPARSE, "at byte %zu: %s",
+                  kp_mp_offset(&d.c), why);
     if (rc == KP_OK)
         rc = check_state(&st, errmsg, errlen);
     if (rc == KP_OK)

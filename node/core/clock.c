@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <time.h>
 
+#include "bytes.h"
 #include "error.h"
 
 uint64_t kp_now_mono_us(void)
@@ -52,16 +53,11 @@ int kp_random_bytes(void *buf, size_t len)
 
 int kp_random_hex(char *out, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
     unsigned char raw[64];
     if (n > sizeof(raw))
         return KP_EINVAL;
     if (kp_random_bytes(raw, n) != KP_OK)
         return KP_EIO;
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hex[raw[i] >> 4];
-        out[2 * i + 1] = hex[raw[i] & 15];
-    }
-    out[2 * n] = '\0';
+    kp_hex_encode(raw, n, out);
     return KP_OK;
 }

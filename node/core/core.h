@@ -4,13 +4,16 @@
 #define KP_CORE_H
 
 #include "alloc.h"
+#include "bytes.h"
 #include "clock.h"
 #include "error.h"
 #include "http.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "mpack.h"
 #include "seal.h"
 #include "version.h"
+#include "zstd_frame.h"
 
 #endif

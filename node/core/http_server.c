@@ -55,6 +55,8 @@
  * our last answer is not lost to a reset. */
 #define LINGER_MS  2000
 #define READ_CHUNK 65536
+/* How long an idle connection may stay once the server drains. */
+#define DRAIN_IDLE_GRACE_MS 500
 
 enum conn_state { C_IDLE, C_HEADERS, C_BODY, C_HANDLER };
 
@@ -1364,13 +1366,16 @@ void kp_http_server_drain(struct kp_http_server *srv)
         return;
     srv->draining = true;
     stop_listening(srv);
-    struct conn *c = srv->conns;
-    while (c != NULL) {
-        struct conn *next = c->next;
+    /* Idle connections get a short grace instead of an immediate close: a
+     * request the client already sent may still be unread in the socket, and
+     * closing under it would drop it. One that arrives is answered with
+     * Connection: close. */
+    uint64_t grace = srv->cfg.limits.idle_timeout_ms < DRAIN_IDLE_GRACE_MS
+                         ? srv->cfg.limits.idle_timeout_ms
+                         : DRAIN_IDLE_GRACE_MS;
+    for (struct conn *c = srv->conns; c != NULL; c = c->next)
         if (c->ex == NULL && c->state == C_IDLE)
-            conn_close(c);
-        c = next;
-    }
+            conn_arm_timer(c, grace);
 }
 
 unsigned kp_http_server_inflight(const struct kp_http_server *srv)

@@ -5,37 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Length of the valid UTF-8 sequence at s[i..len), or 0 when it is not one
- * (bad lead byte, missing continuation, overlong form, surrogate, > U+10FFFF). */
-static size_t utf8_seq(const unsigned char *s, size_t i, size_t len)
-{
-    unsigned char c = s[i];
-    size_t n;
-    unsigned cp;
-    if (c >= 0xc2 && c <= 0xdf) {
-        n = 2;
-        cp = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-        cp = c & 0x0f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (len - i < n)
-        return 0;
-    for (size_t k = 1; k < n; k++) {
-        if ((s[i + k] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i + k] & 0x3f);
-    }
-    if ((n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 4 && cp < 0x10000) ||
-        cp > 0x10ffff)
-        return 0;
-    return n;
-}
+#include "bytes.h"
 
 int kp_json_escape(struct kp_buf *out, const char *s, size_t len)
 {
@@ -46,7 +16,7 @@ int kp_json_escape(struct kp_buf *out, const char *s, size_t len)
         const char *esc = NULL;
         char u[7];
         if (c >= 0x80) {
-            size_t n = utf8_seq((const unsigned char *)s, i, len);
+            size_t n = kp_utf8_len(s + i, len - i);
             if (n > 0) {
                 i += n - 1;
                 continue;

@@ -45,6 +45,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "bytes.h"
 #include "log.h"
 
 /* Blob layout, version 1 (docs/secrets.md). */
@@ -68,8 +69,6 @@ _Static_assert(BLOB_FIXED == KP_SEAL_OVERHEAD, "KP_SEAL_OVERHEAD must match the 
 /* Longest KEK text accepted before it is parsed (a file with a comment or
  * two keys is refused as the wrong length, not read further). */
 #define KEK_TEXT_MAX 256
-
-static const char hex_digits[] = "0123456789abcdef";
 
 /* --- errors -------------------------------------------------------------- */
 
@@ -166,15 +165,6 @@ void kp_secret_register_for_redaction(const struct kp_secret *s)
         kp_log_register_secret((const char *)s->data, s->len);
 }
 
-static void to_hex(const unsigned char *in, size_t n, char *out)
-{
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hex_digits[in[i] >> 4];
-        out[2 * i + 1] = hex_digits[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 int kp_seal_fingerprint(const struct kp_secret *s, char out[KP_SEAL_FP_LEN])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -182,7 +172,7 @@ int kp_seal_fingerprint(const struct kp_secret *s, char out[KP_SEAL_FP_LEN])
     memcpy(out, "fp_000000000000", KP_SEAL_FP_LEN);
     if (EVP_Digest(s->data, s->len, md, &md_len, EVP_sha256(), NULL) != 1)
         return ossl_fail(NULL, 0, "fingerprint");
-    to_hex(md, 6, out + 3);
+    kp_hex_encode(md, 6, out + 3);
     return KP_OK;
 }
 
@@ -227,7 +217,7 @@ static int kek_new(const unsigned char key[KP_SEAL_KEK_LEN], struct kp_seal_kek 
         goto err_after_key;
     }
     memcpy(kek->id, md, KP_SEAL_KEK_ID_BYTES);
-    to_hex(kek->id, KP_SEAL_KEK_ID_BYTES, kek->id_hex);
+    kp_hex_encode(kek->id, KP_SEAL_KEK_ID_BYTES, kek->id_hex);
     *out = kek;
     return KP_OK;
 
@@ -251,17 +241,6 @@ const char *kp_seal_kek_id(const struct kp_seal_kek *kek)
     return kek->id_hex;
 }
 
-static int hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static int base64_value(unsigned char c)
 {
     if (c >= 'A' && c <= 'Z')
@@ -283,13 +262,12 @@ static int decode_hex(const char *t, const char *source, unsigned char key[KP_SE
                       char *errmsg, size_t errlen)
 {
     for (size_t i = 0; i < 2 * KP_SEAL_KEK_LEN; i++)
-        if (hex_value((unsigned char)t[i]) < 0)
+        if (kp_hex_value(t[i]) < 0)
             return kp_errf(errmsg, errlen, KP_EPARSE,
                            "%s: character %zu is not a hex digit (64 hex digits expected)", source,
                            i + 1);
     for (size_t i = 0; i < KP_SEAL_KEK_LEN; i++)
-        key[i] = (unsigned char)(hex_value((unsigned char)t[2 * i]) << 4 |
-                                 hex_value((unsigned char)t[2 * i + 1]));
+        key[i] = (unsigned char)(kp_hex_value(t[2 * i]) << 4 | kp_hex_value(t[2 * i + 1]));
     return KP_OK;
 }
 
@@ -530,7 +508,7 @@ int kp_seal_kek_write_file(const struct kp_seal_kek *kek, const char *path, char
     if (fd < 0)
         return kp_errf(errmsg, errlen, kp_err_from_errno(errno), "master key file %s: %s", tmp,
                        strerror(errno));
-    to_hex(kek->key->data, KP_SEAL_KEK_LEN, text);
+    kp_hex_encode(kek->key->data, KP_SEAL_KEK_LEN, text);
     text[2 * KP_SEAL_KEK_LEN] = '\n';
     rc = write_temp(tmp, fd, text, 2 * KP_SEAL_KEK_LEN + 1, errmsg, errlen);
     kp_secret_wipe(text, sizeof(text));
@@ -685,7 +663,7 @@ static int unwrap_dek(const struct kp_seal_kek *kek, const struct blob_view *v, 
     const unsigned char *b = v->base;
     if (memcmp(b + OFF_KEK_ID, kek->id, KP_SEAL_KEK_ID_BYTES) != 0) {
         char blob_id[KP_SEAL_KEK_ID_LEN];
-        to_hex(b + OFF_KEK_ID, KP_SEAL_KEK_ID_BYTES, blob_id);
+        kp_hex_encode(b + OFF_KEK_ID, KP_SEAL_KEK_ID_BYTES, blob_id);
         return kp_errf(errmsg, errlen, KP_EPERM,
                        "sealed under a different master key (kek id %s, this node has %s)", blob_id,
                        kek->id_hex);
@@ -835,14 +813,14 @@ done:
 int kp_seal_inspect(const void *blob, size_t len, struct kp_seal_info *info, char *errmsg,
                     size_t errlen)
 {
-    struct blob_view v;
+    struct blob_view v = {0}; /* gcc -O2 cannot see that blob_parse sets it on KP_OK */
     if (info == NULL)
         return kp_errf(errmsg, errlen, KP_EINVAL, "inspect: no output");
     int rc = blob_parse(blob, len, &v, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
     info->version = v.base[OFF_VERSION];
-    to_hex(v.base + OFF_KEK_ID, KP_SEAL_KEK_ID_BYTES, info->kek_id);
+    kp_hex_encode(v.base + OFF_KEK_ID, KP_SEAL_KEK_ID_BYTES, info->kek_id);
     info->plaintext_len = v.ciphertext_len;
     return KP_OK;
 }

@@ -15,19 +15,9 @@
 
 #include "meter/meter.h"
 
-static uint64_t get_le(const uint8_t *p, size_t n)
-{
-    uint64_t v = 0;
-    for (size_t i = n; i > 0; i--)
-        v = v << 8 | p[i - 1];
-    return v;
-}
-
 static void put_crc(uint8_t *at, const uint8_t *from, size_t len)
 {
-    uint32_t crc = kp_segment_crc32c(0, from, len);
-    for (int i = 0; i < 4; i++)
-        at[i] = (uint8_t)(crc >> (8 * i));
+    kp_put_le(at, kp_segment_crc32c(0, from, len), 4);
 }
 
 /* Recompute every checksum that the layout lets us find. */
@@ -38,7 +28,7 @@ static void fix_checksums(uint8_t *p, size_t len)
     put_crc(p + 124, p, 124);
     size_t pos = KP_SEGMENT_HEADER_SIZE;
     while (len - pos >= KP_SEGMENT_FRAME_HEADER_SIZE && memcmp(p + pos, "KPFR", 4) == 0) {
-        size_t plen = (size_t)get_le(p + pos + 4, 4);
+        size_t plen = (size_t)kp_get_le(p + pos + 4, 4);
         size_t room = len - pos - KP_SEGMENT_FRAME_HEADER_SIZE;
         if (plen > room)
             plen = room;
@@ -48,9 +38,7 @@ static void fix_checksums(uint8_t *p, size_t len)
     }
     if (len - pos == KP_SEGMENT_FOOTER_SIZE && memcmp(p + pos, "KPFT", 4) == 0) {
         uint32_t crc = kp_segment_crc32c(0, p, KP_SEGMENT_HEADER_SIZE);
-        crc = kp_segment_crc32c(crc, p + pos, 60);
-        for (int i = 0; i < 4; i++)
-            p[pos + 60 + i] = (uint8_t)(crc >> (8 * i));
+        kp_put_le(p + pos + 60, kp_segment_crc32c(crc, p + pos, 60), 4);
     }
 }
 

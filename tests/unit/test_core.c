@@ -1,8 +1,9 @@
 /* Unit tests for the pure parts of node/core: allocation wrappers and their
  * failure injection, arenas and buffers (alloc.c), error codes (error.c),
  * clocks and random ids (clock.c), JSON escaping and error bodies (json.c),
- * JSON-lines logging and redaction (log.c), and Prometheus metrics
- * (metrics.c).
+ * JSON-lines logging and redaction (log.c), Prometheus metrics
+ * (metrics.c), the bounded msgpack reader (mpack.c), little-endian fields
+ * and hex (bytes.c), and the zstd glue (zstd_frame.c).
  *
  * Log lines are captured with kp_log_set_sink and parsed back with jansson,
  * so what is checked is exactly what an operator's log pipeline would see.
@@ -25,6 +26,7 @@
 
 #include <jansson.h>
 #include <uv.h>
+#include <zstd.h>
 
 #include "core/core.h"
 
@@ -2023,6 +2025,489 @@ static void test_metrics_route_matched_by_content(void **state)
     kp_free(t);
 }
 
+/* --- msgpack reader (mpack.c) ---------------------------------------------- */
+
+struct mp_case {
+    const char *bytes; /* the value, then one trailing byte 'X' that must stay unread */
+    size_t len;        /* of the value, without the 'X' */
+    enum kp_mp_kind kind;
+    uint64_t n, u;
+    int64_t i;
+    bool negative, b;
+};
+
+#define MP(s, kind, n, u, i, neg, b)                                                               \
+    {                                                                                              \
+        s "X", sizeof(s) - 1, kind, n, u, i, neg, b                                                \
+    }
+
+/* Every type byte's head reads to the right kind, length or count, and value,
+ * consuming exactly the head (payloads stay unread). */
+static void test_mp_every_head(void **state)
+{
+    (void)state;
+    static const struct mp_case cases[] = {
+        MP("\x00", KP_MP_INT, 0, 0, 0, false, false),
+        MP("\x7f", KP_MP_INT, 0, 127, 0, false, false),
+        MP("\x80", KP_MP_MAP, 0, 0, 0, false, false),
+        MP("\x8f", KP_MP_MAP, 15, 0, 0, false, false),
+        MP("\x90", KP_MP_ARRAY, 0, 0, 0, false, false),
+        MP("\x9f", KP_MP_ARRAY, 15, 0, 0, false, false),
+        MP("\xa0", KP_MP_STR, 0, 0, 0, false, false),
+        MP("\xbf", KP_MP_STR, 31, 0, 0, false, false),
+        MP("\xc0", KP_MP_NIL, 0, 0, 0, false, false),
+        MP("\xc2", KP_MP_BOOL, 0, 0, 0, false, false),
+        MP("\xc3", KP_MP_BOOL, 0, 0, 0, false, true),
+        MP("\xc4\xfe", KP_MP_BIN, 0xfe, 0, 0, false, false),
+        MP("\xc5\x01\x02", KP_MP_BIN, 0x102, 0, 0, false, false),
+        MP("\xc6\x01\x02\x03\x04", KP_MP_BIN, 0x1020304, 0, 0, false, false),
+        MP("\xc7\x05", KP_MP_EXT, 6, 0, 0, false, false),
+        MP("\xc8\x01\x00", KP_MP_EXT, 0x101, 0, 0, false, false),
+        MP("\xc9\xff\xff\xff\xff", KP_MP_EXT, 0x100000000, 0, 0, false, false),
+        MP("\xca", KP_MP_FLOAT, 4, 0, 0, false, false),
+        MP("\xcb", KP_MP_FLOAT, 8, 0, 0, false, false),
+        MP("\xcc\xff", KP_MP_INT, 0, 255, 0, false, false),
+        MP("\xcd\xff\xfe", KP_MP_INT, 0, 0xfffe, 0, false, false),
+        MP("\xce\xff\xff\xff\xfd", KP_MP_INT, 0, 0xfffffffd, 0, false, false),
+        MP("\xcf\xff\xff\xff\xff\xff\xff\xff\xff", KP_MP_INT, 0, UINT64_MAX, 0, false, false),
+        MP("\xd0\x80", KP_MP_INT, 0, 0, -128, true, false),
+        MP("\xd0\x7f", KP_MP_INT, 0, 127, 127, false, false),
+        MP("\xd1\x80\x00", KP_MP_INT, 0, 0, -32768, true, false),
+        MP("\xd2\xff\xff\xff\xfe", KP_MP_INT, 0, 0, -2, true, false),
+        MP("\xd3\x80\x00\x00\x00\x00\x00\x00\x00", KP_MP_INT, 0, 0, INT64_MIN, true, false),
+        MP("\xd3\x7f\xff\xff\xff\xff\xff\xff\xff", KP_MP_INT, 0, INT64_MAX, INT64_MAX, false,
+           false),
+        MP("\xd4", KP_MP_EXT, 2, 0, 0, false, false),
+        MP("\xd5", KP_MP_EXT, 3, 0, 0, false, false),
+        MP("\xd6", KP_MP_EXT, 5, 0, 0, false, false),
+        MP("\xd7", KP_MP_EXT, 9, 0, 0, false, false),
+        MP("\xd8", KP_MP_EXT, 17, 0, 0, false, false),
+        MP("\xd9\x20", KP_MP_STR, 32, 0, 0, false, false),
+        MP("\xda\x01\x00", KP_MP_STR, 256, 0, 0, false, false),
+        MP("\xdb\x00\x01\x00\x00", KP_MP_STR, 65536, 0, 0, false, false),
+        MP("\xdc\xff\xff", KP_MP_ARRAY, 65535, 0, 0, false, false),
+        MP("\xdd\xff\xff\xff\xff", KP_MP_ARRAY, 0xffffffff, 0, 0, false, false),
+        MP("\xde\x00\x10", KP_MP_MAP, 16, 0, 0, false, false),
+        MP("\xdf\x00\x01\x00\x00", KP_MP_MAP, 65536, 0, 0, false, false),
+        MP("\xe0", KP_MP_INT, 0, 0, -32, true, false),
+        MP("\xff", KP_MP_INT, 0, 0, -1, true, false),
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        const struct mp_case *t = &cases[c];
+        struct kp_mp_reader r;
+        struct kp_mp_head h;
+        kp_mp_reader_init(&r, t->bytes, t->len + 1);
+        assert_true(kp_mp_read_head(&r, &h));
+        assert_int_equal(h.kind, t->kind);
+        assert_int_equal(h.negative, t->negative);
+        if (t->kind == KP_MP_INT && t->negative)
+            assert_true(h.i == t->i);
+        else if (t->kind == KP_MP_INT)
+            assert_true(h.u == t->u);
+        else if (t->kind == KP_MP_BOOL)
+            assert_int_equal(h.b, t->b);
+        else
+            assert_true(h.n == t->n);
+        assert_int_equal(kp_mp_offset(&r), t->len);
+        assert_int_equal(kp_mp_left(&r), 1);
+    }
+
+    /* And every one of the 256 type bytes but 0xc1 starts a head. */
+    for (int b = 0; b < 256; b++) {
+        uint8_t buf[9] = {(uint8_t)b};
+        struct kp_mp_reader r;
+        struct kp_mp_head h;
+        kp_mp_reader_init(&r, buf, sizeof(buf));
+        assert_int_equal(kp_mp_read_head(&r, &h), b != 0xc1);
+    }
+}
+
+/* The unused type byte 0xc1 is refused as a bad head at its own offset. */
+static void test_mp_bad_type_byte(void **state)
+{
+    (void)state;
+    const uint8_t buf[] = {0x92, 0x01, 0xc1, 0x02};
+    struct kp_mp_reader r;
+    kp_mp_reader_init(&r, buf, sizeof(buf));
+    assert_false(kp_mp_skip(&r));
+    assert_int_equal(r.err, KP_MP_EHEAD);
+    assert_int_equal(r.err_off, 2);
+}
+
+/* A document holding every kind skips whole, and every strict prefix of it
+ * fails (never reads past the cut) with an error offset inside the prefix. */
+static void test_mp_truncated_at_every_byte(void **state)
+{
+    (void)state;
+    static const uint8_t doc[] = {
+        0x8a,                                                            /* map of 10 pairs */
+        0xa1, 'a', 0xc0,                                                 /* nil */
+        0xa1, 'b', 0xc3,                                                 /* true */
+        0xa1, 'c', 0xcd, 0x12, 0x34,                                     /* uint16 */
+        0xa1, 'd', 0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe, /* int64 */
+        0xa1, 'e', 0xcb, 0x3f, 0xf0, 0,    0,    0,    0,    0,    0,    /* float64 */
+        0xa1, 'f', 0xd9, 0x03, 'x',  'y',  'z',                          /* str8 */
+        0xa1, 'g', 0xc5, 0x00, 0x02, 0xaa, 0xbb,                         /* bin16 */
+        0xa1, 'h', 0xd5, 0x01, 0x10, 0x20,                               /* fixext2 */
+        0xa1, 'i', 0xdc, 0x00, 0x02, 0x91, 0x90, 0x80,                   /* array16 [[[]], {}] */
+        0xa1, 'j', 0xc7, 0x01, 0x07, 0xee,                               /* ext8 */
+    };
+    struct kp_mp_reader r;
+    kp_mp_reader_init(&r, doc, sizeof(doc));
+    assert_true(kp_mp_skip(&r));
+    assert_int_equal(kp_mp_left(&r), 0);
+    for (size_t cut = 0; cut < sizeof(doc); cut++) {
+        kp_mp_reader_init(&r, doc, cut);
+        assert_false(kp_mp_skip(&r));
+        assert_true(r.err == KP_MP_EHEAD || r.err == KP_MP_EPAYLOAD || r.err == KP_MP_ECOUNT);
+        assert_true(r.err_off < cut || (cut == 0 && r.err_off == 0));
+        assert_true(r.p <= r.end);
+    }
+}
+
+/* Failed reads name the error and the offset of the value at fault. */
+static void test_mp_error_offsets(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *bytes;
+        size_t len;
+        enum kp_mp_err err;
+        size_t off;
+    } cases[] = {
+        {"", 0, KP_MP_EHEAD, 0},
+        {"\x92\x01\xd9\x05"
+         "ab",
+         6, KP_MP_EPAYLOAD, 2},                                  /* str8 cut inside its bytes */
+        {"\x92\x01\xcd\x01", 4, KP_MP_EHEAD, 2},                 /* uint16 cut inside its head */
+        {"\x91\x93\x01\x02", 4, KP_MP_ECOUNT, 1},                /* inner array claims 3 of 2 */
+        {"\x92\xa1z\xdb\xff\xff\xff\xff", 8, KP_MP_EPAYLOAD, 3}, /* str32 claims 4 GiB */
+        {"\x81\xa1k\xdf\x00\x00\x00\x01", 8, KP_MP_ECOUNT, 3},   /* map32 with no room */
+        {"\x91\xc7\x02\x01\x00", 5, KP_MP_EPAYLOAD, 1},          /* ext8: type byte + 1 of 2 */
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        struct kp_mp_reader r;
+        kp_mp_reader_init(&r, cases[c].bytes, cases[c].len);
+        assert_false(kp_mp_skip(&r));
+        assert_int_equal(r.err, cases[c].err);
+        assert_int_equal(r.err_off, cases[c].off);
+    }
+}
+
+/* Containers claiming billions of elements and payloads claiming gigabytes
+ * are refused from their heads, without one allocation. */
+static void test_mp_skip_huge_counts_without_allocation(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *bytes;
+        size_t len;
+    } cases[] = {
+        {"\xdd\xff\xff\xff\xff", 5},                      /* array32 */
+        {"\xdf\xff\xff\xff\xff", 5},                      /* map32 */
+        {"\x91\x91\xdd\xff\xff\xff\xff\x00\x00", 9},      /* nested, a few bytes left */
+        {"\xdb\xff\xff\xff\xff", 5},                      /* str32 */
+        {"\xc6\xff\xff\xff\xff", 5},                      /* bin32 */
+        {"\xc9\xff\xff\xff\xff\x01", 6},                  /* ext32 */
+        {"\xdf\x80\x00\x00\x00\xdd\x80\x00\x00\x00", 10}, /* 2^31 pairs of arrays */
+    };
+    unsigned long before = kp_alloc_count();
+    kp_alloc_fail_after(0);
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        struct kp_mp_reader r;
+        kp_mp_reader_init(&r, cases[c].bytes, cases[c].len);
+        assert_false(kp_mp_skip(&r));
+        assert_true(r.err == KP_MP_ECOUNT || r.err == KP_MP_EPAYLOAD);
+    }
+    kp_alloc_fail_reset();
+    assert_int_equal(kp_alloc_count(), before);
+}
+
+/* There is no depth limit to hit: skip keeps a counter, not a stack, so a
+ * value nested 200,000 deep skips in one pass, and the same nesting cut
+ * short fails cleanly; depth is bounded only by the input's length. */
+static void test_mp_skip_depth_bounded_by_input(void **state)
+{
+    (void)state;
+    enum { DEPTH = 200000 };
+    uint8_t *doc = malloc(DEPTH + 2);
+    assert_non_null(doc);
+    memset(doc, 0x91, DEPTH); /* [[[...]]] */
+    doc[DEPTH] = 0xc0;
+    struct kp_mp_reader r;
+    kp_mp_reader_init(&r, doc, DEPTH + 1);
+    assert_true(kp_mp_skip(&r));
+    assert_int_equal(kp_mp_offset(&r), DEPTH + 1);
+
+    kp_mp_reader_init(&r, doc, DEPTH);
+    assert_false(kp_mp_skip(&r));
+    assert_int_equal(r.err, KP_MP_ECOUNT);
+    assert_int_equal(r.err_off, DEPTH - 1);
+
+    /* Maps nest too: {nil: {nil: ... {nil: nil}}}, then a byte left unread. */
+    for (size_t i = 0; i < DEPTH; i += 2) {
+        doc[i] = 0x81;
+        doc[i + 1] = 0xc0;
+    }
+    doc[DEPTH] = 0xc0;
+    doc[DEPTH + 1] = 'X';
+    kp_mp_reader_init(&r, doc, DEPTH + 2);
+    assert_true(kp_mp_skip(&r));
+    assert_int_equal(kp_mp_offset(&r), DEPTH + 1);
+    free(doc);
+}
+
+/* kp_mp_read_str and kp_mp_read_bin return the bytes in place, and refuse
+ * another kind, a length over the limit and a cut payload, each at the head. */
+static void test_mp_read_str_and_bin(void **state)
+{
+    (void)state;
+    const uint8_t buf[] = {0xa3, 'a', 'b', 'c', 0xc4, 0x02, 0x00, 0xff, 0x07, 0xa4, 'x', 'y'};
+    struct kp_mp_reader r;
+    const uint8_t *p = NULL;
+    size_t n = 0;
+    kp_mp_reader_init(&r, buf, sizeof(buf));
+    assert_true(kp_mp_read_str(&r, 3, &p, &n));
+    assert_int_equal(n, 3);
+    assert_memory_equal(p, "abc", 3);
+    assert_ptr_equal(p, buf + 1);
+    assert_false(kp_mp_read_str(&r, 100, &p, &n)); /* bin is not a string */
+    assert_int_equal(r.err, KP_MP_ETYPE);
+    assert_int_equal(r.err_kind, KP_MP_BIN);
+    assert_int_equal(r.err_off, 4);
+
+    kp_mp_reader_init(&r, buf + 4, sizeof(buf) - 4);
+    assert_false(kp_mp_read_bin(&r, 1, &p, &n));
+    assert_int_equal(r.err, KP_MP_ERANGE);
+    assert_int_equal(r.err_off, 0);
+    kp_mp_reader_init(&r, buf + 4, sizeof(buf) - 4);
+    assert_true(kp_mp_read_bin(&r, 2, &p, &n));
+    assert_int_equal(n, 2);
+    assert_memory_equal(p, "\x00\xff", 2);
+    assert_false(kp_mp_read_bin(&r, 100, &p, &n)); /* an integer */
+    assert_int_equal(r.err, KP_MP_ETYPE);
+    assert_int_equal(r.err_kind, KP_MP_INT);
+    assert_int_equal(r.err_off, 4);
+    assert_false(kp_mp_read_str(&r, 100, &p, &n)); /* 4 bytes claimed, 2 left */
+    assert_int_equal(r.err, KP_MP_EPAYLOAD);
+    assert_int_equal(r.err_off, 5);
+
+    kp_mp_reader_init(&r, "", 0);
+    assert_false(kp_mp_read_str(&r, 100, &p, &n));
+    assert_int_equal(r.err, KP_MP_EHEAD);
+}
+
+/* kp_mp_read_uint takes integers in 0..max, whatever their encoding, and
+ * refuses negatives, larger values and other kinds. */
+static void test_mp_read_uint(void **state)
+{
+    (void)state;
+    const uint8_t buf[] = {0x05, 0xd0, 0x05, 0xcf, 0, 0, 0, 1, 0, 0, 0, 0, 0xff, 0xcc, 0x0a, 0xc0};
+    struct kp_mp_reader r;
+    uint64_t v = 0;
+    kp_mp_reader_init(&r, buf, sizeof(buf));
+    assert_true(kp_mp_read_uint(&r, 5, &v));
+    assert_true(v == 5);
+    assert_true(kp_mp_read_uint(&r, 5, &v)); /* int8 5 */
+    assert_true(v == 5);
+    assert_true(kp_mp_read_uint(&r, UINT64_MAX, &v));
+    assert_true(v == 0x100000000);
+    assert_false(kp_mp_read_uint(&r, 100, &v)); /* -1 */
+    assert_int_equal(r.err, KP_MP_ERANGE);
+    assert_int_equal(r.err_off, 12);
+    assert_false(kp_mp_read_uint(&r, 9, &v)); /* 10 */
+    assert_int_equal(r.err, KP_MP_ERANGE);
+    assert_int_equal(r.err_off, 13);
+    assert_false(kp_mp_read_uint(&r, 9, &v)); /* nil */
+    assert_int_equal(r.err, KP_MP_ETYPE);
+    assert_int_equal(r.err_kind, KP_MP_NIL);
+}
+
+/* kp_mp_take hands out bytes in place and, when too few remain, consumes
+ * nothing and reports where they would have started. */
+static void test_mp_take(void **state)
+{
+    (void)state;
+    const uint8_t buf[] = {1, 2, 3};
+    const uint8_t *p = NULL;
+    struct kp_mp_reader r;
+    kp_mp_reader_init(&r, buf, sizeof(buf));
+    assert_true(kp_mp_take(&r, 2, &p));
+    assert_ptr_equal(p, buf);
+    assert_false(kp_mp_take(&r, 2, &p));
+    assert_int_equal(r.err, KP_MP_EPAYLOAD);
+    assert_int_equal(r.err_off, 2);
+    assert_int_equal(kp_mp_offset(&r), 2);
+    assert_true(kp_mp_take(&r, 1, &p));
+    assert_true(kp_mp_take(&r, 0, &p));
+    assert_int_equal(kp_mp_left(&r), 0);
+}
+
+/* Kinds have the names the decoders put in their messages. */
+static void test_mp_kind_names(void **state)
+{
+    (void)state;
+    assert_string_equal(kp_mp_kind_name(KP_MP_NIL), "nil");
+    assert_string_equal(kp_mp_kind_name(KP_MP_STR), "a string");
+    assert_string_equal(kp_mp_kind_name(KP_MP_EXT), "an extension");
+    assert_string_equal(kp_mp_kind_name((enum kp_mp_kind)99), "an unknown kind");
+}
+
+/* --- bytes (bytes.c) -------------------------------------------------------- */
+
+/* Little-endian fields put and get the low n bytes, least significant first. */
+static void test_bytes_little_endian(void **state)
+{
+    (void)state;
+    uint8_t p[9] = {0};
+    kp_put_le(p, 0x0102030405060708, 8);
+    assert_memory_equal(p, "\x08\x07\x06\x05\x04\x03\x02\x01\x00", 9);
+    assert_true(kp_get_le(p, 8) == 0x0102030405060708);
+    assert_true(kp_get_le(p, 2) == 0x0708);
+    assert_true(kp_get_le(p + 6, 3) == 0x0102);
+    kp_put_le(p, 0xaabbccdd, 2); /* only the low bytes */
+    assert_memory_equal(p, "\xdd\xcc\x06", 3);
+    for (size_t n = 1; n <= 8; n++) {
+        uint64_t v = UINT64_C(0xfedcba9876543210) >> (64 - 8 * n);
+        kp_put_le(p, v, n);
+        assert_true(kp_get_le(p, n) == v);
+    }
+    assert_true(kp_get_le(p, 0) == 0);
+}
+
+/* Hex is lower case, two digits a byte, NUL-terminated. */
+static void test_bytes_hex_encode(void **state)
+{
+    (void)state;
+    char out[16];
+    memset(out, '#', sizeof(out));
+    kp_hex_encode("\x00\x01\xab\xff\x7f", 5, out);
+    assert_string_equal(out, "0001abff7f");
+    assert_int_equal(out[11], '#');
+    kp_hex_encode("", 0, out);
+    assert_string_equal(out, "");
+}
+
+/* Hex digits of either case have their values; nothing else is a digit. */
+static void test_bytes_hex_value(void **state)
+{
+    (void)state;
+    assert_int_equal(kp_hex_value('0'), 0);
+    assert_int_equal(kp_hex_value('9'), 9);
+    assert_int_equal(kp_hex_value('a'), 10);
+    assert_int_equal(kp_hex_value('F'), 15);
+    for (int c = -128; c < 128; c++) {
+        bool digit = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+        assert_int_equal(kp_hex_value((char)c) >= 0, digit);
+    }
+}
+
+/* UTF-8 sequences are well formed exactly as Unicode's table 3-7 says: the
+ * boundaries of every row, overlong forms, surrogates, code points past
+ * U+10FFFF, missing continuation bytes and a cut input. */
+static void test_bytes_utf8_len(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        size_t n, want;
+    } cases[] = {
+        {"", 0, 0},
+        {"\x00", 1, 1},
+        {"A", 1, 1},
+        {"\x7f", 1, 1},
+        {"\x80", 1, 0},
+        {"\xc1\xbf", 2, 0}, /* overlong */
+        {"\xc2\x80", 2, 2},
+        {"\xdf\xbf", 2, 2},
+        {"\xc2\x7f", 2, 0},
+        {"\xc2\xc0", 2, 0},
+        {"\xc2", 1, 0},
+        {"\xe0\x9f\xbf", 3, 0}, /* overlong */
+        {"\xe0\xa0\x80", 3, 3},
+        {"\xed\x9f\xbf", 3, 3},
+        {"\xed\xa0\x80", 3, 0}, /* surrogate */
+        {"\xee\x80\x80", 3, 3},
+        {"\xef\xbf\xbf", 3, 3},
+        {"\xef\xbf", 2, 0},
+        {"\xe1\x80\x7f", 3, 0},
+        {"\xf0\x8f\xbf\xbf", 4, 0}, /* overlong */
+        {"\xf0\x90\x80\x80", 4, 4},
+        {"\xf4\x8f\xbf\xbf", 4, 4},
+        {"\xf4\x90\x80\x80", 4, 0}, /* past U+10FFFF */
+        {"\xf5\x80\x80\x80", 4, 0},
+        {"\xf1\x80\x80\xc0", 4, 0},
+        {"\xf1\x80\x80", 3, 0},
+        {"\xff", 1, 0},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
+        assert_int_equal(kp_utf8_len(cases[c].s, cases[c].n), cases[c].want);
+    assert_int_equal(kp_utf8_len("\xc3\xa9tait", 6), 2); /* only the first sequence */
+}
+
+/* --- zstd (zstd_frame.c) ---------------------------------------------------- */
+
+/* One whole frame declaring its size passes; another size, bytes after the
+ * frame, a cut frame, two frames, no declared size and no frame do not. */
+static void test_zstd_frame_check(void **state)
+{
+    (void)state;
+    char raw[1000];
+    for (size_t i = 0; i < sizeof(raw); i++)
+        raw[i] = (char)('a' + i % 7);
+    uint8_t z[2 * 1200];
+    size_t n = ZSTD_compress(z, 1200, raw, sizeof(raw), 3);
+    assert_false(ZSTD_isError(n));
+    assert_int_equal(kp_zstd_frame_check(z, n, sizeof(raw)), KP_ZSTD_FRAME_OK);
+    assert_int_equal(kp_zstd_frame_check(z, n, sizeof(raw) - 1), KP_ZSTD_FRAME_SIZE);
+    assert_int_equal(kp_zstd_frame_check(z, n - 1, sizeof(raw)), KP_ZSTD_FRAME_EXTENT);
+    memcpy(z + n, z, n);
+    assert_int_equal(kp_zstd_frame_check(z, n + 1, sizeof(raw)), KP_ZSTD_FRAME_EXTENT);
+    assert_int_equal(kp_zstd_frame_check(z, 2 * n, sizeof(raw)), KP_ZSTD_FRAME_EXTENT);
+    assert_int_equal(kp_zstd_frame_check(z, 0, 0), KP_ZSTD_FRAME_SIZE);
+    assert_int_equal(kp_zstd_frame_check(raw, sizeof(raw), sizeof(raw)), KP_ZSTD_FRAME_SIZE);
+
+    ZSTD_CCtx *c = ZSTD_createCCtx();
+    assert_non_null(c);
+    ZSTD_CCtx_setParameter(c, ZSTD_c_contentSizeFlag, 0);
+    ZSTD_outBuffer out = {z, sizeof(z), 0};
+    ZSTD_inBuffer in = {raw, sizeof(raw), 0};
+    assert_int_equal(ZSTD_compressStream2(c, &out, &in, ZSTD_e_end), 0);
+    ZSTD_freeCCtx(c);
+    assert_int_equal(kp_zstd_frame_check(z, out.pos, sizeof(raw)), KP_ZSTD_FRAME_SIZE);
+}
+
+/* zstd's memory comes from kp_malloc: creating a context counts, injected
+ * failures reach both the contexts and zstd's later allocations, and zstd's
+ * allocation error becomes KP_ENOMEM. */
+static void test_zstd_memory_is_ours(void **state)
+{
+    (void)state;
+    unsigned long before = kp_alloc_count();
+    ZSTD_DCtx *d = kp_zstd_dctx_new();
+    assert_non_null(d);
+    assert_true(kp_alloc_count() > before);
+    ZSTD_freeDCtx(d);
+
+    kp_alloc_fail_after(0);
+    assert_null(kp_zstd_dctx_new());
+    assert_null(kp_zstd_cctx_new());
+    kp_alloc_fail_reset();
+
+    ZSTD_CCtx *c = kp_zstd_cctx_new();
+    assert_non_null(c);
+    char raw[256] = "abc", z[512];
+    kp_alloc_fail_after(0); /* the workspace is allocated on first use */
+    size_t n = ZSTD_compressCCtx(c, z, sizeof(z), raw, sizeof(raw), 3);
+    kp_alloc_fail_reset();
+    assert_true(ZSTD_isError(n));
+    assert_int_equal(kp_zstd_err(n, KP_EIO), KP_ENOMEM);
+    n = ZSTD_compressCCtx(c, z, 1, raw, sizeof(raw), 3); /* destination too small */
+    assert_true(ZSTD_isError(n));
+    assert_int_equal(kp_zstd_err(n, KP_EIO), KP_EIO);
+    ZSTD_freeCCtx(c);
+}
+
 int main(void)
 {
 #define UNIT_TEST(f) cmocka_unit_test_teardown(f, injection_teardown)
@@ -2077,6 +2562,23 @@ int main(void)
         UNIT_TEST(test_json_error_body_escapes),
         UNIT_TEST(test_json_error_body_alloc_failure),
         UNIT_TEST(test_json_dumps),
+    };
+    const struct CMUnitTest mpack_tests[] = {
+        UNIT_TEST(test_mp_every_head),
+        UNIT_TEST(test_mp_bad_type_byte),
+        UNIT_TEST(test_mp_truncated_at_every_byte),
+        UNIT_TEST(test_mp_error_offsets),
+        UNIT_TEST(test_mp_skip_huge_counts_without_allocation),
+        UNIT_TEST(test_mp_skip_depth_bounded_by_input),
+        UNIT_TEST(test_mp_read_str_and_bin),
+        UNIT_TEST(test_mp_read_uint),
+        UNIT_TEST(test_mp_take),
+        UNIT_TEST(test_mp_kind_names),
+    };
+    const struct CMUnitTest bytes_tests[] = {
+        UNIT_TEST(test_bytes_little_endian), UNIT_TEST(test_bytes_hex_encode),
+        UNIT_TEST(test_bytes_hex_value),     UNIT_TEST(test_bytes_utf8_len),
+        UNIT_TEST(test_zstd_frame_check),    UNIT_TEST(test_zstd_memory_is_ours),
     };
 #undef UNIT_TEST
 #define LOG_TEST(f) cmocka_unit_test_setup_teardown(f, log_setup, log_teardown)
@@ -2133,5 +2635,7 @@ int main(void)
     failed += cmocka_run_group_tests_name("json", json_tests, NULL, NULL);
     failed += cmocka_run_group_tests_name("log", log_tests, NULL, NULL);
     failed += cmocka_run_group_tests_name("metrics", metrics_tests, NULL, NULL);
+    failed += cmocka_run_group_tests_name("mpack", mpack_tests, NULL, NULL);
+    failed += cmocka_run_group_tests_name("bytes and zstd", bytes_tests, NULL, NULL);
     return failed ? 1 : 0;
 }

@@ -26,20 +26,6 @@
 
 /* --- helpers ------------------------------------------------------------- */
 
-static void put_le(uint8_t *p, uint64_t v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_le(const uint8_t *p, size_t n)
-{
-    uint64_t v = 0;
-    for (size_t i = n; i > 0; i--)
-        v = v << 8 | p[i - 1];
-    return v;
-}
-
 /* A distinct, valid event for each @i, every field set. */
 static void make_event(uint64_t i, struct kp_usage_event *ev)
 {
@@ -896,13 +882,13 @@ static void craft(struct kp_buf *out, uint32_t payload_len, uint32_t raw_len, ui
     kp_buf_init(out);
     assert_int_equal(kp_buf_append(out, w.out.data, w.out.len), 0);
     kp_segment_writer_close(&w);
-    put_le(fh + 4, payload_len, 4);
-    put_le(fh + 8, raw_len, 4);
-    put_le(fh + 12, count, 4);
-    put_le(fh + 16, T0, 8);
-    put_le(fh + 24, T0, 8);
-    put_le(fh + 32, kp_segment_crc32c(0, payload, present), 4);
-    put_le(fh + 36, kp_segment_crc32c(0, fh, 36), 4);
+    kp_put_le(fh + 4, payload_len, 4);
+    kp_put_le(fh + 8, raw_len, 4);
+    kp_put_le(fh + 12, count, 4);
+    kp_put_le(fh + 16, T0, 8);
+    kp_put_le(fh + 24, T0, 8);
+    kp_put_le(fh + 32, kp_segment_crc32c(0, payload, present), 4);
+    kp_put_le(fh + 36, kp_segment_crc32c(0, fh, 36), 4);
     assert_int_equal(kp_buf_append(out, fh, sizeof(fh)), 0);
     assert_int_equal(kp_buf_append(out, payload, present), 0);
 }
@@ -967,10 +953,10 @@ static int read_crafted(uint32_t count, uint64_t nev, int64_t min, int64_t max, 
     size_t zn = ZSTD_compress(z, sizeof(z), raw.data, raw.len, 1);
     assert_false(ZSTD_isError(zn));
     craft(&seg, (uint32_t)zn, (uint32_t)raw.len, count, z, zn);
-    put_le((uint8_t *)seg.data + KP_SEGMENT_HEADER_SIZE + 16, (uint64_t)min, 8);
-    put_le((uint8_t *)seg.data + KP_SEGMENT_HEADER_SIZE + 24, (uint64_t)max, 8);
+    kp_put_le((uint8_t *)seg.data + KP_SEGMENT_HEADER_SIZE + 16, (uint64_t)min, 8);
+    kp_put_le((uint8_t *)seg.data + KP_SEGMENT_HEADER_SIZE + 24, (uint64_t)max, 8);
     uint8_t *fh = (uint8_t *)seg.data + KP_SEGMENT_HEADER_SIZE;
-    put_le(fh + 36, kp_segment_crc32c(0, fh, 36), 4);
+    kp_put_le(fh + 36, kp_segment_crc32c(0, fh, 36), 4);
     assert_int_equal(kp_segment_reader_init(&r, seg.data, seg.len), KP_OK);
     *yielded = 0;
     while (kp_segment_reader_next(&r, &ev))
@@ -1015,7 +1001,7 @@ static void test_frame_content_mismatch(void **state)
 
 static void fix_header_crc(uint8_t *h)
 {
-    put_le(h + 124, kp_segment_crc32c(0, h, 124), 4);
+    kp_put_le(h + 124, kp_segment_crc32c(0, h, 124), 4);
 }
 
 /* Header problems are reported at the field at fault. */
@@ -1032,18 +1018,18 @@ static void test_header_errors(void **state)
     h[0] = 'K';
     assert_int_equal(kp_segment_scan(h, 100, &s), KP_EPARSE);
     assert_contains(s.errmsg, "header truncated (100 of 128 bytes)");
-    put_le(h + 8, 2, 2);
+    kp_put_le(h + 8, 2, 2);
     fix_header_crc(h);
     assert_int_equal(kp_segment_scan(h, buf.len, &s), KP_EPARSE);
     assert_contains(s.errmsg, "unsupported format version 2");
     assert_int_equal(s.err_offset, 8);
-    put_le(h + 8, 1, 2);
-    put_le(h + 12, 0x10, 4);
+    kp_put_le(h + 8, 1, 2);
+    kp_put_le(h + 12, 0x10, 4);
     fix_header_crc(h);
     assert_int_equal(kp_segment_scan(h, buf.len, &s), KP_EPARSE);
     assert_contains(s.errmsg, "unknown header flags 0x10");
     assert_int_equal(s.err_offset, 12);
-    put_le(h + 12, 0, 4);
+    kp_put_le(h + 12, 0, 4);
     h[33 + 10] = 'x'; /* a byte after the node name's NUL padding */
     fix_header_crc(h);
     assert_int_equal(kp_segment_scan(h, buf.len, &s), KP_EPARSE);
@@ -1057,7 +1043,7 @@ static void test_header_errors(void **state)
     h[20] ^= 1;
     assert_int_equal(kp_segment_scan(h, buf.len, &s), KP_OK);
     /* Marked sealed without a footer. */
-    put_le(h + 12, KP_SEGMENT_FLAG_SEALED, 4);
+    kp_put_le(h + 12, KP_SEGMENT_FLAG_SEALED, 4);
     fix_header_crc(h);
     assert_int_equal(kp_segment_scan(h, buf.len, &s), KP_EPARSE);
     assert_contains(s.errmsg, "marked sealed but has no footer");
@@ -1069,7 +1055,7 @@ static void fix_footer_crc(uint8_t *seg, size_t len)
 {
     uint8_t *f = seg + len - KP_SEGMENT_FOOTER_SIZE;
     uint32_t crc = kp_segment_crc32c(0, seg, KP_SEGMENT_HEADER_SIZE);
-    put_le(f + 60, kp_segment_crc32c(crc, f, 60), 4);
+    kp_put_le(f + 60, kp_segment_crc32c(crc, f, 60), 4);
 }
 
 /* A footer whose totals disagree with the frames fails at that total, even
@@ -1094,13 +1080,13 @@ static void test_footer_errors(void **state)
         {40, 4, "checksum of the frame headers"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        uint64_t old = get_le(seg + foot + cases[i].field, cases[i].width);
-        put_le(seg + foot + cases[i].field, old + 1, cases[i].width);
+        uint64_t old = kp_get_le(seg + foot + cases[i].field, cases[i].width);
+        kp_put_le(seg + foot + cases[i].field, old + 1, cases[i].width);
         fix_footer_crc(seg, buf.len);
         assert_int_equal(kp_segment_validate(seg, buf.len, &s), KP_EPARSE);
         assert_contains(s.errmsg, cases[i].needle);
         assert_int_equal(s.err_offset, foot + cases[i].field);
-        put_le(seg + foot + cases[i].field, old, cases[i].width);
+        kp_put_le(seg + foot + cases[i].field, old, cases[i].width);
         fix_footer_crc(seg, buf.len);
         assert_int_equal(kp_segment_validate(seg, buf.len, &s), KP_OK);
     }
@@ -1110,7 +1096,7 @@ static void test_footer_errors(void **state)
     assert_contains(s.errmsg, "1 bytes after the footer");
     /* An interrupted seal: footer written, header still open. */
     buf.len--;
-    put_le(seg + 12, 0, 4);
+    kp_put_le(seg + 12, 0, 4);
     fix_header_crc(seg);
     assert_int_equal(kp_segment_scan(seg, buf.len, &s), KP_EPARSE);
     assert_contains(s.errmsg, "not marked sealed");

@@ -1,0 +1,23 @@
+/* Byte-level encodings: little-endian fields of keyplane's file formats,
+ * lower-case hex, and well-formed UTF-8. */
+#ifndef KP_CORE_BYTES_H
+#define KP_CORE_BYTES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The low @n bytes (at most 8) of @v at @p, least significant first. */
+void kp_put_le(uint8_t *p, uint64_t v, size_t n);
+/* The @n bytes (at most 8) at @p read least significant first. */
+uint64_t kp_get_le(const uint8_t *p, size_t n);
+/* @n bytes of @in as 2n lower-case hex digits and a NUL into @out. */
+void kp_hex_encode(const void *in, size_t n, char *out);
+/* The value of the hex digit @c (either case), or -1. */
+int kp_hex_value(char c);
+/* The length of the well-formed UTF-8 sequence that starts the @n bytes
+ * at @p: 1 for any ASCII byte (NUL too), 2 to 4 for a longer one, 0 when
+ * there is none (n == 0, a byte that cannot lead, a missing continuation
+ * byte, an overlong form, a surrogate, or beyond U+10FFFF). */
+size_t kp_utf8_len(const void *p, size_t n);
+
+#endif
