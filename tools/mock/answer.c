@@ -61,7 +61,7 @@ void kp_mock_answer_event(const struct kp_mock_answer *a, unsigned i, const char
     *len = a->event_end[i] - start;
 }
 
-void kp_mock__putn(struct kp_mock_answer *a, const char *s, size_t n)
+void kp_mock__putn_grow(struct kp_mock_answer *a, const char *s, size_t n)
 {
     if (kp_buf_append(&a->body, s, n) != 0)
         a->failed = true;
@@ -98,6 +98,23 @@ void kp_mock__put_u(struct kp_mock_answer *a, uint64_t v)
         v /= 10;
     } while (v != 0);
     kp_mock__putn(a, tmp + i, sizeof(tmp) - i);
+}
+
+void kp_mock__put_i(struct kp_mock_answer *a, int64_t v)
+{
+    if (v < 0) {
+        kp_mock__putn(a, "-", 1);
+        kp_mock__put_u(a, 0 - (uint64_t)v);
+        return;
+    }
+    kp_mock__put_u(a, (uint64_t)v);
+}
+
+void kp_mock__put_quoted(struct kp_mock_answer *a, const char *s, size_t n)
+{
+    kp_mock__putn(a, "\"", 1);
+    kp_mock__putn(a, s, n);
+    kp_mock__putn(a, "\"", 1);
 }
 
 void kp_mock__put_str(struct kp_mock_answer *a, const char *s, size_t n)

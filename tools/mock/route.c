@@ -7,7 +7,13 @@
  * wins; then a missing or malformed body 400, then the shape's own
  * validation. Timing faults from the header or a key's script apply to
  * whatever answer results, errors included. Every provider request is counted
- * (route, key fingerprint) before any check can fail it. */
+ * (route, key fingerprint) before any check can fail it.
+ *
+ * Bodies are parsed by jansson, except on the route benchmarks hammer: a chat
+ * completion whose body kp_mock__raw_check() vouches for is read in place
+ * (raw_json.c), with no tree and no allocation. Whatever the check declines,
+ * malformed bodies included, takes the jansson path, so the answer is the
+ * same byte for byte either way. */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -269,13 +275,68 @@ static void dispatch(struct kp_mock_gen *g, const struct kp_http_request *req,
     }
 }
 
+/* The answers that come before the shape's own: an injected error status,
+ * then a body that is not a JSON object (@errmsg says why), then a missing
+ * model. True when one of them was given. */
+static bool answer_early(const struct target *t, bool have_body, const char *errmsg,
+                         struct kp_mock_answer *a)
+{
+    if (a->faults.status != 0)
+        kp_mock__fault_error(a, t->provider, &a->faults, t->model, t->model_len);
+    else if (!have_body)
+        kp_mock__errorf(a, t->provider, 400, "%s", errmsg);
+    else if (t->model == NULL || t->model_len == 0)
+        kp_mock__errorf(a, t->provider, 400, "model: a non-empty string is required.");
+    else
+        return false;
+    return true;
+}
+
+static void gen_init(struct kp_mock *m, unsigned shard, const struct target *t,
+                     struct kp_mock_gen *g)
+{
+    memset(g, 0, sizeof(*g));
+    g->provider = t->provider;
+    g->model = t->model;
+    g->model_len = t->model_len;
+    g->created = kp_mock__now(m);
+    kp_mock_next_id(m, shard, g->id, sizeof(g->id));
+}
+
+/* A chat completion read in place, without jansson: the common case of the
+ * route benchmarks hammer. False, with nothing done, when the body is not one
+ * kp_mock__raw_check() vouches for or its model would need unescaping. */
+static bool answer_chat_raw(struct kp_mock *m, unsigned shard, const struct kp_http_request *req,
+                            struct target *t, struct kp_mock_answer *a)
+{
+    struct kp_mock_raw body, model;
+    struct kp_mock_gen g;
+    const char *name;
+    size_t len;
+
+    if (!kp_mock__raw_check(req->body, req->body_len, &body))
+        return false;
+    if (kp_mock__raw_member(&body, "model", &model) &&
+        kp_mock__raw_is(&model, KP_MOCK_RAW_STRING)) {
+        if (!kp_mock__raw_plain(&model, &name, &len))
+            return false;
+        t->model = name;
+        t->model_len = len;
+    }
+    if (!answer_early(t, true, NULL, a)) {
+        gen_init(m, shard, t, &g);
+        kp_mock__openai_chat_raw(&g, &body, a);
+    }
+    return true;
+}
+
 /* Body, injected status, validation and the shape itself. */
 static void answer_call(struct kp_mock *m, unsigned shard, const struct kp_http_request *req,
                         struct target *t, struct kp_mock_answer *a)
 {
     struct kp_mock_gen g;
     char errmsg[320] = "";
-    json_t *body = NULL;
+    json_t *body;
 
     if (t->route == KP_MOCK_R_MODELS) {
         if (a->faults.status != 0)
@@ -284,21 +345,12 @@ static void answer_call(struct kp_mock *m, unsigned shard, const struct kp_http_
             kp_mock__openai_models(req->path, a);
         return;
     }
+    if (t->route == KP_MOCK_R_CHAT && answer_chat_raw(m, shard, req, t, a))
+        return;
     body = parse_body(req, errmsg, sizeof(errmsg));
     body_model(body, t);
-    if (a->faults.status != 0) {
-        kp_mock__fault_error(a, t->provider, &a->faults, t->model, t->model_len);
-    } else if (body == NULL) {
-        kp_mock__errorf(a, t->provider, 400, "%s", errmsg);
-    } else if (t->model == NULL || t->model_len == 0) {
-        kp_mock__errorf(a, t->provider, 400, "model: a non-empty string is required.");
-    } else {
-        memset(&g, 0, sizeof(g));
-        g.provider = t->provider;
-        g.model = t->model;
-        g.model_len = t->model_len;
-        g.created = kp_mock__now(m);
-        kp_mock_next_id(m, shard, g.id, sizeof(g.id));
+    if (!answer_early(t, body != NULL, errmsg, a)) {
+        gen_init(m, shard, t, &g);
         dispatch(&g, req, t, body, a);
     }
     json_decref(body);

@@ -58,6 +58,44 @@ unsigned kp_mock__messages_tokens(const json_t *messages, const char *field, siz
     return kp_mock__text_tokens(bytes) + count * KP_MOCK_MSG_OVERHEAD;
 }
 
+/* The same counts on a body read in place (raw_json.c). */
+static size_t raw_part_bytes(const struct kp_mock_raw *part)
+{
+    struct kp_mock_raw text;
+
+    if (kp_mock__raw_is(part, KP_MOCK_RAW_STRING))
+        return kp_mock__raw_strlen(part);
+    if (kp_mock__raw_member(part, "text", &text) && kp_mock__raw_is(&text, KP_MOCK_RAW_STRING))
+        return kp_mock__raw_strlen(&text);
+    return 0;
+}
+
+static size_t raw_content_bytes(const struct kp_mock_raw *content)
+{
+    struct kp_mock_raw part = {0};
+    size_t bytes = 0;
+
+    if (kp_mock__raw_is(content, KP_MOCK_RAW_STRING))
+        return kp_mock__raw_strlen(content);
+    while (kp_mock__raw_next(content, &part))
+        bytes += raw_part_bytes(&part);
+    return bytes;
+}
+
+unsigned kp_mock__raw_messages_tokens(const struct kp_mock_raw *messages, const char *field)
+{
+    struct kp_mock_raw msg = {0}, content;
+    size_t bytes = 0;
+    unsigned count = 0;
+
+    while (kp_mock__raw_next(messages, &msg)) {
+        if (kp_mock__raw_member(&msg, field, &content))
+            bytes += raw_content_bytes(&content);
+        count++;
+    }
+    return kp_mock__text_tokens(bytes) + count * KP_MOCK_MSG_OVERHEAD;
+}
+
 /* One embeddings / completions input: a string, or an array of token ids. */
 static unsigned one_input_tokens(const json_t *in)
 {
@@ -98,6 +136,21 @@ int kp_mock__max_tokens(const json_t *obj, const char *field, long long min, boo
         return -1;
     *present = true;
     *value = json_integer_value(v);
+    return 0;
+}
+
+int kp_mock__raw_max_tokens(const struct kp_mock_raw *v, long long min, bool *present,
+                            long long *value)
+{
+    long long n;
+
+    *present = false;
+    if (v->p == NULL || kp_mock__raw_is(v, KP_MOCK_RAW_NULL))
+        return 0;
+    if (!kp_mock__raw_int(v, &n) || n < min)
+        return -1;
+    *present = true;
+    *value = n;
     return 0;
 }
 
