@@ -348,23 +348,43 @@ static void write_done(uv_write_t *req, int status)
     conn_maybe_free(c);
 }
 
-/* Queue @n bytes (one copy). The pieces are concatenated into one write. */
+/* Write the three pieces (any may be empty) as one. When nothing is queued,
+ * try the socket directly first: most answers fit, and then nothing is
+ * copied or allocated and libuv need not re-arm the socket for writing. What
+ * does not fit is copied into one write request and queued. */
 static int conn_write(struct conn *c, const void *a, size_t alen, const void *b, size_t blen,
                       const void *d, size_t dlen)
 {
     if (c->closing)
         return KP_ECLOSED;
-    size_t len = alen + blen + dlen;
+    uv_buf_t bufs[3] = {uv_buf_init((char *)a, (unsigned)alen),
+                        uv_buf_init((char *)b, (unsigned)blen),
+                        uv_buf_init((char *)d, (unsigned)dlen)};
+    size_t skip = 0;
+    if (c->queued == 0) {
+        int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, 3);
+        if (n >= 0)
+            skip = (size_t)n;
+        else if (n != UV_EAGAIN && n != UV_ENOSYS)
+            return kp_err_from_uv(n);
+    }
+    size_t len = alen + blen + dlen - skip;
+    if (len == 0)
+        return KP_OK;
     struct write_req *w = kp_malloc(sizeof(*w) + len);
     if (w == NULL)
         return KP_ENOMEM;
     w->conn = c;
     w->len = len;
-    memcpy(w->data, a, alen);
-    if (blen)
-        memcpy(w->data + alen, b, blen);
-    if (dlen)
-        memcpy(w->data + alen + blen, d, dlen);
+    size_t off = 0;
+    for (int i = 0; i < 3; i++) {
+        size_t n = bufs[i].len;
+        size_t drop = skip < n ? skip : n;
+        skip -= drop;
+        if (n > drop)
+            memcpy(w->data + off, bufs[i].base + drop, n - drop);
+        off += n - drop;
+    }
     uv_buf_t buf = uv_buf_init(w->data, (unsigned)len);
     int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, write_done);
     if (rc != 0) {
