@@ -35,24 +35,13 @@ static bool is_digit(char c)
     return c >= '0' && c <= '9';
 }
 
-static int hex_digit(char c)
-{
-    if (is_digit(c))
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* The UTF-16 code unit of the four hex digits at @p, or -1. */
 static long hex4(const char *p)
 {
     long v = 0;
 
     for (int i = 0; i < 4; i++) {
-        int d = hex_digit(p[i]);
+        int d = kp_hex_value(p[i]);
 
         if (d < 0)
             return -1;
@@ -112,35 +101,6 @@ static size_t eat_digits(struct scan *s)
     return (size_t)(s->p - start);
 }
 
-/* Length of the well-formed UTF-8 sequence at @p (a byte >= 0x80), or 0.
- * Like jansson: no overlong forms, no surrogates, nothing past U+10FFFF. */
-static size_t utf8_len(const unsigned char *p, const unsigned char *end)
-{
-    static const unsigned long min[] = {0, 0, 0x80, 0x800, 0x10000};
-    unsigned long cp;
-    size_t n;
-
-    if (p[0] >= 0xc2 && p[0] <= 0xdf)
-        n = 2;
-    else if (p[0] >= 0xe0 && p[0] <= 0xef)
-        n = 3;
-    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
-        n = 4;
-    else
-        return 0;
-    if ((size_t)(end - p) < n)
-        return 0;
-    cp = p[0] & (0x7fu >> n);
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (p[i] & 0x3fu);
-    }
-    if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
-
 /* The escape at s->p (on its backslash). */
 static bool check_escape(struct scan *s)
 {
@@ -185,7 +145,8 @@ static bool check_string(struct scan *s, bool key)
         if (*u == '\\') {
             if (key || !check_escape(s))
                 return false;
-        } else if (*u >= 0x80 && (n = utf8_len(u, (const unsigned char *)s->end)) > 0) {
+        } else if (*u >= 0x80 &&
+                   (n = kp_utf8_len(u, (size_t)((const unsigned char *)s->end - u))) > 0) {
             s->p += n;
         } else {
             return false; /* a control character or malformed UTF-8 */
