@@ -112,6 +112,8 @@ struct conn {
     struct kp_http_exchange *spare; /* a finished exchange kept for reuse */
     struct kp_buf head;             /* answer head being built, reused */
     size_t queued;
+    uint64_t deadline;  /* loop time when the current wait times out; 0: none */
+    uint64_t timer_due; /* when the armed timer fires */
     int open_handles;
     bool reading;
     bool closing;  /* handles are being closed */
@@ -852,10 +854,25 @@ static void conn_close_gracefully(struct conn *c)
 
 static void timer_fired(uv_timer_t *t);
 
+/* Deadlines are lazy: setting one re-arms the timer only when it must fire
+ * earlier than it is armed for; a timer that fires early re-arms for the
+ * rest. Each request moves the deadline several times (headers, body, idle),
+ * and re-arming a libuv timer each time showed in profiles. */
 static void conn_arm_timer(struct conn *c, uint64_t ms)
 {
-    if (!c->closing && ms > 0)
-        uv_timer_start(&c->timer, timer_fired, ms, 0);
+    if (c->closing || c->shutting || ms == 0)
+        return;
+    uint64_t due = uv_now(c->srv->loop) + ms;
+    c->deadline = due;
+    if (uv_is_active((uv_handle_t *)&c->timer) && c->timer_due <= due)
+        return;
+    c->timer_due = due;
+    uv_timer_start(&c->timer, timer_fired, ms, 0);
+}
+
+static void conn_disarm_timer(struct conn *c)
+{
+    c->deadline = 0;
 }
 
 /* Answer a protocol error and close. Nothing more is parsed. */
@@ -888,6 +905,15 @@ static void conn_fail(struct conn *c, int status, const char *msg)
 static void timer_fired(uv_timer_t *t)
 {
     struct conn *c = t->data;
+    if (c->deadline == 0)
+        return;
+    uint64_t now = uv_now(c->srv->loop);
+    if (now < c->deadline) {
+        c->timer_due = c->deadline;
+        uv_timer_start(t, timer_fired, c->deadline - now, 0);
+        return;
+    }
+    c->deadline = 0;
     switch (c->state) {
     case C_IDLE:
         kp_trace("http", "idle timeout -> close");
@@ -1137,7 +1163,7 @@ static int cb_message_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
     c->state = C_HANDLER;
-    uv_timer_stop(&c->timer);
+    conn_disarm_timer(c);
     return HPE_PAUSED;
 }
 
@@ -1249,7 +1275,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     c->in.len += (size_t)nread;
     if (c->state == C_IDLE && c->ex == NULL)
-        uv_timer_stop(&c->timer);
+        conn_disarm_timer(c);
     if (c->state == C_HANDLER) {
         if (c->in.len - c->in_off > MAX_PIPELINE_BUFFER && c->reading) {
             uv_read_stop(s);
@@ -1302,7 +1328,7 @@ static void on_connection(uv_stream_t *listener, int status)
     c->state = C_IDLE;
     /* A new connection gets the header deadline, not the idle one, so a
      * client that connects and says nothing is dropped quickly. */
-    uv_timer_start(&c->timer, timer_fired, srv->cfg.limits.header_timeout_ms, 0);
+    conn_arm_timer(c, srv->cfg.limits.header_timeout_ms);
     read_resume(c);
     return;
 
