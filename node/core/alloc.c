@@ -201,7 +201,7 @@ int kp_buf_reserve(struct kp_buf *b, size_t extra)
     return 0;
 }
 
-int kp_buf_append(struct kp_buf *b, const void *p, size_t n)
+int kp_buf_append_grow(struct kp_buf *b, const void *p, size_t n)
 {
     if (kp_buf_reserve(b, n) != 0)
         return -1;

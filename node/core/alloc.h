@@ -4,6 +4,7 @@
 #define KP_CORE_ALLOC_H
 
 #include <stddef.h>
+#include <string.h>
 
 void *kp_malloc(size_t size);
 void *kp_calloc(size_t n, size_t size);
@@ -44,7 +45,19 @@ struct kp_buf {
 
 void kp_buf_init(struct kp_buf *b);
 int kp_buf_reserve(struct kp_buf *b, size_t extra);
-int kp_buf_append(struct kp_buf *b, const void *p, size_t n);
+int kp_buf_append_grow(struct kp_buf *b, const void *p, size_t n);
+/* Append @n bytes, keeping the data NUL-terminated. Inline because answer
+ * heads are built from many small appends that almost always fit. */
+static inline int kp_buf_append(struct kp_buf *b, const void *p, size_t n)
+{
+    if (b->cap - b->len <= n)
+        return kp_buf_append_grow(b, p, n);
+    if (n)
+        memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
 /* Append a string literal (its length known at compile time). */
 #define kp_buf_append_lit(b, lit) kp_buf_append((b), (lit), sizeof(lit) - 1)
 int kp_buf_appendf(struct kp_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
