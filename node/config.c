@@ -105,6 +105,8 @@ static const struct setting settings[] = {
      "DURATION", "how long an idle keep-alive connection stays open"},
     {"drain_timeout_ms", SET_DURATION, FIELD(drain_timeout_ms), 0, 24 * HOUR, false, "30s",
      "DURATION", "on SIGTERM, how long to wait for requests in flight before closing"},
+    {"drain_delay_ms", SET_DURATION, FIELD(drain_delay_ms), 0, 24 * HOUR, false, "0ms", "DURATION",
+     "on SIGTERM, how long to keep accepting with /readyz at 503 before the drain"},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))

@@ -233,6 +233,19 @@ class ShutdownTest(unittest.TestCase):
         held.close()
         self.assertEqual(node.wait_exit(timeout=30), 0)
 
+    def test_drain_delay_keeps_accepting_while_readyz_is_503(self):
+        node = self.h.start_node(config={"drain_delay_ms": 600000})
+        node.send_signal(signal.SIGTERM)
+        wait_until(lambda: http("GET", node.control_url + "/readyz", timeout=5)[0] == 503,
+                   what="GET /readyz == 503 after SIGTERM", alive=node)
+        # Within the delay the gateway still takes new connections and answers.
+        status, headers, _ = http("GET", node.gateway_url + "/v1/models", timeout=5)
+        self.assertIn("x-request-id", headers)
+        self.assertGreaterEqual(status, 400)
+        # A second signal ends the wait.
+        node.send_signal(signal.SIGTERM)
+        self.assertEqual(node.wait_exit(timeout=30), 0)
+
     def test_drain_gives_up_at_its_deadline(self):
         node = self.h.start_node(config={"drain_timeout_ms": 2000, **PATIENT_HTTP})
         held = hold_gateway_request(node)

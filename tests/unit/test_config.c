@@ -128,6 +128,7 @@ static void test_defaults(void **state)
     assert_int_equal(f->cfg.body_timeout_ms, 30000);
     assert_int_equal(f->cfg.idle_timeout_ms, 60000);
     assert_int_equal(f->cfg.drain_timeout_ms, 30000);
+    assert_int_equal(f->cfg.drain_delay_ms, 0);
 }
 
 /* Values in the YAML file replace the defaults; settings it omits keep
