@@ -10,6 +10,8 @@
 
 #include "config.h"
 #include "core/core.h"
+#include "raftstore/raftstore.h"
+#include "raftstore/token.h"
 
 struct kp_worker;
 
@@ -55,5 +57,61 @@ void kp_gateway_handle(struct kp_http_exchange *ex, const struct kp_http_request
 /* Answer an OpenAI-shaped error with X-Request-Id (and X-Keyplane-Error). */
 void kp_node_error(struct kp_http_exchange *ex, int status, const char *request_id,
                    const char *type, const char *code, const char *message);
+
+/* The node: what the control API handlers need, owned by main.c. Lives on
+ * the main loop, which runs raft and the control listener. */
+struct kp_node {
+    struct kp_runtime *rt;
+    struct kp_config *cfg;
+    struct kp_store *store;
+    struct kp_seal_kek *kek;
+    uint64_t node_id;
+    char raft_addr[128];   /* as advertised */
+    char internal_token[65]; /* hex HMAC(KEK, "keyplane internal v1"): the
+                                cluster secret for /internal/v1/ (secret) */
+};
+
+/* admin.c: /admin/v1/... (docs/control-api.md). Called by the control
+ * handler on the main loop with the request id already chosen. */
+void kp_admin_handle(struct kp_node *n, struct kp_http_exchange *ex,
+                     const struct kp_http_request *req, const char *rid);
+
+/* forward.c: relay this request to the leader's control listener and answer
+ * with what it answered (status, body, Content-Type, ETag, Retry-After).
+ * With no known leader, or when the request was already forwarded once
+ * (X-Keyplane-Forwarded), answers 503 with Retry-After: 1. */
+void kp_forward_to_leader(struct kp_node *n, struct kp_http_exchange *ex,
+                          const struct kp_http_request *req, const char *rid);
+
+/* control.c: JSON answers shared by the control handlers. @v is consumed. */
+void kp_node_respond_json(struct kp_http_exchange *ex, int status, const char *rid, json_t *v);
+/* The control API's error shape (docs/control-api.md):
+ * {"error":{"message","type","code","field"}}; @field may be NULL. 503
+ * answers add Retry-After: 1. */
+void kp_admin_error(struct kp_http_exchange *ex, int status, const char *rid, const char *type,
+                    const char *code, const char *field, const char *message);
+
+/* Who made an authenticated control API request (admin.c). */
+struct kp_admin_caller {
+    char token_id[KP_TOKEN_ID_SIZE]; /* "tk_..." */
+    enum kp_role role;
+};
+
+/* The audit context of a request (pointers into @who, @rid and static
+ * storage; valid while the exchange is). */
+struct kp_audit_ctx kp_admin_audit_ctx(const struct kp_admin_caller *who, const char *rid);
+
+/* Map a refused apply (struct kp_fsm_result) to the control API's error
+ * answer: 400 (with the field path taken from the message), 404, 409. */
+void kp_admin_refused(struct kp_http_exchange *ex, const char *rid, const struct kp_fsm_result *res);
+
+/* cluster.c: GET /admin/v1/cluster, POST /admin/v1/members,
+ * PUT /admin/v1/members/{name}/role, DELETE /admin/v1/members/{name},
+ * POST /admin/v1/cluster/transfer. admin.c calls it after authenticating
+ * @who and checking the permission (GET: read_registry; others: change);
+ * writes arrive here only on the leader. */
+void kp_cluster_admin(struct kp_node *n, struct kp_http_exchange *ex,
+                      const struct kp_http_request *req, const char *rid,
+                      const struct kp_admin_caller *who);
 
 #endif

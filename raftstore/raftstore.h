@@ -31,6 +31,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+#include <uv.h>
+
 #include "core/core.h"
 
 /* Money: billionths of a US dollar (the same typedef as meter/meter.h). */
@@ -245,6 +248,8 @@ struct kp_member {
     struct kp_entity e;
     uint64_t node_id; /* Raft id, unique, > 0 */
     char *address;    /* host:port of the raft listener */
+    char *control_address; /* host:port of the control listener (writes are
+                              forwarded there); NULL when unknown */
     uint8_t role;     /* enum kp_member_role */
     bool meter;
 };
@@ -285,6 +290,8 @@ struct kp_key_health {
 struct kp_cluster {
     struct kp_entity e;
     uint8_t pepper[32]; /* token HMAC pepper: secret, never logged */
+    char *kek_id;       /* kp_seal_kek_id() of the master key secrets are sealed
+                           under; a node whose KEK differs refuses to start */
 };
 
 /* Names of the enum values as they appear on the wire ("azure-openai",
@@ -625,5 +632,128 @@ void kp_view_publish(struct kp_view_slot *slot, struct kp_view *view);
 /* The current view with a reference for the caller (NULL if none was
  * published); give it back with kp_view_release. */
 struct kp_view *kp_view_acquire(struct kp_view_slot *slot);
+
+/* --- JSON for the control API (json.c) -------------------------------------------- */
+
+/* The entity as the control API shows it (docs/control-api.md): "kind",
+ * every schema field by its registry name, enums by name, maps as objects.
+ * Binary fields (a token's hash, sealed secrets, the pepper) are never
+ * rendered; a key's secrets show version, fingerprint, last4, state and
+ * retire_after_ms. NULL when out of memory. */
+json_t *kp_entity_json(const struct kp_entity *e);
+/* An audit entry, hashes in lower-case hex. NULL when out of memory. */
+json_t *kp_audit_entry_json(const struct kp_audit_entry *e);
+
+/* Build the msgpack command for @op from a JSON object @body (the fields of
+ * the op's body as docs/registry.md names them; NULL means {}), with the
+ * envelope from the other arguments, and append it to @out. @id, when not
+ * NULL, is the target named by the URL: it is set as the body's "id" (a
+ * body "id" that differs is refused). The result is decoded once with
+ * kp_command_decode, so every check a replica makes is made here first.
+ * KP_OK; KP_EINVAL with @errmsg ("members[2].weight: must be 1..1000") and
+ * @field the path of the bad field ("members[2].weight", "" when the whole
+ * body is at fault); KP_ENOMEM. @out is unchanged on failure. */
+int kp_command_from_json(enum kp_op op, const char *id, const json_t *body, int64_t ts,
+                         const struct kp_audit_ctx *audit, bool has_expect_version,
+                         uint64_t expect_version, struct kp_buf *out, char *errmsg, size_t errlen,
+                         char *field, size_t fieldlen);
+
+/* --- the Raft node (store.c) --------------------------------------------------------
+ *
+ * Every canonical/raft call in keyplane is in store.c. A store runs on one
+ * libuv loop (the daemon's main loop, which also serves the control API):
+ * every function below is called from that loop's thread, and every
+ * callback runs on it. */
+
+struct kp_store;
+
+struct kp_store_config {
+    const char *dir;     /* the raft directory (created if missing) */
+    uint64_t node_id;    /* > 0, stable across restarts */
+    const char *address; /* host:port this node's raft listener binds and
+                            advertises */
+    /* Nothing on disk yet: true makes a one-voter cluster of this node;
+     * false waits to be added by a leader (join). Ignored when the
+     * directory already holds state. */
+    bool bootstrap;
+    unsigned snapshot_threshold; /* entries between snapshots (0: 1024) */
+    unsigned snapshot_trailing;  /* entries kept after one (0: 128) */
+    unsigned election_timeout_ms;  /* 0: 1000 */
+    unsigned heartbeat_timeout_ms; /* 0: 100 */
+    /* Called on the loop after each batch of applied entries has been
+     * published as a view, and when leadership changes. May be NULL. */
+    void (*on_change)(void *arg);
+    void *arg;
+};
+
+/* Open the raft directory, restore the latest snapshot and log, start the
+ * raft listener. KP_OK, or an error with @errmsg naming the cause (a busy
+ * port, a directory from another node id, a corrupt log). */
+int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_config *cfg,
+                  char *errmsg, size_t errlen);
+/* Stop raft and free the store once every handle closed; @cb (may be NULL)
+ * runs then. Pending proposals complete with KP_ECLOSED first. */
+void kp_store_close(struct kp_store *s, void (*cb)(void *arg), void *arg);
+
+/* The slot router workers acquire views from (valid until close). */
+struct kp_view_slot *kp_store_views(struct kp_store *s);
+/* The state machine, for reads on the loop thread (kp_fsm_get, audit). */
+const struct kp_fsm *kp_store_fsm(const struct kp_store *s);
+
+bool kp_store_is_leader(struct kp_store *s);
+/* The leader as this node knows it: KP_OK with its id and raft address
+ * (copied into @addr), or KP_ENOTLEADER when there is none. */
+int kp_store_leader(struct kp_store *s, uint64_t *id, char *addr, size_t addrlen);
+
+enum kp_store_role { KP_STORE_VOTER, KP_STORE_STANDBY, KP_STORE_SPARE };
+
+struct kp_store_server {
+    uint64_t id;
+    char address[256];
+    int role;             /* enum kp_store_role */
+    bool leader;
+    uint64_t match_index; /* replicated up to, as the leader knows (0 elsewhere) */
+    bool recent_contact;  /* the leader heard from it within an election timeout */
+};
+
+struct kp_store_status {
+    uint64_t node_id;
+    const char *state; /* "follower", "candidate", "leader", "unavailable" */
+    uint64_t term;
+    uint64_t commit_index;
+    uint64_t applied_index;
+    uint64_t last_index;
+    uint64_t leader_id; /* 0 when unknown */
+    uint64_t snapshot_index;
+    uint32_t nservers;
+    struct kp_store_server *servers; /* from kp_malloc; kp_store_status_free */
+};
+
+int kp_store_status(struct kp_store *s, struct kp_store_status *out);
+void kp_store_status_free(struct kp_store_status *st);
+
+/* Completion of a proposal: @code is KP_OK when the entry was committed and
+ * applied (then @res says whether the command took effect), KP_ENOTLEADER
+ * when leadership was lost first (the entry may or may not commit later),
+ * KP_ECLOSED when the store is closing, KP_EIO otherwise. */
+typedef void (*kp_store_apply_cb)(void *arg, int code, const struct kp_fsm_result *res);
+/* Propose an encoded command (copied). KP_ENOTLEADER when this node is not
+ * the leader; KP_ENOMEM. The callback is not called on error. */
+int kp_store_propose(struct kp_store *s, const void *cmd, size_t len, kp_store_apply_cb cb,
+                     void *arg);
+
+/* Completion of a barrier or a membership change: KP_OK, KP_ENOTLEADER,
+ * KP_ECLOSED, KP_EIO, with a message. */
+typedef void (*kp_store_done_cb)(void *arg, int code, const char *message);
+/* Completes once every entry committed before the call is applied here. */
+int kp_store_barrier(struct kp_store *s, kp_store_done_cb cb, void *arg);
+/* Add server @id at @address as a spare, then give it @role (a voter
+ * catches up first). KP_ECONFLICT when @id is already a member. */
+int kp_store_add(struct kp_store *s, uint64_t id, const char *address, int role,
+                 kp_store_done_cb cb, void *arg);
+int kp_store_assign(struct kp_store *s, uint64_t id, int role, kp_store_done_cb cb, void *arg);
+int kp_store_remove(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void *arg);
+/* Hand leadership to @id (0: the most up-to-date voter). */
+int kp_store_transfer(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void *arg);
 
 #endif

@@ -253,6 +253,7 @@ SCHEMA(price_schema, kp_price, "price", HEADER(kp_price, KP_CS_NAME),
 SCHEMA(member_schema, kp_member, "member", HEADER(kp_member, KP_CS_ID),
        INT(kp_member, "node_id", node_id, KP_FT_U64, KP_FF_REQ, 1, UINT64_MAX, 0),
        STR(kp_member, "address", address, KP_FF_REQ, KP_CS_URL, 256, KP_REF_NONE),
+       STR(kp_member, "control_address", control_address, 0, KP_CS_URL, 256, KP_REF_NONE),
        ENUM(kp_member, "role", role, 0, member_roles, 0), F(kp_member, "meter", meter, KP_FT_BOOL));
 
 #define GENERIC(var, st, label)                                                                    \
@@ -290,7 +291,8 @@ const char *kp_kind_name(enum kp_kind kind)
 }
 
 SCHEMA_EXT(kp_store__cluster_schema, kp_cluster, "cluster", HEADER(kp_cluster, KP_CS_ID),
-           F(kp_cluster, "pepper", pepper, KP_FT_HASH32, .flags = KP_FF_REQ));
+           F(kp_cluster, "pepper", pepper, KP_FT_HASH32, .flags = KP_FF_REQ),
+           STR(kp_cluster, "kek_id", kek_id, 0, KP_CS_ID, 64, KP_REF_NONE));
 
 SCHEMA_EXT(kp_store__audit_ctx_schema, kp_audit_ctx, "audit",
            STR(kp_audit_ctx, "actor", actor, KP_FF_REQ, KP_CS_TEXT, 256, KP_REF_NONE),
