@@ -48,7 +48,7 @@ enum setting_type {
     SET_INT,      /* plain integer */
     SET_SIZE,     /* bytes, optionally with a KiB/MiB/GiB suffix */
     SET_DURATION, /* milliseconds, optionally with a ms/s/m/h suffix */
-    SET_LEVEL,    /* log level */
+    SET_CHOICE,   /* one of the names in choices (case-insensitive) */
 };
 
 struct setting {
@@ -61,6 +61,7 @@ struct setting {
     const char *def; /* default, as text parsed like any value; NULL = unset */
     const char *metavar;
     const char *help;
+    const char *const *choices; /* SET_CHOICE: NULL-terminated, lower case */
 };
 
 #define FIELD(f) offsetof(struct kp_config, f), sizeof(((struct kp_config *)0)->f)
@@ -70,43 +71,63 @@ struct setting {
 #define SEC      INT64_C(1000)
 #define HOUR     (3600 * SEC)
 
+static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+static const char *const raft_roles[] = {"voter", "standby", "spare", NULL};
+
 static const struct setting settings[] = {
     {"data_dir", SET_PATH, FIELD(data_dir), 0, 0, false, "./keyplane-data", "DIR",
-     "directory for this node's state (Raft log, snapshots, usage spool, admin token)"},
+     "directory for this node's state (Raft log, snapshots, usage spool, admin token)", NULL},
     {"gateway_listen", SET_LISTEN, FIELD(gateway_listen), 0, 0, false, "127.0.0.1:7600", "ADDR",
-     "address of the OpenAI-compatible gateway (/v1/*) that apps call"},
+     "address of the OpenAI-compatible gateway (/v1/*) that apps call", NULL},
     {"control_listen", SET_LISTEN, FIELD(control_listen), 0, 0, false, "127.0.0.1:7601", "ADDR",
-     "address of the control port: admin API, console, metrics, health, node-to-node calls"},
+     "address of the control port: admin API, console, metrics, health, node-to-node calls", NULL},
     {"raft_listen", SET_LISTEN, FIELD(raft_listen), 0, 0, false, "127.0.0.1:7602", "ADDR",
-     "address for Raft traffic between voters"},
+     "address for Raft traffic between voters", NULL},
     {"join", SET_PEERS, FIELD(join), 0, 0, true, NULL, "ADDR[,ADDR...]",
      "addresses of nodes of an existing cluster to join; with none and an empty data "
-     "directory the node bootstraps a new one-node cluster"},
+     "directory the node bootstraps a new one-node cluster",
+     NULL},
     {"master_key_file", SET_PATH, FIELD(master_key_file), 0, 0, true, NULL, "FILE",
-     "file (mode 0600) holding the cluster master key"},
+     "file (mode 0600) holding the cluster master key", NULL},
     /* The default, the host name, is filled in by apply_defaults(). */
     {"node_name", SET_NAME, FIELD(node_name), 0, 0, false, NULL, "NAME",
-     "this node's name in the cluster, logs, metrics and usage records"},
+     "this node's name in the cluster, logs, metrics and usage records", NULL},
     {"workers", SET_INT, FIELD(workers), 0, 1024, false, "0", "N",
-     "router worker threads, each with its own event loop; 0 = one per CPU core"},
-    {"log_level", SET_LEVEL, FIELD(log_level), 0, 0, false, "info", "LEVEL",
-     "least severe log level written: debug, info, warn or error"},
+     "router worker threads, each with its own event loop; 0 = one per CPU core", NULL},
+    {"log_level", SET_CHOICE, FIELD(log_level), 0, 0, false, "info", "LEVEL",
+     "least severe log level written: debug, info, warn or error", log_levels},
+    {"raft_role", SET_CHOICE, FIELD(raft_role), 0, 0, false, "voter", "ROLE",
+     "role this node asks for when it joins: voter, standby (replicates, does not vote) or "
+     "spare",
+     raft_roles},
+    {"snapshot_threshold", SET_INT, FIELD(snapshot_threshold), 16, 1000000, false, "1024", "N",
+     "Raft entries between two registry snapshots", NULL},
+    {"snapshot_trailing", SET_INT, FIELD(snapshot_trailing), 0, 1000000, false, "128", "N",
+     "Raft entries kept in the log after a snapshot (so a slightly behind follower needs no "
+     "snapshot)",
+     NULL},
+    {"election_timeout_ms", SET_DURATION, FIELD(election_timeout_ms), 50, 60 * SEC, false, "1s",
+     "DURATION", "Raft election timeout: how long followers wait for the leader before voting",
+     NULL},
+    {"heartbeat_timeout_ms", SET_DURATION, FIELD(heartbeat_timeout_ms), 10, 10 * SEC, false,
+     "100ms", "DURATION", "Raft heartbeat interval of the leader", NULL},
     {"max_body_bytes", SET_SIZE, FIELD(max_body_bytes), KIB, GIB, false, "8MiB", "SIZE",
-     "largest request body accepted; a larger one gets 413"},
+     "largest request body accepted; a larger one gets 413", NULL},
     {"max_header_bytes", SET_SIZE, FIELD(max_header_bytes), KIB, MIB, false, "32KiB", "SIZE",
-     "largest request line plus headers accepted; larger gets 431"},
+     "largest request line plus headers accepted; larger gets 431", NULL},
     {"max_headers", SET_INT, FIELD(max_headers), 1, 10000, false, "100", "N",
-     "most request headers accepted; more gets 431"},
+     "most request headers accepted; more gets 431", NULL},
     {"header_timeout_ms", SET_DURATION, FIELD(header_timeout_ms), 1, 24 * HOUR, false, "10s",
-     "DURATION", "time from a request's first byte to the end of its headers; slower gets 408"},
+     "DURATION", "time from a request's first byte to the end of its headers; slower gets 408",
+     NULL},
     {"body_timeout_ms", SET_DURATION, FIELD(body_timeout_ms), 1, 24 * HOUR, false, "30s",
-     "DURATION", "time from the end of the headers to the end of the body; slower gets 408"},
+     "DURATION", "time from the end of the headers to the end of the body; slower gets 408", NULL},
     {"idle_timeout_ms", SET_DURATION, FIELD(idle_timeout_ms), 1, 24 * HOUR, false, "60s",
-     "DURATION", "how long an idle keep-alive connection stays open"},
+     "DURATION", "how long an idle keep-alive connection stays open", NULL},
     {"drain_timeout_ms", SET_DURATION, FIELD(drain_timeout_ms), 0, 24 * HOUR, false, "30s",
-     "DURATION", "on SIGTERM, how long to wait for requests in flight before closing"},
+     "DURATION", "on SIGTERM, how long to wait for requests in flight before closing", NULL},
     {"drain_delay_ms", SET_DURATION, FIELD(drain_delay_ms), 0, 24 * HOUR, false, "0ms", "DURATION",
-     "on SIGTERM, how long to keep accepting with /readyz at 503 before the drain"},
+     "on SIGTERM, how long to keep accepting with /readyz at 503 before the drain", NULL},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -126,8 +147,6 @@ static const struct unit duration_units[] = {
     {"", 1}, {"ms", 1}, {"s", SEC}, {"m", 60 * SEC}, {"h", HOUR}, {NULL, 0},
 };
 static const struct unit int_units[] = {{"", 1}, {NULL, 0}};
-
-static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 
 static int errf(char *errmsg, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -152,7 +171,7 @@ static int oom(char *errmsg, size_t errlen)
 
 static bool is_string_type(enum setting_type t)
 {
-    return t == SET_PATH || t == SET_NAME || t == SET_LISTEN || t == SET_PEERS || t == SET_LEVEL;
+    return t == SET_PATH || t == SET_NAME || t == SET_LISTEN || t == SET_PEERS || t == SET_CHOICE;
 }
 
 static char **string_slot(struct kp_config *cfg, const struct setting *s)
@@ -314,9 +333,12 @@ static void describe(const struct setting *s, char *buf, size_t len)
         snprintf(buf, len,
                  "a duration from %s to %s (milliseconds, or a number with ms, s, m or h)", lo, hi);
         return;
-    case SET_LEVEL:
-        snprintf(buf, len, "one of debug, info, warn, error");
+    case SET_CHOICE: {
+        size_t o = (size_t)snprintf(buf, len, "one of");
+        for (const char *const *c = s->choices; *c != NULL && o < len; c++)
+            o += (size_t)snprintf(buf + o, len - o, "%s %s", c == s->choices ? "" : ",", *c);
         return;
+    }
     }
     snprintf(buf, len, "a value");
 }
@@ -538,13 +560,13 @@ static bool valid_node_name(const char *s)
     return true;
 }
 
-static const char *parse_level(const char *text)
+static const char *parse_choice(const struct setting *s, const char *text)
 {
-    if (strcasecmp(text, "warning") == 0)
+    if (s->choices == log_levels && strcasecmp(text, "warning") == 0)
         return "warn";
-    for (const char *const *l = log_levels; *l != NULL; l++)
-        if (strcasecmp(text, *l) == 0)
-            return *l;
+    for (const char *const *c = s->choices; *c != NULL; c++)
+        if (strcasecmp(text, *c) == 0)
+            return *c;
     return NULL;
 }
 
@@ -589,8 +611,8 @@ static int set_value(struct kp_config *cfg, const struct setting *s, const char 
             break;
         store_number(cfg, s, n);
         return 0;
-    case SET_LEVEL:
-        if ((level = parse_level(text)) == NULL)
+    case SET_CHOICE:
+        if ((level = parse_choice(s, text)) == NULL)
             break;
         return store_copy(cfg, s, level, errmsg, errlen);
     case SET_PEERS:

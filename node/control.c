@@ -51,7 +51,31 @@ void kp_node_error(struct kp_http_exchange *ex, int status, const char *rid, con
     kp_free(body);
 }
 
-static void respond_json(struct kp_http_exchange *ex, int status, const char *rid, json_t *v)
+void kp_admin_error(struct kp_http_exchange *ex, int status, const char *rid, const char *type,
+                    const char *code, const char *field, const char *message)
+{
+    json_t *v =
+        json_pack("{s:{s:s,s:s,s:s}}", "error", "message", message, "type", type, "code", code);
+    if (v != NULL && field != NULL)
+        json_object_set_new(json_object_get(v, "error"), "field", json_string(field));
+    size_t len;
+    char *body = v ? kp_json_dumps(v, &len) : NULL;
+    json_decref(v);
+    struct kp_http_header h[4] = {
+        KP_HTTP_HEADER("X-Request-Id", rid),
+        KP_HTTP_HEADER("Content-Type", "application/json"),
+        KP_HTTP_HEADER("Retry-After", "1"),
+    };
+    unsigned nh = status == 503 ? 3 : 2;
+    if (body == NULL) {
+        kp_http_respond(ex, 503, h, 1, NULL, 0);
+        return;
+    }
+    kp_http_respond(ex, status, h, nh, body, len);
+    kp_free(body);
+}
+
+void kp_node_respond_json(struct kp_http_exchange *ex, int status, const char *rid, json_t *v)
 {
     size_t len;
     char *body = v ? kp_json_dumps(v, &len) : NULL;
@@ -77,7 +101,7 @@ static void handle_readyz(struct kp_http_exchange *ex, struct kp_runtime *rt, co
         state = "starting";
         status = 503;
     }
-    respond_json(ex, status, rid, json_pack("{s:s}", "status", state));
+    kp_node_respond_json(ex, status, rid, json_pack("{s:s}", "status", state));
 }
 
 static void handle_metrics(struct kp_http_exchange *ex, const char *rid)
@@ -110,7 +134,7 @@ static void handle_status(struct kp_http_exchange *ex, struct kp_runtime *rt, co
         (int)kp_runtime_connections(rt, "control"), "inflight", "gateway",
         (int)kp_runtime_inflight(rt, "gateway"), "control",
         (int)kp_runtime_inflight(rt, "control"));
-    respond_json(ex, 200, rid, v);
+    kp_node_respond_json(ex, 200, rid, v);
 }
 
 struct route {
@@ -130,8 +154,19 @@ static const struct route control_routes[] = {
 
 void kp_control_handle(struct kp_http_exchange *ex, const struct kp_http_request *req, void *arg)
 {
-    struct kp_runtime *rt = arg;
+    struct kp_node *n = arg;
+    struct kp_runtime *rt = n->rt;
     const char *rid = request_id(ex, req);
+    if (strncmp(req->path, "/admin/v1/", 10) == 0 && strcmp(req->path, "/admin/v1/status") != 0) {
+        kp_http_set_route(ex, "/admin/v1/*");
+        kp_admin_handle(n, ex, req, rid);
+        return;
+    }
+    if (strncmp(req->path, "/internal/v1/", 13) == 0) {
+        kp_http_set_route(ex, "/internal/v1/*");
+        kp_internal_handle(n, ex, req, rid);
+        return;
+    }
     for (size_t i = 0; i < sizeof(control_routes) / sizeof(control_routes[0]); i++) {
         const struct route *r = &control_routes[i];
         if (strcmp(req->path, r->path) != 0)
@@ -147,7 +182,7 @@ void kp_control_handle(struct kp_http_exchange *ex, const struct kp_http_request
         }
         switch (r->id) {
         case R_HEALTHZ:
-            respond_json(ex, 200, rid, json_pack("{s:s}", "status", "ok"));
+            kp_node_respond_json(ex, 200, rid, json_pack("{s:s}", "status", "ok"));
             return;
         case R_READYZ:
             handle_readyz(ex, rt, rid);

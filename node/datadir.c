@@ -83,7 +83,7 @@ int kp_datadir_open(struct kp_datadir *d, const char *path, char *errmsg, size_t
 }
 
 int kp_datadir_write_listen(struct kp_datadir *d, const char *gateway, const char *control,
-                            char *errmsg, size_t errlen)
+                            const char *raft, char *errmsg, size_t errlen)
 {
     char tmp[4200], final[4200];
     snprintf(tmp, sizeof(tmp), "%s/listen.json.tmp", d->path);
@@ -91,8 +91,8 @@ int kp_datadir_write_listen(struct kp_datadir *d, const char *gateway, const cha
     FILE *f = fopen(tmp, "w");
     if (f == NULL)
         goto err;
-    fprintf(f, "{\"gateway\":\"%s\",\"control\":\"%s\",\"pid\":%ld}\n", gateway, control,
-            (long)getpid());
+    fprintf(f, "{\"gateway\":\"%s\",\"control\":\"%s\",\"raft\":\"%s\",\"pid\":%ld}\n", gateway,
+            control, raft, (long)getpid());
     if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
         fclose(f);
         goto err;

@@ -30,6 +30,7 @@ static int run(struct kp_config *cfg)
     char errmsg[512];
     struct kp_datadir dd;
     struct kp_runtime rt = {0};
+    struct kp_node node = {0};
     int code = 1;
 
     if (kp_datadir_open(&dd, cfg->data_dir, errmsg, sizeof(errmsg)) != KP_OK) {
@@ -43,21 +44,37 @@ static int run(struct kp_config *cfg)
     rt.started_unix_ms = kp_now_unix_ms();
     rt.main_loop = uv_default_loop();
     apply_limits(&rt, cfg);
+    node.rt = &rt;
+    node.cfg = cfg;
+    rt.control_arg = &node;
+    rt.on_stop = kp_node_stop;
 
     if (kp_runtime_run(&rt, errmsg, sizeof(errmsg)) != KP_OK) {
         kp_error("main", "cannot start: %s", errmsg);
         goto out;
     }
-    if (kp_datadir_write_listen(&dd, rt.gateway_addr, rt.control_addr, errmsg, sizeof(errmsg)) !=
-        KP_OK)
+    int rc = kp_node_start(&node, errmsg, sizeof(errmsg));
+    if (rc != KP_OK) {
+        kp_error("main", "cannot start: %s", errmsg);
+        rt.on_stop = NULL; /* no store to close */
+        kp_runtime_fail(&rt, rc == KP_ECONFIG ? 2 : 1, "cannot start");
+        code = kp_runtime_wait(&rt);
+        goto out;
+    }
+    if (kp_datadir_write_listen(&dd, rt.gateway_addr, rt.control_addr, node.raft_addr, errmsg,
+                                sizeof(errmsg)) != KP_OK)
         kp_warn("main", "%s", errmsg);
-    atomic_store(&rt.ready, true);
-    kp_info("main", "keyplaned %s ready: node %s, %d workers, gateway http://%s, control http://%s",
+    kp_info("main",
+            "keyplaned %s started: node %s, %d workers, gateway http://%s, control http://%s",
             kp_version(), cfg->node_name, rt.n_workers, rt.gateway_addr, rt.control_addr);
     code = kp_runtime_wait(&rt);
     kp_info("main", "stopped");
 out:
-    uv_loop_close(rt.main_loop);
+    /* Let closing handles (raft, timers) finish. */
+    uv_run(rt.main_loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(rt.main_loop) != 0)
+        kp_warn("main", "main loop closed with open handles");
+    kp_seal_kek_free(node.kek);
     kp_datadir_close(&dd);
     return code;
 }

@@ -26,6 +26,9 @@ struct kp_runtime {
     atomic_bool ready;
     atomic_bool draining;
     uv_loop_t *main_loop;
+    struct kp_http_server *control; /* on the main loop */
+    void *control_arg;              /* the control handler's arg (struct kp_node *) */
+    void (*on_stop)(void *arg);     /* called with control_arg when stopping */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
     uint64_t drain_deadline_ms;
@@ -37,6 +40,9 @@ struct kp_runtime {
  * kp_runtime_wait() runs until a signal has drained and stopped them. */
 int kp_runtime_run(struct kp_runtime *rt, char *errmsg, size_t errlen);
 int kp_runtime_wait(struct kp_runtime *rt);
+/* Stop at once (no drain) and exit with @exit_code: a node that must not go
+ * on (wrong master key, refused join). Main loop only. */
+void kp_runtime_fail(struct kp_runtime *rt, int exit_code, const char *why);
 unsigned kp_runtime_inflight(struct kp_runtime *rt, const char *listener);
 unsigned kp_runtime_connections(struct kp_runtime *rt, const char *listener);
 
@@ -48,7 +54,7 @@ struct kp_datadir {
 int kp_datadir_open(struct kp_datadir *d, const char *path, char *errmsg, size_t errlen);
 /* Write DATA_DIR/listen.json atomically with the bound addresses. */
 int kp_datadir_write_listen(struct kp_datadir *d, const char *gateway, const char *control,
-                            char *errmsg, size_t errlen);
+                            const char *raft, char *errmsg, size_t errlen);
 void kp_datadir_close(struct kp_datadir *d);
 
 /* control.c and gateway handler */
@@ -66,15 +72,53 @@ struct kp_node {
     struct kp_store *store;
     struct kp_seal_kek *kek;
     uint64_t node_id;
-    char raft_addr[128];   /* as advertised */
+    char raft_addr[128];     /* as advertised */
     char internal_token[65]; /* hex HMAC(KEK, "keyplane internal v1"): the
                                 cluster secret for /internal/v1/ (secret) */
+    /* lifecycle.c */
+    bool bootstrap;     /* this start makes a new cluster */
+    bool init_proposed; /* the bootstrap commands are on their way */
+    bool joined;        /* in a cluster (or never needed to join) */
+    bool join_inflight;
+    bool stopping;
+    bool store_closing;
+    bool join_timer_open;
+    unsigned join_attempt;
+    char join_target[256];
+    uv_timer_t join_timer;
 };
+
+/* lifecycle.c: node id, master key, the raft store, bootstrap or join
+ * (after kp_runtime_run, on the main loop). kp_node_stop is the runtime's
+ * on_stop. */
+int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen);
+void kp_node_stop(void *node);
 
 /* admin.c: /admin/v1/... (docs/control-api.md). Called by the control
  * handler on the main loop with the request id already chosen. */
 void kp_admin_handle(struct kp_node *n, struct kp_http_exchange *ex,
                      const struct kp_http_request *req, const char *rid);
+
+/* forward.c: node-to-node HTTP calls from the main loop (libcurl on the
+ * threadpool). The callback runs on the loop; @res is valid during it. */
+#define KP_CALL_HEADER_MAX 128
+struct kp_call_result {
+    long status;        /* 0 when the peer could not be reached (see error) */
+    struct kp_buf body; /* NUL-terminated */
+    char content_type[KP_CALL_HEADER_MAX];
+    char etag[KP_CALL_HEADER_MAX];
+    char retry_after[KP_CALL_HEADER_MAX];
+    char allow[KP_CALL_HEADER_MAX];
+    char error[256];
+};
+typedef void (*kp_call_cb)(void *arg, const struct kp_call_result *res);
+/* @headers: NULL-terminated "Name: value" lines (copied; wipe yours after).
+ * @body (copied) may be NULL. KP_OK, or KP_ENOMEM with no callback. */
+int kp_call_start(uv_loop_t *loop, const char *method, const char *url, const char *const *headers,
+                  const void *body, size_t body_len, long timeout_ms, kp_call_cb cb, void *arg);
+/* The control address of member @node_id from the published registry view;
+ * false when unknown. */
+bool kp_node_member_control(struct kp_node *n, uint64_t node_id, char *out, size_t len);
 
 /* forward.c: relay this request to the leader's control listener and answer
  * with what it answered (status, body, Content-Type, ETag, Retry-After).
@@ -103,7 +147,13 @@ struct kp_audit_ctx kp_admin_audit_ctx(const struct kp_admin_caller *who, const 
 
 /* Map a refused apply (struct kp_fsm_result) to the control API's error
  * answer: 400 (with the field path taken from the message), 404, 409. */
-void kp_admin_refused(struct kp_http_exchange *ex, const char *rid, const struct kp_fsm_result *res);
+void kp_admin_refused(struct kp_http_exchange *ex, const char *rid,
+                      const struct kp_fsm_result *res);
+
+/* cluster.c: /internal/v1/ (join, raft status), authenticated by the
+ * cluster secret. */
+void kp_internal_handle(struct kp_node *n, struct kp_http_exchange *ex,
+                        const struct kp_http_request *req, const char *rid);
 
 /* cluster.c: GET /admin/v1/cluster, POST /admin/v1/members,
  * PUT /admin/v1/members/{name}/role, DELETE /admin/v1/members/{name},

@@ -1,9 +1,11 @@
 /* The keyplaned runtime: worker threads, signals and the drain.
  *
- * Each worker owns a libuv loop and its own gateway and control listeners
- * bound to the same addresses with SO_REUSEPORT, so a request lives and dies
- * on one thread. The main thread only starts workers, waits for signals and
- * runs the drain:
+ * Each worker owns a libuv loop and its own gateway listener bound to the
+ * same address with SO_REUSEPORT, so a request lives and dies on one
+ * thread. The main thread runs Raft (raftstore's store) and the control
+ * listener on its own loop, so control API handlers read and propose to
+ * the state machine without crossing threads; it also waits for signals
+ * and runs the drain:
  *
  *   RUNNING --SIGTERM/SIGINT--> DELAY (readyz 503, still accepting,
  *                                      drain_delay_ms)
@@ -33,16 +35,14 @@ struct kp_worker {
     uv_async_t wake;
     uv_timer_t tick;
     struct kp_http_server *gateway;
-    struct kp_http_server *control;
     int gateway_port;
-    int control_port;
     uv_sem_t started;
     int start_rc;
     char errmsg[256];
     atomic_int cmd;
     int applied_cmd;
     atomic_bool idle; /* draining and nothing left on the gateway */
-    atomic_uint gw_inflight, gw_conns, ctl_inflight, ctl_conns;
+    atomic_uint gw_inflight, gw_conns;
     int servers_open;
 };
 
@@ -52,8 +52,6 @@ static void publish_counts(struct kp_worker *w)
 {
     atomic_store(&w->gw_inflight, w->gateway ? kp_http_server_inflight(w->gateway) : 0);
     atomic_store(&w->gw_conns, w->gateway ? kp_http_server_connections(w->gateway) : 0);
-    atomic_store(&w->ctl_inflight, w->control ? kp_http_server_inflight(w->control) : 0);
-    atomic_store(&w->ctl_conns, w->control ? kp_http_server_connections(w->control) : 0);
 }
 
 static void server_closed(void *arg)
@@ -74,11 +72,10 @@ static void worker_apply(struct kp_worker *w)
     if (cmd == CMD_DRAIN) {
         kp_http_server_drain(w->gateway);
     } else if (cmd == CMD_STOP) {
-        struct kp_http_server *g = w->gateway, *c = w->control;
-        w->gateway = w->control = NULL;
+        struct kp_http_server *g = w->gateway;
+        w->gateway = NULL;
         publish_counts(w);
         kp_http_server_close(g, server_closed, w);
-        kp_http_server_close(c, server_closed, w);
     }
 }
 
@@ -104,14 +101,8 @@ static int worker_listen(struct kp_worker *w)
 {
     struct kp_runtime *rt = w->rt;
     struct kp_http_server_config gw = {"gateway", kp_gateway_handle, rt, rt->limits};
-    struct kp_http_server_config ctl = {"control", kp_control_handle, rt, rt->limits};
     int rc = kp_http_server_start(&w->gateway, &w->loop, &gw, rt->cfg->gateway_listen,
                                   &w->gateway_port, w->errmsg, sizeof(w->errmsg));
-    if (rc != KP_OK)
-        return rc;
-    w->servers_open++;
-    rc = kp_http_server_start(&w->control, &w->loop, &ctl, rt->cfg->control_listen,
-                              &w->control_port, w->errmsg, sizeof(w->errmsg));
     if (rc != KP_OK)
         return rc;
     w->servers_open++;
@@ -127,13 +118,8 @@ static void worker_main(void *arg)
     w->tick.data = w;
     w->start_rc = worker_listen(w);
     if (w->start_rc != KP_OK) {
-        if (w->gateway)
-            kp_http_server_close(w->gateway, server_closed, w);
-        else {
-            uv_close((uv_handle_t *)&w->wake, NULL);
-            uv_close((uv_handle_t *)&w->tick, NULL);
-        }
-        w->gateway = NULL;
+        uv_close((uv_handle_t *)&w->wake, NULL);
+        uv_close((uv_handle_t *)&w->tick, NULL);
         uv_sem_post(&w->started);
         uv_run(&w->loop, UV_RUN_DEFAULT);
         return;
@@ -189,6 +175,18 @@ static void stop_now(struct kp_runtime *rt, const char *why)
     rt->drain_accepting_over = true;
     send_all(rt, CMD_STOP);
     main_close_handles(rt);
+    struct kp_http_server *c = rt->control;
+    rt->control = NULL;
+    kp_http_server_close(c, NULL, NULL);
+    if (rt->on_stop != NULL)
+        rt->on_stop(rt->control_arg);
+}
+
+void kp_runtime_fail(struct kp_runtime *rt, int exit_code, const char *why)
+{
+    rt->exit_code = exit_code;
+    atomic_store(&rt->ready, false);
+    stop_now(rt, why);
 }
 
 static void drain_check(uv_async_t *a)
@@ -244,33 +242,35 @@ static void format_addr(char *out, size_t len, const char *configured, int port)
     snprintf(out, len, "%.*s:%d", hostlen, configured, port);
 }
 
+/* The control listener's counts are read on the main loop, its own. */
 unsigned kp_runtime_inflight(struct kp_runtime *rt, const char *listener)
 {
+    if (strcmp(listener, "gateway") != 0)
+        return rt->control ? kp_http_server_inflight(rt->control) : 0;
     unsigned n = 0;
-    bool gw = strcmp(listener, "gateway") == 0;
     for (int i = 0; i < rt->n_workers; i++)
-        n += atomic_load(gw ? &rt->workers[i].gw_inflight : &rt->workers[i].ctl_inflight);
+        n += atomic_load(&rt->workers[i].gw_inflight);
     return n;
 }
 
 unsigned kp_runtime_connections(struct kp_runtime *rt, const char *listener)
 {
+    if (strcmp(listener, "gateway") != 0)
+        return rt->control ? kp_http_server_connections(rt->control) : 0;
     unsigned n = 0;
-    bool gw = strcmp(listener, "gateway") == 0;
     for (int i = 0; i < rt->n_workers; i++)
-        n += atomic_load(gw ? &rt->workers[i].gw_conns : &rt->workers[i].ctl_conns);
+        n += atomic_load(&rt->workers[i].gw_conns);
     return n;
 }
 
 static int start_workers(struct kp_runtime *rt, char *errmsg, size_t errlen)
 {
-    int gw_port = 0, ctl_port = 0;
+    int gw_port = 0;
     for (int i = 0; i < rt->n_workers; i++) {
         struct kp_worker *w = &rt->workers[i];
         w->rt = rt;
         w->index = i;
         w->gateway_port = gw_port;
-        w->control_port = ctl_port;
         int rc = worker_start(w);
         if (rc != KP_OK) {
             snprintf(errmsg, errlen, "worker %d: %s", i, w->errmsg);
@@ -285,10 +285,8 @@ static int start_workers(struct kp_runtime *rt, char *errmsg, size_t errlen)
             return rc;
         }
         gw_port = w->gateway_port;
-        ctl_port = w->control_port;
     }
     format_addr(rt->gateway_addr, sizeof(rt->gateway_addr), rt->cfg->gateway_listen, gw_port);
-    format_addr(rt->control_addr, sizeof(rt->control_addr), rt->cfg->control_listen, ctl_port);
     return KP_OK;
 }
 
@@ -303,7 +301,18 @@ int kp_runtime_run(struct kp_runtime *rt, char *errmsg, size_t errlen)
     uv_loop_t *loop = rt->main_loop;
     uv_async_init(loop, &main_wake, drain_check);
     main_wake.data = rt;
-    int rc = start_workers(rt, errmsg, errlen);
+    int ctl_port = 0;
+    struct kp_http_server_config ctl = {"control", kp_control_handle, rt->control_arg, rt->limits};
+    int rc = kp_http_server_start(&rt->control, loop, &ctl, rt->cfg->control_listen, &ctl_port,
+                                  errmsg, errlen);
+    if (rc == KP_OK) {
+        format_addr(rt->control_addr, sizeof(rt->control_addr), rt->cfg->control_listen, ctl_port);
+        rc = start_workers(rt, errmsg, errlen);
+        if (rc != KP_OK) {
+            kp_http_server_close(rt->control, NULL, NULL);
+            rt->control = NULL;
+        }
+    }
     if (rc != KP_OK) {
         uv_close((uv_handle_t *)&main_wake, NULL);
         uv_run(loop, UV_RUN_DEFAULT);

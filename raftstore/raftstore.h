@@ -748,7 +748,8 @@ typedef void (*kp_store_done_cb)(void *arg, int code, const char *message);
 /* Completes once every entry committed before the call is applied here. */
 int kp_store_barrier(struct kp_store *s, kp_store_done_cb cb, void *arg);
 /* Add server @id at @address as a spare, then give it @role (a voter
- * catches up first). KP_ECONFLICT when @id is already a member. */
+ * catches up first). KP_ECONFLICT when @id or @address is already a
+ * member; KP_EBUSY while another configuration change is in progress. */
 int kp_store_add(struct kp_store *s, uint64_t id, const char *address, int role,
                  kp_store_done_cb cb, void *arg);
 int kp_store_assign(struct kp_store *s, uint64_t id, int role, kp_store_done_cb cb, void *arg);

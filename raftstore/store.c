@@ -1,2 +1,710 @@
-/* placeholder: being written */
-typedef int kp_placeholder_store;
+/* The Raft glue: the only file in keyplane that calls canonical/raft.
+ *
+ * A store is one raft instance with its libuv I/O (raft_uv, segmented log and
+ * snapshots in the raft directory) and TCP transport, driving the state
+ * machine of fsm.c. Everything runs on one loop:
+ *
+ *   raft apply ----> kp_fsm_apply -> result kept for the proposer's callback
+ *        |                            (raft calls it right after apply)
+ *        +--------> "dirty": a zero timer publishes one view per loop turn
+ *                   and tells the node (on_change)
+ *   raft snapshot -> kp_fsm_snapshot (msgpack + zstd, docs/registry.md)
+ *   raft restore --> kp_fsm_restore, then publish
+ *
+ * Leadership has no callback in raft 0.15: a 50 ms timer watches the state
+ * and the leader id and tells the node when either changes.
+ *
+ * Log entries: raft_uv checksums a command's payload rounded up to 8 bytes
+ * when it loads a segment but only its length when it writes one, so a
+ * payload whose length is not a multiple of 8 reads back as corrupt after a
+ * restart (and raft_uv then moves the segment aside). Every entry is
+ * therefore framed here: "KPE1", the command's length (u32 little endian),
+ * the command, zero padding to a multiple of 8 (docs/registry.md). */
+#include <errno.h>
+#include <raft.h>
+#include <raft/uv.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "raftstore/raftstore.h"
+
+#define ENTRY_MAGIC "KPE1"
+enum { ENTRY_HEADER = 8 };
+
+/* The outcome of the last apply, read by the proposer's callback which raft
+ * runs synchronously after fsm->apply on the leader. */
+struct applied {
+    uint64_t index;
+    struct kp_fsm_result res;
+};
+
+struct kp_store {
+    uv_loop_t *loop;
+    struct raft raft;
+    struct raft_io io;
+    struct raft_uv_transport transport;
+    struct raft_fsm rfsm;
+    struct kp_fsm *fsm;
+    struct kp_view_slot views;
+    struct kp_store_config cfg;
+    char *dir;
+    char *address;
+    struct applied last;
+    uv_timer_t notify; /* zero timer: publish a view and tell the node */
+    uv_timer_t watch;  /* leadership watch */
+    unsigned short seen_state;
+    uint64_t seen_leader;
+    bool raft_started;
+    bool closing;
+    int handles_open;
+    void (*close_cb)(void *arg);
+    void *close_arg;
+};
+
+static int from_raft(int rv)
+{
+    switch (rv) {
+    case 0:
+        return KP_OK;
+    case RAFT_NOMEM:
+        return KP_ENOMEM;
+    case RAFT_NOTLEADER:
+    case RAFT_LEADERSHIPLOST:
+        return KP_ENOTLEADER;
+    case RAFT_SHUTDOWN:
+    case RAFT_CANCELED:
+        return KP_ECLOSED;
+    case RAFT_DUPLICATEID:
+    case RAFT_DUPLICATEADDRESS:
+    case RAFT_BADROLE:
+        return KP_ECONFLICT;
+    case RAFT_CANTCHANGE: /* another configuration change is in progress */
+        return KP_EBUSY;
+    case RAFT_BADID:
+    case RAFT_NOTFOUND:
+        return KP_ENOENT;
+    default:
+        return KP_EIO;
+    }
+}
+
+/* --- the state machine, as raft sees it ------------------------------------ */
+
+static void schedule_notify(struct kp_store *s);
+
+static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result)
+{
+    struct kp_store *s = rf->data;
+    /* Entries apply in order and barrier or configuration entries also move
+     * last_applied, so this entry's index is the next one. */
+    uint64_t index = raft_last_applied(&s->raft) + 1;
+    struct applied *a = &s->last;
+    memset(a, 0, sizeof(*a));
+    const uint8_t *p = buf->base;
+    size_t len = buf->len >= ENTRY_HEADER ? (size_t)kp_get_le(p + 4, 4) : 0;
+    if (buf->len < ENTRY_HEADER || memcmp(p, ENTRY_MAGIC, 4) != 0 ||
+        len > buf->len - ENTRY_HEADER) {
+        /* Every replica sees the same bytes, so each refuses it alike: the
+         * fsm records the refusal in the audit chain. */
+        p = (const uint8_t *)"";
+        len = 0;
+    } else {
+        p += ENTRY_HEADER;
+    }
+    int rc = kp_fsm_apply(s->fsm, index, p, len, &a->res);
+    if (rc == KP_ENOMEM) {
+        /* Nothing changed: raft applies this entry again on its next turn. */
+        kp_warn("raft", "out of memory applying entry %llu; will retry", (unsigned long long)index);
+        return RAFT_NOMEM;
+    }
+    a->index = index;
+    *result = a;
+    schedule_notify(s);
+    return 0;
+}
+
+static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    struct kp_store *s = rf->data;
+    struct kp_buf out;
+    char errmsg[256];
+    kp_buf_init(&out);
+    int64_t t0 = kp_now_mono_ms();
+    if (kp_fsm_snapshot(s->fsm, &out, errmsg, sizeof(errmsg)) != KP_OK) {
+        kp_warn("raft", "cannot take a snapshot: %s", errmsg);
+        kp_buf_free(&out);
+        return RAFT_NOMEM;
+    }
+    struct raft_buffer *b = kp_malloc(sizeof(*b));
+    if (b == NULL) {
+        kp_buf_free(&out);
+        return RAFT_NOMEM;
+    }
+    b->base = out.data;
+    b->len = out.len;
+    *bufs = b;
+    *n_bufs = 1;
+    kp_info("raft", "snapshot at index %llu: %zu bytes in %lld ms",
+            (unsigned long long)kp_fsm_applied_index(s->fsm), out.len,
+            (long long)(kp_now_mono_ms() - t0));
+    return 0;
+}
+
+static int fsm_snapshot_finalize(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    (void)rf;
+    if (*bufs != NULL) {
+        for (unsigned i = 0; i < *n_bufs; i++)
+            kp_free((*bufs)[i].base);
+        kp_free(*bufs);
+    }
+    *bufs = NULL;
+    *n_bufs = 0;
+    return 0;
+}
+
+static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
+{
+    struct kp_store *s = rf->data;
+    char errmsg[256];
+    int64_t t0 = kp_now_mono_ms();
+    int rc = kp_fsm_restore(s->fsm, buf->base, buf->len, 0, errmsg, sizeof(errmsg));
+    if (rc != KP_OK) {
+        kp_error("raft", "cannot restore snapshot (%zu bytes): %s", buf->len, errmsg);
+        return rc == KP_ENOMEM ? RAFT_NOMEM : RAFT_CORRUPT;
+    }
+    kp_info("raft", "restored snapshot at index %llu: %zu bytes in %lld ms",
+            (unsigned long long)kp_fsm_applied_index(s->fsm), buf->len,
+            (long long)(kp_now_mono_ms() - t0));
+    raft_free(buf->base);
+    schedule_notify(s);
+    return 0;
+}
+
+/* --- publishing and watching ---------------------------------------------- */
+
+static void on_notify(uv_timer_t *t)
+{
+    struct kp_store *s = t->data;
+    if (s->closing)
+        return;
+    kp_view_publish(&s->views, kp_fsm_view_build(s->fsm));
+    if (s->cfg.on_change != NULL)
+        s->cfg.on_change(s->cfg.arg);
+}
+
+static void schedule_notify(struct kp_store *s)
+{
+    if (!s->closing && !uv_is_active((uv_handle_t *)&s->notify))
+        uv_timer_start(&s->notify, on_notify, 0, 0);
+}
+
+static uint64_t leader_id(struct kp_store *s)
+{
+    raft_id id = 0;
+    const char *addr = NULL;
+    raft_leader(&s->raft, &id, &addr);
+    return id;
+}
+
+static const char *state_name(int state)
+{
+    switch (state) {
+    case RAFT_FOLLOWER:
+        return "follower";
+    case RAFT_CANDIDATE:
+        return "candidate";
+    case RAFT_LEADER:
+        return "leader";
+    default:
+        return "unavailable";
+    }
+}
+
+static void on_watch(uv_timer_t *t)
+{
+    struct kp_store *s = t->data;
+    if (s->closing)
+        return;
+    unsigned short state = (unsigned short)raft_state(&s->raft);
+    uint64_t leader = leader_id(s);
+    if (state == s->seen_state && leader == s->seen_leader)
+        return;
+    if (leader != s->seen_leader)
+        kp_info("raft", "node %llu is %s, term %llu, leader %llu",
+                (unsigned long long)s->cfg.node_id, state_name(state),
+                (unsigned long long)s->raft.current_term, (unsigned long long)leader);
+    s->seen_state = state;
+    s->seen_leader = leader;
+    if (s->cfg.on_change != NULL)
+        s->cfg.on_change(s->cfg.arg);
+}
+
+/* --- open and close ----------------------------------------------------------- */
+
+static int make_dir(const char *dir, char *errmsg, size_t errlen)
+{
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        snprintf(errmsg, errlen, "cannot create raft directory %s: %s", dir, strerror(errno));
+        return KP_EIO;
+    }
+    return KP_OK;
+}
+
+static void store_free(struct kp_store *s)
+{
+    kp_view_slot_close(&s->views);
+    kp_fsm_free(s->fsm);
+    kp_free(s->dir);
+    kp_free(s->address);
+    kp_free(s);
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    struct kp_store *s = h->data;
+    if (--s->handles_open > 0)
+        return;
+    void (*cb)(void *) = s->close_cb;
+    void *arg = s->close_arg;
+    store_free(s);
+    if (cb != NULL)
+        cb(arg);
+}
+
+static void close_timers(struct kp_store *s)
+{
+    s->handles_open = 2;
+    uv_close((uv_handle_t *)&s->notify, handle_closed);
+    uv_close((uv_handle_t *)&s->watch, handle_closed);
+}
+
+static void raft_closed(struct raft *r)
+{
+    struct kp_store *s = r->data;
+    raft_uv_close(&s->io);
+    raft_uv_tcp_close(&s->transport);
+    close_timers(s);
+}
+
+int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_config *cfg,
+                  char *errmsg, size_t errlen)
+{
+    *out = NULL;
+    if (cfg->node_id == 0 || cfg->address == NULL || cfg->dir == NULL) {
+        snprintf(errmsg, errlen, "raft: node id, address and directory are required");
+        return KP_EINVAL;
+    }
+    int rc = make_dir(cfg->dir, errmsg, errlen);
+    if (rc != KP_OK)
+        return rc;
+    struct kp_store *s = kp_calloc(1, sizeof(*s));
+    if (s == NULL)
+        goto nomem;
+    s->loop = loop;
+    s->cfg = *cfg;
+    s->dir = kp_strdup(cfg->dir);
+    s->address = kp_strdup(cfg->address);
+    s->fsm = kp_fsm_new();
+    kp_view_slot_init(&s->views);
+    if (s->dir == NULL || s->address == NULL || s->fsm == NULL) {
+        store_free(s);
+        goto nomem;
+    }
+    s->cfg.dir = s->dir;
+    s->cfg.address = s->address;
+    uv_timer_init(loop, &s->notify);
+    uv_timer_init(loop, &s->watch);
+    s->notify.data = s->watch.data = s;
+
+    s->rfsm.version = 2;
+    s->rfsm.data = s;
+    s->rfsm.apply = fsm_apply;
+    s->rfsm.snapshot = fsm_snapshot;
+    s->rfsm.restore = fsm_restore;
+    s->rfsm.snapshot_finalize = fsm_snapshot_finalize;
+    s->rfsm.snapshot_async = NULL;
+
+    int rv = raft_uv_tcp_init(&s->transport, loop);
+    if (rv != 0) {
+        snprintf(errmsg, errlen, "raft: cannot set up the TCP transport: %s", raft_strerror(rv));
+        goto fail_timers;
+    }
+    rv = raft_uv_init(&s->io, loop, s->dir, &s->transport);
+    if (rv != 0) {
+        snprintf(errmsg, errlen, "raft: cannot open %s: %s", s->dir, s->io.errmsg);
+        raft_uv_tcp_close(&s->transport);
+        goto fail_timers;
+    }
+    /* Snapshots are zstd already. */
+    raft_uv_set_snapshot_compression(&s->io, false);
+    rv = raft_init(&s->raft, &s->io, &s->rfsm, cfg->node_id, s->address);
+    if (rv != 0) {
+        snprintf(errmsg, errlen, "raft: %s", raft_errmsg(&s->raft));
+        raft_uv_close(&s->io);
+        raft_uv_tcp_close(&s->transport);
+        goto fail_timers;
+    }
+    s->raft.data = s;
+    raft_set_election_timeout(&s->raft, cfg->election_timeout_ms ? cfg->election_timeout_ms : 1000);
+    raft_set_heartbeat_timeout(&s->raft,
+                               cfg->heartbeat_timeout_ms ? cfg->heartbeat_timeout_ms : 100);
+    raft_set_snapshot_threshold(&s->raft, cfg->snapshot_threshold ? cfg->snapshot_threshold : 1024);
+    raft_set_snapshot_trailing(&s->raft, cfg->snapshot_trailing ? cfg->snapshot_trailing : 128);
+    raft_set_pre_vote(&s->raft, true);
+
+    if (cfg->bootstrap) {
+        struct raft_configuration conf;
+        raft_configuration_init(&conf);
+        rv = raft_configuration_add(&conf, cfg->node_id, s->address, RAFT_VOTER);
+        if (rv == 0)
+            rv = raft_bootstrap(&s->raft, &conf);
+        raft_configuration_close(&conf);
+        if (rv == 0)
+            kp_info("raft", "bootstrapped a new cluster: node %llu at %s is its only voter",
+                    (unsigned long long)cfg->node_id, s->address);
+        else if (rv != RAFT_CANTBOOTSTRAP) {
+            snprintf(errmsg, errlen, "raft: cannot bootstrap: %s", raft_errmsg(&s->raft));
+            goto fail_raft;
+        }
+    }
+    rv = raft_start(&s->raft);
+    if (rv != 0) {
+        snprintf(errmsg, errlen, "raft: cannot start on %s with %s: %s", s->address, s->dir,
+                 raft_errmsg(&s->raft));
+        goto fail_raft;
+    }
+    s->raft_started = true;
+    uv_timer_start(&s->watch, on_watch, 50, 50);
+    schedule_notify(s);
+    *out = s;
+    return KP_OK;
+
+fail_raft:
+    /* raft_close is the only way to release what raft_init set up; it
+     * completes on the loop. The caller runs the loop to let it finish. */
+    s->closing = true;
+    raft_close(&s->raft, raft_closed);
+    return KP_EIO;
+fail_timers:
+    s->closing = true;
+    close_timers(s);
+    return KP_EIO;
+nomem:
+    snprintf(errmsg, errlen, "out of memory");
+    return KP_ENOMEM;
+}
+
+void kp_store_close(struct kp_store *s, void (*cb)(void *arg), void *arg)
+{
+    if (s == NULL) {
+        if (cb != NULL)
+            cb(arg);
+        return;
+    }
+    s->closing = true;
+    s->close_cb = cb;
+    s->close_arg = arg;
+    uv_timer_stop(&s->notify);
+    uv_timer_stop(&s->watch);
+    raft_close(&s->raft, raft_closed);
+}
+
+struct kp_view_slot *kp_store_views(struct kp_store *s)
+{
+    return &s->views;
+}
+
+const struct kp_fsm *kp_store_fsm(const struct kp_store *s)
+{
+    return s->fsm;
+}
+
+/* --- leadership and status ------------------------------------------------------- */
+
+bool kp_store_is_leader(struct kp_store *s)
+{
+    return !s->closing && raft_state(&s->raft) == RAFT_LEADER;
+}
+
+int kp_store_leader(struct kp_store *s, uint64_t *id, char *addr, size_t addrlen)
+{
+    raft_id lid = 0;
+    const char *laddr = NULL;
+    if (!s->closing)
+        raft_leader(&s->raft, &lid, &laddr);
+    if (lid == 0 || laddr == NULL)
+        return KP_ENOTLEADER;
+    *id = lid;
+    snprintf(addr, addrlen, "%s", laddr);
+    return KP_OK;
+}
+
+int kp_store_status(struct kp_store *s, struct kp_store_status *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct raft *r = &s->raft;
+    int state = raft_state(r);
+    out->node_id = s->cfg.node_id;
+    out->state = state_name(state);
+    out->term = r->current_term;
+    out->commit_index = r->commit_index;
+    out->applied_index = raft_last_applied(r);
+    out->last_index = raft_last_index(r);
+    out->leader_id = leader_id(s);
+    out->snapshot_index = r->log.snapshot.last_index;
+    unsigned n = r->configuration.n;
+    if (n == 0)
+        return KP_OK;
+    out->servers = kp_calloc(n, sizeof(*out->servers));
+    if (out->servers == NULL)
+        return KP_ENOMEM;
+    out->nservers = n;
+    for (unsigned i = 0; i < n; i++) {
+        const struct raft_server *rs = &r->configuration.servers[i];
+        struct kp_store_server *o = &out->servers[i];
+        o->id = rs->id;
+        snprintf(o->address, sizeof(o->address), "%s", rs->address ? rs->address : "");
+        o->role = rs->role == RAFT_VOTER     ? KP_STORE_VOTER
+                  : rs->role == RAFT_STANDBY ? KP_STORE_STANDBY
+                                             : KP_STORE_SPARE;
+        o->leader = rs->id == out->leader_id;
+        if (state == RAFT_LEADER && r->leader_state.progress != NULL) {
+            o->match_index = r->leader_state.progress[i].match_index;
+            o->recent_contact = rs->id == s->cfg.node_id || r->leader_state.progress[i].recent_recv;
+        }
+    }
+    return KP_OK;
+}
+
+void kp_store_status_free(struct kp_store_status *st)
+{
+    kp_free(st->servers);
+    st->servers = NULL;
+    st->nservers = 0;
+}
+
+/* --- proposals --------------------------------------------------------------------- */
+
+struct apply_req {
+    struct raft_apply req;
+    kp_store_apply_cb cb;
+    void *arg;
+};
+
+static void apply_done(struct raft_apply *req, int status, void *result)
+{
+    struct apply_req *p = req->data;
+    const struct applied *a = result;
+    if (status == 0 && (a == NULL || a->index != req->index)) {
+        /* Cannot happen with raft 0.15 (the callback follows the apply);
+         * fail safe rather than answer with another entry's result. */
+        kp_error("raft", "apply result for entry %llu is missing", (unsigned long long)req->index);
+        status = RAFT_IOERR;
+    }
+    if (status == 0)
+        p->cb(p->arg, KP_OK, &a->res);
+    else
+        p->cb(p->arg, from_raft(status), NULL);
+    kp_free(p);
+}
+
+int kp_store_propose(struct kp_store *s, const void *cmd, size_t len, kp_store_apply_cb cb,
+                     void *arg)
+{
+    if (!kp_store_is_leader(s))
+        return KP_ENOTLEADER;
+    if (len > UINT32_MAX - 16)
+        return KP_ETOOBIG;
+    size_t framed = ENTRY_HEADER + ((len + 7) & ~(size_t)7);
+    struct apply_req *p = kp_calloc(1, sizeof(*p));
+    uint8_t *copy = raft_malloc(framed);
+    if (p == NULL || copy == NULL) {
+        kp_free(p);
+        raft_free(copy);
+        return KP_ENOMEM;
+    }
+    memcpy(copy, ENTRY_MAGIC, 4);
+    kp_put_le(copy + 4, len, 4);
+    memcpy(copy + ENTRY_HEADER, cmd, len);
+    memset(copy + ENTRY_HEADER + len, 0, framed - ENTRY_HEADER - len);
+    struct raft_buffer buf = {copy, framed};
+    p->req.data = p;
+    p->cb = cb;
+    p->arg = arg;
+    int rv = raft_apply(&s->raft, &p->req, &buf, 1, apply_done);
+    if (rv != 0) {
+        raft_free(copy);
+        kp_free(p);
+        return from_raft(rv);
+    }
+    return KP_OK;
+}
+
+struct done_req {
+    union {
+        struct raft_barrier barrier;
+        struct raft_change change;
+        struct raft_transfer transfer;
+    } u;
+    struct kp_store *s;
+    kp_store_done_cb cb;
+    void *arg;
+    uint64_t id;
+    int role; /* raft role to assign after an add, or -1 */
+};
+
+static struct done_req *done_req_new(struct kp_store *s, kp_store_done_cb cb, void *arg,
+                                     uint64_t id, int role)
+{
+    struct done_req *p = kp_calloc(1, sizeof(*p));
+    if (p != NULL) {
+        p->s = s;
+        p->cb = cb;
+        p->arg = arg;
+        p->id = id;
+        p->role = role;
+    }
+    return p;
+}
+
+static void done_finish(struct done_req *p, int status, const char *what)
+{
+    char msg[256];
+    if (status == 0)
+        snprintf(msg, sizeof(msg), "%s: done", what);
+    else
+        snprintf(msg, sizeof(msg), "%s: %s", what,
+                 p->s->closing ? "node is shutting down" : raft_strerror(status));
+    p->cb(p->arg, from_raft(status), msg);
+    kp_free(p);
+}
+
+static void barrier_done(struct raft_barrier *req, int status)
+{
+    done_finish(req->data, status, "barrier");
+}
+
+int kp_store_barrier(struct kp_store *s, kp_store_done_cb cb, void *arg)
+{
+    if (!kp_store_is_leader(s))
+        return KP_ENOTLEADER;
+    struct done_req *p = done_req_new(s, cb, arg, 0, -1);
+    if (p == NULL)
+        return KP_ENOMEM;
+    p->u.barrier.data = p;
+    int rv = raft_barrier(&s->raft, &p->u.barrier, barrier_done);
+    if (rv != 0) {
+        kp_free(p);
+        return from_raft(rv);
+    }
+    return KP_OK;
+}
+
+static int raft_role(int role)
+{
+    return role == KP_STORE_VOTER     ? RAFT_VOTER
+           : role == KP_STORE_STANDBY ? RAFT_STANDBY
+                                      : RAFT_SPARE;
+}
+
+static void assign_done(struct raft_change *req, int status)
+{
+    done_finish(req->data, status, "assign role");
+}
+
+static void add_done(struct raft_change *req, int status)
+{
+    struct done_req *p = req->data;
+    if (status != 0 || p->role < 0 || p->role == RAFT_SPARE) {
+        done_finish(p, status, "add member");
+        return;
+    }
+    /* Added as a spare; now give it its role (a voter catches up first). */
+    int rv = raft_assign(&p->s->raft, &p->u.change, p->id, p->role, assign_done);
+    if (rv != 0)
+        done_finish(p, rv, "assign role after add");
+}
+
+int kp_store_add(struct kp_store *s, uint64_t id, const char *address, int role,
+                 kp_store_done_cb cb, void *arg)
+{
+    if (!kp_store_is_leader(s))
+        return KP_ENOTLEADER;
+    struct done_req *p = done_req_new(s, cb, arg, id, raft_role(role));
+    if (p == NULL)
+        return KP_ENOMEM;
+    p->u.change.data = p;
+    int rv = raft_add(&s->raft, &p->u.change, id, address, add_done);
+    if (rv != 0) {
+        kp_free(p);
+        return from_raft(rv);
+    }
+    return KP_OK;
+}
+
+int kp_store_assign(struct kp_store *s, uint64_t id, int role, kp_store_done_cb cb, void *arg)
+{
+    if (!kp_store_is_leader(s))
+        return KP_ENOTLEADER;
+    struct done_req *p = done_req_new(s, cb, arg, id, -1);
+    if (p == NULL)
+        return KP_ENOMEM;
+    p->u.change.data = p;
+    int rv = raft_assign(&s->raft, &p->u.change, id, raft_role(role), assign_done);
+    if (rv != 0) {
+        kp_free(p);
+        return from_raft(rv);
+    }
+    return KP_OK;
+}
+
+static void remove_done(struct raft_change *req, int status)
+{
+    done_finish(req->data, status, "remove member");
+}
+
+int kp_store_remove(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void *arg)
+{
+    if (!kp_store_is_leader(s))
+        return KP_ENOTLEADER;
+    struct done_req *p = done_req_new(s, cb, arg, id, -1);
+    if (p == NULL)
+        return KP_ENOMEM;
+    p->u.change.data = p;
+    int rv = raft_remove(&s->raft, &p->u.change, id, remove_done);
+    if (rv != 0) {
+        kp_free(p);
+        return from_raft(rv);
+    }
+    return KP_OK;
+}
+
+static void transfer_done(struct raft_transfer *req)
+{
+    struct done_req *p = req->data;
+    uint64_t now = leader_id(p->s);
+    bool ok = now != 0 && now != p->s->cfg.node_id && (p->id == 0 || now == p->id);
+    char msg[128];
+    snprintf(msg, sizeof(msg), ok ? "leadership moved to node %llu" : "leader is node %llu",
+             (unsigned long long)now);
+    p->cb(p->arg, ok ? KP_OK : KP_EIO, msg);
+    kp_free(p);
+}
+
+int kp_store_transfer(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void *arg)
+{
+    if (!kp_store_is_leader(s))
+        return KP_ENOTLEADER;
+    struct done_req *p = done_req_new(s, cb, arg, id, -1);
+    if (p == NULL)
+        return KP_ENOMEM;
+    p->u.transfer.data = p;
+    int rv = raft_transfer(&s->raft, &p->u.transfer, id, transfer_done);
+    if (rv != 0) {
+        kp_free(p);
+        return from_raft(rv);
+    }
+    return KP_OK;
+}

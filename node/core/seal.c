@@ -43,6 +43,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 
 #include "bytes.h"
@@ -239,6 +240,19 @@ void kp_seal_kek_free(struct kp_seal_kek *kek)
 const char *kp_seal_kek_id(const struct kp_seal_kek *kek)
 {
     return kek->id_hex;
+}
+
+int kp_seal_kek_derive(const struct kp_seal_kek *kek, const char *label,
+                       uint8_t out[KP_SEAL_KEK_LEN])
+{
+    unsigned int n = 0;
+    if (HMAC(EVP_sha256(), kp_secret_data(kek->key), (int)kp_secret_len(kek->key),
+             (const unsigned char *)label, strlen(label), out, &n) == NULL ||
+        n != KP_SEAL_KEK_LEN) {
+        kp_secret_wipe(out, KP_SEAL_KEK_LEN);
+        return KP_ECONFIG;
+    }
+    return KP_OK;
 }
 
 static int base64_value(unsigned char c)

@@ -101,6 +101,11 @@ int kp_seal_kek_write_file(const struct kp_seal_kek *kek, const char *path, char
 /* First 8 bytes of SHA-256(KEK) in hex: tells "wrong KEK" from "corrupt". */
 const char *kp_seal_kek_id(const struct kp_seal_kek *kek);
 void kp_seal_kek_free(struct kp_seal_kek *kek);
+/* HMAC-SHA256(KEK, @label) into @out: a key for another purpose that only
+ * holders of the KEK can compute (the cluster secret of node-to-node calls
+ * is derived this way). KP_ECONFIG when OpenSSL fails. */
+int kp_seal_kek_derive(const struct kp_seal_kek *kek, const char *label,
+                       uint8_t out[KP_SEAL_KEK_LEN]);
 
 /* --- the envelope -------------------------------------------------------- */
 

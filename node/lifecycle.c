@@ -1,0 +1,403 @@
+/* A node's life in the cluster: its identity, its master key, and how it
+ * gets into a cluster.
+ *
+ *   identity   DATA_DIR/node.id holds the Raft id, made once at random.
+ *   master key master_key_file, else KEYPLANE_MASTER_KEY, else
+ *              DATA_DIR/master.key; a node that bootstraps a new cluster
+ *              and has none generates DATA_DIR/master.key (0600). The
+ *              cluster records the key's id at bootstrap: a node whose key
+ *              differs stops with a message instead of serving.
+ *   bootstrap  an empty raft directory and no join: a one-voter cluster; as
+ *              soon as this node leads, it commits the cluster settings
+ *              (id, token pepper, key id), its own member record and the
+ *              first admin token, which it has first written to
+ *              DATA_DIR/admin.token (0600) and printed once.
+ *   join       an empty raft directory and join addresses (control
+ *              listeners of cluster nodes): asks each in turn, every second,
+ *              to add it (/internal/v1/join with the cluster secret) until
+ *              one does. A refusal of the cluster secret means a different
+ *              master key: the node stops.
+ *
+ * Readiness (/readyz) waits until this node holds the cluster settings. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "node.h"
+
+static int path_in(char *out, size_t len, const char *dir, const char *name)
+{
+    int n = snprintf(out, len, "%s/%s", dir, name);
+    return n > 0 && (size_t)n < len ? KP_OK : KP_EINVAL;
+}
+
+/* Write @data to @path (mode 0600) atomically: temporary file, fsync,
+ * rename. */
+static int write_private(const char *path, const char *data, size_t len, char *errmsg,
+                         size_t errlen)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    bool ok = fd >= 0;
+    ok = ok && write(fd, data, len) == (ssize_t)len;
+    ok = ok && fsync(fd) == 0;
+    if (fd >= 0)
+        close(fd);
+    ok = ok && rename(tmp, path) == 0;
+    if (!ok) {
+        snprintf(errmsg, errlen, "cannot write %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return KP_EIO;
+    }
+    return KP_OK;
+}
+
+static int load_node_id(struct kp_node *n, const char *dir, char *errmsg, size_t errlen)
+{
+    char path[4096], text[32] = "";
+    path_in(path, sizeof(path), dir, "node.id");
+    FILE *f = fopen(path, "r");
+    if (f != NULL) {
+        bool ok = fgets(text, sizeof(text), f) != NULL;
+        fclose(f);
+        char *end = NULL;
+        unsigned long long v = ok ? strtoull(text, &end, 10) : 0;
+        if (v == 0 || end == text || (*end != '\n' && *end != '\0')) {
+            snprintf(errmsg, errlen, "%s is corrupt: expected a node id (a positive integer)",
+                     path);
+            return KP_ECONFIG;
+        }
+        n->node_id = v;
+        return KP_OK;
+    }
+    uint64_t id = 0;
+    while (id == 0) {
+        if (kp_random_bytes(&id, sizeof(id)) != KP_OK) {
+            snprintf(errmsg, errlen, "no randomness for a node id");
+            return KP_EIO;
+        }
+        id &= INT64_MAX; /* JSON and YAML tools read it as a signed integer */
+    }
+    snprintf(text, sizeof(text), "%" PRIu64 "\n", id);
+    int rc = write_private(path, text, strlen(text), errmsg, errlen);
+    if (rc == KP_OK)
+        n->node_id = id;
+    return rc;
+}
+
+static bool dir_empty(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return true;
+    struct dirent *e;
+    bool empty = true;
+    while (empty && (e = readdir(d)) != NULL)
+        empty = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
+    closedir(d);
+    return empty;
+}
+
+static int load_master_key(struct kp_node *n, const char *dir, bool bootstrap, char *errmsg,
+                           size_t errlen)
+{
+    const char *env = getenv("KEYPLANE_MASTER_KEY");
+    char path[4096];
+    path_in(path, sizeof(path), dir, "master.key");
+    if (n->cfg->master_key_file != NULL)
+        return kp_seal_kek_load_file(n->cfg->master_key_file, &n->kek, errmsg, errlen);
+    if (env != NULL && env[0] != '\0')
+        return kp_seal_kek_from_env(env, &n->kek, errmsg, errlen);
+    if (access(path, F_OK) == 0)
+        return kp_seal_kek_load_file(path, &n->kek, errmsg, errlen);
+    if (!bootstrap) {
+        snprintf(errmsg, errlen,
+                 "no master key: a node joining a cluster needs the cluster's key (set "
+                 "master_key_file, --master-key-file or KEYPLANE_MASTER_KEY)");
+        return KP_ECONFIG;
+    }
+    int rc = kp_seal_kek_generate(&n->kek, errmsg, errlen);
+    if (rc == KP_OK)
+        rc = kp_seal_kek_write_file(n->kek, path, errmsg, errlen);
+    if (rc == KP_OK)
+        kp_warn("node",
+                "generated a new master key in %s: back it up, and give the same key to every "
+                "node of this cluster (master_key_file); without it the keys stored in this "
+                "cluster cannot be read",
+                path);
+    return rc;
+}
+
+static int derive_internal_token(struct kp_node *n, char *errmsg, size_t errlen)
+{
+    uint8_t mac[KP_SEAL_KEK_LEN];
+    if (kp_seal_kek_derive(n->kek, "keyplane internal v1", mac) != KP_OK) {
+        snprintf(errmsg, errlen, "cannot derive the cluster secret (OpenSSL failed)");
+        return KP_ECONFIG;
+    }
+    kp_hex_encode(mac, sizeof(mac), n->internal_token);
+    kp_secret_wipe(mac, sizeof(mac));
+    kp_log_register_secret(n->internal_token, strlen(n->internal_token));
+    return KP_OK;
+}
+
+/* --- bootstrap: the first commands of a new cluster ---------------------------------- */
+
+static void init_applied(void *arg, int code, const struct kp_fsm_result *res)
+{
+    struct kp_node *n = arg;
+    if (code != KP_OK || res->code != KP_OK) {
+        kp_error("node", "bootstrap command %s failed: %s", res ? kp_op_name(res->op) : "?",
+                 res ? res->message : kp_err_msg(code));
+        n->init_proposed = false; /* try again when leading */
+    }
+}
+
+static int propose_cmd(struct kp_node *n, struct kp_command *cmd)
+{
+    char errmsg[256];
+    struct kp_buf buf;
+    kp_buf_init(&buf);
+    cmd->v = KP_COMMAND_VERSION;
+    cmd->ts = kp_now_unix_ms();
+    cmd->audit.actor = "bootstrap";
+    cmd->audit.role = "node";
+    cmd->audit.source = "bootstrap";
+    int rc = kp_command_encode(cmd, &buf, errmsg, sizeof(errmsg));
+    if (rc == KP_OK)
+        rc = kp_store_propose(n->store, buf.data, buf.len, init_applied, n);
+    kp_buf_free(&buf);
+    return rc;
+}
+
+static void bootstrap_cluster(struct kp_node *n)
+{
+    char errmsg[512], path[4096], cluster_id[2 + 24 + 1] = "c-";
+    struct kp_cluster cluster = {0};
+    struct kp_member self = {0};
+    struct kp_token admin = {0};
+    char *text = NULL;
+    char token_id[KP_TOKEN_ID_SIZE];
+
+    if (kp_random_bytes(cluster.pepper, sizeof(cluster.pepper)) != KP_OK ||
+        kp_random_hex(cluster_id + 2, 12) != KP_OK ||
+        kp_token_generate(cluster.pepper, &text, token_id, admin.hash) != KP_OK) {
+        kp_error("node", "bootstrap: no randomness; will retry");
+        return;
+    }
+    /* The file first: a token committed but never written would leave a
+     * cluster nobody can administer. */
+    path_in(path, sizeof(path), n->cfg->data_dir, "admin.token");
+    size_t tlen = strlen(text);
+    text[tlen] = '\n';
+    int rc = write_private(path, text, tlen + 1, errmsg, sizeof(errmsg));
+    text[tlen] = '\0';
+    if (rc != KP_OK) {
+        kp_error("node", "bootstrap: %s", errmsg);
+        kp_token_text_free(text);
+        return;
+    }
+    n->init_proposed = true;
+    cluster.e.id = cluster_id;
+    cluster.kek_id = (char *)kp_seal_kek_id(n->kek);
+    struct kp_command c1 = {.op = KP_OP_INIT_CLUSTER, .body.cluster = &cluster};
+    self.e.id = n->cfg->node_name;
+    self.node_id = n->node_id;
+    self.address = n->raft_addr;
+    self.control_address = n->rt->control_addr;
+    self.role = KP_MEMBER_VOTER;
+    struct kp_command c2 = {.op = KP_OP_PUT_MEMBER, .body.member = &self};
+    admin.e.id = token_id;
+    admin.name = "bootstrap admin";
+    admin.role = "admin";
+    admin.tenant = "*";
+    struct kp_command c3 = {.op = KP_OP_PUT_TOKEN, .body.token = &admin};
+    rc = propose_cmd(n, &c1);
+    if (rc == KP_OK)
+        rc = propose_cmd(n, &c2);
+    if (rc == KP_OK)
+        rc = propose_cmd(n, &c3);
+    kp_secret_wipe(cluster.pepper, sizeof(cluster.pepper));
+    if (rc != KP_OK) {
+        kp_error("node", "bootstrap: cannot propose: %s; will retry", kp_err_msg(rc));
+        n->init_proposed = false;
+        kp_token_text_free(text);
+        return;
+    }
+    /* Not through the logger, whose sink masks kp_ tokens: this is the one
+     * time the token is shown. */
+    fprintf(stderr,
+            "\nkeyplaned: new cluster %s bootstrapped. First admin token (shown once, also "
+            "in %s):\n\n    %s\n\n",
+            cluster_id, path, text);
+    fflush(stderr);
+    kp_token_text_free(text);
+}
+
+/* --- joining --------------------------------------------------------------------------- */
+
+static void join_next(struct kp_node *n);
+
+static void join_answered(void *arg, const struct kp_call_result *r)
+{
+    struct kp_node *n = arg;
+    n->join_inflight = false;
+    if (n->stopping)
+        return;
+    if (r->status == 200 || r->status == 201) {
+        kp_info("node", "joined: %s added this node (%llu) to the cluster", n->join_target,
+                (unsigned long long)n->node_id);
+        n->joined = true;
+        return;
+    }
+    if (r->status == 401) {
+        kp_error("node",
+                 "%s refused this node: its master key is not the cluster's. Start it with "
+                 "the cluster's master key (master_key_file or KEYPLANE_MASTER_KEY)",
+                 n->join_target);
+        kp_runtime_fail(n->rt, 1, "join refused: wrong master key");
+        return;
+    }
+    if (r->status == 0)
+        kp_warn("node", "join: cannot reach %s: %s; trying again", n->join_target, r->error);
+    else
+        kp_warn("node", "join: %s answered %ld: %.200s; trying again", n->join_target, r->status,
+                r->body.data ? r->body.data : "");
+}
+
+static void join_tick(uv_timer_t *t)
+{
+    join_next(t->data);
+}
+
+static void join_next(struct kp_node *n)
+{
+    if (n->joined || n->join_inflight || n->stopping)
+        return;
+    /* Pick the next address of the comma-separated list. */
+    const char *list = n->cfg->join;
+    size_t count = 1;
+    for (const char *p = list; *p; p++)
+        count += *p == ',';
+    size_t pick = n->join_attempt++ % count;
+    const char *start = list;
+    for (size_t i = 0; i < pick; i++)
+        start = strchr(start, ',') + 1;
+    const char *end = strchr(start, ',');
+    size_t len = end ? (size_t)(end - start) : strlen(start);
+    snprintf(n->join_target, sizeof(n->join_target), "%.*s", (int)len, start);
+
+    char url[512], auth[128];
+    snprintf(url, sizeof(url), "http://%s/internal/v1/join", n->join_target);
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", n->internal_token);
+    const char *hdrs[] = {auth, "Content-Type: application/json", NULL};
+    json_t *body = json_pack("{s:I,s:s,s:s,s:s,s:s}", "node_id", (json_int_t)n->node_id, "name",
+                             n->cfg->node_name, "address", n->raft_addr, "control_address",
+                             n->rt->control_addr, "role", n->cfg->raft_role);
+    size_t blen = 0;
+    char *text = body ? kp_json_dumps(body, &blen) : NULL;
+    json_decref(body);
+    if (text != NULL && kp_call_start(n->rt->main_loop, "POST", url, hdrs, text, blen, 30000,
+                                      join_answered, n) == KP_OK)
+        n->join_inflight = true;
+    kp_free(text);
+    kp_secret_wipe(auth, sizeof(auth));
+}
+
+/* --- watching the registry ------------------------------------------------------------- */
+
+static void on_change(void *arg)
+{
+    struct kp_node *n = arg;
+    if (n->stopping)
+        return;
+    const struct kp_cluster *c = kp_fsm_cluster(kp_store_fsm(n->store));
+    if (c == NULL) {
+        if (n->bootstrap && !n->init_proposed && kp_store_is_leader(n->store))
+            bootstrap_cluster(n);
+        return;
+    }
+    if (c->kek_id != NULL && strcmp(c->kek_id, kp_seal_kek_id(n->kek)) != 0) {
+        kp_error("node",
+                 "wrong master key: cluster %s seals its keys under master key %s, this node "
+                 "has %s. Start it with the cluster's master key",
+                 c->e.id, c->kek_id, kp_seal_kek_id(n->kek));
+        n->stopping = true;
+        kp_runtime_fail(n->rt, 1, "wrong master key");
+        return;
+    }
+    if (!atomic_load(&n->rt->ready)) {
+        kp_info("node", "ready: cluster %s, registry at index %llu", c->e.id,
+                (unsigned long long)kp_fsm_applied_index(kp_store_fsm(n->store)));
+        atomic_store(&n->rt->ready, true);
+    }
+    n->joined = true;
+}
+
+/* --- start and stop -------------------------------------------------------------------- */
+
+int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
+{
+    char raft_dir[4096];
+    const char *dir = n->cfg->data_dir;
+    int rc = load_node_id(n, dir, errmsg, errlen);
+    if (rc != KP_OK)
+        return rc;
+    path_in(raft_dir, sizeof(raft_dir), dir, "raft");
+    bool fresh = dir_empty(raft_dir);
+    n->bootstrap = fresh && n->cfg->join == NULL;
+    rc = load_master_key(n, dir, n->bootstrap || !fresh, errmsg, errlen);
+    if (rc != KP_OK)
+        return rc;
+    rc = derive_internal_token(n, errmsg, errlen);
+    if (rc != KP_OK)
+        return rc;
+    snprintf(n->raft_addr, sizeof(n->raft_addr), "%s", n->cfg->raft_listen);
+    struct kp_store_config sc = {
+        .dir = raft_dir,
+        .node_id = n->node_id,
+        .address = n->raft_addr,
+        .bootstrap = n->bootstrap,
+        .snapshot_threshold = (unsigned)n->cfg->snapshot_threshold,
+        .snapshot_trailing = (unsigned)n->cfg->snapshot_trailing,
+        .election_timeout_ms = (unsigned)n->cfg->election_timeout_ms,
+        .heartbeat_timeout_ms = (unsigned)n->cfg->heartbeat_timeout_ms,
+        .on_change = on_change,
+        .arg = n,
+    };
+    rc = kp_store_open(&n->store, n->rt->main_loop, &sc, errmsg, errlen);
+    if (rc != KP_OK)
+        return rc;
+    kp_info("node", "node %llu (%s), raft %s, master key %s, %s", (unsigned long long)n->node_id,
+            n->cfg->node_name, n->raft_addr, kp_seal_kek_id(n->kek),
+            n->bootstrap ? "bootstrapping a new cluster"
+            : fresh      ? "joining a cluster"
+                         : "restarting");
+    if (fresh && !n->bootstrap) {
+        uv_timer_init(n->rt->main_loop, &n->join_timer);
+        n->join_timer.data = n;
+        n->join_timer_open = true;
+        uv_timer_start(&n->join_timer, join_tick, 0, 1000);
+    }
+    return KP_OK;
+}
+
+void kp_node_stop(void *arg)
+{
+    struct kp_node *n = arg;
+    n->stopping = true;
+    if (n->join_timer_open) {
+        n->join_timer_open = false;
+        uv_close((uv_handle_t *)&n->join_timer, NULL);
+    }
+    struct kp_store *s = n->store;
+    n->store_closing = true;
+    kp_store_close(s, NULL, NULL);
+}
