@@ -28,6 +28,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "node.h"
 
@@ -148,6 +151,52 @@ static int derive_internal_token(struct kp_node *n, char *errmsg, size_t errlen)
     return KP_OK;
 }
 
+/* The raft address must stay the same across restarts (it is in the Raft
+ * configuration of every member). With port 0 (tests), the node picks a
+ * free port once and keeps it in DATA_DIR/raft.addr. */
+static int resolve_raft_addr(struct kp_node *n, const char *dir, char *errmsg, size_t errlen)
+{
+    const char *want = n->cfg->raft_listen;
+    const char *colon = strrchr(want, ':');
+    if (colon == NULL || strcmp(colon, ":0") != 0) {
+        snprintf(n->raft_addr, sizeof(n->raft_addr), "%s", want);
+        return KP_OK;
+    }
+    char path[4096], text[160] = "";
+    path_in(path, sizeof(path), dir, "raft.addr");
+    FILE *f = fopen(path, "r");
+    if (f != NULL) {
+        bool ok = fgets(text, sizeof(text), f) != NULL;
+        fclose(f);
+        text[strcspn(text, "\n")] = '\0';
+        if (ok && text[0] != '\0') {
+            snprintf(n->raft_addr, sizeof(n->raft_addr), "%.127s", text);
+            return KP_OK;
+        }
+    }
+    struct sockaddr_storage ss;
+    if (kp_http_parse_addr(want, &ss, errmsg, errlen) != KP_OK || ss.ss_family != AF_INET) {
+        snprintf(errmsg, errlen, "raft_listen %s: the raft listener needs an IPv4 address", want);
+        return KP_ECONFIG;
+    }
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    socklen_t slen = sizeof(*sin);
+    if (fd < 0 || bind(fd, (struct sockaddr *)sin, sizeof(*sin)) != 0 ||
+        getsockname(fd, (struct sockaddr *)sin, &slen) != 0) {
+        snprintf(errmsg, errlen, "raft_listen %s: cannot find a free port: %s", want,
+                 strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return KP_EIO;
+    }
+    close(fd);
+    snprintf(n->raft_addr, sizeof(n->raft_addr), "%.*s:%u", (int)(colon - want), want,
+             (unsigned)ntohs(sin->sin_port));
+    snprintf(text, sizeof(text), "%s\n", n->raft_addr);
+    return write_private(path, text, strlen(text), errmsg, errlen);
+}
+
 /* --- bootstrap: the first commands of a new cluster ---------------------------------- */
 
 static void init_applied(void *arg, int code, const struct kp_fsm_result *res)
@@ -244,6 +293,7 @@ static void bootstrap_cluster(struct kp_node *n)
 /* --- joining --------------------------------------------------------------------------- */
 
 static void join_next(struct kp_node *n);
+static void join_send(struct kp_node *n);
 
 static void join_answered(void *arg, const struct kp_call_result *r)
 {
@@ -252,9 +302,11 @@ static void join_answered(void *arg, const struct kp_call_result *r)
     if (n->stopping)
         return;
     if (r->status == 200 || r->status == 201) {
-        kp_info("node", "joined: %s added this node (%llu) to the cluster", n->join_target,
-                (unsigned long long)n->node_id);
+        if (!n->joined)
+            kp_info("node", "joined: %s added this node (%llu) to the cluster", n->join_target,
+                    (unsigned long long)n->node_id);
         n->joined = true;
+        n->self_record_ok = true; /* the leader recorded our addresses */
         return;
     }
     if (r->status == 401) {
@@ -293,7 +345,13 @@ static void join_next(struct kp_node *n)
     const char *end = strchr(start, ',');
     size_t len = end ? (size_t)(end - start) : strlen(start);
     snprintf(n->join_target, sizeof(n->join_target), "%.*s", (int)len, start);
+    join_send(n);
+}
 
+/* Ask n->join_target to add this node (or, when it is a member already, to
+ * bring its member record up to date). */
+static void join_send(struct kp_node *n)
+{
     char url[512], auth[128];
     snprintf(url, sizeof(url), "http://%s/internal/v1/join", n->join_target);
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", n->internal_token);
@@ -312,6 +370,29 @@ static void join_next(struct kp_node *n)
 }
 
 /* --- watching the registry ------------------------------------------------------------- */
+
+/* Other nodes find this one's control listener (for forwarding and status)
+ * in its member record. When it is missing or stale (the node came back on
+ * another control address), ask the leader, through this node's own
+ * control listener which forwards it, to record the current one: a join of
+ * a node already in the configuration only updates its record. */
+static void check_own_record(struct kp_node *n)
+{
+    char control[256];
+    if (n->join_inflight || n->self_record_ok)
+        return;
+    if (kp_node_member_control(n, n->node_id, control, sizeof(control)) &&
+        strcmp(control, n->rt->control_addr) == 0) {
+        n->self_record_ok = true;
+        return;
+    }
+    uint64_t leader;
+    char addr[256];
+    if (kp_store_leader(n->store, &leader, addr, sizeof(addr)) != KP_OK)
+        return;
+    snprintf(n->join_target, sizeof(n->join_target), "%s", n->rt->control_addr);
+    join_send(n);
+}
 
 static void on_change(void *arg)
 {
@@ -339,6 +420,7 @@ static void on_change(void *arg)
         atomic_store(&n->rt->ready, true);
     }
     n->joined = true;
+    check_own_record(n);
 }
 
 /* --- start and stop -------------------------------------------------------------------- */
@@ -359,7 +441,9 @@ int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
     rc = derive_internal_token(n, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
-    snprintf(n->raft_addr, sizeof(n->raft_addr), "%s", n->cfg->raft_listen);
+    rc = resolve_raft_addr(n, dir, errmsg, errlen);
+    if (rc != KP_OK)
+        return rc;
     struct kp_store_config sc = {
         .dir = raft_dir,
         .node_id = n->node_id,

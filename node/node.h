@@ -83,6 +83,7 @@ struct kp_node {
     bool stopping;
     bool store_closing;
     bool join_timer_open;
+    bool self_record_ok; /* the registry has this node's control address */
     unsigned join_attempt;
     char join_target[256];
     uv_timer_t join_timer;
