@@ -280,13 +280,14 @@ static void bootstrap_cluster(struct kp_node *n)
         kp_token_text_free(text);
         return;
     }
-    /* Not through the logger, whose sink masks kp_ tokens: this is the one
-     * time the token is shown. */
-    fprintf(stderr,
-            "\nkeyplaned: new cluster %s bootstrapped. First admin token (shown once, also "
-            "in %s):\n\n    %s\n\n",
-            cluster_id, path, text);
-    fflush(stderr);
+    /* On stdout, not through the logger: stderr carries JSON log lines
+     * whose sink masks kp_ tokens, and this is the one time the token is
+     * shown. */
+    printf("keyplaned: new cluster %s bootstrapped. First admin token (shown once, also in "
+           "%s):\n    %s\n",
+           cluster_id, path, text);
+    fflush(stdout);
+    kp_info("node", "bootstrapped cluster %s; the first admin token is in %s", cluster_id, path);
     kp_token_text_free(text);
 }
 

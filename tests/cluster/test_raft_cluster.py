@@ -146,7 +146,8 @@ class RaftClusterTest(unittest.TestCase):
             self.assertIn(status, (200, 201), body)
             acked.add(f"bulk-{i}")
         for nd in survivors:
-            self.assertTrue(acked <= c.tenants(nd), f"{nd.name} lost acknowledged writes")
+            wait_until(lambda nd=nd: acked <= (c.tenants(nd) or set()), timeout=30,
+                       what=f"{nd.name} to hold every acknowledged write")
 
         # The killed node restarts and catches up (through a snapshot: its log
         # ends long before what the leader still keeps).

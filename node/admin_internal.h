@@ -1,0 +1,143 @@
+/* Internal to the control API's /admin/v1/ handlers (admin.c, admin_auth.c,
+ * admin_write.c, admin_keys.c, admin_audit.c); nothing else includes this.
+ *
+ * admin.c routes a request, authenticates its caller and checks the
+ * permission, then calls the route's handler with a struct kp_admin_req
+ * allocated from the exchange (valid until the exchange is answered). A
+ * handler that writes builds a command, wraps it in a struct kp_admin_write
+ * and hands it to kp_admin__submit, which proposes it and, once applied,
+ * answers through the write's continuation (@then). */
+#ifndef KP_NODE_ADMIN_INTERNAL_H
+#define KP_NODE_ADMIN_INTERNAL_H
+
+#include "node.h"
+
+struct kp_admin_route;
+
+struct kp_admin_req {
+    struct kp_node *n;
+    struct kp_http_exchange *ex;
+    const struct kp_http_request *req;
+    const char *rid;
+    const struct kp_admin_route *route;
+    struct kp_admin_caller who;
+    int kind;        /* enum kp_kind the path names, or -1 */
+    const char *id;  /* the decoded {id} segment, or NULL */
+    const char *sub; /* the decoded second parameter ({version}), or NULL */
+    bool has_expect; /* If-Match / If-None-Match, as expect_version */
+    uint64_t expect;
+};
+
+struct kp_admin_write;
+
+/* What to do once the proposed entry applied and took effect: answer (then
+ * free @w) or propose the next step (kp_admin__submit with @w again). */
+typedef void (*kp_admin_then_fn)(struct kp_admin_write *w, const struct kp_fsm_result *res);
+
+/* One write in flight. Owned by whoever holds it: the handler until it
+ * submits, the store's callback afterwards. */
+struct kp_admin_write {
+    struct kp_admin_req *r;
+    int kind;          /* entity to render at the end */
+    const char *id;    /* its id (arena memory of the exchange) */
+    bool is_delete;    /* answer {"deleted": id} */
+    bool created;      /* some step created the entity: answer 201 */
+    bool wipe_request; /* the request body held a secret: wipe it once
+                          the request cannot be forwarded any more */
+    kp_admin_then_fn then;
+    /* Refusal with KP_ECONFLICT: call @redo instead of answering while
+     * redos_left > 0 (a token whose random id clashed draws again). */
+    void (*redo)(struct kp_admin_write *w);
+    int redos_left;
+    /* Keys: the plaintext still to seal (wiped and freed with @w), the
+     * grace for the previous primary, and the version to retire after a
+     * rotation with no grace (0: none). */
+    struct kp_secret *secret;
+    int64_t grace_ms;
+    uint32_t retire_version;
+    /* Tokens: the request body (for a redraw) and the text shown once
+     * (wiped and freed with @w). */
+    json_t *body;
+    char *token_text;
+};
+
+/* --- admin.c: shared by the handlers ------------------------------------- */
+
+const struct kp_fsm *kp_admin__fsm(const struct kp_admin_req *r);
+
+/* The request body as a JSON object (an empty body is {} when
+ * @empty_ok); NULL after answering 400. */
+json_t *kp_admin__body(struct kp_admin_req *r, bool empty_ok);
+/* The decoded value of query parameter @name (arena memory), or NULL. */
+const char *kp_admin__query(struct kp_admin_req *r, const char *name);
+/* @src made safe to quote in a message: at most @len - 1 bytes, bytes
+ * outside printable ASCII as '?'. */
+void kp_admin__quote(char *dst, size_t len, const char *src);
+
+/* An entity as the API shows it (binary fields dropped even if the
+ * renderer were to add them); NULL when out of memory. */
+json_t *kp_admin__entity_json(const struct kp_entity *e);
+/* Answer @v (consumed) with X-Request-Id and, when @etag > 0, ETag "N".
+ * With @wipe the serialized body is wiped before it is freed (it holds a
+ * secret shown once). */
+void kp_admin__respond(struct kp_admin_req *r, int status, json_t *v, uint64_t etag, bool wipe);
+/* Answer the control API's error shape; the type follows @status. */
+void kp_admin__fail(struct kp_admin_req *r, int status, const char *code, const char *field,
+                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* 503: out of memory. */
+void kp_admin__oom(struct kp_admin_req *r);
+/* The part of @msg before ": " when it reads like a field path
+ * ("members[2].weight: must be 1..1000"), copied into @buf; else NULL. */
+const char *kp_admin__field_of(const char *msg, char *buf, size_t len);
+
+/* --- admin_write.c --------------------------------------------------------- */
+
+/* A write for @r that renders (@kind, @id) when done; NULL after answering
+ * 503 when out of memory. */
+struct kp_admin_write *kp_admin__write_new(struct kp_admin_req *r, int kind, const char *id);
+/* Wipes and frees what @w holds; never touches w->r, so it may run after
+ * the exchange was answered. */
+void kp_admin__write_free(struct kp_admin_write *w);
+/* Propose @cmd (freed here) for @w; every outcome is answered. When this
+ * node is no longer the leader the request is forwarded if @may_forward
+ * (nothing of it applied yet), else answered 503. */
+void kp_admin__submit(struct kp_admin_write *w, struct kp_buf *cmd, bool may_forward);
+/* The default continuation: the entity (with ETag) or {"deleted": id}. */
+void kp_admin__answer_entity(struct kp_admin_write *w, const struct kp_fsm_result *res);
+
+/* The envelope of a command for @r: version, @op, ts, audit context and
+ * the request's expect_version. */
+void kp_admin__envelope(struct kp_admin_req *r, struct kp_command *cmd, enum kp_op op);
+/* Encode @cmd into @out and check it as a replica would (kp_command_decode),
+ * so that a bad field is a 400 naming it before anything is proposed.
+ * Answers and returns false on failure. */
+bool kp_admin__encode(struct kp_admin_req *r, const struct kp_command *cmd, struct kp_buf *out);
+
+/* The request body held a secret: wipe it once this node answers itself
+ * (the HTTP server frees it without wiping; a forwarded request still
+ * needs it). */
+void kp_admin__wipe_body(struct kp_admin_req *r);
+
+/* --- admin_auth.c -------------------------------------------------------- */
+
+/* Authenticate the caller of @r into r->who and check @perm (0: any valid
+ * token). On refusal the request is answered (401/403, audited) or
+ * forwarded to the leader, and false returned. */
+bool kp_admin__authenticate(struct kp_admin_req *r, unsigned perm);
+
+/* --- admin_keys.c --------------------------------------------------------- */
+
+void kp_admin__key_put(struct kp_admin_req *r);
+void kp_admin__key_rotate(struct kp_admin_req *r);
+void kp_admin__key_retire(struct kp_admin_req *r);
+void kp_admin__key_disable(struct kp_admin_req *r);
+void kp_admin__key_enable(struct kp_admin_req *r);
+void kp_admin__key_revoke(struct kp_admin_req *r);
+void kp_admin__token_create(struct kp_admin_req *r);
+
+/* --- admin_audit.c -------------------------------------------------------- */
+
+void kp_admin__audit_list(struct kp_admin_req *r);
+void kp_admin__audit_verify(struct kp_admin_req *r);
+
+#endif
