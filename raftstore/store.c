@@ -1,11 +1,13 @@
-/* The Raft glue: the only file in keyplane that calls canonical/raft.
+/* The Raft glue: with raft_fsm.c, the only code in keyplane that calls
+ * canonical/raft.
  *
  * A store is one raft instance with its libuv I/O (raft_uv, segmented log and
  * snapshots in the raft directory) and TCP transport, driving the state
  * machine of fsm.c. Everything runs on one loop:
  *
- *   raft apply ----> kp_fsm_apply -> result kept for the proposer's callback
- *        |                            (raft calls it right after apply)
+ *   raft apply ----> raft_fsm.c -> kp_fsm_apply; the result is kept for the
+ *        |                            proposer's callback (raft calls it
+ *        |                            right after apply)
  *        +--------> "dirty": a zero timer publishes one view per loop turn
  *                   and tells the node (on_change)
  *   raft snapshot -> kp_fsm_snapshot (msgpack + zstd, docs/registry.md)
@@ -14,12 +16,7 @@
  * Leadership has no callback in raft 0.15: a 50 ms timer watches the state
  * and the leader id and tells the node when either changes.
  *
- * Log entries: raft_uv checksums a command's payload rounded up to 8 bytes
- * when it loads a segment but only its length when it writes one, so a
- * payload whose length is not a multiple of 8 reads back as corrupt after a
- * restart (and raft_uv then moves the segment aside). Every entry is
- * therefore framed here: "KPE1", the command's length (u32 little endian),
- * the command, zero padding to a multiple of 8 (docs/registry.md). */
+ * Log entries are framed and padded to 8 bytes (raft_fsm.c says why). */
 #include <errno.h>
 #include <raft.h>
 #include <raft/uv.h>
@@ -27,30 +24,19 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "raftstore/raftstore.h"
-
-#define ENTRY_MAGIC "KPE1"
-enum { ENTRY_HEADER = 8 };
-
-/* The outcome of the last apply, read by the proposer's callback which raft
- * runs synchronously after fsm->apply on the leader. */
-struct applied {
-    uint64_t index;
-    struct kp_fsm_result res;
-};
+#include "raftstore/raft_glue.h"
 
 struct kp_store {
     uv_loop_t *loop;
     struct raft raft;
     struct raft_io io;
     struct raft_uv_transport transport;
-    struct raft_fsm rfsm;
+    struct kp_raft_fsm rfsm;
     struct kp_fsm *fsm;
     struct kp_view_slot views;
     struct kp_store_config cfg;
     char *dir;
     char *address;
-    struct applied last;
     uv_timer_t notify; /* zero timer: publish a view and tell the node */
     uv_timer_t watch;  /* leadership watch */
     unsigned short seen_state;
@@ -89,99 +75,6 @@ static int from_raft(int rv)
     }
 }
 
-/* --- the state machine, as raft sees it ------------------------------------ */
-
-static void schedule_notify(struct kp_store *s);
-
-static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result)
-{
-    struct kp_store *s = rf->data;
-    /* Entries apply in order and barrier or configuration entries also move
-     * last_applied, so this entry's index is the next one. */
-    uint64_t index = raft_last_applied(&s->raft) + 1;
-    struct applied *a = &s->last;
-    memset(a, 0, sizeof(*a));
-    const uint8_t *p = buf->base;
-    size_t len = buf->len >= ENTRY_HEADER ? (size_t)kp_get_le(p + 4, 4) : 0;
-    if (buf->len < ENTRY_HEADER || memcmp(p, ENTRY_MAGIC, 4) != 0 ||
-        len > buf->len - ENTRY_HEADER) {
-        /* Every replica sees the same bytes, so each refuses it alike: the
-         * fsm records the refusal in the audit chain. */
-        p = (const uint8_t *)"";
-        len = 0;
-    } else {
-        p += ENTRY_HEADER;
-    }
-    int rc = kp_fsm_apply(s->fsm, index, p, len, &a->res);
-    if (rc == KP_ENOMEM) {
-        /* Nothing changed: raft applies this entry again on its next turn. */
-        kp_warn("raft", "out of memory applying entry %llu; will retry", (unsigned long long)index);
-        return RAFT_NOMEM;
-    }
-    a->index = index;
-    *result = a;
-    schedule_notify(s);
-    return 0;
-}
-
-static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
-{
-    struct kp_store *s = rf->data;
-    struct kp_buf out;
-    char errmsg[256];
-    kp_buf_init(&out);
-    int64_t t0 = kp_now_mono_ms();
-    if (kp_fsm_snapshot(s->fsm, &out, errmsg, sizeof(errmsg)) != KP_OK) {
-        kp_warn("raft", "cannot take a snapshot: %s", errmsg);
-        kp_buf_free(&out);
-        return RAFT_NOMEM;
-    }
-    struct raft_buffer *b = kp_malloc(sizeof(*b));
-    if (b == NULL) {
-        kp_buf_free(&out);
-        return RAFT_NOMEM;
-    }
-    b->base = out.data;
-    b->len = out.len;
-    *bufs = b;
-    *n_bufs = 1;
-    kp_info("raft", "snapshot at index %llu: %zu bytes in %lld ms",
-            (unsigned long long)kp_fsm_applied_index(s->fsm), out.len,
-            (long long)(kp_now_mono_ms() - t0));
-    return 0;
-}
-
-static int fsm_snapshot_finalize(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
-{
-    (void)rf;
-    if (*bufs != NULL) {
-        for (unsigned i = 0; i < *n_bufs; i++)
-            kp_free((*bufs)[i].base);
-        kp_free(*bufs);
-    }
-    *bufs = NULL;
-    *n_bufs = 0;
-    return 0;
-}
-
-static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
-{
-    struct kp_store *s = rf->data;
-    char errmsg[256];
-    int64_t t0 = kp_now_mono_ms();
-    int rc = kp_fsm_restore(s->fsm, buf->base, buf->len, 0, errmsg, sizeof(errmsg));
-    if (rc != KP_OK) {
-        kp_error("raft", "cannot restore snapshot (%zu bytes): %s", buf->len, errmsg);
-        return rc == KP_ENOMEM ? RAFT_NOMEM : RAFT_CORRUPT;
-    }
-    kp_info("raft", "restored snapshot at index %llu: %zu bytes in %lld ms",
-            (unsigned long long)kp_fsm_applied_index(s->fsm), buf->len,
-            (long long)(kp_now_mono_ms() - t0));
-    raft_free(buf->base);
-    schedule_notify(s);
-    return 0;
-}
-
 /* --- publishing and watching ---------------------------------------------- */
 
 static void on_notify(uv_timer_t *t)
@@ -198,6 +91,11 @@ static void schedule_notify(struct kp_store *s)
 {
     if (!s->closing && !uv_is_active((uv_handle_t *)&s->notify))
         uv_timer_start(&s->notify, on_notify, 0, 0);
+}
+
+static void store_dirty(void *arg)
+{
+    schedule_notify(arg);
 }
 
 static uint64_t leader_id(struct kp_store *s)
@@ -318,13 +216,7 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
     uv_timer_init(loop, &s->watch);
     s->notify.data = s->watch.data = s;
 
-    s->rfsm.version = 2;
-    s->rfsm.data = s;
-    s->rfsm.apply = fsm_apply;
-    s->rfsm.snapshot = fsm_snapshot;
-    s->rfsm.restore = fsm_restore;
-    s->rfsm.snapshot_finalize = fsm_snapshot_finalize;
-    s->rfsm.snapshot_async = NULL;
+    kp_raft_fsm_init(&s->rfsm, s->fsm, &s->raft, store_dirty, s);
 
     int rv = raft_uv_tcp_init(&s->transport, loop);
     if (rv != 0) {
@@ -339,7 +231,7 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
     }
     /* Snapshots are zstd already. */
     raft_uv_set_snapshot_compression(&s->io, false);
-    rv = raft_init(&s->raft, &s->io, &s->rfsm, cfg->node_id, s->address);
+    rv = raft_init(&s->raft, &s->io, &s->rfsm.rf, cfg->node_id, s->address);
     if (rv != 0) {
         snprintf(errmsg, errlen, "raft: %s", raft_errmsg(&s->raft));
         raft_uv_close(&s->io);
@@ -496,7 +388,7 @@ struct apply_req {
 static void apply_done(struct raft_apply *req, int status, void *result)
 {
     struct apply_req *p = req->data;
-    const struct applied *a = result;
+    const struct kp_raft_applied *a = result;
     if (status == 0 && (a == NULL || a->index != req->index)) {
         /* Cannot happen with raft 0.15 (the callback follows the apply);
          * fail safe rather than answer with another entry's result. */
@@ -515,27 +407,19 @@ int kp_store_propose(struct kp_store *s, const void *cmd, size_t len, kp_store_a
 {
     if (!kp_store_is_leader(s))
         return KP_ENOTLEADER;
-    if (len > UINT32_MAX - 16)
-        return KP_ETOOBIG;
-    size_t framed = ENTRY_HEADER + ((len + 7) & ~(size_t)7);
     struct apply_req *p = kp_calloc(1, sizeof(*p));
-    uint8_t *copy = raft_malloc(framed);
-    if (p == NULL || copy == NULL) {
+    struct raft_buffer buf = {NULL, 0};
+    int rc = p != NULL ? kp_raft_entry_frame(cmd, len, &buf) : KP_ENOMEM;
+    if (rc != KP_OK) {
         kp_free(p);
-        raft_free(copy);
-        return KP_ENOMEM;
+        return rc;
     }
-    memcpy(copy, ENTRY_MAGIC, 4);
-    kp_put_le(copy + 4, len, 4);
-    memcpy(copy + ENTRY_HEADER, cmd, len);
-    memset(copy + ENTRY_HEADER + len, 0, framed - ENTRY_HEADER - len);
-    struct raft_buffer buf = {copy, framed};
     p->req.data = p;
     p->cb = cb;
     p->arg = arg;
     int rv = raft_apply(&s->raft, &p->req, &buf, 1, apply_done);
     if (rv != 0) {
-        raft_free(copy);
+        raft_free(buf.base);
         kp_free(p);
         return from_raft(rv);
     }
