@@ -37,7 +37,7 @@ setsid "$bin/keyplane-mock" --listen "127.0.0.1:$mock_port" >"$state/mock.out" 2
 pids+=($!)
 setsid "$bin/keyplaned" --data-dir "$state/node1" \
   --gateway-listen "127.0.0.1:$gw_port" --control-listen "127.0.0.1:$ctl_port" \
-  --raft-listen "127.0.0.1:$((ctl_port + 1))" 2>"$state/keyplaned.log" &
+  --raft-listen "127.0.0.1:$((ctl_port + 1))" >"$state/keyplaned.out" 2>"$state/keyplaned.log" &
 pids+=($!)
 
 wait_http() { # url what pid
@@ -56,6 +56,22 @@ wait_http() { # url what pid
 wait_http "http://127.0.0.1:$mock_port/healthz" keyplane-mock "${pids[0]}" "$state/mock.log"
 wait_http "http://127.0.0.1:$ctl_port/readyz" keyplaned "${pids[1]}" "$state/keyplaned.log"
 
+# The first start bootstrapped a one-node cluster and wrote its admin token
+# (0600) into the data directory; later starts reuse it.
+token=$(cat "$state/node1/admin.token")
+ctl="http://127.0.0.1:$ctl_port"
+admin() { # METHOD PATH [JSON]
+  curl -fsS -X "$1" "$ctl$2" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' ${3:+-d "$3"} >/dev/null
+}
+# Demo registry entries pointing at the mock (PUT is idempotent).
+admin PUT /admin/v1/providers/mock \
+  "{\"kind\":\"openai-compatible\",\"base_url\":\"http://127.0.0.1:$mock_port/v1\",\"allow_insecure\":true}"
+admin PUT /admin/v1/tenants/demo '{"display_name":"Demo tenant"}'
+admin PUT /admin/v1/keys/mock-key-1 \
+  '{"provider":"mock","name":"mock key 1","owner":"quickstart","secret":"sk-mock-quickstart-0001"}'
+admin PUT /admin/v1/pools/default '{"strategy":"priority","members":[{"key":"mock-key-1"}]}'
+
 cat <<MSG
 
 keyplane is running.
@@ -65,17 +81,24 @@ keyplane is running.
   mock provider         http://127.0.0.1:$mock_port/v1   (OpenAI, Anthropic and Gemini shapes)
   logs                  $state/keyplaned.log, $state/mock.log
 
+Admin token (also in $state/node1/admin.token, mode 0600):
+  export KEYPLANE_SERVER=http://127.0.0.1:$ctl_port
+  export KEYPLANE_TOKEN=\$(cat $state/node1/admin.token)
+
 Try:
-  curl -s http://127.0.0.1:$ctl_port/admin/v1/status
+  $bin/clusterctl cluster
+  $bin/clusterctl get keys
+  $bin/clusterctl audit list
+  curl -s -H "Authorization: Bearer \$KEYPLANE_TOKEN" http://127.0.0.1:$ctl_port/admin/v1/pools
   curl -s http://127.0.0.1:$ctl_port/metrics | grep keyplane_
-  $bin/clusterctl --server http://127.0.0.1:$ctl_port status
   curl -s http://127.0.0.1:$mock_port/v1/chat/completions -H 'Authorization: Bearer sk-mock-demo' \\
     -H 'Content-Type: application/json' \\
     -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'
 
-The gateway's router (providers, keys, pools, app tokens) is not in this build
-yet: /v1 calls to port $gw_port answer 501 until it lands. Call the mock directly
-as above to see the provider shapes.
+The registry holds a demo provider (the mock), a key, a pool and a tenant.
+The gateway's router is not in this build yet: /v1 calls to port $gw_port
+answer 501 until it lands. Call the mock directly as above to see the
+provider shapes.
 
 Press Ctrl-C to stop both.
 MSG

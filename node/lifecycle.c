@@ -122,7 +122,8 @@ static int load_master_key(struct kp_node *n, const char *dir, bool bootstrap, c
         return kp_seal_kek_load_file(path, &n->kek, errmsg, errlen);
     if (!bootstrap) {
         snprintf(errmsg, errlen,
-                 "no master key: a node joining a cluster needs the cluster's key (set "
+                 "no master key: only a node that starts a new cluster may make one; this "
+                 "node joins or restarts, so it needs the cluster's key (set "
                  "master_key_file, --master-key-file or KEYPLANE_MASTER_KEY)");
         return KP_ECONFIG;
     }
@@ -436,7 +437,7 @@ int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
     path_in(raft_dir, sizeof(raft_dir), dir, "raft");
     bool fresh = dir_empty(raft_dir);
     n->bootstrap = fresh && n->cfg->join == NULL;
-    rc = load_master_key(n, dir, n->bootstrap || !fresh, errmsg, errlen);
+    rc = load_master_key(n, dir, n->bootstrap, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
     rc = derive_internal_token(n, errmsg, errlen);
