@@ -466,6 +466,7 @@ int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
             n->bootstrap ? "bootstrapping a new cluster"
             : fresh      ? "joining a cluster"
                          : "restarting");
+    kp_sweeper_start(n);
     if (fresh && !n->bootstrap) {
         uv_timer_init(n->rt->main_loop, &n->join_timer);
         n->join_timer.data = n;
@@ -483,6 +484,7 @@ void kp_node_stop(void *arg)
         n->join_timer_open = false;
         uv_close((uv_handle_t *)&n->join_timer, NULL);
     }
+    kp_sweeper_stop(n);
     struct kp_store *s = n->store;
     n->store_closing = true;
     kp_store_close(s, NULL, NULL);

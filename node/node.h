@@ -87,6 +87,8 @@ struct kp_node {
     unsigned join_attempt;
     char join_target[256];
     uv_timer_t join_timer;
+    uv_timer_t sweep_timer; /* sweeper.c */
+    bool sweep_timer_open;
 };
 
 /* lifecycle.c: node id, master key, the raft store, bootstrap or join
@@ -94,6 +96,11 @@ struct kp_node {
  * on_stop. */
 int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen);
 void kp_node_stop(void *node);
+
+/* sweeper.c: the leader's periodic housekeeping (retiring secrets whose
+ * grace period ended). */
+void kp_sweeper_start(struct kp_node *n);
+void kp_sweeper_stop(struct kp_node *n);
 
 /* admin.c: /admin/v1/... (docs/control-api.md). Called by the control
  * handler on the main loop with the request id already chosen. */

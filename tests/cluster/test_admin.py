@@ -325,6 +325,24 @@ class KeyTest(AdminTestBase):
         v, _ = api.ok("POST", f"{ADMIN}/keys/k1/secrets/1/retire")
         self.assertEqual({s["version"]: s["state"] for s in v["secrets"]},
                          {1: "retired", 2: "primary"})
+
+    def test_previous_secret_retires_when_its_grace_period_ends(self):
+        api = self.api
+        self.provider()
+        api.ok("PUT", f"{ADMIN}/keys/k1", {"provider": "openai", "secret": SECRET_1}, want=201)
+        v, _ = api.ok("POST", f"{ADMIN}/keys/k1/secret", {"secret": SECRET_2,
+                                                          "grace_seconds": 1})
+        self.assertEqual({s["version"]: s["state"] for s in v["secrets"]},
+                         {1: "previous", 2: "primary"})
+
+        def retired():
+            key, _ = api.ok("GET", f"{ADMIN}/keys/k1")
+            return {s["version"]: s["state"] for s in key["secrets"]} == \
+                {1: "retired", 2: "primary"}
+        # The leader's sweep runs every 5 s.
+        wait_until(retired, timeout=30, what="version 1 retired by the leader's sweep")
+        entries = api.audit(target="k1", action="retire_key_secret")["entries"]
+        self.assertEqual([e["actor"] for e in entries], ["system"])
         api.error("POST", f"{ADMIN}/keys/k1/secrets/9/retire", want=404)
         api.error("POST", f"{ADMIN}/keys/k1/secrets/x/retire", want=400)
         err, _ = api.error("POST", f"{ADMIN}/keys/k1/secret", {"secret": SECRET_1}, want=409)
@@ -366,6 +384,24 @@ class KeyTest(AdminTestBase):
                                                           "grace_seconds": 0})
         self.assertEqual({s["version"]: s["state"] for s in v["secrets"]},
                          {1: "retired", 2: "primary"})
+
+    def test_previous_secret_retires_when_its_grace_period_ends(self):
+        api = self.api
+        self.provider()
+        api.ok("PUT", f"{ADMIN}/keys/k1", {"provider": "openai", "secret": SECRET_1}, want=201)
+        v, _ = api.ok("POST", f"{ADMIN}/keys/k1/secret", {"secret": SECRET_2,
+                                                          "grace_seconds": 1})
+        self.assertEqual({s["version"]: s["state"] for s in v["secrets"]},
+                         {1: "previous", 2: "primary"})
+
+        def retired():
+            key, _ = api.ok("GET", f"{ADMIN}/keys/k1")
+            return {s["version"]: s["state"] for s in key["secrets"]} == \
+                {1: "retired", 2: "primary"}
+        # The leader's sweep runs every 5 s.
+        wait_until(retired, timeout=30, what="version 1 retired by the leader's sweep")
+        entries = api.audit(target="k1", action="retire_key_secret")["entries"]
+        self.assertEqual([e["actor"] for e in entries], ["system"])
 
 
 class TokenTest(AdminTestBase):
