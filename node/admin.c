@@ -100,6 +100,7 @@ static const struct kp_admin_route routes[] = {
     {"POST", "/admin/v1/keys/{id}/disable", OPR, KP_KIND_KEY, KP_OP_NONE, kp_admin__key_disable},
     {"POST", "/admin/v1/keys/{id}/enable", OPR, KP_KIND_KEY, KP_OP_NONE, kp_admin__key_enable},
     {"POST", "/admin/v1/keys/{id}/revoke", CHG, KP_KIND_KEY, KP_OP_NONE, kp_admin__key_revoke},
+    {"POST", "/admin/v1/secrets/rewrap", CHG, -1, KP_OP_NONE, kp_admin__secrets_rewrap},
     {"GET", "/admin/v1/{kind}", READ, -1, KP_OP_NONE, handle_list},
     {"GET", "/admin/v1/{kind}/{id}", READ, -1, KP_OP_NONE, handle_get},
     {"PUT", "/admin/v1/{kind}/{id}", PERM_KIND_WRITE, -1, KP_OP_NONE, handle_put},

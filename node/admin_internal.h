@@ -1,5 +1,6 @@
 /* Internal to the control API's /admin/v1/ handlers (admin.c, admin_auth.c,
- * admin_write.c, admin_keys.c, admin_audit.c); nothing else includes this.
+ * admin_write.c, admin_keys.c, admin_secrets.c, admin_audit.c); nothing else
+ * includes this.
  *
  * admin.c routes a request, authenticates its caller and checks the
  * permission, then calls the route's handler with a struct kp_admin_req
@@ -59,6 +60,8 @@ struct kp_admin_write {
      * (wiped and freed with @w). */
     json_t *body;
     char *token_text;
+    /* Rewrap: how many secrets the command reseals. */
+    uint32_t count;
 };
 
 /* --- admin.c: shared by the handlers ------------------------------------- */
@@ -134,6 +137,10 @@ void kp_admin__key_disable(struct kp_admin_req *r);
 void kp_admin__key_enable(struct kp_admin_req *r);
 void kp_admin__key_revoke(struct kp_admin_req *r);
 void kp_admin__token_create(struct kp_admin_req *r);
+
+/* --- admin_secrets.c ----------------------------------------------------- */
+
+void kp_admin__secrets_rewrap(struct kp_admin_req *r);
 
 /* --- admin_audit.c -------------------------------------------------------- */
 

@@ -399,7 +399,7 @@ static void handle_cluster(struct kp_node *n, struct kp_http_exchange *ex, const
         p->cv = cv;
         p->member = m;
         snprintf(url, sizeof(url), "http://%s/internal/v1/raft", l.m->control_address);
-        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", n->internal_token);
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(n));
         const char *hdrs[] = {auth, NULL};
         cv->pending++;
         if (kp_call_start(kp_http_loop(ex), "GET", url, hdrs, NULL, 0, 1000, member_polled, p) !=
@@ -565,13 +565,20 @@ void kp_cluster_admin(struct kp_node *n, struct kp_http_exchange *ex,
 
 /* --- /internal/v1/ ---------------------------------------------------------------- */
 
+static bool token_matches(const char *given, const char *want)
+{
+    size_t n = strlen(want);
+    return n > 0 && strlen(given) == n && CRYPTO_memcmp(given, want, n) == 0;
+}
+
+/* Either key's secret during a rotation. */
 static bool internal_authorized(struct kp_node *n, const struct kp_http_request *req)
 {
     const char *auth = kp_http_request_header(req, "authorization");
-    size_t want = strlen(n->internal_token);
-    if (auth == NULL || strncmp(auth, "Bearer ", 7) != 0 || strlen(auth + 7) != want)
+    if (auth == NULL || strncmp(auth, "Bearer ", 7) != 0)
         return false;
-    return CRYPTO_memcmp(auth + 7, n->internal_token, want) == 0;
+    return token_matches(auth + 7, n->internal_token) ||
+           token_matches(auth + 7, n->internal_token_prev);
 }
 
 static void handle_raft_status(struct kp_node *n, struct kp_http_exchange *ex, const char *rid)

@@ -89,6 +89,11 @@ static const struct setting settings[] = {
      NULL},
     {"master_key_file", SET_PATH, FIELD(master_key_file), 0, 0, true, NULL, "FILE",
      "file (mode 0600) holding the cluster master key", NULL},
+    {"previous_master_key_file", SET_PATH, FIELD(previous_master_key_file), 0, 0, true, NULL,
+     "FILE",
+     "during a master key rotation: file (mode 0600) holding the key being replaced, until "
+     "`clusterctl secrets rewrap` has resealed every secret under the new one",
+     NULL},
     /* The default, the host name, is filled in by apply_defaults(). */
     {"node_name", SET_NAME, FIELD(node_name), 0, 0, false, NULL, "NAME",
      "this node's name in the cluster, logs, metrics and usage records", NULL},

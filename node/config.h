@@ -13,21 +13,22 @@
 #include <stdio.h>
 
 struct kp_config {
-    char *config_file;            /* NULL when none */
-    char *data_dir;               /* default "./keyplane-data" */
-    char *gateway_listen;         /* default "127.0.0.1:7600" */
-    char *control_listen;         /* default "127.0.0.1:7601" */
-    char *raft_listen;            /* default "127.0.0.1:7602" */
-    char *join;                   /* comma-separated host:port list, NULL when none */
-    char *master_key_file;        /* NULL when none */
-    char *node_name;              /* default: the host name */
-    int workers;                  /* 0 = one per core (default) */
-    char *log_level;              /* "info" */
-    char *raft_role;              /* "voter": the role asked for when joining */
-    int snapshot_threshold;       /* 1024 Raft entries between snapshots */
-    int snapshot_trailing;        /* 128 entries kept after a snapshot */
-    int64_t election_timeout_ms;  /* 1000 */
-    int64_t heartbeat_timeout_ms; /* 100 */
+    char *config_file;              /* NULL when none */
+    char *data_dir;                 /* default "./keyplane-data" */
+    char *gateway_listen;           /* default "127.0.0.1:7600" */
+    char *control_listen;           /* default "127.0.0.1:7601" */
+    char *raft_listen;              /* default "127.0.0.1:7602" */
+    char *join;                     /* comma-separated host:port list, NULL when none */
+    char *master_key_file;          /* NULL when none */
+    char *previous_master_key_file; /* NULL when none: during a rotation only */
+    char *node_name;                /* default: the host name */
+    int workers;                    /* 0 = one per core (default) */
+    char *log_level;                /* "info" */
+    char *raft_role;                /* "voter": the role asked for when joining */
+    int snapshot_threshold;         /* 1024 Raft entries between snapshots */
+    int snapshot_trailing;          /* 128 entries kept after a snapshot */
+    int64_t election_timeout_ms;    /* 1000 */
+    int64_t heartbeat_timeout_ms;   /* 100 */
     /* HTTP limits (node/core/http.h) */
     int64_t max_body_bytes;    /* 8 MiB */
     int64_t max_header_bytes;  /* 32 KiB */

@@ -139,17 +139,59 @@ static int load_master_key(struct kp_node *n, const char *dir, bool bootstrap, c
     return rc;
 }
 
-static int derive_internal_token(struct kp_node *n, char *errmsg, size_t errlen)
+/* previous_master_key_file, else KEYPLANE_PREVIOUS_MASTER_KEY: only while
+ * a rotation is in progress. */
+static int load_previous_key(struct kp_node *n, char *errmsg, size_t errlen)
+{
+    const char *env = getenv("KEYPLANE_PREVIOUS_MASTER_KEY");
+    int rc = KP_OK;
+    if (n->cfg->previous_master_key_file != NULL)
+        rc = kp_seal_kek_load_file(n->cfg->previous_master_key_file, &n->prev_kek, errmsg, errlen);
+    else if (env != NULL && env[0] != '\0')
+        rc = kp_seal_kek_from_env(env, &n->prev_kek, errmsg, errlen);
+    if (rc == KP_OK && n->prev_kek != NULL &&
+        strcmp(kp_seal_kek_id(n->prev_kek), kp_seal_kek_id(n->kek)) == 0) {
+        snprintf(errmsg, errlen,
+                 "the previous master key is the same as the master key (id %s): during a "
+                 "rotation, master_key_file holds the new key and previous_master_key_file "
+                 "the old one",
+                 kp_seal_kek_id(n->kek));
+        return KP_ECONFIG;
+    }
+    return rc;
+}
+
+static int derive_token(const struct kp_seal_kek *kek, char out[65], char *errmsg, size_t errlen)
 {
     uint8_t mac[KP_SEAL_KEK_LEN];
-    if (kp_seal_kek_derive(n->kek, "keyplane internal v1", mac) != KP_OK) {
+    if (kp_seal_kek_derive(kek, "keyplane internal v1", mac) != KP_OK) {
         snprintf(errmsg, errlen, "cannot derive the cluster secret (OpenSSL failed)");
         return KP_ECONFIG;
     }
-    kp_hex_encode(mac, sizeof(mac), n->internal_token);
+    kp_hex_encode(mac, sizeof(mac), out);
     kp_secret_wipe(mac, sizeof(mac));
-    kp_log_register_secret(n->internal_token, strlen(n->internal_token));
+    kp_log_register_secret(out, strlen(out));
     return KP_OK;
+}
+
+/* The cluster secret of node-to-node calls comes from the master key; with
+ * a previous key (a rotation in progress) both are accepted, and calls out
+ * use the one the cluster's secrets are sealed under (kp_node_out_token). */
+static int derive_internal_tokens(struct kp_node *n, char *errmsg, size_t errlen)
+{
+    int rc = derive_token(n->kek, n->internal_token, errmsg, errlen);
+    if (rc == KP_OK && n->prev_kek != NULL)
+        rc = derive_token(n->prev_kek, n->internal_token_prev, errmsg, errlen);
+    return rc;
+}
+
+const char *kp_node_out_token(struct kp_node *n)
+{
+    const struct kp_cluster *c = n->store ? kp_fsm_cluster(kp_store_fsm(n->store)) : NULL;
+    if (n->prev_kek != NULL && c != NULL && c->kek_id != NULL &&
+        strcmp(c->kek_id, kp_seal_kek_id(n->prev_kek)) == 0)
+        return n->internal_token_prev;
+    return n->internal_token;
 }
 
 /* The raft address must stay the same across restarts (it is in the Raft
@@ -356,7 +398,7 @@ static void join_send(struct kp_node *n)
 {
     char url[512], auth[128];
     snprintf(url, sizeof(url), "http://%s/internal/v1/join", n->join_target);
-    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", n->internal_token);
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(n));
     const char *hdrs[] = {auth, "Content-Type: application/json", NULL};
     json_t *body = json_pack("{s:I,s:s,s:s,s:s,s:s}", "node_id", (json_int_t)n->node_id, "name",
                              n->cfg->node_name, "address", n->raft_addr, "control_address",
@@ -407,14 +449,27 @@ static void on_change(void *arg)
             bootstrap_cluster(n);
         return;
     }
-    if (c->kek_id != NULL && strcmp(c->kek_id, kp_seal_kek_id(n->kek)) != 0) {
+    bool current = c->kek_id == NULL || strcmp(c->kek_id, kp_seal_kek_id(n->kek)) == 0;
+    bool previous =
+        !current && n->prev_kek != NULL && strcmp(c->kek_id, kp_seal_kek_id(n->prev_kek)) == 0;
+    if (!current && !previous) {
         kp_error("node",
                  "wrong master key: cluster %s seals its keys under master key %s, this node "
-                 "has %s. Start it with the cluster's master key",
-                 c->e.id, c->kek_id, kp_seal_kek_id(n->kek));
+                 "has %s%s%s. Start it with the cluster's master key",
+                 c->e.id, c->kek_id, kp_seal_kek_id(n->kek),
+                 n->prev_kek ? " and previous key " : "",
+                 n->prev_kek ? kp_seal_kek_id(n->prev_kek) : "");
         n->stopping = true;
         kp_runtime_fail(n->rt, 1, "wrong master key");
         return;
+    }
+    if (previous && !n->rotation_warned) {
+        n->rotation_warned = true;
+        kp_warn("node",
+                "master key rotation in progress: the cluster's secrets are still sealed under "
+                "the previous key %s; once every node holds the new key %s, run `clusterctl "
+                "secrets rewrap`",
+                c->kek_id, kp_seal_kek_id(n->kek));
     }
     if (!atomic_load(&n->rt->ready)) {
         kp_info("node", "ready: cluster %s, registry at index %llu", c->e.id,
@@ -440,7 +495,10 @@ int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
     rc = load_master_key(n, dir, n->bootstrap, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
-    rc = derive_internal_token(n, errmsg, errlen);
+    rc = load_previous_key(n, errmsg, errlen);
+    if (rc != KP_OK)
+        return rc;
+    rc = derive_internal_tokens(n, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
     rc = resolve_raft_addr(n, dir, errmsg, errlen);

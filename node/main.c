@@ -75,6 +75,7 @@ out:
     if (uv_loop_close(rt.main_loop) != 0)
         kp_warn("main", "main loop closed with open handles");
     kp_seal_kek_free(node.kek);
+    kp_seal_kek_free(node.prev_kek);
     kp_datadir_close(&dd);
     return code;
 }

@@ -72,9 +72,12 @@ struct kp_node {
     struct kp_store *store;
     struct kp_seal_kek *kek;
     uint64_t node_id;
-    char raft_addr[128];     /* as advertised */
-    char internal_token[65]; /* hex HMAC(KEK, "keyplane internal v1"): the
-                                cluster secret for /internal/v1/ (secret) */
+    char raft_addr[128];          /* as advertised */
+    char internal_token[65];      /* hex HMAC(KEK, "keyplane internal v1"): the
+                                     cluster secret for /internal/v1/ (secret) */
+    struct kp_seal_kek *prev_kek; /* during a rotation, else NULL */
+    char internal_token_prev[65]; /* from prev_kek, "" without one */
+    bool rotation_warned;
     /* lifecycle.c */
     bool bootstrap;     /* this start makes a new cluster */
     bool init_proposed; /* the bootstrap commands are on their way */
@@ -96,6 +99,9 @@ struct kp_node {
  * on_stop. */
 int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen);
 void kp_node_stop(void *node);
+/* The cluster secret to send on node-to-node calls: the one from the key
+ * the cluster's secrets are sealed under. */
+const char *kp_node_out_token(struct kp_node *n);
 
 /* sweeper.c: the leader's periodic housekeeping (retiring secrets whose
  * grace period ended). */

@@ -585,14 +585,39 @@ static int rewrap_stage(struct apply *a, struct kp_rewrap_item **sorted, uint32_
     return KP_OK;
 }
 
+/* The cluster settings with the new master key id. */
+static int rewrap_kek_id(struct apply *a, const char *kek_id)
+{
+    if (kek_id == NULL)
+        return KP_OK;
+    if (a->st->cluster == NULL)
+        return refuse(a, KP_ECONFLICT, "kek_id: the cluster is not initialized");
+    struct kp_entity *e;
+    int rc = next_version(a, &a->st->cluster->e, &e);
+    if (rc != KP_OK)
+        return rc;
+    struct kp_cluster *c = (struct kp_cluster *)e;
+    char *id = kp_strdup(kek_id);
+    if (id == NULL) {
+        kp_store__entity_unref(e);
+        return KP_ENOMEM;
+    }
+    kp_free(c->kek_id);
+    c->kek_id = id;
+    a->cluster = c;
+    return KP_OK;
+}
+
 /* rewrap_secrets: replace every sealed blob at once (a KEK rotation). */
 static int op_rewrap(struct apply *a)
 {
     struct kp_cmd_rewrap *r = a->cmd->body.rewrap;
     a->target = "*";
     int rc = rewrap_check_items(a, r);
+    if (rc == KP_OK && r->nsecrets == 0)
+        rc = rewrap_check_cover(a, NULL, 0);
     if (rc != KP_OK || r->nsecrets == 0)
-        return rc == KP_OK ? rewrap_check_cover(a, NULL, 0) : rc;
+        return rc == KP_OK ? rewrap_kek_id(a, r->kek_id) : rc;
     struct kp_rewrap_item **sorted = kp_malloc(r->nsecrets * sizeof(*sorted));
     if (sorted == NULL)
         return KP_ENOMEM;
@@ -610,6 +635,8 @@ static int op_rewrap(struct apply *a)
     if (rc == KP_OK)
         rc = rewrap_stage(a, sorted, r->nsecrets);
     kp_free(sorted);
+    if (rc == KP_OK)
+        rc = rewrap_kek_id(a, r->kek_id);
     return rc;
 }
 
@@ -669,8 +696,11 @@ static void commit(struct apply *a, uint64_t index, struct kp_audit_entry *entry
             kp_store__table_del(a->st->tables[c->kind], c->del);
         c->put = NULL;
     }
-    if (a->cluster != NULL)
+    if (a->cluster != NULL) {
+        if (a->st->cluster != NULL)
+            kp_store__entity_unref(&a->st->cluster->e);
         a->st->cluster = a->cluster;
+    }
     a->cluster = NULL;
     kp_store__audit_append(&a->st->audit, entry);
     a->st->applied_index = index;

@@ -434,6 +434,8 @@ struct kp_rewrap_item {
 struct kp_cmd_rewrap {
     struct kp_rewrap_item *secrets;
     uint32_t nsecrets;
+    char *kek_id; /* the new master key's id, recorded in the cluster
+                     settings; NULL leaves them as they are */
 };
 
 /* A decoded or to-be-encoded command. The body's type follows the op:

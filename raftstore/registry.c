@@ -343,7 +343,8 @@ SCHEMA(rewrap_item_schema, kp_rewrap_item, "rewrap_item",
        F(kp_rewrap_item, "sealed", sealed, KP_FT_BYTES, .flags = KP_FF_REQ, .max = 4096));
 
 SCHEMA(rewrap_schema, kp_cmd_rewrap, "rewrap",
-       OBJV(kp_cmd_rewrap, "secrets", secrets, 0, rewrap_item_schema, 1u << 22));
+       OBJV(kp_cmd_rewrap, "secrets", secrets, 0, rewrap_item_schema, 1u << 22),
+       STR(kp_cmd_rewrap, "kek_id", kek_id, 0, KP_CS_ID, 64, KP_REF_NONE));
 
 static const struct {
     const struct kp_schema *body;

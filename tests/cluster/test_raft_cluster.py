@@ -180,6 +180,52 @@ class RaftClusterTest(unittest.TestCase):
         self.assertEqual(status, 200, body)
         self.assertTrue(any(e["action"] == "put_tenant" for e in body["entries"]), body)
 
+    def test_master_key_rotation_reseals_every_secret(self):
+        key_b, key_c = "7" * 64, "8" * 64
+        c = Cluster(self).start(1)
+        n1 = c.nodes[0]
+        status, body = c.json(n1, "PUT", "/admin/v1/providers/p1",
+                              body={"kind": "openai", "base_url": "https://api.openai.com/v1"})
+        self.assertEqual(status, 201, body)
+        status, body = c.json(n1, "PUT", "/admin/v1/keys/k1",
+                              body={"provider": "p1", "secret": "sk-rotation-test-000000001"})
+        self.assertEqual(status, 201, body)
+
+        def restart_with(current, previous=None):
+            n1.stop()
+            n1.env["KEYPLANE_MASTER_KEY"] = current
+            n1.env.pop("KEYPLANE_PREVIOUS_MASTER_KEY", None)
+            if previous:
+                n1.env["KEYPLANE_PREVIOUS_MASTER_KEY"] = previous
+            n1.start()
+
+        # Step 1: the new key as master key, the old one as previous.
+        restart_with(key_b, MASTER_KEY)
+        self.assertIn("master key rotation in progress", n1.stderr_text())
+        # A secret added now is sealed under the new key already.
+        status, body = c.json(n1, "PUT", "/admin/v1/keys/k2",
+                              body={"provider": "p1", "secret": "sk-rotation-test-000000002"})
+        self.assertEqual(status, 201, body)
+        # Step 2: reseal everything under the new key.
+        status, body = c.json(n1, "POST", "/admin/v1/secrets/rewrap")
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["secrets"], 2)
+        status, again = c.json(n1, "POST", "/admin/v1/secrets/rewrap")
+        self.assertEqual((status, again["secrets"]), (200, 0), again)
+        # Step 3: the old key can go. The registry now needs key B: a further
+        # rotation from B to C can only unwrap the blobs if they are under B.
+        restart_with(key_b)
+        restart_with(key_c, key_b)
+        status, body = c.json(n1, "POST", "/admin/v1/secrets/rewrap")
+        self.assertEqual((status, body.get("secrets")), (200, 2), body)
+        # And a node with only the retired key A is refused.
+        n1.stop()
+        n1.env["KEYPLANE_MASTER_KEY"] = MASTER_KEY
+        n1.env.pop("KEYPLANE_PREVIOUS_MASTER_KEY", None)
+        n1.start(wait_ready=False)
+        n1.wait_exit(timeout=30)
+        self.assertIn("wrong master key", n1.stderr_text())
+
     def test_wrong_master_key_refuses_to_run(self):
         c = Cluster(self).start(1)
         # Joining with another key: the cluster refuses the node, which exits.

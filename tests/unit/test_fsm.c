@@ -699,7 +699,7 @@ static void test_rewrap(void **state)
         {(char *)"k2", 3, 1, {(uint8_t *)"NEW2", 4}},
         {(char *)"k2", 3, 2, {(uint8_t *)"NEW3", 4}},
     };
-    struct kp_cmd_rewrap r = {it, 2};
+    struct kp_cmd_rewrap r = {it, 2, NULL};
     assert_refused(apply(f, KP_OP_REWRAP_SECRETS, &r), KP_ECONFLICT,
                    "secrets: key 'k2' version 2 is missing (a rewrap covers every live secret)");
     r.nsecrets = 3;
@@ -719,6 +719,21 @@ static void test_rewrap(void **state)
     assert_memory_equal(kp_key_primary(k)->sealed.p, "NEW3", 4);
     assert_refused(apply(f, KP_OP_REWRAP_SECRETS, &r), KP_ECONFLICT,
                    "secrets[0].key_version: key 'k1' is at version 3");
+
+    /* With kek_id the same entry records the new master key in the cluster
+     * settings; a refused rewrap leaves them alone. */
+    it[0].key_version = 3;
+    it[1].key_version = 4;
+    it[2].key_version = 4;
+    r.kek_id = (char *)"0123456789abcdef";
+    assert_ok(apply(f, KP_OP_REWRAP_SECRETS, &r));
+    const struct kp_cluster *c = kp_fsm_cluster(f);
+    assert_string_equal(c->kek_id, "0123456789abcdef");
+    assert_int_equal(c->e.version, 2);
+    r.kek_id = (char *)"fedcba9876543210";
+    assert_refused(apply(f, KP_OP_REWRAP_SECRETS, &r), KP_ECONFLICT,
+                   "secrets[0].key_version: key 'k1' is at version 4");
+    assert_string_equal(kp_fsm_cluster(f)->kek_id, "0123456789abcdef");
 }
 
 /* Malformed and unknown commands are refused with the field named, change
@@ -1251,7 +1266,7 @@ static void test_alloc_failure(void **state)
         check_apply_oom(f, ref, &cmds[i]);
     kp_view_release(v);
     struct kp_rewrap_item it = {(char *)"none", 1, 1, {(uint8_t *)"x", 1}};
-    struct kp_cmd_rewrap rw = {&it, 1};
+    struct kp_cmd_rewrap rw = {&it, 1, NULL};
     struct kp_buf c;
     encode(KP_OP_REWRAP_SECRETS, &rw, -1, &c);
     check_apply_oom(f, ref, &c);
