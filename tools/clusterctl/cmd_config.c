@@ -262,7 +262,7 @@ static void print_contexts_table(struct kp_ctl_contexts *c)
     }
 }
 
-static void print_contexts_json(struct kp_ctl_contexts *c)
+static void print_contexts_doc(const struct kp_ctl *ctl, struct kp_ctl_contexts *c)
 {
     const char *current = kp_ctl__contexts_current(c);
     json_t *list = json_array();
@@ -277,7 +277,7 @@ static void print_contexts_json(struct kp_ctl_contexts *c)
     json_t *out = json_pack("{s:s, s:s?, s:o}", "file", kp_ctl__contexts_file(c), "current-context",
                             current, "contexts", list);
     if (out != NULL)
-        kp_ctl__print_json(out);
+        kp_ctl__print_doc(ctl, out);
     json_decref(out);
 }
 
@@ -288,8 +288,8 @@ static int get_contexts(struct kp_ctl *ctl, int argc, char **argv)
 
     if (rc != KP_CTL_EXIT_OK || (rc = load(ctl, &c)) != KP_CTL_EXIT_OK)
         return rc;
-    if (ctl->output == KP_CTL_OUTPUT_JSON)
-        print_contexts_json(c);
+    if (ctl->output != KP_CTL_OUTPUT_TABLE)
+        print_contexts_doc(ctl, c);
     else
         print_contexts_table(c);
     kp_ctl__contexts_close(c);

@@ -21,8 +21,7 @@ static const char *const status_paths[STATUS_N] = {"/admin/v1/status", "/healthz
 
 static void print_clean(const char *s)
 {
-    for (; *s != '\0'; s++)
-        putchar(((unsigned char)*s < 0x20 || *s == 0x7f) ? '?' : *s);
+    kp_ctl__print_clean(stdout, s);
 }
 
 /* One table cell for a JSON value: strings bare, booleans yes/no, the rest
@@ -96,14 +95,14 @@ static json_t *probe_json(const struct kp_ctl_response *r)
     return json_pack("{s:I, s:o*}", "code", (json_int_t)r->status, "body", body);
 }
 
-static void print_status_json(const struct kp_ctl *ctl, json_t *info,
-                              const struct kp_ctl_response *r)
+static void print_status_doc(const struct kp_ctl *ctl, json_t *info,
+                             const struct kp_ctl_response *r)
 {
     json_t *out =
         json_pack("{s:s, s:O, s:o*, s:o*}", "server", ctl->server, "status", info, "healthz",
                   probe_json(&r[STATUS_HEALTHZ]), "readyz", probe_json(&r[STATUS_READYZ]));
     if (out != NULL)
-        kp_ctl__print_json(out);
+        kp_ctl__print_doc(ctl, out);
     json_decref(out);
 }
 
@@ -133,8 +132,8 @@ int kp_ctl__cmd_status(struct kp_ctl *ctl, int argc, char **argv)
         rc = KP_CTL_EXIT_NO;
         goto out;
     }
-    if (ctl->output == KP_CTL_OUTPUT_JSON)
-        print_status_json(ctl, info, r);
+    if (ctl->output != KP_CTL_OUTPUT_TABLE)
+        print_status_doc(ctl, info, r);
     else
         print_status_table(ctl, info, r);
 out:
@@ -157,11 +156,11 @@ int kp_ctl__cmd_health(struct kp_ctl *ctl, int argc, char **argv)
         return kp_ctl__unreachable(ctl);
     ready = r.status == 200;
     kp_ctl__describe_body(&r, why, sizeof(why));
-    if (ctl->output == KP_CTL_OUTPUT_JSON) {
+    if (ctl->output != KP_CTL_OUTPUT_TABLE) {
         json_t *out = json_pack("{s:s, s:b, s:I, s:s}", "server", ctl->server, "ready", ready,
                                 "code", (json_int_t)r.status, "reason", why);
         if (out != NULL)
-            kp_ctl__print_json(out);
+            kp_ctl__print_doc(ctl, out);
         json_decref(out);
     } else {
         printf("%s: %s/readyz answered %ld %s", ready ? "ready" : "not ready", ctl->server,
@@ -199,11 +198,11 @@ int kp_ctl__cmd_version(struct kp_ctl *ctl, int argc, char **argv)
 
     if (rc != KP_CTL_EXIT_OK)
         return rc;
-    if (ctl->output == KP_CTL_OUTPUT_JSON) {
+    if (ctl->output != KP_CTL_OUTPUT_TABLE) {
         json_t *out = json_pack("{s:{s:s, s:s}}", "clusterctl", "version", kp_version(), "commit",
                                 kp_build_commit());
         if (out != NULL)
-            kp_ctl__print_json(out);
+            kp_ctl__print_doc(ctl, out);
         json_decref(out);
     } else {
         printf("clusterctl %s (commit %s)\n", kp_version(), kp_build_commit());

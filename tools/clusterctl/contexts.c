@@ -11,8 +11,9 @@
  * clusterctl does not know survive a rewrite. It holds tokens, so it is
  * written 0600 in a 0700 directory, through a temporary file renamed over
  * the old one: a crash leaves the old file or the new one, never half of
- * either. A file that does not exist is an empty set of contexts; one that
- * does not parse is an error naming its line, never silently replaced. */
+ * either. A file that does not exist, or is empty, is an empty set of
+ * contexts; one that does not parse is an error naming its line, never
+ * silently replaced. */
 #include <errno.h>
 #include <fcntl.h>
 #include <libfyaml.h>
@@ -68,63 +69,6 @@ const char *kp_ctl__contexts_file(const struct kp_ctl_contexts *c)
 
 /* --- loading -------------------------------------------------------------- */
 
-static void diag_discard(struct fy_diag *diag, void *user, const char *buf, size_t len)
-{
-    (void)diag;
-    (void)user;
-    (void)buf;
-    (void)len;
-}
-
-/* Diagnostics are collected, not printed: the first error becomes our one
- * message with the file and line. */
-static struct fy_diag *diag_new(void)
-{
-    struct fy_diag_cfg dcfg;
-    struct fy_diag *diag;
-
-    fy_diag_cfg_default(&dcfg);
-    dcfg.fp = NULL;
-    dcfg.output_fn = diag_discard;
-    dcfg.colorize = false;
-    diag = fy_diag_create(&dcfg);
-    if (diag != NULL)
-        fy_diag_set_collect_errors(diag, true);
-    return diag;
-}
-
-static int syntax_error(const char *path, struct fy_diag *diag, char *errmsg, size_t errlen)
-{
-    struct fy_diag_error *e;
-    void *iter = NULL;
-    while ((e = fy_diag_errors_iterate(diag, &iter)) != NULL) {
-        if (e->type >= FYET_ERROR)
-            return errf(errmsg, errlen, "%s:%d: YAML syntax error: %s", path, e->line,
-                        e->msg ? e->msg : "unknown");
-    }
-    return errf(errmsg, errlen, "cannot read %s", path);
-}
-
-static struct fy_document *parse_file(const char *path, char *errmsg, size_t errlen)
-{
-    struct fy_parse_cfg pcfg;
-    struct fy_document *doc;
-    struct fy_diag *diag = diag_new();
-
-    if (diag == NULL) {
-        errf(errmsg, errlen, "out of memory");
-        return NULL;
-    }
-    memset(&pcfg, 0, sizeof(pcfg));
-    pcfg.flags = FYPCF_QUIET;
-    pcfg.diag = diag;
-    doc = fy_document_build_from_file(&pcfg, path);
-    if (doc == NULL)
-        syntax_error(path, diag, errmsg, errlen);
-    fy_diag_destroy(diag);
-    return doc;
-}
-
 static struct fy_node *lookup(struct fy_node *map, const char *key)
 {
     return map != NULL ? fy_node_mapping_lookup_by_string(map, key, FY_NT) : NULL;
@@ -177,7 +121,7 @@ int kp_ctl__contexts_load(struct kp_ctl_contexts **out, char *errmsg, size_t err
             errf(errmsg, errlen, "out of memory");
             goto err_after_alloc;
         }
-    } else if ((c->doc = parse_file(c->path, errmsg, errlen)) == NULL) {
+    } else if ((c->doc = kp_ctl__yaml_parse_file(c->path, errmsg, errlen)) == NULL) {
         goto err_after_alloc;
     }
     if (check_shape(c, errmsg, errlen) != 0)

@@ -25,6 +25,30 @@ static const struct kp_ctl_command commands[] = {
     {"status", "", "show the node's status, liveness and readiness", kp_ctl__cmd_status, false},
     {"health", "", "exit 0 when the node is ready, 1 otherwise", kp_ctl__cmd_health, false},
     {"metrics", "", "print the node's Prometheus metrics", kp_ctl__cmd_metrics, false},
+    {"get", "KIND [ID] [--consistent]",
+     "list a kind of entity (providers, keys, pools, ...), or show one", kp_ctl__cmd_get, false},
+    {"put", "KIND ID (-f FILE | --set FIELD=VALUE ...) [--if-version N]",
+     "create or replace an entity from a JSON/YAML file, or change fields of it", kp_ctl__cmd_put,
+     false},
+    {"delete", "KIND ID [--if-version N]", "delete an entity", kp_ctl__cmd_delete, false},
+    {"apply", "-f FILE.yaml [--dry-run]",
+     "upsert providers, pools, tenants, projects, policies and prices; show what changed",
+     kp_ctl__cmd_apply, false},
+    {"keys", "SUBCOMMAND ...", "add, rotate, disable, enable, revoke keys (clusterctl keys --help)",
+     kp_ctl__cmd_keys, true},
+    {"tokens", "SUBCOMMAND ...", "create, list, disable tokens (clusterctl tokens --help)",
+     kp_ctl__cmd_tokens, true},
+    {"members", "SUBCOMMAND ...", "list, add, remove cluster members (clusterctl members --help)",
+     kp_ctl__cmd_members, true},
+    {"cluster", "", "show the Raft cluster: members, leader, term, indexes", kp_ctl__cmd_cluster,
+     false},
+    {"leader", "transfer [NODE_ID]", "hand the Raft leadership to another voter",
+     kp_ctl__cmd_leader, true},
+    {"audit", "SUBCOMMAND ...", "list or verify the audit chain (clusterctl audit --help)",
+     kp_ctl__cmd_audit, true},
+    {"whoami", "", "show the token's id, role and permissions", kp_ctl__cmd_whoami, false},
+    {"secrets", "rewrap", "reseal every secret under the current master key (rotation)",
+     kp_ctl__cmd_secrets, true},
     {"config", "SUBCOMMAND ...", "manage contexts (clusterctl config --help)", kp_ctl__cmd_config,
      true},
     {"version", "", "print clusterctl's version", kp_ctl__cmd_version, false},
@@ -35,12 +59,15 @@ static const char global_help[] =
     "  -s, --server URL       control URL of a keyplaned node (default " KP_CTL_DEFAULT_SERVER ")\n"
     "  -t, --token TOKEN      admin token, sent as Authorization: Bearer (prefer KEYPLANE_TOKEN:\n"
     "                         a flag is visible to other users in the process list)\n"
-    "  -o, --output FORMAT    table (default) or json\n"
+    "  -o, --output FORMAT    table (default), json or yaml\n"
     "  -h, --help             show this help; COMMAND --help shows a command's\n"
     "\n"
     "The server and token come from the flags, else KEYPLANE_SERVER and KEYPLANE_TOKEN,\n"
     "else the current context in $KEYPLANE_CONFIG_DIR/config.yaml (default\n"
     "~/.config/keyplane/config.yaml; see clusterctl config --help).\n"
+    "\n"
+    "Secrets (a key's secret) are read from stdin or --secret-file, never from the\n"
+    "command line.\n"
     "\n"
     "Exit codes: 0 ok, 1 refused by the server or not ready, 2 usage or configuration\n"
     "error, 3 server unreachable.\n";
@@ -77,7 +104,8 @@ void kp_ctl__usage_error(struct kp_ctl *ctl, const char *fmt, ...)
     va_start(ap, fmt);
     vreport(ctl, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "Run '%s --help' for usage.\n", ctl->prog);
+    fprintf(stderr, "Run '%s %s%s--help' for usage.\n", ctl->prog, ctl->command,
+            ctl->command[0] ? " " : "");
 }
 
 void kp_ctl__print_group_usage(FILE *out, const char *prog, const char *group,
@@ -101,23 +129,16 @@ static void print_usage(FILE *out, const char *prog)
     fprintf(out, "\n%s", global_help);
 }
 
-void kp_ctl__print_json(const json_t *v)
-{
-    char *s = json_dumps(v, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    if (s != NULL) {
-        puts(s);
-        free(s);
-    }
-}
-
 int kp_ctl__parse_output(struct kp_ctl *ctl, const char *value)
 {
     if (strcmp(value, "table") == 0) {
         ctl->output = KP_CTL_OUTPUT_TABLE;
     } else if (strcmp(value, "json") == 0) {
         ctl->output = KP_CTL_OUTPUT_JSON;
+    } else if (strcmp(value, "yaml") == 0) {
+        ctl->output = KP_CTL_OUTPUT_YAML;
     } else {
-        kp_ctl__usage_error(ctl, "--output must be 'table' or 'json', not '%s'", value);
+        kp_ctl__usage_error(ctl, "--output must be 'table', 'json' or 'yaml', not '%s'", value);
         return KP_CTL_EXIT_USAGE;
     }
     return KP_CTL_EXIT_OK;
@@ -132,6 +153,25 @@ bool kp_ctl__wants_help(int argc, char **argv)
     return false;
 }
 
+int kp_ctl__common_option(struct kp_ctl *ctl, int c, const char *value, bool *help)
+{
+    switch (c) {
+    case 's':
+        ctl->flag_server = value;
+        return KP_CTL_EXIT_OK;
+    case 't':
+        ctl->flag_token = value;
+        return KP_CTL_EXIT_OK;
+    case 'o':
+        return kp_ctl__parse_output(ctl, value);
+    case 'h':
+        *help = true;
+        return KP_CTL_EXIT_OK;
+    default:
+        return KP_CTL_EXIT_USAGE;
+    }
+}
+
 /* getopt's own messages are switched off (opterr = 0) so that every usage
  * error reads the same way and ends with the --help hint. */
 static int bad_option(struct kp_ctl *ctl, int c, char **argv)
@@ -142,40 +182,24 @@ static int bad_option(struct kp_ctl *ctl, int c, char **argv)
     else if (optopt != 0)
         kp_ctl__usage_error(ctl, "unknown option '-%c'", optopt);
     else
-        kp_ctl__usage_error(ctl, "unknown option '%s'", arg);
+        kp_ctl__usage_error(ctl, "unknown option '%.*s'", (int)strcspn(arg, "="), arg);
     return KP_CTL_EXIT_USAGE;
 }
 
-/* Parses the common options from argv[1] on; returns an exit code, with
- * *next set to the first argument that is not an option and *help to whether
- * --help was given. With @stop_at_arg the scan stops at the first non-option
- * (the command name). */
-static int parse_common(struct kp_ctl *ctl, int argc, char **argv, bool stop_at_arg, int *next,
-                        bool *help)
+/* Parses the common options from argv[1] up to the command name; returns an
+ * exit code, with *next set to the command name's index and *help to whether
+ * --help was given. */
+static int parse_global(struct kp_ctl *ctl, int argc, char **argv, int *next, bool *help)
 {
     int c;
     *help = false;
     opterr = 0;
     optind = 0; /* glibc: restart the scan on a new argv */
-    while ((c = getopt_long(argc, argv, stop_at_arg ? "+:s:t:o:h" : ":s:t:o:h", common_options,
-                            NULL)) != -1) {
-        switch (c) {
-        case 's':
-            ctl->flag_server = optarg;
-            break;
-        case 't':
-            ctl->flag_token = optarg;
-            break;
-        case 'o':
-            if (kp_ctl__parse_output(ctl, optarg) != KP_CTL_EXIT_OK)
-                return KP_CTL_EXIT_USAGE;
-            break;
-        case 'h':
-            *help = true;
-            break;
-        default:
+    while ((c = getopt_long(argc, argv, "+:s:t:o:h", common_options, NULL)) != -1) {
+        if (c == ':' || c == '?')
             return bad_option(ctl, c, argv);
-        }
+        if (kp_ctl__common_option(ctl, c, optarg, help) != KP_CTL_EXIT_OK)
+            return KP_CTL_EXIT_USAGE;
     }
     *next = optind;
     return KP_CTL_EXIT_OK;
@@ -222,7 +246,7 @@ static const char *nonempty_env(const char *name)
     return v != NULL && v[0] != '\0' ? v : NULL;
 }
 
-static int resolve(struct kp_ctl *ctl)
+int kp_ctl__resolve(struct kp_ctl *ctl)
 {
     const char *env_server = nonempty_env("KEYPLANE_SERVER");
     const char *env_token = nonempty_env("KEYPLANE_TOKEN");
@@ -263,13 +287,12 @@ static int resolve(struct kp_ctl *ctl)
 
 int kp_ctl__options(struct kp_ctl *ctl, int argc, char **argv, const char *synopsis)
 {
-    int next;
-    bool help; /* already answered by kp_ctl__dispatch */
-    int rc = parse_common(ctl, argc, argv, false, &next, &help);
+    int first;
+    int rc = kp_ctl__parse(ctl, argc, argv, NULL, 0, &first);
     if (rc != KP_CTL_EXIT_OK)
         return rc;
-    if (next < argc) {
-        kp_ctl__usage_error(ctl, "%s takes no argument '%s'%s%s", argv[0], argv[next],
+    if (first < argc) {
+        kp_ctl__usage_error(ctl, "%s takes no argument '%s'%s%s", ctl->command, argv[first],
                             synopsis[0] ? "; usage: " : "", synopsis);
         return KP_CTL_EXIT_USAGE;
     }
@@ -279,7 +302,7 @@ int kp_ctl__options(struct kp_ctl *ctl, int argc, char **argv, const char *synop
 int kp_ctl__begin(struct kp_ctl *ctl, int argc, char **argv, const char *synopsis)
 {
     int rc = kp_ctl__options(ctl, argc, argv, synopsis);
-    return rc != KP_CTL_EXIT_OK ? rc : resolve(ctl);
+    return rc != KP_CTL_EXIT_OK ? rc : kp_ctl__resolve(ctl);
 }
 
 static const struct kp_ctl_command *find_command(const struct kp_ctl_command *table, size_t n,
@@ -302,12 +325,27 @@ int kp_ctl__dispatch(struct kp_ctl *ctl, const char *group, const struct kp_ctl_
                             argv[0]);
         return KP_CTL_EXIT_USAGE;
     }
+    snprintf(ctl->command, sizeof(ctl->command), "%s%s%s", group ? group : "", group ? " " : "",
+             cmd->name);
     if (!cmd->group && kp_ctl__wants_help(argc, argv)) {
         printf("usage: %s [options] %s%s%s %s\n\n%s.\n", ctl->prog, group ? group : "",
                group ? " " : "", cmd->name, cmd->synopsis, cmd->summary);
         return KP_CTL_EXIT_OK;
     }
     return cmd->run(ctl, argc, argv);
+}
+
+int kp_ctl__group(struct kp_ctl *ctl, const char *group, const struct kp_ctl_command *table,
+                  size_t n, int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        bool help = argc >= 2;
+        kp_ctl__print_group_usage(help ? stdout : stderr, ctl->prog, group, table, n);
+        if (!help)
+            fprintf(stderr, "\n%s %s needs a subcommand (see above).\n", ctl->prog, group);
+        return help ? KP_CTL_EXIT_OK : KP_CTL_EXIT_USAGE;
+    }
+    return kp_ctl__dispatch(ctl, group, table, n, argc - 1, argv + 1);
 }
 
 int main(int argc, char **argv)
@@ -320,7 +358,7 @@ int main(int argc, char **argv)
     ctl.prog = "clusterctl";
     ctl.output = KP_CTL_OUTPUT_TABLE;
 
-    rc = parse_common(&ctl, argc, argv, true, &next, &help);
+    rc = parse_global(&ctl, argc, argv, &next, &help);
     if (rc != KP_CTL_EXIT_OK)
         return rc;
     if (help || next >= argc) {

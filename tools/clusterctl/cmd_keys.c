@@ -1,0 +1,490 @@
+/* `keys ...`: provider keys and their secrets.
+ *
+ * A key's secret is read from stdin (prompted for without echo when stdin
+ * is a terminal) or from --secret-file, never from the command line, where
+ * the process list and the shell history would keep it: --secret is refused
+ * and an extra argument is never repeated in a message. The secret is read
+ * with read(2) into a fixed buffer, put into a request body sized up front
+ * (no reallocation leaves a copy behind), and both are wiped once the
+ * request is done. An empty secret is refused before anything is sent.
+ *
+ * add creates the key with its first secret (If-None-Match: *, so an
+ * existing key is a 409, not replaced); rotate adds a new primary secret and
+ * keeps the old one usable for --grace; revoke is final and asks for --yes. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "clusterctl.h"
+
+enum { SECRET_MAX = 4096 };
+
+static int keys_add(struct kp_ctl *ctl, int argc, char **argv);
+static int keys_rotate(struct kp_ctl *ctl, int argc, char **argv);
+static int keys_disable(struct kp_ctl *ctl, int argc, char **argv);
+static int keys_enable(struct kp_ctl *ctl, int argc, char **argv);
+static int keys_revoke(struct kp_ctl *ctl, int argc, char **argv);
+static int keys_retire(struct kp_ctl *ctl, int argc, char **argv);
+static int keys_list(struct kp_ctl *ctl, int argc, char **argv);
+
+static const struct kp_ctl_command keys_commands[] = {
+    {"list", "", "list the keys (same as clusterctl get keys)", keys_list, false},
+    {"add",
+     "ID --provider P [--name N] [--owner O] [--tag T]... [--model M]... [--rpm N] [--tpm N] "
+     "[--secret-file FILE]",
+     "add a key; its secret is read from stdin (or --secret-file), never from the command line",
+     keys_add, false},
+    {"rotate", "ID [--grace 3600] [--secret-file FILE]",
+     "give a key a new secret from stdin; the old one stays usable for --grace (default 1h)",
+     keys_rotate, false},
+    {"disable", "ID", "stop routing to a key (reversible)", keys_disable, false},
+    {"enable", "ID", "route to a disabled key again", keys_enable, false},
+    {"revoke", "ID --yes", "revoke a key for good: its secrets are erased", keys_revoke, false},
+    {"retire", "ID VERSION", "retire an old secret version of a key now", keys_retire, false},
+};
+
+int kp_ctl__cmd_keys(struct kp_ctl *ctl, int argc, char **argv)
+{
+    return kp_ctl__group(ctl, "keys", keys_commands,
+                         sizeof(keys_commands) / sizeof(keys_commands[0]), argc, argv);
+}
+
+static int keys_list(struct kp_ctl *ctl, int argc, char **argv)
+{
+    return kp_ctl__list_kind(ctl, "keys", argc, argv);
+}
+
+/* --- reading the secret ---------------------------------------------------- */
+
+struct secret {
+    char buf[SECRET_MAX + 2];
+    size_t len;
+};
+
+static void secret_wipe(struct secret *s)
+{
+    memset(s->buf, 0, sizeof(s->buf));
+    s->len = 0;
+}
+
+/* Reads all of @fd, refusing more than SECRET_MAX bytes. */
+static int read_all(int fd, struct secret *s)
+{
+    ssize_t n;
+
+    s->len = 0;
+    while ((n = read(fd, s->buf + s->len, sizeof(s->buf) - 1 - s->len)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        s->len += (size_t)n;
+        if (s->len > SECRET_MAX)
+            return 1;
+    }
+    return 0;
+}
+
+/* One line from the terminal, without echo. */
+static int read_tty(const char *id, struct secret *s)
+{
+    struct termios old, quiet;
+    ssize_t n;
+    bool echo_off = tcgetattr(STDIN_FILENO, &old) == 0;
+
+    fprintf(stderr, "Secret for key %s (input hidden, end with Enter): ", id);
+    fflush(stderr);
+    if (echo_off) {
+        quiet = old;
+        quiet.c_lflag &= ~(tcflag_t)ECHO;
+        quiet.c_lflag |= ECHONL;
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    }
+    do
+        n = read(STDIN_FILENO, s->buf, sizeof(s->buf) - 1);
+    while (n < 0 && errno == EINTR);
+    if (echo_off)
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+    s->len = n > 0 ? (size_t)n : 0;
+    return n < 0 ? -1 : s->len > SECRET_MAX ? 1 : 0;
+}
+
+/* Drops surrounding whitespace (the newline of `echo KEY |` or of a file)
+ * and refuses what is left if it is empty or not one printable line. */
+static int check_secret(struct kp_ctl *ctl, struct secret *s, const char *from)
+{
+    size_t start = 0;
+
+    while (s->len > 0 && strchr(" \t\r\n", s->buf[s->len - 1]) != NULL)
+        s->len--;
+    while (start < s->len && (s->buf[start] == ' ' || s->buf[start] == '\t'))
+        start++;
+    memmove(s->buf, s->buf + start, s->len - start);
+    memset(s->buf + s->len - start, 0, start);
+    s->len -= start;
+    s->buf[s->len] = '\0';
+    if (s->len == 0) {
+        kp_ctl__usage_error(ctl,
+                            "%s: no secret %s: pipe it in (%s ... < FILE) or pass --secret-file "
+                            "FILE",
+                            ctl->command, from, ctl->command);
+        return KP_CTL_EXIT_USAGE;
+    }
+    for (size_t i = 0; i < s->len; i++) {
+        if ((unsigned char)s->buf[i] < 0x20 || s->buf[i] == 0x7f) {
+            kp_ctl__usage_error(ctl, "%s: the secret %s must be one line of printable characters",
+                                ctl->command, from);
+            return KP_CTL_EXIT_USAGE;
+        }
+    }
+    return KP_CTL_EXIT_OK;
+}
+
+static int read_secret(struct kp_ctl *ctl, const char *file, const char *id, struct secret *s)
+{
+    char from[300];
+    int fd = STDIN_FILENO, rc;
+
+    if (file != NULL && strcmp(file, "-") != 0) {
+        snprintf(from, sizeof(from), "in %s", file);
+        if ((fd = open(file, O_RDONLY | O_CLOEXEC)) < 0) {
+            kp_ctl__usage_error(ctl, "%s: cannot read --secret-file %s: %s", ctl->command, file,
+                                strerror(errno));
+            return KP_CTL_EXIT_USAGE;
+        }
+        rc = read_all(fd, s);
+        close(fd);
+    } else if (file == NULL && isatty(STDIN_FILENO)) {
+        snprintf(from, sizeof(from), "was typed");
+        rc = read_tty(id, s);
+    } else {
+        snprintf(from, sizeof(from), "on stdin");
+        rc = read_all(fd, s);
+    }
+    if (rc < 0) {
+        kp_ctl__usage_error(ctl, "%s: cannot read the secret %s: %s", ctl->command, from,
+                            strerror(errno));
+        return KP_CTL_EXIT_USAGE;
+    }
+    if (rc > 0) {
+        kp_ctl__usage_error(ctl, "%s: the secret %s is longer than %d bytes", ctl->command, from,
+                            SECRET_MAX);
+        return KP_CTL_EXIT_USAGE;
+    }
+    return check_secret(ctl, s, from);
+}
+
+/* {"secret":"...", <the fields of @fields>} into @out, reserved up front so
+ * that no reallocation leaves a copy of the secret in freed memory. */
+static int secret_body(const json_t *fields, const struct secret *s, struct kp_buf *out)
+{
+    size_t n;
+    char *rest = kp_json_dumps(fields, &n); /* "{...}" */
+    int rc;
+
+    kp_buf_init(out);
+    if (rest == NULL)
+        return -1;
+    rc = kp_buf_reserve(out, n + 6 * s->len + 16);
+    if (rc == 0)
+        rc = kp_buf_append_lit(out, "{\"secret\":\"");
+    if (rc == 0)
+        rc = kp_json_escape(out, s->buf, s->len);
+    if (rc == 0)
+        rc = kp_buf_append_lit(out, "\"");
+    if (rc == 0 && n > 2)
+        rc = kp_buf_append_lit(out, ",");
+    if (rc == 0)
+        rc = kp_buf_append(out, rest + 1, n - 1);
+    kp_free(rest);
+    return rc;
+}
+
+static void body_wipe(struct kp_buf *b)
+{
+    if (b->data != NULL)
+        memset(b->data, 0, b->cap);
+    kp_buf_free(b);
+}
+
+/* Sends @fields plus the secret; wipes the body afterwards. */
+static int send_secret(struct kp_ctl *ctl, const char *method, const char *path,
+                       const json_t *fields, struct secret *s, const char *const *headers,
+                       json_t **answer)
+{
+    struct kp_buf body;
+    int rc;
+
+    if (secret_body(fields, s, &body) != 0) {
+        body_wipe(&body);
+        kp_ctl__error(ctl, "out of memory");
+        return KP_CTL_EXIT_NO;
+    }
+    rc = kp_ctl__call_raw(ctl, method, path, body.data, body.len, headers, answer);
+    body_wipe(&body);
+    return rc;
+}
+
+/* --- what the answers say -------------------------------------------------- */
+
+/* The secret of @key in @state ("primary", "previous"), or NULL. */
+static json_t *secret_in_state(const json_t *key, const char *state)
+{
+    size_t i;
+    json_t *s;
+
+    json_array_foreach(json_object_get(key, "secrets"), i, s)
+    {
+        const char *st = json_string_value(json_object_get(s, "state"));
+        if (st != NULL && strcmp(st, state) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+static void print_secret(const json_t *s)
+{
+    const char *last4 = json_string_value(json_object_get(s, "last4"));
+    printf("v%" JSON_INTEGER_FORMAT, json_integer_value(json_object_get(s, "version")));
+    if (last4 != NULL) {
+        fputs(" (...", stdout);
+        kp_ctl__print_clean(stdout, last4);
+        putchar(')');
+    }
+}
+
+/* "key k1: <what>", or the key as JSON/YAML. */
+static void print_key_result(struct kp_ctl *ctl, const char *id, json_t *key, const char *what)
+{
+    json_t *primary = secret_in_state(key, "primary");
+    json_t *previous = secret_in_state(key, "previous");
+
+    if (ctl->output != KP_CTL_OUTPUT_TABLE) {
+        kp_ctl__print_doc(ctl, key);
+        return;
+    }
+    fputs("key ", stdout);
+    kp_ctl__print_clean(stdout, id);
+    printf(": %s", what);
+    if (primary != NULL && (strcmp(what, "added") == 0 || strcmp(what, "rotated") == 0)) {
+        fputs("; primary secret ", stdout);
+        print_secret(primary);
+    }
+    if (previous != NULL && strcmp(what, "rotated") == 0) {
+        char when[40];
+        kp_format_time_ms(json_integer_value(json_object_get(previous, "retire_after_ms")), when,
+                          sizeof(when));
+        fputs("; previous ", stdout);
+        print_secret(previous);
+        printf(" stays usable until %s", when);
+    }
+    putchar('\n');
+}
+
+/* --- commands -------------------------------------------------------------- */
+
+static int add_fields(struct kp_ctl *ctl, json_t *fields, const char *rpm, const char *tpm)
+{
+    uint64_t n;
+    int rc;
+
+    if (rpm != NULL) {
+        if ((rc = kp_ctl__parse_uint(ctl, "--rpm", rpm, 1000000000000ULL, &n)) != KP_CTL_EXIT_OK)
+            return rc;
+        json_object_set_new(fields, "rpm", json_integer((json_int_t)n));
+    }
+    if (tpm != NULL) {
+        if ((rc = kp_ctl__parse_uint(ctl, "--tpm", tpm, 1000000000000000ULL, &n)) != KP_CTL_EXIT_OK)
+            return rc;
+        json_object_set_new(fields, "tpm", json_integer((json_int_t)n));
+    }
+    return KP_CTL_EXIT_OK;
+}
+
+static int keys_add(struct kp_ctl *ctl, int argc, char **argv)
+{
+    const char *provider = NULL, *name = NULL, *owner = NULL, *file = NULL;
+    const char *rpm = NULL, *tpm = NULL;
+    json_t *tags = NULL, *models = NULL, *fields = NULL, *answer = NULL;
+    const struct kp_ctl_flag flags[] = {
+        {"provider", 0, KP_CTL_FLAG_VALUE, &provider}, {"name", 0, KP_CTL_FLAG_VALUE, &name},
+        {"owner", 0, KP_CTL_FLAG_VALUE, &owner},       {"tag", 0, KP_CTL_FLAG_LIST, &tags},
+        {"model", 0, KP_CTL_FLAG_LIST, &models},       {"rpm", 0, KP_CTL_FLAG_VALUE, &rpm},
+        {"tpm", 0, KP_CTL_FLAG_VALUE, &tpm},           {"secret-file", 0, KP_CTL_FLAG_VALUE, &file},
+        {"secret", 0, KP_CTL_FLAG_SECRET, NULL},
+    };
+    const char *const headers[] = {"If-None-Match: *", NULL};
+    struct secret secret;
+    char *path = NULL;
+    int first, rc;
+
+    secret.len = 0;
+    rc = kp_ctl__parse(ctl, argc, argv, flags, sizeof(flags) / sizeof(flags[0]), &first);
+    if (rc == KP_CTL_EXIT_OK)
+        rc = kp_ctl__positionals(ctl, argc - first, 1, 1, keys_commands[1].synopsis, true);
+    if (rc == KP_CTL_EXIT_OK && provider == NULL) {
+        kp_ctl__usage_error(ctl, "keys add: --provider is required (clusterctl get providers "
+                                 "lists them)");
+        rc = KP_CTL_EXIT_USAGE;
+    }
+    if (rc == KP_CTL_EXIT_OK) {
+        fields = json_pack("{s:s, s:s*, s:s*, s:O*, s:O*}", "provider", provider, "name", name,
+                           "owner", owner, "tags", tags, "models", models);
+        if (fields == NULL) {
+            kp_ctl__usage_error(ctl, "keys add: the values must be valid UTF-8");
+            rc = KP_CTL_EXIT_USAGE;
+        } else {
+            rc = add_fields(ctl, fields, rpm, tpm);
+        }
+    }
+    if (rc == KP_CTL_EXIT_OK)
+        rc = read_secret(ctl, file, argv[first], &secret);
+    if (rc == KP_CTL_EXIT_OK)
+        rc = kp_ctl__resolve(ctl);
+    if (rc == KP_CTL_EXIT_OK && (path = kp_ctl__path("keys", argv[first], NULL)) == NULL)
+        rc = KP_CTL_EXIT_NO;
+    if (rc == KP_CTL_EXIT_OK)
+        rc = send_secret(ctl, "PUT", path, fields, &secret, headers, &answer);
+    if (rc == KP_CTL_EXIT_OK)
+        print_key_result(ctl, argv[first], answer, "added");
+    secret_wipe(&secret);
+    json_decref(tags);
+    json_decref(models);
+    json_decref(fields);
+    json_decref(answer);
+    kp_free(path);
+    return rc;
+}
+
+static int keys_rotate(struct kp_ctl *ctl, int argc, char **argv)
+{
+    const char *file = NULL, *grace = NULL;
+    const struct kp_ctl_flag flags[] = {
+        {"grace", 0, KP_CTL_FLAG_VALUE, &grace},
+        {"secret-file", 0, KP_CTL_FLAG_VALUE, &file},
+        {"secret", 0, KP_CTL_FLAG_SECRET, NULL},
+    };
+    json_t *fields = json_object(), *answer = NULL;
+    struct secret secret;
+    uint64_t seconds;
+    char *path = NULL;
+    int first, rc;
+
+    secret.len = 0;
+    rc = kp_ctl__parse(ctl, argc, argv, flags, sizeof(flags) / sizeof(flags[0]), &first);
+    if (rc == KP_CTL_EXIT_OK)
+        rc = kp_ctl__positionals(ctl, argc - first, 1, 1, keys_commands[2].synopsis, true);
+    if (rc == KP_CTL_EXIT_OK && grace != NULL &&
+        (rc = kp_ctl__parse_duration(ctl, "--grace", grace, &seconds)) == KP_CTL_EXIT_OK)
+        json_object_set_new(fields, "grace_seconds", json_integer((json_int_t)seconds));
+    if (rc == KP_CTL_EXIT_OK)
+        rc = read_secret(ctl, file, argv[first], &secret);
+    if (rc == KP_CTL_EXIT_OK)
+        rc = kp_ctl__resolve(ctl);
+    if (rc == KP_CTL_EXIT_OK && (path = kp_ctl__path("keys", argv[first], "secret", NULL)) == NULL)
+        rc = KP_CTL_EXIT_NO;
+    if (rc == KP_CTL_EXIT_OK)
+        rc = send_secret(ctl, "POST", path, fields, &secret, NULL, &answer);
+    if (rc == KP_CTL_EXIT_OK)
+        print_key_result(ctl, argv[first], answer, "rotated");
+    secret_wipe(&secret);
+    json_decref(fields);
+    json_decref(answer);
+    kp_free(path);
+    return rc;
+}
+
+/* POST /admin/v1/keys/ID/ACTION for the one-ID subcommands. */
+static int key_action(struct kp_ctl *ctl, const char *id, const char *action, const char *done)
+{
+    char *path = kp_ctl__path("keys", id, action, NULL);
+    json_t *answer = NULL;
+    int rc;
+
+    if (path == NULL) {
+        kp_ctl__error(ctl, "out of memory");
+        return KP_CTL_EXIT_NO;
+    }
+    rc = kp_ctl__call(ctl, "POST", path, NULL, NULL, &answer);
+    if (rc == KP_CTL_EXIT_OK)
+        print_key_result(ctl, id, answer, done);
+    json_decref(answer);
+    kp_free(path);
+    return rc;
+}
+
+static int one_id_action(struct kp_ctl *ctl, int argc, char **argv, const char *action,
+                         const char *done)
+{
+    int first, rc = kp_ctl__parse(ctl, argc, argv, NULL, 0, &first);
+
+    if (rc != KP_CTL_EXIT_OK ||
+        (rc = kp_ctl__positionals(ctl, argc - first, 1, 1, "ID", false)) != KP_CTL_EXIT_OK ||
+        (rc = kp_ctl__resolve(ctl)) != KP_CTL_EXIT_OK)
+        return rc;
+    return key_action(ctl, argv[first], action, done);
+}
+
+static int keys_disable(struct kp_ctl *ctl, int argc, char **argv)
+{
+    return one_id_action(ctl, argc, argv, "disable", "disabled");
+}
+
+static int keys_enable(struct kp_ctl *ctl, int argc, char **argv)
+{
+    return one_id_action(ctl, argc, argv, "enable", "enabled");
+}
+
+static int keys_revoke(struct kp_ctl *ctl, int argc, char **argv)
+{
+    bool yes = false;
+    const struct kp_ctl_flag flags[] = {{"yes", 0, KP_CTL_FLAG_BOOL, &yes}};
+    int first, rc = kp_ctl__parse(ctl, argc, argv, flags, 1, &first);
+
+    if (rc != KP_CTL_EXIT_OK ||
+        (rc = kp_ctl__positionals(ctl, argc - first, 1, 1, "ID --yes", false)) != KP_CTL_EXIT_OK)
+        return rc;
+    if (!yes) {
+        kp_ctl__error(ctl,
+                      "keys revoke: revoking key %s is final: its secrets are erased and it can "
+                      "never be enabled again. To stop using it for now, run clusterctl keys "
+                      "disable %s; to revoke it, run the command again with --yes",
+                      argv[first], argv[first]);
+        return KP_CTL_EXIT_USAGE;
+    }
+    if ((rc = kp_ctl__resolve(ctl)) != KP_CTL_EXIT_OK)
+        return rc;
+    return key_action(ctl, argv[first], "revoke", "revoked (final; its secrets are erased)");
+}
+
+static int keys_retire(struct kp_ctl *ctl, int argc, char **argv)
+{
+    char done[64];
+    uint64_t version;
+    char *path = NULL;
+    json_t *answer = NULL;
+    int first, rc = kp_ctl__parse(ctl, argc, argv, NULL, 0, &first);
+
+    if (rc != KP_CTL_EXIT_OK ||
+        (rc = kp_ctl__positionals(ctl, argc - first, 2, 2, "ID VERSION", false)) !=
+            KP_CTL_EXIT_OK ||
+        (rc = kp_ctl__parse_uint(ctl, "VERSION", argv[first + 1], INT64_MAX, &version)) !=
+            KP_CTL_EXIT_OK ||
+        (rc = kp_ctl__resolve(ctl)) != KP_CTL_EXIT_OK)
+        return rc;
+    if ((path = kp_ctl__path("keys", argv[first], "secrets", argv[first + 1], "retire", NULL)) ==
+        NULL) {
+        kp_ctl__error(ctl, "out of memory");
+        return KP_CTL_EXIT_NO;
+    }
+    rc = kp_ctl__call(ctl, "POST", path, NULL, NULL, &answer);
+    snprintf(done, sizeof(done), "secret v%llu retired", (unsigned long long)version);
+    if (rc == KP_CTL_EXIT_OK)
+        print_key_result(ctl, argv[first], answer, done);
+    json_decref(answer);
+    kp_free(path);
+    return rc;
+}
