@@ -2,8 +2,9 @@
  * token may do, and the names 403 messages use.
  *
  * The split follows DESIGN.md "Secrets": change (admin), operate (disable,
- * enable, rotate, revoke keys; manage pools), use (call the gateway, never
- * see a key), read usage, read audit; reading the non-secret registry is a
+ * enable, rotate keys; manage pools; revoking is final and needs change),
+ * use (call the gateway, never see a key), read usage, read audit; reading
+ * the non-secret registry is a
  * permission of its own so that each role gets exactly what its job needs.
  * Permissions do not imply one another: a check asks for the bits it needs
  * and the table grants them explicitly, so admin lists every bit. */
