@@ -11,7 +11,6 @@
 #include "config.h"
 #include "core/core.h"
 #include "raftstore/raftstore.h"
-#include "raftstore/token.h"
 
 struct kp_worker;
 

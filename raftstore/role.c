@@ -8,7 +8,7 @@
  * permission of its own so that each role gets exactly what its job needs.
  * Permissions do not imply one another: a check asks for the bits it needs
  * and the table grants them explicitly, so admin lists every bit. */
-#include "raftstore/token.h"
+#include "raftstore/raftstore.h"
 
 #include <stdio.h>
 #include <string.h>

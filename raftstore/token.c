@@ -21,7 +21,7 @@
  * registry. A fast MAC is enough because the secret is random and long: slow
  * password hashes exist for secrets people choose. Buffers that held a
  * secret are wiped with OPENSSL_cleanse before they are released. */
-#include "raftstore/token.h"
+#include "raftstore/raftstore.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>

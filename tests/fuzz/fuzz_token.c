@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "raftstore/token.h"
+#include "raftstore/raftstore.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -22,7 +22,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "raftstore/token.h"
+#include "raftstore/raftstore.h"
 
 #define T0 1767225600000 /* 2026-01-01T00:00:00.000Z */
 
