@@ -218,8 +218,8 @@ void kp_admin__oom(struct kp_admin_req *r)
 
 void kp_admin__respond(struct kp_admin_req *r, int status, json_t *v, uint64_t etag, bool wipe)
 {
-    char tag[32];
-    struct kp_http_header h[1];
+    char tag[32] = "";
+    struct kp_http_header h[1] = {KP_HTTP_HEADER("ETag", tag)};
     unsigned nh = 0;
     if (etag > 0) {
         snprintf(tag, sizeof(tag), "\"%" PRIu64 "\"", etag);

@@ -222,7 +222,7 @@ static size_t path_push(struct builder *b, const char *name, long idx)
 {
     size_t old = b->pathlen, room = sizeof(b->path) - old;
     const char *dot = old > 0 && name != NULL ? "." : "";
-    int n = idx < 0 ? snprintf(b->path + old, room, "%s%s", dot, name)
+    int n = idx < 0 ? snprintf(b->path + old, room, "%s%s", dot, name ? name : "")
                     : snprintf(b->path + old, room, "[%ld]", idx);
     b->pathlen = n < 0 || (size_t)n >= room ? sizeof(b->path) - 1 : old + (size_t)n;
     return old;
