@@ -8,8 +8,10 @@
  *   raft apply ----> raft_fsm.c -> kp_fsm_apply; the result is kept for the
  *        |                            proposer's callback (raft calls it
  *        |                            right after apply)
- *        +--------> "dirty": a zero timer publishes one view per loop turn
- *                   and tells the node (on_change)
+ *        +--------> "dirty": a timer publishes one view for a batch of
+ *                   applies (at most one every PUBLISH_MIN_MS, because the
+ *                   first change after a publish copies the changed kind's
+ *                   table) and tells the node (on_change)
  *   raft snapshot -> kp_fsm_snapshot (msgpack + zstd, docs/registry.md)
  *   raft restore --> kp_fsm_restore, then publish
  *
@@ -26,6 +28,11 @@
 
 #include "raftstore/raft_glue.h"
 
+/* Routers may see a registry change this much later than the state
+ * machine; in exchange a burst of writes copies each table once per
+ * period instead of once per write. */
+enum { PUBLISH_MIN_MS = 5 };
+
 struct kp_store {
     uv_loop_t *loop;
     struct raft raft;
@@ -37,8 +44,9 @@ struct kp_store {
     struct kp_store_config cfg;
     char *dir;
     char *address;
-    uv_timer_t notify; /* zero timer: publish a view and tell the node */
-    uv_timer_t watch;  /* leadership watch */
+    uv_timer_t notify;     /* publish a view and tell the node */
+    uint64_t published_at; /* uv_now of the last publish */
+    uv_timer_t watch;      /* leadership watch */
     unsigned short seen_state;
     uint64_t seen_leader;
     bool raft_started;
@@ -82,6 +90,7 @@ static void on_notify(uv_timer_t *t)
     struct kp_store *s = t->data;
     if (s->closing)
         return;
+    s->published_at = uv_now(s->loop);
     kp_view_publish(&s->views, kp_fsm_view_build(s->fsm));
     if (s->cfg.on_change != NULL)
         s->cfg.on_change(s->cfg.arg);
@@ -89,8 +98,10 @@ static void on_notify(uv_timer_t *t)
 
 static void schedule_notify(struct kp_store *s)
 {
-    if (!s->closing && !uv_is_active((uv_handle_t *)&s->notify))
-        uv_timer_start(&s->notify, on_notify, 0, 0);
+    if (s->closing || uv_is_active((uv_handle_t *)&s->notify))
+        return;
+    uint64_t now = uv_now(s->loop), due = s->published_at + PUBLISH_MIN_MS;
+    uv_timer_start(&s->notify, on_notify, due > now ? due - now : 0, 0);
 }
 
 static void store_dirty(void *arg)
