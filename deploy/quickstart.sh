@@ -81,7 +81,9 @@ keyplane is running.
   mock provider         http://127.0.0.1:$mock_port/v1   (OpenAI, Anthropic and Gemini shapes)
   logs                  $state/keyplaned.log, $state/mock.log
 
-Admin token (also in $state/node1/admin.token, mode 0600):
+Admin token (full rights; kept in $state/node1/admin.token, mode 0600):
+  $token
+
   export KEYPLANE_SERVER=http://127.0.0.1:$ctl_port
   export KEYPLANE_TOKEN=\$(cat $state/node1/admin.token)
 
