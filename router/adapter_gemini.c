@@ -1,0 +1,2 @@
+/* placeholder: being written */
+typedef int kp_placeholder_adapter_gemini;
