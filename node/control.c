@@ -9,30 +9,6 @@
 
 #include "node.h"
 
-/* Take the client's X-Request-Id when it is sane, or make one. */
-static const char *request_id(struct kp_http_exchange *ex, const struct kp_http_request *req)
-{
-    const char *given = kp_http_request_header(req, "x-request-id");
-    if (given != NULL) {
-        size_t n = strlen(given);
-        bool ok = n > 0 && n <= 128;
-        for (size_t i = 0; ok && i < n; i++) {
-            char c = given[i];
-            ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                 c == '-' || c == '_' || c == '.' || c == ':';
-        }
-        if (ok)
-            return given;
-    }
-    char *id = kp_http_alloc(ex, 4 + 32 + 1);
-    if (id == NULL)
-        return "req_unknown";
-    memcpy(id, "req_", 4);
-    if (kp_random_hex(id + 4, 16) != KP_OK)
-        return "req_unknown";
-    return id;
-}
-
 void kp_node_error(struct kp_http_exchange *ex, int status, const char *rid, const char *type,
                    const char *code, const char *message)
 {
@@ -156,7 +132,7 @@ void kp_control_handle(struct kp_http_exchange *ex, const struct kp_http_request
 {
     struct kp_node *n = arg;
     struct kp_runtime *rt = n->rt;
-    const char *rid = request_id(ex, req);
+    const char *rid = kp_http_request_id(ex, req);
     if (strncmp(req->path, "/admin/v1/", 10) == 0 && strcmp(req->path, "/admin/v1/status") != 0) {
         kp_http_set_route(ex, "/admin/v1/*");
         kp_admin_handle(n, ex, req, rid);
@@ -202,7 +178,7 @@ void kp_control_handle(struct kp_http_exchange *ex, const struct kp_http_request
 void kp_gateway_handle(struct kp_http_exchange *ex, const struct kp_http_request *req, void *arg)
 {
     (void)arg;
-    const char *rid = request_id(ex, req);
+    const char *rid = kp_http_request_id(ex, req);
     if (strncmp(req->path, "/v1/", 4) == 0 || strncmp(req->path, "/anthropic/", 11) == 0) {
         kp_http_set_route(ex, "/v1/*");
         kp_node_error(ex, 501, rid, "server_error", "router_not_built",

@@ -141,6 +141,11 @@ void kp_http_reset(struct kp_http_exchange *ex);
 /* Bytes queued but not yet written to this exchange's socket. */
 size_t kp_http_queued_bytes(const struct kp_http_exchange *ex);
 
+/* The request's id: the client's X-Request-Id when it is 1-128 characters
+ * of [A-Za-z0-9._:-], else a new "req_" + 32 hex digits (exchange memory;
+ * "req_unknown" when out of memory). */
+const char *kp_http_request_id(struct kp_http_exchange *ex, const struct kp_http_request *req);
+
 /* "OK", "Not Found", ... */
 const char *kp_http_reason(int status);
 

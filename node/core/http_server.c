@@ -1476,3 +1476,26 @@ void kp_http_server_close(struct kp_http_server *srv, void (*cb)(void *arg), voi
     }
     server_maybe_closed(srv);
 }
+
+const char *kp_http_request_id(struct kp_http_exchange *ex, const struct kp_http_request *req)
+{
+    const char *given = kp_http_request_header(req, "x-request-id");
+    if (given != NULL) {
+        size_t n = strlen(given);
+        bool ok = n > 0 && n <= 128;
+        for (size_t i = 0; ok && i < n; i++) {
+            char c = given[i];
+            ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '-' || c == '_' || c == '.' || c == ':';
+        }
+        if (ok)
+            return given;
+    }
+    char *id = kp_http_alloc(ex, 4 + 32 + 1);
+    if (id == NULL)
+        return "req_unknown";
+    memcpy(id, "req_", 4);
+    if (kp_random_hex(id + 4, 16) != KP_OK)
+        return "req_unknown";
+    return id;
+}
