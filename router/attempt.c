@@ -1,0 +1,439 @@
+/* Upstream attempts: one per candidate key, until one answers.
+ *
+ * An attempt that fails before any byte went to the app moves on to the
+ * next key: an upstream 401/403 (auth), 429 (rate_limit), 402 or an
+ * insufficient-quota answer (quota), a 5xx (server), a connect failure or a
+ * timeout. Any other 4xx is the request's own fault (client) and goes back
+ * to the app as the provider gave it. Once the answer has started, nothing
+ * is retried: a stream that breaks ends with an SSE error event.
+ *
+ * Streams are re-framed event by event (sse.c), which lets the gateway read
+ * usage from them and drop the usage-only chunk it asked for on the app's
+ * behalf; a slow app pauses the upstream transfer (backpressure). */
+#include <stdio.h>
+#include <string.h>
+
+#include "router_internal.h"
+
+enum { MAX_BUFFERED = 64 << 20, MAX_ERROR_BODY = 64 << 10 };
+
+static void attempt_done(void *arg, enum kp_upstream_result result, const char *detail);
+
+/* --- usage and cost ------------------------------------------------------------- */
+
+static uint64_t uint_at(const json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
+}
+
+/* OpenAI-shaped usage: chat/completions/embeddings (prompt_tokens,
+ * completion_tokens) and responses (input_tokens, output_tokens). */
+static void read_usage(struct kp_call *c, const json_t *usage)
+{
+    if (!json_is_object(usage))
+        return;
+    c->usage.present = true;
+    c->usage.input = uint_at(usage, "prompt_tokens") + uint_at(usage, "input_tokens");
+    c->usage.output = uint_at(usage, "completion_tokens") + uint_at(usage, "output_tokens");
+    json_t *d = json_object_get(usage, "prompt_tokens_details");
+    if (d == NULL)
+        d = json_object_get(usage, "input_tokens_details");
+    c->usage.cached = uint_at(d, "cached_tokens");
+}
+
+static kp_nanousd cost_of(const struct kp_price *p, const struct kp_usage_counts *u)
+{
+    if (p == NULL)
+        return 0;
+    uint64_t cached = u->cached <= u->input ? u->cached : u->input;
+    unsigned __int128 n = (unsigned __int128)(u->input - cached) * (uint64_t)p->input_per_mtok +
+                          (unsigned __int128)cached * (uint64_t)p->cached_input_per_mtok +
+                          (unsigned __int128)u->output * (uint64_t)p->output_per_mtok;
+    n = n / 1000000u + (uint64_t)p->request_fee;
+    return n > (unsigned __int128)INT64_MAX ? INT64_MAX : (kp_nanousd)n;
+}
+
+/* Fill the usage event from what the call ended with. */
+static void settle(struct kp_call *c)
+{
+    struct kp_usage_event *ev = &c->ev;
+    if (!c->usage.present && c->sent_body) {
+        /* A stream that ended without usage: estimate (~4 bytes a token). */
+        c->usage.input = c->req->body_len / 4;
+        c->usage.output = c->resp.len / 4;
+        ev->tokens_estimated = true;
+    }
+    ev->tokens_in = c->usage.input;
+    ev->tokens_out = c->usage.output;
+    ev->tokens_cached = c->usage.cached;
+    const char *served = ev->model_served[0] ? ev->model_served : c->model;
+    ev->cost = cost_of(kp_view_price(c->view, served), &c->usage);
+    ev->retries = c->attempts > 0 ? c->attempts - 1 : 0;
+}
+
+/* --- the failure of an attempt ------------------------------------------------------- */
+
+static const char *classify(int status, const struct kp_buf *body)
+{
+    if (status == 401 || status == 403)
+        return "auth";
+    if (status == 402)
+        return "quota";
+    if (status == 429) {
+        if (body->len > 0 && body->data != NULL &&
+            (strstr(body->data, "insufficient_quota") != NULL ||
+             strstr(body->data, "credit balance") != NULL))
+            return "quota";
+        return "rate_limit";
+    }
+    if (status >= 500)
+        return "server";
+    return "client";
+}
+
+static const char *result_class(enum kp_upstream_result r)
+{
+    switch (r) {
+    case KP_UPSTREAM_CONNECT:
+        return "connect";
+    case KP_UPSTREAM_TIMEOUT_CONNECT:
+    case KP_UPSTREAM_TIMEOUT_FIRST_BYTE:
+    case KP_UPSTREAM_TIMEOUT_IDLE:
+    case KP_UPSTREAM_TIMEOUT_TOTAL:
+        return "timeout";
+    default:
+        return "server";
+    }
+}
+
+/* Out of candidates: answer with what the last attempt ran into. */
+static void give_up(struct kp_call *c, const char *cls, const char *why)
+{
+    char msg[512];
+    int status = 502;
+    const char *code = "upstream_error";
+    if (strcmp(cls, "timeout") == 0)
+        status = 504, code = "upstream_timeout";
+    else if (strcmp(cls, "auth") == 0 || strcmp(cls, "quota") == 0)
+        status = 503, code = "no_usable_key";
+    else if (strcmp(cls, "rate_limit") == 0)
+        status = 429, code = "rate_limited";
+    snprintf(msg, sizeof(msg), "%s (tried %u key%s of pool %s)", why, c->attempts,
+             c->attempts == 1 ? "" : "s", c->pool_name);
+    kp_usage_set_str(c->ev.error_class, cls);
+    kp_router__fail(c, status, status == 429 ? "rate_limit_error" : "server_error", code, msg);
+}
+
+static void attempt_failed(struct kp_call *c, const char *cls, const char *why)
+{
+    kp_usage_set_str(c->ev.error_class, cls);
+    kp_info("router", "request %s: key %s failed (%s): %s; %s", c->rid, c->cur->key->e.id, cls, why,
+            c->next_cand < c->ncand ? "trying the next key" : "no key left");
+    if (c->next_cand < c->ncand) {
+        kp_router__attempt_next(c);
+        return;
+    }
+    give_up(c, cls, why);
+}
+
+/* --- answering from the upstream ------------------------------------------------------- */
+
+static void on_drain(struct kp_http_exchange *ex, void *arg)
+{
+    struct kp_call *c = arg;
+    (void)ex;
+    if (c->paused && c->up != NULL) {
+        c->paused = false;
+        kp_upstream_resume(c->up);
+    }
+}
+
+static void on_head(void *arg, int status, const struct kp_http_header *h, unsigned n)
+{
+    struct kp_call *c = arg;
+    c->up_status = status;
+    c->up_content_type[0] = '\0';
+    for (unsigned i = 0; i < n; i++)
+        if (strcmp(h[i].name, "content-type") == 0)
+            snprintf(c->up_content_type, sizeof(c->up_content_type), "%s", h[i].value);
+    if (status < 200 || status > 299 || !c->stream)
+        return;
+    if (strncmp(c->up_content_type, "text/event-stream", 17) != 0)
+        return; /* answered without streaming: relayed whole at the end */
+    struct kp_http_header out[4] = {
+        KP_HTTP_HEADER("Content-Type", "text/event-stream"),
+        KP_HTTP_HEADER("Cache-Control", "no-cache"),
+        KP_HTTP_HEADER("X-Request-Id", c->rid),
+        KP_HTTP_HEADER("X-Keyplane-Key", c->cur->key->e.id),
+    };
+    kp_http_on_drain(c->ex, on_drain, c);
+    kp_http_stream_begin(c->ex, 200, out, 4);
+    c->streaming_out = true;
+    c->ev.status = 200;
+}
+
+/* Is @data a usage-only chunk (no choices, a usage object)? */
+static bool usage_only(const json_t *chunk)
+{
+    json_t *choices = json_object_get(chunk, "choices");
+    return json_is_object(json_object_get(chunk, "usage")) &&
+           (choices == NULL || (json_is_array(choices) && json_array_size(choices) == 0));
+}
+
+static int write_event(struct kp_call *c, const char *event, size_t event_len, const char *data,
+                       size_t data_len)
+{
+    struct kp_buf out;
+    kp_buf_init(&out);
+    int rc = 0;
+    if (event != NULL && !(event_len == 7 && memcmp(event, "message", 7) == 0)) {
+        rc |= kp_buf_append_lit(&out, "event: ");
+        rc |= kp_buf_append(&out, event, event_len);
+        rc |= kp_buf_append_lit(&out, "\n");
+    }
+    /* Data may hold newlines: one data line each. */
+    const char *p = data, *end = data + data_len;
+    do {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+        rc |= kp_buf_append_lit(&out, "data: ");
+        rc |= kp_buf_append(&out, p, n);
+        rc |= kp_buf_append_lit(&out, "\n");
+        p = nl ? nl + 1 : end;
+    } while (p < end);
+    rc |= kp_buf_append_lit(&out, "\n");
+    if (rc == 0) {
+        if (!c->sent_body)
+            c->ev.ttfb_us = kp_now_mono_us() - c->start_us;
+        c->sent_body = true;
+        kp_http_stream_write(c->ex, out.data, out.len);
+    }
+    kp_buf_free(&out);
+    return rc == 0 ? 0 : KP_ENOMEM;
+}
+
+static int on_event(void *arg, const struct kp_sse_event *e)
+{
+    struct kp_call *c = arg;
+    if (!(e->data_len == 6 && memcmp(e->data, "[DONE]", 6) == 0)) {
+        json_t *chunk = json_loadb(e->data, e->data_len, 0, NULL);
+        if (chunk != NULL) {
+            json_t *model = json_object_get(chunk, "model");
+            if (json_is_string(model) && c->ev.model_served[0] == '\0')
+                kp_usage_set_str(c->ev.model_served, json_string_value(model));
+            json_t *usage = json_object_get(chunk, "usage");
+            json_t *resp = json_object_get(chunk, "response"); /* responses API */
+            if (json_is_object(usage))
+                read_usage(c, usage);
+            else if (json_is_object(resp) && json_is_object(json_object_get(resp, "usage")))
+                read_usage(c, json_object_get(resp, "usage"));
+            /* Content bytes, for an estimate if usage never comes. */
+            json_t *choices = json_object_get(chunk, "choices");
+            json_t *delta = json_object_get(json_array_get(choices, 0), "delta");
+            const char *text = json_string_value(json_object_get(delta, "content"));
+            if (text != NULL)
+                kp_buf_append(&c->resp, text, strlen(text));
+            bool drop = !c->client_wants_usage && usage_only(chunk);
+            json_decref(chunk);
+            if (drop)
+                return 0;
+        }
+    }
+    return write_event(c, e->event, e->event_len, e->data, e->data_len);
+}
+
+static bool on_body(void *arg, const void *data, size_t len)
+{
+    struct kp_call *c = arg;
+    if (c->streaming_out) {
+        int rc = kp_sse_feed(&c->sse, data, len, on_event, c);
+        if (rc != KP_OK) {
+            kp_usage_set_str(c->ev.error_class, "server");
+            return true; /* attempt_done reports the broken stream */
+        }
+        if (!kp_http_stream_writable(c->ex)) {
+            c->paused = true;
+            return false;
+        }
+        return true;
+    }
+    size_t cap = c->up_status >= 200 && c->up_status <= 299 ? MAX_BUFFERED : MAX_ERROR_BODY;
+    if (c->resp.len + len <= cap)
+        kp_buf_append(&c->resp, data, len);
+    return true;
+}
+
+static void end_stream_with_error(struct kp_call *c, const char *cls, const char *why)
+{
+    char msg[400];
+    snprintf(msg, sizeof(msg), "the upstream stream broke after it started: %s", why);
+    size_t len;
+    char *body = kp_json_error_body(msg, "server_error", "upstream_stream_error", &len);
+    if (body != NULL) {
+        write_event(c, NULL, 0, body, len);
+        kp_free(body);
+    }
+    kp_usage_set_str(c->ev.error_class, cls);
+    kp_http_stream_end(c->ex);
+}
+
+static void relay_answer(struct kp_call *c)
+{
+    json_t *doc = json_loadb(c->resp.data ? c->resp.data : "", c->resp.len, 0, NULL);
+    if (doc != NULL) {
+        read_usage(c, json_object_get(doc, "usage"));
+        json_t *model = json_object_get(doc, "model");
+        if (json_is_string(model))
+            kp_usage_set_str(c->ev.model_served, json_string_value(model));
+        json_decref(doc);
+    }
+    struct kp_http_header h[3] = {
+        KP_HTTP_HEADER("Content-Type",
+                       c->up_content_type[0] ? c->up_content_type : "application/json"),
+        KP_HTTP_HEADER("X-Request-Id", c->rid),
+        KP_HTTP_HEADER("X-Keyplane-Key", c->cur->key->e.id),
+    };
+    c->ev.status = (uint16_t)c->up_status;
+    c->ev.ttfb_us = kp_now_mono_us() - c->start_us;
+    kp_http_respond(c->ex, c->up_status, h, 3, c->resp.data, c->resp.len);
+}
+
+static void attempt_done(void *arg, enum kp_upstream_result result, const char *detail)
+{
+    struct kp_call *c = arg;
+    c->up = NULL;
+    if (c->streaming_out) {
+        if (result == KP_UPSTREAM_OK)
+            kp_http_stream_end(c->ex);
+        else
+            end_stream_with_error(c, result_class(result), detail);
+        settle(c);
+        kp_router__finish(c);
+        return;
+    }
+    if (result != KP_UPSTREAM_OK) {
+        char why[300];
+        snprintf(why, sizeof(why), "key %s: %s", c->cur->key->e.id, detail);
+        kp_buf_consume(&c->resp, c->resp.len);
+        attempt_failed(c, result_class(result), why);
+        return;
+    }
+    if (c->up_status >= 200 && c->up_status <= 299) {
+        relay_answer(c);
+        settle(c);
+        kp_router__finish(c);
+        return;
+    }
+    if (kp_buf_append(&c->resp, "", 1) == 0)
+        c->resp.len--;
+    const char *cls = classify(c->up_status, &c->resp);
+    if (strcmp(cls, "client") == 0) {
+        /* The request's own fault: the app sees the provider's answer. */
+        kp_usage_set_str(c->ev.error_class, "client");
+        relay_answer(c);
+        settle(c);
+        kp_router__finish(c);
+        return;
+    }
+    char why[160];
+    snprintf(why, sizeof(why), "key %s answered %d", c->cur->key->e.id, c->up_status);
+    kp_buf_consume(&c->resp, c->resp.len);
+    attempt_failed(c, cls, why);
+}
+
+/* --- starting an attempt ------------------------------------------------------------ */
+
+static int build_request(struct kp_call *c, const struct kp_candidate *k,
+                         struct kp_upstream_request *req, char *errmsg, size_t errlen)
+{
+    const struct kp_provider *p = k->provider;
+    const struct kp_secret *secret =
+        kp_secret_cache_get(c->r->secrets, &c->r->sh, k->key, errmsg, errlen);
+    if (secret == NULL)
+        return KP_EPERM;
+    const char *base = p->base_url;
+    size_t blen = strlen(base);
+    while (blen > 0 && base[blen - 1] == '/')
+        blen--;
+    int n;
+    unsigned nh = 0;
+    size_t slen = kp_secret_len(secret);
+    if (slen + 8 > sizeof(c->auth_header)) {
+        snprintf(errmsg, errlen, "key %s: secret too long for a header", k->key->e.id);
+        return KP_EINVAL;
+    }
+    if (p->kind == KP_PROVIDER_AZURE_OPENAI) {
+        n = snprintf(c->url, sizeof(c->url), "%.*s/openai/deployments/%s%s?api-version=%s",
+                     (int)blen, base, c->model, kp_router__suffix(c->ep), p->api_version);
+        memcpy(c->auth_header, kp_secret_data(secret), slen);
+        c->auth_header[slen] = '\0';
+        c->up_headers[nh++] = KP_HTTP_HEADER("api-key", c->auth_header);
+    } else {
+        n = snprintf(c->url, sizeof(c->url), "%.*s%s", (int)blen, base, kp_router__suffix(c->ep));
+        memcpy(c->auth_header, "Bearer ", 7);
+        memcpy(c->auth_header + 7, kp_secret_data(secret), slen);
+        c->auth_header[7 + slen] = '\0';
+        c->up_headers[nh++] = KP_HTTP_HEADER("Authorization", c->auth_header);
+    }
+    if (n < 0 || (size_t)n >= sizeof(c->url)) {
+        snprintf(errmsg, errlen, "provider %s: URL too long", p->e.id);
+        return KP_EINVAL;
+    }
+    c->up_headers[nh++] = KP_HTTP_HEADER("Content-Type", "application/json");
+    c->up_headers[nh++] =
+        KP_HTTP_HEADER("Accept", c->stream ? "text/event-stream" : "application/json");
+    for (uint32_t i = 0; i < p->headers.n && nh < sizeof(c->up_headers) / sizeof(c->up_headers[0]);
+         i++)
+        c->up_headers[nh++] = KP_HTTP_HEADER(p->headers.v[i].key, p->headers.v[i].value);
+    c->n_up_headers = nh;
+    memset(req, 0, sizeof(*req));
+    req->method = "POST";
+    req->url = c->url;
+    req->allow_http = p->allow_insecure;
+    req->headers = c->up_headers;
+    req->n_headers = nh;
+    if (c->upstream_body.len > 0) {
+        req->body = c->upstream_body.data;
+        req->body_len = c->upstream_body.len;
+    } else {
+        req->body = c->req->body;
+        req->body_len = c->req->body_len;
+    }
+    return KP_OK;
+}
+
+void kp_router__attempt_next(struct kp_call *c)
+{
+    static const struct kp_upstream_callbacks cbs = {on_head, on_body, attempt_done, NULL};
+    char errmsg[300] = "";
+    while (c->next_cand < c->ncand) {
+        const struct kp_candidate *k = &c->cand[c->next_cand++];
+        struct kp_upstream_request req;
+        c->cur = k;
+        c->attempts++;
+        kp_usage_set_str(c->ev.key_id, k->key->e.id);
+        kp_usage_set_str(c->ev.provider, k->provider->e.id);
+        kp_usage_set_str(c->ev.pool, k->pool);
+        c->up_status = 0;
+        int rc = build_request(c, k, &req, errmsg, sizeof(errmsg));
+        if (rc == KP_OK) {
+            struct kp_upstream_callbacks cb = cbs;
+            cb.arg = c;
+            rc = kp_upstream_start(c->r->up, &req, &cb, &c->up, errmsg, sizeof(errmsg));
+        }
+        kp_secret_wipe(c->auth_header, sizeof(c->auth_header));
+        if (rc == KP_OK)
+            return;
+        kp_warn("router", "request %s: key %s skipped: %s", c->rid, k->key->e.id, errmsg);
+    }
+    give_up(c, "server", errmsg[0] ? errmsg : "no key could be tried");
+}
+
+void kp_router__attempt_cancel(struct kp_call *c)
+{
+    if (c->up != NULL) {
+        kp_upstream_cancel(c->up);
+        c->up = NULL;
+    }
+}

@@ -1,0 +1,386 @@
+/* The gateway's request path (docs/router.md):
+ *
+ *   route -> view -> parse body once -> token -> scope -> candidate keys
+ *         -> attempts (attempt.c) -> answer -> one usage event
+ *
+ * Everything runs on the worker's loop; the registry is the view acquired
+ * when the request arrived, held until the call ends, so a registry change
+ * mid-call cannot pull an entity from under it. */
+#include <stdio.h>
+#include <string.h>
+
+#include "router_internal.h"
+
+struct route {
+    const char *path;
+    enum kp_endpoint ep;
+    const char *label;
+    const char *suffix; /* appended to an OpenAI-shaped provider's base URL */
+};
+
+static const struct route routes[] = {
+    {"/v1/chat/completions", KP_EP_CHAT, "/v1/chat/completions", "/chat/completions"},
+    {"/v1/completions", KP_EP_COMPLETIONS, "/v1/completions", "/completions"},
+    {"/v1/embeddings", KP_EP_EMBEDDINGS, "/v1/embeddings", "/embeddings"},
+    {"/v1/responses", KP_EP_RESPONSES, "/v1/responses", "/responses"},
+};
+
+const char *kp_router__suffix(enum kp_endpoint ep)
+{
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+        if (routes[i].ep == ep)
+            return routes[i].suffix;
+    return "";
+}
+
+/* --- lifecycle of a call ------------------------------------------------------ */
+
+static void call_free(struct kp_call *c)
+{
+    struct kp_router *r = c->r;
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else if (r->calls == c)
+        r->calls = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    json_decref(c->body);
+    kp_buf_free(&c->upstream_body);
+    kp_buf_free(&c->resp);
+    kp_sse_free(&c->sse);
+    kp_secret_wipe(c->auth_header, sizeof(c->auth_header));
+    if (c->view != NULL)
+        kp_view_release(c->view);
+    kp_free(c);
+}
+
+void kp_router__finish(struct kp_call *c)
+{
+    if (c->done)
+        return;
+    c->done = true;
+    if (c->model != NULL || c->token != NULL) {
+        c->ev.total_us = kp_now_mono_us() - c->start_us;
+        c->ev.streamed = c->stream;
+        if (c->r->sh.usage.record != NULL)
+            c->r->sh.usage.record(c->r->sh.usage.arg, &c->ev);
+    }
+    call_free(c);
+}
+
+int kp_router__fail(struct kp_call *c, int status, const char *type, const char *code,
+                    const char *message)
+{
+    size_t len;
+    char *body = kp_json_error_body(message, type, code, &len);
+    struct kp_http_header h[3] = {
+        KP_HTTP_HEADER("Content-Type", "application/json"),
+        KP_HTTP_HEADER("X-Request-Id", c->rid),
+        KP_HTTP_HEADER("X-Keyplane-Error", code),
+    };
+    c->ev.status = (uint16_t)status;
+    if (c->ev.error_class[0] == '\0')
+        kp_usage_set_str(c->ev.error_class, status >= 500 ? "server" : "client");
+    if (body != NULL) {
+        kp_http_respond(c->ex, status, h, 3, body, len);
+        kp_free(body);
+    } else {
+        kp_http_respond(c->ex, 503, h + 1, 2, NULL, 0);
+    }
+    kp_router__finish(c);
+    return KP_EPERM;
+}
+
+static void on_abort(struct kp_http_exchange *ex, void *arg)
+{
+    struct kp_call *c = arg;
+    (void)ex;
+    kp_router__attempt_cancel(c);
+    kp_usage_set_str(c->ev.error_class, "cancelled");
+    kp_http_reset(c->ex);
+    kp_router__finish(c);
+}
+
+/* --- the body ----------------------------------------------------------------- */
+
+static int parse_body(struct kp_call *c)
+{
+    json_error_t err;
+    c->body = json_loadb(c->req->body, c->req->body_len, 0, &err);
+    if (c->body == NULL || !json_is_object(c->body)) {
+        char msg[300];
+        if (c->body == NULL)
+            snprintf(msg, sizeof(msg), "the body is not valid JSON (line %d, column %d): %s",
+                     err.line, err.column, err.text);
+        else
+            snprintf(msg, sizeof(msg), "the body must be a JSON object");
+        return kp_router__fail(c, 400, "invalid_request_error", "invalid_json", msg);
+    }
+    json_t *model = json_object_get(c->body, "model");
+    if (!json_is_string(model) || json_string_length(model) == 0 ||
+        json_string_length(model) > KP_USAGE_STR_MAX)
+        return kp_router__fail(c, 400, "invalid_request_error", "missing_model",
+                               "model: required, a non-empty string (the model to call)");
+    c->model = json_string_value(model);
+    kp_usage_set_str(c->ev.model_requested, c->model);
+    json_t *stream = json_object_get(c->body, "stream");
+    if (stream != NULL && !json_is_boolean(stream) && !json_is_null(stream))
+        return kp_router__fail(c, 400, "invalid_request_error", "invalid_field",
+                               "stream: must be true or false");
+    c->stream = json_is_true(stream);
+    if (c->stream && c->ep == KP_EP_EMBEDDINGS)
+        return kp_router__fail(c, 400, "invalid_request_error", "invalid_field",
+                               "stream: embeddings cannot be streamed");
+    json_t *so = json_object_get(c->body, "stream_options");
+    c->client_wants_usage = json_is_true(json_object_get(so, "include_usage"));
+    return KP_OK;
+}
+
+/* The bytes sent upstream: the app's body as it came, unless the gateway
+ * must ask for usage in a stream the app did not ask it for. */
+static int upstream_body(struct kp_call *c)
+{
+    if (!(c->stream && (c->ep == KP_EP_CHAT || c->ep == KP_EP_COMPLETIONS) &&
+          !c->client_wants_usage))
+        return KP_OK;
+    json_t *so = json_object_get(c->body, "stream_options");
+    if (!json_is_object(so)) {
+        so = json_object();
+        if (so == NULL || json_object_set_new(c->body, "stream_options", so) != 0)
+            return KP_ENOMEM;
+    }
+    if (json_object_set_new(so, "include_usage", json_true()) != 0)
+        return KP_ENOMEM;
+    size_t len;
+    char *text = kp_json_dumps(c->body, &len);
+    if (text == NULL)
+        return KP_ENOMEM;
+    int rc = kp_buf_append(&c->upstream_body, text, len) == 0 ? KP_OK : KP_ENOMEM;
+    kp_free(text);
+    return rc;
+}
+
+/* --- GET /v1/models ------------------------------------------------------------- */
+
+struct models_acc {
+    struct kp_call *c;
+    json_t *seen;
+};
+
+static void add_model(struct models_acc *m, const char *id)
+{
+    struct kp_token_refusal r;
+    if (strchr(id, '*') != NULL || json_object_get(m->seen, id) != NULL)
+        return;
+    if (kp_token_scope_allows(&m->c->scope, m->c->start_ms, NULL, NULL, NULL, id, &r) != KP_OK)
+        return;
+    json_object_set_new(m->seen, id, json_true());
+}
+
+static int model_of_price(const struct kp_entity *e, void *arg)
+{
+    add_model(arg, e->id);
+    return 0;
+}
+
+/* The models this token may call: those named by the keys of its pool
+ * chain, and every priced model when a key allows any. */
+static void handle_models(struct kp_call *c)
+{
+    struct models_acc m = {c, json_object()};
+    bool any = false;
+    const char *name = c->pool_name;
+    for (int depth = 0; name != NULL && depth < 8 && m.seen != NULL; depth++) {
+        const struct kp_pool *pool = kp_view_pool(c->view, name);
+        if (pool == NULL)
+            break;
+        for (uint32_t i = 0; i < pool->nmembers; i++) {
+            const struct kp_key *k = kp_view_pool_key(c->view, pool, i);
+            if (k == NULL || k->status != KP_KEY_ACTIVE)
+                continue;
+            any |= k->models.n == 0;
+            for (uint32_t j = 0; j < k->models.n; j++)
+                add_model(&m, k->models.v[j]);
+        }
+        name = pool->fallback;
+    }
+    if (any && m.seen != NULL)
+        kp_view_each(c->view, KP_KIND_PRICE, model_of_price, &m);
+    json_t *data = json_array();
+    const char *id;
+    json_t *v;
+    json_object_foreach(m.seen, id, v)
+    {
+        json_array_append_new(data, json_pack("{s:s,s:s,s:i,s:s}", "id", id, "object", "model",
+                                              "created", 0, "owned_by", "keyplane"));
+    }
+    json_decref(m.seen);
+    json_t *out = json_pack("{s:s,s:o}", "object", "list", "data", data);
+    size_t len;
+    char *text = out ? kp_json_dumps(out, &len) : NULL;
+    json_decref(out);
+    if (text == NULL) {
+        kp_router__fail(c, 503, "server_error", "out_of_memory", "out of memory; retry");
+        return;
+    }
+    struct kp_http_header h[2] = {KP_HTTP_HEADER("Content-Type", "application/json"),
+                                  KP_HTTP_HEADER("X-Request-Id", c->rid)};
+    kp_http_respond(c->ex, 200, h, 2, text, len);
+    kp_free(text);
+    c->model = NULL; /* not a model call: no usage event */
+    c->token = NULL;
+    kp_router__finish(c);
+}
+
+/* --- the handler ------------------------------------------------------------------ */
+
+static struct kp_call *call_new(struct kp_router *r, struct kp_http_exchange *ex,
+                                const struct kp_http_request *req, const char *rid)
+{
+    struct kp_call *c = kp_calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->r = r;
+    c->ex = ex;
+    c->req = req;
+    c->rid = rid;
+    c->start_ms = kp_now_unix_ms();
+    c->start_us = kp_now_mono_us();
+    kp_buf_init(&c->upstream_body);
+    kp_buf_init(&c->resp);
+    kp_sse_init(&c->sse, 0);
+    kp_usage_event_init(&c->ev);
+    c->ev.time_ms = c->start_ms;
+    kp_usage_set_str(c->ev.request_id, rid);
+    kp_usage_set_str(c->ev.node, r->sh.node_name ? r->sh.node_name : "");
+    c->next = r->calls;
+    if (r->calls != NULL)
+        r->calls->prev = c;
+    r->calls = c;
+    return c;
+}
+
+static void plain_error(struct kp_http_exchange *ex, const char *rid, int status, const char *code,
+                        const char *msg)
+{
+    size_t len;
+    char *body = kp_json_error_body(msg, "invalid_request_error", code, &len);
+    struct kp_http_header h[3] = {
+        KP_HTTP_HEADER("Content-Type", "application/json"),
+        KP_HTTP_HEADER("X-Request-Id", rid),
+        KP_HTTP_HEADER("X-Keyplane-Error", code),
+    };
+    if (body == NULL) {
+        kp_http_respond(ex, 503, h + 1, 1, NULL, 0);
+        return;
+    }
+    kp_http_respond(ex, status, h, 3, body, len);
+    kp_free(body);
+}
+
+void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request *req, void *arg)
+{
+    struct kp_router *r = arg;
+    const char *rid = kp_http_request_id(ex, req);
+    const struct route *rt = NULL;
+    bool models = strcmp(req->path, "/v1/models") == 0;
+    for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]) && !models; i++)
+        if (strcmp(req->path, routes[i].path) == 0)
+            rt = &routes[i];
+    if (rt == NULL && !models) {
+        kp_http_set_route(ex, "other");
+        plain_error(ex, rid, 404, "not_found",
+                    "no such endpoint: keyplane serves /v1/chat/completions, /v1/completions, "
+                    "/v1/embeddings, /v1/responses and /v1/models");
+        return;
+    }
+    kp_http_set_route(ex, models ? "/v1/models" : rt->label);
+    const char *want = models ? "GET" : "POST";
+    if (strcmp(req->method, want) != 0) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "%s %s is not allowed; use %s", req->method, req->path, want);
+        plain_error(ex, rid, 405, "method_not_allowed", msg);
+        return;
+    }
+    struct kp_call *c = call_new(r, ex, req, rid);
+    if (c == NULL) {
+        plain_error(ex, rid, 503, "out_of_memory", "out of memory; retry");
+        return;
+    }
+    c->view = kp_view_acquire(r->sh.views);
+    if (c->view == NULL) {
+        kp_router__fail(c, 503, "server_error", "not_ready",
+                        "this keyplane node has no registry yet; retry shortly");
+        return;
+    }
+    if (!models) {
+        c->ep = rt->ep;
+        c->route = rt->label;
+        if (parse_body(c) != KP_OK)
+            return;
+    }
+    if (kp_router__authenticate(c) != KP_OK || kp_router__scope(c) != KP_OK)
+        return;
+    if (models) {
+        handle_models(c);
+        return;
+    }
+    if (kp_router__select(c) != KP_OK)
+        return;
+    if (upstream_body(c) != KP_OK) {
+        kp_router__fail(c, 503, "server_error", "out_of_memory", "out of memory; retry");
+        return;
+    }
+    kp_http_on_abort(ex, on_abort, c);
+    kp_router__attempt_next(c);
+}
+
+/* --- the router ------------------------------------------------------------------- */
+
+int kp_router_new(struct kp_router **out, uv_loop_t *loop, const struct kp_router_shared *shared,
+                  char *errmsg, size_t errlen)
+{
+    struct kp_router *r = kp_calloc(1, sizeof(*r));
+    if (r == NULL) {
+        snprintf(errmsg, errlen, "out of memory");
+        return KP_ENOMEM;
+    }
+    r->loop = loop;
+    r->sh = *shared;
+    r->secrets = kp_secret_cache_new();
+    int rc = r->secrets ? kp_upstream_new(&r->up, loop, errmsg, errlen) : KP_ENOMEM;
+    if (rc != KP_OK) {
+        kp_secret_cache_free(r->secrets);
+        kp_free(r);
+        return rc;
+    }
+    *out = r;
+    return KP_OK;
+}
+
+static void upstream_closed(void *arg)
+{
+    struct kp_router *r = arg;
+    void (*cb)(void *) = r->close_cb;
+    void *cb_arg = r->close_arg;
+    kp_secret_cache_free(r->secrets);
+    kp_free(r);
+    if (cb != NULL)
+        cb(cb_arg);
+}
+
+void kp_router_close(struct kp_router *r, void (*cb)(void *arg), void *arg)
+{
+    r->closing = true;
+    r->close_cb = cb;
+    r->close_arg = arg;
+    /* The HTTP server closed first and aborted every exchange, so calls
+     * are normally gone; any left are cancelled here. */
+    while (r->calls != NULL) {
+        struct kp_call *c = r->calls;
+        kp_router__attempt_cancel(c);
+        kp_http_reset(c->ex);
+        kp_router__finish(c);
+    }
+    kp_upstream_close(r->up, upstream_closed, r);
+}

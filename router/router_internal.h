@@ -1,0 +1,127 @@
+/* Internal to router/: one call's state and the steps that share it.
+ *
+ *   gateway.c   routes a request, parses its body once, runs the steps
+ *               below, records the usage event, answers errors
+ *   auth.c      the app token and the attribution headers vs its scope
+ *   select.c    the pool's usable keys, in the order they are tried
+ *   attempt.c   one upstream attempt per key: request, streaming back,
+ *               usage capture, failover to the next key
+ *   secrets.c   the worker's cache of opened provider secrets */
+#ifndef KP_ROUTER_INTERNAL_H
+#define KP_ROUTER_INTERNAL_H
+
+#include <jansson.h>
+
+#include "adapter.h"
+#include "router/router.h"
+#include "sse.h"
+#include "upstream.h"
+
+enum kp_endpoint {
+    KP_EP_CHAT,        /* /v1/chat/completions */
+    KP_EP_COMPLETIONS, /* /v1/completions */
+    KP_EP_EMBEDDINGS,  /* /v1/embeddings */
+    KP_EP_RESPONSES,   /* /v1/responses */
+};
+
+/* A key the call may try, in order. */
+struct kp_candidate {
+    const struct kp_key *key;
+    const struct kp_provider *provider;
+    const char *pool;
+};
+
+#define KP_MAX_CANDIDATES 64
+
+struct kp_secret_cache;
+
+struct kp_router {
+    uv_loop_t *loop;
+    struct kp_upstream *up;
+    struct kp_router_shared sh;
+    struct kp_secret_cache *secrets;
+    struct kp_call *calls; /* in flight, for close */
+    bool closing;
+    void (*close_cb)(void *arg);
+    void *close_arg;
+};
+
+struct kp_call {
+    struct kp_router *r;
+    struct kp_call *next, *prev; /* r->calls */
+    struct kp_http_exchange *ex;
+    const struct kp_http_request *req;
+    const char *rid;
+    enum kp_endpoint ep;
+    const char *route; /* metrics label */
+    struct kp_view *view;
+    const struct kp_token *token;
+    struct kp_token_scope scope;
+    const char *pool_name;
+    int64_t start_ms;
+    uint64_t start_us;
+
+    json_t *body;      /* the app's request */
+    const char *model; /* from body */
+    bool stream;
+    bool client_wants_usage;     /* stream_options.include_usage from the app */
+    struct kp_buf upstream_body; /* what goes upstream when rewritten */
+
+    struct kp_candidate cand[KP_MAX_CANDIDATES];
+    unsigned ncand, next_cand;
+    unsigned attempts;
+
+    /* the current attempt */
+    const struct kp_candidate *cur;
+    struct kp_upstream_call *up;
+    struct kp_http_header up_headers[40];
+    unsigned n_up_headers;
+    char auth_header[4200]; /* "Bearer <secret>": wiped after start */
+    char url[2600];
+    int up_status;
+    char up_content_type[128];
+    bool streaming_out; /* response head sent to the app */
+    bool sent_body;     /* bytes of the answer went to the app */
+    bool paused;
+    struct kp_buf resp; /* non-stream answer, or a failed attempt's body */
+    struct kp_sse_parser sse;
+    struct kp_usage_counts usage;
+
+    struct kp_usage_event ev;
+    bool done;
+};
+
+/* gateway.c: answer an OpenAI-shaped error (X-Request-Id, X-Keyplane-Error),
+ * record the usage event, end the call. Returns KP_EPERM, so a step can
+ * `return kp_router__fail(...)`. */
+int kp_router__fail(struct kp_call *c, int status, const char *type, const char *code,
+                    const char *message);
+/* gateway.c: the call is over (answered): record usage, free. */
+void kp_router__finish(struct kp_call *c);
+
+/* gateway.c: what an OpenAI-shaped provider's base URL gets appended. */
+const char *kp_router__suffix(enum kp_endpoint ep);
+
+/* auth.c */
+int kp_router__authenticate(struct kp_call *c);
+int kp_router__scope(struct kp_call *c);
+
+/* select.c: fill c->cand (answers 404 for a model no key of the pool may
+ * serve, 503 when none is usable). */
+int kp_router__select(struct kp_call *c);
+
+/* attempt.c: try the next candidate; on failure before any byte went to
+ * the app, the next; answers when out of candidates. */
+void kp_router__attempt_next(struct kp_call *c);
+void kp_router__attempt_cancel(struct kp_call *c);
+
+/* secrets.c */
+struct kp_secret_cache *kp_secret_cache_new(void);
+void kp_secret_cache_free(struct kp_secret_cache *sc);
+/* The opened primary secret of @key (cached by key id and version); NULL
+ * with @errmsg when it cannot be opened (never the secret itself). */
+const struct kp_secret *kp_secret_cache_get(struct kp_secret_cache *sc,
+                                            const struct kp_router_shared *sh,
+                                            const struct kp_key *key, char *errmsg, size_t errlen);
+
+#endif

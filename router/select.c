@@ -1,0 +1,141 @@
+/* Which keys a call may use, in the order it tries them: the pool's
+ * members by priority (lower first; members of equal priority in their
+ * listed order, rotated per call so load spreads), skipping keys that are
+ * disabled, revoked, unhealthy (invalid, quota exhausted, disabled by
+ * health), without a usable secret, not allowed the model, or of a
+ * provider the endpoint cannot be sent to; then the fallback pool's, and
+ * so on down the fallback chain (each pool must be in the token's scope).
+ *
+ * Two refusals come out of here: 404 when no key of any pool in the chain
+ * may serve the model at all, and 503 when some may but none is usable
+ * now (the message names the pool and why, never a secret). */
+#include <stdio.h>
+#include <string.h>
+
+#include "router_internal.h"
+
+static bool model_allowed(const struct kp_key *k, const char *model)
+{
+    if (k->models.n == 0)
+        return true;
+    for (uint32_t i = 0; i < k->models.n; i++) {
+        const char *m = k->models.v[i];
+        size_t n = strlen(m);
+        if (n > 0 && m[n - 1] == '*' ? strncmp(m, model, n - 1) == 0 : strcmp(m, model) == 0)
+            return true;
+    }
+    return false;
+}
+
+static bool endpoint_supported(enum kp_endpoint ep, const struct kp_provider *p)
+{
+    switch (p->kind) {
+    case KP_PROVIDER_OPENAI:
+    case KP_PROVIDER_OPENAI_COMPATIBLE:
+    case KP_PROVIDER_AZURE_OPENAI:
+        return true;
+    default:
+        return false; /* anthropic and gemini: through adapters, to come */
+    }
+    (void)ep;
+}
+
+/* Why the last skipped key was skipped, for the 503 message. */
+struct reasons {
+    unsigned model_ok; /* keys that may serve the model */
+    char last[200];
+};
+
+static void consider(struct kp_call *c, const struct kp_pool *pool, struct reasons *why,
+                     unsigned start)
+{
+    /* Priority order: a stable selection by priority, starting each
+     * priority group at a rotating offset. */
+    uint32_t n = pool->nmembers;
+    bool used[256] = {false};
+    for (uint32_t round = 0; round < n && c->ncand < KP_MAX_CANDIDATES; round++) {
+        uint32_t best = UINT32_MAX, best_prio = UINT32_MAX, count = 0;
+        for (uint32_t i = 0; i < n; i++)
+            if (!used[i] && pool->members[i].priority < best_prio)
+                best_prio = pool->members[i].priority;
+        for (uint32_t i = 0; i < n; i++)
+            count += !used[i] && pool->members[i].priority == best_prio;
+        if (count == 0)
+            break;
+        uint32_t skip = start % count;
+        for (uint32_t i = 0; i < n; i++) {
+            if (used[i] || pool->members[i].priority != best_prio)
+                continue;
+            if (skip-- == 0) {
+                best = i;
+                break;
+            }
+        }
+        used[best] = true;
+        const struct kp_key *k = kp_view_pool_key(c->view, pool, best);
+        if (k == NULL)
+            continue;
+        if (!model_allowed(k, c->model)) {
+            snprintf(why->last, sizeof(why->last), "key %s is not allowed model %s", k->e.id,
+                     c->model);
+            continue;
+        }
+        why->model_ok++;
+        const struct kp_provider *p = kp_view_provider(c->view, k->provider);
+        const struct kp_key_health *h = kp_view_key_health(c->view, k->e.id);
+        if (k->status != KP_KEY_ACTIVE) {
+            snprintf(why->last, sizeof(why->last), "key %s is %s", k->e.id,
+                     kp_key_status_name(k->status));
+        } else if (h != NULL &&
+                   (h->status == KP_HEALTH_INVALID || h->status == KP_HEALTH_QUOTA_EXHAUSTED ||
+                    h->status == KP_HEALTH_DISABLED)) {
+            snprintf(why->last, sizeof(why->last), "key %s is %s", k->e.id,
+                     kp_health_status_name(h->status));
+        } else if (kp_key_primary(k) == NULL) {
+            snprintf(why->last, sizeof(why->last), "key %s has no secret", k->e.id);
+        } else if (p == NULL || !endpoint_supported(c->ep, p)) {
+            snprintf(why->last, sizeof(why->last),
+                     "key %s's provider kind is not served by this gateway yet", k->e.id);
+        } else {
+            c->cand[c->ncand++] = (struct kp_candidate){k, p, pool->e.id};
+        }
+    }
+}
+
+int kp_router__select(struct kp_call *c)
+{
+    struct reasons why = {0, ""};
+    const char *name = c->pool_name;
+    unsigned start = (unsigned)(c->start_us / 7);
+    for (int depth = 0; name != NULL && depth < 8; depth++) {
+        const struct kp_pool *pool = kp_view_pool(c->view, name);
+        if (pool == NULL) {
+            if (depth == 0) {
+                char msg[300];
+                snprintf(msg, sizeof(msg),
+                         "no pool named %s: set X-Keyplane-Pool to a pool of your token, or "
+                         "ask your operator to create it",
+                         name);
+                return kp_router__fail(c, 404, "invalid_request_error", "pool_not_found", msg);
+            }
+            break;
+        }
+        struct kp_token_refusal r;
+        if (depth > 0 &&
+            kp_token_scope_allows(&c->scope, c->start_ms, NULL, NULL, name, NULL, &r) != KP_OK)
+            break;
+        consider(c, pool, &why, start);
+        name = pool->fallback;
+    }
+    if (c->ncand > 0)
+        return KP_OK;
+    char msg[512];
+    if (why.model_ok == 0) {
+        snprintf(msg, sizeof(msg), "model %s is not served by pool %s (or its fallbacks)", c->model,
+                 c->pool_name);
+        return kp_router__fail(c, 404, "invalid_request_error", "model_not_found", msg);
+    }
+    snprintf(msg, sizeof(msg), "no usable key in pool %s for model %s: %s", c->pool_name, c->model,
+             why.last);
+    return kp_router__fail(c, 503, "server_error", "no_usable_key", msg);
+}
