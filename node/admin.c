@@ -63,6 +63,7 @@ static const struct {
 #define N_KINDS (sizeof(kinds) / sizeof(kinds[0]))
 
 static void handle_whoami(struct kp_admin_req *r);
+static void handle_usage_recent(struct kp_admin_req *r);
 static void handle_list(struct kp_admin_req *r);
 static void handle_get(struct kp_admin_req *r);
 static void handle_put(struct kp_admin_req *r);
@@ -73,11 +74,13 @@ static void handle_cluster(struct kp_admin_req *r);
 #define AUDIT KP_PERM_READ_AUDIT
 #define CHG   KP_PERM_CHANGE
 #define OPR   KP_PERM_OPERATE
+#define USAGE KP_PERM_READ_USAGE
 
 /* First match of path and method wins; the specific key routes come before
  * the generic {kind} ones. */
 static const struct kp_admin_route routes[] = {
     {"GET", "/admin/v1/whoami", 0, -1, KP_OP_NONE, handle_whoami},
+    {"GET", "/admin/v1/usage/recent", USAGE, -1, KP_OP_NONE, handle_usage_recent},
     {"GET", "/admin/v1/audit", AUDIT, -1, KP_OP_NONE, kp_admin__audit_list},
     {"GET", "/admin/v1/audit/verify", AUDIT, -1, KP_OP_NONE, kp_admin__audit_verify},
     {"GET", "/admin/v1/cluster", READ, -1, KP_OP_NONE, handle_cluster},
@@ -428,6 +431,29 @@ static enum kp_op kind_op(int kind, bool del)
     return KP_OP_NONE;
 }
 
+/* The last usage events this node's router recorded (in memory until the
+ * meter pipeline lands): ?limit=N, 1..10000, default 100. */
+static void handle_usage_recent(struct kp_admin_req *r)
+{
+    const char *lim = kp_admin__query(r, "limit");
+    long limit = 100;
+    if (lim != NULL) {
+        char *end = NULL;
+        limit = strtol(lim, &end, 10);
+        if (end == lim || *end != '\0' || limit < 1 || limit > 10000) {
+            kp_admin__fail(r, 400, "invalid_query", "limit", "limit: an integer from 1 to 10000");
+            return;
+        }
+    }
+    json_t *events = kp_usage_log_recent(r->n->usage, (size_t)limit);
+    if (events == NULL) {
+        kp_admin__oom(r);
+        return;
+    }
+    kp_admin__respond(
+        r, 200, json_pack("{s:o,s:s}", "events", events, "node", r->n->cfg->node_name), 0, false);
+}
+
 static void handle_whoami(struct kp_admin_req *r)
 {
     json_t *perms = json_array();
@@ -755,12 +781,14 @@ void kp_admin_handle(struct kp_node *n, struct kp_http_exchange *ex,
 
     const char *c = kp_admin__query(r, "consistent");
     bool consistent = c != NULL && strcmp(c, "true") == 0;
+    /* The caller is checked here first, against this node's replica, so
+     * that only requests from valid tokens cost a forward. */
+    if (!kp_admin__authenticate(r, route_perm(r->route, r->kind)))
+        return;
     if ((!is_read(req->method) || consistent) && !kp_store_is_leader(n->store)) {
         kp_forward_to_leader(n, ex, req, rid);
         return;
     }
-    if (!kp_admin__authenticate(r, route_perm(r->route, r->kind)))
-        return;
     int nparams = 0;
     while (nparams < 2 && params[nparams] != NULL)
         nparams++;

@@ -202,6 +202,15 @@ static void refuse_caller(struct kp_admin_req *r, const struct denial *d)
         kp_admin__fail(r, 503, d->code, NULL, "%s", d->msg);
         return;
     }
+    if (d->role[0] == '\0') {
+        /* No token of this registry (missing, malformed, unknown): answered
+         * here and counted, not written to the replicated audit chain, so
+         * that anonymous traffic can neither fill the log nor push real
+         * entries out of the retained audit history. */
+        kp_metric_add(unaudited_metric(), 1);
+        kp_admin__fail(r, d->status, d->code, NULL, "%s", d->msg);
+        return;
+    }
     if (!kp_store_is_leader(r->n->store)) {
         kp_forward_to_leader(r->n, r->ex, r->req, r->rid);
         return;

@@ -174,18 +174,3 @@ void kp_control_handle(struct kp_http_exchange *ex, const struct kp_http_request
     kp_node_error(ex, 404, rid, "invalid_request_error", "not_found",
                   "no such endpoint on the control port; see docs/architecture.md");
 }
-
-void kp_gateway_handle(struct kp_http_exchange *ex, const struct kp_http_request *req, void *arg)
-{
-    (void)arg;
-    const char *rid = kp_http_request_id(ex, req);
-    if (strncmp(req->path, "/v1/", 4) == 0 || strncmp(req->path, "/anthropic/", 11) == 0) {
-        kp_http_set_route(ex, "/v1/*");
-        kp_node_error(ex, 501, rid, "server_error", "router_not_built",
-                      "this keyplaned has no gateway router yet: model calls are not served "
-                      "by this build");
-        return;
-    }
-    kp_node_error(ex, 404, rid, "invalid_request_error", "not_found",
-                  "no such endpoint; model calls go to /v1/...");
-}

@@ -85,6 +85,7 @@ static void call_work(uv_work_t *w)
     if (rc == CURLE_OK)                                                                            \
     rc = curl_easy_setopt(curl, opt, val)
     SET(CURLOPT_URL, c->url);
+    SET(CURLOPT_PATH_AS_IS, 1L); /* forward the target exactly as received */
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_FOLLOWLOCATION, 0L);
     SET(CURLOPT_NOSIGNAL, 1L);
@@ -97,7 +98,9 @@ static void call_work(uv_work_t *w)
     SET(CURLOPT_HEADERFUNCTION, on_header);
     SET(CURLOPT_HEADERDATA, &c->res);
     SET(CURLOPT_ERRORBUFFER, curl_err);
-    if (c->body != NULL) {
+    if (strcmp(c->method, "HEAD") == 0) {
+        SET(CURLOPT_NOBODY, 1L);
+    } else if (c->body != NULL) {
         SET(CURLOPT_POSTFIELDS, c->body);
         SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->body_len);
     } else if (strcmp(c->method, "GET") == 0) {
@@ -189,6 +192,12 @@ struct forward {
     char rid[160];
 };
 
+/* Forwards in flight: each holds a threadpool thread until the leader
+ * answers, so beyond this many the node answers 503 at once instead of
+ * queueing behind them (joins and status polls share the pool). */
+enum { MAX_FORWARDS = 32, FORWARD_TIMEOUT_MS = 10000 };
+static unsigned forwards_inflight;
+
 struct find_member {
     uint64_t node_id;
     char *control;
@@ -222,6 +231,7 @@ bool kp_node_member_control(struct kp_node *n, uint64_t node_id, char *out, size
 static void forward_done(void *arg, const struct kp_call_result *r)
 {
     struct forward *f = arg;
+    forwards_inflight--;
     if (r->status == 0) {
         char msg[400];
         snprintf(msg, sizeof(msg), "cannot reach the leader: %s; retry shortly", r->error);
@@ -282,6 +292,12 @@ void kp_forward_to_leader(struct kp_node *n, struct kp_http_exchange *ex,
                        "shortly");
         return;
     }
+    if (forwards_inflight >= MAX_FORWARDS) {
+        kp_admin_error(ex, 503, rid, "unavailable", "too_many_forwards", NULL,
+                       "this node has too many requests waiting on the leader; retry shortly, "
+                       "or send to the leader");
+        return;
+    }
     struct forward *f = kp_calloc(1, sizeof(*f));
     char url[1024];
     const char *hdrs[16];
@@ -307,12 +323,15 @@ void kp_forward_to_leader(struct kp_node *n, struct kp_http_exchange *ex,
     hdrs[nh++] = rid_line;
     hdrs[nh++] = "X-Keyplane-Forwarded: 1";
     hdrs[nh] = NULL;
-    bool has_body = req->body_len > 0 || strcmp(req->method, "GET") != 0;
+    bool has_body =
+        req->body_len > 0 || (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0);
     int rc = kp_call_start(kp_http_loop(ex), req->method, url, hdrs, has_body ? req->body : NULL,
-                           req->body_len, 30000, forward_done, f);
+                           req->body_len, FORWARD_TIMEOUT_MS, forward_done, f);
     kp_secret_wipe(lines, sizeof(lines)); /* the Authorization line */
     if (rc != KP_OK) {
         kp_free(f);
         kp_admin_error(ex, 503, rid, "unavailable", "out_of_memory", NULL, "out of memory; retry");
+        return;
     }
+    forwards_inflight++;
 }

@@ -420,6 +420,8 @@ static void join_send(struct kp_node *n)
  * another control address), ask the leader, through this node's own
  * control listener which forwards it, to record the current one: a join of
  * a node already in the configuration only updates its record. */
+static void on_change(void *arg);
+
 static void check_own_record(struct kp_node *n)
 {
     char control[256];
@@ -432,10 +434,18 @@ static void check_own_record(struct kp_node *n)
     }
     uint64_t leader;
     char addr[256];
-    if (kp_store_leader(n->store, &leader, addr, sizeof(addr)) != KP_OK)
+    int64_t now = kp_now_unix_ms();
+    if (now - n->record_tried_ms < 5000 ||
+        kp_store_leader(n->store, &leader, addr, sizeof(addr)) != KP_OK)
         return;
+    n->record_tried_ms = now;
     snprintf(n->join_target, sizeof(n->join_target), "%s", n->rt->control_addr);
     join_send(n);
+}
+
+void kp_node_check(struct kp_node *n)
+{
+    on_change(n);
 }
 
 static void on_change(void *arg)
@@ -445,7 +455,10 @@ static void on_change(void *arg)
         return;
     const struct kp_cluster *c = kp_fsm_cluster(kp_store_fsm(n->store));
     if (c == NULL) {
-        if (n->bootstrap && !n->init_proposed && kp_store_is_leader(n->store))
+        /* Only a cluster that never initialised has a leader without
+         * settings: the first start of a bootstrapping node, or one whose
+         * first attempt failed (even across a restart). */
+        if (!n->init_proposed && kp_store_is_leader(n->store))
             bootstrap_cluster(n);
         return;
     }
@@ -482,7 +495,7 @@ static void on_change(void *arg)
 
 /* --- start and stop -------------------------------------------------------------------- */
 
-int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
+int kp_node_prepare(struct kp_node *n, char *errmsg, size_t errlen)
 {
     char raft_dir[4096];
     const char *dir = n->cfg->data_dir;
@@ -490,20 +503,22 @@ int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
     if (rc != KP_OK)
         return rc;
     path_in(raft_dir, sizeof(raft_dir), dir, "raft");
-    bool fresh = dir_empty(raft_dir);
-    n->bootstrap = fresh && n->cfg->join == NULL;
+    n->fresh = dir_empty(raft_dir);
+    n->bootstrap = n->fresh && n->cfg->join == NULL;
     rc = load_master_key(n, dir, n->bootstrap, errmsg, errlen);
-    if (rc != KP_OK)
-        return rc;
-    rc = load_previous_key(n, errmsg, errlen);
-    if (rc != KP_OK)
-        return rc;
-    rc = derive_internal_tokens(n, errmsg, errlen);
-    if (rc != KP_OK)
-        return rc;
-    rc = resolve_raft_addr(n, dir, errmsg, errlen);
-    if (rc != KP_OK)
-        return rc;
+    if (rc == KP_OK)
+        rc = load_previous_key(n, errmsg, errlen);
+    if (rc == KP_OK)
+        rc = derive_internal_tokens(n, errmsg, errlen);
+    if (rc == KP_OK)
+        rc = resolve_raft_addr(n, dir, errmsg, errlen);
+    return rc;
+}
+
+int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
+{
+    char raft_dir[4096];
+    path_in(raft_dir, sizeof(raft_dir), n->cfg->data_dir, "raft");
     struct kp_store_config sc = {
         .dir = raft_dir,
         .node_id = n->node_id,
@@ -511,21 +526,22 @@ int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
         .bootstrap = n->bootstrap,
         .snapshot_threshold = (unsigned)n->cfg->snapshot_threshold,
         .snapshot_trailing = (unsigned)n->cfg->snapshot_trailing,
+        .views = &n->views,
         .election_timeout_ms = (unsigned)n->cfg->election_timeout_ms,
         .heartbeat_timeout_ms = (unsigned)n->cfg->heartbeat_timeout_ms,
         .on_change = on_change,
         .arg = n,
     };
-    rc = kp_store_open(&n->store, n->rt->main_loop, &sc, errmsg, errlen);
+    int rc = kp_store_open(&n->store, n->rt->main_loop, &sc, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
     kp_info("node", "node %llu (%s), raft %s, master key %s, %s", (unsigned long long)n->node_id,
             n->cfg->node_name, n->raft_addr, kp_seal_kek_id(n->kek),
             n->bootstrap ? "bootstrapping a new cluster"
-            : fresh      ? "joining a cluster"
+            : n->fresh   ? "joining a cluster"
                          : "restarting");
     kp_sweeper_start(n);
-    if (fresh && !n->bootstrap) {
+    if (n->fresh && !n->bootstrap) {
         uv_timer_init(n->rt->main_loop, &n->join_timer);
         n->join_timer.data = n;
         n->join_timer_open = true;

@@ -6,6 +6,7 @@
  * Exit codes: 0 after a clean drain, 1 when the node cannot run (data
  * directory in use, address taken, ...), 2 for a usage or configuration
  * error. */
+#include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -48,12 +49,28 @@ static int run(struct kp_config *cfg)
     node.cfg = cfg;
     rt.control_arg = &node;
     rt.on_stop = kp_node_stop;
+    kp_view_slot_init(&node.views);
+    node.usage = kp_usage_log_new();
+    int rc = node.usage != NULL ? kp_node_prepare(&node, errmsg, sizeof(errmsg)) : KP_ENOMEM;
+    if (rc != KP_OK) {
+        kp_error("main", "cannot start: %s", node.usage ? errmsg : "out of memory");
+        code = rc == KP_ECONFIG ? 2 : 1;
+        goto out;
+    }
+    node.router = (struct kp_router_shared){
+        .views = &node.views,
+        .node_name = cfg->node_name,
+        .kek = node.kek,
+        .prev_kek = node.prev_kek,
+        .usage = {kp_usage_log_record, node.usage},
+    };
+    rt.router = &node.router;
 
     if (kp_runtime_run(&rt, errmsg, sizeof(errmsg)) != KP_OK) {
         kp_error("main", "cannot start: %s", errmsg);
         goto out;
     }
-    int rc = kp_node_start(&node, errmsg, sizeof(errmsg));
+    rc = kp_node_start(&node, errmsg, sizeof(errmsg));
     if (rc != KP_OK) {
         kp_error("main", "cannot start: %s", errmsg);
         rt.on_stop = NULL; /* no store to close */
@@ -74,6 +91,8 @@ out:
     uv_run(rt.main_loop, UV_RUN_DEFAULT);
     if (uv_loop_close(rt.main_loop) != 0)
         kp_warn("main", "main loop closed with open handles");
+    kp_view_slot_close(&node.views);
+    kp_usage_log_free(node.usage);
     kp_seal_kek_free(node.kek);
     kp_seal_kek_free(node.prev_kek);
     kp_datadir_close(&dd);
@@ -87,6 +106,13 @@ int main(int argc, char **argv)
     char errmsg[1024];
 
     kp_log_init_from_env();
+    /* libuv's threadpool runs raft's disk work and node-to-node calls
+     * (forward.c); its default of 4 threads is easily held up. */
+    setenv("UV_THREADPOOL_SIZE", "16", 0);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "keyplaned: libcurl cannot initialise\n");
+        return 1;
+    }
     if (kp_config_load(&cfg, argc, argv, environ, &action, errmsg, sizeof(errmsg)) != 0) {
         fprintf(stderr, "keyplaned: %s\n", errmsg);
         return 2;
@@ -112,5 +138,6 @@ int main(int argc, char **argv)
     }
     }
     kp_config_free(&cfg);
+    curl_global_cleanup();
     return code;
 }

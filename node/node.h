@@ -11,6 +11,7 @@
 #include "config.h"
 #include "core/core.h"
 #include "raftstore/raftstore.h"
+#include "router/router.h"
 
 struct kp_worker;
 
@@ -25,9 +26,10 @@ struct kp_runtime {
     atomic_bool ready;
     atomic_bool draining;
     uv_loop_t *main_loop;
-    struct kp_http_server *control; /* on the main loop */
-    void *control_arg;              /* the control handler's arg (struct kp_node *) */
-    void (*on_stop)(void *arg);     /* called with control_arg when stopping */
+    struct kp_http_server *control;        /* on the main loop */
+    const struct kp_router_shared *router; /* each worker makes a router from it */
+    void *control_arg;                     /* the control handler's arg (struct kp_node *) */
+    void (*on_stop)(void *arg);            /* called with control_arg when stopping */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
     uint64_t drain_deadline_ms;
@@ -56,9 +58,8 @@ int kp_datadir_write_listen(struct kp_datadir *d, const char *gateway, const cha
                             const char *raft, char *errmsg, size_t errlen);
 void kp_datadir_close(struct kp_datadir *d);
 
-/* control.c and gateway handler */
+/* control.c */
 void kp_control_handle(struct kp_http_exchange *ex, const struct kp_http_request *req, void *arg);
-void kp_gateway_handle(struct kp_http_exchange *ex, const struct kp_http_request *req, void *arg);
 /* Answer an OpenAI-shaped error with X-Request-Id (and X-Keyplane-Error). */
 void kp_node_error(struct kp_http_exchange *ex, int status, const char *request_id,
                    const char *type, const char *code, const char *message);
@@ -77,7 +78,11 @@ struct kp_node {
     struct kp_seal_kek *prev_kek; /* during a rotation, else NULL */
     char internal_token_prev[65]; /* from prev_kek, "" without one */
     bool rotation_warned;
+    struct kp_view_slot views;      /* the store publishes, routers read */
+    struct kp_router_shared router; /* what every worker's router shares */
+    struct kp_usage_log *usage;     /* usage.c */
     /* lifecycle.c */
+    bool fresh;         /* the raft directory was empty */
     bool bootstrap;     /* this start makes a new cluster */
     bool init_proposed; /* the bootstrap commands are on their way */
     bool joined;        /* in a cluster (or never needed to join) */
@@ -86,6 +91,7 @@ struct kp_node {
     bool store_closing;
     bool join_timer_open;
     bool self_record_ok; /* the registry has this node's control address */
+    int64_t record_tried_ms;
     unsigned join_attempt;
     char join_target[256];
     uv_timer_t join_timer;
@@ -93,14 +99,27 @@ struct kp_node {
     bool sweep_timer_open;
 };
 
-/* lifecycle.c: node id, master key, the raft store, bootstrap or join
- * (after kp_runtime_run, on the main loop). kp_node_stop is the runtime's
- * on_stop. */
+/* lifecycle.c: kp_node_prepare (before the runtime starts): node id, master
+ * keys, cluster secret, raft address. kp_node_start (after kp_runtime_run,
+ * on the main loop): the raft store, bootstrap or join. kp_node_stop is the
+ * runtime's on_stop. */
+int kp_node_prepare(struct kp_node *n, char *errmsg, size_t errlen);
 int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen);
 void kp_node_stop(void *node);
+/* Look at the registry again (what a registry change triggers): retries a
+ * bootstrap or an own-record update that did not go through. */
+void kp_node_check(struct kp_node *n);
 /* The cluster secret to send on node-to-node calls: the one from the key
  * the cluster's secrets are sealed under. */
 const char *kp_node_out_token(struct kp_node *n);
+
+/* usage.c: recent usage events in memory (until the meter pipeline). */
+struct kp_usage_log *kp_usage_log_new(void);
+void kp_usage_log_free(struct kp_usage_log *l);
+/* The router's usage sink (thread-safe). */
+void kp_usage_log_record(void *log, const struct kp_usage_event *ev);
+/* The last @limit events, oldest first, as a JSON array. */
+json_t *kp_usage_log_recent(struct kp_usage_log *l, size_t limit);
 
 /* sweeper.c: the leader's periodic housekeeping (retiring secrets whose
  * grace period ended). */

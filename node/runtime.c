@@ -35,6 +35,7 @@ struct kp_worker {
     uv_async_t wake;
     uv_timer_t tick;
     struct kp_http_server *gateway;
+    struct kp_router *router;
     int gateway_port;
     uv_sem_t started;
     int start_rc;
@@ -54,12 +55,25 @@ static void publish_counts(struct kp_worker *w)
     atomic_store(&w->gw_conns, w->gateway ? kp_http_server_connections(w->gateway) : 0);
 }
 
+static void close_loop_handles(void *arg)
+{
+    struct kp_worker *w = arg;
+    uv_close((uv_handle_t *)&w->wake, NULL);
+    uv_close((uv_handle_t *)&w->tick, NULL);
+}
+
+/* The gateway server is closed (every exchange finished): then the router,
+ * then the loop's own handles. */
 static void server_closed(void *arg)
 {
     struct kp_worker *w = arg;
     if (--w->servers_open == 0) {
-        uv_close((uv_handle_t *)&w->wake, NULL);
-        uv_close((uv_handle_t *)&w->tick, NULL);
+        struct kp_router *r = w->router;
+        w->router = NULL;
+        if (r != NULL)
+            kp_router_close(r, close_loop_handles, w);
+        else
+            close_loop_handles(w);
     }
 }
 
@@ -100,9 +114,12 @@ static void worker_wake(uv_async_t *a)
 static int worker_listen(struct kp_worker *w)
 {
     struct kp_runtime *rt = w->rt;
-    struct kp_http_server_config gw = {"gateway", kp_gateway_handle, rt, rt->limits};
-    int rc = kp_http_server_start(&w->gateway, &w->loop, &gw, rt->cfg->gateway_listen,
-                                  &w->gateway_port, w->errmsg, sizeof(w->errmsg));
+    int rc = kp_router_new(&w->router, &w->loop, rt->router, w->errmsg, sizeof(w->errmsg));
+    if (rc != KP_OK)
+        return rc;
+    struct kp_http_server_config gw = {"gateway", kp_router_handle, w->router, rt->limits};
+    rc = kp_http_server_start(&w->gateway, &w->loop, &gw, rt->cfg->gateway_listen, &w->gateway_port,
+                              w->errmsg, sizeof(w->errmsg));
     if (rc != KP_OK)
         return rc;
     w->servers_open++;
@@ -118,8 +135,12 @@ static void worker_main(void *arg)
     w->tick.data = w;
     w->start_rc = worker_listen(w);
     if (w->start_rc != KP_OK) {
-        uv_close((uv_handle_t *)&w->wake, NULL);
-        uv_close((uv_handle_t *)&w->tick, NULL);
+        struct kp_router *r = w->router;
+        w->router = NULL;
+        if (r != NULL)
+            kp_router_close(r, close_loop_handles, w);
+        else
+            close_loop_handles(w);
         uv_sem_post(&w->started);
         uv_run(&w->loop, UV_RUN_DEFAULT);
         return;

@@ -74,7 +74,10 @@ static int sweep_key(const struct kp_entity *e, void *arg)
 static void on_sweep(uv_timer_t *t)
 {
     struct kp_node *n = t->data;
-    if (n->stopping || !kp_store_is_leader(n->store))
+    if (n->stopping)
+        return;
+    kp_node_check(n); /* retries a bootstrap or a record update that failed */
+    if (!kp_store_is_leader(n->store))
         return;
     struct kp_view *v = kp_view_acquire(kp_store_views(n->store));
     if (v == NULL)

@@ -865,8 +865,12 @@ struct kp_store_config {
      * false waits to be added by a leader (join). Ignored when the
      * directory already holds state. */
     bool bootstrap;
-    unsigned snapshot_threshold;   /* entries between snapshots (0: 1024) */
-    unsigned snapshot_trailing;    /* entries kept after one (0: 128) */
+    unsigned snapshot_threshold; /* entries between snapshots (0: 1024) */
+    unsigned snapshot_trailing;  /* entries kept after one (0: 128) */
+    /* Where views are published (kp_view_slot_init'ed by the caller, who
+     * closes it after the store is closed): router workers may hold it
+     * before the store exists. */
+    struct kp_view_slot *views;
     unsigned election_timeout_ms;  /* 0: 1000 */
     unsigned heartbeat_timeout_ms; /* 0: 100 */
     /* Called on the loop after each batch of applied entries has been
@@ -884,7 +888,7 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
  * runs then. Pending proposals complete with KP_ECLOSED first. */
 void kp_store_close(struct kp_store *s, void (*cb)(void *arg), void *arg);
 
-/* The slot router workers acquire views from (valid until close). */
+/* The slot views are published to (cfg.views). */
 struct kp_view_slot *kp_store_views(struct kp_store *s);
 /* The state machine, for reads on the loop thread (kp_fsm_get, audit). */
 const struct kp_fsm *kp_store_fsm(const struct kp_store *s);

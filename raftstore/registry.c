@@ -932,6 +932,14 @@ static int rule_member(const struct kp_state *st, const struct kp_member *m, cha
     if (clash != NULL)
         return refuse(msg, len, KP_ECONFLICT, "node_id: %llu is already member '%s'",
                       (unsigned long long)m->node_id, clash->e.id);
+    /* A member's name is another node's: replacing it would hide that node
+     * (its control address is how writes reach it). */
+    const struct kp_member *same =
+        (const struct kp_member *)kp_store__get(st, KP_KIND_MEMBER, m->e.id);
+    if (same != NULL && same->node_id != m->node_id)
+        return refuse(msg, len, KP_ECONFLICT,
+                      "id: member '%s' is node %llu; give node %llu another name (node_name)",
+                      m->e.id, (unsigned long long)same->node_id, (unsigned long long)m->node_id);
     return KP_OK;
 }
 

@@ -11,7 +11,10 @@
  *        +--------> "dirty": a timer publishes one view for a batch of
  *                   applies (at most one every PUBLISH_MIN_MS, because the
  *                   first change after a publish copies the changed kind's
- *                   table) and tells the node (on_change)
+ *                   table) and tells the node (on_change); an entry this
+ *                   node proposed is published before its proposer hears
+ *                   back, so whoever made a write (an admin, then an app
+ *                   on the gateway) reads it on this node at once
  *   raft snapshot -> kp_fsm_snapshot (msgpack + zstd, docs/registry.md)
  *   raft restore --> kp_fsm_restore, then publish
  *
@@ -40,13 +43,14 @@ struct kp_store {
     struct raft_uv_transport transport;
     struct kp_raft_fsm rfsm;
     struct kp_fsm *fsm;
-    struct kp_view_slot views;
+    struct kp_view_slot *views; /* the caller's (cfg.views) */
     struct kp_store_config cfg;
     char *dir;
     char *address;
-    uv_timer_t notify;     /* publish a view and tell the node */
-    uint64_t published_at; /* uv_now of the last publish */
-    uv_timer_t watch;      /* leadership watch */
+    uv_timer_t notify;        /* publish a view and tell the node */
+    uint64_t published_at;    /* uv_now of the last publish */
+    uint64_t published_index; /* applied index of the last published view */
+    uv_timer_t watch;         /* leadership watch */
     unsigned short seen_state;
     uint64_t seen_leader;
     bool raft_started;
@@ -85,13 +89,23 @@ static int from_raft(int rv)
 
 /* --- publishing and watching ---------------------------------------------- */
 
+/* Publish a view of the current state unless the last one is current. */
+static void publish(struct kp_store *s)
+{
+    uint64_t applied = kp_fsm_applied_index(s->fsm);
+    if (s->published_index == applied && s->published_at != 0)
+        return;
+    s->published_at = uv_now(s->loop);
+    s->published_index = applied;
+    kp_view_publish(s->views, kp_fsm_view_build(s->fsm));
+}
+
 static void on_notify(uv_timer_t *t)
 {
     struct kp_store *s = t->data;
     if (s->closing)
         return;
-    s->published_at = uv_now(s->loop);
-    kp_view_publish(&s->views, kp_fsm_view_build(s->fsm));
+    publish(s);
     if (s->cfg.on_change != NULL)
         s->cfg.on_change(s->cfg.arg);
 }
@@ -163,7 +177,6 @@ static int make_dir(const char *dir, char *errmsg, size_t errlen)
 
 static void store_free(struct kp_store *s)
 {
-    kp_view_slot_close(&s->views);
     kp_fsm_free(s->fsm);
     kp_free(s->dir);
     kp_free(s->address);
@@ -201,8 +214,8 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
                   char *errmsg, size_t errlen)
 {
     *out = NULL;
-    if (cfg->node_id == 0 || cfg->address == NULL || cfg->dir == NULL) {
-        snprintf(errmsg, errlen, "raft: node id, address and directory are required");
+    if (cfg->node_id == 0 || cfg->address == NULL || cfg->dir == NULL || cfg->views == NULL) {
+        snprintf(errmsg, errlen, "raft: node id, address, directory and view slot are required");
         return KP_EINVAL;
     }
     int rc = make_dir(cfg->dir, errmsg, errlen);
@@ -216,7 +229,7 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
     s->dir = kp_strdup(cfg->dir);
     s->address = kp_strdup(cfg->address);
     s->fsm = kp_fsm_new();
-    kp_view_slot_init(&s->views);
+    s->views = cfg->views;
     if (s->dir == NULL || s->address == NULL || s->fsm == NULL) {
         store_free(s);
         goto nomem;
@@ -316,7 +329,7 @@ void kp_store_close(struct kp_store *s, void (*cb)(void *arg), void *arg)
 
 struct kp_view_slot *kp_store_views(struct kp_store *s)
 {
-    return &s->views;
+    return s->views;
 }
 
 const struct kp_fsm *kp_store_fsm(const struct kp_store *s)
@@ -392,6 +405,7 @@ void kp_store_status_free(struct kp_store_status *st)
 
 struct apply_req {
     struct raft_apply req;
+    struct kp_store *s;
     kp_store_apply_cb cb;
     void *arg;
 };
@@ -406,9 +420,10 @@ static void apply_done(struct raft_apply *req, int status, void *result)
         kp_error("raft", "apply result for entry %llu is missing", (unsigned long long)req->index);
         status = RAFT_IOERR;
     }
-    if (status == 0)
+    if (status == 0) {
+        publish(p->s);
         p->cb(p->arg, KP_OK, &a->res);
-    else
+    } else
         p->cb(p->arg, from_raft(status), NULL);
     kp_free(p);
 }
@@ -426,11 +441,18 @@ int kp_store_propose(struct kp_store *s, const void *cmd, size_t len, kp_store_a
         return rc;
     }
     p->req.data = p;
+    p->s = s;
     p->cb = cb;
     p->arg = arg;
     int rv = raft_apply(&s->raft, &p->req, &buf, 1, apply_done);
     if (rv != 0) {
-        raft_free(buf.base);
+        /* raft 0.15 owns the buffer once the entry was appended, and frees
+         * it itself when a later step fails (logDiscard); it is still ours
+         * only when raft refused before appending: not the leader (or a
+         * transfer in progress). Another failure may leak one buffer, but
+         * never frees it twice. */
+        if (rv == RAFT_NOTLEADER)
+            raft_free(buf.base);
         kp_free(p);
         return from_raft(rv);
     }

@@ -93,11 +93,12 @@ void kp_messages_stream_free(struct kp_messages_stream *s);
 
 /* --- OpenAI chat <-> Gemini generateContent (adapter_gemini.c) ---------- */
 
-/* OpenAI chat request -> generateContent body (system_instruction,
- * contents with roles user/model, parts text/inline_data, tools as
- * functionDeclarations, tool calls as functionCall and results as
- * functionResponse, generationConfig from temperature, top_p, max_tokens,
- * stop). The model goes in the URL, not the body. */
+/* OpenAI chat request -> generateContent body (systemInstruction,
+ * contents with roles user/model, parts text/inlineData/fileData, tools as
+ * functionDeclarations, tool_choice as toolConfig, tool calls as
+ * functionCall and results as functionResponse, generationConfig from
+ * temperature, top_p, max_tokens, stop, n, response_format). The model
+ * goes in the URL, not the body. */
 int kp_gemini_request_from_chat(const json_t *chat, json_t **out, char *errmsg, size_t errlen,
                                 char *param, size_t paramlen);
 /* generateContent response -> OpenAI chat completion (candidates[0] text

@@ -40,7 +40,6 @@ int kp_router_new(struct kp_router **out, uv_loop_t *loop, const struct kp_route
 void kp_router_close(struct kp_router *r, void (*cb)(void *arg), void *arg);
 
 /* The gateway listener's handler (@router is the struct kp_router *). */
-void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request *req,
-                      void *router);
+void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request *req, void *router);
 
 #endif

@@ -40,5 +40,29 @@ class SdkTest(unittest.TestCase):
             mock.close()
 
 
+class GatewaySdkTest(unittest.TestCase):
+    """The OpenAI SDK pointed at a keyplane gateway (app token as its API
+    key) in front of the mock: chat, streams, embeddings, models and
+    responses come back well formed through the router."""
+
+    def test_openai_sdk_through_the_gateway(self):
+        node = shutil.which("node")
+        if node is None:
+            self.skipTest("node is not installed; the SDK check needs Node.js 20 or later")
+        if not os.path.isdir(os.path.join(SDK_DIR, "node_modules")):
+            self.skipTest("tests/sdk/node_modules is missing; run `npm ci` in tests/sdk")
+        from test_router import Gateway
+        g = Gateway(self)
+        g.admin("PUT", "/pools/default", {"members": [{"key": "key-a"}]})
+        for model in ("gpt-4o", "text-embedding-3-small"):
+            g.admin("PUT", "/prices/" + model, {"input_per_mtok": 1, "output_per_mtok": 1})
+        env = dict(os.environ, OPENAI_API_KEY=g.token)
+        r = subprocess.run([node, "sdk_check.mjs", g.node.gateway_url, "^openai (?!error)"],
+                           cwd=SDK_DIR, capture_output=True, timeout=300, env=env)
+        out = r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+        self.assertEqual(r.returncode, 0, "sdk_check.mjs through the gateway failed:\n" + out)
+        self.assertRegex(out, r"(?m)^[1-9]\d* passed, 0 failed$")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -2,7 +2,10 @@
 // from keyplane-mock (or anything that speaks like it, e.g. a keyplane
 // gateway), streaming included.
 //
-//   node sdk_check.mjs BASE_URL        e.g. http://127.0.0.1:7700
+//   node sdk_check.mjs BASE_URL [ONLY]  e.g. http://127.0.0.1:7700
+//
+// ONLY, a regular expression, keeps the checks whose name matches (a keyplane
+// gateway runs the OpenAI ones: `^openai (?!error)`).
 //
 // Keys come from OPENAI_API_KEY / ANTHROPIC_API_KEY (any non-empty value
 // works against the mock). Each check prints "ok - NAME" or
@@ -17,6 +20,7 @@ if (!base || !/^https?:\/\//.test(base)) {
   process.exit(2);
 }
 const root = base.replace(/\/+$/, '');
+const only = process.argv[3] ? new RegExp(process.argv[3]) : null;
 
 const openai = new OpenAI({
   baseURL: `${root}/v1`,
@@ -189,6 +193,7 @@ const checks = {
 let passed = 0;
 let failed = 0;
 for (const [name, fn] of Object.entries(checks)) {
+  if (only && !only.test(name)) continue;
   try {
     await fn();
     passed++;

@@ -609,6 +609,12 @@ static void test_price_member_alerts(void **state)
     m.e.id = (char *)"n2";
     assert_refused(apply(f, KP_OP_PUT_MEMBER, &m), KP_ECONFLICT,
                    "node_id: 1 is already member 'n1'");
+    /* Another node cannot take n1's name. */
+    m.e.id = (char *)"n1";
+    m.node_id = 2;
+    assert_refused(apply(f, KP_OP_PUT_MEMBER, &m), KP_ECONFLICT,
+                   "id: member 'n1' is node 1; give node 2 another name (node_name)");
+    m.e.id = (char *)"n2";
     m.node_id = 0;
     assert_refused(apply(f, KP_OP_PUT_MEMBER, &m), KP_EINVAL, "node_id: must be at least 1");
     m.node_id = 2;

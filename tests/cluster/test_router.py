@@ -1,0 +1,205 @@
+"""The gateway end to end: keyplaned in front of keyplane-mock.
+
+One node and one mock per test class; the registry gets an
+openai-compatible provider pointing at the mock, two keys in a pool and an
+app token. Traffic is counted at the mock (/mock/stats, by key
+fingerprint), so every assertion about which key served a call is made
+where the call arrived.
+"""
+
+import hashlib
+import json
+import secrets
+import unittest
+
+from harness import Harness, http, log_lines, wait_until
+
+ADMIN = "/admin/v1"
+KEY_A = "sk-mock-router-key-a-0001"
+KEY_B = "sk-mock-router-key-b-0002"
+
+
+def fp(key):
+    return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class Gateway:
+    def __init__(self, test):
+        self.h = Harness(test)
+        self.mock = self.h.start_mock()
+        self.node = self.h.start_node(env={"KEYPLANE_MASTER_KEY": secrets.token_hex(32)},
+                                      args=["--workers", "2"])
+        wait_until(lambda: self.node.admin_token, what="admin.token", alive=self.node)
+        self.admin("PUT", "/providers/mock", {"kind": "openai-compatible",
+                                             "base_url": self.mock.url + "/v1",
+                                             "allow_insecure": True})
+        self.admin("PUT", "/tenants/acme", {"display_name": "Acme"})
+        self.admin("PUT", "/projects/search", {"tenant": "acme"})
+        self.admin("PUT", "/keys/key-a", {"provider": "mock", "secret": KEY_A})
+        self.admin("PUT", "/keys/key-b", {"provider": "mock", "secret": KEY_B})
+        self.admin("PUT", "/pools/default", {"members": [{"key": "key-a", "priority": 0},
+                                                         {"key": "key-b", "priority": 1}]})
+        self.admin("PUT", "/prices/gpt-4o-mini", {"input_per_mtok": 150_000_000,
+                                                  "output_per_mtok": 600_000_000})
+        status, _, body = self.node.control(
+            "POST", ADMIN + "/tokens", body={"role": "app", "tenant": "acme", "name": "app"})
+        assert status == 201, body
+        self.token = json.loads(body)["token"]
+        self.reset_mock()
+
+    def admin(self, method, path, body=None):
+        status, _, raw = self.node.control(method, ADMIN + path, body=body)
+        assert status in (200, 201), (method, path, status, raw)
+        return json.loads(raw) if raw else None
+
+    def reset_mock(self):
+        http("POST", self.mock.url + "/mock/reset")
+
+    def stats(self):
+        return json.loads(http("GET", self.mock.url + "/mock/stats")[2])
+
+    def call(self, path, body, headers=None, token=None):
+        hdrs = {"Authorization": "Bearer " + (token or self.token),
+                "Content-Type": "application/json"}
+        hdrs.update(headers or {})
+        return http("POST", self.node.gateway_url + path, body=body, headers=hdrs, timeout=30)
+
+    def usage(self):
+        return self.admin("GET", "/usage/recent?limit=100")["events"]
+
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
+
+
+class RouterTest(unittest.TestCase):
+    def setUp(self):
+        self.g = Gateway(self)
+
+    def test_chat_goes_to_the_first_key_and_is_metered(self):
+        g = self.g
+        status, h, body = g.call("/v1/chat/completions", CHAT,
+                                 headers={"X-Request-Id": "r-1", "X-Project": "search"})
+        self.assertEqual(status, 200, body)
+        answer = json.loads(body)
+        self.assertEqual(answer["object"], "chat.completion")
+        self.assertEqual(h["x-request-id"], "r-1")
+        self.assertEqual(h["x-keyplane-key"], "key-a")
+        self.assertEqual(g.stats()["keys"], {fp(KEY_A): 1})
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-1"), None),
+                        what="the usage event")
+        self.assertEqual((ev["key_id"], ev["tenant"], ev["project"], ev["pool"]),
+                         ("key-a", "acme", "search", "default"))
+        self.assertEqual(ev["tokens_in"], answer["usage"]["prompt_tokens"])
+        self.assertEqual(ev["tokens_out"], answer["usage"]["completion_tokens"])
+        want = (ev["tokens_in"] * 150_000_000 + ev["tokens_out"] * 600_000_000) // 1_000_000
+        self.assertEqual(ev["cost_nanousd"], want)
+        self.assertEqual(ev["status"], 200)
+
+    def test_stream_is_relayed_event_by_event_with_usage_captured(self):
+        g = self.g
+        status, h, body = g.call("/v1/chat/completions", dict(CHAT, stream=True),
+                                 headers={"X-Request-Id": "r-s"})
+        self.assertEqual(status, 200, body)
+        self.assertTrue(h["content-type"].startswith("text/event-stream"))
+        events = [line[6:] for line in body.decode().split("\n") if line.startswith("data: ")]
+        self.assertEqual(events[-1], "[DONE]")
+        chunks = [json.loads(e) for e in events[:-1]]
+        # The gateway asked the mock for usage; the app did not, so it
+        # sees no usage chunk.
+        self.assertTrue(all(c["choices"] for c in chunks), chunks[-1])
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        self.assertTrue(text.startswith("mock0"))
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-s"), None),
+                        what="the usage event")
+        self.assertTrue(ev["streamed"])
+        self.assertFalse(ev["tokens_estimated"])
+        self.assertEqual(ev["tokens_out"], 16)
+
+    def test_stream_with_usage_requested_keeps_the_usage_chunk(self):
+        g = self.g
+        body = dict(CHAT, stream=True, stream_options={"include_usage": True})
+        status, _, raw = g.call("/v1/chat/completions", body)
+        self.assertEqual(status, 200, raw)
+        events = [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
+        last = json.loads(events[-2])
+        self.assertEqual(last["choices"], [])
+        self.assertEqual(last["usage"]["completion_tokens"], 16)
+
+    def test_401_on_the_first_key_fails_over_to_the_second(self):
+        g = self.g
+        http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "401"})
+        status, h, body = g.call("/v1/chat/completions", CHAT, headers={"X-Request-Id": "r-f"})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(h["x-keyplane-key"], "key-b")
+        self.assertEqual(g.stats()["keys"], {fp(KEY_A): 1, fp(KEY_B): 1})
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-f"), None),
+                        what="the usage event")
+        self.assertEqual((ev["key_id"], ev["retries"]), ("key-b", 1))
+
+    def test_every_key_failing_gives_a_clear_error(self):
+        g = self.g
+        for k in (KEY_A, KEY_B):
+            http("POST", g.mock.url + "/mock/faults", body={"key": k, "faults": "500"})
+        status, h, body = g.call("/v1/chat/completions", CHAT)
+        self.assertEqual(status, 502, body)
+        err = json.loads(body)["error"]
+        self.assertEqual(h["x-keyplane-error"], "upstream_error")
+        self.assertIn("tried 2 keys of pool default", err["message"])
+        # A client error from the provider is the app's, relayed as is.
+        http("DELETE", g.mock.url + "/mock/faults")
+        status, _, body = g.call("/v1/chat/completions", {"model": "gpt-4o-mini"})
+        self.assertEqual(status, 400, body)
+        self.assertEqual(g.stats()["statuses"].get("400"), 1)
+
+    def test_refusals(self):
+        g = self.g
+        cases = [
+            ({}, CHAT, None, 401, "missing_token"),
+            ({"Authorization": "Bearer " + KEY_A}, CHAT, None, 401, "provider_key_refused"),
+            ({"Authorization": "Bearer kp_nope"}, CHAT, None, 401, "invalid_token"),
+            ({}, b"{not json", g.token, 400, "invalid_json"),
+            ({}, {"messages": []}, g.token, 400, "missing_model"),
+            ({"X-Tenant": "other"}, CHAT, g.token, 403, "outside_scope"),
+            ({"X-Keyplane-Pool": "nope"}, CHAT, g.token, 404, "pool_not_found"),
+        ]
+        for hdrs, body, token, want, code in cases:
+            h = {"Content-Type": "application/json"}
+            if token:
+                h["Authorization"] = "Bearer " + token
+            h.update(hdrs)
+            status, rh, raw = http("POST", g.node.gateway_url + "/v1/chat/completions",
+                                   body=body, headers=h)
+            self.assertEqual((status, rh.get("x-keyplane-error")), (want, code), raw)
+            self.assertNotIn(KEY_A, raw.decode())
+        # A model no key may serve.
+        g.admin("PUT", "/keys/key-a", {"provider": "mock", "models": ["gpt-4o*"]})
+        g.admin("PUT", "/keys/key-b", {"provider": "mock", "models": ["gpt-4o*"]})
+        status, h, raw = g.call("/v1/chat/completions", dict(CHAT, model="claude-x"))
+        self.assertEqual((status, h["x-keyplane-error"]), (404, "model_not_found"), raw)
+        self.assertEqual(g.stats()["requests"], 0)
+
+    def test_a_revoked_key_gets_no_traffic(self):
+        g = self.g
+        g.admin("POST", "/keys/key-a/revoke")
+        for _ in range(5):
+            status, h, body = g.call("/v1/chat/completions", CHAT)
+            self.assertEqual(status, 200, body)
+        self.assertEqual(g.stats()["keys"], {fp(KEY_B): 5})
+
+    def test_no_secret_in_any_log(self):
+        g = self.g
+        http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "401"})
+        g.call("/v1/chat/completions", CHAT)
+        g.call("/v1/chat/completions", dict(CHAT, stream=True))
+        g.node.stop()
+        for path in (g.node.log_path, g.node.stdout_path):
+            text = open(path, encoding="utf-8", errors="replace").read()
+            self.assertNotIn(KEY_A, text)
+            self.assertNotIn(KEY_B, text)
+            self.assertNotIn(g.token, text)
+        self.assertTrue(any("trying the next key" in line.get("msg", "")
+                            for line in log_lines(g.node.log_path)))
+
+
+if __name__ == "__main__":
+    unittest.main()
