@@ -80,6 +80,9 @@ static const char *classify(int status, const struct kp_buf *body)
         return "auth";
     if (status == 402)
         return "quota";
+    if (status == 400 && body->len > 0 && body->data != NULL &&
+        strstr(body->data, "credit balance") != NULL)
+        return "quota"; /* Anthropic's way of saying it */
     if (status == 429) {
         if (body->len > 0 && body->data != NULL &&
             (strstr(body->data, "insufficient_quota") != NULL ||
@@ -167,6 +170,8 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
         KP_HTTP_HEADER("X-Request-Id", c->rid),
         KP_HTTP_HEADER("X-Keyplane-Key", c->cur->key->e.id),
     };
+    if (kp_router__stream_begin(c) != KP_OK)
+        return; /* answered at the end as a failed attempt */
     kp_http_on_drain(c->ex, on_drain, c);
     kp_http_stream_begin(c->ex, 200, out, 4);
     c->streaming_out = true;
@@ -181,8 +186,8 @@ static bool usage_only(const json_t *chunk)
            (choices == NULL || (json_is_array(choices) && json_array_size(choices) == 0));
 }
 
-static int write_event(struct kp_call *c, const char *event, size_t event_len, const char *data,
-                       size_t data_len)
+int kp_router__write_event(struct kp_call *c, const char *event, size_t event_len, const char *data,
+                           size_t data_len)
 {
     struct kp_buf out;
     kp_buf_init(&out);
@@ -216,6 +221,13 @@ static int write_event(struct kp_call *c, const char *event, size_t event_len, c
 static int on_event(void *arg, const struct kp_sse_event *e)
 {
     struct kp_call *c = arg;
+    if (c->shape != KP_SHAPE_OPENAI) {
+        char why[256];
+        int rc = kp_router__stream_event(c, e, why, sizeof(why));
+        if (rc != KP_OK)
+            snprintf(c->stream_error, sizeof(c->stream_error), "%s", why);
+        return rc;
+    }
     if (!(e->data_len == 6 && memcmp(e->data, "[DONE]", 6) == 0)) {
         json_t *chunk = json_loadb(e->data, e->data_len, 0, NULL);
         if (chunk != NULL) {
@@ -240,17 +252,22 @@ static int on_event(void *arg, const struct kp_sse_event *e)
                 return 0;
         }
     }
-    return write_event(c, e->event, e->event_len, e->data, e->data_len);
+    return kp_router__write_event(c, e->event, e->event_len, e->data, e->data_len);
 }
 
 static bool on_body(void *arg, const void *data, size_t len)
 {
     struct kp_call *c = arg;
     if (c->streaming_out) {
-        int rc = kp_sse_feed(&c->sse, data, len, on_event, c);
+        int rc = c->stream_broken ? KP_OK : kp_sse_feed(&c->sse, data, len, on_event, c);
         if (rc != KP_OK) {
-            kp_usage_set_str(c->ev.error_class, "server");
-            return true; /* attempt_done reports the broken stream */
+            /* The rest of the stream is dropped; attempt_done ends the
+             * app's stream with an error event. */
+            c->stream_broken = true;
+            if (c->stream_error[0] == '\0')
+                snprintf(c->stream_error, sizeof(c->stream_error),
+                         "the provider's stream is malformed (%s)", kp_err_msg(rc));
+            return true;
         }
         if (!kp_http_stream_writable(c->ex)) {
             c->paused = true;
@@ -271,7 +288,7 @@ static void end_stream_with_error(struct kp_call *c, const char *cls, const char
     size_t len;
     char *body = kp_json_error_body(msg, "server_error", "upstream_stream_error", &len);
     if (body != NULL) {
-        write_event(c, NULL, 0, body, len);
+        kp_router__write_event(c, NULL, 0, body, len);
         kp_free(body);
     }
     kp_usage_set_str(c->ev.error_class, cls);
@@ -281,12 +298,38 @@ static void end_stream_with_error(struct kp_call *c, const char *cls, const char
 static void relay_answer(struct kp_call *c)
 {
     json_t *doc = json_loadb(c->resp.data ? c->resp.data : "", c->resp.len, 0, NULL);
+    json_t *translated = NULL;
+    bool ok2xx = c->up_status >= 200 && c->up_status <= 299;
     if (doc != NULL) {
-        read_usage(c, json_object_get(doc, "usage"));
+        if (c->shape == KP_SHAPE_OPENAI || c->shape == KP_SHAPE_MESSAGES_VIA_CHAT)
+            read_usage(c, json_object_get(doc, "usage"));
         json_t *model = json_object_get(doc, "model");
         if (json_is_string(model))
             kp_usage_set_str(c->ev.model_served, json_string_value(model));
+        if (ok2xx && kp_router__translate_answer(c, doc, &translated) != KP_OK) {
+            json_decref(doc);
+            kp_router__fail(c, 502, "server_error", "upstream_protocol_error",
+                            "the provider's answer could not be read; see the node's log");
+            return;
+        }
         json_decref(doc);
+    } else if (ok2xx && c->shape != KP_SHAPE_OPENAI && c->shape != KP_SHAPE_MESSAGES) {
+        kp_router__fail(c, 502, "server_error", "upstream_protocol_error",
+                        "the provider's answer is not JSON");
+        return;
+    }
+    if (translated != NULL) {
+        size_t len;
+        char *text = kp_json_dumps(translated, &len);
+        json_decref(translated);
+        if (text == NULL) {
+            kp_router__fail(c, 503, "server_error", "out_of_memory", "out of memory; retry");
+            return;
+        }
+        kp_buf_consume(&c->resp, c->resp.len);
+        kp_buf_append(&c->resp, text, len);
+        kp_free(text);
+        snprintf(c->up_content_type, sizeof(c->up_content_type), "application/json");
     }
     struct kp_http_header h[3] = {
         KP_HTTP_HEADER("Content-Type",
@@ -304,10 +347,13 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
     struct kp_call *c = arg;
     c->up = NULL;
     if (c->streaming_out) {
-        if (result == KP_UPSTREAM_OK)
+        if (result == KP_UPSTREAM_OK && !c->stream_broken) {
+            kp_router__stream_end(c);
             kp_http_stream_end(c->ex);
-        else
-            end_stream_with_error(c, result_class(result), detail);
+        } else {
+            end_stream_with_error(c, result == KP_UPSTREAM_OK ? "server" : result_class(result),
+                                  c->stream_broken ? c->stream_error : detail);
+        }
         settle(c);
         kp_router__finish(c);
         return;
@@ -329,8 +375,20 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
         c->resp.len--;
     const char *cls = classify(c->up_status, &c->resp);
     if (strcmp(cls, "client") == 0) {
-        /* The request's own fault: the app sees the provider's answer. */
+        /* The request's own fault: the app sees the provider's answer, in
+         * the app's shape when the provider speaks another. */
         kp_usage_set_str(c->ev.error_class, "client");
+        if (c->shape != KP_SHAPE_OPENAI && c->shape != KP_SHAPE_MESSAGES) {
+            json_t *doc = json_loadb(c->resp.data, c->resp.len, 0, NULL);
+            const char *m =
+                json_string_value(json_object_get(json_object_get(doc, "error"), "message"));
+            char msg[600];
+            snprintf(msg, sizeof(msg), "the provider refused the request (%d): %s", c->up_status,
+                     m ? m : "no message");
+            json_decref(doc);
+            kp_router__fail(c, c->up_status, "invalid_request_error", "upstream_client_error", msg);
+            return;
+        }
         relay_answer(c);
         settle(c);
         kp_router__finish(c);
@@ -345,68 +403,36 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
 /* --- starting an attempt ------------------------------------------------------------ */
 
 static int build_request(struct kp_call *c, const struct kp_candidate *k,
-                         struct kp_upstream_request *req, char *errmsg, size_t errlen)
+                         struct kp_upstream_request *req, char *errmsg, size_t errlen, char *param,
+                         size_t paramlen)
 {
-    const struct kp_provider *p = k->provider;
     const struct kp_secret *secret =
         kp_secret_cache_get(c->r->secrets, &c->r->sh, k->key, errmsg, errlen);
     if (secret == NULL)
         return KP_EPERM;
-    const char *base = p->base_url;
-    size_t blen = strlen(base);
-    while (blen > 0 && base[blen - 1] == '/')
-        blen--;
-    int n;
-    unsigned nh = 0;
-    size_t slen = kp_secret_len(secret);
-    if (slen + 8 > sizeof(c->auth_header)) {
-        snprintf(errmsg, errlen, "key %s: secret too long for a header", k->key->e.id);
-        return KP_EINVAL;
-    }
-    if (p->kind == KP_PROVIDER_AZURE_OPENAI) {
-        n = snprintf(c->url, sizeof(c->url), "%.*s/openai/deployments/%s%s?api-version=%s",
-                     (int)blen, base, c->model, kp_router__suffix(c->ep), p->api_version);
-        memcpy(c->auth_header, kp_secret_data(secret), slen);
-        c->auth_header[slen] = '\0';
-        c->up_headers[nh++] = KP_HTTP_HEADER("api-key", c->auth_header);
-    } else {
-        n = snprintf(c->url, sizeof(c->url), "%.*s%s", (int)blen, base, kp_router__suffix(c->ep));
-        memcpy(c->auth_header, "Bearer ", 7);
-        memcpy(c->auth_header + 7, kp_secret_data(secret), slen);
-        c->auth_header[7 + slen] = '\0';
-        c->up_headers[nh++] = KP_HTTP_HEADER("Authorization", c->auth_header);
-    }
-    if (n < 0 || (size_t)n >= sizeof(c->url)) {
-        snprintf(errmsg, errlen, "provider %s: URL too long", p->e.id);
-        return KP_EINVAL;
-    }
-    c->up_headers[nh++] = KP_HTTP_HEADER("Content-Type", "application/json");
-    c->up_headers[nh++] =
-        KP_HTTP_HEADER("Accept", c->stream ? "text/event-stream" : "application/json");
-    for (uint32_t i = 0; i < p->headers.n && nh < sizeof(c->up_headers) / sizeof(c->up_headers[0]);
-         i++)
-        c->up_headers[nh++] = KP_HTTP_HEADER(p->headers.v[i].key, p->headers.v[i].value);
-    c->n_up_headers = nh;
+    kp_buf_consume(&c->upstream_body, c->upstream_body.len);
+    int rc = kp_router__prepare(c, k, kp_secret_data(secret), kp_secret_len(secret), errmsg, errlen,
+                                param, paramlen);
+    if (rc != KP_OK)
+        return rc;
     memset(req, 0, sizeof(*req));
     req->method = "POST";
     req->url = c->url;
-    req->allow_http = p->allow_insecure;
+    req->allow_http = k->provider->allow_insecure;
     req->headers = c->up_headers;
-    req->n_headers = nh;
-    if (c->upstream_body.len > 0) {
-        req->body = c->upstream_body.data;
-        req->body_len = c->upstream_body.len;
-    } else {
-        req->body = c->req->body;
-        req->body_len = c->req->body_len;
-    }
+    req->n_headers = c->n_up_headers;
+    const struct kp_buf *body = c->upstream_body.len > 0    ? &c->upstream_body
+                                : c->rewritten_body.len > 0 ? &c->rewritten_body
+                                                            : NULL;
+    req->body = body ? body->data : c->req->body;
+    req->body_len = body ? body->len : c->req->body_len;
     return KP_OK;
 }
 
 void kp_router__attempt_next(struct kp_call *c)
 {
     static const struct kp_upstream_callbacks cbs = {on_head, on_body, attempt_done, NULL};
-    char errmsg[300] = "";
+    char errmsg[300] = "", param[160] = "";
     while (c->next_cand < c->ncand) {
         const struct kp_candidate *k = &c->cand[c->next_cand++];
         struct kp_upstream_request req;
@@ -416,7 +442,18 @@ void kp_router__attempt_next(struct kp_call *c)
         kp_usage_set_str(c->ev.provider, k->provider->e.id);
         kp_usage_set_str(c->ev.pool, k->pool);
         c->up_status = 0;
-        int rc = build_request(c, k, &req, errmsg, sizeof(errmsg));
+        kp_router__stream_free(c);
+        c->stream_broken = false;
+        c->stream_error[0] = '\0';
+        int rc = build_request(c, k, &req, errmsg, sizeof(errmsg), param, sizeof(param));
+        if (rc == KP_EINVAL) {
+            /* The request cannot be expressed for this provider: the app's
+             * to fix, not a reason to try another key. */
+            kp_secret_wipe(c->auth_header, sizeof(c->auth_header));
+            kp_router__fail_param(c, 400, "invalid_request_error", "unsupported_for_provider",
+                                  param[0] ? param : NULL, errmsg);
+            return;
+        }
         if (rc == KP_OK) {
             struct kp_upstream_callbacks cb = cbs;
             cb.arg = c;

@@ -23,6 +23,7 @@ static const struct route routes[] = {
     {"/v1/completions", KP_EP_COMPLETIONS, "/v1/completions", "/completions"},
     {"/v1/embeddings", KP_EP_EMBEDDINGS, "/v1/embeddings", "/embeddings"},
     {"/v1/responses", KP_EP_RESPONSES, "/v1/responses", "/responses"},
+    {"/anthropic/v1/messages", KP_EP_MESSAGES, "/anthropic/v1/messages", "/messages"},
 };
 
 const char *kp_router__suffix(enum kp_endpoint ep)
@@ -45,7 +46,9 @@ static void call_free(struct kp_call *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     json_decref(c->body);
+    kp_buf_free(&c->rewritten_body);
     kp_buf_free(&c->upstream_body);
+    kp_router__stream_free(c);
     kp_buf_free(&c->resp);
     kp_sse_free(&c->sse);
     kp_secret_wipe(c->auth_header, sizeof(c->auth_header));
@@ -68,11 +71,37 @@ void kp_router__finish(struct kp_call *c)
     call_free(c);
 }
 
-int kp_router__fail(struct kp_call *c, int status, const char *type, const char *code,
-                    const char *message)
+/* The error body in the app's shape: OpenAI's, or Anthropic's for
+ * /anthropic/v1/messages. */
+static char *error_body(const struct kp_call *c, int status, const char *type, const char *code,
+                        const char *param, const char *message, size_t *len)
+{
+    json_t *v;
+    if (c->ep == KP_EP_MESSAGES) {
+        const char *atype = status == 401   ? "authentication_error"
+                            : status == 403 ? "permission_error"
+                            : status == 404 ? "not_found_error"
+                            : status == 429 ? "rate_limit_error"
+                            : status >= 500 ? "api_error"
+                                            : "invalid_request_error";
+        v = json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type", atype, "message",
+                      message);
+    } else {
+        v = json_pack("{s:{s:s,s:s,s:s,s:s?}}", "error", "message", message, "type", type, "code",
+                      code, "param", param);
+        if (v != NULL && param == NULL)
+            json_object_set_new(json_object_get(v, "error"), "param", json_null());
+    }
+    char *text = v ? kp_json_dumps(v, len) : NULL;
+    json_decref(v);
+    return text;
+}
+
+int kp_router__fail_param(struct kp_call *c, int status, const char *type, const char *code,
+                          const char *param, const char *message)
 {
     size_t len;
-    char *body = kp_json_error_body(message, type, code, &len);
+    char *body = error_body(c, status, type, code, param, message, &len);
     struct kp_http_header h[3] = {
         KP_HTTP_HEADER("Content-Type", "application/json"),
         KP_HTTP_HEADER("X-Request-Id", c->rid),
@@ -89,6 +118,12 @@ int kp_router__fail(struct kp_call *c, int status, const char *type, const char 
     }
     kp_router__finish(c);
     return KP_EPERM;
+}
+
+int kp_router__fail(struct kp_call *c, int status, const char *type, const char *code,
+                    const char *message)
+{
+    return kp_router__fail_param(c, status, type, code, NULL, message);
 }
 
 static void on_abort(struct kp_http_exchange *ex, void *arg)
@@ -155,7 +190,7 @@ static int upstream_body(struct kp_call *c)
     char *text = kp_json_dumps(c->body, &len);
     if (text == NULL)
         return KP_ENOMEM;
-    int rc = kp_buf_append(&c->upstream_body, text, len) == 0 ? KP_OK : KP_ENOMEM;
+    int rc = kp_buf_append(&c->rewritten_body, text, len) == 0 ? KP_OK : KP_ENOMEM;
     kp_free(text);
     return rc;
 }
@@ -246,6 +281,7 @@ static struct kp_call *call_new(struct kp_router *r, struct kp_http_exchange *ex
     c->rid = rid;
     c->start_ms = kp_now_unix_ms();
     c->start_us = kp_now_mono_us();
+    kp_buf_init(&c->rewritten_body);
     kp_buf_init(&c->upstream_body);
     kp_buf_init(&c->resp);
     kp_sse_init(&c->sse, 0);
@@ -291,7 +327,7 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
         kp_http_set_route(ex, "other");
         plain_error(ex, rid, 404, "not_found",
                     "no such endpoint: keyplane serves /v1/chat/completions, /v1/completions, "
-                    "/v1/embeddings, /v1/responses and /v1/models");
+                    "/v1/embeddings, /v1/responses, /v1/models and /anthropic/v1/messages");
         return;
     }
     kp_http_set_route(ex, models ? "/v1/models" : rt->label);

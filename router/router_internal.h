@@ -6,6 +6,8 @@
  *   select.c    the pool's usable keys, in the order they are tried
  *   attempt.c   one upstream attempt per key: request, streaming back,
  *               usage capture, failover to the next key
+ *   shape.c     what goes upstream and comes back per (endpoint, provider
+ *               kind): as is, or through the adapters
  *   secrets.c   the worker's cache of opened provider secrets */
 #ifndef KP_ROUTER_INTERNAL_H
 #define KP_ROUTER_INTERNAL_H
@@ -22,6 +24,16 @@ enum kp_endpoint {
     KP_EP_COMPLETIONS, /* /v1/completions */
     KP_EP_EMBEDDINGS,  /* /v1/embeddings */
     KP_EP_RESPONSES,   /* /v1/responses */
+    KP_EP_MESSAGES,    /* /anthropic/v1/messages (Anthropic's shape) */
+};
+
+/* How an attempt talks to its provider (shape.c). */
+enum kp_shape {
+    KP_SHAPE_OPENAI,             /* OpenAI endpoint, OpenAI-shaped provider: as is */
+    KP_SHAPE_CHAT_VIA_ANTHROPIC, /* chat completions translated to Messages */
+    KP_SHAPE_CHAT_VIA_GEMINI,    /* chat completions translated to generateContent */
+    KP_SHAPE_MESSAGES,           /* Messages to Anthropic: as is */
+    KP_SHAPE_MESSAGES_VIA_CHAT,  /* Messages translated to chat completions */
 };
 
 /* A key the call may try, in order. */
@@ -64,8 +76,9 @@ struct kp_call {
     json_t *body;      /* the app's request */
     const char *model; /* from body */
     bool stream;
-    bool client_wants_usage;     /* stream_options.include_usage from the app */
-    struct kp_buf upstream_body; /* what goes upstream when rewritten */
+    bool client_wants_usage;      /* stream_options.include_usage from the app */
+    struct kp_buf rewritten_body; /* the app's body with include_usage added */
+    struct kp_buf upstream_body;  /* this attempt's translated body */
 
     struct kp_candidate cand[KP_MAX_CANDIDATES];
     unsigned ncand, next_cand;
@@ -86,6 +99,12 @@ struct kp_call {
     struct kp_buf resp; /* non-stream answer, or a failed attempt's body */
     struct kp_sse_parser sse;
     struct kp_usage_counts usage;
+    int shape; /* enum kp_shape of the current attempt */
+    struct kp_anthropic_stream *anthropic;
+    struct kp_gemini_stream *gemini;
+    struct kp_messages_stream *messages;
+    bool stream_broken;     /* the provider's stream could not be read */
+    char stream_error[256]; /* why, for the app's error event */
 
     struct kp_usage_event ev;
     bool done;
@@ -96,6 +115,9 @@ struct kp_call {
  * `return kp_router__fail(...)`. */
 int kp_router__fail(struct kp_call *c, int status, const char *type, const char *code,
                     const char *message);
+/* kp_router__fail with the OpenAI error's "param" set (may be NULL). */
+int kp_router__fail_param(struct kp_call *c, int status, const char *type, const char *code,
+                          const char *param, const char *message);
 /* gateway.c: the call is over (answered): record usage, free. */
 void kp_router__finish(struct kp_call *c);
 
@@ -114,6 +136,30 @@ int kp_router__select(struct kp_call *c);
  * the app, the next; answers when out of candidates. */
 void kp_router__attempt_next(struct kp_call *c);
 void kp_router__attempt_cancel(struct kp_call *c);
+
+/* shape.c */
+/* enum kp_shape for the pair, or -1 when this gateway cannot send @ep to a
+ * provider of @provider_kind. */
+int kp_router__shape_of(enum kp_endpoint ep, int provider_kind);
+/* Fill c->url, c->up_headers (the auth header from @secret) and, when the
+ * body must change, c->upstream_body. KP_EINVAL with @errmsg and @param:
+ * the app's request cannot be expressed for this provider (a 400). */
+int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const char *secret,
+                       size_t secret_len, char *errmsg, size_t errlen, char *param,
+                       size_t paramlen);
+/* A whole 2xx answer in the app's shape: *@out is the translated document
+ * (NULL: relay the provider's bytes). Reads usage into c->usage. */
+int kp_router__translate_answer(struct kp_call *c, json_t *doc, json_t **out);
+int kp_router__stream_begin(struct kp_call *c);
+int kp_router__stream_event(struct kp_call *c, const struct kp_sse_event *e, char *errmsg,
+                            size_t errlen);
+int kp_router__stream_end(struct kp_call *c);
+void kp_router__stream_free(struct kp_call *c);
+
+/* attempt.c: write one SSE event to the app (@event NULL or "message":
+ * data only). */
+int kp_router__write_event(struct kp_call *c, const char *event, size_t event_len, const char *data,
+                           size_t data_len);
 
 /* secrets.c */
 struct kp_secret_cache *kp_secret_cache_new(void);

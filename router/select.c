@@ -29,15 +29,7 @@ static bool model_allowed(const struct kp_key *k, const char *model)
 
 static bool endpoint_supported(enum kp_endpoint ep, const struct kp_provider *p)
 {
-    switch (p->kind) {
-    case KP_PROVIDER_OPENAI:
-    case KP_PROVIDER_OPENAI_COMPATIBLE:
-    case KP_PROVIDER_AZURE_OPENAI:
-        return true;
-    default:
-        return false; /* anthropic and gemini: through adapters, to come */
-    }
-    (void)ep;
+    return kp_router__shape_of(ep, p->kind) >= 0;
 }
 
 /* Why the last skipped key was skipped, for the 503 message. */
@@ -95,7 +87,8 @@ static void consider(struct kp_call *c, const struct kp_pool *pool, struct reaso
             snprintf(why->last, sizeof(why->last), "key %s has no secret", k->e.id);
         } else if (p == NULL || !endpoint_supported(c->ep, p)) {
             snprintf(why->last, sizeof(why->last),
-                     "key %s's provider kind is not served by this gateway yet", k->e.id);
+                     "key %s's provider (%s) cannot serve this endpoint", k->e.id,
+                     p ? kp_provider_kind_name(p->kind) : "missing");
         } else {
             c->cand[c->ncand++] = (struct kp_candidate){k, p, pool->e.id};
         }

@@ -203,3 +203,85 @@ class RouterTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def sse_data(raw):
+    return [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
+
+
+class ShapesTest(unittest.TestCase):
+    """Chat completions served by Anthropic- and Gemini-shaped providers, and
+    the Anthropic-native endpoint served by an OpenAI-shaped one and by an
+    Anthropic one: the app always gets its own shape back."""
+
+    def setUp(self):
+        self.g = g = Gateway(self)
+        g.admin("PUT", "/providers/anth", {"kind": "anthropic", "base_url": g.mock.url + "/v1",
+                                          "allow_insecure": True})
+        g.admin("PUT", "/providers/gem", {"kind": "gemini", "base_url": g.mock.url + "/v1beta",
+                                         "allow_insecure": True})
+        g.admin("PUT", "/keys/key-anth", {"provider": "anth", "secret": "sk-ant-mock-key-0003"})
+        g.admin("PUT", "/keys/key-gem", {"provider": "gem", "secret": "AIza-mock-key-0004"})
+        g.admin("PUT", "/pools/anth", {"members": [{"key": "key-anth"}]})
+        g.admin("PUT", "/pools/gem", {"members": [{"key": "key-gem"}]})
+
+    def chat(self, pool, **extra):
+        body = dict(CHAT, model="claude-3-5-haiku-latest" if pool == "anth" else
+                    ("gemini-2.0-flash" if pool == "gem" else "gpt-4o-mini"), **extra)
+        return self.g.call("/v1/chat/completions", body, headers={"X-Keyplane-Pool": pool})
+
+    def test_chat_through_anthropic_and_gemini(self):
+        for pool in ("anth", "gem"):
+            status, h, raw = self.chat(pool)
+            self.assertEqual(status, 200, raw)
+            answer = json.loads(raw)
+            self.assertEqual(answer["object"], "chat.completion", answer)
+            msg = answer["choices"][0]["message"]
+            self.assertEqual(msg["role"], "assistant")
+            self.assertTrue(msg["content"].startswith("mock0"), msg)
+            self.assertEqual(answer["usage"]["completion_tokens"], 16)
+            self.assertEqual(h["x-keyplane-key"], "key-" + pool)
+
+    def test_chat_streams_through_anthropic_and_gemini(self):
+        for pool in ("anth", "gem"):
+            status, _, raw = self.chat(pool, stream=True,
+                                       stream_options={"include_usage": True})
+            self.assertEqual(status, 200, raw)
+            events = sse_data(raw)
+            self.assertEqual(events[-1], "[DONE]", events[-3:])
+            chunks = [json.loads(e) for e in events[:-1]]
+            text = "".join((c["choices"][0]["delta"].get("content") or "")
+                           for c in chunks if c["choices"])
+            self.assertTrue(text.startswith("mock0 mock1"), (pool, text))
+            self.assertEqual(chunks[-1]["usage"]["completion_tokens"], 16, pool)
+
+    def test_anthropic_endpoint_native_and_translated(self):
+        g = self.g
+        msg = {"model": "claude-3-5-haiku-latest", "max_tokens": 64,
+               "messages": [{"role": "user", "content": "hello"}]}
+        hdrs = {"anthropic-version": "2023-06-01", "X-Keyplane-Pool": "anth"}
+        for pool, model in (("anth", "claude-3-5-haiku-latest"), ("default", "gpt-4o-mini")):
+            hdrs["X-Keyplane-Pool"] = pool
+            status, _, raw = g.call("/anthropic/v1/messages", dict(msg, model=model),
+                                    headers=hdrs)
+            self.assertEqual(status, 200, raw)
+            answer = json.loads(raw)
+            self.assertEqual((answer["type"], answer["role"]), ("message", "assistant"), answer)
+            self.assertTrue(answer["content"][0]["text"].startswith("mock0"), answer)
+            self.assertGreater(answer["usage"]["output_tokens"], 0)
+            status, _, raw = g.call("/anthropic/v1/messages", dict(msg, model=model, stream=True),
+                                    headers=hdrs)
+            self.assertEqual(status, 200, raw)
+            names = [line[7:] for line in raw.decode().split("\n") if line.startswith("event: ")]
+            self.assertEqual((names[0], names[-1]), ("message_start", "message_stop"), names)
+            self.assertIn("content_block_delta", names)
+        # Errors in Anthropic's shape on this endpoint.
+        status, _, raw = g.call("/anthropic/v1/messages", msg, token="kp_nope")
+        self.assertEqual(status, 401)
+        self.assertEqual(json.loads(raw)["type"], "error")
+
+    def test_untranslatable_request_is_a_400_naming_the_param(self):
+        status, h, raw = self.chat("anth", n=2)
+        self.assertEqual((status, h["x-keyplane-error"]), (400, "unsupported_for_provider"), raw)
+        self.assertEqual(json.loads(raw)["error"]["param"], "n")
+        self.assertEqual(self.g.stats()["requests"], 0)

@@ -41,11 +41,12 @@ class SdkTest(unittest.TestCase):
 
 
 class GatewaySdkTest(unittest.TestCase):
-    """The OpenAI SDK pointed at a keyplane gateway (app token as its API
-    key) in front of the mock: chat, streams, embeddings, models and
-    responses come back well formed through the router."""
+    """The OpenAI and Anthropic SDKs pointed at a keyplane gateway (the app
+    token as their API key) in front of the mock: chat, streams, embeddings,
+    models, responses and Anthropic messages (translated to the pool's
+    OpenAI-shaped provider) come back well formed through the router."""
 
-    def test_openai_sdk_through_the_gateway(self):
+    def test_official_sdks_through_the_gateway(self):
         node = shutil.which("node")
         if node is None:
             self.skipTest("node is not installed; the SDK check needs Node.js 20 or later")
@@ -56,8 +57,10 @@ class GatewaySdkTest(unittest.TestCase):
         g.admin("PUT", "/pools/default", {"members": [{"key": "key-a"}]})
         for model in ("gpt-4o", "text-embedding-3-small"):
             g.admin("PUT", "/prices/" + model, {"input_per_mtok": 1, "output_per_mtok": 1})
-        env = dict(os.environ, OPENAI_API_KEY=g.token)
-        r = subprocess.run([node, "sdk_check.mjs", g.node.gateway_url, "^openai (?!error)"],
+        env = dict(os.environ, OPENAI_API_KEY=g.token, ANTHROPIC_API_KEY=g.token,
+                   ANTHROPIC_BASE_URL=g.node.gateway_url + "/anthropic")
+        r = subprocess.run([node, "sdk_check.mjs", g.node.gateway_url,
+                            "^(openai|anthropic) (?!error)"],
                            cwd=SDK_DIR, capture_output=True, timeout=300, env=env)
         out = r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
         self.assertEqual(r.returncode, 0, "sdk_check.mjs through the gateway failed:\n" + out)

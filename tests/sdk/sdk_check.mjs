@@ -29,7 +29,8 @@ const openai = new OpenAI({
   timeout: 15000,
 });
 const anthropic = new Anthropic({
-  baseURL: root,
+  // A keyplane gateway serves Anthropic's API under /anthropic.
+  baseURL: process.env.ANTHROPIC_BASE_URL || root,
   apiKey: process.env.ANTHROPIC_API_KEY || 'sk-ant-sdk-check',
   maxRetries: 0,
   timeout: 15000,
