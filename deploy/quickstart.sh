@@ -64,43 +64,66 @@ admin() { # METHOD PATH [JSON]
   curl -fsS -X "$1" "$ctl$2" -H "Authorization: Bearer $token" \
     -H 'Content-Type: application/json' ${3:+-d "$3"} >/dev/null
 }
-# Demo registry entries pointing at the mock (PUT is idempotent).
+# Demo registry entries pointing at the mock (PUT is idempotent): a
+# provider, two keys in the default pool (the second takes over when the
+# first fails), a tenant with a project, a price, and an app token (shown
+# once by the API, so kept in the data directory).
 admin PUT /admin/v1/providers/mock \
   "{\"kind\":\"openai-compatible\",\"base_url\":\"http://127.0.0.1:$mock_port/v1\",\"allow_insecure\":true}"
 admin PUT /admin/v1/tenants/demo '{"display_name":"Demo tenant"}'
+admin PUT /admin/v1/projects/demo-app '{"tenant":"demo","display_name":"Demo app"}'
 admin PUT /admin/v1/keys/mock-key-1 \
   '{"provider":"mock","name":"mock key 1","owner":"quickstart","secret":"sk-mock-quickstart-0001"}'
-admin PUT /admin/v1/pools/default '{"strategy":"priority","members":[{"key":"mock-key-1"}]}'
+admin PUT /admin/v1/keys/mock-key-2 \
+  '{"provider":"mock","name":"mock key 2","owner":"quickstart","secret":"sk-mock-quickstart-0002"}'
+admin PUT /admin/v1/pools/default \
+  '{"strategy":"priority","members":[{"key":"mock-key-1","priority":0},{"key":"mock-key-2","priority":1}]}'
+admin PUT /admin/v1/prices/gpt-4o-mini '{"input_per_mtok":150000000,"output_per_mtok":600000000}'
+app_file="$state/node1/app.token"
+if [ ! -s "$app_file" ]; then
+  (umask 077 && curl -fsS -X POST "$ctl/admin/v1/tokens" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' \
+    -d '{"name":"quickstart app","role":"app","tenant":"demo"}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' >"$app_file")
+fi
+app=$(cat "$app_file")
 
 cat <<MSG
 
 keyplane is running.
 
-  gateway (apps)        http://127.0.0.1:$gw_port/v1
-  control (operators)   http://127.0.0.1:$ctl_port   (/healthz /readyz /metrics /admin/v1/status)
+  gateway (apps)        http://127.0.0.1:$gw_port/v1   (OpenAI API; Anthropic API under /anthropic)
+  control (operators)   http://127.0.0.1:$ctl_port   (/admin/v1 API, /metrics, /healthz, /readyz)
   mock provider         http://127.0.0.1:$mock_port/v1   (OpenAI, Anthropic and Gemini shapes)
   logs                  $state/keyplaned.log, $state/mock.log
+
+App token (tenant demo; kept in $state/node1/app.token):
+  $app
+
+Call a model through keyplane (the mock answers; the app never sees a provider key):
+  curl -s http://127.0.0.1:$gw_port/v1/chat/completions -H "Authorization: Bearer $app" \\
+    -H 'Content-Type: application/json' -H 'X-Project: demo-app' \\
+    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'
+  curl -sN http://127.0.0.1:$gw_port/v1/chat/completions -H "Authorization: Bearer $app" \\
+    -H 'Content-Type: application/json' \\
+    -d '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hello"}]}'
+
+With the OpenAI SDK (npm install openai):
+  import OpenAI from 'openai';
+  const client = new OpenAI({ baseURL: 'http://127.0.0.1:$gw_port/v1', apiKey: '$app' });
+  const r = await client.chat.completions.create({ model: 'gpt-4o-mini',
+    messages: [{ role: 'user', content: 'hello' }] });
+  console.log(r.choices[0].message.content);
 
 Admin token (full rights; kept in $state/node1/admin.token, mode 0600):
   $token
 
   export KEYPLANE_SERVER=http://127.0.0.1:$ctl_port
   export KEYPLANE_TOKEN=\$(cat $state/node1/admin.token)
-
-Try:
-  $bin/clusterctl cluster
   $bin/clusterctl get keys
+  $bin/clusterctl cluster
   $bin/clusterctl audit list
-  curl -s -H "Authorization: Bearer \$KEYPLANE_TOKEN" http://127.0.0.1:$ctl_port/admin/v1/pools
-  curl -s http://127.0.0.1:$ctl_port/metrics | grep keyplane_
-  curl -s http://127.0.0.1:$mock_port/v1/chat/completions -H 'Authorization: Bearer sk-mock-demo' \\
-    -H 'Content-Type: application/json' \\
-    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}'
-
-The registry holds a demo provider (the mock), a key, a pool and a tenant.
-The gateway's router is not in this build yet: /v1 calls to port $gw_port
-answer 501 until it lands. Call the mock directly as above to see the
-provider shapes.
+  curl -s -H "Authorization: Bearer \$KEYPLANE_TOKEN" http://127.0.0.1:$ctl_port/admin/v1/usage/recent
 
 Press Ctrl-C to stop both.
 MSG
