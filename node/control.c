@@ -1,5 +1,5 @@
-/* Handlers of the control listener (health, readiness, metrics, status) and,
- * until the router lands, of the gateway listener.
+/* Handlers of the control listener: health, readiness, metrics, status,
+ * and the dispatch of /admin/v1/ (admin*.c) and /internal/v1/ (cluster.c).
  *
  * Every answer is JSON except /metrics. Errors have the OpenAI shape that
  * apps and clusterctl both parse: {"error":{"message","type","code","param"}}

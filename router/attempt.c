@@ -55,7 +55,7 @@ static kp_nanousd cost_of(const struct kp_price *p, const struct kp_usage_counts
 }
 
 /* Fill the usage event from what the call ended with. */
-static void settle(struct kp_call *c)
+void kp_router__settle(struct kp_call *c)
 {
     struct kp_usage_event *ev = &c->ev;
     if (!c->usage.present && c->sent_body) {
@@ -67,8 +67,12 @@ static void settle(struct kp_call *c)
     ev->tokens_in = c->usage.input;
     ev->tokens_out = c->usage.output;
     ev->tokens_cached = c->usage.cached;
-    const char *served = ev->model_served[0] ? ev->model_served : c->model;
-    ev->cost = cost_of(kp_view_price(c->view, served), &c->usage);
+    /* The price of the model served (a dated name), else of the one asked. */
+    const struct kp_price *price =
+        ev->model_served[0] ? kp_view_price(c->view, ev->model_served) : NULL;
+    if (price == NULL)
+        price = kp_view_price(c->view, c->model);
+    ev->cost = cost_of(price, &c->usage);
     ev->retries = c->attempts > 0 ? c->attempts - 1 : 0;
 }
 
@@ -176,6 +180,7 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
     kp_http_stream_begin(c->ex, 200, out, 4);
     c->streaming_out = true;
     c->ev.status = 200;
+    c->ev.error_class[0] = '\0';
 }
 
 /* Is @data a usage-only chunk (no choices, a usage object)? */
@@ -276,8 +281,9 @@ static bool on_body(void *arg, const void *data, size_t len)
         return true;
     }
     size_t cap = c->up_status >= 200 && c->up_status <= 299 ? MAX_BUFFERED : MAX_ERROR_BODY;
-    if (c->resp.len + len <= cap)
-        kp_buf_append(&c->resp, data, len);
+    if (c->resp.len + len <= cap && kp_buf_append(&c->resp, data, len) == 0)
+        return true;
+    c->resp_incomplete = true; /* over the cap or out of memory: never relayed cut */
     return true;
 }
 
@@ -339,6 +345,8 @@ static void relay_answer(struct kp_call *c)
     };
     c->ev.status = (uint16_t)c->up_status;
     c->ev.ttfb_us = kp_now_mono_us() - c->start_us;
+    if (c->up_status >= 200 && c->up_status <= 299)
+        c->ev.error_class[0] = '\0'; /* an earlier key's failure is not this answer's */
     kp_http_respond(c->ex, c->up_status, h, 3, c->resp.data, c->resp.len);
 }
 
@@ -354,7 +362,7 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
             end_stream_with_error(c, result == KP_UPSTREAM_OK ? "server" : result_class(result),
                                   c->stream_broken ? c->stream_error : detail);
         }
-        settle(c);
+        kp_router__settle(c);
         kp_router__finish(c);
         return;
     }
@@ -365,9 +373,18 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
         attempt_failed(c, result_class(result), why);
         return;
     }
+    if (c->resp_incomplete) {
+        char why[200];
+        snprintf(why, sizeof(why), "key %s: the answer is over %d MiB (or memory ran out)",
+                 c->cur->key->e.id,
+                 (c->up_status >= 200 && c->up_status <= 299 ? MAX_BUFFERED : MAX_ERROR_BODY) >>
+                     20);
+        kp_router__fail(c, 502, "server_error", "upstream_answer_too_large", why);
+        return;
+    }
     if (c->up_status >= 200 && c->up_status <= 299) {
         relay_answer(c);
-        settle(c);
+        kp_router__settle(c);
         kp_router__finish(c);
         return;
     }
@@ -390,7 +407,7 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
             return;
         }
         relay_answer(c);
-        settle(c);
+        kp_router__settle(c);
         kp_router__finish(c);
         return;
     }
@@ -442,6 +459,7 @@ void kp_router__attempt_next(struct kp_call *c)
         kp_usage_set_str(c->ev.provider, k->provider->e.id);
         kp_usage_set_str(c->ev.pool, k->pool);
         c->up_status = 0;
+        c->resp_incomplete = false;
         kp_router__stream_free(c);
         c->stream_broken = false;
         c->stream_error[0] = '\0';

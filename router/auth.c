@@ -63,7 +63,7 @@ int kp_router__authenticate(struct kp_call *c)
                                t != NULL && rc == KP_OK
                                    ? "this token is disabled; ask your keyplane operator"
                                    : "unknown token (revoked, deleted, or mistyped)");
-    enum kp_role role;
+    enum kp_role role = KP_ROLE_COUNT;
     if (kp_role_parse(t->role, &role) != KP_OK || !kp_role_has(role, KP_PERM_USE)) {
         kp_role_refusal(why, sizeof(why), t->e.id, role, KP_PERM_USE);
         return kp_router__fail(c, 403, "permission_error", "not_an_app_token", why);
@@ -110,6 +110,13 @@ int kp_router__scope(struct kp_call *c)
         }
         if (tenant == NULL)
             tenant = p->tenant;
+    }
+    if (project == NULL && t->projects.n > 0) {
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "this token is limited to projects (%s%s): send X-Project with one of them",
+                 t->projects.v[0], t->projects.n > 1 ? ", ..." : "");
+        return kp_router__fail(c, 403, "permission_error", "project_required", msg);
     }
     struct kp_token_scope scope = {
         .tenant = t->tenant,

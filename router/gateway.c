@@ -132,6 +132,7 @@ static void on_abort(struct kp_http_exchange *ex, void *arg)
     (void)ex;
     kp_router__attempt_cancel(c);
     kp_usage_set_str(c->ev.error_class, "cancelled");
+    kp_router__settle(c); /* what reached the app is still metered */
     kp_http_reset(c->ex);
     kp_router__finish(c);
 }
@@ -227,7 +228,9 @@ static void handle_models(struct kp_call *c)
     const char *name = c->pool_name;
     for (int depth = 0; name != NULL && depth < 8 && m.seen != NULL; depth++) {
         const struct kp_pool *pool = kp_view_pool(c->view, name);
-        if (pool == NULL)
+        struct kp_token_refusal why;
+        if (pool == NULL || (depth > 0 && kp_token_scope_allows(&c->scope, c->start_ms, NULL, NULL,
+                                                                name, NULL, &why) != KP_OK))
             break;
         for (uint32_t i = 0; i < pool->nmembers; i++) {
             const struct kp_key *k = kp_view_pool_key(c->view, pool, i);
@@ -297,20 +300,21 @@ static struct kp_call *call_new(struct kp_router *r, struct kp_http_exchange *ex
 }
 
 static void plain_error(struct kp_http_exchange *ex, const char *rid, int status, const char *code,
-                        const char *msg)
+                        const char *msg, const char *allow)
 {
     size_t len;
     char *body = kp_json_error_body(msg, "invalid_request_error", code, &len);
-    struct kp_http_header h[3] = {
+    struct kp_http_header h[4] = {
         KP_HTTP_HEADER("Content-Type", "application/json"),
         KP_HTTP_HEADER("X-Request-Id", rid),
         KP_HTTP_HEADER("X-Keyplane-Error", code),
+        KP_HTTP_HEADER("Allow", allow ? allow : ""),
     };
     if (body == NULL) {
         kp_http_respond(ex, 503, h + 1, 1, NULL, 0);
         return;
     }
-    kp_http_respond(ex, status, h, 3, body, len);
+    kp_http_respond(ex, status, h, allow ? 4 : 3, body, len);
     kp_free(body);
 }
 
@@ -327,7 +331,8 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
         kp_http_set_route(ex, "other");
         plain_error(ex, rid, 404, "not_found",
                     "no such endpoint: keyplane serves /v1/chat/completions, /v1/completions, "
-                    "/v1/embeddings, /v1/responses, /v1/models and /anthropic/v1/messages");
+                    "/v1/embeddings, /v1/responses, /v1/models and /anthropic/v1/messages",
+                    NULL);
         return;
     }
     kp_http_set_route(ex, models ? "/v1/models" : rt->label);
@@ -335,12 +340,12 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
     if (strcmp(req->method, want) != 0) {
         char msg[128];
         snprintf(msg, sizeof(msg), "%s %s is not allowed; use %s", req->method, req->path, want);
-        plain_error(ex, rid, 405, "method_not_allowed", msg);
+        plain_error(ex, rid, 405, "method_not_allowed", msg, want);
         return;
     }
     struct kp_call *c = call_new(r, ex, req, rid);
     if (c == NULL) {
-        plain_error(ex, rid, 503, "out_of_memory", "out of memory; retry");
+        plain_error(ex, rid, 503, "out_of_memory", "out of memory; retry", NULL);
         return;
     }
     c->view = kp_view_acquire(r->sh.views);

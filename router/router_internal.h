@@ -104,6 +104,7 @@ struct kp_call {
     struct kp_gemini_stream *gemini;
     struct kp_messages_stream *messages;
     bool stream_broken;     /* the provider's stream could not be read */
+    bool resp_incomplete;   /* the buffered answer hit its cap */
     char stream_error[256]; /* why, for the app's error event */
 
     struct kp_usage_event ev;
@@ -136,6 +137,9 @@ int kp_router__select(struct kp_call *c);
  * the app, the next; answers when out of candidates. */
 void kp_router__attempt_next(struct kp_call *c);
 void kp_router__attempt_cancel(struct kp_call *c);
+/* Fill the usage event's tokens and cost from what the call got (an
+ * estimate when a stream that reached the app reported none). */
+void kp_router__settle(struct kp_call *c);
 
 /* shape.c */
 /* enum kp_shape for the pair, or -1 when this gateway cannot send @ep to a

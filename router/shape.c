@@ -113,6 +113,14 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
         break;
     default:
         if (p->kind == KP_PROVIDER_AZURE_OPENAI) {
+            /* The model is the deployment name, a path segment. */
+            if (c->model[strspn(c->model, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                          "0123456789._-")] != '\0') {
+                snprintf(errmsg, errlen,
+                         "model: an Azure deployment name is letters, digits, '.', '_', '-'");
+                snprintf(param, paramlen, "model");
+                return KP_EINVAL;
+            }
             n = snprintf(c->url, sizeof(c->url), "%.*s/openai/deployments/%s%s?api-version=%s",
                          (int)blen, base, c->model, kp_router__suffix(c->ep), p->api_version);
             auth_name = "api-key";

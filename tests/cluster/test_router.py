@@ -134,7 +134,7 @@ class RouterTest(unittest.TestCase):
         self.assertEqual(g.stats()["keys"], {fp(KEY_A): 1, fp(KEY_B): 1})
         ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-f"), None),
                         what="the usage event")
-        self.assertEqual((ev["key_id"], ev["retries"]), ("key-b", 1))
+        self.assertEqual((ev["key_id"], ev["retries"], ev["error_class"]), ("key-b", 1, ""))
 
     def test_every_key_failing_gives_a_clear_error(self):
         g = self.g
@@ -171,12 +171,25 @@ class RouterTest(unittest.TestCase):
                                    body=body, headers=h)
             self.assertEqual((status, rh.get("x-keyplane-error")), (want, code), raw)
             self.assertNotIn(KEY_A, raw.decode())
+        # The wrong method names the right one.
+        status, rh, _ = http("GET", g.node.gateway_url + "/v1/chat/completions",
+                             headers={"Authorization": "Bearer " + g.token})
+        self.assertEqual((status, rh.get("allow")), (405, "POST"))
+        # A token limited to projects must say which one.
+        status, _, raw = g.node.control("POST", ADMIN + "/tokens", body={
+            "role": "app", "tenant": "acme", "projects": ["search"]})
+        limited = json.loads(raw)["token"]
+        status, rh, raw = g.call("/v1/chat/completions", CHAT, token=limited)
+        self.assertEqual((status, rh["x-keyplane-error"]), (403, "project_required"), raw)
+        status, _, raw = g.call("/v1/chat/completions", CHAT, token=limited,
+                                headers={"X-Project": "search"})
+        self.assertEqual(status, 200, raw)
         # A model no key may serve.
         g.admin("PUT", "/keys/key-a", {"provider": "mock", "models": ["gpt-4o*"]})
         g.admin("PUT", "/keys/key-b", {"provider": "mock", "models": ["gpt-4o*"]})
         status, h, raw = g.call("/v1/chat/completions", dict(CHAT, model="claude-x"))
         self.assertEqual((status, h["x-keyplane-error"]), (404, "model_not_found"), raw)
-        self.assertEqual(g.stats()["requests"], 0)
+        self.assertEqual(g.stats()["requests"], 1)  # only the project-scoped call
 
     def test_a_revoked_key_gets_no_traffic(self):
         g = self.g
