@@ -478,15 +478,22 @@ static void handle_whoami(struct kp_admin_req *r)
 struct collect {
     const struct kp_entity **v;
     size_t n, cap;
+    const char *after; /* only ids sorting after this one, or NULL */
 };
 
 static int collect_one(const struct kp_entity *e, void *arg)
 {
     struct collect *c = arg;
-    if (c->n < c->cap)
+    if (c->n < c->cap && (c->after == NULL || strcmp(e->id, c->after) > 0))
         c->v[c->n++] = e;
     return 0;
 }
+
+/* Lists come a page at a time, so that a registry of 100,000 keys is never
+ * rendered in one go on the loop that also runs Raft: ?limit=N (1..5000,
+ * default 500) and ?after=ID; the answer has "next" (the id to pass as
+ * after) while more remain. */
+enum { LIST_DEFAULT = 500, LIST_MAX = 5000 };
 
 static int cmp_id(const void *a, const void *b)
 {
@@ -504,7 +511,19 @@ static void handle_list(struct kp_admin_req *r)
         kp_admin__oom(r);
         return;
     }
-    struct collect c = {.cap = kp_view_count(view, r->kind)};
+    const char *lim = kp_admin__query(r, "limit");
+    long limit = LIST_DEFAULT;
+    if (lim != NULL) {
+        char *end = NULL;
+        limit = strtol(lim, &end, 10);
+        if (end == lim || *end != '\0' || limit < 1 || limit > LIST_MAX) {
+            kp_view_release(view);
+            kp_admin__fail(r, 400, "invalid_query", "limit", "limit: an integer from 1 to %d",
+                           LIST_MAX);
+            return;
+        }
+    }
+    struct collect c = {.cap = kp_view_count(view, r->kind), .after = kp_admin__query(r, "after")};
     c.v = kp_malloc((c.cap + 1) * sizeof(*c.v));
     json_t *items = json_array(), *v = json_object();
     bool ok = c.v != NULL && items != NULL && v != NULL;
@@ -512,12 +531,15 @@ static void handle_list(struct kp_admin_req *r)
         kp_view_each(view, r->kind, collect_one, &c);
         qsort(c.v, c.n, sizeof(*c.v), cmp_id);
     }
-    for (size_t i = 0; ok && i < c.n; i++)
+    size_t n = c.n < (size_t)limit ? c.n : (size_t)limit;
+    for (size_t i = 0; ok && i < n; i++)
         ok = json_array_append_new(items, kp_admin__entity_json(c.v[i])) == 0;
     if (ok) {
         json_object_set_new(v, "items", items);
         json_object_set_new(v, "applied_index",
                             json_integer((json_int_t)kp_view_applied_index(view)));
+        if (n < c.n)
+            json_object_set_new(v, "next", json_string(c.v[n - 1]->id));
     }
     kp_free(c.v);
     kp_view_release(view);

@@ -233,6 +233,28 @@ class AuthTest(AdminTestBase):
 
 
 class RegistryTest(AdminTestBase):
+    def test_lists_come_in_pages(self):
+        api = self.api
+        for i in range(505):
+            api.ok("PUT", f"{ADMIN}/tenants/t{i:04d}", {}, want=201)
+        v, _ = api.ok("GET", f"{ADMIN}/tenants")
+        self.assertEqual((len(v["items"]), v["next"]), (500, "t0499"))
+        seen, after = [], None
+        while True:
+            q = "?limit=200" + (f"&after={after}" if after else "")
+            v, _ = api.ok("GET", f"{ADMIN}/tenants{q}")
+            seen += [t["id"] for t in v["items"]]
+            after = v.get("next")
+            if after is None:
+                break
+        self.assertEqual(seen, [f"t{i:04d}" for i in range(505)])
+        api.error("GET", f"{ADMIN}/tenants?limit=0", want=400)
+        # clusterctl follows the pages.
+        out = self.h.run(["clusterctl", "--server", self.node.control_url, "get", "tenants",
+                          "-o", "json"], env={"KEYPLANE_TOKEN": self.node.admin_token})
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(len(json.loads(out.stdout)["items"]), 505)
+
     def test_crud_versions_and_preconditions(self):
         api = self.api
         v, h = api.ok("PUT", f"{ADMIN}/tenants/acme", {"display_name": "Acme"}, want=201)

@@ -70,6 +70,29 @@ static int show(struct kp_ctl *ctl, const struct kp_ctl_kind *kind, const char *
         return KP_CTL_EXIT_NO;
     }
     rc = kp_ctl__call(ctl, "GET", query.data, NULL, NULL, &answer);
+    /* A list comes in pages: follow "next" and print them as one. */
+    while (rc == KP_CTL_EXIT_OK && id == NULL && json_is_string(json_object_get(answer, "next"))) {
+        char *base = kp_ctl__path(kind->plural, NULL);
+        struct kp_buf more = {base, base ? strlen(base) : 0, base ? strlen(base) + 1 : 0};
+        json_t *page = NULL;
+        const char *after = json_string_value(json_object_get(answer, "next"));
+        if (base == NULL || (consistent && kp_ctl__query_add(&more, "consistent", "true") != 0) ||
+            kp_ctl__query_add(&more, "after", after) != 0) {
+            kp_buf_free(&more);
+            kp_ctl__error(ctl, "out of memory");
+            rc = KP_CTL_EXIT_NO;
+            break;
+        }
+        rc = kp_ctl__call(ctl, "GET", more.data, NULL, NULL, &page);
+        kp_buf_free(&more);
+        if (rc == KP_CTL_EXIT_OK) {
+            json_array_extend(json_object_get(answer, "items"), json_object_get(page, "items"));
+            json_object_set(answer, "next", json_object_get(page, "next"));
+            if (json_object_get(page, "next") == NULL)
+                json_object_del(answer, "next");
+        }
+        json_decref(page);
+    }
     if (rc == KP_CTL_EXIT_OK)
         print_entities(ctl, kind, answer, id != NULL);
     json_decref(answer);
