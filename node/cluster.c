@@ -41,7 +41,8 @@ struct member_op {
     int role;
     bool remove;
     bool meter;
-    int status_ok; /* 200 or 201 */
+    int status_ok;      /* 200 or 201 */
+    char fail_msg[512]; /* the Raft step failed part way: answered after the record */
 };
 
 static struct member_op *member_op_new(struct kp_node *n, struct kp_http_exchange *ex,
@@ -69,14 +70,10 @@ static void set_caller(struct member_op *op, const struct kp_admin_caller *who)
 
 static void op_fail(struct member_op *op, int code, const char *message)
 {
-    int status = code == KP_ENOTLEADER || code == KP_ECLOSED || code == KP_EBUSY ? 503
-                 : code == KP_ECONFLICT                                          ? 409
-                 : code == KP_ENOENT                                             ? 404
-                                                                                 : 500;
-    const char *type = status == 503   ? "unavailable"
-                       : status == 409 ? "conflict"
-                       : status == 404 ? "not_found"
-                                       : "server_error";
+    /* Anything but a conflict or a missing member is worth retrying later
+     * (no leader, a change in progress, a node that could not be reached). */
+    int status = code == KP_ECONFLICT ? 409 : code == KP_ENOENT ? 404 : 503;
+    const char *type = status == 503 ? "unavailable" : status == 409 ? "conflict" : "not_found";
     kp_admin_error(op->ex, status, op->rid, type, "membership_change_failed", NULL, message);
     kp_free(op);
 }
@@ -92,6 +89,12 @@ static void member_recorded(void *arg, int code, const struct kp_fsm_result *res
     }
     if (res->code != KP_OK) {
         kp_admin_refused(op->ex, op->rid, res);
+        kp_free(op);
+        return;
+    }
+    if (op->fail_msg[0] != '\0') {
+        kp_admin_error(op->ex, 503, op->rid, "unavailable", "membership_change_failed", NULL,
+                       op->fail_msg);
         kp_free(op);
         return;
     }
@@ -141,12 +144,37 @@ static void record_member(struct member_op *op)
         op_fail(op, rc, rc == KP_ENOTLEADER ? "leadership changed; retry" : "cannot propose");
 }
 
+/* The role @id has in the Raft configuration (enum kp_store_role), or -1
+ * when it is not in it. */
+static int raft_role_of(struct kp_node *n, uint64_t id)
+{
+    struct kp_store_status st;
+    int role = -1;
+    if (kp_store_status(n->store, &st) == KP_OK)
+        for (uint32_t i = 0; i < st.nservers; i++)
+            if (st.servers[i].id == id)
+                role = st.servers[i].role;
+    kp_store_status_free(&st);
+    return role;
+}
+
 static void raft_changed(void *arg, int code, const char *message)
 {
     struct member_op *op = arg;
     if (code != KP_OK) {
         char msg[400];
         snprintf(msg, sizeof(msg), "Raft configuration change failed: %s", message);
+        /* The registry follows the configuration as it is: a node added
+         * but not promoted (unreachable) is recorded with the role it got,
+         * so it can be seen and removed by name. */
+        int actual = op->remove ? -1 : raft_role_of(op->n, op->node_id);
+        if (actual >= 0 && actual != op->role) {
+            op->role = actual;
+            snprintf(op->fail_msg, sizeof(op->fail_msg), "%s; recorded as %s", msg,
+                     role_names[actual]);
+            record_member(op);
+            return;
+        }
         op_fail(op, code, msg);
         return;
     }
@@ -247,6 +275,8 @@ static void add_member(struct member_op *op)
     for (uint32_t i = 0; i < st.nservers; i++) {
         if (st.servers[i].id == op->node_id) {
             present = strcmp(st.servers[i].address, op->address) == 0;
+            if (present)
+                op->role = st.servers[i].role; /* record what Raft holds */
             if (!present) {
                 char msg[400];
                 snprintf(msg, sizeof(msg),
@@ -540,6 +570,17 @@ void kp_cluster_admin(struct kp_node *n, struct kp_http_exchange *ex,
                 kp_free(op);
                 return;
             }
+            if (op->node_id == n->node_id) {
+                kp_admin_error(ex, 409, rid, "conflict", "is_leader", NULL,
+                               "this member is the leader: transfer leadership first "
+                               "(clusterctl leader transfer), then change its role");
+                kp_free(op);
+                return;
+            }
+            if (raft_role_of(n, op->node_id) == op->role) {
+                record_member(op); /* Raft has it already: bring the record along */
+                return;
+            }
             rc = kp_store_assign(n->store, op->node_id, op->role, raft_changed, op);
         } else {
             if (op->node_id == n->node_id) {
@@ -550,6 +591,10 @@ void kp_cluster_admin(struct kp_node *n, struct kp_http_exchange *ex,
                 return;
             }
             op->remove = true;
+            if (raft_role_of(n, op->node_id) < 0) {
+                record_member(op); /* gone from Raft already: drop the record */
+                return;
+            }
             rc = kp_store_remove(n->store, op->node_id, raft_changed, op);
         }
         if (rc != KP_OK)
