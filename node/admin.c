@@ -67,6 +67,8 @@ static void handle_usage_recent(struct kp_admin_req *r);
 static void handle_list(struct kp_admin_req *r);
 static void handle_get(struct kp_admin_req *r);
 static void handle_put(struct kp_admin_req *r);
+static void handle_get_health(struct kp_admin_req *r);
+static void handle_put_health(struct kp_admin_req *r);
 static void handle_target_op(struct kp_admin_req *r);
 static void handle_cluster(struct kp_admin_req *r);
 
@@ -103,6 +105,8 @@ static const struct kp_admin_route routes[] = {
     {"POST", "/admin/v1/keys/{id}/disable", OPR, KP_KIND_KEY, KP_OP_NONE, kp_admin__key_disable},
     {"POST", "/admin/v1/keys/{id}/enable", OPR, KP_KIND_KEY, KP_OP_NONE, kp_admin__key_enable},
     {"POST", "/admin/v1/keys/{id}/revoke", CHG, KP_KIND_KEY, KP_OP_NONE, kp_admin__key_revoke},
+    {"GET", "/admin/v1/keys/{id}/health", READ, KP_KIND_KEY_HEALTH, KP_OP_NONE, handle_get_health},
+    {"PUT", "/admin/v1/keys/{id}/health", OPR, KP_KIND_KEY_HEALTH, KP_OP_NONE, handle_put_health},
     {"POST", "/admin/v1/secrets/rewrap", CHG, -1, KP_OP_NONE, kp_admin__secrets_rewrap},
     {"GET", "/admin/v1/{kind}", READ, -1, KP_OP_NONE, handle_list},
     {"GET", "/admin/v1/{kind}/{id}", READ, -1, KP_OP_NONE, handle_get},
@@ -593,6 +597,38 @@ static void propose_json(struct kp_admin_req *r, enum kp_op op, const json_t *bo
     }
     w->is_delete = is_delete;
     kp_admin__submit(w, &cmd, true);
+}
+
+/* A key's health: the registry's record, or "healthy" when nothing was
+ * ever recorded for an existing key. */
+static void handle_get_health(struct kp_admin_req *r)
+{
+    const struct kp_fsm *fsm = kp_admin__fsm(r);
+    const struct kp_entity *e = kp_fsm_get(fsm, KP_KIND_KEY_HEALTH, r->id);
+    if (e != NULL) {
+        kp_admin__respond(r, 200, kp_admin__entity_json(e), e->version, false);
+        return;
+    }
+    if (kp_fsm_get(fsm, KP_KIND_KEY, r->id) == NULL) {
+        char id[130];
+        kp_admin__quote(id, sizeof(id), r->id);
+        kp_admin__fail(r, 404, "not_found", NULL, "no key '%s'", id);
+        return;
+    }
+    kp_admin__respond(
+        r, 200, json_pack("{s:s,s:s,s:s}", "kind", "key_health", "id", r->id, "status", "healthy"),
+        0, false);
+}
+
+/* An operator sets a key's health, e.g. back to healthy after replacing
+ * an invalid secret. */
+static void handle_put_health(struct kp_admin_req *r)
+{
+    json_t *body = kp_admin__body(r, false);
+    if (body == NULL)
+        return;
+    propose_json(r, KP_OP_SET_KEY_HEALTH, body, false);
+    json_decref(body);
 }
 
 static void handle_put(struct kp_admin_req *r)

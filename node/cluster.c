@@ -642,6 +642,61 @@ static void handle_raft_status(struct kp_node *n, struct kp_http_exchange *ex, c
     kp_store_status_free(&st);
 }
 
+/* POST /internal/v1/key-health {"key","status","error_class"}: a router
+ * on another node learned that a key is unusable (health.c). */
+struct health_op {
+    struct kp_http_exchange *ex;
+    char rid[160];
+};
+
+static void health_committed(void *arg, int code, const struct kp_fsm_result *res)
+{
+    struct health_op *h = arg;
+    if (code != KP_OK)
+        kp_admin_error(h->ex, 503, h->rid, "unavailable", "not_committed", NULL,
+                       "the key health change did not commit; retry");
+    else if (res->code != KP_OK)
+        kp_admin_refused(h->ex, h->rid, res);
+    else
+        kp_node_respond_json(h->ex, 200, h->rid, json_pack("{s:b}", "committed", 1));
+    kp_free(h);
+}
+
+static void handle_key_health(struct kp_node *n, struct kp_http_exchange *ex,
+                              const struct kp_http_request *req, const char *rid)
+{
+    if (!kp_store_is_leader(n->store)) {
+        kp_forward_to_leader(n, ex, req, rid);
+        return;
+    }
+    json_t *body = parse_body(ex, req, rid);
+    if (body == NULL)
+        return;
+    const char *key = json_string_value(json_object_get(body, "key"));
+    const char *status = json_string_value(json_object_get(body, "status"));
+    const char *cls = json_string_value(json_object_get(body, "error_class"));
+    int st = -1;
+    for (int i = 0; status != NULL && kp_health_status_name(i) != NULL; i++)
+        if (strcmp(kp_health_status_name(i), status) == 0)
+            st = i;
+    struct health_op *h = NULL;
+    int rc = KP_EINVAL;
+    if (key != NULL && st >= 0 && (h = kp_calloc(1, sizeof(*h))) != NULL) {
+        h->ex = ex;
+        snprintf(h->rid, sizeof(h->rid), "%s", rid);
+        rc = kp_health_propose(n, key, st, cls, "router", health_committed, h);
+    }
+    json_decref(body);
+    if (rc == KP_OK)
+        return;
+    kp_free(h);
+    if (rc == KP_EINVAL)
+        kp_admin_error(ex, 400, rid, "invalid_request", "invalid_field", NULL,
+                       "key and status (a key health status) are required");
+    else
+        kp_admin_error(ex, 503, rid, "unavailable", "not_leader", NULL, "retry shortly");
+}
+
 void kp_internal_handle(struct kp_node *n, struct kp_http_exchange *ex,
                         const struct kp_http_request *req, const char *rid)
 {
@@ -649,6 +704,10 @@ void kp_internal_handle(struct kp_node *n, struct kp_http_exchange *ex,
         kp_admin_error(ex, 401, rid, "unauthorized", "bad_cluster_secret", NULL,
                        "node-to-node calls need the cluster secret: is this node's master key "
                        "the cluster's?");
+        return;
+    }
+    if (strcmp(req->path, "/internal/v1/key-health") == 0 && strcmp(req->method, "POST") == 0) {
+        handle_key_health(n, ex, req, rid);
         return;
     }
     if (strcmp(req->path, "/internal/v1/raft") == 0 && strcmp(req->method, "GET") == 0) {

@@ -559,6 +559,7 @@ void kp_node_stop(void *arg)
         uv_close((uv_handle_t *)&n->join_timer, NULL);
     }
     kp_sweeper_stop(n);
+    kp_health_queue_close(n->health); /* freed by main once the loop closed it */
     struct kp_store *s = n->store;
     n->store_closing = true;
     kp_store_close(s, NULL, NULL);

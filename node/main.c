@@ -64,6 +64,9 @@ static int run(struct kp_config *cfg)
         .prev_kek = node.prev_kek,
         .usage = {kp_usage_log_record, node.usage},
     };
+    node.health = kp_health_queue_new(&node, rt.main_loop);
+    node.router.health =
+        (struct kp_health_sink){node.health ? kp_health_report : NULL, node.health};
     rt.router = &node.router;
 
     if (kp_runtime_run(&rt, errmsg, sizeof(errmsg)) != KP_OK) {
@@ -87,10 +90,12 @@ static int run(struct kp_config *cfg)
     code = kp_runtime_wait(&rt);
     kp_info("main", "stopped");
 out:
+    kp_health_queue_close(node.health);
     /* Let closing handles (raft, timers) finish. */
     uv_run(rt.main_loop, UV_RUN_DEFAULT);
     if (uv_loop_close(rt.main_loop) != 0)
         kp_warn("main", "main loop closed with open handles");
+    kp_health_queue_free(node.health);
     kp_view_slot_close(&node.views);
     kp_usage_log_free(node.usage);
     kp_seal_kek_free(node.kek);

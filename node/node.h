@@ -81,6 +81,7 @@ struct kp_node {
     struct kp_view_slot views;      /* the store publishes, routers read */
     struct kp_router_shared router; /* what every worker's router shares */
     struct kp_usage_log *usage;     /* usage.c */
+    struct kp_health_queue *health; /* health.c */
     /* lifecycle.c */
     bool fresh;         /* the raft directory was empty */
     bool bootstrap;     /* this start makes a new cluster */
@@ -112,6 +113,17 @@ void kp_node_check(struct kp_node *n);
 /* The cluster secret to send on node-to-node calls: the one from the key
  * the cluster's secrets are sealed under. */
 const char *kp_node_out_token(struct kp_node *n);
+
+/* health.c: key health learned by routers, committed cluster-wide. */
+struct kp_health_queue *kp_health_queue_new(struct kp_node *n, uv_loop_t *loop);
+void kp_health_queue_close(struct kp_health_queue *q);
+void kp_health_queue_free(struct kp_health_queue *q);
+/* The router's health sink (thread-safe). */
+void kp_health_report(void *queue, const char *key, int status, const char *error_class);
+/* Propose set_key_health on the leader (KP_ENOTLEADER elsewhere); @cb
+ * may be NULL (failures are logged). */
+int kp_health_propose(struct kp_node *n, const char *key, int status, const char *error_class,
+                      const char *source, kp_store_apply_cb cb, void *arg);
 
 /* usage.c: recent usage events in memory (until the meter pipeline). */
 struct kp_usage_log *kp_usage_log_new(void);

@@ -132,9 +132,24 @@ static void give_up(struct kp_call *c, const char *cls, const char *why)
     kp_router__fail(c, status, status == 429 ? "rate_limit_error" : "server_error", code, msg);
 }
 
+/* Tell the cluster a key is unusable, unless the view already says so. */
+static void report_key(struct kp_call *c, const char *cls)
+{
+    int status = strcmp(cls, "auth") == 0    ? KP_HEALTH_INVALID
+                 : strcmp(cls, "quota") == 0 ? KP_HEALTH_QUOTA_EXHAUSTED
+                                             : -1;
+    const struct kp_router_shared *sh = &c->r->sh;
+    if (status < 0 || sh->health.report == NULL)
+        return;
+    const struct kp_key_health *h = kp_view_key_health(c->view, c->cur->key->e.id);
+    if (h == NULL || h->status != status)
+        sh->health.report(sh->health.arg, c->cur->key->e.id, status, cls);
+}
+
 static void attempt_failed(struct kp_call *c, const char *cls, const char *why)
 {
     kp_usage_set_str(c->ev.error_class, cls);
+    report_key(c, cls);
     kp_info("router", "request %s: key %s failed (%s): %s; %s", c->rid, c->cur->key->e.id, cls, why,
             c->next_cand < c->ncand ? "trying the next key" : "no key left");
     if (c->next_cand < c->ncand) {

@@ -22,6 +22,15 @@ struct kp_usage_sink {
     void *arg;
 };
 
+/* Where a router reports what real traffic taught it about a key (an
+ * upstream 401/403: invalid; out of quota: quota_exhausted), so that the
+ * whole cluster stops using it. Called from worker threads: thread-safe and
+ * non-blocking. @status is enum kp_health_status. */
+struct kp_health_sink {
+    void (*report)(void *arg, const char *key_id, int status, const char *error_class);
+    void *arg;
+};
+
 /* What every worker's router shares, owned by the daemon and valid until
  * every router is closed. */
 struct kp_router_shared {
@@ -30,6 +39,7 @@ struct kp_router_shared {
     const struct kp_seal_kek *kek;      /* opens sealed provider secrets */
     const struct kp_seal_kek *prev_kek; /* during a rotation, or NULL */
     struct kp_usage_sink usage;
+    struct kp_health_sink health;
 };
 
 struct kp_router;

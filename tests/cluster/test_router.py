@@ -298,3 +298,56 @@ class ShapesTest(unittest.TestCase):
         self.assertEqual((status, h["x-keyplane-error"]), (400, "unsupported_for_provider"), raw)
         self.assertEqual(json.loads(raw)["error"]["param"], "n")
         self.assertEqual(self.g.stats()["requests"], 0)
+
+
+class ClusterHealthTest(unittest.TestCase):
+    """A 401 seen by one router makes the key invalid on every node: the
+    call itself moves to the next key, the report goes through the leader,
+    and no router sends that key traffic afterwards."""
+
+    def test_401_makes_the_key_invalid_cluster_wide(self):
+        from test_raft_cluster import Cluster
+        c = Cluster(self).start(3)
+        h = c.h
+        mock = h.start_mock()
+        def admin(method, path, body=None):
+            status, raw = c.json(c.wait_leader(), method, ADMIN + path, body=body)
+            self.assertIn(status, (200, 201), raw)
+            return raw
+        admin("PUT", "/providers/mock", {"kind": "openai-compatible",
+                                        "base_url": mock.url + "/v1", "allow_insecure": True})
+        admin("PUT", "/keys/key-a", {"provider": "mock", "secret": KEY_A})
+        admin("PUT", "/keys/key-b", {"provider": "mock", "secret": KEY_B})
+        admin("PUT", "/pools/default", {"members": [{"key": "key-a", "priority": 0},
+                                                    {"key": "key-b", "priority": 1}]})
+        token = admin("POST", "/tokens", {"role": "app"})["token"]
+        http("POST", mock.url + "/mock/faults", body={"key": KEY_A, "faults": "401"})
+        follower = next(n for n in c.nodes if n is not c.wait_leader())
+        hdrs = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+
+        def call(node):
+            status, rh, raw = http("POST", node.gateway_url + "/v1/chat/completions", body=CHAT,
+                                   headers=hdrs)
+            self.assertEqual(status, 200, raw)
+            return rh["x-keyplane-key"]
+
+        # Every node has the token (and the pool) once the follower that is
+        # asked knows the token: writes replicate in order.
+        wait_until(lambda: http("GET", follower.gateway_url + "/v1/models", headers=hdrs)[0]
+                   == 200, what="the follower to have the token")
+        self.assertEqual(call(follower), "key-b")  # a follower's router saw the 401
+        for node in c.nodes:
+            wait_until(lambda node=node: c.json(node, "GET", ADMIN + "/keys/key-a/health")[1]
+                       .get("status") == "invalid", timeout=30,
+                       what=f"key-a invalid on {node.name}")
+        before = json.loads(http("GET", mock.url + "/mock/stats")[2])["keys"].get(fp(KEY_A))
+        for node in c.nodes:
+            self.assertEqual(call(node), "key-b")
+        after = json.loads(http("GET", mock.url + "/mock/stats")[2])["keys"].get(fp(KEY_A))
+        self.assertEqual(before, after, "an invalid key still got traffic")
+        # An operator brings it back.
+        http("DELETE", mock.url + "/mock/faults")
+        status, raw = c.json(follower, "PUT", ADMIN + "/keys/key-a/health",
+                             body={"status": "healthy"})
+        self.assertEqual(status, 200, raw)
+        wait_until(lambda: call(follower) == "key-a", timeout=30, what="key-a back in rotation")
