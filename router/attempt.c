@@ -11,6 +11,7 @@
  * usage from them and drop the usage-only chunk it asked for on the app's
  * behalf; a slow app pauses the upstream transfer (backpressure). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "router_internal.h"
@@ -150,6 +151,10 @@ static void attempt_failed(struct kp_call *c, const char *cls, const char *why)
 {
     kp_usage_set_str(c->ev.error_class, cls);
     report_key(c, cls);
+    kp_breaker_failure(c->r->breakers, c->cur->key->e.id, cls, c->up_retry_after_ms,
+                       kp_now_unix_ms());
+    if (strcmp(cls, "rate_limit") == 0)
+        c->retry_after_s = (int)((c->up_retry_after_ms > 0 ? c->up_retry_after_ms : 1000) / 1000);
     kp_info("router", "request %s: key %s failed (%s): %s; %s", c->rid, c->cur->key->e.id, cls, why,
             c->next_cand < c->ncand ? "trying the next key" : "no key left");
     if (c->next_cand < c->ncand) {
@@ -176,9 +181,17 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
     struct kp_call *c = arg;
     c->up_status = status;
     c->up_content_type[0] = '\0';
-    for (unsigned i = 0; i < n; i++)
+    c->up_retry_after_ms = 0;
+    for (unsigned i = 0; i < n; i++) {
         if (strcmp(h[i].name, "content-type") == 0)
             snprintf(c->up_content_type, sizeof(c->up_content_type), "%s", h[i].value);
+        else if (strcmp(h[i].name, "retry-after") == 0) {
+            char *end = NULL;
+            long v = strtol(h[i].value, &end, 10);
+            if (end != h[i].value && *end == '\0' && v > 0 && v < 86400)
+                c->up_retry_after_ms = v * 1000; /* an HTTP-date is ignored */
+        }
+    }
     if (status < 200 || status > 299 || !c->stream)
         return;
     if (strncmp(c->up_content_type, "text/event-stream", 17) != 0)
@@ -196,6 +209,7 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
     c->streaming_out = true;
     c->ev.status = 200;
     c->ev.error_class[0] = '\0';
+    kp_breaker_success(c->r->breakers, c->cur->key->e.id);
 }
 
 /* Is @data a usage-only chunk (no choices, a usage object)? */
@@ -360,8 +374,10 @@ static void relay_answer(struct kp_call *c)
     };
     c->ev.status = (uint16_t)c->up_status;
     c->ev.ttfb_us = kp_now_mono_us() - c->start_us;
-    if (c->up_status >= 200 && c->up_status <= 299)
+    if (c->up_status >= 200 && c->up_status <= 299) {
         c->ev.error_class[0] = '\0'; /* an earlier key's failure is not this answer's */
+        kp_breaker_success(c->r->breakers, c->cur->key->e.id);
+    }
     kp_http_respond(c->ex, c->up_status, h, 3, c->resp.data, c->resp.len);
 }
 

@@ -102,16 +102,20 @@ int kp_router__fail_param(struct kp_call *c, int status, const char *type, const
 {
     size_t len;
     char *body = error_body(c, status, type, code, param, message, &len);
-    struct kp_http_header h[3] = {
+    char retry[16];
+    snprintf(retry, sizeof(retry), "%d", c->retry_after_s);
+    struct kp_http_header h[4] = {
         KP_HTTP_HEADER("Content-Type", "application/json"),
         KP_HTTP_HEADER("X-Request-Id", c->rid),
         KP_HTTP_HEADER("X-Keyplane-Error", code),
+        KP_HTTP_HEADER("Retry-After", retry),
     };
+    unsigned nh = c->retry_after_s > 0 ? 4 : 3;
     c->ev.status = (uint16_t)status;
     if (c->ev.error_class[0] == '\0')
         kp_usage_set_str(c->ev.error_class, status >= 500 ? "server" : "client");
     if (body != NULL) {
-        kp_http_respond(c->ex, status, h, 3, body, len);
+        kp_http_respond(c->ex, status, h, nh, body, len);
         kp_free(body);
     } else {
         kp_http_respond(c->ex, 503, h + 1, 2, NULL, 0);
@@ -389,8 +393,10 @@ int kp_router_new(struct kp_router **out, uv_loop_t *loop, const struct kp_route
     r->loop = loop;
     r->sh = *shared;
     r->secrets = kp_secret_cache_new();
-    int rc = r->secrets ? kp_upstream_new(&r->up, loop, errmsg, errlen) : KP_ENOMEM;
+    r->breakers = kp_breakers_new();
+    int rc = r->secrets && r->breakers ? kp_upstream_new(&r->up, loop, errmsg, errlen) : KP_ENOMEM;
     if (rc != KP_OK) {
+        kp_breakers_free(r->breakers);
         kp_secret_cache_free(r->secrets);
         kp_free(r);
         return rc;
@@ -404,6 +410,7 @@ static void upstream_closed(void *arg)
     struct kp_router *r = arg;
     void (*cb)(void *) = r->close_cb;
     void *cb_arg = r->close_arg;
+    kp_breakers_free(r->breakers);
     kp_secret_cache_free(r->secrets);
     kp_free(r);
     if (cb != NULL)

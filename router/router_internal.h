@@ -8,7 +8,8 @@
  *               usage capture, failover to the next key
  *   shape.c     what goes upstream and comes back per (endpoint, provider
  *               kind): as is, or through the adapters
- *   secrets.c   the worker's cache of opened provider secrets */
+ *   secrets.c   the worker's cache of opened provider secrets
+ *   breaker.c   the worker's cooldowns and circuit breakers of keys */
 #ifndef KP_ROUTER_INTERNAL_H
 #define KP_ROUTER_INTERNAL_H
 
@@ -46,12 +47,14 @@ struct kp_candidate {
 #define KP_MAX_CANDIDATES 64
 
 struct kp_secret_cache;
+struct kp_breakers;
 
 struct kp_router {
     uv_loop_t *loop;
     struct kp_upstream *up;
     struct kp_router_shared sh;
     struct kp_secret_cache *secrets;
+    struct kp_breakers *breakers;
     struct kp_call *calls; /* in flight, for close */
     bool closing;
     void (*close_cb)(void *arg);
@@ -103,9 +106,11 @@ struct kp_call {
     struct kp_anthropic_stream *anthropic;
     struct kp_gemini_stream *gemini;
     struct kp_messages_stream *messages;
-    bool stream_broken;     /* the provider's stream could not be read */
-    bool resp_incomplete;   /* the buffered answer hit its cap */
-    char stream_error[256]; /* why, for the app's error event */
+    bool stream_broken;        /* the provider's stream could not be read */
+    bool resp_incomplete;      /* the buffered answer hit its cap */
+    int64_t up_retry_after_ms; /* the provider's Retry-After, 0 when none */
+    int retry_after_s;         /* Retry-After of the app's answer, 0: none */
+    char stream_error[256];    /* why, for the app's error event */
 
     struct kp_usage_event ev;
     bool done;
@@ -164,6 +169,17 @@ void kp_router__stream_free(struct kp_call *c);
  * data only). */
 int kp_router__write_event(struct kp_call *c, const char *event, size_t event_len, const char *data,
                            size_t data_len);
+
+/* breaker.c: per-worker cooldowns and circuit breakers of keys. */
+struct kp_breakers *kp_breakers_new(void);
+void kp_breakers_free(struct kp_breakers *b);
+/* How long @key must still be left alone (0: usable now); *@rate_limited
+ * says whether a 429 is the reason. */
+int64_t kp_breaker_wait_ms(struct kp_breakers *b, const char *key, int64_t now_ms,
+                           bool *rate_limited);
+void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
+                        int64_t retry_after_ms, int64_t now_ms);
+void kp_breaker_success(struct kp_breakers *b, const char *key);
 
 /* secrets.c */
 struct kp_secret_cache *kp_secret_cache_new(void);

@@ -36,6 +36,8 @@ static bool endpoint_supported(enum kp_endpoint ep, const struct kp_provider *p)
 struct reasons {
     unsigned model_ok; /* keys that may serve the model */
     char last[200];
+    int64_t wait_ms;   /* the soonest a cooling key is usable again */
+    bool rate_limited; /* some key waits for a provider's Retry-After */
 };
 
 static void consider(struct kp_call *c, const struct kp_pool *pool, struct reasons *why,
@@ -90,6 +92,16 @@ static void consider(struct kp_call *c, const struct kp_pool *pool, struct reaso
                      "key %s's provider (%s) cannot serve this endpoint", k->e.id,
                      p ? kp_provider_kind_name(p->kind) : "missing");
         } else {
+            bool limited = false;
+            int64_t wait = kp_breaker_wait_ms(c->r->breakers, k->e.id, c->start_ms, &limited);
+            if (wait > 0) {
+                snprintf(why->last, sizeof(why->last), "key %s is cooling down (%s) for %lld ms",
+                         k->e.id, limited ? "rate limited" : "failing", (long long)wait);
+                if (why->wait_ms == 0 || wait < why->wait_ms)
+                    why->wait_ms = wait;
+                why->rate_limited |= limited;
+                continue;
+            }
             c->cand[c->ncand++] = (struct kp_candidate){k, p, pool->e.id};
         }
     }
@@ -97,7 +109,7 @@ static void consider(struct kp_call *c, const struct kp_pool *pool, struct reaso
 
 int kp_router__select(struct kp_call *c)
 {
-    struct reasons why = {0, ""};
+    struct reasons why = {0, "", 0, false};
     const char *name = c->pool_name;
     unsigned start = (unsigned)(c->start_us / 7);
     for (int depth = 0; name != NULL && depth < 8; depth++) {
@@ -130,5 +142,13 @@ int kp_router__select(struct kp_call *c)
     }
     snprintf(msg, sizeof(msg), "no usable key in pool %s for model %s: %s", c->pool_name, c->model,
              why.last);
+    if (why.wait_ms > 0) {
+        /* Every usable key is cooling down: say when to come back, without
+         * sending the provider anything meanwhile. */
+        c->retry_after_s = (int)((why.wait_ms + 999) / 1000);
+        kp_usage_set_str(c->ev.error_class, why.rate_limited ? "rate_limit" : "server");
+        if (why.rate_limited)
+            return kp_router__fail(c, 429, "rate_limit_error", "rate_limited", msg);
+    }
     return kp_router__fail(c, 503, "server_error", "no_usable_key", msg);
 }

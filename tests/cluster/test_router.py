@@ -191,6 +191,64 @@ class RouterTest(unittest.TestCase):
         self.assertEqual((status, h["x-keyplane-error"]), (404, "model_not_found"), raw)
         self.assertEqual(g.stats()["requests"], 1)  # only the project-scoped call
 
+    def test_reset_mid_stream_ends_with_an_error_event_and_an_estimate(self):
+        g = self.g
+        http("POST", g.mock.url + "/mock/faults",
+             body={"key": KEY_A, "faults": "reset_mid_stream=4"})
+        status, _, raw = g.call("/v1/chat/completions", dict(CHAT, stream=True),
+                                headers={"X-Request-Id": "r-reset"})
+        self.assertEqual(status, 200, raw)
+        events = sse_data(raw)
+        last = json.loads(events[-1])
+        self.assertEqual(last["error"]["code"], "upstream_stream_error", last)
+        self.assertNotIn("[DONE]", events)
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-reset"),
+                                     None), what="the usage event")
+        self.assertTrue(ev["tokens_estimated"])
+        self.assertGreater(ev["tokens_in"], 0)
+        self.assertNotEqual(ev["error_class"], "")
+
+    def test_client_going_away_aborts_the_upstream_call(self):
+        g = self.g
+        http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "slow_chunks=200"})
+        import socket
+        host, port = g.node.gateway_addr
+        body = json.dumps(dict(CHAT, stream=True)).encode()
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                       f"Authorization: Bearer {g.token}\r\nContent-Type: application/json\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+            self.assertIn(b"200", s.recv(4096))  # the stream started
+        wait_until(lambda: g.stats()["aborted"] == 1, timeout=20,
+                   what="the mock to see its exchange aborted")
+
+    def test_429_storm_honours_retry_after_without_a_retry_storm(self):
+        g = self.g
+        for k in (KEY_A, KEY_B):
+            http("POST", g.mock.url + "/mock/faults", body={"key": k, "faults": "429:retry_after=30"})
+        status, h, raw = g.call("/v1/chat/completions", CHAT)
+        self.assertEqual((status, h["x-keyplane-error"]), (429, "rate_limited"), raw)
+        self.assertEqual(h["retry-after"], "30")
+        tried = g.stats()["requests"]
+        self.assertEqual(tried, 2)  # each key once
+        # Both keys cool down on every worker that saw them; calls meanwhile
+        # get a 429 without reaching the provider (the node has 2 workers:
+        # each may try each key once before it knows).
+        for _ in range(20):
+            status, h, raw = g.call("/v1/chat/completions", CHAT)
+            self.assertEqual(status, 429, raw)
+            self.assertGreater(int(h["retry-after"]), 0)
+        self.assertLessEqual(g.stats()["requests"], 4)
+
+    def test_failing_key_opens_its_breaker(self):
+        g = self.g
+        http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "500"})
+        for _ in range(12):
+            status, h, raw = g.call("/v1/chat/completions", CHAT)
+            self.assertEqual((status, h["x-keyplane-key"]), (200, "key-b"), raw)
+        # Three failures per worker open key A's breaker: the rest skip it.
+        self.assertLessEqual(g.stats()["keys"][fp(KEY_A)], 6)
+
     def test_a_revoked_key_gets_no_traffic(self):
         g = self.g
         g.admin("POST", "/keys/key-a/revoke")

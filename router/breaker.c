@@ -1,0 +1,113 @@
+/* Per-worker memory of how each key has been doing, so that one call's
+ * failure spares the next calls:
+ *
+ *   rate_limit (429)          cooling down for the provider's Retry-After
+ *                             (1 s when it gave none, at most 10 minutes)
+ *   server, connect, timeout  after 3 in a row the breaker opens for 5 s,
+ *                             doubling on each reopening up to 2 minutes;
+ *                             then one call may try the key (half-open):
+ *                             success closes it, failure reopens it
+ *   a success                 closes the breaker, forgets the failures
+ *
+ * Keys that are unusable for everyone (auth, quota) are not handled here
+ * but through the registry (node/health.c). One table per worker thread:
+ * no locks; each worker learns on its own, which costs at most a few
+ * failed attempts per worker. */
+#include <string.h>
+
+#include "router_internal.h"
+
+#define SLOTS 1024 /* power of two; a collision just forgets the older key */
+
+enum {
+    OPEN_AFTER = 3,
+    OPEN_MS = 5000,
+    OPEN_MAX_MS = 120000,
+    RETRY_AFTER_DEFAULT_MS = 1000,
+    RETRY_AFTER_MAX_MS = 600000,
+};
+
+struct slot {
+    char key[129];
+    int64_t until_ms;  /* not tried before then */
+    unsigned failures; /* server-side failures in a row */
+    uint32_t open_ms;  /* the breaker's last open period */
+    bool rate_limited; /* the wait comes from a 429 */
+};
+
+struct kp_breakers {
+    struct slot slots[SLOTS];
+};
+
+struct kp_breakers *kp_breakers_new(void)
+{
+    return kp_calloc(1, sizeof(struct kp_breakers));
+}
+
+void kp_breakers_free(struct kp_breakers *b)
+{
+    kp_free(b);
+}
+
+static uint32_t hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+static struct slot *find(struct kp_breakers *b, const char *key, bool create)
+{
+    struct slot *s = &b->slots[hash(key) & (SLOTS - 1)];
+    if (strcmp(s->key, key) == 0)
+        return s;
+    if (!create)
+        return NULL;
+    memset(s, 0, sizeof(*s));
+    size_t n = strlen(key);
+    memcpy(s->key, key, n < sizeof(s->key) - 1 ? n : sizeof(s->key) - 1);
+    return s;
+}
+
+int64_t kp_breaker_wait_ms(struct kp_breakers *b, const char *key, int64_t now_ms,
+                           bool *rate_limited)
+{
+    struct slot *s = find(b, key, false);
+    if (s == NULL || s->until_ms <= now_ms)
+        return 0;
+    if (rate_limited != NULL)
+        *rate_limited = s->rate_limited;
+    return s->until_ms - now_ms;
+}
+
+void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
+                        int64_t retry_after_ms, int64_t now_ms)
+{
+    struct slot *s = find(b, key, true);
+    if (strcmp(cls, "rate_limit") == 0) {
+        int64_t wait = retry_after_ms > 0 ? retry_after_ms : RETRY_AFTER_DEFAULT_MS;
+        if (wait > RETRY_AFTER_MAX_MS)
+            wait = RETRY_AFTER_MAX_MS;
+        s->until_ms = now_ms + wait;
+        s->rate_limited = true;
+        return;
+    }
+    if (strcmp(cls, "server") != 0 && strcmp(cls, "connect") != 0 && strcmp(cls, "timeout") != 0)
+        return;
+    s->rate_limited = false;
+    if (++s->failures < OPEN_AFTER)
+        return;
+    s->open_ms = s->open_ms == 0 ? OPEN_MS : s->open_ms * 2;
+    if (s->open_ms > OPEN_MAX_MS)
+        s->open_ms = OPEN_MAX_MS;
+    s->until_ms = now_ms + s->open_ms;
+    s->failures = OPEN_AFTER - 1; /* half-open: the next failure reopens */
+}
+
+void kp_breaker_success(struct kp_breakers *b, const char *key)
+{
+    struct slot *s = find(b, key, false);
+    if (s != NULL)
+        memset(s, 0, sizeof(*s));
+}
