@@ -36,6 +36,15 @@ int kp_router__shape_of(enum kp_endpoint ep, int provider_kind)
                                                   : -1;
 }
 
+/* A model name that goes into a URL path (Gemini, Azure deployments) must
+ * stay one segment: no '/', '?', '#', '%' or dot segments. */
+static bool path_safe(const char *model)
+{
+    return model[strspn(model, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                               "0123456789._-")] == '\0' &&
+           strcmp(model, ".") != 0 && strcmp(model, "..") != 0;
+}
+
 static int set_body(struct kp_call *c, json_t *body)
 {
     size_t len;
@@ -103,6 +112,12 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
         auth_name = "x-api-key";
         break;
     case KP_SHAPE_CHAT_VIA_GEMINI:
+        if (!path_safe(c->model)) {
+            snprintf(errmsg, errlen,
+                     "model: a Gemini model name is letters, digits, '.', '_', '-'");
+            snprintf(param, paramlen, "model");
+            return KP_EINVAL;
+        }
         n = snprintf(c->url, sizeof(c->url), "%.*s/models/%s:%s", (int)blen, base, c->model,
                      c->stream ? "streamGenerateContent?alt=sse" : "generateContent");
         auth_name = "x-goog-api-key";
@@ -114,8 +129,7 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
     default:
         if (p->kind == KP_PROVIDER_AZURE_OPENAI) {
             /* The model is the deployment name, a path segment. */
-            if (c->model[strspn(c->model, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                          "0123456789._-")] != '\0') {
+            if (!path_safe(c->model)) {
                 snprintf(errmsg, errlen,
                          "model: an Azure deployment name is letters, digits, '.', '_', '-'");
                 snprintf(param, paramlen, "model");

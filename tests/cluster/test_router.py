@@ -355,6 +355,10 @@ class ShapesTest(unittest.TestCase):
         status, h, raw = self.chat("anth", n=2)
         self.assertEqual((status, h["x-keyplane-error"]), (400, "unsupported_for_provider"), raw)
         self.assertEqual(json.loads(raw)["error"]["param"], "n")
+        # A model name that would change the provider's URL never reaches it.
+        status, h, raw = self.g.call("/v1/chat/completions", dict(CHAT, model="../x?alt=1"),
+                                     headers={"X-Keyplane-Pool": "gem"})
+        self.assertEqual((status, json.loads(raw)["error"]["param"]), (400, "model"), raw)
         self.assertEqual(self.g.stats()["requests"], 0)
 
 
