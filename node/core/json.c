@@ -74,7 +74,11 @@ char *kp_json_dumps(const json_t *v, size_t *len)
     char *s = kp_malloc(n + 1);
     if (s == NULL)
         return NULL;
-    json_dumpb(v, s, n, JSON_COMPACT);
+    /* jansson allocates while dumping: the second pass can fail too. */
+    if (json_dumpb(v, s, n, JSON_COMPACT) != n) {
+        kp_free(s);
+        return NULL;
+    }
     s[n] = '\0';
     if (len)
         *len = n;
