@@ -42,7 +42,7 @@ struct kp_chat_ident {
  * returned. */
 typedef int (*kp_adapter_emit_fn)(void *arg, const char *event, json_t *item);
 
-/* --- OpenAI chat <-> Anthropic Messages (adapter_anthropic.c) ----------- */
+/* --- OpenAI chat <-> Anthropic Messages (adapter_anthropic*.c) ---------- */
 
 /* OpenAI chat request -> Anthropic Messages request for @model. System
  * messages become "system"; user/assistant/tool turns, multi-part content
@@ -91,7 +91,7 @@ int kp_messages_stream_chunk(struct kp_messages_stream *s, const json_t *chunk,
 void kp_messages_stream_usage(const struct kp_messages_stream *s, struct kp_usage_counts *u);
 void kp_messages_stream_free(struct kp_messages_stream *s);
 
-/* --- OpenAI chat <-> Gemini generateContent (adapter_gemini.c) ---------- */
+/* --- OpenAI chat <-> Gemini generateContent (adapter_gemini*.c) --------- */
 
 /* OpenAI chat request -> generateContent body (systemInstruction,
  * contents with roles user/model, parts text/inlineData/fileData, tools as

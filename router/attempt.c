@@ -153,6 +153,9 @@ static void attempt_failed(struct kp_call *c, const char *cls, const char *why)
     report_key(c, cls);
     kp_breaker_failure(c->r->breakers, c->cur->key->e.id, cls, c->up_retry_after_ms,
                        kp_now_unix_ms());
+    kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, cls);
+    if (c->next_cand < c->ncand)
+        kp_router__count_failover(c->cur->pool);
     if (strcmp(cls, "rate_limit") == 0)
         c->retry_after_s = (int)((c->up_retry_after_ms > 0 ? c->up_retry_after_ms : 1000) / 1000);
     kp_info("router", "request %s: key %s failed (%s): %s; %s", c->rid, c->cur->key->e.id, cls, why,
@@ -210,6 +213,7 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
     c->ev.status = 200;
     c->ev.error_class[0] = '\0';
     kp_breaker_success(c->r->breakers, c->cur->key->e.id);
+    kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, "ok");
 }
 
 /* Is @data a usage-only chunk (no choices, a usage object)? */
@@ -377,6 +381,7 @@ static void relay_answer(struct kp_call *c)
     if (c->up_status >= 200 && c->up_status <= 299) {
         c->ev.error_class[0] = '\0'; /* an earlier key's failure is not this answer's */
         kp_breaker_success(c->r->breakers, c->cur->key->e.id);
+        kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, "ok");
     }
     kp_http_respond(c->ex, c->up_status, h, 3, c->resp.data, c->resp.len);
 }

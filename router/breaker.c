@@ -91,6 +91,7 @@ void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
             wait = RETRY_AFTER_MAX_MS;
         s->until_ms = now_ms + wait;
         s->rate_limited = true;
+        kp_router__count_cooldown(key, "rate_limit");
         return;
     }
     if (strcmp(cls, "server") != 0 && strcmp(cls, "connect") != 0 && strcmp(cls, "timeout") != 0)
@@ -103,6 +104,7 @@ void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
         s->open_ms = OPEN_MAX_MS;
     s->until_ms = now_ms + s->open_ms;
     s->failures = OPEN_AFTER - 1; /* half-open: the next failure reopens */
+    kp_router__count_cooldown(key, "breaker");
 }
 
 void kp_breaker_success(struct kp_breakers *b, const char *key)

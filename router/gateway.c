@@ -65,6 +65,7 @@ void kp_router__finish(struct kp_call *c)
     if (c->model != NULL || c->token != NULL) {
         c->ev.total_us = kp_now_mono_us() - c->start_us;
         c->ev.streamed = c->stream;
+        kp_router__count_usage(&c->ev);
         if (c->r->sh.usage.record != NULL)
             c->r->sh.usage.record(c->r->sh.usage.arg, &c->ev);
     }
@@ -392,6 +393,7 @@ int kp_router_new(struct kp_router **out, uv_loop_t *loop, const struct kp_route
     }
     r->loop = loop;
     r->sh = *shared;
+    kp_router__metrics_init();
     r->secrets = kp_secret_cache_new();
     r->breakers = kp_breakers_new();
     int rc = r->secrets && r->breakers ? kp_upstream_new(&r->up, loop, errmsg, errlen) : KP_ENOMEM;

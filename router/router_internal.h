@@ -9,7 +9,8 @@
  *   shape.c     what goes upstream and comes back per (endpoint, provider
  *               kind): as is, or through the adapters
  *   secrets.c   the worker's cache of opened provider secrets
- *   breaker.c   the worker's cooldowns and circuit breakers of keys */
+ *   breaker.c   the worker's cooldowns and circuit breakers of keys
+ *   metrics.c   the router's Prometheus counters (bounded label sets) */
 #ifndef KP_ROUTER_INTERNAL_H
 #define KP_ROUTER_INTERNAL_H
 
@@ -180,6 +181,13 @@ int64_t kp_breaker_wait_ms(struct kp_breakers *b, const char *key, int64_t now_m
 void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
                         int64_t retry_after_ms, int64_t now_ms);
 void kp_breaker_success(struct kp_breakers *b, const char *key);
+
+/* metrics.c */
+void kp_router__metrics_init(void);
+void kp_router__count_attempt(const char *provider, const char *key, const char *outcome);
+void kp_router__count_failover(const char *pool);
+void kp_router__count_usage(const struct kp_usage_event *ev);
+void kp_router__count_cooldown(const char *key, const char *reason);
 
 /* secrets.c */
 struct kp_secret_cache *kp_secret_cache_new(void);

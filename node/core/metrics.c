@@ -10,6 +10,7 @@
 #include "metrics.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -203,6 +204,166 @@ int64_t kp_metric_value(const struct kp_metric *m)
     return m ? atomic_load_explicit(&m->value, memory_order_relaxed) : 0;
 }
 
+/* --- labelled counters ----------------------------------------------------- */
+
+#define MAX_FAMILIES     16
+#define FAMILY_LABELS    4
+#define FAMILY_VALUE_MAX 64
+
+struct series {
+    uint64_t hash;
+    char values[FAMILY_LABELS][FAMILY_VALUE_MAX + 1];
+    atomic_int_least64_t value;
+};
+
+struct kp_metric_family {
+    const char *name;
+    const char *help;
+    unsigned nlabels;
+    const char *labels[FAMILY_LABELS];
+    unsigned max;
+    struct series *series; /* max entries; the last is "overflow" */
+    atomic_size_t n;
+};
+
+static struct kp_metric_family families[MAX_FAMILIES];
+static atomic_size_t n_families;
+
+struct kp_metric_family *kp_metric_family_counter(const char *name, const char *help,
+                                                  unsigned nlabels, const char *const labels[],
+                                                  unsigned max_series)
+{
+    if (nlabels == 0 || nlabels > FAMILY_LABELS || max_series < 2)
+        return NULL;
+    struct kp_metric_family *f = NULL;
+    pthread_mutex_lock(&reg_lock);
+    size_t n = atomic_load(&n_families);
+    for (size_t i = 0; i < n && f == NULL; i++)
+        if (strcmp(families[i].name, name) == 0)
+            f = &families[i];
+    if (f == NULL && n < MAX_FAMILIES) {
+        struct series *s = kp_calloc(max_series, sizeof(*s));
+        if (s != NULL) {
+            f = &families[n];
+            f->name = name;
+            f->help = help;
+            f->nlabels = nlabels;
+            for (unsigned i = 0; i < nlabels; i++)
+                f->labels[i] = labels[i];
+            f->max = max_series;
+            f->series = s;
+            atomic_store(&f->n, 0);
+            atomic_store_explicit(&n_families, n + 1, memory_order_release);
+        }
+    }
+    pthread_mutex_unlock(&reg_lock);
+    return f;
+}
+
+static uint64_t values_hash(const struct kp_metric_family *f, const char *const values[])
+{
+    uint64_t h = 1469598103934665603ull;
+    for (unsigned i = 0; i < f->nlabels; i++) {
+        const char *v = values[i] ? values[i] : "";
+        for (size_t k = 0; v[k] != '\0' && k < FAMILY_VALUE_MAX; k++)
+            h = (h ^ (uint8_t)v[k]) * 1099511628211ull;
+        h = (h ^ 0xff) * 1099511628211ull;
+    }
+    return h;
+}
+
+static bool series_is(const struct series *s, const struct kp_metric_family *f, uint64_t h,
+                      const char *const values[])
+{
+    if (s->hash != h)
+        return false;
+    for (unsigned i = 0; i < f->nlabels; i++)
+        if (strncmp(s->values[i], values[i] ? values[i] : "", FAMILY_VALUE_MAX) != 0)
+            return false;
+    return true;
+}
+
+void kp_metric_family_add(struct kp_metric_family *f, const char *const values[], int64_t delta)
+{
+    if (f == NULL)
+        return;
+    uint64_t h = values_hash(f, values);
+    size_t n = atomic_load_explicit(&f->n, memory_order_acquire);
+    for (size_t i = 0; i < n; i++)
+        if (series_is(&f->series[i], f, h, values)) {
+            atomic_fetch_add_explicit(&f->series[i].value, delta, memory_order_relaxed);
+            return;
+        }
+    struct series *s = NULL;
+    pthread_mutex_lock(&reg_lock);
+    n = atomic_load(&f->n);
+    for (size_t i = 0; i < n && s == NULL; i++)
+        if (series_is(&f->series[i], f, h, values))
+            s = &f->series[i];
+    if (s == NULL && n + 1 < f->max) {
+        s = &f->series[n];
+        s->hash = h;
+        for (unsigned i = 0; i < f->nlabels; i++)
+            snprintf(s->values[i], sizeof(s->values[i]), "%s", values[i] ? values[i] : "");
+        atomic_store_explicit(&f->n, n + 1, memory_order_release);
+    } else if (s == NULL) {
+        /* Full: every new label set counts as "overflow" (bounded
+         * cardinality whatever apps send). */
+        s = &f->series[f->max - 1];
+        if (s->values[0][0] == '\0')
+            for (unsigned i = 0; i < f->nlabels; i++)
+                snprintf(s->values[i], sizeof(s->values[i]), "overflow");
+    }
+    pthread_mutex_unlock(&reg_lock);
+    atomic_fetch_add_explicit(&s->value, delta, memory_order_relaxed);
+}
+
+/* A label value as Prometheus text wants it: \\, \" and \n escaped. */
+static int append_label(struct kp_buf *out, const char *v)
+{
+    int rc = 0;
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            rc |= kp_buf_appendf(out, "\\%c", *v);
+        else if (*v == '\n')
+            rc |= kp_buf_append_lit(out, "\\n");
+        else
+            rc |= kp_buf_append(out, v, 1);
+    }
+    return rc;
+}
+
+static int render_series(struct kp_buf *out, const struct kp_metric_family *f,
+                         const struct series *s)
+{
+    int64_t v = atomic_load_explicit(&s->value, memory_order_relaxed);
+    int rc = kp_buf_appendf(out, "%s{", f->name);
+    for (unsigned l = 0; l < f->nlabels; l++) {
+        rc |= kp_buf_appendf(out, "%s%s=\"", l ? "," : "", f->labels[l]);
+        rc |= append_label(out, s->values[l]);
+        rc |= kp_buf_append_lit(out, "\"");
+    }
+    rc |= kp_buf_appendf(out, "} %lld\n", (long long)v);
+    return rc;
+}
+
+static int render_families(struct kp_buf *out)
+{
+    int rc = 0;
+    size_t nf = atomic_load_explicit(&n_families, memory_order_acquire);
+    for (size_t i = 0; i < nf; i++) {
+        const struct kp_metric_family *f = &families[i];
+        rc |= kp_buf_appendf(out, "# HELP %s %s\n# TYPE %s counter\n", f->name, f->help, f->name);
+        size_t n = atomic_load_explicit(&f->n, memory_order_acquire);
+        for (size_t k = 0; k < n; k++)
+            rc |= render_series(out, f, &f->series[k]);
+        const struct series *o = &f->series[f->max - 1];
+        if (atomic_load_explicit(&o->value, memory_order_relaxed) != 0)
+            rc |= render_series(out, f, o);
+    }
+    return rc;
+}
+
 /* --- rendering ----------------------------------------------------------- */
 
 static int render_http(struct kp_buf *out)
@@ -311,6 +472,7 @@ int kp_metrics_render(struct kp_buf *out)
             out, "# HELP %s %s\n# TYPE %s %s\n%s %lld\n", named[i].name, named[i].help,
             named[i].name, named[i].is_gauge ? "gauge" : "counter", named[i].name,
             (long long)atomic_load_explicit(&named[i].value, memory_order_relaxed));
+    rc |= render_families(out);
     rc |= render_process(out);
     return rc ? -1 : 0;
 }
@@ -324,5 +486,10 @@ void kp_metrics_reset(void)
     memset(routes, 0, sizeof(routes));
     memset(conns, 0, sizeof(conns));
     memset(named, 0, sizeof(named));
+    size_t nf = atomic_load(&n_families);
+    for (size_t i = 0; i < nf; i++)
+        kp_free(families[i].series);
+    memset(families, 0, sizeof(families));
+    atomic_store(&n_families, 0);
     pthread_mutex_unlock(&reg_lock);
 }

@@ -23,6 +23,19 @@ void kp_metric_add(struct kp_metric *m, int64_t v);
 void kp_metric_set(struct kp_metric *m, int64_t v);
 int64_t kp_metric_value(const struct kp_metric *m);
 
+/* A counter with 1 to 4 labels, registered once (the same name returns the
+ * same family). At most @max_series label sets are kept; after that every
+ * new one counts under the values "overflow", so cardinality stays bounded
+ * whatever outside input the values come from. Values are cut at 64 bytes
+ * and escaped when rendered. Adding is lock-free for a label set seen
+ * before; a new set takes the registration lock once. NULL when out of
+ * room (adding to NULL does nothing). */
+struct kp_metric_family;
+struct kp_metric_family *kp_metric_family_counter(const char *name, const char *help,
+                                                  unsigned nlabels, const char *const labels[],
+                                                  unsigned max_series);
+void kp_metric_family_add(struct kp_metric_family *f, const char *const values[], int64_t delta);
+
 /* Render everything (build info included) as Prometheus text. */
 int kp_metrics_render(struct kp_buf *out);
 /* Forget everything (tests). */

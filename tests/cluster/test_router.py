@@ -135,6 +135,13 @@ class RouterTest(unittest.TestCase):
         ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-f"), None),
                         what="the usage event")
         self.assertEqual((ev["key_id"], ev["retries"], ev["error_class"]), ("key-b", 1, ""))
+        m = g.node.metrics()
+        for line in ('keyplane_router_attempts_total{provider="mock",key="key-a",outcome="auth"} 1',
+                     'keyplane_router_attempts_total{provider="mock",key="key-b",outcome="ok"} 1',
+                     'keyplane_router_failovers_total{pool="default"} 1'):
+            self.assertIn(line + "\n", m)
+        self.assertIn('keyplane_router_tokens_total{provider="mock",model="gpt-4o-mini",'
+                      'tenant="acme",direction="out"} 16\n', m)
 
     def test_every_key_failing_gives_a_clear_error(self):
         g = self.g

@@ -1747,6 +1747,34 @@ static void test_metrics_requests_total(void **state)
     kp_free(t);
 }
 
+/* Labelled counters: one line per label set with exact sums, values
+ * escaped, and beyond max_series every new set counts as "overflow". */
+static void test_metrics_family(void **state)
+{
+    (void)state;
+    const char *labels[] = {"key", "class"};
+    struct kp_metric_family *f =
+        kp_metric_family_counter("keyplane_test_attempts_total", "Attempts.", 2, labels, 4);
+    assert_non_null(f);
+    assert_ptr_equal(
+        kp_metric_family_counter("keyplane_test_attempts_total", "Attempts.", 2, labels, 4), f);
+    kp_metric_family_add(f, (const char *[]){"k1", "ok"}, 1);
+    kp_metric_family_add(f, (const char *[]){"k1", "ok"}, 2);
+    kp_metric_family_add(f, (const char *[]){"k\"2\n", "auth"}, 1);
+    kp_metric_family_add(f, (const char *[]){"k3", "ok"}, 1);
+    kp_metric_family_add(f, (const char *[]){"k4", "ok"}, 5); /* the 4th set: overflow */
+    kp_metric_family_add(f, (const char *[]){"k5", "ok"}, 1);
+    kp_metric_family_add(f, (const char *[]){"k1", "ok"}, 1); /* known sets still count */
+    char *t = render();
+    assert_has_line(t, "# TYPE keyplane_test_attempts_total counter");
+    assert_has_line(t, "keyplane_test_attempts_total{key=\"k1\",class=\"ok\"} 4");
+    assert_has_line(t, "keyplane_test_attempts_total{key=\"k\\\"2\\n\",class=\"auth\"} 1");
+    assert_has_line(t, "keyplane_test_attempts_total{key=\"k3\",class=\"ok\"} 1");
+    assert_has_line(t, "keyplane_test_attempts_total{key=\"overflow\",class=\"overflow\"} 6");
+    assert_int_equal(count_lines_with_prefix(t, "keyplane_test_attempts_total{"), 4);
+    kp_free(t);
+}
+
 /* The latency histogram has every bucket, cumulative, with +Inf equal to
  * _count, and _sum in seconds. */
 static void test_metrics_histogram_exact(void **state)
@@ -2613,6 +2641,7 @@ int main(void)
 #define METRICS_TEST(f) cmocka_unit_test_setup_teardown(f, metrics_setup, metrics_setup)
     const struct CMUnitTest metrics_tests[] = {
         METRICS_TEST(test_metrics_requests_total),
+        METRICS_TEST(test_metrics_family),
         METRICS_TEST(test_metrics_histogram_exact),
         METRICS_TEST(test_metrics_histogram_boundaries),
         METRICS_TEST(test_metrics_odd_status_and_route),

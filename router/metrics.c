@@ -1,0 +1,69 @@
+/* The router's metrics (Prometheus, rendered with everything else on
+ * /metrics): attempts by provider, key and outcome; failovers by pool;
+ * tokens and cost by provider, model and tenant; cooldowns by key and
+ * reason. Label sets are bounded (node/core/metrics.h: past 500 per family
+ * they count as "overflow"), so apps sending odd model names cannot blow
+ * the series up. Registered once per process. */
+#include <pthread.h>
+#include <stdio.h>
+
+#include "router_internal.h"
+
+enum { MAX_SERIES = 500 };
+
+static struct kp_metric_family *attempts, *failovers, *tokens, *cost, *cooldowns;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void init(void)
+{
+    attempts = kp_metric_family_counter(
+        "keyplane_router_attempts_total",
+        "Upstream attempts, by provider, key and outcome (ok or the failure class).", 3,
+        (const char *[]){"provider", "key", "outcome"}, MAX_SERIES);
+    failovers = kp_metric_family_counter("keyplane_router_failovers_total",
+                                         "Attempts that failed and moved on to the next key.", 1,
+                                         (const char *[]){"pool"}, MAX_SERIES);
+    tokens = kp_metric_family_counter(
+        "keyplane_router_tokens_total",
+        "Tokens of answered calls, by provider, model, tenant and direction (in, out).", 4,
+        (const char *[]){"provider", "model", "tenant", "direction"}, MAX_SERIES);
+    cost = kp_metric_family_counter("keyplane_router_cost_nanousd_total",
+                                    "Cost of answered calls in billionths of a US dollar.", 3,
+                                    (const char *[]){"provider", "model", "tenant"}, MAX_SERIES);
+    cooldowns = kp_metric_family_counter(
+        "keyplane_router_cooldowns_total",
+        "Keys set aside by a worker: rate_limit (a 429) or breaker (failing).", 2,
+        (const char *[]){"key", "reason"}, MAX_SERIES);
+}
+
+void kp_router__metrics_init(void)
+{
+    pthread_once(&once, init);
+}
+
+void kp_router__count_attempt(const char *provider, const char *key, const char *outcome)
+{
+    kp_metric_family_add(attempts, (const char *[]){provider, key, outcome}, 1);
+}
+
+void kp_router__count_failover(const char *pool)
+{
+    kp_metric_family_add(failovers, (const char *[]){pool}, 1);
+}
+
+void kp_router__count_usage(const struct kp_usage_event *ev)
+{
+    if (ev->tokens_in == 0 && ev->tokens_out == 0 && ev->cost == 0)
+        return;
+    const char *model = ev->model_served[0] ? ev->model_served : ev->model_requested;
+    kp_metric_family_add(tokens, (const char *[]){ev->provider, model, ev->tenant, "in"},
+                         (int64_t)ev->tokens_in);
+    kp_metric_family_add(tokens, (const char *[]){ev->provider, model, ev->tenant, "out"},
+                         (int64_t)ev->tokens_out);
+    kp_metric_family_add(cost, (const char *[]){ev->provider, model, ev->tenant}, ev->cost);
+}
+
+void kp_router__count_cooldown(const char *key, const char *reason)
+{
+    kp_metric_family_add(cooldowns, (const char *[]){key, reason}, 1);
+}
