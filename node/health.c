@@ -1,6 +1,6 @@
 /* What routers learn about keys from real traffic, made cluster-wide.
  *
- * A router worker that gets an upstream 401/403 (the key is invalid) or an
+ * A router worker that gets an upstream 401 (the key is invalid) or an
  * out-of-quota answer reports it here (any thread). The main loop commits
  * set_key_health through Raft: directly on the leader, else by asking the
  * leader (/internal/v1/key-health). Every router then skips the key from

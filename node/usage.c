@@ -1,8 +1,9 @@
 /* The usage events of recent calls, kept in memory until the meter
  * pipeline (spool, segments, shipping) takes them over: a bounded ring the
  * router workers append to and the control API reads
- * (GET /admin/v1/usage/recent, read_usage). A mutex guards the ring; the
- * critical section is one struct copy, far below a request's own cost. */
+ * (GET /admin/v1/usage/recent, read_usage). A mutex guards the ring; a
+ * worker holds it for one struct copy, a reader for a memcpy of what it
+ * reads (rendering happens outside). */
 #include <pthread.h>
 #include <string.h>
 
@@ -57,17 +58,26 @@ static json_t *event_json(const struct kp_usage_event *e)
                      "streamed", e->streamed, "kind", e->kind);
 }
 
+/* The events are copied out under the lock (a memcpy) and rendered
+ * after it, so that workers recording usage never wait on JSON work. */
 json_t *kp_usage_log_recent(struct kp_usage_log *l, size_t limit)
 {
+    struct kp_usage_event *copy = kp_malloc((limit ? limit : 1) * sizeof(*copy));
     json_t *out = json_array();
-    if (out == NULL)
+    if (copy == NULL || out == NULL) {
+        kp_free(copy);
+        json_decref(out);
         return NULL;
+    }
     pthread_mutex_lock(&l->mu);
     uint64_t n = l->count < RING ? l->count : RING;
     if (limit < n)
         n = limit;
-    for (uint64_t i = l->count - n; i < l->count; i++)
-        json_array_append_new(out, event_json(&l->ev[i % RING]));
+    for (uint64_t i = 0; i < n; i++)
+        copy[i] = l->ev[(l->count - n + i) % RING];
     pthread_mutex_unlock(&l->mu);
+    for (uint64_t i = 0; i < n; i++)
+        json_array_append_new(out, event_json(&copy[i]));
+    kp_free(copy);
     return out;
 }

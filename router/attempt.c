@@ -1,7 +1,7 @@
 /* Upstream attempts: one per candidate key, until one answers.
  *
  * An attempt that fails before any byte went to the app moves on to the
- * next key: an upstream 401/403 (auth), 429 (rate_limit), 402 or an
+ * next key: an upstream 401 (auth), 429 (rate_limit), 402 or an
  * insufficient-quota answer (quota), a 5xx (server), a connect failure or a
  * timeout. Any other 4xx is the request's own fault (client) and goes back
  * to the app as the provider gave it. Once the answer has started, nothing
@@ -19,6 +19,7 @@
 enum { MAX_BUFFERED = 64 << 20, MAX_ERROR_BODY = 64 << 10 };
 
 static void attempt_done(void *arg, enum kp_upstream_result result, const char *detail);
+static void end_stream_with_error(struct kp_call *c, const char *cls, const char *why);
 
 /* --- usage and cost ------------------------------------------------------------- */
 
@@ -61,8 +62,8 @@ void kp_router__settle(struct kp_call *c)
     struct kp_usage_event *ev = &c->ev;
     if (!c->usage.present && c->sent_body) {
         /* A stream that ended without usage: estimate (~4 bytes a token). */
-        c->usage.input = c->req->body_len / 4;
-        c->usage.output = c->resp.len / 4;
+        c->usage.input = c->body_len / 4;
+        c->usage.output = c->streamed_bytes / 4;
         ev->tokens_estimated = true;
     }
     ev->tokens_in = c->usage.input;
@@ -79,19 +80,39 @@ void kp_router__settle(struct kp_call *c)
 
 /* --- the failure of an attempt ------------------------------------------------------- */
 
-static const char *classify(int status, const struct kp_buf *body)
+/* The provider's own error code or type ("insufficient_quota",
+ * "invalid_api_key", ...), read from the error object, never from text the
+ * app could have put in the body. */
+static bool error_code_is(const struct kp_buf *body, const char *want)
 {
-    if (status == 401 || status == 403)
+    json_t *doc = body->len > 0 ? json_loadb(body->data, body->len, 0, NULL) : NULL;
+    json_t *err = json_object_get(doc, "error");
+    const char *code = json_string_value(json_object_get(err, "code"));
+    const char *type = json_string_value(json_object_get(err, "type"));
+    const char *status = json_string_value(json_object_get(err, "status"));
+    bool hit = (code && strcmp(code, want) == 0) || (type && strcmp(type, want) == 0) ||
+               (status && strcmp(status, want) == 0);
+    json_decref(doc);
+    return hit;
+}
+
+/* 401: the key is invalid (for everyone). 403: this request may not use
+ * the key (a model, a region, a file it cannot read): fail over, but do
+ * not condemn the key. Quota only from the provider's own error codes. */
+static const char *classify(const struct kp_call *c, int status, const struct kp_buf *body)
+{
+    if (status == 401)
         return "auth";
+    if (status == 403)
+        return "forbidden";
     if (status == 402)
         return "quota";
-    if (status == 400 && body->len > 0 && body->data != NULL &&
-        strstr(body->data, "credit balance") != NULL)
+    if (status == 400 && c->cur->provider->kind == KP_PROVIDER_ANTHROPIC &&
+        error_code_is(body, "invalid_request_error") && body->data != NULL &&
+        strstr(body->data, "\"credit balance is too low") != NULL)
         return "quota"; /* Anthropic's way of saying it */
     if (status == 429) {
-        if (body->len > 0 && body->data != NULL &&
-            (strstr(body->data, "insufficient_quota") != NULL ||
-             strstr(body->data, "credit balance") != NULL))
+        if (error_code_is(body, "insufficient_quota"))
             return "quota";
         return "rate_limit";
     }
@@ -123,10 +144,12 @@ static void give_up(struct kp_call *c, const char *cls, const char *why)
     const char *code = "upstream_error";
     if (strcmp(cls, "timeout") == 0)
         status = 504, code = "upstream_timeout";
-    else if (strcmp(cls, "auth") == 0 || strcmp(cls, "quota") == 0)
+    else if (strcmp(cls, "auth") == 0 || strcmp(cls, "quota") == 0 || strcmp(cls, "forbidden") == 0)
         status = 503, code = "no_usable_key";
     else if (strcmp(cls, "rate_limit") == 0)
         status = 429, code = "rate_limited";
+    if (status != 429)
+        c->retry_after_s = 0; /* an earlier key's 429 is not this answer's */
     snprintf(msg, sizeof(msg), "%s (tried %u key%s of pool %s)", why, c->attempts,
              c->attempts == 1 ? "" : "s", c->pool_name);
     kp_usage_set_str(c->ev.error_class, cls);
@@ -156,8 +179,10 @@ static void attempt_failed(struct kp_call *c, const char *cls, const char *why)
     kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, cls);
     if (c->next_cand < c->ncand)
         kp_router__count_failover(c->cur->pool);
-    if (strcmp(cls, "rate_limit") == 0)
-        c->retry_after_s = (int)((c->up_retry_after_ms > 0 ? c->up_retry_after_ms : 1000) / 1000);
+    if (strcmp(cls, "rate_limit") == 0) {
+        int64_t ms = c->up_retry_after_ms > 0 ? c->up_retry_after_ms : 1000;
+        c->retry_after_s = (int)((ms > 600000 ? 600000 : ms) / 1000);
+    }
     kp_info("router", "request %s: key %s failed (%s): %s; %s", c->rid, c->cur->key->e.id, cls, why,
             c->next_cand < c->ncand ? "trying the next key" : "no key left");
     if (c->next_cand < c->ncand) {
@@ -283,7 +308,7 @@ static int on_event(void *arg, const struct kp_sse_event *e)
             json_t *delta = json_object_get(json_array_get(choices, 0), "delta");
             const char *text = json_string_value(json_object_get(delta, "content"));
             if (text != NULL)
-                kp_buf_append(&c->resp, text, strlen(text));
+                c->streamed_bytes += strlen(text);
             bool drop = !c->client_wants_usage && usage_only(chunk);
             json_decref(chunk);
             if (drop)
@@ -297,14 +322,20 @@ static bool on_body(void *arg, const void *data, size_t len)
 {
     struct kp_call *c = arg;
     if (c->streaming_out) {
-        int rc = c->stream_broken ? KP_OK : kp_sse_feed(&c->sse, data, len, on_event, c);
+        int rc = kp_sse_feed(&c->sse, data, len, on_event, c);
         if (rc != KP_OK) {
-            /* The rest of the stream is dropped; attempt_done ends the
-             * app's stream with an error event. */
+            /* Nothing more of this stream can be relayed: stop the transfer
+             * now (cancel is safe from here and runs no callback) and end
+             * the app's stream with an error event. */
             c->stream_broken = true;
             if (c->stream_error[0] == '\0')
                 snprintf(c->stream_error, sizeof(c->stream_error),
                          "the provider's stream is malformed (%s)", kp_err_msg(rc));
+            kp_upstream_cancel(c->up);
+            c->up = NULL;
+            end_stream_with_error(c, "server", c->stream_error);
+            kp_router__settle(c);
+            kp_router__finish(c);
             return true;
         }
         if (!kp_http_stream_writable(c->ex)) {
@@ -316,7 +347,11 @@ static bool on_body(void *arg, const void *data, size_t len)
     size_t cap = c->up_status >= 200 && c->up_status <= 299 ? MAX_BUFFERED : MAX_ERROR_BODY;
     if (c->resp.len + len <= cap && kp_buf_append(&c->resp, data, len) == 0)
         return true;
-    c->resp_incomplete = true; /* over the cap or out of memory: never relayed cut */
+    /* Over the cap (or out of memory): stop reading, never relay it cut;
+     * attempt_done decides on what was kept. */
+    c->resp_incomplete = true;
+    kp_upstream_cancel(c->up);
+    attempt_done(c, KP_UPSTREAM_OK, "answer over the size cap");
     return true;
 }
 
@@ -334,39 +369,43 @@ static void end_stream_with_error(struct kp_call *c, const char *cls, const char
     kp_http_stream_end(c->ex);
 }
 
-static void relay_answer(struct kp_call *c)
+/* Answer the app with the provider's whole answer (translated when the
+ * shapes differ). False, without answering, when a 2xx answer cannot be
+ * read or translated: the caller treats that as a failed attempt (@why). */
+static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
 {
     json_t *doc = json_loadb(c->resp.data ? c->resp.data : "", c->resp.len, 0, NULL);
     json_t *translated = NULL;
     bool ok2xx = c->up_status >= 200 && c->up_status <= 299;
+    bool translates = c->shape != KP_SHAPE_OPENAI && c->shape != KP_SHAPE_MESSAGES;
     if (doc != NULL) {
         if (c->shape == KP_SHAPE_OPENAI || c->shape == KP_SHAPE_MESSAGES_VIA_CHAT)
             read_usage(c, json_object_get(doc, "usage"));
         json_t *model = json_object_get(doc, "model");
         if (json_is_string(model))
             kp_usage_set_str(c->ev.model_served, json_string_value(model));
-        if (ok2xx && kp_router__translate_answer(c, doc, &translated) != KP_OK) {
-            json_decref(doc);
-            kp_router__fail(c, 502, "server_error", "upstream_protocol_error",
-                            "the provider's answer could not be read; see the node's log");
-            return;
-        }
+        int rc = ok2xx ? kp_router__translate_answer(c, doc, &translated) : KP_OK;
         json_decref(doc);
-    } else if (ok2xx && c->shape != KP_SHAPE_OPENAI && c->shape != KP_SHAPE_MESSAGES) {
-        kp_router__fail(c, 502, "server_error", "upstream_protocol_error",
-                        "the provider's answer is not JSON");
-        return;
+        if (rc != KP_OK) {
+            snprintf(why, whylen, "key %s: its answer could not be translated (%s)",
+                     c->cur->key->e.id, kp_err_msg(rc));
+            return false;
+        }
+    } else if (ok2xx && translates) {
+        snprintf(why, whylen, "key %s: its answer is not JSON", c->cur->key->e.id);
+        return false;
     }
     if (translated != NULL) {
         size_t len;
         char *text = kp_json_dumps(translated, &len);
         json_decref(translated);
-        if (text == NULL) {
-            kp_router__fail(c, 503, "server_error", "out_of_memory", "out of memory; retry");
-            return;
-        }
         kp_buf_consume(&c->resp, c->resp.len);
-        kp_buf_append(&c->resp, text, len);
+        if (text == NULL || kp_buf_append(&c->resp, text, len) != 0) {
+            kp_free(text);
+            snprintf(why, whylen, "out of memory translating the answer of key %s",
+                     c->cur->key->e.id);
+            return false;
+        }
         kp_free(text);
         snprintf(c->up_content_type, sizeof(c->up_content_type), "application/json");
     }
@@ -384,6 +423,7 @@ static void relay_answer(struct kp_call *c)
         kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, "ok");
     }
     kp_http_respond(c->ex, c->up_status, h, 3, c->resp.data, c->resp.len);
+    return true;
 }
 
 static void attempt_done(void *arg, enum kp_upstream_result result, const char *detail)
@@ -391,9 +431,11 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
     struct kp_call *c = arg;
     c->up = NULL;
     if (c->streaming_out) {
-        if (result == KP_UPSTREAM_OK && !c->stream_broken) {
-            kp_router__stream_end(c);
+        if (result == KP_UPSTREAM_OK && !c->stream_broken && kp_router__stream_end(c) == KP_OK) {
             kp_http_stream_end(c->ex);
+        } else if (result == KP_UPSTREAM_OK && !c->stream_broken) {
+            end_stream_with_error(c, "server",
+                                  "the provider's stream ended before it was complete");
         } else {
             end_stream_with_error(c, result == KP_UPSTREAM_OK ? "server" : result_class(result),
                                   c->stream_broken ? c->stream_error : detail);
@@ -409,24 +451,31 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
         attempt_failed(c, result_class(result), why);
         return;
     }
-    if (c->resp_incomplete) {
+    bool ok2xx = c->up_status >= 200 && c->up_status <= 299;
+    if (c->resp_incomplete && ok2xx) {
         char why[200];
         snprintf(why, sizeof(why), "key %s: the answer is over %d MiB (or memory ran out)",
-                 c->cur->key->e.id,
-                 (c->up_status >= 200 && c->up_status <= 299 ? MAX_BUFFERED : MAX_ERROR_BODY) >>
-                     20);
+                 c->cur->key->e.id, MAX_BUFFERED >> 20);
         kp_router__fail(c, 502, "server_error", "upstream_answer_too_large", why);
         return;
     }
-    if (c->up_status >= 200 && c->up_status <= 299) {
-        relay_answer(c);
+    if (ok2xx) {
+        char why[300];
+        if (!relay_answer(c, why, sizeof(why))) {
+            kp_warn("router", "request %s: %s", c->rid, why);
+            kp_buf_consume(&c->resp, c->resp.len);
+            attempt_failed(c, "server", why);
+            return;
+        }
         kp_router__settle(c);
         kp_router__finish(c);
         return;
     }
+    /* A failed attempt's body is classified on what was kept of it (its
+     * first 64 KiB). */
     if (kp_buf_append(&c->resp, "", 1) == 0)
         c->resp.len--;
-    const char *cls = classify(c->up_status, &c->resp);
+    const char *cls = classify(c, c->up_status, &c->resp);
     if (strcmp(cls, "client") == 0) {
         /* The request's own fault: the app sees the provider's answer, in
          * the app's shape when the provider speaks another. */
@@ -442,7 +491,13 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
             kp_router__fail(c, c->up_status, "invalid_request_error", "upstream_client_error", msg);
             return;
         }
-        relay_answer(c);
+        if (c->resp_incomplete) {
+            kp_router__fail(c, c->up_status, "invalid_request_error", "upstream_client_error",
+                            "the provider refused the request with an answer over 64 KiB");
+            return;
+        }
+        char why[300];
+        relay_answer(c, why, sizeof(why)); /* not 2xx: never fails */
         kp_router__settle(c);
         kp_router__finish(c);
         return;

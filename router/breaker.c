@@ -12,12 +12,15 @@
  * Keys that are unusable for everyone (auth, quota) are not handled here
  * but through the registry (node/health.c). One table per worker thread:
  * no locks; each worker learns on its own, which costs at most a few
- * failed attempts per worker. */
+ * failed attempts per worker. Keys hash into a table with open addressing
+ * (16 probes); when those are all busy the entry whose wait ends first
+ * gives way. */
 #include <string.h>
 
 #include "router_internal.h"
 
-#define SLOTS 1024 /* power of two; a collision just forgets the older key */
+#define SLOTS 1024 /* power of two */
+#define PROBE 16   /* slots looked at per key (open addressing) */
 
 enum {
     OPEN_AFTER = 3,
@@ -29,10 +32,11 @@ enum {
 
 struct slot {
     char key[129];
-    int64_t until_ms;  /* not tried before then */
-    unsigned failures; /* server-side failures in a row */
-    uint32_t open_ms;  /* the breaker's last open period */
-    bool rate_limited; /* the wait comes from a 429 */
+    int64_t until_ms;    /* not tried before then */
+    int64_t trial_until; /* half-open: one call is trying the key until then */
+    unsigned failures;   /* server-side failures in a row */
+    uint32_t open_ms;    /* the breaker's last open period */
+    bool rate_limited;   /* the wait comes from a 429 */
 };
 
 struct kp_breakers {
@@ -57,34 +61,59 @@ static uint32_t hash(const char *s)
     return h;
 }
 
-static struct slot *find(struct kp_breakers *b, const char *key, bool create)
+/* A slot that holds nothing worth keeping: empty, or a key with no
+ * failures whose wait is over. */
+static bool idle(const struct slot *s, int64_t now_ms)
 {
-    struct slot *s = &b->slots[hash(key) & (SLOTS - 1)];
-    if (strcmp(s->key, key) == 0)
-        return s;
+    return s->key[0] == '\0' || (s->failures == 0 && s->until_ms <= now_ms);
+}
+
+/* The key's slot among its PROBE candidates; with @create, an idle one
+ * (else the one whose wait ends first) is taken for it. */
+static struct slot *find(struct kp_breakers *b, const char *key, bool create, int64_t now_ms)
+{
+    uint32_t h = hash(key);
+    struct slot *spare = NULL;
+    for (uint32_t i = 0; i < PROBE; i++) {
+        struct slot *s = &b->slots[(h + i) & (SLOTS - 1)];
+        if (strncmp(s->key, key, sizeof(s->key) - 1) == 0 && s->key[0] != '\0')
+            return s;
+        if (spare == NULL ||
+            (!idle(spare, now_ms) && (idle(s, now_ms) || s->until_ms < spare->until_ms)))
+            spare = s;
+    }
     if (!create)
         return NULL;
-    memset(s, 0, sizeof(*s));
+    memset(spare, 0, sizeof(*spare));
     size_t n = strlen(key);
-    memcpy(s->key, key, n < sizeof(s->key) - 1 ? n : sizeof(s->key) - 1);
-    return s;
+    memcpy(spare->key, key, n < sizeof(spare->key) - 1 ? n : sizeof(spare->key) - 1);
+    return spare;
 }
 
 int64_t kp_breaker_wait_ms(struct kp_breakers *b, const char *key, int64_t now_ms,
                            bool *rate_limited)
 {
-    struct slot *s = find(b, key, false);
-    if (s == NULL || s->until_ms <= now_ms)
+    struct slot *s = find(b, key, false, now_ms);
+    if (s == NULL)
         return 0;
     if (rate_limited != NULL)
         *rate_limited = s->rate_limited;
-    return s->until_ms - now_ms;
+    if (s->until_ms > now_ms)
+        return s->until_ms - now_ms;
+    if (s->open_ms > 0 && !s->rate_limited) {
+        /* Half-open: one call at a time may try the key (for a few
+         * seconds, in case that call never reaches it). */
+        if (s->trial_until > now_ms)
+            return s->trial_until - now_ms;
+        s->trial_until = now_ms + OPEN_MS;
+    }
+    return 0;
 }
 
 void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
                         int64_t retry_after_ms, int64_t now_ms)
 {
-    struct slot *s = find(b, key, true);
+    struct slot *s = find(b, key, true, now_ms);
     if (strcmp(cls, "rate_limit") == 0) {
         int64_t wait = retry_after_ms > 0 ? retry_after_ms : RETRY_AFTER_DEFAULT_MS;
         if (wait > RETRY_AFTER_MAX_MS)
@@ -103,13 +132,14 @@ void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
     if (s->open_ms > OPEN_MAX_MS)
         s->open_ms = OPEN_MAX_MS;
     s->until_ms = now_ms + s->open_ms;
+    s->trial_until = 0;
     s->failures = OPEN_AFTER - 1; /* half-open: the next failure reopens */
     kp_router__count_cooldown(key, "breaker");
 }
 
 void kp_breaker_success(struct kp_breakers *b, const char *key)
 {
-    struct slot *s = find(b, key, false);
+    struct slot *s = find(b, key, false, 0);
     if (s != NULL)
         memset(s, 0, sizeof(*s));
 }

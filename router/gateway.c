@@ -147,7 +147,8 @@ static void on_abort(struct kp_http_exchange *ex, void *arg)
 static int parse_body(struct kp_call *c)
 {
     json_error_t err;
-    c->body = json_loadb(c->req->body, c->req->body_len, 0, &err);
+    c->body_len = c->req->body_len;
+    c->body = json_loadb(c->req->body, c->req->body_len, JSON_REJECT_DUPLICATES, &err);
     if (c->body == NULL || !json_is_object(c->body)) {
         char msg[300];
         if (c->body == NULL)
@@ -158,8 +159,10 @@ static int parse_body(struct kp_call *c)
         return kp_router__fail(c, 400, "invalid_request_error", "invalid_json", msg);
     }
     json_t *model = json_object_get(c->body, "model");
+    /* The provider reads the same bytes: one model, no NUL inside it. */
     if (!json_is_string(model) || json_string_length(model) == 0 ||
-        json_string_length(model) > KP_USAGE_STR_MAX)
+        json_string_length(model) > KP_USAGE_STR_MAX ||
+        strlen(json_string_value(model)) != json_string_length(model))
         return kp_router__fail(c, 400, "invalid_request_error", "missing_model",
                                "model: required, a non-empty string (the model to call)");
     c->model = json_string_value(model);

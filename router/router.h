@@ -23,7 +23,7 @@ struct kp_usage_sink {
 };
 
 /* Where a router reports what real traffic taught it about a key (an
- * upstream 401/403: invalid; out of quota: quota_exhausted), so that the
+ * upstream 401: invalid; out of quota: quota_exhausted), so that the
  * whole cluster stops using it. Called from worker threads: thread-safe and
  * non-blocking. @status is enum kp_health_status. */
 struct kp_health_sink {

@@ -109,7 +109,10 @@ struct kp_call {
     struct kp_messages_stream *messages;
     bool stream_broken;        /* the provider's stream could not be read */
     bool resp_incomplete;      /* the buffered answer hit its cap */
+    bool upstream_done;        /* the provider's stream sent [DONE] */
     int64_t up_retry_after_ms; /* the provider's Retry-After, 0 when none */
+    uint64_t streamed_bytes;   /* content bytes relayed, for an estimate */
+    size_t body_len;           /* the app's body (the request may be gone) */
     int retry_after_s;         /* Retry-After of the app's answer, 0: none */
     char stream_error[256];    /* why, for the app's error event */
 

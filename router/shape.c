@@ -103,6 +103,9 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
     }
     unsigned nh = 0;
     int n;
+    /* Messages translated to chat go to the chat endpoint. */
+    const char *suffix =
+        c->shape == KP_SHAPE_MESSAGES_VIA_CHAT ? "/chat/completions" : kp_router__suffix(c->ep);
     const char *auth_name = "Authorization";
     size_t pre = 0;
     switch (c->shape) {
@@ -123,9 +126,6 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
         auth_name = "x-goog-api-key";
         break;
     case KP_SHAPE_MESSAGES_VIA_CHAT:
-        n = snprintf(c->url, sizeof(c->url), "%.*s/chat/completions", (int)blen, base);
-        pre = 7;
-        break;
     default:
         if (p->kind == KP_PROVIDER_AZURE_OPENAI) {
             /* The model is the deployment name, a path segment. */
@@ -136,11 +136,10 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
                 return KP_EINVAL;
             }
             n = snprintf(c->url, sizeof(c->url), "%.*s/openai/deployments/%s%s?api-version=%s",
-                         (int)blen, base, c->model, kp_router__suffix(c->ep), p->api_version);
+                         (int)blen, base, c->model, suffix, p->api_version);
             auth_name = "api-key";
         } else {
-            n = snprintf(c->url, sizeof(c->url), "%.*s%s", (int)blen, base,
-                         kp_router__suffix(c->ep));
+            n = snprintf(c->url, sizeof(c->url), "%.*s%s", (int)blen, base, suffix);
             pre = 7;
         }
         break;
@@ -160,9 +159,9 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
     if (c->shape == KP_SHAPE_MESSAGES || c->shape == KP_SHAPE_CHAT_VIA_ANTHROPIC) {
         const char *v = kp_http_request_header(c->req, "anthropic-version");
         c->up_headers[nh++] = KP_HTTP_HEADER("anthropic-version", v ? v : anthropic_version);
-        const char *beta = kp_http_request_header(c->req, "anthropic-beta");
-        if (beta != NULL && c->shape == KP_SHAPE_MESSAGES)
-            c->up_headers[nh++] = KP_HTTP_HEADER("anthropic-beta", beta);
+        /* anthropic-beta is not passed on: betas an app could switch on are
+         * billed to the operator's key (a provider's extra headers can set
+         * it). */
     }
     c->up_headers[nh++] = KP_HTTP_HEADER("Content-Type", "application/json");
     c->up_headers[nh++] =
@@ -302,6 +301,7 @@ int kp_router__stream_event(struct kp_call *c, const struct kp_sse_event *e, cha
             kp_gemini_stream_usage(c->gemini, &c->usage);
         break;
     case KP_SHAPE_MESSAGES_VIA_CHAT:
+        c->upstream_done |= done;
         rc = kp_messages_stream_chunk(c->messages, data, emit, c, errmsg, errlen);
         if (rc == KP_OK)
             kp_messages_stream_usage(c->messages, &c->usage);
@@ -325,7 +325,19 @@ int kp_router__stream_end(struct kp_call *c)
 {
     switch (c->shape) {
     case KP_SHAPE_CHAT_VIA_ANTHROPIC:
+        if (!kp_anthropic_stream_done(c->anthropic))
+            return KP_EPARSE; /* closed before message_stop: a cut stream */
         return kp_router__write_event(c, NULL, 0, "[DONE]", 6);
+    case KP_SHAPE_MESSAGES_VIA_CHAT: {
+        /* A provider that closes without [DONE]: finish the event sequence
+         * (a no-op when [DONE] came). */
+        if (c->upstream_done)
+            return KP_OK;
+        char why[128];
+        int rc = kp_messages_stream_chunk(c->messages, NULL, emit, c, why, sizeof(why));
+        kp_messages_stream_usage(c->messages, &c->usage);
+        return rc;
+    }
     case KP_SHAPE_CHAT_VIA_GEMINI: {
         int rc = kp_gemini_stream_end(c->gemini, emit, c);
         kp_gemini_stream_usage(c->gemini, &c->usage);

@@ -143,6 +143,15 @@ class RouterTest(unittest.TestCase):
         self.assertIn('keyplane_router_tokens_total{provider="mock",model="gpt-4o-mini",'
                       'tenant="acme",direction="out"} 16\n', m)
 
+    def test_403_fails_over_without_condemning_the_key(self):
+        g = self.g
+        http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "403", "times": 1})
+        status, h, raw = g.call("/v1/chat/completions", CHAT)
+        self.assertEqual((status, h["x-keyplane-key"]), (200, "key-b"), raw)
+        self.assertEqual(g.admin("GET", "/keys/key-a/health")["status"], "healthy")
+        status, h, raw = g.call("/v1/chat/completions", CHAT)
+        self.assertEqual((status, h["x-keyplane-key"]), (200, "key-a"), raw)
+
     def test_every_key_failing_gives_a_clear_error(self):
         g = self.g
         for k in (KEY_A, KEY_B):
