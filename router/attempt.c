@@ -551,6 +551,17 @@ void kp_router__attempt_next(struct kp_call *c)
         kp_usage_set_str(c->ev.pool, k->pool);
         c->up_status = 0;
         c->resp_incomplete = false;
+        int64_t wait = kp_router__limit_key(c, k->key);
+        if (wait > 0) {
+            /* Over its provider's ceiling: the next key, as for a 429. */
+            snprintf(errmsg, sizeof(errmsg), "key %s is over its rate limit for %lld ms",
+                     k->key->e.id, (long long)wait);
+            c->attempts--;
+            c->key_limited = true;
+            if (c->retry_after_s == 0 || wait / 1000 + 1 < c->retry_after_s)
+                c->retry_after_s = (int)(wait / 1000) + 1;
+            continue;
+        }
         kp_router__stream_free(c);
         c->stream_broken = false;
         c->stream_error[0] = '\0';
@@ -573,7 +584,8 @@ void kp_router__attempt_next(struct kp_call *c)
             return;
         kp_warn("router", "request %s: key %s skipped: %s", c->rid, k->key->e.id, errmsg);
     }
-    give_up(c, "server", errmsg[0] ? errmsg : "no key could be tried");
+    give_up(c, c->key_limited && c->attempts == 0 ? "rate_limit" : "server",
+            errmsg[0] ? errmsg : "no key could be tried");
 }
 
 void kp_router__attempt_cancel(struct kp_call *c)

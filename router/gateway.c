@@ -66,6 +66,7 @@ void kp_router__finish(struct kp_call *c)
         c->ev.total_us = kp_now_mono_us() - c->start_us;
         c->ev.streamed = c->stream;
         kp_router__count_usage(&c->ev);
+        kp_router__limit_charge(c);
         if (c->r->sh.usage.record != NULL)
             c->r->sh.usage.record(c->r->sh.usage.arg, &c->ev);
     }
@@ -374,7 +375,7 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
         handle_models(c);
         return;
     }
-    if (kp_router__select(c) != KP_OK)
+    if (kp_router__limit_call(c) != KP_OK || kp_router__select(c) != KP_OK)
         return;
     if (upstream_body(c) != KP_OK) {
         kp_router__fail(c, 503, "server_error", "out_of_memory", "out of memory; retry");

@@ -1,9 +1,9 @@
 /* The router's metrics (Prometheus, rendered with everything else on
  * /metrics): attempts by provider, key and outcome; failovers by pool;
  * tokens and cost by provider, model and tenant; cooldowns by key and
- * reason. Label sets are bounded (node/core/metrics.h: past 500 per family
- * they count as "overflow"), so apps sending odd model names cannot blow
- * the series up. Registered once per process. */
+ * reason; rate limits that could not be applied. Label sets are bounded (node/core/metrics.h: past
+ * 500 per family they count as "overflow"), so apps sending odd model names cannot blow the series
+ * up. Registered once per process. */
 #include <pthread.h>
 #include <stdio.h>
 
@@ -12,6 +12,7 @@
 enum { MAX_SERIES = 500 };
 
 static struct kp_metric_family *attempts, *failovers, *tokens, *cost, *cooldowns;
+static struct kp_metric *table_full;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 static void init(void)
@@ -34,6 +35,13 @@ static void init(void)
         "keyplane_router_cooldowns_total",
         "Keys set aside by a worker: rate_limit (a 429) or breaker (failing).", 2,
         (const char *[]){"key", "reason"}, MAX_SERIES);
+    table_full = kp_metric_counter("keyplane_router_ratelimit_table_full_total",
+                                   "Calls not rate limited because the bucket table was full.");
+}
+
+void kp_router__count_ratelimit_table_full(void)
+{
+    kp_metric_add(table_full, 1);
 }
 
 void kp_router__metrics_init(void)

@@ -10,7 +10,8 @@
  *               kind): as is, or through the adapters
  *   secrets.c   the worker's cache of opened provider secrets
  *   breaker.c   the worker's cooldowns and circuit breakers of keys
- *   metrics.c   the router's Prometheus counters (bounded label sets) */
+ *   metrics.c   the router's Prometheus counters (bounded label sets)
+ *   ratelimit.c requests and tokens per minute across the cluster (GCRA) */
 #ifndef KP_ROUTER_INTERNAL_H
 #define KP_ROUTER_INTERNAL_H
 
@@ -109,6 +110,7 @@ struct kp_call {
     struct kp_messages_stream *messages;
     bool stream_broken;        /* the provider's stream could not be read */
     bool resp_incomplete;      /* the buffered answer hit its cap */
+    bool key_limited;          /* a key was skipped for its rate limit */
     bool upstream_done;        /* the provider's stream sent [DONE] */
     int64_t up_retry_after_ms; /* the provider's Retry-After, 0 when none */
     uint64_t streamed_bytes;   /* content bytes relayed, for an estimate */
@@ -191,6 +193,16 @@ void kp_router__count_attempt(const char *provider, const char *key, const char 
 void kp_router__count_failover(const char *pool);
 void kp_router__count_usage(const struct kp_usage_event *ev);
 void kp_router__count_cooldown(const char *key, const char *reason);
+void kp_router__count_ratelimit_table_full(void);
+
+/* ratelimit.c: requests and tokens per minute, shared across the cluster.
+ * kp_router__limit_call checks every policy covering the call (answers 429
+ * and returns non-zero when one is over); kp_router__limit_key takes one
+ * request of @k's budget, or returns how many ms until it could;
+ * kp_router__limit_charge charges the call's tokens when it ends. */
+int kp_router__limit_call(struct kp_call *c);
+int64_t kp_router__limit_key(const struct kp_call *c, const struct kp_key *k);
+void kp_router__limit_charge(struct kp_call *c);
 
 /* secrets.c */
 struct kp_secret_cache *kp_secret_cache_new(void);

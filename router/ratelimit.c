@@ -1,0 +1,237 @@
+/* Rate limits: requests and tokens per minute, for keys (the provider's
+ * ceiling, `rpm`/`tpm` on the key) and for policies (`rpm`/`tpm` on a
+ * policy whose scope covers the call: global, tenant, project, token,
+ * pool, feature, key).
+ *
+ * A limit holds across the cluster without any coordination per request:
+ * each node enforces limit / N, where N is the number of members in its
+ * registry view, so the shares follow nodes joining and leaving. Within a
+ * node every worker shares one bucket per limit.
+ *
+ * Buckets use GCRA (the generic cell rate algorithm): one atomic number per
+ * limit, the "theoretical arrival time". A request of cost c at time t
+ * moves TAT to max(TAT, t) + c x (60 s / share), and is allowed when that is
+ * at most one minute ahead of t (so a full minute's share may come at
+ * once). One compare-and-swap, no lock, exact under any
+ * number of workers. Tokens are charged after the call, with the count the
+ * provider reported; a call is refused while the bucket is over. Buckets
+ * live in a fixed table keyed by a 64-bit hash of the limit's name
+ * (open addressing; a full table lets calls through and counts it). */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "router_internal.h"
+
+#define SLOTS    4096 /* power of two */
+#define PROBE    32
+#define BURST_US INT64_C(60000000) /* one minute's worth may come at once */
+
+struct bucket {
+    atomic_uint_least64_t tag; /* hash of the name; 0 = free */
+    atomic_int_least64_t tat_us;
+};
+
+static struct bucket table[SLOTS];
+
+static uint64_t name_hash(const char *kind, const char *id, const char *unit)
+{
+    uint64_t h = 1469598103934665603ull;
+    const char *parts[] = {kind, "\x1f", id, "\x1f", unit};
+    for (size_t p = 0; p < 5; p++)
+        for (const char *s = parts[p]; *s; s++)
+            h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    return h ? h : 1;
+}
+
+static struct bucket *bucket_of(uint64_t tag)
+{
+    for (uint32_t i = 0; i < PROBE; i++) {
+        struct bucket *b = &table[(tag + i) & (SLOTS - 1)];
+        uint64_t seen = atomic_load_explicit(&b->tag, memory_order_acquire);
+        if (seen == tag)
+            return b;
+        if (seen == 0) {
+            uint64_t zero = 0;
+            if (atomic_compare_exchange_strong(&b->tag, &zero, tag) || zero == tag)
+                return b;
+        }
+    }
+    kp_router__count_ratelimit_table_full();
+    return NULL;
+}
+
+/* Microseconds one unit costs at @limit per minute shared by @nodes. */
+static int64_t interval_us(uint64_t limit, unsigned nodes)
+{
+    double share = (double)limit / (double)(nodes ? nodes : 1);
+    if (share < 1e-6)
+        share = 1e-6;
+    return (int64_t)(60000000.0 / share);
+}
+
+/* Take @cost units now, or say how long until it could (KP_EBUSY). */
+static int take(struct bucket *b, int64_t cost_us, int64_t now_us, int64_t *wait_us)
+{
+    int64_t tat = atomic_load_explicit(&b->tat_us, memory_order_relaxed);
+    for (;;) {
+        int64_t base = tat > now_us ? tat : now_us;
+        if (base + cost_us - now_us > BURST_US) {
+            *wait_us = base + cost_us - now_us - BURST_US;
+            return KP_EBUSY;
+        }
+        if (atomic_compare_exchange_weak_explicit(&b->tat_us, &tat, base + cost_us,
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return KP_OK;
+    }
+}
+
+/* Whether the bucket is over (a token limit checked before the call). */
+static bool over(struct bucket *b, int64_t now_us, int64_t *wait_us)
+{
+    int64_t tat = atomic_load_explicit(&b->tat_us, memory_order_relaxed);
+    if (tat - now_us > BURST_US) {
+        *wait_us = tat - now_us - BURST_US;
+        return true;
+    }
+    return false;
+}
+
+static void charge(struct bucket *b, int64_t cost_us, int64_t now_us)
+{
+    int64_t tat = atomic_load_explicit(&b->tat_us, memory_order_relaxed);
+    for (;;) {
+        int64_t base = tat > now_us ? tat : now_us;
+        if (atomic_compare_exchange_weak_explicit(&b->tat_us, &tat, base + cost_us,
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return;
+    }
+}
+
+/* --- what covers a call ----------------------------------------------------------------- */
+
+struct limit {
+    const char *kind; /* "policy", "key" */
+    const char *id;
+    uint64_t rpm, tpm;
+};
+
+static bool covers(const struct kp_policy *p, const struct kp_call *c)
+{
+    const char *t = p->scope_target;
+    switch (p->scope_kind) {
+    case KP_SCOPE_GLOBAL:
+        return true;
+    case KP_SCOPE_TENANT:
+        return t && strcmp(t, c->ev.tenant) == 0;
+    case KP_SCOPE_PROJECT:
+        return t && strcmp(t, c->ev.project) == 0;
+    case KP_SCOPE_TOKEN:
+        return t && c->token && strcmp(t, c->token->e.id) == 0;
+    case KP_SCOPE_POOL:
+        return t && c->pool_name && strcmp(t, c->pool_name) == 0;
+    case KP_SCOPE_FEATURE:
+        return t && strcmp(t, c->ev.feature) == 0;
+    default:
+        return false; /* key policies apply per key (kp_router__limit_key) */
+    }
+}
+
+struct scan {
+    struct kp_call *c;
+    int64_t now_us;
+    unsigned nodes;
+    int64_t wait_us;
+    char why[200];
+};
+
+static int check_policy(const struct kp_entity *e, void *arg)
+{
+    struct scan *s = arg;
+    const struct kp_policy *p = (const struct kp_policy *)e;
+    if ((p->rpm == 0 && p->tpm == 0) || !covers(p, s->c))
+        return 0;
+    int64_t wait = 0;
+    if (p->tpm > 0) {
+        struct bucket *b = bucket_of(name_hash("policy", p->e.id, "tpm"));
+        if (b != NULL && over(b, s->now_us, &wait)) {
+            snprintf(s->why, sizeof(s->why), "policy %s allows %llu tokens per minute", p->e.id,
+                     (unsigned long long)p->tpm);
+            s->wait_us = wait;
+            return 1;
+        }
+    }
+    if (p->rpm > 0) {
+        struct bucket *b = bucket_of(name_hash("policy", p->e.id, "rpm"));
+        if (b != NULL && take(b, interval_us(p->rpm, s->nodes), s->now_us, &wait) != KP_OK) {
+            snprintf(s->why, sizeof(s->why), "policy %s allows %llu requests per minute", p->e.id,
+                     (unsigned long long)p->rpm);
+            s->wait_us = wait;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static unsigned nodes_of(const struct kp_view *v)
+{
+    size_t n = kp_view_count(v, KP_KIND_MEMBER);
+    return n > 0 ? (unsigned)n : 1;
+}
+
+int kp_router__limit_call(struct kp_call *c)
+{
+    struct scan s = {c, (int64_t)kp_now_mono_us(), nodes_of(c->view), 0, ""};
+    if (kp_view_each(c->view, KP_KIND_POLICY, check_policy, &s) == 0)
+        return KP_OK;
+    c->retry_after_s = (int)(s.wait_us / 1000000) + 1;
+    kp_usage_set_str(c->ev.error_class, "rate_limit");
+    char msg[300];
+    snprintf(msg, sizeof(msg), "rate limited: %s; retry in %d s", s.why, c->retry_after_s);
+    return kp_router__fail(c, 429, "rate_limit_error", "rate_limited", msg);
+}
+
+int64_t kp_router__limit_key(const struct kp_call *c, const struct kp_key *k)
+{
+    int64_t now = (int64_t)kp_now_mono_us(), wait = 0;
+    unsigned nodes = nodes_of(c->view);
+    if (k->tpm > 0) {
+        struct bucket *b = bucket_of(name_hash("key", k->e.id, "tpm"));
+        if (b != NULL && over(b, now, &wait))
+            return wait / 1000 + 1;
+    }
+    if (k->rpm > 0) {
+        struct bucket *b = bucket_of(name_hash("key", k->e.id, "rpm"));
+        if (b != NULL && take(b, interval_us(k->rpm, nodes), now, &wait) != KP_OK)
+            return wait / 1000 + 1;
+    }
+    return 0;
+}
+
+static int charge_policy(const struct kp_entity *e, void *arg)
+{
+    struct scan *s = arg;
+    const struct kp_policy *p = (const struct kp_policy *)e;
+    if (p->tpm == 0 || !covers(p, s->c))
+        return 0;
+    struct bucket *b = bucket_of(name_hash("policy", p->e.id, "tpm"));
+    uint64_t tokens = s->c->ev.tokens_in + s->c->ev.tokens_out;
+    if (b != NULL)
+        charge(b, (int64_t)tokens * interval_us(p->tpm, s->nodes), s->now_us);
+    return 0;
+}
+
+void kp_router__limit_charge(struct kp_call *c)
+{
+    uint64_t tokens = c->ev.tokens_in + c->ev.tokens_out;
+    if (tokens == 0 || c->view == NULL)
+        return;
+    struct scan s = {c, (int64_t)kp_now_mono_us(), nodes_of(c->view), 0, ""};
+    kp_view_each(c->view, KP_KIND_POLICY, charge_policy, &s);
+    const struct kp_key *k = c->ev.key_id[0] ? kp_view_key(c->view, c->ev.key_id) : NULL;
+    if (k != NULL && k->tpm > 0) {
+        struct bucket *b = bucket_of(name_hash("key", k->e.id, "tpm"));
+        if (b != NULL)
+            charge(b, (int64_t)tokens * interval_us(k->tpm, s.nodes), s.now_us);
+    }
+}
