@@ -75,7 +75,7 @@ void kp_router__settle(struct kp_call *c)
     if (price == NULL)
         price = kp_view_price(c->view, c->model);
     ev->cost = cost_of(price, &c->usage);
-    ev->retries = c->attempts > 0 ? c->attempts - 1 : 0;
+    ev->retries = (c->attempts > 0 ? c->attempts - 1 : 0) + c->retries_total;
 }
 
 /* --- the failure of an attempt ------------------------------------------------------- */
@@ -170,6 +170,51 @@ static void report_key(struct kp_call *c, const char *cls)
         sh->health.report(sh->health.arg, c->cur->key->e.id, status, cls);
 }
 
+/* Retries of the same key, for failures that may pass (a 5xx, a failed
+ * connection, a timeout): at most RETRIES per key, with exponential backoff
+ * and full jitter (a random wait up to 100 ms, 200 ms, ...), and only while
+ * the call is younger than RETRY_BUDGET_MS. A 429 is not retried on the
+ * same key (its cooldown says wait); nothing is retried once bytes went to
+ * the app. */
+enum { RETRIES = 1, RETRY_BASE_MS = 100, RETRY_BUDGET_MS = 3000 };
+
+static void retry_fire(uv_timer_t *t)
+{
+    struct kp_call *c = t->data;
+    if (c == NULL)
+        return;
+    kp_router__attempt_next(c);
+}
+
+static bool retry_later(struct kp_call *c, const char *cls)
+{
+    bool retryable =
+        strcmp(cls, "server") == 0 || strcmp(cls, "connect") == 0 || strcmp(cls, "timeout") == 0;
+    uint64_t age_ms = (kp_now_mono_us() - c->start_us) / 1000;
+    if (!retryable || c->key_retries >= RETRIES || age_ms >= RETRY_BUDGET_MS ||
+        kp_breaker_open(c->r->breakers, c->cur->key->e.id, kp_now_unix_ms()))
+        return false;
+    if (c->retry_timer == NULL) {
+        c->retry_timer = kp_malloc(sizeof(*c->retry_timer));
+        if (c->retry_timer == NULL || uv_timer_init(c->r->loop, c->retry_timer) != 0) {
+            kp_free(c->retry_timer);
+            c->retry_timer = NULL;
+            return false;
+        }
+        c->retry_timer->data = c;
+    }
+    uint64_t cap = (uint64_t)RETRY_BASE_MS << c->key_retries;
+    uint32_t rnd = 0;
+    kp_random_bytes(&rnd, sizeof(rnd));
+    uint64_t wait = cap ? rnd % (cap + 1) : 0;
+    c->key_retries++;
+    c->retries_total++;
+    c->next_cand--; /* the same key again */
+    c->attempts--;  /* attempt_next counts it again */
+    uv_timer_start(c->retry_timer, retry_fire, wait, 0);
+    return true;
+}
+
 static void attempt_failed(struct kp_call *c, const char *cls, const char *why)
 {
     kp_usage_set_str(c->ev.error_class, cls);
@@ -177,15 +222,19 @@ static void attempt_failed(struct kp_call *c, const char *cls, const char *why)
     kp_breaker_failure(c->r->breakers, c->cur->key->e.id, cls, c->up_retry_after_ms,
                        kp_now_unix_ms());
     kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, cls);
-    if (c->next_cand < c->ncand)
-        kp_router__count_failover(c->cur->pool);
     if (strcmp(cls, "rate_limit") == 0) {
         int64_t ms = c->up_retry_after_ms > 0 ? c->up_retry_after_ms : 1000;
         c->retry_after_s = (int)((ms > 600000 ? 600000 : ms) / 1000);
     }
+    if (retry_later(c, cls)) {
+        kp_info("router", "request %s: key %s failed (%s): %s; retrying it after a backoff", c->rid,
+                c->cur->key->e.id, cls, why);
+        return;
+    }
     kp_info("router", "request %s: key %s failed (%s): %s; %s", c->rid, c->cur->key->e.id, cls, why,
             c->next_cand < c->ncand ? "trying the next key" : "no key left");
     if (c->next_cand < c->ncand) {
+        kp_router__count_failover(c->cur->pool);
         kp_router__attempt_next(c);
         return;
     }
@@ -543,6 +592,8 @@ void kp_router__attempt_next(struct kp_call *c)
     char errmsg[300] = "", param[160] = "";
     while (c->next_cand < c->ncand) {
         const struct kp_candidate *k = &c->cand[c->next_cand++];
+        if (k != c->cur)
+            c->key_retries = 0;
         struct kp_upstream_request req;
         c->cur = k;
         c->attempts++;
@@ -590,6 +641,8 @@ void kp_router__attempt_next(struct kp_call *c)
 
 void kp_router__attempt_cancel(struct kp_call *c)
 {
+    if (c->retry_timer != NULL)
+        uv_timer_stop(c->retry_timer);
     if (c->up != NULL) {
         kp_upstream_cancel(c->up);
         c->up = NULL;

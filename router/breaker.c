@@ -110,6 +110,12 @@ int64_t kp_breaker_wait_ms(struct kp_breakers *b, const char *key, int64_t now_m
     return 0;
 }
 
+bool kp_breaker_open(struct kp_breakers *b, const char *key, int64_t now_ms)
+{
+    struct slot *s = find(b, key, false, now_ms);
+    return s != NULL && s->until_ms > now_ms;
+}
+
 void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
                         int64_t retry_after_ms, int64_t now_ms)
 {

@@ -36,8 +36,18 @@ const char *kp_router__suffix(enum kp_endpoint ep)
 
 /* --- lifecycle of a call ------------------------------------------------------ */
 
+static void timer_closed(uv_handle_t *h)
+{
+    kp_free(h);
+}
+
 static void call_free(struct kp_call *c)
 {
+    if (c->retry_timer != NULL) {
+        uv_timer_stop(c->retry_timer);
+        c->retry_timer->data = NULL;
+        uv_close((uv_handle_t *)c->retry_timer, timer_closed);
+    }
     struct kp_router *r = c->r;
     if (c->prev != NULL)
         c->prev->next = c->next;

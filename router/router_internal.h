@@ -111,6 +111,9 @@ struct kp_call {
     bool stream_broken;        /* the provider's stream could not be read */
     bool resp_incomplete;      /* the buffered answer hit its cap */
     bool key_limited;          /* a key was skipped for its rate limit */
+    unsigned key_retries;      /* retries of the current key */
+    unsigned retries_total;    /* retries of any key in this call */
+    uv_timer_t *retry_timer;   /* backoff before a retry (closed on free) */
     bool upstream_done;        /* the provider's stream sent [DONE] */
     int64_t up_retry_after_ms; /* the provider's Retry-After, 0 when none */
     uint64_t streamed_bytes;   /* content bytes relayed, for an estimate */
@@ -183,6 +186,8 @@ void kp_breakers_free(struct kp_breakers *b);
  * says whether a 429 is the reason. */
 int64_t kp_breaker_wait_ms(struct kp_breakers *b, const char *key, int64_t now_ms,
                            bool *rate_limited);
+/* Whether @key is set aside now (no half-open trial is taken). */
+bool kp_breaker_open(struct kp_breakers *b, const char *key, int64_t now_ms);
 void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
                         int64_t retry_after_ms, int64_t now_ms);
 void kp_breaker_success(struct kp_breakers *b, const char *key);

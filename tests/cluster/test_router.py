@@ -152,6 +152,20 @@ class RouterTest(unittest.TestCase):
         status, h, raw = g.call("/v1/chat/completions", CHAT)
         self.assertEqual((status, h["x-keyplane-key"]), (200, "key-a"), raw)
 
+    def test_a_5xx_is_retried_on_the_same_key_then_fails_over(self):
+        g = self.g
+        http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "500", "times": 1})
+        status, h, raw = g.call("/v1/chat/completions", CHAT, headers={"X-Request-Id": "r-rt"})
+        self.assertEqual((status, h["x-keyplane-key"]), (200, "key-a"), raw)
+        self.assertEqual(g.stats()["keys"], {fp(KEY_A): 2})
+        http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "502"})
+        status, h, raw = g.call("/v1/chat/completions", CHAT)
+        self.assertEqual((status, h["x-keyplane-key"]), (200, "key-b"), raw)
+        self.assertEqual(g.stats()["keys"], {fp(KEY_A): 4, fp(KEY_B): 1})
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-rt"), None),
+                        what="the usage event")
+        self.assertEqual(ev["retries"], 1)
+
     def test_every_key_failing_gives_a_clear_error(self):
         g = self.g
         for k in (KEY_A, KEY_B):
@@ -262,7 +276,8 @@ class RouterTest(unittest.TestCase):
         for _ in range(12):
             status, h, raw = g.call("/v1/chat/completions", CHAT)
             self.assertEqual((status, h["x-keyplane-key"]), (200, "key-b"), raw)
-        # Three failures per worker open key A's breaker: the rest skip it.
+        # Three failures per worker (a call and its retry count two) open
+        # key A's breaker: the rest skip it.
         self.assertLessEqual(g.stats()["keys"][fp(KEY_A)], 6)
 
     def test_a_revoked_key_gets_no_traffic(self):
