@@ -80,6 +80,18 @@ void kp_router__settle(struct kp_call *c)
 
 /* --- the failure of an attempt ------------------------------------------------------- */
 
+/* The current attempt is over: its key's in-flight count and, for a good
+ * answer, its latency (time to the head). */
+static void stat_end(struct kp_call *c, bool good)
+{
+    if (!c->stat_open)
+        return;
+    c->stat_open = false;
+    uint64_t latency =
+        good && c->head_us > c->attempt_start_us ? c->head_us - c->attempt_start_us : 0;
+    kp_keystat_end(c->r->breakers, c->cur->key->e.id, latency);
+}
+
 /* The provider's own error code or type ("insufficient_quota",
  * "invalid_api_key", ...), read from the error object, never from text the
  * app could have put in the body. */
@@ -257,6 +269,7 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
 {
     struct kp_call *c = arg;
     c->up_status = status;
+    c->head_us = kp_now_mono_us();
     c->up_content_type[0] = '\0';
     c->up_retry_after_ms = 0;
     for (unsigned i = 0; i < n; i++) {
@@ -382,6 +395,7 @@ static bool on_body(void *arg, const void *data, size_t len)
                          "the provider's stream is malformed (%s)", kp_err_msg(rc));
             kp_upstream_cancel(c->up);
             c->up = NULL;
+            stat_end(c, false);
             end_stream_with_error(c, "server", c->stream_error);
             kp_router__settle(c);
             kp_router__finish(c);
@@ -479,6 +493,7 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
 {
     struct kp_call *c = arg;
     c->up = NULL;
+    stat_end(c, result == KP_UPSTREAM_OK && c->up_status >= 200 && c->up_status <= 299);
     if (c->streaming_out) {
         if (result == KP_UPSTREAM_OK && !c->stream_broken && kp_router__stream_end(c) == KP_OK) {
             kp_http_stream_end(c->ex);
@@ -631,8 +646,13 @@ void kp_router__attempt_next(struct kp_call *c)
             rc = kp_upstream_start(c->r->up, &req, &cb, &c->up, errmsg, sizeof(errmsg));
         }
         kp_secret_wipe(c->auth_header, sizeof(c->auth_header));
-        if (rc == KP_OK)
+        if (rc == KP_OK) {
+            kp_keystat_begin(c->r->breakers, k->key->e.id);
+            c->stat_open = true;
+            c->attempt_start_us = kp_now_mono_us();
+            c->head_us = 0;
             return;
+        }
         kp_warn("router", "request %s: key %s skipped: %s", c->rid, k->key->e.id, errmsg);
     }
     give_up(c, c->key_limited && c->attempts == 0 ? "rate_limit" : "server",
@@ -641,6 +661,8 @@ void kp_router__attempt_next(struct kp_call *c)
 
 void kp_router__attempt_cancel(struct kp_call *c)
 {
+    if (c->up != NULL)
+        stat_end(c, false);
     if (c->retry_timer != NULL)
         uv_timer_stop(c->retry_timer);
     if (c->up != NULL) {

@@ -10,7 +10,9 @@
  *   a success                 closes the breaker, forgets the failures
  *
  * Keys that are unusable for everyone (auth, quota) are not handled here
- * but through the registry (node/health.c). One table per worker thread:
+ * but through the registry (node/health.c). The same table keeps each
+ * key's attempts in flight and its smoothed time to answer, which the
+ * least_inflight and lowest_latency pool strategies read (select.c). One table per worker thread:
  * no locks; each worker learns on its own, which costs at most a few
  * failed attempts per worker. Keys hash into a table with open addressing
  * (16 probes); when those are all busy the entry whose wait ends first
@@ -37,6 +39,8 @@ struct slot {
     unsigned failures;   /* server-side failures in a row */
     uint32_t open_ms;    /* the breaker's last open period */
     bool rate_limited;   /* the wait comes from a 429 */
+    unsigned inflight;   /* this worker's attempts on the key right now */
+    uint64_t ewma_us;    /* time to the answer's head, smoothed; 0: unknown */
 };
 
 struct kp_breakers {
@@ -65,7 +69,8 @@ static uint32_t hash(const char *s)
  * failures whose wait is over. */
 static bool idle(const struct slot *s, int64_t now_ms)
 {
-    return s->key[0] == '\0' || (s->failures == 0 && s->until_ms <= now_ms);
+    return s->key[0] == '\0' ||
+           (s->failures == 0 && s->until_ms <= now_ms && s->inflight == 0 && s->ewma_us == 0);
 }
 
 /* The key's slot among its PROBE candidates; with @create, an idle one
@@ -146,6 +151,36 @@ void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
 void kp_breaker_success(struct kp_breakers *b, const char *key)
 {
     struct slot *s = find(b, key, false, 0);
-    if (s != NULL)
-        memset(s, 0, sizeof(*s));
+    if (s != NULL) {
+        s->until_ms = s->trial_until = 0;
+        s->failures = 0;
+        s->open_ms = 0;
+        s->rate_limited = false;
+    }
+}
+
+/* --- load and latency, for the pool strategies ------------------------------------ */
+
+void kp_keystat_begin(struct kp_breakers *b, const char *key)
+{
+    struct slot *s = find(b, key, true, 0);
+    s->inflight++;
+}
+
+void kp_keystat_end(struct kp_breakers *b, const char *key, uint64_t latency_us)
+{
+    struct slot *s = find(b, key, false, 0);
+    if (s == NULL)
+        return;
+    if (s->inflight > 0)
+        s->inflight--;
+    if (latency_us > 0) /* EWMA with weight 1/5 for the newest sample */
+        s->ewma_us = s->ewma_us == 0 ? latency_us : (s->ewma_us * 4 + latency_us) / 5;
+}
+
+void kp_keystat_get(struct kp_breakers *b, const char *key, unsigned *inflight, uint64_t *ewma_us)
+{
+    struct slot *s = find(b, key, false, 0);
+    *inflight = s ? s->inflight : 0;
+    *ewma_us = s ? s->ewma_us : 0;
 }

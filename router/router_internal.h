@@ -57,6 +57,7 @@ struct kp_router {
     struct kp_router_shared sh;
     struct kp_secret_cache *secrets;
     struct kp_breakers *breakers;
+    uint64_t rng;          /* xorshift state for the weighted strategy */
     struct kp_call *calls; /* in flight, for close */
     bool closing;
     void (*close_cb)(void *arg);
@@ -114,6 +115,9 @@ struct kp_call {
     unsigned key_retries;      /* retries of the current key */
     unsigned retries_total;    /* retries of any key in this call */
     uv_timer_t *retry_timer;   /* backoff before a retry (closed on free) */
+    bool stat_open;            /* kp_keystat_begin ran for the current attempt */
+    uint64_t attempt_start_us; /* when the current attempt started */
+    uint64_t head_us;          /* when its answer's head came, 0 before */
     bool upstream_done;        /* the provider's stream sent [DONE] */
     int64_t up_retry_after_ms; /* the provider's Retry-After, 0 when none */
     uint64_t streamed_bytes;   /* content bytes relayed, for an estimate */
@@ -191,6 +195,11 @@ bool kp_breaker_open(struct kp_breakers *b, const char *key, int64_t now_ms);
 void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
                         int64_t retry_after_ms, int64_t now_ms);
 void kp_breaker_success(struct kp_breakers *b, const char *key);
+/* Attempts in flight and smoothed time to the answer's head, per key. */
+void kp_keystat_begin(struct kp_breakers *b, const char *key);
+/* @latency_us: time to the head of a good answer, 0 for a failed one. */
+void kp_keystat_end(struct kp_breakers *b, const char *key, uint64_t latency_us);
+void kp_keystat_get(struct kp_breakers *b, const char *key, unsigned *inflight, uint64_t *ewma_us);
 
 /* metrics.c */
 void kp_router__metrics_init(void);

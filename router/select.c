@@ -32,6 +32,75 @@ static bool endpoint_supported(enum kp_endpoint ep, const struct kp_provider *p)
     return kp_router__shape_of(ep, p->kind) >= 0;
 }
 
+static uint64_t next_random(struct kp_router *r)
+{
+    /* xorshift64*: per worker, no syscall per call. */
+    if (r->rng == 0)
+        r->rng = kp_now_mono_us() | 1;
+    r->rng ^= r->rng >> 12;
+    r->rng ^= r->rng << 25;
+    r->rng ^= r->rng >> 27;
+    return r->rng * 2685821657736338717ull;
+}
+
+/* The next member of priority @prio (@count of them left unused) by the
+ * pool's strategy: priority rotates the starting member per call;
+ * weighted draws by weight; least_inflight takes the one with the fewest
+ * attempts in flight on this worker; lowest_latency the one with the
+ * shortest smoothed time to answer (an unmeasured key first, to measure
+ * it). Ties go to the rotation order. */
+static uint32_t pick(struct kp_call *c, const struct kp_pool *pool, const bool *used, uint32_t prio,
+                     uint32_t count, unsigned start)
+{
+    uint32_t n = pool->nmembers, first = UINT32_MAX, skip = start % count;
+    uint32_t order[256], m = 0;
+    /* Members of the group in rotation order. */
+    for (uint32_t pass = 0; pass < 2; pass++)
+        for (uint32_t i = 0; i < n; i++) {
+            if (used[i] || pool->members[i].priority != prio)
+                continue;
+            if (pass == 0 && skip > 0) {
+                skip--;
+                continue;
+            }
+            if (m < count)
+                order[m++] = i;
+        }
+    if (m == 0)
+        return first;
+    if (pool->strategy == KP_POOL_WEIGHTED) {
+        uint64_t total = 0;
+        for (uint32_t j = 0; j < m; j++)
+            total += pool->members[order[j]].weight;
+        uint64_t r = total ? next_random(c->r) % total : 0;
+        for (uint32_t j = 0; j < m; j++) {
+            uint32_t w = pool->members[order[j]].weight;
+            if (r < w)
+                return order[j];
+            r -= w;
+        }
+        return order[0];
+    }
+    if (pool->strategy == KP_POOL_LEAST_INFLIGHT || pool->strategy == KP_POOL_LOWEST_LATENCY) {
+        uint32_t best = order[0];
+        uint64_t best_v = UINT64_MAX;
+        for (uint32_t j = 0; j < m; j++) {
+            const struct kp_key *k = kp_view_pool_key(c->view, pool, order[j]);
+            unsigned inflight = 0;
+            uint64_t ewma = 0;
+            if (k != NULL)
+                kp_keystat_get(c->r->breakers, k->e.id, &inflight, &ewma);
+            uint64_t v = pool->strategy == KP_POOL_LEAST_INFLIGHT ? inflight : ewma;
+            if (v < best_v) {
+                best_v = v;
+                best = order[j];
+            }
+        }
+        return best;
+    }
+    return order[0];
+}
+
 /* Why the last skipped key was skipped, for the 503 message. */
 struct reasons {
     unsigned model_ok; /* keys that may serve the model */
@@ -43,8 +112,8 @@ struct reasons {
 static void consider(struct kp_call *c, const struct kp_pool *pool, struct reasons *why,
                      unsigned start)
 {
-    /* Priority order: a stable selection by priority, starting each
-     * priority group at a rotating offset. */
+    /* Priority groups, lowest first; within a group the pool's strategy
+     * orders the members (pick). */
     uint32_t n = pool->nmembers;
     bool used[256] = {false};
     for (uint32_t round = 0; round < n && c->ncand < KP_MAX_CANDIDATES; round++) {
@@ -56,15 +125,9 @@ static void consider(struct kp_call *c, const struct kp_pool *pool, struct reaso
             count += !used[i] && pool->members[i].priority == best_prio;
         if (count == 0)
             break;
-        uint32_t skip = start % count;
-        for (uint32_t i = 0; i < n; i++) {
-            if (used[i] || pool->members[i].priority != best_prio)
-                continue;
-            if (skip-- == 0) {
-                best = i;
-                break;
-            }
-        }
+        best = pick(c, pool, used, best_prio, count, start);
+        if (best >= n)
+            break;
         used[best] = true;
         const struct kp_key *k = kp_view_pool_key(c->view, pool, best);
         if (k == NULL)

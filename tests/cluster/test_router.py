@@ -166,6 +166,27 @@ class RouterTest(unittest.TestCase):
                         what="the usage event")
         self.assertEqual(ev["retries"], 1)
 
+    def test_weighted_and_lowest_latency_pools(self):
+        g = self.g
+        g.admin("PUT", "/pools/default", {"strategy": "weighted",
+                                          "members": [{"key": "key-a", "weight": 1},
+                                                      {"key": "key-b", "weight": 3}]})
+        for _ in range(200):
+            self.assertEqual(g.call("/v1/chat/completions", CHAT)[0], 200)
+        keys = g.stats()["keys"]
+        # 1:3 by weight; 200 draws land well inside these bounds.
+        self.assertTrue(20 <= keys[fp(KEY_A)] <= 80, keys)
+        self.assertEqual(keys[fp(KEY_A)] + keys[fp(KEY_B)], 200)
+        g.reset_mock()
+        http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "latency=50"})
+        g.admin("PUT", "/pools/default", {"strategy": "lowest_latency",
+                                          "members": [{"key": "key-a"}, {"key": "key-b"}]})
+        for _ in range(30):
+            self.assertEqual(g.call("/v1/chat/completions", CHAT)[0], 200)
+        keys = g.stats()["keys"]
+        # Each worker measures each key once or twice, then prefers the fast one.
+        self.assertLessEqual(keys.get(fp(KEY_A), 0), 6, keys)
+
     def test_every_key_failing_gives_a_clear_error(self):
         g = self.g
         for k in (KEY_A, KEY_B):
