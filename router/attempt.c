@@ -152,6 +152,12 @@ static const char *result_class(enum kp_upstream_result r)
 static void give_up(struct kp_call *c, const char *cls, const char *why)
 {
     char msg[512];
+    if (kp_router__downgrade(c)) {
+        /* Every key failed the model: try the pool's cheaper one. */
+        if (kp_router__select(c) == KP_OK)
+            kp_router__attempt_next(c);
+        return;
+    }
     int status = 502;
     const char *code = "upstream_error";
     if (strcmp(cls, "timeout") == 0)

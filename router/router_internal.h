@@ -113,6 +113,7 @@ struct kp_call {
     bool resp_incomplete;      /* the buffered answer hit its cap */
     bool key_limited;          /* a key was skipped for its rate limit */
     unsigned key_retries;      /* retries of the current key */
+    unsigned downgrades;       /* models downgraded by pool rule */
     unsigned retries_total;    /* retries of any key in this call */
     uv_timer_t *retry_timer;   /* backoff before a retry (closed on free) */
     bool stat_open;            /* kp_keystat_begin ran for the current attempt */
@@ -150,6 +151,9 @@ int kp_router__scope(struct kp_call *c);
 /* select.c: fill c->cand (answers 404 for a model no key of the pool may
  * serve, 503 when none is usable). */
 int kp_router__select(struct kp_call *c);
+/* Apply the pool's downgrade rule for the call's model (true: the model
+ * changed and the candidates were cleared; select again). */
+bool kp_router__downgrade(struct kp_call *c);
 
 /* attempt.c: try the next candidate; on failure before any byte went to
  * the app, the next; answers when out of candidates. */

@@ -170,6 +170,43 @@ static void consider(struct kp_call *c, const struct kp_pool *pool, struct reaso
     }
 }
 
+/* The last resort of a call whose model no key could serve: the pool's
+ * downgrade rule for it ({"from": model, "to": cheaper}), at most twice per
+ * call. The body's model is rewritten (and re-serialised for providers
+ * that get it as is); the usage event keeps the model the app asked for. */
+bool kp_router__downgrade(struct kp_call *c)
+{
+    const struct kp_pool *pool = kp_view_pool(c->view, c->pool_name);
+    if (pool == NULL || c->downgrades >= 2)
+        return false;
+    const char *to = NULL;
+    for (uint32_t i = 0; i < pool->ndowngrades && to == NULL; i++)
+        if (strcmp(pool->downgrades[i].from, c->model) == 0)
+            to = pool->downgrades[i].to;
+    struct kp_token_refusal r;
+    if (to == NULL ||
+        kp_token_scope_allows(&c->scope, c->start_ms, NULL, NULL, NULL, to, &r) != KP_OK)
+        return false;
+    kp_info("router", "request %s: model %s downgraded to %s by pool %s", c->rid, c->model, to,
+            pool->e.id);
+    /* c->model points into the body: replaced together. */
+    if (json_object_set_new(c->body, "model", json_string(to)) != 0)
+        return false;
+    c->model = json_string_value(json_object_get(c->body, "model"));
+    c->downgrades++;
+    size_t len;
+    char *text = kp_json_dumps(c->body, &len);
+    if (text == NULL)
+        return false;
+    kp_buf_consume(&c->rewritten_body, c->rewritten_body.len);
+    bool ok = kp_buf_append(&c->rewritten_body, text, len) == 0;
+    kp_free(text);
+    if (!ok)
+        return false;
+    c->ncand = c->next_cand = 0;
+    return true;
+}
+
 int kp_router__select(struct kp_call *c)
 {
     struct reasons why = {0, "", 0, false};
@@ -197,6 +234,8 @@ int kp_router__select(struct kp_call *c)
     }
     if (c->ncand > 0)
         return KP_OK;
+    if (kp_router__downgrade(c))
+        return kp_router__select(c);
     char msg[512];
     if (why.model_ok == 0) {
         snprintf(msg, sizeof(msg), "model %s is not served by pool %s (or its fallbacks)", c->model,

@@ -187,6 +187,23 @@ class RouterTest(unittest.TestCase):
         # Each worker measures each key once or twice, then prefers the fast one.
         self.assertLessEqual(keys.get(fp(KEY_A), 0), 6, keys)
 
+    def test_model_downgrade_by_pool_rule(self):
+        g = self.g
+        g.admin("PUT", "/keys/key-a", {"provider": "mock", "models": ["gpt-4o-mini"]})
+        g.admin("PUT", "/keys/key-b", {"provider": "mock", "models": ["gpt-4o-mini"]})
+        g.admin("PUT", "/pools/default", {"members": [{"key": "key-a"}, {"key": "key-b"}],
+                                          "downgrades": [{"from": "gpt-4o", "to": "gpt-4o-mini"}]})
+        status, _, raw = g.call("/v1/chat/completions", dict(CHAT, model="gpt-4o"),
+                                headers={"X-Request-Id": "r-dg"})
+        self.assertEqual(status, 200, raw)
+        self.assertEqual(json.loads(raw)["model"], "gpt-4o-mini")
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-dg"), None),
+                        what="the usage event")
+        self.assertEqual((ev["model_requested"], ev["model_served"]), ("gpt-4o", "gpt-4o-mini"))
+        # No rule for the model: still a 404.
+        status, h, raw = g.call("/v1/chat/completions", dict(CHAT, model="o4-mini"))
+        self.assertEqual((status, h["x-keyplane-error"]), (404, "model_not_found"), raw)
+
     def test_every_key_failing_gives_a_clear_error(self):
         g = self.g
         for k in (KEY_A, KEY_B):
