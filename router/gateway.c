@@ -114,15 +114,20 @@ int kp_router__fail_param(struct kp_call *c, int status, const char *type, const
 {
     size_t len;
     char *body = error_body(c, status, type, code, param, message, &len);
-    char retry[16];
+    char retry[16], limit[24];
     snprintf(retry, sizeof(retry), "%d", c->retry_after_s);
-    struct kp_http_header h[4] = {
+    snprintf(limit, sizeof(limit), "%llu", (unsigned long long)c->rl_limit);
+    struct kp_http_header h[7] = {
         KP_HTTP_HEADER("Content-Type", "application/json"),
         KP_HTTP_HEADER("X-Request-Id", c->rid),
         KP_HTTP_HEADER("X-Keyplane-Error", code),
         KP_HTTP_HEADER("Retry-After", retry),
+        /* A policy's limit refused the call: which one, and when to retry. */
+        KP_HTTP_HEADER("X-RateLimit-Limit", limit),
+        KP_HTTP_HEADER("X-RateLimit-Remaining", "0"),
+        KP_HTTP_HEADER("X-RateLimit-Reset", retry),
     };
-    unsigned nh = c->retry_after_s > 0 ? 4 : 3;
+    unsigned nh = c->retry_after_s > 0 ? (c->rl_limit > 0 ? 7 : 4) : 3;
     c->ev.status = (uint16_t)status;
     if (c->ev.error_class[0] == '\0')
         kp_usage_set_str(c->ev.error_class, status >= 500 ? "server" : "client");

@@ -1,7 +1,7 @@
 /* Rate limits: requests and tokens per minute, for keys (the provider's
  * ceiling, `rpm`/`tpm` on the key) and for policies (`rpm`/`tpm` on a
  * policy whose scope covers the call: global, tenant, project, token,
- * pool, feature, key).
+ * pool, feature; key-scoped policies are not applied yet).
  *
  * A limit holds across the cluster without any coordination per request:
  * each node enforces limit / N, where N is the number of members in its
@@ -142,6 +142,7 @@ struct scan {
     int64_t now_us;
     unsigned nodes;
     int64_t wait_us;
+    uint64_t limit; /* the refusing limit, for X-RateLimit-Limit */
     char why[200];
 };
 
@@ -158,6 +159,7 @@ static int check_policy(const struct kp_entity *e, void *arg)
             snprintf(s->why, sizeof(s->why), "policy %s allows %llu tokens per minute", p->e.id,
                      (unsigned long long)p->tpm);
             s->wait_us = wait;
+            s->limit = p->tpm;
             return 1;
         }
     }
@@ -167,6 +169,7 @@ static int check_policy(const struct kp_entity *e, void *arg)
             snprintf(s->why, sizeof(s->why), "policy %s allows %llu requests per minute", p->e.id,
                      (unsigned long long)p->rpm);
             s->wait_us = wait;
+            s->limit = p->rpm;
             return 1;
         }
     }
@@ -181,10 +184,11 @@ static unsigned nodes_of(const struct kp_view *v)
 
 int kp_router__limit_call(struct kp_call *c)
 {
-    struct scan s = {c, (int64_t)kp_now_mono_us(), nodes_of(c->view), 0, ""};
+    struct scan s = {c, (int64_t)kp_now_mono_us(), nodes_of(c->view), 0, 0, ""};
     if (kp_view_each(c->view, KP_KIND_POLICY, check_policy, &s) == 0)
         return KP_OK;
     c->retry_after_s = (int)(s.wait_us / 1000000) + 1;
+    c->rl_limit = s.limit;
     kp_usage_set_str(c->ev.error_class, "rate_limit");
     char msg[300];
     snprintf(msg, sizeof(msg), "rate limited: %s; retry in %d s", s.why, c->retry_after_s);
@@ -226,7 +230,7 @@ void kp_router__limit_charge(struct kp_call *c)
     uint64_t tokens = c->ev.tokens_in + c->ev.tokens_out;
     if (tokens == 0 || c->view == NULL)
         return;
-    struct scan s = {c, (int64_t)kp_now_mono_us(), nodes_of(c->view), 0, ""};
+    struct scan s = {c, (int64_t)kp_now_mono_us(), nodes_of(c->view), 0, 0, ""};
     kp_view_each(c->view, KP_KIND_POLICY, charge_policy, &s);
     const struct kp_key *k = c->ev.key_id[0] ? kp_view_key(c->view, c->ev.key_id) : NULL;
     if (k != NULL && k->tpm > 0) {

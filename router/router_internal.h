@@ -124,6 +124,7 @@ struct kp_call {
     uint64_t streamed_bytes;   /* content bytes relayed, for an estimate */
     size_t body_len;           /* the app's body (the request may be gone) */
     int retry_after_s;         /* Retry-After of the app's answer, 0: none */
+    uint64_t rl_limit;         /* the policy limit that refused the call, 0: none */
     char stream_error[256];    /* why, for the app's error event */
 
     struct kp_usage_event ev;

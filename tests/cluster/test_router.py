@@ -498,6 +498,8 @@ class RateLimitTest(unittest.TestCase):
             self.assertEqual(h["x-keyplane-error"], "rate_limited", raw)
             self.assertGreater(int(h["retry-after"]), 0)
             self.assertIn("policy acme-rpm allows 10 requests per minute", raw.decode())
+            self.assertEqual((h["x-ratelimit-limit"], h["x-ratelimit-remaining"]), ("10", "0"))
+            self.assertEqual(h["x-ratelimit-reset"], h["retry-after"])
         # key-a takes 3 a minute; the rest of the 10 went to key-b.
         self.assertEqual(g.stats()["keys"], {fp(KEY_A): 3, fp(KEY_B): 7})
 
