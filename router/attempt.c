@@ -359,7 +359,16 @@ static int on_event(void *arg, const struct kp_sse_event *e)
             snprintf(c->stream_error, sizeof(c->stream_error), "%s", why);
         return rc;
     }
-    if (!(e->data_len == 6 && memcmp(e->data, "[DONE]", 6) == 0)) {
+    bool done = e->data_len == 6 && memcmp(e->data, "[DONE]", 6) == 0;
+    /* Parsing every event would cost more than relaying it: only the first
+     * (the model served) and those carrying a usage object are read; the
+     * others only count toward the estimate. */
+    bool read = !done && (c->ev.model_served[0] == '\0' ||
+                          memmem(e->data, e->data_len, "\"usage\":{", 9) != NULL ||
+                          memmem(e->data, e->data_len, "\"usage\": {", 10) != NULL);
+    if (!done && !read)
+        c->streamed_bytes += e->data_len / 4; /* roughly the content's share */
+    if (read) {
         json_t *chunk = json_loadb(e->data, e->data_len, 0, NULL);
         if (chunk != NULL) {
             json_t *model = json_object_get(chunk, "model");
