@@ -486,6 +486,16 @@ static struct done_req *done_req_new(struct kp_store *s, kp_store_done_cb cb, vo
     return p;
 }
 
+/* What raft said to a request just made: on refusal the request was never
+ * taken, so it is freed here. */
+static int submitted(struct done_req *p, int rv)
+{
+    if (rv == 0)
+        return KP_OK;
+    kp_free(p);
+    return from_raft(rv);
+}
+
 static void done_finish(struct done_req *p, int status, const char *what)
 {
     char msg[256];
@@ -511,12 +521,7 @@ int kp_store_barrier(struct kp_store *s, kp_store_done_cb cb, void *arg)
     if (p == NULL)
         return KP_ENOMEM;
     p->u.barrier.data = p;
-    int rv = raft_barrier(&s->raft, &p->u.barrier, barrier_done);
-    if (rv != 0) {
-        kp_free(p);
-        return from_raft(rv);
-    }
-    return KP_OK;
+    return submitted(p, raft_barrier(&s->raft, &p->u.barrier, barrier_done));
 }
 
 static int raft_role(int role)
@@ -553,12 +558,7 @@ int kp_store_add(struct kp_store *s, uint64_t id, const char *address, int role,
     if (p == NULL)
         return KP_ENOMEM;
     p->u.change.data = p;
-    int rv = raft_add(&s->raft, &p->u.change, id, address, add_done);
-    if (rv != 0) {
-        kp_free(p);
-        return from_raft(rv);
-    }
-    return KP_OK;
+    return submitted(p, raft_add(&s->raft, &p->u.change, id, address, add_done));
 }
 
 int kp_store_assign(struct kp_store *s, uint64_t id, int role, kp_store_done_cb cb, void *arg)
@@ -569,12 +569,7 @@ int kp_store_assign(struct kp_store *s, uint64_t id, int role, kp_store_done_cb 
     if (p == NULL)
         return KP_ENOMEM;
     p->u.change.data = p;
-    int rv = raft_assign(&s->raft, &p->u.change, id, raft_role(role), assign_done);
-    if (rv != 0) {
-        kp_free(p);
-        return from_raft(rv);
-    }
-    return KP_OK;
+    return submitted(p, raft_assign(&s->raft, &p->u.change, id, raft_role(role), assign_done));
 }
 
 static void remove_done(struct raft_change *req, int status)
@@ -590,12 +585,7 @@ int kp_store_remove(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void *
     if (p == NULL)
         return KP_ENOMEM;
     p->u.change.data = p;
-    int rv = raft_remove(&s->raft, &p->u.change, id, remove_done);
-    if (rv != 0) {
-        kp_free(p);
-        return from_raft(rv);
-    }
-    return KP_OK;
+    return submitted(p, raft_remove(&s->raft, &p->u.change, id, remove_done));
 }
 
 static void transfer_done(struct raft_transfer *req)
@@ -618,10 +608,5 @@ int kp_store_transfer(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void
     if (p == NULL)
         return KP_ENOMEM;
     p->u.transfer.data = p;
-    int rv = raft_transfer(&s->raft, &p->u.transfer, id, transfer_done);
-    if (rv != 0) {
-        kp_free(p);
-        return from_raft(rv);
-    }
-    return KP_OK;
+    return submitted(p, raft_transfer(&s->raft, &p->u.transfer, id, transfer_done));
 }
