@@ -10,6 +10,7 @@ where the call arrived.
 import hashlib
 import json
 import secrets
+import sys
 import unittest
 
 from harness import Harness, http, log_lines, wait_until
@@ -534,5 +535,6 @@ class RateLimitTest(unittest.TestCase):
             accepted += status == 200
         # 60 a minute for the cluster, 20 per node; a minute's refill over
         # the run adds at most a couple.
+        print(f"\naccepted {accepted} of 120 (limit 60)", file=sys.stderr)
         self.assertGreaterEqual(accepted, 57)
         self.assertLessEqual(accepted, 63)
