@@ -590,24 +590,24 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
 /* --- starting an attempt ------------------------------------------------------------ */
 
 static int build_request(struct kp_call *c, const struct kp_candidate *k,
-                         struct kp_upstream_request *req, char *errmsg, size_t errlen, char *param,
-                         size_t paramlen)
+                         struct kp_upstream_request *req, struct kp_prep *prep, char *errmsg,
+                         size_t errlen, char *param, size_t paramlen)
 {
     const struct kp_secret *secret =
         kp_secret_cache_get(c->r->secrets, &c->r->sh, k->key, errmsg, errlen);
     if (secret == NULL)
         return KP_EPERM;
     kp_buf_consume(&c->upstream_body, c->upstream_body.len);
-    int rc = kp_router__prepare(c, k, kp_secret_data(secret), kp_secret_len(secret), errmsg, errlen,
-                                param, paramlen);
+    int rc = kp_router__prepare(c, k, kp_secret_data(secret), kp_secret_len(secret), prep, errmsg,
+                                errlen, param, paramlen);
     if (rc != KP_OK)
         return rc;
     memset(req, 0, sizeof(*req));
     req->method = "POST";
-    req->url = c->url;
+    req->url = prep->url;
     req->allow_http = k->provider->allow_insecure;
-    req->headers = c->up_headers;
-    req->n_headers = c->n_up_headers;
+    req->headers = prep->headers;
+    req->n_headers = prep->n;
     const struct kp_buf *body = c->upstream_body.len > 0    ? &c->upstream_body
                                 : c->rewritten_body.len > 0 ? &c->rewritten_body
                                                             : NULL;
@@ -620,6 +620,7 @@ void kp_router__attempt_next(struct kp_call *c)
 {
     static const struct kp_upstream_callbacks cbs = {on_head, on_body, attempt_done, NULL};
     char errmsg[300] = "", param[160] = "";
+    struct kp_prep prep;
     while (c->next_cand < c->ncand) {
         const struct kp_candidate *k = &c->cand[c->next_cand++];
         if (k != c->cur)
@@ -646,11 +647,11 @@ void kp_router__attempt_next(struct kp_call *c)
         kp_router__stream_free(c);
         c->stream_broken = false;
         c->stream_error[0] = '\0';
-        int rc = build_request(c, k, &req, errmsg, sizeof(errmsg), param, sizeof(param));
+        int rc = build_request(c, k, &req, &prep, errmsg, sizeof(errmsg), param, sizeof(param));
         if (rc == KP_EINVAL) {
             /* The request cannot be expressed for this provider: the app's
              * to fix, not a reason to try another key. */
-            kp_secret_wipe(c->auth_header, sizeof(c->auth_header));
+            kp_secret_wipe(prep.auth, sizeof(prep.auth));
             kp_router__fail_param(c, 400, "invalid_request_error", "unsupported_for_provider",
                                   param[0] ? param : NULL, errmsg);
             return;
@@ -660,7 +661,7 @@ void kp_router__attempt_next(struct kp_call *c)
             cb.arg = c;
             rc = kp_upstream_start(c->r->up, &req, &cb, &c->up, errmsg, sizeof(errmsg));
         }
-        kp_secret_wipe(c->auth_header, sizeof(c->auth_header));
+        kp_secret_wipe(prep.auth, sizeof(prep.auth));
         if (rc == KP_OK) {
             kp_keystat_begin(c->r->breakers, k->key->e.id);
             c->stat_open = true;

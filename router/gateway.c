@@ -61,7 +61,6 @@ static void call_free(struct kp_call *c)
     kp_router__stream_free(c);
     kp_buf_free(&c->resp);
     kp_sse_free(&c->sse);
-    kp_secret_wipe(c->auth_header, sizeof(c->auth_header));
     if (c->view != NULL)
         kp_view_release(c->view);
     kp_free(c);

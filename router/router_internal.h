@@ -93,10 +93,6 @@ struct kp_call {
     /* the current attempt */
     const struct kp_candidate *cur;
     struct kp_upstream_call *up;
-    struct kp_http_header up_headers[40];
-    unsigned n_up_headers;
-    char auth_header[4200]; /* "Bearer <secret>": wiped after start */
-    char url[2600];
     int up_status;
     char up_content_type[128];
     bool streaming_out; /* response head sent to the app */
@@ -164,6 +160,16 @@ void kp_router__attempt_cancel(struct kp_call *c);
  * estimate when a stream that reached the app reported none). */
 void kp_router__settle(struct kp_call *c);
 
+/* An attempt's request as it is being built: on the stack of the code
+ * that starts it (the upstream client copies URL and headers at start),
+ * so a call in flight does not carry ~7 KiB it no longer needs. */
+struct kp_prep {
+    char url[2600];
+    char auth[4200]; /* "Bearer <secret>": wiped once the call started */
+    struct kp_http_header headers[40];
+    unsigned n;
+};
+
 /* shape.c */
 /* enum kp_shape for the pair, or -1 when this gateway cannot send @ep to a
  * provider of @provider_kind. */
@@ -172,8 +178,8 @@ int kp_router__shape_of(enum kp_endpoint ep, int provider_kind);
  * body must change, c->upstream_body. KP_EINVAL with @errmsg and @param:
  * the app's request cannot be expressed for this provider (a 400). */
 int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const char *secret,
-                       size_t secret_len, char *errmsg, size_t errlen, char *param,
-                       size_t paramlen);
+                       size_t secret_len, struct kp_prep *prep, char *errmsg, size_t errlen,
+                       char *param, size_t paramlen);
 /* A whole 2xx answer in the app's shape: *@out is the translated document
  * (NULL: relay the provider's bytes). Reads usage into c->usage. */
 int kp_router__translate_answer(struct kp_call *c, json_t *doc, json_t **out);

@@ -86,7 +86,8 @@ static int translate_request(struct kp_call *c, char *errmsg, size_t errlen, cha
 }
 
 int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const char *secret,
-                       size_t secret_len, char *errmsg, size_t errlen, char *param, size_t paramlen)
+                       size_t secret_len, struct kp_prep *prep, char *errmsg, size_t errlen,
+                       char *param, size_t paramlen)
 {
     const struct kp_provider *p = k->provider;
     c->shape = kp_router__shape_of(c->ep, p->kind);
@@ -97,7 +98,7 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
     size_t blen = strlen(base);
     while (blen > 0 && base[blen - 1] == '/')
         blen--;
-    if (secret_len + 8 > sizeof(c->auth_header)) {
+    if (secret_len + 8 > sizeof(prep->auth)) {
         snprintf(errmsg, errlen, "key %s: secret too long for a header", k->key->e.id);
         return KP_ETOOBIG;
     }
@@ -111,7 +112,7 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
     switch (c->shape) {
     case KP_SHAPE_CHAT_VIA_ANTHROPIC:
     case KP_SHAPE_MESSAGES:
-        n = snprintf(c->url, sizeof(c->url), "%.*s/messages", (int)blen, base);
+        n = snprintf(prep->url, sizeof(prep->url), "%.*s/messages", (int)blen, base);
         auth_name = "x-api-key";
         break;
     case KP_SHAPE_CHAT_VIA_GEMINI:
@@ -121,7 +122,7 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
             snprintf(param, paramlen, "model");
             return KP_EINVAL;
         }
-        n = snprintf(c->url, sizeof(c->url), "%.*s/models/%s:%s", (int)blen, base, c->model,
+        n = snprintf(prep->url, sizeof(prep->url), "%.*s/models/%s:%s", (int)blen, base, c->model,
                      c->stream ? "streamGenerateContent?alt=sse" : "generateContent");
         auth_name = "x-goog-api-key";
         break;
@@ -135,41 +136,42 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
                 snprintf(param, paramlen, "model");
                 return KP_EINVAL;
             }
-            n = snprintf(c->url, sizeof(c->url), "%.*s/openai/deployments/%s%s?api-version=%s",
-                         (int)blen, base, c->model, suffix, p->api_version);
+            n = snprintf(prep->url, sizeof(prep->url),
+                         "%.*s/openai/deployments/%s%s?api-version=%s", (int)blen, base, c->model,
+                         suffix, p->api_version);
             auth_name = "api-key";
         } else {
-            n = snprintf(c->url, sizeof(c->url), "%.*s%s", (int)blen, base, suffix);
+            n = snprintf(prep->url, sizeof(prep->url), "%.*s%s", (int)blen, base, suffix);
             pre = 7;
         }
         break;
     }
-    if (n < 0 || (size_t)n >= sizeof(c->url)) {
+    if (n < 0 || (size_t)n >= sizeof(prep->url)) {
         snprintf(errmsg, errlen, "provider %s: URL too long", p->e.id);
         return KP_ETOOBIG;
     }
-    memcpy(c->auth_header, "Bearer ", pre);
-    memcpy(c->auth_header + pre, secret, secret_len);
-    c->auth_header[pre + secret_len] = '\0';
-    c->up_headers[nh].name = auth_name;
-    c->up_headers[nh].name_len = strlen(auth_name);
-    c->up_headers[nh].value = c->auth_header;
-    c->up_headers[nh].value_len = pre + secret_len;
+    memcpy(prep->auth, "Bearer ", pre);
+    memcpy(prep->auth + pre, secret, secret_len);
+    prep->auth[pre + secret_len] = '\0';
+    prep->headers[nh].name = auth_name;
+    prep->headers[nh].name_len = strlen(auth_name);
+    prep->headers[nh].value = prep->auth;
+    prep->headers[nh].value_len = pre + secret_len;
     nh++;
     if (c->shape == KP_SHAPE_MESSAGES || c->shape == KP_SHAPE_CHAT_VIA_ANTHROPIC) {
         const char *v = kp_http_request_header(c->req, "anthropic-version");
-        c->up_headers[nh++] = KP_HTTP_HEADER("anthropic-version", v ? v : anthropic_version);
+        prep->headers[nh++] = KP_HTTP_HEADER("anthropic-version", v ? v : anthropic_version);
         /* anthropic-beta is not passed on: betas an app could switch on are
          * billed to the operator's key (a provider's extra headers can set
          * it). */
     }
-    c->up_headers[nh++] = KP_HTTP_HEADER("Content-Type", "application/json");
-    c->up_headers[nh++] =
+    prep->headers[nh++] = KP_HTTP_HEADER("Content-Type", "application/json");
+    prep->headers[nh++] =
         KP_HTTP_HEADER("Accept", c->stream ? "text/event-stream" : "application/json");
-    for (uint32_t i = 0; i < p->headers.n && nh < sizeof(c->up_headers) / sizeof(c->up_headers[0]);
+    for (uint32_t i = 0; i < p->headers.n && nh < sizeof(prep->headers) / sizeof(prep->headers[0]);
          i++)
-        c->up_headers[nh++] = KP_HTTP_HEADER(p->headers.v[i].key, p->headers.v[i].value);
-    c->n_up_headers = nh;
+        prep->headers[nh++] = KP_HTTP_HEADER(p->headers.v[i].key, p->headers.v[i].value);
+    prep->n = nh;
     return KP_OK;
 }
 

@@ -1088,6 +1088,10 @@ static int easy_setup(struct kp_upstream_call *call, const struct kp_upstream_re
      * rather than open one more. */
     SET(CURLOPT_PIPEWAIT, https ? 1L : 0L);
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    /* Provider answers arrive in small pieces (stream events, a few KiB of
+     * JSON); half of curl's 16 KiB default receive buffer per transfer is
+     * plenty and counts with thousands of open streams. */
+    SET(CURLOPT_BUFFERSIZE, 8192L);
     SET(CURLOPT_CONNECTTIMEOUT_MS, (long)call->connect_ms);
     SET(CURLOPT_ERRORBUFFER, call->errbuf);
     SET(CURLOPT_HTTPHEADER, headers);
