@@ -675,6 +675,14 @@ static void handle_key_health(struct kp_node *n, struct kp_http_exchange *ex,
     const char *key = json_string_value(json_object_get(body, "key"));
     const char *status = json_string_value(json_object_get(body, "status"));
     const char *cls = json_string_value(json_object_get(body, "error_class"));
+    json_t *ver = json_object_get(body, "key_version");
+    const struct kp_entity *k = key ? kp_fsm_get(kp_store_fsm(n->store), KP_KIND_KEY, key) : NULL;
+    if (k != NULL && json_is_integer(ver) && (uint64_t)json_integer_value(ver) != k->version) {
+        /* The key changed since the failing call read it: nothing to do. */
+        json_decref(body);
+        kp_node_respond_json(ex, 200, rid, json_pack("{s:b}", "committed", 0));
+        return;
+    }
     int st = -1;
     for (int i = 0; status != NULL && kp_health_status_name(i) != NULL; i++)
         if (strcmp(kp_health_status_name(i), status) == 0)

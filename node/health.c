@@ -18,6 +18,7 @@
 
 struct report {
     char key[129];
+    uint64_t key_version;
     int status; /* enum kp_health_status */
     char error_class[32];
 };
@@ -31,12 +32,17 @@ struct kp_health_queue {
     struct kp_node *node;
 };
 
-static bool already(struct kp_node *n, const char *key, int status)
+/* Nothing to do: the registry says so already, the key is gone, or it
+ * changed since the failing call read it (a new secret: the failure was
+ * the old one's). */
+static bool already(struct kp_node *n, const char *key, uint64_t key_version, int status)
 {
+    const struct kp_fsm *fsm = kp_store_fsm(n->store);
     const struct kp_key_health *h =
-        (const struct kp_key_health *)kp_fsm_get(kp_store_fsm(n->store), KP_KIND_KEY_HEALTH, key);
-    return (h != NULL && h->status == status) ||
-           kp_fsm_get(kp_store_fsm(n->store), KP_KIND_KEY, key) == NULL;
+        (const struct kp_key_health *)kp_fsm_get(fsm, KP_KIND_KEY_HEALTH, key);
+    const struct kp_entity *k = kp_fsm_get(fsm, KP_KIND_KEY, key);
+    return (h != NULL && h->status == status) || k == NULL ||
+           (key_version != 0 && k->version != key_version);
 }
 
 static void committed(void *arg, int code, const struct kp_fsm_result *res)
@@ -117,7 +123,7 @@ static void drain(uv_async_t *a)
     struct kp_node *node = q->node;
     for (size_t i = 0; i < n; i++) {
         const struct report *r = &batch[i];
-        if (node->stopping || already(node, r->key, r->status))
+        if (node->stopping || already(node, r->key, r->key_version, r->status))
             continue;
         kp_info("health", "key %s: %s after an upstream %s answer", r->key,
                 kp_health_status_name(r->status), r->error_class);
@@ -128,7 +134,8 @@ static void drain(uv_async_t *a)
     }
 }
 
-void kp_health_report(void *arg, const char *key, int status, const char *error_class)
+void kp_health_report(void *arg, const char *key, uint64_t key_version, int status,
+                      const char *error_class)
 {
     struct kp_health_queue *q = arg;
     pthread_mutex_lock(&q->mu);
@@ -139,6 +146,7 @@ void kp_health_report(void *arg, const char *key, int status, const char *error_
         if (i < QUEUE) {
             struct report *r = &q->items[i];
             snprintf(r->key, sizeof(r->key), "%s", key);
+            r->key_version = key_version;
             r->status = status;
             snprintf(r->error_class, sizeof(r->error_class), "%s", error_class);
             if (i == q->n)

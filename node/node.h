@@ -119,7 +119,8 @@ struct kp_health_queue *kp_health_queue_new(struct kp_node *n, uv_loop_t *loop);
 void kp_health_queue_close(struct kp_health_queue *q);
 void kp_health_queue_free(struct kp_health_queue *q);
 /* The router's health sink (thread-safe). */
-void kp_health_report(void *queue, const char *key, int status, const char *error_class);
+void kp_health_report(void *queue, const char *key, uint64_t key_version, int status,
+                      const char *error_class);
 /* Propose set_key_health on the leader (KP_ENOTLEADER elsewhere); @cb
  * may be NULL (failures are logged). */
 int kp_health_propose(struct kp_node *n, const char *key, int status, const char *error_class,

@@ -185,7 +185,7 @@ static void report_key(struct kp_call *c, const char *cls)
         return;
     const struct kp_key_health *h = kp_view_key_health(c->view, c->cur->key->e.id);
     if (h == NULL || h->status != status)
-        sh->health.report(sh->health.arg, c->cur->key->e.id, status, cls);
+        sh->health.report(sh->health.arg, c->cur->key->e.id, c->cur->key->e.version, status, cls);
 }
 
 /* Retries of the same key, for failures that may pass (a 5xx, a failed

@@ -27,7 +27,10 @@ struct kp_usage_sink {
  * whole cluster stops using it. Called from worker threads: thread-safe and
  * non-blocking. @status is enum kp_health_status. */
 struct kp_health_sink {
-    void (*report)(void *arg, const char *key_id, int status, const char *error_class);
+    /* @key_version: the key entity's version the call used; a report about
+     * a key that changed since (a new secret) is dropped. */
+    void (*report)(void *arg, const char *key_id, uint64_t key_version, int status,
+                   const char *error_class);
     void *arg;
 };
 
