@@ -472,18 +472,23 @@ struct done_req {
     int role; /* raft role to assign after an add, or -1 */
 };
 
-static struct done_req *done_req_new(struct kp_store *s, kp_store_done_cb cb, void *arg,
-                                     uint64_t id, int role)
+/* Starts a request on the leader; anywhere else it is refused before raft
+ * sees it. */
+static int done_req_start(struct kp_store *s, kp_store_done_cb cb, void *arg, uint64_t id, int role,
+                          struct done_req **out)
 {
+    if (!kp_store_is_leader(s))
+        return KP_ENOTLEADER;
     struct done_req *p = kp_calloc(1, sizeof(*p));
-    if (p != NULL) {
-        p->s = s;
-        p->cb = cb;
-        p->arg = arg;
-        p->id = id;
-        p->role = role;
-    }
-    return p;
+    if (p == NULL)
+        return KP_ENOMEM;
+    p->s = s;
+    p->cb = cb;
+    p->arg = arg;
+    p->id = id;
+    p->role = role;
+    *out = p;
+    return KP_OK;
 }
 
 /* What raft said to a request just made: on refusal the request was never
@@ -515,11 +520,10 @@ static void barrier_done(struct raft_barrier *req, int status)
 
 int kp_store_barrier(struct kp_store *s, kp_store_done_cb cb, void *arg)
 {
-    if (!kp_store_is_leader(s))
-        return KP_ENOTLEADER;
-    struct done_req *p = done_req_new(s, cb, arg, 0, -1);
-    if (p == NULL)
-        return KP_ENOMEM;
+    struct done_req *p;
+    int rc = done_req_start(s, cb, arg, 0, -1, &p);
+    if (rc != KP_OK)
+        return rc;
     p->u.barrier.data = p;
     return submitted(p, raft_barrier(&s->raft, &p->u.barrier, barrier_done));
 }
@@ -552,22 +556,20 @@ static void add_done(struct raft_change *req, int status)
 int kp_store_add(struct kp_store *s, uint64_t id, const char *address, int role,
                  kp_store_done_cb cb, void *arg)
 {
-    if (!kp_store_is_leader(s))
-        return KP_ENOTLEADER;
-    struct done_req *p = done_req_new(s, cb, arg, id, raft_role(role));
-    if (p == NULL)
-        return KP_ENOMEM;
+    struct done_req *p;
+    int rc = done_req_start(s, cb, arg, id, raft_role(role), &p);
+    if (rc != KP_OK)
+        return rc;
     p->u.change.data = p;
     return submitted(p, raft_add(&s->raft, &p->u.change, id, address, add_done));
 }
 
 int kp_store_assign(struct kp_store *s, uint64_t id, int role, kp_store_done_cb cb, void *arg)
 {
-    if (!kp_store_is_leader(s))
-        return KP_ENOTLEADER;
-    struct done_req *p = done_req_new(s, cb, arg, id, -1);
-    if (p == NULL)
-        return KP_ENOMEM;
+    struct done_req *p;
+    int rc = done_req_start(s, cb, arg, id, -1, &p);
+    if (rc != KP_OK)
+        return rc;
     p->u.change.data = p;
     return submitted(p, raft_assign(&s->raft, &p->u.change, id, raft_role(role), assign_done));
 }
@@ -579,11 +581,10 @@ static void remove_done(struct raft_change *req, int status)
 
 int kp_store_remove(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void *arg)
 {
-    if (!kp_store_is_leader(s))
-        return KP_ENOTLEADER;
-    struct done_req *p = done_req_new(s, cb, arg, id, -1);
-    if (p == NULL)
-        return KP_ENOMEM;
+    struct done_req *p;
+    int rc = done_req_start(s, cb, arg, id, -1, &p);
+    if (rc != KP_OK)
+        return rc;
     p->u.change.data = p;
     return submitted(p, raft_remove(&s->raft, &p->u.change, id, remove_done));
 }
@@ -602,11 +603,10 @@ static void transfer_done(struct raft_transfer *req)
 
 int kp_store_transfer(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void *arg)
 {
-    if (!kp_store_is_leader(s))
-        return KP_ENOTLEADER;
-    struct done_req *p = done_req_new(s, cb, arg, id, -1);
-    if (p == NULL)
-        return KP_ENOMEM;
+    struct done_req *p;
+    int rc = done_req_start(s, cb, arg, id, -1, &p);
+    if (rc != KP_OK)
+        return rc;
     p->u.transfer.data = p;
     return submitted(p, raft_transfer(&s->raft, &p->u.transfer, id, transfer_done));
 }
