@@ -265,4 +265,42 @@ int kp_segment_scan_valid_prefix(const void *buf, size_t len, size_t *valid_len)
 int kp_segment_file_read(const char *path, size_t max_len, struct kp_buf *out, char *errmsg,
                          size_t errlen);
 
+/* --- CSV (csv.c), RFC 4180 ----------------------------------------------- */
+
+/* Append one field to @out, quoted when it holds a comma, a double quote,
+ * CR or LF, or starts/ends with a space (quotes doubled inside); a comma
+ * first unless @first. KP_ENOMEM. */
+int kp_csv_field(struct kp_buf *out, const char *s, size_t len, bool first);
+/* End the record: "\r\n". */
+int kp_csv_end(struct kp_buf *out);
+
+/* Reads records from a CSV text in memory (RFC 4180: CRLF or LF line
+ * ends, quoted fields with doubled quotes, embedded line breaks; a UTF-8
+ * byte-order mark at the start is skipped). Untrusted input: a record of
+ * more than KP_CSV_MAX_FIELDS fields or a field over KP_CSV_MAX_FIELD bytes
+ * is an error, never an allocation to match. */
+#define KP_CSV_MAX_FIELDS 256
+#define KP_CSV_MAX_FIELD  (64u << 10)
+struct kp_csv_reader {
+    const char *buf;
+    size_t len, pos;
+    size_t line;                     /* 1-based line where the current record starts */
+    char *fields[KP_CSV_MAX_FIELDS]; /* NUL-terminated, valid until the next call */
+    size_t n_fields;
+    struct kp_buf text; /* private: the fields' storage */
+    char errmsg[160];
+};
+void kp_csv_reader_init(struct kp_csv_reader *r, const void *buf, size_t len);
+/* 1: a record is in fields[0..n_fields). 0: the end. KP_EPARSE (errmsg says
+ * which line and why: an unterminated quote, a stray quote, too many
+ * fields, a field too long, a NUL byte), KP_ENOMEM. Errors are sticky. */
+int kp_csv_next(struct kp_csv_reader *r);
+void kp_csv_reader_close(struct kp_csv_reader *r);
+
+/* The rest of the API, one header per part (include meter.h, not them). */
+#include "meter/rollup.h"    /* rollups, the latency sketch, usage queries */
+#include "meter/reconcile.h" /* vendor bills against metered usage */
+#include "meter/spool.h"     /* the router's spool, sealing and shipping */
+#include "meter/store.h"     /* the meter's segment store and compaction */
+
 #endif
