@@ -1,0 +1,2 @@
+/* (being written) */
+#include "meter/meter.h"
