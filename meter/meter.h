@@ -177,6 +177,10 @@ int kp_segment_writer_init(struct kp_segment_writer *w,
                            const struct kp_segment_writer_options *opt);
 /* Add one event (checked first: KP_EINVAL names the field). */
 int kp_segment_writer_add(struct kp_segment_writer *w, const struct kp_usage_event *ev);
+/* Add one event already encoded by kp_usage_event_encode() (@enc[0..len),
+ * its time @time_ms), e.g. by another thread; the bytes are trusted. */
+int kp_segment_writer_add_encoded(struct kp_segment_writer *w, const void *enc, size_t len,
+                                  int64_t time_ms);
 /* Compress the pending events, if any, into one frame in @out. */
 int kp_segment_writer_flush(struct kp_segment_writer *w);
 /* Flush, append the footer, compute @sealed_header. No add after this. */

@@ -208,25 +208,47 @@ err_nomem:
     return writer_fail(w, KP_ENOMEM, "segment writer: out of memory");
 }
 
+/* Make room for one more event in the pending frame. */
+static int writer_room(struct kp_segment_writer *w)
+{
+    if (w->sealed)
+        return writer_fail(w, KP_EINVAL, "segment writer: add after seal");
+    if (w->pending.len >= w->frame_bytes)
+        return kp_segment_writer_flush(w);
+    return KP_OK;
+}
+
+static void writer_count(struct kp_segment_writer *w, int64_t time_ms)
+{
+    if (w->pending_events == 0 || time_ms < w->pending_min)
+        w->pending_min = time_ms;
+    if (w->pending_events == 0 || time_ms > w->pending_max)
+        w->pending_max = time_ms;
+    w->pending_events++;
+}
+
 int kp_segment_writer_add(struct kp_segment_writer *w, const struct kp_usage_event *ev)
 {
     char why[200];
-    if (w->sealed)
-        return writer_fail(w, KP_EINVAL, "segment writer: add after seal");
-    if (w->pending.len >= w->frame_bytes) {
-        int rc = kp_segment_writer_flush(w);
-        if (rc != KP_OK)
-            return rc;
-    }
-    int rc = kp_usage_event_encode(ev, &w->pending, why, sizeof(why));
+    int rc = writer_room(w);
+    if (rc != KP_OK)
+        return rc;
+    rc = kp_usage_event_encode(ev, &w->pending, why, sizeof(why));
     if (rc != KP_OK)
         return writer_fail(w, rc, "segment writer: %s", why);
-    if (w->pending_events == 0 || ev->time_ms < w->pending_min)
-        w->pending_min = ev->time_ms;
-    if (w->pending_events == 0 || ev->time_ms > w->pending_max)
-        w->pending_max = ev->time_ms;
-    w->pending_events++;
+    writer_count(w, ev->time_ms);
     return KP_OK;
+}
+
+int kp_segment_writer_add_encoded(struct kp_segment_writer *w, const void *enc, size_t len,
+                                  int64_t time_ms)
+{
+    int rc = writer_room(w);
+    if (rc == KP_OK && kp_buf_append(&w->pending, enc, len) != KP_OK)
+        rc = writer_fail(w, KP_ENOMEM, "segment writer: out of memory");
+    if (rc == KP_OK)
+        writer_count(w, time_ms);
+    return rc;
 }
 
 static void frame_header_encode(const struct kp_segment_writer *w, uint8_t *fh, size_t payload_len)

@@ -7,6 +7,7 @@
 #include "bytes.h"
 #include "clock.h"
 #include "error.h"
+#include "file.h"
 #include "http.h"
 #include "json.h"
 #include "log.h"
