@@ -74,4 +74,49 @@ int kp_spool_remove(struct kp_spool *s, uint64_t seq);
 /* Move sealed segment @seq to quarantine/ with a note saying @why. */
 int kp_spool_quarantine(struct kp_spool *s, uint64_t seq, const char *why);
 
+/* --- shipping (ship.c) ---------------------------------------------------------------
+ *
+ * A shipper thread delivers the spool's sealed segments to every meter
+ * (POST /internal/v1/segments on its control listener, with the cluster
+ * secret), records which meters acknowledged each one in SEQ.acks, and
+ * removes a segment once every current meter has it. Failures back off per
+ * meter (0.1 s doubling to 30 s); a segment a meter calls invalid is
+ * quarantined. */
+
+struct kp_ship_target {
+    char name[129];    /* the member name (what SEQ.acks records) */
+    char address[257]; /* host:port of its control listener */
+};
+
+/* Fills @out with the meters to deliver to (at most @max) and @token with
+ * the cluster secret; returns how many. Called on the shipper thread. */
+typedef size_t (*kp_ship_targets_fn)(void *arg, struct kp_ship_target *out, size_t max, char *token,
+                                     size_t token_len);
+
+struct kp_shipper_options {
+    struct kp_spool *spool;
+    kp_ship_targets_fn targets;
+    void *arg;
+    long timeout_ms; /* per delivery; 0 = 30 s */
+};
+
+struct kp_shipper_stats {
+    uint64_t deliveries; /* acknowledged deliveries */
+    uint64_t failures;   /* failed attempts */
+    uint64_t removed;    /* segments delivered everywhere and removed */
+    uint64_t quarantined;
+    int64_t last_success_ms;
+    char last_error[256];
+};
+
+struct kp_shipper;
+
+int kp_shipper_start(const struct kp_shipper_options *opt, struct kp_shipper **out, char *errmsg,
+                     size_t errlen);
+/* Stop (an attempt in flight finishes first) and free. */
+void kp_shipper_stop(struct kp_shipper *sh);
+/* Look at the spool now instead of at the next poll. */
+void kp_shipper_kick(struct kp_shipper *sh);
+void kp_shipper_get_stats(struct kp_shipper *sh, struct kp_shipper_stats *st);
+
 #endif

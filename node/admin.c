@@ -83,6 +83,8 @@ static void handle_cluster(struct kp_admin_req *r);
 static const struct kp_admin_route routes[] = {
     {"GET", "/admin/v1/whoami", 0, -1, KP_OP_NONE, handle_whoami},
     {"GET", "/admin/v1/usage/recent", USAGE, -1, KP_OP_NONE, handle_usage_recent},
+    {"GET", "/admin/v1/usage", USAGE, -1, KP_OP_NONE, kp_admin__usage_query},
+    {"GET", "/admin/v1/usage/events", USAGE, -1, KP_OP_NONE, kp_admin__usage_events},
     {"GET", "/admin/v1/audit", AUDIT, -1, KP_OP_NONE, kp_admin__audit_list},
     {"GET", "/admin/v1/audit/verify", AUDIT, -1, KP_OP_NONE, kp_admin__audit_verify},
     {"GET", "/admin/v1/cluster", READ, -1, KP_OP_NONE, handle_cluster},
@@ -92,6 +94,7 @@ static const struct kp_admin_route routes[] = {
     {"GET", "/admin/v1/members/{id}", READ, KP_KIND_MEMBER, KP_OP_NONE, handle_get},
     {"DELETE", "/admin/v1/members/{id}", CHG, -1, KP_OP_NONE, handle_cluster},
     {"PUT", "/admin/v1/members/{id}/role", CHG, -1, KP_OP_NONE, handle_cluster},
+    {"PUT", "/admin/v1/members/{id}/meter", CHG, -1, KP_OP_NONE, handle_cluster},
     {"GET", "/admin/v1/tokens", READ, KP_KIND_TOKEN, KP_OP_NONE, handle_list},
     {"POST", "/admin/v1/tokens", CHG, KP_KIND_TOKEN, KP_OP_NONE, kp_admin__token_create},
     {"GET", "/admin/v1/tokens/{id}", READ, KP_KIND_TOKEN, KP_OP_NONE, handle_get},
@@ -312,24 +315,49 @@ static int pct_decode(struct kp_http_exchange *ex, const char *s, size_t n, bool
     return KP_OK;
 }
 
-const char *kp_admin__query(struct kp_admin_req *r, const char *name)
+int kp_admin__query_each(struct kp_admin_req *r,
+                         int (*fn)(void *arg, const char *name, const char *value), void *arg)
 {
-    size_t nlen = strlen(name);
     for (const char *p = r->req->query; *p != '\0';) {
         const char *end = strchr(p, '&');
         size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
         const char *eq = memchr(p, '=', len);
         size_t klen = eq != NULL ? (size_t)(eq - p) : len;
-        if (klen == nlen && memcmp(p, name, nlen) == 0) {
-            char *v;
-            const char *vs = eq != NULL ? eq + 1 : p + len;
-            if (pct_decode(r->ex, vs, (size_t)(p + len - vs), true, &v) != KP_OK)
-                return NULL;
-            return v;
+        const char *vs = eq != NULL ? eq + 1 : p + len;
+        char *k, *v;
+        int rc = KP_OK;
+        if (len > 0) {
+            rc = pct_decode(r->ex, p, klen, true, &k);
+            if (rc == KP_OK)
+                rc = pct_decode(r->ex, vs, (size_t)(p + len - vs), true, &v);
+            if (rc == KP_OK)
+                rc = fn(arg, k, v);
         }
+        if (rc != KP_OK)
+            return rc;
         p += len + (end != NULL);
     }
-    return NULL;
+    return KP_OK;
+}
+
+struct query_find {
+    const char *name;
+    const char *value;
+};
+
+static int query_find(void *arg, const char *name, const char *value)
+{
+    struct query_find *f = arg;
+    if (strcmp(name, f->name) != 0)
+        return KP_OK;
+    f->value = value;
+    return KP_EEXIST; /* found: stop */
+}
+
+const char *kp_admin__query(struct kp_admin_req *r, const char *name)
+{
+    struct query_find f = {name, NULL};
+    return kp_admin__query_each(r, query_find, &f) == KP_EEXIST ? f.value : NULL;
 }
 
 json_t *kp_admin__body(struct kp_admin_req *r, bool empty_ok)

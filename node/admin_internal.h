@@ -73,6 +73,10 @@ const struct kp_fsm *kp_admin__fsm(const struct kp_admin_req *r);
 json_t *kp_admin__body(struct kp_admin_req *r, bool empty_ok);
 /* The decoded value of query parameter @name (arena memory), or NULL. */
 const char *kp_admin__query(struct kp_admin_req *r, const char *name);
+/* Call @fn with every query parameter, decoded, in order; stops at the
+ * first non-KP_OK return and returns it (KP_EINVAL: a bad escape). */
+int kp_admin__query_each(struct kp_admin_req *r,
+                         int (*fn)(void *arg, const char *name, const char *value), void *arg);
 /* @src made safe to quote in a message: at most @len - 1 bytes, bytes
  * outside printable ASCII as '?'. */
 void kp_admin__quote(char *dst, size_t len, const char *src);
@@ -145,6 +149,9 @@ void kp_admin__secrets_rewrap(struct kp_admin_req *r);
 /* --- admin_audit.c -------------------------------------------------------- */
 
 void kp_admin__audit_list(struct kp_admin_req *r);
+/* admin_usage.c: GET /admin/v1/usage and /admin/v1/usage/events (docs/usage-api.md). */
+void kp_admin__usage_query(struct kp_admin_req *r);
+void kp_admin__usage_events(struct kp_admin_req *r);
 void kp_admin__audit_verify(struct kp_admin_req *r);
 
 #endif

@@ -534,8 +534,10 @@ void kp_cluster_admin(struct kp_node *n, struct kp_http_exchange *ex,
         snprintf(name, sizeof(name), "%.*s", (int)(len < 159 ? len : 159), rest);
         const struct kp_member *mem = member_named(n, name);
         bool role_route = slash != NULL && strcmp(slash, "/role") == 0;
-        if ((slash != NULL && !role_route) || (role_route && strcmp(m, "PUT") != 0) ||
-            (!role_route && strcmp(m, "DELETE") != 0)) {
+        bool meter_route = slash != NULL && strcmp(slash, "/meter") == 0;
+        if ((slash != NULL && !role_route && !meter_route) ||
+            ((role_route || meter_route) && strcmp(m, "PUT") != 0) ||
+            (!role_route && !meter_route && strcmp(m, "DELETE") != 0)) {
             kp_admin_error(ex, 404, rid, "not_found", "not_found", NULL,
                            "no such route; see docs/control-api.md");
             return;
@@ -556,6 +558,23 @@ void kp_cluster_admin(struct kp_node *n, struct kp_http_exchange *ex,
         op->meter = mem->meter;
         op->role = mem->role;
         int rc;
+        if (meter_route) {
+            /* Only the record changes: Raft does not know about meters. */
+            json_t *body = parse_body(ex, req, rid);
+            json_t *v = body ? json_object_get(body, "meter") : NULL;
+            if (body != NULL && !json_is_boolean(v))
+                kp_admin_error(ex, 400, rid, "invalid_request", "invalid_field", "meter",
+                               "meter: must be true or false");
+            if (!json_is_boolean(v)) {
+                json_decref(body);
+                kp_free(op);
+                return;
+            }
+            op->meter = json_is_true(v);
+            json_decref(body);
+            record_member(op);
+            return;
+        }
         if (role_route) {
             json_t *body = parse_body(ex, req, rid);
             if (body == NULL) {
@@ -712,6 +731,10 @@ void kp_internal_handle(struct kp_node *n, struct kp_http_exchange *ex,
         kp_admin_error(ex, 401, rid, "unauthorized", "bad_cluster_secret", NULL,
                        "node-to-node calls need the cluster secret: is this node's master key "
                        "the cluster's?");
+        return;
+    }
+    if (strcmp(req->path, "/internal/v1/segments") == 0 && strcmp(req->method, "POST") == 0) {
+        kp_metering_ingest(n, ex, req, rid);
         return;
     }
     if (strcmp(req->path, "/internal/v1/key-health") == 0 && strcmp(req->method, "POST") == 0) {

@@ -73,6 +73,8 @@ struct setting {
 
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 static const char *const raft_roles[] = {"voter", "standby", "spare", NULL};
+static const char *const meter_modes[] = {"auto", "yes", "no", NULL};
+static const char *const spool_full_modes[] = {"serve", "refuse", NULL};
 
 static const struct setting settings[] = {
     {"data_dir", SET_PATH, FIELD(data_dir), 0, 0, false, "./keyplane-data", "DIR",
@@ -105,6 +107,23 @@ static const struct setting settings[] = {
      "role this node asks for when it joins: voter, standby (replicates, does not vote) or "
      "spare",
      raft_roles},
+    {"meter", SET_CHOICE, FIELD(meter), 0, 0, false, "auto", "MODE",
+     "whether this node asks to be a meter (receives usage segments, answers usage queries): "
+     "yes, no, or auto (yes for the node that bootstraps a cluster, no for one that joins)",
+     meter_modes},
+    {"meter_retention_ms", SET_DURATION, FIELD(meter_retention_ms), HOUR, 3650 * 24 * HOUR, false,
+     "720h", "DURATION",
+     "how long a meter keeps raw usage segments for event searches (rollups are kept)", NULL},
+    {"spool_max_bytes", SET_SIZE, FIELD(spool_max_bytes), MIB, 1024 * GIB, false, "1GiB", "SIZE",
+     "cap on the usage spool (segments waiting for the meters); a warning at 80%", NULL},
+    {"spool_full", SET_CHOICE, FIELD(spool_full), 0, 0, false, "serve", "MODE",
+     "at the spool's cap: serve (keep answering calls, drop and count their usage events) or "
+     "refuse (answer calls with 503 until the meters catch up)",
+     spool_full_modes},
+    {"spool_seal_bytes", SET_SIZE, FIELD(spool_seal_bytes), 64 * KIB, 256 * MIB, false, "2MiB",
+     "SIZE", "seal a usage segment (and ship it) when it reaches this size", NULL},
+    {"spool_seal_age_ms", SET_DURATION, FIELD(spool_seal_age_ms), 10, HOUR, false, "10s",
+     "DURATION", "seal a usage segment (and ship it) when it is this old", NULL},
     {"snapshot_threshold", SET_INT, FIELD(snapshot_threshold), 16, 1000000, false, "1024", "N",
      "Raft entries between two registry snapshots", NULL},
     {"snapshot_trailing", SET_INT, FIELD(snapshot_trailing), 0, 1000000, false, "128", "N",

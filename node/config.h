@@ -25,6 +25,12 @@ struct kp_config {
     int workers;                    /* 0 = one per core (default) */
     char *log_level;                /* "info" */
     char *raft_role;                /* "voter": the role asked for when joining */
+    char *meter;                    /* "auto", "yes", "no" */
+    int64_t meter_retention_ms;     /* 720 h */
+    int64_t spool_max_bytes;        /* 1 GiB */
+    char *spool_full;               /* "serve" or "refuse" */
+    int64_t spool_seal_bytes;       /* 2 MiB */
+    int64_t spool_seal_age_ms;      /* 10 s */
     int snapshot_threshold;         /* 1024 Raft entries between snapshots */
     int snapshot_trailing;          /* 128 entries kept after a snapshot */
     int64_t election_timeout_ms;    /* 1000 */

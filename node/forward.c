@@ -190,6 +190,7 @@ int kp_call_start(uv_loop_t *loop, const char *method, const char *url, const ch
 struct forward {
     struct kp_http_exchange *ex;
     char rid[160];
+    const char *to; /* "leader", "meter": for messages and X-Keyplane-Forwarded-To */
 };
 
 /* Forwards in flight: each holds a threadpool thread until the leader
@@ -234,15 +235,17 @@ static void forward_done(void *arg, const struct kp_call_result *r)
     forwards_inflight--;
     if (r->status == 0) {
         char msg[400];
-        snprintf(msg, sizeof(msg), "cannot reach the leader: %s; retry shortly", r->error);
-        kp_admin_error(f->ex, 503, f->rid, "unavailable", "leader_unreachable", NULL, msg);
+        char code[40];
+        snprintf(msg, sizeof(msg), "cannot reach the %s: %s; retry shortly", f->to, r->error);
+        snprintf(code, sizeof(code), "%s_unreachable", f->to);
+        kp_admin_error(f->ex, 503, f->rid, "unavailable", code, NULL, msg);
         kp_free(f);
         return;
     }
     struct kp_http_header h[6];
     unsigned nh = 0;
     h[nh++] = KP_HTTP_HEADER("X-Request-Id", f->rid);
-    h[nh++] = KP_HTTP_HEADER("X-Keyplane-Forwarded-To", "leader");
+    h[nh++] = KP_HTTP_HEADER("X-Keyplane-Forwarded-To", f->to);
     if (r->content_type[0])
         h[nh++] = KP_HTTP_HEADER("Content-Type", r->content_type);
     if (r->etag[0])
@@ -292,10 +295,21 @@ void kp_forward_to_leader(struct kp_node *n, struct kp_http_exchange *ex,
                        "shortly");
         return;
     }
+    kp_forward_to(n, ex, req, rid, control, "leader");
+}
+
+void kp_forward_to(struct kp_node *n, struct kp_http_exchange *ex,
+                   const struct kp_http_request *req, const char *rid, const char *control,
+                   const char *to)
+{
+    (void)n;
     if (forwards_inflight >= MAX_FORWARDS) {
-        kp_admin_error(ex, 503, rid, "unavailable", "too_many_forwards", NULL,
-                       "this node has too many requests waiting on the leader; retry shortly, "
-                       "or send to the leader");
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "this node has too many requests waiting on the %s; retry shortly, or send to "
+                 "the %s",
+                 to, to);
+        kp_admin_error(ex, 503, rid, "unavailable", "too_many_forwards", NULL, msg);
         return;
     }
     struct forward *f = kp_calloc(1, sizeof(*f));
@@ -308,6 +322,7 @@ void kp_forward_to_leader(struct kp_node *n, struct kp_http_exchange *ex,
         return;
     }
     f->ex = ex;
+    f->to = to;
     snprintf(f->rid, sizeof(f->rid), "%s", rid);
     snprintf(url, sizeof(url), "http://%s%s", control, req->target);
     for (unsigned i = 0; i < req->n_headers && nh < 12; i++) {

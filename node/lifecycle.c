@@ -305,6 +305,7 @@ static void bootstrap_cluster(struct kp_node *n)
     self.address = n->raft_addr;
     self.control_address = n->rt->control_addr;
     self.role = KP_MEMBER_VOTER;
+    self.meter = strcmp(n->cfg->meter, "no") != 0; /* auto: the first node meters */
     struct kp_command c2 = {.op = KP_OP_PUT_MEMBER, .body.member = &self};
     admin.e.id = token_id;
     admin.name = "bootstrap admin";
@@ -400,9 +401,10 @@ static void join_send(struct kp_node *n)
     snprintf(url, sizeof(url), "http://%s/internal/v1/join", n->join_target);
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(n));
     const char *hdrs[] = {auth, "Content-Type: application/json", NULL};
-    json_t *body = json_pack("{s:I,s:s,s:s,s:s,s:s}", "node_id", (json_int_t)n->node_id, "name",
+    json_t *body = json_pack("{s:I,s:s,s:s,s:s,s:s,s:b}", "node_id", (json_int_t)n->node_id, "name",
                              n->cfg->node_name, "address", n->raft_addr, "control_address",
-                             n->rt->control_addr, "role", n->cfg->raft_role);
+                             n->rt->control_addr, "role", n->cfg->raft_role, "meter",
+                             strcmp(n->cfg->meter, "yes") == 0);
     size_t blen = 0;
     char *text = body ? kp_json_dumps(body, &blen) : NULL;
     json_decref(body);
@@ -559,6 +561,7 @@ void kp_node_stop(void *arg)
         uv_close((uv_handle_t *)&n->join_timer, NULL);
     }
     kp_sweeper_stop(n);
+    kp_metering_stop_timer(n);
     kp_health_queue_close(n->health); /* freed by main once the loop closed it */
     struct kp_store *s = n->store;
     n->store_closing = true;

@@ -62,8 +62,14 @@ static int run(struct kp_config *cfg)
         .node_name = cfg->node_name,
         .kek = node.kek,
         .prev_kek = node.prev_kek,
-        .usage = {kp_usage_log_record, node.usage},
+        .usage = {kp_metering_record, kp_metering_accepting, &node},
     };
+    rc = kp_metering_open(&node, errmsg, sizeof(errmsg));
+    if (rc != KP_OK) {
+        kp_error("main", "cannot start: %s", errmsg);
+        code = rc == KP_ECONFIG ? 2 : 1;
+        goto out;
+    }
     node.health = kp_health_queue_new(&node, rt.main_loop);
     node.router.health =
         (struct kp_health_sink){node.health ? kp_health_report : NULL, node.health};
@@ -81,6 +87,12 @@ static int run(struct kp_config *cfg)
         code = kp_runtime_wait(&rt);
         goto out;
     }
+    if (kp_metering_start(&node, errmsg, sizeof(errmsg)) != KP_OK) {
+        kp_error("main", "cannot start: %s", errmsg);
+        kp_runtime_fail(&rt, 1, "cannot start");
+        code = kp_runtime_wait(&rt);
+        goto out;
+    }
     if (kp_datadir_write_listen(&dd, rt.gateway_addr, rt.control_addr, node.raft_addr, errmsg,
                                 sizeof(errmsg)) != KP_OK)
         kp_warn("main", "%s", errmsg);
@@ -95,6 +107,7 @@ out:
     uv_run(rt.main_loop, UV_RUN_DEFAULT);
     if (uv_loop_close(rt.main_loop) != 0)
         kp_warn("main", "main loop closed with open handles");
+    kp_metering_close(&node);
     kp_health_queue_free(node.health);
     kp_view_slot_close(&node.views);
     kp_usage_log_free(node.usage);

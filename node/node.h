@@ -81,6 +81,7 @@ struct kp_node {
     struct kp_view_slot views;      /* the store publishes, routers read */
     struct kp_router_shared router; /* what every worker's router shares */
     struct kp_usage_log *usage;     /* usage.c */
+    struct kp_metering *metering;   /* metering.c */
     struct kp_health_queue *health; /* health.c */
     /* lifecycle.c */
     bool fresh;         /* the raft directory was empty */
@@ -134,6 +135,30 @@ void kp_usage_log_record(void *log, const struct kp_usage_event *ev);
 /* The last @limit events, oldest first, as a JSON array. */
 json_t *kp_usage_log_recent(struct kp_usage_log *l, size_t limit);
 
+/* metering.c: the usage spool and shipper of every node, and the meter
+ * store of a meter node (docs/meter.md). */
+struct kp_metering;
+/* Open the spool (before the workers start). KP_ECONFIG for settings that
+ * do not fit together. */
+int kp_metering_open(struct kp_node *n, char *errmsg, size_t errlen);
+/* Start shipping and the 1 s tick (main loop running). */
+int kp_metering_start(struct kp_node *n, char *errmsg, size_t errlen);
+/* Close the tick's handle (when the node stops). */
+void kp_metering_stop_timer(struct kp_node *n);
+/* Stop shipping, seal the spool, close the store: after the workers and
+ * the main loop's pending work are done. */
+void kp_metering_close(struct kp_node *n);
+/* The router's usage sink: the recent log and the spool. */
+void kp_metering_record(void *node, const struct kp_usage_event *ev);
+bool kp_metering_accepting(void *node);
+/* This node's meter store, NULL when it is not (yet) a meter. */
+struct kp_meter_store *kp_metering_store(struct kp_node *n);
+/* The control address of a meter other than this node; false when none. */
+bool kp_metering_find_meter(struct kp_node *n, char *control, size_t len);
+/* POST /internal/v1/segments (cluster secret checked by the caller). */
+void kp_metering_ingest(struct kp_node *n, struct kp_http_exchange *ex,
+                        const struct kp_http_request *req, const char *rid);
+
 /* sweeper.c: the leader's periodic housekeeping (retiring secrets whose
  * grace period ended). */
 void kp_sweeper_start(struct kp_node *n);
@@ -171,6 +196,12 @@ bool kp_node_member_control(struct kp_node *n, uint64_t node_id, char *out, size
  * (X-Keyplane-Forwarded), answers 503 with Retry-After: 1. */
 void kp_forward_to_leader(struct kp_node *n, struct kp_http_exchange *ex,
                           const struct kp_http_request *req, const char *rid);
+
+/* forward.c: the same to the node whose control listener is @control;
+ * @to ("leader", "meter", a static string) names it in messages. */
+void kp_forward_to(struct kp_node *n, struct kp_http_exchange *ex,
+                   const struct kp_http_request *req, const char *rid, const char *control,
+                   const char *to);
 
 /* control.c: JSON answers shared by the control handlers. @v is consumed. */
 void kp_node_respond_json(struct kp_http_exchange *ex, int status, const char *rid, json_t *v);

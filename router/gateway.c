@@ -389,6 +389,12 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
         handle_models(c);
         return;
     }
+    if (r->sh.usage.accepting != NULL && !r->sh.usage.accepting(r->sh.usage.arg)) {
+        kp_router__fail(c, 503, "server_error", "usage_spool_full",
+                        "this keyplane node cannot record usage (its spool is full and set to "
+                        "refuse calls); retry shortly or on another node");
+        return;
+    }
     if (kp_router__limit_call(c) != KP_OK || kp_router__select(c) != KP_OK)
         return;
     if (upstream_body(c) != KP_OK) {

@@ -19,6 +19,10 @@
  * thread-safe and must not block. */
 struct kp_usage_sink {
     void (*record)(void *arg, const struct kp_usage_event *ev);
+    /* May be NULL. False while calls must be refused because their usage
+     * could not be recorded (the spool is full and set to refuse): the
+     * gateway answers 503. */
+    bool (*accepting)(void *arg);
     void *arg;
 };
 
