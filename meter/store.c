@@ -321,7 +321,7 @@ static int each_segment(struct kp_meter_store *m, int (*fn)(void *arg, const str
             unsigned long long seq = strtoull(f->d_name, &end, 10);
             if (end != f->d_name + 20 || strcmp(end, ".kpseg") != 0)
                 continue;
-            snprintf(r.node, sizeof(r.node), "%s", e->d_name);
+            snprintf(r.node, sizeof(r.node), "%.*s", KP_SEGMENT_NODE_MAX, e->d_name);
             r.seq = seq;
             snprintf(path, sizeof(path), "%s/%s", sub, f->d_name);
             if (read_footer(path, &r) != KP_OK) {
@@ -428,7 +428,7 @@ static void sweep(struct kp_meter_store *m)
         kp_info("meter",
                 "deleted %" PRIu64 " raw segments older than the retention of %" PRId64
                 " days (their rollups stay)",
-                s.deleted, m->opt.raw_retention_ms / DAY_MS);
+                s.deleted, (int64_t)(m->opt.raw_retention_ms / DAY_MS));
 }
 
 static void *compactor(void *arg)

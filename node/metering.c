@@ -264,7 +264,13 @@ void kp_metering_close(struct kp_node *n)
 
 struct kp_meter_store *kp_metering_store(struct kp_node *n)
 {
-    return n->metering != NULL ? n->metering->store : NULL;
+    struct kp_metering *mt = n->metering;
+    if (mt == NULL)
+        return NULL;
+    /* The registry may have named this node a meter since the last tick. */
+    if (mt->store == NULL && registry_says_meter(n))
+        open_store(n);
+    return mt->store;
 }
 
 /* --- POST /internal/v1/segments ------------------------------------------------------ */

@@ -151,7 +151,8 @@ void kp_metering_close(struct kp_node *n);
 /* The router's usage sink: the recent log and the spool. */
 void kp_metering_record(void *node, const struct kp_usage_event *ev);
 bool kp_metering_accepting(void *node);
-/* This node's meter store, NULL when it is not (yet) a meter. */
+/* This node's meter store (opened now if the registry has just named this
+ * node a meter), NULL when it is not a meter. Main loop only. */
 struct kp_meter_store *kp_metering_store(struct kp_node *n);
 /* The control address of a meter other than this node; false when none. */
 bool kp_metering_find_meter(struct kp_node *n, char *control, size_t len);

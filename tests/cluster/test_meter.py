@@ -29,6 +29,11 @@ CONFIG = {"spool_seal_age_ms": "200ms", "workers": 2}
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "count me"}]}
 
 
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def cluster_secret(master_hex):
     return hmac.new(bytes.fromhex(master_hex), b"keyplane internal v1",
                     hashlib.sha256).hexdigest()
@@ -85,7 +90,7 @@ class Metered:
         return self.admin("GET", "/usage?" + q, node=node)
 
     def total_requests(self, node=None):
-        return self.usage(node=node, granularity="total", **{"from": "2020-01-01"})["totals"][
+        return self.usage(node=node, granularity="total", **{"from": "2025-12-15"})["totals"][
             "requests"]
 
     def events(self, node=None, **params):
@@ -111,19 +116,19 @@ class SingleNodeTest(unittest.TestCase):
         self.assertEqual(one[0]["tenant"], "acme")
         self.assertEqual(one[0]["key_id"], "key-a")
 
-        got = m.usage(granularity="day", group_by="tenant,model", **{"from": "2020-01-01"})
+        got = m.usage(granularity="day", group_by="tenant,model", **{"from": "2025-12-15"})
         self.assertEqual(got["group_by"], ["tenant", "model"])
         self.assertEqual(sum(r["requests"] for r in got["rows"]), 40)
         self.assertTrue(all(r["tenant"] == "acme" and r["model"] == "gpt-4o-mini"
                             for r in got["rows"]))
-        cost = sum(e["cost_nanousd"] for e in events)
+        cost = sum(e["cost"] for e in events)
         self.assertGreater(cost, 0)
         self.assertEqual(got["totals"]["cost_nanousd"], cost)
         self.assertEqual(got["totals"]["tokens_in"], sum(e["tokens_in"] for e in events))
 
         # CSV: the same numbers, RFC 4180, by format= or by Accept.
         status, headers, raw = m.n1.control(
-            "GET", ADMIN + "/usage?granularity=total&group_by=model&from=2020-01-01&format=csv",
+            "GET", ADMIN + "/usage?granularity=total&group_by=model&from=2025-12-15&format=csv",
             headers={"Authorization": "Bearer " + m.n1.admin_token})
         self.assertEqual(status, 200, raw)
         self.assertTrue(headers["content-type"].startswith("text/csv"))
@@ -133,7 +138,7 @@ class SingleNodeTest(unittest.TestCase):
         self.assertEqual(int(rows[0]["requests"]), 40)
         self.assertEqual(rows[0]["model"], "gpt-4o-mini")
         status, headers, raw2 = m.n1.control(
-            "GET", ADMIN + "/usage?granularity=total&group_by=model&from=2020-01-01",
+            "GET", ADMIN + "/usage?granularity=total&group_by=model&from=2025-12-15",
             headers={"Authorization": "Bearer " + m.n1.admin_token, "Accept": "text/csv"})
         self.assertEqual(raw2, raw)
 
@@ -150,7 +155,7 @@ class SingleNodeTest(unittest.TestCase):
         seg = m.h.path("gen.kpseg")
         subprocess.run([bin_path("kpseg"), "gen", seg, "--events", "300", "--seed", "7",
                         "--node", "ext-router", "--seq", "5"], check=True)
-        data = open(seg, "rb").read()
+        data = read(seg)
         url = m.n1.control_url + "/internal/v1/segments"
         auth = {"Authorization": "Bearer " + cluster_secret(MASTER),
                 "Content-Type": "application/vnd.keyplane.segment"}
@@ -162,7 +167,7 @@ class SingleNodeTest(unittest.TestCase):
         other = m.h.path("other.kpseg")
         subprocess.run([bin_path("kpseg"), "gen", other, "--events", "10", "--seed", "8",
                         "--node", "ext-router", "--seq", "5"], check=True)
-        status, _, body = http("POST", url, body=open(other, "rb").read(), headers=auth)
+        status, _, body = http("POST", url, body=read(other), headers=auth)
         self.assertEqual(status, 409, body)
         # Damaged: a flipped byte, a cut, an open segment, garbage.
         flipped = bytearray(data)
@@ -170,7 +175,7 @@ class SingleNodeTest(unittest.TestCase):
         opened = m.h.path("open.kpseg")
         subprocess.run([bin_path("kpseg"), "gen", opened, "--events", "10", "--seed", "9",
                         "--node", "ext-router", "--seq", "6", "--open"], check=True)
-        for bad in (bytes(flipped), data[:len(data) - 10], open(opened, "rb").read(),
+        for bad in (bytes(flipped), data[:len(data) - 10], read(opened),
                     b"not a segment"):
             status, _, body = http("POST", url, body=bad, headers=auth)
             self.assertEqual(status, 400, body)
@@ -245,11 +250,13 @@ class ClusterTest(unittest.TestCase):
         ids = metered_ids(m.n1)
         self.assertEqual(len(ids), len(set(ids)), "an event metered twice")
         missing = [r for r in answered if r not in set(ids)]
+        oldest = max((killed_at - answered[r] for r in missing), default=0.0)
         print(f"\n{n1_before} calls answered before kill -9 of the router; "
-              f"{len(missing)} of them not metered (unsynced at the kill)")
+              f"{len(missing)} of them not metered (unsynced at the kill; the oldest answered "
+              f"{oldest * 1000:.0f} ms before it)")
         for r in missing:
             self.assertTrue(r.startswith("kill-"), r)
-            self.assertLess(killed_at - answered[r], 2.0,
+            self.assertLess(killed_at - answered[r], 1.0,
                             f"{r} was answered long before the kill and is not metered")
         extra = [r for r in ids if r not in answered]
         self.assertTrue(all(r.startswith("kill-") for r in extra), extra[:5])
@@ -263,10 +270,10 @@ class ClusterTest(unittest.TestCase):
             b = sorted(glob.glob(os.path.join(n2.data_dir, "meter/rollups/*.kpru")))
             if not a or [os.path.basename(x) for x in a] != [os.path.basename(x) for x in b]:
                 return False
-            return all(open(x, "rb").read() == open(y, "rb").read() for x, y in zip(a, b))
+            return all(read(x) == read(y) for x, y in zip(a, b))
 
         wait_until(same_rollups, timeout=60, what="identical rollup files on both meters")
-        q = {"granularity": "hour", "group_by": "tenant,key", "from": "2020-01-01"}
+        q = {"granularity": "hour", "group_by": "tenant,key", "from": "2025-12-15"}
         self.assertEqual(m.usage(node=m.n1, **q)["rows"], m.usage(node=n2, **q)["rows"])
         # A router-only node relays queries to a meter.
         self.assertEqual(m.usage(node=n3, **q)["rows"], m.usage(node=m.n1, **q)["rows"])
