@@ -272,8 +272,9 @@ int kp_segment_file_read(const char *path, size_t max_len, struct kp_buf *out, c
 /* --- CSV (csv.c), RFC 4180 ----------------------------------------------- */
 
 /* Append one field to @out, quoted when it holds a comma, a double quote,
- * CR or LF, or starts/ends with a space (quotes doubled inside); a comma
- * first unless @first. KP_ENOMEM. */
+ * CR or LF, or starts/ends with a space, or starts with a UTF-8 byte-order
+ * mark (quotes doubled inside); a comma first unless @first. KP_ENOMEM, and
+ * @out is left as it was. */
 int kp_csv_field(struct kp_buf *out, const char *s, size_t len, bool first);
 /* End the record: "\r\n". */
 int kp_csv_end(struct kp_buf *out);
@@ -290,15 +291,20 @@ struct kp_csv_reader {
     size_t len, pos;
     size_t line;                     /* 1-based line where the current record starts */
     char *fields[KP_CSV_MAX_FIELDS]; /* NUL-terminated, valid until the next call */
-    size_t n_fields;
-    struct kp_buf text; /* private: the fields' storage */
+    size_t n_fields;                 /* at least 1 in a record */
+    int err;                         /* KP_OK, or the sticky error */
     char errmsg[160];
+    /* Private. */
+    struct kp_buf text; /* the fields' storage */
+    size_t next_line;   /* where the next record starts */
 };
 void kp_csv_reader_init(struct kp_csv_reader *r, const void *buf, size_t len);
-/* 1: a record is in fields[0..n_fields). 0: the end. KP_EPARSE (errmsg says
- * which line and why: an unterminated quote, a stray quote, too many
- * fields, a field too long, a NUL byte), KP_ENOMEM. Errors are sticky. */
-int kp_csv_next(struct kp_csv_reader *r);
+/* True: a record is in fields[0..n_fields) (a blank line is one empty
+ * field). False: the end when @err is KP_OK, else the error, which sticks:
+ * KP_EPARSE (errmsg says which line and why: an unterminated quote, a stray
+ * quote, text after a closing quote, too many fields, a field too long, a
+ * NUL byte) or KP_ENOMEM. */
+bool kp_csv_next(struct kp_csv_reader *r);
 void kp_csv_reader_close(struct kp_csv_reader *r);
 
 /* The rest of the API, one header per part (include meter.h, not them). */

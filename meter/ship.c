@@ -178,7 +178,7 @@ static void note_failure(struct kp_shipper *sh, struct target_state *t, const ch
     t->warned = true;
     pthread_mutex_lock(&sh->mu);
     sh->st.failures++;
-    snprintf(sh->st.last_error, sizeof(sh->st.last_error), "%s", why);
+    snprintf(sh->st.last_error, sizeof(sh->st.last_error), "%.255s", why);
     pthread_mutex_unlock(&sh->mu);
 }
 

@@ -206,7 +206,7 @@ static bool parse_seq(const char *name, const char *ext, uint64_t *seq)
 static int recover_one(struct kp_spool *s, const char *name, uint64_t *max_seq)
 {
     char path[4096], errmsg[512];
-    uint64_t seq;
+    uint64_t seq = 0;
     bool open_seg = parse_seq(name, "open", &seq);
     bool sealed_seg = !open_seg && parse_seq(name, "kpseg", &seq);
     snprintf(path, sizeof(path), "%s/%s", s->dir, name);
@@ -320,7 +320,7 @@ static int recover(struct kp_spool *s, char *errmsg, size_t errlen)
     /* Quarantined sequences stay used: shipping the same (node, seq) twice
      * with different contents would be refused by the meters. */
     if (rc == KP_OK && (d = opendir(q)) != NULL) {
-        uint64_t seq;
+        uint64_t seq = 0;
         while ((e = readdir(d)) != NULL)
             if ((parse_seq(e->d_name, "kpseg", &seq) || parse_seq(e->d_name, "open", &seq)) &&
                 seq > max_seq)

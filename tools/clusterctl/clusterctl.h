@@ -2,7 +2,7 @@
  *
  * main.c parses the global options and dispatches through a command table;
  * each command lives in a cmd_*.c file and is one entry in that table, so a
- * later command (usage, ...) is one function and one line. args.c parses a
+ * new command is one function and one line. args.c parses a
  * command's own options and values (durations, times); client.c talks HTTP
  * to the control port (libcurl easy); output.c prints tables, JSON and YAML;
  * yaml.c converts between YAML documents and jansson; kinds.c is the one
@@ -322,6 +322,9 @@ int kp_ctl__cmd_leader(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_whoami(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_secrets(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_audit(struct kp_ctl *ctl, int argc, char **argv);
+/* cmd_usage.c: `usage` (and its `events` and `export`) and `reconcile`. */
+int kp_ctl__cmd_usage(struct kp_ctl *ctl, int argc, char **argv);
+int kp_ctl__cmd_reconcile(struct kp_ctl *ctl, int argc, char **argv);
 /* cmd_registry.c: `get KIND` for a kind, used by the `list` subcommands. */
 int kp_ctl__list_kind(struct kp_ctl *ctl, const char *kind, int argc, char **argv);
 
