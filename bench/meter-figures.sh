@@ -27,4 +27,8 @@ for d in $(seq 0 $((days - 1))); do
 done
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "command: taskset -c 0 $build/bin/keyplane-meter-bench --dir STORE ${#segs[@]} segments"
-taskset -c 0 "$build/bin/keyplane-meter-bench" --dir "$work/store" "${segs[@]}"
+taskset -c 0 "$build/bin/keyplane-meter-bench" --dir "$work/store" "${segs[@]}" | tee "$work/ingest.json"
+from=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["from_ms"])' "$work/ingest.json")
+to=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["to_ms"])' "$work/ingest.json")
+echo "command: taskset -c 0 $build/bin/keyplane-meter-bench --dir STORE --query $from $to"
+taskset -c 0 "$build/bin/keyplane-meter-bench" --dir "$work/store" --query "$from" "$to"

@@ -1,13 +1,16 @@
 /* keyplane-meter-bench: the meter's figures (docs: bench/README.md).
  *
- *   keyplane-meter-bench --dir DIR SEGMENT...
+ *   keyplane-meter-bench --dir DIR SEGMENT...      ingest
+ *   keyplane-meter-bench --dir DIR --query FROM TO  query
  *
- * Opens a meter store in DIR (empty), stores every SEGMENT (made with
- * `kpseg gen`), waits until all are compacted, then runs a usage query over
- * the whole range grouped by tenant and model at day granularity. Prints,
- * as JSON: events, ingest+compaction time and events/s, bytes on disk per
- * event (raw segments and rollups), the query's time and the process's
- * peak RSS growth during it. Run it under `taskset -c 0` for one core. */
+ * Ingest opens a meter store in DIR (empty), stores every SEGMENT (made
+ * with `kpseg gen`) and waits until all are compacted: it prints events,
+ * ingest+compaction time and events/s, and bytes on disk per event (raw
+ * segments and rollups). Query, in a fresh process so that its memory is
+ * its own, runs a usage query over [FROM, TO) (Unix ms) grouped by tenant
+ * and model at day granularity and prints its time, rows, total requests
+ * and the process's peak RSS. Output is JSON. Run it under `taskset -c 0`
+ * for one core. */
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,10 +48,61 @@ static long peak_rss_kib(void)
     return ru.ru_maxrss;
 }
 
+static int query(const char *dir, const char *from, const char *to)
+{
+    char errmsg[512];
+    struct kp_meter_store *m = NULL;
+    struct kp_meter_store_options o = {.dir = dir};
+    long rss0 = peak_rss_kib();
+    if (kp_meter_store_open(&o, &m, errmsg, sizeof(errmsg)) != KP_OK) {
+        fprintf(stderr, "%s\n", errmsg);
+        return 1;
+    }
+    struct kp_usage_query q;
+    kp_usage_query_init(&q, kp_now_unix_ms());
+    const char *params[][2] = {
+        {"from", from}, {"to", to}, {"granularity", "day"}, {"group_by", "tenant,model"}};
+    for (size_t i = 0; i < 4; i++)
+        if (kp_usage_query_param(&q, params[i][0], params[i][1], errmsg, sizeof(errmsg)) != KP_OK) {
+            fprintf(stderr, "%s\n", errmsg);
+            return 1;
+        }
+    if (kp_usage_query_finish(&q, errmsg, sizeof(errmsg)) != KP_OK) {
+        fprintf(stderr, "%s\n", errmsg);
+        return 1;
+    }
+    long rss1 = peak_rss_kib();
+    uint64_t t0 = kp_now_mono_us();
+    struct kp_usage_result *res = NULL;
+    if (kp_meter_store_query(m, &q, &res, errmsg, sizeof(errmsg)) != KP_OK) {
+        fprintf(stderr, "query: %s\n", errmsg);
+        return 1;
+    }
+    json_t *j = kp_usage_result_json(res, "bench");
+    uint64_t t1 = kp_now_mono_us();
+    json_int_t total =
+        json_integer_value(json_object_get(json_object_get(j, "totals"), "requests"));
+    printf("{\"query\": \"granularity=day group_by=tenant,model\", \"days\": %.1f,"
+           " \"seconds\": %.3f, \"rows\": %llu, \"total_requests\": %lld,\n"
+           " \"peak_rss_kib_at_start\": %ld, \"peak_rss_kib_before_query\": %ld,"
+           " \"peak_rss_kib_after_query\": %ld}\n",
+           (double)(q.to_ms - q.from_ms) / 86400000.0, (double)(t1 - t0) / 1e6,
+           (unsigned long long)kp_usage_result_rows(res), (long long)total, rss0, rss1,
+           peak_rss_kib());
+    json_decref(j);
+    kp_usage_result_free(res);
+    kp_usage_query_free(&q);
+    kp_meter_store_close(m);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 6 && strcmp(argv[1], "--dir") == 0 && strcmp(argv[3], "--query") == 0)
+        return query(argv[2], argv[4], argv[5]);
     if (argc < 4 || strcmp(argv[1], "--dir") != 0) {
-        fprintf(stderr, "usage: keyplane-meter-bench --dir DIR SEGMENT...\n");
+        fprintf(stderr, "usage: keyplane-meter-bench --dir DIR SEGMENT...\n"
+                        "       keyplane-meter-bench --dir DIR --query FROM_MS TO_MS\n");
         return 2;
     }
     char errmsg[512];
@@ -103,47 +157,17 @@ int main(int argc, char **argv)
     snprintf(sub, sizeof(sub), "%s/segments", argv[2]);
     uint64_t raw_bytes = dir_bytes(sub);
 
-    struct kp_usage_query q;
-    kp_usage_query_init(&q, max_t + 1);
-    char from[32], to[32];
-    snprintf(from, sizeof(from), "%lld", (long long)kp_day_floor_ms(min_t));
-    snprintf(to, sizeof(to), "%lld", (long long)(kp_day_floor_ms(max_t) + 86400000));
-    const char *params[][2] = {
-        {"from", from}, {"to", to}, {"granularity", "day"}, {"group_by", "tenant,model"}};
-    for (size_t i = 0; i < 4; i++)
-        if (kp_usage_query_param(&q, params[i][0], params[i][1], errmsg, sizeof(errmsg)) != KP_OK) {
-            fprintf(stderr, "%s\n", errmsg);
-            return 1;
-        }
-    kp_usage_query_finish(&q, errmsg, sizeof(errmsg));
-    long rss0 = peak_rss_kib();
-    uint64_t t2 = kp_now_mono_us();
-    struct kp_usage_result *res = NULL;
-    if (kp_meter_store_query(m, &q, &res, errmsg, sizeof(errmsg)) != KP_OK) {
-        fprintf(stderr, "query: %s\n", errmsg);
-        return 1;
-    }
-    json_t *j = kp_usage_result_json(res, "bench");
-    uint64_t t3 = kp_now_mono_us();
-    long rss1 = peak_rss_kib();
-    json_int_t total =
-        json_integer_value(json_object_get(json_object_get(j, "totals"), "requests"));
     printf("{\"events\": %llu, \"segments\": %d, \"days\": %.1f,\n"
            " \"ingest_compact_s\": %.3f, \"events_per_s\": %.0f,\n"
            " \"segment_bytes_per_event\": %.2f, \"raw_stored_bytes_per_event\": %.2f,"
-           " \"rollup_bytes\": %llu,\n"
-           " \"query_30d_group_by_tenant_model_s\": %.3f, \"query_rows\": %llu,"
-           " \"query_total_requests\": %lld,\n"
-           " \"peak_rss_kib_before_query\": %ld, \"peak_rss_kib_after_query\": %ld}\n",
+           " \"rollup_bytes\": %llu, \"rollup_bytes_per_event\": %.2f,\n"
+           " \"from_ms\": %lld, \"to_ms\": %lld}\n",
            (unsigned long long)events, argc - 3, (double)(max_t - min_t) / 86400000.0,
            (double)(t1 - t0) / 1e6, (double)events / ((double)(t1 - t0) / 1e6),
            (double)seg_bytes / (double)events, (double)raw_bytes / (double)events,
-           (unsigned long long)rollup_bytes, (double)(t3 - t2) / 1e6,
-           (unsigned long long)kp_usage_result_rows(res), (long long)total, rss0, rss1);
-    json_decref(j);
-    kp_usage_result_free(res);
-    kp_usage_query_free(&q);
+           (unsigned long long)rollup_bytes, (double)rollup_bytes / (double)events,
+           (long long)kp_day_floor_ms(min_t), (long long)(kp_day_floor_ms(max_t) + 86400000));
     kp_meter_store_close(m);
     kp_buf_free(&b);
-    return (uint64_t)total == events ? 0 : 1;
+    return 0;
 }

@@ -226,6 +226,7 @@ struct decoder {
     char *errmsg;
     size_t errlen;
     size_t err_off;
+    size_t next; /* the field expected next: writers emit the table's order */
 };
 
 static int fail(struct decoder *d, size_t off, const struct field *f, const char *fmt, ...)
@@ -311,13 +312,24 @@ static int decode_value(struct decoder *d, const struct field *f)
     return decode_int(d, f, at, &h, dst);
 }
 
-static const struct field *find_field(const uint8_t *key, size_t n)
+static bool key_is(size_t i, const uint8_t *key, size_t n)
 {
-    for (size_t i = 0; i < NFIELDS; i++) {
-        if (strlen(fields[i].key) == n && memcmp(fields[i].key, key, n) == 0)
-            return &fields[i];
+    return strlen(fields[i].key) == n && memcmp(fields[i].key, key, n) == 0;
+}
+
+/* The field named @key: the one after the last found is tried first (the
+ * common case), then the whole table. */
+static const struct field *find_field(struct decoder *d, const uint8_t *key, size_t n)
+{
+    size_t i = d->next;
+    if (i >= NFIELDS || !key_is(i, key, n)) {
+        for (i = 0; i < NFIELDS && !key_is(i, key, n); i++)
+            ;
+        if (i == NFIELDS)
+            return NULL;
     }
-    return NULL;
+    d->next = i + 1;
+    return &fields[i];
 }
 
 /* One key and its value. @seen has a bit per field of the table. */
@@ -334,7 +346,7 @@ static int decode_entry(struct decoder *d, uint32_t *seen)
             return fail(d, at, NULL, "input ends inside a key");
         return fail(d, at, NULL, "input ends inside a key (or bad type byte)");
     }
-    const struct field *f = find_field(key, n);
+    const struct field *f = find_field(d, key, n);
     if (f == NULL) {
         size_t vat = kp_mp_offset(&d->c);
         if (!kp_mp_skip(&d->c))

@@ -66,16 +66,21 @@ int kp_json_escape(struct kp_buf *out, const char *s, size_t len)
     return kp_buf_append(out, s + start, len - start);
 }
 
+/* Reals with 15 significant digits: enough for any value keyplane computes
+ * (latencies, ratios) and for what apps send, without jansson's default
+ * 17 digits that print 0.7 as 0.69999999999999996. */
+#define DUMP_FLAGS (JSON_COMPACT | JSON_REAL_PRECISION(15))
+
 char *kp_json_dumps(const json_t *v, size_t *len)
 {
-    size_t n = json_dumpb(v, NULL, 0, JSON_COMPACT);
+    size_t n = json_dumpb(v, NULL, 0, DUMP_FLAGS);
     if (n == 0)
         return NULL;
     char *s = kp_malloc(n + 1);
     if (s == NULL)
         return NULL;
     /* jansson allocates while dumping: the second pass can fail too. */
-    if (json_dumpb(v, s, n, JSON_COMPACT) != n) {
+    if (json_dumpb(v, s, n, DUMP_FLAGS) != n) {
         kp_free(s);
         return NULL;
     }

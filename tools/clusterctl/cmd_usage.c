@@ -724,7 +724,7 @@ static int usage_export(struct kp_ctl *ctl, int argc, char **argv)
         {"output", 'o', KP_CTL_FLAG_VALUE, &a.file},
     };
     struct kp_buf path;
-    size_t done = 0, rows;
+    size_t done = 0, rows = 0;
     int first, rc;
 
     memset(&a, 0, sizeof(a));
