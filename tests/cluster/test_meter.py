@@ -190,6 +190,59 @@ class SingleNodeTest(unittest.TestCase):
         self.assertEqual(summary["events"], 300)
 
 
+class ClusterctlTest(unittest.TestCase):
+    """clusterctl usage, usage export and reconcile against a live meter."""
+
+    def test_usage_export_and_reconcile(self):
+        m = Metered(self)
+        for i in range(30):
+            status, _, body = m.call(m.n1, rid=f"ctl-{i:03d}")
+            self.assertEqual(status, 200, body)
+        wait_until(lambda: m.total_requests() == 30, what="30 requests metered", alive=m.n1)
+        env = {"KEYPLANE_SERVER": m.n1.control_url, "KEYPLANE_TOKEN": m.n1.admin_token}
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        tomorrow = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))
+
+        cp = m.h.run(["clusterctl", "usage", "--from", today, "--to", tomorrow,
+                      "--group-by", "model"], env=env)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        self.assertIn("gpt-4o-mini", cp.stdout)
+        self.assertIn("30", cp.stdout)
+
+        # The export holds exactly what the API's CSV holds.
+        out = m.h.path("export.csv")
+        cp = m.h.run(["clusterctl", "usage", "export", "--from", today, "--to", tomorrow,
+                      "--granularity", "hour", "--group-by", "tenant,model", "--format", "csv",
+                      "-o", out], env=env)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        q = f"/usage?from={today}&to={tomorrow}&granularity=hour&group_by=tenant,model&format=csv"
+        status, _, api_csv = m.n1.control("GET", ADMIN + q,
+                                          headers={"Authorization": "Bearer " + m.n1.admin_token})
+        self.assertEqual(status, 200)
+        self.assertEqual(read(out), api_csv)
+
+        # A vendor bill built from the metered cost matches...
+        day = m.usage(granularity="day", group_by="model", **{"from": today, "to": tomorrow})
+        rows = day["rows"]
+        self.assertEqual(len(rows), 1)
+        bill = ["start_time_iso,amount_value,amount_currency,line_item"]
+        for r in rows:
+            bill.append(f"{r['start']},{r['cost_usd']},usd,\"{r['model']}, input\"")
+        path = m.h.write_file("bill.csv", "\n".join(bill) + "\n")
+        cp = m.h.run(["clusterctl", "reconcile", "--vendor", "openai", "--file", path,
+                      "--provider", "mock"], env=env)
+        self.assertEqual(cp.returncode, 0, cp.stdout + cp.stderr)
+        # ... and one 3% higher is reported, with a non-zero exit.
+        cost = rows[0]["cost_nanousd"] * 103 // 100
+        bill[1] = (f"{rows[0]['start']},{cost // 10**9}.{cost % 10**9:09d},usd,"
+                   f"\"{rows[0]['model']}, input\"")
+        path = m.h.write_file("bill3.csv", "\n".join(bill) + "\n")
+        cp = m.h.run(["clusterctl", "reconcile", "--vendor", "openai", "--file", path,
+                      "--provider", "mock"], env=env)
+        self.assertEqual(cp.returncode, 1, cp.stdout + cp.stderr)
+        self.assertIn("gpt-4o-mini", cp.stdout)
+
+
 class ClusterTest(unittest.TestCase):
     def test_router_kill_meter_restart_and_two_identical_meters(self):
         m = Metered(self)
