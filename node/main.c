@@ -24,6 +24,13 @@ static void apply_limits(struct kp_runtime *rt, const struct kp_config *cfg)
     rt->limits.header_timeout_ms = (uint64_t)cfg->header_timeout_ms;
     rt->limits.body_timeout_ms = (uint64_t)cfg->body_timeout_ms;
     rt->limits.idle_timeout_ms = (uint64_t)cfg->idle_timeout_ms;
+    /* The control listener also takes sealed usage segments (one per
+     * request body): at most spool_seal_bytes plus one commit of at most as
+     * much, plus framing (docs/meter.md). */
+    rt->control_limits = rt->limits;
+    size_t segment_max = kp_metering_segment_max(cfg);
+    if (rt->control_limits.max_body_bytes < segment_max)
+        rt->control_limits.max_body_bytes = segment_max;
 }
 
 static int run(struct kp_config *cfg)

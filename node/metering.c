@@ -112,7 +112,7 @@ static void open_store(struct kp_node *n)
     snprintf(dir, sizeof(dir), "%s/meter", n->cfg->data_dir);
     struct kp_meter_store_options o = {.dir = dir,
                                        .raw_retention_ms = n->cfg->meter_retention_ms,
-                                       .max_segment_bytes = (size_t)n->cfg->max_body_bytes};
+                                       .max_segment_bytes = n->rt->control_limits.max_body_bytes};
     if (kp_meter_store_open(&o, &mt->store, errmsg, sizeof(errmsg)) != KP_OK) {
         if (!mt->store_failed)
             kp_error("meter", "cannot open the meter store: %s; retrying every second", errmsg);
@@ -162,22 +162,17 @@ static void on_tick(uv_timer_t *t)
 
 /* --- lifecycle ------------------------------------------------------------------- */
 
+size_t kp_metering_segment_max(const struct kp_config *cfg)
+{
+    return (size_t)cfg->spool_seal_bytes * 2 + 65536;
+}
+
 int kp_metering_open(struct kp_node *n, char *errmsg, size_t errlen)
 {
     const struct kp_config *c = n->cfg;
     if (strlen(c->node_name) > KP_SEGMENT_NODE_MAX) {
         snprintf(errmsg, errlen, "node_name: at most %d bytes (it names usage segments)",
                  KP_SEGMENT_NODE_MAX);
-        return KP_ECONFIG;
-    }
-    /* A sealed segment is at most seal_bytes plus one commit of at most
-     * seal_bytes (the queue cap) plus framing; it must fit one request
-     * body on the meters' control listeners. */
-    if (c->spool_seal_bytes * 2 + 65536 > c->max_body_bytes) {
-        snprintf(errmsg, errlen,
-                 "spool_seal_bytes (%" PRId64 ") must be at most (max_body_bytes - 64 KiB) / 2 "
-                 "= %" PRId64 ": a sealed segment travels in one request body",
-                 c->spool_seal_bytes, (c->max_body_bytes - 65536) / 2);
         return KP_ECONFIG;
     }
     struct kp_metering *mt = kp_calloc(1, sizeof(*mt));

@@ -17,7 +17,9 @@ struct kp_worker;
 
 struct kp_runtime {
     struct kp_config *cfg;
-    struct kp_http_limits limits;
+    struct kp_http_limits limits;         /* the gateway's */
+    struct kp_http_limits control_limits; /* the control listener's: a larger body
+                                             when usage segments need it */
     int n_workers;
     struct kp_worker *workers;
     char gateway_addr[128]; /* as bound (port resolved) */
@@ -138,8 +140,10 @@ json_t *kp_usage_log_recent(struct kp_usage_log *l, size_t limit);
 /* metering.c: the usage spool and shipper of every node, and the meter
  * store of a meter node (docs/meter.md). */
 struct kp_metering;
-/* Open the spool (before the workers start). KP_ECONFIG for settings that
- * do not fit together. */
+/* The largest sealed segment this node's settings can produce. */
+size_t kp_metering_segment_max(const struct kp_config *cfg);
+/* Open the spool (before the workers start). KP_ECONFIG for a node name
+ * too long for segment headers. */
 int kp_metering_open(struct kp_node *n, char *errmsg, size_t errlen);
 /* Start shipping and the 1 s tick (main loop running). */
 int kp_metering_start(struct kp_node *n, char *errmsg, size_t errlen);

@@ -323,7 +323,8 @@ int kp_runtime_run(struct kp_runtime *rt, char *errmsg, size_t errlen)
     uv_async_init(loop, &main_wake, drain_check);
     main_wake.data = rt;
     int ctl_port = 0;
-    struct kp_http_server_config ctl = {"control", kp_control_handle, rt->control_arg, rt->limits};
+    struct kp_http_server_config ctl = {"control", kp_control_handle, rt->control_arg,
+                                        rt->control_limits};
     int rc = kp_http_server_start(&rt->control, loop, &ctl, rt->cfg->control_listen, &ctl_port,
                                   errmsg, errlen);
     if (rc == KP_OK) {

@@ -286,8 +286,14 @@ class MalformedHttpTest(unittest.TestCase):
         self.assertEqual(raw_http(self.node.control_addr, data)[0].status, 431)
 
     def test_oversized_body_gets_413(self):
+        # The gateway holds to max_body_bytes; the control listener to at
+        # least what a sealed usage segment needs (docs/configuration.md).
+        data = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 2000\r\n\r\n" + b"x" * 2000)
+        self.assertEqual(raw_http(self.node.gateway_addr, data)[0].status, 413)
+        big = 2 * 2 * 1024 * 1024 + 65536 + 1
         data = (b"POST /admin/v1/status HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 2000\r\n\r\n" + b"x" * 2000)
+                b"Content-Length: %d\r\n\r\n" % big + b"x" * big)
         self.assertEqual(raw_http(self.node.control_addr, data)[0].status, 413)
 
     def test_content_length_with_transfer_encoding_gets_400(self):
