@@ -23,7 +23,7 @@
 static uint64_t dir_bytes(const char *path)
 {
     uint64_t total = 0;
-    DIR *d = opendir(path);
+    DIR *d = kp_opendir(path);
     if (d == NULL)
         return 0;
     struct dirent *e;

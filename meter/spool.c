@@ -282,7 +282,7 @@ static int recover(struct kp_spool *s, char *errmsg, size_t errlen)
     if (rc != KP_OK)
         return rc;
     uint64_t max_seq = 0;
-    DIR *d = opendir(s->dir);
+    DIR *d = kp_opendir(s->dir);
     if (d == NULL) {
         snprintf(errmsg, errlen, "%s: %s", s->dir, strerror(errno));
         return KP_EIO;
@@ -319,7 +319,7 @@ static int recover(struct kp_spool *s, char *errmsg, size_t errlen)
     kp_free(names);
     /* Quarantined sequences stay used: shipping the same (node, seq) twice
      * with different contents would be refused by the meters. */
-    if (rc == KP_OK && (d = opendir(q)) != NULL) {
+    if (rc == KP_OK && (d = kp_opendir(q)) != NULL) {
         uint64_t seq = 0;
         while ((e = readdir(d)) != NULL)
             if ((parse_seq(e->d_name, "kpseg", &seq) || parse_seq(e->d_name, "open", &seq)) &&

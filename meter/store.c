@@ -302,7 +302,7 @@ static int each_segment(struct kp_meter_store *m, int (*fn)(void *arg, const str
 {
     char base[4096], sub[4400], path[4700];
     snprintf(base, sizeof(base), "%s/segments", m->dir);
-    DIR *d = opendir(base);
+    DIR *d = kp_opendir(base);
     if (d == NULL)
         return KP_EIO;
     struct dirent *e;
@@ -311,7 +311,7 @@ static int each_segment(struct kp_meter_store *m, int (*fn)(void *arg, const str
         if (!node_name_ok(e->d_name) || strlen(e->d_name) > KP_SEGMENT_NODE_MAX)
             continue;
         snprintf(sub, sizeof(sub), "%s/%s", base, e->d_name);
-        DIR *d2 = opendir(sub);
+        DIR *d2 = kp_opendir(sub);
         if (d2 == NULL)
             continue;
         struct dirent *f;

@@ -185,13 +185,17 @@ static int derive_internal_tokens(struct kp_node *n, char *errmsg, size_t errlen
     return rc;
 }
 
+/* The published view, not the state machine: other threads (the usage
+ * shipper) ask too. */
 const char *kp_node_out_token(struct kp_node *n)
 {
-    const struct kp_cluster *c = n->store ? kp_fsm_cluster(kp_store_fsm(n->store)) : NULL;
-    if (n->prev_kek != NULL && c != NULL && c->kek_id != NULL &&
-        strcmp(c->kek_id, kp_seal_kek_id(n->prev_kek)) == 0)
-        return n->internal_token_prev;
-    return n->internal_token;
+    const char *token = n->internal_token;
+    struct kp_view *v = n->prev_kek != NULL ? kp_view_acquire(&n->views) : NULL;
+    const struct kp_cluster *c = v != NULL ? kp_view_cluster(v) : NULL;
+    if (c != NULL && c->kek_id != NULL && strcmp(c->kek_id, kp_seal_kek_id(n->prev_kek)) == 0)
+        token = n->internal_token_prev;
+    kp_view_release(v);
+    return token;
 }
 
 /* The raft address must stay the same across restarts (it is in the Raft

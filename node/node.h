@@ -114,7 +114,7 @@ void kp_node_stop(void *node);
  * bootstrap or an own-record update that did not go through. */
 void kp_node_check(struct kp_node *n);
 /* The cluster secret to send on node-to-node calls: the one from the key
- * the cluster's secrets are sealed under. */
+ * the cluster's secrets are sealed under (any thread). */
 const char *kp_node_out_token(struct kp_node *n);
 
 /* health.c: key health learned by routers, committed cluster-wide. */

@@ -1,6 +1,7 @@
 /* Durable file helpers (file.h). */
 #include "file.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -112,4 +113,18 @@ int kp_mkdir_p(const char *path, unsigned mode, char *errmsg, size_t errlen)
         return KP_EIO;
     }
     return KP_OK;
+}
+
+DIR *kp_opendir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    DIR *d = fdopendir(fd);
+    if (d == NULL) {
+        int err = errno;
+        close(fd);
+        errno = err;
+    }
+    return d;
 }

@@ -4,6 +4,7 @@
 #ifndef KP_CORE_FILE_H
 #define KP_CORE_FILE_H
 
+#include <dirent.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -19,6 +20,11 @@ int kp_fsync_dir(const char *path, int is_dir, char *errmsg, size_t errlen);
  * fsynced. @mode for a new file (0644, 0600). */
 int kp_file_replace(const char *path, const void *data, size_t len, unsigned mode, char *errmsg,
                     size_t errlen);
+/* opendir(), through open() and fdopendir(): ThreadSanitizer sees the
+ * descriptor being created (glibc's opendir opens it internally), so a
+ * descriptor number reused from another thread's socket is not reported
+ * as a race. NULL with errno set. */
+DIR *kp_opendir(const char *path);
 /* mkdir -p with @mode for the directories it creates. */
 int kp_mkdir_p(const char *path, unsigned mode, char *errmsg, size_t errlen);
 
