@@ -123,7 +123,12 @@ Admin token (full rights; kept in $state/node1/admin.token, mode 0600):
   $bin/clusterctl get keys
   $bin/clusterctl cluster
   $bin/clusterctl audit list
-  curl -s -H "Authorization: Bearer \$KEYPLANE_TOKEN" http://127.0.0.1:$ctl_port/admin/v1/usage/recent
+
+Metered usage (a call shows up within about 10 s, when its segment is sealed
+and shipped to this node, the meter; docs/meter.md):
+  $bin/clusterctl usage --group-by tenant,project,model
+  $bin/clusterctl usage events --limit 5
+  $bin/clusterctl usage export --from \$(date -u +%F) --to \$(date -u -d tomorrow +%F) --format csv -o usage.csv
 
 Press Ctrl-C to stop both.
 MSG
