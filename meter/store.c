@@ -21,7 +21,7 @@
 #include "meter/meter.h"
 
 #define DAY_MS      86400000LL
-#define CACHE_DAYS  8
+#define CACHE_DAYS  3      /* days kept decoded for compaction: today, yesterday, one more */
 #define SWEEP_EVERY 600000 /* ms between raw retention sweeps */
 /* How many matching events a search collects before it stops scanning. */
 #define SEARCH_MAX 200000
@@ -358,25 +358,42 @@ static int scan_add(void *arg, const struct seg_ref *r)
 
 /* At open: every raw segment that some day it touches does not hold yet
  * (a crash came between storing and compacting) is pending again. */
+static int cmp_seg_first(const void *a, const void *b)
+{
+    const struct seg_ref *x = a, *y = b;
+    return x->first_ms < y->first_ms ? -1 : x->first_ms > y->first_ms;
+}
+
 static int find_pending(struct kp_meter_store *m)
 {
     struct scan all = {0};
+    struct kp_rollup_day *memo = NULL;
+    int64_t memo_day = INT64_MIN;
     int rc = each_segment(m, scan_add, &all);
+    /* In time order, so that each day file is read about once. */
+    if (all.n > 1)
+        qsort(all.v, all.n, sizeof(*all.v), cmp_seg_first);
     for (size_t i = 0; i < all.n && rc == KP_OK; i++) {
         struct seg_ref *r = &all.v[i];
         bool missing = false;
         for (int64_t day = kp_day_floor_ms(r->first_ms); r->events > 0 && day <= r->last_ms;
              day += DAY_MS) {
-            int drc;
-            pthread_mutex_lock(&m->days_mu);
-            struct kp_rollup_day *d = day_get(m, day, false, &drc);
-            missing |= d == NULL || !kp_rollup_day_has_segment(d, r->node, r->seq);
-            pthread_mutex_unlock(&m->days_mu);
+            /* The segment set is in every decoding; the day rows are the
+             * smallest level to decode with it. Not cached: a meter that
+             * starts with many days must not hold them all. */
+            if (day != memo_day) {
+                kp_rollup_day_free(memo);
+                memo = NULL;
+                memo_day = day;
+                day_load(m, day, KP_ROLLUP_LEVEL_BIT(KP_ROLLUP_DAY), &memo);
+            }
+            missing |= memo == NULL || !kp_rollup_day_has_segment(memo, r->node, r->seq);
         }
         if (missing)
             rc = pending_add(m, r);
         m->st.segments++;
     }
+    kp_rollup_day_free(memo);
     kp_free(all.v);
     return rc;
 }
