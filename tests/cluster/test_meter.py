@@ -203,6 +203,12 @@ class ClusterctlTest(unittest.TestCase):
         today = time.strftime("%Y-%m-%d", time.gmtime())
         tomorrow = time.strftime("%Y-%m-%d", time.gmtime(time.time() + 86400))
 
+        # The meter flag of a member, off and on again.
+        for flag, want in (("off", False), ("on", True)):
+            cp = m.h.run(["clusterctl", "members", "meter", "n1", flag], env=env)
+            self.assertEqual(cp.returncode, 0, cp.stderr)
+            self.assertEqual(m.admin("GET", "/members/n1")["meter"], want)
+
         cp = m.h.run(["clusterctl", "usage", "--from", today, "--to", tomorrow,
                       "--group-by", "model"], env=env)
         self.assertEqual(cp.returncode, 0, cp.stderr)

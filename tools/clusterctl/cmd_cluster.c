@@ -15,6 +15,7 @@ static int members_list(struct kp_ctl *ctl, int argc, char **argv);
 static int members_add(struct kp_ctl *ctl, int argc, char **argv);
 static int members_remove(struct kp_ctl *ctl, int argc, char **argv);
 static int members_role(struct kp_ctl *ctl, int argc, char **argv);
+static int members_meter(struct kp_ctl *ctl, int argc, char **argv);
 static int leader_transfer(struct kp_ctl *ctl, int argc, char **argv);
 
 static const struct kp_ctl_command members_commands[] = {
@@ -26,6 +27,9 @@ static const struct kp_ctl_command members_commands[] = {
      false},
     {"remove", "NAME", "remove a member from the Raft configuration", members_remove, false},
     {"role", "NAME voter|standby|spare", "change a member's role", members_role, false},
+    {"meter", "NAME on|off",
+     "make a member a meter (it receives usage segments and answers usage queries), or not",
+     members_meter, false},
 };
 
 static const struct kp_ctl_command leader_commands[] = {
@@ -194,6 +198,38 @@ static int members_role(struct kp_ctl *ctl, int argc, char **argv)
     snprintf(what, sizeof(what), "now %s", argv[first + 1]);
     if (rc == KP_CTL_EXIT_OK)
         print_member(ctl, argv[first], answer, what);
+    json_decref(body);
+    json_decref(answer);
+    kp_free(path);
+    return rc;
+}
+
+static int members_meter(struct kp_ctl *ctl, int argc, char **argv)
+{
+    char *path;
+    json_t *body, *answer = NULL;
+    int first, rc = kp_ctl__parse(ctl, argc, argv, NULL, 0, &first);
+
+    if (rc != KP_CTL_EXIT_OK ||
+        (rc = kp_ctl__positionals(ctl, argc - first, 2, 2, members_commands[4].synopsis, false)) !=
+            KP_CTL_EXIT_OK)
+        return rc;
+    const char *v = argv[first + 1];
+    bool on = strcmp(v, "on") == 0;
+    if (!on && strcmp(v, "off") != 0) {
+        kp_ctl__usage_error(ctl, "members meter: say on or off");
+        return KP_CTL_EXIT_USAGE;
+    }
+    if ((rc = kp_ctl__resolve(ctl)) != KP_CTL_EXIT_OK)
+        return rc;
+    if ((path = kp_ctl__path("members", argv[first], "meter", NULL)) == NULL) {
+        kp_ctl__error(ctl, "out of memory");
+        return KP_CTL_EXIT_NO;
+    }
+    body = json_pack("{s:b}", "meter", on);
+    rc = kp_ctl__call(ctl, "PUT", path, body, NULL, &answer);
+    if (rc == KP_CTL_EXIT_OK)
+        print_member(ctl, argv[first], answer, on ? "now a meter" : "no longer a meter");
     json_decref(body);
     json_decref(answer);
     kp_free(path);
