@@ -14,7 +14,11 @@
  * broken reference, unknown op or version): it then changes nothing but the
  * audit chain, which records "refused: <why>" with the same bytes on every
  * replica, because refusals depend only on the command and the state
- * (never on hash order: see registry.c).
+ * (never on hash order: see registry.c). budget_lease, the routers' lease
+ * traffic, is the one op that leaves no audit entry (see kp_fsm_apply);
+ * its handlers live in budget.c, and every apply that changes budget state
+ * is checked against the lease invariant before it commits
+ * (check_budgets).
  *
  * If memory runs out anywhere before the commit, the staged changes are
  * dropped and kp_fsm_apply returns KP_ENOMEM with the state untouched (a
@@ -31,30 +35,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct change {
-    int kind;
-    struct kp_entity *put; /* an owned reference, or NULL */
-    const char *del;       /* id to delete; lives until the commit */
-};
+typedef int (*op_fn)(struct kp_apply *a);
 
-struct apply {
-    struct kp_state *st;
-    struct kp_command *cmd;
-    struct kp_fsm_result *res;
-    struct change *changes;
-    size_t n;
-    size_t cap;
-    struct kp_cluster *cluster; /* init_cluster: the new settings, owned */
-    const char *target;         /* for the audit entry */
-    char detail[192];           /* appended to "ok" */
-};
-
-typedef int (*op_fn)(struct apply *a);
-
-static int refuse(struct apply *a, int code, const char *fmt, ...)
+static int refuse(struct kp_apply *a, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static int refuse(struct apply *a, int code, const char *fmt, ...)
+static int refuse(struct kp_apply *a, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -64,11 +50,11 @@ static int refuse(struct apply *a, int code, const char *fmt, ...)
     return code;
 }
 
-static int stage(struct apply *a, int kind, struct kp_entity *put, const char *del)
+int kp_store__stage(struct kp_apply *a, int kind, struct kp_entity *put, const char *del)
 {
     if (a->n == a->cap) {
         size_t cap = a->cap ? a->cap * 2 : 4;
-        struct change *v = kp_realloc(a->changes, cap * sizeof(*v));
+        struct kp_change *v = kp_realloc(a->changes, cap * sizeof(*v));
         if (v == NULL) {
             kp_store__entity_unref(put);
             return KP_ENOMEM;
@@ -76,11 +62,25 @@ static int stage(struct apply *a, int kind, struct kp_entity *put, const char *d
         a->changes = v;
         a->cap = cap;
     }
-    a->changes[a->n++] = (struct change){kind, put, del};
+    a->changes[a->n++] = (struct kp_change){kind, put, del};
     return KP_OK;
 }
 
-static void discard(struct apply *a)
+struct kp_entity *kp_store__staged(const struct kp_apply *a, int kind, const char *id)
+{
+    for (size_t i = a->n; i-- > 0;) {
+        const struct kp_change *c = &a->changes[i];
+        if (c->kind != kind)
+            continue;
+        if (c->put != NULL && strcmp(c->put->id, id) == 0)
+            return c->put;
+        if (c->put == NULL && strcmp(c->del, id) == 0)
+            return NULL;
+    }
+    return kp_store__get(a->st, kind, id);
+}
+
+static void discard(struct kp_apply *a)
 {
     for (size_t i = 0; i < a->n; i++)
         kp_store__entity_unref(a->changes[i].put);
@@ -92,7 +92,7 @@ static void discard(struct apply *a)
     a->cluster = NULL;
 }
 
-static int check_expect(struct apply *a, int kind, const char *id, const struct kp_entity *cur)
+static int check_expect(struct kp_apply *a, int kind, const char *id, const struct kp_entity *cur)
 {
     if (!a->cmd->has_expect_version)
         return KP_OK;
@@ -109,7 +109,7 @@ static int check_expect(struct apply *a, int kind, const char *id, const struct 
 }
 
 /* The existing entity an op targets, checked against expect_version. */
-static int target(struct apply *a, int kind, const char *id, struct kp_entity **out)
+static int target(struct kp_apply *a, int kind, const char *id, struct kp_entity **out)
 {
     a->target = id;
     *out = kp_store__get(a->st, kind, id);
@@ -119,7 +119,7 @@ static int target(struct apply *a, int kind, const char *id, struct kp_entity **
 }
 
 /* A new version of @old to change and stage: version and times set. */
-static int next_version(struct apply *a, const struct kp_entity *old, struct kp_entity **out)
+static int next_version(struct kp_apply *a, const struct kp_entity *old, struct kp_entity **out)
 {
     if ((*out = kp_store__entity_clone(old)) == NULL)
         return KP_ENOMEM;
@@ -147,7 +147,7 @@ static int copy_secrets(struct kp_key *dst, const struct kp_key *src)
 }
 
 /* What a put keeps from the version it replaces, and rules on changes. */
-static int put_carry_over(struct apply *a, struct kp_entity *e, const struct kp_entity *old)
+static int put_carry_over(struct kp_apply *a, struct kp_entity *e, const struct kp_entity *old)
 {
     if (e->kind == KP_KIND_KEY && old != NULL) {
         const struct kp_key *ok = (const struct kp_key *)old;
@@ -166,7 +166,7 @@ static int put_carry_over(struct apply *a, struct kp_entity *e, const struct kp_
 }
 
 /* put_<kind>: create or replace the entity carried by the command. */
-static int op_put(struct apply *a)
+static int op_put(struct kp_apply *a)
 {
     struct kp_entity *e = a->cmd->body.any;
     int kind = e->kind;
@@ -184,10 +184,13 @@ static int op_put(struct apply *a)
     e->updated_ms = a->cmd->ts;
     a->res->version = e->version;
     a->cmd->body.any = NULL; /* the entity now belongs to the change */
-    return stage(a, kind, e, NULL);
+    if ((rc = kp_store__stage(a, kind, e, NULL)) != KP_OK || kind != KP_KIND_POLICY)
+        return rc;
+    return kp_store__budget_policy_put(a, (const struct kp_policy *)old,
+                                       (const struct kp_policy *)e);
 }
 
-static int op_set_key_health(struct apply *a)
+static int op_set_key_health(struct kp_apply *a)
 {
     struct kp_key_health *h = a->cmd->body.key_health;
     a->target = h->e.id;
@@ -205,10 +208,10 @@ static int op_set_key_health(struct apply *a)
     h->e.updated_ms = a->cmd->ts;
     a->res->version = h->e.version;
     a->cmd->body.any = NULL;
-    return stage(a, KP_KIND_KEY_HEALTH, &h->e, NULL);
+    return kp_store__stage(a, KP_KIND_KEY_HEALTH, &h->e, NULL);
 }
 
-static int op_init_cluster(struct apply *a)
+static int op_init_cluster(struct kp_apply *a)
 {
     struct kp_cluster *c = a->cmd->body.cluster;
     a->target = c->e.id;
@@ -253,8 +256,8 @@ static int delete_kind(enum kp_op op)
 }
 
 /* delete_<kind>: refused while anything refers to the entity. A key's
- * health record goes with it. */
-static int op_delete(struct apply *a)
+ * health record goes with it, and a policy's budget state with it. */
+static int op_delete(struct kp_apply *a)
 {
     const char *id = a->cmd->body.target->id;
     int kind = delete_kind(a->cmd->op);
@@ -263,13 +266,15 @@ static int op_delete(struct apply *a)
     if (rc == KP_OK)
         rc = kp_store__referrers(a->st, kind, id, a->res->message, sizeof(a->res->message));
     if (rc == KP_OK)
-        rc = stage(a, kind, NULL, id);
+        rc = kp_store__stage(a, kind, NULL, id);
     if (rc == KP_OK && kind == KP_KIND_KEY && kp_store__get(a->st, KP_KIND_KEY_HEALTH, id))
-        rc = stage(a, KP_KIND_KEY_HEALTH, NULL, id);
+        rc = kp_store__stage(a, KP_KIND_KEY_HEALTH, NULL, id);
+    if (rc == KP_OK && kind == KP_KIND_POLICY && kp_store__get(a->st, KP_KIND_BUDGET_STATE, id))
+        rc = kp_store__stage(a, KP_KIND_BUDGET_STATE, NULL, id);
     return rc;
 }
 
-static int op_disable_token(struct apply *a)
+static int op_disable_token(struct kp_apply *a)
 {
     struct kp_entity *old, *e;
     int rc = target(a, KP_KIND_TOKEN, a->cmd->body.target->id, &old);
@@ -278,7 +283,7 @@ static int op_disable_token(struct apply *a)
     if (rc != KP_OK)
         return rc;
     ((struct kp_token *)e)->disabled = true;
-    return stage(a, KP_KIND_TOKEN, e, NULL);
+    return kp_store__stage(a, KP_KIND_TOKEN, e, NULL);
 }
 
 /* --- key status and secrets ------------------------------------------------------------- */
@@ -292,7 +297,7 @@ static void erase_secret(struct kp_key_secret *s)
 }
 
 /* The key an op on keys targets, refused once revoked. */
-static int live_key(struct apply *a, const char *id, const struct kp_key **out)
+static int live_key(struct kp_apply *a, const char *id, const struct kp_key **out)
 {
     struct kp_entity *e;
     int rc = target(a, KP_KIND_KEY, id, &e);
@@ -306,7 +311,7 @@ static int live_key(struct apply *a, const char *id, const struct kp_key **out)
 
 /* set_key_status: active <-> disabled; revoked is final and erases every
  * sealed secret. */
-static int op_set_key_status(struct apply *a)
+static int op_set_key_status(struct kp_apply *a)
 {
     const struct kp_cmd_key_status *c = a->cmd->body.key_status;
     const struct kp_key *k;
@@ -321,10 +326,10 @@ static int op_set_key_status(struct apply *a)
     for (uint32_t i = 0; c->status == KP_KEY_REVOKED && i < nk->nsecrets; i++)
         erase_secret(&nk->secrets[i]);
     snprintf(a->detail, sizeof(a->detail), "%s", kp_key_status_name(c->status));
-    return stage(a, KP_KIND_KEY, e, NULL);
+    return kp_store__stage(a, KP_KIND_KEY, e, NULL);
 }
 
-static int check_new_secret(struct apply *a, const struct kp_key *k,
+static int check_new_secret(struct kp_apply *a, const struct kp_key *k,
                             const struct kp_cmd_add_secret *c)
 {
     for (uint32_t i = 0; i < k->nsecrets; i++) {
@@ -367,7 +372,7 @@ static uint32_t rotate_secrets(struct kp_key_secret *v, uint32_t n, int64_t reti
 
 /* add_key_secret: the new version becomes primary; the old primary stays
  * usable until retire_previous_after_ms. */
-static int op_add_key_secret(struct apply *a)
+static int op_add_key_secret(struct kp_apply *a)
 {
     struct kp_cmd_add_secret *c = a->cmd->body.add_secret;
     const struct kp_key *k;
@@ -400,10 +405,10 @@ static int op_add_key_secret(struct apply *a)
     const struct kp_key_secret *s = &v[nk->nsecrets - 1];
     snprintf(a->detail, sizeof(a->detail), "version %u, fingerprint %s", s->version,
              s->fingerprint);
-    return stage(a, KP_KIND_KEY, e, NULL);
+    return kp_store__stage(a, KP_KIND_KEY, e, NULL);
 }
 
-static int op_retire_key_secret(struct apply *a)
+static int op_retire_key_secret(struct kp_apply *a)
 {
     const struct kp_cmd_retire_secret *c = a->cmd->body.retire_secret;
     const struct kp_key *k;
@@ -428,17 +433,17 @@ static int op_retire_key_secret(struct apply *a)
     if ((rc = next_version(a, &k->e, &e)) != KP_OK)
         return rc;
     erase_secret(&((struct kp_key *)e)->secrets[i]);
-    return stage(a, KP_KIND_KEY, e, NULL);
+    return kp_store__stage(a, KP_KIND_KEY, e, NULL);
 }
 
-static int op_audit_only(struct apply *a)
+static int op_audit_only(struct kp_apply *a)
 {
     (void)a; /* finish() records what the body says */
     return KP_OK;
 }
 
 /* rewrap_secrets lives in its own section below. */
-static int op_rewrap(struct apply *a);
+static int op_rewrap(struct kp_apply *a);
 
 static const op_fn handlers[KP_OP_COUNT] = {
     [KP_OP_PUT_PROVIDER] = op_put,
@@ -471,6 +476,8 @@ static const op_fn handlers[KP_OP_COUNT] = {
     [KP_OP_INIT_CLUSTER] = op_init_cluster,
     [KP_OP_AUDIT_ONLY] = op_audit_only,
     [KP_OP_REWRAP_SECRETS] = op_rewrap,
+    [KP_OP_BUDGET_LEASE] = kp_store__op_budget_lease,
+    [KP_OP_BUDGET_RESET] = kp_store__op_budget_reset,
 };
 
 /* --- rewrap_secrets ----------------------------------------------------------------------- */
@@ -497,7 +504,7 @@ static struct kp_key_secret *find_secret(const struct kp_key *k, uint32_t versio
 }
 
 /* Every item names a live secret of the key version it was read from. */
-static int rewrap_check_items(struct apply *a, const struct kp_cmd_rewrap *r)
+static int rewrap_check_items(struct kp_apply *a, const struct kp_cmd_rewrap *r)
 {
     for (uint32_t i = 0; i < r->nsecrets; i++) {
         const struct kp_rewrap_item *it = &r->secrets[i];
@@ -537,7 +544,7 @@ static bool rewrap_has(struct kp_rewrap_item **sorted, uint32_t n, const char *k
 
 /* The list must cover every live secret exactly once: find the smallest
  * (key, version) it misses, for a deterministic message. */
-static int rewrap_check_cover(struct apply *a, struct kp_rewrap_item **sorted, uint32_t n)
+static int rewrap_check_cover(struct kp_apply *a, struct kp_rewrap_item **sorted, uint32_t n)
 {
     struct kp_entity **keys;
     size_t nkeys;
@@ -560,7 +567,7 @@ static int rewrap_check_cover(struct apply *a, struct kp_rewrap_item **sorted, u
 }
 
 /* Stage one new key version per key with its blobs replaced. */
-static int rewrap_stage(struct apply *a, struct kp_rewrap_item **sorted, uint32_t n)
+static int rewrap_stage(struct kp_apply *a, struct kp_rewrap_item **sorted, uint32_t n)
 {
     size_t nkeys = 0;
     for (uint32_t i = 0; i < n;) {
@@ -576,7 +583,7 @@ static int rewrap_stage(struct apply *a, struct kp_rewrap_item **sorted, uint32_
             s->sealed = sorted[i]->sealed; /* moved from the command */
             sorted[i]->sealed = (struct kp_bytes){0};
         }
-        if ((rc = stage(a, KP_KIND_KEY, e, NULL)) != KP_OK)
+        if ((rc = kp_store__stage(a, KP_KIND_KEY, e, NULL)) != KP_OK)
             return rc;
         nkeys++;
     }
@@ -586,7 +593,7 @@ static int rewrap_stage(struct apply *a, struct kp_rewrap_item **sorted, uint32_
 }
 
 /* The cluster settings with the new master key id. */
-static int rewrap_kek_id(struct apply *a, const char *kek_id)
+static int rewrap_kek_id(struct kp_apply *a, const char *kek_id)
 {
     if (kek_id == NULL)
         return KP_OK;
@@ -609,7 +616,7 @@ static int rewrap_kek_id(struct apply *a, const char *kek_id)
 }
 
 /* rewrap_secrets: replace every sealed blob at once (a KEK rotation). */
-static int op_rewrap(struct apply *a)
+static int op_rewrap(struct kp_apply *a)
 {
     struct kp_cmd_rewrap *r = a->cmd->body.rewrap;
     a->target = "*";
@@ -642,16 +649,67 @@ static int op_rewrap(struct apply *a)
 
 /* --- apply -------------------------------------------------------------------------------- */
 
-static int dispatch(struct apply *a)
+static int dispatch(struct kp_apply *a)
 {
     enum kp_op op = a->cmd->op;
     if (a->cmd->has_expect_version &&
-        (op == KP_OP_INIT_CLUSTER || op == KP_OP_AUDIT_ONLY || op == KP_OP_REWRAP_SECRETS))
+        (op == KP_OP_INIT_CLUSTER || op == KP_OP_AUDIT_ONLY || op == KP_OP_REWRAP_SECRETS ||
+         op == KP_OP_BUDGET_LEASE || op == KP_OP_BUDGET_RESET))
         return refuse(a, KP_EINVAL, "expect_version: not accepted by %s", kp_op_name(op));
     return handlers[op](a);
 }
 
-static struct kp_audit_entry *audit_for(struct apply *a)
+/* The lease invariant (struct kp_budget_window_state) over every budget state
+ * this apply changes, with the policy that will be in force after it: a
+ * staged budget state, or the state of a staged policy.
+ *
+ * Nothing a command says can break it: grants come only out of the room
+ * under the limit, and whatever else raises spent + grants raises excess
+ * with it (budget.c). A failure here is therefore a bug in this file's
+ * neighbours, and the same bug on every replica, which apply the same
+ * bytes to the same state. What to do about it:
+ *   - debug builds (tests, fuzzers) abort at once, at the entry that
+ *     broke it, so the bug is found where it happens;
+ *   - release builds refuse the command instead. Every replica refuses it
+ *     alike, so they stay identical and within the invariant, the
+ *     proposer learns its lease was not granted, and the log says why.
+ *     Aborting there would not protect anything (no replica would diverge
+ *     by refusing) but would stop every replica at the same entry, and
+ *     again on each restart as the entry is replayed: the whole cluster
+ *     down until a fixed build is deployed. CONVENTIONS keeps aborts for
+ *     state that would otherwise diverge. */
+static int check_budgets(struct kp_apply *a)
+{
+    char why[200];
+    for (size_t i = 0; i < a->n; i++) {
+        const struct kp_change *c = &a->changes[i];
+        if (c->put == NULL || (c->kind != KP_KIND_BUDGET_STATE && c->kind != KP_KIND_POLICY))
+            continue;
+        const struct kp_entity *p = kp_store__staged(a, KP_KIND_POLICY, c->put->id);
+        const struct kp_entity *s = kp_store__staged(a, KP_KIND_BUDGET_STATE, c->put->id);
+        if (s == NULL)
+            continue;
+        int rc = p == NULL ? KP_EINVAL : KP_OK;
+        if (rc != KP_OK)
+            snprintf(why, sizeof(why), "no policy '%s'", s->id);
+        else
+            rc = kp_store__budget_check((const struct kp_policy *)p,
+                                        (const struct kp_budget_state *)s, why, sizeof(why));
+        if (rc == KP_OK)
+            continue;
+        kp_error("raftstore",
+                 "budget invariant broken by %s at ts %" PRId64 ": budget state '%s': %s",
+                 kp_op_name(a->cmd->op), a->cmd->ts, s->id, why);
+#ifndef NDEBUG
+        abort();
+#endif
+        return refuse(a, KP_ECONFLICT, "invariant: budget state '%s': %s (refused; a bug)", s->id,
+                      why);
+    }
+    return KP_OK;
+}
+
+static struct kp_audit_entry *audit_for(struct kp_apply *a)
 {
     const struct kp_command *cmd = a->cmd;
     const char *action = kp_op_name(cmd->op), *tgt = a->target;
@@ -671,7 +729,7 @@ static struct kp_audit_entry *audit_for(struct apply *a)
 }
 
 /* Make every table the changes touch ours and big enough. */
-static int prepare_tables(struct apply *a)
+static int prepare_tables(struct kp_apply *a)
 {
     uint32_t puts[KP_KIND_COUNT] = {0};
     bool touched[KP_KIND_COUNT] = {false};
@@ -686,10 +744,10 @@ static int prepare_tables(struct apply *a)
     return KP_OK;
 }
 
-static void commit(struct apply *a, uint64_t index, struct kp_audit_entry *entry)
+static void commit(struct kp_apply *a, uint64_t index, struct kp_audit_entry *entry)
 {
     for (size_t i = 0; i < a->n; i++) {
-        struct change *c = &a->changes[i];
+        struct kp_change *c = &a->changes[i];
         if (c->put != NULL)
             kp_store__table_put(a->st->tables[c->kind], c->put);
         else
@@ -702,30 +760,40 @@ static void commit(struct apply *a, uint64_t index, struct kp_audit_entry *entry
         a->st->cluster = a->cluster;
     }
     a->cluster = NULL;
-    kp_store__audit_append(&a->st->audit, entry);
+    if (entry != NULL) {
+        kp_store__audit_append(&a->st->audit, entry);
+        a->res->audit_seq = entry->seq;
+    }
     a->st->applied_index = index;
-    a->res->audit_seq = entry->seq;
 }
 
 int kp_fsm_apply(struct kp_fsm *fsm, uint64_t index, const void *buf, size_t len,
                  struct kp_fsm_result *res)
 {
     struct kp_command cmd;
-    struct apply a = {.st = &fsm->st, .cmd = &cmd, .res = res};
+    struct kp_apply a = {.st = &fsm->st, .cmd = &cmd, .res = res};
     struct kp_audit_entry *entry = NULL;
     memset(res, 0, sizeof(*res));
     int rc = kp_command_decode(buf, len, &cmd, res->message, sizeof(res->message));
     res->op = cmd.op;
     if (rc == KP_OK)
         rc = dispatch(&a);
+    if (rc == KP_OK)
+        rc = check_budgets(&a);
     if (rc == KP_ENOMEM)
         goto err_nomem;
     res->code = rc;
     if (rc != KP_OK) {
         res->version = 0;
+        memset(&res->lease, 0, sizeof(res->lease));
         discard(&a);
     }
-    if ((entry = audit_for(&a)) == NULL || prepare_tables(&a) != KP_OK)
+    /* budget_lease is the routers' machine traffic (several commands a
+     * second per router): it would push every operator's entry out of the
+     * retained audit window within minutes, so it leaves none. Its effect
+     * is visible in the budget state instead. */
+    bool audited = cmd.op != KP_OP_BUDGET_LEASE;
+    if ((audited && (entry = audit_for(&a)) == NULL) || prepare_tables(&a) != KP_OK)
         goto err_nomem;
     commit(&a, index, entry);
     discard(&a);
@@ -782,6 +850,13 @@ const struct kp_entity *kp_fsm_get(const struct kp_fsm *fsm, enum kp_kind kind, 
 const struct kp_cluster *kp_fsm_cluster(const struct kp_fsm *fsm)
 {
     return fsm->st.cluster;
+}
+
+const struct kp_budget_window_state *kp_fsm_budget_window(const struct kp_fsm *fsm,
+                                                          const char *policy_id, const char *budget)
+{
+    const struct kp_entity *s = kp_store__get(&fsm->st, KP_KIND_BUDGET_STATE, policy_id);
+    return s != NULL ? kp_budget_state_window((const struct kp_budget_state *)s, budget) : NULL;
 }
 
 void kp_fsm_audit_head(const struct kp_fsm *fsm, uint64_t *seq, uint8_t hash[32])

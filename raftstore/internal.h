@@ -212,6 +212,51 @@ int kp_store__validate(const struct kp_state *st, const struct kp_entity *e, cha
  * message, or KP_OK when none. Ignores entities of @kind named @id. */
 int kp_store__referrers(const struct kp_state *st, int kind, const char *id, char *msg, size_t len);
 
+/* --- apply (fsm.c), shared with the op handlers of budget.c ---------------------------- */
+
+struct kp_change {
+    int kind;
+    struct kp_entity *put; /* an owned reference, or NULL */
+    const char *del;       /* id to delete; lives until the commit */
+};
+
+/* One apply in progress: handlers check against @st and stage changes,
+ * which the commit swaps in; nothing touches @st before that. */
+struct kp_apply {
+    struct kp_state *st;
+    struct kp_command *cmd;
+    struct kp_fsm_result *res;
+    struct kp_change *changes;
+    size_t n;
+    size_t cap;
+    struct kp_cluster *cluster; /* init_cluster: the new settings, owned */
+    const char *target;         /* for the audit entry */
+    char detail[192];           /* appended to "ok" */
+};
+
+/* Stage a put (taking over the reference; dropped on KP_ENOMEM) or a
+ * delete. */
+int kp_store__stage(struct kp_apply *a, int kind, struct kp_entity *put, const char *del);
+/* The entity of @kind named @id as it will be after the commit: a staged
+ * put, NULL when a delete is staged, else the current one. */
+struct kp_entity *kp_store__staged(const struct kp_apply *a, int kind, const char *id);
+
+/* --- budgets (budget.c) ------------------------------------------------------------------ */
+
+int kp_store__op_budget_lease(struct kp_apply *a);
+int kp_store__op_budget_reset(struct kp_apply *a);
+/* put_policy @p (staged) replaces @old (NULL on create): bring the
+ * policy's budget state along (windows of removed budgets dropped, a
+ * changed window type re-anchored, a lowered limit recorded as excess). */
+int kp_store__budget_policy_put(struct kp_apply *a, const struct kp_policy *old,
+                                const struct kp_policy *p);
+/* The shape of @s against its policy @p and, for hard budgets, the
+ * invariant spent + grants <= limit + excess. KP_OK, or KP_EINVAL with a
+ * message naming the window. Used after every apply that touches budget
+ * state and by restore. */
+int kp_store__budget_check(const struct kp_policy *p, const struct kp_budget_state *s, char *msg,
+                           size_t len);
+
 /* --- audit (audit.c) -------------------------------------------------------------- */
 
 int kp_store__audit_init(struct kp_audit_log *log);

@@ -54,6 +54,8 @@ enum kp_kind {
     KP_KIND_ALERT_RULE,
     KP_KIND_WEBHOOK,
     KP_KIND_KEY_HEALTH,
+    KP_KIND_BUDGET_STATE, /* the lease state of a policy's budgets */
+    KP_KIND_LEASE_NODE,   /* a node's lease bookkeeping (last seq applied) */
     KP_KIND_COUNT
 };
 
@@ -220,7 +222,9 @@ struct kp_budget {
     uint8_t kind; /* enum kp_budget_kind */
 };
 
-/* Stored only: enforcement (escrow leases) is a separate piece of work. */
+/* The budgets' lease state lives apart, in struct kp_budget_state
+ * (docs/budgets.md), so that lease traffic never bumps the policy's
+ * version. */
 struct kp_policy {
     struct kp_entity e;
     uint8_t scope_kind; /* enum kp_scope_kind */
@@ -286,6 +290,77 @@ struct kp_key_health {
     int64_t last_change_ms; /* when status last changed */
 };
 
+/* --- budget state (docs/budgets.md) --- */
+
+/* What one node holds of a budget's window: reserved for it, counted as
+ * spent until it settles or releases. */
+struct kp_budget_grant {
+    uint64_t node_id;
+    kp_nanousd amount; /* > 0; a node without a grant has no entry */
+};
+
+/* One budget's current window.
+ *
+ * THE INVARIANT, for a hard budget (kept in budget.c, checked after every
+ * apply that changes budget state and on restore):
+ *     spent + sum(grants) <= limit_nanousd + excess
+ * where excess is 0 unless spend arrived beyond a node's grant or an
+ * operator lowered the limit (or made the budget hard) below what was
+ * already spent or granted. Grants are made only out of
+ * limit - spent - sum(grants), so they never raise the sum above the
+ * limit.
+ *
+ * The state machine reads no clock, so a window rolls over with the first
+ * budget_lease or budget_reset on it after its end. Until then a reader
+ * whose clock is past kp_budget_window_end(window, start_ms) treats it as
+ * empty: spent 0, no grants. */
+struct kp_budget_window_state {
+    char *budget;                   /* the budget's name in the policy */
+    int64_t start_ms;               /* UTC start of the current window (kp_budget_window_start) */
+    kp_nanousd spent;               /* settled in this window */
+    struct kp_budget_grant *grants; /* ascending node_id */
+    uint32_t ngrants;
+    kp_nanousd overshoot;  /* settled beyond the settling node's grant */
+    kp_nanousd excess;     /* how far spent + grants may stand above the limit */
+    int64_t prev_start_ms; /* the window before this one (0: none) */
+    kp_nanousd prev_spent; /* what it spent, settles after its end included */
+    kp_nanousd late;       /* settles for older or unknown windows, reported
+                              during this one; counted nowhere else */
+};
+
+/* The lease state of one policy's budgets; its id is the policy's id. It
+ * appears with the first budget_lease on one of them and goes with the
+ * policy. Windows ascend by budget name; a budget nobody leased yet has
+ * none. */
+struct kp_budget_state {
+    struct kp_entity e;
+    struct kp_budget_window_state *windows;
+    uint32_t nwindows;
+};
+
+/* A node that proposes budget_lease; its id is the node id in decimal. */
+struct kp_lease_node {
+    struct kp_entity e;
+    uint64_t node_id;
+    uint64_t seq;           /* of the last budget_lease applied */
+    int64_t last_report_ms; /* that command's ts */
+};
+
+/* The start (Unix ms) of the @window (enum kp_budget_window) containing
+ * @ms: 00:00 UTC of its day, or of the first day of its month. Only UTC
+ * windows exist so far. */
+int64_t kp_budget_window_start(int window, int64_t ms);
+/* The start of the window after the one containing @ms: when it resets. */
+int64_t kp_budget_window_end(int window, int64_t ms);
+/* The window of @budget in @s, or NULL (no lease on it yet). */
+const struct kp_budget_window_state *kp_budget_state_window(const struct kp_budget_state *s,
+                                                            const char *budget);
+/* What @node_id holds of @w (0 when nothing), and what all nodes hold. */
+kp_nanousd kp_budget_window_grant(const struct kp_budget_window_state *w, uint64_t node_id);
+kp_nanousd kp_budget_window_granted(const struct kp_budget_window_state *w);
+/* The budget named @name in @p, or NULL. */
+const struct kp_budget *kp_policy_budget(const struct kp_policy *p, const char *name);
+
 /* Cluster settings, set once by init_cluster. Its id is the cluster id. */
 struct kp_cluster {
     struct kp_entity e;
@@ -310,7 +385,9 @@ const struct kp_key_secret *kp_key_primary(const struct kp_key *key);
 /* --- audit chain ----------------------------------------------------------- */
 
 /* One audit record. Applying any entry (accepted or refused) appends
- * exactly one. No field ever holds secret material.
+ * exactly one, except a budget_lease, which appends none (the routers'
+ * lease traffic would flush every operator's entry out of the retained
+ * window within minutes). No field ever holds secret material.
  * hash = SHA-256(prev_hash || canonical msgpack of the entry without
  * hash); docs/registry.md gives the exact bytes. */
 struct kp_audit_entry {
@@ -373,7 +450,9 @@ int kp_audit_verify(const struct kp_audit_entry *entries, size_t n, const uint8_
     X(SET_KEY_HEALTH, "set_key_health")                                                            \
     X(INIT_CLUSTER, "init_cluster")                                                                \
     X(AUDIT_ONLY, "audit_only")                                                                    \
-    X(REWRAP_SECRETS, "rewrap_secrets")
+    X(REWRAP_SECRETS, "rewrap_secrets")                                                            \
+    X(BUDGET_LEASE, "budget_lease")                                                                \
+    X(BUDGET_RESET, "budget_reset")
 
 enum kp_op {
     KP_OP_NONE, /* not decoded */
@@ -438,6 +517,37 @@ struct kp_cmd_rewrap {
                      settings; NULL leaves them as they are */
 };
 
+/* Most items one budget_lease carries (a router with more splits them
+ * over several commands), and the largest amount an item settles or asks
+ * for (10^18 nano-USD: a billion dollars). */
+#define KP_LEASE_ITEMS_MAX  64
+#define KP_LEASE_AMOUNT_MAX 1000000000000000000
+
+/* One budget in a budget_lease (docs/budgets.md). */
+struct kp_lease_item {
+    char *policy;            /* policy id */
+    char *budget;            /* budget name in it */
+    int64_t window_start_ms; /* the window @settled was spent in */
+    kp_nanousd settled;      /* actual cost since the last report, >= 0 */
+    bool release;            /* give back what is left of the grant */
+    kp_nanousd want;         /* asked for, >= 0 */
+};
+
+/* budget_lease: a node's batched report and request. The time is the
+ * envelope's ts (the proposer's clock; apply reads no other). */
+struct kp_cmd_budget_lease {
+    uint64_t node_id;
+    uint64_t seq; /* per node, strictly increasing: a replay is ignored */
+    struct kp_lease_item *items;
+    uint32_t nitems;
+};
+
+/* budget_reset: spent back to 0, every grant dropped, for one budget. */
+struct kp_cmd_budget_reset {
+    char *id;     /* policy id */
+    char *budget; /* budget name */
+};
+
 /* A decoded or to-be-encoded command. The body's type follows the op:
  *   put_<kind>        the entity struct (version, created/updated, and a
  *                     key's status and secrets are set by the registry)
@@ -448,7 +558,9 @@ struct kp_cmd_rewrap {
  *   set_key_health    struct kp_key_health (id = key id)
  *   init_cluster      struct kp_cluster
  *   audit_only        struct kp_cmd_audit_only
- *   rewrap_secrets    struct kp_cmd_rewrap */
+ *   rewrap_secrets    struct kp_cmd_rewrap
+ *   budget_lease      struct kp_cmd_budget_lease
+ *   budget_reset      struct kp_cmd_budget_reset */
 struct kp_command {
     uint32_t v; /* KP_COMMAND_VERSION */
     enum kp_op op;
@@ -477,6 +589,8 @@ struct kp_command {
         struct kp_cmd_retire_secret *retire_secret;
         struct kp_cmd_audit_only *audit_only;
         struct kp_cmd_rewrap *rewrap;
+        struct kp_cmd_budget_lease *budget_lease;
+        struct kp_cmd_budget_reset *budget_reset;
     } body;
 };
 
@@ -507,6 +621,13 @@ void kp_command_free(struct kp_command *cmd);
 
 struct kp_fsm;
 
+/* What one budget_lease item got. */
+struct kp_lease_grant {
+    kp_nanousd granted;      /* added to the node's grant by this item */
+    kp_nanousd grant;        /* the node's whole grant after it */
+    int64_t window_start_ms; /* the window that grant belongs to */
+};
+
 /* The outcome of applying one entry. code: KP_OK, or why the command was
  * refused: KP_EINVAL / KP_EVERSION (HTTP 400), KP_ENOENT (404),
  * KP_ECONFLICT (409). message names the field path or the conflicting
@@ -515,8 +636,16 @@ struct kp_fsm_result {
     int code;
     enum kp_op op;
     uint64_t version;   /* the target's version after apply (0 if deleted) */
-    uint64_t audit_seq; /* the audit entry this apply appended */
+    uint64_t audit_seq; /* the audit entry this apply appended (0: none) */
     char message[256];
+    /* budget_lease, when code is KP_OK: one entry per item, in command
+     * order. A duplicate (seq not above the node's last) changed nothing;
+     * its entries show what the node holds now, granted 0. */
+    struct {
+        bool duplicate;
+        uint32_t n;
+        struct kp_lease_grant items[KP_LEASE_ITEMS_MAX];
+    } lease;
 };
 
 struct kp_fsm *kp_fsm_new(void);
@@ -527,7 +656,8 @@ void kp_fsm_free(struct kp_fsm *fsm);
  * Returns KP_OK when the entry was applied: either the command took effect
  * (res->code == KP_OK) or it was refused (res->code says why) and changed
  * nothing but the audit chain. Refusals are deterministic: every replica
- * refuses the same entries the same way and appends the same audit entry.
+ * refuses the same entries the same way and appends the same audit entry
+ * (none for budget_lease, accepted or refused).
  *
  * Returns KP_ENOMEM when memory ran out: then nothing at all changed (not
  * even the audit chain or the applied index), because every allocation is
@@ -546,6 +676,10 @@ size_t kp_fsm_count(const struct kp_fsm *fsm, enum kp_kind kind);
 const struct kp_entity *kp_fsm_get(const struct kp_fsm *fsm, enum kp_kind kind, const char *id);
 /* NULL until init_cluster. */
 const struct kp_cluster *kp_fsm_cluster(const struct kp_fsm *fsm);
+/* One budget's window (NULL until a lease on it), as kp_fsm_get: raft
+ * thread only, valid until the next apply. */
+const struct kp_budget_window_state *
+kp_fsm_budget_window(const struct kp_fsm *fsm, const char *policy_id, const char *budget);
 
 /* The audit head (0 and zero hash before the first entry) and the retained
  * entries, oldest first; *n counts them. Valid until the next apply. */
@@ -600,6 +734,14 @@ const struct kp_policy *kp_view_policy(const struct kp_view *view, const char *i
 const struct kp_price *kp_view_price(const struct kp_view *view, const char *model);
 const struct kp_member *kp_view_member(const struct kp_view *view, const char *id);
 const struct kp_key_health *kp_view_key_health(const struct kp_view *view, const char *key_id);
+/* A policy's budget state (NULL until a lease on one of its budgets), one
+ * budget's window in it, and a node's lease bookkeeping. A router reads
+ * its grants and its last applied seq here. */
+const struct kp_budget_state *kp_view_budget_state(const struct kp_view *view,
+                                                   const char *policy_id);
+const struct kp_budget_window_state *
+kp_view_budget_window(const struct kp_view *view, const char *policy_id, const char *budget);
+const struct kp_lease_node *kp_view_lease_node(const struct kp_view *view, uint64_t node_id);
 /* The key of @pool's member @i (NULL if @i is out of range). */
 const struct kp_key *kp_view_pool_key(const struct kp_view *view, const struct kp_pool *pool,
                                       uint32_t i);

@@ -269,20 +269,48 @@ SCHEMA(health_schema, kp_key_health, "key_health", HEADER(kp_key_health, KP_CS_I
        STR(kp_key_health, "last_error_class", last_error_class, 0, KP_CS_ID, 64, KP_REF_NONE),
        TIME(kp_key_health, "last_change_ms", last_change_ms, KP_FF_STATE));
 
+/* Budget state is made by budget_lease and budget_reset only (no put op),
+ * so these schemas are read from snapshots and written to them and to
+ * JSON, never taken from a command. Amounts are nano-USD, never negative. */
+#define MONEY(st, nm, mem) INT(st, nm, mem, KP_FT_I64, 0, 0, INT64_MAX, 0)
+SCHEMA(grant_schema, kp_budget_grant, "grant",
+       INT(kp_budget_grant, "node_id", node_id, KP_FT_U64, KP_FF_REQ, 1, UINT64_MAX, 0),
+       INT(kp_budget_grant, "amount_nanousd", amount, KP_FT_I64, KP_FF_REQ, 1, INT64_MAX, 0));
+
+SCHEMA(budget_window_schema, kp_budget_window_state, "window",
+       STR(kp_budget_window_state, "budget", budget, KP_FF_REQ, KP_CS_ID, 64, KP_REF_NONE),
+       TIME(kp_budget_window_state, "start_ms", start_ms, 0),
+       MONEY(kp_budget_window_state, "spent_nanousd", spent),
+       OBJV(kp_budget_window_state, "grants", grants, 0, grant_schema, 4096),
+       MONEY(kp_budget_window_state, "overshoot_nanousd", overshoot),
+       MONEY(kp_budget_window_state, "excess_nanousd", excess),
+       TIME(kp_budget_window_state, "prev_start_ms", prev_start_ms, 0),
+       MONEY(kp_budget_window_state, "prev_spent_nanousd", prev_spent),
+       MONEY(kp_budget_window_state, "late_nanousd", late));
+
+SCHEMA(budget_state_schema, kp_budget_state, "budget_state", HEADER(kp_budget_state, KP_CS_ID),
+       OBJV(kp_budget_state, "windows", windows, 0, budget_window_schema, 16));
+
+SCHEMA(lease_node_schema, kp_lease_node, "lease_node", HEADER(kp_lease_node, KP_CS_ID),
+       INT(kp_lease_node, "node_id", node_id, KP_FT_U64, KP_FF_REQ, 1, UINT64_MAX, 0),
+       INT(kp_lease_node, "seq", seq, KP_FT_U64, 0, 0, UINT64_MAX, 0),
+       TIME(kp_lease_node, "last_report_ms", last_report_ms, 0));
+
 const struct kp_schema *const kp_store__kind_schema[KP_KIND_COUNT] = {
-    &provider_schema, &key_schema,        &pool_schema,    &tenant_schema,
-    &project_schema,  &token_schema,      &policy_schema,  &price_schema,
-    &member_schema,   &alert_rule_schema, &webhook_schema, &health_schema,
+    &provider_schema, &key_schema,    &pool_schema,         &tenant_schema,     &project_schema,
+    &token_schema,    &policy_schema, &price_schema,        &member_schema,     &alert_rule_schema,
+    &webhook_schema,  &health_schema, &budget_state_schema, &lease_node_schema,
 };
 
+/* Snapshot table names, in enum order: format 1 ends at key_health. */
 const char *const kp_store__kind_plural[KP_KIND_COUNT] = {
-    "providers", "keys",   "pools",   "tenants",     "projects", "tokens",
-    "policies",  "prices", "members", "alert_rules", "webhooks", "key_health",
+    "providers", "keys",    "pools",       "tenants",  "projects",   "tokens",        "policies",
+    "prices",    "members", "alert_rules", "webhooks", "key_health", "budget_states", "lease_nodes",
 };
 
 static const char *const kind_names[KP_KIND_COUNT] = {
-    "provider", "key",   "pool",   "tenant",     "project", "token",
-    "policy",   "price", "member", "alert_rule", "webhook", "key_health",
+    "provider", "key",    "pool",       "tenant",  "project",    "token",        "policy",
+    "price",    "member", "alert_rule", "webhook", "key_health", "budget_state", "lease_node",
 };
 
 const char *kp_kind_name(enum kp_kind kind)
@@ -346,6 +374,24 @@ SCHEMA(rewrap_schema, kp_cmd_rewrap, "rewrap",
        OBJV(kp_cmd_rewrap, "secrets", secrets, 0, rewrap_item_schema, 1u << 22),
        STR(kp_cmd_rewrap, "kek_id", kek_id, 0, KP_CS_ID, 64, KP_REF_NONE));
 
+#define AMOUNT(st, nm, mem) INT(st, nm, mem, KP_FT_I64, 0, 0, KP_LEASE_AMOUNT_MAX, 0)
+SCHEMA(lease_item_schema, kp_lease_item, "lease_item",
+       STR(kp_lease_item, "policy", policy, KP_FF_REQ, KP_CS_ID, 128, KP_REF_NONE),
+       STR(kp_lease_item, "budget", budget, KP_FF_REQ, KP_CS_ID, 64, KP_REF_NONE),
+       TIME(kp_lease_item, "window_start_ms", window_start_ms, KP_FF_REQ),
+       AMOUNT(kp_lease_item, "settled_nanousd", settled),
+       F(kp_lease_item, "release", release, KP_FT_BOOL),
+       AMOUNT(kp_lease_item, "want_nanousd", want));
+
+SCHEMA(budget_lease_schema, kp_cmd_budget_lease, "budget_lease",
+       INT(kp_cmd_budget_lease, "node_id", node_id, KP_FT_U64, KP_FF_REQ, 1, UINT64_MAX, 0),
+       INT(kp_cmd_budget_lease, "seq", seq, KP_FT_U64, KP_FF_REQ, 1, UINT64_MAX, 0),
+       OBJV(kp_cmd_budget_lease, "items", items, 0, lease_item_schema, KP_LEASE_ITEMS_MAX));
+
+SCHEMA(budget_reset_schema, kp_cmd_budget_reset, "budget_reset",
+       STR(kp_cmd_budget_reset, "id", id, KP_FF_REQ, KP_CS_ID, 128, KP_REF_NONE),
+       STR(kp_cmd_budget_reset, "budget", budget, KP_FF_REQ, KP_CS_ID, 64, KP_REF_NONE));
+
 static const struct {
     const struct kp_schema *body;
     int kind; /* put ops: the entity kind of the body */
@@ -380,6 +426,8 @@ static const struct {
     [KP_OP_INIT_CLUSTER] = {&kp_store__cluster_schema, -1},
     [KP_OP_AUDIT_ONLY] = {&audit_only_schema, -1},
     [KP_OP_REWRAP_SECRETS] = {&rewrap_schema, -1},
+    [KP_OP_BUDGET_LEASE] = {&budget_lease_schema, -1},
+    [KP_OP_BUDGET_RESET] = {&budget_reset_schema, -1},
 };
 
 const struct kp_schema *kp_store__op_body(enum kp_op op)
@@ -962,6 +1010,21 @@ static int kind_rules(const struct kp_state *st, const struct kp_entity *e, char
         if (kp_store__get(st, KP_KIND_KEY, e->id) == NULL)
             return refuse(msg, len, KP_EINVAL, "id: no key '%s'", e->id);
         return KP_OK;
+    case KP_KIND_BUDGET_STATE: {
+        const struct kp_entity *p = kp_store__get(st, KP_KIND_POLICY, e->id);
+        if (p == NULL)
+            return refuse(msg, len, KP_EINVAL, "id: no policy '%s'", e->id);
+        return kp_store__budget_check((const struct kp_policy *)p,
+                                      (const struct kp_budget_state *)e, msg, len);
+    }
+    case KP_KIND_LEASE_NODE: {
+        char id[24];
+        snprintf(id, sizeof(id), "%llu",
+                 (unsigned long long)((const struct kp_lease_node *)e)->node_id);
+        if (strcmp(id, e->id) != 0)
+            return refuse(msg, len, KP_EINVAL, "id: must be the node_id in decimal (%s)", id);
+        return KP_OK;
+    }
     default:
         return KP_OK;
     }

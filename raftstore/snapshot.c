@@ -19,6 +19,12 @@
  * ("providers", "keys", ... in enum order) sorted by id. Fields are written
  * in schema order (command.c), so equal states give equal bytes.
  *
+ * The header's version is the container's (header and frame) and is 1; the
+ * map's "format" is the content's. Format 2 added the budget state tables
+ * (budget_states, lease_nodes) after key_health. Format 1, which ends at
+ * key_health, is still restored, with no budget state: a budget's first
+ * lease after that starts its window afresh.
+ *
  * Restore treats the input as hostile. It checks the header, the sizes
  * against each other and against the caller's limit, and the checksum,
  * then decompresses in steps into a buffer that only grows as real output appears (a header
@@ -38,10 +44,13 @@
 #include <string.h>
 #include <zstd.h>
 
-#define SNAP_FORMAT      1
+#define SNAP_VERSION     1 /* the header and frame layout */
+#define SNAP_FORMAT      2 /* the msgpack map's content */
 #define SNAP_HEADER_SIZE 64
-#define SNAP_WINDOW_LOG  23
-#define SNAP_LEVEL       3
+/* Entity kinds a format-1 snapshot holds: up to key_health. */
+#define SNAP_FORMAT1_KINDS (KP_KIND_KEY_HEALTH + 1)
+#define SNAP_WINDOW_LOG    23
+#define SNAP_LEVEL         3
 
 static const uint8_t magic[8] = {'K', 'P', 'S', 'N', 'A', 'P', '\r', '\n'};
 
@@ -127,7 +136,7 @@ static int compress_into(const struct kp_buf *raw, struct kp_buf *out, char *err
         goto out;
     }
     memcpy(h, magic, 8);
-    kp_put_le(h + 8, SNAP_FORMAT, 4);
+    kp_put_le(h + 8, SNAP_VERSION, 4);
     kp_put_le(h + 12, 0, 4);
     kp_put_le(h + 16, raw->len, 8);
     kp_put_le(h + 24, n, 8);
@@ -176,9 +185,9 @@ static int check_header(const uint8_t *p, size_t len, size_t max_raw, uint64_t *
     if (len < SNAP_HEADER_SIZE || memcmp(p, magic, 8) != 0)
         return fail(errmsg, errlen, KP_EPARSE, "not a keyplane snapshot");
     uint64_t version = kp_get_le(p + 8, 4);
-    if (version != SNAP_FORMAT)
+    if (version != SNAP_VERSION)
         return fail(errmsg, errlen, KP_EVERSION, "snapshot format %" PRIu64 " (this node reads %d)",
-                    version, SNAP_FORMAT);
+                    version, SNAP_VERSION);
     if (kp_get_le(p + 12, 4) != 0)
         return fail(errmsg, errlen, KP_EPARSE, "unknown header flags");
     *raw_len = kp_get_le(p + 16, 8);
@@ -377,12 +386,17 @@ static int read_table(struct kp_decoder *d, struct kp_state *st, int kind)
 static int read_state(struct kp_decoder *d, struct kp_state *st)
 {
     struct kp_mp_head h;
-    int rc = head(d, KP_MP_MAP, &h);
-    if (rc == KP_OK && h.n != 4 + KP_KIND_COUNT)
-        rc = kp_store__fail(d, KP_EPARSE, "expected %d tables", 4 + KP_KIND_COUNT);
+    uint64_t keys = 0;
+    int rc = head(d, KP_MP_MAP, &h), kinds = KP_KIND_COUNT;
+    if (rc == KP_OK)
+        keys = h.n;
     if (rc == KP_OK && (rc = key(d, "format")) == KP_OK && (rc = head(d, KP_MP_INT, &h)) == KP_OK &&
-        h.u != SNAP_FORMAT)
-        rc = kp_store__fail(d, KP_EVERSION, "format %" PRIu64 " is not %d", h.u, SNAP_FORMAT);
+        (h.negative || (h.u != SNAP_FORMAT && h.u != 1)))
+        rc = kp_store__fail(d, KP_EVERSION, "format %" PRIu64 " is not 1 or %d", h.u, SNAP_FORMAT);
+    if (rc == KP_OK && h.u == 1)
+        kinds = SNAP_FORMAT1_KINDS;
+    if (rc == KP_OK && keys != 4 + (uint64_t)kinds)
+        rc = kp_store__fail(d, KP_EPARSE, "expected %d tables", 4 + kinds);
     if (rc == KP_OK && (rc = key(d, "applied_index")) == KP_OK &&
         (rc = head(d, KP_MP_INT, &h)) == KP_OK)
         st->applied_index = h.u;
@@ -390,7 +404,7 @@ static int read_state(struct kp_decoder *d, struct kp_state *st)
         rc = read_cluster(d, st);
     if (rc == KP_OK)
         rc = read_audit(d, &st->audit);
-    for (int k = 0; rc == KP_OK && k < KP_KIND_COUNT; k++)
+    for (int k = 0; rc == KP_OK && k < kinds; k++)
         rc = read_table(d, st, k);
     if (rc == KP_OK && kp_mp_left(&d->c) != 0)
         rc = kp_store__fail(d, KP_EPARSE, "trailing bytes");

@@ -27,6 +27,7 @@
 #include "raftstore/internal.h"
 
 #include <sched.h>
+#include <stdio.h>
 
 struct kp_view {
     atomic_uint refs;
@@ -99,6 +100,21 @@ LOOKUP(kp_view_policy, kp_policy, KP_KIND_POLICY)
 LOOKUP(kp_view_price, kp_price, KP_KIND_PRICE)
 LOOKUP(kp_view_member, kp_member, KP_KIND_MEMBER)
 LOOKUP(kp_view_key_health, kp_key_health, KP_KIND_KEY_HEALTH)
+LOOKUP(kp_view_budget_state, kp_budget_state, KP_KIND_BUDGET_STATE)
+
+const struct kp_budget_window_state *
+kp_view_budget_window(const struct kp_view *view, const char *policy_id, const char *budget)
+{
+    const struct kp_budget_state *s = kp_view_budget_state(view, policy_id);
+    return s != NULL ? kp_budget_state_window(s, budget) : NULL;
+}
+
+const struct kp_lease_node *kp_view_lease_node(const struct kp_view *view, uint64_t node_id)
+{
+    char id[24];
+    snprintf(id, sizeof(id), "%llu", (unsigned long long)node_id);
+    return (const struct kp_lease_node *)kp_store__table_get(view->tables[KP_KIND_LEASE_NODE], id);
+}
 
 const struct kp_key *kp_view_pool_key(const struct kp_view *view, const struct kp_pool *pool,
                                       uint32_t i)

@@ -2,7 +2,8 @@
  * op's happy path and refusals, referential integrity, expect_version, the
  * audit chain and its tamper detection, determinism across replicas and
  * across restore, snapshot round trips and hostile snapshots (bit flips,
- * truncation, rewrapped corrupt payloads), allocation failure at every
+ * truncation, rewrapped corrupt payloads; budget state included, and the
+ * format-1 snapshots from before it), allocation failure at every
  * point of an apply, views read from another thread while the state
  * machine keeps applying, and the size and speed of a registry of 100,000
  * keys (printed, never asserted).
@@ -188,6 +189,17 @@ static int target_op(struct kp_fsm *f, enum kp_op op, const char *id)
     return apply(f, op, &t);
 }
 
+/* A budget_lease of one item on pol-1's "daily" budget. */
+static int lease(struct kp_fsm *f, uint64_t node, uint64_t seq, kp_nanousd settled, kp_nanousd want)
+{
+    struct kp_lease_item it = {(char *)"pol-1", (char *)"daily", T0, settled, false, want};
+    struct kp_cmd_budget_lease c = {node, seq, &it, 1};
+    return apply(f, KP_OP_BUDGET_LEASE, &c);
+}
+
+/* How many entries populate() applies that leave no audit entry. */
+#define POPULATE_LEASES 3
+
 static const struct kp_audit_entry *last_audit(struct kp_fsm *f)
 {
     return kp_fsm_audit_entry(f, kp_fsm_audit_count(f) - 1);
@@ -249,6 +261,10 @@ static void populate(struct kp_fsm *f)
                               .status = KP_HEALTH_RATE_LIMITED,
                               .last_error_class = (char *)"rate_limit"};
     assert_ok(apply(f, KP_OP_SET_KEY_HEALTH, &h));
+    /* Budget state: two nodes hold grants, one settled part of its own. */
+    assert_ok(lease(f, 1, 1, 0, 1000000000));
+    assert_ok(lease(f, 2, 1, 0, 500000000));
+    assert_ok(lease(f, 1, 2, 250000000, 0));
 }
 
 /* --- raw msgpack commands ------------------------------------------------- */
@@ -916,7 +932,7 @@ static void test_audit_chain(void **state)
     size_t n, bad;
     char err[256];
     struct kp_audit_entry *v = copy_audit(f, &n);
-    assert_int_equal(n, kp_fsm_applied_index(f));
+    assert_int_equal(n, kp_fsm_applied_index(f) - POPULATE_LEASES);
     assert_int_equal(kp_audit_verify(v, n, NULL, &bad, err, sizeof(err)), KP_OK);
     uint64_t seq;
     uint8_t head[32];
@@ -1222,6 +1238,132 @@ static void test_snapshot_payload_corrupt(void **state)
     kp_buf_free(&s);
 }
 
+/* The raw msgpack of @f's snapshot (malloc'd). */
+static uint8_t *raw_of(struct kp_fsm *f, size_t *n)
+{
+    struct kp_buf s;
+    snap(f, &s);
+    *n = (size_t)ZSTD_getFrameContentSize(s.data + 64, s.len - 64);
+    uint8_t *raw = malloc(*n);
+    assert_int_equal(ZSTD_decompress(raw, *n, s.data + 64, s.len - 64), *n);
+    kp_buf_free(&s);
+    return raw;
+}
+
+/* Budget state survives snapshot and restore; a format-1 snapshot (from
+ * before budget state: no budget tables) still restores, to an empty
+ * budget state; a snapshot whose budget state breaks the lease invariant,
+ * or names a budget its policy lacks, is refused by name. */
+static void test_snapshot_budget_state(void **state)
+{
+    struct kp_fsm *f = *state, *g = kp_fsm_new();
+    struct kp_buf w, s1, s2;
+    char err[256];
+    size_t n;
+
+    /* Format 1: the same state without the two budget tables. */
+    assert_ok(init_cluster(g, "c-old"));
+    assert_ok(put_tenant(g, "acme"));
+    uint8_t *raw = raw_of(g, &n);
+    static const uint8_t tail[] = "\xad"
+                                  "budget_states\x90\xab"
+                                  "lease_nodes\x90";
+    size_t tl = sizeof(tail) - 1;
+    assert_memory_equal(raw,
+                        "\xde\x00\x12\xa6"
+                        "format\x02",
+                        11);
+    assert_memory_equal(raw + n - tl, tail, tl);
+    raw[2] = 0x10; /* 16 keys */
+    raw[10] = 1;   /* format 1 */
+    wrap(raw, n - tl, &w);
+    struct kp_fsm *h = kp_fsm_new();
+    if (kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)) != KP_OK)
+        fail_msg("format 1: %s", err);
+    kp_buf_free(&w);
+    snap(g, &s1);
+    snap(h, &s2);
+    assert_true(same_bytes(&s1, &s2)); /* written back as format 2 */
+    kp_buf_free(&s1);
+    kp_buf_free(&s2);
+    raw[10] = 2; /* format 2 without its tables */
+    wrap(raw, n - tl, &w);
+    assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
+    assert_non_null(strstr(err, "expected 18 tables"));
+    kp_buf_free(&w);
+    raw[10] = 3;
+    wrap(raw, n - tl, &w);
+    assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EVERSION);
+    kp_buf_free(&w);
+    free(raw);
+
+    /* Round trip with budget state. */
+    populate(f);
+    snap(f, &s1);
+    assert_int_equal(kp_fsm_restore(h, s1.data, s1.len, 0, err, sizeof(err)), KP_OK);
+    snap(h, &s2);
+    assert_true(same_bytes(&s1, &s2));
+    const struct kp_budget_window_state *bw = kp_fsm_budget_window(h, "pol-1", "daily");
+    assert_non_null(bw);
+    assert_int_equal(bw->spent, 250000000);
+    assert_int_equal(kp_budget_window_grant(bw, 2), 500000000);
+    assert_int_equal(kp_fsm_count(h, KP_KIND_LEASE_NODE), 2);
+    /* The restored replica applies the next lease as the original does. */
+    assert_ok(lease(f, 2, 2, 100, 7));
+    kp_nanousd granted = res.lease.items[0].granted;
+    next_index--;
+    assert_ok(lease(h, 2, 2, 100, 7));
+    assert_int_equal(res.lease.items[0].granted, granted);
+    kp_buf_free(&s1);
+    kp_buf_free(&s2);
+
+    /* The policy's limit lowered under the state: the invariant is broken. */
+    raw = raw_of(f, &n);
+    uint8_t *p = malloc(n);
+    memcpy(p, raw, n);
+    uint8_t *at = memmem(p, n, "\xadlimit_nanousd\xcf", 15);
+    assert_non_null(at);
+    for (int i = 0; i < 8; i++)
+        at[15 + i] = (uint8_t)((uint64_t)1000000000 >> (56 - 8 * i));
+    wrap(p, n, &w);
+    assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
+    assert_string_equal(err, "restore: budget_state 'pol-1': windows[0] (budget 'daily'): spent "
+                             "250000100 + grants 1249999907 exceed limit 1000000000 + excess 0");
+    kp_buf_free(&w);
+    /* A window for a budget the policy does not have (not alert rule
+     * ar-1's "budget" parameter, which is just text). */
+    memcpy(p, raw, n);
+    at = memmem(p, n,
+                "\xa6"
+                "budget\xa5"
+                "daily\xa8"
+                "start_ms",
+                22);
+    assert_non_null(at);
+    at[12] = 'z';
+    wrap(p, n, &w);
+    assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
+    assert_string_equal(err, "restore: budget_state 'pol-1': windows[0].budget: policy 'pol-1' "
+                             "has no budget 'dailz'");
+    kp_buf_free(&w);
+    /* A lease node whose id is not its node id. */
+    memcpy(p, raw, n);
+    at = memmem(p, n,
+                "\xa2id\xa1"
+                "2",
+                5);
+    assert_non_null(at);
+    at[4] = '3';
+    wrap(p, n, &w);
+    assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
+    assert_string_equal(err, "restore: lease_node '3': id: must be the node_id in decimal (2)");
+    kp_buf_free(&w);
+    free(p);
+    free(raw);
+    kp_fsm_free(g);
+    kp_fsm_free(h);
+}
+
 /* --- allocation failure --------------------------------------------------------------------- */
 
 /* Fail the n-th allocation of an apply for every n until it succeeds:
@@ -1306,6 +1448,59 @@ static void test_alloc_failure(void **state)
     free_workload(cmds, n);
 }
 
+/* The budget ops under allocation failure: a first lease (new state,
+ * window and node), a lease on two budgets, a policy change that
+ * redefines and drops windows, a reset and a policy delete, each with a
+ * view held so that tables must be copied. */
+static void test_budget_alloc_failure(void **state)
+{
+    struct kp_fsm *f = *state, *ref = kp_fsm_new();
+    struct kp_budget b[2] = {{(char *)"daily", KP_BUDGET_DAILY, 5000000000, KP_BUDGET_HARD},
+                             {(char *)"month", KP_BUDGET_MONTHLY, 9000000000, KP_BUDGET_SOFT}};
+    struct kp_policy pol = {
+        .e.id = (char *)"pol", .scope_kind = KP_SCOPE_GLOBAL, .budgets = b, .nbudgets = 2};
+    struct kp_buf c;
+    encode(KP_OP_PUT_POLICY, &pol, -1, &c);
+    assert_int_equal(kp_fsm_apply(f, 1, c.data, c.len, &res), KP_OK);
+    assert_int_equal(kp_fsm_apply(ref, 1, c.data, c.len, &res), KP_OK);
+    kp_buf_free(&c);
+    struct kp_view *v = kp_fsm_view_build(f);
+
+    struct kp_lease_item it[2] = {{(char *)"pol", (char *)"daily", T0, 0, false, 3000000000},
+                                  {(char *)"pol", (char *)"month", T0, 0, false, 5}};
+    struct kp_cmd_budget_lease l = {4, 1, it, 1};
+    encode(KP_OP_BUDGET_LEASE, &l, -1, &c);
+    check_apply_oom(f, ref, &c);
+    kp_buf_free(&c);
+    it[0].settled = 1000000000;
+    it[0].want = 10;
+    l = (struct kp_cmd_budget_lease){5, 1, it, 2};
+    encode(KP_OP_BUDGET_LEASE, &l, -1, &c);
+    check_apply_oom(f, ref, &c);
+    kp_buf_free(&c);
+    b[0].limit_nanousd = 1000000000; /* below spent + grants: excess */
+    b[0].window = KP_BUDGET_MONTHLY;
+    pol.nbudgets = 1;
+    encode(KP_OP_PUT_POLICY, &pol, -1, &c);
+    check_apply_oom(f, ref, &c);
+    kp_buf_free(&c);
+    /* 1e9 settled beyond node 5's grant, then 4e9 + 10 held under a 1e9 limit. */
+    assert_int_equal(kp_fsm_budget_window(f, "pol", "daily")->excess, 3000000010);
+    assert_null(kp_fsm_budget_window(f, "pol", "month"));
+    struct kp_cmd_budget_reset r = {(char *)"pol", (char *)"daily"};
+    encode(KP_OP_BUDGET_RESET, &r, -1, &c);
+    check_apply_oom(f, ref, &c);
+    kp_buf_free(&c);
+    kp_view_release(v);
+    v = kp_fsm_view_build(f);
+    encode(KP_OP_DELETE_POLICY, &(struct kp_cmd_target){(char *)"pol"}, -1, &c);
+    check_apply_oom(f, ref, &c);
+    kp_buf_free(&c);
+    assert_int_equal(kp_fsm_count(f, KP_KIND_BUDGET_STATE), 0);
+    kp_view_release(v);
+    kp_fsm_free(ref);
+}
+
 /* --- views ------------------------------------------------------------------------------------ */
 
 /* A view keeps what it saw while the state machine moves on, and looks up
@@ -1328,6 +1523,12 @@ static void test_view(void **state)
     assert_int_equal(kp_view_key_health(v, "k2")->status, KP_HEALTH_RATE_LIMITED);
     assert_true(kp_view_member(v, "n1")->meter);
     assert_non_null(kp_view_policy(v, "pol-1"));
+    const struct kp_budget_window_state *bw = kp_view_budget_window(v, "pol-1", "daily");
+    assert_non_null(bw);
+    assert_int_equal(bw->spent, 250000000);
+    assert_int_equal(kp_budget_window_grant(bw, 1), 750000000);
+    assert_int_equal(kp_budget_window_granted(bw), 1250000000);
+    assert_int_equal(kp_view_lease_node(v, 2)->seq, 1);
     assert_int_equal(kp_view_cluster(v)->pepper[0], 'P');
     assert_int_equal(kp_view_count(v, KP_KIND_KEY), 2);
     assert_null(kp_view_key(v, "nope"));
@@ -1433,8 +1634,7 @@ static void test_view_threads(void **state)
     (void)f;
 }
 
-/* --- scale -------------------------------------------------------------------------------------
- */
+/* --- scale ------------------------------------------------------------------------------------ */
 
 /* 100,000 keys with a secret each: apply rate, view build, the copy the
  * first change after a view costs, snapshot size and time, restore time.
@@ -1517,7 +1717,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_snapshot_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_corrupt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_payload_corrupt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_budget_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alloc_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_alloc_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_view, setup, teardown),
         cmocka_unit_test_setup_teardown(test_view_threads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scale, setup, teardown),

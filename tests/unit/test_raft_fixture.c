@@ -10,7 +10,9 @@
  * lone state machine); a replica that fell behind the leader's snapshot is
  * sent it and ends up identical; restoring a snapshot gives the same state;
  * a leader change or a partition never loses an acknowledged command and
- * never acknowledges one that did not commit. */
+ * never acknowledges one that did not commit; budget leases from two
+ * routers that retry across leader changes are applied exactly once and
+ * keep the lease invariant on every replica. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -44,6 +46,9 @@ struct proposal {
     int code;          /* the state machine's result code when status is 0 */
     uint64_t index;    /* the entry's index when status is 0 */
     bool bad_result;   /* the callback's result was not this entry's */
+    /* budget_lease: the first item's answer, and whether it was a replay */
+    struct kp_lease_grant lease;
+    bool lease_duplicate;
 };
 
 struct cluster {
@@ -142,6 +147,9 @@ static void on_applied(struct raft_apply *req, int status, void *result)
     }
     p->code = a->res.code;
     p->index = a->index;
+    if (a->res.lease.n > 0)
+        p->lease = a->res.lease.items[0];
+    p->lease_duplicate = a->res.lease.duplicate;
 }
 
 static struct proposal *proposal_new(struct cluster *c, unsigned server)
@@ -851,6 +859,195 @@ static void test_partitioned_leader(void **state)
     assert_int_equal(kp_fsm_count(c->fsm[old], KP_KIND_TENANT), 10 + 20);
 }
 
+/* --- budget leases ----------------------------------------------------------- */
+
+enum { LEASE_LIMIT = 1000000000 }; /* $1, hard, daily */
+
+/* A router as the lease protocol wants it: one command in flight at a
+ * time, retried with the same bytes (the same seq) until it is answered,
+ * whatever happened to the leader meanwhile; it spends only what it was
+ * told it holds. */
+struct router {
+    uint64_t node_id;
+    uint64_t seq;
+    kp_nanousd grant;     /* as the last answer said */
+    kp_nanousd unsettled; /* spent locally, not yet reported */
+    kp_nanousd settled;   /* reported in answered commands */
+    struct proposal *inflight;
+    kp_nanousd inflight_settle;
+    unsigned waited; /* steps the in-flight proposal has waited */
+    bool asked;      /* the command in flight asks for more */
+    unsigned retries, duplicates, zero_grants;
+};
+
+/* The leader as the fixture knows it, or NSERVERS. */
+static unsigned live_leader(struct cluster *c)
+{
+    unsigned l = raft_fixture_leader_index(&c->f);
+    if (l >= NSERVERS || !raft_fixture_alive(&c->f, l) ||
+        raft_state(raft_fixture_get(&c->f, l)) != RAFT_LEADER)
+        return NSERVERS;
+    return l;
+}
+
+static void router_propose(struct cluster *c, struct router *r, unsigned l, const struct kp_buf *b)
+{
+    struct proposal *p = proposal_new(c, l);
+    assert_int_equal(kp_buf_append(&p->cmd, b->data, b->len), KP_OK);
+    submit(c, p);
+    r->inflight = p;
+    r->waited = 0;
+}
+
+/* One turn of router @r: learn the answer to its command, or retry it, or
+ * (unless @draining) spend some of its grant and report. */
+static void router_step(struct cluster *c, struct router *r, uint32_t *rnd, bool draining)
+{
+    struct proposal *p = r->inflight;
+    unsigned l = live_leader(c);
+    if (p != NULL && p->done && p->status == 0) {
+        assert_false(p->bad_result);
+        assert_int_equal(p->code, KP_OK);
+        r->grant = p->lease.grant;
+        r->settled += r->inflight_settle;
+        r->duplicates += p->lease_duplicate;
+        r->zero_grants += p->lease.granted == 0 && r->asked;
+        r->inflight = NULL;
+        p = NULL;
+    }
+    if (p != NULL) { /* refused by raft, or waiting on a leader that is gone */
+        if (!(p->done || ++r->waited > 50) || l == NSERVERS)
+            return;
+        r->retries++;
+        router_propose(c, r, l, &p->cmd);
+        return;
+    }
+    if (l == NSERVERS || draining)
+        return;
+    *rnd = *rnd * 1103515245 + 12345;
+    kp_nanousd spend = (kp_nanousd)((*rnd >> 8) % ((uint32_t)r->grant + 1));
+    r->grant -= spend;
+    r->unsettled += spend;
+    kp_nanousd want = r->grant < LEASE_LIMIT / 100 ? LEASE_LIMIT / 50 : 0; /* ask when low */
+    struct kp_lease_item it = {(char *)"pol", (char *)"daily", T0, r->unsettled, false, want};
+    struct kp_cmd_budget_lease body = {r->node_id, ++r->seq, &it, 1};
+    struct kp_command cmd = {.v = KP_COMMAND_VERSION,
+                             .op = KP_OP_BUDGET_LEASE,
+                             .ts = c->ts++,
+                             .audit = who,
+                             .body.budget_lease = &body};
+    struct kp_buf b;
+    char err[256];
+    kp_buf_init(&b);
+    assert_int_equal(kp_command_encode(&cmd, &b, err, sizeof(err)), KP_OK);
+    r->inflight_settle = r->unsettled;
+    r->asked = want > 0;
+    r->unsettled = 0;
+    router_propose(c, r, l, &b);
+    kp_buf_free(&b);
+}
+
+/* Spent + grants within the limit on every replica that has the state. */
+static void assert_invariant_everywhere(struct cluster *c)
+{
+    for (unsigned i = 0; i < NSERVERS; i++) {
+        const struct kp_budget_window_state *w = kp_fsm_budget_window(c->fsm[i], "pol", "daily");
+        if (w != NULL && w->spent + kp_budget_window_granted(w) > LEASE_LIMIT)
+            fail_msg("server %u: spent %lld + grants %lld > %d", i, (long long)w->spent,
+                     (long long)kp_budget_window_granted(w), LEASE_LIMIT);
+    }
+}
+
+/* Every live replica keeps the invariant and holds what the routers were
+ * told. */
+static void assert_budget(struct cluster *c, struct router *rs, unsigned n)
+{
+    kp_nanousd settled = 0;
+    for (unsigned k = 0; k < n; k++)
+        settled += rs[k].settled;
+    for (unsigned i = 0; i < NSERVERS; i++) {
+        if (!raft_fixture_alive(&c->f, i))
+            continue;
+        const struct kp_budget_window_state *w = kp_fsm_budget_window(c->fsm[i], "pol", "daily");
+        assert_non_null(w);
+        assert_true(w->spent + kp_budget_window_granted(w) <= LEASE_LIMIT);
+        assert_int_equal(w->excess, 0);
+        assert_int_equal(w->overshoot, 0);
+        assert_int_equal(w->spent, settled); /* every settle applied exactly once */
+        for (unsigned k = 0; k < n; k++)
+            assert_int_equal(kp_budget_window_grant(w, rs[k].node_id), rs[k].grant);
+    }
+}
+
+/* Two routers (nodes 11 and 12) report and ask every few steps while the
+ * leader is deposed once and killed once: a command whose answer was lost
+ * is proposed again with the same seq, so some commit twice and the second
+ * copy is a replay. Spent + grants never passes the limit on any replica
+ * at any step; at the end every replica is identical, spent is exactly
+ * what the routers settled in answered commands (nothing counted twice or
+ * lost: the budget is spent to the last nano-dollar and not one beyond),
+ * and each router's grant and seq are what the state says. */
+static void test_budget_leases(void **state)
+{
+    (void)state;
+    struct cluster *c = cluster_new(0, 0);
+    struct kp_budget b = {(char *)"daily", KP_BUDGET_DAILY, LEASE_LIMIT, KP_BUDGET_HARD};
+    struct kp_policy pol = {
+        .e.id = (char *)"pol", .scope_kind = KP_SCOPE_GLOBAL, .budgets = &b, .nbudgets = 1};
+    struct proposal *p = propose(c, leader(c), KP_OP_PUT_POLICY, &pol, -1);
+    raft_fixture_step_until(&c->f, is_done, p, WAIT_MS);
+    assert_int_equal(p->code, KP_OK);
+    struct router rs[2] = {{.node_id = 11}, {.node_id = 12}};
+    uint32_t rnd = 7;
+    unsigned killed = NSERVERS, deposed = NSERVERS;
+    for (unsigned step = 0; step < 400; step++) {
+        for (unsigned k = 0; k < 2; k++)
+            router_step(c, &rs[k], &rnd, false);
+        raft_fixture_step_until_elapsed(&c->f, 5 + 10 * (step % 3));
+        assert_invariant_everywhere(c);
+        if (step == 100 && live_leader(c) < NSERVERS) {
+            deposed = live_leader(c);
+            raft_fixture_depose(&c->f);
+            raft_fixture_elect(&c->f, (deposed + 1) % NSERVERS);
+        }
+        if (step == 200 && live_leader(c) < NSERVERS) {
+            killed = live_leader(c);
+            raft_fixture_kill(&c->f, killed);
+        }
+        if (step == 300 && killed < NSERVERS)
+            raft_fixture_revive(&c->f, killed);
+    }
+    /* Let every command in flight be answered. */
+    for (unsigned step = 0; rs[0].inflight != NULL || rs[1].inflight != NULL; step++) {
+        assert_true(step < 2000);
+        for (unsigned k = 0; k < 2; k++)
+            router_step(c, &rs[k], &rnd, true);
+        raft_fixture_step_until_elapsed(&c->f, 10);
+    }
+    converge(c);
+    assert_replicas_identical(c, leader(c));
+    assert_budget(c, rs, 2);
+    for (unsigned k = 0; k < 2; k++) {
+        char id[8];
+        snprintf(id, sizeof(id), "%llu", (unsigned long long)rs[k].node_id);
+        const struct kp_lease_node *n =
+            (const struct kp_lease_node *)kp_fsm_get(c->fsm[leader(c)], KP_KIND_LEASE_NODE, id);
+        assert_int_equal(n->seq, rs[k].seq);
+    }
+    const struct kp_budget_window_state *w =
+        kp_fsm_budget_window(c->fsm[leader(c)], "pol", "daily");
+    assert_true(deposed < NSERVERS && killed < NSERVERS);
+    assert_true(rs[0].retries + rs[1].retries > 0);
+    assert_true(rs[0].duplicates + rs[1].duplicates > 0); /* a retry of a committed command */
+    assert_int_equal(w->spent, LEASE_LIMIT);              /* spent to the limit, not beyond */
+    print_message("leases: %llu + %llu commands, %u + %u retried, %u + %u answered as replays, "
+                  "%u + %u asks got nothing; spent %lld of %d, granted %lld\n",
+                  (unsigned long long)rs[0].seq, (unsigned long long)rs[1].seq, rs[0].retries,
+                  rs[1].retries, rs[0].duplicates, rs[1].duplicates, rs[0].zero_grants,
+                  rs[1].zero_grants, (long long)w->spent, LEASE_LIMIT,
+                  (long long)kp_budget_window_granted(w));
+}
+
 int main(void)
 {
     kp_log_set_level(KP_LOG_WARN);
@@ -860,6 +1057,7 @@ int main(void)
         cmocka_unit_test_teardown(test_leader_deposed_mid_stream, teardown),
         cmocka_unit_test_teardown(test_leader_killed_mid_stream, teardown),
         cmocka_unit_test_teardown(test_partitioned_leader, teardown),
+        cmocka_unit_test_teardown(test_budget_leases, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
