@@ -149,6 +149,11 @@ void kp_admin__secrets_rewrap(struct kp_admin_req *r);
 /* --- admin_audit.c -------------------------------------------------------- */
 
 void kp_admin__audit_list(struct kp_admin_req *r);
+/* admin_budgets.c: GET /admin/v1/budgets, GET /admin/v1/budgets/{policy}/{budget},
+ * POST .../reset (docs/budgets.md). */
+void kp_admin__budgets_list(struct kp_admin_req *r);
+void kp_admin__budget_get(struct kp_admin_req *r);
+void kp_admin__budget_reset(struct kp_admin_req *r);
 /* admin_usage.c: GET /admin/v1/usage and /admin/v1/usage/events (docs/usage-api.md). */
 void kp_admin__usage_query(struct kp_admin_req *r);
 void kp_admin__usage_events(struct kp_admin_req *r);

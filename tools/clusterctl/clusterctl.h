@@ -322,6 +322,7 @@ int kp_ctl__cmd_leader(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_whoami(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_secrets(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_audit(struct kp_ctl *ctl, int argc, char **argv);
+int kp_ctl__cmd_budgets(struct kp_ctl *ctl, int argc, char **argv);
 /* cmd_usage.c: `usage` (and its `events` and `export`) and `reconcile`. */
 int kp_ctl__cmd_usage(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_reconcile(struct kp_ctl *ctl, int argc, char **argv);
