@@ -150,6 +150,11 @@ static const struct setting settings[] = {
      "DURATION", "how long an idle keep-alive connection stays open", NULL},
     {"drain_timeout_ms", SET_DURATION, FIELD(drain_timeout_ms), 0, 24 * HOUR, false, "30s",
      "DURATION", "on SIGTERM, how long to wait for requests in flight before closing", NULL},
+    {"ready_max_staleness_ms", SET_DURATION, FIELD(ready_max_staleness_ms), 100, 24 * HOUR, false,
+     "10s", "DURATION",
+     "/readyz answers 503 when this node has known no Raft leader (so its registry view may be "
+     "stale) for longer than this",
+     NULL},
     {"drain_delay_ms", SET_DURATION, FIELD(drain_delay_ms), 0, 24 * HOUR, false, "0ms", "DURATION",
      "on SIGTERM, how long to keep accepting with /readyz at 503 before the drain", NULL},
 };

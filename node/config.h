@@ -36,15 +36,16 @@ struct kp_config {
     int64_t election_timeout_ms;    /* 1000 */
     int64_t heartbeat_timeout_ms;   /* 100 */
     /* HTTP limits (node/core/http.h) */
-    int64_t max_body_bytes;    /* 8 MiB */
-    int64_t max_header_bytes;  /* 32 KiB */
-    int64_t max_headers;       /* 100 */
-    int64_t header_timeout_ms; /* 10000 */
-    int64_t body_timeout_ms;   /* 30000 */
-    int64_t idle_timeout_ms;   /* 60000 */
-    int64_t drain_timeout_ms;  /* 30000: how long SIGTERM waits for in-flight work */
-    int64_t drain_delay_ms;    /* 0: after SIGTERM, keep accepting this long with /readyz
-                                  answering 503, so load balancers stop sending first */
+    int64_t max_body_bytes;         /* 8 MiB */
+    int64_t max_header_bytes;       /* 32 KiB */
+    int64_t max_headers;            /* 100 */
+    int64_t header_timeout_ms;      /* 10000 */
+    int64_t body_timeout_ms;        /* 30000 */
+    int64_t idle_timeout_ms;        /* 60000 */
+    int64_t drain_timeout_ms;       /* 30000: how long SIGTERM waits for in-flight work */
+    int64_t drain_delay_ms;         /* 0: after SIGTERM, keep accepting this long with /readyz
+                                       answering 503, so load balancers stop sending first */
+    int64_t ready_max_staleness_ms; /* 10 s: /readyz fails when no leader was known for longer */
 };
 
 /* What the command line asked for besides settings. */

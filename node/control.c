@@ -66,18 +66,41 @@ void kp_node_respond_json(struct kp_http_exchange *ex, int status, const char *r
     kp_free(body);
 }
 
-static void handle_readyz(struct kp_http_exchange *ex, struct kp_runtime *rt, const char *rid)
+void kp_node_note_leader(struct kp_node *n)
 {
-    const char *state = "ready";
+    uint64_t id;
+    char addr[8];
+    if (n->store != NULL && !n->store_closing &&
+        kp_store_leader(n->store, &id, addr, sizeof(addr)) == KP_OK)
+        n->leader_seen_ms = kp_now_unix_ms();
+}
+
+/* Ready (docs/operations.md, "Readiness"): started, not draining, a Raft
+ * leader known within ready_max_staleness_ms (else this node's registry
+ * view may be stale: it is cut off from the leader), and a spool that
+ * takes usage events. */
+static void handle_readyz(struct kp_http_exchange *ex, struct kp_node *n, const char *rid)
+{
+    struct kp_runtime *rt = n->rt;
+    const char *state = "ready", *why = NULL;
     int status = 200;
+    kp_node_note_leader(n);
+    int64_t since = kp_now_unix_ms() - n->leader_seen_ms;
     if (atomic_load(&rt->draining)) {
         state = "draining";
         status = 503;
     } else if (!atomic_load(&rt->ready)) {
         state = "starting";
         status = 503;
+    } else if (since > n->cfg->ready_max_staleness_ms) {
+        state = "stale";
+        why = "no Raft leader known: the registry view may be stale";
+        status = 503;
+    } else if (!kp_metering_spool_ok(n, &why)) {
+        state = "spool";
+        status = 503;
     }
-    kp_node_respond_json(ex, status, rid, json_pack("{s:s}", "status", state));
+    kp_node_respond_json(ex, status, rid, json_pack("{s:s,s:s?}", "status", state, "reason", why));
 }
 
 static void handle_metrics(struct kp_http_exchange *ex, const char *rid)
@@ -161,7 +184,7 @@ void kp_control_handle(struct kp_http_exchange *ex, const struct kp_http_request
             kp_node_respond_json(ex, 200, rid, json_pack("{s:s}", "status", "ok"));
             return;
         case R_READYZ:
-            handle_readyz(ex, rt, rid);
+            handle_readyz(ex, n, rid);
             return;
         case R_METRICS:
             handle_metrics(ex, rid);

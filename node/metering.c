@@ -129,10 +129,26 @@ static uint64_t delta(uint64_t now, uint64_t *last)
     return d;
 }
 
+bool kp_metering_spool_ok(struct kp_node *n, const char **why)
+{
+    struct kp_spool_stats st;
+    if (n->metering == NULL)
+        return true;
+    kp_spool_get_stats(n->metering->spool, &st);
+    if (st.write_error)
+        *why = "the usage spool cannot write (disk full?)";
+    else if (!kp_spool_accepting(n->metering->spool))
+        *why = "the usage spool is full and set to refuse calls";
+    else
+        return true;
+    return false;
+}
+
 static void on_tick(uv_timer_t *t)
 {
     struct kp_node *n = t->data;
     struct kp_metering *mt = n->metering;
+    kp_node_note_leader(n);
     if (mt->store == NULL && registry_says_meter(n))
         open_store(n);
     struct kp_spool_stats ss;

@@ -84,6 +84,7 @@ struct kp_node {
     struct kp_router_shared router; /* what every worker's router shares */
     struct kp_usage_log *usage;     /* usage.c */
     struct kp_metering *metering;   /* metering.c */
+    int64_t leader_seen_ms;         /* control.c: when a Raft leader was last known */
     struct kp_health_queue *health; /* health.c */
     /* lifecycle.c */
     bool fresh;         /* the raft directory was empty */
@@ -128,6 +129,11 @@ void kp_health_report(void *queue, const char *key, uint64_t key_version, int st
  * may be NULL (failures are logged). */
 int kp_health_propose(struct kp_node *n, const char *key, int status, const char *error_class,
                       const char *source, kp_store_apply_cb cb, void *arg);
+
+/* control.c: note whether a Raft leader is known now (readiness). */
+void kp_node_note_leader(struct kp_node *n);
+/* metering.c: whether the spool can take usage events (readiness). */
+bool kp_metering_spool_ok(struct kp_node *n, const char **why);
 
 /* usage.c: recent usage events in memory (until the meter pipeline). */
 struct kp_usage_log *kp_usage_log_new(void);

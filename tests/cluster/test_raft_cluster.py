@@ -7,11 +7,12 @@ through a snapshot, adding and removing a member, nodes with the wrong
 master key refusing to run, and the audit chain verifying on every node.
 """
 
+import json
 import os
 import signal
 import unittest
 
-from harness import Harness, wait_until
+from harness import Harness, http, wait_until
 
 MASTER_KEY = "5" * 64
 OTHER_KEY = "6" * 64
@@ -242,6 +243,32 @@ class RaftClusterTest(unittest.TestCase):
         n1.wait_exit(timeout=30)
         self.assertNotEqual(n1.poll(), 0)
         self.assertIn("wrong master key", n1.stderr_text())
+
+    def test_a_node_cut_off_from_the_leader_turns_unready(self):
+        # 3 voters with a 1 s staleness bound; stop two: the third knows no
+        # leader any more, and /readyz says so within the bound (plus an
+        # election timeout); bring one back and it is ready again.
+        global CONFIG
+        saved = CONFIG
+        CONFIG = dict(CONFIG, ready_max_staleness_ms="1s")
+        try:
+            c = Cluster(self).start(3)
+        finally:
+            CONFIG = saved
+        n1, n2, n3 = c.nodes
+
+        def readyz(node):
+            status, _, raw = http("GET", node.control_url + "/readyz")
+            return status, json.loads(raw)
+
+        self.assertEqual(readyz(n3)[0], 200)
+        n1.stop()
+        n2.stop()
+        wait_until(lambda: readyz(n3) == (503, {"status": "stale", "reason": (
+            "no Raft leader known: the registry view may be stale")}),
+            what="n3 unready once no leader is known", alive=n3)
+        n2.start()
+        wait_until(lambda: readyz(n3)[0] == 200, what="n3 ready again", alive=n3)
 
 
 if __name__ == "__main__":
