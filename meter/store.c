@@ -209,6 +209,35 @@ static int cmp_i64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Move a stored segment that no longer reads back whole to DIR/quarantine/
+ * with a note, and say so loudly: its events are missing from the
+ * rollups until it is replaced (the other meter has it). */
+static void quarantine(struct kp_meter_store *m, const struct seg_ref *r, const char *path,
+                       const char *why)
+{
+    char dir[4096], dst[4300], note[4400], text[700];
+    snprintf(dir, sizeof(dir), "%s/quarantine", m->dir);
+    snprintf(dst, sizeof(dst), "%s/%s-%020" PRIu64 ".kpseg", dir, r->node, r->seq);
+    snprintf(note, sizeof(note), "%s.why", dst);
+    int n = snprintf(text, sizeof(text), "%s\n", why);
+    char errmsg[256];
+    if (kp_mkdir_p(dir, 0700, errmsg, sizeof(errmsg)) != KP_OK || rename(path, dst) != 0) {
+        kp_error("meter", "segment %s is damaged (%s) and cannot be moved aside: %s", path, why,
+                 strerror(errno));
+        return;
+    }
+    if (kp_file_replace(note, text, (size_t)n, 0644, errmsg, sizeof(errmsg)) != KP_OK)
+        kp_warn("meter", "%s", errmsg);
+    kp_error("meter",
+             "stored segment %s is damaged (%s): moved to %s; its %" PRIu64
+             " events are missing from the rollups until a good copy is delivered again "
+             "(copy it from the other meter into %s/segments/%s/ and restart)",
+             path, why, dst, r->events, m->dir, r->node);
+    pthread_mutex_lock(&m->mu);
+    m->st.quarantined++;
+    pthread_mutex_unlock(&m->mu);
+}
+
 /* Merge @segs into every day they touch: one load and one write per day. */
 static int compact(struct kp_meter_store *m, const struct seg_ref *segs, size_t n)
 {
@@ -252,10 +281,22 @@ static int compact(struct kp_meter_store *m, const struct seg_ref *segs, size_t 
                 continue;
             seg_path(m, r->node, r->seq, path, sizeof(path));
             rc = kp_segment_file_read(path, m->opt.max_segment_bytes, &seg, errmsg, sizeof(errmsg));
+            if (rc == KP_ENOENT) {
+                rc = KP_OK; /* quarantined while compacting another day */
+                continue;
+            }
             if (rc == KP_OK)
                 rc = kp_rollup_day_merge_segment(d, seg.data, seg.len, errmsg, sizeof(errmsg));
             if (rc == KP_EEXIST)
                 rc = KP_OK;
+            if (rc == KP_EPARSE || rc == KP_ETOOBIG || rc == KP_EINVAL) {
+                /* Damaged on disk since it was stored whole (the merge left
+                 * the day unchanged): set it aside instead of retrying it
+                 * forever in front of every later segment. */
+                quarantine(m, r, path, errmsg);
+                rc = KP_OK;
+                continue;
+            }
             if (rc != KP_OK) {
                 kp_error("meter", "compacting %s: %s", path, errmsg);
                 break;

@@ -30,6 +30,7 @@ struct kp_meter_store_stats {
     uint64_t rejected;       /* invalid or conflicting deliveries */
     uint64_t compacted;      /* segment merges into day files since open */
     uint64_t pending;        /* segments stored but not yet compacted */
+    uint64_t quarantined;    /* stored segments found damaged at compaction */
     uint64_t segments;       /* raw segments on disk */
     uint64_t raw_bytes;      /* their size */
     int64_t newest_event_ms; /* the latest event time compacted; 0 when none */

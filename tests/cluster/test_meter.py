@@ -189,6 +189,35 @@ class SingleNodeTest(unittest.TestCase):
                                             check=True, capture_output=True).stdout)
         self.assertEqual(summary["events"], 300)
 
+    def test_a_stored_segment_damaged_on_disk_is_set_aside(self):
+        m = Metered(self)
+        wait_until(lambda: m.total_requests() == 0, what="the meter answers", alive=m.n1)
+        # A segment damaged after it was stored (bit rot): written straight
+        # into the store while the node is down, found at the next start.
+        seg = m.h.path("rot.kpseg")
+        subprocess.run([bin_path("kpseg"), "gen", seg, "--events", "50", "--seed", "3",
+                        "--node", "ext-router", "--seq", "9"], check=True)
+        data = bytearray(read(seg))
+        data[len(data) // 2] ^= 0x01
+        m.n1.stop()
+        store = os.path.join(m.n1.data_dir, "meter", "segments", "ext-router")
+        os.makedirs(store, exist_ok=True)
+        with open(os.path.join(store, "00000000000000000009.kpseg"), "wb") as f:
+            f.write(data)
+        m.n1.start()
+        wait_until(lambda: os.path.exists(os.path.join(
+            m.n1.data_dir, "meter", "quarantine", "ext-router-00000000000000000009.kpseg.why")),
+            what="the damaged segment quarantined", alive=m.n1)
+        # Compaction goes on: a good segment after it is counted.
+        good = m.h.path("good.kpseg")
+        subprocess.run([bin_path("kpseg"), "gen", good, "--events", "20", "--seed", "4",
+                        "--node", "ext-router", "--seq", "10"], check=True)
+        status, _, body = http("POST", m.n1.control_url + "/internal/v1/segments",
+                               body=read(good),
+                               headers={"Authorization": "Bearer " + cluster_secret(MASTER)})
+        self.assertEqual(status, 200, body)
+        wait_until(lambda: m.total_requests() == 20, what="the good segment metered", alive=m.n1)
+
 
 class ClusterctlTest(unittest.TestCase):
     """clusterctl usage, usage export and reconcile against a live meter."""
