@@ -41,6 +41,7 @@ struct member_op {
     int role;
     bool remove;
     bool meter;
+    bool meter_given;   /* the request said; else a re-join keeps the record's */
     int status_ok;      /* 200 or 201 */
     char fail_msg[512]; /* the Raft step failed part way: answered after the record */
 };
@@ -258,7 +259,34 @@ static bool read_new_member(struct member_op *op, json_t *body)
     snprintf(op->control, sizeof(op->control), "%s", control ? control : "");
     op->role = role ? parse_role(role) : KP_STORE_VOTER;
     op->meter = json_is_true(meter);
+    op->meter_given = meter != NULL;
     return true;
+}
+
+struct meter_of {
+    uint64_t node_id;
+    bool meter;
+};
+
+static int find_meter_flag(const struct kp_entity *e, void *arg)
+{
+    const struct kp_member *m = (const struct kp_member *)e;
+    struct meter_of *f = arg;
+    if (m->node_id != f->node_id)
+        return 0;
+    f->meter = m->meter;
+    return 1;
+}
+
+/* The meter flag of the member record of @node_id (false when none). */
+static bool recorded_meter(struct kp_node *n, uint64_t node_id)
+{
+    struct meter_of f = {node_id, false};
+    struct kp_view *v = kp_view_acquire(&n->views);
+    if (v != NULL)
+        kp_view_each(v, KP_KIND_MEMBER, find_meter_flag, &f);
+    kp_view_release(v);
+    return f.meter;
 }
 
 /* Add the member in @op: to Raft unless it is there already with the same
@@ -290,6 +318,10 @@ static void add_member(struct member_op *op)
     }
     kp_store_status_free(&st);
     if (present) {
+        /* A member bringing its record up to date (it restarted, or its
+         * control address changed) keeps its meter flag unless it says. */
+        if (!op->meter_given)
+            op->meter = recorded_meter(op->n, op->node_id);
         record_member(op);
         return;
     }

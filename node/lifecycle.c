@@ -405,10 +405,14 @@ static void join_send(struct kp_node *n)
     snprintf(url, sizeof(url), "http://%s/internal/v1/join", n->join_target);
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(n));
     const char *hdrs[] = {auth, "Content-Type: application/json", NULL};
-    json_t *body = json_pack("{s:I,s:s,s:s,s:s,s:s,s:b}", "node_id", (json_int_t)n->node_id, "name",
+    json_t *body = json_pack("{s:I,s:s,s:s,s:s,s:s}", "node_id", (json_int_t)n->node_id, "name",
                              n->cfg->node_name, "address", n->raft_addr, "control_address",
-                             n->rt->control_addr, "role", n->cfg->raft_role, "meter",
-                             strcmp(n->cfg->meter, "yes") == 0);
+                             n->rt->control_addr, "role", n->cfg->raft_role);
+    /* meter: auto says nothing, so a restart keeps what the record holds
+     * (a bootstrapping node's yes, or an operator's choice); a new member
+     * is then not a meter. */
+    if (body != NULL && strcmp(n->cfg->meter, "auto") != 0)
+        json_object_set_new(body, "meter", json_boolean(strcmp(n->cfg->meter, "yes") == 0));
     size_t blen = 0;
     char *text = body ? kp_json_dumps(body, &blen) : NULL;
     json_decref(body);

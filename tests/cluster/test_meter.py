@@ -321,6 +321,7 @@ class ClusterTest(unittest.TestCase):
         n1_before = len(answered)
         m.n1.restart(keep_ports=True)
         n3.restart(keep_ports=True)
+
         for i in range(50):
             status, rid, body = m.call(n3, rid=f"after-{i:03d}")
             self.assertEqual(status, 200, body)
@@ -361,6 +362,8 @@ class ClusterTest(unittest.TestCase):
             return all(read(x) == read(y) for x, y in zip(a, b))
 
         wait_until(same_rollups, timeout=60, what="identical rollup files on both meters")
+        # n1's restart (meter: auto) rewrote its member record and kept it a meter.
+        self.assertTrue(m.admin("GET", "/members/n1")["meter"])
         q = {"granularity": "hour", "group_by": "tenant,key", "from": "2025-12-15"}
         self.assertEqual(m.usage(node=m.n1, **q)["rows"], m.usage(node=n2, **q)["rows"])
         # A router-only node relays queries to a meter.
