@@ -44,6 +44,29 @@ static void read_usage(struct kp_call *c, const json_t *usage)
     c->usage.cached = uint_at(d, "cached_tokens");
 }
 
+/* read_usage and the served model from what kp_router__scan_answer read
+ * of the answer: the same fields, the same rules. */
+static void apply_facts(struct kp_call *c, const struct kp_answer_facts *f)
+{
+    if (f->usage) {
+        c->usage.present = true;
+        c->usage.input = f->u.prompt_tokens + f->u.input_tokens;
+        c->usage.output = f->u.completion_tokens + f->u.output_tokens;
+        c->usage.cached = f->u.prompt_details  ? f->u.prompt_cached
+                          : f->u.input_details ? f->u.input_cached
+                                               : 0;
+    }
+    if (f->model != NULL) {
+        /* Cut past the limit, so that kp_usage_set_str refuses it as it
+         * would the whole string. */
+        char model[KP_USAGE_STR_MAX + 2];
+        size_t n = f->model_len < sizeof(model) - 1 ? f->model_len : sizeof(model) - 1;
+        memcpy(model, f->model, n);
+        model[n] = '\0';
+        kp_usage_set_str(c->ev.model_served, model);
+    }
+}
+
 static kp_nanousd cost_of(const struct kp_price *p, const struct kp_usage_counts *u)
 {
     if (p == NULL)
@@ -452,7 +475,15 @@ static void end_stream_with_error(struct kp_call *c, const char *cls, const char
  * read or translated: the caller treats that as a failed attempt (@why). */
 static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
 {
-    json_t *doc = json_loadb(c->resp.data ? c->resp.data : "", c->resp.len, 0, NULL);
+    struct kp_answer_facts facts;
+    /* Relayed as is: read the two fields without building the document
+     * when the scanner is sure to read them as jansson would. */
+    bool scanned =
+        c->shape == KP_SHAPE_OPENAI && kp_router__scan_answer(c->resp.data, c->resp.len, &facts);
+    if (scanned)
+        apply_facts(c, &facts);
+    json_t *doc =
+        scanned ? NULL : json_loadb(c->resp.data ? c->resp.data : "", c->resp.len, 0, NULL);
     json_t *translated = NULL;
     bool ok2xx = c->up_status >= 200 && c->up_status <= 299;
     bool translates = c->shape != KP_SHAPE_OPENAI && c->shape != KP_SHAPE_MESSAGES;

@@ -4,10 +4,81 @@
  * (X-Tenant, X-Project, X-Feature, X-Keyplane-Pool) checked against the
  * token's scope. Every refusal has a message an app developer can act on
  * and never quotes the credential. */
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "router_internal.h"
+
+/* kp_token_verify (raftstore/token.c) recomputes HMAC-SHA256(pepper,
+ * secret) with OpenSSL's one-shot HMAC(), which looks SHA-256 up and sets a
+ * context up on every call: 1 us, 3% of what a call costs the gateway.
+ * Each worker keeps one context keyed with the cluster's pepper instead
+ * (0.15 us a call) and keys it again when the pepper changes. */
+struct kp_token_mac {
+    EVP_MAC_CTX *ctx;
+    uint8_t pepper[KP_TOKEN_PEPPER_LEN];
+};
+
+void kp_router__auth_free(struct kp_router *r)
+{
+    struct kp_token_mac *m = r->token_mac;
+    if (m == NULL)
+        return;
+    EVP_MAC_CTX_free(m->ctx);
+    OPENSSL_cleanse(m->pepper, sizeof(m->pepper));
+    kp_free(m);
+    r->token_mac = NULL;
+}
+
+/* The worker's context keyed with @pepper; NULL when OpenSSL refuses. */
+static EVP_MAC_CTX *token_mac(struct kp_router *r, const uint8_t pepper[KP_TOKEN_PEPPER_LEN])
+{
+    struct kp_token_mac *m = r->token_mac;
+    if (m != NULL && CRYPTO_memcmp(m->pepper, pepper, KP_TOKEN_PEPPER_LEN) == 0)
+        return m->ctx;
+    kp_router__auth_free(r);
+    m = kp_calloc(1, sizeof(*m));
+    if (m == NULL)
+        return NULL;
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    m->ctx = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
+    EVP_MAC_free(mac); /* the context holds its own reference */
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (m->ctx == NULL || EVP_MAC_init(m->ctx, pepper, KP_TOKEN_PEPPER_LEN, params) != 1) {
+        EVP_MAC_CTX_free(m->ctx);
+        kp_free(m);
+        return NULL;
+    }
+    memcpy(m->pepper, pepper, KP_TOKEN_PEPPER_LEN);
+    r->token_mac = m;
+    return m->ctx;
+}
+
+/* kp_token_verify with the worker's context: the same MAC, compared in
+ * constant time; kp_token_verify itself when the context cannot be had. */
+static int verify_token(struct kp_router *r, const uint8_t stored_hash[KP_TOKEN_HASH_LEN],
+                        const uint8_t pepper[KP_TOKEN_PEPPER_LEN], const char *secret, size_t len)
+{
+    EVP_MAC_CTX *ctx = token_mac(r, pepper);
+    uint8_t mac[KP_TOKEN_HASH_LEN];
+    size_t n = 0;
+    /* init without a key starts a new MAC with the key already set */
+    if (ctx == NULL || EVP_MAC_init(ctx, NULL, 0, NULL) != 1 ||
+        EVP_MAC_update(ctx, (const unsigned char *)secret, len) != 1 ||
+        EVP_MAC_final(ctx, mac, &n, sizeof(mac)) != 1 || n != KP_TOKEN_HASH_LEN) {
+        kp_router__auth_free(r);
+        return kp_token_verify(stored_hash, pepper, secret, len);
+    }
+    int rc = CRYPTO_memcmp(mac, stored_hash, KP_TOKEN_HASH_LEN) == 0 ? KP_OK : KP_EPERM;
+    OPENSSL_cleanse(mac, sizeof(mac));
+    return rc;
+}
 
 /* A provider key where a keyplane token belongs: refused without any
  * lookup, and never echoed. */
@@ -56,8 +127,9 @@ int kp_router__authenticate(struct kp_call *c)
     if (cluster == NULL)
         return kp_router__fail(c, 503, "server_error", "not_ready",
                                "this keyplane node has no registry yet; retry shortly");
-    int rc = t != NULL ? kp_token_verify(t->hash, cluster->pepper, parts.secret, parts.secret_len)
-                       : KP_EPERM;
+    int rc = t != NULL
+                 ? verify_token(c->r, t->hash, cluster->pepper, parts.secret, parts.secret_len)
+                 : KP_EPERM;
     if (rc != KP_OK || t->disabled)
         return kp_router__fail(c, 401, "invalid_request_error", "invalid_token",
                                t != NULL && rc == KP_OK

@@ -436,6 +436,7 @@ static void upstream_closed(void *arg)
     struct kp_router *r = arg;
     void (*cb)(void *) = r->close_cb;
     void *cb_arg = r->close_arg;
+    kp_router__auth_free(r);
     kp_breakers_free(r->breakers);
     kp_secret_cache_free(r->secrets);
     kp_free(r);

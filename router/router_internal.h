@@ -6,6 +6,7 @@
  *   select.c    the pool's usable keys, in the order they are tried
  *   attempt.c   one upstream attempt per key: request, streaming back,
  *               usage capture, failover to the next key
+ *   answer_scan.c  the usage and model of an answer relayed as is
  *   shape.c     what goes upstream and comes back per (endpoint, provider
  *               kind): as is, or through the adapters
  *   secrets.c   the worker's cache of opened provider secrets
@@ -57,8 +58,9 @@ struct kp_router {
     struct kp_router_shared sh;
     struct kp_secret_cache *secrets;
     struct kp_breakers *breakers;
-    uint64_t rng;          /* xorshift state for the weighted strategy */
-    struct kp_call *calls; /* in flight, for close */
+    uint64_t rng;                   /* xorshift state for the weighted strategy */
+    struct kp_token_mac *token_mac; /* auth.c: made on the first call */
+    struct kp_call *calls;          /* in flight, for close */
     bool closing;
     void (*close_cb)(void *arg);
     void *close_arg;
@@ -143,6 +145,7 @@ const char *kp_router__suffix(enum kp_endpoint ep);
 
 /* auth.c */
 int kp_router__authenticate(struct kp_call *c);
+void kp_router__auth_free(struct kp_router *r);
 int kp_router__scope(struct kp_call *c);
 
 /* select.c: fill c->cand (answers 404 for a model no key of the pool may
@@ -159,6 +162,24 @@ void kp_router__attempt_cancel(struct kp_call *c);
 /* Fill the usage event's tokens and cost from what the call got (an
  * estimate when a stream that reached the app reported none). */
 void kp_router__settle(struct kp_call *c);
+
+/* answer_scan.c: the top-level "model" and "usage" of an OpenAI-shaped
+ * answer, read without building the document. False when it cannot be
+ * sure json_loadb would read the text the same way (invalid JSON, not an
+ * object, an escape where it reads, ...): parse it with jansson then.
+ * Pointers are into @data. Counts are what uint_at makes of each member
+ * (a positive integer, else 0); a key given twice: the last one wins. */
+struct kp_answer_facts {
+    const char *model; /* NULL: no "model", or not a string */
+    size_t model_len;
+    bool usage; /* "usage" is an object; then: */
+    struct {
+        uint64_t prompt_tokens, input_tokens, completion_tokens, output_tokens;
+        bool prompt_details, input_details;   /* *_tokens_details present */
+        uint64_t prompt_cached, input_cached; /* their cached_tokens */
+    } u;
+};
+bool kp_router__scan_answer(const char *data, size_t len, struct kp_answer_facts *f);
 
 /* An attempt's request as it is being built: on the stack of the code
  * that starts it (the upstream client copies URL and headers at start),

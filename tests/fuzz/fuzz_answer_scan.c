@@ -1,0 +1,89 @@
+/* libFuzzer driver for the router's answer scanner (router/answer_scan.c):
+ * a differential check against jansson. Whenever the scanner says it is
+ * sure of an answer, json_loadb must accept the text as an object and the
+ * usage and model read from the document must be what the scanner found;
+ * when it is not sure, nothing is checked (the router parses with jansson
+ * then). Seeds in corpus/answer_scan/ are provider answers and the edge
+ * cases the scanner was written against. */
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "router/router_internal.h"
+
+struct ref {
+    bool present;
+    uint64_t input, output, cached;
+    bool model_set;
+    char model[300];
+};
+
+static uint64_t uint_at(const json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    return json_is_integer(v) && json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
+}
+
+static bool ref_parse(const char *data, size_t len, struct ref *r)
+{
+    memset(r, 0, sizeof(*r));
+    json_t *doc = json_loadb(data ? data : "", len, 0, NULL);
+    if (doc == NULL)
+        return false;
+    json_t *usage = json_object_get(doc, "usage");
+    if (json_is_object(usage)) {
+        r->present = true;
+        r->input = uint_at(usage, "prompt_tokens") + uint_at(usage, "input_tokens");
+        r->output = uint_at(usage, "completion_tokens") + uint_at(usage, "output_tokens");
+        json_t *d = json_object_get(usage, "prompt_tokens_details");
+        if (d == NULL)
+            d = json_object_get(usage, "input_tokens_details");
+        r->cached = uint_at(d, "cached_tokens");
+    }
+    json_t *model = json_object_get(doc, "model");
+    if (json_is_string(model)) {
+        r->model_set = true;
+        const char *m = json_string_value(model);
+        size_t n = strnlen(m, 257);
+        if (n > 256)
+            r->model[0] = 0;
+        else
+            memcpy(r->model, m, n + 1);
+    }
+    bool obj = json_is_object(doc);
+    json_decref(doc);
+    return obj;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    const char *text = (const char *)data;
+    struct kp_answer_facts f;
+    struct ref r, s = {0};
+    if (!kp_router__scan_answer(text, size, &f))
+        return 0;
+    if (!ref_parse(text, size, &r))
+        abort(); /* the scanner was sure of something jansson refuses */
+    if (f.usage) {
+        s.present = true;
+        s.input = f.u.prompt_tokens + f.u.input_tokens;
+        s.output = f.u.completion_tokens + f.u.output_tokens;
+        s.cached = f.u.prompt_details  ? f.u.prompt_cached
+                   : f.u.input_details ? f.u.input_cached
+                                       : 0;
+    }
+    if (f.model) {
+        s.model_set = true;
+        if (f.model_len <= 256) {
+            memcpy(s.model, f.model, f.model_len);
+            s.model[f.model_len] = 0;
+        }
+    }
+    if (s.present != r.present || s.input != r.input || s.output != r.output ||
+        s.cached != r.cached || s.model_set != r.model_set || strcmp(s.model, r.model) != 0)
+        abort();
+    return 0;
+}
