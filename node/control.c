@@ -100,7 +100,7 @@ static void handle_readyz(struct kp_http_exchange *ex, struct kp_node *n, const 
         state = "spool";
         status = 503;
     }
-    kp_node_respond_json(ex, status, rid, json_pack("{s:s,s:s?}", "status", state, "reason", why));
+    kp_node_respond_json(ex, status, rid, json_pack("{s:s,s:s*}", "status", state, "reason", why));
 }
 
 static void handle_metrics(struct kp_http_exchange *ex, const char *rid)
