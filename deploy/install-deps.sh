@@ -14,6 +14,8 @@ packages=(
   libcmocka-dev python3 curl ca-certificates procps iproute2
   # benchmarks: the side-by-side references
   nginx-light wrk
+  # the local three-node cluster behind a load balancer (deploy/local-cluster.sh)
+  haproxy
 )
 
 # The SDK checks (tests/sdk) run the official Node.js SDKs. Machines that
@@ -48,14 +50,16 @@ if ! $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; then
   $SUDO apt-get update
   $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-# nginx is installed for the benchmarks only (they start their own with a
-# private config): when this run installed it, do not leave Debian's default
-# site running on port 80.
-if [[ " ${missing[*]} " == *" nginx-light "* ]]; then
-  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
-    $SUDO systemctl disable --now nginx >/dev/null 2>&1 || true
-  elif [ -f /run/nginx.pid ]; then
-    $SUDO kill "$(cat /run/nginx.pid)" >/dev/null 2>&1 || true
+# nginx and haproxy are installed for the benchmarks and the local cluster
+# only (they start their own with a private config): when this run installed
+# one, do not leave Debian's default service running.
+for svc in nginx:nginx-light haproxy:haproxy; do
+  if [[ " ${missing[*]} " == *" ${svc#*:} "* ]]; then
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+      $SUDO systemctl disable --now "${svc%%:*}" >/dev/null 2>&1 || true
+    elif [ -f "/run/${svc%%:*}.pid" ]; then
+      $SUDO kill "$(cat "/run/${svc%%:*}.pid")" >/dev/null 2>&1 || true
+    fi
   fi
-fi
+done
 echo "install-deps: done"
