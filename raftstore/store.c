@@ -47,8 +47,14 @@ struct kp_store {
     struct kp_store_config cfg;
     char *dir;
     char *address;
-    uv_timer_t notify;        /* publish a view and tell the node */
-    uint64_t published_at;    /* uv_now of the last publish */
+    uv_timer_t notify;     /* publish a view and tell the node */
+    uint64_t published_at; /* uv_now of the last publish */
+    /* Inside a callback that reports a failed request: raft 0.15 fails
+     * pending requests while it tears leadership down, with its state still
+     * "leader"; a new request from there (a retry, the member record a
+     * failed change still writes) corrupts it. Counted so that
+     * kp_store_is_leader says no, and every start function refuses. */
+    unsigned failing;
     uint64_t published_index; /* applied index of the last published view */
     uv_timer_t watch;         /* leadership watch */
     unsigned short seen_state;
@@ -341,7 +347,7 @@ const struct kp_fsm *kp_store_fsm(const struct kp_store *s)
 
 bool kp_store_is_leader(struct kp_store *s)
 {
-    return !s->closing && raft_state(&s->raft) == RAFT_LEADER;
+    return !s->closing && s->failing == 0 && raft_state(&s->raft) == RAFT_LEADER;
 }
 
 int kp_store_leader(struct kp_store *s, uint64_t *id, char *addr, size_t addrlen)
@@ -423,8 +429,11 @@ static void apply_done(struct raft_apply *req, int status, void *result)
     if (status == 0) {
         publish(p->s);
         p->cb(p->arg, KP_OK, &a->res);
-    } else
+    } else {
+        p->s->failing++;
         p->cb(p->arg, from_raft(status), NULL);
+        p->s->failing--;
+    }
     kp_free(p);
 }
 
@@ -509,7 +518,11 @@ static void done_finish(struct done_req *p, int status, const char *what)
     else
         snprintf(msg, sizeof(msg), "%s: %s", what,
                  p->s->closing ? "node is shutting down" : raft_strerror(status));
+    if (status != 0)
+        p->s->failing++;
     p->cb(p->arg, from_raft(status), msg);
+    if (status != 0)
+        p->s->failing--;
     kp_free(p);
 }
 

@@ -244,6 +244,22 @@ class RaftClusterTest(unittest.TestCase):
         self.assertNotEqual(n1.poll(), 0)
         self.assertIn("wrong master key", n1.stderr_text())
 
+    def test_join_while_the_leader_loses_its_quorum(self):
+        # The two followers die; a node asks the leader to add it at once.
+        # The change fails as raft steps down, and the failed change's
+        # member record must not be proposed from inside that callback
+        # (raft 0.15 crashed in raft_apply: raftstore/store.c "failing").
+        c = Cluster(self).start(3)
+        n1, n2, n3 = c.nodes
+        n2.send_signal(signal.SIGKILL)
+        n3.send_signal(signal.SIGKILL)
+        n2.wait_exit()
+        n3.wait_exit()
+        c.add_node("late", wait_ready=False)
+        wait_until(lambda: (c.state(n1) or {}).get("state") not in (None, "leader"), timeout=20,
+                   what="n1 steps down", alive=n1)
+        self.assertTrue(n1.running())
+
     def test_a_node_cut_off_from_the_leader_turns_unready(self):
         # 3 voters with a 1 s staleness bound; stop two: the third knows no
         # leader any more, and /readyz says so within the bound (plus an
