@@ -89,7 +89,8 @@ static int run(struct kp_config *cfg)
     rc = kp_node_start(&node, errmsg, sizeof(errmsg));
     if (rc != KP_OK) {
         kp_error("main", "cannot start: %s", errmsg);
-        rt.on_stop = NULL; /* no store to close */
+        /* kp_node_stop closes what was opened (the health queue's handle
+         * would keep the loop, and this process, alive); n->store is NULL. */
         kp_runtime_fail(&rt, rc == KP_ECONFIG ? 2 : 1, "cannot start");
         code = kp_runtime_wait(&rt);
         goto out;

@@ -293,8 +293,10 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
     }
     rv = raft_start(&s->raft);
     if (rv != 0) {
-        snprintf(errmsg, errlen, "raft: cannot start on %s with %s: %s", s->address, s->dir,
-                 raft_errmsg(&s->raft));
+        const char *why = raft_errmsg(&s->raft);
+        if (why == NULL || why[0] == '\0')
+            why = s->io.errmsg[0] ? s->io.errmsg : raft_strerror(rv);
+        snprintf(errmsg, errlen, "raft: cannot start on %s with %s: %s", s->address, s->dir, why);
         goto fail_raft;
     }
     s->raft_started = true;

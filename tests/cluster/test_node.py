@@ -208,6 +208,17 @@ class DataDirLockTest(unittest.TestCase):
         self.assertEqual(http("GET", first.control_url + "/healthz")[0], 200)
         self.assertTrue(first.running())
 
+    def test_raft_port_in_use_exits_with_a_reason(self):
+        # The raft listener cannot bind: the node says so and exits (it
+        # used to hang with the health queue's handle keeping the loop up).
+        h = Harness(self)
+        first = h.start_node("n1")
+        raft = first.listen["raft"]
+        second = h.start_node("n2", args=["--raft-listen", raft], wait_listen=False)
+        self.assertEqual(second.wait_exit(timeout=30), 1, second.stderr_text())
+        self.assertIn("cannot start on " + raft, second.stderr_text())
+        self.assertTrue(first.running())
+
 
 class ShutdownTest(unittest.TestCase):
     def setUp(self):
