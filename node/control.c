@@ -103,9 +103,36 @@ static void handle_readyz(struct kp_http_exchange *ex, struct kp_node *n, const 
     kp_node_respond_json(ex, status, rid, json_pack("{s:s,s:s*}", "status", state, "reason", why));
 }
 
-static void handle_metrics(struct kp_http_exchange *ex, const char *rid)
+/* Raft's state as gauges, read when scraped (the main loop owns raft). */
+static void raft_gauges(struct kp_node *n)
+{
+    static struct kp_metric *leader, *term, *commit, *applied, *known, *members;
+    if (leader == NULL) {
+        leader = kp_metric_gauge("keyplane_raft_leader", "1 while this node is the Raft leader");
+        term = kp_metric_gauge("keyplane_raft_term", "Raft term this node is in");
+        commit = kp_metric_gauge("keyplane_raft_commit_index", "Raft commit index");
+        applied = kp_metric_gauge("keyplane_raft_applied_index",
+                                  "Raft entries applied to this node's registry");
+        known =
+            kp_metric_gauge("keyplane_raft_leader_known", "1 while this node knows a Raft leader");
+        members = kp_metric_gauge("keyplane_raft_servers", "servers in the Raft configuration");
+    }
+    struct kp_store_status st;
+    if (n->store == NULL || n->store_closing || kp_store_status(n->store, &st) != KP_OK)
+        return;
+    kp_metric_set(leader, strcmp(st.state, "leader") == 0);
+    kp_metric_set(term, (int64_t)st.term);
+    kp_metric_set(commit, (int64_t)st.commit_index);
+    kp_metric_set(applied, (int64_t)st.applied_index);
+    kp_metric_set(known, st.leader_id != 0);
+    kp_metric_set(members, (int64_t)st.nservers);
+    kp_store_status_free(&st);
+}
+
+static void handle_metrics(struct kp_http_exchange *ex, struct kp_node *n, const char *rid)
 {
     struct kp_buf out;
+    raft_gauges(n);
     kp_buf_init(&out);
     if (kp_metrics_render(&out) != 0) {
         kp_buf_free(&out);
@@ -187,7 +214,7 @@ void kp_control_handle(struct kp_http_exchange *ex, const struct kp_http_request
             handle_readyz(ex, n, rid);
             return;
         case R_METRICS:
-            handle_metrics(ex, rid);
+            handle_metrics(ex, n, rid);
             return;
         case R_STATUS:
             handle_status(ex, rt, rid);

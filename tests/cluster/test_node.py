@@ -137,6 +137,13 @@ class ControlEndpointsTest(unittest.TestCase):
         self.assertIn("# TYPE keyplane_http_requests_total counter", text)
         self.assertIn("# TYPE keyplane_http_request_duration_seconds histogram", text)
         self.assertIn("# TYPE keyplane_http_open_connections gauge", text)
+        # A one-node cluster: this node leads, knows it, and has applied
+        # what it committed.
+        self.assertEqual(metric_value(text, "keyplane_raft_leader"), 1.0)
+        self.assertEqual(metric_value(text, "keyplane_raft_leader_known"), 1.0)
+        self.assertEqual(metric_value(text, "keyplane_raft_servers"), 1.0)
+        self.assertGreaterEqual(metric_value(text, "keyplane_raft_term"), 1.0)
+        self.assertGreater(metric_value(text, "keyplane_raft_applied_index"), 0.0)
         # A request is counted when it finishes, which may be just after the
         # client read the answer: wait for the count to settle at exactly 3.
         wait_equal(lambda: metric_value(self.node.metrics(), "keyplane_http_requests_total",
