@@ -466,8 +466,9 @@ static enum kp_op kind_op(int kind, bool del)
     return KP_OP_NONE;
 }
 
-/* The last usage events this node's router recorded (in memory until the
- * meter pipeline lands): ?limit=N, 1..10000, default 100. */
+/* The last usage events this node's router recorded, from memory (the
+ * durable record goes through the spool to the meters): ?limit=N,
+ * 1..10000, default 100. */
 static void handle_usage_recent(struct kp_admin_req *r)
 {
     const char *lim = kp_admin__query(r, "limit");

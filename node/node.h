@@ -135,7 +135,7 @@ void kp_node_note_leader(struct kp_node *n);
 /* metering.c: whether the spool can take usage events (readiness). */
 bool kp_metering_spool_ok(struct kp_node *n, const char **why);
 
-/* usage.c: recent usage events in memory (until the meter pipeline). */
+/* usage.c: recent usage events in memory (GET /admin/v1/usage/recent). */
 struct kp_usage_log *kp_usage_log_new(void);
 void kp_usage_log_free(struct kp_usage_log *l);
 /* The router's usage sink (thread-safe). */

@@ -1,6 +1,6 @@
-/* The usage events of recent calls, kept in memory until the meter
- * pipeline (spool, segments, shipping) takes them over: a bounded ring the
- * router workers append to and the control API reads
+/* The usage events of recent calls, kept in memory beside the spool (which
+ * is the durable record, metering.c): a bounded ring the router workers
+ * append to (through kp_metering_record) and the control API reads
  * (GET /admin/v1/usage/recent, read_usage). A mutex guards the ring; a
  * worker holds it for one struct copy, a reader for a memcpy of what it
  * reads (rendering happens outside). */
