@@ -132,8 +132,13 @@ static bool covers(const struct kp_policy *p, const struct kp_call *c)
         return t && c->pool_name && strcmp(t, c->pool_name) == 0;
     case KP_SCOPE_FEATURE:
         return t && strcmp(t, c->ev.feature) == 0;
+    case KP_SCOPE_KEY:
+        /* Checked per key as keys are tried (kp_router__limit_key); here
+         * only once a key served the call (empty before: no match), so
+         * that its tokens are charged. */
+        return t && c->ev.key_id[0] != '\0' && strcmp(t, c->ev.key_id) == 0;
     default:
-        return false; /* key policies apply per key (kp_router__limit_key) */
+        return false;
     }
 }
 
@@ -195,10 +200,42 @@ int kp_router__limit_call(struct kp_call *c)
     return kp_router__fail(c, 429, "rate_limit_error", "rate_limited", msg);
 }
 
+/* The policies scoped to one key: its internal limits, beside the
+ * provider's ceiling in the key itself. */
+struct key_scan {
+    const char *key_id;
+    int64_t now_us;
+    unsigned nodes;
+    int64_t wait_us;
+};
+
+static int check_key_policy(const struct kp_entity *e, void *arg)
+{
+    struct key_scan *s = arg;
+    const struct kp_policy *p = (const struct kp_policy *)e;
+    if (p->scope_kind != KP_SCOPE_KEY || p->scope_target == NULL ||
+        strcmp(p->scope_target, s->key_id) != 0 || (p->rpm == 0 && p->tpm == 0))
+        return 0;
+    if (p->tpm > 0) {
+        struct bucket *b = bucket_of(name_hash("policy", p->e.id, "tpm"));
+        if (b != NULL && over(b, s->now_us, &s->wait_us))
+            return 1;
+    }
+    if (p->rpm > 0) {
+        struct bucket *b = bucket_of(name_hash("policy", p->e.id, "rpm"));
+        if (b != NULL && take(b, interval_us(p->rpm, s->nodes), s->now_us, &s->wait_us) != KP_OK)
+            return 1;
+    }
+    return 0;
+}
+
 int64_t kp_router__limit_key(const struct kp_call *c, const struct kp_key *k)
 {
     int64_t now = (int64_t)kp_now_mono_us(), wait = 0;
     unsigned nodes = nodes_of(c->view);
+    struct key_scan ks = {k->e.id, now, nodes, 0};
+    if (kp_view_each(c->view, KP_KIND_POLICY, check_key_policy, &ks) != 0)
+        return ks.wait_us / 1000 + 1;
     if (k->tpm > 0) {
         struct bucket *b = bucket_of(name_hash("key", k->e.id, "tpm"));
         if (b != NULL && over(b, now, &wait))

@@ -504,6 +504,16 @@ class RateLimitTest(unittest.TestCase):
         # key-a takes 3 a minute; the rest of the 10 went to key-b.
         self.assertEqual(g.stats()["keys"], {fp(KEY_A): 3, fp(KEY_B): 7})
 
+    def test_a_key_scoped_policy_limits_that_key(self):
+        # An internal limit on key-a (a policy scoped to the key): past it
+        # the pool's next key serves, and nobody gets a 429.
+        g = Gateway(self)
+        g.admin("PUT", "/policies/key-a-cap", {"scope_kind": "key", "scope_target": "key-a",
+                                               "rpm": 2})
+        results = [g.call("/v1/chat/completions", CHAT) for _ in range(6)]
+        self.assertEqual([r[0] for r in results], [200] * 6)
+        self.assertEqual(g.stats()["keys"], {fp(KEY_A): 2, fp(KEY_B): 4})
+
     def test_a_limit_holds_across_three_routers(self):
         from test_raft_cluster import Cluster
         c = Cluster(self).start(3)
