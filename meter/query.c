@@ -14,7 +14,7 @@
  *
  * Failures: a bad parameter is KP_EINVAL naming it; an answer of more than
  * KP_USAGE_MAX_ROWS rows is KP_ETOOBIG; out of memory is KP_ENOMEM. */
-#include "meter/meter.h"
+#include "meter/rollup_internal.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -405,11 +405,6 @@ unsigned kp_usage_query_levels(const struct kp_usage_query *q, int64_t day_start
 
 /* --- the result's strings and rows --------------------------------------- */
 
-struct str_entry {
-    char *s;
-    uint32_t len, hash;
-};
-
 struct kp_usage_result {
     int64_t from_ms, to_ms;
     enum kp_usage_granularity granularity;
@@ -418,129 +413,26 @@ struct kp_usage_result {
     unsigned filtered; /* bit per dimension with a filter */
     struct kp_usage_filter *filters;
     size_t n_filters;
-    /* Strings, by id, and an open-addressing table of them (id + 1). */
-    struct kp_arena arena;
-    struct str_entry *strs;
-    uint32_t n_strs, cap_strs;
-    uint32_t *str_slots, str_mask;
-    /* Rows, and an open-addressing table of them (index + 1). */
-    struct kp_rollup_row *rows;
-    uint32_t n_rows, cap_rows;
-    uint32_t *row_slots, row_mask;
+    struct kp_strtab strings; /* the answer's own ids (days have theirs) */
+    struct kp_row_table table;
     struct kp_rollup_metrics totals;
     int64_t *days; /* added so far */
     size_t n_days;
 };
 
-static uint32_t hash_str(const char *s, size_t n)
-{
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (uint8_t)s[i]) * 16777619u;
-    return h;
-}
-
-static uint32_t hash_key(int64_t start, const uint32_t *dim)
-{
-    uint64_t h = (uint64_t)start * 0x9e3779b97f4a7c15u;
-    for (int i = 0; i < KP_USAGE_DIMS; i++)
-        h = (h ^ dim[i]) * 0xff51afd7ed558ccdu;
-    return (uint32_t)(h ^ h >> 32);
-}
-
-/* Double @slots (a table of index + 1 at load <= 1/2) when needed, and
- * refill it with @hash of each of the @n entries. */
-static int slots_grow(uint32_t **slots, uint32_t *mask, uint32_t n,
-                      uint32_t (*hash)(const struct kp_usage_result *, uint32_t),
-                      const struct kp_usage_result *r)
-{
-    if (*slots != NULL && ((uint64_t)n + 1) * 2 <= (uint64_t)*mask + 1)
-        return KP_OK;
-    size_t count = *slots ? ((size_t)*mask + 1) * 2 : 64;
-    uint32_t *s = kp_calloc(count, sizeof(*s));
-    if (s == NULL)
-        return KP_ENOMEM;
-    kp_free(*slots);
-    *slots = s;
-    *mask = (uint32_t)(count - 1);
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t at = hash(r, i) & *mask;
-        while (s[at] != 0)
-            at = (at + 1) & *mask;
-        s[at] = i + 1;
-    }
-    return KP_OK;
-}
-
-static uint32_t str_hash_of(const struct kp_usage_result *r, uint32_t i)
-{
-    return r->strs[i].hash;
-}
-
-static uint32_t row_hash_of(const struct kp_usage_result *r, uint32_t i)
-{
-    return hash_key(r->rows[i].start_ms, r->rows[i].dim);
-}
-
-static int intern(struct kp_usage_result *r, const char *s, size_t len, uint32_t *id)
-{
-    uint32_t h = hash_str(s, len), at;
-    if (r->n_strs == r->cap_strs) {
-        uint32_t cap = r->cap_strs ? r->cap_strs * 2 : 64;
-        struct str_entry *v = kp_realloc(r->strs, cap * sizeof(*v));
-        if (v == NULL)
-            return KP_ENOMEM;
-        r->strs = v;
-        r->cap_strs = cap;
-    }
-    if (slots_grow(&r->str_slots, &r->str_mask, r->n_strs, str_hash_of, r) != KP_OK)
-        return KP_ENOMEM;
-    for (at = h & r->str_mask; r->str_slots[at] != 0; at = (at + 1) & r->str_mask) {
-        const struct str_entry *e = &r->strs[r->str_slots[at] - 1];
-        if (e->hash == h && e->len == len && memcmp(e->s, s, len) == 0) {
-            *id = r->str_slots[at] - 1;
-            return KP_OK;
-        }
-    }
-    char *copy = kp_arena_strndup(&r->arena, s, len);
-    if (copy == NULL)
-        return KP_ENOMEM;
-    r->strs[r->n_strs] = (struct str_entry){copy, (uint32_t)len, h};
-    r->str_slots[at] = r->n_strs + 1;
-    *id = r->n_strs++;
-    return KP_OK;
-}
-
-/* The result row of (@start, @dim), created empty if missing. */
+/* The result row of (@start, @dim), created empty if missing; past
+ * KP_USAGE_MAX_ROWS rows, KP_ETOOBIG. */
 static int row_upsert(struct kp_usage_result *r, int64_t start, const uint32_t *dim,
                       struct kp_rollup_row **out)
 {
-    uint32_t at, h = hash_key(start, dim);
-    if (slots_grow(&r->row_slots, &r->row_mask, r->n_rows, row_hash_of, r) != KP_OK)
+    uint32_t idx, before = r->table.n;
+    if (kp_row_table_upsert(&r->table, start, dim, &idx) != KP_OK)
         return KP_ENOMEM;
-    for (at = h & r->row_mask; r->row_slots[at] != 0; at = (at + 1) & r->row_mask) {
-        struct kp_rollup_row *row = &r->rows[r->row_slots[at] - 1];
-        if (row->start_ms == start && memcmp(row->dim, dim, sizeof(row->dim)) == 0) {
-            *out = row;
-            return KP_OK;
-        }
-    }
-    if (r->n_rows >= KP_USAGE_MAX_ROWS)
+    if (r->table.n > KP_USAGE_MAX_ROWS) {
+        kp_row_table_truncate(&r->table, before);
         return KP_ETOOBIG;
-    if (r->n_rows == r->cap_rows) {
-        uint32_t cap = r->cap_rows ? r->cap_rows * 2 : 64;
-        struct kp_rollup_row *v = kp_realloc(r->rows, cap * sizeof(*v));
-        if (v == NULL)
-            return KP_ENOMEM;
-        r->rows = v;
-        r->cap_rows = cap;
     }
-    struct kp_rollup_row *row = &r->rows[r->n_rows];
-    row->start_ms = start;
-    memcpy(row->dim, dim, sizeof(row->dim));
-    kp_rollup_metrics_init(&row->m);
-    r->row_slots[at] = ++r->n_rows;
-    *out = row;
+    *out = &r->table.rows[idx];
     return KP_OK;
 }
 
@@ -556,7 +448,7 @@ int kp_usage_result_new(const struct kp_usage_query *q, struct kp_usage_result *
     r->granularity = q->granularity;
     r->top = top_level(q->granularity);
     r->group_by = q->group_by;
-    kp_arena_init(&r->arena, 16384);
+    kp_strtab_init(&r->strings);
     kp_rollup_metrics_init(&r->totals);
     r->filters = kp_calloc(q->n_filters + 1, sizeof(*r->filters));
     if (r->filters == NULL)
@@ -583,13 +475,8 @@ void kp_usage_result_free(struct kp_usage_result *r)
     for (size_t i = 0; i < r->n_filters; i++)
         kp_free(r->filters[i].value);
     kp_free(r->filters);
-    kp_arena_free(&r->arena);
-    kp_free(r->strs);
-    kp_free(r->str_slots);
-    for (uint32_t i = 0; i < r->n_rows; i++)
-        kp_rollup_metrics_free(&r->rows[i].m);
-    kp_free(r->rows);
-    kp_free(r->row_slots);
+    kp_strtab_free(&r->strings);
+    kp_row_table_free(&r->table);
     kp_rollup_metrics_free(&r->totals);
     kp_free(r->days);
     kp_free(r);
@@ -597,7 +484,7 @@ void kp_usage_result_free(struct kp_usage_result *r)
 
 uint64_t kp_usage_result_rows(const struct kp_usage_result *r)
 {
-    return r->n_rows;
+    return r->table.n;
 }
 
 /* One day on its way into a result. */
@@ -613,7 +500,7 @@ static int map_id(struct day_pass *p, uint32_t id, uint32_t *out)
     if (p->map[id] == NO_ID) {
         size_t len;
         const char *s = kp_rollup_day_string(p->d, id, &len);
-        if (intern(p->r, s, len, &p->map[id]) != KP_OK)
+        if (kp_strtab_intern(&p->r->strings, s, len, &p->map[id]) != KP_OK)
             return KP_ENOMEM;
     }
     *out = p->map[id];
@@ -728,20 +615,6 @@ int kp_usage_result_add_day(struct kp_usage_result *r, const struct kp_rollup_da
 
 /* --- answers ------------------------------------------------------------- */
 
-struct str_ref {
-    const char *s;
-    uint32_t len, id;
-};
-
-static int str_ref_cmp(const void *a, const void *b)
-{
-    const struct str_ref *x = a, *y = b;
-    int c = memcmp(x->s, y->s, x->len < y->len ? x->len : y->len);
-    if (c != 0)
-        return c;
-    return x->len < y->len ? -1 : x->len > y->len;
-}
-
 struct row_ref {
     int64_t start;
     uint32_t rank[KP_USAGE_DIMS];
@@ -775,29 +648,29 @@ static void order_free(struct order *o)
 
 static int order_make(const struct kp_usage_result *r, struct order *o)
 {
-    struct str_ref *strs = kp_malloc(((size_t)r->n_strs + 1) * sizeof(*strs));
-    o->rank = kp_malloc(((size_t)r->n_strs + 1) * sizeof(*o->rank));
-    o->rows = kp_malloc(((size_t)r->n_rows + 1) * sizeof(*o->rows));
+    struct kp_str_ref *strs = kp_malloc(((size_t)r->strings.n + 1) * sizeof(*strs));
+    o->rank = kp_malloc(((size_t)r->strings.n + 1) * sizeof(*o->rank));
+    o->rows = kp_malloc(((size_t)r->table.n + 1) * sizeof(*o->rows));
     if (strs == NULL || o->rank == NULL || o->rows == NULL) {
         kp_free(strs);
         order_free(o);
         return KP_ENOMEM;
     }
-    for (uint32_t i = 0; i < r->n_strs; i++)
-        strs[i] = (struct str_ref){r->strs[i].s, r->strs[i].len, i};
-    qsort(strs, r->n_strs, sizeof(*strs), str_ref_cmp);
-    for (uint32_t i = 0; i < r->n_strs; i++)
+    for (uint32_t i = 0; i < r->strings.n; i++)
+        strs[i] = (struct kp_str_ref){r->strings.v[i].s, r->strings.v[i].len, i};
+    qsort(strs, r->strings.n, sizeof(*strs), kp_str_ref_cmp);
+    for (uint32_t i = 0; i < r->strings.n; i++)
         o->rank[strs[i].id] = i;
     kp_free(strs);
-    for (uint32_t i = 0; i < r->n_rows; i++) {
-        o->rows[i].start = r->rows[i].start_ms;
+    for (uint32_t i = 0; i < r->table.n; i++) {
+        o->rows[i].start = r->table.rows[i].start_ms;
         o->rows[i].idx = i;
         for (int k = 0; k < KP_USAGE_DIMS; k++) {
-            uint32_t id = r->rows[i].dim[k];
+            uint32_t id = r->table.rows[i].dim[k];
             o->rows[i].rank[k] = id == NO_ID ? 0 : o->rank[id];
         }
     }
-    qsort(o->rows, r->n_rows, sizeof(*o->rows), row_ref_cmp);
+    qsort(o->rows, r->table.n, sizeof(*o->rows), row_ref_cmp);
     return KP_OK;
 }
 
@@ -860,7 +733,7 @@ static json_t *classes_json(const struct kp_usage_result *r, const struct kp_rol
     int rc = o && pos ? 0 : -1;
     for (uint32_t i = 0; i < m->n_classes && rc == 0; i++) {
         const struct kp_rollup_class_count *c = &m->classes[pos[i]];
-        rc = json_object_setn_new(o, r->strs[c->class_id].s, r->strs[c->class_id].len,
+        rc = json_object_setn_new(o, r->strings.v[c->class_id].s, r->strings.v[c->class_id].len,
                                   json_integer((json_int_t)c->count));
     }
     kp_free(pos);
@@ -903,9 +776,9 @@ static json_t *row_json(const struct kp_usage_result *r, const struct kp_rollup_
     int rc = json_object_set_new(o, "start", json_string(start));
     for (int i = 0; i < KP_USAGE_DIMS; i++) {
         if (r->group_by & (1u << i))
-            rc |=
-                json_object_set_new(o, kp_usage_dim_name(i),
-                                    json_stringn(r->strs[row->dim[i]].s, r->strs[row->dim[i]].len));
+            rc |= json_object_set_new(
+                o, kp_usage_dim_name(i),
+                json_stringn(r->strings.v[row->dim[i]].s, r->strings.v[row->dim[i]].len));
     }
     rc |= metrics_json(r, &row->m, rank, o);
     if (rc != 0) {
@@ -941,8 +814,8 @@ json_t *kp_usage_result_json(const struct kp_usage_result *r, const char *meter_
         return NULL;
     json_t *o = json_object(), *rows = json_array(), *totals = json_object();
     int rc = o && rows && totals ? head_json(r, meter_name, o) : -1;
-    for (uint32_t i = 0; i < r->n_rows && rc == 0; i++)
-        rc = json_array_append_new(rows, row_json(r, &r->rows[ord.rows[i].idx], ord.rank));
+    for (uint32_t i = 0; i < r->table.n && rc == 0; i++)
+        rc = json_array_append_new(rows, row_json(r, &r->table.rows[ord.rows[i].idx], ord.rank));
     if (rc == 0)
         rc = metrics_json(r, &r->totals, ord.rank, totals);
     if (rc == 0) {
@@ -996,7 +869,8 @@ static int csv_row(const struct kp_usage_result *r, const struct kp_rollup_row *
     int rc = csv_str(out, buf, true);
     for (int i = 0; i < KP_USAGE_DIMS; i++) {
         if (r->group_by & (1u << i))
-            rc |= kp_csv_field(out, r->strs[row->dim[i]].s, r->strs[row->dim[i]].len, false);
+            rc |= kp_csv_field(out, r->strings.v[row->dim[i]].s, r->strings.v[row->dim[i]].len,
+                               false);
     }
     const uint64_t counts[] = {m->requests,  m->errors,     m->retries,      m->streamed,
                                m->tokens_in, m->tokens_out, m->tokens_cached};
@@ -1021,8 +895,8 @@ int kp_usage_result_csv(const struct kp_usage_result *r, struct kp_buf *out)
     if (order_make(r, &ord) != KP_OK)
         return KP_ENOMEM;
     int rc = csv_header(r, out);
-    for (uint32_t i = 0; i < r->n_rows && rc == 0; i++)
-        rc = csv_row(r, &r->rows[ord.rows[i].idx], out);
+    for (uint32_t i = 0; i < r->table.n && rc == 0; i++)
+        rc = csv_row(r, &r->table.rows[ord.rows[i].idx], out);
     order_free(&ord);
     if (rc != 0) {
         out->len = mark;

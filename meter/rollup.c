@@ -21,7 +21,7 @@
  * the day holds, never on the order it was built in. Decoding checks the
  * checksums, then every value, and accepts only that canonical form
  * (sorted, unique, within range, counters consistent). */
-#include "meter/meter.h"
+#include "meter/rollup_internal.h"
 
 #include <inttypes.h>
 #include <msgpack.h>
@@ -31,13 +31,12 @@
 #include <string.h>
 #include <zstd.h>
 
-#define ZSTD_LEVEL      3
-#define SECTION_HEADER  16
-#define ROW_FIELDS      20
-#define NO_ID           UINT32_MAX
-#define STATUS_CLASSES  11 /* none, 0xx .. 9xx */
-#define MIN_ROW_BYTES   23 /* a 20-element array head (3 bytes) and 20 one-byte values */
-#define TABLE_MIN_SLOTS 64
+#define ZSTD_LEVEL     3
+#define SECTION_HEADER 16
+#define ROW_FIELDS     20
+#define NO_ID          UINT32_MAX
+#define STATUS_CLASSES 11 /* none, 0xx .. 9xx */
+#define MIN_ROW_BYTES  23 /* a 20-element array head (3 bytes) and 20 one-byte values */
 
 static const uint8_t file_magic[4] = {'K', 'P', 'R', 'U'};
 static const int64_t period_ms[KP_ROLLUP_LEVELS] = {KP_MINUTE_MS, KP_HOUR_MS, KP_DAY_MS};
@@ -109,159 +108,6 @@ int64_t kp_day_floor_ms(int64_t ms)
 static bool day_start_valid(int64_t ms)
 {
     return kp_day_floor_ms(ms) == ms && ms <= INT64_MAX - KP_DAY_MS;
-}
-
-/* --- hashing ------------------------------------------------------------- */
-
-static uint64_t mix(uint64_t h)
-{
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdu;
-    h ^= h >> 33;
-    return h;
-}
-
-static uint32_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 0x9e3779b97f4a7c15u ^ n, w;
-    for (; n >= 8; s += 8, n -= 8) {
-        memcpy(&w, s, 8);
-        h = (h ^ w) * 0xc4ceb9fe1a85ec53u;
-        h ^= h >> 31;
-    }
-    w = 0;
-    memcpy(&w, s, n);
-    return (uint32_t)mix(h ^ w);
-}
-
-static uint32_t key_hash(int64_t start, const uint32_t *dim)
-{
-    uint64_t h = (uint64_t)start * 0x9e3779b97f4a7c15u;
-    for (int i = 0; i < KP_USAGE_DIMS; i += 2) {
-        h = (h ^ ((uint64_t)dim[i] << 32 | dim[i + 1])) * 0xc4ceb9fe1a85ec53u;
-        h ^= h >> 31;
-    }
-    return (uint32_t)mix(h);
-}
-
-/* Slots for @n entries at a load of at most 3/4 (a power of two). */
-static bool slots_too_few(uint32_t n, uint32_t mask, const void *slots)
-{
-    return slots == NULL || ((uint64_t)n + 1) * 4 > ((uint64_t)mask + 1) * 3;
-}
-
-/* --- string table -------------------------------------------------------- */
-
-/* Strings by id (in order of interning), found by an open-addressing table
- * of ids. Truncating forgets the last ones (their bytes stay in the arena
- * until the table is freed). */
-struct strtab_entry {
-    const char *s;
-    uint32_t len, hash;
-};
-
-struct strtab {
-    struct kp_arena arena;
-    struct strtab_entry *v;
-    uint32_t n, cap;
-    uint32_t *slots; /* id + 1; 0 is free */
-    uint32_t mask;
-};
-
-static void strtab_init(struct strtab *t)
-{
-    memset(t, 0, sizeof(*t));
-    kp_arena_init(&t->arena, 16384);
-}
-
-static void strtab_free(struct strtab *t)
-{
-    kp_arena_free(&t->arena);
-    kp_free(t->v);
-    kp_free(t->slots);
-}
-
-/* True with *id when found; else *slot is where it would go. */
-static bool strtab_lookup(const struct strtab *t, const char *s, size_t len, uint32_t hash,
-                          uint32_t *slot, uint32_t *id)
-{
-    if (t->slots == NULL)
-        return false;
-    for (uint32_t i = hash & t->mask;; i = (i + 1) & t->mask) {
-        uint32_t v = t->slots[i];
-        if (v == 0) {
-            *slot = i;
-            return false;
-        }
-        const struct strtab_entry *e = &t->v[v - 1];
-        if (e->hash == hash && e->len == len && memcmp(e->s, s, len) == 0) {
-            *id = v - 1;
-            return true;
-        }
-    }
-}
-
-static void strtab_reindex(struct strtab *t)
-{
-    memset(t->slots, 0, ((size_t)t->mask + 1) * sizeof(*t->slots));
-    for (uint32_t id = 0; id < t->n; id++) {
-        uint32_t i = t->v[id].hash & t->mask;
-        while (t->slots[i] != 0)
-            i = (i + 1) & t->mask;
-        t->slots[i] = id + 1;
-    }
-}
-
-static int strtab_grow(struct strtab *t)
-{
-    if (t->n == t->cap) {
-        if (t->cap >= UINT32_MAX / 4)
-            return KP_ENOMEM;
-        uint32_t cap = t->cap ? t->cap * 2 : 64;
-        struct strtab_entry *v = kp_realloc(t->v, cap * sizeof(*v));
-        if (v == NULL)
-            return KP_ENOMEM;
-        t->v = v;
-        t->cap = cap;
-    }
-    if (slots_too_few(t->n, t->mask, t->slots)) {
-        size_t nslots = t->slots ? ((size_t)t->mask + 1) * 2 : TABLE_MIN_SLOTS;
-        uint32_t *slots = kp_malloc(nslots * sizeof(*slots));
-        if (slots == NULL)
-            return KP_ENOMEM;
-        kp_free(t->slots);
-        t->slots = slots;
-        t->mask = (uint32_t)(nslots - 1);
-        strtab_reindex(t);
-    }
-    return KP_OK;
-}
-
-static int strtab_intern(struct strtab *t, const char *s, size_t len, uint32_t *id)
-{
-    uint32_t hash = hash_bytes(s, len), slot = 0;
-    if (strtab_lookup(t, s, len, hash, &slot, id))
-        return KP_OK;
-    if (t->n == t->cap || slots_too_few(t->n, t->mask, t->slots)) {
-        if (strtab_grow(t) != KP_OK)
-            return KP_ENOMEM;
-        strtab_lookup(t, s, len, hash, &slot, id);
-    }
-    char *copy = kp_arena_strndup(&t->arena, s, len);
-    if (copy == NULL)
-        return KP_ENOMEM;
-    t->v[t->n] = (struct strtab_entry){copy, (uint32_t)len, hash};
-    t->slots[slot] = t->n + 1;
-    *id = t->n++;
-    return KP_OK;
-}
-
-static void strtab_truncate(struct strtab *t, uint32_t n)
-{
-    if (n == t->n)
-        return;
-    t->n = n;
-    strtab_reindex(t);
 }
 
 /* --- metrics ------------------------------------------------------------- */
@@ -378,115 +224,6 @@ static int metrics_add_event(struct kp_rollup_metrics *m, const struct kp_usage_
     return KP_OK;
 }
 
-/* --- row tables ---------------------------------------------------------- */
-
-/* Rows of one level in order of creation, found by an open-addressing table
- * whose slots hold a row's hash (high half) and its index + 1 (low half). */
-struct row_table {
-    struct kp_rollup_row *rows;
-    uint32_t n, cap;
-    uint64_t *slots; /* 0 is free */
-    uint32_t mask;
-};
-
-static void table_free(struct row_table *t)
-{
-    for (uint32_t i = 0; i < t->n; i++)
-        kp_rollup_metrics_free(&t->rows[i].m);
-    kp_free(t->rows);
-    kp_free(t->slots);
-    memset(t, 0, sizeof(*t));
-}
-
-static bool key_equal(const struct kp_rollup_row *r, int64_t start, const uint32_t *dim)
-{
-    return r->start_ms == start && memcmp(r->dim, dim, sizeof(r->dim)) == 0;
-}
-
-static void table_reindex(struct row_table *t)
-{
-    memset(t->slots, 0, ((size_t)t->mask + 1) * sizeof(*t->slots));
-    for (uint32_t idx = 0; idx < t->n; idx++) {
-        uint32_t h = key_hash(t->rows[idx].start_ms, t->rows[idx].dim);
-        uint32_t i = h & t->mask;
-        while (t->slots[i] != 0)
-            i = (i + 1) & t->mask;
-        t->slots[i] = (uint64_t)h << 32 | (idx + 1);
-    }
-}
-
-static int table_grow(struct row_table *t)
-{
-    if (t->n == t->cap) {
-        if (t->cap >= UINT32_MAX / 4)
-            return KP_ENOMEM;
-        uint32_t cap = t->cap ? t->cap * 2 : 16;
-        struct kp_rollup_row *rows = kp_realloc(t->rows, cap * sizeof(*rows));
-        if (rows == NULL)
-            return KP_ENOMEM;
-        t->rows = rows;
-        t->cap = cap;
-    }
-    if (slots_too_few(t->n, t->mask, t->slots)) {
-        size_t nslots = t->slots ? ((size_t)t->mask + 1) * 2 : TABLE_MIN_SLOTS;
-        uint64_t *slots = kp_malloc(nslots * sizeof(*slots));
-        if (slots == NULL)
-            return KP_ENOMEM;
-        kp_free(t->slots);
-        t->slots = slots;
-        t->mask = (uint32_t)(nslots - 1);
-        table_reindex(t);
-    }
-    return KP_OK;
-}
-
-/* The slot holding the row, or the free slot where it would go. */
-static uint32_t table_probe(const struct row_table *t, int64_t start, const uint32_t *dim,
-                            uint32_t h)
-{
-    for (uint32_t i = h & t->mask;; i = (i + 1) & t->mask) {
-        uint64_t v = t->slots[i];
-        if (v == 0)
-            return i;
-        if ((uint32_t)(v >> 32) == h && key_equal(&t->rows[(uint32_t)v - 1], start, dim))
-            return i;
-    }
-}
-
-/* The index of the row for (@start, @dim), created empty if missing. */
-static int table_upsert(struct row_table *t, int64_t start, const uint32_t *dim, uint32_t *idx)
-{
-    uint32_t h = key_hash(start, dim);
-    uint32_t slot = t->slots ? table_probe(t, start, dim, h) : 0;
-    if (t->slots && t->slots[slot] != 0) {
-        *idx = (uint32_t)t->slots[slot] - 1;
-        return KP_OK;
-    }
-    if (t->n == t->cap || slots_too_few(t->n, t->mask, t->slots)) {
-        if (table_grow(t) != KP_OK)
-            return KP_ENOMEM;
-        slot = table_probe(t, start, dim, h);
-    }
-    struct kp_rollup_row *r = &t->rows[t->n];
-    r->start_ms = start;
-    memcpy(r->dim, dim, sizeof(r->dim));
-    kp_rollup_metrics_init(&r->m);
-    t->slots[slot] = (uint64_t)h << 32 | (t->n + 1);
-    *idx = t->n++;
-    return KP_OK;
-}
-
-/* Forget the rows created after the first @n. */
-static void table_truncate(struct row_table *t, uint32_t n)
-{
-    if (n == t->n)
-        return;
-    for (uint32_t i = n; i < t->n; i++)
-        kp_rollup_metrics_free(&t->rows[i].m);
-    t->n = n;
-    table_reindex(t);
-}
-
 /* --- the set of merged segments ------------------------------------------ */
 
 struct seg_entry {
@@ -503,7 +240,7 @@ struct seg_set {
 
 static uint32_t seg_hash(uint32_t node, uint64_t seq)
 {
-    return (uint32_t)mix(seq * 0x9e3779b97f4a7c15u ^ node);
+    return (uint32_t)kp_rollup_mix(seq * 0x9e3779b97f4a7c15u ^ node);
 }
 
 static bool seg_find(const struct seg_set *s, uint32_t node, uint64_t seq, uint32_t *slot)
@@ -545,7 +282,7 @@ static int seg_reserve(struct seg_set *s)
         s->v = v;
         s->cap = cap;
     }
-    if (slots_too_few(s->n, s->mask, s->slots)) {
+    if (kp_rollup_slots_too_few(s->n, s->mask, s->slots)) {
         size_t nslots = s->slots ? ((size_t)s->mask + 1) * 2 : TABLE_MIN_SLOTS;
         uint32_t *slots = kp_malloc(nslots * sizeof(*slots));
         if (slots == NULL)
@@ -575,8 +312,8 @@ struct kp_rollup_day {
     int64_t start_ms;
     unsigned levels; /* KP_ROLLUP_LEVEL_BIT of each level held */
     uint64_t events;
-    struct strtab strings;
-    struct row_table rows[KP_ROLLUP_LEVELS];
+    struct kp_strtab strings;
+    struct kp_row_table rows[KP_ROLLUP_LEVELS];
     struct seg_set segs;
 };
 
@@ -589,7 +326,7 @@ int kp_rollup_day_new(int64_t day_start_ms, struct kp_rollup_day **out)
         return KP_ENOMEM;
     d->start_ms = day_start_ms;
     d->levels = KP_ROLLUP_ALL_LEVELS;
-    strtab_init(&d->strings);
+    kp_strtab_init(&d->strings);
     *out = d;
     return KP_OK;
 }
@@ -598,9 +335,9 @@ void kp_rollup_day_free(struct kp_rollup_day *d)
 {
     if (d == NULL)
         return;
-    strtab_free(&d->strings);
+    kp_strtab_free(&d->strings);
     for (int l = 0; l < KP_ROLLUP_LEVELS; l++)
-        table_free(&d->rows[l]);
+        kp_row_table_free(&d->rows[l]);
     kp_free(d->segs.v);
     kp_free(d->segs.slots);
     kp_free(d);
@@ -618,8 +355,8 @@ unsigned kp_rollup_day_levels(const struct kp_rollup_day *d)
 
 bool kp_rollup_day_has_segment(const struct kp_rollup_day *d, const char *node, uint64_t seq)
 {
-    uint32_t id, slot, hash = hash_bytes(node, strlen(node));
-    if (!strtab_lookup(&d->strings, node, strlen(node), hash, &slot, &id))
+    uint32_t id, slot, hash = kp_rollup_hash_bytes(node, strlen(node));
+    if (!kp_strtab_lookup(&d->strings, node, strlen(node), hash, &slot, &id))
         return false;
     return seg_find(&d->segs, id, seq, &slot);
 }
@@ -665,7 +402,7 @@ bool kp_rollup_day_find_string(const struct kp_rollup_day *d, const char *s, siz
                                uint32_t *id)
 {
     uint32_t slot;
-    return strtab_lookup(&d->strings, s, len, hash_bytes(s, len), &slot, id);
+    return kp_strtab_lookup(&d->strings, s, len, kp_rollup_hash_bytes(s, len), &slot, id);
 }
 
 /* --- merging a segment --------------------------------------------------- */
@@ -675,7 +412,7 @@ bool kp_rollup_day_find_string(const struct kp_rollup_day *d, const char *s, siz
  * @strings_before if the merge fails). */
 struct merge {
     struct kp_rollup_day *d;
-    struct row_table delta[KP_ROLLUP_LEVELS];
+    struct kp_row_table delta[KP_ROLLUP_LEVELS];
     uint32_t status_id[STATUS_CLASSES];
     /* The last string of each dimension (the error class in the slot of
      * status_class): consecutive events often share values, and comparing
@@ -690,7 +427,7 @@ struct merge {
 
 static int intern_cstr(struct kp_rollup_day *d, const char *s, uint32_t *id)
 {
-    return strtab_intern(&d->strings, s, strlen(s), id);
+    return kp_strtab_intern(&d->strings, s, strlen(s), id);
 }
 
 static int intern_field(struct merge *m, int slot, const char *s, uint32_t *id)
@@ -701,7 +438,7 @@ static int intern_field(struct merge *m, int slot, const char *s, uint32_t *id)
         *id = m->last[slot].id;
         return KP_OK;
     }
-    if (strtab_intern(&m->d->strings, s, len, id) != KP_OK)
+    if (kp_strtab_intern(&m->d->strings, s, len, id) != KP_OK)
         return KP_ENOMEM;
     m->last[slot].s = m->d->strings.v[*id].s;
     m->last[slot].len = (uint32_t)len;
@@ -741,7 +478,7 @@ static int merge_event(struct merge *m, const struct kp_usage_event *ev)
         intern_field(m, KP_USAGE_DIM_STATUS_CLASS, ev->error_class, &class_id) != KP_OK)
         return KP_ENOMEM;
     int64_t start = day + (ev->time_ms - day) / KP_MINUTE_MS * KP_MINUTE_MS;
-    if (table_upsert(&m->delta[KP_ROLLUP_MINUTE], start, dim, &idx) != KP_OK)
+    if (kp_row_table_upsert(&m->delta[KP_ROLLUP_MINUTE], start, dim, &idx) != KP_OK)
         return KP_ENOMEM;
     if (metrics_add_event(&m->delta[KP_ROLLUP_MINUTE].rows[idx].m, ev, class_id) != KP_OK)
         return KP_ENOMEM;
@@ -774,14 +511,14 @@ static int merge_read(struct merge *m, struct kp_segment_reader *r, char *errmsg
 static int merge_roll_up(struct merge *m)
 {
     for (int l = KP_ROLLUP_HOUR; l < KP_ROLLUP_LEVELS; l++) {
-        const struct row_table *from = &m->delta[l - 1];
-        struct row_table *to = &m->delta[l];
+        const struct kp_row_table *from = &m->delta[l - 1];
+        struct kp_row_table *to = &m->delta[l];
         for (uint32_t i = 0; i < from->n; i++) {
             const struct kp_rollup_row *r = &from->rows[i];
             int64_t start =
                 m->d->start_ms + (r->start_ms - m->d->start_ms) / period_ms[l] * period_ms[l];
             uint32_t idx;
-            if (table_upsert(to, start, r->dim, &idx) != KP_OK ||
+            if (kp_row_table_upsert(to, start, r->dim, &idx) != KP_OK ||
                 kp_rollup_metrics_add(&to->rows[idx].m, &r->m, NULL) != KP_OK)
                 return KP_ENOMEM;
         }
@@ -796,11 +533,11 @@ static int merge_roll_up(struct merge *m)
 static int commit_prepare(struct merge *m, uint32_t **target, const uint32_t *before)
 {
     for (int l = 0; l < KP_ROLLUP_LEVELS; l++) {
-        struct row_table *day = &m->d->rows[l];
-        const struct row_table *delta = &m->delta[l];
+        struct kp_row_table *day = &m->d->rows[l];
+        const struct kp_row_table *delta = &m->delta[l];
         for (uint32_t i = 0; i < delta->n; i++) {
             const struct kp_rollup_row *r = &delta->rows[i];
-            if (table_upsert(day, r->start_ms, r->dim, &target[l][i]) != KP_OK)
+            if (kp_row_table_upsert(day, r->start_ms, r->dim, &target[l][i]) != KP_OK)
                 return KP_ENOMEM;
         }
         for (uint32_t i = 0; i < delta->n; i++) {
@@ -851,7 +588,7 @@ static int merge_commit(struct merge *m, const char *node, uint64_t seq)
         d->events = sat_add(d->events, m->events);
     } else {
         for (int l = 0; l < KP_ROLLUP_LEVELS; l++)
-            table_truncate(&d->rows[l], rows_before[l]);
+            kp_row_table_truncate(&d->rows[l], rows_before[l]);
     }
     for (int l = 0; l < KP_ROLLUP_LEVELS; l++)
         kp_free(target[l]);
@@ -884,10 +621,10 @@ int kp_rollup_day_merge_segment(struct kp_rollup_day *d, const void *seg, size_t
         rc = kp_errf(errmsg, errlen, KP_ENOMEM, "segment %s/%" PRIu64 ": out of memory",
                      r.header.node, r.header.seq);
     if (rc != KP_OK)
-        strtab_truncate(&d->strings, m.strings_before);
+        kp_strtab_truncate(&d->strings, m.strings_before);
 out:
     for (int l = 0; l < KP_ROLLUP_LEVELS; l++)
-        table_free(&m.delta[l]);
+        kp_row_table_free(&m.delta[l]);
     kp_segment_reader_close(&r);
     return rc;
 }
@@ -917,20 +654,6 @@ static void packer_init(struct packer *k)
     kp_buf_init(&k->buf);
     k->failed = false;
     msgpack_packer_init(&k->pk, k, packer_write);
-}
-
-struct str_ref {
-    const char *s;
-    uint32_t len, id;
-};
-
-static int str_ref_cmp(const void *a, const void *b)
-{
-    const struct str_ref *x = a, *y = b;
-    int c = memcmp(x->s, y->s, x->len < y->len ? x->len : y->len);
-    if (c != 0)
-        return c;
-    return x->len < y->len ? -1 : x->len > y->len;
 }
 
 /* A row's place in the file: its period and ranks, for sorting. */
@@ -969,7 +692,7 @@ static int class_cmp(const void *a, const void *b)
 struct encoder {
     const struct kp_rollup_day *d;
     uint32_t *rank; /* string id -> index in the file's string table, NO_ID if unused */
-    struct str_ref *strings;
+    struct kp_str_ref *strings;
     uint32_t nstrings;
     struct kp_rollup_class_count *classes; /* scratch for one row */
     size_t classes_cap;
@@ -982,7 +705,7 @@ static void mark_used(struct encoder *e, uint32_t id)
     if (e->rank[id] == NO_ID) {
         e->rank[id] = 0;
         e->strings[e->nstrings++] =
-            (struct str_ref){e->d->strings.v[id].s, e->d->strings.v[id].len, id};
+            (struct kp_str_ref){e->d->strings.v[id].s, e->d->strings.v[id].len, id};
     }
 }
 
@@ -1006,7 +729,7 @@ static int encode_rank_strings(struct encoder *e)
     }
     for (uint32_t i = 0; i < d->segs.n; i++)
         mark_used(e, d->segs.v[i].node);
-    qsort(e->strings, e->nstrings, sizeof(*e->strings), str_ref_cmp);
+    qsort(e->strings, e->nstrings, sizeof(*e->strings), kp_str_ref_cmp);
     for (uint32_t i = 0; i < e->nstrings; i++)
         e->rank[e->strings[i].id] = i;
     return KP_OK;
@@ -1110,7 +833,7 @@ static int encode_row(struct encoder *e, struct packer *k, const struct row_ref 
 
 static int encode_rows(struct encoder *e, int level)
 {
-    const struct row_table *t = &e->d->rows[level];
+    const struct kp_row_table *t = &e->d->rows[level];
     struct row_ref *refs = kp_malloc(((size_t)t->n + 1) * sizeof(*refs));
     if (refs == NULL)
         return KP_ENOMEM;
@@ -1362,13 +1085,13 @@ static int decode_strings(struct decoder *x)
             return mp_fail(x, "string", KP_USAGE_STR_MAX);
         if (!kp_usage_str_valid((const char *)s, len))
             return in_section(x, at, "string %" PRIu64 ": not valid UTF-8", i);
-        struct str_ref cur = {(const char *)s, (uint32_t)len, 0}, prev;
+        struct kp_str_ref cur = {(const char *)s, (uint32_t)len, 0}, prev;
         if (i > 0) {
-            prev = (struct str_ref){x->d->strings.v[i - 1].s, x->d->strings.v[i - 1].len, 0};
-            if (str_ref_cmp(&prev, &cur) >= 0)
+            prev = (struct kp_str_ref){x->d->strings.v[i - 1].s, x->d->strings.v[i - 1].len, 0};
+            if (kp_str_ref_cmp(&prev, &cur) >= 0)
                 return in_section(x, at, "string %" PRIu64 ": not after the one before it", i);
         }
-        if (strtab_intern(&x->d->strings, cur.s, len, &id) != KP_OK)
+        if (kp_strtab_intern(&x->d->strings, cur.s, len, &id) != KP_OK)
             return dec_fail(x, KP_ENOMEM, x->section_off, "out of memory");
         x->str_flags[i] =
             (uint8_t)((status_class_valid(cur.s, len) ? STR_STATUS : 0) | (len ? STR_NONEMPTY : 0));
@@ -1547,7 +1270,7 @@ static int decode_row(struct decoder *x, int level, struct row_ref *key, const s
     if (rc == KP_OK)
         rc = decode_metrics(x, &m, at);
     int64_t start = x->d->start_ms + (int64_t)key->period * period_ms[level];
-    if (rc == KP_OK && table_upsert(&x->d->rows[level], start, key->rank, &idx) != KP_OK)
+    if (rc == KP_OK && kp_row_table_upsert(&x->d->rows[level], start, key->rank, &idx) != KP_OK)
         rc = dec_fail(x, KP_ENOMEM, x->section_off, "out of memory");
     if (rc != KP_OK) {
         kp_rollup_metrics_free(&m);
