@@ -35,6 +35,7 @@ set -euo pipefail
 umask 077
 cd "$(dirname "$0")/.."
 root=$(pwd)
+. "$root/deploy/demo-data.sh"
 
 state=${KEYPLANE_LOCAL_DIR:-$root/.local-cluster}
 workers=${KEYPLANE_LOCAL_WORKERS:-2}
@@ -360,29 +361,12 @@ cmd_up() {
   wait_for "HAProxy to reach a ready node" haproxy "$state/haproxy.log" \
     http_ok "http://127.0.0.1:$lb_ctl/readyz"
 
-  # Demo registry entries, as in quickstart.sh (PUT is idempotent): the mock
-  # as a provider, two keys in the default pool, a tenant with a project, a
-  # price, and an app token (shown once by the API, so kept in app.token).
+  # Demo registry entries (deploy/demo-data.sh, as quickstart.sh), and an
+  # app token kept in app.token.
   say "demo provider, keys, pool, tenant and app token"
-  admin PUT /admin/v1/providers/mock \
-    "{\"kind\":\"openai-compatible\",\"base_url\":\"http://127.0.0.1:$mock_port/v1\",\"allow_insecure\":true}"
-  admin PUT /admin/v1/tenants/demo '{"display_name":"Demo tenant"}'
-  admin PUT /admin/v1/projects/demo-app '{"tenant":"demo","display_name":"Demo app"}'
-  admin PUT /admin/v1/keys/mock-key-1 \
-    '{"provider":"mock","name":"mock key 1","owner":"local-cluster","secret":"sk-mock-local-cluster-0001"}'
-  admin PUT /admin/v1/keys/mock-key-2 \
-    '{"provider":"mock","name":"mock key 2","owner":"local-cluster","secret":"sk-mock-local-cluster-0002"}'
-  admin PUT /admin/v1/pools/default \
-    '{"strategy":"priority","members":[{"key":"mock-key-1","priority":0},{"key":"mock-key-2","priority":1}]}'
-  admin PUT /admin/v1/prices/gpt-4o-mini '{"input_per_mtok":150000000,"output_per_mtok":600000000}'
+  kp_seed_demo admin "$mock_port" local-cluster
   local app_file="$state/app.token"
-  if [ ! -s "$app_file" ]; then
-    (umask 077 && curl -fsS -m 10 -X POST "http://127.0.0.1:$lb_ctl/admin/v1/tokens" \
-      -H "Authorization: Bearer $(admin_token)" -H 'Content-Type: application/json' \
-      -d '{"name":"local-cluster app","role":"app","tenant":"demo"}' |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' >"$app_file.tmp" &&
-      mv "$app_file.tmp" "$app_file")
-  fi
+  kp_demo_app_token "http://127.0.0.1:$lb_ctl" "$(admin_token)" "local-cluster app" "$app_file"
   local app
   app=$(cat "$app_file")
   # Every node serves the token once it has the entries above (they reach

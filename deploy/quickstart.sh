@@ -64,28 +64,11 @@ admin() { # METHOD PATH [JSON]
   curl -fsS -X "$1" "$ctl$2" -H "Authorization: Bearer $token" \
     -H 'Content-Type: application/json' ${3:+-d "$3"} >/dev/null
 }
-# Demo registry entries pointing at the mock (PUT is idempotent): a
-# provider, two keys in the default pool (the second takes over when the
-# first fails), a tenant with a project, a price, and an app token (shown
-# once by the API, so kept in the data directory).
-admin PUT /admin/v1/providers/mock \
-  "{\"kind\":\"openai-compatible\",\"base_url\":\"http://127.0.0.1:$mock_port/v1\",\"allow_insecure\":true}"
-admin PUT /admin/v1/tenants/demo '{"display_name":"Demo tenant"}'
-admin PUT /admin/v1/projects/demo-app '{"tenant":"demo","display_name":"Demo app"}'
-admin PUT /admin/v1/keys/mock-key-1 \
-  '{"provider":"mock","name":"mock key 1","owner":"quickstart","secret":"sk-mock-quickstart-0001"}'
-admin PUT /admin/v1/keys/mock-key-2 \
-  '{"provider":"mock","name":"mock key 2","owner":"quickstart","secret":"sk-mock-quickstart-0002"}'
-admin PUT /admin/v1/pools/default \
-  '{"strategy":"priority","members":[{"key":"mock-key-1","priority":0},{"key":"mock-key-2","priority":1}]}'
-admin PUT /admin/v1/prices/gpt-4o-mini '{"input_per_mtok":150000000,"output_per_mtok":600000000}'
+# Demo registry entries pointing at the mock, and an app token.
+. "$root/deploy/demo-data.sh"
+kp_seed_demo admin "$mock_port" quickstart
 app_file="$state/node1/app.token"
-if [ ! -s "$app_file" ]; then
-  (umask 077 && curl -fsS -X POST "$ctl/admin/v1/tokens" -H "Authorization: Bearer $token" \
-    -H 'Content-Type: application/json' \
-    -d '{"name":"quickstart app","role":"app","tenant":"demo"}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' >"$app_file")
-fi
+kp_demo_app_token "$ctl" "$token" "quickstart app" "$app_file"
 app=$(cat "$app_file")
 
 cat <<MSG
