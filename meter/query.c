@@ -52,31 +52,6 @@ static int64_t ceil_to(int64_t ms, int64_t unit)
 
 /* --- time ---------------------------------------------------------------- */
 
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
- * algorithm), and back. */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    unsigned yoe = (unsigned)(y - era * 400);
-    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
-
-static void civil_from_days(int64_t z, int64_t *y, unsigned *m, unsigned *d)
-{
-    z += 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    unsigned doe = (unsigned)(z - era * 146097);
-    unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    unsigned mp = (5 * doy + 2) / 153;
-    *d = doy - (153 * mp + 2) / 5 + 1;
-    *m = mp < 10 ? mp + 3 : mp - 9;
-    *y = (int64_t)yoe + era * 400 + (*m <= 2);
-}
-
 static bool leap_year(int64_t y)
 {
     return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
@@ -104,7 +79,7 @@ static bool parse_date(const char *s, int64_t *days)
         return false;
     if (m < 1 || m > 12 || d < 1 || d > mdays[m - 1] + (m == 2 && leap_year(y)))
         return false;
-    *days = days_from_civil(y, m, d);
+    *days = kp_days_from_civil(y, (int)m, (int)d);
     return true;
 }
 
@@ -180,9 +155,9 @@ void kp_usage_format_time(int64_t ms, char *buf, size_t len)
 {
     int64_t secs = floor_to(ms, 1000) / 1000, y;
     int64_t days = floor_to(secs, 86400) / 86400, rem = secs - days * 86400;
-    unsigned m, d;
-    civil_from_days(days, &y, &m, &d);
-    snprintf(buf, len, "%04" PRId64 "-%02u-%02uT%02u:%02u:%02uZ", y, m, d, (unsigned)(rem / 3600),
+    int m, d;
+    kp_civil_from_days(days, &y, &m, &d);
+    snprintf(buf, len, "%04" PRId64 "-%02d-%02dT%02u:%02u:%02uZ", y, m, d, (unsigned)(rem / 3600),
              (unsigned)(rem / 60 % 60), (unsigned)(rem % 60));
 }
 

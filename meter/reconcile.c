@@ -145,31 +145,6 @@ int kp_recon_parse_threshold(const char *s, int64_t *ppm)
 
 /* --- days ---------------------------------------------------------------- */
 
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
- * days_from_civil). */
-static int64_t days_from_civil(int64_t y, int m, int d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-static void civil_from_days(int64_t z, int64_t *y, int *m, int *d)
-{
-    z += 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    int64_t doe = z - era * 146097;
-    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    int64_t mp = (5 * doy + 2) / 153;
-    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
-    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
-    *y = yoe + era * 400 + (*m <= 2);
-}
-
 static int days_in_month(int64_t y, int m)
 {
     static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
@@ -251,7 +226,7 @@ static int parse_date_time(const char *p, int32_t *day)
     } else if (*skip_blanks(p) != '\0') {
         return KP_EPARSE;
     }
-    *day = (int32_t)(days_from_civil(y, m, d) + floor_div(secs - east, 86400));
+    *day = (int32_t)(kp_days_from_civil(y, m, d) + floor_div(secs - east, 86400));
     return KP_OK;
 }
 
@@ -290,7 +265,7 @@ void kp_recon_format_day(int32_t day, char *out, size_t len)
 {
     int64_t y;
     int m, d;
-    civil_from_days(day, &y, &m, &d);
+    kp_civil_from_days(day, &y, &m, &d);
     snprintf(out, len, "%04" PRId64 "-%02d-%02d", y, m, d);
 }
 

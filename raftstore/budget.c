@@ -51,19 +51,6 @@
 /* Smallest grant, as a fraction of the limit (grant_rule). */
 #define GRANT_FLOOR_DIVISOR 64
 
-static int refuse(struct kp_apply *a, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int refuse(struct kp_apply *a, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(a->res->message, sizeof(a->res->message), fmt, ap);
-    va_end(ap);
-    kp_store__utf8_trim(a->res->message);
-    return code;
-}
-
 /* Amounts are never negative; sums stop at INT64_MAX rather than wrap. */
 static kp_nanousd add_sat(kp_nanousd x, kp_nanousd y)
 {
@@ -83,48 +70,24 @@ static int64_t floor_div(int64_t x, int64_t y)
     return (x % y != 0 && x < 0) ? q - 1 : q;
 }
 
-/* Days since 1970-01-01 of year @y, month @m (1..12), day @d in the
- * proleptic Gregorian calendar, and back (H. Hinnant's algorithms). */
-static int64_t days_from_civil(int64_t y, int m, int d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-static void civil_from_days(int64_t z, int64_t *y, int *m)
-{
-    z += 719468;
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    int64_t doe = z - era * 146097;
-    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    int64_t mp = (5 * doy + 2) / 153;
-    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
-    *y = yoe + era * 400 + (*m <= 2);
-}
-
 int64_t kp_budget_window_start(int window, int64_t ms)
 {
     int64_t day = floor_div(ms, DAY_MS), y;
-    int m;
+    int m, dd;
     if (window != KP_BUDGET_MONTHLY)
         return day * DAY_MS;
-    civil_from_days(day, &y, &m);
-    return days_from_civil(y, m, 1) * DAY_MS;
+    kp_civil_from_days(day, &y, &m, &dd);
+    return kp_days_from_civil(y, m, 1) * DAY_MS;
 }
 
 int64_t kp_budget_window_end(int window, int64_t ms)
 {
     int64_t day = floor_div(ms, DAY_MS), y;
-    int m;
+    int m, dd;
     if (window != KP_BUDGET_MONTHLY)
         return (day + 1) * DAY_MS;
-    civil_from_days(day, &y, &m);
-    return days_from_civil(m == 12 ? y + 1 : y, m == 12 ? 1 : m + 1, 1) * DAY_MS;
+    kp_civil_from_days(day, &y, &m, &dd);
+    return kp_days_from_civil(m == 12 ? y + 1 : y, m == 12 ? 1 : m + 1, 1) * DAY_MS;
 }
 
 static const char *window_name(int window)
@@ -421,14 +384,16 @@ static int check_items(struct kp_apply *a, const struct kp_cmd_budget_lease *c)
         const struct kp_policy *p =
             (const struct kp_policy *)kp_store__get(a->st, KP_KIND_POLICY, it->policy);
         if (p == NULL)
-            return refuse(a, KP_ENOENT, "items[%u].policy: no policy '%s'", i, it->policy);
+            return kp_store__refuse(a, KP_ENOENT, "items[%u].policy: no policy '%s'", i,
+                                    it->policy);
         if (kp_policy_budget(p, it->budget) == NULL)
-            return refuse(a, KP_ENOENT, "items[%u].budget: policy '%s' has no budget '%s'", i,
-                          it->policy, it->budget);
+            return kp_store__refuse(a, KP_ENOENT,
+                                    "items[%u].budget: policy '%s' has no budget '%s'", i,
+                                    it->policy, it->budget);
         for (uint32_t j = 0; j < i; j++) {
             if (strcmp(c->items[j].policy, it->policy) == 0 &&
                 strcmp(c->items[j].budget, it->budget) == 0)
-                return refuse(a, KP_EINVAL, "items[%u]: same budget as items[%u]", i, j);
+                return kp_store__refuse(a, KP_EINVAL, "items[%u]: same budget as items[%u]", i, j);
         }
     }
     return KP_OK;
@@ -514,10 +479,11 @@ int kp_store__op_budget_reset(struct kp_apply *a)
     const struct kp_policy *p =
         (const struct kp_policy *)kp_store__get(a->st, KP_KIND_POLICY, c->id);
     if (p == NULL)
-        return refuse(a, KP_ENOENT, "no policy '%s'", c->id);
+        return kp_store__refuse(a, KP_ENOENT, "no policy '%s'", c->id);
     const struct kp_budget *b = kp_policy_budget(p, c->budget);
     if (b == NULL)
-        return refuse(a, KP_ENOENT, "budget: policy '%s' has no budget '%s'", c->id, c->budget);
+        return kp_store__refuse(a, KP_ENOENT, "budget: policy '%s' has no budget '%s'", c->id,
+                                c->budget);
     const struct kp_entity *cur = kp_store__get(a->st, KP_KIND_BUDGET_STATE, c->id);
     if (cur == NULL ||
         kp_budget_state_window((const struct kp_budget_state *)cur, c->budget) == NULL) {

@@ -37,10 +37,7 @@
 
 typedef int (*op_fn)(struct kp_apply *a);
 
-static int refuse(struct kp_apply *a, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int refuse(struct kp_apply *a, int code, const char *fmt, ...)
+int kp_store__refuse(struct kp_apply *a, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -100,12 +97,12 @@ static int check_expect(struct kp_apply *a, int kind, const char *id, const stru
     if (have == want)
         return KP_OK;
     if (cur == NULL)
-        return refuse(a, KP_ECONFLICT,
-                      "expect_version: %s '%s' does not exist (expected %" PRIu64 ")",
-                      kp_kind_name(kind), id, want);
-    return refuse(a, KP_ECONFLICT,
-                  "expect_version: %s '%s' is at version %" PRIu64 ", not %" PRIu64,
-                  kp_kind_name(kind), id, have, want);
+        return kp_store__refuse(a, KP_ECONFLICT,
+                                "expect_version: %s '%s' does not exist (expected %" PRIu64 ")",
+                                kp_kind_name(kind), id, want);
+    return kp_store__refuse(a, KP_ECONFLICT,
+                            "expect_version: %s '%s' is at version %" PRIu64 ", not %" PRIu64,
+                            kp_kind_name(kind), id, have, want);
 }
 
 /* The existing entity an op targets, checked against expect_version. */
@@ -114,7 +111,7 @@ static int target(struct kp_apply *a, int kind, const char *id, struct kp_entity
     a->target = id;
     *out = kp_store__get(a->st, kind, id);
     if (*out == NULL)
-        return refuse(a, KP_ENOENT, "no %s '%s'", kp_kind_name(kind), id);
+        return kp_store__refuse(a, KP_ENOENT, "no %s '%s'", kp_kind_name(kind), id);
     return check_expect(a, kind, id, *out);
 }
 
@@ -153,15 +150,15 @@ static int put_carry_over(struct kp_apply *a, struct kp_entity *e, const struct 
         const struct kp_key *ok = (const struct kp_key *)old;
         struct kp_key *nk = (struct kp_key *)e;
         if (ok->status == KP_KEY_REVOKED)
-            return refuse(a, KP_ECONFLICT, "key '%s' is revoked", e->id);
+            return kp_store__refuse(a, KP_ECONFLICT, "key '%s' is revoked", e->id);
         nk->status = ok->status;
         return copy_secrets(nk, ok);
     }
     if (e->kind == KP_KIND_PROJECT && old != NULL &&
         strcmp(((const struct kp_project *)old)->tenant, ((struct kp_project *)e)->tenant) != 0)
-        return refuse(a, KP_ECONFLICT,
-                      "tenant: project '%s' belongs to tenant '%s' and cannot move", e->id,
-                      ((const struct kp_project *)old)->tenant);
+        return kp_store__refuse(a, KP_ECONFLICT,
+                                "tenant: project '%s' belongs to tenant '%s' and cannot move",
+                                e->id, ((const struct kp_project *)old)->tenant);
     return KP_OK;
 }
 
@@ -195,7 +192,7 @@ static int op_set_key_health(struct kp_apply *a)
     struct kp_key_health *h = a->cmd->body.key_health;
     a->target = h->e.id;
     if (kp_store__get(a->st, KP_KIND_KEY, h->e.id) == NULL)
-        return refuse(a, KP_ENOENT, "no key '%s'", h->e.id);
+        return kp_store__refuse(a, KP_ENOENT, "no key '%s'", h->e.id);
     const struct kp_key_health *old =
         (const struct kp_key_health *)kp_store__get(a->st, KP_KIND_KEY_HEALTH, h->e.id);
     int rc = check_expect(a, KP_KIND_KEY_HEALTH, h->e.id, old ? &old->e : NULL);
@@ -216,7 +213,8 @@ static int op_init_cluster(struct kp_apply *a)
     struct kp_cluster *c = a->cmd->body.cluster;
     a->target = c->e.id;
     if (a->st->cluster != NULL)
-        return refuse(a, KP_ECONFLICT, "cluster already initialized as '%s'", a->st->cluster->e.id);
+        return kp_store__refuse(a, KP_ECONFLICT, "cluster already initialized as '%s'",
+                                a->st->cluster->e.id);
     c->e.version = 1;
     c->e.created_ms = c->e.updated_ms = a->cmd->ts;
     a->res->version = 1;
@@ -305,7 +303,7 @@ static int live_key(struct kp_apply *a, const char *id, const struct kp_key **ou
         return rc;
     *out = (const struct kp_key *)e;
     if ((*out)->status == KP_KEY_REVOKED)
-        return refuse(a, KP_ECONFLICT, "key '%s' is revoked", id);
+        return kp_store__refuse(a, KP_ECONFLICT, "key '%s' is revoked", id);
     return KP_OK;
 }
 
@@ -335,11 +333,11 @@ static int check_new_secret(struct kp_apply *a, const struct kp_key *k,
     for (uint32_t i = 0; i < k->nsecrets; i++) {
         const struct kp_key_secret *s = &k->secrets[i];
         if (s->version >= c->version)
-            return refuse(a, KP_ECONFLICT, "version: %u is not above key '%s' version %u",
-                          c->version, k->e.id, s->version);
+            return kp_store__refuse(a, KP_ECONFLICT, "version: %u is not above key '%s' version %u",
+                                    c->version, k->e.id, s->version);
         if (strcmp(s->fingerprint, c->fingerprint) == 0)
-            return refuse(a, KP_ECONFLICT, "fingerprint: already key '%s' version %u", k->e.id,
-                          s->version);
+            return kp_store__refuse(a, KP_ECONFLICT, "fingerprint: already key '%s' version %u",
+                                    k->e.id, s->version);
     }
     return KP_OK;
 }
@@ -421,12 +419,12 @@ static int op_retire_key_secret(struct kp_apply *a)
         i++;
     snprintf(a->detail, sizeof(a->detail), "version %u", c->version);
     if (i == k->nsecrets)
-        return refuse(a, KP_ENOENT, "version: key '%s' has no secret version %u", c->id,
-                      c->version);
+        return kp_store__refuse(a, KP_ENOENT, "version: key '%s' has no secret version %u", c->id,
+                                c->version);
     if (k->secrets[i].state == KP_SECRET_PRIMARY)
-        return refuse(a, KP_ECONFLICT,
-                      "version: %u is the primary of key '%s'; add a new secret first", c->version,
-                      c->id);
+        return kp_store__refuse(a, KP_ECONFLICT,
+                                "version: %u is the primary of key '%s'; add a new secret first",
+                                c->version, c->id);
     a->res->version = k->e.version;
     if (k->secrets[i].state == KP_SECRET_RETIRED)
         return KP_OK; /* already: nothing changes */
@@ -510,16 +508,16 @@ static int rewrap_check_items(struct kp_apply *a, const struct kp_cmd_rewrap *r)
         const struct kp_rewrap_item *it = &r->secrets[i];
         const struct kp_key *k = (const struct kp_key *)kp_store__get(a->st, KP_KIND_KEY, it->key);
         if (k == NULL)
-            return refuse(a, KP_ENOENT, "secrets[%u].key: no key '%s'", i, it->key);
+            return kp_store__refuse(a, KP_ENOENT, "secrets[%u].key: no key '%s'", i, it->key);
         if (k->e.version != it->key_version)
-            return refuse(a, KP_ECONFLICT,
-                          "secrets[%u].key_version: key '%s' is at version %" PRIu64, i, it->key,
-                          k->e.version);
+            return kp_store__refuse(a, KP_ECONFLICT,
+                                    "secrets[%u].key_version: key '%s' is at version %" PRIu64, i,
+                                    it->key, k->e.version);
         const struct kp_key_secret *s = find_secret(k, it->version);
         if (s == NULL || s->sealed.n == 0)
-            return refuse(a, KP_ECONFLICT,
-                          "secrets[%u].version: key '%s' has no live secret version %u", i, it->key,
-                          it->version);
+            return kp_store__refuse(a, KP_ECONFLICT,
+                                    "secrets[%u].version: key '%s' has no live secret version %u",
+                                    i, it->key, it->version);
     }
     return KP_OK;
 }
@@ -556,7 +554,7 @@ static int rewrap_check_cover(struct kp_apply *a, struct kp_rewrap_item **sorted
         for (uint32_t j = 0; j < k->nsecrets && rc == KP_OK; j++) {
             if (k->secrets[j].sealed.n > 0 &&
                 !rewrap_has(sorted, n, k->e.id, k->secrets[j].version))
-                rc = refuse(
+                rc = kp_store__refuse(
                     a, KP_ECONFLICT,
                     "secrets: key '%s' version %u is missing (a rewrap covers every live secret)",
                     k->e.id, k->secrets[j].version);
@@ -598,7 +596,7 @@ static int rewrap_kek_id(struct kp_apply *a, const char *kek_id)
     if (kek_id == NULL)
         return KP_OK;
     if (a->st->cluster == NULL)
-        return refuse(a, KP_ECONFLICT, "kek_id: the cluster is not initialized");
+        return kp_store__refuse(a, KP_ECONFLICT, "kek_id: the cluster is not initialized");
     struct kp_entity *e;
     int rc = next_version(a, &a->st->cluster->e, &e);
     if (rc != KP_OK)
@@ -634,8 +632,8 @@ static int op_rewrap(struct kp_apply *a)
     for (uint32_t i = 1; i < r->nsecrets && rc == KP_OK; i++) {
         if (strcmp(sorted[i]->key, sorted[i - 1]->key) == 0 &&
             sorted[i]->version == sorted[i - 1]->version)
-            rc = refuse(a, KP_EINVAL, "secrets[%td]: duplicate of secrets[%td]",
-                        sorted[i] - r->secrets, sorted[i - 1] - r->secrets);
+            rc = kp_store__refuse(a, KP_EINVAL, "secrets[%td]: duplicate of secrets[%td]",
+                                  sorted[i] - r->secrets, sorted[i - 1] - r->secrets);
     }
     if (rc == KP_OK)
         rc = rewrap_check_cover(a, sorted, r->nsecrets);
@@ -655,7 +653,7 @@ static int dispatch(struct kp_apply *a)
     if (a->cmd->has_expect_version &&
         (op == KP_OP_INIT_CLUSTER || op == KP_OP_AUDIT_ONLY || op == KP_OP_REWRAP_SECRETS ||
          op == KP_OP_BUDGET_LEASE || op == KP_OP_BUDGET_RESET))
-        return refuse(a, KP_EINVAL, "expect_version: not accepted by %s", kp_op_name(op));
+        return kp_store__refuse(a, KP_EINVAL, "expect_version: not accepted by %s", kp_op_name(op));
     return handlers[op](a);
 }
 
@@ -703,8 +701,8 @@ static int check_budgets(struct kp_apply *a)
 #ifndef NDEBUG
         abort();
 #endif
-        return refuse(a, KP_ECONFLICT, "invariant: budget state '%s': %s (refused; a bug)", s->id,
-                      why);
+        return kp_store__refuse(a, KP_ECONFLICT,
+                                "invariant: budget state '%s': %s (refused; a bug)", s->id, why);
     }
     return KP_OK;
 }

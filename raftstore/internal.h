@@ -95,6 +95,11 @@ int kp_store__op_kind(enum kp_op op);
 const char *kp_store__check_cs(enum kp_cs cs, const char *s, size_t n);
 /* Cut @s so that it ends on a whole UTF-8 sequence. */
 void kp_store__utf8_trim(char *s);
+struct kp_apply;
+/* Refuse the command being applied: @fmt into the result's message (cut to
+ * whole UTF-8 characters); returns @code. fsm.c. */
+int kp_store__refuse(struct kp_apply *a, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* --- the codec (command.c) --------------------------------------------------------- */
 

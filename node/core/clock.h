@@ -12,6 +12,11 @@ uint64_t kp_now_mono_ms(void);
 int64_t kp_now_unix_ms(void);
 /* "2026-11-29T23:04:05.123Z" into buf (at least 25 bytes). */
 void kp_format_time_ms(int64_t unix_ms, char *buf, size_t len);
+/* Days since 1970-01-01 of year @y, month @m (1..12), day @d of the
+ * proleptic Gregorian calendar, and back (H. Hinnant's algorithms; exact
+ * for every int64 day a caller here can produce). */
+int64_t kp_days_from_civil(int64_t y, int m, int d);
+void kp_civil_from_days(int64_t days, int64_t *y, int *m, int *d);
 /* Fill @buf with @len cryptographically random bytes (OpenSSL). */
 int kp_random_bytes(void *buf, size_t len);
 /* A random id: @n random bytes as lower-case hex into out (2n+1 bytes). */
