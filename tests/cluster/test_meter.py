@@ -21,7 +21,7 @@ import time
 import unittest
 import urllib.parse
 
-from harness import Harness, bin_path, http, wait_until
+from harness import Harness, bin_path, http, metric_value, wait_until
 
 ADMIN = "/admin/v1"
 MASTER = secrets.token_hex(32)
@@ -217,6 +217,63 @@ class SingleNodeTest(unittest.TestCase):
                                headers={"Authorization": "Bearer " + cluster_secret(MASTER)})
         self.assertEqual(status, 200, body)
         wait_until(lambda: m.total_requests() == 20, what="the good segment metered", alive=m.n1)
+
+
+class SpoolFullTest(unittest.TestCase):
+    """A spool at its cap (no meter takes its segments): refuse answers
+    calls 503 and /readyz says why; serve answers them and counts the
+    usage events it drops."""
+
+    def start(self, mode):
+        h = Harness(self)
+        data = h.path(mode, "data")
+        os.makedirs(os.path.join(data, "spool"), mode=0o700)
+        # 1.2 MiB of sealed segments already waiting: over the 1 MiB cap.
+        subprocess.run([bin_path("kpseg"), "gen",
+                        os.path.join(data, "spool", "00000000000000000001.kpseg"),
+                        "--events", "40000", "--seed", "5", "--node", mode], check=True)
+        mock = h.start_mock()
+        node = h.start_node(mode, data_dir=data, wait_ready=False,
+                            config={"meter": "no", "spool_max_bytes": "1MiB",
+                                    "spool_full": mode, "workers": 1},
+                            env={"KEYPLANE_MASTER_KEY": MASTER})
+        wait_until(lambda: node.admin_token, what="admin.token", alive=node)
+        hdrs = {"Authorization": "Bearer " + node.admin_token}
+        for path, body in (("/providers/mock", {"kind": "openai-compatible",
+                                                "base_url": mock.url + "/v1",
+                                                "allow_insecure": True}),
+                           ("/tenants/acme", {"display_name": "Acme"}),
+                           ("/keys/key-a", {"provider": "mock", "secret": "sk-mock-spool-0001"}),
+                           ("/pools/default", {"members": [{"key": "key-a"}]})):
+            status, _, raw = node.control("PUT", ADMIN + path, body=body, headers=hdrs)
+            self.assertIn(status, (200, 201), raw)
+        status, _, raw = node.control("POST", ADMIN + "/tokens", headers=hdrs,
+                                      body={"role": "app", "tenant": "acme", "name": "app"})
+        self.assertEqual(status, 201, raw)
+        token = json.loads(raw)["token"]
+
+        def call():
+            return http("POST", node.gateway_url + "/v1/chat/completions", body=CHAT,
+                        headers={"Authorization": "Bearer " + token,
+                                 "Content-Type": "application/json"})
+        return node, call
+
+    def test_refuse(self):
+        node, call = self.start("refuse")
+        wait_until(lambda: http("GET", node.control_url + "/readyz")[2] ==
+                   b'{"status":"spool","reason":"the usage spool is full and set to refuse calls"}',
+                   what="/readyz names the full spool", alive=node)
+        status, headers, raw = call()
+        self.assertEqual(status, 503, raw)
+        self.assertEqual(headers["x-keyplane-error"], "usage_spool_full", raw)
+
+    def test_serve(self):
+        node, call = self.start("serve")
+        status, _, raw = call()
+        self.assertEqual(status, 200, raw)
+        wait_until(lambda: metric_value(node.metrics(), "keyplane_usage_events_dropped_total") >= 1,
+                   what="the dropped event counted", alive=node)
+        self.assertEqual(http("GET", node.control_url + "/readyz")[0], 200)
 
 
 class ClusterctlTest(unittest.TestCase):
