@@ -773,6 +773,10 @@ void kp_internal_handle(struct kp_node *n, struct kp_http_exchange *ex,
         handle_key_health(n, ex, req, rid);
         return;
     }
+    if (strcmp(req->path, "/internal/v1/budget-lease") == 0 && strcmp(req->method, "POST") == 0) {
+        kp_lease_internal(n, ex, req, rid);
+        return;
+    }
     if (strcmp(req->path, "/internal/v1/raft") == 0 && strcmp(req->method, "GET") == 0) {
         handle_raft_status(n, ex, rid);
         return;

@@ -560,6 +560,14 @@ int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
     return KP_OK;
 }
 
+/* Every grant given back (or the wait over): close the store. */
+static void lease_stopped(struct kp_node *n)
+{
+    struct kp_store *s = n->store;
+    n->store_closing = true;
+    kp_store_close(s, NULL, NULL);
+}
+
 void kp_node_stop(void *arg)
 {
     struct kp_node *n = arg;
@@ -571,7 +579,5 @@ void kp_node_stop(void *arg)
     kp_sweeper_stop(n);
     kp_metering_stop_timer(n);
     kp_health_queue_close(n->health); /* freed by main once the loop closed it */
-    struct kp_store *s = n->store;
-    n->store_closing = true;
-    kp_store_close(s, NULL, NULL);
+    kp_lease_stop(n, lease_stopped);
 }

@@ -77,6 +77,10 @@ static int run(struct kp_config *cfg)
         code = rc == KP_ECONFIG ? 2 : 1;
         goto out;
     }
+    if (kp_lease_start(&node) != KP_OK) {
+        kp_error("main", "cannot start: out of memory");
+        goto out;
+    }
     node.health = kp_health_queue_new(&node, rt.main_loop);
     node.router.health =
         (struct kp_health_sink){node.health ? kp_health_report : NULL, node.health};
@@ -117,6 +121,7 @@ out:
         kp_warn("main", "main loop closed with open handles");
     kp_metering_close(&node);
     kp_health_queue_free(node.health);
+    kp_budget_ledger_free(node.router.budgets);
     kp_view_slot_close(&node.views);
     kp_usage_log_free(node.usage);
     kp_seal_kek_free(node.kek);

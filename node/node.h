@@ -86,6 +86,7 @@ struct kp_node {
     struct kp_metering *metering;   /* metering.c */
     int64_t leader_seen_ms;         /* control.c: when a Raft leader was last known */
     struct kp_health_queue *health; /* health.c */
+    struct kp_lease_client *lease;  /* lease.c */
     /* lifecycle.c */
     bool fresh;         /* the raft directory was empty */
     bool bootstrap;     /* this start makes a new cluster */
@@ -129,6 +130,18 @@ void kp_health_report(void *queue, const char *key, uint64_t key_version, int st
  * may be NULL (failures are logged). */
 int kp_health_propose(struct kp_node *n, const char *key, int status, const char *error_class,
                       const char *source, kp_store_apply_cb cb, void *arg);
+
+/* lease.c: the budget lease client (docs/budgets.md, "The router side").
+ * kp_lease_start makes the ledger (n->router.budgets) and the client on
+ * the main loop, before the workers start; kp_lease_stop gives every grant
+ * back (bounded wait) and then calls @stopped. */
+struct kp_lease_client;
+int kp_lease_start(struct kp_node *n);
+void kp_lease_stop(struct kp_node *n, void (*stopped)(struct kp_node *n));
+struct kp_budget_ledger *kp_lease_ledger(struct kp_node *n);
+/* POST /internal/v1/budget-lease (cluster secret checked by the caller). */
+void kp_lease_internal(struct kp_node *n, struct kp_http_exchange *ex,
+                       const struct kp_http_request *req, const char *rid);
 
 /* control.c: note whether a Raft leader is known now (readiness). */
 void kp_node_note_leader(struct kp_node *n);

@@ -375,6 +375,8 @@ int kp_router__write_event(struct kp_call *c, const char *event, size_t event_le
 static int on_event(void *arg, const struct kp_sse_event *e)
 {
     struct kp_call *c = arg;
+    if (kp_router__budget_stream_guard(c) != KP_OK)
+        return KP_ETOOBIG;
     if (c->shape != KP_SHAPE_OPENAI) {
         char why[256];
         int rc = kp_router__stream_event(c, e, why, sizeof(why));
@@ -434,7 +436,8 @@ static bool on_body(void *arg, const void *data, size_t len)
             kp_upstream_cancel(c->up);
             c->up = NULL;
             stat_end(c, false);
-            end_stream_with_error(c, "server", c->stream_error);
+            end_stream_with_error(c, c->stream_error_class ? c->stream_error_class : "server",
+                                  c->stream_error);
             kp_router__settle(c);
             kp_router__finish(c);
             return true;

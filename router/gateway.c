@@ -76,6 +76,7 @@ void kp_router__finish(struct kp_call *c)
         c->ev.streamed = c->stream;
         kp_router__count_usage(&c->ev);
         kp_router__limit_charge(c);
+        kp_router__budget_settle(c);
         if (c->r->sh.usage.record != NULL)
             c->r->sh.usage.record(c->r->sh.usage.arg, &c->ev);
     }
@@ -127,6 +128,14 @@ int kp_router__fail_param(struct kp_call *c, int status, const char *type, const
         KP_HTTP_HEADER("X-RateLimit-Reset", retry),
     };
     unsigned nh = c->retry_after_s > 0 ? (c->rl_limit > 0 ? 7 : 4) : 3;
+    if (c->budget_refused[0] != '\0') {
+        /* Retrying before the reset cannot help: say so to SDKs that
+         * retry 429s on their own (the OpenAI and Anthropic SDKs read
+         * x-should-retry). */
+        h[4] = (struct kp_http_header)KP_HTTP_HEADER("X-Keyplane-Budget", c->budget_refused);
+        h[5] = (struct kp_http_header)KP_HTTP_HEADER("x-should-retry", "false");
+        nh = 6;
+    }
     c->ev.status = (uint16_t)status;
     if (c->ev.error_class[0] == '\0')
         kp_usage_set_str(c->ev.error_class, status >= 500 ? "server" : "client");
@@ -199,16 +208,17 @@ static int parse_body(struct kp_call *c)
  * must ask for usage in a stream the app did not ask it for. */
 static int upstream_body(struct kp_call *c)
 {
-    if (!(c->stream && (c->ep == KP_EP_CHAT || c->ep == KP_EP_COMPLETIONS) &&
-          !c->client_wants_usage))
+    bool ask_usage =
+        c->stream && (c->ep == KP_EP_CHAT || c->ep == KP_EP_COMPLETIONS) && !c->client_wants_usage;
+    if (!ask_usage && !c->body_changed)
         return KP_OK;
     json_t *so = json_object_get(c->body, "stream_options");
-    if (!json_is_object(so)) {
+    if (ask_usage && !json_is_object(so)) {
         so = json_object();
         if (so == NULL || json_object_set_new(c->body, "stream_options", so) != 0)
             return KP_ENOMEM;
     }
-    if (json_object_set_new(so, "include_usage", json_true()) != 0)
+    if (ask_usage && json_object_set_new(so, "include_usage", json_true()) != 0)
         return KP_ENOMEM;
     size_t len;
     char *text = kp_json_dumps(c->body, &len);
@@ -397,11 +407,17 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
     }
     if (kp_router__limit_call(c) != KP_OK || kp_router__select(c) != KP_OK)
         return;
+    kp_http_on_abort(ex, on_abort, c);
+    if (kp_router__budget_begin(c) == KP_OK)
+        kp_router__go(c);
+}
+
+void kp_router__go(struct kp_call *c)
+{
     if (upstream_body(c) != KP_OK) {
         kp_router__fail(c, 503, "server_error", "out_of_memory", "out of memory; retry");
         return;
     }
-    kp_http_on_abort(ex, on_abort, c);
     kp_router__attempt_next(c);
 }
 
@@ -427,6 +443,7 @@ int kp_router_new(struct kp_router **out, uv_loop_t *loop, const struct kp_route
         kp_free(r);
         return rc;
     }
+    kp_router__budget_init(r);
     *out = r;
     return KP_OK;
 }
@@ -457,5 +474,6 @@ void kp_router_close(struct kp_router *r, void (*cb)(void *arg), void *arg)
         kp_http_reset(c->ex);
         kp_router__finish(c);
     }
+    kp_router__budget_close(r);
     kp_upstream_close(r->up, upstream_closed, r);
 }

@@ -116,7 +116,7 @@ struct limit {
     uint64_t rpm, tpm;
 };
 
-static bool covers(const struct kp_policy *p, const struct kp_call *c)
+bool kp_router__policy_covers(const struct kp_policy *p, const struct kp_call *c)
 {
     const char *t = p->scope_target;
     switch (p->scope_kind) {
@@ -155,7 +155,7 @@ static int check_policy(const struct kp_entity *e, void *arg)
 {
     struct scan *s = arg;
     const struct kp_policy *p = (const struct kp_policy *)e;
-    if ((p->rpm == 0 && p->tpm == 0) || !covers(p, s->c))
+    if ((p->rpm == 0 && p->tpm == 0) || !kp_router__policy_covers(p, s->c))
         return 0;
     int64_t wait = 0;
     if (p->tpm > 0) {
@@ -253,7 +253,7 @@ static int charge_policy(const struct kp_entity *e, void *arg)
 {
     struct scan *s = arg;
     const struct kp_policy *p = (const struct kp_policy *)e;
-    if (p->tpm == 0 || !covers(p, s->c))
+    if (p->tpm == 0 || !kp_router__policy_covers(p, s->c))
         return 0;
     struct bucket *b = bucket_of(name_hash("policy", p->e.id, "tpm"));
     uint64_t tokens = s->c->ev.tokens_in + s->c->ev.tokens_out;

@@ -38,6 +38,58 @@ struct kp_health_sink {
     void *arg;
 };
 
+/* --- the node's budget ledger (ledger.c; docs/budgets.md) ---
+ *
+ * What this node holds of every budget's grant, shared by the workers
+ * (which reserve each call's worst case against it and settle the actual
+ * cost) and the node's lease client (which reports settled spend and asks
+ * for grants in one budget_lease command at a time). Thread-safe. */
+#define KP_LEDGER_POLICY_MAX 128
+#define KP_LEDGER_BUDGET_MAX 64
+
+struct kp_budget_ledger;
+struct kp_ledger_slot;
+
+/* @need_cb (any thread, may be NULL) is called when a worker needs a
+ * grant now: the lease client should send without waiting for its tick. */
+struct kp_budget_ledger *kp_budget_ledger_new(void (*need_cb)(void *arg), void *arg);
+void kp_budget_ledger_free(struct kp_budget_ledger *l);
+
+/* One budget_lease command's items, and the slots they came from. */
+struct kp_lease_batch {
+    struct kp_lease_item items[KP_LEASE_ITEMS_MAX];
+    struct kp_ledger_slot *slots[KP_LEASE_ITEMS_MAX];
+    unsigned n;
+};
+
+/* Fill @b with every slot that has settles to report, a grant to ask for
+ * or one to give back (@final: give back every grant, ask for nothing:
+ * the node is stopping). Those slots are then "in flight" until
+ * kp_budget_ledger_answer or _unsend. Returns b->n. */
+unsigned kp_budget_ledger_build(struct kp_budget_ledger *l, int64_t now_ms, bool final,
+                                struct kp_lease_batch *b);
+/* Item @i of @b was applied: @g is what the state machine answered. */
+void kp_budget_ledger_answer(struct kp_budget_ledger *l, struct kp_lease_batch *b, unsigned i,
+                             const struct kp_lease_grant *g);
+/* Item @i of @b will not be sent again (refused): its settles go back to
+ * be reported in the next command. */
+void kp_budget_ledger_unsend(struct kp_budget_ledger *l, struct kp_lease_batch *b, unsigned i);
+/* After the answers of a command: wake the workers' waiting calls. */
+void kp_budget_ledger_answered(struct kp_budget_ledger *l);
+/* A worker asked for a grant since the last build. */
+bool kp_budget_ledger_urgent(struct kp_budget_ledger *l);
+/* Anything held or unreported (the stop waits for it to be given back). */
+bool kp_budget_ledger_holds(struct kp_budget_ledger *l);
+
+/* What this node holds of one budget, for display. */
+struct kp_ledger_local {
+    int64_t window;
+    kp_nanousd grant, reserved, unreported;
+    double rate_per_s; /* nano-USD reserved per second, smoothed */
+};
+void kp_budget_ledger_local(struct kp_budget_ledger *l, const char *policy, const char *budget,
+                            struct kp_ledger_local *out);
+
 /* What every worker's router shares, owned by the daemon and valid until
  * every router is closed. */
 struct kp_router_shared {
@@ -47,6 +99,7 @@ struct kp_router_shared {
     const struct kp_seal_kek *prev_kek; /* during a rotation, or NULL */
     struct kp_usage_sink usage;
     struct kp_health_sink health;
+    struct kp_budget_ledger *budgets; /* NULL: budgets are not enforced */
 };
 
 struct kp_router;

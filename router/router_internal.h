@@ -12,7 +12,11 @@
  *   secrets.c   the worker's cache of opened provider secrets
  *   breaker.c   the worker's cooldowns and circuit breakers of keys
  *   metrics.c   the router's Prometheus counters (bounded label sets)
- *   ratelimit.c requests and tokens per minute across the cluster (GCRA) */
+ *   ratelimit.c requests and tokens per minute across the cluster (GCRA)
+ *   budget.c    the budgets covering a call: worst case reserved against
+ *               the node's grants, max_tokens capped, actual cost settled
+ *   ledger.c    the node's grants of every budget, shared by the workers
+ *               and the node's lease client */
 #ifndef KP_ROUTER_INTERNAL_H
 #define KP_ROUTER_INTERNAL_H
 
@@ -51,6 +55,44 @@ struct kp_candidate {
 
 struct kp_secret_cache;
 struct kp_breakers;
+struct kp_budget_wake;
+
+/* ledger.c: one call's reservation on one budget. */
+enum kp_ledger_result {
+    KP_LEDGER_OK,        /* reserved */
+    KP_LEDGER_WAIT,      /* not enough held yet: the node is asking for more */
+    KP_LEDGER_EXHAUSTED, /* not enough held, and the last ask got nothing */
+};
+
+struct kp_ledger_hold {
+    struct kp_ledger_slot *slot;
+    const struct kp_policy *policy; /* in the call's view */
+    const struct kp_budget *budget;
+    int window_kind; /* enum kp_budget_window */
+    bool hard;
+    bool held;             /* reserved: settle it when the call ends */
+    kp_nanousd amount;     /* reserved (0 on a soft budget) */
+    int64_t window;        /* the grant's window it was reserved in */
+    kp_nanousd avail;      /* after a refusal: what the node had free */
+    uint64_t answers_seen; /* the slot's answer count at the last try */
+};
+
+/* The slot of (@policy, @budget), claimed on first use; NULL when the
+ * table is full or a name is too long. */
+struct kp_ledger_slot *kp_budget_ledger__slot(struct kp_budget_ledger *l, const char *policy,
+                                              const char *budget);
+enum kp_ledger_result kp_budget_ledger_reserve(struct kp_budget_ledger *l, struct kp_ledger_hold *h,
+                                               int64_t now_ms);
+/* The call is over: @actual moves from reserved to spent (to report). */
+void kp_budget_ledger_settle(struct kp_budget_ledger *l, const struct kp_ledger_hold *h,
+                             kp_nanousd actual, int64_t now_ms);
+/* A call was refused: give back what is left, so another node can use it. */
+void kp_budget_ledger_give_back(struct kp_budget_ledger *l, const struct kp_ledger_hold *h);
+/* Wake @async (a worker loop's) whenever answers came. */
+int kp_budget_ledger_watch(struct kp_budget_ledger *l, uv_async_t *async);
+void kp_budget_ledger_unwatch(struct kp_budget_ledger *l, uv_async_t *async);
+
+#define KP_CALL_BUDGETS 16
 
 struct kp_router {
     uv_loop_t *loop;
@@ -58,9 +100,10 @@ struct kp_router {
     struct kp_router_shared sh;
     struct kp_secret_cache *secrets;
     struct kp_breakers *breakers;
-    uint64_t rng;                   /* xorshift state for the weighted strategy */
-    struct kp_token_mac *token_mac; /* auth.c: made on the first call */
-    struct kp_call *calls;          /* in flight, for close */
+    uint64_t rng;                       /* xorshift state for the weighted strategy */
+    struct kp_token_mac *token_mac;     /* auth.c: made on the first call */
+    struct kp_call *calls;              /* in flight, for close */
+    struct kp_budget_wake *budget_wake; /* budget.c: wakes waiting calls */
     bool closing;
     void (*close_cb)(void *arg);
     void *close_arg;
@@ -125,6 +168,23 @@ struct kp_call {
     uint64_t rl_limit;         /* the policy limit that refused the call, 0: none */
     char stream_error[256];    /* why, for the app's error event */
 
+    /* budget.c */
+    struct kp_ledger_hold holds[KP_CALL_BUDGETS];
+    unsigned nholds;
+    bool budget_hard; /* a hard budget covers the call */
+    const struct kp_price *budget_price;
+    uint64_t in_bound;   /* input tokens, at most */
+    uint64_t out_cap;    /* output tokens per choice, at most (0: no output) */
+    uint64_t choices;    /* n */
+    bool out_cap_set;    /* the app gave no cap: the gateway writes one */
+    bool body_changed;   /* c->body differs from the app's bytes */
+    kp_nanousd reserved; /* the worst case reserved */
+    bool budget_waiting; /* for a grant, until budget_wait_until_ms */
+    int64_t budget_wait_until_ms;
+    uint64_t stream_events;         /* upstream events, against out_cap */
+    const char *stream_error_class; /* the class of stream_error, NULL: server */
+    char budget_refused[200];       /* "policy/budget" that refused the call */
+
     struct kp_usage_event ev;
     bool done;
 };
@@ -139,6 +199,21 @@ int kp_router__fail_param(struct kp_call *c, int status, const char *type, const
                           const char *param, const char *message);
 /* gateway.c: the call is over (answered): record usage, free. */
 void kp_router__finish(struct kp_call *c);
+
+/* gateway.c: the call passed every check: to the upstream. */
+void kp_router__go(struct kp_call *c);
+
+/* budget.c: reserve the call's worst case on every budget covering it.
+ * KP_OK: go on; KP_EBUSY: waiting for a grant (kp_router__go is called
+ * later, or the call is answered); anything else: answered. */
+int kp_router__budget_begin(struct kp_call *c);
+/* The call is over: settle its actual cost (c->ev.cost). */
+void kp_router__budget_settle(struct kp_call *c);
+/* Each upstream stream event: KP_ETOOBIG (stream_error set) once the
+ * provider went past what the reservation allows. */
+int kp_router__budget_stream_guard(struct kp_call *c);
+void kp_router__budget_init(struct kp_router *r);
+void kp_router__budget_close(struct kp_router *r);
 
 /* gateway.c: what an OpenAI-shaped provider's base URL gets appended. */
 const char *kp_router__suffix(enum kp_endpoint ep);
@@ -247,6 +322,8 @@ void kp_router__count_ratelimit_table_full(void);
  * request of @k's budget, or returns how many ms until it could;
  * kp_router__limit_charge charges the call's tokens when it ends. */
 int kp_router__limit_call(struct kp_call *c);
+/* Whether the scope of @p covers the call (a key scope: once a key served). */
+bool kp_router__policy_covers(const struct kp_policy *p, const struct kp_call *c);
 int64_t kp_router__limit_key(const struct kp_call *c, const struct kp_key *k);
 void kp_router__limit_charge(struct kp_call *c);
 
