@@ -652,9 +652,7 @@ static int order_make(const struct kp_usage_result *r, struct order *o)
 /* A cost as USD with 9 decimals, exact. */
 static void format_usd(kp_nanousd cost, char buf[32])
 {
-    uint64_t a = cost < 0 ? -(uint64_t)cost : (uint64_t)cost;
-    snprintf(buf, 32, "%s%" PRIu64 ".%09" PRIu64, cost < 0 ? "-" : "", a / 1000000000u,
-             a % 1000000000u);
+    kp_format_nanousd(cost, buf, 32);
 }
 
 /* A quantile of @s in whole microseconds (the answer shows milliseconds

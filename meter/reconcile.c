@@ -288,9 +288,7 @@ void kp_recon_format_usd(kp_nanousd v, char *out, size_t len)
 
 void kp_recon_format_decimal(kp_nanousd v, char *out, size_t len)
 {
-    uint64_t m = magnitude(v);
-    snprintf(out, len, "%s%" PRIu64 ".%09" PRIu64, v < 0 ? "-" : "", m / 1000000000,
-             m % 1000000000);
+    kp_format_nanousd(v, out, len);
 }
 
 void kp_recon_format_ppm(int64_t ppm, char *out, size_t len)

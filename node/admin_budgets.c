@@ -14,15 +14,6 @@
 
 #include "admin_internal.h"
 
-static json_t *usd(kp_nanousd v)
-{
-    char buf[48];
-    uint64_t a = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    snprintf(buf, sizeof(buf), "%s%" PRIu64 ".%09" PRIu64, v < 0 ? "-" : "", a / 1000000000u,
-             a % 1000000000u);
-    return json_string(buf);
-}
-
 static json_t *iso(int64_t ms)
 {
     char buf[40];
@@ -50,10 +41,10 @@ static json_t *budget_json(const struct kp_fsm *fsm, const struct kp_policy *p,
         "budget", b->name, "scope_kind", kp_scope_kind_name(p->scope_kind), "scope_target",
         p->scope_target, "window", b->window == KP_BUDGET_DAILY ? "daily" : "monthly", "kind",
         b->kind == KP_BUDGET_HARD ? "hard" : "soft", "limit_nanousd", (json_int_t)b->limit_nanousd,
-        "limit_usd", usd(b->limit_nanousd), "window_start", iso(start), "resets_at",
+        "limit_usd", kp_json_usd(b->limit_nanousd), "window_start", iso(start), "resets_at",
         iso(kp_budget_window_end(b->window, now)), "spent_nanousd", (json_int_t)spent, "spent_usd",
-        usd(spent), "granted_nanousd", (json_int_t)granted, "remaining_nanousd",
-        (json_int_t)remaining, "remaining_usd", usd(remaining), "grants", grants,
+        kp_json_usd(spent), "granted_nanousd", (json_int_t)granted, "remaining_nanousd",
+        (json_int_t)remaining, "remaining_usd", kp_json_usd(remaining), "grants", grants,
         "overshoot_nanousd", (json_int_t)(current ? w->overshoot : 0));
 }
 

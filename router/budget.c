@@ -452,3 +452,88 @@ int kp_router__budget_stream_guard(struct kp_call *c)
     c->stream_error_class = "budget";
     return KP_ETOOBIG;
 }
+
+/* --- GET /v1/keyplane/budget ---------------------------------------------------------- */
+
+static json_t *time_or_null(int64_t ms)
+{
+    char s[40];
+    if (ms <= 0)
+        return json_null();
+    kp_format_time_ms(ms, s, sizeof(s));
+    return json_string(s);
+}
+
+/* One budget as an app sees it: the cluster's numbers as this node's view
+ * has them, the burn rate over the window so far, and when the remaining
+ * money runs out at that rate (null: not before the window resets). */
+static json_t *budget_json(const struct kp_call *c, const struct kp_policy *p,
+                           const struct kp_budget *b, int64_t now)
+{
+    int64_t start = kp_budget_window_start(b->window, now);
+    int64_t reset = kp_budget_window_end(b->window, now);
+    const struct kp_budget_window_state *w = kp_view_budget_window(c->view, p->e.id, b->name);
+    kp_nanousd spent = 0, held = 0;
+    if (w != NULL && w->start_ms == start) {
+        spent = w->spent;
+        held = kp_budget_window_granted(w);
+    }
+    kp_nanousd remaining = b->limit_nanousd - spent - held;
+    if (remaining < 0)
+        remaining = 0;
+    double hours = (double)(now - start) / 3600000.0;
+    double rate = hours > 0 ? (double)spent / hours : 0; /* nano-USD per hour */
+    int64_t exhaustion = 0;
+    if (rate > 0 && b->kind == KP_BUDGET_HARD) {
+        double ms = (double)remaining / rate * 3600000.0;
+        if ((double)now + ms < (double)reset)
+            exhaustion = now + (int64_t)ms;
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "policy", json_string(p->e.id));
+    json_object_set_new(o, "budget", json_string(b->name));
+    json_object_set_new(o, "scope_kind", json_string(kp_scope_kind_name(p->scope_kind)));
+    json_object_set_new(o, "scope_target",
+                        p->scope_target ? json_string(p->scope_target) : json_null());
+    json_object_set_new(o, "kind", json_string(b->kind == KP_BUDGET_HARD ? "hard" : "soft"));
+    json_object_set_new(o, "window",
+                        json_string(b->window == KP_BUDGET_DAILY ? "daily" : "monthly"));
+    json_object_set_new(o, "limit_usd", kp_json_usd(b->limit_nanousd));
+    json_object_set_new(o, "spent_usd", kp_json_usd(spent));
+    json_object_set_new(o, "held_usd", kp_json_usd(held));
+    json_object_set_new(o, "remaining_usd", kp_json_usd(remaining));
+    json_object_set_new(o, "limit_nanousd", json_integer(b->limit_nanousd));
+    json_object_set_new(o, "spent_nanousd", json_integer(spent));
+    json_object_set_new(o, "held_nanousd", json_integer(held));
+    json_object_set_new(o, "remaining_nanousd", json_integer(remaining));
+    json_object_set_new(o, "burn_rate_usd_per_hour", kp_json_usd((kp_nanousd)rate));
+    json_object_set_new(o, "window_start", time_or_null(start));
+    json_object_set_new(o, "resets_at", time_or_null(reset));
+    json_object_set_new(o, "projected_exhaustion", time_or_null(exhaustion));
+    return o;
+}
+
+struct show_scan {
+    struct kp_call *c;
+    json_t *data;
+    int64_t now;
+};
+
+static int show_policy(const struct kp_entity *e, void *arg)
+{
+    struct show_scan *s = arg;
+    const struct kp_policy *p = (const struct kp_policy *)e;
+    if (p->nbudgets == 0 || p->scope_kind == KP_SCOPE_KEY || !kp_router__policy_covers(p, s->c))
+        return 0;
+    for (uint32_t i = 0; i < p->nbudgets; i++)
+        json_array_append_new(s->data, budget_json(s->c, p, &p->budgets[i], s->now));
+    return 0;
+}
+
+void kp_router__budget_show(struct kp_call *c)
+{
+    struct show_scan s = {c, json_array(), kp_now_unix_ms()};
+    if (s.data != NULL)
+        kp_view_each(c->view, KP_KIND_POLICY, show_policy, &s);
+    kp_router__respond_list(c, s.data);
+}

@@ -286,10 +286,17 @@ static void handle_models(struct kp_call *c)
                                               "created", 0, "owned_by", "keyplane"));
     }
     json_decref(m.seen);
-    json_t *out = json_pack("{s:s,s:o}", "object", "list", "data", data);
+    kp_router__respond_list(c, data);
+}
+
+void kp_router__respond_list(struct kp_call *c, json_t *data)
+{
+    json_t *out = data ? json_pack("{s:s,s:o}", "object", "list", "data", data) : NULL;
     size_t len;
     char *text = out ? kp_json_dumps(out, &len) : NULL;
     json_decref(out);
+    c->model = NULL; /* not a model call: no usage event */
+    c->token = NULL;
     if (text == NULL) {
         kp_router__fail(c, 503, "server_error", "out_of_memory", "out of memory; retry");
         return;
@@ -298,8 +305,6 @@ static void handle_models(struct kp_call *c)
                                   KP_HTTP_HEADER("X-Request-Id", c->rid)};
     kp_http_respond(c->ex, 200, h, 2, text, len);
     kp_free(text);
-    c->model = NULL; /* not a model call: no usage event */
-    c->token = NULL;
     kp_router__finish(c);
 }
 
@@ -356,7 +361,9 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
     struct kp_router *r = arg;
     const char *rid = kp_http_request_id(ex, req);
     const struct route *rt = NULL;
-    bool models = strcmp(req->path, "/v1/models") == 0;
+    /* The GET routes: the models a token may call, and its budgets. */
+    bool budget = strcmp(req->path, "/v1/keyplane/budget") == 0;
+    bool models = budget || strcmp(req->path, "/v1/models") == 0;
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]) && !models; i++)
         if (strcmp(req->path, routes[i].path) == 0)
             rt = &routes[i];
@@ -364,11 +371,12 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
         kp_http_set_route(ex, "other");
         plain_error(ex, rid, 404, "not_found",
                     "no such endpoint: keyplane serves /v1/chat/completions, /v1/completions, "
-                    "/v1/embeddings, /v1/responses, /v1/models and /anthropic/v1/messages",
+                    "/v1/embeddings, /v1/responses, /v1/models, /anthropic/v1/messages and "
+                    "/v1/keyplane/budget",
                     NULL);
         return;
     }
-    kp_http_set_route(ex, models ? "/v1/models" : rt->label);
+    kp_http_set_route(ex, budget ? "/v1/keyplane/budget" : models ? "/v1/models" : rt->label);
     const char *want = models ? "GET" : "POST";
     if (strcmp(req->method, want) != 0) {
         char msg[128];
@@ -396,7 +404,10 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
     if (kp_router__authenticate(c) != KP_OK || kp_router__scope(c) != KP_OK)
         return;
     if (models) {
-        handle_models(c);
+        if (budget)
+            kp_router__budget_show(c);
+        else
+            handle_models(c);
         return;
     }
     if (r->sh.usage.accepting != NULL && !r->sh.usage.accepting(r->sh.usage.arg)) {

@@ -200,6 +200,12 @@ int kp_router__fail_param(struct kp_call *c, int status, const char *type, const
 /* gateway.c: the call is over (answered): record usage, free. */
 void kp_router__finish(struct kp_call *c);
 
+/* gateway.c: answer 200 {"object":"list","data":@data} (taken) and end
+ * a call that is not a model call. */
+void kp_router__respond_list(struct kp_call *c, json_t *data);
+/* budget.c: GET /v1/keyplane/budget. */
+void kp_router__budget_show(struct kp_call *c);
+
 /* gateway.c: the call passed every check: to the upstream. */
 void kp_router__go(struct kp_call *c);
 

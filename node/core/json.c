@@ -2,6 +2,7 @@
  * the OpenAI-shaped error body every listener answers with. */
 #include "json.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -113,4 +114,18 @@ char *kp_json_error_body(const char *message, const char *type, const char *code
     if (len)
         *len = b.len;
     return b.data;
+}
+
+void kp_format_nanousd(int64_t v, char *out, size_t len)
+{
+    uint64_t a = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    snprintf(out, len, "%s%" PRIu64 ".%09" PRIu64, v < 0 ? "-" : "", a / 1000000000u,
+             a % 1000000000u);
+}
+
+json_t *kp_json_usd(int64_t nanousd)
+{
+    char buf[32];
+    kp_format_nanousd(nanousd, buf, sizeof(buf));
+    return json_string(buf);
 }

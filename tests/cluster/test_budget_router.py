@@ -172,6 +172,34 @@ class OneRouterTest(unittest.TestCase):
         self.assertEqual(error_code(raw), "model_not_priced")
         self.assertIn("unpriced-model", json.loads(raw)["error"]["message"])
 
+    def test_an_app_sees_its_own_budgets(self):
+        b = Budgeted(self, limit=1_000_000_000)
+        for _ in range(5):
+            status, _, body = b.call(b.n1, chat(100))
+            self.assertEqual(status, 200, body)
+        b.settled(5)
+        hdrs = {"Authorization": "Bearer " + b.token}
+        status, _, raw = http("GET", b.n1.gateway_url + "/v1/keyplane/budget", headers=hdrs)
+        self.assertEqual(status, 200, raw)
+        data = json.loads(raw)["data"]
+        self.assertEqual(len(data), 1, data)
+        one = data[0]
+        self.assertEqual((one["policy"], one["budget"], one["kind"], one["window"]),
+                         ("acme-spend", "daily", "hard", "daily"))
+        self.assertEqual(one["limit_usd"], "1.000000000")
+        self.assertEqual(one["spent_nanousd"], b.meter_cost()["cost_nanousd"])
+        self.assertEqual(one["remaining_nanousd"],
+                         one["limit_nanousd"] - one["spent_nanousd"] - one["held_nanousd"])
+        self.assertTrue(one["resets_at"].endswith("T00:00:00.000Z"), one)
+        self.assertIn("burn_rate_usd_per_hour", one)
+        self.assertIn("projected_exhaustion", one)
+        # Another tenant's token sees none of acme's budgets; no token: 401.
+        hdrs = {"Authorization": "Bearer " + b.app_token("other")}
+        status, _, raw = http("GET", b.n1.gateway_url + "/v1/keyplane/budget", headers=hdrs)
+        self.assertEqual((status, json.loads(raw)["data"]), (200, []))
+        status, _, _ = http("GET", b.n1.gateway_url + "/v1/keyplane/budget")
+        self.assertEqual(status, 401)
+
     def test_a_soft_budget_counts_but_never_refuses(self):
         b = Budgeted(self, limit=1_000_000, kind="soft")
         n = 30
