@@ -44,6 +44,7 @@ struct kp_lease_client {
     struct kp_lease_batch batch;
     struct kp_buf cmd;
     uint64_t seq; /* of the in-flight or last command; 0: not chosen */
+    bool adopted; /* the grants of an earlier process were looked for */
     bool stopping;
     bool final_built;
     int64_t stop_deadline_ms;
@@ -223,6 +224,51 @@ static int encode(struct kp_lease_client *lc)
     return rc;
 }
 
+/* Grants the registry says this node holds before it ever asked: an
+ * earlier process's, left by a crash (a clean stop gives them back). */
+struct adopt_scan {
+    struct kp_lease_client *lc;
+    const struct kp_view *view;
+    int64_t now;
+    unsigned found;
+};
+
+static int adopt_state(const struct kp_entity *e, void *arg)
+{
+    struct adopt_scan *a = arg;
+    const struct kp_budget_state *st = (const struct kp_budget_state *)e;
+    const struct kp_policy *p = kp_view_policy(a->view, st->e.id);
+    for (uint32_t i = 0; p != NULL && i < st->nwindows; i++) {
+        const struct kp_budget_window_state *w = &st->windows[i];
+        const struct kp_budget *b = kp_policy_budget(p, w->budget);
+        kp_nanousd g = kp_budget_window_grant(w, a->lc->n->node_id);
+        if (b == NULL || g <= 0 || a->now >= kp_budget_window_end(b->window, w->start_ms))
+            continue;
+        kp_warn("budget",
+                "this node held %lld nano-USD of budget %s/%s before it started (it did not stop "
+                "cleanly): counted as spent, since calls that died with it may have cost that",
+                (long long)g, p->e.id, w->budget);
+        kp_budget_ledger_adopt(a->lc->ledger, p->e.id, w->budget, b->window,
+                               b->kind == KP_BUDGET_HARD, w->start_ms, g);
+        a->found++;
+    }
+    return 0;
+}
+
+static void adopt(struct kp_lease_client *lc)
+{
+    struct kp_view *v = kp_view_acquire(&lc->n->views);
+    if (v == NULL || kp_view_cluster(v) == NULL) {
+        if (v != NULL)
+            kp_view_release(v);
+        return; /* no registry yet: look again at the next tick */
+    }
+    struct adopt_scan a = {lc, v, kp_now_unix_ms(), 0};
+    kp_view_each(v, KP_KIND_BUDGET_STATE, adopt_state, &a);
+    kp_view_release(v);
+    lc->adopted = true;
+}
+
 static void first_seq(struct kp_lease_client *lc)
 {
     uint64_t seq = 0;
@@ -276,6 +322,8 @@ static void send_now(struct kp_lease_client *lc)
     }
     if (now < lc->next_try_ms)
         return;
+    if (!lc->adopted)
+        adopt(lc);
     if (lc->stopping && lc->final_built && !kp_budget_ledger_holds(lc->ledger))
         return;
     if (kp_budget_ledger_build(lc->ledger, now, lc->stopping, &lc->batch) == 0)

@@ -55,6 +55,8 @@ struct kp_ledger_slot {
     kp_nanousd grant, inflight, pending, reserved;
     int64_t old_window;
     kp_nanousd old_reserved, old_pending, old_inflight;
+    kp_nanousd orphan;   /* held by an earlier process of this node (a crash):
+counted as spent in the next report */
     kp_nanousd need;     /* largest shortfall of a waiting call since the last build */
     kp_nanousd demand;   /* reserved since the last build */
     double rate;         /* nano-USD reserved per second, smoothed */
@@ -182,7 +184,7 @@ struct kp_ledger_slot *kp_budget_ledger__slot(struct kp_budget_ledger *l, const 
 /* avail of a slot, under its lock. */
 static kp_nanousd avail_of(const struct kp_ledger_slot *s)
 {
-    return s->grant - s->inflight - s->pending - s->reserved;
+    return s->grant - s->inflight - s->pending - s->reserved - s->orphan;
 }
 
 static void ask_now(struct kp_budget_ledger *l)
@@ -314,9 +316,10 @@ static bool build_item(struct kp_ledger_slot *s, int64_t now_ms, bool final,
         s->old_pending = 0;
     } else {
         it->window_start_ms = s->window;
-        it->settled = s->pending;
-        s->inflight = s->pending;
+        it->settled = s->pending + s->orphan;
+        s->inflight = it->settled;
         s->pending = 0;
+        s->orphan = 0;
     }
     bool idle = now_ms - s->last_use_ms > IDLE_RELEASE_MS;
     kp_nanousd held = s->grant - s->inflight;
@@ -387,6 +390,8 @@ void kp_budget_ledger_answer(struct kp_budget_ledger *l, struct kp_lease_batch *
     struct kp_ledger_slot *s = b->slots[i];
     const struct kp_lease_item *it = &b->items[i];
     pthread_mutex_lock(&s->mu);
+    kp_nanousd known = s->grant; /* what this process knew it held */
+    bool first = s->answers == 0;
     s->inflight = 0;
     s->old_inflight = 0;
     if (g->window_start_ms > s->window) {
@@ -398,16 +403,45 @@ void kp_budget_ledger_answer(struct kp_budget_ledger *l, struct kp_lease_batch *
         }
         s->reserved = 0;
         s->pending = 0;
+        s->orphan = 0; /* an earlier process's grant went with its window */
         s->window = g->window_start_ms;
+        known = 0;
     }
-    if (g->window_start_ms == s->window)
+    if (g->window_start_ms == s->window) {
         s->grant = g->grant;
+        /* The first answer to this process tells what the node held
+         * before it: more than it knew of is an earlier process's grant
+         * (a crash), spent or not by calls that died with it. It is
+         * reported as spent, never reused: those calls may have cost up
+         * to all of it. */
+        kp_nanousd before = g->grant - g->granted + it->settled;
+        if (first && it->window_start_ms == s->window && before > known)
+            s->orphan += before - known;
+    }
     s->exhausted = it->want > 0 && g->granted == 0;
     s->in_batch = false;
     s->release_sent = false;
     s->answers++;
     pthread_mutex_unlock(&s->mu);
     (void)l;
+}
+
+void kp_budget_ledger_adopt(struct kp_budget_ledger *l, const char *policy, const char *budget,
+                            int window_kind, bool hard, int64_t window, kp_nanousd grant)
+{
+    struct kp_ledger_slot *s = kp_budget_ledger__slot(l, policy, budget);
+    if (s == NULL || grant <= 0)
+        return;
+    pthread_mutex_lock(&s->mu);
+    if (s->window == 0 && s->answers == 0) {
+        s->window_kind = (uint8_t)window_kind;
+        s->hard = hard;
+        s->window = window;
+        s->grant = grant;
+        s->orphan = grant;
+        s->last_use_ms = kp_now_unix_ms();
+    }
+    pthread_mutex_unlock(&s->mu);
 }
 
 void kp_budget_ledger_answered(struct kp_budget_ledger *l)
@@ -423,7 +457,8 @@ bool kp_budget_ledger_holds(struct kp_budget_ledger *l)
             !atomic_load_explicit(&s->named, memory_order_acquire))
             continue;
         pthread_mutex_lock(&s->mu);
-        bool holds = s->grant > 0 || s->pending > 0 || s->old_pending > 0 || s->inflight > 0;
+        bool holds = s->grant > 0 || s->pending > 0 || s->old_pending > 0 || s->inflight > 0 ||
+                     s->orphan > 0;
         pthread_mutex_unlock(&s->mu);
         if (holds)
             return true;

@@ -74,6 +74,11 @@ void kp_budget_ledger_answer(struct kp_budget_ledger *l, struct kp_lease_batch *
 /* Item @i of @b will not be sent again (refused): its settles go back to
  * be reported in the next command. */
 void kp_budget_ledger_unsend(struct kp_budget_ledger *l, struct kp_lease_batch *b, unsigned i);
+/* At start: the registry says this node holds @grant of the budget's
+ * window @window, left by an earlier process of this node (a crash). It is
+ * reported as spent in the first command, never reused. */
+void kp_budget_ledger_adopt(struct kp_budget_ledger *l, const char *policy, const char *budget,
+                            int window_kind, bool hard, int64_t window, kp_nanousd grant);
 /* After the answers of a command: wake the workers' waiting calls. */
 void kp_budget_ledger_answered(struct kp_budget_ledger *l);
 /* A worker asked for a grant since the last build. */

@@ -108,6 +108,15 @@ class Budgeted:
                    alive=self.n1)
 
 
+def mock_cost(mock_url):
+    """What the provider would bill: the usage of every answer the mock
+    sent, at this test's prices (exact: whole nano-USD per token)."""
+    _, _, raw = http("GET", mock_url + "/mock/stats")
+    t = json.loads(raw)["tokens"]
+    return (t["input"] * PRICE["input_per_mtok"] + t["output"] * PRICE["output_per_mtok"]) \
+        // 1_000_000
+
+
 def error_code(body):
     try:
         return json.loads(body)["error"]["code"]
@@ -263,8 +272,91 @@ class ThreeRoutersTest(unittest.TestCase):
         spent = b.budget()["spent_nanousd"]
         cost = b.meter_cost()["cost_nanousd"]
         self.assertEqual(spent, cost)
+        self.assertEqual(cost, mock_cost(b.mock.url))
         self.assertLessEqual(cost, limit)
         self.assertGreaterEqual(cost, limit - worst)
+
+    def test_kills_of_the_leader_and_of_a_router_never_pass_a_hard_budget(self):
+        limit = 5_000_000_000  # $5
+        b = Budgeted(self, nodes=3, limit=limit)
+        sizes = [50, 400, 2000, 8000]
+        lock = threading.Lock()
+        counts = {"ok": 0, "refused": 0, "unavailable": 0, "other": []}
+        stop = threading.Event()
+
+        def client(i):
+            refusals = 0
+            j = 0
+            while refusals < 2 and not stop.is_set():
+                node = b.nodes[(i + j) % 3]
+                body = chat(sizes[(i + j) % len(sizes)], max_tokens=2000)
+                j += 1
+                try:
+                    status, _, raw = b.call(node, body)
+                except OSError:
+                    status, raw = 0, b""
+                with lock:
+                    if status == 200:
+                        counts["ok"] += 1
+                    elif status == 429 and error_code(raw) == "budget_exceeded":
+                        counts["refused"] += 1
+                        refusals += 1
+                    elif status in (0, 503):
+                        counts["unavailable"] += 1  # a node down, draining or starting
+                    else:
+                        counts["other"].append((status, raw[:200]))
+                        return
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(300)]
+        for t in threads:
+            t.start()
+
+        def ok_at_least(n):
+            wait_until(lambda: counts["ok"] >= n or not any(t.is_alive() for t in threads),
+                       timeout=120, what=f"{n} calls answered")
+
+        def leader():
+            for nd in b.nodes:
+                if nd.running():
+                    st, _, raw = nd.control("GET", ADMIN + "/cluster", headers={
+                        "Authorization": "Bearer " + b.n1.admin_token})
+                    if st == 200 and json.loads(raw).get("state") == "leader":
+                        return nd
+            return None
+
+        # A router (not the leader) killed -9 mid-run, then back.
+        ok_at_least(100)
+        lead = wait_until(leader, what="a leader")
+        victim = next(nd for nd in b.nodes if nd is not lead)
+        victim.kill()
+        victim.restart(keep_ports=True)
+        # The leader killed twice.
+        for n in (250, 400):
+            ok_at_least(n)
+            lead = wait_until(leader, what="a leader")
+            lead.kill()
+            lead.restart(keep_ports=True)
+        for t in threads:
+            t.join(timeout=600)
+        stop.set()
+        self.assertEqual(counts["other"], [])
+        self.assertGreater(counts["refused"], 0)
+
+        # Stop the routers that are not the leader: a clean stop reports
+        # every settle and gives every grant back.
+        lead = wait_until(leader, what="a leader")
+        for nd in b.nodes:
+            if nd is not lead:
+                self.assertEqual(nd.stop(), 0)
+        st = b.budget(node=lead)
+        real = mock_cost(b.mock.url)
+        # Never past the limit: not in what the provider billed, not in
+        # the state machine's books.
+        self.assertLessEqual(real, limit)
+        self.assertLessEqual(st["spent_nanousd"] + st["granted_nanousd"], limit)
+        # Spend is never under-counted: the killed processes' grants were
+        # counted as spent when they came back, calls in flight included.
+        self.assertGreaterEqual(st["spent_nanousd"], real)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,8 @@ struct kp_mock_answer {
     struct kp_buf body;
     size_t event_end[KP_MOCK_MAX_EVENTS];
     unsigned n_events;
-    int malformed_event; /* event a malformed_json fault corrupts */
+    int malformed_event;            /* event a malformed_json fault corrupts */
+    uint64_t tokens_in, tokens_out; /* the usage a 200 answer reports (stats) */
     struct kp_mock_faults faults;
 };
 
@@ -150,6 +151,8 @@ void kp_mock_stats_request(struct kp_mock *m, unsigned shard, enum kp_mock_route
                            const char *key, size_t key_len);
 /* The status line of a counted answer went out. */
 void kp_mock_stats_status(struct kp_mock *m, unsigned shard, int status);
+/* The usage a 200 answer reported: what a provider would bill. */
+void kp_mock_stats_tokens(struct kp_mock *m, unsigned shard, uint64_t in, uint64_t out);
 /* The client went away before its exchange was finished. */
 void kp_mock_stats_aborted(struct kp_mock *m, unsigned shard);
 /* A reset_mid_stream fault reset a connection. */

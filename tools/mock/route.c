@@ -326,6 +326,8 @@ static bool answer_chat_raw(struct kp_mock *m, unsigned shard, const struct kp_h
     if (!answer_early(t, true, NULL, a)) {
         gen_init(m, shard, t, &g);
         kp_mock__openai_chat_raw(&g, &body, a);
+        a->tokens_in = g.prompt_tokens;
+        a->tokens_out = g.completion_tokens;
     }
     return true;
 }
@@ -352,6 +354,8 @@ static void answer_call(struct kp_mock *m, unsigned shard, const struct kp_http_
     if (!answer_early(t, body != NULL, errmsg, a)) {
         gen_init(m, shard, t, &g);
         dispatch(&g, req, t, body, a);
+        a->tokens_in = g.prompt_tokens;
+        a->tokens_out = g.completion_tokens;
     }
     json_decref(body);
 }

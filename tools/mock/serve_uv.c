@@ -50,6 +50,8 @@ static void count_status(struct kp_mock_worker *w, const struct kp_mock_answer *
 {
     if (a->counted)
         kp_mock_stats_status(w->mock, w->index, a->status);
+    if (a->counted && a->status == 200)
+        kp_mock_stats_tokens(w->mock, w->index, a->tokens_in, a->tokens_out);
 }
 
 static void respond_oom(struct kp_mock_worker *w, struct kp_http_exchange *ex, bool counted)

@@ -34,6 +34,7 @@ struct kp_mock_shard {
     uint64_t aborted;
     uint64_t resets;
     uint64_t keys_other;
+    uint64_t tokens_in, tokens_out;
     unsigned n_keys;
     struct key_count keys[KEY_SLOTS];
     uint64_t next_id; /* never cleared: ids stay unique */
@@ -136,6 +137,16 @@ void kp_mock_stats_status(struct kp_mock *m, unsigned shard, int status)
     pthread_mutex_unlock(&s->lock);
 }
 
+void kp_mock_stats_tokens(struct kp_mock *m, unsigned shard, uint64_t in, uint64_t out)
+{
+    struct kp_mock_shard *s = m->shards[shard];
+
+    pthread_mutex_lock(&s->lock);
+    s->tokens_in += in;
+    s->tokens_out += out;
+    pthread_mutex_unlock(&s->lock);
+}
+
 void kp_mock_stats_aborted(struct kp_mock *m, unsigned shard)
 {
     struct kp_mock_shard *s = m->shards[shard];
@@ -192,6 +203,7 @@ static void shard_clear(struct kp_mock_shard *s)
     for (unsigned i = 0; i < KEY_SLOTS; i++)
         kp_free(s->keys[i].key);
     s->requests = s->aborted = s->resets = s->keys_other = 0;
+    s->tokens_in = s->tokens_out = 0;
     s->n_keys = 0;
     memset(s->routes, 0, sizeof(s->routes));
     memset(s->statuses, 0, sizeof(s->statuses));
@@ -211,7 +223,7 @@ void kp_mock_stats_clear(struct kp_mock *m)
 
 /* Sums across shards, built under each shard's lock in turn. */
 struct totals {
-    uint64_t requests, aborted, resets, keys_other;
+    uint64_t requests, aborted, resets, keys_other, tokens_in, tokens_out;
     uint64_t routes[KP_MOCK_R_COUNT];
     uint64_t statuses[MAX_STATUS];
     json_t *keys; /* fp -> count */
@@ -226,6 +238,8 @@ static int add_shard(struct totals *t, struct kp_mock_shard *s)
     t->aborted += s->aborted;
     t->resets += s->resets;
     t->keys_other += s->keys_other;
+    t->tokens_in += s->tokens_in;
+    t->tokens_out += s->tokens_out;
     for (unsigned i = 0; i < KP_MOCK_R_COUNT; i++)
         t->routes[i] += s->routes[i];
     for (unsigned i = 0; i < MAX_STATUS; i++)
@@ -279,8 +293,10 @@ static int render_totals(const struct totals *t, struct kp_buf *out)
                              (unsigned long long)t->statuses[i]);
         first = false;
     }
-    rv |= kp_buf_appendf(out, "},\"aborted\":%llu,\"resets\":%llu}", (unsigned long long)t->aborted,
+    rv |= kp_buf_appendf(out, "},\"aborted\":%llu,\"resets\":%llu", (unsigned long long)t->aborted,
                          (unsigned long long)t->resets);
+    rv |= kp_buf_appendf(out, ",\"tokens\":{\"input\":%llu,\"output\":%llu}}",
+                         (unsigned long long)t->tokens_in, (unsigned long long)t->tokens_out);
     return rv ? KP_ENOMEM : 0;
 }
 
