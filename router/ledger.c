@@ -329,7 +329,9 @@ static bool build_item(struct kp_ledger_slot *s, int64_t now_ms, bool final,
         s->release_sent = true;
         s->give_back = false;
     }
-    it->want = final || (idle && s->need == 0) ? 0 : want_of(s, now_ms);
+    /* Giving back asks for nothing: the calls that found the budget
+     * exhausted ask again, and pick up what others gave back. */
+    it->want = final || it->release || (idle && s->need == 0) ? 0 : want_of(s, now_ms);
     if (it->want > KP_LEASE_AMOUNT_MAX)
         it->want = KP_LEASE_AMOUNT_MAX;
     if (it->settled > KP_LEASE_AMOUNT_MAX)
@@ -477,7 +479,7 @@ void kp_budget_ledger_local(struct kp_budget_ledger *l, const char *policy, cons
     out->window = s->window;
     out->grant = s->grant;
     out->reserved = s->reserved + s->old_reserved;
-    out->unreported = s->pending + s->inflight + s->old_pending + s->old_inflight;
+    out->unreported = s->pending + s->inflight + s->old_pending + s->old_inflight + s->orphan;
     out->rate_per_s = s->rate;
     pthread_mutex_unlock(&s->mu);
 }
