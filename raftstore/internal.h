@@ -276,4 +276,10 @@ struct kp_audit_entry *kp_store__audit_build(const struct kp_audit_log *log, int
 void kp_store__audit_append(struct kp_audit_log *log, struct kp_audit_entry *e);
 const struct kp_audit_entry *kp_store__audit_at(const struct kp_audit_log *log, size_t i);
 
+/* --- the built-in price table (price_defaults.c) ----------------------------------- */
+
+/* Sorted by model name, names unique (price.c bisects it). */
+extern const struct kp_price kp_store__price_defaults[];
+extern const size_t kp_store__price_defaults_n;
+
 #endif

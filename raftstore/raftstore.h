@@ -731,6 +731,8 @@ const struct kp_tenant *kp_view_tenant(const struct kp_view *view, const char *n
 const struct kp_project *kp_view_project(const struct kp_view *view, const char *name);
 const struct kp_token *kp_view_token(const struct kp_view *view, const char *id);
 const struct kp_policy *kp_view_policy(const struct kp_view *view, const char *id);
+/* The registry's own price entity for exactly @model; what a model costs is
+ * kp_price_lookup's answer, below. */
 const struct kp_price *kp_view_price(const struct kp_view *view, const char *model);
 const struct kp_member *kp_view_member(const struct kp_view *view, const char *id);
 const struct kp_key_health *kp_view_key_health(const struct kp_view *view, const char *key_id);
@@ -745,6 +747,27 @@ const struct kp_lease_node *kp_view_lease_node(const struct kp_view *view, uint6
 /* The key of @pool's member @i (NULL if @i is out of range). */
 const struct kp_key *kp_view_pool_key(const struct kp_view *view, const struct kp_pool *pool,
                                       uint32_t i);
+
+/* --- prices (price.c, price_defaults.c; docs/registry.md, "Prices") --- */
+
+/* The price of @model: the registry's price entity if there is one (an
+ * operator's override or addition), else the built-in default table's, else
+ * NULL. *@source (may be NULL) is set to "registry" or "default" (NULL with
+ * no price). Dated or suffixed model names the providers serve
+ * ("gpt-4o-2024-08-06", "claude-sonnet-4-5-20250929",
+ * "models/gemini-2.5-flash") resolve to their base entry when no exact entry
+ * exists. In order, first hit wins: @model exactly (registry, then
+ * defaults); the same without a leading "models/"; then the longest prefix
+ * ending just before a '-', '@' or ':' that has a price (registry, then
+ * defaults, at each length). "gpt-4o" never matches an entry "gpt-4". @view
+ * may be NULL (defaults only); a registry result lives as long as @view is
+ * held, a default one forever. */
+const struct kp_price *kp_price_lookup(const struct kp_view *view, const char *model,
+                                       const char **source);
+/* The built-in defaults, for listing: @i from 0; NULL past the end. Sorted by
+ * model name. They are not registry entities (version 0, no reference
+ * count): never hand one to the store. */
+const struct kp_price *kp_price_default(size_t i);
 
 size_t kp_view_count(const struct kp_view *view, enum kp_kind kind);
 /* Call @fn for every entity of @kind, in no particular order, until it
