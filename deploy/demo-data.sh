@@ -13,7 +13,8 @@
 kp_seed_demo() {
   local admin=$1 mock_port=$2 owner=$3
   # The mock as a provider, two keys in the default pool (the second takes
-  # over when the first fails), a tenant with a project and a price.
+  # over when the first fails), a tenant with a project, and a price (an
+  # override of the built-in one, as an operator enters a contract price).
   "$admin" PUT /admin/v1/providers/mock \
     "{\"kind\":\"openai-compatible\",\"base_url\":\"http://127.0.0.1:$mock_port/v1\",\"allow_insecure\":true}"
   "$admin" PUT /admin/v1/tenants/demo '{"display_name":"Demo tenant"}'
@@ -25,7 +26,8 @@ kp_seed_demo() {
   done
   "$admin" PUT /admin/v1/pools/default \
     '{"strategy":"priority","members":[{"key":"mock-key-1","priority":0},{"key":"mock-key-2","priority":1}]}'
-  "$admin" PUT /admin/v1/prices/gpt-4o-mini '{"input_per_mtok":150000000,"output_per_mtok":600000000}'
+  "$admin" PUT /admin/v1/prices/gpt-4o-mini \
+    '{"input_per_mtok":150000000,"cached_input_per_mtok":75000000,"output_per_mtok":600000000}'
 }
 
 kp_demo_app_token() {

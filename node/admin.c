@@ -111,6 +111,8 @@ static const struct kp_admin_route routes[] = {
     {"GET", "/admin/v1/keys/{id}/health", READ, KP_KIND_KEY_HEALTH, KP_OP_NONE, handle_get_health},
     {"PUT", "/admin/v1/keys/{id}/health", OPR, KP_KIND_KEY_HEALTH, KP_OP_NONE, handle_put_health},
     {"POST", "/admin/v1/secrets/rewrap", CHG, -1, KP_OP_NONE, kp_admin__secrets_rewrap},
+    {"GET", "/admin/v1/price-table", READ, -1, KP_OP_NONE, kp_admin__price_table},
+    {"GET", "/admin/v1/price-table/{id}", READ, -1, KP_OP_NONE, kp_admin__price_of},
     {"GET", "/admin/v1/budgets", USAGE, -1, KP_OP_NONE, kp_admin__budgets_list},
     {"GET", "/admin/v1/budgets/{id}/{budget}", USAGE, -1, KP_OP_NONE, kp_admin__budget_get},
     {"POST", "/admin/v1/budgets/{id}/{budget}/reset", CHG, -1, KP_OP_NONE, kp_admin__budget_reset},
@@ -537,28 +539,42 @@ static int cmp_id(const void *a, const void *b)
                   (*(const struct kp_entity *const *)b)->id);
 }
 
-static void handle_list(struct kp_admin_req *r)
+bool kp_admin__list_limit(struct kp_admin_req *r, size_t *limit)
 {
-    /* A view is the one way to iterate the registry. Building one only
-     * takes references (the state machine stays logically unchanged), so
-     * the const of kp_store_fsm is cast away here. */
-    struct kp_view *view = kp_fsm_view_build((struct kp_fsm *)kp_admin__fsm(r));
-    if (view == NULL) {
-        kp_admin__oom(r);
-        return;
-    }
     const char *lim = kp_admin__query(r, "limit");
-    long limit = LIST_DEFAULT;
+    long n = LIST_DEFAULT;
     if (lim != NULL) {
         char *end = NULL;
-        limit = strtol(lim, &end, 10);
-        if (end == lim || *end != '\0' || limit < 1 || limit > LIST_MAX) {
-            kp_view_release(view);
+        n = strtol(lim, &end, 10);
+        if (end == lim || *end != '\0' || n < 1 || n > LIST_MAX) {
             kp_admin__fail(r, 400, "invalid_query", "limit", "limit: an integer from 1 to %d",
                            LIST_MAX);
-            return;
+            return false;
         }
     }
+    *limit = (size_t)n;
+    return true;
+}
+
+struct kp_view *kp_admin__view(struct kp_admin_req *r)
+{
+    /* Building a view only takes references (the state machine stays
+     * logically unchanged), so the const of kp_store_fsm is cast away. */
+    struct kp_view *view = kp_fsm_view_build((struct kp_fsm *)kp_admin__fsm(r));
+    if (view == NULL)
+        kp_admin__oom(r);
+    return view;
+}
+
+static void handle_list(struct kp_admin_req *r)
+{
+    size_t limit;
+    if (!kp_admin__list_limit(r, &limit))
+        return;
+    /* A view is the one way to iterate the registry. */
+    struct kp_view *view = kp_admin__view(r);
+    if (view == NULL)
+        return;
     struct collect c = {.cap = kp_view_count(view, r->kind), .after = kp_admin__query(r, "after")};
     c.v = kp_malloc((c.cap + 1) * sizeof(*c.v));
     json_t *items = json_array(), *v = json_object();
@@ -567,7 +583,7 @@ static void handle_list(struct kp_admin_req *r)
         kp_view_each(view, r->kind, collect_one, &c);
         qsort(c.v, c.n, sizeof(*c.v), cmp_id);
     }
-    size_t n = c.n < (size_t)limit ? c.n : (size_t)limit;
+    size_t n = c.n < limit ? c.n : limit;
     for (size_t i = 0; ok && i < n; i++)
         ok = json_array_append_new(items, kp_admin__entity_json(c.v[i])) == 0;
     if (ok) {

@@ -81,6 +81,13 @@ int kp_admin__query_each(struct kp_admin_req *r,
  * outside printable ASCII as '?'. */
 void kp_admin__quote(char *dst, size_t len, const char *src);
 
+/* ?limit=N of a paged list: 1..5000, 500 when absent. False after
+ * answering 400. */
+bool kp_admin__list_limit(struct kp_admin_req *r, size_t *limit);
+/* A view of this node's state machine, held for the caller (release it);
+ * NULL after answering 503 when out of memory. */
+struct kp_view *kp_admin__view(struct kp_admin_req *r);
+
 /* An entity as the API shows it (binary fields dropped even if the
  * renderer were to add them); NULL when out of memory. */
 json_t *kp_admin__entity_json(const struct kp_entity *e);
@@ -154,6 +161,10 @@ void kp_admin__audit_list(struct kp_admin_req *r);
 void kp_admin__budgets_list(struct kp_admin_req *r);
 void kp_admin__budget_get(struct kp_admin_req *r);
 void kp_admin__budget_reset(struct kp_admin_req *r);
+/* admin_prices.c: GET /admin/v1/price-table and /admin/v1/price-table/{model}:
+ * the prices that apply, registry and built-in (docs/registry.md, "Prices"). */
+void kp_admin__price_table(struct kp_admin_req *r);
+void kp_admin__price_of(struct kp_admin_req *r);
 /* admin_usage.c: GET /admin/v1/usage and /admin/v1/usage/events (docs/usage-api.md). */
 void kp_admin__usage_query(struct kp_admin_req *r);
 void kp_admin__usage_events(struct kp_admin_req *r);

@@ -79,6 +79,24 @@ static kp_nanousd cost_of(const struct kp_price *p, const struct kp_usage_counts
     return n > (unsigned __int128)INT64_MAX ? INT64_MAX : (kp_nanousd)n;
 }
 
+/* The price of the call: that of the model the provider served (usually a
+ * dated name, which kp_price_lookup resolves to its base), else that of the
+ * model asked for. An operator's price (the registry) for either name beats
+ * a built-in default for the other: an alias priced in the registry keeps
+ * its price when the provider names the underlying model. */
+static const struct kp_price *call_price(const struct kp_call *c)
+{
+    const char *served_src = NULL, *asked_src = NULL;
+    const struct kp_price *served =
+        c->ev.model_served[0] ? kp_price_lookup(c->view, c->ev.model_served, &served_src) : NULL;
+    if (served != NULL && strcmp(served_src, "registry") == 0)
+        return served;
+    const struct kp_price *asked = kp_price_lookup(c->view, c->model, &asked_src);
+    if (asked != NULL && (served == NULL || strcmp(asked_src, "registry") == 0))
+        return asked;
+    return served;
+}
+
 /* Fill the usage event from what the call ended with. */
 void kp_router__settle(struct kp_call *c)
 {
@@ -92,12 +110,7 @@ void kp_router__settle(struct kp_call *c)
     ev->tokens_in = c->usage.input;
     ev->tokens_out = c->usage.output;
     ev->tokens_cached = c->usage.cached;
-    /* The price of the model served (a dated name), else of the one asked. */
-    const struct kp_price *price =
-        ev->model_served[0] ? kp_view_price(c->view, ev->model_served) : NULL;
-    if (price == NULL)
-        price = kp_view_price(c->view, c->model);
-    ev->cost = cost_of(price, &c->usage);
+    ev->cost = cost_of(call_price(c), &c->usage);
     ev->retries = (c->attempts > 0 ? c->attempts - 1 : 0) + c->retries_total;
 }
 

@@ -252,6 +252,15 @@ static int model_of_price(const struct kp_entity *e, void *arg)
     return 0;
 }
 
+/* Every model with a price: the registry's and the built-in table's. */
+static void add_priced_models(struct models_acc *m)
+{
+    kp_view_each(m->c->view, KP_KIND_PRICE, model_of_price, m);
+    const struct kp_price *p;
+    for (size_t i = 0; (p = kp_price_default(i)) != NULL; i++)
+        add_model(m, p->e.id);
+}
+
 /* The models this token may call: those named by the keys of its pool
  * chain, and every priced model when a key allows any. */
 static void handle_models(struct kp_call *c)
@@ -276,7 +285,7 @@ static void handle_models(struct kp_call *c)
         name = pool->fallback;
     }
     if (any && m.seen != NULL)
-        kp_view_each(c->view, KP_KIND_PRICE, model_of_price, &m);
+        add_priced_models(&m);
     json_t *data = json_array();
     const char *id;
     json_t *v;

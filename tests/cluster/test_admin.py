@@ -330,6 +330,85 @@ class RegistryTest(AdminTestBase):
         self.assertIn("node_id", v["items"][0])
 
 
+class PriceTableTest(AdminTestBase):
+    """GET /admin/v1/price-table: the prices that apply (docs/registry.md,
+    "Prices"), next to /admin/v1/prices, which stays the registry's own."""
+
+    def test_defaults_and_overrides_merged_and_sorted(self):
+        api = self.api
+        v, _ = api.ok("GET", f"{ADMIN}/price-table")
+        models = [i["model"] for i in v["items"]]
+        self.assertEqual(models, sorted(models))
+        self.assertTrue({"gpt-4o", "claude-sonnet-4-5", "gemini-2.5-pro", "mistral-large-latest",
+                         "deepseek-chat"} <= set(models))
+        self.assertEqual({i["source"] for i in v["items"]}, {"default"})
+        gpt4o = next(i for i in v["items"] if i["model"] == "gpt-4o")
+        self.assertEqual(gpt4o, {"model": "gpt-4o", "input_per_mtok": 2_500_000_000,
+                                 "cached_input_per_mtok": 1_250_000_000,
+                                 "output_per_mtok": 10_000_000_000, "request_fee": 0,
+                                 "source": "default"})
+        # The registry lists only its own entities.
+        v, _ = api.ok("GET", f"{ADMIN}/prices")
+        self.assertEqual(v["items"], [])
+
+        # An override replaces the default of that name; an addition joins.
+        api.ok("PUT", f"{ADMIN}/prices/gpt-4o", {"input_per_mtok": 1, "output_per_mtok": 2},
+               want=201)
+        api.ok("PUT", f"{ADMIN}/prices/vendor%2Fmodel-x", {"input_per_mtok": 3}, want=201)
+        v, _ = api.ok("GET", f"{ADMIN}/price-table")
+        rows = {i["model"]: i for i in v["items"]}
+        self.assertEqual(len(rows), len(v["items"]), "one row per model")
+        self.assertEqual((rows["gpt-4o"]["source"], rows["gpt-4o"]["input_per_mtok"]),
+                         ("registry", 1))
+        self.assertEqual(rows["vendor/model-x"]["source"], "registry")
+        self.assertEqual(rows["gpt-4o-mini"]["source"], "default")
+        v, _ = api.ok("GET", f"{ADMIN}/prices")
+        self.assertEqual([i["id"] for i in v["items"]], ["gpt-4o", "vendor/model-x"])
+
+        # Pages, as the registry's lists have them.
+        page, _ = api.ok("GET", f"{ADMIN}/price-table?limit=5")
+        self.assertEqual([i["model"] for i in page["items"]], sorted(rows)[:5])
+        self.assertEqual(page["next"], sorted(rows)[4])
+        page, _ = api.ok("GET", f"{ADMIN}/price-table?limit=5000&after=" +
+                         urllib.parse.quote(sorted(rows)[4]))
+        self.assertEqual([i["model"] for i in page["items"]], sorted(rows)[5:])
+        self.assertNotIn("next", page)
+        api.error("GET", f"{ADMIN}/price-table?limit=0")
+
+    def test_one_model_resolves_dated_names(self):
+        api = self.api
+        v, _ = api.ok("GET", f"{ADMIN}/price-table/gpt-4o-mini-2024-07-18")
+        self.assertEqual((v["model"], v["source"], v["requested"]),
+                         ("gpt-4o-mini", "default", "gpt-4o-mini-2024-07-18"))
+        v, _ = api.ok("GET", f"{ADMIN}/price-table/models%2Fgemini-2.5-flash")
+        self.assertEqual(v["model"], "gemini-2.5-flash")
+        api.ok("PUT", f"{ADMIN}/prices/claude-sonnet-4-5", {"input_per_mtok": 7}, want=201)
+        v, _ = api.ok("GET", f"{ADMIN}/price-table/claude-sonnet-4-5-20250929")
+        self.assertEqual((v["model"], v["source"], v["input_per_mtok"]),
+                         ("claude-sonnet-4-5", "registry", 7))
+        err, _ = api.error("GET", f"{ADMIN}/price-table/llama-3-70b", want=404)
+        self.assertIn("no price for model 'llama-3-70b'", err["message"])
+        api.error("GET", f"{ADMIN}/price-table/gpt-4", want=404)
+
+    def test_a_price_may_be_named_like_a_route(self):
+        """The table has its own route, so no model name collides with it."""
+        api = self.api
+        api.ok("PUT", f"{ADMIN}/prices/effective", {"input_per_mtok": 5}, want=201)
+        v, _ = api.ok("GET", f"{ADMIN}/prices/effective")
+        self.assertEqual((v["id"], v["input_per_mtok"]), ("effective", 5))
+        api.ok("PUT", f"{ADMIN}/prices/price-table", {"input_per_mtok": 6}, want=201)
+        v, _ = api.ok("GET", f"{ADMIN}/price-table")
+        self.assertIn("items", v)
+        self.assertEqual({i["model"]: i["source"] for i in v["items"]}["price-table"], "registry")
+
+    def test_read_registry_permission(self):
+        finance, _ = self.new_token("finance")
+        err, _ = self.api.error("GET", f"{ADMIN}/price-table", token=finance, want=403)
+        self.assertIn("read_registry", err["message"])
+        auditor, _ = self.new_token("auditor")
+        self.api.ok("GET", f"{ADMIN}/price-table/gpt-4o", token=auditor)
+
+
 class KeyTest(AdminTestBase):
     def test_key_secrets_are_sealed_rotated_retired_and_never_shown(self):
         api = self.api

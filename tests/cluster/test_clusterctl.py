@@ -1074,6 +1074,38 @@ class AgainstNodeTest(ClusterctlTestCase):
         self.assertExit(cp, 0)
         self.assertIn("keyplane_build_info{", cp.stdout)
 
+    def test_get_prices_effective(self):
+        """get prices --effective: the registry's prices and the built-in
+        defaults they do not override, with their source."""
+        cp = self.ctl("put", "prices", "gpt-4o", "--set", "input_per_mtok=2000000000",
+                      "--set", "output_per_mtok=8000000000", env=self.env)
+        self.assertExit(cp, 0)
+        cp = self.ctl("get", "prices", "--effective", env=self.env)
+        self.assertExit(cp, 0)
+        lines = cp.stdout.splitlines()
+        self.assertRegex(lines[0],
+                         r"^MODEL\s+INPUT/MTOK\s+CACHED/MTOK\s+OUTPUT/MTOK\s+REQUEST_FEE\s+SOURCE$")
+        self.assertRegex(cp.stdout, r"(?m)^gpt-4o\s+\$2\.00\s+\$0\.00\s+\$8\.00\s+\$0\.00\s+registry$")
+        self.assertRegex(cp.stdout,
+                         r"(?m)^gpt-4o-mini\s+\$0\.15\s+\$0\.075\s+\$0\.60\s+\$0\.00\s+default$")
+        self.assertRegex(cp.stdout, r"(?m)^claude-sonnet-4-5\s.*\sdefault$")
+        # Without --effective, only the registry's own.
+        cp = self.ctl("get", "prices", env=self.env)
+        self.assertExit(cp, 0)
+        self.assertEqual(len(cp.stdout.splitlines()), 2, cp.stdout)
+        # One model: the entry that applies, and the name it resolved from.
+        cp = self.ctl("get", "prices", "gpt-4o-mini-2024-07-18", "--effective", env=self.env)
+        self.assertExit(cp, 0)
+        self.assertRegex(cp.stdout, r"(?m)^gpt-4o-mini\s.*\sdefault$")
+        self.assertIn("gpt-4o-mini-2024-07-18 is priced as gpt-4o-mini (built-in default)",
+                      cp.stderr)
+        cp = self.ctl("get", "prices", "llama-3-70b", "--effective", env=self.env)
+        self.assertExit(cp, 1)
+        self.assertIn("no price for model 'llama-3-70b'", cp.stderr)
+        cp = self.ctl("get", "pools", "--effective", env=self.env)
+        self.assertExit(cp, 2)
+        self.assertIn("--effective is for prices only", cp.stderr)
+
     def test_status_through_a_context(self):
         args = ["config", "set-context", "n1", "--server", self.node.control_url]
         if self.node.admin_token:

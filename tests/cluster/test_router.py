@@ -350,6 +350,77 @@ def sse_data(raw):
     return [line[6:] for line in raw.decode().split("\n") if line.startswith("data: ")]
 
 
+class PriceTest(unittest.TestCase):
+    """What a call costs (docs/router.md "Cost", docs/registry.md "Prices"):
+    a model with only a built-in price is priced from it, dated names
+    included; an operator's price overrides it from the next call on."""
+
+    def setUp(self):
+        self.g = Gateway(self)
+
+    def cost(self, model, rid):
+        g = self.g
+        status, _, body = g.call("/v1/chat/completions", dict(CHAT, model=model),
+                                 headers={"X-Request-Id": rid})
+        self.assertEqual(status, 200, body)
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == rid), None),
+                        what="the usage event " + rid)
+        self.assertEqual(ev["model_served"], model)  # the mock echoes the model
+        self.assertGreater(ev["tokens_in"], 0)
+        self.assertGreater(ev["tokens_out"], 0)
+        return ev
+
+    @staticmethod
+    def priced(ev, input_per_mtok, output_per_mtok):
+        return (ev["tokens_in"] * input_per_mtok + ev["tokens_out"] * output_per_mtok) // 10**6
+
+    def test_default_price_then_an_override(self):
+        g = self.g
+        # gpt-4o has no registry price: the built-in table's $2.50 / $10.
+        ev = self.cost("gpt-4o", "p-1")
+        self.assertGreater(ev["cost_nanousd"], 0)
+        self.assertEqual(ev["cost_nanousd"], self.priced(ev, 2_500_000_000, 10_000_000_000))
+        ev = self.cost("gpt-4o-2024-08-06", "p-2")
+        self.assertEqual(ev["cost_nanousd"], self.priced(ev, 2_500_000_000, 10_000_000_000))
+        # A model with no price anywhere costs 0 (refused under a hard
+        # budget: docs/budgets.md).
+        self.assertEqual(self.cost("llama-3-70b", "p-3")["cost_nanousd"], 0)
+
+        # The operator's contract price applies from the next call, to the
+        # dated names too.
+        g.admin("PUT", "/prices/gpt-4o", {"input_per_mtok": 2_000_000_000,
+                                          "cached_input_per_mtok": 1_000_000_000,
+                                          "output_per_mtok": 8_000_000_000,
+                                          "request_fee": 1000})
+        ev = self.cost("gpt-4o", "p-4")
+        self.assertEqual(ev["cost_nanousd"], self.priced(ev, 2_000_000_000, 8_000_000_000) + 1000)
+        ev = self.cost("gpt-4o-2024-08-06", "p-5")
+        self.assertEqual(ev["cost_nanousd"], self.priced(ev, 2_000_000_000, 8_000_000_000) + 1000)
+
+        # The table that applies shows both sources.
+        rows = {i["model"]: i for i in g.admin("GET", "/price-table")["items"]}
+        self.assertEqual(rows["gpt-4o"]["source"], "registry")
+        self.assertEqual(rows["gpt-4o"]["output_per_mtok"], 8_000_000_000)
+        self.assertEqual(rows["gpt-4o-mini"]["source"], "registry")  # Gateway's own price
+        self.assertEqual(rows["claude-sonnet-4-5"]["source"], "default")
+        one = g.admin("GET", "/price-table/gpt-4o-2024-08-06")
+        self.assertEqual((one["model"], one["source"]), ("gpt-4o", "registry"))
+
+        # Deleting the override brings the default back.
+        g.admin("DELETE", "/prices/gpt-4o")
+        ev = self.cost("gpt-4o", "p-6")
+        self.assertEqual(ev["cost_nanousd"], self.priced(ev, 2_500_000_000, 10_000_000_000))
+
+    def test_models_lists_default_prices_when_a_key_allows_any_model(self):
+        g = self.g
+        status, _, body = http("GET", g.node.gateway_url + "/v1/models",
+                               headers={"Authorization": "Bearer " + g.token})
+        self.assertEqual(status, 200, body)
+        ids = {m["id"] for m in json.loads(body)["data"]}
+        self.assertTrue({"gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5", "gemini-2.5-flash",
+                         "deepseek-chat"} <= ids, ids)
+
+
 class ShapesTest(unittest.TestCase):
     """Chat completions served by Anthropic- and Gemini-shaped providers, and
     the Anthropic-native endpoint served by an OpenAI-shaped one and by an

@@ -2,7 +2,9 @@
  * of kinds.c.
  *
  * get lists a kind or shows one entity, as a table or as the server's JSON
- * (or that as YAML). put has two shapes. With -f FILE it sends the file's
+ * (or that as YAML); `get prices --effective` reads the price table that
+ * applies instead (GET /admin/v1/price-table: the registry's prices and the
+ * built-in defaults they leave in place). put has two shapes. With -f FILE it sends the file's
  * object as the whole entity (create or replace; fields the file leaves out
  * take their defaults). With only --set FIELD=VALUE it changes those fields
  * of what is there: it reads the entity, sets the fields and writes it back
@@ -39,9 +41,52 @@ static const struct kp_ctl_kind *find_kind(struct kp_ctl *ctl, const char *name,
     return kind;
 }
 
+/* What `get` reads and prints: a kind's entities, or the price table that
+ * applies (`get prices --effective`). */
+struct listing {
+    const char *segment; /* under /admin/v1/ */
+    const char *what;    /* "no prices" */
+    const struct kp_ctl_column *columns;
+    size_t n_columns;
+    bool resolves; /* one item may answer for another name ("requested") */
+};
+
+static struct listing kind_listing(const struct kp_ctl_kind *kind)
+{
+    return (struct listing){kind->plural, kind->plural, kind->columns, kind->n_columns, false};
+}
+
+static const struct kp_ctl_column effective_columns[] = {
+    {"MODEL", "model", NULL},
+    {"INPUT/MTOK", "input_per_mtok", kp_ctl__cell_usd},
+    {"CACHED/MTOK", "cached_input_per_mtok", kp_ctl__cell_usd},
+    {"OUTPUT/MTOK", "output_per_mtok", kp_ctl__cell_usd},
+    {"REQUEST_FEE", "request_fee", kp_ctl__cell_usd},
+    {"SOURCE", "source", NULL},
+};
+static const struct listing effective_prices = {
+    "price-table", "prices", effective_columns,
+    sizeof(effective_columns) / sizeof(effective_columns[0]), true};
+
+/* One model's price answered under another name (a dated one resolved to
+ * its base): say so on stderr, the table shows the entry that applies. */
+static void note_resolved(struct kp_ctl *ctl, const json_t *answer)
+{
+    const char *model = json_string_value(json_object_get(answer, "model"));
+    const char *asked = json_string_value(json_object_get(answer, "requested"));
+    const char *source = json_string_value(json_object_get(answer, "source"));
+    if (model == NULL || asked == NULL || strcmp(model, asked) == 0)
+        return;
+    fprintf(stderr, "%s: ", ctl->prog);
+    kp_ctl__print_clean(stderr, asked);
+    fprintf(stderr, " is priced as ");
+    kp_ctl__print_clean(stderr, model);
+    fprintf(stderr, " (%s)\n",
+            source != NULL && strcmp(source, "registry") == 0 ? "registry" : "built-in default");
+}
+
 /* Prints a list answer or one entity. */
-static void print_entities(struct kp_ctl *ctl, const struct kp_ctl_kind *kind, json_t *answer,
-                           bool one)
+static void print_entities(struct kp_ctl *ctl, const struct listing *l, json_t *answer, bool one)
 {
     json_t *rows;
 
@@ -49,17 +94,19 @@ static void print_entities(struct kp_ctl *ctl, const struct kp_ctl_kind *kind, j
         kp_ctl__print_doc(ctl, answer);
         return;
     }
+    if (one && l->resolves)
+        note_resolved(ctl, answer);
     rows = one ? json_pack("[O]", answer) : json_incref(json_object_get(answer, "items"));
     if (json_array_size(rows) == 0)
-        fprintf(stderr, "%s: no %s\n", ctl->prog, kind->plural);
+        fprintf(stderr, "%s: no %s\n", ctl->prog, l->what);
     else
-        kp_ctl__print_table(kind->columns, kind->n_columns, rows);
+        kp_ctl__print_table(l->columns, l->n_columns, rows);
     json_decref(rows);
 }
 
-static int show(struct kp_ctl *ctl, const struct kp_ctl_kind *kind, const char *id, bool consistent)
+static int show(struct kp_ctl *ctl, const struct listing *l, const char *id, bool consistent)
 {
-    char *path = kp_ctl__path(kind->plural, id, NULL);
+    char *path = kp_ctl__path(l->segment, id, NULL);
     struct kp_buf query = {path, path ? strlen(path) : 0, path ? strlen(path) + 1 : 0};
     json_t *answer = NULL;
     int rc;
@@ -72,7 +119,7 @@ static int show(struct kp_ctl *ctl, const struct kp_ctl_kind *kind, const char *
     rc = kp_ctl__call(ctl, "GET", query.data, NULL, NULL, &answer);
     /* A list comes in pages: follow "next" and print them as one. */
     while (rc == KP_CTL_EXIT_OK && id == NULL && json_is_string(json_object_get(answer, "next"))) {
-        char *base = kp_ctl__path(kind->plural, NULL);
+        char *base = kp_ctl__path(l->segment, NULL);
         struct kp_buf more = {base, base ? strlen(base) : 0, base ? strlen(base) + 1 : 0};
         json_t *page = NULL;
         const char *after = json_string_value(json_object_get(answer, "next"));
@@ -94,27 +141,39 @@ static int show(struct kp_ctl *ctl, const struct kp_ctl_kind *kind, const char *
         json_decref(page);
     }
     if (rc == KP_CTL_EXIT_OK)
-        print_entities(ctl, kind, answer, id != NULL);
+        print_entities(ctl, l, answer, id != NULL);
     json_decref(answer);
     kp_buf_free(&query);
     return rc;
 }
 
+/* `get KIND [ID]`; `get prices [MODEL] --effective` reads the price table
+ * that applies (registry prices and the built-in defaults) instead of the
+ * registry's price entities. */
 int kp_ctl__cmd_get(struct kp_ctl *ctl, int argc, char **argv)
 {
-    bool consistent = false;
-    const struct kp_ctl_flag flags[] = {{"consistent", 0, KP_CTL_FLAG_BOOL, &consistent}};
+    bool consistent = false, effective = false;
+    const struct kp_ctl_flag flags[] = {{"consistent", 0, KP_CTL_FLAG_BOOL, &consistent},
+                                        {"effective", 0, KP_CTL_FLAG_BOOL, &effective}};
     const struct kp_ctl_kind *kind;
-    int first, rc = kp_ctl__parse(ctl, argc, argv, flags, 1, &first);
+    struct listing l;
+    int first, rc = kp_ctl__parse(ctl, argc, argv, flags, 2, &first);
 
     if (rc != KP_CTL_EXIT_OK ||
         (rc = kp_ctl__positionals(ctl, argc - first, 1, 2, "KIND [ID]", false)) != KP_CTL_EXIT_OK)
         return rc;
     if ((kind = find_kind(ctl, argv[first], 0, "read")) == NULL)
         return KP_CTL_EXIT_USAGE;
+    if (effective && strcmp(kind->plural, "prices") != 0) {
+        kp_ctl__usage_error(ctl,
+                            "%s: --effective is for prices only (get prices [MODEL] --effective)",
+                            ctl->command);
+        return KP_CTL_EXIT_USAGE;
+    }
+    l = effective ? effective_prices : kind_listing(kind);
     if ((rc = kp_ctl__resolve(ctl)) != KP_CTL_EXIT_OK)
         return rc;
-    return show(ctl, kind, first + 1 < argc ? argv[first + 1] : NULL, consistent);
+    return show(ctl, &l, first + 1 < argc ? argv[first + 1] : NULL, consistent);
 }
 
 int kp_ctl__list_kind(struct kp_ctl *ctl, const char *kind, int argc, char **argv)
@@ -127,7 +186,8 @@ int kp_ctl__list_kind(struct kp_ctl *ctl, const char *kind, int argc, char **arg
         (rc = kp_ctl__positionals(ctl, argc - first, 0, 0, "", false)) != KP_CTL_EXIT_OK ||
         (rc = kp_ctl__resolve(ctl)) != KP_CTL_EXIT_OK)
         return rc;
-    return show(ctl, kp_ctl__kind_find(kind), NULL, consistent);
+    struct listing l = kind_listing(kp_ctl__kind_find(kind));
+    return show(ctl, &l, NULL, consistent);
 }
 
 /* --- put ------------------------------------------------------------------- */
