@@ -309,7 +309,7 @@ int kp_router__budget_begin(struct kp_call *c)
     if (c->nholds == 0)
         return KP_OK;
     read_bounds(c);
-    c->budget_price = kp_view_price(c->view, c->model);
+    c->budget_price = kp_price_lookup(c->view, c->model, NULL);
     if (c->budget_hard && c->budget_price == NULL)
         return unpriced(c);
     if (c->budget_hard && c->out_cap_set)

@@ -416,8 +416,9 @@ void kp_budget_ledger_answer(struct kp_budget_ledger *l, struct kp_lease_batch *
          * (a crash), spent or not by calls that died with it. It is
          * reported as spent, never reused: those calls may have cost up
          * to all of it. */
-        kp_nanousd before = g->grant - g->granted + it->settled;
-        if (first && it->window_start_ms == s->window && before > known)
+        kp_nanousd kept = g->grant - g->granted; /* after the settle, down to 0 */
+        kp_nanousd before = kept > 0 ? kept + it->settled : known;
+        if (first && s->hard && !it->release && it->window_start_ms == s->window && before > known)
             s->orphan += before - known;
     }
     s->exhausted = it->want > 0 && g->granted == 0;
