@@ -143,9 +143,28 @@ static int copy_secrets(struct kp_key *dst, const struct kp_key *src)
     return KP_OK;
 }
 
+/* "<what>: <reason>" as the audit entry's detail, cut to whole UTF-8
+ * characters when the reason is long. */
+static void freeze_detail(struct kp_apply *a, const char *what, const char *reason)
+{
+    snprintf(a->detail, sizeof(a->detail), "%s: %s", what, reason);
+    kp_store__utf8_trim(a->detail);
+}
+
+/* A freeze records who set it (the audit chain has the rest). */
+static int freeze_put(struct kp_apply *a, struct kp_freeze *f)
+{
+    if ((f->frozen_by = kp_strdup(a->cmd->audit.actor)) == NULL)
+        return KP_ENOMEM;
+    freeze_detail(a, "frozen", f->reason);
+    return KP_OK;
+}
+
 /* What a put keeps from the version it replaces, and rules on changes. */
 static int put_carry_over(struct kp_apply *a, struct kp_entity *e, const struct kp_entity *old)
 {
+    if (e->kind == KP_KIND_FREEZE)
+        return freeze_put(a, (struct kp_freeze *)e);
     if (e->kind == KP_KIND_KEY && old != NULL) {
         const struct kp_key *ok = (const struct kp_key *)old;
         struct kp_key *nk = (struct kp_key *)e;
@@ -248,6 +267,8 @@ static int delete_kind(enum kp_op op)
         return KP_KIND_MEMBER;
     case KP_OP_DELETE_ALERT_RULE:
         return KP_KIND_ALERT_RULE;
+    case KP_OP_DELETE_FREEZE:
+        return KP_KIND_FREEZE;
     default:
         return KP_KIND_WEBHOOK;
     }
@@ -269,6 +290,8 @@ static int op_delete(struct kp_apply *a)
         rc = kp_store__stage(a, KP_KIND_KEY_HEALTH, NULL, id);
     if (rc == KP_OK && kind == KP_KIND_POLICY && kp_store__get(a->st, KP_KIND_BUDGET_STATE, id))
         rc = kp_store__stage(a, KP_KIND_BUDGET_STATE, NULL, id);
+    if (rc == KP_OK && kind == KP_KIND_FREEZE)
+        freeze_detail(a, "unfrozen; the reason was", ((const struct kp_freeze *)old)->reason);
     return rc;
 }
 
@@ -476,6 +499,8 @@ static const op_fn handlers[KP_OP_COUNT] = {
     [KP_OP_REWRAP_SECRETS] = op_rewrap,
     [KP_OP_BUDGET_LEASE] = kp_store__op_budget_lease,
     [KP_OP_BUDGET_RESET] = kp_store__op_budget_reset,
+    [KP_OP_PUT_FREEZE] = op_put,
+    [KP_OP_DELETE_FREEZE] = op_delete,
 };
 
 /* --- rewrap_secrets ----------------------------------------------------------------------- */

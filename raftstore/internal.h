@@ -48,9 +48,10 @@ enum kp_cs {
 #define KP_FF_STAR   0x08 /* an id field that also takes "*" (any; not a reference) */
 
 /* ref: what an id field points at. */
-#define KP_REF_NONE  0
-#define KP_REF(kind) ((uint8_t)((kind) + 1))
-#define KP_REF_SCOPE 0xff /* a policy's scope_target: kind from scope_kind */
+#define KP_REF_NONE   0
+#define KP_REF(kind)  ((uint8_t)((kind) + 1))
+#define KP_REF_SCOPE  0xff /* a policy's scope_target: kind from scope_kind */
+#define KP_REF_FREEZE 0xfe /* a freeze's target: kind from its scope (none for free names) */
 
 struct kp_schema;
 

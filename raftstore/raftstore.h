@@ -56,6 +56,7 @@ enum kp_kind {
     KP_KIND_KEY_HEALTH,
     KP_KIND_BUDGET_STATE, /* the lease state of a policy's budgets */
     KP_KIND_LEASE_NODE,   /* a node's lease bookkeeping (last seq applied) */
+    KP_KIND_FREEZE,       /* an operator's stop on a tenant, project, feature, pool, ... */
     KP_KIND_COUNT
 };
 
@@ -361,6 +362,37 @@ kp_nanousd kp_budget_window_granted(const struct kp_budget_window_state *w);
 /* The budget named @name in @p, or NULL. */
 const struct kp_budget *kp_policy_budget(const struct kp_policy *p, const char *name);
 
+/* --- freezes (docs/budgets.md, "Freeze: the stop-loss button") --- */
+
+/* What a freeze stops. A call is refused while its tenant, project,
+ * feature, pool or token is frozen; a frozen key is skipped when keys are
+ * chosen, like a disabled one. */
+enum kp_freeze_scope {
+    KP_FREEZE_TENANT,
+    KP_FREEZE_PROJECT,
+    KP_FREEZE_FEATURE,
+    KP_FREEZE_POOL,
+    KP_FREEZE_KEY,
+    KP_FREEZE_TOKEN,
+};
+
+/* Longest reason a freeze keeps (bytes of UTF-8 text). */
+#define KP_FREEZE_REASON_MAX 500
+
+/* An operator's freeze; its id is "<scope>:<target>" ("tenant:acme"), so
+ * there is at most one per target and a router finds it by id. Tenants
+ * and features are free names (a call may carry a tenant nobody
+ * registered); a frozen project, pool, key or token must exist and cannot
+ * be deleted while frozen. When: e.created_ms (kept when the reason is
+ * changed); who: @frozen_by, the actor of the last put. */
+struct kp_freeze {
+    struct kp_entity e;
+    uint8_t scope; /* enum kp_freeze_scope */
+    char *target;  /* the tenant, project, feature, pool, key or token id */
+    char *reason;  /* required, shown to every refused app */
+    char *frozen_by;
+};
+
 /* Cluster settings, set once by init_cluster. Its id is the cluster id. */
 struct kp_cluster {
     struct kp_entity e;
@@ -377,6 +409,7 @@ const char *kp_health_status_name(int v);
 const char *kp_pool_strategy_name(int v);
 const char *kp_member_role_name(int v);
 const char *kp_scope_kind_name(int v);
+const char *kp_freeze_scope_name(int v);
 
 /* The usable primary secret of @key, or NULL (no secret, or the key is not
  * active). */
@@ -452,7 +485,9 @@ int kp_audit_verify(const struct kp_audit_entry *entries, size_t n, const uint8_
     X(AUDIT_ONLY, "audit_only")                                                                    \
     X(REWRAP_SECRETS, "rewrap_secrets")                                                            \
     X(BUDGET_LEASE, "budget_lease")                                                                \
-    X(BUDGET_RESET, "budget_reset")
+    X(BUDGET_RESET, "budget_reset")                                                                \
+    X(PUT_FREEZE, "put_freeze")                                                                    \
+    X(DELETE_FREEZE, "delete_freeze")
 
 enum kp_op {
     KP_OP_NONE, /* not decoded */
@@ -551,7 +586,8 @@ struct kp_cmd_budget_reset {
 /* A decoded or to-be-encoded command. The body's type follows the op:
  *   put_<kind>        the entity struct (version, created/updated, and a
  *                     key's status and secrets are set by the registry)
- *   delete_*, disable_token, remove_member     struct kp_cmd_target
+ *   delete_*, disable_token, remove_member     struct kp_cmd_target (delete_freeze:
+ *                     id "<scope>:<target>")
  *   set_key_status    struct kp_cmd_key_status
  *   add_key_secret    struct kp_cmd_add_secret
  *   retire_key_secret struct kp_cmd_retire_secret
@@ -560,7 +596,8 @@ struct kp_cmd_budget_reset {
  *   audit_only        struct kp_cmd_audit_only
  *   rewrap_secrets    struct kp_cmd_rewrap
  *   budget_lease      struct kp_cmd_budget_lease
- *   budget_reset      struct kp_cmd_budget_reset */
+ *   budget_reset      struct kp_cmd_budget_reset
+ *   put_freeze        struct kp_freeze (frozen_by is set by the registry) */
 struct kp_command {
     uint32_t v; /* KP_COMMAND_VERSION */
     enum kp_op op;
@@ -591,6 +628,7 @@ struct kp_command {
         struct kp_cmd_rewrap *rewrap;
         struct kp_cmd_budget_lease *budget_lease;
         struct kp_cmd_budget_reset *budget_reset;
+        struct kp_freeze *freeze;
     } body;
 };
 
@@ -744,6 +782,9 @@ const struct kp_budget_state *kp_view_budget_state(const struct kp_view *view,
 const struct kp_budget_window_state *
 kp_view_budget_window(const struct kp_view *view, const char *policy_id, const char *budget);
 const struct kp_lease_node *kp_view_lease_node(const struct kp_view *view, uint64_t node_id);
+/* The freeze of @target in @scope (enum kp_freeze_scope), or NULL. Cheap
+ * when nothing is frozen: no id is built then. */
+const struct kp_freeze *kp_view_freeze(const struct kp_view *view, int scope, const char *target);
 /* The key of @pool's member @i (NULL if @i is out of range). */
 const struct kp_key *kp_view_pool_key(const struct kp_view *view, const struct kp_pool *pool,
                                       uint32_t i);

@@ -43,6 +43,10 @@ static const char *const strategies[] = {
 static const char *const scope_kinds[] = {
     "global", "tenant", "project", "key", "pool", "token", "feature", NULL,
 };
+/* In enum kp_freeze_scope order. */
+static const char *const freeze_scopes[] = {
+    "tenant", "project", "feature", "pool", "key", "token", NULL,
+};
 static const char *const budget_windows[] = {"daily", "monthly", NULL};
 static const char *const budget_kinds[] = {"hard", "soft", NULL};
 static const char *const member_roles[] = {"voter", "standby", "spare", NULL};
@@ -67,6 +71,7 @@ ENUM_NAME(kp_health_status_name, health_statuses)
 ENUM_NAME(kp_pool_strategy_name, strategies)
 ENUM_NAME(kp_member_role_name, member_roles)
 ENUM_NAME(kp_scope_kind_name, scope_kinds)
+ENUM_NAME(kp_freeze_scope_name, freeze_scopes)
 
 /* --- character sets -------------------------------------------------------------------- */
 
@@ -296,21 +301,34 @@ SCHEMA(lease_node_schema, kp_lease_node, "lease_node", HEADER(kp_lease_node, KP_
        INT(kp_lease_node, "seq", seq, KP_FT_U64, 0, 0, UINT64_MAX, 0),
        TIME(kp_lease_node, "last_report_ms", last_report_ms, 0));
 
+/* A freeze's id is "<scope>:<target>" (kind_rules checks that it is). Its
+ * target refers to the entity of its scope, except for tenants and
+ * features, which are free names (KP_REF_FREEZE). frozen_by is the actor
+ * of the put that made this version, set by apply. */
+SCHEMA(freeze_schema, kp_freeze, "freeze", HEADER(kp_freeze, KP_CS_ID),
+       ENUM(kp_freeze, "scope", scope, KP_FF_REQ, freeze_scopes, 0),
+       STR(kp_freeze, "target", target, KP_FF_REQ, KP_CS_ID, 128, KP_REF_FREEZE),
+       STR(kp_freeze, "reason", reason, KP_FF_REQ, KP_CS_TEXT, KP_FREEZE_REASON_MAX, KP_REF_NONE),
+       STR(kp_freeze, "frozen_by", frozen_by, KP_FF_STATE, KP_CS_TEXT, 256, KP_REF_NONE));
+
 const struct kp_schema *const kp_store__kind_schema[KP_KIND_COUNT] = {
     &provider_schema, &key_schema,    &pool_schema,         &tenant_schema,     &project_schema,
     &token_schema,    &policy_schema, &price_schema,        &member_schema,     &alert_rule_schema,
-    &webhook_schema,  &health_schema, &budget_state_schema, &lease_node_schema,
+    &webhook_schema,  &health_schema, &budget_state_schema, &lease_node_schema, &freeze_schema,
 };
 
-/* Snapshot table names, in enum order: format 1 ends at key_health. */
+/* Snapshot table names, in enum order: format 1 ends at key_health, format
+ * 2 at lease_nodes. */
 const char *const kp_store__kind_plural[KP_KIND_COUNT] = {
-    "providers", "keys",    "pools",       "tenants",  "projects",   "tokens",        "policies",
-    "prices",    "members", "alert_rules", "webhooks", "key_health", "budget_states", "lease_nodes",
+    "providers", "keys",       "pools",         "tenants",     "projects",
+    "tokens",    "policies",   "prices",        "members",     "alert_rules",
+    "webhooks",  "key_health", "budget_states", "lease_nodes", "freezes",
 };
 
 static const char *const kind_names[KP_KIND_COUNT] = {
-    "provider", "key",    "pool",       "tenant",  "project",    "token",        "policy",
-    "price",    "member", "alert_rule", "webhook", "key_health", "budget_state", "lease_node",
+    "provider", "key",        "pool",         "tenant",     "project",
+    "token",    "policy",     "price",        "member",     "alert_rule",
+    "webhook",  "key_health", "budget_state", "lease_node", "freeze",
 };
 
 const char *kp_kind_name(enum kp_kind kind)
@@ -428,6 +446,8 @@ static const struct {
     [KP_OP_REWRAP_SECRETS] = {&rewrap_schema, -1},
     [KP_OP_BUDGET_LEASE] = {&budget_lease_schema, -1},
     [KP_OP_BUDGET_RESET] = {&budget_reset_schema, -1},
+    [KP_OP_PUT_FREEZE] = {&freeze_schema, KP_KIND_FREEZE},
+    [KP_OP_DELETE_FREEZE] = {&target_schema, -1},
 };
 
 const struct kp_schema *kp_store__op_body(enum kp_op op)
@@ -744,6 +764,34 @@ static int scope_kind_target(uint8_t scope)
     }
 }
 
+/* The kind a freeze's target names: none for tenants and features, which
+ * are free names. */
+static int freeze_kind_target(uint8_t scope)
+{
+    switch (scope) {
+    case KP_FREEZE_PROJECT:
+        return KP_KIND_PROJECT;
+    case KP_FREEZE_POOL:
+        return KP_KIND_POOL;
+    case KP_FREEZE_KEY:
+        return KP_KIND_KEY;
+    case KP_FREEZE_TOKEN:
+        return KP_KIND_TOKEN;
+    default:
+        return -1;
+    }
+}
+
+/* The kind field @f of @obj refers to, or -1. */
+static int ref_kind(const struct kp_field *f, const void *obj)
+{
+    if (f->ref == KP_REF_SCOPE)
+        return scope_kind_target(((const struct kp_policy *)obj)->scope_kind);
+    if (f->ref == KP_REF_FREEZE)
+        return freeze_kind_target(((const struct kp_freeze *)obj)->scope);
+    return f->ref - 1;
+}
+
 static void path_set(struct ref_walk *w, size_t base, const char *name, long idx)
 {
     size_t room = sizeof(w->path) - base;
@@ -763,9 +811,7 @@ static int walk_refs(struct ref_walk *w, const struct kp_schema *s, const void *
         const struct kp_field *f = &s->fields[i];
         const char *p = (const char *)obj + f->off;
         int rc = 0;
-        int kind = f->ref == KP_REF_SCOPE
-                       ? scope_kind_target(((const struct kp_policy *)obj)->scope_kind)
-                       : f->ref - 1;
+        int kind = ref_kind(f, obj);
         if (f->type == KP_FT_OBJV) {
             rc = walk_objv(w, f, obj, fn);
         } else if (kind < 0) {
@@ -829,6 +875,10 @@ static bool schema_may_ref(const struct kp_schema *s, int kind)
             return true;
         for (uint8_t sk = 0; f->ref == KP_REF_SCOPE && scope_kinds[sk] != NULL; sk++) {
             if (scope_kind_target(sk) == kind)
+                return true;
+        }
+        for (uint8_t sk = 0; f->ref == KP_REF_FREEZE && freeze_scopes[sk] != NULL; sk++) {
+            if (freeze_kind_target(sk) == kind)
                 return true;
         }
     }
@@ -991,6 +1041,17 @@ static int rule_member(const struct kp_state *st, const struct kp_member *m, cha
     return KP_OK;
 }
 
+/* A freeze's id is its scope and target: one freeze per target, found by
+ * id. */
+static int rule_freeze(const struct kp_freeze *f, char *msg, size_t len)
+{
+    const char *scope = kp_freeze_scope_name(f->scope);
+    size_t n = strlen(scope);
+    if (strncmp(f->e.id, scope, n) != 0 || f->e.id[n] != ':' || strcmp(f->e.id + n + 1, f->target))
+        return refuse(msg, len, KP_EINVAL, "id: must be '%s:%s' (scope:target)", scope, f->target);
+    return KP_OK;
+}
+
 static int kind_rules(const struct kp_state *st, const struct kp_entity *e, char *msg, size_t len)
 {
     switch (e->kind) {
@@ -1025,6 +1086,8 @@ static int kind_rules(const struct kp_state *st, const struct kp_entity *e, char
             return refuse(msg, len, KP_EINVAL, "id: must be the node_id in decimal (%s)", id);
         return KP_OK;
     }
+    case KP_KIND_FREEZE:
+        return rule_freeze((const struct kp_freeze *)e, msg, len);
     default:
         return KP_OK;
     }

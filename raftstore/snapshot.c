@@ -21,9 +21,11 @@
  *
  * The header's version is the container's (header and frame) and is 1; the
  * map's "format" is the content's. Format 2 added the budget state tables
- * (budget_states, lease_nodes) after key_health. Format 1, which ends at
- * key_health, is still restored, with no budget state: a budget's first
- * lease after that starts its window afresh.
+ * (budget_states, lease_nodes) after key_health; format 3 the freezes
+ * after lease_nodes. Older formats are still restored: format 1, which
+ * ends at key_health, with no budget state (a budget's first lease after
+ * that starts its window afresh), and formats 1 and 2 with nothing
+ * frozen.
  *
  * Restore treats the input as hostile. It checks the header, the sizes
  * against each other and against the caller's limit, and the checksum,
@@ -45,10 +47,12 @@
 #include <zstd.h>
 
 #define SNAP_VERSION     1 /* the header and frame layout */
-#define SNAP_FORMAT      2 /* the msgpack map's content */
+#define SNAP_FORMAT      3 /* the msgpack map's content */
 #define SNAP_HEADER_SIZE 64
-/* Entity kinds a format-1 snapshot holds: up to key_health. */
+/* Entity kinds a format-1 snapshot holds (up to key_health), and a
+ * format-2 one (up to lease_nodes). */
 #define SNAP_FORMAT1_KINDS (KP_KIND_KEY_HEALTH + 1)
+#define SNAP_FORMAT2_KINDS (KP_KIND_LEASE_NODE + 1)
 #define SNAP_WINDOW_LOG    23
 #define SNAP_LEVEL         3
 
@@ -391,10 +395,12 @@ static int read_state(struct kp_decoder *d, struct kp_state *st)
     if (rc == KP_OK)
         keys = h.n;
     if (rc == KP_OK && (rc = key(d, "format")) == KP_OK && (rc = head(d, KP_MP_INT, &h)) == KP_OK &&
-        (h.negative || (h.u != SNAP_FORMAT && h.u != 1)))
-        rc = kp_store__fail(d, KP_EVERSION, "format %" PRIu64 " is not 1 or %d", h.u, SNAP_FORMAT);
+        (h.negative || h.u < 1 || h.u > SNAP_FORMAT))
+        rc = kp_store__fail(d, KP_EVERSION, "format %" PRIu64 " is not 1 to %d", h.u, SNAP_FORMAT);
     if (rc == KP_OK && h.u == 1)
         kinds = SNAP_FORMAT1_KINDS;
+    if (rc == KP_OK && h.u == 2)
+        kinds = SNAP_FORMAT2_KINDS;
     if (rc == KP_OK && keys != 4 + (uint64_t)kinds)
         rc = kp_store__fail(d, KP_EPARSE, "expected %d tables", 4 + kinds);
     if (rc == KP_OK && (rc = key(d, "applied_index")) == KP_OK &&

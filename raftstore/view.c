@@ -116,6 +116,19 @@ const struct kp_lease_node *kp_view_lease_node(const struct kp_view *view, uint6
     return (const struct kp_lease_node *)kp_store__table_get(view->tables[KP_KIND_LEASE_NODE], id);
 }
 
+const struct kp_freeze *kp_view_freeze(const struct kp_view *view, int scope, const char *target)
+{
+    const struct kp_table *t = view->tables[KP_KIND_FREEZE];
+    const char *name = kp_freeze_scope_name(scope);
+    char id[160];
+    if (t->count == 0 || name == NULL || target == NULL || target[0] == '\0')
+        return NULL;
+    int n = snprintf(id, sizeof(id), "%s:%s", name, target);
+    if (n < 0 || (size_t)n >= sizeof(id))
+        return NULL; /* longer than any id */
+    return (const struct kp_freeze *)kp_store__table_get(t, id);
+}
+
 const struct kp_key *kp_view_pool_key(const struct kp_view *view, const struct kp_pool *pool,
                                       uint32_t i)
 {

@@ -12,7 +12,8 @@
  *   whatever state apply reaches passes restore's checks: snapshot, restore
  *   and snapshot again give the same bytes.
  *
- * The seeds in corpus/command/ are one kp_command_encode() output per op. */
+ * The seeds in corpus/command/ are one kp_command_encode() output per op
+ * (budget_lease and budget_reset aside). */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,7 +37,9 @@ static void put(struct kp_fsm *f, uint64_t *index, enum kp_op op, void *body)
 }
 
 /* provider p, keys k1 k2 (k1 with two secrets), pools a -> b, tenant t,
- * project j, token tk, cluster c, member n1, price m, health of k2. */
+ * project j, token tk, cluster c, member n1, price m, health of k2, and
+ * freezes of tenant t and of project j (which cannot be deleted while it
+ * is frozen). */
 static struct kp_fsm *base(uint64_t *index)
 {
     struct kp_fsm *f = kp_fsm_new();
@@ -63,6 +66,12 @@ static struct kp_fsm *base(uint64_t *index)
     struct kp_member n = {.e.id = (char *)"n1", .node_id = 1, .address = (char *)"h:1"};
     struct kp_price pr = {.e.id = (char *)"m"};
     struct kp_key_health h = {.e.id = (char *)"k2"};
+    struct kp_freeze ft = {
+        .e.id = (char *)"tenant:t", .target = (char *)"t", .reason = (char *)"r"};
+    struct kp_freeze fj = {.e.id = (char *)"project:j",
+                           .scope = KP_FREEZE_PROJECT,
+                           .target = (char *)"j",
+                           .reason = (char *)"r"};
     put(f, index, KP_OP_INIT_CLUSTER, &c);
     put(f, index, KP_OP_PUT_PROVIDER, &p);
     put(f, index, KP_OP_PUT_KEY, &k);
@@ -80,6 +89,8 @@ static struct kp_fsm *base(uint64_t *index)
     put(f, index, KP_OP_PUT_MEMBER, &n);
     put(f, index, KP_OP_PUT_PRICE, &pr);
     put(f, index, KP_OP_SET_KEY_HEALTH, &h);
+    put(f, index, KP_OP_PUT_FREEZE, &ft);
+    put(f, index, KP_OP_PUT_FREEZE, &fj);
     return f;
 }
 

@@ -13,7 +13,8 @@
  * A state it accepts must snapshot and restore to the same bytes again.
  *
  * The seeds in corpus/snapshot/ are real snapshots (mode 0) and their raw
- * payloads (mode 1) of an empty and of a populated registry. */
+ * payloads (mode 1) of an empty and of a populated registry, and of one
+ * with a freeze of each scope (format 3). */
 #include <openssl/sha.h>
 #include <stddef.h>
 #include <stdint.h>

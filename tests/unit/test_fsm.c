@@ -189,6 +189,16 @@ static int target_op(struct kp_fsm *f, enum kp_op op, const char *id)
     return apply(f, op, &t);
 }
 
+/* A freeze of @target in @scope, its id built as the control API does. */
+static int put_freeze(struct kp_fsm *f, int scope, const char *target, const char *reason)
+{
+    char id[160];
+    snprintf(id, sizeof(id), "%s:%s", kp_freeze_scope_name(scope), target);
+    struct kp_freeze fr = {
+        .e.id = id, .scope = (uint8_t)scope, .target = (char *)target, .reason = (char *)reason};
+    return apply(f, KP_OP_PUT_FREEZE, &fr);
+}
+
 /* A budget_lease of one item on pol-1's "daily" budget. */
 static int lease(struct kp_fsm *f, uint64_t node, uint64_t seq, kp_nanousd settled, kp_nanousd want)
 {
@@ -261,6 +271,7 @@ static void populate(struct kp_fsm *f)
                               .status = KP_HEALTH_RATE_LIMITED,
                               .last_error_class = (char *)"rate_limit"};
     assert_ok(apply(f, KP_OP_SET_KEY_HEALTH, &h));
+    assert_ok(put_freeze(f, KP_FREEZE_FEATURE, "chat", "runaway agent, see INC-42"));
     /* Budget state: two nodes hold grants, one settled part of its own. */
     assert_ok(lease(f, 1, 1, 0, 1000000000));
     assert_ok(lease(f, 2, 1, 0, 500000000));
@@ -605,6 +616,198 @@ static void test_policy(void **state)
                    "key 'k1' is used by policy 'pol' (scope_target)");
     assert_ok(target_op(f, KP_OP_DELETE_POLICY, "pol"));
     assert_ok(target_op(f, KP_OP_DELETE_KEY, "k1"));
+}
+
+static void check_apply_oom(struct kp_fsm *f, struct kp_fsm *ref, const struct kp_buf *cmd);
+
+/* Freezes: tenants and features are free names, projects, pools, keys and
+ * tokens must exist and cannot be deleted while frozen; the id is the
+ * scope and target; the reason is required, bounded and in the audit
+ * entry with the actor; a second put changes the reason and keeps the
+ * time; delete lifts it, once. */
+static void test_freeze(void **state)
+{
+    struct kp_fsm *f = *state;
+    assert_ok(put_provider(f, "openai"));
+    assert_ok(put_key(f, "k1", "openai"));
+    assert_ok(put_pool(f, "main", "k1", NULL, NULL));
+
+    int64_t t_frozen = now;
+    assert_ok(put_freeze(f, KP_FREEZE_TENANT, "acme", "runaway agent, see INC-42"));
+    assert_int_equal(res.version, 1);
+    const struct kp_freeze *fr =
+        (const struct kp_freeze *)kp_fsm_get(f, KP_KIND_FREEZE, "tenant:acme");
+    assert_non_null(fr);
+    assert_int_equal(fr->scope, KP_FREEZE_TENANT);
+    assert_string_equal(fr->target, "acme");
+    assert_string_equal(fr->reason, "runaway agent, see INC-42");
+    assert_string_equal(fr->frozen_by, "alice");
+    assert_int_equal(fr->e.created_ms, t_frozen);
+    const struct kp_audit_entry *ae = last_audit(f);
+    assert_string_equal(ae->action, "put_freeze");
+    assert_string_equal(ae->target, "tenant:acme");
+    assert_string_equal(ae->actor, "alice");
+    assert_string_equal(ae->result, "ok (frozen: runaway agent, see INC-42)");
+    assert_ok(put_freeze(f, KP_FREEZE_FEATURE, "summarize", "cost spike"));
+
+    /* A second put replaces the reason; the freeze dates from the first. */
+    assert_ok(put_freeze(f, KP_FREEZE_TENANT, "acme", "still looping"));
+    fr = (const struct kp_freeze *)kp_fsm_get(f, KP_KIND_FREEZE, "tenant:acme");
+    assert_int_equal(fr->e.version, 2);
+    assert_int_equal(fr->e.created_ms, t_frozen);
+    assert_string_equal(fr->reason, "still looping");
+    struct kp_freeze again = {.e.id = (char *)"tenant:acme",
+                              .scope = KP_FREEZE_TENANT,
+                              .target = (char *)"acme",
+                              .reason = (char *)"x"};
+    assert_refused(apply_x(f, KP_OP_PUT_FREEZE, &again, 0), KP_ECONFLICT,
+                   "expect_version: freeze 'tenant:acme' is at version 2, not 0");
+
+    /* What must exist, and what must match. */
+    assert_refused(put_freeze(f, KP_FREEZE_POOL, "mian", "typo"), KP_EINVAL,
+                   "target: no pool 'mian'");
+    assert_refused(put_freeze(f, KP_FREEZE_PROJECT, "web", "x"), KP_EINVAL,
+                   "target: no project 'web'");
+    assert_refused(put_freeze(f, KP_FREEZE_KEY, "k9", "x"), KP_EINVAL, "target: no key 'k9'");
+    assert_refused(put_freeze(f, KP_FREEZE_TOKEN, "tk_nope", "x"), KP_EINVAL,
+                   "target: no token 'tk_nope'");
+    struct kp_freeze bad = {.e.id = (char *)"tenant:globex",
+                            .scope = KP_FREEZE_FEATURE,
+                            .target = (char *)"globex",
+                            .reason = (char *)"x"};
+    assert_refused(apply(f, KP_OP_PUT_FREEZE, &bad), KP_EINVAL,
+                   "id: must be 'feature:globex' (scope:target)");
+    bad.e.id = (char *)"feature:globe";
+    assert_refused(apply(f, KP_OP_PUT_FREEZE, &bad), KP_EINVAL,
+                   "id: must be 'feature:globex' (scope:target)");
+    bad.e.id = (char *)"feature:globex";
+    bad.reason = NULL;
+    assert_refused(apply(f, KP_OP_PUT_FREEZE, &bad), KP_EINVAL, "reason: missing");
+    bad.reason = (char *)"two\nlines";
+    assert_refused(apply(f, KP_OP_PUT_FREEZE, &bad), KP_EINVAL,
+                   "reason: must not contain control characters");
+    char longer[KP_FREEZE_REASON_MAX + 2];
+    memset(longer, 'r', sizeof(longer) - 1);
+    longer[sizeof(longer) - 1] = '\0';
+    bad.reason = longer;
+    assert_refused(apply(f, KP_OP_PUT_FREEZE, &bad), KP_EINVAL, "reason: longer than 500 bytes");
+    assert_int_equal(kp_fsm_count(f, KP_KIND_FREEZE), 2);
+
+    /* A frozen pool (or key) stays until it is unfrozen. */
+    assert_ok(put_freeze(f, KP_FREEZE_POOL, "main", "provider outage"));
+    assert_ok(put_freeze(f, KP_FREEZE_KEY, "k1", "leaked in a log"));
+    assert_refused(target_op(f, KP_OP_DELETE_POOL, "main"), KP_ECONFLICT,
+                   "pool 'main' is used by freeze 'pool:main' (target)");
+    assert_ok(target_op(f, KP_OP_DELETE_FREEZE, "pool:main"));
+    assert_ok(target_op(f, KP_OP_DELETE_POOL, "main"));
+    assert_refused(target_op(f, KP_OP_DELETE_KEY, "k1"), KP_ECONFLICT,
+                   "key 'k1' is used by freeze 'key:k1' (target)");
+
+    /* The view finds a freeze by scope and target. */
+    struct kp_view *v = kp_fsm_view_build(f);
+    assert_int_equal(kp_view_count(v, KP_KIND_FREEZE), 3);
+    assert_string_equal(kp_view_freeze(v, KP_FREEZE_TENANT, "acme")->reason, "still looping");
+    assert_non_null(kp_view_freeze(v, KP_FREEZE_KEY, "k1"));
+    assert_null(kp_view_freeze(v, KP_FREEZE_PROJECT, "acme"));
+    assert_null(kp_view_freeze(v, KP_FREEZE_TENANT, ""));
+    assert_null(kp_view_freeze(v, 99, "acme"));
+
+    /* Unfreezing is audited with the reason it had, and happens once. */
+    assert_ok(target_op(f, KP_OP_DELETE_FREEZE, "tenant:acme"));
+    assert_string_equal(last_audit(f)->result, "ok (unfrozen; the reason was: still looping)");
+    assert_string_equal(last_audit(f)->target, "tenant:acme");
+    assert_refused(target_op(f, KP_OP_DELETE_FREEZE, "tenant:acme"), KP_ENOENT,
+                   "no freeze 'tenant:acme'");
+    assert_non_null(kp_view_freeze(v, KP_FREEZE_TENANT, "acme")); /* the old view kept it */
+    kp_view_release(v);
+    v = kp_fsm_view_build(f);
+    assert_null(kp_view_freeze(v, KP_FREEZE_TENANT, "acme"));
+    kp_view_release(v);
+
+    /* A reason longer than the audit detail is cut on a whole character,
+     * and the chain and the snapshot still hold it. */
+    char wide[KP_FREEZE_REASON_MAX + 1] = "";
+    for (int i = 0; i < KP_FREEZE_REASON_MAX / 2; i++)
+        strcat(wide, "\xc3\xa9"); /* e acute, two bytes */
+    assert_ok(put_freeze(f, KP_FREEZE_TENANT, "acme", wide));
+    const char *result = last_audit(f)->result;
+    assert_true(strncmp(result, "ok (frozen: \xc3\xa9", 14) == 0);
+    assert_int_equal((strlen(result) - strlen("ok (frozen: )")) % 2, 0);
+    struct kp_buf s1, s2;
+    char err[256];
+    snap(f, &s1);
+    struct kp_fsm *g = kp_fsm_new();
+    if (kp_fsm_restore(g, s1.data, s1.len, 0, err, sizeof(err)) != KP_OK)
+        fail_msg("restore: %s", err);
+    snap(g, &s2);
+    assert_true(same_bytes(&s1, &s2));
+    fr = (const struct kp_freeze *)kp_fsm_get(g, KP_KIND_FREEZE, "tenant:acme");
+    assert_string_equal(fr->reason, wide);
+    assert_string_equal(fr->frozen_by, "alice");
+    kp_buf_free(&s1);
+    kp_buf_free(&s2);
+
+    /* Freezing and unfreezing under allocation failure, with a view held
+     * (g, restored from f, is the replica that never fails). */
+    v = kp_fsm_view_build(f);
+    struct kp_buf c;
+    encode(KP_OP_PUT_FREEZE,
+           &(struct kp_freeze){.e.id = (char *)"feature:chat",
+                               .scope = KP_FREEZE_FEATURE,
+                               .target = (char *)"chat",
+                               .reason = (char *)"spend spike"},
+           -1, &c);
+    check_apply_oom(f, g, &c);
+    kp_buf_free(&c);
+    encode(KP_OP_DELETE_FREEZE, &(struct kp_cmd_target){(char *)"key:k1"}, -1, &c);
+    check_apply_oom(f, g, &c);
+    kp_buf_free(&c);
+    kp_view_release(v);
+    assert_int_equal(kp_fsm_count(f, KP_KIND_FREEZE), 3);
+    kp_fsm_free(g);
+}
+
+/* Freeze commands are checked as they are decoded: the scope is one of
+ * six, and who froze is the registry's to say. */
+static void test_freeze_decode(void **state)
+{
+    struct kp_fsm *f = *state;
+    struct kp_buf b;
+    msgpack_packer pk;
+    raw_begin(&pk, &b, 1, "put_freeze", 4);
+    pk_s(&pk, "id");
+    pk_s(&pk, "global:x");
+    pk_s(&pk, "scope");
+    pk_s(&pk, "global");
+    pk_s(&pk, "target");
+    pk_s(&pk, "x");
+    pk_s(&pk, "reason");
+    pk_s(&pk, "because");
+    assert_refused(apply_raw(f, b.data, b.len), KP_EINVAL,
+                   "scope: must be one of tenant|project|feature|pool|key|token");
+    kp_buf_free(&b);
+    raw_begin(&pk, &b, 1, "put_freeze", 5);
+    pk_s(&pk, "id");
+    pk_s(&pk, "feature:x");
+    pk_s(&pk, "scope");
+    pk_s(&pk, "feature");
+    pk_s(&pk, "target");
+    pk_s(&pk, "x");
+    pk_s(&pk, "reason");
+    pk_s(&pk, "because");
+    pk_s(&pk, "frozen_by");
+    pk_s(&pk, "someone-else");
+    assert_refused(apply_raw(f, b.data, b.len), KP_EINVAL,
+                   "frozen_by: is set by the registry, not by commands");
+    kp_buf_free(&b);
+    raw_begin(&pk, &b, 1, "delete_freeze", 1);
+    pk_s(&pk, "id");
+    pk_s(&pk, "feature:x");
+    assert_refused(apply_raw(f, b.data, b.len), KP_ENOENT, "no freeze 'feature:x'");
+    kp_buf_free(&b);
+    assert_string_equal(last_audit(f)->action, "delete_freeze");
+    assert_string_equal(last_audit(f)->actor, "mallory");
+    assert_int_equal(kp_fsm_count(f, KP_KIND_FREEZE), 0);
 }
 
 /* Prices, members, alert rules and webhooks: happy paths, ranges,
@@ -1252,8 +1455,9 @@ static uint8_t *raw_of(struct kp_fsm *f, size_t *n)
 
 /* Budget state survives snapshot and restore; a format-1 snapshot (from
  * before budget state: no budget tables) still restores, to an empty
- * budget state; a snapshot whose budget state breaks the lease invariant,
- * or names a budget its policy lacks, is refused by name. */
+ * budget state, and so does a format-2 one (from before freezes: no
+ * freezes table); a snapshot whose budget state breaks the lease
+ * invariant, or names a budget its policy lacks, is refused by name. */
 static void test_snapshot_budget_state(void **state)
 {
     struct kp_fsm *f = *state, *g = kp_fsm_new();
@@ -1261,38 +1465,48 @@ static void test_snapshot_budget_state(void **state)
     char err[256];
     size_t n;
 
-    /* Format 1: the same state without the two budget tables. */
+    /* Formats 1 and 2: the same state without the tables they lack. */
     assert_ok(init_cluster(g, "c-old"));
     assert_ok(put_tenant(g, "acme"));
     uint8_t *raw = raw_of(g, &n);
     static const uint8_t tail[] = "\xad"
                                   "budget_states\x90\xab"
-                                  "lease_nodes\x90";
-    size_t tl = sizeof(tail) - 1;
+                                  "lease_nodes\x90\xa7"
+                                  "freezes\x90";
+    size_t tl = sizeof(tail) - 1, tl2 = 9; /* format 2 lacks "freezes" [] */
     assert_memory_equal(raw,
-                        "\xde\x00\x12\xa6"
-                        "format\x02",
+                        "\xde\x00\x13\xa6"
+                        "format\x03",
                         11);
     assert_memory_equal(raw + n - tl, tail, tl);
-    raw[2] = 0x10; /* 16 keys */
-    raw[10] = 1;   /* format 1 */
-    wrap(raw, n - tl, &w);
     struct kp_fsm *h = kp_fsm_new();
-    if (kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)) != KP_OK)
-        fail_msg("format 1: %s", err);
-    kp_buf_free(&w);
     snap(g, &s1);
-    snap(h, &s2);
-    assert_true(same_bytes(&s1, &s2)); /* written back as format 2 */
+    for (int format = 1; format <= 2; format++) {
+        raw[2] = format == 1 ? 0x10 : 0x12; /* 16 or 18 keys */
+        raw[10] = (uint8_t)format;
+        wrap(raw, n - (format == 1 ? tl : tl2), &w);
+        if (kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)) != KP_OK)
+            fail_msg("format %d: %s", format, err);
+        kp_buf_free(&w);
+        snap(h, &s2);
+        assert_true(same_bytes(&s1, &s2)); /* written back as format 3 */
+        kp_buf_free(&s2);
+    }
     kp_buf_free(&s1);
-    kp_buf_free(&s2);
+    raw[2] = 0x10;
     raw[10] = 2; /* format 2 without its tables */
     wrap(raw, n - tl, &w);
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
     assert_non_null(strstr(err, "expected 18 tables"));
     kp_buf_free(&w);
-    raw[10] = 3;
-    wrap(raw, n - tl, &w);
+    raw[2] = 0x12;
+    raw[10] = 3; /* format 3 without its freezes */
+    wrap(raw, n - tl2, &w);
+    assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
+    assert_non_null(strstr(err, "expected 19 tables"));
+    kp_buf_free(&w);
+    raw[10] = 4;
+    wrap(raw, n - tl2, &w);
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EVERSION);
     kp_buf_free(&w);
     free(raw);
@@ -1705,6 +1919,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tenant_project_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_policy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_freeze, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_freeze_decode, setup, teardown),
         cmocka_unit_test_setup_teardown(test_price_member_alerts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_health, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_only, setup, teardown),

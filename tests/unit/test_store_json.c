@@ -393,6 +393,19 @@ static void test_render_kinds(void **state)
     assert_string_equal(jstr(j, "kind"), "slack");
     json_decref(j);
 
+    /* A freeze, made from the JSON the control API builds. */
+    assert_ok(japply(f, KP_OP_PUT_FREEZE, "tenant:acme",
+                     "{\"scope\":\"tenant\",\"target\":\"acme\",\"reason\":\"INC-42\"}"));
+    j = render(f, KP_KIND_FREEZE, "tenant:acme");
+    keys_of(j, keys, sizeof(keys));
+    assert_string_equal(keys,
+                        "created_ms,frozen_by,id,kind,reason,scope,target,updated_ms,version");
+    assert_string_equal(jstr(j, "kind"), "freeze");
+    assert_string_equal(jstr(j, "scope"), "tenant");
+    assert_string_equal(jstr(j, "reason"), "INC-42");
+    assert_string_equal(jstr(j, "frozen_by"), "alice");
+    json_decref(j);
+
     j = render(f, KP_KIND_KEY_HEALTH, "k2");
     assert_string_equal(jstr(j, "kind"), "key_health");
     assert_string_equal(jstr(j, "status"), "rate_limited");
@@ -609,6 +622,17 @@ static void test_refusals(void **state)
          "secrets: is set by the registry", "secrets"},
         {KP_OP_SET_KEY_HEALTH, "k1", "{\"status\":\"healthy\",\"last_change_ms\":5}",
          "last_change_ms: is set by the registry", "last_change_ms"},
+        {KP_OP_PUT_FREEZE, "tenant:acme",
+         "{\"scope\":\"tenant\",\"target\":\"acme\",\"reason\":\"r\",\"frozen_by\":\"me\"}",
+         "frozen_by: is set by the registry", "frozen_by"},
+        {KP_OP_PUT_FREEZE, "tenant:acme", "{\"scope\":\"tenant\",\"target\":\"acme\"}",
+         "reason: missing", "reason"},
+        {KP_OP_PUT_FREEZE, "tenant:acme",
+         "{\"scope\":\"tenant\",\"target\":\"acme\",\"reason\":\"\"}", "reason: must not be empty",
+         "reason"},
+        {KP_OP_PUT_FREEZE, "everything:x",
+         "{\"scope\":\"everything\",\"target\":\"x\",\"reason\":\"r\"}",
+         "scope: must be one of tenant|project|feature|pool|key|token", "scope"},
         /* reals where an integer is expected */
         {KP_OP_PUT_PRICE, "gpt-4o", "{\"input_per_mtok\":1.5}",
          "input_per_mtok: must be an integer", "input_per_mtok"},
