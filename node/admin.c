@@ -2,8 +2,8 @@
  * table, the answers, and the registry reads and writes shared by every
  * entity kind. Who may call is admin_auth.c's; proposing a write and
  * answering once it applied, admin_write.c's; keys and tokens are in
- * admin_keys.c, the audit chain in admin_audit.c; the cluster routes are
- * cluster.c's.
+ * admin_keys.c, the audit chain in admin_audit.c, budgets and freezes in
+ * admin_budgets.c and admin_freezes.c; the cluster routes are cluster.c's.
  *
  * Everything runs on the main loop, which also runs raft, so the state
  * machine is read directly (kp_fsm_get) and proposals complete on this
@@ -116,6 +116,10 @@ static const struct kp_admin_route routes[] = {
     {"GET", "/admin/v1/budgets", USAGE, -1, KP_OP_NONE, kp_admin__budgets_list},
     {"GET", "/admin/v1/budgets/{id}/{budget}", USAGE, -1, KP_OP_NONE, kp_admin__budget_get},
     {"POST", "/admin/v1/budgets/{id}/{budget}/reset", CHG, -1, KP_OP_NONE, kp_admin__budget_reset},
+    {"GET", "/admin/v1/freezes", READ, -1, KP_OP_NONE, kp_admin__freezes_list},
+    {"GET", "/admin/v1/freezes/{scope}/{name}", READ, -1, KP_OP_NONE, kp_admin__freeze_get},
+    {"PUT", "/admin/v1/freezes/{scope}/{name}", OPR, -1, KP_OP_NONE, kp_admin__freeze_put},
+    {"DELETE", "/admin/v1/freezes/{scope}/{name}", OPR, -1, KP_OP_NONE, kp_admin__freeze_delete},
     {"GET", "/admin/v1/{kind}", READ, -1, KP_OP_NONE, handle_list},
     {"GET", "/admin/v1/{kind}/{id}", READ, -1, KP_OP_NONE, handle_get},
     {"PUT", "/admin/v1/{kind}/{id}", PERM_KIND_WRITE, -1, KP_OP_NONE, handle_put},

@@ -1,6 +1,7 @@
 /* Internal to the control API's /admin/v1/ handlers (admin.c, admin_auth.c,
- * admin_write.c, admin_keys.c, admin_secrets.c, admin_audit.c); nothing else
- * includes this.
+ * admin_write.c, admin_keys.c, admin_secrets.c, admin_audit.c,
+ * admin_budgets.c, admin_freezes.c, admin_usage.c); nothing else includes
+ * this.
  *
  * admin.c routes a request, authenticates its caller and checks the
  * permission, then calls the route's handler with a struct kp_admin_req
@@ -165,6 +166,12 @@ void kp_admin__budget_reset(struct kp_admin_req *r);
  * the prices that apply, registry and built-in (docs/registry.md, "Prices"). */
 void kp_admin__price_table(struct kp_admin_req *r);
 void kp_admin__price_of(struct kp_admin_req *r);
+/* admin_freezes.c: GET /admin/v1/freezes, GET, PUT and DELETE
+ * /admin/v1/freezes/{scope}/{name} (docs/budgets.md). */
+void kp_admin__freezes_list(struct kp_admin_req *r);
+void kp_admin__freeze_get(struct kp_admin_req *r);
+void kp_admin__freeze_put(struct kp_admin_req *r);
+void kp_admin__freeze_delete(struct kp_admin_req *r);
 /* admin_usage.c: GET /admin/v1/usage and /admin/v1/usage/events (docs/usage-api.md). */
 void kp_admin__usage_query(struct kp_admin_req *r);
 void kp_admin__usage_events(struct kp_admin_req *r);

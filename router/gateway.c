@@ -419,6 +419,8 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
             handle_models(c);
         return;
     }
+    if (kp_router__check_freeze(c) != KP_OK)
+        return;
     if (r->sh.usage.accepting != NULL && !r->sh.usage.accepting(r->sh.usage.arg)) {
         kp_router__fail(c, 503, "server_error", "usage_spool_full",
                         "this keyplane node cannot record usage (its spool is full and set to "

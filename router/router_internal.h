@@ -228,6 +228,9 @@ const char *kp_router__suffix(enum kp_endpoint ep);
 int kp_router__authenticate(struct kp_call *c);
 void kp_router__auth_free(struct kp_router *r);
 int kp_router__scope(struct kp_call *c);
+/* freeze.c: answers 403 frozen (non-zero) when an operator froze the call's
+ * tenant, project, feature, pool or token. */
+int kp_router__check_freeze(struct kp_call *c);
 
 /* select.c: fill c->cand (answers 404 for a model no key of the pool may
  * serve, 503 when none is usable). */

@@ -1,10 +1,11 @@
 /* Which keys a call may use, in the order it tries them: the pool's
  * members by priority (lower first; members of equal priority in their
  * listed order, rotated per call so load spreads), skipping keys that are
- * disabled, revoked, unhealthy (invalid, quota exhausted, disabled by
- * health), without a usable secret, not allowed the model, or of a
- * provider the endpoint cannot be sent to; then the fallback pool's, and
- * so on down the fallback chain (each pool must be in the token's scope).
+ * disabled, revoked, frozen by an operator, unhealthy (invalid, quota
+ * exhausted, disabled by health), without a usable secret, not allowed the
+ * model, or of a provider the endpoint cannot be sent to; then the
+ * fallback pool's (unless it is frozen), and so on down the fallback chain
+ * (each pool must be in the token's scope).
  *
  * Two refusals come out of here: 404 when no key of any pool in the chain
  * may serve the model at all, and 503 when some may but none is usable
@@ -143,6 +144,8 @@ static void consider(struct kp_call *c, const struct kp_pool *pool, struct reaso
         if (k->status != KP_KEY_ACTIVE) {
             snprintf(why->last, sizeof(why->last), "key %s is %s", k->e.id,
                      kp_key_status_name(k->status));
+        } else if (kp_view_freeze(c->view, KP_FREEZE_KEY, k->e.id) != NULL) {
+            snprintf(why->last, sizeof(why->last), "key %s is frozen by an operator", k->e.id);
         } else if (h != NULL &&
                    (h->status == KP_HEALTH_INVALID || h->status == KP_HEALTH_QUOTA_EXHAUSTED ||
                     h->status == KP_HEALTH_DISABLED)) {
@@ -229,7 +232,10 @@ int kp_router__select(struct kp_call *c)
         if (depth > 0 &&
             kp_token_scope_allows(&c->scope, c->start_ms, NULL, NULL, name, NULL, &r) != KP_OK)
             break;
-        consider(c, pool, &why, start);
+        /* A frozen fallback lends no keys; its own fallback still may (a
+         * frozen first pool refused the call already: freeze.c). */
+        if (depth == 0 || kp_view_freeze(c->view, KP_FREEZE_POOL, name) == NULL)
+            consider(c, pool, &why, start);
         name = pool->fallback;
     }
     if (c->ncand > 0)

@@ -758,6 +758,7 @@ class RegistryUnreachableTest(ClusterctlTestCase):
             ["members", "remove", "n2"], ["members", "role", "n2", "standby"], ["cluster"],
             ["leader", "transfer"], ["audit", "list"], ["audit", "verify"], ["whoami"],
             ["apply", "-f", apply_file], ["apply", "-f", apply_file, "--dry-run"],
+            ["freeze", "tenant", "t", "--reason", "x"], ["unfreeze", "tenant", "t"], ["freezes"],
         ]
         for args in commands:
             with self.subTest(args=args):
