@@ -11,7 +11,8 @@
  * go through the leader like every write (admin.c forwards them from a
  * follower). The list is read from the view this node published, the one
  * its router workers refuse calls by, so a caller that polls it on each
- * node knows when every router enforces a new freeze. */
+ * node knows when every router enforces a new freeze (unless it asks for
+ * ?consistent=true: then it is the leader's state). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,10 +68,21 @@ static int collect_one(const struct kp_entity *e, void *arg)
 }
 
 /* Every freeze of the published view, by id, with that view's applied
- * index. There are few: an operator's stops, not a registry's worth. */
+ * index; with ?consistent=true, of the leader's state after the barrier
+ * admin.c ran (a view built now: the published one may be a publish
+ * interval behind it). There are few: an operator's stops, not a
+ * registry's worth. */
 void kp_admin__freezes_list(struct kp_admin_req *r)
 {
-    struct kp_view *view = kp_view_acquire(&r->n->views);
+    const char *q = kp_admin__query(r, "consistent");
+    bool consistent = q != NULL && strcmp(q, "true") == 0;
+    /* Building a view only takes references (as in admin.c's lists). */
+    struct kp_view *view = consistent ? kp_fsm_view_build((struct kp_fsm *)kp_admin__fsm(r))
+                                      : kp_view_acquire(&r->n->views);
+    if (view == NULL && consistent) {
+        kp_admin__oom(r);
+        return;
+    }
     struct collect c = {NULL, 0, view != NULL ? kp_view_count(view, KP_KIND_FREEZE) : 0};
     json_t *items = json_array();
     bool ok = items != NULL && (c.v = kp_malloc((c.cap + 1) * sizeof(*c.v))) != NULL;

@@ -187,6 +187,10 @@ class FreezeTest(unittest.TestCase):
         self.assertIn("freeze 'pool:default'", body["error"]["message"])
         status, body = c.json(node, "GET", ADMIN + "/freezes/pool/default")
         self.assertEqual((status, body["reason"]), (200, "provider outage"), body)
+        # A consistent list is the leader's, with everything committed.
+        status, body = c.json(c.nodes[2], "GET", ADMIN + "/freezes?consistent=true")
+        self.assertEqual(status, 200, body)
+        self.assertEqual([f["id"] for f in body["items"]], ["feature:summarize", "pool:default"])
         status, body = c.json(node, "DELETE", ADMIN + "/freezes/tenant/acme")
         self.assertEqual(status, 404, body)
 
