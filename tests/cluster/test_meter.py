@@ -239,6 +239,10 @@ class SpoolFullTest(unittest.TestCase):
                             env={"KEYPLANE_MASTER_KEY": MASTER})
         wait_until(lambda: node.admin_token, what="admin.token", alive=node)
         hdrs = {"Authorization": "Bearer " + node.admin_token}
+        # Not waiting for /readyz (a full spool set to refuse keeps it 503):
+        # for the cluster's first commands to apply, then.
+        wait_until(lambda: node.control("GET", ADMIN + "/tenants", headers=hdrs)[0] == 200,
+                   what="the cluster initialised", alive=node)
         for path, body in (("/providers/mock", {"kind": "openai-compatible",
                                                 "base_url": mock.url + "/v1",
                                                 "allow_insecure": True}),
