@@ -680,6 +680,18 @@ void kp_router__attempt_next(struct kp_call *c)
         kp_usage_set_str(c->ev.pool, k->pool);
         c->up_status = 0;
         c->resp_incomplete = false;
+        int brc = kp_router__budget_key(c, k->key);
+        if (brc == KP_EBUSY) {
+            c->next_cand--; /* this key again when a grant comes */
+            c->attempts--;
+            return;
+        }
+        if (brc == KP_ENOENT) {
+            snprintf(errmsg, sizeof(errmsg), "key %s is out of its budget", k->key->e.id);
+            c->attempts--;
+            c->budget_skipped = true;
+            continue;
+        }
         int64_t wait = kp_router__limit_key(c, k->key);
         if (wait > 0) {
             /* Over its provider's ceiling: the next key, as for a 429. */
@@ -717,6 +729,10 @@ void kp_router__attempt_next(struct kp_call *c)
             return;
         }
         kp_warn("router", "request %s: key %s skipped: %s", c->rid, k->key->e.id, errmsg);
+    }
+    if (c->attempts == 0 && c->budget_skipped && c->key_refused_set && !c->key_limited) {
+        kp_router__budget_refuse_key(c); /* every key is out of its budget */
+        return;
     }
     give_up(c, c->key_limited && c->attempts == 0 ? "rate_limit" : "server",
             errmsg[0] ? errmsg : "no key could be tried");

@@ -47,6 +47,28 @@ struct cover_scan {
     bool full;
 };
 
+/* Add @p's budgets to @holds (*@n of @max used); false when full. */
+static bool add_holds(struct kp_call *c, const struct kp_policy *p, struct kp_ledger_hold *holds,
+                      unsigned *n, unsigned max)
+{
+    for (uint32_t i = 0; i < p->nbudgets; i++) {
+        if (*n == max)
+            return false;
+        struct kp_ledger_hold *h = &holds[*n];
+        memset(h, 0, sizeof(*h));
+        h->slot = kp_budget_ledger__slot(c->r->sh.budgets, p->e.id, p->budgets[i].name);
+        if (h->slot == NULL)
+            return false;
+        h->policy = p;
+        h->budget = &p->budgets[i];
+        h->window_kind = p->budgets[i].window;
+        h->hard = p->budgets[i].kind == KP_BUDGET_HARD;
+        (*n)++;
+        c->budget_hard |= h->hard;
+    }
+    return true;
+}
+
 static int collect_policy(const struct kp_entity *e, void *arg)
 {
     struct cover_scan *s = arg;
@@ -54,24 +76,9 @@ static int collect_policy(const struct kp_entity *e, void *arg)
     struct kp_call *c = s->c;
     if (p->nbudgets == 0 || p->scope_kind == KP_SCOPE_KEY || !kp_router__policy_covers(p, c))
         return 0;
-    for (uint32_t i = 0; i < p->nbudgets; i++) {
-        if (c->nholds == KP_CALL_BUDGETS) {
-            s->full = true;
-            return 1;
-        }
-        struct kp_ledger_hold *h = &c->holds[c->nholds];
-        memset(h, 0, sizeof(*h));
-        h->slot = kp_budget_ledger__slot(c->r->sh.budgets, p->e.id, p->budgets[i].name);
-        if (h->slot == NULL) {
-            s->full = true;
-            return 1;
-        }
-        h->policy = p;
-        h->budget = &p->budgets[i];
-        h->window_kind = p->budgets[i].window;
-        h->hard = p->budgets[i].kind == KP_BUDGET_HARD;
-        c->nholds++;
-        c->budget_hard |= h->hard;
+    if (!add_holds(c, p, c->holds, &c->nholds, KP_CALL_BUDGETS)) {
+        s->full = true;
+        return 1;
     }
     return 0;
 }
@@ -276,17 +283,48 @@ static int try_reserve(struct kp_call *c)
     return KP_EPERM;
 }
 
+/* The budgets of key-scoped policies on the keys the call may try. */
+struct key_scan {
+    struct kp_call *c;
+    const char *key; /* NULL: any candidate */
+    bool any, hard;
+};
+
+static bool is_candidate(const struct kp_call *c, const char *key)
+{
+    for (unsigned i = 0; i < c->ncand; i++)
+        if (strcmp(c->cand[i].key->e.id, key) == 0)
+            return true;
+    return false;
+}
+
+static int find_key_budget(const struct kp_entity *e, void *arg)
+{
+    struct key_scan *s = arg;
+    const struct kp_policy *p = (const struct kp_policy *)e;
+    if (p->nbudgets == 0 || p->scope_kind != KP_SCOPE_KEY || p->scope_target == NULL ||
+        !is_candidate(s->c, p->scope_target))
+        return 0;
+    s->any = true;
+    for (uint32_t i = 0; i < p->nbudgets; i++)
+        s->hard |= p->budgets[i].kind == KP_BUDGET_HARD;
+    return 0;
+}
+
 static int unpriced(struct kp_call *c)
 {
-    const struct kp_ledger_hold *h = NULL;
-    for (unsigned i = 0; i < c->nholds && h == NULL; i++)
-        if (c->holds[i].hard)
-            h = &c->holds[i];
+    char what[200] = "a hard budget on one of its keys";
+    for (unsigned i = 0; i < c->nholds; i++)
+        if (c->holds[i].hard) {
+            snprintf(what, sizeof(what), "hard budget %s/%s", c->holds[i].policy->e.id,
+                     c->holds[i].budget->name);
+            break;
+        }
     char msg[500];
     snprintf(msg, sizeof(msg),
-             "model %s has no price, and hard budget %s/%s covers this call: keyplane cannot "
-             "bound its cost; ask an operator to set one (PUT /admin/v1/prices/%s)",
-             c->model, h->policy->e.id, h->budget->name, c->model);
+             "model %s has no price, and %s covers this call: keyplane cannot bound its cost; "
+             "ask an operator to set one (PUT /admin/v1/prices/%s)",
+             c->model, what, c->model);
     kp_usage_set_str(c->ev.error_class, "budget");
     return kp_router__fail(c, 403, "permission_error", "model_not_priced", msg);
 }
@@ -306,12 +344,26 @@ int kp_router__budget_begin(struct kp_call *c)
                                "more budgets cover this call than this node can track; an "
                                "operator should look at the node's log");
     }
-    if (c->nholds == 0)
+    /* A hard budget on a key the call may try needs the same bounds, and
+     * the cap written before the body is: see kp_router__budget_key. */
+    struct key_scan ks = {c, NULL, false, false};
+    kp_view_each(c->view, KP_KIND_POLICY, find_key_budget, &ks);
+    if (c->nholds == 0 && !ks.any)
         return KP_OK;
     read_bounds(c);
     c->budget_price = kp_price_lookup(c->view, c->model, NULL);
+    c->budget_hard |= ks.hard;
     if (c->budget_hard && c->budget_price == NULL)
         return unpriced(c);
+    if (c->nholds == 0) {
+        if (c->budget_hard && c->out_cap_set) {
+            c->body_changed = true;
+            if (write_cap(c) != KP_OK)
+                return kp_router__fail(c, 503, "server_error", "out_of_memory",
+                                       "out of memory; retry");
+        }
+        return KP_OK;
+    }
     if (c->budget_hard && c->out_cap_set)
         c->body_changed = true;
     int rc = try_reserve(c);
@@ -326,9 +378,104 @@ int kp_router__budget_begin(struct kp_call *c)
     return rc;
 }
 
+/* --- budgets of the key being tried ------------------------------------------------------ */
+
+static int collect_key_policy(const struct kp_entity *e, void *arg)
+{
+    struct key_scan *s = arg;
+    const struct kp_policy *p = (const struct kp_policy *)e;
+    struct kp_call *c = s->c;
+    if (p->nbudgets == 0 || p->scope_kind != KP_SCOPE_KEY || p->scope_target == NULL ||
+        strcmp(p->scope_target, s->key) != 0)
+        return 0;
+    if (!add_holds(c, p, c->key_holds, &c->nkey_holds, KP_KEY_BUDGETS)) {
+        s->any = true; /* full */
+        return 1;
+    }
+    return 0;
+}
+
+static void release_key(struct kp_call *c)
+{
+    int64_t now = kp_now_unix_ms();
+    for (unsigned i = 0; i < c->nkey_holds; i++)
+        if (c->key_holds[i].held)
+            kp_budget_ledger_settle(c->r->sh.budgets, &c->key_holds[i], 0, now);
+    c->nkey_holds = 0;
+    c->key_holds_for = NULL;
+}
+
+int kp_router__budget_key(struct kp_call *c, const struct kp_key *k)
+{
+    if (c->r->sh.budgets == NULL)
+        return KP_OK;
+    if (c->key_holds_for != k) {
+        release_key(c);
+        struct key_scan s = {c, k->e.id, false, false};
+        kp_view_each(c->view, KP_KIND_POLICY, collect_key_policy, &s);
+        if (s.any) {
+            release_key(c);
+            return KP_ENOENT; /* more budgets than a call tracks: not this key */
+        }
+        c->key_holds_for = k;
+        c->key_wait_until_ms = 0;
+    }
+    if (c->nkey_holds == 0 || c->key_holds[0].held)
+        return KP_OK;
+    kp_nanousd amount = c->budget_price ? worst_case(c, c->budget_price, c->out_cap) : 0;
+    int64_t now = kp_now_unix_ms();
+    enum kp_ledger_result worst = KP_LEDGER_OK;
+    unsigned which = 0;
+    for (unsigned i = 0; i < c->nkey_holds; i++) {
+        struct kp_ledger_hold *h = &c->key_holds[i];
+        h->amount = amount;
+        enum kp_ledger_result rc = kp_budget_ledger_reserve(c->r->sh.budgets, h, now);
+        h->held = rc == KP_LEDGER_OK;
+        if (rc != KP_LEDGER_OK && (worst == KP_LEDGER_OK || rc == KP_LEDGER_EXHAUSTED)) {
+            worst = rc;
+            which = i;
+        }
+    }
+    if (worst == KP_LEDGER_OK)
+        return KP_OK;
+    for (unsigned i = 0; i < c->nkey_holds; i++)
+        if (c->key_holds[i].held) {
+            kp_budget_ledger_settle(c->r->sh.budgets, &c->key_holds[i], 0, now);
+            c->key_holds[i].held = false;
+        }
+    if (worst == KP_LEDGER_WAIT && c->key_wait_until_ms == 0)
+        c->key_wait_until_ms = now + WAIT_MS;
+    if (worst == KP_LEDGER_WAIT && now < c->key_wait_until_ms) {
+        c->budget_waiting = true;
+        c->budget_waiting_key = true;
+        c->budget_wait_until_ms = c->key_wait_until_ms;
+        return KP_EBUSY;
+    }
+    /* Exhausted (or no grant in time): this key is out of its budget. */
+    c->key_refused = c->key_holds[which];
+    c->key_refused_set = true;
+    c->key_holds_for = NULL;
+    c->nkey_holds = 0;
+    return KP_ENOENT;
+}
+
+void kp_router__budget_refuse_key(struct kp_call *c)
+{
+    refuse_exhausted(c, &c->key_refused);
+}
+
 /* A grant came (or the wait ran out) for a waiting call. */
 static void resume(struct kp_call *c, int64_t now_ms)
 {
+    if (c->budget_waiting_key) {
+        /* Waiting for a key's budget: try that key again (it is skipped
+         * once its wait ran out). */
+        c->budget_waiting = false;
+        c->budget_waiting_key = false;
+        (void)now_ms;
+        kp_router__attempt_next(c);
+        return;
+    }
     int rc = try_reserve(c);
     if (rc == KP_EPERM)
         return; /* answered: c is gone */
@@ -427,7 +574,7 @@ void kp_router__budget_close(struct kp_router *r)
 
 void kp_router__budget_settle(struct kp_call *c)
 {
-    if (c->nholds == 0 || c->r->sh.budgets == NULL)
+    if ((c->nholds == 0 && c->nkey_holds == 0) || c->r->sh.budgets == NULL)
         return;
     int64_t now = kp_now_unix_ms();
     for (unsigned i = 0; i < c->nholds; i++) {
@@ -437,6 +584,11 @@ void kp_router__budget_settle(struct kp_call *c)
         h->held = false;
     }
     c->nholds = 0;
+    /* The key that served holds the only key reservation left. */
+    for (unsigned i = 0; i < c->nkey_holds; i++)
+        if (c->key_holds[i].held)
+            kp_budget_ledger_settle(c->r->sh.budgets, &c->key_holds[i], c->ev.cost, now);
+    c->nkey_holds = 0;
 }
 
 int kp_router__budget_stream_guard(struct kp_call *c)

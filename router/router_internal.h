@@ -93,6 +93,7 @@ int kp_budget_ledger_watch(struct kp_budget_ledger *l, uv_async_t *async);
 void kp_budget_ledger_unwatch(struct kp_budget_ledger *l, uv_async_t *async);
 
 #define KP_CALL_BUDGETS 16
+#define KP_KEY_BUDGETS  4
 
 struct kp_router {
     uv_loop_t *loop;
@@ -173,13 +174,21 @@ struct kp_call {
     unsigned nholds;
     bool budget_hard; /* a hard budget covers the call */
     const struct kp_price *budget_price;
-    uint64_t in_bound;   /* input tokens, at most */
-    uint64_t out_cap;    /* output tokens per choice, at most (0: no output) */
-    uint64_t choices;    /* n */
-    bool out_cap_set;    /* the app gave no cap: the gateway writes one */
-    bool body_changed;   /* c->body differs from the app's bytes */
-    kp_nanousd reserved; /* the worst case reserved */
-    bool budget_waiting; /* for a grant, until budget_wait_until_ms */
+    uint64_t in_bound;       /* input tokens, at most */
+    uint64_t out_cap;        /* output tokens per choice, at most (0: no output) */
+    uint64_t choices;        /* n */
+    bool out_cap_set;        /* the app gave no cap: the gateway writes one */
+    bool body_changed;       /* c->body differs from the app's bytes */
+    kp_nanousd reserved;     /* the worst case reserved */
+    bool budget_waiting;     /* for a grant, until budget_wait_until_ms */
+    bool budget_waiting_key; /* ... for the key being tried */
+    struct kp_ledger_hold key_holds[KP_KEY_BUDGETS]; /* budgets of that key */
+    unsigned nkey_holds;
+    const struct kp_key *key_holds_for;
+    int64_t key_wait_until_ms;
+    struct kp_ledger_hold key_refused; /* the key budget that refused a key */
+    bool key_refused_set;
+    bool budget_skipped; /* a key was skipped for its budget */
     int64_t budget_wait_until_ms;
     uint64_t stream_events;         /* upstream events, against out_cap */
     const char *stream_error_class; /* the class of stream_error, NULL: server */
@@ -213,6 +222,13 @@ void kp_router__go(struct kp_call *c);
  * KP_OK: go on; KP_EBUSY: waiting for a grant (kp_router__go is called
  * later, or the call is answered); anything else: answered. */
 int kp_router__budget_begin(struct kp_call *c);
+/* Before an attempt with key @k: reserve on the budgets of @k's key-scoped
+ * policies. KP_OK: go; KP_EBUSY: waiting for a grant (attempt_next is
+ * called again); KP_ENOENT: the key is out of budget, try the next;
+ * KP_EPERM: answered. */
+int kp_router__budget_key(struct kp_call *c, const struct kp_key *k);
+/* Every key was out of budget: 429 budget_exceeded naming the last. */
+void kp_router__budget_refuse_key(struct kp_call *c);
 /* The call is over: settle its actual cost (c->ev.cost). */
 void kp_router__budget_settle(struct kp_call *c);
 /* Each upstream stream event: KP_ETOOBIG (stream_error set) once the

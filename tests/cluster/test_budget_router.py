@@ -209,6 +209,35 @@ class OneRouterTest(unittest.TestCase):
         status, _, _ = http("GET", b.n1.gateway_url + "/v1/keyplane/budget")
         self.assertEqual(status, 401)
 
+    def test_a_key_out_of_its_budget_is_skipped(self):
+        b = Budgeted(self, limit=10_000_000_000)
+        b.admin("PUT", "/keys/key-b", {"provider": "mock", "secret": "sk-mock-budget-b-0002"})
+        b.admin("PUT", "/pools/default", {"members": [{"key": "key-a", "priority": 0},
+                                                     {"key": "key-b", "priority": 1}]})
+        b.admin("PUT", "/policies/key-a-spend", {
+            "scope_kind": "key", "scope_target": "key-a",
+            "budgets": [{"name": "daily", "window": "daily", "limit_nanousd": 20_000_000,
+                         "kind": "hard"}]})
+        served = {}
+        for _ in range(60):
+            status, headers, body = b.call(b.n1, chat(100, max_tokens=16))
+            self.assertEqual(status, 200, body)
+            served[headers["x-keyplane-key"]] = served.get(headers["x-keyplane-key"], 0) + 1
+        # key-a served until its $0.02 ran out, then key-b took over.
+        self.assertGreater(served.get("key-a", 0), 5, served)
+        self.assertGreater(served.get("key-b", 0), 5, served)
+        wait_until(lambda: b.admin("GET", "/budgets/key-a-spend/daily")["spent_nanousd"] > 0,
+                   what="key-a's spend reported", alive=b.n1)
+        self.assertLessEqual(b.admin("GET", "/budgets/key-a-spend/daily")["spent_nanousd"],
+                             20_000_000)
+        # With key-a alone in the pool, its budget refuses the call.
+        b.admin("PUT", "/pools/default", {"members": [{"key": "key-a"}]})
+        wait_until(lambda: b.call(b.n1, chat(100, max_tokens=16))[0] == 429,
+                   what="429 once only key-a is left", alive=b.n1)
+        status, headers, body = b.call(b.n1, chat(100, max_tokens=16))
+        self.assertEqual((status, error_code(body)), (429, "budget_exceeded"), body)
+        self.assertEqual(headers.get("x-keyplane-budget"), "key-a-spend/daily")
+
     def test_a_soft_budget_counts_but_never_refuses(self):
         b = Budgeted(self, limit=1_000_000, kind="soft")
         n = 30
