@@ -101,7 +101,7 @@ class Cluster:
         self.h = H.Harness(self.owner)
         self.H = H
         self.mock = self.h.start_mock(extra_args=["--workers", "1"])
-        cfg = {"workers": 1, "log_level": "warn"}
+        cfg = {"workers": 1, "log_level": os.environ.get("BUDGET_FIGURES_LOG_LEVEL", "warn")}
         env = {"KEYPLANE_MASTER_KEY": MASTER_KEY}
         self.n1 = self.h.start_node("n1", config=cfg, env=env)
         H.wait_until(lambda: self.n1.admin_token, what="admin.token")
@@ -192,6 +192,10 @@ def main():
     try:
         result = run(c, args)
     finally:
+        keep = os.environ.get("BUDGET_FIGURES_KEEP_LOGS")
+        if keep:
+            import shutil
+            shutil.copytree(c.h.log_dir, keep, dirs_exist_ok=True)
         c.owner.close()
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                          "processor": platform.processor() or platform.machine()}

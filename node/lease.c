@@ -83,10 +83,9 @@ static void refused(struct kp_lease_client *lc, int code, const char *message)
     unsigned dropped = 0;
     for (unsigned i = 0; i < lc->batch.n; i++) {
         bool gone = (code == KP_ENOENT || code == KP_EINVAL) && !item_exists(lc, i);
-        struct kp_lease_grant none = {0, 0, 0};
         if (gone) {
             dropped++;
-            kp_budget_ledger_answer(lc->ledger, &lc->batch, i, &none);
+            kp_budget_ledger_forget(lc->ledger, &lc->batch, i);
         } else {
             kp_budget_ledger_unsend(lc->ledger, &lc->batch, i);
         }
@@ -269,6 +268,26 @@ static void adopt(struct kp_lease_client *lc)
     lc->adopted = true;
 }
 
+/* Leave out of the batch the items whose policy or budget this node's
+ * registry no longer has (deleted while calls used it): the state machine
+ * would refuse the whole command for them. Returns what is left. */
+static unsigned drop_gone(struct kp_lease_client *lc)
+{
+    struct kp_lease_batch *b = &lc->batch;
+    unsigned kept = 0;
+    for (unsigned i = 0; i < b->n; i++) {
+        if (!item_exists(lc, i)) {
+            kp_budget_ledger_forget(lc->ledger, b, i);
+            continue;
+        }
+        b->items[kept] = b->items[i];
+        b->slots[kept] = b->slots[i];
+        kept++;
+    }
+    b->n = kept;
+    return kept;
+}
+
 static void first_seq(struct kp_lease_client *lc)
 {
     uint64_t seq = 0;
@@ -326,7 +345,8 @@ static void send_now(struct kp_lease_client *lc)
         adopt(lc);
     if (lc->stopping && lc->final_built && !kp_budget_ledger_holds(lc->ledger))
         return;
-    if (kp_budget_ledger_build(lc->ledger, now, lc->stopping, &lc->batch) == 0)
+    if (kp_budget_ledger_build(lc->ledger, now, lc->stopping, &lc->batch) == 0 ||
+        drop_gone(lc) == 0)
         return;
     if (lc->stopping)
         lc->final_built = true;

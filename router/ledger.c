@@ -68,6 +68,7 @@ counted as spent in the next report */
     bool exhausted;    /* the last ask got nothing */
     bool waited;       /* a call waits: wake it when a settle frees room */
     uint64_t answers;  /* answers applied (a waiting call knows one came) */
+    uint32_t epoch;    /* bumped when the slot is forgotten: older holds settle nowhere */
 };
 
 struct kp_budget_ledger {
@@ -209,8 +210,11 @@ enum kp_ledger_result kp_budget_ledger_reserve(struct kp_budget_ledger *l, struc
         /* Soft: nothing to hold back; the spend is reported all the same. */
         h->amount = 0;
         h->window = s->window ? s->window : kp_budget_window_start(h->window_kind, now_ms);
-    } else if (s->window == 0 || now_ms >= kp_budget_window_end(s->window_kind, s->window)) {
-        /* No grant yet, or it belongs to a window that ended: ask. */
+    } else if (s->window == 0 || now_ms >= kp_budget_window_end(s->window_kind, s->window) ||
+               s->release_sent) {
+        /* No grant yet, one of a window that ended, or one being given
+         * back (the state machine will have dropped all of it, whatever
+         * is reserved meanwhile): ask. */
         if (h->amount > s->need)
             s->need = h->amount;
         s->exhausted = false;
@@ -230,6 +234,7 @@ enum kp_ledger_result kp_budget_ledger_reserve(struct kp_budget_ledger *l, struc
                                                                               : KP_LEDGER_WAIT;
     }
     h->answers_seen = s->answers;
+    h->epoch = s->epoch;
     if (rc == KP_LEDGER_WAIT)
         s->waited = true;
     pthread_mutex_unlock(&s->mu);
@@ -245,6 +250,11 @@ void kp_budget_ledger_settle(struct kp_budget_ledger *l, const struct kp_ledger_
     if (actual < 0)
         actual = 0;
     pthread_mutex_lock(&s->mu);
+    if (h->epoch != s->epoch) {
+        /* The budget was deleted while the call ran: nothing to report. */
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
     s->last_use_ms = now_ms;
     if (h->window == s->window || s->window == 0) {
         s->reserved -= h->amount;
@@ -444,6 +454,22 @@ void kp_budget_ledger_adopt(struct kp_budget_ledger *l, const char *policy, cons
         s->orphan = grant;
         s->last_use_ms = kp_now_unix_ms();
     }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void kp_budget_ledger_forget(struct kp_budget_ledger *l, struct kp_lease_batch *b, unsigned i)
+{
+    (void)l;
+    struct kp_ledger_slot *s = b->slots[i];
+    pthread_mutex_lock(&s->mu);
+    s->window = 0;
+    s->grant = s->inflight = s->pending = s->reserved = s->orphan = s->need = s->demand = 0;
+    s->old_window = 0;
+    s->old_reserved = s->old_pending = s->old_inflight = 0;
+    s->rate = 0;
+    s->in_batch = s->release_sent = s->give_back = s->exhausted = false;
+    s->answers++; /* waiting calls look again (and find no budget) */
+    s->epoch++;
     pthread_mutex_unlock(&s->mu);
 }
 

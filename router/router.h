@@ -79,6 +79,9 @@ void kp_budget_ledger_unsend(struct kp_budget_ledger *l, struct kp_lease_batch *
  * reported as spent in the first command, never reused. */
 void kp_budget_ledger_adopt(struct kp_budget_ledger *l, const char *policy, const char *budget,
                             int window_kind, bool hard, int64_t window, kp_nanousd grant);
+/* Item @i of @b names a budget the registry no longer has: forget the
+ * slot (a budget of that name made later starts afresh). */
+void kp_budget_ledger_forget(struct kp_budget_ledger *l, struct kp_lease_batch *b, unsigned i);
 /* After the answers of a command: wake the workers' waiting calls. */
 void kp_budget_ledger_answered(struct kp_budget_ledger *l);
 /* A worker asked for a grant since the last build. */

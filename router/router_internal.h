@@ -75,6 +75,7 @@ struct kp_ledger_hold {
     int64_t window;        /* the grant's window it was reserved in */
     kp_nanousd avail;      /* after a refusal: what the node had free */
     uint64_t answers_seen; /* the slot's answer count at the last try */
+    uint32_t epoch;        /* the slot's, when reserved */
 };
 
 /* The slot of (@policy, @budget), claimed on first use; NULL when the

@@ -345,6 +345,66 @@ static void test_crash_counts_the_old_grant_as_spent(void **state)
     kp_budget_ledger_free(n.ledger);
 }
 
+/* While a command gives a grant back, nothing is reserved against it: the
+ * state machine drops all of the grant, whatever a call took meanwhile. */
+static void test_no_reservation_while_giving_back(void **state)
+{
+    (void)state;
+    put_policy("hard");
+    struct node n;
+    node_init(&n, 1);
+    struct kp_ledger_hold h, h2;
+    int64_t now = T0 + HOUR;
+    hold_init(&n, &h, true, 1000000);
+    kp_budget_ledger_reserve(n.ledger, &h, now);
+    exchange(&n, now, false);
+    assert_int_equal(kp_budget_ledger_reserve(n.ledger, &h, now), KP_LEDGER_OK);
+    kp_budget_ledger_settle(n.ledger, &h, 400000, now); /* 600000 of the grant left */
+    kp_budget_ledger_give_back(n.ledger, &h);
+    static struct kp_lease_batch b;
+    assert_int_equal(kp_budget_ledger_build(n.ledger, now + 100, false, &b), 1);
+    assert_true(b.items[0].release);
+    /* The command is in flight: a call must wait. */
+    hold_init(&n, &h2, true, 1000);
+    assert_int_equal(kp_budget_ledger_reserve(n.ledger, &h2, now + 100), KP_LEDGER_WAIT);
+    kp_budget_ledger_unsend(n.ledger, &b, 0);
+    kp_budget_ledger_free(n.ledger);
+}
+
+/* A budget deleted while the node holds it is forgotten; calls that held
+ * reservations on it settle nowhere, and a budget of the same name made
+ * later starts afresh. */
+static void test_forget_a_deleted_budget(void **state)
+{
+    (void)state;
+    put_policy("hard");
+    struct node n;
+    node_init(&n, 1);
+    struct kp_ledger_hold h, h2;
+    int64_t now = T0 + HOUR;
+    hold_init(&n, &h, true, 5000000);
+    kp_budget_ledger_reserve(n.ledger, &h, now);
+    exchange(&n, now, false);
+    assert_int_equal(kp_budget_ledger_reserve(n.ledger, &h, now), KP_LEDGER_OK);
+    static struct kp_lease_batch b;
+    hold_init(&n, &h2, true, 1);
+    kp_budget_ledger_reserve(n.ledger, &h2, now); /* something to report */
+    kp_budget_ledger_settle(n.ledger, &h2, 1, now);
+    assert_int_equal(kp_budget_ledger_build(n.ledger, now, false, &b), 1);
+    kp_budget_ledger_forget(n.ledger, &b, 0);
+    kp_budget_ledger_settle(n.ledger, &h, 5000000, now); /* the old call ends */
+    struct kp_ledger_local loc;
+    kp_budget_ledger_local(n.ledger, "pol", "daily", &loc);
+    assert_int_equal(loc.grant, 0);
+    assert_int_equal(loc.reserved, 0);
+    assert_int_equal(loc.unreported, 0);
+    assert_int_equal(kp_budget_ledger_build(n.ledger, now + 100, false, &b), 0);
+    /* A new call on a budget of that name asks afresh. */
+    hold_init(&n, &h2, true, 1000);
+    assert_int_equal(kp_budget_ledger_reserve(n.ledger, &h2, now + 200), KP_LEDGER_WAIT);
+    kp_budget_ledger_free(n.ledger);
+}
+
 /* Soft budgets hold nothing back and are charged all the same. */
 static void test_soft_budget_is_charged_never_refused(void **state)
 {
@@ -375,6 +435,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_random_race_never_passes_the_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rollover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_crash_counts_the_old_grant_as_spent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_reservation_while_giving_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forget_a_deleted_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_soft_budget_is_charged_never_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
