@@ -110,6 +110,10 @@ struct kp_provider {
     char *api_version;        /* required for azure-openai */
     struct kp_strmap headers; /* extra headers sent upstream */
     bool allow_insecure;
+    /* Upstream timeouts of this provider's calls, ms; 0: the gateway's
+     * default (connect 5 s, first byte 60 s, gap between body bytes 60 s,
+     * total 600 s). */
+    uint32_t connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms, total_timeout_ms;
 };
 
 enum kp_key_status { KP_KEY_ACTIVE, KP_KEY_DISABLED, KP_KEY_REVOKED };

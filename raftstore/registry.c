@@ -180,7 +180,12 @@ SCHEMA(provider_schema, kp_provider, "provider", HEADER(kp_provider, KP_CS_ID),
        STR(kp_provider, "api_version", api_version, 0, KP_CS_NAME, 64, KP_REF_NONE),
        F(kp_provider, "headers", headers, KP_FT_STRMAP, .kcs = KP_CS_HNAME, .cs = KP_CS_HVALUE,
          .max = 32, .emax = 1024),
-       F(kp_provider, "allow_insecure", allow_insecure, KP_FT_BOOL));
+       F(kp_provider, "allow_insecure", allow_insecure, KP_FT_BOOL),
+       INT(kp_provider, "connect_timeout_ms", connect_timeout_ms, KP_FT_U32, 0, 0, 600000, 0),
+       INT(kp_provider, "first_byte_timeout_ms", first_byte_timeout_ms, KP_FT_U32, 0, 0, 3600000,
+           0),
+       INT(kp_provider, "idle_timeout_ms", idle_timeout_ms, KP_FT_U32, 0, 0, 3600000, 0),
+       INT(kp_provider, "total_timeout_ms", total_timeout_ms, KP_FT_U32, 0, 0, 86400000, 0));
 
 SCHEMA_EXT(kp_store__key_secret_schema, kp_key_secret, "secret",
            INT(kp_key_secret, "version", version, KP_FT_U32, KP_FF_REQ, 1, UINT32_MAX, 0),

@@ -11,6 +11,7 @@ import hashlib
 import json
 import secrets
 import sys
+import time
 import unittest
 
 from harness import Harness, http, log_lines, wait_until
@@ -219,6 +220,29 @@ class RouterTest(unittest.TestCase):
         status, _, body = g.call("/v1/chat/completions", {"model": "gpt-4o-mini"})
         self.assertEqual(status, 400, body)
         self.assertEqual(g.stats()["statuses"].get("400"), 1)
+
+    def test_a_providers_first_byte_timeout(self):
+        g = self.g
+        g.admin("PUT", "/providers/mock", {"kind": "openai-compatible",
+                                           "base_url": g.mock.url + "/v1",
+                                           "allow_insecure": True, "first_byte_timeout_ms": 300})
+        self.assertEqual(g.admin("GET", "/providers/mock")["first_byte_timeout_ms"], 300)
+        for k in (KEY_A, KEY_B):
+            http("POST", g.mock.url + "/mock/faults",
+                 body={"key": k, "faults": "slow_first_byte=20000"})
+        started = time.monotonic()
+        status, h, body = g.call("/v1/chat/completions", CHAT)
+        took = time.monotonic() - started
+        self.assertEqual(status, 504, body)
+        self.assertEqual(h["x-keyplane-error"], "upstream_timeout")
+        self.assertIn("no response head within 300 ms", json.loads(body)["error"]["message"])
+        # Two keys, each tried twice (one retry): far below the 60 s default.
+        self.assertLess(took, 10)
+        status, _, raw = g.node.control("PUT", ADMIN + "/providers/mock", body={
+            "kind": "openai-compatible", "base_url": g.mock.url + "/v1",
+            "first_byte_timeout_ms": 3600001})
+        self.assertEqual(status, 400, raw)
+        self.assertIn("first_byte_timeout_ms", json.loads(raw)["error"]["message"])
 
     def test_refusals(self):
         g = self.g
