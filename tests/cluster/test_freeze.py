@@ -185,6 +185,9 @@ class FreezeTest(unittest.TestCase):
         status, body = c.json(node, "DELETE", ADMIN + "/pools/default")
         self.assertEqual(status, 409, body)
         self.assertIn("freeze 'pool:default'", body["error"]["message"])
+        # This node's view has the freeze once it applied the write.
+        wait_until(lambda: c.json(node, "GET", ADMIN + "/freezes/pool/default")[0] == 200,
+                   what="the freeze in this node's view")
         status, body = c.json(node, "GET", ADMIN + "/freezes/pool/default")
         self.assertEqual((status, body["reason"]), (200, "provider outage"), body)
         # A consistent list is the leader's, with everything committed.
