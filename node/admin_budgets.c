@@ -26,7 +26,7 @@ static json_t *budget_json(const struct kp_fsm *fsm, const struct kp_policy *p,
                            const struct kp_budget *b, int64_t now)
 {
     const struct kp_budget_window_state *w = kp_fsm_budget_window(fsm, p->e.id, b->name);
-    int64_t start = kp_budget_window_start(b->window, now);
+    int64_t start = kp_budget_window_start_of(b, now);
     bool current = w != NULL && w->start_ms == start;
     kp_nanousd spent = current ? w->spent : 0;
     kp_nanousd granted = current ? kp_budget_window_granted(w) : 0;
@@ -39,10 +39,10 @@ static json_t *budget_json(const struct kp_fsm *fsm, const struct kp_policy *p,
     return json_pack(
         "{s:s,s:s,s:s,s:s?,s:s,s:s,s:I,s:o,s:o,s:o,s:I,s:o,s:I,s:I,s:o,s:o,s:I}", "policy", p->e.id,
         "budget", b->name, "scope_kind", kp_scope_kind_name(p->scope_kind), "scope_target",
-        p->scope_target, "window", b->window == KP_BUDGET_DAILY ? "daily" : "monthly", "kind",
+        p->scope_target, "window", kp_budget_window_name(b->window), "kind",
         b->kind == KP_BUDGET_HARD ? "hard" : "soft", "limit_nanousd", (json_int_t)b->limit_nanousd,
         "limit_usd", kp_json_usd(b->limit_nanousd), "window_start", iso(start), "resets_at",
-        iso(kp_budget_window_end(b->window, now)), "spent_nanousd", (json_int_t)spent, "spent_usd",
+        iso(kp_budget_window_end_of(b, now)), "spent_nanousd", (json_int_t)spent, "spent_usd",
         kp_json_usd(spent), "granted_nanousd", (json_int_t)granted, "remaining_nanousd",
         (json_int_t)remaining, "remaining_usd", kp_json_usd(remaining), "grants", grants,
         "overshoot_nanousd", (json_int_t)(current ? w->overshoot : 0));

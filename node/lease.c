@@ -241,14 +241,15 @@ static int adopt_state(const struct kp_entity *e, void *arg)
         const struct kp_budget_window_state *w = &st->windows[i];
         const struct kp_budget *b = kp_policy_budget(p, w->budget);
         kp_nanousd g = kp_budget_window_grant(w, a->lc->n->node_id);
-        if (b == NULL || g <= 0 || a->now >= kp_budget_window_end(b->window, w->start_ms))
+        if (b == NULL || g <= 0 || a->now >= kp_budget_window_end_of(b, w->start_ms))
             continue;
         kp_warn("budget",
                 "this node held %lld nano-USD of budget %s/%s before it started (it did not stop "
                 "cleanly): counted as spent, since calls that died with it may have cost that",
                 (long long)g, p->e.id, w->budget);
-        kp_budget_ledger_adopt(a->lc->ledger, p->e.id, w->budget, b->window,
-                               b->kind == KP_BUDGET_HARD, w->start_ms, g);
+        struct kp_budget_window_def def = kp_budget_window_def_of(b);
+        kp_budget_ledger_adopt(a->lc->ledger, p->e.id, w->budget, &def, b->kind == KP_BUDGET_HARD,
+                               w->start_ms, g);
         a->found++;
     }
     return 0;

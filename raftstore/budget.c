@@ -38,8 +38,9 @@
  * spend leaves with the window. fsm.c checks the invariant after every
  * apply that touches budget state (check_budgets); restore checks it too.
  *
- * Determinism: the only clock is the command's ts; windows are UTC days
- * or months computed from it. */
+ * Determinism: the only clock is the command's ts; windows are computed
+ * from it and the budget's definition alone (fixed UTC offsets, never a
+ * tz database, which could differ between replicas' hosts). */
 #include "raftstore/internal.h"
 
 #include <stdarg.h>
@@ -70,29 +71,79 @@ static int64_t floor_div(int64_t x, int64_t y)
     return (x % y != 0 && x < 0) ? q - 1 : q;
 }
 
-int64_t kp_budget_window_start(int window, int64_t ms)
+struct kp_budget_window_def kp_budget_window_def_of(const struct kp_budget *b)
 {
-    int64_t day = floor_div(ms, DAY_MS), y;
-    int m, dd;
-    if (window != KP_BUDGET_MONTHLY)
-        return day * DAY_MS;
-    kp_civil_from_days(day, &y, &m, &dd);
-    return kp_days_from_civil(y, m, 1) * DAY_MS;
+    return (struct kp_budget_window_def){
+        .kind = b->window,
+        .utc_offset_minutes = b->utc_offset_minutes,
+        .period_start_ms = b->period_start_ms,
+        .period_ms = b->period_ms,
+    };
 }
 
-int64_t kp_budget_window_end(int window, int64_t ms)
+bool kp_budget_window_def_equal(const struct kp_budget_window_def *a,
+                                const struct kp_budget_window_def *b)
 {
-    int64_t day = floor_div(ms, DAY_MS), y;
-    int m, dd;
-    if (window != KP_BUDGET_MONTHLY)
-        return (day + 1) * DAY_MS;
-    kp_civil_from_days(day, &y, &m, &dd);
-    return kp_days_from_civil(m == 12 ? y + 1 : y, m == 12 ? 1 : m + 1, 1) * DAY_MS;
+    return a->kind == b->kind && a->utc_offset_minutes == b->utc_offset_minutes &&
+           a->period_start_ms == b->period_start_ms && a->period_ms == b->period_ms;
 }
 
-static const char *window_name(int window)
+/* The window of @w containing @ms: its start, and its end in *@end.
+ *
+ * Calendar windows are computed on local days: day numbers since
+ * 1970-01-01 of the time shifted by the offset, so that a local midnight
+ * is a multiple of DAY_MS; the boundary in UTC is that midnight minus the
+ * offset. 1970-01-01 was a Thursday, so day d is a Monday when (d + 3) is
+ * a multiple of 7. A fixed window needs no calendar: floor division by the
+ * period from the anchor, which works on either side of it. A fixed
+ * definition without a period (never a validated budget's) is read as
+ * daily rather than divided by zero. */
+static int64_t window_bounds(const struct kp_budget_window_def *w, int64_t ms, int64_t *end)
 {
-    return window == KP_BUDGET_MONTHLY ? "monthly" : "daily";
+    if (w->kind == KP_BUDGET_FIXED && w->period_ms > 0) {
+        int64_t start =
+            w->period_start_ms + floor_div(ms - w->period_start_ms, w->period_ms) * w->period_ms;
+        *end = start + w->period_ms;
+        return start;
+    }
+    int64_t off = w->kind == KP_BUDGET_FIXED ? 0 : (int64_t)w->utc_offset_minutes * 60000;
+    int64_t day = floor_div(ms + off, DAY_MS), next = day + 1, y;
+    int m, dd;
+    if (w->kind == KP_BUDGET_WEEKLY) {
+        day -= (day + 3) - floor_div(day + 3, 7) * 7;
+        next = day + 7;
+    } else if (w->kind == KP_BUDGET_MONTHLY) {
+        kp_civil_from_days(day, &y, &m, &dd);
+        day = kp_days_from_civil(y, m, 1);
+        next = kp_days_from_civil(m == 12 ? y + 1 : y, m == 12 ? 1 : m + 1, 1);
+    }
+    *end = next * DAY_MS - off;
+    return day * DAY_MS - off;
+}
+
+int64_t kp_budget_window_def_start(const struct kp_budget_window_def *w, int64_t ms)
+{
+    int64_t end;
+    return window_bounds(w, ms, &end);
+}
+
+int64_t kp_budget_window_def_end(const struct kp_budget_window_def *w, int64_t ms)
+{
+    int64_t end;
+    window_bounds(w, ms, &end);
+    return end;
+}
+
+int64_t kp_budget_window_start_of(const struct kp_budget *b, int64_t ms)
+{
+    struct kp_budget_window_def w = kp_budget_window_def_of(b);
+    return kp_budget_window_def_start(&w, ms);
+}
+
+int64_t kp_budget_window_end_of(const struct kp_budget *b, int64_t ms)
+{
+    struct kp_budget_window_def w = kp_budget_window_def_of(b);
+    return kp_budget_window_def_end(&w, ms);
 }
 
 /* --- lookups --------------------------------------------------------------------------------- */
@@ -163,9 +214,9 @@ int kp_store__budget_check(const struct kp_policy *p, const struct kp_budget_sta
         if (b == NULL)
             return bad(msg, len, "windows[%u].budget: policy '%s' has no budget '%s'", i, p->e.id,
                        w->budget);
-        if (w->start_ms != kp_budget_window_start(b->window, w->start_ms))
+        if (w->start_ms != kp_budget_window_start_of(b, w->start_ms))
             return bad(msg, len, "windows[%u].start_ms: not the start of a %s window", i,
-                       window_name(b->window));
+                       kp_budget_window_name(b->window));
         for (uint32_t j = 0; j < w->ngrants; j++) {
             if (w->grants[j].amount <= 0 ||
                 (j > 0 && w->grants[j - 1].node_id >= w->grants[j].node_id))
@@ -406,7 +457,7 @@ static int lease_item(struct kp_apply *a, const struct kp_cmd_budget_lease *c, u
     const struct kp_policy *p =
         (const struct kp_policy *)kp_store__get(a->st, KP_KIND_POLICY, it->policy);
     const struct kp_budget *b = kp_policy_budget(p, it->budget);
-    int64_t now = kp_budget_window_start(b->window, a->cmd->ts);
+    int64_t now = kp_budget_window_start_of(b, a->cmd->ts);
     struct kp_budget_state *s;
     struct kp_budget_window_state *w;
     int rc = staged_state(a, it->policy, &s);
@@ -491,7 +542,7 @@ int kp_store__op_budget_reset(struct kp_apply *a)
                  c->budget);
         return KP_OK;
     }
-    int64_t now = kp_budget_window_start(b->window, a->cmd->ts);
+    int64_t now = kp_budget_window_start_of(b, a->cmd->ts);
     struct kp_budget_state *s;
     struct kp_budget_window_state *w;
     int rc = staged_state(a, c->id, &s);
@@ -513,6 +564,16 @@ int kp_store__op_budget_reset(struct kp_apply *a)
 
 /* --- put_policy ------------------------------------------------------------------------------ */
 
+/* Whether @ob (NULL: none) and @nb have different windows: any change of
+ * type, offset, anchor or period. */
+static bool window_changed(const struct kp_budget *ob, const struct kp_budget *nb)
+{
+    if (ob == NULL)
+        return true;
+    struct kp_budget_window_def o = kp_budget_window_def_of(ob), n = kp_budget_window_def_of(nb);
+    return !kp_budget_window_def_equal(&o, &n);
+}
+
 /* What a policy change means for window @w: 0 nothing, 1 it goes (its
  * budget went), 2 it changes. */
 static int policy_effect(const struct kp_budget_window_state *w, const struct kp_budget *ob,
@@ -520,7 +581,7 @@ static int policy_effect(const struct kp_budget_window_state *w, const struct kp
 {
     if (nb == NULL)
         return 1;
-    if (ob == NULL || ob->window != nb->window)
+    if (window_changed(ob, nb))
         return 2;
     if (nb->kind == KP_BUDGET_HARD && committed(w) > add_sat(nb->limit_nanousd, w->excess))
         return 2;
@@ -536,17 +597,18 @@ static void drop_window(struct kp_budget_state *s, uint32_t i)
 }
 
 /* A window under a changed budget definition @nb (@ob before, may be
- * NULL). A new window type re-anchors the window on the one of that type
- * containing ts, keeping spent and grants (they are real: routers hold
- * the grants), unless the old window had ended anyway, which rolls it
- * over. A limit now below spent + grants raises excess to the gap: the
- * money is out, and no more is granted until it is back under. */
+ * NULL). A new window (type, offset, anchor or period) re-anchors the
+ * window on the new definition's window containing ts, keeping spent and
+ * grants (they are real: routers hold the grants), unless the old window
+ * had ended anyway, which rolls it over. A limit now below spent + grants
+ * raises excess to the gap: the money is out, and no more is granted
+ * until it is back under. */
 static void redefine(struct kp_budget_window_state *w, const struct kp_budget *ob,
                      const struct kp_budget *nb, int64_t ts)
 {
-    if (ob == NULL || ob->window != nb->window) {
-        int64_t start = kp_budget_window_start(nb->window, ts);
-        if (ob == NULL || w->start_ms < kp_budget_window_start(ob->window, ts))
+    if (window_changed(ob, nb)) {
+        int64_t start = kp_budget_window_start_of(nb, ts);
+        if (ob == NULL || w->start_ms < kp_budget_window_start_of(ob, ts))
             roll(w, start);
         else
             w->start_ms = start;

@@ -80,6 +80,19 @@ static void path_pop(struct kp_decoder *d, size_t old)
     d->path[old] = '\0';
 }
 
+int kp_store__fail_at(struct kp_decoder *d, const char *field, const char *fmt, ...)
+{
+    char what[200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    size_t old = path_push(d, field, -1);
+    int rc = kp_store__fail(d, KP_EINVAL, "%s", what);
+    path_pop(d, old);
+    return rc;
+}
+
 static int read_head(struct kp_decoder *d, struct kp_mp_head *h)
 {
     if (!kp_mp_read_head(&d->c, h))
@@ -170,7 +183,9 @@ static int read_int(struct kp_decoder *d, const struct kp_field *f, void *dst)
             return kp_store__fail(d, KP_EINVAL, "must be at least %" PRId64, f->min);
         return kp_store__fail(d, KP_EINVAL, "must be %" PRId64 "..%" PRIu64, f->min, f->max);
     }
-    if (f->type == KP_FT_U32)
+    if (f->type == KP_FT_I32)
+        *(int32_t *)dst = h.negative ? (int32_t)h.i : (int32_t)h.u;
+    else if (f->type == KP_FT_U32)
         *(uint32_t *)dst = (uint32_t)h.u;
     else if (f->type == KP_FT_U64)
         *(uint64_t *)dst = h.u;
@@ -324,6 +339,7 @@ static int read_field(struct kp_decoder *d, const struct kp_field *f, void *obj)
     switch (f->type) {
     case KP_FT_STR:
         return read_field_str(d, f, p);
+    case KP_FT_I32:
     case KP_FT_U32:
     case KP_FT_U64:
     case KP_FT_I64:
@@ -403,14 +419,17 @@ static int read_key(struct kp_decoder *d, const struct kp_schema *s, uint32_t *s
     return KP_OK;
 }
 
-/* Defaults for absent fields, and refusal of absent required ones. */
+/* Defaults for absent fields, refusal of absent required ones (in a
+ * snapshot every field is required, but for those its format predates),
+ * then the schema's own rules. */
 static int finish_obj(struct kp_decoder *d, const struct kp_schema *s, void *obj, uint32_t seen)
 {
     for (uint32_t i = 0; i < s->nfields; i++) {
         const struct kp_field *f = &s->fields[i];
         if (seen & (1u << i))
             continue;
-        if (d->mode == KP_MODE_SNAP || (f->flags & KP_FF_REQ)) {
+        bool snap_has = d->mode == KP_MODE_SNAP && f->since <= d->format;
+        if (snap_has || (f->flags & KP_FF_REQ)) {
             if (d->mode == KP_MODE_CMD && (f->flags & KP_FF_STATE))
                 continue;
             size_t old = path_push(d, f->name, -1);
@@ -419,7 +438,9 @@ static int finish_obj(struct kp_decoder *d, const struct kp_schema *s, void *obj
             return rc;
         }
         void *p = (char *)obj + f->off;
-        if (f->type == KP_FT_U32)
+        if (f->type == KP_FT_I32)
+            *(int32_t *)p = (int32_t)f->def;
+        else if (f->type == KP_FT_U32)
             *(uint32_t *)p = (uint32_t)f->def;
         else if (f->type == KP_FT_U64)
             *(uint64_t *)p = (uint64_t)f->def;
@@ -428,7 +449,7 @@ static int finish_obj(struct kp_decoder *d, const struct kp_schema *s, void *obj
         else if (f->type == KP_FT_ENUM)
             *(uint8_t *)p = (uint8_t)f->def;
     }
-    return KP_OK;
+    return s->check != NULL ? s->check(d, obj) : KP_OK;
 }
 
 int kp_store__decode_obj(struct kp_decoder *d, const struct kp_schema *s, void *obj)
@@ -531,6 +552,8 @@ static int pack_field(msgpack_packer *pk, const struct kp_field *f, const void *
         const char *s = *(char *const *)p;
         return s != NULL ? kp_store__pack_str(pk, s) : msgpack_pack_nil(pk);
     }
+    case KP_FT_I32:
+        return msgpack_pack_int32(pk, *(const int32_t *)p);
     case KP_FT_U32:
         return msgpack_pack_uint32(pk, *(const uint32_t *)p);
     case KP_FT_U64:
@@ -683,6 +706,7 @@ static int clone_field(const struct kp_field *f, const void *src, void *dst)
         if (*(char *const *)s != NULL && (*(char **)d = kp_strdup(*(char *const *)s)) == NULL)
             return KP_ENOMEM;
         return KP_OK;
+    case KP_FT_I32:
     case KP_FT_U32:
         memcpy(d, s, sizeof(uint32_t));
         return KP_OK;

@@ -20,6 +20,7 @@
 
 enum kp_ft {
     KP_FT_STR,    /* char *, NULL when absent */
+    KP_FT_I32,    /* int32_t */
     KP_FT_U32,    /* uint32_t */
     KP_FT_U64,    /* uint64_t */
     KP_FT_I64,    /* int64_t */
@@ -46,6 +47,7 @@ enum kp_cs {
 #define KP_FF_STATE  0x02 /* set by the registry, refused in commands */
 #define KP_FF_NOHASH 0x04 /* left out of the audit hash input */
 #define KP_FF_STAR   0x08 /* an id field that also takes "*" (any; not a reference) */
+#define KP_FF_OMIT0  0x10 /* left out of JSON answers when 0 (it means nothing then) */
 
 /* ref: what an id field points at. */
 #define KP_REF_NONE   0
@@ -70,13 +72,22 @@ struct kp_field {
     uint32_t emax;               /* string arrays and maps: longest element or value */
     const char *const *names;    /* KP_FT_ENUM, NULL-terminated */
     const struct kp_schema *sub; /* KP_FT_OBJV */
+    /* The snapshot format that added the field (0: every format has it).
+     * An older snapshot lacks it, and restore takes the default. */
+    uint8_t since;
 };
+
+struct kp_decoder;
 
 struct kp_schema {
     const char *name;
     size_t size;
     const struct kp_field *fields;
     uint32_t nfields; /* at most 32 */
+    /* Rules across the fields of one object, run when it has been read
+     * (commands, snapshots, and so JSON bodies): KP_OK, or the error of
+     * kp_store__fail_at naming the field. NULL: none. */
+    int (*check)(struct kp_decoder *d, const void *obj);
 };
 
 /* Entity kinds: schema and the plural used as the snapshot's table name. */
@@ -114,6 +125,7 @@ enum kp_codec_mode {
 struct kp_decoder {
     struct kp_mp_reader c; /* core/mpack.h */
     int mode;              /* enum kp_codec_mode */
+    uint32_t format;       /* KP_MODE_SNAP: the snapshot's format */
     bool skip_envelope;    /* top level of a command: skip v, op, ts, ... */
     char path[160];
     size_t pathlen;
@@ -122,6 +134,9 @@ struct kp_decoder {
 };
 
 int kp_store__fail(struct kp_decoder *d, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* KP_EINVAL with "path.@field: what" (a schema's check). */
+int kp_store__fail_at(struct kp_decoder *d, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Decode a map into @obj (zeroed by the caller) through @s. On failure
  * @obj may own some fields: free it with kp_store__obj_free. */
@@ -253,7 +268,8 @@ int kp_store__op_budget_lease(struct kp_apply *a);
 int kp_store__op_budget_reset(struct kp_apply *a);
 /* put_policy @p (staged) replaces @old (NULL on create): bring the
  * policy's budget state along (windows of removed budgets dropped, a
- * changed window type re-anchored, a lowered limit recorded as excess). */
+ * changed window definition re-anchored, a lowered limit recorded as
+ * excess). */
 int kp_store__budget_policy_put(struct kp_apply *a, const struct kp_policy *old,
                                 const struct kp_policy *p);
 /* The shape of @s against its policy @p and, for hard budgets, the

@@ -8,7 +8,9 @@
  * order, after "kind", the entity kind's name. Providers, alert rules and
  * webhooks have a "kind" field of their own ("openai", ...); theirs wins,
  * so that what a body sets is what an answer shows. An absent optional string
- * is omitted; lists and maps are always present, empty as [] and {}. Binary
+ * is omitted, and so is a 0 that means nothing (a budget's period_ms
+ * unless its window is fixed, KP_FF_OMIT0); lists and maps are always
+ * present, empty as [] and {}. Binary
  * fields (a key's sealed secrets, a token's hash, the pepper) are never
  * rendered; an audit entry's hashes, which are not secret, are rendered in
  * lower-case hex. JSON integers are signed 64-bit, so the rare unsigned
@@ -124,13 +126,20 @@ static int field_json(const struct kp_field *f, const void *obj, bool hex, json_
             return KP_OK;
         *out = json_string(*(char *const *)p);
         break;
+    case KP_FT_I32:
+        *out = json_integer(*(const int32_t *)p);
+        break;
     case KP_FT_U32:
+        if ((f->flags & KP_FF_OMIT0) && *(const uint32_t *)p == 0)
+            return KP_OK;
         *out = json_integer(*(const uint32_t *)p);
         break;
     case KP_FT_U64:
         *out = u64_json(*(const uint64_t *)p);
         break;
     case KP_FT_I64:
+        if ((f->flags & KP_FF_OMIT0) && *(const int64_t *)p == 0)
+            return KP_OK;
         *out = json_integer(*(const int64_t *)p);
         break;
     case KP_FT_BOOL:
@@ -186,6 +195,17 @@ json_t *kp_entity_json(const struct kp_entity *e)
     bool own_kind = find_field(s, "kind", 4) != NULL;
     if ((!own_kind && json_object_set_new(o, "kind", json_string(kind)) != 0) ||
         render_fields(o, s, e, false) != KP_OK) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+json_t *kp_budget_json(const struct kp_budget *b)
+{
+    const struct kp_field *f = find_field(kp_store__kind_schema[KP_KIND_POLICY], "budgets", 7);
+    json_t *o = json_object();
+    if (o != NULL && render_fields(o, f->sub, b, false) != KP_OK) {
         json_decref(o);
         return NULL;
     }
@@ -350,7 +370,7 @@ static int pack_objv(struct builder *b, const struct kp_schema *sub, const json_
 
 static bool is_int_type(uint8_t type)
 {
-    return type == KP_FT_U32 || type == KP_FT_U64 || type == KP_FT_I64;
+    return type == KP_FT_I32 || type == KP_FT_U32 || type == KP_FT_U64 || type == KP_FT_I64;
 }
 
 /* One key of an object of @s and its value. */

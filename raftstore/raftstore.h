@@ -217,14 +217,57 @@ enum kp_scope_kind {
     KP_SCOPE_TOKEN,
     KP_SCOPE_FEATURE, /* target is a feature name, not an entity */
 };
-enum kp_budget_window { KP_BUDGET_DAILY, KP_BUDGET_MONTHLY };
+/* A budget's window (docs/budgets.md, "Windows"). Daily, weekly (ISO
+ * weeks, from Monday 00:00) and monthly windows start at midnight at the
+ * budget's fixed UTC offset; a fixed window is a repeating period anchored
+ * at an instant. */
+enum kp_budget_window { KP_BUDGET_DAILY, KP_BUDGET_WEEKLY, KP_BUDGET_MONTHLY, KP_BUDGET_FIXED };
 enum kp_budget_kind { KP_BUDGET_HARD, KP_BUDGET_SOFT };
+
+/* Bounds of a budget's window fields. Offsets are whole minutes east of
+ * UTC, fixed ones: time zone names are not accepted, since every replica
+ * must compute the same boundaries from the same bytes whatever tz
+ * database its host has. */
+#define KP_BUDGET_UTC_OFFSET_MIN (-720)
+#define KP_BUDGET_UTC_OFFSET_MAX 840
+#define KP_BUDGET_PERIOD_MIN_MS  3600000LL     /* 1 hour */
+#define KP_BUDGET_PERIOD_MAX_MS  31622400000LL /* 366 days */
+
+/* What a budget does when its spend reaches a share of its limit. The
+ * registry only stores them; the router applies them (docs/budgets.md,
+ * "Threshold actions"). */
+enum kp_budget_action_kind {
+    KP_BUDGET_ACTION_ALERT,           /* an alert */
+    KP_BUDGET_ACTION_BLOCK,           /* calls refused, 429 budget_exceeded */
+    KP_BUDGET_ACTION_DOWNGRADE,       /* calls for other models switch to @model */
+    KP_BUDGET_ACTION_THROTTLE,        /* covered calls limited to @rpm a minute */
+    KP_BUDGET_ACTION_DISABLE_FEATURE, /* calls with X-Feature @feature refused 403 */
+};
+
+#define KP_BUDGET_ACTIONS_MAX    8
+#define KP_BUDGET_AT_PERCENT_MAX 1000
+#define KP_BUDGET_ACTION_RPM_MAX 1000000000
+
+/* One threshold action. @model is set for (and only for) downgrade, @rpm
+ * (>= 1) for throttle, @feature for disable_feature. */
+struct kp_budget_action {
+    uint32_t at_percent; /* 1..1000: of limit_nanousd */
+    uint8_t action;      /* enum kp_budget_action_kind; "do" on the wire */
+    char *model;
+    uint32_t rpm;
+    char *feature;
+};
 
 struct kp_budget {
     char *name;
     uint8_t window; /* enum kp_budget_window */
     kp_nanousd limit_nanousd;
-    uint8_t kind; /* enum kp_budget_kind */
+    uint8_t kind;                     /* enum kp_budget_kind */
+    int32_t utc_offset_minutes;       /* daily, weekly, monthly: -720..840; fixed: 0 */
+    int64_t period_start_ms;          /* fixed: the anchor (a window starts there); else 0 */
+    int64_t period_ms;                /* fixed: KP_BUDGET_PERIOD_MIN_MS..MAX_MS; else 0 */
+    struct kp_budget_action *actions; /* ascending at_percent, at most 8 */
+    uint32_t nactions;
 };
 
 /* The budgets' lease state lives apart, in struct kp_budget_state
@@ -317,11 +360,11 @@ struct kp_budget_grant {
  *
  * The state machine reads no clock, so a window rolls over with the first
  * budget_lease or budget_reset on it after its end. Until then a reader
- * whose clock is past kp_budget_window_end(window, start_ms) treats it as
- * empty: spent 0, no grants. */
+ * whose clock is past kp_budget_window_end_of(budget, start_ms) treats it
+ * as empty: spent 0, no grants. */
 struct kp_budget_window_state {
     char *budget;                   /* the budget's name in the policy */
-    int64_t start_ms;               /* UTC start of the current window (kp_budget_window_start) */
+    int64_t start_ms;               /* start of the current window (kp_budget_window_start_of) */
     kp_nanousd spent;               /* settled in this window */
     struct kp_budget_grant *grants; /* ascending node_id */
     uint32_t ngrants;
@@ -351,12 +394,34 @@ struct kp_lease_node {
     int64_t last_report_ms; /* that command's ts */
 };
 
-/* The start (Unix ms) of the @window (enum kp_budget_window) containing
- * @ms: 00:00 UTC of its day, or of the first day of its month. Only UTC
- * windows exist so far. */
-int64_t kp_budget_window_start(int window, int64_t ms);
-/* The start of the window after the one containing @ms: when it resets. */
-int64_t kp_budget_window_end(int window, int64_t ms);
+/* A budget's window definition as a value: what the ledger keeps per
+ * budget (it holds no pointer into a view), and what the window functions
+ * read. Two budgets with equal definitions have the same windows. */
+struct kp_budget_window_def {
+    uint8_t kind; /* enum kp_budget_window */
+    int32_t utc_offset_minutes;
+    int64_t period_start_ms;
+    int64_t period_ms;
+};
+
+struct kp_budget_window_def kp_budget_window_def_of(const struct kp_budget *b);
+bool kp_budget_window_def_equal(const struct kp_budget_window_def *a,
+                                const struct kp_budget_window_def *b);
+/* The start (Unix ms) of the window of @w containing @ms, and the start of
+ * the next one (when it resets). Daily: 00:00 local time (UTC plus the
+ * offset); weekly: 00:00 local on Monday; monthly: 00:00 local on the 1st;
+ * fixed: period_start_ms + k * period_ms for the integer k (negative
+ * included) that puts @ms in [start, start + period_ms). Pure arithmetic
+ * on the definition: no clock, no tz database. */
+int64_t kp_budget_window_def_start(const struct kp_budget_window_def *w, int64_t ms);
+int64_t kp_budget_window_def_end(const struct kp_budget_window_def *w, int64_t ms);
+/* The same for budget @b. */
+int64_t kp_budget_window_start_of(const struct kp_budget *b, int64_t ms);
+int64_t kp_budget_window_end_of(const struct kp_budget *b, int64_t ms);
+/* "daily", "weekly", "monthly", "fixed"; NULL out of range. */
+const char *kp_budget_window_name(int v);
+/* "alert", "block", "downgrade", "throttle", "disable_feature". */
+const char *kp_budget_action_name(int v);
 /* The window of @budget in @s, or NULL (no lease on it yet). */
 const struct kp_budget_window_state *kp_budget_state_window(const struct kp_budget_state *s,
                                                             const char *budget);
@@ -1042,6 +1107,10 @@ int kp_token_scope_check(const struct kp_token_scope *scope, char *errmsg, size_
 json_t *kp_entity_json(const struct kp_entity *e);
 /* An audit entry, hashes in lower-case hex. NULL when out of memory. */
 json_t *kp_audit_entry_json(const struct kp_audit_entry *e);
+/* One budget of a policy as kp_entity_json shows it in "budgets" (name,
+ * window, limit_nanousd, kind, utc_offset_minutes, period_start_ms and
+ * period_ms when set, actions). NULL when out of memory. */
+json_t *kp_budget_json(const struct kp_budget *b);
 
 /* Build the msgpack command for @op from a JSON object @body (the fields of
  * the op's body as docs/registry.md names them; NULL means {}), with the

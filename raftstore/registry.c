@@ -47,8 +47,12 @@ static const char *const scope_kinds[] = {
 static const char *const freeze_scopes[] = {
     "tenant", "project", "feature", "pool", "key", "token", NULL,
 };
-static const char *const budget_windows[] = {"daily", "monthly", NULL};
+/* In enum kp_budget_window and enum kp_budget_action_kind order. */
+static const char *const budget_windows[] = {"daily", "weekly", "monthly", "fixed", NULL};
 static const char *const budget_kinds[] = {"hard", "soft", NULL};
+static const char *const budget_actions[] = {
+    "alert", "block", "downgrade", "throttle", "disable_feature", NULL,
+};
 static const char *const member_roles[] = {"voter", "standby", "spare", NULL};
 static const char *const health_statuses[] = {
     "healthy", "degraded", "rate_limited", "quota_exhausted", "invalid", "disabled", NULL,
@@ -72,6 +76,8 @@ ENUM_NAME(kp_pool_strategy_name, strategies)
 ENUM_NAME(kp_member_role_name, member_roles)
 ENUM_NAME(kp_scope_kind_name, scope_kinds)
 ENUM_NAME(kp_freeze_scope_name, freeze_scopes)
+ENUM_NAME(kp_budget_window_name, budget_windows)
+ENUM_NAME(kp_budget_action_name, budget_actions)
 
 /* --- character sets -------------------------------------------------------------------- */
 
@@ -167,12 +173,15 @@ void kp_store__utf8_trim(char *s)
         TIME(st, "created_ms", e.created_ms, KP_FF_STATE),                                         \
         TIME(st, "updated_ms", e.updated_ms, KP_FF_STATE)
 
-#define SCHEMA_LINKAGE(linkage, var, st, label, ...)                                               \
+#define SCHEMA_LINKAGE(linkage, var, st, label, check_, ...)                                       \
     static const struct kp_field var##_fields[] = {__VA_ARGS__};                                   \
     linkage const struct kp_schema var = {label, sizeof(struct st), var##_fields,                  \
-                                          sizeof(var##_fields) / sizeof(var##_fields[0])}
-#define SCHEMA(var, st, label, ...)     SCHEMA_LINKAGE(static, var, st, label, __VA_ARGS__)
-#define SCHEMA_EXT(var, st, label, ...) SCHEMA_LINKAGE(, var, st, label, __VA_ARGS__)
+                                          sizeof(var##_fields) / sizeof(var##_fields[0]), check_}
+#define SCHEMA(var, st, label, ...)     SCHEMA_LINKAGE(static, var, st, label, NULL, __VA_ARGS__)
+#define SCHEMA_EXT(var, st, label, ...) SCHEMA_LINKAGE(, var, st, label, NULL, __VA_ARGS__)
+/* A schema whose objects have rules across their fields (struct kp_schema). */
+#define SCHEMA_CHECKED(var, st, label, check_, ...)                                                \
+    SCHEMA_LINKAGE(static, var, st, label, check_, __VA_ARGS__)
 
 SCHEMA(provider_schema, kp_provider, "provider", HEADER(kp_provider, KP_CS_ID),
        ENUM(kp_provider, "kind", kind, KP_FF_REQ, provider_kinds, 0),
@@ -240,11 +249,98 @@ SCHEMA(token_schema, kp_token, "token", HEADER(kp_token, KP_CS_ID),
        TIME(kp_token, "expires_at_ms", expires_at_ms, 0),
        F(kp_token, "disabled", disabled, KP_FT_BOOL));
 
-SCHEMA(budget_schema, kp_budget, "budget",
-       STR(kp_budget, "name", name, KP_FF_REQ, KP_CS_ID, 64, KP_REF_NONE),
-       ENUM(kp_budget, "window", window, KP_FF_REQ, budget_windows, 0),
-       INT(kp_budget, "limit_nanousd", limit_nanousd, KP_FT_I64, KP_FF_REQ, 0, INT64_MAX, 0),
-       ENUM(kp_budget, "kind", kind, 0, budget_kinds, 0));
+/* A threshold action carries the field its kind needs, and no other. */
+static int check_budget_action(struct kp_decoder *d, const void *obj)
+{
+    const struct kp_budget_action *a = obj;
+    const char *name = kp_budget_action_name(a->action);
+    bool downgrade = a->action == KP_BUDGET_ACTION_DOWNGRADE;
+    bool throttle = a->action == KP_BUDGET_ACTION_THROTTLE;
+    bool feature = a->action == KP_BUDGET_ACTION_DISABLE_FEATURE;
+    if (downgrade && a->model == NULL)
+        return kp_store__fail_at(d, "model", "required for downgrade");
+    if (!downgrade && a->model != NULL)
+        return kp_store__fail_at(d, "model", "only for downgrade, not %s", name);
+    if (throttle && a->rpm == 0)
+        return kp_store__fail_at(d, "rpm", "required for throttle (requests a minute, >= 1)");
+    if (!throttle && a->rpm != 0)
+        return kp_store__fail_at(d, "rpm", "only for throttle, not %s", name);
+    if (feature && a->feature == NULL)
+        return kp_store__fail_at(d, "feature", "required for disable_feature");
+    if (!feature && a->feature != NULL)
+        return kp_store__fail_at(d, "feature", "only for disable_feature, not %s", name);
+    return KP_OK;
+}
+
+/* The window fields follow the window type (a fixed window has a period
+ * and no offset; the others an offset and no period), and actions ascend
+ * by at_percent: refused rather than sorted, so that what an operator
+ * reads back is what they wrote. Several actions may share a threshold,
+ * but not the same action twice. */
+static int check_budget(struct kp_decoder *d, const void *obj)
+{
+    const struct kp_budget *b = obj;
+    char field[32];
+    if (b->window == KP_BUDGET_FIXED) {
+        if (b->period_ms < KP_BUDGET_PERIOD_MIN_MS)
+            return kp_store__fail_at(d, "period_ms",
+                                     "required for a fixed window: %lld..%lld (1 hour to 366 "
+                                     "days)",
+                                     KP_BUDGET_PERIOD_MIN_MS, KP_BUDGET_PERIOD_MAX_MS);
+        if (b->utc_offset_minutes != 0)
+            return kp_store__fail_at(d, "utc_offset_minutes",
+                                     "must be 0 for a fixed window (it is anchored at "
+                                     "period_start_ms)");
+    } else {
+        const char *window = kp_budget_window_name(b->window);
+        if (b->period_ms != 0)
+            return kp_store__fail_at(d, "period_ms", "only for a fixed window, not %s", window);
+        if (b->period_start_ms != 0)
+            return kp_store__fail_at(d, "period_start_ms", "only for a fixed window, not %s",
+                                     window);
+    }
+    for (uint32_t i = 1; i < b->nactions; i++) {
+        const struct kp_budget_action *a = &b->actions[i];
+        snprintf(field, sizeof(field), "actions[%u]", i);
+        for (uint32_t j = 0; j < i; j++) {
+            const struct kp_budget_action *o = &b->actions[j];
+            if (o->at_percent > a->at_percent)
+                return kp_store__fail_at(d, field,
+                                         "at_percent %u is below actions[%u]'s %u (actions "
+                                         "ascend by at_percent)",
+                                         a->at_percent, j, o->at_percent);
+            if (o->at_percent == a->at_percent && o->action == a->action)
+                return kp_store__fail_at(d, field, "same at_percent and do as actions[%u]", j);
+        }
+    }
+    return KP_OK;
+}
+
+SCHEMA_CHECKED(budget_action_schema, kp_budget_action, "action", check_budget_action,
+               INT(kp_budget_action, "at_percent", at_percent, KP_FT_U32, KP_FF_REQ, 1,
+                   KP_BUDGET_AT_PERCENT_MAX, 0),
+               ENUM(kp_budget_action, "do", action, KP_FF_REQ, budget_actions, 0),
+               STR(kp_budget_action, "model", model, 0, KP_CS_NAME, 128, KP_REF_NONE),
+               INT(kp_budget_action, "rpm", rpm, KP_FT_U32, KP_FF_OMIT0, 0,
+                   KP_BUDGET_ACTION_RPM_MAX, 0),
+               STR(kp_budget_action, "feature", feature, 0, KP_CS_ID, 128, KP_REF_NONE));
+
+/* Snapshot format 4 added the window's offset and period, and actions. */
+SCHEMA_CHECKED(budget_schema, kp_budget, "budget", check_budget,
+               STR(kp_budget, "name", name, KP_FF_REQ, KP_CS_ID, 64, KP_REF_NONE),
+               ENUM(kp_budget, "window", window, KP_FF_REQ, budget_windows, 0),
+               INT(kp_budget, "limit_nanousd", limit_nanousd, KP_FT_I64, KP_FF_REQ, 0, INT64_MAX,
+                   0),
+               ENUM(kp_budget, "kind", kind, 0, budget_kinds, 0),
+               F(kp_budget, "utc_offset_minutes", utc_offset_minutes, KP_FT_I32,
+                 .min = KP_BUDGET_UTC_OFFSET_MIN, .max = KP_BUDGET_UTC_OFFSET_MAX, .since = 4),
+               F(kp_budget, "period_start_ms", period_start_ms, KP_FT_I64, .flags = KP_FF_OMIT0,
+                 .min = 0, .max = TS_MAX, .since = 4),
+               F(kp_budget, "period_ms", period_ms, KP_FT_I64, .flags = KP_FF_OMIT0, .min = 0,
+                 .max = KP_BUDGET_PERIOD_MAX_MS, .since = 4),
+               F(kp_budget, "actions", actions, KP_FT_OBJV, .sub = &budget_action_schema,
+                 .max = KP_BUDGET_ACTIONS_MAX, .off_n = offsetof(struct kp_budget, nactions),
+                 .since = 4));
 
 SCHEMA(policy_schema, kp_policy, "policy", HEADER(kp_policy, KP_CS_ID),
        ENUM(kp_policy, "scope_kind", scope_kind, KP_FF_REQ, scope_kinds, 0),
@@ -287,14 +383,18 @@ SCHEMA(grant_schema, kp_budget_grant, "grant",
        INT(kp_budget_grant, "node_id", node_id, KP_FT_U64, KP_FF_REQ, 1, UINT64_MAX, 0),
        INT(kp_budget_grant, "amount_nanousd", amount, KP_FT_I64, KP_FF_REQ, 1, INT64_MAX, 0));
 
+/* A window may start before the Unix epoch (a daily window west of UTC
+ * containing 1970-01-01T00:00Z), by at most the longest period. */
+#define WINDOW_START(st, nm, mem, flags_)                                                          \
+    INT(st, nm, mem, KP_FT_I64, flags_, -KP_BUDGET_PERIOD_MAX_MS, TS_MAX, 0)
 SCHEMA(budget_window_schema, kp_budget_window_state, "window",
        STR(kp_budget_window_state, "budget", budget, KP_FF_REQ, KP_CS_ID, 64, KP_REF_NONE),
-       TIME(kp_budget_window_state, "start_ms", start_ms, 0),
+       WINDOW_START(kp_budget_window_state, "start_ms", start_ms, 0),
        MONEY(kp_budget_window_state, "spent_nanousd", spent),
        OBJV(kp_budget_window_state, "grants", grants, 0, grant_schema, 4096),
        MONEY(kp_budget_window_state, "overshoot_nanousd", overshoot),
        MONEY(kp_budget_window_state, "excess_nanousd", excess),
-       TIME(kp_budget_window_state, "prev_start_ms", prev_start_ms, 0),
+       WINDOW_START(kp_budget_window_state, "prev_start_ms", prev_start_ms, 0),
        MONEY(kp_budget_window_state, "prev_spent_nanousd", prev_spent),
        MONEY(kp_budget_window_state, "late_nanousd", late));
 
@@ -401,7 +501,7 @@ SCHEMA(rewrap_schema, kp_cmd_rewrap, "rewrap",
 SCHEMA(lease_item_schema, kp_lease_item, "lease_item",
        STR(kp_lease_item, "policy", policy, KP_FF_REQ, KP_CS_ID, 128, KP_REF_NONE),
        STR(kp_lease_item, "budget", budget, KP_FF_REQ, KP_CS_ID, 64, KP_REF_NONE),
-       TIME(kp_lease_item, "window_start_ms", window_start_ms, KP_FF_REQ),
+       WINDOW_START(kp_lease_item, "window_start_ms", window_start_ms, KP_FF_REQ),
        AMOUNT(kp_lease_item, "settled_nanousd", settled),
        F(kp_lease_item, "release", release, KP_FT_BOOL),
        AMOUNT(kp_lease_item, "want_nanousd", want));

@@ -22,10 +22,12 @@
  * The header's version is the container's (header and frame) and is 1; the
  * map's "format" is the content's. Format 2 added the budget state tables
  * (budget_states, lease_nodes) after key_health; format 3 the freezes
- * after lease_nodes. Older formats are still restored: format 1, which
- * ends at key_health, with no budget state (a budget's first lease after
- * that starts its window afresh), and formats 1 and 2 with nothing
- * frozen.
+ * after lease_nodes; format 4 a budget's utc_offset_minutes,
+ * period_start_ms, period_ms and actions (fields whose schema entry says
+ * since = 4). Older formats are still restored: format 1, which ends at
+ * key_health, with no budget state (a budget's first lease after that
+ * starts its window afresh), formats 1 and 2 with nothing frozen, and
+ * formats 1 to 3 with every budget at UTC and without actions.
  *
  * Restore treats the input as hostile. It checks the header, the sizes
  * against each other and against the caller's limit, and the checksum,
@@ -47,7 +49,7 @@
 #include <zstd.h>
 
 #define SNAP_VERSION     1 /* the header and frame layout */
-#define SNAP_FORMAT      3 /* the msgpack map's content */
+#define SNAP_FORMAT      4 /* the msgpack map's content */
 #define SNAP_HEADER_SIZE 64
 /* Entity kinds a format-1 snapshot holds (up to key_health), and a
  * format-2 one (up to lease_nodes). */
@@ -397,6 +399,8 @@ static int read_state(struct kp_decoder *d, struct kp_state *st)
     if (rc == KP_OK && (rc = key(d, "format")) == KP_OK && (rc = head(d, KP_MP_INT, &h)) == KP_OK &&
         (h.negative || h.u < 1 || h.u > SNAP_FORMAT))
         rc = kp_store__fail(d, KP_EVERSION, "format %" PRIu64 " is not 1 to %d", h.u, SNAP_FORMAT);
+    if (rc == KP_OK)
+        d->format = (uint32_t)h.u; /* fields added later may be absent */
     if (rc == KP_OK && h.u == 1)
         kinds = SNAP_FORMAT1_KINDS;
     if (rc == KP_OK && h.u == 2)
@@ -486,7 +490,8 @@ int kp_fsm_restore(struct kp_fsm *fsm, const void *buf, size_t len, size_t max_r
         kp_free(raw);
         return fail(errmsg, errlen, rc, "out of memory");
     }
-    struct kp_decoder d = {.mode = KP_MODE_SNAP, .errmsg = why, .errlen = sizeof(why)};
+    struct kp_decoder d = {
+        .mode = KP_MODE_SNAP, .format = SNAP_FORMAT, .errmsg = why, .errlen = sizeof(why)};
     kp_mp_reader_init(&d.c, raw, raw_len);
     rc = read_state(&d, &st);
     if (rc == KP_ENOMEM)

@@ -61,7 +61,7 @@ static bool add_holds(struct kp_call *c, const struct kp_policy *p, struct kp_le
             return false;
         h->policy = p;
         h->budget = &p->budgets[i];
-        h->window_kind = p->budgets[i].window;
+        h->window_def = kp_budget_window_def_of(&p->budgets[i]);
         h->hard = p->budgets[i].kind == KP_BUDGET_HARD;
         (*n)++;
         c->budget_hard |= h->hard;
@@ -229,11 +229,11 @@ static void refuse_exhausted(struct kp_call *c, const struct kp_ledger_hold *h)
 {
     const struct kp_budget *b = h->budget;
     int64_t now = kp_now_unix_ms();
-    int64_t reset = kp_budget_window_end(b->window, now);
+    int64_t reset = kp_budget_window_end_of(b, now);
     const struct kp_budget_window_state *w =
         kp_view_budget_window(c->view, h->policy->e.id, b->name);
     kp_nanousd left = b->limit_nanousd;
-    if (w != NULL && now < kp_budget_window_end(b->window, w->start_ms))
+    if (w != NULL && now < kp_budget_window_end_of(b, w->start_ms))
         left -= w->spent + kp_budget_window_granted(w);
     if (left < 0)
         left = 0;
@@ -244,7 +244,7 @@ static void refuse_exhausted(struct kp_call *c, const struct kp_ledger_hold *h)
              "budget %s/%s exhausted: $%.6f of its $%.2f %s limit is left, less than this "
              "call's worst case ($%.6f); resets %s",
              h->policy->e.id, b->name, (double)left / 1e9, (double)b->limit_nanousd / 1e9,
-             b->window == KP_BUDGET_DAILY ? "daily" : "monthly", (double)h->amount / 1e9, when);
+             kp_budget_window_name(b->window), (double)h->amount / 1e9, when);
     snprintf(c->budget_refused, sizeof(c->budget_refused), "%s/%s", h->policy->e.id, b->name);
     int64_t secs = (reset - now + 999) / 1000;
     c->retry_after_s = (int)(secs > 0 ? (secs < 2678400 ? secs : 2678400) : 1);
@@ -622,8 +622,8 @@ static json_t *time_or_null(int64_t ms)
 static json_t *budget_json(const struct kp_call *c, const struct kp_policy *p,
                            const struct kp_budget *b, int64_t now)
 {
-    int64_t start = kp_budget_window_start(b->window, now);
-    int64_t reset = kp_budget_window_end(b->window, now);
+    int64_t start = kp_budget_window_start_of(b, now);
+    int64_t reset = kp_budget_window_end_of(b, now);
     const struct kp_budget_window_state *w = kp_view_budget_window(c->view, p->e.id, b->name);
     kp_nanousd spent = 0, held = 0;
     if (w != NULL && w->start_ms == start) {
@@ -648,8 +648,7 @@ static json_t *budget_json(const struct kp_call *c, const struct kp_policy *p,
     json_object_set_new(o, "scope_target",
                         p->scope_target ? json_string(p->scope_target) : json_null());
     json_object_set_new(o, "kind", json_string(b->kind == KP_BUDGET_HARD ? "hard" : "soft"));
-    json_object_set_new(o, "window",
-                        json_string(b->window == KP_BUDGET_DAILY ? "daily" : "monthly"));
+    json_object_set_new(o, "window", json_string(kp_budget_window_name(b->window)));
     json_object_set_new(o, "limit_usd", kp_json_usd(b->limit_nanousd));
     json_object_set_new(o, "spent_usd", kp_json_usd(spent));
     json_object_set_new(o, "held_usd", kp_json_usd(held));

@@ -49,7 +49,7 @@ struct kp_ledger_slot {
     char budget[KP_LEDGER_BUDGET_MAX + 1];
     pthread_mutex_t mu;
     /* under mu: */
-    uint8_t window_kind; /* enum kp_budget_window, from the last reservation */
+    struct kp_budget_window_def window_def; /* from the last reservation */
     bool hard;
     int64_t window; /* start of the grant's window; 0: never granted */
     kp_nanousd grant, inflight, pending, reserved;
@@ -203,14 +203,14 @@ enum kp_ledger_result kp_budget_ledger_reserve(struct kp_budget_ledger *l, struc
     enum kp_ledger_result rc = KP_LEDGER_OK;
     bool low = false;
     pthread_mutex_lock(&s->mu);
-    s->window_kind = (uint8_t)h->window_kind;
+    s->window_def = h->window_def;
     s->hard = h->hard;
     s->last_use_ms = now_ms;
     if (!h->hard) {
         /* Soft: nothing to hold back; the spend is reported all the same. */
         h->amount = 0;
-        h->window = s->window ? s->window : kp_budget_window_start(h->window_kind, now_ms);
-    } else if (s->window == 0 || now_ms >= kp_budget_window_end(s->window_kind, s->window) ||
+        h->window = s->window ? s->window : kp_budget_window_def_start(&h->window_def, now_ms);
+    } else if (s->window == 0 || now_ms >= kp_budget_window_def_end(&s->window_def, s->window) ||
                s->release_sent) {
         /* No grant yet, one of a window that ended, or one being given
          * back (the state machine will have dropped all of it, whatever
@@ -318,7 +318,8 @@ static bool build_item(struct kp_ledger_slot *s, int64_t now_ms, bool final,
     memset(it, 0, sizeof(*it));
     it->policy = s->policy;
     it->budget = s->budget;
-    bool window_over = s->window != 0 && now_ms >= kp_budget_window_end(s->window_kind, s->window);
+    bool window_over =
+        s->window != 0 && now_ms >= kp_budget_window_def_end(&s->window_def, s->window);
     if (s->old_pending > 0) {
         it->window_start_ms = s->old_window;
         it->settled = s->old_pending;
@@ -348,7 +349,7 @@ static bool build_item(struct kp_ledger_slot *s, int64_t now_ms, bool final,
         it->settled = KP_LEASE_AMOUNT_MAX; /* a billion dollars in 100 ms: a bug upstream */
     s->need = 0;
     if (it->window_start_ms == 0)
-        it->window_start_ms = kp_budget_window_start(s->window_kind, now_ms);
+        it->window_start_ms = kp_budget_window_def_start(&s->window_def, now_ms);
     return it->settled > 0 || it->want > 0 || it->release;
 }
 
@@ -440,14 +441,15 @@ void kp_budget_ledger_answer(struct kp_budget_ledger *l, struct kp_lease_batch *
 }
 
 void kp_budget_ledger_adopt(struct kp_budget_ledger *l, const char *policy, const char *budget,
-                            int window_kind, bool hard, int64_t window, kp_nanousd grant)
+                            const struct kp_budget_window_def *def, bool hard, int64_t window,
+                            kp_nanousd grant)
 {
     struct kp_ledger_slot *s = kp_budget_ledger__slot(l, policy, budget);
     if (s == NULL || grant <= 0)
         return;
     pthread_mutex_lock(&s->mu);
     if (s->window == 0 && s->answers == 0) {
-        s->window_kind = (uint8_t)window_kind;
+        s->window_def = *def;
         s->hard = hard;
         s->window = window;
         s->grant = grant;

@@ -75,10 +75,12 @@ void kp_budget_ledger_answer(struct kp_budget_ledger *l, struct kp_lease_batch *
  * be reported in the next command. */
 void kp_budget_ledger_unsend(struct kp_budget_ledger *l, struct kp_lease_batch *b, unsigned i);
 /* At start: the registry says this node holds @grant of the budget's
- * window @window, left by an earlier process of this node (a crash). It is
- * reported as spent in the first command, never reused. */
+ * window @window (of definition @def, copied), left by an earlier process
+ * of this node (a crash). It is reported as spent in the first command,
+ * never reused. */
 void kp_budget_ledger_adopt(struct kp_budget_ledger *l, const char *policy, const char *budget,
-                            int window_kind, bool hard, int64_t window, kp_nanousd grant);
+                            const struct kp_budget_window_def *def, bool hard, int64_t window,
+                            kp_nanousd grant);
 /* Item @i of @b names a budget the registry no longer has: forget the
  * slot (a budget of that name made later starts afresh). */
 void kp_budget_ledger_forget(struct kp_budget_ledger *l, struct kp_lease_batch *b, unsigned i);

@@ -68,7 +68,7 @@ struct kp_ledger_hold {
     struct kp_ledger_slot *slot;
     const struct kp_policy *policy; /* in the call's view */
     const struct kp_budget *budget;
-    int window_kind; /* enum kp_budget_window */
+    struct kp_budget_window_def window_def; /* the budget's, copied */
     bool hard;
     bool held;             /* reserved: settle it when the call ends */
     kp_nanousd amount;     /* reserved (0 on a soft budget) */

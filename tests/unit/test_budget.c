@@ -92,11 +92,20 @@ static int put_policy_at(struct kp_fsm *f, const char *id, int64_t daily, uint8_
     struct kp_budget b[3];
     uint32_t n = 0;
     if (daily >= 0)
-        b[n++] = (struct kp_budget){(char *)"daily", daily_window, daily, KP_BUDGET_HARD};
+        b[n++] = (struct kp_budget){.name = (char *)"daily",
+                                    .window = daily_window,
+                                    .limit_nanousd = daily,
+                                    .kind = KP_BUDGET_HARD};
     if (monthly >= 0)
-        b[n++] = (struct kp_budget){(char *)"monthly", KP_BUDGET_MONTHLY, monthly, KP_BUDGET_HARD};
+        b[n++] = (struct kp_budget){.name = (char *)"monthly",
+                                    .window = KP_BUDGET_MONTHLY,
+                                    .limit_nanousd = monthly,
+                                    .kind = KP_BUDGET_HARD};
     if (soft >= 0)
-        b[n++] = (struct kp_budget){(char *)"alerts", KP_BUDGET_DAILY, soft, KP_BUDGET_SOFT};
+        b[n++] = (struct kp_budget){.name = (char *)"alerts",
+                                    .window = KP_BUDGET_DAILY,
+                                    .limit_nanousd = soft,
+                                    .kind = KP_BUDGET_SOFT};
     struct kp_policy p = {
         .e.id = (char *)id, .scope_kind = KP_SCOPE_GLOBAL, .budgets = b, .nbudgets = n};
     return apply_at(f, KP_OP_PUT_POLICY, &p, ts);
@@ -157,22 +166,139 @@ static kp_nanousd committed(const struct kp_budget_window_state *w)
 
 /* --- windows ------------------------------------------------------------------------------- */
 
-/* Windows are UTC days and calendar months, leap years and year ends
- * included. */
-static void test_window_math(void **state)
+/* The window of a definition containing @ms: [*start, *end). */
+static void bounds(uint8_t kind, int32_t offset, int64_t anchor, int64_t period, int64_t ms,
+                   int64_t *start, int64_t *end)
+{
+    struct kp_budget_window_def w = {kind, offset, anchor, period};
+    *start = kp_budget_window_def_start(&w, ms);
+    *end = kp_budget_window_def_end(&w, ms);
+}
+
+#define assert_window(kind, offset, anchor, period, ms, want_start, want_end)                      \
+    do {                                                                                           \
+        int64_t s_, e_;                                                                            \
+        bounds(kind, offset, anchor, period, ms, &s_, &e_);                                        \
+        if (s_ != (want_start) || e_ != (want_end))                                                \
+            fail_msg("%s at %lld: [%lld, %lld), wanted [%lld, %lld)", #kind, (long long)(ms),      \
+                     (long long)s_, (long long)e_, (long long)(want_start),                        \
+                     (long long)(want_end));                                                       \
+    } while (0)
+
+#define MINUTE    60000LL
+#define IST       330                   /* +05:30 */
+#define PST       -480                  /* -08:00 */
+#define JAN5      (T0 + 4 * DAY)        /* Monday 2026-01-05 */
+#define DEC29     (T0 - 3 * DAY)        /* Monday 2025-12-29 */
+#define FEB1_IST  1769884200000LL       /* 2026-02-01T00:00+05:30 = 01-31T18:30Z */
+#define MAR1_IST  1772303400000LL       /* 2026-03-01T00:00+05:30 */
+#define JAN1_IST  (T0 - IST * MINUTE)   /* 2026-01-01T00:00+05:30 */
+#define JAN1_PST  (T0 - PST * MINUTE)   /* 2026-01-01T00:00-08:00 = 08:00Z */
+#define FEB1_PST  (FEB1 - PST * MINUTE) /* 2026-02-01T00:00-08:00 */
+#define LEAP_NOON 1835438400000LL       /* 2028-02-29T12:00Z */
+
+/* Daily and monthly UTC windows: days and calendar months, leap years and
+ * year ends included. */
+static void test_window_utc(void **state)
 {
     (void)state;
-    assert_int_equal(kp_budget_window_start(KP_BUDGET_DAILY, T0), T0);
-    assert_int_equal(kp_budget_window_start(KP_BUDGET_DAILY, T0 + DAY - 1), T0);
-    assert_int_equal(kp_budget_window_end(KP_BUDGET_DAILY, T0 + 5), T0 + DAY);
-    assert_int_equal(kp_budget_window_start(KP_BUDGET_MONTHLY, FEB1 - 1), T0);
-    assert_int_equal(kp_budget_window_start(KP_BUDGET_MONTHLY, FEB1), FEB1);
-    assert_int_equal(kp_budget_window_end(KP_BUDGET_MONTHLY, T0 + 17 * DAY), FEB1);
+    assert_window(KP_BUDGET_DAILY, 0, 0, 0, T0, T0, T0 + DAY);
+    assert_window(KP_BUDGET_DAILY, 0, 0, 0, T0 + DAY - 1, T0, T0 + DAY);
+    assert_window(KP_BUDGET_MONTHLY, 0, 0, 0, FEB1 - 1, T0, FEB1);
+    assert_window(KP_BUDGET_MONTHLY, 0, 0, 0, FEB1, FEB1, FEB1 + 28 * DAY);
     /* December rolls into the next year; February 2028 has 29 days. */
-    assert_int_equal(kp_budget_window_end(KP_BUDGET_MONTHLY, 1796083200000 + DAY), 1798761600000);
-    assert_int_equal(kp_budget_window_start(KP_BUDGET_MONTHLY, 1835395200000), 1832976000000);
-    assert_int_equal(kp_budget_window_end(KP_BUDGET_MONTHLY, 1835395200000), 1835481600000);
-    assert_int_equal(kp_budget_window_start(KP_BUDGET_MONTHLY, 0), 0);
+    assert_window(KP_BUDGET_MONTHLY, 0, 0, 0, 1796083200000 + DAY, 1796083200000, 1798761600000);
+    assert_window(KP_BUDGET_MONTHLY, 0, 0, 0, 1835395200000, 1832976000000, 1835481600000);
+    assert_window(KP_BUDGET_MONTHLY, 0, 0, 0, 0, 0, 31 * DAY);
+    /* The budget form gives the same. */
+    struct kp_budget b = {.name = (char *)"m", .window = KP_BUDGET_MONTHLY};
+    assert_int_equal(kp_budget_window_start_of(&b, FEB1 + 5), FEB1);
+    assert_int_equal(kp_budget_window_end_of(&b, FEB1 - 5), FEB1);
+}
+
+/* Weekly windows are ISO weeks: from Monday 00:00 to the next Monday, a
+ * Sunday's last millisecond still in the week it ends. */
+static void test_window_weekly(void **state)
+{
+    (void)state;
+    assert_window(KP_BUDGET_WEEKLY, 0, 0, 0, T0, DEC29, JAN5); /* a Thursday */
+    assert_window(KP_BUDGET_WEEKLY, 0, 0, 0, JAN5, JAN5, JAN5 + 7 * DAY);
+    assert_window(KP_BUDGET_WEEKLY, 0, 0, 0, JAN5 - 1, DEC29, JAN5); /* Sunday night */
+    assert_window(KP_BUDGET_WEEKLY, 0, 0, 0, JAN5 + 7 * DAY - 1, JAN5, JAN5 + 7 * DAY);
+    /* The Unix epoch was a Thursday. */
+    assert_window(KP_BUDGET_WEEKLY, 0, 0, 0, 0, -3 * DAY, 4 * DAY);
+}
+
+/* Fixed UTC offsets move every calendar boundary: +05:30 starts the day
+ * at 18:30 UTC the day before, -08:00 at 08:00 UTC; +01:00 at 23:00 UTC
+ * the day before. Months and weeks follow local dates, so an instant in
+ * January in UTC may be in February locally, or the reverse. */
+static void test_window_offsets(void **state)
+{
+    (void)state;
+    assert_window(KP_BUDGET_DAILY, 60, 0, 0, T0, T0 - HOUR, T0 + DAY - HOUR);
+    /* +05:30 across local midnight. */
+    assert_window(KP_BUDGET_DAILY, IST, 0, 0, T0, JAN1_IST, JAN1_IST + DAY);
+    assert_window(KP_BUDGET_DAILY, IST, 0, 0, JAN1_IST - 1, JAN1_IST - DAY, JAN1_IST);
+    assert_window(KP_BUDGET_DAILY, IST, 0, 0, JAN1_IST + DAY, JAN1_IST + DAY, JAN1_IST + 2 * DAY);
+    /* -08:00: 00:00 UTC on January 1st is still December 31st. */
+    assert_window(KP_BUDGET_DAILY, PST, 0, 0, T0, JAN1_PST - DAY, JAN1_PST);
+    assert_window(KP_BUDGET_DAILY, PST, 0, 0, JAN1_PST, JAN1_PST, JAN1_PST + DAY);
+    /* Month ends: January 31st 18:30 UTC is February 1st in India... */
+    assert_window(KP_BUDGET_MONTHLY, IST, 0, 0, FEB1_IST, FEB1_IST, MAR1_IST);
+    assert_window(KP_BUDGET_MONTHLY, IST, 0, 0, FEB1_IST - 1, JAN1_IST, FEB1_IST);
+    /* ... and February 1st 03:00 UTC still January 31st in California. */
+    assert_window(KP_BUDGET_MONTHLY, PST, 0, 0, FEB1 + 3 * HOUR, JAN1_PST, FEB1_PST);
+    assert_window(KP_BUDGET_MONTHLY, PST, 0, 0, FEB1_PST, FEB1_PST, 1772352000000);
+    /* A leap day, locally. */
+    assert_window(KP_BUDGET_DAILY, IST, 0, 0, LEAP_NOON, 1835375400000, 1835461800000);
+    assert_window(KP_BUDGET_MONTHLY, IST, 0, 0, LEAP_NOON, 1832956200000, 1835461800000);
+    assert_window(KP_BUDGET_MONTHLY, PST, 0, 0, LEAP_NOON, 1833004800000, 1835510400000);
+    /* Weeks: Sunday 18:30 UTC is Monday in India; Monday 03:00 UTC is
+     * Sunday in California. */
+    assert_window(KP_BUDGET_WEEKLY, IST, 0, 0, JAN5 - IST * MINUTE, JAN5 - IST * MINUTE,
+                  JAN5 + 7 * DAY - IST * MINUTE);
+    assert_window(KP_BUDGET_WEEKLY, IST, 0, 0, JAN5 - IST * MINUTE - 1, DEC29 - IST * MINUTE,
+                  JAN5 - IST * MINUTE);
+    assert_window(KP_BUDGET_WEEKLY, PST, 0, 0, JAN5 + 3 * HOUR, DEC29 + 8 * HOUR, JAN5 + 8 * HOUR);
+    /* West of UTC the first window starts before the epoch. */
+    assert_window(KP_BUDGET_MONTHLY, PST, 0, 0, 0, -2649600000, 8 * HOUR);
+    /* Extremes of the range. */
+    assert_window(KP_BUDGET_DAILY, 840, 0, 0, T0, T0 - 14 * HOUR, T0 + 10 * HOUR);
+    assert_window(KP_BUDGET_DAILY, -720, 0, 0, T0, T0 - 12 * HOUR, T0 + 12 * HOUR);
+}
+
+/* Fixed periods repeat from their anchor in both directions: a 14-day
+ * sprint, a contract year, an hour anchored at half past; an offset is
+ * ignored. */
+static void test_window_fixed(void **state)
+{
+    (void)state;
+    int64_t sprint = 14 * DAY;
+    assert_window(KP_BUDGET_FIXED, 0, JAN5, sprint, JAN5, JAN5, JAN5 + sprint);
+    assert_window(KP_BUDGET_FIXED, 0, JAN5, sprint, JAN5 + sprint - 1, JAN5, JAN5 + sprint);
+    assert_window(KP_BUDGET_FIXED, 0, JAN5, sprint, JAN5 + 30 * DAY, JAN5 + 2 * sprint,
+                  JAN5 + 3 * sprint);
+    /* Before the anchor: k is negative. */
+    assert_window(KP_BUDGET_FIXED, 0, JAN5, sprint, JAN5 - 1, JAN5 - sprint, JAN5);
+    assert_window(KP_BUDGET_FIXED, 0, JAN5, sprint, JAN5 - 100 * DAY, JAN5 - 8 * sprint,
+                  JAN5 - 7 * sprint);
+    assert_window(KP_BUDGET_FIXED, 0, JAN5, sprint, JAN5 - sprint, JAN5 - sprint, JAN5);
+    /* A contract year from 2025-07-01 (365 days: no leap day in it). */
+    assert_window(KP_BUDGET_FIXED, 0, 1751328000000, 365 * DAY, FEB1, 1751328000000, 1782864000000);
+    assert_window(KP_BUDGET_FIXED, 0, T0 + 30 * MINUTE, HOUR, T0 + 10 * MINUTE, T0 - 30 * MINUTE,
+                  T0 + 30 * MINUTE);
+    assert_window(KP_BUDGET_FIXED, IST, JAN5, sprint, JAN5, JAN5, JAN5 + sprint);
+    /* Equal definitions, and what differs. */
+    struct kp_budget a = {.window = KP_BUDGET_FIXED, .period_start_ms = JAN5, .period_ms = sprint};
+    struct kp_budget b = a;
+    struct kp_budget_window_def da = kp_budget_window_def_of(&a), db = kp_budget_window_def_of(&b);
+    assert_true(kp_budget_window_def_equal(&da, &db));
+    b.period_start_ms += DAY;
+    db = kp_budget_window_def_of(&b);
+    assert_false(kp_budget_window_def_equal(&da, &db));
+    assert_int_equal(kp_budget_window_start_of(&a, JAN5 + DAY), JAN5);
+    assert_int_equal(kp_budget_window_end_of(&b, JAN5 + DAY), JAN5 + DAY + sprint);
 }
 
 /* --- the protocol -------------------------------------------------------------------------- */
@@ -384,6 +510,312 @@ static void test_rollover(void **state)
     assert_int_equal(w->prev_spent, 100000000);
     assert_int_equal(w->ngrants, 0);
     assert_int_equal(win(f, "daily")->start_ms, T0 + DAY); /* not named: not rolled */
+}
+
+/* Policy "pol" with the one budget @b (its name is "b"). */
+static int put_budget_at(struct kp_fsm *f, struct kp_budget b, int64_t ts)
+{
+    b.name = (char *)"b";
+    struct kp_policy p = {
+        .e.id = (char *)"pol", .scope_kind = KP_SCOPE_GLOBAL, .budgets = &b, .nbudgets = 1};
+    return apply_at(f, KP_OP_PUT_POLICY, &p, ts);
+}
+
+/* Rollover with each kind of window: weekly at +05:30, monthly at -08:00
+ * and a 14-day fixed period: nothing moves until the window's last
+ * millisecond has passed, then the next lease starts the next window
+ * (the previous one keeps what was spent in it), also when the clock
+ * jumps several windows ahead. */
+static void test_rollover_kinds(void **state)
+{
+    (void)state;
+    static const struct kp_budget defs[] = {
+        {.window = KP_BUDGET_WEEKLY, .limit_nanousd = 1000, .utc_offset_minutes = IST},
+        {.window = KP_BUDGET_MONTHLY, .limit_nanousd = 1000, .utc_offset_minutes = PST},
+        {.window = KP_BUDGET_FIXED,
+         .limit_nanousd = 1000,
+         .period_start_ms = JAN5 + 9 * HOUR,
+         .period_ms = 14 * DAY},
+    };
+    for (size_t i = 0; i < sizeof(defs) / sizeof(defs[0]); i++) {
+        struct kp_fsm *f = kp_fsm_new();
+        int64_t ts = T0 + 17 * DAY + 5 * HOUR, start = kp_budget_window_start_of(&defs[i], ts);
+        int64_t end = kp_budget_window_end_of(&defs[i], ts);
+        next_index = 0;
+        assert_ok(put_budget_at(f, defs[i], ts));
+        assert_ok(lease1(f, 1, 1, ts, "b", start, 0, false, 400));
+        assert_int_equal(win(f, "b")->start_ms, start);
+        assert_ok(lease1(f, 1, 2, end - 1, "b", start, 300, false, 0));
+        assert_int_equal(win(f, "b")->start_ms, start);
+        assert_int_equal(win(f, "b")->spent, 300);
+        assert_ok(lease1(f, 2, 1, end, "b", end, 0, false, 50));
+        const struct kp_budget_window_state *w = win(f, "b");
+        assert_int_equal(w->start_ms, end);
+        assert_int_equal(w->prev_start_ms, start);
+        assert_int_equal(w->prev_spent, 300);
+        assert_int_equal(w->spent, 0);
+        assert_int_equal(w->ngrants, 1);
+        assert_int_equal(res.lease.items[0].window_start_ms, end);
+        /* Node 1 settles the rest of the old window: it goes to prev. */
+        assert_ok(lease1(f, 1, 3, end + 1, "b", start, 100, false, 0));
+        assert_int_equal(win(f, "b")->prev_spent, 400);
+        /* Three windows later. */
+        int64_t later = kp_budget_window_end_of(&defs[i], kp_budget_window_end_of(&defs[i], end));
+        assert_ok(lease1(f, 2, 2, later + 7, "b", end, 20, false, 0));
+        w = win(f, "b");
+        assert_int_equal(w->start_ms, later);
+        assert_int_equal(w->prev_start_ms, end);
+        assert_int_equal(w->prev_spent, 20);
+        kp_fsm_free(f);
+    }
+}
+
+/* Changing a budget's window definition (offset, type, anchor, period)
+ * under live leases re-anchors its window on the new definition's window
+ * containing the put's ts and keeps spent and grants, which routers hold;
+ * a put that changes nothing about the window leaves the state alone; a
+ * change after the old window ended rolls over instead. */
+static void test_window_redefine(void **state)
+{
+    struct kp_fsm *f = *state;
+    int64_t t = T0 + 10 * DAY + HOUR; /* 01:00 UTC, a Sunday */
+    struct kp_budget b = {.window = KP_BUDGET_DAILY, .limit_nanousd = DAILY_LIMIT};
+    assert_ok(put_budget_at(f, b, T0));
+    assert_ok(lease1(f, 1, 1, t, "b", T0 + 10 * DAY, 0, false, 1000000000));
+    assert_ok(lease1(f, 1, 2, t, "b", T0 + 10 * DAY, 200000000, false, 0));
+    uint64_t v = kp_fsm_get(f, KP_KIND_BUDGET_STATE, "pol")->version;
+
+    /* The same window again (a new limit only): untouched. */
+    b.limit_nanousd += 1;
+    assert_ok(put_budget_at(f, b, t + 1));
+    assert_int_equal(kp_fsm_get(f, KP_KIND_BUDGET_STATE, "pol")->version, v);
+
+    /* +05:30: 01:00 UTC is 06:30 in India, the day began at 18:30 UTC. */
+    b.utc_offset_minutes = IST;
+    assert_ok(put_budget_at(f, b, t + 2));
+    const struct kp_budget_window_state *w = win(f, "b");
+    assert_int_equal(w->start_ms, T0 + 10 * DAY - IST * MINUTE);
+    assert_int_equal(w->spent, 200000000);
+    assert_int_equal(kp_budget_window_grant(w, 1), 800000000);
+    assert_int_equal(w->prev_start_ms, 0);
+    /* Settles tagged with the new start count in the window. */
+    assert_ok(lease1(f, 1, 3, t + 3, "b", w->start_ms, 100000000, false, 0));
+    assert_int_equal(win(f, "b")->spent, 300000000);
+
+    /* Weekly at the same offset: the week began on Monday 5th, India. */
+    b.window = KP_BUDGET_WEEKLY;
+    assert_ok(put_budget_at(f, b, t + 4));
+    w = win(f, "b");
+    assert_int_equal(w->start_ms, JAN5 - IST * MINUTE);
+    assert_int_equal(w->spent, 300000000);
+    assert_int_equal(kp_budget_window_grant(w, 1), 700000000);
+
+    /* Fixed 14 days from January 5th, then the same period moved by a day. */
+    b = (struct kp_budget){.window = KP_BUDGET_FIXED,
+                           .limit_nanousd = DAILY_LIMIT,
+                           .period_start_ms = JAN5,
+                           .period_ms = 14 * DAY};
+    assert_ok(put_budget_at(f, b, t + 5));
+    assert_int_equal(win(f, "b")->start_ms, JAN5);
+    b.period_start_ms = JAN5 + DAY;
+    assert_ok(put_budget_at(f, b, t + 6));
+    w = win(f, "b");
+    assert_int_equal(w->start_ms, JAN5 + DAY);
+    assert_int_equal(w->spent, 300000000);
+    /* A shorter period whose window containing ts started later. */
+    b.period_ms = 2 * DAY;
+    assert_ok(put_budget_at(f, b, t + 7));
+    w = win(f, "b");
+    assert_int_equal(w->start_ms, JAN5 + 5 * DAY); /* January 10th */
+    assert_int_equal(w->spent, 300000000);
+    assert_int_equal(kp_budget_window_grant(w, 1), 700000000);
+    assert_int_equal(w->prev_start_ms, 0);
+
+    /* Past that window's end, a change rolls over: spend and grants
+     * went with the old window. */
+    int64_t later = JAN5 + 9 * DAY;
+    b.period_ms = 3 * DAY;
+    assert_ok(put_budget_at(f, b, later));
+    w = win(f, "b");
+    assert_int_equal(w->start_ms, JAN5 + 7 * DAY);
+    assert_int_equal(w->spent, 0);
+    assert_int_equal(w->ngrants, 0);
+    assert_int_equal(w->prev_start_ms, JAN5 + 5 * DAY);
+    assert_int_equal(w->prev_spent, 300000000);
+}
+
+/* Threshold actions and window fields are checked when a command is
+ * decoded (on every replica, before apply), with the field's path; at
+ * most 8 actions, ascending by at_percent. */
+static void test_action_refusals(void **state)
+{
+    struct kp_fsm *f = *state;
+    struct kp_budget_action a[9] = {
+        {.at_percent = 50, .action = KP_BUDGET_ACTION_ALERT},
+        {.at_percent = 90, .action = KP_BUDGET_ACTION_DOWNGRADE},
+    };
+    struct kp_budget b = {.window = KP_BUDGET_WEEKLY,
+                          .limit_nanousd = 5,
+                          .utc_offset_minutes = PST,
+                          .actions = a,
+                          .nactions = 2};
+    assert_refused(put_budget_at(f, b, T0), KP_EINVAL,
+                   "budgets[0].actions[1].model: required for downgrade");
+    a[1].model = (char *)"gpt-4o-mini";
+    a[0].rpm = 3;
+    assert_refused(put_budget_at(f, b, T0), KP_EINVAL,
+                   "budgets[0].actions[0].rpm: only for throttle, not alert");
+    a[0].rpm = 0;
+    a[0].at_percent = 95;
+    assert_refused(put_budget_at(f, b, T0), KP_EINVAL,
+                   "budgets[0].actions[1]: at_percent 90 is below actions[0]'s 95 (actions ascend "
+                   "by at_percent)");
+    a[0].at_percent = 1001;
+    assert_refused(put_budget_at(f, b, T0), KP_EINVAL,
+                   "budgets[0].actions[0].at_percent: must be 1..1000");
+    a[0].at_percent = 50;
+    for (int i = 2; i < 9; i++)
+        a[i] = (struct kp_budget_action){.at_percent = (uint32_t)(100 + i),
+                                         .action = KP_BUDGET_ACTION_ALERT};
+    b.nactions = 9;
+    assert_refused(put_budget_at(f, b, T0), KP_EINVAL, "budgets[0].actions: more than 8 entries");
+    b.nactions = 8;
+    assert_ok(put_budget_at(f, b, T0));
+    b.nactions = 0;
+    b.utc_offset_minutes = -721;
+    assert_refused(put_budget_at(f, b, T0), KP_EINVAL,
+                   "budgets[0].utc_offset_minutes: must be -720..840");
+    b.utc_offset_minutes = 0;
+    b.period_ms = HOUR;
+    assert_refused(put_budget_at(f, b, T0), KP_EINVAL,
+                   "budgets[0].period_ms: only for a fixed window, not weekly");
+    b.window = KP_BUDGET_FIXED;
+    b.period_ms = HOUR - 1;
+    assert_refused(put_budget_at(f, b, T0), KP_EINVAL,
+                   "budgets[0].period_ms: required for a fixed window: 3600000..31622400000 (1 "
+                   "hour to 366 days)");
+    b.period_ms = 366 * DAY;
+    b.utc_offset_minutes = 60;
+    assert_refused(put_budget_at(f, b, T0), KP_EINVAL,
+                   "budgets[0].utc_offset_minutes: must be 0 for a fixed window (it is anchored "
+                   "at period_start_ms)");
+    b.utc_offset_minutes = 0;
+    assert_ok(put_budget_at(f, b, T0));
+}
+
+/* A budget's new fields survive every form it takes: the command
+ * (encode, decode, encode: the same bytes), the state machine and its
+ * snapshot (restored, then the same bytes), and JSON (the rendered
+ * policy, put back through the control API's path, gives the same
+ * command). */
+static void test_budget_roundtrip(void **state)
+{
+    struct kp_fsm *f = *state;
+    struct kp_budget_action a[5] = {
+        {.at_percent = 50, .action = KP_BUDGET_ACTION_ALERT},
+        {.at_percent = 80, .action = KP_BUDGET_ACTION_DOWNGRADE, .model = (char *)"gpt-4o-mini"},
+        {.at_percent = 100, .action = KP_BUDGET_ACTION_THROTTLE, .rpm = 60},
+        {.at_percent = 100, .action = KP_BUDGET_ACTION_BLOCK},
+        {.at_percent = 1000,
+         .action = KP_BUDGET_ACTION_DISABLE_FEATURE,
+         .feature = (char *)"summarize"},
+    };
+    struct kp_budget b[2] = {{.name = (char *)"week",
+                              .window = KP_BUDGET_WEEKLY,
+                              .limit_nanousd = 7000000000,
+                              .kind = KP_BUDGET_SOFT,
+                              .utc_offset_minutes = IST,
+                              .actions = a,
+                              .nactions = 5},
+                             {.name = (char *)"sprint",
+                              .window = KP_BUDGET_FIXED,
+                              .limit_nanousd = 9,
+                              .period_start_ms = JAN5,
+                              .period_ms = 14 * DAY}};
+    struct kp_policy p = {
+        .e.id = (char *)"pol", .scope_kind = KP_SCOPE_GLOBAL, .budgets = b, .nbudgets = 2};
+    struct kp_buf c1, c2, s1, s2;
+    struct kp_command cmd;
+    char err[256], field[128];
+    encode_at(KP_OP_PUT_POLICY, &p, T0, &c1);
+    assert_int_equal(kp_command_decode(c1.data, c1.len, &cmd, err, sizeof(err)), KP_OK);
+    const struct kp_budget *d = &cmd.body.policy->budgets[0];
+    assert_int_equal(d->utc_offset_minutes, IST);
+    assert_int_equal(d->nactions, 5);
+    assert_string_equal(d->actions[1].model, "gpt-4o-mini");
+    assert_int_equal(d->actions[2].rpm, 60);
+    assert_string_equal(d->actions[4].feature, "summarize");
+    assert_int_equal(cmd.body.policy->budgets[1].period_ms, 14 * DAY);
+    kp_buf_init(&c2);
+    assert_int_equal(kp_command_encode(&cmd, &c2, err, sizeof(err)), KP_OK);
+    assert_int_equal(c1.len, c2.len);
+    assert_memory_equal(c1.data, c2.data, c1.len);
+    kp_command_free(&cmd);
+    kp_buf_free(&c2);
+    assert_ok(apply_bytes(f, &c1));
+    kp_buf_free(&c1);
+    assert_ok(lease1(f, 1, 1, T0 + HOUR, "week", DEC29 - IST * MINUTE, 0, false, 5));
+    assert_int_equal(win(f, "week")->start_ms, DEC29 - IST * MINUTE);
+
+    /* Snapshot and restore. */
+    struct kp_fsm *g = kp_fsm_new();
+    kp_buf_init(&s1);
+    kp_buf_init(&s2);
+    assert_int_equal(kp_fsm_snapshot(f, &s1, err, sizeof(err)), KP_OK);
+    assert_int_equal(kp_fsm_restore(g, s1.data, s1.len, 0, err, sizeof(err)), KP_OK);
+    assert_int_equal(kp_fsm_snapshot(g, &s2, err, sizeof(err)), KP_OK);
+    assert_int_equal(s1.len, s2.len);
+    assert_memory_equal(s1.data, s2.data, s1.len);
+    const struct kp_policy *rp = (const struct kp_policy *)kp_fsm_get(g, KP_KIND_POLICY, "pol");
+    assert_int_equal(rp->budgets[0].nactions, 5);
+    assert_int_equal(rp->budgets[0].actions[3].action, KP_BUDGET_ACTION_BLOCK);
+    assert_int_equal(rp->budgets[1].period_start_ms, JAN5);
+    kp_buf_free(&s1);
+    kp_buf_free(&s2);
+    kp_fsm_free(g);
+
+    /* JSON: rendered without what means nothing (rpm but for throttle,
+     * periods but for fixed), and accepted back as the same command. */
+    const struct kp_entity *e = kp_fsm_get(f, KP_KIND_POLICY, "pol");
+    json_t *j = kp_entity_json(e);
+    assert_non_null(j);
+    json_t *jb = json_array_get(json_object_get(j, "budgets"), 0);
+    assert_int_equal(json_integer_value(json_object_get(jb, "utc_offset_minutes")), IST);
+    assert_null(json_object_get(jb, "period_ms"));
+    json_t *ja = json_object_get(jb, "actions");
+    assert_int_equal(json_array_size(ja), 5);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(ja, 1), "do")),
+                        "downgrade");
+    assert_null(json_object_get(json_array_get(ja, 0), "rpm"));
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(ja, 2), "rpm")), 60);
+    json_t *one = kp_budget_json(&b[1]);
+    assert_true(json_equal(one, json_array_get(json_object_get(j, "budgets"), 1)));
+    json_decref(one);
+    static const char *const registry_set[] = {"kind", "id", "version", "created_ms", "updated_ms"};
+    for (size_t i = 0; i < 5; i++)
+        json_object_del(j, registry_set[i]);
+    kp_buf_init(&c1);
+    kp_buf_init(&c2);
+    assert_int_equal(kp_command_from_json(KP_OP_PUT_POLICY, "pol", j, T0, &who, false, 0, &c1, err,
+                                          sizeof(err), field, sizeof(field)),
+                     KP_OK);
+    encode_at(KP_OP_PUT_POLICY, &p, T0, &c2);
+    struct kp_command x, y;
+    assert_int_equal(kp_command_decode(c1.data, c1.len, &x, err, sizeof(err)), KP_OK);
+    assert_int_equal(kp_command_decode(c2.data, c2.len, &y, err, sizeof(err)), KP_OK);
+    kp_buf_free(&c1);
+    kp_buf_free(&c2);
+    kp_buf_init(&c1);
+    kp_buf_init(&c2);
+    assert_int_equal(kp_command_encode(&x, &c1, err, sizeof(err)), KP_OK);
+    assert_int_equal(kp_command_encode(&y, &c2, err, sizeof(err)), KP_OK);
+    assert_int_equal(c1.len, c2.len);
+    assert_memory_equal(c1.data, c2.data, c1.len);
+    kp_command_free(&x);
+    kp_command_free(&y);
+    kp_buf_free(&c1);
+    kp_buf_free(&c2);
+    json_decref(j);
 }
 
 /* A command naming a policy or budget that does not exist, or a budget
@@ -628,18 +1060,21 @@ static void test_from_json(void **state)
 
 /* --- the invariant under random traffic ---------------------------------------------------- */
 
-enum { NODES = 4, NBUDGETS = 4, STEPS = 4000 };
+enum { NODES = 4, NBUDGETS = 5, STEPS = 4000 };
 
 static const struct {
     const char *policy, *budget;
     bool hard;
     int64_t limit;
     uint8_t window;
+    int32_t offset;
+    int64_t period_start, period;
 } budgets[NBUDGETS] = {
-    {"pol", "daily", true, DAILY_LIMIT, KP_BUDGET_DAILY},
-    {"pol", "monthly", true, MONTHLY_LIMIT, KP_BUDGET_MONTHLY},
-    {"pol", "alerts", false, SOFT_LIMIT, KP_BUDGET_DAILY},
-    {"pol2", "small", true, 1000000, KP_BUDGET_DAILY},
+    {"pol", "daily", true, DAILY_LIMIT, KP_BUDGET_DAILY, 0, 0, 0},
+    {"pol", "monthly", true, MONTHLY_LIMIT, KP_BUDGET_MONTHLY, 0, 0, 0},
+    {"pol", "alerts", false, SOFT_LIMIT, KP_BUDGET_DAILY, 0, 0, 0},
+    {"pol2", "small", true, 1000000, KP_BUDGET_WEEKLY, IST, 0, 0},
+    {"pol2", "sprint", true, 5000000, KP_BUDGET_FIXED, 0, JAN5 + 3 * HOUR, 14 * DAY},
 };
 
 /* What a correct router knows: the grant it was last told it holds of
@@ -709,7 +1144,9 @@ static uint32_t build_items(struct router *r, int64_t ts, struct kp_lease_item *
     for (int b = 0; b < NBUDGETS; b++) {
         if (next_rand() % 2)
             continue;
-        int64_t win_now = kp_budget_window_start(budgets[b].window, ts);
+        struct kp_budget_window_def def = {budgets[b].window, budgets[b].offset,
+                                           budgets[b].period_start, budgets[b].period};
+        int64_t win_now = kp_budget_window_def_start(&def, ts);
         bool have = r->grant[b] > 0;
         kp_nanousd spend = rand_upto(r->grant[b]);
         if (buggy && next_rand() % 40 == 0) {
@@ -726,7 +1163,8 @@ static uint32_t build_items(struct router *r, int64_t ts, struct kp_lease_item *
 }
 
 /* Four nodes with skewed clocks report and ask at random over two months
- * of virtual time (many daily and a monthly rollover), now and then
+ * of virtual time (many daily, weekly at +05:30 and 14-day rollovers, and
+ * a monthly one), now and then
  * replaying their last command or naming a budget that does not exist;
  * one of them sometimes settles more than it held. After every apply the
  * invariant holds (spent + grants <= limit, plus exactly that overshoot),
@@ -745,15 +1183,32 @@ static void test_invariant_random(void **state)
     char err[256];
     assert_non_null(whole);
     struct kp_budget b1[3] = {
-        {(char *)"daily", KP_BUDGET_DAILY, DAILY_LIMIT, KP_BUDGET_HARD},
-        {(char *)"monthly", KP_BUDGET_MONTHLY, MONTHLY_LIMIT, KP_BUDGET_HARD},
-        {(char *)"alerts", KP_BUDGET_DAILY, SOFT_LIMIT, KP_BUDGET_SOFT},
+        {.name = (char *)"daily",
+         .window = KP_BUDGET_DAILY,
+         .limit_nanousd = DAILY_LIMIT,
+         .kind = KP_BUDGET_HARD},
+        {.name = (char *)"monthly",
+         .window = KP_BUDGET_MONTHLY,
+         .limit_nanousd = MONTHLY_LIMIT,
+         .kind = KP_BUDGET_HARD},
+        {.name = (char *)"alerts",
+         .window = KP_BUDGET_DAILY,
+         .limit_nanousd = SOFT_LIMIT,
+         .kind = KP_BUDGET_SOFT},
     };
-    struct kp_budget b2 = {(char *)"small", KP_BUDGET_DAILY, 1000000, KP_BUDGET_HARD};
+    struct kp_budget b2[2] = {{.name = (char *)"small",
+                               .window = KP_BUDGET_WEEKLY,
+                               .limit_nanousd = 1000000,
+                               .utc_offset_minutes = IST},
+                              {.name = (char *)"sprint",
+                               .window = KP_BUDGET_FIXED,
+                               .limit_nanousd = 5000000,
+                               .period_start_ms = JAN5 + 3 * HOUR,
+                               .period_ms = 14 * DAY}};
     struct kp_policy p1 = {
         .e.id = (char *)"pol", .scope_kind = KP_SCOPE_GLOBAL, .budgets = b1, .nbudgets = 3};
     struct kp_policy p2 = {
-        .e.id = (char *)"pol2", .scope_kind = KP_SCOPE_GLOBAL, .budgets = &b2, .nbudgets = 1};
+        .e.id = (char *)"pol2", .scope_kind = KP_SCOPE_GLOBAL, .budgets = b2, .nbudgets = 2};
     encode_at(KP_OP_PUT_POLICY, &p1, T0, &log[nlog]);
     assert_ok(apply_bytes(f, &log[nlog++]));
     encode_at(KP_OP_PUT_POLICY, &p2, T0, &log[nlog]);
@@ -861,7 +1316,10 @@ static void test_invariant_random(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_window_math),
+        cmocka_unit_test(test_window_utc),
+        cmocka_unit_test(test_window_weekly),
+        cmocka_unit_test(test_window_offsets),
+        cmocka_unit_test(test_window_fixed),
         cmocka_unit_test_setup_teardown(test_grant_settle_release, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grant_rule, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replay, setup, teardown),
@@ -870,6 +1328,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_soft_and_overshoot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_policy_changes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset, setup, teardown),
+        cmocka_unit_test(test_rollover_kinds),
+        cmocka_unit_test_setup_teardown(test_window_redefine, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_action_refusals, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_from_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invariant_random, setup, teardown),
     };

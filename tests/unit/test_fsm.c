@@ -253,7 +253,10 @@ static void populate(struct kp_fsm *f)
                           .role = KP_MEMBER_VOTER,
                           .meter = true};
     assert_ok(apply(f, KP_OP_PUT_MEMBER, &m));
-    struct kp_budget bud = {(char *)"daily", KP_BUDGET_DAILY, 5000000000, KP_BUDGET_HARD};
+    struct kp_budget bud = {.name = (char *)"daily",
+                            .window = KP_BUDGET_DAILY,
+                            .limit_nanousd = 5000000000,
+                            .kind = KP_BUDGET_HARD};
     struct kp_policy pol = {.e.id = (char *)"pol-1",
                             .scope_kind = KP_SCOPE_PROJECT,
                             .scope_target = (char *)"search",
@@ -586,8 +589,14 @@ static void test_policy(void **state)
     struct kp_fsm *f = *state;
     assert_ok(put_provider(f, "openai"));
     assert_ok(put_key(f, "k1", "openai"));
-    struct kp_budget b[2] = {{(char *)"daily", KP_BUDGET_DAILY, 100, KP_BUDGET_HARD},
-                             {(char *)"daily", KP_BUDGET_MONTHLY, 1000, KP_BUDGET_SOFT}};
+    struct kp_budget b[2] = {{.name = (char *)"daily",
+                              .window = KP_BUDGET_DAILY,
+                              .limit_nanousd = 100,
+                              .kind = KP_BUDGET_HARD},
+                             {.name = (char *)"daily",
+                              .window = KP_BUDGET_MONTHLY,
+                              .limit_nanousd = 1000,
+                              .kind = KP_BUDGET_SOFT}};
     struct kp_policy p = {
         .e.id = (char *)"pol", .scope_kind = KP_SCOPE_GLOBAL, .scope_target = (char *)"k1"};
     assert_refused(apply(f, KP_OP_PUT_POLICY, &p), KP_EINVAL,
@@ -1476,20 +1485,20 @@ static void test_snapshot_budget_state(void **state)
     size_t tl = sizeof(tail) - 1, tl2 = 9; /* format 2 lacks "freezes" [] */
     assert_memory_equal(raw,
                         "\xde\x00\x13\xa6"
-                        "format\x03",
+                        "format\x04",
                         11);
     assert_memory_equal(raw + n - tl, tail, tl);
     struct kp_fsm *h = kp_fsm_new();
     snap(g, &s1);
-    for (int format = 1; format <= 2; format++) {
-        raw[2] = format == 1 ? 0x10 : 0x12; /* 16 or 18 keys */
+    for (int format = 1; format <= 3; format++) {
+        raw[2] = format == 1 ? 0x10 : format == 2 ? 0x12 : 0x13; /* 16, 18 or 19 keys */
         raw[10] = (uint8_t)format;
-        wrap(raw, n - (format == 1 ? tl : tl2), &w);
+        wrap(raw, n - (format == 1 ? tl : format == 2 ? tl2 : 0), &w);
         if (kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)) != KP_OK)
             fail_msg("format %d: %s", format, err);
         kp_buf_free(&w);
         snap(h, &s2);
-        assert_true(same_bytes(&s1, &s2)); /* written back as format 3 */
+        assert_true(same_bytes(&s1, &s2)); /* written back as format 4 */
         kp_buf_free(&s2);
     }
     kp_buf_free(&s1);
@@ -1505,7 +1514,7 @@ static void test_snapshot_budget_state(void **state)
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
     assert_non_null(strstr(err, "expected 19 tables"));
     kp_buf_free(&w);
-    raw[10] = 4;
+    raw[10] = 5;
     wrap(raw, n - tl2, &w);
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EVERSION);
     kp_buf_free(&w);
@@ -1576,6 +1585,55 @@ static void test_snapshot_budget_state(void **state)
     free(raw);
     kp_fsm_free(g);
     kp_fsm_free(h);
+}
+
+/* A format-3 snapshot (from before budget offsets, periods and actions)
+ * restores its budgets at UTC without actions, and is written back as
+ * the same state in format 4; a format-4 one must carry the new fields. */
+static void test_snapshot_format3_budgets(void **state)
+{
+    struct kp_fsm *f = *state, *g = kp_fsm_new();
+    struct kp_buf w, s1, s2;
+    char err[256];
+    size_t n;
+    populate(f);
+    uint8_t *raw = raw_of(f, &n);
+    static const uint8_t added[] = "\xb2utc_offset_minutes\x00\xafperiod_start_ms\x00"
+                                   "\xa9period_ms\x00\xa7"
+                                   "actions\x90";
+    size_t an = sizeof(added) - 1;
+    uint8_t *at = memmem(raw, n, added, an);
+    assert_non_null(at);
+    uint8_t *map = memmem(raw, n,
+                          "\x88\xa4name\xa5"
+                          "daily",
+                          12); /* the budget: 8 fields */
+    assert_non_null(map);
+    assert_true(map < at && at - map < 64);
+    *map = 0x84;
+    memmove(at, at + an, n - (size_t)(at + an - raw));
+    n -= an;
+    assert_int_equal(raw[10], 4);
+    wrap(raw, n, &w);
+    assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
+    assert_non_null(strstr(err, "budgets[0].utc_offset_minutes: missing"));
+    kp_buf_free(&w);
+    raw[10] = 3;
+    wrap(raw, n, &w);
+    if (kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)) != KP_OK)
+        fail_msg("format 3: %s", err);
+    kp_buf_free(&w);
+    const struct kp_policy *p = (const struct kp_policy *)kp_fsm_get(g, KP_KIND_POLICY, "pol-1");
+    assert_int_equal(p->budgets[0].window, KP_BUDGET_DAILY);
+    assert_int_equal(p->budgets[0].utc_offset_minutes, 0);
+    assert_int_equal(p->budgets[0].nactions, 0);
+    snap(f, &s1);
+    snap(g, &s2);
+    assert_true(same_bytes(&s1, &s2));
+    kp_buf_free(&s1);
+    kp_buf_free(&s2);
+    free(raw);
+    kp_fsm_free(g);
 }
 
 /* --- allocation failure --------------------------------------------------------------------- */
@@ -1669,8 +1727,14 @@ static void test_alloc_failure(void **state)
 static void test_budget_alloc_failure(void **state)
 {
     struct kp_fsm *f = *state, *ref = kp_fsm_new();
-    struct kp_budget b[2] = {{(char *)"daily", KP_BUDGET_DAILY, 5000000000, KP_BUDGET_HARD},
-                             {(char *)"month", KP_BUDGET_MONTHLY, 9000000000, KP_BUDGET_SOFT}};
+    struct kp_budget b[2] = {{.name = (char *)"daily",
+                              .window = KP_BUDGET_DAILY,
+                              .limit_nanousd = 5000000000,
+                              .kind = KP_BUDGET_HARD},
+                             {.name = (char *)"month",
+                              .window = KP_BUDGET_MONTHLY,
+                              .limit_nanousd = 9000000000,
+                              .kind = KP_BUDGET_SOFT}};
     struct kp_policy pol = {
         .e.id = (char *)"pol", .scope_kind = KP_SCOPE_GLOBAL, .budgets = b, .nbudgets = 2};
     struct kp_buf c;
@@ -1934,6 +1998,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_snapshot_corrupt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_payload_corrupt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_budget_state, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_format3_budgets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alloc_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_alloc_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_view, setup, teardown),

@@ -51,8 +51,10 @@ static void apply(struct kp_command *cmd, struct kp_fsm_result *res)
 
 static void put_policy(const char *kind)
 {
-    struct kp_budget b = {(char *)"daily", KP_BUDGET_DAILY, LIMIT,
-                          strcmp(kind, "hard") == 0 ? KP_BUDGET_HARD : KP_BUDGET_SOFT};
+    struct kp_budget b = {.name = (char *)"daily",
+                          .window = KP_BUDGET_DAILY,
+                          .limit_nanousd = LIMIT,
+                          .kind = strcmp(kind, "hard") == 0 ? KP_BUDGET_HARD : KP_BUDGET_SOFT};
     struct kp_policy p = {0};
     p.e.id = (char *)"pol";
     p.scope_kind = KP_SCOPE_GLOBAL;
@@ -115,7 +117,7 @@ static void hold_init(struct node *n, struct kp_ledger_hold *h, bool hard, kp_na
     memset(h, 0, sizeof(*h));
     h->slot = kp_budget_ledger__slot(n->ledger, "pol", "daily");
     assert_non_null(h->slot);
-    h->window_kind = KP_BUDGET_DAILY;
+    h->window_def = (struct kp_budget_window_def){.kind = KP_BUDGET_DAILY};
     h->hard = hard;
     h->amount = amount;
 }
@@ -338,7 +340,8 @@ static void test_crash_counts_the_old_grant_as_spent(void **state)
     /* With adopt (the view had it): counted before anything is asked. */
     n.ledger = kp_budget_ledger_new(NULL, NULL);
     kp_nanousd held2 = kp_budget_window_grant(window(), 1);
-    kp_budget_ledger_adopt(n.ledger, "pol", "daily", KP_BUDGET_DAILY, true, T0, held2);
+    struct kp_budget_window_def daily = {.kind = KP_BUDGET_DAILY};
+    kp_budget_ledger_adopt(n.ledger, "pol", "daily", &daily, true, T0, held2);
     exchange(&n, now + 2000, false);
     assert_int_equal(window()->spent, held + held2);
     assert_int_equal(kp_budget_window_grant(window(), 1), 0);

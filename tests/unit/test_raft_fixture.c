@@ -991,7 +991,10 @@ static void test_budget_leases(void **state)
 {
     (void)state;
     struct cluster *c = cluster_new(0, 0);
-    struct kp_budget b = {(char *)"daily", KP_BUDGET_DAILY, LEASE_LIMIT, KP_BUDGET_HARD};
+    struct kp_budget b = {.name = (char *)"daily",
+                          .window = KP_BUDGET_DAILY,
+                          .limit_nanousd = LEASE_LIMIT,
+                          .kind = KP_BUDGET_HARD};
     struct kp_policy pol = {
         .e.id = (char *)"pol", .scope_kind = KP_SCOPE_GLOBAL, .budgets = &b, .nbudgets = 1};
     struct proposal *p = propose(c, leader(c), KP_OP_PUT_POLICY, &pol, -1);

@@ -497,7 +497,14 @@ static void test_roundtrip(void **state)
          "{\"tenant\":\"acme\",\"display_name\":\"Search\"}"},
         {KP_OP_PUT_POLICY, KP_KIND_POLICY, "pol",
          "{\"scope_kind\":\"global\",\"models\":[\"gpt-4o*\"],\"rpm\":5,\"tpm\":6,\"budgets\":"
-         "[{\"name\":\"m\",\"window\":\"monthly\",\"limit_nanousd\":0,\"kind\":\"hard\"}]}"},
+         "[{\"name\":\"m\",\"window\":\"monthly\",\"limit_nanousd\":0,\"kind\":\"hard\","
+         "\"utc_offset_minutes\":-480,\"actions\":[{\"at_percent\":50,\"do\":\"alert\"},"
+         "{\"at_percent\":90,\"do\":\"downgrade\",\"model\":\"gpt-4o-mini\"},{\"at_percent\":"
+         "100,\"do\":\"throttle\",\"rpm\":10},{\"at_percent\":100,\"do\":\"block\"},"
+         "{\"at_percent\":120,\"do\":\"disable_feature\",\"feature\":\"summarize\"}]},"
+         "{\"name\":\"s\",\"window\":\"fixed\",\"limit_nanousd\":1,\"kind\":\"soft\","
+         "\"utc_offset_minutes\":0,\"period_start_ms\":1767571200000,\"period_ms\":"
+         "1209600000,\"actions\":[]}]}"},
         {KP_OP_PUT_PRICE, KP_KIND_PRICE, "meta/llama-3@2024",
          "{\"input_per_mtok\":1,\"cached_input_per_mtok\":2,\"output_per_mtok\":3,"
          "\"request_fee\":9223372036854775807}"},
@@ -691,6 +698,73 @@ static void test_refusals(void **state)
          "rpm"},
         {KP_OP_PUT_MEMBER, "n1", "{\"node_id\":1,\"address\":\"a\",\"meter\":1}",
          "meter: expected a boolean, found an integer", "meter"},
+    /* budget windows and threshold actions: rules across fields */
+#define BUDGET(fields)                                                                             \
+    "{\"scope_kind\":\"global\",\"budgets\":[{\"name\":\"b\",\"limit_nanousd\":5," fields "}]}"
+        {KP_OP_PUT_POLICY, "p", BUDGET("\"window\":\"weekly\",\"utc_offset_minutes\":841"),
+         "budgets[0].utc_offset_minutes: must be -720..840", "budgets[0].utc_offset_minutes"},
+        {KP_OP_PUT_POLICY, "p", BUDGET("\"window\":\"daily\",\"utc_offset_minutes\":1.5"),
+         "budgets[0].utc_offset_minutes: must be an integer", "budgets[0].utc_offset_minutes"},
+        {KP_OP_PUT_POLICY, "p", BUDGET("\"window\":\"fixed\""),
+         "budgets[0].period_ms: required for a fixed window: 3600000..31622400000 (1 hour to 366 "
+         "days)",
+         "budgets[0].period_ms"},
+        {KP_OP_PUT_POLICY, "p",
+         BUDGET("\"window\":\"fixed\",\"period_ms\":3600000,\"utc_offset_minutes\":60"),
+         "budgets[0].utc_offset_minutes: must be 0 for a fixed window (it is anchored at "
+         "period_start_ms)",
+         "budgets[0].utc_offset_minutes"},
+        {KP_OP_PUT_POLICY, "p", BUDGET("\"window\":\"fixed\",\"period_ms\":31622400001"),
+         "budgets[0].period_ms: must be 0..31622400000", "budgets[0].period_ms"},
+        {KP_OP_PUT_POLICY, "p", BUDGET("\"window\":\"monthly\",\"period_start_ms\":1"),
+         "budgets[0].period_start_ms: only for a fixed window, not monthly",
+         "budgets[0].period_start_ms"},
+        {KP_OP_PUT_POLICY, "p", BUDGET("\"window\":\"hourly\""),
+         "budgets[0].window: must be one of daily|weekly|monthly|fixed", "budgets[0].window"},
+        {KP_OP_PUT_POLICY, "p",
+         BUDGET("\"window\":\"daily\",\"actions\":[{\"at_percent\":50,\"do\":\"alert\"},"
+                "{\"at_percent\":90,\"do\":\"downgrade\"}]"),
+         "budgets[0].actions[1].model: required for downgrade", "budgets[0].actions[1].model"},
+        {KP_OP_PUT_POLICY, "p",
+         BUDGET("\"window\":\"daily\",\"actions\":[{\"at_percent\":50,\"do\":\"alert\","
+                "\"model\":\"m\"}]"),
+         "budgets[0].actions[0].model: only for downgrade, not alert",
+         "budgets[0].actions[0].model"},
+        {KP_OP_PUT_POLICY, "p",
+         BUDGET("\"window\":\"daily\",\"actions\":[{\"at_percent\":50,\"do\":\"throttle\"}]"),
+         "budgets[0].actions[0].rpm: required for throttle (requests a minute, >= 1)",
+         "budgets[0].actions[0].rpm"},
+        {KP_OP_PUT_POLICY, "p",
+         BUDGET("\"window\":\"daily\",\"actions\":[{\"at_percent\":50,\"do\":\"block\","
+                "\"rpm\":5}]"),
+         "budgets[0].actions[0].rpm: only for throttle, not block", "budgets[0].actions[0].rpm"},
+        {KP_OP_PUT_POLICY, "p",
+         BUDGET("\"window\":\"daily\",\"actions\":[{\"at_percent\":50,\"do\":"
+                "\"disable_feature\"}]"),
+         "budgets[0].actions[0].feature: required for disable_feature",
+         "budgets[0].actions[0].feature"},
+        {KP_OP_PUT_POLICY, "p",
+         BUDGET("\"window\":\"daily\",\"actions\":[{\"at_percent\":0,\"do\":\"alert\"}]"),
+         "budgets[0].actions[0].at_percent: must be 1..1000", "budgets[0].actions[0].at_percent"},
+        {KP_OP_PUT_POLICY, "p",
+         BUDGET("\"window\":\"daily\",\"actions\":[{\"at_percent\":50,\"do\":\"pause\"}]"),
+         "budgets[0].actions[0].do: must be one of "
+         "alert|block|downgrade|throttle|disable_feature",
+         "budgets[0].actions[0].do"},
+        {KP_OP_PUT_POLICY, "p",
+         BUDGET("\"window\":\"daily\",\"actions\":[{\"at_percent\":80,\"do\":\"alert\"},"
+                "{\"at_percent\":50,\"do\":\"block\"}]"),
+         "budgets[0].actions[1]: at_percent 50 is below actions[0]'s 80 (actions ascend by "
+         "at_percent)",
+         "budgets[0].actions[1]"},
+        {KP_OP_PUT_POLICY, "p",
+         BUDGET("\"window\":\"daily\",\"actions\":[{\"at_percent\":80,\"do\":\"alert\"},"
+                "{\"at_percent\":80,\"do\":\"alert\"}]"),
+         "budgets[0].actions[1]: same at_percent and do as actions[0]", "budgets[0].actions[1]"},
+        {KP_OP_PUT_POLICY, "p",
+         BUDGET("\"window\":\"daily\",\"actions\":[{\"at_percent\":80,\"do\":\"alert\",\"x\":1}]"),
+         "budgets[0].actions[0]: unknown field 'x'", "budgets[0].actions[0].x"},
+#undef BUDGET
         {KP_OP_NONE, "x", "{}", "unknown operation", ""},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
