@@ -282,10 +282,11 @@ static int check_budget(struct kp_decoder *d, const void *obj)
     const struct kp_budget *b = obj;
     char field[32];
     if (b->window == KP_BUDGET_FIXED) {
+        if (b->period_ms == 0)
+            return kp_store__fail_at(d, "period_ms", "required for a fixed window");
         if (b->period_ms < KP_BUDGET_PERIOD_MIN_MS)
             return kp_store__fail_at(d, "period_ms",
-                                     "required for a fixed window: %lld..%lld (1 hour to 366 "
-                                     "days)",
+                                     "must be %lld..%lld for a fixed window (1 hour to 366 days)",
                                      KP_BUDGET_PERIOD_MIN_MS, KP_BUDGET_PERIOD_MAX_MS);
         if (b->utc_offset_minutes != 0)
             return kp_store__fail_at(d, "utc_offset_minutes",

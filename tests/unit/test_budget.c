@@ -692,8 +692,8 @@ static void test_action_refusals(void **state)
     b.window = KP_BUDGET_FIXED;
     b.period_ms = HOUR - 1;
     assert_refused(put_budget_at(f, b, T0), KP_EINVAL,
-                   "budgets[0].period_ms: required for a fixed window: 3600000..31622400000 (1 "
-                   "hour to 366 days)");
+                   "budgets[0].period_ms: must be 3600000..31622400000 for a fixed window (1 hour "
+                   "to 366 days)");
     b.period_ms = 366 * DAY;
     b.utc_offset_minutes = 60;
     assert_refused(put_budget_at(f, b, T0), KP_EINVAL,

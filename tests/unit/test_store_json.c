@@ -706,9 +706,7 @@ static void test_refusals(void **state)
         {KP_OP_PUT_POLICY, "p", BUDGET("\"window\":\"daily\",\"utc_offset_minutes\":1.5"),
          "budgets[0].utc_offset_minutes: must be an integer", "budgets[0].utc_offset_minutes"},
         {KP_OP_PUT_POLICY, "p", BUDGET("\"window\":\"fixed\""),
-         "budgets[0].period_ms: required for a fixed window: 3600000..31622400000 (1 hour to 366 "
-         "days)",
-         "budgets[0].period_ms"},
+         "budgets[0].period_ms: required for a fixed window", "budgets[0].period_ms"},
         {KP_OP_PUT_POLICY, "p",
          BUDGET("\"window\":\"fixed\",\"period_ms\":3600000,\"utc_offset_minutes\":60"),
          "budgets[0].utc_offset_minutes: must be 0 for a fixed window (it is anchored at "
