@@ -21,6 +21,27 @@ static json_t *iso(int64_t ms)
     return json_string(buf);
 }
 
+/* The definition's fields beyond window, kind and limit, as the policy
+ * shows them: utc_offset_minutes, period_start_ms and period_ms (fixed
+ * windows), actions. */
+static json_t *with_definition(json_t *o, const struct kp_budget *b)
+{
+    static const char *const fields[] = {"utc_offset_minutes", "period_start_ms", "period_ms",
+                                         "actions"};
+    json_t *def = o != NULL ? kp_budget_json(b) : NULL;
+    for (size_t i = 0; def != NULL && i < sizeof(fields) / sizeof(fields[0]); i++) {
+        json_t *v = json_object_get(def, fields[i]);
+        if (v != NULL && json_object_set(o, fields[i], v) != 0)
+            break;
+    }
+    if (o != NULL && def == NULL) {
+        json_decref(o);
+        o = NULL;
+    }
+    json_decref(def);
+    return o;
+}
+
 /* One budget of @p as the API shows it, at time @now. */
 static json_t *budget_json(const struct kp_fsm *fsm, const struct kp_policy *p,
                            const struct kp_budget *b, int64_t now)
@@ -36,7 +57,7 @@ static json_t *budget_json(const struct kp_fsm *fsm, const struct kp_policy *p,
         json_array_append_new(grants,
                               json_pack("{s:I,s:I}", "node_id", (json_int_t)w->grants[i].node_id,
                                         "nanousd", (json_int_t)w->grants[i].amount));
-    return json_pack(
+    json_t *o = json_pack(
         "{s:s,s:s,s:s,s:s?,s:s,s:s,s:I,s:o,s:o,s:o,s:I,s:o,s:I,s:I,s:o,s:o,s:I}", "policy", p->e.id,
         "budget", b->name, "scope_kind", kp_scope_kind_name(p->scope_kind), "scope_target",
         p->scope_target, "window", kp_budget_window_name(b->window), "kind",
@@ -46,6 +67,7 @@ static json_t *budget_json(const struct kp_fsm *fsm, const struct kp_policy *p,
         kp_json_usd(spent), "granted_nanousd", (json_int_t)granted, "remaining_nanousd",
         (json_int_t)remaining, "remaining_usd", kp_json_usd(remaining), "grants", grants,
         "overshoot_nanousd", (json_int_t)(current ? w->overshoot : 0));
+    return with_definition(o, b);
 }
 
 struct collect {
