@@ -259,6 +259,22 @@ static bool zone_offset(const char *p, long *offset)
     return true;
 }
 
+int kp_ctl__parse_utc_offset(struct kp_ctl *ctl, const char *what, const char *text,
+                             int32_t *minutes)
+{
+    long offset;
+    if (!zone_offset(text, &offset) || offset < -12 * 3600L || offset > 14 * 3600L) {
+        kp_ctl__usage_error(ctl,
+                            "%s: %s must be a fixed offset from UTC between -12:00 and +14:00 "
+                            "such as +05:30, -08:00 or Z, not '%s' (time zone names are not "
+                            "taken: every node must compute the same boundaries)",
+                            ctl->command, what, text);
+        return KP_CTL_EXIT_USAGE;
+    }
+    *minutes = (int32_t)(offset / 60);
+    return KP_CTL_EXIT_OK;
+}
+
 /* RFC 3339 ("2026-01-02T03:04:05.123Z") or a date ("2026-01-02"). */
 static bool rfc3339_value(const char *text, int64_t *unix_ms)
 {
@@ -312,6 +328,26 @@ int kp_ctl__parse_time(struct kp_ctl *ctl, const char *what, const char *text, i
     kp_ctl__usage_error(ctl,
                         "%s: %s must be a time such as 2026-01-02T03:04:05Z or 2026-01-02, a "
                         "duration ago such as 1h or 7d, or Unix milliseconds, not '%s'",
+                        ctl->command, what, text);
+    return KP_CTL_EXIT_USAGE;
+}
+
+int kp_ctl__parse_instant(struct kp_ctl *ctl, const char *what, const char *text, int64_t *unix_ms)
+{
+    uint64_t n;
+    char *end;
+
+    if (rfc3339_value(text, unix_ms))
+        return KP_CTL_EXIT_OK;
+    errno = 0;
+    n = isdigit((unsigned char)text[0]) ? strtoull(text, &end, 10) : 0;
+    if (isdigit((unsigned char)text[0]) && *end == '\0' && errno == 0 && n <= INT64_MAX) {
+        *unix_ms = (int64_t)n;
+        return KP_CTL_EXIT_OK;
+    }
+    kp_ctl__usage_error(ctl,
+                        "%s: %s must be a time such as 2026-01-05T00:00:00Z or 2026-01-05, or "
+                        "Unix milliseconds, not '%s'",
                         ctl->command, what, text);
     return KP_CTL_EXIT_USAGE;
 }

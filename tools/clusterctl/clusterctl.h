@@ -129,6 +129,13 @@ int kp_ctl__parse_duration(struct kp_ctl *ctl, const char *what, const char *tex
  * time ("2026-01-02T03:04:05Z", "2026-01-02T03:04:05.5+01:00"), a date
  * ("2026-01-02", midnight UTC), or Unix milliseconds; into Unix ms. */
 int kp_ctl__parse_time(struct kp_ctl *ctl, const char *what, const char *text, int64_t *unix_ms);
+/* An instant: an RFC 3339 time, a date (midnight UTC) or Unix ms; no
+ * "duration ago" form. */
+int kp_ctl__parse_instant(struct kp_ctl *ctl, const char *what, const char *text, int64_t *unix_ms);
+/* A fixed offset from UTC, "+05:30", "-0800" or "Z", within -12:00..+14:00,
+ * into minutes east of UTC. */
+int kp_ctl__parse_utc_offset(struct kp_ctl *ctl, const char *what, const char *text,
+                             int32_t *minutes);
 
 /* client.c */
 struct kp_ctl_response {

@@ -47,7 +47,7 @@ static const struct kp_ctl_command commands[] = {
      kp_ctl__cmd_leader, true},
     {"audit", "SUBCOMMAND ...", "list or verify the audit chain (clusterctl audit --help)",
      kp_ctl__cmd_audit, true},
-    {"budgets", "list | show POLICY BUDGET | reset POLICY BUDGET",
+    {"budgets", "list | show POLICY BUDGET | reset POLICY BUDGET | set POLICY BUDGET ...",
      "budget state: limit, spent, granted, remaining (clusterctl budgets --help)",
      kp_ctl__cmd_budgets, true},
     {"freeze", "tenant|project|feature|pool|key|token NAME --reason TEXT",
@@ -131,7 +131,7 @@ void kp_ctl__print_group_usage(FILE *out, const char *prog, const char *group,
     fprintf(out, "usage: %s [options] %s%sCOMMAND [ARGS]\n\nCommands:\n", prog, group ? group : "",
             group ? " " : "");
     for (size_t i = 0; i < n; i++) {
-        char head[160];
+        char head[256];
         int len = snprintf(head, sizeof(head), "%s %s", table[i].name, table[i].synopsis);
         if (len > 28)
             fprintf(out, "  %s\n  %-28s %s\n", head, "", table[i].summary);
