@@ -10,7 +10,8 @@
  *   anything but memory, and rendering whatever entity it made never
  *   fails.
  *
- * The seeds in corpus/admin_json/ are one body per common op. */
+ * The seeds in corpus/admin_json/ are one body per common op, and a
+ * policy with every kind of budget window and threshold action. */
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>

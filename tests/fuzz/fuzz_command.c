@@ -13,7 +13,9 @@
  *   and snapshot again give the same bytes.
  *
  * The seeds in corpus/command/ are one kp_command_encode() output per op
- * (budget_lease and budget_reset aside). */
+ * (budget_lease and budget_reset aside), and a put_policy whose budgets
+ * have a weekly window at an offset, a fixed period and threshold
+ * actions. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>

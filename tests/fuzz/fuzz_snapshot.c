@@ -13,8 +13,9 @@
  * A state it accepts must snapshot and restore to the same bytes again.
  *
  * The seeds in corpus/snapshot/ are real snapshots (mode 0) and their raw
- * payloads (mode 1) of an empty and of a populated registry, and of one
- * with a freeze of each scope (format 3). */
+ * payloads (mode 1) of an empty and of a populated registry, of one
+ * with a freeze of each scope (format 3), and of one with weekly and
+ * fixed budgets, threshold actions and leases on them (format 4). */
 #include <openssl/sha.h>
 #include <stddef.h>
 #include <stdint.h>
