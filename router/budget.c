@@ -83,6 +83,141 @@ static int collect_policy(const struct kp_entity *e, void *arg)
     return 0;
 }
 
+/* The budgets covering the call into c->holds, once. */
+static int collect(struct kp_call *c)
+{
+    struct cover_scan s = {c, false};
+    c->nholds = 0;
+    c->budget_hard = false;
+    c->budget_collected = true;
+    kp_view_each(c->view, KP_KIND_POLICY, collect_policy, &s);
+    if (!s.full)
+        return KP_OK;
+    c->nholds = 0;
+    return kp_router__fail(c, 503, "server_error", "budget_unavailable",
+                           "more budgets cover this call than this node can track; an "
+                           "operator should look at the node's log");
+}
+
+/* --- threshold actions -------------------------------------------------------------------- */
+
+/* How far the budget's current window is spent, in percent of its limit
+ * (as this node's view has it: within ~100 ms of the calls). */
+static double percent_spent(const struct kp_call *c, const struct kp_ledger_hold *h, int64_t now)
+{
+    const struct kp_budget *b = h->budget;
+    if (b->limit_nanousd <= 0)
+        return 0;
+    const struct kp_budget_window_state *w =
+        kp_view_budget_window(c->view, h->policy->e.id, b->name);
+    if (w == NULL || w->start_ms != kp_budget_window_start_of(b, now))
+        return 0;
+    return (double)w->spent * 100.0 / (double)b->limit_nanousd;
+}
+
+static int act_block(struct kp_call *c, const struct kp_ledger_hold *h, double pct, int64_t now)
+{
+    char when[40], msg[500];
+    int64_t reset = kp_budget_window_end_of(h->budget, now);
+    kp_format_time_ms(reset, when, sizeof(when));
+    snprintf(msg, sizeof(msg),
+             "budget %s/%s is at %.1f%% of its limit, where its actions block calls; resets %s",
+             h->policy->e.id, h->budget->name, pct, when);
+    snprintf(c->budget_refused, sizeof(c->budget_refused), "%s/%s", h->policy->e.id,
+             h->budget->name);
+    int64_t secs = (reset - now + 999) / 1000;
+    c->retry_after_s = (int)(secs > 0 ? (secs < 2678400 ? secs : 2678400) : 1);
+    kp_usage_set_str(c->ev.error_class, "budget");
+    return kp_router__fail(c, 429, "insufficient_quota", "budget_exceeded", msg);
+}
+
+static int act_throttle(struct kp_call *c, const struct kp_ledger_hold *h,
+                        const struct kp_budget_action *a, double pct)
+{
+    char id[KP_LEDGER_POLICY_MAX + KP_LEDGER_BUDGET_MAX + 16];
+    snprintf(id, sizeof(id), "%s/%s@%u", h->policy->e.id, h->budget->name, a->at_percent);
+    int64_t wait = kp_router__limit_take(c, "budget", id, a->rpm);
+    if (wait == 0)
+        return KP_OK;
+    c->retry_after_s = (int)(wait / 1000) + 1;
+    c->rl_limit = a->rpm;
+    kp_usage_set_str(c->ev.error_class, "rate_limit");
+    char msg[400];
+    snprintf(msg, sizeof(msg),
+             "rate limited: budget %s/%s is at %.1f%% of its limit, where its actions allow "
+             "%u requests per minute; retry in %d s",
+             h->policy->e.id, h->budget->name, pct, a->rpm, c->retry_after_s);
+    return kp_router__fail(c, 429, "rate_limit_error", "rate_limited", msg);
+}
+
+static int act_disable_feature(struct kp_call *c, const struct kp_ledger_hold *h,
+                               const struct kp_budget_action *a, double pct)
+{
+    if (strcmp(c->ev.feature, a->feature) != 0)
+        return KP_OK;
+    char msg[400];
+    snprintf(msg, sizeof(msg),
+             "feature %s is disabled: budget %s/%s is at %.1f%% of its limit, where its "
+             "actions turn the feature off",
+             a->feature, h->policy->e.id, h->budget->name, pct);
+    kp_usage_set_str(c->ev.error_class, "budget");
+    return kp_router__fail(c, 403, "permission_error", "feature_disabled", msg);
+}
+
+/* The app's model is replaced in the body the provider gets; the usage
+ * event keeps the model asked for, and the served one shows the switch. */
+static int act_downgrade(struct kp_call *c, const struct kp_budget_action *a)
+{
+    if (strcmp(c->model, a->model) == 0)
+        return KP_OK;
+    json_t *m = json_string(a->model);
+    if (m == NULL || json_object_set_new(c->body, "model", m) != 0)
+        return kp_router__fail(c, 503, "server_error", "out_of_memory", "out of memory; retry");
+    c->model = json_string_value(json_object_get(c->body, "model"));
+    c->body_changed = true;
+    c->budget_downgraded = true;
+    return KP_OK;
+}
+
+int kp_router__budget_actions(struct kp_call *c)
+{
+    if (c->r->sh.budgets == NULL)
+        return KP_OK;
+    if (collect(c) != KP_OK)
+        return KP_EPERM;
+    int64_t now = kp_now_unix_ms();
+    for (unsigned i = 0; i < c->nholds; i++) {
+        const struct kp_ledger_hold *h = &c->holds[i];
+        if (h->budget->nactions == 0)
+            continue;
+        double pct = percent_spent(c, h, now);
+        for (uint32_t j = 0; j < h->budget->nactions; j++) {
+            const struct kp_budget_action *a = &h->budget->actions[j];
+            if (pct < (double)a->at_percent)
+                break; /* ascending */
+            int rc = KP_OK;
+            switch (a->action) {
+            case KP_BUDGET_ACTION_BLOCK:
+                return act_block(c, h, pct, now);
+            case KP_BUDGET_ACTION_THROTTLE:
+                rc = act_throttle(c, h, a, pct);
+                break;
+            case KP_BUDGET_ACTION_DISABLE_FEATURE:
+                rc = act_disable_feature(c, h, a, pct);
+                break;
+            case KP_BUDGET_ACTION_DOWNGRADE:
+                rc = act_downgrade(c, a);
+                break;
+            default: /* alert: the leader's (docs/alerts.md) */
+                break;
+            }
+            if (rc != KP_OK)
+                return rc;
+        }
+    }
+    return KP_OK;
+}
+
 /* --- the worst case --------------------------------------------------------------------- */
 
 /* @tokens x @per_mtok nano-USD per million tokens, rounded up. */
@@ -334,16 +469,8 @@ int kp_router__budget_begin(struct kp_call *c)
     struct kp_budget_ledger *l = c->r->sh.budgets;
     if (l == NULL)
         return KP_OK;
-    struct cover_scan s = {c, false};
-    c->nholds = 0;
-    c->budget_hard = false;
-    kp_view_each(c->view, KP_KIND_POLICY, collect_policy, &s);
-    if (s.full) {
-        c->nholds = 0;
-        return kp_router__fail(c, 503, "server_error", "budget_unavailable",
-                               "more budgets cover this call than this node can track; an "
-                               "operator should look at the node's log");
-    }
+    if (!c->budget_collected && collect(c) != KP_OK)
+        return KP_EPERM;
     /* A hard budget on a key the call may try needs the same bounds, and
      * the cap written before the body is: see kp_router__budget_key. */
     struct key_scan ks = {c, NULL, false, false};

@@ -427,7 +427,8 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
                         "refuse calls); retry shortly or on another node");
         return;
     }
-    if (kp_router__limit_call(c) != KP_OK || kp_router__select(c) != KP_OK)
+    if (kp_router__limit_call(c) != KP_OK || kp_router__budget_actions(c) != KP_OK ||
+        kp_router__select(c) != KP_OK)
         return;
     kp_http_on_abort(ex, on_abort, c);
     if (kp_router__budget_begin(c) == KP_OK)

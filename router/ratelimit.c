@@ -249,6 +249,16 @@ int64_t kp_router__limit_key(const struct kp_call *c, const struct kp_key *k)
     return 0;
 }
 
+int64_t kp_router__limit_take(const struct kp_call *c, const char *kind, const char *id,
+                              uint64_t rpm)
+{
+    int64_t now = (int64_t)kp_now_mono_us(), wait = 0;
+    struct bucket *b = bucket_of(name_hash(kind, id, "rpm"));
+    if (b != NULL && take(b, interval_us(rpm, nodes_of(c->view)), now, &wait) != KP_OK)
+        return wait / 1000 + 1;
+    return 0;
+}
+
 static int charge_policy(const struct kp_entity *e, void *arg)
 {
     struct scan *s = arg;

@@ -189,7 +189,9 @@ struct kp_call {
     int64_t key_wait_until_ms;
     struct kp_ledger_hold key_refused; /* the key budget that refused a key */
     bool key_refused_set;
-    bool budget_skipped; /* a key was skipped for its budget */
+    bool budget_skipped;    /* a key was skipped for its budget */
+    bool budget_collected;  /* holds[] has the budgets covering the call */
+    bool budget_downgraded; /* a downgrade action switched c->model */
     int64_t budget_wait_until_ms;
     uint64_t stream_events;         /* upstream events, against out_cap */
     const char *stream_error_class; /* the class of stream_error, NULL: server */
@@ -223,6 +225,10 @@ void kp_router__go(struct kp_call *c);
  * KP_OK: go on; KP_EBUSY: waiting for a grant (kp_router__go is called
  * later, or the call is answered); anything else: answered. */
 int kp_router__budget_begin(struct kp_call *c);
+/* budget.c: the budgets covering the call (before its keys are chosen)
+ * and their threshold actions: block, downgrade (c->model changes),
+ * throttle, disable_feature. KP_OK, or answered. */
+int kp_router__budget_actions(struct kp_call *c);
 /* Before an attempt with key @k: reserve on the budgets of @k's key-scoped
  * policies. KP_OK: go; KP_EBUSY: waiting for a grant (attempt_next is
  * called again); KP_ENOENT: the key is out of budget, try the next;
@@ -348,6 +354,10 @@ void kp_router__count_ratelimit_table_full(void);
  * request of @k's budget, or returns how many ms until it could;
  * kp_router__limit_charge charges the call's tokens when it ends. */
 int kp_router__limit_call(struct kp_call *c);
+/* Take one request of a named per-minute limit (@kind, @id) shared across
+ * the cluster like the others: 0, or the ms until one could be taken. */
+int64_t kp_router__limit_take(const struct kp_call *c, const char *kind, const char *id,
+                              uint64_t rpm);
 /* Whether the scope of @p covers the call (a key scope: once a key served). */
 bool kp_router__policy_covers(const struct kp_policy *p, const struct kp_call *c);
 int64_t kp_router__limit_key(const struct kp_call *c, const struct kp_key *k);

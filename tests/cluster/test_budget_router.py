@@ -238,6 +238,63 @@ class OneRouterTest(unittest.TestCase):
         self.assertEqual((status, error_code(body)), (429, "budget_exceeded"), body)
         self.assertEqual(headers.get("x-keyplane-budget"), "key-a-spend/daily")
 
+    def test_threshold_actions_downgrade_disable_a_feature_then_block(self):
+        b = Budgeted(self, limit=10_000_000, kind="soft")
+        b.admin("PUT", "/prices/gpt-4o-mini", PRICE)  # the same price: spend keeps its pace
+        b.admin("PUT", "/policies/acme-spend", {
+            "scope_kind": "tenant", "scope_target": "acme",
+            "budgets": [{"name": "daily", "window": "daily", "limit_nanousd": 10_000_000,
+                         "kind": "soft", "actions": [
+                             {"at_percent": 50, "do": "downgrade", "model": "gpt-4o-mini"},
+                             {"at_percent": 50, "do": "disable_feature", "feature": "summarize"},
+                             {"at_percent": 100, "do": "block"}]}]})
+
+        def served():
+            status, _, body = b.call(b.n1, chat(100, max_tokens=16))
+            self.assertEqual(status, 200, body)
+            return json.loads(body)["model"]
+        self.assertEqual(served(), MODEL)
+        # Past 50%, calls for gpt-4o are served by gpt-4o-mini...
+        wait_until(lambda: served() == "gpt-4o-mini", what="the downgrade at 50%",
+                   alive=b.n1)
+        # ... and the summarize feature is off.
+        hdrs = {"Authorization": "Bearer " + b.token, "X-Feature": "summarize"}
+        status, _, raw = http("POST", b.n1.gateway_url + "/v1/chat/completions",
+                              body=chat(100, max_tokens=16), headers=hdrs)
+        self.assertEqual((status, error_code(raw)), (403, "feature_disabled"), raw)
+        self.assertIn("acme-spend/daily", json.loads(raw)["error"]["message"])
+        # Past 100%, every call is blocked (a soft budget: only its action).
+        def blocked():
+            status, headers, raw = b.call(b.n1, chat(100, max_tokens=16))
+            if status == 200:
+                return False
+            self.assertEqual((status, error_code(raw)), (429, "budget_exceeded"), raw)
+            self.assertIn("block", json.loads(raw)["error"]["message"])
+            self.assertEqual(headers.get("x-keyplane-budget"), "acme-spend/daily")
+            return True
+        wait_until(blocked, what="the block at 100%", alive=b.n1)
+        events = b.admin("GET", "/usage/recent?limit=1000")["events"]
+        self.assertTrue(any(e["model_requested"] == MODEL and e["model_served"] == "gpt-4o-mini"
+                            for e in events), events[-3:])
+
+    def test_a_throttle_action(self):
+        b = Budgeted(self, limit=1_000_000, kind="soft")
+        b.admin("PUT", "/policies/acme-spend", {
+            "scope_kind": "tenant", "scope_target": "acme",
+            "budgets": [{"name": "daily", "window": "daily", "limit_nanousd": 1_000_000,
+                         "kind": "soft",
+                         "actions": [{"at_percent": 100, "do": "throttle", "rpm": 1}]}]})
+
+        def throttled():
+            status, headers, raw = b.call(b.n1, chat(100, max_tokens=16))
+            if status == 200:
+                return False
+            self.assertEqual((status, error_code(raw)), (429, "rate_limited"), raw)
+            self.assertIn("1 requests per minute", json.loads(raw)["error"]["message"])
+            self.assertGreater(int(headers["retry-after"]), 0)
+            return True
+        wait_until(throttled, what="the throttle at 100%", alive=b.n1)
+
     def test_a_soft_budget_counts_but_never_refuses(self):
         b = Budgeted(self, limit=1_000_000, kind="soft")
         n = 30
