@@ -450,7 +450,8 @@ static int check_items(struct kp_apply *a, const struct kp_cmd_budget_lease *c)
     return KP_OK;
 }
 
-/* One item: rollover, settle, release, grant, in this order. */
+/* One item: rollover, spend what is held, settle, release, grant, in
+ * this order. */
 static int lease_item(struct kp_apply *a, const struct kp_cmd_budget_lease *c, uint32_t i)
 {
     const struct kp_lease_item *it = &c->items[i];
@@ -469,6 +470,13 @@ static int lease_item(struct kp_apply *a, const struct kp_cmd_budget_lease *c, u
      * settles into the previous window instead of reopening it. */
     if (w->start_ms < now)
         roll(w, now);
+    /* spend_held moves the node's whole grant to spent: the sum
+     * spent + grants is unchanged (the invariant holds as it did). */
+    if (it->spend_held) {
+        w->spent += kp_budget_window_grant(w, c->node_id);
+        if ((rc = set_grant(w, c->node_id, 0)) != KP_OK)
+            return rc;
+    }
     kp_nanousd mine =
         settle(w, it->window_start_ms, kp_budget_window_grant(w, c->node_id), it->settled);
     if (it->release && it->window_start_ms == w->start_ms)

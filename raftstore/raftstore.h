@@ -635,6 +635,9 @@ struct kp_lease_item {
     kp_nanousd settled;      /* actual cost since the last report, >= 0 */
     bool release;            /* give back what is left of the grant */
     kp_nanousd want;         /* asked for, >= 0 */
+    bool spend_held;         /* first, count all the node holds of the current window as
+                                spent (a restarted router: what an earlier process of the
+                                node held may have been spent by calls that died with it) */
 };
 
 /* budget_lease: a node's batched report and request. The time is the

@@ -505,7 +505,8 @@ SCHEMA(lease_item_schema, kp_lease_item, "lease_item",
        WINDOW_START(kp_lease_item, "window_start_ms", window_start_ms, KP_FF_REQ),
        AMOUNT(kp_lease_item, "settled_nanousd", settled),
        F(kp_lease_item, "release", release, KP_FT_BOOL),
-       AMOUNT(kp_lease_item, "want_nanousd", want));
+       AMOUNT(kp_lease_item, "want_nanousd", want),
+       F(kp_lease_item, "spend_held", spend_held, KP_FT_BOOL));
 
 SCHEMA(budget_lease_schema, kp_cmd_budget_lease, "budget_lease",
        INT(kp_cmd_budget_lease, "node_id", node_id, KP_FT_U64, KP_FF_REQ, 1, UINT64_MAX, 0),

@@ -55,8 +55,8 @@ struct kp_ledger_slot {
     kp_nanousd grant, inflight, pending, reserved;
     int64_t old_window;
     kp_nanousd old_reserved, old_pending, old_inflight;
-    kp_nanousd orphan;   /* held by an earlier process of this node (a crash):
-counted as spent in the next report */
+    bool spent_held;     /* the first item of this process said spend_held (below) */
+    bool adopted;        /* the registry says an earlier process held a grant here */
     kp_nanousd need;     /* largest shortfall of a waiting call since the last build */
     kp_nanousd demand;   /* reserved since the last build */
     double rate;         /* nano-USD reserved per second, smoothed */
@@ -185,7 +185,7 @@ struct kp_ledger_slot *kp_budget_ledger__slot(struct kp_budget_ledger *l, const 
 /* avail of a slot, under its lock. */
 static kp_nanousd avail_of(const struct kp_ledger_slot *s)
 {
-    return s->grant - s->inflight - s->pending - s->reserved - s->orphan;
+    return s->grant - s->inflight - s->pending - s->reserved;
 }
 
 static void ask_now(struct kp_budget_ledger *l)
@@ -327,10 +327,9 @@ static bool build_item(struct kp_ledger_slot *s, int64_t now_ms, bool final,
         s->old_pending = 0;
     } else {
         it->window_start_ms = s->window;
-        it->settled = s->pending + s->orphan;
-        s->inflight = it->settled;
+        it->settled = s->pending;
+        s->inflight = s->pending;
         s->pending = 0;
-        s->orphan = 0;
     }
     bool idle = now_ms - s->last_use_ms > IDLE_RELEASE_MS;
     kp_nanousd held = s->grant - s->inflight;
@@ -340,6 +339,12 @@ static bool build_item(struct kp_ledger_slot *s, int64_t now_ms, bool final,
         s->release_sent = true;
         s->give_back = false;
     }
+    /* The first item of a slot in this process counts what the node held
+     * before it (an earlier process's grant, left by a crash) as spent:
+     * calls that died with that process may have spent all of it. Until
+     * that answer the slot holds nothing, so nothing of this process is
+     * lost with it. */
+    it->spend_held = !s->spent_held;
     /* Giving back asks for nothing: the calls that found the budget
      * exhausted ask again, and pick up what others gave back. */
     it->want = final || it->release || (idle && s->need == 0) ? 0 : want_of(s, now_ms);
@@ -350,7 +355,7 @@ static bool build_item(struct kp_ledger_slot *s, int64_t now_ms, bool final,
     s->need = 0;
     if (it->window_start_ms == 0)
         it->window_start_ms = kp_budget_window_def_start(&s->window_def, now_ms);
-    return it->settled > 0 || it->want > 0 || it->release;
+    return it->settled > 0 || it->want > 0 || it->release || (s->adopted && !s->spent_held);
 }
 
 unsigned kp_budget_ledger_build(struct kp_budget_ledger *l, int64_t now_ms, bool final,
@@ -403,8 +408,6 @@ void kp_budget_ledger_answer(struct kp_budget_ledger *l, struct kp_lease_batch *
     struct kp_ledger_slot *s = b->slots[i];
     const struct kp_lease_item *it = &b->items[i];
     pthread_mutex_lock(&s->mu);
-    kp_nanousd known = s->grant; /* what this process knew it held */
-    bool first = s->answers == 0;
     s->inflight = 0;
     s->old_inflight = 0;
     if (g->window_start_ms > s->window) {
@@ -416,22 +419,12 @@ void kp_budget_ledger_answer(struct kp_budget_ledger *l, struct kp_lease_batch *
         }
         s->reserved = 0;
         s->pending = 0;
-        s->orphan = 0; /* an earlier process's grant went with its window */
         s->window = g->window_start_ms;
-        known = 0;
     }
-    if (g->window_start_ms == s->window) {
+    if (g->window_start_ms == s->window)
         s->grant = g->grant;
-        /* The first answer to this process tells what the node held
-         * before it: more than it knew of is an earlier process's grant
-         * (a crash), spent or not by calls that died with it. It is
-         * reported as spent, never reused: those calls may have cost up
-         * to all of it. */
-        kp_nanousd kept = g->grant - g->granted; /* after the settle, down to 0 */
-        kp_nanousd before = kept > 0 ? kept + it->settled : known;
-        if (first && s->hard && !it->release && it->window_start_ms == s->window && before > known)
-            s->orphan += before - known;
-    }
+    if (it->spend_held)
+        s->spent_held = true;
     s->exhausted = it->want > 0 && g->granted == 0;
     s->in_batch = false;
     s->release_sent = false;
@@ -449,13 +442,15 @@ void kp_budget_ledger_adopt(struct kp_budget_ledger *l, const char *policy, cons
         return;
     pthread_mutex_lock(&s->mu);
     if (s->window == 0 && s->answers == 0) {
+        /* Not a grant of this process: nothing to reserve against; the
+         * first item (spend_held) turns it into spend. */
         s->window_def = *def;
         s->hard = hard;
-        s->window = window;
-        s->grant = grant;
-        s->orphan = grant;
+        s->adopted = true;
         s->last_use_ms = kp_now_unix_ms();
     }
+    (void)window;
+    (void)grant;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -465,7 +460,7 @@ void kp_budget_ledger_forget(struct kp_budget_ledger *l, struct kp_lease_batch *
     struct kp_ledger_slot *s = b->slots[i];
     pthread_mutex_lock(&s->mu);
     s->window = 0;
-    s->grant = s->inflight = s->pending = s->reserved = s->orphan = s->need = s->demand = 0;
+    s->grant = s->inflight = s->pending = s->reserved = s->need = s->demand = 0;
     s->old_window = 0;
     s->old_reserved = s->old_pending = s->old_inflight = 0;
     s->rate = 0;
@@ -489,7 +484,7 @@ bool kp_budget_ledger_holds(struct kp_budget_ledger *l)
             continue;
         pthread_mutex_lock(&s->mu);
         bool holds = s->grant > 0 || s->pending > 0 || s->old_pending > 0 || s->inflight > 0 ||
-                     s->orphan > 0;
+                     (s->adopted && !s->spent_held);
         pthread_mutex_unlock(&s->mu);
         if (holds)
             return true;
@@ -508,7 +503,7 @@ void kp_budget_ledger_local(struct kp_budget_ledger *l, const char *policy, cons
     out->window = s->window;
     out->grant = s->grant;
     out->reserved = s->reserved + s->old_reserved;
-    out->unreported = s->pending + s->inflight + s->old_pending + s->old_inflight + s->orphan;
+    out->unreported = s->pending + s->inflight + s->old_pending + s->old_inflight;
     out->rate_per_s = s->rate;
     pthread_mutex_unlock(&s->mu);
 }

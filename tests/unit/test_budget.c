@@ -119,7 +119,8 @@ static int put_policy(struct kp_fsm *f)
 static struct kp_lease_item item(const char *budget, int64_t window, kp_nanousd settled,
                                  bool release, kp_nanousd want)
 {
-    return (struct kp_lease_item){(char *)"pol", (char *)budget, window, settled, release, want};
+    return (struct kp_lease_item){(char *)"pol", (char *)budget, window, settled,
+                                  release,       want,           false};
 }
 
 static void encode_lease(uint64_t node, uint64_t seq, int64_t ts, struct kp_lease_item *items,
@@ -903,6 +904,35 @@ static void test_soft_and_overshoot(void **state)
     assert_true(committed(w) <= DAILY_LIMIT + w->excess);
 }
 
+/* spend_held (a restarted router's first item) moves what the node holds
+ * to spent before the settle and the grant: no overshoot, the sum is
+ * unchanged, and other nodes' grants are untouched. */
+static void test_spend_held(void **state)
+{
+    struct kp_fsm *f = *state;
+    assert_ok(put_policy(f));
+    assert_ok(lease1(f, 1, 1, T0, "daily", T0, 0, false, 1000000000));
+    assert_ok(lease1(f, 2, 1, T0, "daily", T0, 0, false, 500000000));
+    kp_nanousd held = kp_budget_window_grant(win(f, "daily"), 1);
+    kp_nanousd before = committed(win(f, "daily"));
+    struct kp_lease_item it = item("daily", T0, 0, false, 100000000);
+    it.spend_held = true;
+    assert_ok(lease(f, 1, 2, T0 + HOUR, &it, 1));
+    const struct kp_budget_window_state *w = win(f, "daily");
+    assert_int_equal(w->spent, held);
+    assert_int_equal(w->overshoot, 0);
+    assert_int_equal(kp_budget_window_grant(w, 1), res.lease.items[0].granted);
+    assert_int_equal(res.lease.items[0].grant, res.lease.items[0].granted);
+    assert_int_equal(kp_budget_window_grant(w, 2), 500000000);
+    assert_int_equal(committed(w), before + res.lease.items[0].granted);
+    /* Nothing held: nothing moves. */
+    it.want = 0;
+    it.settled = 7;
+    assert_ok(lease(f, 3, 1, T0 + HOUR, &it, 1));
+    assert_int_equal(win(f, "daily")->spent, held + 7);
+    assert_int_equal(win(f, "daily")->overshoot, 7);
+}
+
 /* Policy changes under live leases: a limit lowered below spent + grants
  * raises excess (no grant until back under); raising it again changes no
  * state; a new window type re-anchors the window and keeps spent and
@@ -1154,9 +1184,13 @@ static uint32_t build_items(struct router *r, int64_t ts, struct kp_lease_item *
             overshoots++;
         }
         kp_nanousd want = rand_upto(budgets[b].limit / 3);
-        items[n] = (struct kp_lease_item){(char *)budgets[b].policy,     (char *)budgets[b].budget,
-                                          have ? r->window[b] : win_now, spend,
-                                          next_rand() % 8 == 0,          want};
+        items[n] = (struct kp_lease_item){(char *)budgets[b].policy,
+                                          (char *)budgets[b].budget,
+                                          have ? r->window[b] : win_now,
+                                          spend,
+                                          next_rand() % 8 == 0,
+                                          want,
+                                          false};
         which[n++] = b;
     }
     return n;
@@ -1236,7 +1270,8 @@ static void test_invariant_random(void **state)
         int64_t ts = now + r->skew;
         uint32_t k = build_items(r, ts, items, which, n == NODES - 1);
         if (next_rand() % 50 == 0) { /* a bogus item: refused whole */
-            items[k] = (struct kp_lease_item){(char *)"pol", (char *)"gone", ts, 1, false, 1};
+            items[k] =
+                (struct kp_lease_item){(char *)"pol", (char *)"gone", ts, 1, false, 1, false};
             encode_lease((uint64_t)n + 1, r->seq + 1, ts, items, k + 1, &b);
             assert_int_equal(apply_bytes(f, &b), KP_ENOENT);
             log[nlog++] = b;
@@ -1326,6 +1361,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rollover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_soft_and_overshoot, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spend_held, setup, teardown),
         cmocka_unit_test_setup_teardown(test_policy_changes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset, setup, teardown),
         cmocka_unit_test(test_rollover_kinds),

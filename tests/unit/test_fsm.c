@@ -202,7 +202,7 @@ static int put_freeze(struct kp_fsm *f, int scope, const char *target, const cha
 /* A budget_lease of one item on pol-1's "daily" budget. */
 static int lease(struct kp_fsm *f, uint64_t node, uint64_t seq, kp_nanousd settled, kp_nanousd want)
 {
-    struct kp_lease_item it = {(char *)"pol-1", (char *)"daily", T0, settled, false, want};
+    struct kp_lease_item it = {(char *)"pol-1", (char *)"daily", T0, settled, false, want, false};
     struct kp_cmd_budget_lease c = {node, seq, &it, 1};
     return apply(f, KP_OP_BUDGET_LEASE, &c);
 }
@@ -1744,8 +1744,8 @@ static void test_budget_alloc_failure(void **state)
     kp_buf_free(&c);
     struct kp_view *v = kp_fsm_view_build(f);
 
-    struct kp_lease_item it[2] = {{(char *)"pol", (char *)"daily", T0, 0, false, 3000000000},
-                                  {(char *)"pol", (char *)"month", T0, 0, false, 5}};
+    struct kp_lease_item it[2] = {{(char *)"pol", (char *)"daily", T0, 0, false, 3000000000, false},
+                                  {(char *)"pol", (char *)"month", T0, 0, false, 5, false}};
     struct kp_cmd_budget_lease l = {4, 1, it, 1};
     encode(KP_OP_BUDGET_LEASE, &l, -1, &c);
     check_apply_oom(f, ref, &c);

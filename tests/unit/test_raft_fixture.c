@@ -929,7 +929,8 @@ static void router_step(struct cluster *c, struct router *r, uint32_t *rnd, bool
     r->grant -= spend;
     r->unsettled += spend;
     kp_nanousd want = r->grant < LEASE_LIMIT / 100 ? LEASE_LIMIT / 50 : 0; /* ask when low */
-    struct kp_lease_item it = {(char *)"pol", (char *)"daily", T0, r->unsettled, false, want};
+    struct kp_lease_item it = {(char *)"pol", (char *)"daily", T0, r->unsettled, false, want,
+                               false};
     struct kp_cmd_budget_lease body = {r->node_id, ++r->seq, &it, 1};
     struct kp_command cmd = {.v = KP_COMMAND_VERSION,
                              .op = KP_OP_BUDGET_LEASE,
