@@ -501,6 +501,10 @@ static const op_fn handlers[KP_OP_COUNT] = {
     [KP_OP_BUDGET_RESET] = kp_store__op_budget_reset,
     [KP_OP_PUT_FREEZE] = op_put,
     [KP_OP_DELETE_FREEZE] = op_delete,
+    [KP_OP_PUT_ALERT] = kp_store__op_put_alert,
+    [KP_OP_RESOLVE_ALERT] = kp_store__op_resolve_alert,
+    [KP_OP_ACK_ALERT] = kp_store__op_ack_alert,
+    [KP_OP_ALERT_DELIVERY] = kp_store__op_alert_delivery,
 };
 
 /* --- rewrap_secrets ----------------------------------------------------------------------- */
@@ -677,7 +681,7 @@ static int dispatch(struct kp_apply *a)
     enum kp_op op = a->cmd->op;
     if (a->cmd->has_expect_version &&
         (op == KP_OP_INIT_CLUSTER || op == KP_OP_AUDIT_ONLY || op == KP_OP_REWRAP_SECRETS ||
-         op == KP_OP_BUDGET_LEASE || op == KP_OP_BUDGET_RESET))
+         op == KP_OP_BUDGET_LEASE || op == KP_OP_BUDGET_RESET || op == KP_OP_ALERT_DELIVERY))
         return kp_store__refuse(a, KP_EINVAL, "expect_version: not accepted by %s", kp_op_name(op));
     return handlers[op](a);
 }

@@ -279,6 +279,13 @@ int kp_store__budget_policy_put(struct kp_apply *a, const struct kp_policy *old,
 int kp_store__budget_check(const struct kp_policy *p, const struct kp_budget_state *s, char *msg,
                            size_t len);
 
+/* --- alerts (alert.c) ------------------------------------------------------------------- */
+
+int kp_store__op_put_alert(struct kp_apply *a);
+int kp_store__op_resolve_alert(struct kp_apply *a);
+int kp_store__op_ack_alert(struct kp_apply *a);
+int kp_store__op_alert_delivery(struct kp_apply *a);
+
 /* --- audit (audit.c) -------------------------------------------------------------- */
 
 int kp_store__audit_init(struct kp_audit_log *log);

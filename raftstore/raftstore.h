@@ -57,6 +57,7 @@ enum kp_kind {
     KP_KIND_BUDGET_STATE, /* the lease state of a policy's budgets */
     KP_KIND_LEASE_NODE,   /* a node's lease bookkeeping (last seq applied) */
     KP_KIND_FREEZE,       /* an operator's stop on a tenant, project, feature, pool, ... */
+    KP_KIND_ALERT,        /* an alert raised by the leader's rules (docs/alerts.md) */
     KP_KIND_COUNT
 };
 
@@ -462,6 +463,59 @@ struct kp_freeze {
     char *frozen_by;
 };
 
+/* --- alerts (docs/alerts.md) --- */
+
+enum kp_alert_severity { KP_ALERT_INFO, KP_ALERT_WARNING, KP_ALERT_CRITICAL };
+/* What a webhook is told: that an alert opened, or that it resolved. */
+enum kp_alert_event { KP_ALERT_EVENT_OPEN, KP_ALERT_EVENT_RESOLVED };
+/* How the delivery of one event to one webhook ended: delivered, or given
+ * up after every retry (a dead letter). Deliveries still being tried live
+ * only in the leader's memory. */
+enum kp_delivery_state { KP_DELIVERY_SENT, KP_DELIVERY_DEAD };
+
+/* Resolved alerts the registry keeps (the oldest, by resolved_ms then id,
+ * are dropped at apply beyond this), open alerts it accepts, and delivery
+ * records one alert holds. */
+#define KP_ALERTS_RESOLVED_MAX  1000
+#define KP_ALERTS_OPEN_MAX      10000
+#define KP_ALERT_DELIVERIES_MAX 64
+
+struct kp_alert_delivery {
+    char *webhook; /* webhook id */
+    uint8_t event; /* enum kp_alert_event */
+    uint8_t state; /* enum kp_delivery_state */
+    uint32_t attempts;
+    int64_t at_ms; /* when it was delivered or given up */
+    char *error;   /* the last failure ("HTTP 500", a curl message), or NULL */
+};
+
+/* An alert, raised and resolved by the Raft leader's evaluator. Its id is
+ * the deduplication key ("budget:acme-spend:daily:1767225600000:80"): one
+ * episode at a time per key. An episode runs from started_ms to
+ * resolved_ms (0 while open); putting a resolved alert again starts a new
+ * episode (started_ms moves, the ack and the delivery records are
+ * cleared). */
+struct kp_alert {
+    struct kp_entity e;
+    uint8_t severity; /* enum kp_alert_severity */
+    char *rule;       /* the rule that raised it: budget_threshold, key_invalid, ... */
+    char *subject;    /* what it is about: "key k-prod-3" */
+    char *message;
+    char *action;       /* the recommended action */
+    int64_t last_value; /* the rule's measure, in the rule's unit (docs/alerts.md) */
+    /* state, set by apply */
+    int64_t started_ms;
+    int64_t resolved_ms; /* 0 while open */
+    char *acked_by;      /* the actor of ack_alert, or NULL */
+    int64_t acked_ms;
+    struct kp_alert_delivery *deliveries; /* one per (webhook, event) that ended */
+    uint32_t ndeliveries;
+};
+
+const char *kp_alert_severity_name(int v);
+const char *kp_alert_event_name(int v);
+const char *kp_delivery_state_name(int v);
+
 /* Cluster settings, set once by init_cluster. Its id is the cluster id. */
 struct kp_cluster {
     struct kp_entity e;
@@ -556,7 +610,11 @@ int kp_audit_verify(const struct kp_audit_entry *entries, size_t n, const uint8_
     X(BUDGET_LEASE, "budget_lease")                                                                \
     X(BUDGET_RESET, "budget_reset")                                                                \
     X(PUT_FREEZE, "put_freeze")                                                                    \
-    X(DELETE_FREEZE, "delete_freeze")
+    X(DELETE_FREEZE, "delete_freeze")                                                              \
+    X(PUT_ALERT, "put_alert")                                                                      \
+    X(RESOLVE_ALERT, "resolve_alert")                                                              \
+    X(ACK_ALERT, "ack_alert")                                                                      \
+    X(ALERT_DELIVERY, "alert_delivery")
 
 enum kp_op {
     KP_OP_NONE, /* not decoded */
@@ -655,6 +713,25 @@ struct kp_cmd_budget_reset {
     char *budget; /* budget name */
 };
 
+/* resolve_alert: the alert's episode ends at the command's ts. */
+struct kp_cmd_resolve_alert {
+    char *id;
+    int64_t last_value; /* the rule's measure when it cleared */
+};
+
+/* alert_delivery: how delivering one event of one episode to one webhook
+ * ended. @started_ms names the episode: a record for an older one is
+ * refused. */
+struct kp_cmd_alert_delivery {
+    char *id; /* alert id */
+    int64_t started_ms;
+    char *webhook;
+    uint8_t event; /* enum kp_alert_event */
+    uint8_t state; /* enum kp_delivery_state */
+    uint32_t attempts;
+    char *error;
+};
+
 /* A decoded or to-be-encoded command. The body's type follows the op:
  *   put_<kind>        the entity struct (version, created/updated, and a
  *                     key's status and secrets are set by the registry)
@@ -669,7 +746,11 @@ struct kp_cmd_budget_reset {
  *   rewrap_secrets    struct kp_cmd_rewrap
  *   budget_lease      struct kp_cmd_budget_lease
  *   budget_reset      struct kp_cmd_budget_reset
- *   put_freeze        struct kp_freeze (frozen_by is set by the registry) */
+ *   put_freeze        struct kp_freeze (frozen_by is set by the registry)
+ *   put_alert         struct kp_alert (its state fields are set by the registry)
+ *   resolve_alert     struct kp_cmd_resolve_alert
+ *   ack_alert         struct kp_cmd_target
+ *   alert_delivery    struct kp_cmd_alert_delivery */
 struct kp_command {
     uint32_t v; /* KP_COMMAND_VERSION */
     enum kp_op op;
@@ -701,6 +782,9 @@ struct kp_command {
         struct kp_cmd_budget_lease *budget_lease;
         struct kp_cmd_budget_reset *budget_reset;
         struct kp_freeze *freeze;
+        struct kp_alert *alert;
+        struct kp_cmd_resolve_alert *resolve_alert;
+        struct kp_cmd_alert_delivery *alert_delivery;
     } body;
 };
 
@@ -996,7 +1080,8 @@ int kp_token_verify(const uint8_t stored_hash[KP_TOKEN_HASH_LEN],
     X(KP_PERM_USE, 1u << 2, "use")                                                                 \
     X(KP_PERM_READ_USAGE, 1u << 3, "read_usage")                                                   \
     X(KP_PERM_READ_AUDIT, 1u << 4, "read_audit")                                                   \
-    X(KP_PERM_READ_REGISTRY, 1u << 5, "read_registry")
+    X(KP_PERM_READ_REGISTRY, 1u << 5, "read_registry")                                             \
+    X(KP_PERM_READ_ALERTS, 1u << 6, "read_alerts")
 
 enum kp_perm {
 #define KP_PERM_ENUM(e, bit, name) e = (bit),
@@ -1006,7 +1091,7 @@ enum kp_perm {
 
 #define KP_PERM_ALL                                                                                \
     (KP_PERM_CHANGE | KP_PERM_OPERATE | KP_PERM_USE | KP_PERM_READ_USAGE | KP_PERM_READ_AUDIT |    \
-     KP_PERM_READ_REGISTRY)
+     KP_PERM_READ_REGISTRY | KP_PERM_READ_ALERTS)
 
 /* Roles: X(enum, name). Their permissions are in role.c, the one table. */
 #define KP_ROLE_MAP(X)                                                                             \

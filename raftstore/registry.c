@@ -57,6 +57,9 @@ static const char *const member_roles[] = {"voter", "standby", "spare", NULL};
 static const char *const health_statuses[] = {
     "healthy", "degraded", "rate_limited", "quota_exhausted", "invalid", "disabled", NULL,
 };
+static const char *const alert_severities[] = {"info", "warning", "critical", NULL};
+static const char *const alert_events[] = {"open", "resolved", NULL};
+static const char *const delivery_states[] = {"sent", "dead", NULL};
 
 static const char *enum_name(const char *const *names, size_t count, int v)
 {
@@ -78,6 +81,9 @@ ENUM_NAME(kp_scope_kind_name, scope_kinds)
 ENUM_NAME(kp_freeze_scope_name, freeze_scopes)
 ENUM_NAME(kp_budget_window_name, budget_windows)
 ENUM_NAME(kp_budget_action_name, budget_actions)
+ENUM_NAME(kp_alert_severity_name, alert_severities)
+ENUM_NAME(kp_alert_event_name, alert_events)
+ENUM_NAME(kp_delivery_state_name, delivery_states)
 
 /* --- character sets -------------------------------------------------------------------- */
 
@@ -417,24 +423,50 @@ SCHEMA(freeze_schema, kp_freeze, "freeze", HEADER(kp_freeze, KP_CS_ID),
        STR(kp_freeze, "reason", reason, KP_FF_REQ, KP_CS_TEXT, KP_FREEZE_REASON_MAX, KP_REF_NONE),
        STR(kp_freeze, "frozen_by", frozen_by, KP_FF_STATE, KP_CS_TEXT, 256, KP_REF_NONE));
 
+/* An alert's state fields are set by apply (alert.c): started and
+ * resolved times, the ack, and how each delivery ended. Its rule and
+ * texts come from the evaluator on the leader (node/alert_rules.c). */
+SCHEMA(alert_delivery_schema, kp_alert_delivery, "delivery",
+       STR(kp_alert_delivery, "webhook", webhook, KP_FF_REQ, KP_CS_ID, 128, KP_REF_NONE),
+       ENUM(kp_alert_delivery, "event", event, KP_FF_REQ, alert_events, 0),
+       ENUM(kp_alert_delivery, "state", state, KP_FF_REQ, delivery_states, 0),
+       INT(kp_alert_delivery, "attempts", attempts, KP_FT_U32, 0, 0, 1000, 0),
+       TIME(kp_alert_delivery, "at_ms", at_ms, 0),
+       STR(kp_alert_delivery, "error", error, 0, KP_CS_TEXT, 256, KP_REF_NONE));
+
+SCHEMA(alert_schema, kp_alert, "alert", HEADER(kp_alert, KP_CS_ID),
+       ENUM(kp_alert, "severity", severity, KP_FF_REQ, alert_severities, 0),
+       STR(kp_alert, "rule", rule, KP_FF_REQ, KP_CS_ID, 64, KP_REF_NONE),
+       STR(kp_alert, "subject", subject, KP_FF_REQ, KP_CS_TEXT, 256, KP_REF_NONE),
+       STR(kp_alert, "message", message, KP_FF_REQ, KP_CS_TEXT, 1024, KP_REF_NONE),
+       STR(kp_alert, "action", action, KP_FF_REQ, KP_CS_TEXT, 1024, KP_REF_NONE),
+       INT(kp_alert, "last_value", last_value, KP_FT_I64, 0, INT64_MIN, INT64_MAX, 0),
+       TIME(kp_alert, "started_ms", started_ms, KP_FF_STATE),
+       TIME(kp_alert, "resolved_ms", resolved_ms, KP_FF_STATE),
+       STR(kp_alert, "acked_by", acked_by, KP_FF_STATE, KP_CS_TEXT, 256, KP_REF_NONE),
+       TIME(kp_alert, "acked_ms", acked_ms, KP_FF_STATE),
+       OBJV(kp_alert, "deliveries", deliveries, KP_FF_STATE, alert_delivery_schema,
+            KP_ALERT_DELIVERIES_MAX));
+
 const struct kp_schema *const kp_store__kind_schema[KP_KIND_COUNT] = {
-    &provider_schema, &key_schema,    &pool_schema,         &tenant_schema,     &project_schema,
-    &token_schema,    &policy_schema, &price_schema,        &member_schema,     &alert_rule_schema,
-    &webhook_schema,  &health_schema, &budget_state_schema, &lease_node_schema, &freeze_schema,
+    &provider_schema,     &key_schema,        &pool_schema,    &tenant_schema,
+    &project_schema,      &token_schema,      &policy_schema,  &price_schema,
+    &member_schema,       &alert_rule_schema, &webhook_schema, &health_schema,
+    &budget_state_schema, &lease_node_schema, &freeze_schema,  &alert_schema,
 };
 
 /* Snapshot table names, in enum order: format 1 ends at key_health, format
- * 2 at lease_nodes. */
+ * 2 at lease_nodes, format 3 at freezes. */
 const char *const kp_store__kind_plural[KP_KIND_COUNT] = {
-    "providers", "keys",       "pools",         "tenants",     "projects",
-    "tokens",    "policies",   "prices",        "members",     "alert_rules",
-    "webhooks",  "key_health", "budget_states", "lease_nodes", "freezes",
+    "providers",     "keys",        "pools",   "tenants",     "projects", "tokens",
+    "policies",      "prices",      "members", "alert_rules", "webhooks", "key_health",
+    "budget_states", "lease_nodes", "freezes", "alerts",
 };
 
 static const char *const kind_names[KP_KIND_COUNT] = {
-    "provider", "key",        "pool",         "tenant",     "project",
-    "token",    "policy",     "price",        "member",     "alert_rule",
-    "webhook",  "key_health", "budget_state", "lease_node", "freeze",
+    "provider",     "key",        "pool",   "tenant",     "project", "token",
+    "policy",       "price",      "member", "alert_rule", "webhook", "key_health",
+    "budget_state", "lease_node", "freeze", "alert",
 };
 
 const char *kp_kind_name(enum kp_kind kind)
@@ -517,6 +549,19 @@ SCHEMA(budget_reset_schema, kp_cmd_budget_reset, "budget_reset",
        STR(kp_cmd_budget_reset, "id", id, KP_FF_REQ, KP_CS_ID, 128, KP_REF_NONE),
        STR(kp_cmd_budget_reset, "budget", budget, KP_FF_REQ, KP_CS_ID, 64, KP_REF_NONE));
 
+SCHEMA(resolve_alert_schema, kp_cmd_resolve_alert, "resolve_alert",
+       STR(kp_cmd_resolve_alert, "id", id, KP_FF_REQ, KP_CS_ID, 128, KP_REF_NONE),
+       INT(kp_cmd_resolve_alert, "last_value", last_value, KP_FT_I64, 0, INT64_MIN, INT64_MAX, 0));
+
+SCHEMA(alert_delivery_cmd_schema, kp_cmd_alert_delivery, "alert_delivery",
+       STR(kp_cmd_alert_delivery, "id", id, KP_FF_REQ, KP_CS_ID, 128, KP_REF_NONE),
+       TIME(kp_cmd_alert_delivery, "started_ms", started_ms, KP_FF_REQ),
+       STR(kp_cmd_alert_delivery, "webhook", webhook, KP_FF_REQ, KP_CS_ID, 128, KP_REF_NONE),
+       ENUM(kp_cmd_alert_delivery, "event", event, KP_FF_REQ, alert_events, 0),
+       ENUM(kp_cmd_alert_delivery, "state", state, KP_FF_REQ, delivery_states, 0),
+       INT(kp_cmd_alert_delivery, "attempts", attempts, KP_FT_U32, 0, 0, 1000, 0),
+       STR(kp_cmd_alert_delivery, "error", error, 0, KP_CS_TEXT, 256, KP_REF_NONE));
+
 static const struct {
     const struct kp_schema *body;
     int kind; /* put ops: the entity kind of the body */
@@ -555,6 +600,10 @@ static const struct {
     [KP_OP_BUDGET_RESET] = {&budget_reset_schema, -1},
     [KP_OP_PUT_FREEZE] = {&freeze_schema, KP_KIND_FREEZE},
     [KP_OP_DELETE_FREEZE] = {&target_schema, -1},
+    [KP_OP_PUT_ALERT] = {&alert_schema, KP_KIND_ALERT},
+    [KP_OP_RESOLVE_ALERT] = {&resolve_alert_schema, -1},
+    [KP_OP_ACK_ALERT] = {&target_schema, -1},
+    [KP_OP_ALERT_DELIVERY] = {&alert_delivery_cmd_schema, -1},
 };
 
 const struct kp_schema *kp_store__op_body(enum kp_op op)
@@ -1159,6 +1208,29 @@ static int rule_freeze(const struct kp_freeze *f, char *msg, size_t len)
     return KP_OK;
 }
 
+/* The state apply builds (alert.c), checked again on restore: an episode
+ * that resolves after it starts, an ack with its time, at most one record
+ * per (webhook, event), and none for a resolve that has not happened. */
+static int rule_alert(const struct kp_alert *a, char *msg, size_t len)
+{
+    if (a->resolved_ms != 0 && a->resolved_ms < a->started_ms)
+        return refuse(msg, len, KP_EINVAL, "resolved_ms: before started_ms");
+    if ((a->acked_by == NULL) != (a->acked_ms == 0))
+        return refuse(msg, len, KP_EINVAL, "acked_by: set without acked_ms, or the reverse");
+    for (uint32_t i = 0; i < a->ndeliveries; i++) {
+        const struct kp_alert_delivery *d = &a->deliveries[i];
+        if (d->event == KP_ALERT_EVENT_RESOLVED && a->resolved_ms == 0)
+            return refuse(msg, len, KP_EINVAL, "deliveries[%u]: a resolve of an open alert", i);
+        for (uint32_t j = 0; j < i; j++) {
+            if (d->event == a->deliveries[j].event &&
+                strcmp(d->webhook, a->deliveries[j].webhook) == 0)
+                return refuse(msg, len, KP_EINVAL, "deliveries[%u]: duplicate of deliveries[%u]", i,
+                              j);
+        }
+    }
+    return KP_OK;
+}
+
 static int kind_rules(const struct kp_state *st, const struct kp_entity *e, char *msg, size_t len)
 {
     switch (e->kind) {
@@ -1195,6 +1267,8 @@ static int kind_rules(const struct kp_state *st, const struct kp_entity *e, char
     }
     case KP_KIND_FREEZE:
         return rule_freeze((const struct kp_freeze *)e, msg, len);
+    case KP_KIND_ALERT:
+        return rule_alert((const struct kp_alert *)e, msg, len);
     default:
         return KP_OK;
     }

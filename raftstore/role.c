@@ -4,10 +4,10 @@
  * The split follows DESIGN.md "Secrets": change (admin), operate (disable,
  * enable, rotate keys; manage pools; revoking is final and needs change),
  * use (call the gateway, never see a key), read usage, read audit; reading
- * the non-secret registry is a
- * permission of its own so that each role gets exactly what its job needs.
- * Permissions do not imply one another: a check asks for the bits it needs
- * and the table grants them explicitly, so admin lists every bit. */
+ * the non-secret registry, and reading alerts (which budgets crossed what,
+ * which keys failed), are permissions of their own so that each role gets exactly what its job
+ * needs. Permissions do not imply one another: a check asks for the bits it needs and the table
+ * grants them explicitly, so admin lists every bit. */
 #include "raftstore/raftstore.h"
 
 #include <stdio.h>
@@ -22,10 +22,11 @@ static const char *const role_names[KP_ROLE_COUNT] = {
 /* Why each role holds what it holds is in docs/tokens.md, "Roles". */
 static const unsigned role_perms[KP_ROLE_COUNT] = {
     [KP_ROLE_ADMIN] = KP_PERM_ALL,
-    [KP_ROLE_OPERATOR] = KP_PERM_OPERATE | KP_PERM_READ_REGISTRY | KP_PERM_READ_USAGE,
+    [KP_ROLE_OPERATOR] =
+        KP_PERM_OPERATE | KP_PERM_READ_REGISTRY | KP_PERM_READ_USAGE | KP_PERM_READ_ALERTS,
     [KP_ROLE_APP] = KP_PERM_USE,
-    [KP_ROLE_FINANCE] = KP_PERM_READ_USAGE,
-    [KP_ROLE_AUDITOR] = KP_PERM_READ_AUDIT | KP_PERM_READ_REGISTRY,
+    [KP_ROLE_FINANCE] = KP_PERM_READ_USAGE | KP_PERM_READ_ALERTS,
+    [KP_ROLE_AUDITOR] = KP_PERM_READ_AUDIT | KP_PERM_READ_REGISTRY | KP_PERM_READ_ALERTS,
 };
 
 static bool role_known(enum kp_role role)

@@ -39,9 +39,10 @@ static void put(struct kp_fsm *f, uint64_t *index, enum kp_op op, void *body)
 }
 
 /* provider p, keys k1 k2 (k1 with two secrets), pools a -> b, tenant t,
- * project j, token tk, cluster c, member n1, price m, health of k2, and
+ * project j, token tk, cluster c, member n1, price m, health of k2,
  * freezes of tenant t and of project j (which cannot be deleted while it
- * is frozen). */
+ * is frozen), and an open alert al (so that resolve, ack and delivery
+ * records reach their rules; the seeds name it). */
 static struct kp_fsm *base(uint64_t *index)
 {
     struct kp_fsm *f = kp_fsm_new();
@@ -93,6 +94,12 @@ static struct kp_fsm *base(uint64_t *index)
     put(f, index, KP_OP_SET_KEY_HEALTH, &h);
     put(f, index, KP_OP_PUT_FREEZE, &ft);
     put(f, index, KP_OP_PUT_FREEZE, &fj);
+    struct kp_alert al = {.e.id = (char *)"al",
+                          .rule = (char *)"key_invalid",
+                          .subject = (char *)"s",
+                          .message = (char *)"m",
+                          .action = (char *)"a"};
+    put(f, index, KP_OP_PUT_ALERT, &al);
     return f;
 }
 

@@ -14,8 +14,9 @@
  *
  * The seeds in corpus/snapshot/ are real snapshots (mode 0) and their raw
  * payloads (mode 1) of an empty and of a populated registry, of one
- * with a freeze of each scope (format 3), and of one with weekly and
- * fixed budgets, threshold actions and leases on them (format 4). */
+ * with a freeze of each scope (format 3), of one with weekly and fixed
+ * budgets, threshold actions and leases on them (format 4), and of one
+ * with alerts, acked, resolved and with a dead letter (format 5). */
 #include <openssl/sha.h>
 #include <stddef.h>
 #include <stdint.h>

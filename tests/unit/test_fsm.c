@@ -207,6 +207,38 @@ static int lease(struct kp_fsm *f, uint64_t node, uint64_t seq, kp_nanousd settl
     return apply(f, KP_OP_BUDGET_LEASE, &c);
 }
 
+/* An alert as the evaluator puts it. */
+static int put_alert(struct kp_fsm *f, const char *id, int severity, const char *action)
+{
+    struct kp_alert a = {.e.id = (char *)id,
+                         .severity = (uint8_t)severity,
+                         .rule = (char *)"key_invalid",
+                         .subject = (char *)"key k2",
+                         .message = (char *)"key k2: provider answered 401 since 00:00Z",
+                         .action = (char *)action,
+                         .last_value = -1};
+    return apply(f, KP_OP_PUT_ALERT, &a);
+}
+
+static int deliver(struct kp_fsm *f, const char *id, int64_t started, const char *webhook,
+                   int event, int state)
+{
+    struct kp_cmd_alert_delivery d = {.id = (char *)id,
+                                      .started_ms = started,
+                                      .webhook = (char *)webhook,
+                                      .event = (uint8_t)event,
+                                      .state = (uint8_t)state,
+                                      .attempts = 5,
+                                      .error =
+                                          state == KP_DELIVERY_DEAD ? (char *)"HTTP 500" : NULL};
+    return apply(f, KP_OP_ALERT_DELIVERY, &d);
+}
+
+static const struct kp_alert *alert_of(struct kp_fsm *f, const char *id)
+{
+    return (const struct kp_alert *)kp_fsm_get(f, KP_KIND_ALERT, id);
+}
+
 /* How many entries populate() applies that leave no audit entry. */
 #define POPULATE_LEASES 3
 
@@ -275,6 +307,10 @@ static void populate(struct kp_fsm *f)
                               .last_error_class = (char *)"rate_limit"};
     assert_ok(apply(f, KP_OP_SET_KEY_HEALTH, &h));
     assert_ok(put_freeze(f, KP_FREEZE_FEATURE, "chat", "runaway agent, see INC-42"));
+    assert_ok(put_alert(f, "key:k2:invalid", KP_ALERT_CRITICAL, "rotate key k2"));
+    assert_ok(target_op(f, KP_OP_ACK_ALERT, "key:k2:invalid"));
+    assert_ok(deliver(f, "key:k2:invalid", alert_of(f, "key:k2:invalid")->started_ms, "wh-1",
+                      KP_ALERT_EVENT_OPEN, KP_DELIVERY_SENT));
     /* Budget state: two nodes hold grants, one settled part of its own. */
     assert_ok(lease(f, 1, 1, 0, 1000000000));
     assert_ok(lease(f, 2, 1, 0, 500000000));
@@ -874,6 +910,158 @@ static void test_price_member_alerts(void **state)
     assert_int_equal(kp_fsm_count(f, KP_KIND_WEBHOOK), 0);
 }
 
+/* Alerts: an episode opens with the command's ts, is updated in place
+ * while open, acked once, resolved once, and a put after the resolve
+ * starts a new episode with no ack and no delivery records; delivery
+ * records name their episode and event; every step is audited. */
+static void test_alerts(void **state)
+{
+    struct kp_fsm *f = *state;
+    const char *id = "key:k1:invalid";
+    int64_t t_open = now;
+    assert_ok(put_alert(f, id, KP_ALERT_CRITICAL, "rotate key k1"));
+    const struct kp_alert *a = alert_of(f, id);
+    assert_int_equal(a->e.version, 1);
+    assert_int_equal(a->started_ms, t_open);
+    assert_int_equal(a->resolved_ms, 0);
+    assert_null(a->acked_by);
+    assert_string_equal(last_audit(f)->action, "put_alert");
+    assert_string_equal(last_audit(f)->result, "ok (opened, critical)");
+
+    /* Updated while open: the start stays. */
+    assert_ok(put_alert(f, id, KP_ALERT_WARNING, "rotate key k1 now"));
+    a = alert_of(f, id);
+    assert_int_equal(a->e.version, 2);
+    assert_int_equal(a->started_ms, t_open);
+    assert_int_equal(a->severity, KP_ALERT_WARNING);
+    assert_string_equal(a->action, "rotate key k1 now");
+    assert_string_equal(last_audit(f)->result, "ok (updated, warning)");
+
+    /* Ack: the actor and time; a second ack keeps the first. */
+    assert_refused(target_op(f, KP_OP_ACK_ALERT, "nope"), KP_ENOENT, "no alert 'nope'");
+    int64_t t_ack = now;
+    assert_ok(target_op(f, KP_OP_ACK_ALERT, id));
+    assert_string_equal(alert_of(f, id)->acked_by, "alice");
+    assert_int_equal(alert_of(f, id)->acked_ms, t_ack);
+    assert_ok(target_op(f, KP_OP_ACK_ALERT, id));
+    assert_int_equal(alert_of(f, id)->e.version, 3);
+    assert_string_equal(last_audit(f)->result, "ok (already acknowledged by alice)");
+
+    /* Deliveries: of this episode only; a resolve only once resolved. */
+    char want[200];
+    snprintf(want, sizeof(want),
+             "started_ms: alert 'key:k1:invalid' is in the episode that started at %lld, not %lld",
+             (long long)t_open, (long long)t_open + 1);
+    assert_refused(deliver(f, id, t_open + 1, "wh", KP_ALERT_EVENT_OPEN, KP_DELIVERY_SENT),
+                   KP_ECONFLICT, want);
+    assert_refused(deliver(f, id, t_open, "wh", KP_ALERT_EVENT_RESOLVED, KP_DELIVERY_SENT),
+                   KP_ECONFLICT, "event: alert 'key:k1:invalid' is not resolved");
+    assert_ok(deliver(f, id, t_open, "wh", KP_ALERT_EVENT_OPEN, KP_DELIVERY_DEAD));
+    assert_ok(deliver(f, id, t_open, "wh", KP_ALERT_EVENT_OPEN, KP_DELIVERY_SENT));
+    a = alert_of(f, id);
+    assert_int_equal(a->ndeliveries, 1); /* replaced, not appended */
+    assert_int_equal(a->deliveries[0].state, KP_DELIVERY_SENT);
+    assert_null(a->deliveries[0].error);
+    assert_string_equal(last_audit(f)->result, "ok (open to webhook wh: sent after 5 attempts)");
+    struct kp_buf b;
+    struct kp_cmd_alert_delivery d = {
+        .id = (char *)id, .started_ms = t_open, .webhook = (char *)"wh"};
+    encode(KP_OP_ALERT_DELIVERY, &d, 3, &b);
+    assert_refused(apply_raw(f, b.data, b.len), KP_EINVAL,
+                   "expect_version: not accepted by alert_delivery");
+    kp_buf_free(&b);
+
+    /* Resolve: once. */
+    struct kp_cmd_resolve_alert r = {.id = (char *)id, .last_value = 7};
+    int64_t t_res = now;
+    assert_ok(apply(f, KP_OP_RESOLVE_ALERT, &r));
+    a = alert_of(f, id);
+    assert_int_equal(a->resolved_ms, t_res);
+    assert_int_equal(a->last_value, 7);
+    assert_refused(apply(f, KP_OP_RESOLVE_ALERT, &r), KP_ECONFLICT,
+                   "alert 'key:k1:invalid' is already resolved");
+    assert_ok(deliver(f, id, t_open, "wh", KP_ALERT_EVENT_RESOLVED, KP_DELIVERY_SENT));
+    assert_int_equal(alert_of(f, id)->ndeliveries, 2);
+
+    /* A new episode. */
+    int64_t t_again = now;
+    assert_ok(put_alert(f, id, KP_ALERT_CRITICAL, "rotate key k1"));
+    a = alert_of(f, id);
+    assert_int_equal(a->started_ms, t_again);
+    assert_int_equal(a->resolved_ms, 0);
+    assert_null(a->acked_by);
+    assert_int_equal(a->acked_ms, 0);
+    assert_int_equal(a->ndeliveries, 0);
+    assert_int_equal(a->e.created_ms, t_open);
+    assert_string_equal(last_audit(f)->result, "ok (opened, critical)");
+
+    /* Field checks of the decoder. */
+    struct kp_alert bad = {
+        .e.id = (char *)"x", .rule = (char *)"r", .subject = (char *)"s", .action = (char *)"a"};
+    assert_refused(apply(f, KP_OP_PUT_ALERT, &bad), KP_EINVAL, "message: missing");
+    msgpack_packer pk;
+    raw_begin(&pk, &b, 1, "put_alert", 6);
+    pk_s(&pk, "id");
+    pk_s(&pk, "x");
+    pk_s(&pk, "severity");
+    pk_s(&pk, "fatal");
+    pk_s(&pk, "rule");
+    pk_s(&pk, "r");
+    pk_s(&pk, "subject");
+    pk_s(&pk, "s");
+    pk_s(&pk, "message");
+    pk_s(&pk, "m");
+    pk_s(&pk, "action");
+    pk_s(&pk, "a");
+    assert_refused(apply_raw(f, b.data, b.len), KP_EINVAL,
+                   "severity: must be one of info|warning|critical");
+    kp_buf_free(&b);
+    raw_begin(&pk, &b, 1, "put_alert", 2);
+    pk_s(&pk, "id");
+    pk_s(&pk, "x");
+    pk_s(&pk, "started_ms");
+    msgpack_pack_int64(&pk, 5);
+    assert_refused(apply_raw(f, b.data, b.len), KP_EINVAL,
+                   "started_ms: is set by the registry, not by commands");
+    kp_buf_free(&b);
+}
+
+/* At most KP_ALERTS_RESOLVED_MAX resolved alerts stay: each resolve
+ * beyond drops the oldest resolved one (by resolved_ms, then id), the
+ * same on every replica and across a snapshot; open ones are never
+ * dropped. */
+static void test_alerts_bounded(void **state)
+{
+    struct kp_fsm *f = *state;
+    char id[32];
+    assert_ok(put_alert(f, "still-open", KP_ALERT_INFO, "wait"));
+    for (int i = 0; i < KP_ALERTS_RESOLVED_MAX + 5; i++) {
+        snprintf(id, sizeof(id), "a-%04d", i);
+        assert_ok(put_alert(f, id, KP_ALERT_INFO, "wait"));
+        struct kp_cmd_resolve_alert r = {.id = id};
+        assert_ok(apply(f, KP_OP_RESOLVE_ALERT, &r));
+    }
+    assert_int_equal(kp_fsm_count(f, KP_KIND_ALERT), KP_ALERTS_RESOLVED_MAX + 1);
+    assert_null(alert_of(f, "a-0004"));
+    assert_non_null(alert_of(f, "a-0005"));
+    assert_non_null(alert_of(f, "still-open"));
+    assert_string_equal(last_audit(f)->result,
+                        "ok (resolved; 1 older resolved alerts dropped, the last 'a-0004')");
+    struct kp_buf s1, s2;
+    char err[256];
+    snap(f, &s1);
+    struct kp_fsm *g = kp_fsm_new();
+    assert_int_equal(kp_fsm_restore(g, s1.data, s1.len, 0, err, sizeof(err)), KP_OK);
+    snap(g, &s2);
+    assert_true(same_bytes(&s1, &s2));
+    struct kp_cmd_resolve_alert r = {.id = (char *)"still-open"};
+    assert_ok(apply(g, KP_OP_RESOLVE_ALERT, &r));
+    assert_null(alert_of(g, "a-0005"));
+    kp_fsm_free(g);
+    kp_buf_free(&s1);
+    kp_buf_free(&s2);
+}
+
 /* Key health: the key must exist; last_change_ms moves only when the status
  * changes; deleting the key removes its health. */
 static void test_key_health(void **state)
@@ -1464,9 +1652,9 @@ static uint8_t *raw_of(struct kp_fsm *f, size_t *n)
 
 /* Budget state survives snapshot and restore; a format-1 snapshot (from
  * before budget state: no budget tables) still restores, to an empty
- * budget state, and so does a format-2 one (from before freezes: no
- * freezes table); a snapshot whose budget state breaks the lease
- * invariant, or names a budget its policy lacks, is refused by name. */
+ * budget state, and so do a format-2 one (from before freezes: no
+ * freezes table) and a format-3 one (from before alerts); a snapshot whose budget state breaks the
+ * lease invariant, or names a budget its policy lacks, is refused by name. */
 static void test_snapshot_budget_state(void **state)
 {
     struct kp_fsm *f = *state, *g = kp_fsm_new();
@@ -1481,41 +1669,52 @@ static void test_snapshot_budget_state(void **state)
     static const uint8_t tail[] = "\xad"
                                   "budget_states\x90\xab"
                                   "lease_nodes\x90\xa7"
-                                  "freezes\x90";
-    size_t tl = sizeof(tail) - 1, tl2 = 9; /* format 2 lacks "freezes" [] */
+                                  "freezes\x90\xa6"
+                                  "alerts\x90";
+    /* What formats 1 to 4 lack at the end, and their key counts (format 4
+     * added budget fields, not tables). */
+    static const size_t lacks[] = {0, sizeof(tail) - 1, 17, 8, 8};
+    static const uint8_t keys[] = {0, 0x10, 0x12, 0x13, 0x13};
+    size_t tl = sizeof(tail) - 1;
     assert_memory_equal(raw,
-                        "\xde\x00\x13\xa6"
-                        "format\x04",
+                        "\xde\x00\x14\xa6"
+                        "format\x05",
                         11);
     assert_memory_equal(raw + n - tl, tail, tl);
     struct kp_fsm *h = kp_fsm_new();
     snap(g, &s1);
-    for (int format = 1; format <= 3; format++) {
-        raw[2] = format == 1 ? 0x10 : format == 2 ? 0x12 : 0x13; /* 16, 18 or 19 keys */
+    for (int format = 1; format <= 4; format++) {
+        raw[2] = keys[format];
         raw[10] = (uint8_t)format;
-        wrap(raw, n - (format == 1 ? tl : format == 2 ? tl2 : 0), &w);
+        wrap(raw, n - lacks[format], &w);
         if (kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)) != KP_OK)
             fail_msg("format %d: %s", format, err);
         kp_buf_free(&w);
         snap(h, &s2);
-        assert_true(same_bytes(&s1, &s2)); /* written back as format 4 */
+        assert_true(same_bytes(&s1, &s2)); /* written back as format 5 */
         kp_buf_free(&s2);
     }
     kp_buf_free(&s1);
     raw[2] = 0x10;
     raw[10] = 2; /* format 2 without its tables */
-    wrap(raw, n - tl, &w);
+    wrap(raw, n - lacks[1], &w);
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
     assert_non_null(strstr(err, "expected 18 tables"));
     kp_buf_free(&w);
     raw[2] = 0x12;
     raw[10] = 3; /* format 3 without its freezes */
-    wrap(raw, n - tl2, &w);
+    wrap(raw, n - lacks[2], &w);
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
     assert_non_null(strstr(err, "expected 19 tables"));
     kp_buf_free(&w);
-    raw[10] = 5;
-    wrap(raw, n - tl2, &w);
+    raw[2] = 0x13;
+    raw[10] = 5; /* format 5 without its alerts */
+    wrap(raw, n - lacks[3], &w);
+    assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
+    assert_non_null(strstr(err, "expected 20 tables"));
+    kp_buf_free(&w);
+    raw[10] = 6;
+    wrap(raw, n - lacks[3], &w);
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EVERSION);
     kp_buf_free(&w);
     free(raw);
@@ -1589,7 +1788,7 @@ static void test_snapshot_budget_state(void **state)
 
 /* A format-3 snapshot (from before budget offsets, periods and actions)
  * restores its budgets at UTC without actions, and is written back as
- * the same state in format 4; a format-4 one must carry the new fields. */
+ * the same state in format 5; a format-4 one must carry the new fields. */
 static void test_snapshot_format3_budgets(void **state)
 {
     struct kp_fsm *f = *state, *g = kp_fsm_new();
@@ -1613,7 +1812,20 @@ static void test_snapshot_format3_budgets(void **state)
     *map = 0x84;
     memmove(at, at + an, n - (size_t)(at + an - raw));
     n -= an;
-    assert_int_equal(raw[10], 4);
+    /* Formats before 5 have no alerts table: the last one, cut off. */
+    uint8_t *alerts = NULL;
+    for (uint8_t *q = raw; (q = memmem(q, n - (size_t)(q - raw),
+                                       "\xa6"
+                                       "alerts",
+                                       7)) != NULL;
+         q++)
+        alerts = q;
+    assert_non_null(alerts);
+    n = (size_t)(alerts - raw);
+    assert_int_equal(raw[2], 0x14);
+    raw[2] = 0x13;
+    assert_int_equal(raw[10], 5);
+    raw[10] = 4;
     wrap(raw, n, &w);
     assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
     assert_non_null(strstr(err, "budgets[0].utc_offset_minutes: missing"));
@@ -1627,9 +1839,14 @@ static void test_snapshot_format3_budgets(void **state)
     assert_int_equal(p->budgets[0].window, KP_BUDGET_DAILY);
     assert_int_equal(p->budgets[0].utc_offset_minutes, 0);
     assert_int_equal(p->budgets[0].nactions, 0);
-    snap(f, &s1);
-    snap(g, &s2);
+    assert_int_equal(kp_fsm_count(g, KP_KIND_ALERT), 0);
+    /* Written back in format 5, it restores to the same bytes. */
+    struct kp_fsm *h = kp_fsm_new();
+    snap(g, &s1);
+    assert_int_equal(kp_fsm_restore(h, s1.data, s1.len, 0, err, sizeof(err)), KP_OK);
+    snap(h, &s2);
     assert_true(same_bytes(&s1, &s2));
+    kp_fsm_free(h);
     kp_buf_free(&s1);
     kp_buf_free(&s2);
     free(raw);
@@ -1994,6 +2211,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_audit_chain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_retention, setup, teardown),
         cmocka_unit_test(test_determinism),
+        cmocka_unit_test_setup_teardown(test_alerts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_alerts_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_roundtrip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_corrupt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_payload_corrupt, setup, teardown),

@@ -380,15 +380,17 @@ static void test_role_table(void **state)
     } want[] = {
         {KP_ROLE_ADMIN, "admin",
          KP_PERM_CHANGE | KP_PERM_OPERATE | KP_PERM_USE | KP_PERM_READ_USAGE | KP_PERM_READ_AUDIT |
-             KP_PERM_READ_REGISTRY},
+             KP_PERM_READ_REGISTRY | KP_PERM_READ_ALERTS},
         {KP_ROLE_OPERATOR, "operator",
-         KP_PERM_OPERATE | KP_PERM_READ_USAGE | KP_PERM_READ_REGISTRY},
+         KP_PERM_OPERATE | KP_PERM_READ_USAGE | KP_PERM_READ_REGISTRY | KP_PERM_READ_ALERTS},
         {KP_ROLE_APP, "app", KP_PERM_USE},
-        {KP_ROLE_FINANCE, "finance", KP_PERM_READ_USAGE},
-        {KP_ROLE_AUDITOR, "auditor", KP_PERM_READ_AUDIT | KP_PERM_READ_REGISTRY},
+        {KP_ROLE_FINANCE, "finance", KP_PERM_READ_USAGE | KP_PERM_READ_ALERTS},
+        {KP_ROLE_AUDITOR, "auditor",
+         KP_PERM_READ_AUDIT | KP_PERM_READ_REGISTRY | KP_PERM_READ_ALERTS},
     };
     static const unsigned perms[] = {KP_PERM_CHANGE,     KP_PERM_OPERATE,    KP_PERM_USE,
-                                     KP_PERM_READ_USAGE, KP_PERM_READ_AUDIT, KP_PERM_READ_REGISTRY};
+                                     KP_PERM_READ_USAGE, KP_PERM_READ_AUDIT, KP_PERM_READ_REGISTRY,
+                                     KP_PERM_READ_ALERTS};
     (void)state;
     assert_int_equal(KP_ROLE_COUNT, 5);
     for (size_t r = 0; r < 5; r++) {
@@ -397,7 +399,7 @@ static void test_role_table(void **state)
         assert_int_equal(kp_role_parse(want[r].name, &parsed), KP_OK);
         assert_int_equal(parsed, want[r].role);
         assert_int_equal(kp_role_perms(want[r].role), want[r].perms);
-        for (size_t p = 0; p < 6; p++)
+        for (size_t p = 0; p < sizeof(perms) / sizeof(perms[0]); p++)
             assert_int_equal(kp_role_has(want[r].role, perms[p]), (want[r].perms & perms[p]) != 0);
     }
 }
@@ -429,6 +431,7 @@ static void test_role_names_and_checks(void **state)
     assert_string_equal(kp_perm_name(KP_PERM_READ_USAGE), "read_usage");
     assert_string_equal(kp_perm_name(KP_PERM_READ_AUDIT), "read_audit");
     assert_string_equal(kp_perm_name(KP_PERM_READ_REGISTRY), "read_registry");
+    assert_string_equal(kp_perm_name(KP_PERM_READ_ALERTS), "read_alerts");
     assert_string_equal(kp_perm_name(0), "unknown");
     assert_string_equal(kp_perm_name(KP_PERM_USE | KP_PERM_CHANGE), "unknown");
     assert_string_equal(kp_perm_name(1u << 20), "unknown");
