@@ -219,6 +219,7 @@ struct series {
 struct kp_metric_family {
     const char *name;
     const char *help;
+    bool is_gauge;
     unsigned nlabels;
     const char *labels[FAMILY_LABELS];
     unsigned max;
@@ -229,9 +230,9 @@ struct kp_metric_family {
 static struct kp_metric_family families[MAX_FAMILIES];
 static atomic_size_t n_families;
 
-struct kp_metric_family *kp_metric_family_counter(const char *name, const char *help,
-                                                  unsigned nlabels, const char *const labels[],
-                                                  unsigned max_series)
+static struct kp_metric_family *family_register(const char *name, const char *help, bool is_gauge,
+                                                unsigned nlabels, const char *const labels[],
+                                                unsigned max_series)
 {
     if (nlabels == 0 || nlabels > FAMILY_LABELS || max_series < 2)
         return NULL;
@@ -247,6 +248,7 @@ struct kp_metric_family *kp_metric_family_counter(const char *name, const char *
             f = &families[n];
             f->name = name;
             f->help = help;
+            f->is_gauge = is_gauge;
             f->nlabels = nlabels;
             for (unsigned i = 0; i < nlabels; i++)
                 f->labels[i] = labels[i];
@@ -258,6 +260,20 @@ struct kp_metric_family *kp_metric_family_counter(const char *name, const char *
     }
     pthread_mutex_unlock(&reg_lock);
     return f;
+}
+
+struct kp_metric_family *kp_metric_family_counter(const char *name, const char *help,
+                                                  unsigned nlabels, const char *const labels[],
+                                                  unsigned max_series)
+{
+    return family_register(name, help, false, nlabels, labels, max_series);
+}
+
+struct kp_metric_family *kp_metric_family_gauge(const char *name, const char *help,
+                                                unsigned nlabels, const char *const labels[],
+                                                unsigned max_series)
+{
+    return family_register(name, help, true, nlabels, labels, max_series);
 }
 
 static uint64_t values_hash(const struct kp_metric_family *f, const char *const values[])
@@ -283,16 +299,14 @@ static bool series_is(const struct series *s, const struct kp_metric_family *f, 
     return true;
 }
 
-void kp_metric_family_add(struct kp_metric_family *f, const char *const values[], int64_t delta)
+/* The series of @values in @f, registered on first use (or overflow). */
+static struct series *series_of(struct kp_metric_family *f, const char *const values[])
 {
-    if (f == NULL)
-        return;
     uint64_t h = values_hash(f, values);
     size_t n = atomic_load_explicit(&f->n, memory_order_acquire);
     for (size_t i = 0; i < n; i++)
         if (series_is(&f->series[i], f, h, values)) {
-            atomic_fetch_add_explicit(&f->series[i].value, delta, memory_order_relaxed);
-            return;
+            return &f->series[i];
         }
     struct series *s = NULL;
     pthread_mutex_lock(&reg_lock);
@@ -315,7 +329,41 @@ void kp_metric_family_add(struct kp_metric_family *f, const char *const values[]
                 snprintf(s->values[i], sizeof(s->values[i]), "overflow");
     }
     pthread_mutex_unlock(&reg_lock);
-    atomic_fetch_add_explicit(&s->value, delta, memory_order_relaxed);
+    return s;
+}
+
+void kp_metric_family_add(struct kp_metric_family *f, const char *const values[], int64_t delta)
+{
+    if (f != NULL)
+        atomic_fetch_add_explicit(&series_of(f, values)->value, delta, memory_order_relaxed);
+}
+
+void kp_metric_family_set(struct kp_metric_family *f, const char *const values[], int64_t v)
+{
+    if (f != NULL)
+        atomic_store_explicit(&series_of(f, values)->value, v, memory_order_relaxed);
+}
+
+void kp_metric_family_each(const char *name,
+                           void (*fn)(void *arg, const char *const values[], int64_t value),
+                           void *arg)
+{
+    size_t nf = atomic_load_explicit(&n_families, memory_order_acquire);
+    for (size_t i = 0; i < nf; i++) {
+        const struct kp_metric_family *f = &families[i];
+        if (strcmp(f->name, name) != 0)
+            continue;
+        size_t n = atomic_load_explicit(&f->n, memory_order_acquire);
+        for (size_t k = 0; k <= n && k < f->max; k++) {
+            const struct series *s = &f->series[k == n ? f->max - 1 : k];
+            int64_t v = atomic_load_explicit(&s->value, memory_order_relaxed);
+            const char *values[FAMILY_LABELS] = {s->values[0], s->values[1], s->values[2],
+                                                 s->values[3]};
+            if (k < n || v != 0)
+                fn(arg, values, v);
+        }
+        return;
+    }
 }
 
 /* A label value as Prometheus text wants it: \\, \" and \n escaped. */
@@ -353,7 +401,8 @@ static int render_families(struct kp_buf *out)
     size_t nf = atomic_load_explicit(&n_families, memory_order_acquire);
     for (size_t i = 0; i < nf; i++) {
         const struct kp_metric_family *f = &families[i];
-        rc |= kp_buf_appendf(out, "# HELP %s %s\n# TYPE %s counter\n", f->name, f->help, f->name);
+        rc |= kp_buf_appendf(out, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name,
+                             f->is_gauge ? "gauge" : "counter");
         size_t n = atomic_load_explicit(&f->n, memory_order_acquire);
         for (size_t k = 0; k < n; k++)
             rc |= render_series(out, f, &f->series[k]);

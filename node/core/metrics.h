@@ -35,6 +35,18 @@ struct kp_metric_family *kp_metric_family_counter(const char *name, const char *
                                                   unsigned nlabels, const char *const labels[],
                                                   unsigned max_series);
 void kp_metric_family_add(struct kp_metric_family *f, const char *const values[], int64_t delta);
+/* The same with a gauge's value set rather than counted. */
+struct kp_metric_family *kp_metric_family_gauge(const char *name, const char *help,
+                                                unsigned nlabels, const char *const labels[],
+                                                unsigned max_series);
+void kp_metric_family_set(struct kp_metric_family *f, const char *const values[], int64_t v);
+/* Call @fn with the label values and the value of every series of the
+ * family named @name that has one (the "overflow" series once it counted),
+ * in the order they were first seen. Nothing when there is no such
+ * family. Any thread; a series added meanwhile may or may not be seen. */
+void kp_metric_family_each(const char *name,
+                           void (*fn)(void *arg, const char *const values[], int64_t value),
+                           void *arg);
 
 /* Render everything (build info included) as Prometheus text. */
 int kp_metrics_render(struct kp_buf *out);

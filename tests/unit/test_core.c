@@ -1775,6 +1775,52 @@ static void test_metrics_family(void **state)
     kp_free(t);
 }
 
+struct seen {
+    char lines[8][64];
+    int n;
+};
+
+static void see(void *arg, const char *const values[], int64_t v)
+{
+    struct seen *s = arg;
+    if (s->n < 8)
+        snprintf(s->lines[s->n++], sizeof(s->lines[0]), "%s %s %lld", values[0], values[1],
+                 (long long)v);
+}
+
+/* A family read back series by series (overflow last), and a gauge
+ * family whose values are set, rendered as a gauge. */
+static void test_metrics_family_each_gauge(void **state)
+{
+    (void)state;
+    const char *labels[] = {"key", "class"};
+    struct kp_metric_family *f =
+        kp_metric_family_counter("keyplane_test_each_total", "Each.", 2, labels, 3);
+    struct seen s = {.n = 0};
+    kp_metric_family_each("keyplane_test_each_total", see, &s);
+    assert_int_equal(s.n, 0);
+    kp_metric_family_add(f, (const char *[]){"k1", "ok"}, 2);
+    kp_metric_family_add(f, (const char *[]){"k2", "auth"}, 1);
+    kp_metric_family_add(f, (const char *[]){"k3", "ok"}, 4); /* overflow */
+    kp_metric_family_each("keyplane_test_each_total", see, &s);
+    assert_int_equal(s.n, 3);
+    assert_string_equal(s.lines[0], "k1 ok 2");
+    assert_string_equal(s.lines[1], "k2 auth 1");
+    assert_string_equal(s.lines[2], "overflow overflow 4");
+    s.n = 0;
+    kp_metric_family_each("keyplane_no_such_family", see, &s);
+    assert_int_equal(s.n, 0);
+
+    struct kp_metric_family *g =
+        kp_metric_family_gauge("keyplane_test_open", "Open.", 1, (const char *[]){"severity"}, 4);
+    kp_metric_family_set(g, (const char *[]){"critical"}, 3);
+    kp_metric_family_set(g, (const char *[]){"critical"}, 1);
+    char *t = render();
+    assert_has_line(t, "# TYPE keyplane_test_open gauge");
+    assert_has_line(t, "keyplane_test_open{severity=\"critical\"} 1");
+    kp_free(t);
+}
+
 /* The latency histogram has every bucket, cumulative, with +Inf equal to
  * _count, and _sum in seconds. */
 static void test_metrics_histogram_exact(void **state)
@@ -2642,6 +2688,7 @@ int main(void)
     const struct CMUnitTest metrics_tests[] = {
         METRICS_TEST(test_metrics_requests_total),
         METRICS_TEST(test_metrics_family),
+        METRICS_TEST(test_metrics_family_each_gauge),
         METRICS_TEST(test_metrics_histogram_exact),
         METRICS_TEST(test_metrics_histogram_boundaries),
         METRICS_TEST(test_metrics_odd_status_and_route),
