@@ -3,7 +3,9 @@
  * entity kind. Who may call is admin_auth.c's; proposing a write and
  * answering once it applied, admin_write.c's; keys and tokens are in
  * admin_keys.c, the audit chain in admin_audit.c, budgets and freezes in
- * admin_budgets.c and admin_freezes.c; the cluster routes are cluster.c's.
+ * admin_budgets.c and admin_freezes.c, alerts (and the checks of alert
+ * rules and webhooks) in admin_alerts.c; the cluster routes are
+ * cluster.c's.
  *
  * Everything runs on the main loop, which also runs raft, so the state
  * machine is read directly (kp_fsm_get) and proposals complete on this
@@ -72,11 +74,12 @@ static void handle_put_health(struct kp_admin_req *r);
 static void handle_target_op(struct kp_admin_req *r);
 static void handle_cluster(struct kp_admin_req *r);
 
-#define READ  KP_PERM_READ_REGISTRY
-#define AUDIT KP_PERM_READ_AUDIT
-#define CHG   KP_PERM_CHANGE
-#define OPR   KP_PERM_OPERATE
-#define USAGE KP_PERM_READ_USAGE
+#define READ   KP_PERM_READ_REGISTRY
+#define AUDIT  KP_PERM_READ_AUDIT
+#define CHG    KP_PERM_CHANGE
+#define OPR    KP_PERM_OPERATE
+#define USAGE  KP_PERM_READ_USAGE
+#define ALERTS KP_PERM_READ_ALERTS
 
 /* First match of path and method wins; the specific key routes come before
  * the generic {kind} ones. */
@@ -120,6 +123,10 @@ static const struct kp_admin_route routes[] = {
     {"GET", "/admin/v1/freezes/{scope}/{name}", READ, -1, KP_OP_NONE, kp_admin__freeze_get},
     {"PUT", "/admin/v1/freezes/{scope}/{name}", OPR, -1, KP_OP_NONE, kp_admin__freeze_put},
     {"DELETE", "/admin/v1/freezes/{scope}/{name}", OPR, -1, KP_OP_NONE, kp_admin__freeze_delete},
+    {"GET", "/admin/v1/alerts", ALERTS, -1, KP_OP_NONE, kp_admin__alerts_list},
+    {"GET", "/admin/v1/alerts/dead-letters", ALERTS, -1, KP_OP_NONE, kp_admin__alerts_dead_letters},
+    {"GET", "/admin/v1/alerts/{id}", ALERTS, KP_KIND_ALERT, KP_OP_NONE, kp_admin__alert_get},
+    {"POST", "/admin/v1/alerts/{id}/ack", OPR, KP_KIND_ALERT, KP_OP_NONE, kp_admin__alert_ack},
     {"GET", "/admin/v1/{kind}", READ, -1, KP_OP_NONE, handle_list},
     {"GET", "/admin/v1/{kind}/{id}", READ, -1, KP_OP_NONE, handle_get},
     {"PUT", "/admin/v1/{kind}/{id}", PERM_KIND_WRITE, -1, KP_OP_NONE, handle_put},
@@ -415,6 +422,7 @@ json_t *kp_admin__entity_json(const struct kp_entity *e)
     size_t i;
     json_t *s;
     json_array_foreach(secrets, i, s) json_object_del(s, "sealed");
+    kp_admin__decorate(v, e);
     return v;
 }
 
@@ -688,6 +696,10 @@ static void handle_put(struct kp_admin_req *r)
     json_t *body = kp_admin__body(r, true);
     if (body == NULL)
         return;
+    if (!kp_admin__check_alerting(r, body)) {
+        json_decref(body);
+        return;
+    }
     propose_json(r, kind_op(r->kind, false), body, false);
     json_decref(body);
 }

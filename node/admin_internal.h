@@ -1,7 +1,7 @@
 /* Internal to the control API's /admin/v1/ handlers (admin.c, admin_auth.c,
  * admin_write.c, admin_keys.c, admin_secrets.c, admin_audit.c,
- * admin_budgets.c, admin_freezes.c, admin_usage.c); nothing else includes
- * this.
+ * admin_budgets.c, admin_freezes.c, admin_usage.c, admin_alerts.c); nothing
+ * else includes this.
  *
  * admin.c routes a request, authenticates its caller and checks the
  * permission, then calls the route's handler with a struct kp_admin_req
@@ -176,5 +176,19 @@ void kp_admin__freeze_delete(struct kp_admin_req *r);
 void kp_admin__usage_query(struct kp_admin_req *r);
 void kp_admin__usage_events(struct kp_admin_req *r);
 void kp_admin__audit_verify(struct kp_admin_req *r);
+/* admin_alerts.c: GET /admin/v1/alerts, /alerts/dead-letters, /alerts/{id},
+ * POST /alerts/{id}/ack (docs/alerts.md). */
+void kp_admin__alerts_list(struct kp_admin_req *r);
+void kp_admin__alerts_dead_letters(struct kp_admin_req *r);
+void kp_admin__alert_get(struct kp_admin_req *r);
+void kp_admin__alert_ack(struct kp_admin_req *r);
+/* What the API adds to an entity's JSON: an alert's state and times, a
+ * webhook's credentials masked. */
+void kp_admin__decorate(json_t *v, const struct kp_entity *e);
+/* A PUT of an alert rule or a webhook (@body, which may be changed: a
+ * masked url or secret sent back becomes the stored one) checked against
+ * the alert rules' and webhooks' own rules. False after answering 400;
+ * true for other kinds. */
+bool kp_admin__check_alerting(struct kp_admin_req *r, json_t *body);
 
 #endif

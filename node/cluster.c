@@ -777,6 +777,10 @@ void kp_internal_handle(struct kp_node *n, struct kp_http_exchange *ex,
         kp_lease_internal(n, ex, req, rid);
         return;
     }
+    if (strcmp(req->path, "/internal/v1/health") == 0 && strcmp(req->method, "GET") == 0) {
+        kp_alerts_report(n, ex, rid);
+        return;
+    }
     if (strcmp(req->path, "/internal/v1/raft") == 0 && strcmp(req->method, "GET") == 0) {
         handle_raft_status(n, ex, rid);
         return;

@@ -157,6 +157,11 @@ static const struct setting settings[] = {
      NULL},
     {"drain_delay_ms", SET_DURATION, FIELD(drain_delay_ms), 0, 24 * HOUR, false, "0ms", "DURATION",
      "on SIGTERM, how long to keep accepting with /readyz at 503 before the drain", NULL},
+    {"alert_interval_ms", SET_DURATION, FIELD(alert_interval_ms), 100, HOUR, false, "5s",
+     "DURATION",
+     "how often the Raft leader evaluates alert rules, polls members and retries webhooks "
+     "(docs/alerts.md)",
+     NULL},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))

@@ -46,6 +46,7 @@ struct kp_config {
     int64_t drain_delay_ms;         /* 0: after SIGTERM, keep accepting this long with /readyz
                                        answering 503, so load balancers stop sending first */
     int64_t ready_max_staleness_ms; /* 10 s: /readyz fails when no leader was known for longer */
+    int64_t alert_interval_ms;      /* 5 s: how often the leader evaluates alert rules */
 };
 
 /* What the command line asked for besides settings. */

@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "node.h"
 
@@ -142,6 +143,31 @@ bool kp_metering_spool_ok(struct kp_node *n, const char **why)
     else
         return true;
     return false;
+}
+
+void kp_metering_health(struct kp_node *n, struct kp_metering_health *out)
+{
+    struct kp_spool_stats ss;
+    memset(out, 0, sizeof(*out));
+    if (n->metering == NULL)
+        return;
+    kp_spool_get_stats(n->metering->spool, &ss);
+    out->spool_bytes = ss.bytes;
+    out->spool_cap_bytes = ss.max_bytes;
+    out->spool_waiting = ss.waiting;
+    uint64_t seq;
+    char path[4200];
+    struct stat st;
+    if (kp_spool_sealed(n->metering->spool, &seq, 1) == 0)
+        return;
+    /* A sealed segment is not written again: its mtime is when it was
+     * sealed, which is when it started waiting. */
+    kp_spool_segment_path(n->metering->spool, seq, path, sizeof(path));
+    if (stat(path, &st) == 0) {
+        int64_t sealed = (int64_t)st.st_mtim.tv_sec * 1000 + st.st_mtim.tv_nsec / 1000000;
+        int64_t age = kp_now_unix_ms() - sealed;
+        out->oldest_unshipped_ms = age > 0 ? age : 1;
+    }
 }
 
 static void on_tick(uv_timer_t *t)

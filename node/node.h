@@ -87,6 +87,7 @@ struct kp_node {
     int64_t leader_seen_ms;         /* control.c: when a Raft leader was last known */
     struct kp_health_queue *health; /* health.c */
     struct kp_lease_client *lease;  /* lease.c */
+    struct kp_alerts *alerts;       /* alerts.c */
     /* lifecycle.c */
     bool fresh;         /* the raft directory was empty */
     bool bootstrap;     /* this start makes a new cluster */
@@ -147,6 +148,13 @@ void kp_lease_internal(struct kp_node *n, struct kp_http_exchange *ex,
 void kp_node_note_leader(struct kp_node *n);
 /* metering.c: whether the spool can take usage events (readiness). */
 bool kp_metering_spool_ok(struct kp_node *n, const char **why);
+/* metering.c: the spool's fill and how long its oldest sealed segment has
+ * been waiting for the meters (for the alert rules). */
+struct kp_metering_health {
+    uint64_t spool_bytes, spool_cap_bytes, spool_waiting;
+    int64_t oldest_unshipped_ms; /* 0: nothing waiting */
+};
+void kp_metering_health(struct kp_node *n, struct kp_metering_health *out);
 
 /* usage.c: recent usage events in memory (GET /admin/v1/usage/recent). */
 struct kp_usage_log *kp_usage_log_new(void);
@@ -184,9 +192,18 @@ void kp_metering_ingest(struct kp_node *n, struct kp_http_exchange *ex,
                         const struct kp_http_request *req, const char *rid);
 
 /* sweeper.c: the leader's periodic housekeeping (retiring secrets whose
- * grace period ended). */
+ * grace period ended); it starts and stops the alerts too. */
 void kp_sweeper_start(struct kp_node *n);
 void kp_sweeper_stop(struct kp_node *n);
+
+/* alerts.c: the alert rules evaluated on the leader, their record in the
+ * registry and their delivery to webhooks (docs/alerts.md). Stop closes
+ * the timer; the state goes once the calls in flight have answered. */
+void kp_alerts_start(struct kp_node *n);
+void kp_alerts_stop(struct kp_node *n);
+/* GET /internal/v1/health (cluster secret checked by the caller): this
+ * node's spool and per-key attempt outcomes, for the leader's rules. */
+void kp_alerts_report(struct kp_node *n, struct kp_http_exchange *ex, const char *rid);
 
 /* admin.c: /admin/v1/... (docs/control-api.md). Called by the control
  * handler on the main loop with the request id already chosen. */
