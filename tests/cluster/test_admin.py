@@ -178,7 +178,7 @@ class AuthTest(AdminTestBase):
         api.error("GET", f"{ADMIN}/providers/p1", token=token, want=404)
         v, _ = api.ok("GET", f"{ADMIN}/whoami", token=token)
         self.assertEqual(v, {"token_id": item["id"], "role": "auditor",
-                             "permissions": ["read_audit", "read_registry"]})
+                             "permissions": ["read_audit", "read_registry", "read_alerts"]})
         api.ok("GET", f"{ADMIN}/audit", token=token)
 
         def entry():

@@ -330,6 +330,7 @@ int kp_ctl__cmd_whoami(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_secrets(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_audit(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_budgets(struct kp_ctl *ctl, int argc, char **argv);
+int kp_ctl__cmd_alerts(struct kp_ctl *ctl, int argc, char **argv);
 /* cmd_freeze.c: `freeze`, `unfreeze` and `freezes`. */
 int kp_ctl__cmd_freeze(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_unfreeze(struct kp_ctl *ctl, int argc, char **argv);
