@@ -407,6 +407,35 @@ static void test_render_kinds(void **state)
     assert_string_equal(jstr(j, "frozen_by"), "alice");
     json_decref(j);
 
+    /* An alert, made from JSON as the evaluator's command would be, and
+     * acked: its state fields render, its deliveries as an array. */
+    assert_ok(japply(f, KP_OP_PUT_ALERT, "key:k2:invalid",
+                     "{\"severity\":\"critical\",\"rule\":\"key_invalid\",\"subject\":\"key k2\","
+                     "\"message\":\"m\",\"action\":\"rotate key k2\",\"last_value\":-3}"));
+    assert_ok(japply(f, KP_OP_ACK_ALERT, "key:k2:invalid", NULL));
+    j = render(f, KP_KIND_ALERT, "key:k2:invalid");
+    keys_of(j, keys, sizeof(keys));
+    assert_string_equal(keys, "acked_by,acked_ms,action,created_ms,deliveries,id,kind,last_value,"
+                              "message,resolved_ms,rule,severity,started_ms,subject,updated_ms,"
+                              "version");
+    assert_string_equal(jstr(j, "kind"), "alert");
+    assert_string_equal(jstr(j, "severity"), "critical");
+    assert_string_equal(jstr(j, "acked_by"), "alice");
+    assert_int_equal(jint(j, "last_value"), -3);
+    assert_int_equal(jint(j, "resolved_ms"), 0);
+    assert_true(json_is_array(json_object_get(j, "deliveries")));
+    json_decref(j);
+    /* Its state is not the API's to set. */
+    struct kp_buf b;
+    kp_buf_init(&b);
+    assert_int_equal(from_json(KP_OP_PUT_ALERT, "x",
+                               "{\"severity\":\"info\",\"rule\":\"r\",\"subject\":\"s\","
+                               "\"message\":\"m\",\"action\":\"a\",\"acked_by\":\"me\"}",
+                               &b),
+                     KP_EINVAL);
+    assert_string_equal(field, "acked_by");
+    kp_buf_free(&b);
+
     j = render(f, KP_KIND_KEY_HEALTH, "k2");
     assert_string_equal(jstr(j, "kind"), "key_health");
     assert_string_equal(jstr(j, "status"), "rate_limited");
