@@ -501,14 +501,24 @@ static int eval_policy(const struct kp_entity *ent, void *arg)
         const struct kp_budget *b = &p->budgets[i];
         if (b->limit_nanousd <= 0)
             continue;
-        struct budget_now bn = {p, b, kp_budget_window_start(b->window, e->now),
-                                kp_budget_window_end(b->window, e->now), 0};
+        struct budget_now bn = {p, b, kp_budget_window_start_of(b, e->now),
+                                kp_budget_window_end_of(b, e->now), 0};
         const struct kp_budget_window_state *w = kp_view_budget_window(e->view, p->e.id, b->name);
         if (w != NULL && w->start_ms == bn.start)
             bn.spent = w->spent; /* else the window rolled over: nothing spent in this one */
         for (int k = 0; k < npct; k++) {
             if ((double)bn.spent * 100.0 >= (double)pcts[k] * (double)b->limit_nanousd)
                 budget_threshold(e, &bn, pcts[k]);
+        }
+        /* The budget's own alert actions add thresholds of their own. */
+        for (uint32_t j = 0; j < b->nactions; j++) {
+            const struct kp_budget_action *a = &b->actions[j];
+            bool listed = false;
+            for (int k = 0; k < npct; k++)
+                listed |= pcts[k] == (int)a->at_percent;
+            if (a->action == KP_BUDGET_ACTION_ALERT && !listed &&
+                (double)bn.spent * 100.0 >= (double)a->at_percent * (double)b->limit_nanousd)
+                budget_threshold(e, &bn, (int)a->at_percent);
         }
         if (rule_enabled(burn))
             burn_rate(e, &bn, rule_int(burn, KP_RULE_BURN_RATE, "min_spent_percent"));

@@ -91,7 +91,10 @@ static void set_health(const char *key, int status, const char *cls)
 
 static void put_policy(const char *id, int kind, kp_nanousd limit)
 {
-    struct kp_budget b = {(char *)"daily", KP_BUDGET_DAILY, limit, (uint8_t)kind};
+    struct kp_budget b = {.name = (char *)"daily",
+                          .window = KP_BUDGET_DAILY,
+                          .limit_nanousd = limit,
+                          .kind = (uint8_t)kind};
     struct kp_policy p = {
         .e.id = (char *)id, .scope_kind = KP_SCOPE_GLOBAL, .budgets = &b, .nbudgets = 1};
     apply(KP_OP_PUT_POLICY, &p);
@@ -102,9 +105,11 @@ static uint64_t lease_seq;
 /* Settle @spent against the policy's daily budget at the current ts. */
 static void spend(const char *policy, kp_nanousd spent)
 {
-    struct kp_lease_item it = {
-        (char *)policy, (char *)"daily", kp_budget_window_start(KP_BUDGET_DAILY, ts),
-        spent,          false,           0};
+    struct kp_budget_window_def daily = {.kind = KP_BUDGET_DAILY};
+    struct kp_lease_item it = {.policy = (char *)policy,
+                               .budget = (char *)"daily",
+                               .window_start_ms = kp_budget_window_def_start(&daily, ts),
+                               .settled = spent};
     struct kp_cmd_budget_lease l = {7, ++lease_seq, &it, 1};
     apply(KP_OP_BUDGET_LEASE, &l);
 }
@@ -211,6 +216,35 @@ static void test_budget_threshold_rules(void **state)
     put_rule("r-all", "budget_threshold", "enabled", "false", NULL, NULL);
     eval_at(ts, NULL, 0);
     assert_int_equal(wanted(), 1); /* beta's own rule still runs */
+}
+
+/* A budget's own `alert` actions add thresholds beside the rule's. */
+static void test_budget_alert_actions(void **state)
+{
+    (void)state;
+    char id[128];
+    struct kp_budget_action acts[2] = {{.at_percent = 30, .action = KP_BUDGET_ACTION_ALERT},
+                                       {.at_percent = 120, .action = KP_BUDGET_ACTION_ALERT}};
+    struct kp_budget b = {.name = (char *)"daily",
+                          .window = KP_BUDGET_DAILY,
+                          .limit_nanousd = 10 * DOLLARS,
+                          .kind = KP_BUDGET_SOFT,
+                          .actions = acts,
+                          .nactions = 2};
+    struct kp_policy p = {
+        .e.id = (char *)"acme", .scope_kind = KP_SCOPE_GLOBAL, .budgets = &b, .nbudgets = 1};
+    apply(KP_OP_PUT_POLICY, &p);
+    ts = T0 + 20 * HOUR;
+    spend("acme", 35 * DOLLARS / 10);
+    eval_at(ts, NULL, 0);
+    snprintf(id, sizeof(id), "budget:acme:daily:%lld:30", (long long)T0);
+    assert_non_null(find(id));
+    assert_int_equal(wanted(), 1); /* not yet 50% */
+    spend("acme", 9 * DOLLARS);
+    eval_at(ts, NULL, 0);
+    snprintf(id, sizeof(id), "budget:acme:daily:%lld:120", (long long)T0);
+    assert_non_null(find(id));
+    assert_int_equal(wanted(), 5); /* 30, 50, 80, 100, 120 */
 }
 
 /* Burn rate: $5 spent in the first 6 hours of a $10 day runs out at
@@ -635,6 +669,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_budget_thresholds, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_threshold_rules, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_budget_alert_actions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_burn_rate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_invalid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_no_key, setup, teardown),
