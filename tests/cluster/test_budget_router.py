@@ -414,8 +414,22 @@ class ThreeRoutersTest(unittest.TestCase):
         ok_at_least(100)
         lead = wait_until(leader, what="a leader")
         victim = next(nd for nd in b.nodes if nd is not lead)
+        victim_id = b.admin("GET", "/members/" + victim.name)["node_id"]
+
+        def victim_grant():
+            grants = b.budget(node=lead)["grants"]
+            return sum(g["nanousd"] for g in grants if g["node_id"] == victim_id)
+        wait_until(lambda: victim_grant() > 0, what="the router to be killed holds a grant")
         victim.kill()
+        # Dead, it settles nothing: its grant stays counted (nobody else
+        # may spend it) until it comes back.
+        held = victim_grant()
+        self.assertGreater(held, 0)
         victim.restart(keep_ports=True)
+        # Back, its first report moves what it held to spent (spend_held):
+        # what it holds from then on is what the new process was granted.
+        wait_until(lambda: victim_grant() != held,
+                   what="the restarted router's old grant counted as spent")
         # The leader killed twice.
         for n in (250, 400):
             ok_at_least(n)
