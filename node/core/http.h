@@ -110,6 +110,11 @@ void kp_http_set_route(struct kp_http_exchange *ex, const char *route);
  * handler must still finish the exchange (kp_http_reset is the usual call). */
 void kp_http_on_abort(struct kp_http_exchange *ex, kp_http_event_fn fn, void *arg);
 bool kp_http_aborted(const struct kp_http_exchange *ex);
+/* Called once when the exchange is finished (answered, streamed to its end,
+ * reset, or aborted and finished by the handler), with the status sent
+ * (499 when none was), while its memory is still valid. */
+typedef void (*kp_http_finish_fn)(struct kp_http_exchange *ex, int status, void *arg);
+void kp_http_on_finish(struct kp_http_exchange *ex, kp_http_finish_fn fn, void *arg);
 
 /* A whole answer. Content-Length, Date, Server and Connection are added;
  * @headers must not contain them. Copies everything; finishes the exchange. */

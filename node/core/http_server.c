@@ -97,6 +97,8 @@ struct kp_http_exchange {
     bool dispatched;
     kp_http_event_fn on_abort, on_drain;
     void *abort_arg, *drain_arg;
+    kp_http_finish_fn on_finish;
+    void *finish_arg;
 };
 
 struct conn {
@@ -578,6 +580,12 @@ void kp_http_on_abort(struct kp_http_exchange *ex, kp_http_event_fn fn, void *ar
     ex->abort_arg = arg;
 }
 
+void kp_http_on_finish(struct kp_http_exchange *ex, kp_http_finish_fn fn, void *arg)
+{
+    ex->on_finish = fn;
+    ex->finish_arg = arg;
+}
+
 void kp_http_on_drain(struct kp_http_exchange *ex, kp_http_event_fn fn, void *arg)
 {
     ex->on_drain = fn;
@@ -724,6 +732,8 @@ static void ex_finish(struct kp_http_exchange *ex)
         srv->inflight--;
     int status = ex->aborted && !ex->started ? 499 : ex->status;
     kp_metrics_http_observe(srv->cfg.name, ex->route, status, kp_now_mono_us() - ex->start_us);
+    if (ex->on_finish != NULL)
+        ex->on_finish(ex, status, ex->finish_arg);
     bool keep = ex->keep_alive && !ex->aborted && !srv->draining;
     c->ex = NULL;
     ex_release(c, ex);
