@@ -34,6 +34,9 @@ typedef int64_t kp_nanousd;
 /* An upper bound on one encoded event (all strings at their maximum). */
 #define KP_USAGE_ENCODED_MAX 8192
 
+/* A trace id in hex (usage_event.trace_id). */
+#define KP_USAGE_TRACE_ID_LEN 32
+
 #define KP_USAGE_KIND_APP    "app"
 #define KP_USAGE_KIND_CANARY "canary"
 
@@ -68,6 +71,10 @@ struct kp_usage_event {
     uint32_t retries;
     bool streamed;
     char kind[KP_USAGE_STR_MAX + 1]; /* KP_USAGE_KIND_APP or _CANARY */
+    /* The call's W3C trace id, 32 lower-case hex digits; "" when unknown
+     * (events written before traces were, canaries). Optional on the
+     * wire: left out when empty. */
+    char trace_id[KP_USAGE_TRACE_ID_LEN + 1];
 };
 
 /* Zero every field and set kind to "app". */
@@ -96,7 +103,8 @@ int kp_usage_event_encode(const struct kp_usage_event *ev, struct kp_buf *out, c
  * the offending byte and @errmsg says what is wrong, naming the field: a
  * wrong type, an out-of-range value, an oversized or invalid string, a
  * duplicate or missing field, or truncated input. Unknown keys are skipped
- * (a newer writer may add fields); every field of version 1 is required. */
+ * (a newer writer may add fields); every field of version 1 is required,
+ * except the optional ones added since (trace_id). */
 int kp_usage_event_decode(const void *buf, size_t len, struct kp_usage_event *ev, size_t *used,
                           char *errmsg, size_t errlen);
 

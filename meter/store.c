@@ -787,6 +787,7 @@ static bool event_matches(const struct kp_usage_event_filter *f, const struct kp
            match(f->request_id, e->request_id) && match(f->key, e->key_id) &&
            match(f->tenant, e->tenant) && match(f->project, e->project) &&
            match(f->error_class, e->error_class) && match(f->kind, e->kind) &&
+           match(f->trace_id, e->trace_id) &&
            (match(f->model, e->model_served) || match(f->model, e->model_requested));
 }
 

@@ -63,6 +63,7 @@ int kp_meter_store_query(struct kp_meter_store *m, const struct kp_usage_query *
 struct kp_usage_event_filter {
     int64_t from_ms, to_ms; /* [from, to) */
     const char *request_id, *key, *tenant, *project, *model, *error_class, *kind;
+    const char *trace_id;
     size_t limit;
 };
 /* *out: {"events": [...], "truncated": bool, "segments_scanned": N}. */

@@ -32,6 +32,7 @@ enum field_type {
     FT_UINT32, /* 0..UINT32_MAX */
     FT_STATUS, /* 0..999, stored as uint16_t */
     FT_BOOL,
+    FT_TRACE, /* str, "" or KP_USAGE_TRACE_ID_LEN lower-case hex digits */
 };
 
 struct field {
@@ -39,12 +40,18 @@ struct field {
     const char *name;
     enum field_type type;
     bool nonempty;
+    bool optional; /* may be missing; the writer leaves it out when empty */
     size_t off;
 };
 
 #define F(key, member, type, nonempty)                                                             \
     {                                                                                              \
-        key, #member, type, nonempty, offsetof(struct kp_usage_event, member)                      \
+        key, #member, type, nonempty, false, offsetof(struct kp_usage_event, member)               \
+    }
+/* A field added after version 1 shipped: old events lack it. */
+#define OPT(key, member, type)                                                                     \
+    {                                                                                              \
+        key, #member, type, false, true, offsetof(struct kp_usage_event, member)                   \
     }
 
 /* The wire keys are part of the format (docs/segment-format.md): never
@@ -73,6 +80,7 @@ static const struct field fields[] = {
     F("rt", retries, FT_UINT32, false),
     F("sm", streamed, FT_BOOL, false),
     F("kd", kind, FT_STR, true),
+    OPT("tr", trace_id, FT_TRACE),
 };
 
 #define NFIELDS (sizeof(fields) / sizeof(fields[0]))
@@ -128,11 +136,28 @@ static int check_str(const struct field *f, const char *s, char *errmsg, size_t 
     return KP_OK;
 }
 
+/* "" or exactly KP_USAGE_TRACE_ID_LEN lower-case hex digits. */
+static bool trace_id_valid(const char *s, size_t n)
+{
+    if (n != 0 && n != KP_USAGE_TRACE_ID_LEN)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
 static int check_field(const struct field *f, const void *p, char *errmsg, size_t errlen)
 {
     switch (f->type) {
     case FT_STR:
         return check_str(f, p, errmsg, errlen);
+    case FT_TRACE:
+        if (!trace_id_valid(p, strnlen(p, KP_USAGE_TRACE_ID_LEN + 1)))
+            return kp_errf(errmsg, errlen, KP_EINVAL,
+                           "field '%s' (%s): not empty nor %d lower-case hex digits", f->key,
+                           f->name, KP_USAGE_TRACE_ID_LEN);
+        return KP_OK;
     case FT_COUNT:
         if (*(const uint64_t *)p > INT64_MAX)
             break;
@@ -181,6 +206,7 @@ static int pack_field(msgpack_packer *pk, const struct field *f, const struct kp
         return -1;
     switch (f->type) {
     case FT_STR:
+    case FT_TRACE:
         return pack_str(pk, p);
     case FT_INT64:
         return msgpack_pack_int64(pk, *(const int64_t *)p);
@@ -196,19 +222,28 @@ static int pack_field(msgpack_packer *pk, const struct field *f, const struct kp
     return -1;
 }
 
+/* An optional field with nothing in it is left out, so that events without
+ * it are the bytes they always were. */
+static bool omitted(const struct field *f, const struct kp_usage_event *ev)
+{
+    return f->optional && ((const char *)ev + f->off)[0] == '\0';
+}
+
 int kp_usage_event_encode(const struct kp_usage_event *ev, struct kp_buf *out, char *errmsg,
                           size_t errlen)
 {
     int rc = kp_usage_event_check(ev, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
-    size_t start = out->len;
+    size_t start = out->len, n = 0;
+    for (size_t i = 0; i < NFIELDS; i++)
+        n += !omitted(&fields[i], ev);
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, buf_write);
-    if (msgpack_pack_map(&pk, NFIELDS) != 0)
+    if (msgpack_pack_map(&pk, n) != 0)
         goto err_nomem;
     for (size_t i = 0; i < NFIELDS; i++) {
-        if (pack_field(&pk, &fields[i], ev) != 0)
+        if (!omitted(&fields[i], ev) && pack_field(&pk, &fields[i], ev) != 0)
             goto err_nomem;
     }
     return KP_OK;
@@ -288,9 +323,24 @@ static int decode_int(struct decoder *d, const struct field *f, size_t at,
     return KP_OK;
 }
 
+static int decode_trace(struct decoder *d, const struct field *f, size_t at,
+                        const struct kp_mp_head *h, char *dst)
+{
+    const uint8_t *p;
+    if (h->n > KP_USAGE_TRACE_ID_LEN)
+        return fail(d, at, f, "string of %" PRIu64 " bytes is not a trace id", h->n);
+    if (!kp_mp_take(&d->c, (size_t)h->n, &p))
+        return fail(d, at, f, "input ends inside the string");
+    if (!trace_id_valid((const char *)p, (size_t)h->n))
+        return fail(d, at, f, "not empty nor %d lower-case hex digits", KP_USAGE_TRACE_ID_LEN);
+    memcpy(dst, p, (size_t)h->n);
+    dst[h->n] = '\0';
+    return KP_OK;
+}
+
 static enum kp_mp_kind expected_kind(enum field_type t)
 {
-    return t == FT_STR ? KP_MP_STR : t == FT_BOOL ? KP_MP_BOOL : KP_MP_INT;
+    return t == FT_STR || t == FT_TRACE ? KP_MP_STR : t == FT_BOOL ? KP_MP_BOOL : KP_MP_INT;
 }
 
 static int decode_value(struct decoder *d, const struct field *f)
@@ -305,6 +355,8 @@ static int decode_value(struct decoder *d, const struct field *f)
                     kp_mp_kind_name(h.kind));
     if (f->type == FT_STR)
         return decode_str(d, f, at, &h, dst);
+    if (f->type == FT_TRACE)
+        return decode_trace(d, f, at, &h, dst);
     if (f->type == FT_BOOL) {
         *(bool *)dst = h.b;
         return KP_OK;
@@ -363,7 +415,7 @@ static int decode_entry(struct decoder *d, uint32_t *seen)
 static int check_all_seen(struct decoder *d, uint32_t seen)
 {
     for (size_t i = 0; i < NFIELDS; i++) {
-        if (!(seen & (1u << i)))
+        if (!(seen & (1u << i)) && !fields[i].optional)
             return fail(d, kp_mp_offset(&d->c), &fields[i], "missing");
     }
     return KP_OK;
@@ -408,6 +460,8 @@ static json_t *field_json(const struct field *f, const struct kp_usage_event *ev
     switch (f->type) {
     case FT_STR:
         return json_stringn(p, strnlen(p, KP_USAGE_STR_MAX + 1));
+    case FT_TRACE:
+        return json_stringn(p, strnlen(p, KP_USAGE_TRACE_ID_LEN + 1));
     case FT_INT64:
         return json_integer(*(const int64_t *)p);
     case FT_COUNT:

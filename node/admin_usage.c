@@ -157,9 +157,9 @@ void kp_admin__usage_query(struct kp_admin_req *r)
 
 /* --- GET /admin/v1/usage/events ------------------------------------------------ */
 
-static const char *const event_params[] = {"from",   "to",      "request_id", "key",
-                                           "tenant", "project", "model",      "error_class",
-                                           "kind",   "limit",   NULL};
+static const char *const event_params[] = {"from",   "to",       "request_id", "key",
+                                           "tenant", "project",  "model",      "error_class",
+                                           "kind",   "trace_id", "limit",      NULL};
 
 static int check_event_param(void *arg, const char *name, const char *value)
 {
@@ -219,6 +219,7 @@ void kp_admin__usage_events(struct kp_admin_req *r)
     f.model = kp_admin__query(r, "model");
     f.error_class = kp_admin__query(r, "error_class");
     f.kind = kp_admin__query(r, "kind");
+    f.trace_id = kp_admin__query(r, "trace_id");
     struct usage_work *u = work_new(r);
     if (u == NULL)
         return;

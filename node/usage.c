@@ -45,7 +45,7 @@ void kp_usage_log_record(void *arg, const struct kp_usage_event *ev)
 static json_t *event_json(const struct kp_usage_event *e)
 {
     return json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:I,s:I,s:b,s:I,s:I,"
-                     "s:I,s:i,s:s,s:i,s:b,s:s}",
+                     "s:I,s:i,s:s,s:i,s:b,s:s,s:s}",
                      "time_ms", (json_int_t)e->time_ms, "request_id", e->request_id, "node",
                      e->node, "key_id", e->key_id, "pool", e->pool, "tenant", e->tenant, "project",
                      e->project, "feature", e->feature, "provider", e->provider, "model_requested",
@@ -55,7 +55,7 @@ static json_t *event_json(const struct kp_usage_event *e)
                      e->tokens_estimated, "cost_nanousd", (json_int_t)e->cost, "ttfb_us",
                      (json_int_t)e->ttfb_us, "total_us", (json_int_t)e->total_us, "status",
                      (int)e->status, "error_class", e->error_class, "retries", (int)e->retries,
-                     "streamed", e->streamed, "kind", e->kind);
+                     "streamed", e->streamed, "kind", e->kind, "trace_id", e->trace_id);
 }
 
 /* The events are copied out under the lock (a memcpy) and rendered

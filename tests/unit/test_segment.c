@@ -69,6 +69,7 @@ static void assert_event_equal(const struct kp_usage_event *a, const struct kp_u
 #define CMP_STR(f) assert_string_equal(a->f, b->f);
     STR_FIELDS(CMP_STR)
 #undef CMP_STR
+    assert_string_equal(a->trace_id, b->trace_id);
     assert_true(a->time_ms == b->time_ms);
     assert_true(a->tokens_in == b->tokens_in);
     assert_true(a->tokens_out == b->tokens_out);
@@ -197,6 +198,7 @@ static void test_event_max_size(void **state)
 #define FILL(f) memset(ev.f, 'a', KP_USAGE_STR_MAX), ev.f[KP_USAGE_STR_MAX] = '\0';
     STR_FIELDS(FILL)
 #undef FILL
+    memset(ev.trace_id, 'f', KP_USAGE_TRACE_ID_LEN);
     ev.time_ms = INT64_MIN;
     ev.tokens_in = ev.tokens_out = ev.tokens_cached = ev.ttfb_us = ev.total_us = INT64_MAX;
     kp_buf_init(&buf);
@@ -252,8 +254,52 @@ static void test_event_to_json(void **state)
     assert_int_equal(json_integer_value(json_object_get(j, "cost")), 5000);
     assert_true(json_is_true(json_object_get(j, "tokens_estimated")));
     assert_string_equal(json_string_value(json_object_get(j, "kind")), "app");
-    assert_int_equal(json_object_size(j), 24);
+    assert_string_equal(json_string_value(json_object_get(j, "trace_id")), "");
+    assert_int_equal(json_object_size(j), 25);
     json_decref(j);
+}
+
+/* The trace id (key "tr", added after version 1 as an optional field) is
+ * written only when set and read back; events without it, as every
+ * earlier writer made them, still decode; a bad one is refused both ways. */
+static void test_event_trace_id(void **state)
+{
+    static const char tid[] = "4bf92f3577b34da6a3ce929d0e0e4736";
+    struct kp_usage_event ev, got;
+    struct kp_buf buf;
+    char err[256];
+    size_t used;
+    msgpack_unpacked up;
+    size_t off = 0;
+    (void)state;
+    make_event(4, &ev);
+    kp_buf_init(&buf);
+    assert_int_equal(kp_usage_event_encode(&ev, &buf, err, sizeof(err)), KP_OK);
+    assert_null(memmem(buf.data, buf.len, "\xa2tr", 3));
+    assert_int_equal(kp_usage_event_decode(buf.data, buf.len, &got, &used, err, sizeof(err)),
+                     KP_OK);
+    assert_string_equal(got.trace_id, "");
+    buf.len = 0;
+    memcpy(ev.trace_id, tid, sizeof(tid));
+    assert_int_equal(kp_usage_event_encode(&ev, &buf, err, sizeof(err)), KP_OK);
+    msgpack_unpacked_init(&up);
+    assert_int_equal(msgpack_unpack_next(&up, buf.data, buf.len, &off), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(up.data.via.map.size, 24);
+    msgpack_unpacked_destroy(&up);
+    assert_int_equal(kp_usage_event_decode(buf.data, buf.len, &got, &used, err, sizeof(err)),
+                     KP_OK);
+    assert_event_equal(&got, &ev);
+    /* Upper case, short: refused by the checker and by the decoder. */
+    ev.trace_id[0] = 'A';
+    assert_int_equal(kp_usage_event_check(&ev, err, sizeof(err)), KP_EINVAL);
+    assert_contains(err, "'tr' (trace_id)");
+    char *at = memmem(buf.data, buf.len, tid, 32);
+    assert_non_null(at);
+    at[5] = 'G';
+    assert_int_equal(kp_usage_event_decode(buf.data, buf.len, &got, &used, err, sizeof(err)),
+                     KP_EPARSE);
+    assert_contains(err, "'tr' (trace_id)");
+    kp_buf_free(&buf);
 }
 
 /* The checker refuses what the decoder would refuse, naming the field. */
@@ -1233,6 +1279,7 @@ int main(void)
         cmocka_unit_test(test_event_max_size),
         cmocka_unit_test(test_event_is_msgpack),
         cmocka_unit_test(test_event_to_json),
+        cmocka_unit_test(test_event_trace_id),
         cmocka_unit_test(test_event_check),
         cmocka_unit_test(test_event_decode_errors),
         cmocka_unit_test(test_event_decode_error_offset),

@@ -50,7 +50,7 @@ static const char query_synopsis[] =
 static const struct kp_ctl_command usage_commands[] = {
     {"events",
      "[--request-id ID] [--key K] [--tenant T] [--project P] [--model M] [--error-class C] "
-     "[--kind app|canary] [--from T] [--to T] [--limit N]",
+     "[--kind app|canary] [--trace-id HEX] [--from T] [--to T] [--limit N]",
      "search the raw usage events; prints one JSON object per line", usage_events, false},
     {"export",
      "--from T --to T [--granularity G] [--group-by DIM,...] [--filter DIM:VALUE]... "
@@ -351,12 +351,13 @@ int kp_ctl__cmd_usage(struct kp_ctl *ctl, int argc, char **argv)
 /* --- usage events ------------------------------------------------------------ */
 
 struct events_args {
-    const char *text[8]; /* request-id, key, tenant, project, model, error-class, kind */
+    const char *text[8]; /* request-id, key, tenant, project, model, error-class, kind,
+                            trace-id */
     const char *from, *to, *limit;
 };
 
 static const char *const event_params[] = {"request_id", "key",         "tenant", "project",
-                                           "model",      "error_class", "kind"};
+                                           "model",      "error_class", "kind",   "trace_id"};
 #define N_EVENT_PARAMS (sizeof(event_params) / sizeof(event_params[0]))
 
 static int events_query(struct kp_ctl *ctl, const struct events_args *a, struct kp_buf *path)
@@ -428,6 +429,7 @@ static int usage_events(struct kp_ctl *ctl, int argc, char **argv)
         {"model", 0, KP_CTL_FLAG_VALUE, &a.text[4]},
         {"error-class", 0, KP_CTL_FLAG_VALUE, &a.text[5]},
         {"kind", 0, KP_CTL_FLAG_VALUE, &a.text[6]},
+        {"trace-id", 0, KP_CTL_FLAG_VALUE, &a.text[7]},
         {"from", 0, KP_CTL_FLAG_VALUE, &a.from},
         {"to", 0, KP_CTL_FLAG_VALUE, &a.to},
         {"limit", 0, KP_CTL_FLAG_VALUE, &a.limit},
