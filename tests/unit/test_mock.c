@@ -908,6 +908,30 @@ static void stats_count_and_reset(void **state)
     json_decref(s);
 }
 
+/* /mock/stats shows the last traceparent a provider request carried (null
+ * before any, and after a reset). */
+static void stats_last_traceparent(void **state)
+{
+    struct fx *f = *state;
+    json_t *s;
+    static const char tp1[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    static const char tp2[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-53995c3f42cd8ad8-00";
+
+    s = body_json(call(f, "GET", "/mock/stats", NULL, NULL));
+    assert_true(json_is_null(json_object_get(s, "last_traceparent")));
+    json_decref(s);
+    call(f, "POST", "/v1/chat/completions", chat_body, OPENAI_AUTH, "traceparent", tp1, NULL);
+    call(f, "POST", "/v1/chat/completions", chat_body, OPENAI_AUTH, "traceparent", tp2, NULL);
+    call(f, "POST", "/v1/chat/completions", chat_body, OPENAI_AUTH, NULL);
+    s = body_json(call(f, "GET", "/mock/stats", NULL, NULL));
+    assert_string_equal(json_string_value(json_object_get(s, "last_traceparent")), tp2);
+    json_decref(s);
+    call(f, "POST", "/mock/reset", NULL, NULL);
+    s = body_json(call(f, "GET", "/mock/stats", NULL, NULL));
+    assert_true(json_is_null(json_object_get(s, "last_traceparent")));
+    json_decref(s);
+}
+
 /* The fingerprint is "fp_" + 12 hex digits of SHA-256. */
 static void fingerprint_format(void **state)
 {
@@ -963,6 +987,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(body_and_timing_faults, setup, teardown),
         cmocka_unit_test_setup_teardown(scripted_faults, setup, teardown),
         cmocka_unit_test_setup_teardown(stats_count_and_reset, setup, teardown),
+        cmocka_unit_test_setup_teardown(stats_last_traceparent, setup, teardown),
         cmocka_unit_test(fingerprint_format),
         cmocka_unit_test_setup_teardown(out_of_memory_is_a_503, setup, teardown),
     };

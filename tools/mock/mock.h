@@ -117,7 +117,8 @@ struct kp_mock {
     unsigned script_cap;
     struct kp_mock_shard **shards;
     unsigned n_shards;
-    int64_t fixed_time; /* Unix seconds used for "created"; 0: the clock */
+    int64_t fixed_time;  /* Unix seconds used for "created"; 0: the clock */
+    atomic_ulong tp_seq; /* orders the traceparents the shards saw */
 };
 
 int kp_mock_init(struct kp_mock *m, unsigned n_shards);
@@ -157,9 +158,13 @@ void kp_mock_stats_tokens(struct kp_mock *m, unsigned shard, uint64_t in, uint64
 void kp_mock_stats_aborted(struct kp_mock *m, unsigned shard);
 /* A reset_mid_stream fault reset a connection. */
 void kp_mock_stats_reset_sent(struct kp_mock *m, unsigned shard);
+/* A provider request carried a traceparent header (@value, kept when it
+ * is at most 128 bytes): /mock/stats shows the last one seen. */
+void kp_mock_stats_traceparent(struct kp_mock *m, unsigned shard, const char *value);
 /* Zero every counter of every shard. */
 void kp_mock_stats_clear(struct kp_mock *m);
-/* {"requests","routes":{},"keys":{fp:n},"statuses":{},"aborted","resets"} */
+/* {"requests","routes":{},"keys":{fp:n},"statuses":{},"aborted","resets",
+ * "tokens":{},"last_traceparent"} */
 int kp_mock_stats_render(struct kp_mock *m, struct kp_buf *out);
 /* Next id of a shard ("w0-000001" style, into @out of 32 bytes). */
 void kp_mock_next_id(struct kp_mock *m, unsigned shard, char *out, size_t len);

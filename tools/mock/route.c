@@ -374,6 +374,9 @@ static void provider_request(struct kp_mock *m, unsigned shard, const struct kp_
     a->counted = true;
     key = find_key(req, &t, &key_len);
     kp_mock_stats_request(m, shard, t.route, key, key_len);
+    spec = kp_http_request_header(req, "traceparent");
+    if (spec != NULL)
+        kp_mock_stats_traceparent(m, shard, spec);
     spec = kp_http_request_header(req, "x-mock-fault");
     if (spec != NULL && spec[strspn(spec, " \t")] != '\0' &&
         kp_mock_faults_parse(&a->faults, spec, strlen(spec), errmsg, sizeof(errmsg)) != 0) {

@@ -39,6 +39,8 @@ struct kp_mock_shard {
     struct key_count keys[KEY_SLOTS];
     uint64_t next_id; /* never cleared: ids stay unique */
     unsigned index;
+    char traceparent[129]; /* the last one this shard saw, "" */
+    uint64_t traceparent_seq;
 };
 
 static const char *const route_names[KP_MOCK_R_COUNT] = {
@@ -197,6 +199,20 @@ void kp_mock_next_id(struct kp_mock *m, unsigned shard, char *out, size_t len)
     out[n] = '\0';
 }
 
+void kp_mock_stats_traceparent(struct kp_mock *m, unsigned shard, const char *value)
+{
+    struct kp_mock_shard *s = m->shards[shard];
+    size_t n = strlen(value);
+    uint64_t seq = atomic_fetch_add(&m->tp_seq, 1) + 1;
+
+    if (n >= sizeof(s->traceparent))
+        return;
+    pthread_mutex_lock(&s->lock);
+    memcpy(s->traceparent, value, n + 1);
+    s->traceparent_seq = seq;
+    pthread_mutex_unlock(&s->lock);
+}
+
 /* Zero a shard's counters. Caller holds the lock. */
 static void shard_clear(struct kp_mock_shard *s)
 {
@@ -205,6 +221,8 @@ static void shard_clear(struct kp_mock_shard *s)
     s->requests = s->aborted = s->resets = s->keys_other = 0;
     s->tokens_in = s->tokens_out = 0;
     s->n_keys = 0;
+    s->traceparent[0] = '\0';
+    s->traceparent_seq = 0;
     memset(s->routes, 0, sizeof(s->routes));
     memset(s->statuses, 0, sizeof(s->statuses));
     memset(s->keys, 0, sizeof(s->keys));
@@ -227,6 +245,8 @@ struct totals {
     uint64_t routes[KP_MOCK_R_COUNT];
     uint64_t statuses[MAX_STATUS];
     json_t *keys; /* fp -> count */
+    char traceparent[129];
+    uint64_t traceparent_seq;
 };
 
 static int add_shard(struct totals *t, struct kp_mock_shard *s)
@@ -244,6 +264,10 @@ static int add_shard(struct totals *t, struct kp_mock_shard *s)
         t->routes[i] += s->routes[i];
     for (unsigned i = 0; i < MAX_STATUS; i++)
         t->statuses[i] += s->statuses[i];
+    if (s->traceparent_seq > t->traceparent_seq) {
+        t->traceparent_seq = s->traceparent_seq;
+        memcpy(t->traceparent, s->traceparent, sizeof(t->traceparent));
+    }
     for (unsigned i = 0; i < KEY_SLOTS && rv == 0; i++) {
         const struct key_count *k = &s->keys[i];
         json_t *prev;
@@ -295,8 +319,16 @@ static int render_totals(const struct totals *t, struct kp_buf *out)
     }
     rv |= kp_buf_appendf(out, "},\"aborted\":%llu,\"resets\":%llu", (unsigned long long)t->aborted,
                          (unsigned long long)t->resets);
-    rv |= kp_buf_appendf(out, ",\"tokens\":{\"input\":%llu,\"output\":%llu}}",
+    rv |= kp_buf_appendf(out, ",\"tokens\":{\"input\":%llu,\"output\":%llu}",
                          (unsigned long long)t->tokens_in, (unsigned long long)t->tokens_out);
+    rv |= kp_buf_append_lit(out, ",\"last_traceparent\":");
+    if (t->traceparent[0] == '\0') {
+        rv |= kp_buf_append_lit(out, "null}");
+    } else {
+        rv |= kp_buf_append_lit(out, "\"");
+        rv |= kp_json_escape(out, t->traceparent, strlen(t->traceparent));
+        rv |= kp_buf_append_lit(out, "\"}");
+    }
     return rv ? KP_ENOMEM : 0;
 }
 
@@ -336,6 +368,7 @@ int kp_mock_init(struct kp_mock *m, unsigned n_shards)
     }
     pthread_mutex_init(&m->script_lock, NULL);
     atomic_init(&m->n_scripts, 0);
+    atomic_init(&m->tp_seq, 0);
     return 0;
 
 err_after_shards:
