@@ -123,6 +123,7 @@ static void stat_end(struct kp_call *c, bool good)
     if (!c->stat_open)
         return;
     c->stat_open = false;
+    kp_trace__attempt_end(c);
     uint64_t latency =
         good && c->head_us > c->attempt_start_us ? c->head_us - c->attempt_start_us : 0;
     kp_keystat_end(c->r->breakers, c->cur->key->e.id, latency);
@@ -271,6 +272,7 @@ static bool retry_later(struct kp_call *c, const char *cls)
 
 static void attempt_failed(struct kp_call *c, const char *cls, const char *why)
 {
+    kp_trace__attempt_failed(c, cls);
     kp_usage_set_str(c->ev.error_class, cls);
     report_key(c, cls);
     kp_breaker_failure(c->r->breakers, c->cur->key->e.id, cls, c->up_retry_after_ms,
@@ -328,16 +330,17 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
         return;
     if (strncmp(c->up_content_type, "text/event-stream", 17) != 0)
         return; /* answered without streaming: relayed whole at the end */
-    struct kp_http_header out[4] = {
+    struct kp_http_header out[5] = {
         KP_HTTP_HEADER("Content-Type", "text/event-stream"),
         KP_HTTP_HEADER("Cache-Control", "no-cache"),
         KP_HTTP_HEADER("X-Request-Id", c->rid),
         KP_HTTP_HEADER("X-Keyplane-Key", c->cur->key->e.id),
+        KP_HTTP_HEADER("traceparent", c->trace.header),
     };
     if (kp_router__stream_begin(c) != KP_OK)
         return; /* answered at the end as a failed attempt */
     kp_http_on_drain(c->ex, on_drain, c);
-    kp_http_stream_begin(c->ex, 200, out, 4);
+    kp_http_stream_begin(c->ex, 200, out, 5);
     c->streaming_out = true;
     c->ev.status = 200;
     c->ev.error_class[0] = '\0';
@@ -379,6 +382,7 @@ int kp_router__write_event(struct kp_call *c, const char *event, size_t event_le
         if (!c->sent_body)
             c->ev.ttfb_us = kp_now_mono_us() - c->start_us;
         c->sent_body = true;
+        kp_trace__scan(c, data, data_len); /* finish reasons, for the spans */
         kp_http_stream_write(c->ex, out.data, out.len);
     }
     kp_buf_free(&out);
@@ -534,11 +538,12 @@ static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
         kp_free(text);
         snprintf(c->up_content_type, sizeof(c->up_content_type), "application/json");
     }
-    struct kp_http_header h[3] = {
+    struct kp_http_header h[4] = {
         KP_HTTP_HEADER("Content-Type",
                        c->up_content_type[0] ? c->up_content_type : "application/json"),
         KP_HTTP_HEADER("X-Request-Id", c->rid),
         KP_HTTP_HEADER("X-Keyplane-Key", c->cur->key->e.id),
+        KP_HTTP_HEADER("traceparent", c->trace.header),
     };
     c->ev.status = (uint16_t)c->up_status;
     c->ev.ttfb_us = kp_now_mono_us() - c->start_us;
@@ -547,7 +552,8 @@ static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
         kp_breaker_success(c->r->breakers, c->cur->key->e.id);
         kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, "ok");
     }
-    kp_http_respond(c->ex, c->up_status, h, 3, c->resp.data, c->resp.len);
+    kp_trace__scan(c, c->resp.data, c->resp.len); /* finish reasons, for the spans */
+    kp_http_respond(c->ex, c->up_status, h, 4, c->resp.data, c->resp.len);
     return true;
 }
 
@@ -730,6 +736,7 @@ void kp_router__attempt_next(struct kp_call *c)
             c->stat_open = true;
             c->attempt_start_us = kp_now_mono_us();
             c->head_us = 0;
+            kp_trace__attempt_begin(c); /* its client span */
             return;
         }
         kp_warn("router", "request %s: key %s skipped: %s", c->rid, k->key->e.id, errmsg);

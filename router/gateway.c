@@ -79,6 +79,7 @@ void kp_router__finish(struct kp_call *c)
         kp_router__budget_settle(c);
         if (c->r->sh.usage.record != NULL)
             c->r->sh.usage.record(c->r->sh.usage.arg, &c->ev);
+        kp_trace__finish(c); /* spans and the access log line (trace.c) */
     }
     call_free(c);
 }
@@ -96,13 +97,18 @@ static char *error_body(const struct kp_call *c, int status, const char *type, c
                             : status == 429 ? "rate_limit_error"
                             : status >= 500 ? "api_error"
                                             : "invalid_request_error";
-        v = json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type", atype, "message",
-                      message);
+        v = json_pack("{s:s,s:{s:s,s:s,s:s}}", "type", "error", "error", "type", atype, "message",
+                      message, "trace_id", c->ev.trace_id);
     } else {
         v = json_pack("{s:{s:s,s:s,s:s,s:s?}}", "error", "message", message, "type", type, "code",
                       code, "param", param);
         if (v != NULL && param == NULL)
             json_object_set_new(json_object_get(v, "error"), "param", json_null());
+        /* SDKs ignore members they do not know; an operator finds the
+         * call's trace with it (docs/observability.md). */
+        if (v != NULL)
+            json_object_set_new(json_object_get(v, "error"), "trace_id",
+                                json_string(c->ev.trace_id));
     }
     char *text = v ? kp_json_dumps(v, len) : NULL;
     json_decref(v);
@@ -117,7 +123,7 @@ int kp_router__fail_param(struct kp_call *c, int status, const char *type, const
     char retry[16], limit[24];
     snprintf(retry, sizeof(retry), "%d", c->retry_after_s);
     snprintf(limit, sizeof(limit), "%llu", (unsigned long long)c->rl_limit);
-    struct kp_http_header h[7] = {
+    struct kp_http_header h[8] = {
         KP_HTTP_HEADER("Content-Type", "application/json"),
         KP_HTTP_HEADER("X-Request-Id", c->rid),
         KP_HTTP_HEADER("X-Keyplane-Error", code),
@@ -136,6 +142,7 @@ int kp_router__fail_param(struct kp_call *c, int status, const char *type, const
         h[5] = (struct kp_http_header)KP_HTTP_HEADER("x-should-retry", "false");
         nh = 6;
     }
+    h[nh++] = (struct kp_http_header)KP_HTTP_HEADER("traceparent", c->trace.header);
     c->ev.status = (uint16_t)status;
     if (c->ev.error_class[0] == '\0')
         kp_usage_set_str(c->ev.error_class, status >= 500 ? "server" : "client");
@@ -310,9 +317,10 @@ void kp_router__respond_list(struct kp_call *c, json_t *data)
         kp_router__fail(c, 503, "server_error", "out_of_memory", "out of memory; retry");
         return;
     }
-    struct kp_http_header h[2] = {KP_HTTP_HEADER("Content-Type", "application/json"),
-                                  KP_HTTP_HEADER("X-Request-Id", c->rid)};
-    kp_http_respond(c->ex, 200, h, 2, text, len);
+    struct kp_http_header h[3] = {KP_HTTP_HEADER("Content-Type", "application/json"),
+                                  KP_HTTP_HEADER("X-Request-Id", c->rid),
+                                  KP_HTTP_HEADER("traceparent", c->trace.header)};
+    kp_http_respond(c->ex, 200, h, 3, text, len);
     kp_free(text);
     kp_router__finish(c);
 }
@@ -339,6 +347,7 @@ static struct kp_call *call_new(struct kp_router *r, struct kp_http_exchange *ex
     c->ev.time_ms = c->start_ms;
     kp_usage_set_str(c->ev.request_id, rid);
     kp_usage_set_str(c->ev.node, r->sh.node_name ? r->sh.node_name : "");
+    kp_trace__begin(c); /* the app's trace context, or a new trace */
     c->next = r->calls;
     if (r->calls != NULL)
         r->calls->prev = c;
@@ -346,22 +355,31 @@ static struct kp_call *call_new(struct kp_router *r, struct kp_http_exchange *ex
     return c;
 }
 
-static void plain_error(struct kp_http_exchange *ex, const char *rid, int status, const char *code,
-                        const char *msg, const char *allow)
+/* An answer made before there is a call (404, 405): no usage event, no
+ * span, but a trace id all the same. */
+static void plain_error(struct kp_http_exchange *ex, const struct kp_http_request *req,
+                        const char *rid, int status, const char *code, const char *msg,
+                        const char *allow)
 {
+    char tp[KP_TRACEPARENT_LEN + 1], trace_id[KP_USAGE_TRACE_ID_LEN + 1];
+    kp_trace__orphan(req, tp, trace_id);
+    json_t *v = json_pack("{s:{s:s,s:s,s:s,s:n,s:s}}", "error", "message", msg, "type",
+                          "invalid_request_error", "code", code, "param", "trace_id", trace_id);
     size_t len;
-    char *body = kp_json_error_body(msg, "invalid_request_error", code, &len);
-    struct kp_http_header h[4] = {
-        KP_HTTP_HEADER("Content-Type", "application/json"),
+    char *body = v ? kp_json_dumps(v, &len) : NULL;
+    json_decref(v);
+    struct kp_http_header h[5] = {
         KP_HTTP_HEADER("X-Request-Id", rid),
+        KP_HTTP_HEADER("traceparent", tp),
+        KP_HTTP_HEADER("Content-Type", "application/json"),
         KP_HTTP_HEADER("X-Keyplane-Error", code),
         KP_HTTP_HEADER("Allow", allow ? allow : ""),
     };
     if (body == NULL) {
-        kp_http_respond(ex, 503, h + 1, 1, NULL, 0);
+        kp_http_respond(ex, 503, h, 2, NULL, 0);
         return;
     }
-    kp_http_respond(ex, status, h, allow ? 4 : 3, body, len);
+    kp_http_respond(ex, status, h, allow ? 5 : 4, body, len);
     kp_free(body);
 }
 
@@ -378,7 +396,7 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
             rt = &routes[i];
     if (rt == NULL && !models) {
         kp_http_set_route(ex, "other");
-        plain_error(ex, rid, 404, "not_found",
+        plain_error(ex, req, rid, 404, "not_found",
                     "no such endpoint: keyplane serves /v1/chat/completions, /v1/completions, "
                     "/v1/embeddings, /v1/responses, /v1/models, /anthropic/v1/messages and "
                     "/v1/keyplane/budget",
@@ -390,12 +408,12 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
     if (strcmp(req->method, want) != 0) {
         char msg[128];
         snprintf(msg, sizeof(msg), "%s %s is not allowed; use %s", req->method, req->path, want);
-        plain_error(ex, rid, 405, "method_not_allowed", msg, want);
+        plain_error(ex, req, rid, 405, "method_not_allowed", msg, want);
         return;
     }
     struct kp_call *c = call_new(r, ex, req, rid);
     if (c == NULL) {
-        plain_error(ex, rid, 503, "out_of_memory", "out of memory; retry", NULL);
+        plain_error(ex, req, rid, 503, "out_of_memory", "out of memory; retry", NULL);
         return;
     }
     c->view = kp_view_acquire(r->sh.views);

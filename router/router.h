@@ -38,6 +38,46 @@ struct kp_health_sink {
     void *arg;
 };
 
+/* --- traces and the access log (trace.c; docs/observability.md) ---
+ *
+ * Every gateway call carries a W3C trace context (the app's traceparent,
+ * or a new trace); each upstream attempt sends the provider a traceparent
+ * naming the attempt's own span. At the end of a call the router builds,
+ * for the sink, the call's spans (one server span, one client span per
+ * attempt) when the trace is kept, and its access log record. */
+
+/* One line of the access log: what the usage event says, and a little
+ * more. */
+struct kp_access_record {
+    struct kp_access_record *next; /* the sink's (a queue) */
+    struct kp_usage_event ev;
+    const char *route; /* static: "/v1/chat/completions", ... */
+    unsigned attempts; /* upstream attempts made, retries included */
+    char budget[200];  /* "policy/budget" that refused the call, "" */
+};
+
+/* The access log line of @r: one JSON object and a newline, appended to
+ * @out (redacted like a log line). KP_ENOMEM. */
+int kp_access_record_line(const struct kp_access_record *r, struct kp_buf *out);
+
+/* Where a router hands each call's telemetry. @submit is called from
+ * worker threads (thread-safe, never blocking) and takes @spans and
+ * @access whatever happens (either may be NULL): it frees them with
+ * kp_span_set_free and kp_free. NULL @submit: nothing is built. */
+struct kp_trace_sink {
+    void (*submit)(void *arg, struct kp_span_set *spans, struct kp_access_record *access);
+    void *arg;
+    bool spans;          /* build spans (an OTLP endpoint is set) */
+    bool access_log;     /* build access records */
+    double sample_ratio; /* traces without a parent: the share kept */
+};
+
+/* Whether a trace is kept (tail decision, at the end of the call): when
+ * its head was sampled (the app's sampled flag, else the ratio), and
+ * always when the call @failed in any way (an error class, or an attempt
+ * that failed before another served). */
+bool kp_trace_keep(bool head_sampled, bool failed);
+
 /* --- the node's budget ledger (ledger.c; docs/budgets.md) ---
  *
  * What this node holds of every budget's grant, shared by the workers
@@ -110,6 +150,7 @@ struct kp_router_shared {
     struct kp_usage_sink usage;
     struct kp_health_sink health;
     struct kp_budget_ledger *budgets; /* NULL: budgets are not enforced */
+    struct kp_trace_sink trace;       /* spans and access log records */
 };
 
 struct kp_router;

@@ -16,7 +16,9 @@
  *   budget.c    the budgets covering a call: worst case reserved against
  *               the node's grants, max_tokens capped, actual cost settled
  *   ledger.c    the node's grants of every budget, shared by the workers
- *               and the node's lease client */
+ *               and the node's lease client
+ *   trace.c     the call's trace context, its spans and its access log
+ *               record (docs/observability.md) */
 #ifndef KP_ROUTER_INTERNAL_H
 #define KP_ROUTER_INTERNAL_H
 
@@ -95,6 +97,43 @@ void kp_budget_ledger_unwatch(struct kp_budget_ledger *l, uv_async_t *async);
 
 #define KP_CALL_BUDGETS 16
 #define KP_KEY_BUDGETS  4
+
+/* trace.c: what a call's spans are made from. */
+#define KP_TRACE_ATTEMPTS 16 /* attempts with a span; later ones are counted */
+#define KP_TRACE_FINISH   4  /* distinct finish reasons kept */
+
+struct kp_trace_attempt {
+    uint8_t span_id[8];
+    const struct kp_key *key; /* the call's view holds these */
+    const struct kp_provider *provider;
+    const char *pool;
+    const char *model;                 /* asked of the provider */
+    int64_t start_ns, end_ns, head_ns; /* Unix ns; 0: not yet */
+    int status;                        /* the provider's HTTP status, 0: none */
+    const char *cls;                   /* failure class (static), NULL: none */
+    bool retry;                        /* the same key again */
+};
+
+struct kp_call_trace {
+    uint8_t trace_id[16];
+    uint8_t span_id[8];                     /* the server span's */
+    uint8_t parent_id[8];                   /* the app's span; zero: a new trace */
+    uint8_t flags;                          /* trace-flags sent upstream and to the app */
+    bool sampled;                           /* head decision: the app's flag, else the ratio */
+    int64_t start_ns;                       /* Unix ns when the call started */
+    char tracestate[KP_TRACESTATE_MAX + 1]; /* the app's, passed on; "" */
+    char header[KP_TRACEPARENT_LEN + 1];    /* for the app's answers */
+    char upstream[KP_TRACEPARENT_LEN + 1];  /* for the attempt being built */
+    uint8_t next_span[8];                   /* that attempt's span */
+    struct kp_trace_attempt att[KP_TRACE_ATTEMPTS];
+    unsigned natt;                          /* recorded in att */
+    unsigned started;                       /* every attempt started */
+    int cur;                                /* att index of the current attempt, -1: none */
+    unsigned failed;                        /* attempts that failed */
+    char dg_model[2][KP_USAGE_STR_MAX + 1]; /* the model after each downgrade */
+    char finish[KP_TRACE_FINISH][24];       /* finish reasons seen */
+    unsigned nfinish;
+};
 
 struct kp_router {
     uv_loop_t *loop;
@@ -196,6 +235,8 @@ struct kp_call {
     uint64_t stream_events;         /* upstream events, against out_cap */
     const char *stream_error_class; /* the class of stream_error, NULL: server */
     char budget_refused[200];       /* "policy/budget" that refused the call */
+
+    struct kp_call_trace trace; /* trace.c */
 
     struct kp_usage_event ev;
     bool done;
@@ -339,6 +380,34 @@ void kp_keystat_begin(struct kp_breakers *b, const char *key);
 /* @latency_us: time to the head of a good answer, 0 for a failed one. */
 void kp_keystat_end(struct kp_breakers *b, const char *key, uint64_t latency_us);
 void kp_keystat_get(struct kp_breakers *b, const char *key, unsigned *inflight, uint64_t *ewma_us);
+
+/* trace.c: the call's trace (docs/observability.md). kp_trace__begin reads
+ * the app's traceparent (or starts a trace) when the call is made;
+ * kp_trace__upstream_headers adds the attempt being built's traceparent
+ * (and the app's tracestate) to @h, room for 2, and returns how many; the
+ * attempt hooks follow attempt.c (begin: started; end: over, from
+ * stat_end; failed: with class @cls); kp_trace__scan notes finish reasons
+ * in what goes to the app; kp_trace__finish hands the spans and the
+ * access record to the sink. */
+void kp_trace__begin(struct kp_call *c);
+unsigned kp_trace__upstream_headers(struct kp_call *c, struct kp_http_header *h);
+void kp_trace__attempt_begin(struct kp_call *c);
+void kp_trace__attempt_end(struct kp_call *c);
+void kp_trace__attempt_failed(struct kp_call *c, const char *cls);
+void kp_trace__scan(struct kp_call *c, const char *data, size_t len);
+void kp_trace__finish(struct kp_call *c);
+/* For an answer made before a call exists (404, 405): the traceparent to
+ * send (the app's trace continued, or a new one) and its trace id. */
+void kp_trace__orphan(const struct kp_http_request *req, char header[KP_TRACEPARENT_LEN + 1],
+                      char trace_id[KP_USAGE_TRACE_ID_LEN + 1]);
+/* The finish reasons in @data[0..len) (values of "finish_reason" and
+ * "stop_reason" that are short words), added to @out (at most @max,
+ * no duplicates). Pure, for tests. */
+unsigned kp_trace__finish_reasons(const char *data, size_t len, char out[][24], unsigned n,
+                                  unsigned max);
+/* Host and port of @url ("https://user@h:8443/v1" -> "h", 8443; the
+ * scheme's port when none). False when there is none. Pure. */
+bool kp_trace__url_host(const char *url, char *host, size_t hostlen, int *port);
 
 /* metrics.c */
 void kp_router__metrics_init(void);

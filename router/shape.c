@@ -168,6 +168,8 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
     prep->headers[nh++] = KP_HTTP_HEADER("Content-Type", "application/json");
     prep->headers[nh++] =
         KP_HTTP_HEADER("Accept", c->stream ? "text/event-stream" : "application/json");
+    /* The attempt's own span is the provider's parent (trace.c). */
+    nh += kp_trace__upstream_headers(c, prep->headers + nh);
     for (uint32_t i = 0; i < p->headers.n && nh < sizeof(prep->headers) / sizeof(prep->headers[0]);
          i++)
         prep->headers[nh++] = KP_HTTP_HEADER(p->headers.v[i].key, p->headers.v[i].value);
