@@ -49,6 +49,9 @@ enum setting_type {
     SET_SIZE,     /* bytes, optionally with a KiB/MiB/GiB suffix */
     SET_DURATION, /* milliseconds, optionally with a ms/s/m/h suffix */
     SET_CHOICE,   /* one of the names in choices (case-insensitive) */
+    SET_URL,      /* http:// or https:// URL without query or fragment */
+    SET_HEADERS,  /* name=value[,name=value...]; a YAML mapping too */
+    SET_RATIO,    /* a number from 0 to 1, stored as a double */
 };
 
 struct setting {
@@ -162,6 +165,25 @@ static const struct setting settings[] = {
      "how often the Raft leader evaluates alert rules, polls members and retries webhooks "
      "(docs/alerts.md)",
      NULL},
+    {"otlp_endpoint", SET_URL, FIELD(otlp_endpoint), 0, 0, true, NULL, "URL",
+     "OpenTelemetry collector to export traces to over OTLP/HTTP with JSON (POST URL/v1/traces); "
+     "none: traces are not exported",
+     NULL},
+    {"otlp_headers", SET_HEADERS, FIELD(otlp_headers), 0, 0, true, NULL, "NAME=VALUE[,...]",
+     "headers sent with every export, such as a collector's credentials (values are secret: never "
+     "printed or logged; %XX escapes in text form)",
+     NULL},
+    {"trace_sample_ratio", SET_RATIO, FIELD(trace_sample_ratio), 0, 0, false, "1", "RATIO",
+     "share (0 to 1) of traces without an app's traceparent that are exported; an app's sampled "
+     "flag decides for its own, and failed calls are always exported",
+     NULL},
+    {"otlp_timeout_ms", SET_DURATION, FIELD(otlp_timeout_ms), 100, 60 * SEC, false, "10s",
+     "DURATION", "time allowed for one export request to the collector", NULL},
+    {"trace_queue_spans", SET_INT, FIELD(trace_queue_spans), 64, 1000000, false, "4096", "N",
+     "spans waiting for export at most; more are dropped and counted", NULL},
+    {"access_log", SET_PATH, FIELD(access_log), 0, 0, true, NULL, "FILE",
+     "one JSON line per gateway call to this file (reopened on SIGHUP) or to stderr; none: off",
+     NULL},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -205,7 +227,8 @@ static int oom(char *errmsg, size_t errlen)
 
 static bool is_string_type(enum setting_type t)
 {
-    return t == SET_PATH || t == SET_NAME || t == SET_LISTEN || t == SET_PEERS || t == SET_CHOICE;
+    return t == SET_PATH || t == SET_NAME || t == SET_LISTEN || t == SET_PEERS || t == SET_CHOICE ||
+           t == SET_URL || t == SET_HEADERS;
 }
 
 static char **string_slot(struct kp_config *cfg, const struct setting *s)
@@ -366,6 +389,15 @@ static void describe(const struct setting *s, char *buf, size_t len)
         fmt_duration(s->max, hi, sizeof(hi));
         snprintf(buf, len,
                  "a duration from %s to %s (milliseconds, or a number with ms, s, m or h)", lo, hi);
+        return;
+    case SET_URL:
+        snprintf(buf, len, "an http:// or https:// URL without a query");
+        return;
+    case SET_HEADERS:
+        snprintf(buf, len, "headers name=value separated by commas (or a mapping)");
+        return;
+    case SET_RATIO:
+        snprintf(buf, len, "a number from 0 to 1");
         return;
     case SET_CHOICE: {
         size_t o = (size_t)snprintf(buf, len, "one of");
@@ -604,6 +636,141 @@ static const char *parse_choice(const struct setting *s, const char *text)
     return NULL;
 }
 
+/* An exporter's URL: http or https, a host, no blanks or controls, and no
+ * query or fragment (paths are appended to it). */
+static bool valid_url(const char *text, char *why, size_t whylen)
+{
+    size_t len = strlen(text), scheme;
+    if (strncasecmp(text, "http://", 7) == 0)
+        scheme = 7;
+    else if (strncasecmp(text, "https://", 8) == 0)
+        scheme = 8;
+    else
+        return errf(why, whylen, -1, "not http:// or https://") == 0;
+    if (len > 2048)
+        return errf(why, whylen, -1, "longer than 2048 bytes") == 0;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)text[i] <= 0x20 || text[i] == 0x7f)
+            return errf(why, whylen, -1, "blank or control character") == 0;
+    if (strpbrk(text, "?#") != NULL)
+        return errf(why, whylen, -1, "a query or fragment") == 0;
+    if (text[scheme] == '\0' || text[scheme] == '/')
+        return errf(why, whylen, -1, "missing host") == 0;
+    return true;
+}
+
+static bool header_token_char(unsigned char c)
+{
+    return isalnum(c) || strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* Headers the exporter sets itself, or that would break its request. */
+static bool header_reserved(const char *name, size_t n)
+{
+    static const char *const reserved[] = {
+        "content-type", "content-length", "host", "transfer-encoding",
+        "connection",   "expect",         NULL};
+    for (const char *const *r = reserved; *r != NULL; r++)
+        if (strlen(*r) == n && strncasecmp(*r, name, n) == 0)
+            return true;
+    return false;
+}
+
+/* Append "name: value" to @buf (a line of its own). */
+static int header_add(struct kp_buf *buf, const char *name, size_t nlen, const char *value,
+                      size_t vlen, char *why, size_t whylen)
+{
+    if (nlen == 0)
+        return errf(why, whylen, -1, "empty header name");
+    for (size_t i = 0; i < nlen; i++)
+        if (!header_token_char((unsigned char)name[i]))
+            return errf(why, whylen, -1, "bad character in header name");
+    if (header_reserved(name, nlen))
+        return errf(why, whylen, -1, "header %.*s is set by keyplane", (int)nlen, name);
+    for (size_t i = 0; i < vlen; i++)
+        if (((unsigned char)value[i] < 0x20 && value[i] != '\t') || value[i] == 0x7f)
+            return errf(why, whylen, -1, "control character in a header value");
+    if ((buf->len > 0 && kp_buf_append_lit(buf, "\n") != 0) ||
+        kp_buf_append(buf, name, nlen) != 0 || kp_buf_append_lit(buf, ": ") != 0 ||
+        kp_buf_append(buf, value, vlen) != 0)
+        return KP_ENOMEM;
+    return 0;
+}
+
+/* "a=1, b=x%2Cy" -> "a: 1\nb: x,y" (the OTEL_EXPORTER_OTLP_HEADERS form:
+ * values may be %-escaped). */
+static int parse_headers_text(const char *text, char **out, char *why, size_t whylen)
+{
+    struct kp_buf buf, val;
+    kp_buf_init(&buf);
+    kp_buf_init(&val);
+    int rv = 0;
+    for (const char *p = text; rv == 0;) {
+        const char *end = strchr(p, ','), *a = p, *b;
+        b = end != NULL ? end : p + strlen(p);
+        while (a < b && isspace((unsigned char)*a))
+            a++;
+        while (b > a && isspace((unsigned char)b[-1]))
+            b--;
+        const char *eq = memchr(a, '=', (size_t)(b - a));
+        if (eq == NULL) {
+            rv = errf(why, whylen, -1, "expected name=value");
+            break;
+        }
+        const char *ne = eq;
+        while (ne > a && isspace((unsigned char)ne[-1]))
+            ne--;
+        const char *v = eq + 1;
+        while (v < b && isspace((unsigned char)*v))
+            v++;
+        val.len = 0;
+        for (const char *q = v; q < b && rv == 0; q++) {
+            char ch = *q;
+            if (ch == '%') {
+                int hi = q + 2 < b ? kp_hex_value(q[1]) : -1,
+                    lo = hi >= 0 ? kp_hex_value(q[2]) : -1;
+                if (lo < 0) {
+                    rv = errf(why, whylen, -1, "bad %%-escape in a header value");
+                    break;
+                }
+                ch = (char)(hi << 4 | lo);
+                q += 2;
+            }
+            if (kp_buf_append(&val, &ch, 1) != 0)
+                rv = KP_ENOMEM;
+        }
+        if (rv == 0)
+            rv = header_add(&buf, a, (size_t)(ne - a), val.data ? val.data : "", val.len, why,
+                            whylen);
+        if (end == NULL)
+            break;
+        p = end + 1;
+    }
+    kp_buf_free(&val);
+    if (rv != 0) {
+        kp_buf_free(&buf);
+        return rv;
+    }
+    *out = buf.data;
+    return 0;
+}
+
+/* "0.25" -> 0.25; 0 to 1, decimal digits and one point only. */
+static int parse_ratio(const char *text, double *out)
+{
+    char *end;
+    if (!isdigit((unsigned char)text[0]) && text[0] != '.')
+        return -1;
+    if (text[strspn(text, "0123456789.")] != '\0')
+        return -1;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno != 0 || *end != '\0' || !(v >= 0 && v <= 1))
+        return -1;
+    *out = v;
+    return 0;
+}
+
 /* Takes ownership of @v (may be NULL: unset). */
 static void store_owned(struct kp_config *cfg, const struct setting *s, char *v)
 {
@@ -669,6 +836,26 @@ static int set_value(struct kp_config *cfg, const struct setting *s, const char 
         if (text[0] == '\0' || strlen(text) >= PATH_MAX)
             break;
         return store_copy(cfg, s, text, errmsg, errlen);
+    case SET_URL:
+        if (!valid_url(text, why, sizeof(why)))
+            break;
+        return store_copy(cfg, s, text, errmsg, errlen);
+    case SET_HEADERS:
+        rv = parse_headers_text(text, &peers, why, sizeof(why));
+        if (rv == KP_ENOMEM)
+            return oom(errmsg, errlen);
+        if (rv != 0) /* the value is secret: it is not quoted */
+            return errf(errmsg, errlen, KP_ECONFIG, "%s: expected %s: %s", where,
+                        "headers name=value separated by commas", why);
+        store_owned(cfg, s, peers);
+        return 0;
+    case SET_RATIO: {
+        double d;
+        if (parse_ratio(text, &d) != 0)
+            break;
+        memcpy((char *)cfg + s->offset, &d, sizeof(d));
+        return 0;
+    }
     }
     return value_error(s, where, text, why, errmsg, errlen);
 }
@@ -867,6 +1054,46 @@ static int apply_yaml_peers(struct kp_config *cfg, const struct setting *s, stru
     return 0;
 }
 
+/* otlp_headers as a YAML mapping: names to values, taken literally. */
+static int apply_yaml_headers(struct kp_config *cfg, const struct setting *s, struct fy_node *map,
+                              const char *where, char *errmsg, size_t errlen)
+{
+    struct fy_node_pair *pair;
+    void *iter = NULL;
+    struct kp_buf buf;
+    char why[96] = "";
+    int rv = 0;
+    kp_buf_init(&buf);
+    while (rv == 0 && (pair = fy_node_mapping_iterate(map, &iter)) != NULL) {
+        struct fy_node *k = deref(fy_node_pair_key(pair)), *v = deref(fy_node_pair_value(pair));
+        const char *name, *value;
+        size_t nlen = 0, vlen = 0;
+        if (k == NULL || v == NULL || fy_node_get_type(k) != FYNT_SCALAR ||
+            fy_node_get_type(v) != FYNT_SCALAR) {
+            rv = errf(errmsg, errlen, KP_ECONFIG, "%s: expected a mapping of names to values",
+                      where);
+            break;
+        }
+        name = fy_node_get_scalar(k, &nlen);
+        value = fy_node_get_scalar(v, &vlen);
+        if (name == NULL || value == NULL) {
+            rv = oom(errmsg, errlen);
+            break;
+        }
+        rv = header_add(&buf, name, nlen, value, vlen, why, sizeof(why));
+        if (rv == KP_ENOMEM)
+            rv = oom(errmsg, errlen);
+        else if (rv != 0) /* values are secret: never quoted */
+            rv = errf(errmsg, errlen, KP_ECONFIG, "%s: %s", where, why);
+    }
+    if (rv != 0) {
+        kp_buf_free(&buf);
+        return rv;
+    }
+    store_owned(cfg, s, buf.data); /* NULL for an empty mapping: none */
+    return 0;
+}
+
 static int apply_yaml_value(struct kp_config *cfg, const struct setting *s, struct fy_node *val,
                             const char *path, const char *where, char *errmsg, size_t errlen)
 {
@@ -875,6 +1102,8 @@ static int apply_yaml_value(struct kp_config *cfg, const struct setting *s, stru
         return errf(errmsg, errlen, KP_ECONFIG, "%s: unknown alias", where);
     if (val != NULL && fy_node_get_type(val) == FYNT_SEQUENCE && s->type == SET_PEERS)
         return apply_yaml_peers(cfg, s, val, path, errmsg, errlen);
+    if (val != NULL && fy_node_get_type(val) == FYNT_MAPPING && s->type == SET_HEADERS)
+        return apply_yaml_headers(cfg, s, val, where, errmsg, errlen);
     if (val != NULL && fy_node_get_type(val) != FYNT_SCALAR)
         return kind_error(s, where, node_kind(val), errmsg, errlen);
     text = val != NULL ? fy_node_get_scalar0(val) : "";
@@ -1350,8 +1579,40 @@ static void print_peers(FILE *out, const char *peers)
     }
 }
 
+/* Header names only: the values are credentials. */
+static void print_headers(FILE *out, const char *lines)
+{
+    if (lines == NULL) {
+        fputs(" {}\n", out);
+        return;
+    }
+    fputs("  # values are not shown\n", out);
+    for (const char *p = lines; *p != '\0';) {
+        size_t n = strcspn(p, ":");
+        char name[256];
+        snprintf(name, sizeof(name), "%.*s", (int)n, p);
+        fputs("  ", out);
+        print_scalar(out, name);
+        fputs(": \"(hidden)\"\n", out);
+        p += strcspn(p, "\n");
+        if (*p == '\n')
+            p++;
+    }
+}
+
 static void print_setting(FILE *out, const struct kp_config *cfg, const struct setting *s)
 {
+    if (s->type == SET_RATIO) {
+        double d;
+        memcpy(&d, (const char *)cfg + s->offset, sizeof(d));
+        fprintf(out, "%s: %g\n", s->name, d);
+        return;
+    }
+    if (s->type == SET_HEADERS) {
+        fprintf(out, "%s:", s->name);
+        print_headers(out, *string_slot((struct kp_config *)cfg, s));
+        return;
+    }
     const char *str = is_string_type(s->type) ? *string_slot((struct kp_config *)cfg, s) : NULL;
     int64_t n = is_string_type(s->type) ? 0 : load_number(cfg, s);
     char human[32];
@@ -1396,7 +1657,7 @@ void kp_config_print(const struct kp_config *cfg, FILE *out)
 
 /* --- usage ---------------------------------------------------------------- */
 
-static char usage_text[8192];
+static char usage_text[16384];
 static size_t usage_len;
 
 static void usage_add(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

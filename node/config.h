@@ -47,6 +47,13 @@ struct kp_config {
                                        answering 503, so load balancers stop sending first */
     int64_t ready_max_staleness_ms; /* 10 s: /readyz fails when no leader was known for longer */
     int64_t alert_interval_ms;      /* 5 s: how often the leader evaluates alert rules */
+    /* Traces and the access log (docs/observability.md) */
+    char *otlp_endpoint;       /* http(s)://collector:4318, NULL: no export (default) */
+    char *otlp_headers;        /* "Name: value" lines joined by '\n' (secret values), NULL */
+    double trace_sample_ratio; /* 1.0: the share of traces without a parent kept */
+    int64_t otlp_timeout_ms;   /* 10 s per export request */
+    int trace_queue_spans;     /* 4096 spans waiting at most */
+    char *access_log;          /* NULL: off (default), "stderr", or a file */
 };
 
 /* What the command line asked for besides settings. */

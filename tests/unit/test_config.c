@@ -723,6 +723,82 @@ static void test_print_round_trip(void **state)
     assert_null(f->cfg.master_key_file);
 }
 
+/* --- traces and the access log ---------------------------------------------- */
+
+/* Off by default; the endpoint, headers (text with %-escapes, or a YAML
+ * mapping), ratio, timeout, queue and access log load from every source;
+ * errors about headers never quote a value, and printing hides the values. */
+static void test_telemetry_settings(void **state)
+{
+    struct fixture *f = *state;
+    assert_loads(f, LOAD0(f, NULL));
+    assert_null(f->cfg.otlp_endpoint);
+    assert_null(f->cfg.otlp_headers);
+    assert_null(f->cfg.access_log);
+    assert_true(f->cfg.trace_sample_ratio == 1.0);
+    assert_int_equal(f->cfg.otlp_timeout_ms, 10000);
+    assert_int_equal(f->cfg.trace_queue_spans, 4096);
+
+    const char *path = write_file(f, "t.yaml",
+                                  "otlp_endpoint: https://otel.example:4318/\n"
+                                  "otlp_headers:\n  Authorization: Bearer s3cret-value\n"
+                                  "  x-scope: a,b\n"
+                                  "trace_sample_ratio: 0.25\notlp_timeout_ms: 2s\n"
+                                  "trace_queue_spans: 100\naccess_log: stderr\n");
+    assert_loads(f, LOAD(f, NULL, "--config", (char *)path));
+    assert_string_equal(f->cfg.otlp_endpoint, "https://otel.example:4318/");
+    assert_string_equal(f->cfg.otlp_headers, "Authorization: Bearer s3cret-value\nx-scope: a,b");
+    assert_true(f->cfg.trace_sample_ratio == 0.25);
+    assert_int_equal(f->cfg.otlp_timeout_ms, 2000);
+    assert_int_equal(f->cfg.trace_queue_spans, 100);
+    assert_string_equal(f->cfg.access_log, "stderr");
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    kp_config_print(&f->cfg, mem);
+    fclose(mem);
+    assert_null(strstr(text, "s3cret"));
+    assert_non_null(strstr(text, "otlp_headers:  # values are not shown\n"
+                                 "  Authorization: \"(hidden)\"\n"));
+    assert_non_null(strstr(text, "trace_sample_ratio: 0.25\n"));
+    free(text);
+
+    char *env[] = {"KEYPLANE_OTLP_HEADERS=api-key = k%2C1 , x=y", NULL};
+    assert_loads(f, LOAD0(f, env));
+    assert_string_equal(f->cfg.otlp_headers, "api-key: k,1\nx: y");
+    assert_loads(f, LOAD(f, NULL, "--otlp-headers", ""));
+    assert_null(f->cfg.otlp_headers);
+
+    expect_error(f, LOAD(f, NULL, "--otlp-headers", "Authorization"),
+                 "--otlp-headers: expected headers name=value separated by commas: expected "
+                 "name=value");
+    expect_error(f, LOAD(f, NULL, "--otlp-headers", "Host=x"),
+                 "--otlp-headers: expected headers name=value separated by commas: header Host "
+                 "is set by keyplane");
+    expect_error(f, LOAD(f, NULL, "--otlp-headers", "a b=secret-xyz"),
+                 "--otlp-headers: expected headers name=value separated by commas: bad "
+                 "character in header name");
+    expect_error(f, LOAD(f, NULL, "--otlp-headers", "a=%zz-secret"),
+                 "--otlp-headers: expected headers name=value separated by commas: bad "
+                 "%-escape in a header value");
+    const char *bad = write_file(f, "h.yaml", "otlp_headers:\n  x: [1]\n");
+    char want[PATH_MAX + 80];
+    snprintf(want, sizeof(want), "%s:1: otlp_headers: expected a mapping of names to values", bad);
+    expect_error(f, LOAD(f, NULL, "--config", (char *)bad), want);
+    expect_error(f, LOAD(f, NULL, "--trace-sample-ratio", "1.5"),
+                 "--trace-sample-ratio: expected a number from 0 to 1, got \"1.5\"");
+    expect_error(f, LOAD(f, NULL, "--trace-sample-ratio", "-0"),
+                 "--trace-sample-ratio: expected a number from 0 to 1, got \"-0\"");
+    expect_error(f, LOAD(f, NULL, "--otlp-endpoint", "grpc://x:4317"),
+                 "--otlp-endpoint: expected an http:// or https:// URL without a query, got "
+                 "\"grpc://x:4317\": not http:// or https://");
+    expect_error(f, LOAD(f, NULL, "--otlp-endpoint", "http://x/v1?k=1"),
+                 "--otlp-endpoint: expected an http:// or https:// URL without a query, got "
+                 "\"http://x/v1?k=1\": a query or fragment");
+    assert_loads(f, LOAD(f, NULL, "--trace-sample-ratio", "0", "--otlp-endpoint", "http://c:4318"));
+    assert_true(f->cfg.trace_sample_ratio == 0);
+}
+
 /* --- memory ---------------------------------------------------------------- */
 
 /* Loading again into a loaded struct frees the old values (ASan checks). */
@@ -781,6 +857,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_telemetry_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_overrides_defaults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_env_overrides_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flags_override_env, setup, teardown),
