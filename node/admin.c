@@ -900,6 +900,8 @@ void kp_admin_handle(struct kp_node *n, struct kp_http_exchange *ex,
         return;
     }
     kp_http_set_route(ex, r->route->pattern);
+    if (!is_read(req->method))
+        kp_admin__span_begin(r, r->route->pattern);
 
     const char *c = kp_admin__query(r, "consistent");
     bool consistent = c != NULL && strcmp(c, "true") == 0;

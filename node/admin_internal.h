@@ -28,6 +28,7 @@ struct kp_admin_req {
     const char *sub; /* the decoded second parameter ({version}), or NULL */
     bool has_expect; /* If-Match / If-None-Match, as expect_version */
     uint64_t expect;
+    struct kp_admin_span *span; /* admin_trace.c: a write's span, or NULL */
 };
 
 struct kp_admin_write;
@@ -132,6 +133,17 @@ bool kp_admin__encode(struct kp_admin_req *r, const struct kp_command *cmd, stru
  * (the HTTP server frees it without wiping; a forwarded request still
  * needs it). */
 void kp_admin__wipe_body(struct kp_admin_req *r);
+
+/* --- admin_trace.c (docs/observability.md) ---------------------------------- */
+
+/* A write to @route (a pattern, static) on the control listener: its span
+ * starts now and is exported when the exchange finishes, when traces are
+ * exported and the trace is kept. */
+void kp_admin__span_begin(struct kp_admin_req *r, const char *route);
+/* The write's proposals to Raft and their outcomes (@code: KP_OK applied,
+ * else not committed): the raft.commit child span. */
+void kp_admin__span_proposed(struct kp_admin_req *r);
+void kp_admin__span_applied(struct kp_admin_req *r, int code);
 
 /* --- admin_auth.c -------------------------------------------------------- */
 

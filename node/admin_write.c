@@ -84,6 +84,7 @@ static void write_done(void *arg, int code, const struct kp_fsm_result *res)
 {
     struct kp_admin_write *w = arg;
     struct kp_admin_req *r = w->r;
+    kp_admin__span_applied(r, code);
     if (code != KP_OK) {
         kp_admin__write_free(w);
         if (code == KP_ENOTLEADER)
@@ -115,6 +116,7 @@ static void write_done(void *arg, int code, const struct kp_fsm_result *res)
 void kp_admin__submit(struct kp_admin_write *w, struct kp_buf *cmd, bool may_forward)
 {
     struct kp_admin_req *r = w->r;
+    kp_admin__span_proposed(r);
     int rc = kp_store_propose(r->n->store, cmd->data, cmd->len, write_done, w);
     kp_buf_free(cmd);
     if (rc == KP_OK) {

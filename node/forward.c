@@ -258,12 +258,14 @@ static void forward_done(void *arg, const struct kp_call_result *r)
     kp_free(f);
 }
 
-/* Request headers a forwarded request carries; hop-by-hop and framing
+/* Request headers a forwarded request carries (the app's trace context
+ * too, so the leader's span joins its trace); hop-by-hop and framing
  * headers are curl's business. */
 static bool forwarded_header(const char *name)
 {
-    static const char *const pass[] = {"authorization", "content-type", "if-match", "if-none-match",
-                                       "accept"};
+    static const char *const pass[] = {"authorization", "content-type", "if-match",
+                                       "if-none-match", "accept",       "traceparent",
+                                       "tracestate"};
     for (size_t i = 0; i < sizeof(pass) / sizeof(pass[0]); i++)
         if (strcasecmp(name, pass[i]) == 0)
             return true;

@@ -56,6 +56,7 @@ static int run(struct kp_config *cfg)
     node.cfg = cfg;
     rt.control_arg = &node;
     rt.on_stop = kp_node_stop;
+    rt.on_hup = kp_node_hup;
     kp_view_slot_init(&node.views);
     node.usage = kp_usage_log_new();
     int rc = node.usage != NULL ? kp_node_prepare(&node, errmsg, sizeof(errmsg)) : KP_ENOMEM;
@@ -79,6 +80,10 @@ static int run(struct kp_config *cfg)
     }
     if (kp_lease_start(&node) != KP_OK) {
         kp_error("main", "cannot start: out of memory");
+        goto out;
+    }
+    if (kp_telemetry_open(&node, errmsg, sizeof(errmsg)) != KP_OK) {
+        kp_error("main", "cannot start: %s", errmsg);
         goto out;
     }
     node.health = kp_health_queue_new(&node, rt.main_loop);
@@ -120,6 +125,7 @@ out:
     if (uv_loop_close(rt.main_loop) != 0)
         kp_warn("main", "main loop closed with open handles");
     kp_metering_close(&node);
+    kp_telemetry_close(&node); /* the workers and the main loop are done */
     kp_health_queue_free(node.health);
     kp_budget_ledger_free(node.router.budgets);
     kp_view_slot_close(&node.views);

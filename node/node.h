@@ -32,6 +32,7 @@ struct kp_runtime {
     const struct kp_router_shared *router; /* each worker makes a router from it */
     void *control_arg;                     /* the control handler's arg (struct kp_node *) */
     void (*on_stop)(void *arg);            /* called with control_arg when stopping */
+    void (*on_hup)(void *arg);             /* called with control_arg on SIGHUP */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
     uint64_t drain_deadline_ms;
@@ -88,6 +89,7 @@ struct kp_node {
     struct kp_health_queue *health; /* health.c */
     struct kp_lease_client *lease;  /* lease.c */
     struct kp_alerts *alerts;       /* alerts.c */
+    struct kp_telemetry *telemetry; /* telemetry.c, NULL: no export, no access log */
     /* lifecycle.c */
     bool fresh;         /* the raft directory was empty */
     bool bootstrap;     /* this start makes a new cluster */
@@ -113,6 +115,8 @@ struct kp_node {
 int kp_node_prepare(struct kp_node *n, char *errmsg, size_t errlen);
 int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen);
 void kp_node_stop(void *node);
+/* The runtime's on_hup: reopen the access log. */
+void kp_node_hup(void *node);
 /* Look at the registry again (what a registry change triggers): retries a
  * bootstrap or an own-record update that did not go through. */
 void kp_node_check(struct kp_node *n);
@@ -156,6 +160,42 @@ struct kp_metering_health {
 };
 void kp_metering_health(struct kp_node *n, struct kp_metering_health *out);
 
+/* telemetry.c: the thread that exports spans over OTLP/HTTP and writes the
+ * access log (docs/observability.md). */
+struct kp_telemetry;
+/* Access records waiting for the thread at most (~3.6 KiB each). */
+#define KP_ACCESS_QUEUE_MAX 8192
+struct kp_telemetry_options {
+    const char *endpoint;   /* OTLP base URL, NULL: spans are not exported */
+    const char *headers;    /* "Name: value" lines, NULL */
+    int64_t timeout_ms;     /* per export request */
+    unsigned queue_spans;   /* spans waiting at most */
+    const char *access_log; /* NULL, "stderr" or a file */
+    const char *node_name;
+    bool thread; /* false (tests): nothing runs until kp_telemetry_poll */
+};
+struct kp_telemetry_stats {
+    uint64_t queued_spans, dropped, exported, failed_spans, failed_requests;
+    uint64_t access_lines, access_dropped, access_write_errors;
+};
+int kp_telemetry_new(const struct kp_telemetry_options *o, struct kp_telemetry **out, char *errmsg,
+                     size_t errlen);
+/* Stops the thread (pending spans get one try within 2 s), writes the
+ * last access lines, frees everything. NULL is fine. */
+void kp_telemetry_free(struct kp_telemetry *t);
+/* The router's trace sink (struct kp_trace_sink): any thread, never blocks. */
+void kp_telemetry_submit(void *t, struct kp_span_set *spans, struct kp_access_record *access);
+/* SIGHUP: reopen the access log file (any thread; NULL is fine). */
+void kp_telemetry_reopen(struct kp_telemetry *t);
+void kp_telemetry_get_stats(struct kp_telemetry *t, struct kp_telemetry_stats *st);
+/* One turn of the thread's loop (tests drive it without a thread). */
+void kp_telemetry_poll(struct kp_telemetry *t, bool stopping);
+/* From the configuration: n->telemetry and n->router.trace, when an OTLP
+ * endpoint or an access log is set (before the workers start). KP_EIO:
+ * the access log cannot be opened. kp_telemetry_close: after the workers
+ * and the main loop are done. */
+int kp_telemetry_open(struct kp_node *n, char *errmsg, size_t errlen);
+void kp_telemetry_close(struct kp_node *n);
 /* usage.c: recent usage events in memory (GET /admin/v1/usage/recent). */
 struct kp_usage_log *kp_usage_log_new(void);
 void kp_usage_log_free(struct kp_usage_log *l);

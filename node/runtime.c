@@ -240,7 +240,9 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     struct kp_runtime *rt = s->data;
     if (signum == SIGHUP) {
-        kp_info("runtime", "SIGHUP -> nothing to reload yet");
+        kp_info("runtime", "SIGHUP -> reopen the access log");
+        if (rt->on_hup != NULL)
+            rt->on_hup(rt->control_arg);
         return;
     }
     if (atomic_load(&rt->draining)) {
