@@ -10,8 +10,10 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import unittest
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -334,6 +336,56 @@ class SpansTest(unittest.TestCase):
         with open(dump, encoding="utf-8") as f:
             text = f.read()
         self.assertNotIn("mock0 mock1", text)  # no completion text either
+
+
+SDK_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sdk"))
+
+# The official SDKs read a gateway error with the extra trace_id member as
+# any other: the error class, status, code and message (OpenAI), the error
+# type and message (Anthropic, on /anthropic/v1/messages).
+SDK_ERRORS = r"""
+import OpenAI from 'openai';
+import Anthropic from '@anthropic-ai/sdk';
+const [base, token] = process.argv.slice(1);
+const out = {};
+try {
+  await new OpenAI({ baseURL: base + '/v1', apiKey: token, maxRetries: 0 }).chat.completions.create(
+    { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'x' }] });
+} catch (e) {
+  out.openai = { cls: e.constructor.name, status: e.status, code: e.code, message: e.message,
+                 trace_id: e.error?.trace_id };
+}
+try {
+  await new Anthropic({ baseURL: base + '/anthropic', apiKey: token, maxRetries: 0 }).messages.create(
+    { model: 'gpt-4o-mini', max_tokens: 8, messages: [{ role: 'user', content: 'x' }] });
+} catch (e) {
+  out.anthropic = { cls: e.constructor.name, status: e.status, type: e.error?.error?.type,
+                    trace_id: e.error?.error?.trace_id };
+}
+console.log(JSON.stringify(out));
+"""
+
+
+class SdkErrorTest(unittest.TestCase):
+    def test_the_sdks_read_errors_that_carry_a_trace_id(self):
+        node = shutil.which("node")
+        if node is None or not os.path.isdir(os.path.join(SDK_DIR, "node_modules")):
+            self.skipTest("needs node and tests/sdk/node_modules (npm ci in tests/sdk)")
+        g = Gateway(self, {})
+        g.fault(KEY_A, "500")
+        g.fault(KEY_B, "500")
+        r = subprocess.run([node, "--input-type=module", "-e", SDK_ERRORS, g.node.gateway_url,
+                            g.token], cwd=SDK_DIR, capture_output=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr.decode(errors="replace"))
+        out = json.loads(r.stdout)
+        o, a = out["openai"], out["anthropic"]
+        self.assertEqual((o["cls"], o["status"], o["code"]),
+                         ("InternalServerError", 502, "upstream_error"), o)
+        self.assertIn("tried 2 keys of pool default", o["message"])
+        self.assertRegex(o["trace_id"], r"^[0-9a-f]{32}$")
+        self.assertEqual((a["cls"], a["status"], a["type"]), ("InternalServerError", 502,
+                                                              "api_error"), a)
+        self.assertRegex(a["trace_id"], r"^[0-9a-f]{32}$")
 
 
 class SamplingTest(unittest.TestCase):
