@@ -895,6 +895,19 @@ int kp_fsm_snapshot(const struct kp_fsm *fsm, struct kp_buf *out, char *errmsg, 
 int kp_fsm_restore(struct kp_fsm *fsm, const void *buf, size_t len, size_t max_raw, char *errmsg,
                    size_t errlen);
 
+/* Turn a state restored from another cluster's snapshot into the first
+ * state of a new cluster (restore.c; docs/operations.md, "Restore"): the
+ * cluster settings take the id @cluster_id (pepper and key id stay, so
+ * tokens and sealed secrets keep working), every member record is removed
+ * and @self recorded as the only member, and one audit entry says what was
+ * restored from what. The changes are applied as entries after the
+ * snapshot's applied index, each with @ts and @actor in its audit entry,
+ * so kp_fsm_applied_index() afterwards is where the new cluster's log
+ * starts. KP_EINVAL (no cluster settings in the snapshot), KP_ENOMEM, or
+ * another code with @errmsg; @fsm may be half changed on failure. */
+int kp_fsm_rebase(struct kp_fsm *fsm, const char *cluster_id, const struct kp_member *self,
+                  int64_t ts, const char *actor, char *errmsg, size_t errlen);
+
 /* --- the view routers read -------------------------------------------------------- */
 
 /* An immutable picture of the registry after some applied index. Entities
@@ -1316,5 +1329,27 @@ int kp_store_assign(struct kp_store *s, uint64_t id, int role, kp_store_done_cb 
 int kp_store_remove(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void *arg);
 /* Hand leadership to @id (0: the most up-to-date voter). */
 int kp_store_transfer(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void *arg);
+
+/* --- offline operations (store.c) ---------------------------------------------------
+ *
+ * On the raft directory of a node that is not running (the caller holds the
+ * data directory's lock); each runs on a private loop and returns when
+ * done. */
+
+/* Start a new cluster from a registry snapshot: make the empty directory
+ * @dir hold @snap (kp_fsm_snapshot bytes, @len; its applied index is
+ * @index) as Raft's first snapshot, at @index and term 1, with a
+ * configuration of this node alone (@node_id at @address) as voter. The
+ * next kp_store_open restores it and this node leads at once; a node that
+ * joins later is sent the snapshot. KP_OK, or an error with @errmsg. */
+int kp_store_seed(const char *dir, uint64_t node_id, const char *address, const void *snap,
+                  size_t len, uint64_t index, char *errmsg, size_t errlen);
+
+/* Recovery from the loss of a majority (raft_recover): append to the log in
+ * @dir a configuration of this node alone (@node_id at @address) as voter,
+ * so that it leads by itself at its next start. Entries the lost nodes
+ * committed without this one are gone. KP_OK, or an error with @errmsg. */
+int kp_store_recover(const char *dir, uint64_t node_id, const char *address, char *errmsg,
+                     size_t errlen);
 
 #endif

@@ -625,3 +625,163 @@ int kp_store_transfer(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void
     p->u.transfer.data = p;
     return submitted(p, raft_transfer(&s->raft, &p->u.transfer, id, transfer_done));
 }
+
+/* --- offline: a stopped node's raft directory ----------------------------------------
+ *
+ * Both operations run on a private loop, before (or instead of) the node's
+ * own raft instance: nothing else may have the directory open, which the
+ * data directory's lock ensures. */
+
+struct offline {
+    uv_loop_t loop;
+    struct raft_uv_transport transport;
+    struct raft_io io;
+    struct raft raft;
+    struct raft_fsm fsm; /* raft_init wants one; nothing is applied offline */
+    bool raft_inited;
+    bool done;
+    int status;
+};
+
+static int offline_open(struct offline *o, const char *dir, char *errmsg, size_t errlen)
+{
+    memset(o, 0, sizeof(*o));
+    if (uv_loop_init(&o->loop) != 0) {
+        snprintf(errmsg, errlen, "raft: cannot make an event loop");
+        return KP_ENOMEM;
+    }
+    int rv = raft_uv_tcp_init(&o->transport, &o->loop);
+    if (rv != 0) {
+        snprintf(errmsg, errlen, "raft: cannot set up the TCP transport: %s", raft_strerror(rv));
+        uv_loop_close(&o->loop);
+        return KP_EIO;
+    }
+    rv = raft_uv_init(&o->io, &o->loop, dir, &o->transport);
+    if (rv != 0) {
+        snprintf(errmsg, errlen, "raft: cannot open %s: %s", dir, o->io.errmsg);
+        raft_uv_tcp_close(&o->transport);
+        uv_loop_close(&o->loop);
+        return KP_EIO;
+    }
+    raft_uv_set_snapshot_compression(&o->io, false);
+    return KP_OK;
+}
+
+static void offline_run_until_done(struct offline *o)
+{
+    while (!o->done && uv_run(&o->loop, UV_RUN_ONCE) != 0)
+        ;
+}
+
+static void offline_raft_closed(struct raft *r)
+{
+    struct offline *o = r->data;
+    o->done = true;
+}
+
+static void offline_io_closed(struct raft_io *io)
+{
+    struct offline *o = io->data;
+    o->done = true;
+}
+
+/* Closes what offline_open opened (and raft, when it was set up); then the
+ * loop runs dry and is closed. */
+static void offline_close(struct offline *o, bool io_inited)
+{
+    o->done = false;
+    if (o->raft_inited) {
+        raft_close(&o->raft, offline_raft_closed);
+        offline_run_until_done(o);
+    } else if (io_inited) {
+        o->io.data = o;
+        o->io.close(&o->io, offline_io_closed);
+        offline_run_until_done(o);
+    }
+    raft_uv_close(&o->io);
+    raft_uv_tcp_close(&o->transport);
+    uv_run(&o->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&o->loop) != 0)
+        kp_warn("raft", "offline loop closed with open handles");
+}
+
+static void seed_put_done(struct raft_io_snapshot_put *req, int status)
+{
+    struct offline *o = req->data;
+    o->status = status;
+    o->done = true;
+}
+
+int kp_store_seed(const char *dir, uint64_t node_id, const char *address, const void *snap,
+                  size_t len, uint64_t index, char *errmsg, size_t errlen)
+{
+    struct offline o;
+    if (index == 0 || node_id == 0 || len == 0) {
+        snprintf(errmsg, errlen, "raft: a seed needs an index, a node id and a snapshot");
+        return KP_EINVAL;
+    }
+    int rc = make_dir(dir, errmsg, errlen);
+    if (rc == KP_OK)
+        rc = offline_open(&o, dir, errmsg, errlen);
+    if (rc != KP_OK)
+        return rc;
+    struct raft_buffer buf = {raft_malloc(len), len};
+    struct raft_snapshot sn = {
+        .index = index, .term = 1, .configuration_index = index, .bufs = &buf, .n_bufs = 1};
+    struct raft_io_snapshot_put req = {.data = &o};
+    raft_configuration_init(&sn.configuration);
+    bool io_inited = false;
+    int rv = buf.base != NULL ? 0 : RAFT_NOMEM;
+    if (rv == 0) {
+        memcpy(buf.base, snap, len);
+        rv = raft_configuration_add(&sn.configuration, node_id, address, RAFT_VOTER);
+    }
+    if (rv == 0 && (rv = o.io.init(&o.io, node_id, address)) == 0)
+        io_inited = true;
+    /* Term 1, as a bootstrap writes it: the first election makes term 2. */
+    if (rv == 0)
+        rv = o.io.set_term(&o.io, 1);
+    /* trailing > 0: a snapshot this node took, not one installed from a
+     * leader (which would wait for appends that never come). */
+    if (rv == 0 && (rv = o.io.snapshot_put(&o.io, 1, &req, &sn, seed_put_done)) == 0) {
+        offline_run_until_done(&o);
+        rv = o.status;
+    }
+    if (rv != 0)
+        snprintf(errmsg, errlen, "raft: cannot write the first snapshot into %s: %s%s%s", dir,
+                 raft_strerror(rv), o.io.errmsg[0] ? ": " : "", o.io.errmsg);
+    offline_close(&o, io_inited);
+    raft_configuration_close(&sn.configuration);
+    raft_free(buf.base);
+    return rv == 0 ? KP_OK : rv == RAFT_NOMEM ? KP_ENOMEM : KP_EIO;
+}
+
+int kp_store_recover(const char *dir, uint64_t node_id, const char *address, char *errmsg,
+                     size_t errlen)
+{
+    struct offline o;
+    struct raft_configuration conf;
+    int rc = offline_open(&o, dir, errmsg, errlen);
+    if (rc != KP_OK)
+        return rc;
+    o.fsm.version = 2;
+    int rv = raft_init(&o.raft, &o.io, &o.fsm, node_id, address);
+    if (rv == 0) {
+        o.raft_inited = true;
+        o.raft.data = &o;
+    }
+    raft_configuration_init(&conf);
+    if (rv == 0)
+        rv = raft_configuration_add(&conf, node_id, address, RAFT_VOTER);
+    if (rv == 0)
+        rv = raft_recover(&o.raft, &conf);
+    if (rv != 0) {
+        const char *why = o.raft_inited ? raft_errmsg(&o.raft) : NULL;
+        if (why == NULL || why[0] == '\0')
+            why = o.io.errmsg[0] ? o.io.errmsg : raft_strerror(rv);
+        snprintf(errmsg, errlen, "raft: cannot recover %s: %s", dir, why);
+    }
+    raft_configuration_close(&conf);
+    offline_close(&o, false);
+    return rv == 0 ? KP_OK : rv == RAFT_NOMEM ? KP_ENOMEM : KP_EIO;
+}
