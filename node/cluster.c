@@ -684,12 +684,14 @@ static void handle_raft_status(struct kp_node *n, struct kp_http_exchange *ex, c
         kp_admin_error(ex, 503, rid, "unavailable", "out_of_memory", NULL, "out of memory");
         return;
     }
-    kp_node_respond_json(
-        ex, 200, rid,
-        json_pack("{s:I,s:s,s:I,s:I,s:I,s:I,s:I}", "node_id", (json_int_t)st.node_id, "state",
-                  st.state, "term", (json_int_t)st.term, "commit_index",
-                  (json_int_t)st.commit_index, "applied_index", (json_int_t)st.applied_index,
-                  "last_index", (json_int_t)st.last_index, "leader_id", (json_int_t)st.leader_id));
+    const struct kp_cluster *c = kp_fsm_cluster(kp_store_fsm(n->store));
+    kp_node_respond_json(ex, 200, rid,
+                         json_pack("{s:I,s:s,s:I,s:I,s:I,s:I,s:I,s:s?}", "node_id",
+                                   (json_int_t)st.node_id, "state", st.state, "term",
+                                   (json_int_t)st.term, "commit_index", (json_int_t)st.commit_index,
+                                   "applied_index", (json_int_t)st.applied_index, "last_index",
+                                   (json_int_t)st.last_index, "leader_id", (json_int_t)st.leader_id,
+                                   "cluster_id", c != NULL ? c->e.id : NULL));
     kp_store_status_free(&st);
 }
 

@@ -99,6 +99,10 @@ static const struct setting settings[] = {
      "during a master key rotation: file (mode 0600) holding the key being replaced, until "
      "`clusterctl secrets rewrap` has resealed every secret under the new one",
      NULL},
+    {"restore", SET_PATH, FIELD(restore), 0, 0, true, NULL, "FILE",
+     "a registry snapshot (clusterctl snapshot save) to start a new cluster from; read only "
+     "when the data directory is empty and join is not set",
+     NULL},
     /* The default, the host name, is filled in by apply_defaults(). */
     {"node_name", SET_NAME, FIELD(node_name), 0, 0, false, NULL, "NAME",
      "this node's name in the cluster, logs, metrics and usage records", NULL},
@@ -1389,6 +1393,12 @@ static int walk_flags(int argc, char **argv, struct flag_scan *scan, struct kp_c
             scan->action = KP_CONFIG_CHECK;
             continue;
         }
+        if (nlen == strlen("--recover") && strncmp(arg, "--recover", nlen) == 0) {
+            if (eq != NULL)
+                return errf(errmsg, errlen, KP_ECONFIG, "--recover takes no value");
+            scan->action = KP_CONFIG_RECOVER;
+            continue;
+        }
         if (nlen == strlen("--config") && strncmp(arg, "--config", nlen) == 0) {
             if ((v = flag_value(argc, argv, &i, eq, nlen, errmsg, errlen)) == NULL)
                 return KP_ECONFIG;
@@ -1724,6 +1734,9 @@ const char *kp_config_usage(void)
               "      env KEYPLANE_CONFIG\n"
               "  --check-config\n"
               "      check the configuration, print it as YAML and exit\n"
+              "  --recover\n"
+              "      with this node stopped and a majority of the voters lost: make it\n"
+              "      the only voter of its cluster (docs/operations.md), then exit\n"
               "  -h, --help\n"
               "      print this help and exit\n"
               "  -V, --version\n"

@@ -21,6 +21,8 @@ struct kp_config {
     char *join;                     /* comma-separated host:port list, NULL when none */
     char *master_key_file;          /* NULL when none */
     char *previous_master_key_file; /* NULL when none: during a rotation only */
+    char *restore;                  /* a registry snapshot to start a new cluster from; NULL
+                                       when none; read only with an empty data directory */
     char *node_name;                /* default: the host name */
     int workers;                    /* 0 = one per core (default) */
     char *log_level;                /* "info" */
@@ -61,7 +63,8 @@ enum kp_config_action {
     KP_CONFIG_RUN,
     KP_CONFIG_HELP,
     KP_CONFIG_VERSION,
-    KP_CONFIG_CHECK, /* --check-config: validate, print a summary, exit */
+    KP_CONFIG_CHECK,   /* --check-config: validate, print a summary, exit */
+    KP_CONFIG_RECOVER, /* --recover: make this stopped node a one-voter cluster, exit */
 };
 
 /* Fill @cfg from defaults, file, environment (@envp, NULL-terminated

@@ -75,10 +75,11 @@ void kp_node_note_leader(struct kp_node *n)
         n->leader_seen_ms = kp_now_unix_ms();
 }
 
-/* Ready (docs/operations.md, "Readiness"): started, not draining, a Raft
- * leader known within ready_max_staleness_ms (else this node's registry
- * view may be stale: it is cut off from the leader), and a spool that
- * takes usage events. */
+/* Ready (docs/operations.md, "Readiness"): started and caught up with the
+ * leader (lifecycle.c), not draining, still a member, a Raft leader known
+ * within ready_max_staleness_ms (else this node's registry view may be
+ * stale: it is cut off from the leader), and a spool that takes usage
+ * events. */
 static void handle_readyz(struct kp_http_exchange *ex, struct kp_node *n, const char *rid)
 {
     struct kp_runtime *rt = n->rt;
@@ -91,6 +92,10 @@ static void handle_readyz(struct kp_http_exchange *ex, struct kp_node *n, const 
         status = 503;
     } else if (!atomic_load(&rt->ready)) {
         state = "starting";
+        status = 503;
+    } else if (n->removed) {
+        state = "removed";
+        why = "this node is no longer in the cluster's Raft configuration: stop it";
         status = 503;
     } else if (since > n->cfg->ready_max_staleness_ms) {
         state = "stale";

@@ -1,6 +1,8 @@
 /* The data directory: created 0700 when missing, locked with flock(2) so
  * that two nodes can never share one, and home of listen.json, which tells
- * scripts and tests the addresses actually bound (useful with port 0).
+ * scripts and tests the addresses actually bound (useful with port 0), and
+ * of cluster.json, which remembers the cluster the directory belongs to so
+ * that it is never used for another one (node/lifecycle.c checks it).
  *
  * The lock is released by the kernel when the process dies, so a crashed
  * node never leaves a stale lock behind. */
@@ -103,6 +105,52 @@ int kp_datadir_write_listen(struct kp_datadir *d, const char *gateway, const cha
 err:
     snprintf(errmsg, errlen, "cannot write %s: %s", final, strerror(errno));
     return KP_EIO;
+}
+
+int kp_datadir_read_cluster(const char *dir, char *out, size_t len, char *errmsg, size_t errlen)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/cluster.json", dir);
+    out[0] = '\0';
+    json_error_t err;
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        if (errno == ENOENT)
+            return KP_OK;
+        snprintf(errmsg, errlen, "cannot read %s: %s", path, strerror(errno));
+        return KP_ECONFIG;
+    }
+    json_t *v = json_loadf(f, 0, &err);
+    fclose(f);
+    const char *id = json_string_value(json_object_get(v, "cluster_id"));
+    if (id == NULL || id[0] == '\0' || strlen(id) >= len) {
+        snprintf(errmsg, errlen,
+                 "%s is malformed (expected {\"cluster_id\": \"c-...\"}): restore it, or delete "
+                 "it if this data directory's cluster is known",
+                 path);
+        json_decref(v);
+        return KP_ECONFIG;
+    }
+    snprintf(out, len, "%s", id);
+    json_decref(v);
+    return KP_OK;
+}
+
+int kp_datadir_write_cluster(const char *dir, const char *cluster_id, char *errmsg, size_t errlen)
+{
+    char path[4200];
+    snprintf(path, sizeof(path), "%s/cluster.json", dir);
+    json_t *v = json_pack("{s:s}", "cluster_id", cluster_id);
+    size_t n = 0;
+    char *text = v != NULL ? kp_json_dumps(v, &n) : NULL;
+    json_decref(v);
+    if (text == NULL) {
+        snprintf(errmsg, errlen, "out of memory");
+        return KP_ENOMEM;
+    }
+    int rc = kp_file_replace(path, text, n, 0600, errmsg, errlen);
+    kp_free(text);
+    return rc;
 }
 
 void kp_datadir_close(struct kp_datadir *d)

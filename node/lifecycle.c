@@ -42,8 +42,8 @@ static int path_in(char *out, size_t len, const char *dir, const char *name)
 
 /* Write @data to @path (mode 0600) atomically: temporary file, fsync,
  * rename. */
-static int write_private(const char *path, const char *data, size_t len, char *errmsg,
-                         size_t errlen)
+int kp_node_write_private(const char *path, const char *data, size_t len, char *errmsg,
+                          size_t errlen)
 {
     char tmp[4200];
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
@@ -62,8 +62,9 @@ static int write_private(const char *path, const char *data, size_t len, char *e
     return KP_OK;
 }
 
-static int load_node_id(struct kp_node *n, const char *dir, char *errmsg, size_t errlen)
+int kp_node_load_id(struct kp_node *n, char *errmsg, size_t errlen)
 {
+    const char *dir = n->cfg->data_dir;
     char path[4096], text[32] = "";
     path_in(path, sizeof(path), dir, "node.id");
     FILE *f = fopen(path, "r");
@@ -89,7 +90,7 @@ static int load_node_id(struct kp_node *n, const char *dir, char *errmsg, size_t
         id &= INT64_MAX; /* JSON and YAML tools read it as a signed integer */
     }
     snprintf(text, sizeof(text), "%" PRIu64 "\n", id);
-    int rc = write_private(path, text, strlen(text), errmsg, errlen);
+    int rc = kp_node_write_private(path, text, strlen(text), errmsg, errlen);
     if (rc == KP_OK)
         n->node_id = id;
     return rc;
@@ -201,8 +202,9 @@ const char *kp_node_out_token(struct kp_node *n)
 /* The raft address must stay the same across restarts (it is in the Raft
  * configuration of every member). With port 0 (tests), the node picks a
  * free port once and keeps it in DATA_DIR/raft.addr. */
-static int resolve_raft_addr(struct kp_node *n, const char *dir, char *errmsg, size_t errlen)
+int kp_node_resolve_raft_addr(struct kp_node *n, char *errmsg, size_t errlen)
 {
+    const char *dir = n->cfg->data_dir;
     const char *want = n->cfg->raft_listen;
     const char *colon = strrchr(want, ':');
     if (colon == NULL || strcmp(colon, ":0") != 0) {
@@ -241,7 +243,7 @@ static int resolve_raft_addr(struct kp_node *n, const char *dir, char *errmsg, s
     snprintf(n->raft_addr, sizeof(n->raft_addr), "%.*s:%u", (int)(colon - want), want,
              (unsigned)ntohs(sin->sin_port));
     snprintf(text, sizeof(text), "%s\n", n->raft_addr);
-    return write_private(path, text, strlen(text), errmsg, errlen);
+    return kp_node_write_private(path, text, strlen(text), errmsg, errlen);
 }
 
 /* --- bootstrap: the first commands of a new cluster ---------------------------------- */
@@ -293,7 +295,7 @@ static void bootstrap_cluster(struct kp_node *n)
     path_in(path, sizeof(path), n->cfg->data_dir, "admin.token");
     size_t tlen = strlen(text);
     text[tlen] = '\n';
-    int rc = write_private(path, text, tlen + 1, errmsg, sizeof(errmsg));
+    int rc = kp_node_write_private(path, text, tlen + 1, errmsg, sizeof(errmsg));
     text[tlen] = '\0';
     if (rc != KP_OK) {
         kp_error("node", "bootstrap: %s", errmsg);
@@ -343,6 +345,7 @@ static void bootstrap_cluster(struct kp_node *n)
 
 static void join_next(struct kp_node *n);
 static void join_send(struct kp_node *n);
+static void on_change(void *arg);
 
 static void join_answered(void *arg, const struct kp_call_result *r)
 {
@@ -373,14 +376,80 @@ static void join_answered(void *arg, const struct kp_call_result *r)
                 r->body.data ? r->body.data : "");
 }
 
+/* The data directory belongs to another cluster than the one this node is
+ * told to be in: nothing good comes of running (its raft state, spool and
+ * meter data are another cluster's), and restarting will not help. */
+static void wrong_cluster(struct kp_node *n, const char *theirs, const char *where)
+{
+    kp_error("node",
+             "data directory %s belongs to cluster %s, but %s is cluster %s: a data directory "
+             "serves one cluster for its whole life. To join %s, start this node with a new, "
+             "empty data directory; to keep serving %s, start it without that join address",
+             n->cfg->data_dir, n->dir_cluster, where, theirs, theirs, n->dir_cluster);
+    n->stopping = true;
+    kp_runtime_fail(n->rt, 2, "data directory of another cluster");
+}
+
+/* GET /internal/v1/raft on a join address: which cluster is it? */
+static void cluster_answered(void *arg, const struct kp_call_result *r)
+{
+    struct kp_node *n = arg;
+    n->join_inflight = false;
+    if (n->stopping)
+        return;
+    json_t *v = r->status == 200 ? json_loadb(r->body.data, r->body.len, 0, NULL) : NULL;
+    const char *id = json_string_value(json_object_get(v, "cluster_id"));
+    if (v != NULL && id != NULL && strcmp(id, n->dir_cluster) != 0) {
+        char where[300];
+        snprintf(where, sizeof(where), "the join address %s", n->join_target);
+        wrong_cluster(n, id, where);
+    } else if (v != NULL && id != NULL) {
+        n->cluster_checked = true;
+        kp_info("node", "%s is in cluster %s, as this data directory", n->join_target, id);
+    } else if (r->status == 401) {
+        /* Another master key there. A joining node hears it again from the
+         * join itself, and a member's own settings check its key. */
+        n->cluster_checked = true;
+        kp_warn("node", "%s refused this node's cluster secret: it has another master key",
+                n->join_target);
+    } else if (r->status == 0) {
+        kp_warn("node", "cannot reach %s to check its cluster: %s; trying again", n->join_target,
+                r->error);
+    }
+    json_decref(v);
+    if (n->cluster_checked)
+        join_next(n);
+}
+
+static void cluster_check_send(struct kp_node *n)
+{
+    char url[512], auth[128];
+    snprintf(url, sizeof(url), "http://%s/internal/v1/raft", n->join_target);
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(n));
+    const char *hdrs[] = {auth, NULL};
+    if (kp_call_start(n->rt->main_loop, "GET", url, hdrs, NULL, 0, 5000, cluster_answered, n) ==
+        KP_OK)
+        n->join_inflight = true;
+    kp_secret_wipe(auth, sizeof(auth));
+}
+
 static void join_tick(uv_timer_t *t)
 {
     join_next(t->data);
 }
 
+/* The join timer's work: first, when this data directory already belongs
+ * to a cluster, make sure the join addresses are that cluster; then, for a
+ * node with nothing on disk, ask to be added. */
 static void join_next(struct kp_node *n)
 {
-    if (n->joined || n->join_inflight || n->stopping)
+    bool check = n->dir_cluster[0] != '\0' && !n->cluster_checked;
+    if (!check && (n->joined || !n->fresh)) {
+        if (n->join_timer_open)
+            uv_timer_stop(&n->join_timer); /* nothing left to do */
+        return;
+    }
+    if (n->join_inflight || n->stopping)
         return;
     /* Pick the next address of the comma-separated list. */
     const char *list = n->cfg->join;
@@ -394,7 +463,10 @@ static void join_next(struct kp_node *n)
     const char *end = strchr(start, ',');
     size_t len = end ? (size_t)(end - start) : strlen(start);
     snprintf(n->join_target, sizeof(n->join_target), "%.*s", (int)len, start);
-    join_send(n);
+    if (check)
+        cluster_check_send(n);
+    else
+        join_send(n);
 }
 
 /* Ask n->join_target to add this node (or, when it is a member already, to
@@ -423,6 +495,76 @@ static void join_send(struct kp_node *n)
     kp_secret_wipe(auth, sizeof(auth));
 }
 
+/* --- readiness: caught up with the leader ------------------------------------------------
+ *
+ * A node that starts (or restarts) is not ready when it merely holds the
+ * cluster settings: its registry may still miss the entries committed
+ * while it was away (a token created meanwhile, a key revoked), and a load
+ * balancer that sent it calls then would see them refused or, worse,
+ * served against an old registry. So it asks the leader once for its
+ * commit index and turns ready when it has applied that far. The leader
+ * itself needs no one. */
+
+static void catch_answered(void *arg, const struct kp_call_result *r)
+{
+    struct kp_node *n = arg;
+    n->catch_inflight = false;
+    if (n->stopping)
+        return;
+    json_t *v = r->status == 200 ? json_loadb(r->body.data, r->body.len, 0, NULL) : NULL;
+    json_t *commit = json_object_get(v, "commit_index");
+    if (json_is_integer(commit)) {
+        n->catch_target = (uint64_t)json_integer_value(commit);
+        n->catch_known = true;
+        on_change(n);
+    }
+    json_decref(v);
+}
+
+/* True once this node has applied what the leader had committed. */
+static bool caught_up(struct kp_node *n)
+{
+    uint64_t applied = kp_fsm_applied_index(kp_store_fsm(n->store)), leader;
+    char addr[256], control[256], url[512], auth[128];
+    if (!n->catch_known && kp_store_is_leader(n->store)) {
+        struct kp_store_status st;
+        if (kp_store_status(n->store, &st) == KP_OK) {
+            n->catch_target = st.commit_index;
+            n->catch_known = true;
+        }
+        kp_store_status_free(&st);
+    }
+    if (n->catch_known)
+        return applied >= n->catch_target;
+    int64_t now = kp_now_unix_ms();
+    if (n->catch_inflight || now - n->catch_tried_ms < 250 ||
+        kp_store_leader(n->store, &leader, addr, sizeof(addr)) != KP_OK ||
+        !kp_node_member_control(n, leader, control, sizeof(control)))
+        return false;
+    n->catch_tried_ms = now;
+    snprintf(url, sizeof(url), "http://%s/internal/v1/raft", control);
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(n));
+    const char *hdrs[] = {auth, NULL};
+    if (kp_call_start(n->rt->main_loop, "GET", url, hdrs, NULL, 0, 2000, catch_answered, n) ==
+        KP_OK)
+        n->catch_inflight = true;
+    kp_secret_wipe(auth, sizeof(auth));
+    return false;
+}
+
+static void ready_tick(uv_timer_t *t)
+{
+    on_change(t->data);
+}
+
+static void ready_timer_close(struct kp_node *n)
+{
+    if (!n->ready_timer_open)
+        return;
+    n->ready_timer_open = false;
+    uv_close((uv_handle_t *)&n->ready_timer, NULL);
+}
+
 /* --- watching the registry ------------------------------------------------------------- */
 
 /* Other nodes find this one's control listener (for forwarding and status)
@@ -430,8 +572,6 @@ static void join_send(struct kp_node *n)
  * another control address), ask the leader, through this node's own
  * control listener which forwards it, to record the current one: a join of
  * a node already in the configuration only updates its record. */
-static void on_change(void *arg);
-
 static void check_own_record(struct kp_node *n)
 {
     char control[256];
@@ -458,6 +598,82 @@ void kp_node_check(struct kp_node *n)
     on_change(n);
 }
 
+/* Whether the master key is the cluster's (or its previous one during a
+ * rotation); stops the node when it is neither. */
+static bool key_matches(struct kp_node *n, const struct kp_cluster *c)
+{
+    bool current = c->kek_id == NULL || strcmp(c->kek_id, kp_seal_kek_id(n->kek)) == 0;
+    bool previous =
+        !current && n->prev_kek != NULL && strcmp(c->kek_id, kp_seal_kek_id(n->prev_kek)) == 0;
+    if (!current && !previous) {
+        kp_error("node",
+                 "wrong master key: cluster %s seals its keys under master key %s, this node "
+                 "has %s%s%s. Start it with the cluster's master key",
+                 c->e.id, c->kek_id, kp_seal_kek_id(n->kek),
+                 n->prev_kek ? " and previous key " : "",
+                 n->prev_kek ? kp_seal_kek_id(n->prev_kek) : "");
+        n->stopping = true;
+        kp_runtime_fail(n->rt, 1, "wrong master key");
+        return false;
+    }
+    if (previous && !n->rotation_warned) {
+        n->rotation_warned = true;
+        kp_warn("node",
+                "master key rotation in progress: the cluster's secrets are still sealed under "
+                "the previous key %s; once every node holds the new key %s, run `clusterctl "
+                "secrets rewrap`",
+                c->kek_id, kp_seal_kek_id(n->kek));
+    }
+    return true;
+}
+
+/* The data directory remembers its cluster; a node whose registry is
+ * another cluster's stops. */
+static bool cluster_matches(struct kp_node *n, const struct kp_cluster *c)
+{
+    char errmsg[512];
+    if (n->dir_cluster[0] != '\0') {
+        if (strcmp(n->dir_cluster, c->e.id) == 0)
+            return true;
+        wrong_cluster(n, c->e.id, "this node's registry");
+        return false;
+    }
+    if (kp_datadir_write_cluster(n->cfg->data_dir, c->e.id, errmsg, sizeof(errmsg)) != KP_OK) {
+        kp_warn("node", "%s; will try again", errmsg);
+        return true;
+    }
+    snprintf(n->dir_cluster, sizeof(n->dir_cluster), "%s", c->e.id);
+    n->cluster_checked = true;
+    return true;
+}
+
+/* A member the leader removed is sent nothing any more: its registry ages
+ * while it keeps serving. It says so on /readyz so that load balancers
+ * stop sending it calls; the operator stops it. */
+static void check_removed(struct kp_node *n)
+{
+    struct kp_store_status st;
+    if (kp_store_status(n->store, &st) != KP_OK) {
+        kp_store_status_free(&st);
+        return;
+    }
+    bool in = false;
+    for (uint32_t i = 0; i < st.nservers; i++)
+        in = in || st.servers[i].id == n->node_id;
+    if (st.nservers > 0 && in == n->removed) {
+        n->removed = !in;
+        if (n->removed)
+            kp_warn("node",
+                    "this node (%llu) was removed from the cluster's Raft configuration: "
+                    "/readyz answers 503 \"removed\"; stop it (SIGTERM)",
+                    (unsigned long long)n->node_id);
+        else
+            kp_info("node", "this node (%llu) is in the Raft configuration again",
+                    (unsigned long long)n->node_id);
+    }
+    kp_store_status_free(&st);
+}
+
 static void on_change(void *arg)
 {
     struct kp_node *n = arg;
@@ -472,32 +688,14 @@ static void on_change(void *arg)
             bootstrap_cluster(n);
         return;
     }
-    bool current = c->kek_id == NULL || strcmp(c->kek_id, kp_seal_kek_id(n->kek)) == 0;
-    bool previous =
-        !current && n->prev_kek != NULL && strcmp(c->kek_id, kp_seal_kek_id(n->prev_kek)) == 0;
-    if (!current && !previous) {
-        kp_error("node",
-                 "wrong master key: cluster %s seals its keys under master key %s, this node "
-                 "has %s%s%s. Start it with the cluster's master key",
-                 c->e.id, c->kek_id, kp_seal_kek_id(n->kek),
-                 n->prev_kek ? " and previous key " : "",
-                 n->prev_kek ? kp_seal_kek_id(n->prev_kek) : "");
-        n->stopping = true;
-        kp_runtime_fail(n->rt, 1, "wrong master key");
+    if (!key_matches(n, c) || !cluster_matches(n, c))
         return;
-    }
-    if (previous && !n->rotation_warned) {
-        n->rotation_warned = true;
-        kp_warn("node",
-                "master key rotation in progress: the cluster's secrets are still sealed under "
-                "the previous key %s; once every node holds the new key %s, run `clusterctl "
-                "secrets rewrap`",
-                c->kek_id, kp_seal_kek_id(n->kek));
-    }
-    if (!atomic_load(&n->rt->ready)) {
+    check_removed(n);
+    if (!atomic_load(&n->rt->ready) && caught_up(n)) {
         kp_info("node", "ready: cluster %s, registry at index %llu", c->e.id,
                 (unsigned long long)kp_fsm_applied_index(kp_store_fsm(n->store)));
         atomic_store(&n->rt->ready, true);
+        ready_timer_close(n);
     }
     n->joined = true;
     check_own_record(n);
@@ -509,19 +707,48 @@ int kp_node_prepare(struct kp_node *n, char *errmsg, size_t errlen)
 {
     char raft_dir[4096];
     const char *dir = n->cfg->data_dir;
-    int rc = load_node_id(n, dir, errmsg, errlen);
+    int rc = kp_node_load_id(n, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
     path_in(raft_dir, sizeof(raft_dir), dir, "raft");
     n->fresh = dir_empty(raft_dir);
-    n->bootstrap = n->fresh && n->cfg->join == NULL;
+    bool restore = n->fresh && n->cfg->restore != NULL;
+    n->bootstrap = n->fresh && n->cfg->join == NULL && !restore;
+    if (n->cfg->restore != NULL && n->cfg->join != NULL) {
+        snprintf(errmsg, errlen,
+                 "restore and join exclude each other: restore starts a new cluster from a "
+                 "snapshot, join adds this node to a running one");
+        return KP_ECONFIG;
+    }
+    rc = kp_datadir_read_cluster(dir, n->dir_cluster, sizeof(n->dir_cluster), errmsg, errlen);
+    if (rc != KP_OK)
+        return rc;
+    if (n->dir_cluster[0] != '\0' && (n->bootstrap || restore)) {
+        snprintf(errmsg, errlen,
+                 "data directory %s belongs to cluster %s (its cluster.json) but holds no Raft "
+                 "state: a new cluster needs a new, empty data directory",
+                 dir, n->dir_cluster);
+        return KP_ECONFIG;
+    }
+    n->cluster_checked = n->dir_cluster[0] == '\0' || n->cfg->join == NULL;
     rc = load_master_key(n, dir, n->bootstrap, errmsg, errlen);
+    if (rc == KP_ECONFIG && restore && n->kek == NULL)
+        snprintf(errmsg, errlen,
+                 "no master key: a restore needs the master key the snapshot's secrets are "
+                 "sealed under (set master_key_file, --master-key-file or KEYPLANE_MASTER_KEY)");
     if (rc == KP_OK)
         rc = load_previous_key(n, errmsg, errlen);
     if (rc == KP_OK)
         rc = derive_internal_tokens(n, errmsg, errlen);
     if (rc == KP_OK)
-        rc = resolve_raft_addr(n, dir, errmsg, errlen);
+        rc = kp_node_resolve_raft_addr(n, errmsg, errlen);
+    if (rc == KP_OK && restore) {
+        rc = kp_node_restore(n, raft_dir, errmsg, errlen);
+        n->restored = rc == KP_OK;
+    } else if (rc == KP_OK && n->cfg->restore != NULL) {
+        kp_info("node", "restore %s ignored: %s already holds this node's Raft state",
+                n->cfg->restore, raft_dir);
+    }
     return rc;
 }
 
@@ -547,11 +774,16 @@ int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
         return rc;
     kp_info("node", "node %llu (%s), raft %s, master key %s, %s", (unsigned long long)n->node_id,
             n->cfg->node_name, n->raft_addr, kp_seal_kek_id(n->kek),
-            n->bootstrap ? "bootstrapping a new cluster"
-            : n->fresh   ? "joining a cluster"
-                         : "restarting");
+            n->bootstrap  ? "bootstrapping a new cluster"
+            : n->restored ? "starting a new cluster from a snapshot"
+            : n->fresh    ? "joining a cluster"
+                          : "restarting");
     kp_sweeper_start(n);
-    if (n->fresh && !n->bootstrap) {
+    uv_timer_init(n->rt->main_loop, &n->ready_timer);
+    n->ready_timer.data = n;
+    n->ready_timer_open = true;
+    uv_timer_start(&n->ready_timer, ready_tick, 250, 250);
+    if ((n->fresh && !n->bootstrap && !n->restored) || !n->cluster_checked) {
         uv_timer_init(n->rt->main_loop, &n->join_timer);
         n->join_timer.data = n;
         n->join_timer_open = true;
@@ -568,6 +800,33 @@ static void lease_stopped(struct kp_node *n)
     kp_store_close(s, NULL, NULL);
 }
 
+static void handed_over(void *arg, int code, const char *message)
+{
+    struct kp_node *n = arg;
+    if (code == KP_OK)
+        kp_info("node", "drain: %s", message);
+    else if (n->stopping)
+        kp_info("node", "drain: stopped before leadership moved (drain_delay_ms is shorter than "
+                        "an election); the others elect a leader after the election timeout");
+    else
+        kp_warn("node",
+                "drain: leadership not handed over (%s); the others elect a leader "
+                "after the election timeout",
+                message ? message : kp_err_msg(code));
+}
+
+void kp_node_draining(void *arg)
+{
+    struct kp_node *n = arg;
+    /* A leader that stops leaves the cluster without one for an election
+     * timeout; handing over first keeps writes going. */
+    if (n->store == NULL || n->stopping || !kp_store_is_leader(n->store))
+        return;
+    int rc = kp_store_transfer(n->store, 0, handed_over, n);
+    if (rc != KP_OK && rc != KP_ENOENT)
+        kp_warn("node", "drain: cannot hand over leadership: %s", kp_err_msg(rc));
+}
+
 void kp_node_stop(void *arg)
 {
     struct kp_node *n = arg;
@@ -576,6 +835,7 @@ void kp_node_stop(void *arg)
         n->join_timer_open = false;
         uv_close((uv_handle_t *)&n->join_timer, NULL);
     }
+    ready_timer_close(n);
     kp_sweeper_stop(n);
     kp_metering_stop_timer(n);
     kp_health_queue_close(n->health); /* freed by main once the loop closed it */

@@ -3,6 +3,8 @@
  * Loads the configuration (file, environment, flags), locks the data
  * directory, starts the worker threads and their listeners, writes
  * listen.json, and runs until SIGTERM or SIGINT has drained it.
+ * With --recover it only rewrites the Raft configuration of its stopped
+ * data directory (node/restore.c) and exits.
  * Exit codes: 0 after a clean drain, 1 when the node cannot run (data
  * directory in use, address taken, ...), 2 for a usage or configuration
  * error. */
@@ -57,6 +59,7 @@ static int run(struct kp_config *cfg)
     rt.control_arg = &node;
     rt.on_stop = kp_node_stop;
     rt.on_hup = kp_node_hup;
+    rt.on_drain = kp_node_draining;
     kp_view_slot_init(&node.views);
     node.usage = kp_usage_log_new();
     int rc = node.usage != NULL ? kp_node_prepare(&node, errmsg, sizeof(errmsg)) : KP_ENOMEM;
@@ -165,6 +168,12 @@ int main(int argc, char **argv)
     case KP_CONFIG_CHECK:
         kp_config_print(&cfg, stdout);
         fprintf(stderr, "keyplaned: configuration is valid\n");
+        break;
+    case KP_CONFIG_RECOVER:
+        code = kp_node_recover(&cfg, errmsg, sizeof(errmsg));
+        if (code != KP_OK)
+            kp_error("main", "%s", errmsg);
+        code = code == KP_OK ? 0 : code == KP_ECONFIG ? 2 : 1;
         break;
     case KP_CONFIG_RUN: {
         int level = kp_log_parse_level(cfg.log_level ? cfg.log_level : "info");

@@ -33,6 +33,7 @@ struct kp_runtime {
     void *control_arg;                     /* the control handler's arg (struct kp_node *) */
     void (*on_stop)(void *arg);            /* called with control_arg when stopping */
     void (*on_hup)(void *arg);             /* called with control_arg on SIGHUP */
+    void (*on_drain)(void *arg);           /* called with control_arg on SIGTERM/SIGINT */
     uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t drain_timer;
     uint64_t drain_deadline_ms;
@@ -56,6 +57,12 @@ struct kp_datadir {
     int lock_fd;
 };
 int kp_datadir_open(struct kp_datadir *d, const char *path, char *errmsg, size_t errlen);
+/* DATA_DIR/cluster.json, {"cluster_id": ...}: the cluster this data
+ * directory belongs to, written once the node knows it. Read: KP_OK with
+ * the id in @out ("" when the file does not exist); KP_ECONFIG when it is
+ * unreadable or malformed (@errmsg says which). */
+int kp_datadir_read_cluster(const char *dir, char *out, size_t len, char *errmsg, size_t errlen);
+int kp_datadir_write_cluster(const char *dir, const char *cluster_id, char *errmsg, size_t errlen);
 /* Write DATA_DIR/listen.json atomically with the bound addresses. */
 int kp_datadir_write_listen(struct kp_datadir *d, const char *gateway, const char *control,
                             const char *raft, char *errmsg, size_t errlen);
@@ -100,10 +107,25 @@ struct kp_node {
     bool store_closing;
     bool join_timer_open;
     bool self_record_ok; /* the registry has this node's control address */
+    bool restored;       /* this start made a new cluster from cfg->restore */
+    bool removed;        /* no longer in the Raft configuration: not ready */
+    /* DATA_DIR/cluster.json: the cluster this data directory belongs to
+     * ("" until known), and whether a join address confirmed it is the
+     * cluster join names (or nothing was to be checked). */
+    char dir_cluster[64];
+    bool cluster_checked;
+    /* Readiness waits until this node has applied what the leader had
+     * committed when it asked (catch_target, once catch_known). */
+    uint64_t catch_target;
+    bool catch_known;
+    bool catch_inflight;
+    int64_t catch_tried_ms;
     int64_t record_tried_ms;
     unsigned join_attempt;
     char join_target[256];
     uv_timer_t join_timer;
+    uv_timer_t ready_timer; /* re-checks readiness until the node is ready */
+    bool ready_timer_open;
     uv_timer_t sweep_timer; /* sweeper.c */
     bool sweep_timer_open;
 };
@@ -117,6 +139,22 @@ int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen);
 void kp_node_stop(void *node);
 /* The runtime's on_hup: reopen the access log. */
 void kp_node_hup(void *node);
+/* The runtime's on_drain: a leader hands leadership over before it stops. */
+void kp_node_draining(void *node);
+/* lifecycle.c, for restore.c: write @data to @path (mode 0600) atomically;
+ * the node's id (DATA_DIR/node.id, made on the first start) and its raft
+ * address (raft_listen, or DATA_DIR/raft.addr with port 0). */
+int kp_node_write_private(const char *path, const char *data, size_t len, char *errmsg,
+                          size_t errlen);
+int kp_node_load_id(struct kp_node *n, char *errmsg, size_t errlen);
+int kp_node_resolve_raft_addr(struct kp_node *n, char *errmsg, size_t errlen);
+
+/* restore.c: a new cluster from a registry snapshot (cfg->restore), made in
+ * the empty raft directory @raft_dir before the store opens (kp_node_prepare
+ * calls it with the master key loaded); and --recover, the offline
+ * operation that makes a stopped node the only voter of its cluster. */
+int kp_node_restore(struct kp_node *n, const char *raft_dir, char *errmsg, size_t errlen);
+int kp_node_recover(struct kp_config *cfg, char *errmsg, size_t errlen);
 /* Look at the registry again (what a registry change triggers): retries a
  * bootstrap or an own-record update that did not go through. */
 void kp_node_check(struct kp_node *n);
@@ -253,6 +291,7 @@ void kp_admin_handle(struct kp_node *n, struct kp_http_exchange *ex,
 /* forward.c: node-to-node HTTP calls from the main loop (libcurl on the
  * threadpool). The callback runs on the loop; @res is valid during it. */
 #define KP_CALL_HEADER_MAX 128
+#define KP_CALL_EXTRA_MAX  6
 struct kp_call_result {
     long status;        /* 0 when the peer could not be reached (see error) */
     struct kp_buf body; /* NUL-terminated */
@@ -260,6 +299,13 @@ struct kp_call_result {
     char etag[KP_CALL_HEADER_MAX];
     char retry_after[KP_CALL_HEADER_MAX];
     char allow[KP_CALL_HEADER_MAX];
+    /* X-Keyplane-* answer headers (a snapshot's checksum, index, cluster):
+     * the lower-case name and the value of the first KP_CALL_EXTRA_MAX. */
+    struct {
+        char name[64];
+        char value[KP_CALL_HEADER_MAX];
+    } extra[KP_CALL_EXTRA_MAX];
+    unsigned n_extra;
     char error[256];
 };
 typedef void (*kp_call_cb)(void *arg, const struct kp_call_result *res);

@@ -8,6 +8,8 @@
  * and runs the drain:
  *
  *   RUNNING --SIGTERM/SIGINT--> DELAY (readyz 503, still accepting,
+ *                                      answers say Connection: close,
+ *                                      a leader hands leadership over;
  *                                      drain_delay_ms)
  *                                 |
  *                                 v
@@ -25,7 +27,7 @@
 
 #include "node.h"
 
-enum worker_cmd { CMD_RUN, CMD_DRAIN, CMD_STOP };
+enum worker_cmd { CMD_RUN, CMD_QUIESCE, CMD_DRAIN, CMD_STOP };
 
 struct kp_worker {
     struct kp_runtime *rt;
@@ -83,7 +85,10 @@ static void worker_apply(struct kp_worker *w)
     if (cmd == w->applied_cmd)
         return;
     w->applied_cmd = cmd;
-    if (cmd == CMD_DRAIN) {
+    if (cmd == CMD_QUIESCE) {
+        if (w->gateway != NULL)
+            kp_http_server_quiesce(w->gateway);
+    } else if (cmd == CMD_DRAIN) {
         kp_http_server_drain(w->gateway);
     } else if (cmd == CMD_STOP) {
         struct kp_http_server *g = w->gateway;
@@ -251,6 +256,9 @@ static void on_signal(uv_signal_t *s, int signum)
     }
     atomic_store(&rt->draining, true);
     kp_info("runtime", "%s -> draining (readyz now 503)", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    send_all(rt, CMD_QUIESCE);
+    if (rt->on_drain != NULL)
+        rt->on_drain(rt->control_arg);
     if (rt->cfg->drain_delay_ms > 0)
         uv_timer_start(&rt->drain_timer, begin_drain, (uint64_t)rt->cfg->drain_delay_ms, 0);
     else

@@ -87,6 +87,10 @@ int kp_http_server_start(struct kp_http_server **out, uv_loop_t *loop,
                          const struct kp_http_server_config *cfg, const char *addr, int *bound_port,
                          char *errmsg, size_t errlen);
 
+/* The drain is coming: keep accepting, but every answer from now on says
+ * Connection: close, so that clients (and load balancers that balance
+ * connections, not requests) open their next connection elsewhere. */
+void kp_http_server_quiesce(struct kp_http_server *srv);
 /* Stop accepting new connections; idle keep-alive connections are closed,
  * connections with a request in flight close after their answer. */
 void kp_http_server_drain(struct kp_http_server *srv);
