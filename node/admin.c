@@ -114,6 +114,8 @@ static const struct kp_admin_route routes[] = {
     {"GET", "/admin/v1/keys/{id}/health", READ, KP_KIND_KEY_HEALTH, KP_OP_NONE, handle_get_health},
     {"PUT", "/admin/v1/keys/{id}/health", OPR, KP_KIND_KEY_HEALTH, KP_OP_NONE, handle_put_health},
     {"POST", "/admin/v1/secrets/rewrap", CHG, -1, KP_OP_NONE, kp_admin__secrets_rewrap},
+    /* The whole registry, secrets sealed but the pepper in clear: admin only. */
+    {"GET", "/admin/v1/snapshot", CHG | AUDIT, -1, KP_OP_NONE, kp_admin__snapshot},
     {"GET", "/admin/v1/price-table", READ, -1, KP_OP_NONE, kp_admin__price_table},
     {"GET", "/admin/v1/price-table/{id}", READ, -1, KP_OP_NONE, kp_admin__price_of},
     {"GET", "/admin/v1/budgets", USAGE, -1, KP_OP_NONE, kp_admin__budgets_list},

@@ -166,6 +166,11 @@ void kp_admin__token_create(struct kp_admin_req *r);
 
 void kp_admin__secrets_rewrap(struct kp_admin_req *r);
 
+/* --- admin_snapshot.c ----------------------------------------------------- */
+
+/* GET /admin/v1/snapshot: the registry snapshot (leader; audited). */
+void kp_admin__snapshot(struct kp_admin_req *r);
+
 /* --- admin_audit.c -------------------------------------------------------- */
 
 void kp_admin__audit_list(struct kp_admin_req *r);

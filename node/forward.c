@@ -7,6 +7,7 @@
  * simpler than a multi handle and costs nothing on the request path; the
  * router's upstream client is separate work. Everything a call needs is
  * copied into it, so the exchange it serves may go away meanwhile. */
+#include <ctype.h>
 #include <curl/curl.h>
 #include <stdio.h>
 #include <string.h>
@@ -65,9 +66,36 @@ static void keep_header(struct kp_call_result *r, const char *line, size_t n)
     }
 }
 
+/* X-Keyplane-* headers of the answer, but X-Keyplane-Forwarded-To, which
+ * the forwarding node sets itself. */
+static void keep_extra(struct kp_call_result *r, const char *line, size_t n)
+{
+    static const char prefix[] = "x-keyplane-";
+    const char *colon = memchr(line, ':', n);
+    size_t nl = colon != NULL ? (size_t)(colon - line) : 0;
+    if (colon == NULL || nl <= sizeof(prefix) - 1 || nl >= sizeof(r->extra[0].name) ||
+        strncasecmp(line, prefix, sizeof(prefix) - 1) != 0 ||
+        (nl == strlen("x-keyplane-forwarded-to") &&
+         strncasecmp(line, "x-keyplane-forwarded-to", nl) == 0) ||
+        r->n_extra == KP_CALL_EXTRA_MAX)
+        return;
+    const char *v = colon + 1;
+    size_t vn = n - nl - 1;
+    while (vn > 0 && (*v == ' ' || *v == '\t'))
+        v++, vn--;
+    while (vn > 0 && (v[vn - 1] == '\r' || v[vn - 1] == '\n' || v[vn - 1] == ' '))
+        vn--;
+    for (size_t i = 0; i < nl; i++)
+        r->extra[r->n_extra].name[i] = (char)tolower((unsigned char)line[i]);
+    r->extra[r->n_extra].name[nl] = '\0';
+    snprintf(r->extra[r->n_extra].value, KP_CALL_HEADER_MAX, "%.*s", (int)vn, v);
+    r->n_extra++;
+}
+
 static size_t on_header(char *data, size_t size, size_t n, void *arg)
 {
     keep_header(arg, data, size * n);
+    keep_extra(arg, data, size * n);
     return size * n;
 }
 
@@ -242,7 +270,7 @@ static void forward_done(void *arg, const struct kp_call_result *r)
         kp_free(f);
         return;
     }
-    struct kp_http_header h[6];
+    struct kp_http_header h[6 + KP_CALL_EXTRA_MAX];
     unsigned nh = 0;
     h[nh++] = KP_HTTP_HEADER("X-Request-Id", f->rid);
     h[nh++] = KP_HTTP_HEADER("X-Keyplane-Forwarded-To", f->to);
@@ -254,6 +282,9 @@ static void forward_done(void *arg, const struct kp_call_result *r)
         h[nh++] = KP_HTTP_HEADER("Retry-After", r->retry_after);
     if (r->allow[0])
         h[nh++] = KP_HTTP_HEADER("Allow", r->allow);
+    for (unsigned i = 0; i < r->n_extra; i++)
+        h[nh++] = (struct kp_http_header){r->extra[i].name, strlen(r->extra[i].name),
+                                          r->extra[i].value, strlen(r->extra[i].value)};
     kp_http_respond(f->ex, (int)r->status, h, nh, r->body.data, r->body.len);
     kp_free(f);
 }
