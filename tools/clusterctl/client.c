@@ -13,6 +13,7 @@
  * back): the caller wipes what it sent, and response bodies are wiped when
  * freed. Header lists are wiped too, since one carries the token. */
 #include <curl/curl.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +141,21 @@ static void read_answer_headers(CURL *curl, struct kp_ctl_response *resp)
         snprintf(resp->content_type, sizeof(resp->content_type), "%s", ctype);
     if (curl_easy_header(curl, "ETag", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
         snprintf(resp->etag, sizeof(resp->etag), "%s", h->value);
+    static const struct {
+        const char *name;
+        size_t off, len;
+    } snap[] = {
+#define SNAP_HEADER(n, f)                                                                          \
+    {n, offsetof(struct kp_ctl_response, f), sizeof(((struct kp_ctl_response *)0)->f)}
+        SNAP_HEADER("X-Keyplane-Snapshot-Sha256", snapshot_sha256),
+        SNAP_HEADER("X-Keyplane-Snapshot-Index", snapshot_index),
+        SNAP_HEADER("X-Keyplane-Cluster-Id", cluster_id),
+        SNAP_HEADER("X-Keyplane-Kek-Id", kek_id),
+#undef SNAP_HEADER
+    };
+    for (size_t i = 0; i < sizeof(snap) / sizeof(snap[0]); i++)
+        if (curl_easy_header(curl, snap[i].name, 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
+            snprintf((char *)resp + snap[i].off, snap[i].len, "%s", h->value);
 }
 
 int kp_ctl__request(struct kp_ctl *ctl, const char *method, const char *path, const char *body,

@@ -144,6 +144,11 @@ struct kp_ctl_response {
     struct kp_buf body; /* NUL-terminated; wiped when freed (it may hold a token) */
     char content_type[128];
     char etag[64]; /* the ETag header, "" when none */
+    /* GET /admin/v1/snapshot's X-Keyplane-* headers, "" when absent. */
+    char snapshot_sha256[80];
+    char snapshot_index[32];
+    char cluster_id[80];
+    char kek_id[80];
 };
 
 /* Sends METHOD server+path with @body (JSON, @body_len bytes; NULL for none)
@@ -328,6 +333,7 @@ int kp_ctl__cmd_cluster(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_leader(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_whoami(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_secrets(struct kp_ctl *ctl, int argc, char **argv);
+int kp_ctl__cmd_snapshot(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_audit(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_budgets(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_alerts(struct kp_ctl *ctl, int argc, char **argv);

@@ -8,6 +8,7 @@
  * is none says to retry shortly (client.c). */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "clusterctl.h"
 
@@ -25,7 +26,9 @@ static const struct kp_ctl_command members_commands[] = {
      "[--role voter|standby|spare]",
      "add a node (its id is in its DATA_DIR/node.id) to the Raft configuration", members_add,
      false},
-    {"remove", "NAME", "remove a member from the Raft configuration", members_remove, false},
+    {"remove", "NAME",
+     "remove a member from the Raft configuration (leadership moves off it first when it leads)",
+     members_remove, false},
     {"role", "NAME voter|standby|spare", "change a member's role", members_role, false},
     {"meter", "NAME on|off",
      "make a member a meter (it receives usage segments and answers usage queries), or not",
@@ -153,23 +156,85 @@ static int members_add(struct kp_ctl *ctl, int argc, char **argv)
     return rc;
 }
 
+/* The leader's node id and @name's, from GET /admin/v1/cluster (0 when
+ * unknown). */
+static int leader_and_member(struct kp_ctl *ctl, const char *name, json_int_t *leader,
+                             json_int_t *member)
+{
+    json_t *answer = NULL, *m;
+    size_t i;
+    int rc = kp_ctl__call(ctl, "GET", "/admin/v1/cluster", NULL, NULL, &answer);
+    *leader = *member = 0;
+    if (rc != KP_CTL_EXIT_OK)
+        return rc;
+    *leader = json_integer_value(json_object_get(json_object_get(answer, "leader"), "node_id"));
+    json_array_foreach(json_object_get(answer, "members"), i, m)
+    {
+        const char *n = json_string_value(json_object_get(m, "name"));
+        if (n != NULL && strcmp(n, name) == 0)
+            *member = json_integer_value(json_object_get(m, "node_id"));
+    }
+    json_decref(answer);
+    return KP_CTL_EXIT_OK;
+}
+
+/* DELETE, retried while the cluster has no leader to take it (503): after
+ * a leadership transfer the nodes learn the new leader within an election
+ * timeout or so. */
+static int delete_member(struct kp_ctl *ctl, const char *path, json_t **answer)
+{
+    struct kp_ctl_response resp;
+    for (int attempt = 0;; attempt++) {
+        if (kp_ctl__request(ctl, "DELETE", path, NULL, 0, NULL, &resp) != 0)
+            return kp_ctl__unreachable(ctl);
+        if (resp.status != 503 || attempt == 40)
+            break;
+        kp_ctl__response_free(&resp);
+        usleep(250 * 1000);
+    }
+    int rc = KP_CTL_EXIT_OK;
+    if (resp.status < 200 || resp.status > 299)
+        rc = kp_ctl__refused(ctl, path, &resp);
+    else if ((*answer = kp_ctl__response_json(&resp)) == NULL)
+        *answer = json_null();
+    kp_ctl__response_free(&resp);
+    return rc;
+}
+
 static int members_remove(struct kp_ctl *ctl, int argc, char **argv)
 {
     char *path;
     json_t *answer = NULL;
+    json_int_t leader, member;
     int first, rc = kp_ctl__parse(ctl, argc, argv, NULL, 0, &first);
 
     if (rc != KP_CTL_EXIT_OK ||
         (rc = kp_ctl__positionals(ctl, argc - first, 1, 1, "NAME", false)) != KP_CTL_EXIT_OK ||
         (rc = kp_ctl__resolve(ctl)) != KP_CTL_EXIT_OK)
         return rc;
-    if ((path = kp_ctl__path("members", argv[first], NULL)) == NULL) {
+    const char *name = argv[first];
+    /* The leader cannot remove itself: move leadership to another voter
+     * first (docs/operations.md, "Remove a node"). */
+    if ((rc = leader_and_member(ctl, name, &leader, &member)) != KP_CTL_EXIT_OK)
+        return rc;
+    if (member != 0 && member == leader) {
+        fprintf(stderr, "%s: %s leads the cluster: handing leadership to another voter first\n",
+                ctl->prog, name);
+        json_t *body = json_object();
+        rc = kp_ctl__call(ctl, "POST", "/admin/v1/cluster/transfer", body, NULL, &answer);
+        json_decref(body);
+        json_decref(answer);
+        answer = NULL;
+        if (rc != KP_CTL_EXIT_OK)
+            return rc;
+    }
+    if ((path = kp_ctl__path("members", name, NULL)) == NULL) {
         kp_ctl__error(ctl, "out of memory");
         return KP_CTL_EXIT_NO;
     }
-    rc = kp_ctl__call(ctl, "DELETE", path, NULL, NULL, &answer);
+    rc = delete_member(ctl, path, &answer);
     if (rc == KP_CTL_EXIT_OK)
-        print_member(ctl, argv[first], answer, "removed");
+        print_member(ctl, name, answer, "removed");
     json_decref(answer);
     kp_free(path);
     return rc;

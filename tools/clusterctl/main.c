@@ -69,6 +69,8 @@ static const struct kp_ctl_command commands[] = {
     {"whoami", "", "show the token's id, role and permissions", kp_ctl__cmd_whoami, false},
     {"secrets", "rewrap", "reseal every secret under the current master key (rotation)",
      kp_ctl__cmd_secrets, true},
+    {"snapshot", "save FILE", "save the registry as a snapshot file (backup, restore)",
+     kp_ctl__cmd_snapshot, true},
     {"config", "SUBCOMMAND ...", "manage contexts (clusterctl config --help)", kp_ctl__cmd_config,
      true},
     {"version", "", "print clusterctl's version", kp_ctl__cmd_version, false},
