@@ -159,9 +159,48 @@ static int raft_role_of(struct kp_node *n, uint64_t id)
     return role;
 }
 
+static void removed_told(void *arg, const struct kp_call_result *r)
+{
+    char *name = arg;
+    if (r->status != 200)
+        kp_info("cluster",
+                "could not tell %s it was removed (%s); it learns nothing more from "
+                "the cluster and turns unready once it misses the leader",
+                name, r->status ? "refused" : r->error);
+    kp_free(name);
+}
+
+/* A member taken out of the configuration is sent nothing more by the
+ * leader, so it would never learn it; tell it, so that its /readyz turns
+ * 503 "removed" and load balancers stop sending it calls. Best effort: a
+ * member that is down learns nothing, and is not ready when it comes back
+ * (no leader answers it). */
+static void tell_removed(struct member_op *op)
+{
+    char url[512], auth[128];
+    if (op->control[0] == '\0' || op->node_id == op->n->node_id)
+        return;
+    char *name = kp_strdup(op->name);
+    json_t *body = json_pack("{s:I}", "node_id", (json_int_t)op->node_id);
+    size_t len = 0;
+    char *text = body != NULL ? kp_json_dumps(body, &len) : NULL;
+    json_decref(body);
+    snprintf(url, sizeof(url), "http://%s/internal/v1/removed", op->control);
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(op->n));
+    const char *hdrs[] = {auth, "Content-Type: application/json", NULL};
+    if (name == NULL || text == NULL ||
+        kp_call_start(op->n->rt->main_loop, "POST", url, hdrs, text, len, 2000, removed_told,
+                      name) != KP_OK)
+        kp_free(name);
+    kp_free(text);
+    kp_secret_wipe(auth, sizeof(auth));
+}
+
 static void raft_changed(void *arg, int code, const char *message)
 {
     struct member_op *op = arg;
+    if (code == KP_OK && op->remove)
+        tell_removed(op);
     if (code != KP_OK) {
         char msg[400];
         snprintf(msg, sizeof(msg), "Raft configuration change failed: %s", message);
@@ -758,6 +797,22 @@ static void handle_key_health(struct kp_node *n, struct kp_http_exchange *ex,
         kp_admin_error(ex, 503, rid, "unavailable", "not_leader", NULL, "retry shortly");
 }
 
+/* POST /internal/v1/removed {"node_id"}: the leader took this node out of
+ * the Raft configuration (tell_removed). */
+static void handle_removed(struct kp_node *n, struct kp_http_exchange *ex,
+                           const struct kp_http_request *req, const char *rid)
+{
+    json_t *body = parse_body(ex, req, rid);
+    if (body == NULL)
+        return;
+    json_t *id = json_object_get(body, "node_id");
+    bool me = json_is_integer(id) && (uint64_t)json_integer_value(id) == n->node_id;
+    json_decref(body);
+    if (me)
+        kp_node_removed(n);
+    kp_node_respond_json(ex, 200, rid, json_pack("{s:b}", "removed", me));
+}
+
 void kp_internal_handle(struct kp_node *n, struct kp_http_exchange *ex,
                         const struct kp_http_request *req, const char *rid)
 {
@@ -781,6 +836,10 @@ void kp_internal_handle(struct kp_node *n, struct kp_http_exchange *ex,
     }
     if (strcmp(req->path, "/internal/v1/health") == 0 && strcmp(req->method, "GET") == 0) {
         kp_alerts_report(n, ex, rid);
+        return;
+    }
+    if (strcmp(req->path, "/internal/v1/removed") == 0 && strcmp(req->method, "POST") == 0) {
+        handle_removed(n, ex, req, rid);
         return;
     }
     if (strcmp(req->path, "/internal/v1/raft") == 0 && strcmp(req->method, "GET") == 0) {

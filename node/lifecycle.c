@@ -647,12 +647,28 @@ static bool cluster_matches(struct kp_node *n, const struct kp_cluster *c)
     return true;
 }
 
+void kp_node_removed(struct kp_node *n)
+{
+    if (n->removed)
+        return;
+    n->removed = true;
+    kp_warn("node",
+            "this node (%llu) was removed from the cluster's Raft configuration: "
+            "/readyz answers 503 \"removed\"; stop it (SIGTERM)",
+            (unsigned long long)n->node_id);
+}
+
 /* A member the leader removed is sent nothing any more: its registry ages
- * while it keeps serving. It says so on /readyz so that load balancers
- * stop sending it calls; the operator stops it. */
+ * while it keeps serving. The leader tells it (cluster.c); when it applied
+ * the configuration without itself (it was removed while another change
+ * was being replicated to it), it knows by itself. Either way /readyz says
+ * so, and it stays so: a removed node comes back only as a new member,
+ * with an empty data directory. */
 static void check_removed(struct kp_node *n)
 {
     struct kp_store_status st;
+    if (n->removed)
+        return;
     if (kp_store_status(n->store, &st) != KP_OK) {
         kp_store_status_free(&st);
         return;
@@ -660,17 +676,8 @@ static void check_removed(struct kp_node *n)
     bool in = false;
     for (uint32_t i = 0; i < st.nservers; i++)
         in = in || st.servers[i].id == n->node_id;
-    if (st.nservers > 0 && in == n->removed) {
-        n->removed = !in;
-        if (n->removed)
-            kp_warn("node",
-                    "this node (%llu) was removed from the cluster's Raft configuration: "
-                    "/readyz answers 503 \"removed\"; stop it (SIGTERM)",
-                    (unsigned long long)n->node_id);
-        else
-            kp_info("node", "this node (%llu) is in the Raft configuration again",
-                    (unsigned long long)n->node_id);
-    }
+    if (st.nservers > 0 && !in)
+        kp_node_removed(n);
     kp_store_status_free(&st);
 }
 

@@ -141,6 +141,9 @@ void kp_node_stop(void *node);
 void kp_node_hup(void *node);
 /* The runtime's on_drain: a leader hands leadership over before it stops. */
 void kp_node_draining(void *node);
+/* The leader took this node out of the Raft configuration: /readyz answers
+ * 503 "removed" from now on. */
+void kp_node_removed(struct kp_node *n);
 /* lifecycle.c, for restore.c: write @data to @path (mode 0600) atomically;
  * the node's id (DATA_DIR/node.id, made on the first start) and its raft
  * address (raft_listen, or DATA_DIR/raft.addr with port 0). */
