@@ -4,6 +4,9 @@
 #
 #   deploy/local-cluster.sh up              start (or complete) the cluster
 #   deploy/local-cluster.sh status          processes, /readyz, clusterctl cluster
+#   deploy/local-cluster.sh restart [kp-N ...]
+#                                           rolling restart (all nodes by default), one
+#                                           node at a time, under load without a failed call
 #   deploy/local-cluster.sh down [--purge]  stop everything; --purge also deletes the state
 #
 # What runs (ports for the default base 7600; everything binds 127.0.0.1):
@@ -93,18 +96,21 @@ alive() {
 }
 
 # pid_of NAME: the pid in STATE/NAME.pid when that process is alive and is
-# the program we started (a recycled pid is not ours).
+# the program we started (a recycled pid is not ours: not even another
+# local cluster's keyplaned or HAProxy, whose command line names another
+# state directory).
 pid_of() {
-  local f="$state/$1.pid" pid comm
+  local f="$state/$1.pid" pid comm args
   [ -s "$f" ] || return 1
   pid=$(cat "$f")
   case $pid in '' | *[!0-9]*) return 1 ;; esac
   alive "$pid" || return 1
   comm=$(ps -o comm= -p "$pid" 2>/dev/null) || return 1
+  args=$(ps -o args= -p "$pid" 2>/dev/null) || return 1
   case $1 in
     mock) [ "$comm" = keyplane-mock ] ;;
-    haproxy) [ "$comm" = haproxy ] ;;
-    *) [ "$comm" = keyplaned ] ;;
+    haproxy) [ "$comm" = haproxy ] && [[ $args == *"$state/haproxy.cfg"* ]] ;;
+    *) [ "$comm" = keyplaned ] && [[ $args == *"$state/$1.yaml"* ]] ;;
   esac || return 1
   echo "$pid"
 }
@@ -118,12 +124,12 @@ while IFS= read -r v; do
 done < <(compgen -e)
 
 # spawn NAME LOG CMD...: start CMD in its own session (so it outlives this
-# script and a Ctrl-C here), output to STATE/NAME.out and LOG, pid to
-# STATE/NAME.pid.
+# script and a Ctrl-C here), output appended to STATE/NAME.out and LOG (a
+# restarted process adds to its predecessor's), pid to STATE/NAME.pid.
 spawn() {
   local name=$1 log=$2
   shift 2
-  "${clean_env[@]}" setsid "$@" </dev/null >"$state/$name.out" 2>"$log" &
+  "${clean_env[@]}" setsid "$@" </dev/null >>"$state/$name.out" 2>>"$log" &
   echo $! >"$state/$name.pid"
 }
 
@@ -410,6 +416,63 @@ then 'deploy/local-cluster.sh up' starts kp-1 again.
 MSG
 }
 
+# --- restart ---------------------------------------------------------------------------
+
+# haproxy_state N: HAProxy's status of kp-N in the gateway backend (UP, DOWN,
+# "DOWN 1/2", ...), from the stats CSV.
+haproxy_state() {
+  curl -fsS -m 2 "http://127.0.0.1:$lb_stats/;csv" 2>/dev/null |
+    awk -F, -v s="kp-$1" '$1 == "keyplane_gateways" && $2 == s { print $18 }'
+}
+
+haproxy_up() { [ "$(haproxy_state "$1")" = UP ]; }
+
+# The rolling restart of docs/operations.md, one node at a time:
+#   SIGTERM: /readyz turns 503 at once, HAProxy takes the node out after 2
+#     failed checks, the gateway keeps serving for drain_delay_ms (2 s) and
+#     answers with Connection: close, a leader hands its leadership over;
+#     then the listeners close, calls in flight finish, the process exits 0;
+#   start it again with the same data directory: it restarts as the member
+#     it was, and /readyz turns 200 once it has applied what the leader had
+#     committed (it is caught up);
+#   wait until HAProxy has it back (2 good checks) before the next node, so
+#     that no more than one node is ever out of the rotation.
+restart_node() { # N
+  local n=$1 pid i
+  pid=$(pid_of "kp-$n") || die "kp-$n is not running (start it with: $0 up)"
+  say "restarting kp-$n (pid $pid)"
+  kill -TERM "$pid"
+  for ((i = 0; i < wait_s * 10; i++)); do
+    alive "$pid" || break
+    sleep 0.1
+  done
+  alive "$pid" && die "kp-$n (pid $pid) did not stop within ${wait_s}s"
+  echo "   kp-$n stopped"
+  check_free "kp-$n" "$(gw_port "$n")" "$(ctl_port "$n")" "$(raft_port "$n")"
+  spawn "kp-$n" "$state/kp-$n.log" "$bin/keyplaned" --config "$state/kp-$n.yaml"
+  wait_for "kp-$n /readyz (caught up with the leader)" "kp-$n" "$state/kp-$n.log" \
+    http_ok "http://127.0.0.1:$(ctl_port "$n")/readyz"
+  echo "   kp-$n started (pid $(cat "$state/kp-$n.pid")) and caught up"
+  wait_for "HAProxy to take kp-$n back" haproxy "$state/haproxy.log" haproxy_up "$n"
+  echo "   kp-$n back in HAProxy's rotation"
+}
+
+cmd_restart() {
+  [ -f "$state/$marker" ] || die "no local cluster in $state (run: $0 up)"
+  pid_of haproxy >/dev/null || die "HAProxy is not running (run: $0 up)"
+  find_bins
+  local list=() a
+  for a in "$@"; do
+    case $a in
+      kp-[1-3]) list+=("${a#kp-}") ;;
+      *) die "restart: unknown node $a (expected kp-1, kp-2 or kp-3)" ;;
+    esac
+  done
+  [ ${#list[@]} -gt 0 ] || list=("${nodes[@]}")
+  for a in "${list[@]}"; do restart_node "$a"; done
+  say "restarted: ${list[*]/#/kp-}"
+}
+
 # --- status --------------------------------------------------------------------------
 
 cmd_status() {
@@ -522,6 +585,11 @@ case ${1:-} in
     load_ports
     cmd_status
     ;;
+  restart)
+    shift
+    load_ports
+    cmd_restart "$@"
+    ;;
   down)
     shift
     cmd_down "$@"
@@ -530,7 +598,7 @@ case ${1:-} in
     sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
     ;;
   *)
-    echo "usage: $0 up | status | down [--purge]" >&2
+    echo "usage: $0 up | status | restart [kp-N ...] | down [--purge]" >&2
     exit 2
     ;;
 esac
