@@ -1,0 +1,206 @@
+/* Reproducers of canonical/raft 0.15 behaviours that keyplane relies on
+ * knowing about (docs/architecture.md, "Raft 0.15 quirks"). Each case pins
+ * what the library does today with the real libuv I/O on a temporary
+ * directory, as raftstore/store.c uses it; a case that starts failing means
+ * the library changed and the note in the docs must be revisited.
+ *
+ * 1. A lone voter leads as soon as it starts, in the term it had: the
+ *    start-up shortcut for a configuration with one voter converts it to
+ *    leader without an election, so without a new term (with or without
+ *    pre-vote). A lone voter that restarts therefore leads again in the
+ *    term it led before. With followers holding entries the old leadership
+ *    sent but never persisted locally (a crash between sending and
+ *    writing), the new leadership can write different entries at the same
+ *    index and term: the Log Matching property breaks. In keyplane a lone
+ *    voter has followers only as standbys or routers (and after a restore
+ *    or a --recover, until more voters join).
+ *
+ * 2. raft_recover appends the forced configuration with term 1, whatever
+ *    the terms of the entries before it: the log's terms stop being
+ *    monotonic (uvWriteClosedSegment sets entry.term = 1). It works (the
+ *    recovered node leads and new nodes join, tests/cluster/
+ *    test_recovery.py), but a log like that is outside Raft's invariants. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <raft.h>
+#include <raft/uv.h>
+
+struct node {
+    uv_loop_t loop;
+    struct raft_uv_transport transport;
+    struct raft_io io;
+    struct raft raft;
+    struct raft_fsm fsm;
+    bool closed;
+};
+
+static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+{
+    (void)fsm;
+    (void)buf;
+    *result = NULL;
+    return 0;
+}
+
+static void node_open(struct node *n, const char *dir, bool pre_vote)
+{
+    memset(n, 0, sizeof(*n));
+    assert_int_equal(uv_loop_init(&n->loop), 0);
+    assert_int_equal(raft_uv_tcp_init(&n->transport, &n->loop), 0);
+    assert_int_equal(raft_uv_init(&n->io, &n->loop, dir, &n->transport), 0);
+    n->fsm.version = 1;
+    n->fsm.apply = fsm_apply;
+    assert_int_equal(raft_init(&n->raft, &n->io, &n->fsm, 1, "127.0.0.1:9"), 0);
+    n->raft.data = n;
+    raft_set_pre_vote(&n->raft, pre_vote);
+}
+
+static void on_closed(struct raft *r)
+{
+    ((struct node *)r->data)->closed = true;
+}
+
+static void node_close(struct node *n)
+{
+    raft_close(&n->raft, on_closed);
+    while (!n->closed)
+        uv_run(&n->loop, UV_RUN_ONCE);
+    raft_uv_close(&n->io);
+    raft_uv_tcp_close(&n->transport);
+    uv_run(&n->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&n->loop), 0);
+}
+
+static void bootstrap(struct node *n)
+{
+    struct raft_configuration conf;
+    raft_configuration_init(&conf);
+    assert_int_equal(raft_configuration_add(&conf, 1, "127.0.0.1:9", RAFT_VOTER), 0);
+    assert_int_equal(raft_bootstrap(&n->raft, &conf), 0);
+    raft_configuration_close(&conf);
+}
+
+static char *temp_dir(void)
+{
+    char *dir = strdup("/tmp/kp-raft-quirks-XXXXXX");
+    assert_non_null(dir);
+    assert_non_null(mkdtemp(dir));
+    return dir;
+}
+
+static void remove_dir(char *dir)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+    free(dir);
+}
+
+/* The term a lone voter leads in right after raft_start: bootstrapped
+ * (term 1), or restarted on the same directory. */
+static raft_term lead_term(const char *dir, bool pre_vote, bool first)
+{
+    struct node n;
+    node_open(&n, dir, pre_vote);
+    if (first)
+        bootstrap(&n);
+    assert_int_equal(raft_start(&n.raft), 0);
+    assert_int_equal(raft_state(&n.raft), RAFT_LEADER);
+    raft_term term = n.raft.current_term;
+    node_close(&n);
+    return term;
+}
+
+/* Quirk 1: a lone voter leads in the term it has, at every start, with or
+ * without pre-vote; raft's own elections always start a new term. */
+static void lone_voter_leads_without_a_new_term(void **state)
+{
+    (void)state;
+    for (int pre_vote = 0; pre_vote < 2; pre_vote++) {
+        char *dir = temp_dir();
+        assert_int_equal(lead_term(dir, pre_vote, true), 1);  /* should be 2 */
+        assert_int_equal(lead_term(dir, pre_vote, false), 1); /* led term 1 before */
+        assert_int_equal(lead_term(dir, pre_vote, false), 1);
+        remove_dir(dir);
+    }
+}
+
+static void barrier_done(struct raft_barrier *req, int status)
+{
+    assert_int_equal(status, 0);
+    *(bool *)req->data = true;
+}
+
+/* Quirk 2: the configuration raft_recover appends has term 1, after
+ * entries of a later term. */
+static void recover_appends_a_term_1_entry(void **state)
+{
+    (void)state;
+    char *dir = temp_dir();
+    struct node n;
+    struct raft_barrier req;
+    bool done = false;
+    node_open(&n, dir, false);
+    bootstrap(&n);
+    /* As a node that took part in elections up to term 5. */
+    assert_int_equal(n.io.set_term(&n.io, 5), 0);
+    assert_int_equal(raft_start(&n.raft), 0);
+    assert_int_equal(n.raft.current_term, 5);
+    req.data = &done;
+    assert_int_equal(raft_barrier(&n.raft, &req, barrier_done), 0);
+    while (!done)
+        uv_run(&n.loop, UV_RUN_ONCE);
+    node_close(&n);
+
+    struct raft_configuration conf;
+    raft_configuration_init(&conf);
+    assert_int_equal(raft_configuration_add(&conf, 1, "127.0.0.1:9", RAFT_VOTER), 0);
+    node_open(&n, dir, false);
+    assert_int_equal(raft_recover(&n.raft, &conf), 0);
+    raft_configuration_close(&conf);
+    node_close(&n);
+
+    /* Read the log back through the I/O backend. */
+    node_open(&n, dir, false);
+    raft_term term;
+    raft_id vote;
+    struct raft_snapshot *snap = NULL;
+    raft_index start;
+    struct raft_entry *entries = NULL;
+    size_t count = 0;
+    assert_int_equal(n.io.load(&n.io, &term, &vote, &snap, &start, &entries, &count), 0);
+    assert_null(snap);
+    assert_int_equal(count, 3); /* bootstrap configuration, barrier, recovery */
+    assert_int_equal(entries[0].type, RAFT_CHANGE);
+    assert_int_equal(entries[0].term, 1);
+    assert_int_equal(entries[1].type, RAFT_BARRIER);
+    assert_int_equal(entries[1].term, 5);
+    assert_int_equal(entries[2].type, RAFT_CHANGE);
+    assert_int_equal(entries[2].term, 1); /* should be at least 5 */
+    void *batch = NULL;
+    for (size_t i = 0; i < count; i++) {
+        if (entries[i].batch != batch)
+            raft_free(entries[i].batch);
+        batch = entries[i].batch;
+    }
+    raft_free(entries);
+    node_close(&n);
+    remove_dir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(lone_voter_leads_without_a_new_term),
+        cmocka_unit_test(recover_appends_a_term_1_entry),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
