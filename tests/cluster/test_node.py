@@ -264,6 +264,24 @@ class ShutdownTest(unittest.TestCase):
         node.send_signal(signal.SIGTERM)
         self.assertEqual(node.wait_exit(timeout=30), 0)
 
+    def test_keep_alive_connections_are_told_to_close_once_draining(self):
+        # A client on a keep-alive connection (a load balancer's pooled
+        # connection, an SDK) is answered with Connection: close from the
+        # SIGTERM on, so its next request opens a connection elsewhere.
+        node = self.h.start_node(config={"drain_delay_ms": 600000})
+        request = b"GET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n"
+        with RawConn(node.gateway_addr) as conn:
+            conn.send(request)
+            self.assertNotEqual(conn.read_response().headers.get("connection"), "close")
+            node.send_signal(signal.SIGTERM)
+            wait_until(lambda: http("GET", node.control_url + "/readyz", timeout=5)[0] == 503,
+                       what="GET /readyz == 503 after SIGTERM", alive=node)
+            conn.send(request)
+            self.assertEqual(conn.read_response().headers.get("connection"), "close")
+            self.assertTrue(conn.wait_closed(), "the server closes the connection")
+        node.send_signal(signal.SIGTERM)
+        self.assertEqual(node.wait_exit(timeout=30), 0)
+
     def test_drain_gives_up_at_its_deadline(self):
         node = self.h.start_node(config={"drain_timeout_ms": 2000, **PATIENT_HTTP})
         held = hold_gateway_request(node)
