@@ -412,9 +412,13 @@ static void cluster_answered(void *arg, const struct kp_call_result *r)
         n->cluster_checked = true;
         kp_warn("node", "%s refused this node's cluster secret: it has another master key",
                 n->join_target);
-    } else if (r->status == 0) {
+    } else if (r->status == 0 && n->fresh) {
         kp_warn("node", "cannot reach %s to check its cluster: %s; trying again", n->join_target,
                 r->error);
+    } else if (r->status == 0) {
+        /* A restarting member does not need its join addresses (join_next
+         * gives up on them once it is ready). */
+        kp_info("node", "cannot reach %s to check its cluster: %s", n->join_target, r->error);
     }
     json_decref(v);
     if (n->cluster_checked)
@@ -444,6 +448,17 @@ static void join_tick(uv_timer_t *t)
 static void join_next(struct kp_node *n)
 {
     bool check = n->dir_cluster[0] != '\0' && !n->cluster_checked;
+    /* A member that restarted ignores join; when none of its join
+     * addresses answers (they may be long gone) while its own registry
+     * already confirms its data directory's cluster, stop asking. */
+    if (check && !n->fresh && atomic_load(&n->rt->ready) && n->join_attempt >= 3) {
+        kp_info("node",
+                "join addresses not reachable: their cluster is not checked (this node's "
+                "registry is cluster %s, as its data directory)",
+                n->dir_cluster);
+        n->cluster_checked = true;
+        check = false;
+    }
     if (!check && (n->joined || !n->fresh)) {
         if (n->join_timer_open)
             uv_timer_stop(&n->join_timer); /* nothing left to do */
@@ -647,6 +662,11 @@ static bool cluster_matches(struct kp_node *n, const struct kp_cluster *c)
     return true;
 }
 
+/* A member the leader removed is sent nothing any more: its registry ages
+ * while it keeps serving. The leader tells it (cluster.c), and from then on
+ * /readyz says so; a removed node comes back only as a new member, with an
+ * empty data directory. (Its own Raft configuration is no guide: a node
+ * that joins restores a snapshot whose configuration predates it.) */
 void kp_node_removed(struct kp_node *n)
 {
     if (n->removed)
@@ -656,29 +676,6 @@ void kp_node_removed(struct kp_node *n)
             "this node (%llu) was removed from the cluster's Raft configuration: "
             "/readyz answers 503 \"removed\"; stop it (SIGTERM)",
             (unsigned long long)n->node_id);
-}
-
-/* A member the leader removed is sent nothing any more: its registry ages
- * while it keeps serving. The leader tells it (cluster.c); when it applied
- * the configuration without itself (it was removed while another change
- * was being replicated to it), it knows by itself. Either way /readyz says
- * so, and it stays so: a removed node comes back only as a new member,
- * with an empty data directory. */
-static void check_removed(struct kp_node *n)
-{
-    struct kp_store_status st;
-    if (n->removed)
-        return;
-    if (kp_store_status(n->store, &st) != KP_OK) {
-        kp_store_status_free(&st);
-        return;
-    }
-    bool in = false;
-    for (uint32_t i = 0; i < st.nservers; i++)
-        in = in || st.servers[i].id == n->node_id;
-    if (st.nservers > 0 && !in)
-        kp_node_removed(n);
-    kp_store_status_free(&st);
 }
 
 static void on_change(void *arg)
@@ -697,7 +694,6 @@ static void on_change(void *arg)
     }
     if (!key_matches(n, c) || !cluster_matches(n, c))
         return;
-    check_removed(n);
     if (!atomic_load(&n->rt->ready) && caught_up(n)) {
         kp_info("node", "ready: cluster %s, registry at index %llu", c->e.id,
                 (unsigned long long)kp_fsm_applied_index(kp_store_fsm(n->store)));

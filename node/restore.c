@@ -152,13 +152,16 @@ int kp_node_restore(struct kp_node *n, const char *raft_dir, char *errmsg, size_
 
 int kp_node_recover(struct kp_config *cfg, char *errmsg, size_t errlen)
 {
-    char raft_dir[4200], why[512];
+    char raft_dir[4200], id_path[4200], why[512];
     struct kp_datadir dd;
     struct stat sb;
     struct kp_node n = {.cfg = cfg};
     snprintf(raft_dir, sizeof(raft_dir), "%s/raft", cfg->data_dir);
-    if (stat(raft_dir, &sb) != 0) {
-        snprintf(errmsg, errlen, "recover: %s holds no Raft state: nothing to recover", raft_dir);
+    snprintf(id_path, sizeof(id_path), "%s/node.id", cfg->data_dir);
+    if (stat(raft_dir, &sb) != 0 || stat(id_path, &sb) != 0) {
+        snprintf(errmsg, errlen,
+                 "recover: %s holds no Raft state (or no node.id): nothing to recover",
+                 cfg->data_dir);
         return KP_ECONFIG;
     }
     int rc = kp_datadir_open(&dd, cfg->data_dir, errmsg, errlen);
