@@ -200,7 +200,7 @@ write_node_config() { # N
     echo "raft_listen: 127.0.0.1:$(raft_port "$n")"
     echo "master_key_file: $state/master.key"
     if [ "$n" != 1 ]; then
-      echo "join:                 # read only on the first start"
+      echo "join:                 # joined on the first start; checked on later ones"
       echo "  - 127.0.0.1:$(ctl_port 1)"
       [ "$n" = 3 ] && echo "  - 127.0.0.1:$(ctl_port 2)"
     fi
