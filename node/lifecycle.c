@@ -12,13 +12,21 @@
  *              (id, token pepper, key id), its own member record and the
  *              first admin token, which it has first written to
  *              DATA_DIR/admin.token (0600) and printed once.
+ *   restore    an empty raft directory and `restore`: a new cluster from a
+ *              snapshot, made before the store opens (restore.c).
  *   join       an empty raft directory and join addresses (control
  *              listeners of cluster nodes): asks each in turn, every second,
  *              to add it (/internal/v1/join with the cluster secret) until
  *              one does. A refusal of the cluster secret means a different
  *              master key: the node stops.
+ *   cluster    DATA_DIR/cluster.json, written once the node knows its
+ *              cluster: a registry of another cluster, or join addresses
+ *              of another cluster, stop the node (exit 2).
  *
- * Readiness (/readyz) waits until this node holds the cluster settings. */
+ * Readiness (/readyz) waits until this node holds the cluster settings and
+ * has applied what the leader had committed when it asked; a member the
+ * leader removed is not ready again. On SIGTERM a leader hands leadership
+ * over (kp_node_draining). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
