@@ -275,6 +275,12 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
     raft_set_snapshot_threshold(&s->raft, cfg->snapshot_threshold ? cfg->snapshot_threshold : 1024);
     raft_set_snapshot_trailing(&s->raft, cfg->snapshot_trailing ? cfg->snapshot_trailing : 128);
     raft_set_pre_vote(&s->raft, true);
+    /* A snapshot sent to a follower that was down, or restarting, is lost;
+     * raft sends it again only after this long (30 s by default), and the
+     * follower cannot turn ready before (it waits to catch up). A registry
+     * snapshot takes well under a second on a LAN. */
+    unsigned election = cfg->election_timeout_ms ? cfg->election_timeout_ms : 1000;
+    raft_set_install_snapshot_timeout(&s->raft, election * 5 > 5000 ? election * 5 : 5000);
 
     if (cfg->bootstrap) {
         struct raft_configuration conf;
