@@ -70,7 +70,8 @@ class SnapshotTest(unittest.TestCase):
             "scope_kind": "tenant", "scope_target": "acme", "rpm": 1000,
             "budgets": [{"name": "daily", "window": "daily",
                          "limit_nanousd": 50_000_000_000, "kind": "hard"}]})
-        self.admin(leader, "PUT", "/alert-rules/spend", {"kind": "budget", "params": {"at": "80"}})
+        self.admin(leader, "PUT", "/alert-rules/spend",
+                   {"kind": "budget_threshold", "params": {"percents": "50,80"}})
         answer = self.admin(leader, "POST", "/tokens",
                             {"name": "web app", "role": "app", "tenant": "acme"})
         return answer["token"]
