@@ -373,13 +373,16 @@ static void refuse_exhausted(struct kp_call *c, const struct kp_ledger_hold *h)
     if (left < 0)
         left = 0;
     left += h->avail > 0 ? h->avail : 0; /* this node's unused part is counted in grants */
-    char when[40], msg[600];
+    char when[40], msg[600], left_s[32], limit_s[32], worst_s[32];
     kp_format_time_ms(reset, when, sizeof(when));
+    kp_recon_format_usd(left, left_s, sizeof(left_s));
+    kp_recon_format_usd(b->limit_nanousd, limit_s, sizeof(limit_s));
+    kp_recon_format_usd(h->amount, worst_s, sizeof(worst_s));
     snprintf(msg, sizeof(msg),
-             "budget %s/%s exhausted: $%.6f of its $%.2f %s limit is left, less than this "
-             "call's worst case ($%.6f); resets %s",
-             h->policy->e.id, b->name, (double)left / 1e9, (double)b->limit_nanousd / 1e9,
-             kp_budget_window_name(b->window), (double)h->amount / 1e9, when);
+             "budget %s/%s exhausted: %s of its %s %s limit is left, less than this "
+             "call's worst case (%s); resets %s",
+             h->policy->e.id, b->name, left_s, limit_s, kp_budget_window_name(b->window), worst_s,
+             when);
     snprintf(c->budget_refused, sizeof(c->budget_refused), "%s/%s", h->policy->e.id, b->name);
     int64_t secs = (reset - now + 999) / 1000;
     c->retry_after_s = (int)(secs > 0 ? (secs < 2678400 ? secs : 2678400) : 1);
