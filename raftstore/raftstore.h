@@ -180,6 +180,9 @@ struct kp_pool {
 struct kp_tenant {
     struct kp_entity e;
     char *display_name;
+    /* Prompts and completions of this tenant's calls go on their server
+     * spans (docs/observability.md, "Content capture"). Off by default. */
+    bool capture_content;
 };
 
 /* A project's id is its name (the X-Project header), unique in the

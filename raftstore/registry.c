@@ -236,8 +236,10 @@ SCHEMA(pool_schema, kp_pool, "pool", HEADER(kp_pool, KP_CS_ID),
        STR(kp_pool, "fallback", fallback, 0, KP_CS_ID, 128, KP_REF(KP_KIND_POOL)),
        OBJV(kp_pool, "downgrades", downgrades, 0, downgrade_schema, 32));
 
+/* Snapshot format 6 added capture_content. */
 SCHEMA(tenant_schema, kp_tenant, "tenant", HEADER(kp_tenant, KP_CS_ID),
-       STR(kp_tenant, "display_name", display_name, 0, KP_CS_TEXT, 256, KP_REF_NONE));
+       STR(kp_tenant, "display_name", display_name, 0, KP_CS_TEXT, 256, KP_REF_NONE),
+       F(kp_tenant, "capture_content", capture_content, KP_FT_BOOL, .since = 6));
 
 SCHEMA(project_schema, kp_project, "project", HEADER(kp_project, KP_CS_ID),
        STR(kp_project, "tenant", tenant, KP_FF_REQ, KP_CS_ID, 128, KP_REF(KP_KIND_TENANT)),

@@ -24,12 +24,14 @@
  * (budget_states, lease_nodes) after key_health; format 3 the freezes
  * after lease_nodes; format 4 a budget's utc_offset_minutes,
  * period_start_ms, period_ms and actions (fields whose schema entry says
- * since = 4); format 5 the alerts after freezes. Older formats are still
+ * since = 4); format 5 the alerts after freezes; format 6 a tenant's
+ * capture_content (since = 6). Older formats are still
  * restored: format 1, which ends at key_health, with no budget state (a
  * budget's first lease after that starts its window afresh), formats 1
  * and 2 with nothing frozen, formats 1 to 3 with every budget at UTC and
- * without actions, and formats 1 to 4 with no alerts (the leader's next
- * evaluation opens what still holds, and delivers it again).
+ * without actions, formats 1 to 4 with no alerts (the leader's next
+ * evaluation opens what still holds, and delivers it again), and formats
+ * 1 to 5 with content capture off for every tenant.
  *
  * Restore treats the input as hostile. It checks the header, the sizes
  * against each other and against the caller's limit, and the checksum,
@@ -51,7 +53,7 @@
 #include <zstd.h>
 
 #define SNAP_VERSION     1 /* the header and frame layout */
-#define SNAP_FORMAT      5 /* the msgpack map's content */
+#define SNAP_FORMAT      6 /* the msgpack map's content */
 #define SNAP_HEADER_SIZE 64
 /* Entity kinds a format-1 snapshot holds (up to key_health), a format-2
  * one (up to lease_nodes) and a format-3 one (up to freezes). */
@@ -410,6 +412,7 @@ static int read_state(struct kp_decoder *d, struct kp_state *st)
         kinds = SNAP_FORMAT2_KINDS;
     if (rc == KP_OK && (h.u == 3 || h.u == 4))
         kinds = SNAP_FORMAT3_KINDS; /* format 4 added fields, not tables */
+    /* Format 6 added a field too: 5 and 6 hold every kind. */
     if (rc == KP_OK && keys != 4 + (uint64_t)kinds)
         rc = kp_store__fail(d, KP_EPARSE, "expected %d tables", 4 + kinds);
     if (rc == KP_OK && (rc = key(d, "applied_index")) == KP_OK &&

@@ -1678,7 +1678,7 @@ static void test_snapshot_budget_state(void **state)
     size_t tl = sizeof(tail) - 1;
     assert_memory_equal(raw,
                         "\xde\x00\x14\xa6"
-                        "format\x05",
+                        "format\x06",
                         11);
     assert_memory_equal(raw + n - tl, tail, tl);
     struct kp_fsm *h = kp_fsm_new();
@@ -1691,7 +1691,7 @@ static void test_snapshot_budget_state(void **state)
             fail_msg("format %d: %s", format, err);
         kp_buf_free(&w);
         snap(h, &s2);
-        assert_true(same_bytes(&s1, &s2)); /* written back as format 5 */
+        assert_true(same_bytes(&s1, &s2)); /* written back as format 6 */
         kp_buf_free(&s2);
     }
     kp_buf_free(&s1);
@@ -1713,7 +1713,7 @@ static void test_snapshot_budget_state(void **state)
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
     assert_non_null(strstr(err, "expected 20 tables"));
     kp_buf_free(&w);
-    raw[10] = 6;
+    raw[10] = 7;
     wrap(raw, n - lacks[3], &w);
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EVERSION);
     kp_buf_free(&w);
@@ -1788,7 +1788,7 @@ static void test_snapshot_budget_state(void **state)
 
 /* A format-3 snapshot (from before budget offsets, periods and actions)
  * restores its budgets at UTC without actions, and is written back as
- * the same state in format 5; a format-4 one must carry the new fields. */
+ * the same state in format 6; a format-4 one must carry the new fields. */
 static void test_snapshot_format3_budgets(void **state)
 {
     struct kp_fsm *f = *state, *g = kp_fsm_new();
@@ -1824,7 +1824,7 @@ static void test_snapshot_format3_budgets(void **state)
     n = (size_t)(alerts - raw);
     assert_int_equal(raw[2], 0x14);
     raw[2] = 0x13;
-    assert_int_equal(raw[10], 5);
+    assert_int_equal(raw[10], 6);
     raw[10] = 4;
     wrap(raw, n, &w);
     assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
@@ -1840,7 +1840,7 @@ static void test_snapshot_format3_budgets(void **state)
     assert_int_equal(p->budgets[0].utc_offset_minutes, 0);
     assert_int_equal(p->budgets[0].nactions, 0);
     assert_int_equal(kp_fsm_count(g, KP_KIND_ALERT), 0);
-    /* Written back in format 5, it restores to the same bytes. */
+    /* Written back in format 6, it restores to the same bytes. */
     struct kp_fsm *h = kp_fsm_new();
     snap(g, &s1);
     assert_int_equal(kp_fsm_restore(h, s1.data, s1.len, 0, err, sizeof(err)), KP_OK);
@@ -1849,6 +1849,63 @@ static void test_snapshot_format3_budgets(void **state)
     kp_fsm_free(h);
     kp_buf_free(&s1);
     kp_buf_free(&s2);
+    free(raw);
+    kp_fsm_free(g);
+}
+
+/* A tenant's capture_content survives a snapshot; a format-5 snapshot
+ * (from before the field) restores every tenant with capture off, while a
+ * format-6 one must carry it. */
+static void test_snapshot_format5_tenants(void **state)
+{
+    struct kp_fsm *f = *state, *g = kp_fsm_new();
+    struct kp_buf w;
+    char err[256];
+    size_t n;
+    populate(f);
+    struct kp_tenant t = {
+        .e.id = (char *)"globex", .display_name = (char *)"Globex", .capture_content = true};
+    assert_ok(apply(f, KP_OP_PUT_TENANT, &t));
+    uint8_t *raw = raw_of(f, &n);
+    wrap(raw, n, &w);
+    assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_OK);
+    kp_buf_free(&w);
+    const struct kp_tenant *got = (const struct kp_tenant *)kp_fsm_get(g, KP_KIND_TENANT, "globex");
+    assert_true(got->capture_content);
+    got = (const struct kp_tenant *)kp_fsm_get(g, KP_KIND_TENANT, "acme");
+    assert_false(got->capture_content);
+    /* Drop the field from both tenants (6 fields -> 5). */
+    static const char *const heads[] = {"\x86\xa2id\xa4"
+                                        "acme",
+                                        "\x86\xa2id\xa6"
+                                        "globex"};
+    for (int i = 0; i < 2; i++) {
+        uint8_t *map = memmem(raw, n, heads[i], strlen(heads[i]));
+        assert_non_null(map);
+        *map = 0x85;
+        uint8_t *at = memmem(map, n - (size_t)(map - raw),
+                             "\xaf"
+                             "capture_content",
+                             16);
+        assert_non_null(at);
+        assert_true(at - map < 128 && (at[16] == 0xc2 || at[16] == 0xc3));
+        memmove(at, at + 17, n - (size_t)(at + 17 - raw));
+        n -= 17;
+    }
+    assert_int_equal(raw[10], 6);
+    wrap(raw, n, &w);
+    assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
+    assert_non_null(strstr(err, "capture_content: missing"));
+    kp_buf_free(&w);
+    raw[10] = 5;
+    wrap(raw, n, &w);
+    if (kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)) != KP_OK)
+        fail_msg("format 5: %s", err);
+    kp_buf_free(&w);
+    got = (const struct kp_tenant *)kp_fsm_get(g, KP_KIND_TENANT, "globex");
+    assert_non_null(got);
+    assert_false(got->capture_content);
+    assert_string_equal(got->display_name, "Globex");
     free(raw);
     kp_fsm_free(g);
 }
@@ -2218,6 +2275,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_snapshot_payload_corrupt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_budget_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_format3_budgets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_format5_tenants, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alloc_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_alloc_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_view, setup, teardown),

@@ -346,7 +346,7 @@ static void test_render_kinds(void **state)
 
     j = render(f, KP_KIND_TENANT, "acme");
     keys_of(j, keys, sizeof(keys));
-    assert_string_equal(keys, "created_ms,display_name,id,kind,updated_ms,version");
+    assert_string_equal(keys, "capture_content,created_ms,display_name,id,kind,updated_ms,version");
     json_decref(j);
 
     j = render(f, KP_KIND_PROJECT, "search");
@@ -563,6 +563,13 @@ static void test_roundtrip(void **state)
     assert_string_equal(jstr(got, "display_name"), "ACME");
     assert_int_equal(jint(got, "version"), 2);
     assert_true(jint(got, "created_ms") < jint(got, "updated_ms"));
+    assert_true(json_is_false(json_object_get(got, "capture_content"))); /* off unless given */
+    json_decref(got);
+    /* Content capture is a tenant's boolean, read back as written. */
+    assert_ok(japply(f, KP_OP_PUT_TENANT, "acme",
+                     "{\"display_name\":\"ACME\",\"capture_content\":true}"));
+    got = render(f, KP_KIND_TENANT, "acme");
+    assert_true(json_is_true(json_object_get(got, "capture_content")));
     json_decref(got);
     /* Without a URL id the body's is used; ops with other bodies work too. */
     assert_ok(japply(f, KP_OP_PUT_TENANT, NULL, "{\"id\":\"beta\"}"));
@@ -717,6 +724,8 @@ static void test_refusals(void **state)
         {KP_OP_PUT_PROVIDER, "p",
          "{\"headers\":{\"X\":1},\"kind\":\"openai\",\"base_url\":\"https://x\"}",
          "headers.X: expected a string, found an integer", "headers.X"},
+        {KP_OP_PUT_TENANT, "acme", "{\"capture_content\":\"yes\"}",
+         "capture_content: expected a boolean, found a string", "capture_content"},
         {KP_OP_PUT_TENANT, "acme", "{\"display_name\":1.5}",
          "display_name: expected a string, found a float", "display_name"},
         {KP_OP_PUT_TENANT, "acme", "{\"display_name\":[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]}",
