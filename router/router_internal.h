@@ -409,6 +409,23 @@ unsigned kp_trace__finish_reasons(const char *data, size_t len, char out[][24], 
  * scheme's port when none). False when there is none. Pure. */
 bool kp_trace__url_host(const char *url, char *host, size_t hostlen, int *port);
 
+/* trace_content.c: content capture's attribute values, JSON text in the
+ * GenAI conventions' forms (kp_free'd by kp_trace__content_free); NULL
+ * where there is nothing to say. */
+#define KP_TRACE_CONTENT_MAX  8192 /* bytes of text per value */
+#define KP_TRACE_CONTENT_MSGS 64   /* messages per value */
+struct kp_trace_content {
+    char *system; /* gen_ai.system_instructions */
+    char *input;  /* gen_ai.input.messages */
+    char *output; /* gen_ai.output.messages */
+    bool truncated;
+};
+/* From the app's request @body and the answer sent to it, @answer[0..len)
+ * (NULL: none to capture). Pure, for tests. */
+void kp_trace__content(const json_t *body, const char *answer, size_t len,
+                       struct kp_trace_content *out);
+void kp_trace__content_free(struct kp_trace_content *tc);
+
 /* metrics.c */
 void kp_router__metrics_init(void);
 void kp_router__count_attempt(const char *provider, const char *key, const char *outcome);

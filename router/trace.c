@@ -14,8 +14,10 @@
  * access record to the sink, which owns them from then on.
  *
  * Spans carry the OpenTelemetry GenAI attributes and keyplane's own, and
- * never a prompt, a completion, a key or a URL beyond its host: the only
- * text read from answers is the finish reasons, short words. */
+ * never a key or a URL beyond its host. Prompts and completions go on the
+ * server span only when the call's tenant has capture_content on in the
+ * call's view (trace_content.c); otherwise the only text read from
+ * answers is the finish reasons, short words. */
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -332,6 +334,29 @@ static bool server_error(const struct kp_call *c)
     return c->ev.status >= 500 || c->ev.status == 0 || (c->sent_body && c->ev.error_class[0]);
 }
 
+static bool captures_content(const struct kp_call *c)
+{
+    const struct kp_tenant *tn =
+        c->view != NULL && c->ev.tenant[0] != '\0' ? kp_view_tenant(c->view, c->ev.tenant) : NULL;
+    return tn != NULL && tn->capture_content;
+}
+
+/* The request's text, and the answer's for a whole 2xx answer (a stream's
+ * answer is relayed, not kept, so only its request is captured). */
+static void content_attrs(struct kp_span_set *s, struct kp_span *sp, const struct kp_call *c)
+{
+    bool answered = !c->stream && c->ev.status >= 200 && c->ev.status <= 299 &&
+                    !c->resp_incomplete && c->resp.len > 0;
+    struct kp_trace_content tc;
+    kp_trace__content(c->body, answered ? c->resp.data : NULL, c->resp.len, &tc);
+    kp_span_str(s, sp, "gen_ai.system_instructions", tc.system);
+    kp_span_str(s, sp, "gen_ai.input.messages", tc.input);
+    kp_span_str(s, sp, "gen_ai.output.messages", tc.output);
+    if (tc.truncated)
+        kp_span_bool(sp, "keyplane.content_truncated", true);
+    kp_trace__content_free(&tc);
+}
+
 static void server_span(struct kp_span_set *s, struct kp_call *c, int64_t end_ns)
 {
     const struct kp_call_trace *t = &c->trace;
@@ -381,6 +406,8 @@ static void server_span(struct kp_span_set *s, struct kp_call *c, int64_t end_ns
         kp_span_int(sp, "keyplane.ttfb_us", (int64_t)ev->ttfb_us);
     if (c->stream && c->sent_body)
         kp_span_event(sp, "gen_ai.first_token", t->start_ns + (int64_t)ev->ttfb_us * 1000);
+    if (captures_content(c))
+        content_attrs(s, sp, c);
     if (server_error(c)) {
         const char *cls = ev->error_class[0] ? ev->error_class : "server";
         kp_span_str(s, sp, "error.type", cls);

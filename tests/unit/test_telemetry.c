@@ -105,6 +105,100 @@ static void finish_reasons(void **state)
     assert_int_equal(kp_trace__finish_reasons(many, strlen(many), out, 0, 2), 2);
 }
 
+/* Content capture: a chat request's messages and a chat answer's choices
+ * become gen_ai.input.messages and gen_ai.output.messages, text parts
+ * only (an image part and a message without text are left out). */
+static void content_chat(void **state)
+{
+    (void)state;
+    json_t *body = json_loads("{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":"
+                              "\"be brief\"},{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+                              "\"text\":\"hi\"},{\"type\":\"image_url\",\"image_url\":{\"url\":"
+                              "\"data:x\"}}]},{\"role\":\"assistant\",\"content\":null}]}",
+                              0, NULL);
+    const char *answer = "{\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                         "\"content\":\"hello\"},\"finish_reason\":\"stop\"}]}";
+    struct kp_trace_content tc;
+    kp_trace__content(body, answer, strlen(answer), &tc);
+    assert_null(tc.system);
+    assert_string_equal(tc.input,
+                        "[{\"role\":\"system\",\"parts\":[{\"type\":\"text\",\"content\":\"be "
+                        "brief\"}]},{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":"
+                        "\"hi\"}]}]");
+    assert_string_equal(tc.output, "[{\"role\":\"assistant\",\"parts\":[{\"type\":\"text\","
+                                   "\"content\":\"hello\"}],\"finish_reason\":\"stop\"}]");
+    assert_false(tc.truncated);
+    kp_trace__content_free(&tc);
+    /* No answer to capture (a stream): the request only. */
+    kp_trace__content(body, NULL, 0, &tc);
+    assert_non_null(tc.input);
+    assert_null(tc.output);
+    kp_trace__content_free(&tc);
+    json_decref(body);
+}
+
+/* Anthropic's shape: the top-level system is gen_ai.system_instructions
+ * and the answer's text blocks the output, with stop_reason as the
+ * finish reason; completions' prompt and text too. */
+static void content_other_shapes(void **state)
+{
+    (void)state;
+    json_t *body = json_loads("{\"system\":\"rules\",\"messages\":[{\"role\":\"user\","
+                              "\"content\":\"q\"}]}",
+                              0, NULL);
+    const char *answer = "{\"type\":\"message\",\"role\":\"assistant\",\"content\":[{\"type\":"
+                         "\"text\",\"text\":\"a\"}],\"stop_reason\":\"end_turn\"}";
+    struct kp_trace_content tc;
+    kp_trace__content(body, answer, strlen(answer), &tc);
+    assert_string_equal(tc.system, "[{\"type\":\"text\",\"content\":\"rules\"}]");
+    assert_string_equal(tc.output, "[{\"role\":\"assistant\",\"parts\":[{\"type\":\"text\","
+                                   "\"content\":\"a\"}],\"finish_reason\":\"end_turn\"}]");
+    kp_trace__content_free(&tc);
+    json_decref(body);
+    body = json_loads("{\"prompt\":\"once\"}", 0, NULL);
+    answer = "{\"choices\":[{\"text\":\" upon\",\"finish_reason\":\"length\"}]}";
+    kp_trace__content(body, answer, strlen(answer), &tc);
+    assert_string_equal(tc.input, "[{\"role\":\"user\",\"parts\":[{\"type\":\"text\",\"content\":"
+                                  "\"once\"}]}]");
+    assert_non_null(strstr(tc.output, "\" upon\""));
+    kp_trace__content_free(&tc);
+    /* An answer that is not JSON, and a body without text: nothing. */
+    kp_trace__content(NULL, "not json", 8, &tc);
+    assert_null(tc.system);
+    assert_null(tc.input);
+    assert_null(tc.output);
+    json_decref(body);
+}
+
+/* Text is cut to KP_TRACE_CONTENT_MAX bytes per value, at a character
+ * boundary (never inside a two-byte é), and what does not fit is dropped
+ * and flagged. */
+static void content_bounded(void **state)
+{
+    (void)state;
+    size_t n = KP_TRACE_CONTENT_MAX + 100;
+    char *text = malloc(n + 1);
+    memset(text, 'a', n);
+    text[KP_TRACE_CONTENT_MAX - 1] = '\xc3'; /* é straddles the bound */
+    text[KP_TRACE_CONTENT_MAX] = '\xa9';
+    text[n] = '\0';
+    json_t *body = json_pack("{s:[{s:s,s:s},{s:s,s:s}]}", "messages", "role", "user", "content",
+                             text, "role", "user", "content", "dropped");
+    assert_non_null(body);
+    struct kp_trace_content tc;
+    kp_trace__content(body, NULL, 0, &tc);
+    assert_true(tc.truncated);
+    json_t *v = json_loads(tc.input, 0, NULL);
+    assert_int_equal(json_array_size(v), 1);
+    const char *got = json_string_value(json_object_get(
+        json_array_get(json_object_get(json_array_get(v, 0), "parts"), 0), "content"));
+    assert_int_equal(strlen(got), KP_TRACE_CONTENT_MAX - 1);
+    json_decref(v);
+    kp_trace__content_free(&tc);
+    json_decref(body);
+    free(text);
+}
+
 /* server.address is the host alone: never credentials, path or query. */
 static void url_host(void **state)
 {
@@ -219,6 +313,8 @@ int main(void)
         cmocka_unit_test(access_line),      cmocka_unit_test(keep_decision),
         cmocka_unit_test(finish_reasons),   cmocka_unit_test(url_host),
         cmocka_unit_test(span_queue_bound), cmocka_unit_test(access_queue),
+        cmocka_unit_test(content_chat),     cmocka_unit_test(content_other_shapes),
+        cmocka_unit_test(content_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
