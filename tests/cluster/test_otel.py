@@ -338,6 +338,60 @@ class SpansTest(unittest.TestCase):
         self.assertNotIn("mock0 mock1", text)  # no completion text either
 
 
+    def test_content_capture_follows_the_tenants_flag(self):
+        g = self.g
+
+        def call(rid, body=CHAT):
+            status, h, raw = g.call(body=body, headers={"X-Request-Id": rid})
+            self.assertEqual(status, 200, raw)
+            spans = self.collector.wait_spans(trace_of(h)[0], 2, "the spans of " + rid)
+            server = next(s for s in spans if s["kind"] == SERVER)
+            return server, json.dumps(spans), raw
+
+        def set_capture(on):
+            g.admin("PUT", "/tenants/acme", {"display_name": "Acme", "capture_content": on})
+            wait_until(lambda: g.admin("GET", "/tenants/acme")["capture_content"] is on,
+                       what=f"capture_content {on} in the node's view")
+
+        content_keys = ("gen_ai.input.messages", "gen_ai.output.messages",
+                        "gen_ai.system_instructions")
+        self.assertIs(g.admin("GET", "/tenants/acme")["capture_content"], False)  # the default
+        server, dump, _ = call("r-cap-off")
+        self.assertFalse(set(content_keys) & set(attrs(server)), attrs(server))
+        self.assertNotIn("PROMPT-7f3a9c", dump)
+
+        set_capture(True)
+        server, dump, raw = call("r-cap-on")
+        sa = attrs(server)
+        self.assertEqual(json.loads(sa["gen_ai.input.messages"]),
+                         [{"role": "user", "parts": [{"type": "text", "content": PROMPT}]}])
+        answer = json.loads(raw)["choices"][0]["message"]["content"]
+        self.assertTrue(answer)
+        self.assertEqual(json.loads(sa["gen_ai.output.messages"]),
+                         [{"role": "assistant", "parts": [{"type": "text", "content": answer}],
+                           "finish_reason": "stop"}])
+        self.assertNotIn("keyplane.content_truncated", sa)
+        # A stream's request is captured, its answer is not.
+        server, _, raw = call("r-cap-stream", dict(CHAT, stream=True))
+        sa = attrs(server)
+        self.assertIn("PROMPT-7f3a9c", sa["gen_ai.input.messages"])
+        self.assertNotIn("gen_ai.output.messages", sa)
+        # The prompt goes on the server span only.
+        clients = [s for s in self.collector.spans(server["traceId"]) if s["kind"] == CLIENT]
+        self.assertNotIn("PROMPT-7f3a9c", json.dumps(clients))
+
+        set_capture(False)
+        server, dump, raw = call("r-cap-off-again")
+        self.assertFalse(set(content_keys) & set(attrs(server)), attrs(server))
+        self.assertNotIn("PROMPT-7f3a9c", dump)
+        self.assertNotIn(json.loads(raw)["choices"][0]["message"]["content"], dump)
+
+        # Keys, the app's token and the collector's credential are in no
+        # span, captured or not.
+        collected = g.h.write_file("collected.json", b"\n".join(self.collector.raw))
+        assert_no_secrets([collected], [KEY_A, KEY_B, g.token, COLLECTOR_SECRET])
+
+
 SDK_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sdk"))
 
 # The official SDKs read a gateway error with the extra trace_id member as
