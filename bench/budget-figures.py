@@ -30,55 +30,19 @@ the end. Python 3 standard library only.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_BIN_DIR = os.path.join(REPO, "build-release", "bin")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from figures_common import DEFAULT_BIN_DIR, REPO, Owner, load_harness, log  # noqa: E402
 MASTER_KEY = "c" * 64
 MODEL = "gpt-4o-mini"
 PRICE = {"input_per_mtok": 10_000_000_000, "output_per_mtok": 30_000_000_000}
-
-
-def log(msg):
-    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n")
-    sys.stderr.flush()
-
-
-def load_harness():
-    path = os.path.join(REPO, "tests", "cluster", "harness.py")
-    spec = importlib.util.spec_from_file_location("kp_cluster_harness", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-class Owner:
-    """What a Harness expects of a unittest.TestCase: cleanups, an id."""
-
-    def __init__(self):
-        self._cleanups = []
-
-    def addCleanup(self, fn, *args, **kwargs):
-        self._cleanups.append((fn, args, kwargs))
-
-    def id(self):
-        return "budget-figures"
-
-    def close(self):
-        while self._cleanups:
-            fn, args, kwargs = self._cleanups.pop()
-            try:
-                fn(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - keep cleaning up
-                sys.stderr.write(f"cleanup: {e}\n")
 
 
 def http(method, url, body=None, token=None):
@@ -96,7 +60,7 @@ def http(method, url, body=None, token=None):
 
 class Cluster:
     def __init__(self, H, bin_dir):
-        self.owner = Owner()
+        self.owner = Owner("budget-figures")
         os.environ["KEYPLANE_BIN_DIR"] = bin_dir
         self.h = H.Harness(self.owner)
         self.H = H

@@ -27,7 +27,6 @@ missing). Python 3 standard library only.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -35,46 +34,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_BIN_DIR = os.path.join(REPO, "build-release", "bin")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from figures_common import DEFAULT_BIN_DIR, REPO, Owner, load_harness, log  # noqa: E402
 MASTER_KEY = "d" * 64
-
-
-def log(msg):
-    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {msg}\n")
-    sys.stderr.flush()
-
-
-def load_harness():
-    path = os.path.join(REPO, "tests", "cluster", "harness.py")
-    spec = importlib.util.spec_from_file_location("kp_cluster_harness", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-class Owner:
-    """What a Harness expects of a unittest.TestCase: cleanups, an id."""
-
-    def __init__(self):
-        self._cleanups = []
-
-    def addCleanup(self, fn, *args, **kwargs):
-        self._cleanups.append((fn, args, kwargs))
-
-    def id(self):
-        return "otel-figures"
-
-    def close(self):
-        while self._cleanups:
-            fn, args, kwargs = self._cleanups.pop()
-            try:
-                fn(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - keep cleaning up
-                sys.stderr.write(f"cleanup: {e}\n")
 
 
 class Receiver:
@@ -169,7 +133,7 @@ def main():
                        check=True, stdout=subprocess.DEVNULL)
     os.environ["KEYPLANE_BIN_DIR"] = bin_dir
     H = load_harness()
-    owner = Owner()
+    owner = Owner("otel-figures")
     try:
         h = H.Harness(owner, check_sanitizers=False)
         mock = h.start_mock(extra_args=["--workers", "1"])
