@@ -5,6 +5,7 @@ Skips, saying why, when node or tests/sdk/node_modules (from `npm ci` in
 tests/sdk) or the mock binary is missing.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import unittest
 
 from test_mock import MOCK, MockProcess
+from harness import wait_until
 
 SDK_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sdk"))
 
@@ -65,6 +67,29 @@ class GatewaySdkTest(unittest.TestCase):
         out = r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
         self.assertEqual(r.returncode, 0, "sdk_check.mjs through the gateway failed:\n" + out)
         self.assertRegex(out, r"(?m)^[1-9]\d* passed, 0 failed$")
+
+        # A budget refusal: the SDK (2 retries allowed) sends it once.
+        g.admin("PUT", "/tenants/broke", {"display_name": "Broke"})
+        g.admin("PUT", "/prices/gpt-4o-mini", {"input_per_mtok": 1000, "output_per_mtok": 1000})
+        g.admin("PUT", "/policies/broke-spend", {
+            "scope_kind": "tenant", "scope_target": "broke",
+            "budgets": [{"name": "daily", "window": "daily", "limit_nanousd": 1,
+                         "kind": "hard"}]})
+        status, _, raw = g.node.control("POST", "/admin/v1/tokens",
+                                        body={"role": "app", "tenant": "broke", "name": "broke"})
+        self.assertEqual(status, 201, raw)
+        env["OPENAI_BUDGET_KEY"] = json.loads(raw)["token"]
+        r = subprocess.run([node, "sdk_check.mjs", g.node.gateway_url, "^openai budget"],
+                           cwd=SDK_DIR, capture_output=True, timeout=300, env=env)
+        out = r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
+        self.assertEqual(r.returncode, 0, "the budget refusal check failed:\n" + out)
+        self.assertIn("1 passed, 0 failed", out)
+        # The SDK's process has ended, retries included; the gateway records
+        # each call's event as it ends.
+        def refused():
+            return [e for e in g.usage() if e["tenant"] == "broke"]
+        wait_until(refused, what="the refused call's usage event")
+        self.assertEqual([(e["status"], e["error_class"]) for e in refused()], [(429, "budget")])
 
 
 if __name__ == "__main__":

@@ -133,6 +133,25 @@ const checks = {
     assertUsage(completed.usage, 'input_tokens', 'output_tokens', 'responses stream');
   },
 
+  // Through a keyplane gateway, with OPENAI_BUDGET_KEY a token whose hard
+  // budget is spent: the SDK, left to retry 429s (its default, 2 retries),
+  // must not retry this one (x-should-retry: false). The caller counts the
+  // calls that reached the gateway.
+  async 'openai budget refusal is not retried'() {
+    if (!process.env.OPENAI_BUDGET_KEY) return;
+    const client = new OpenAI({
+      baseURL: `${root}/v1`, apiKey: process.env.OPENAI_BUDGET_KEY, maxRetries: 2, timeout: 15000,
+    });
+    try {
+      await client.chat.completions.create({ model: 'gpt-4o-mini', messages, max_tokens: 5 });
+    } catch (err) {
+      assert(err instanceof OpenAI.RateLimitError, `got ${err.constructor.name}: ${err.message}`);
+      assert(err.code === 'budget_exceeded', `code ${err.code}`);
+      assert(err.headers.get('x-keyplane-budget'), 'no X-Keyplane-Budget header');
+      return;
+    }
+    throw new Error('no error raised');
+  },
   async 'openai error shape (429 rate limit)'() {
     try {
       await openai.chat.completions.create(
