@@ -330,17 +330,19 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
         return;
     if (strncmp(c->up_content_type, "text/event-stream", 17) != 0)
         return; /* answered without streaming: relayed whole at the end */
-    struct kp_http_header out[5] = {
+    struct kp_http_header out[8] = {
         KP_HTTP_HEADER("Content-Type", "text/event-stream"),
         KP_HTTP_HEADER("Cache-Control", "no-cache"),
         KP_HTTP_HEADER("X-Request-Id", c->rid),
         KP_HTTP_HEADER("X-Keyplane-Key", c->cur->key->e.id),
         KP_HTTP_HEADER("traceparent", c->trace.header),
     };
+    struct kp_rl_headers rl;
+    unsigned nout = 5 + kp_router__limit_headers(c, &rl, out + 5);
     if (kp_router__stream_begin(c) != KP_OK)
         return; /* answered at the end as a failed attempt */
     kp_http_on_drain(c->ex, on_drain, c);
-    kp_http_stream_begin(c->ex, 200, out, 5);
+    kp_http_stream_begin(c->ex, 200, out, nout);
     c->streaming_out = true;
     c->ev.status = 200;
     c->ev.error_class[0] = '\0';
@@ -538,13 +540,17 @@ static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
         kp_free(text);
         snprintf(c->up_content_type, sizeof(c->up_content_type), "application/json");
     }
-    struct kp_http_header h[4] = {
+    struct kp_http_header h[7] = {
         KP_HTTP_HEADER("Content-Type",
                        c->up_content_type[0] ? c->up_content_type : "application/json"),
         KP_HTTP_HEADER("X-Request-Id", c->rid),
         KP_HTTP_HEADER("X-Keyplane-Key", c->cur->key->e.id),
         KP_HTTP_HEADER("traceparent", c->trace.header),
     };
+    struct kp_rl_headers rl;
+    unsigned nh = 4;
+    if (c->up_status >= 200 && c->up_status <= 299)
+        nh += kp_router__limit_headers(c, &rl, h + 4);
     c->ev.status = (uint16_t)c->up_status;
     c->ev.ttfb_us = kp_now_mono_us() - c->start_us;
     if (c->up_status >= 200 && c->up_status <= 299) {
@@ -553,7 +559,7 @@ static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
         kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, "ok");
     }
     kp_trace__scan(c, c->resp.data, c->resp.len); /* finish reasons, for the spans */
-    kp_http_respond(c->ex, c->up_status, h, 4, c->resp.data, c->resp.len);
+    kp_http_respond(c->ex, c->up_status, h, nh, c->resp.data, c->resp.len);
     return true;
 }
 

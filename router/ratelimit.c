@@ -151,6 +151,29 @@ struct scan {
     char why[200];
 };
 
+/* What a successful answer tells the app of the tightest requests-per-
+ * minute limit covering it (x-ratelimit-*-requests): the limit, what is
+ * left of it, and when the bucket is full again. Each node holds its share
+ * of the limit, so the cluster's remaining is estimated as this node's
+ * times the number of nodes. */
+static void note_remaining(struct kp_call *c, struct bucket *b, uint64_t rpm, int64_t interval,
+                           unsigned nodes, int64_t now_us)
+{
+    int64_t tat = atomic_load_explicit(&b->tat_us, memory_order_relaxed);
+    int64_t used = tat > now_us ? tat - now_us : 0;
+    int64_t left = used >= BURST_US ? 0 : (BURST_US - used) / (interval > 0 ? interval : 1);
+    uint64_t remaining = (uint64_t)left * (nodes ? nodes : 1);
+    if (remaining > rpm)
+        remaining = rpm;
+    /* The tightest: least left, as a share of its limit. */
+    if (c->rl_ok_limit != 0 &&
+        (double)remaining / (double)rpm >= (double)c->rl_ok_remaining / (double)c->rl_ok_limit)
+        return;
+    c->rl_ok_limit = rpm;
+    c->rl_ok_remaining = remaining;
+    c->rl_ok_reset_ms = used / 1000;
+}
+
 static int check_policy(const struct kp_entity *e, void *arg)
 {
     struct scan *s = arg;
@@ -170,13 +193,16 @@ static int check_policy(const struct kp_entity *e, void *arg)
     }
     if (p->rpm > 0) {
         struct bucket *b = bucket_of(name_hash("policy", p->e.id, "rpm"));
-        if (b != NULL && take(b, interval_us(p->rpm, s->nodes), s->now_us, &wait) != KP_OK) {
+        int64_t interval = interval_us(p->rpm, s->nodes);
+        if (b != NULL && take(b, interval, s->now_us, &wait) != KP_OK) {
             snprintf(s->why, sizeof(s->why), "policy %s allows %llu requests per minute", p->e.id,
                      (unsigned long long)p->rpm);
             s->wait_us = wait;
             s->limit = p->rpm;
             return 1;
         }
+        if (b != NULL)
+            note_remaining(s->c, b, p->rpm, interval, s->nodes, s->now_us);
     }
     return 0;
 }
@@ -285,4 +311,21 @@ void kp_router__limit_charge(struct kp_call *c)
         if (b != NULL)
             charge(b, (int64_t)tokens * interval_us(k->tpm, s.nodes), s.now_us);
     }
+}
+
+unsigned kp_router__limit_headers(const struct kp_call *c, struct kp_rl_headers *v,
+                                  struct kp_http_header *out)
+{
+    if (c->rl_ok_limit == 0)
+        return 0;
+    snprintf(v->limit, sizeof(v->limit), "%llu", (unsigned long long)c->rl_ok_limit);
+    snprintf(v->remaining, sizeof(v->remaining), "%llu", (unsigned long long)c->rl_ok_remaining);
+    if (c->rl_ok_reset_ms < 1000)
+        snprintf(v->reset, sizeof(v->reset), "%lldms", (long long)c->rl_ok_reset_ms);
+    else
+        snprintf(v->reset, sizeof(v->reset), "%llds", (long long)(c->rl_ok_reset_ms + 999) / 1000);
+    out[0] = (struct kp_http_header)KP_HTTP_HEADER("x-ratelimit-limit-requests", v->limit);
+    out[1] = (struct kp_http_header)KP_HTTP_HEADER("x-ratelimit-remaining-requests", v->remaining);
+    out[2] = (struct kp_http_header)KP_HTTP_HEADER("x-ratelimit-reset-requests", v->reset);
+    return 3;
 }

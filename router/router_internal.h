@@ -207,6 +207,9 @@ struct kp_call {
     size_t body_len;           /* the app's body (the request may be gone) */
     int retry_after_s;         /* Retry-After of the app's answer, 0: none */
     uint64_t rl_limit;         /* the policy limit that refused the call, 0: none */
+    uint64_t rl_ok_limit;      /* the tightest policy rpm that let it through, 0: none */
+    uint64_t rl_ok_remaining;  /* ... what is left of it (cluster estimate) */
+    int64_t rl_ok_reset_ms;    /* ... until its bucket is full again */
     char stream_error[256];    /* why, for the app's error event */
 
     /* budget.c */
@@ -440,6 +443,14 @@ void kp_router__count_ratelimit_table_full(void);
  * request of @k's budget, or returns how many ms until it could;
  * kp_router__limit_charge charges the call's tokens when it ends. */
 int kp_router__limit_call(struct kp_call *c);
+/* The x-ratelimit-*-requests headers of a successful answer (the tightest
+ * policy rpm that let the call through) into @out (room for 3), their
+ * values in @v; returns how many (0: no policy rpm covers the call). */
+struct kp_rl_headers {
+    char limit[24], remaining[24], reset[24];
+};
+unsigned kp_router__limit_headers(const struct kp_call *c, struct kp_rl_headers *v,
+                                  struct kp_http_header *out);
 /* Take one request of a named per-minute limit (@kind, @id) shared across
  * the cluster like the others: 0, or the ms until one could be taken. */
 int64_t kp_router__limit_take(const struct kp_call *c, const char *kind, const char *id,

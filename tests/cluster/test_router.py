@@ -598,6 +598,11 @@ class RateLimitTest(unittest.TestCase):
             self.assertEqual(h["x-ratelimit-reset"], h["retry-after"])
         # key-a takes 3 a minute; the rest of the 10 went to key-b.
         self.assertEqual(g.stats()["keys"], {fp(KEY_A): 3, fp(KEY_B): 7})
+        # Successful answers say what is left of the tightest limit.
+        remaining = [int(h["x-ratelimit-remaining-requests"]) for _, h, _ in ok]
+        self.assertTrue(all(h["x-ratelimit-limit-requests"] == "10" for _, h, _ in ok))
+        self.assertEqual(remaining, list(range(9, -1, -1)))
+        self.assertRegex(ok[-1][1]["x-ratelimit-reset-requests"], r"^[0-9]+m?s$")
 
     def test_a_key_scoped_policy_limits_that_key(self):
         # An internal limit on key-a (a policy scoped to the key): past it
