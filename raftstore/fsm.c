@@ -269,13 +269,16 @@ static int delete_kind(enum kp_op op)
         return KP_KIND_ALERT_RULE;
     case KP_OP_DELETE_FREEZE:
         return KP_KIND_FREEZE;
+    case KP_OP_DELETE_KEY_BALANCE:
+        return KP_KIND_KEY_BALANCE;
     default:
         return KP_KIND_WEBHOOK;
     }
 }
 
 /* delete_<kind>: refused while anything refers to the entity. A key's
- * health record goes with it, and a policy's budget state with it. */
+ * health record and balance go with it, and a policy's budget state with
+ * it. */
 static int op_delete(struct kp_apply *a)
 {
     const char *id = a->cmd->body.target->id;
@@ -288,6 +291,8 @@ static int op_delete(struct kp_apply *a)
         rc = kp_store__stage(a, kind, NULL, id);
     if (rc == KP_OK && kind == KP_KIND_KEY && kp_store__get(a->st, KP_KIND_KEY_HEALTH, id))
         rc = kp_store__stage(a, KP_KIND_KEY_HEALTH, NULL, id);
+    if (rc == KP_OK && kind == KP_KIND_KEY && kp_store__get(a->st, KP_KIND_KEY_BALANCE, id))
+        rc = kp_store__stage(a, KP_KIND_KEY_BALANCE, NULL, id);
     if (rc == KP_OK && kind == KP_KIND_POLICY && kp_store__get(a->st, KP_KIND_BUDGET_STATE, id))
         rc = kp_store__stage(a, KP_KIND_BUDGET_STATE, NULL, id);
     if (rc == KP_OK && kind == KP_KIND_FREEZE)
@@ -505,6 +510,9 @@ static const op_fn handlers[KP_OP_COUNT] = {
     [KP_OP_RESOLVE_ALERT] = kp_store__op_resolve_alert,
     [KP_OP_ACK_ALERT] = kp_store__op_ack_alert,
     [KP_OP_ALERT_DELIVERY] = kp_store__op_alert_delivery,
+    [KP_OP_SET_KEY_BALANCE] = kp_store__op_set_key_balance,
+    [KP_OP_ADD_KEY_TOPUP] = kp_store__op_add_key_topup,
+    [KP_OP_DELETE_KEY_BALANCE] = op_delete,
 };
 
 /* --- rewrap_secrets ----------------------------------------------------------------------- */

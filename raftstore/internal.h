@@ -286,6 +286,11 @@ int kp_store__op_resolve_alert(struct kp_apply *a);
 int kp_store__op_ack_alert(struct kp_apply *a);
 int kp_store__op_alert_delivery(struct kp_apply *a);
 
+/* --- balances (balance.c) ---------------------------------------------------------------- */
+
+int kp_store__op_set_key_balance(struct kp_apply *a);
+int kp_store__op_add_key_topup(struct kp_apply *a);
+
 /* --- audit (audit.c) -------------------------------------------------------------- */
 
 int kp_store__audit_init(struct kp_audit_log *log);

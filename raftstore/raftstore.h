@@ -58,6 +58,7 @@ enum kp_kind {
     KP_KIND_LEASE_NODE,   /* a node's lease bookkeeping (last seq applied) */
     KP_KIND_FREEZE,       /* an operator's stop on a tenant, project, feature, pool, ... */
     KP_KIND_ALERT,        /* an alert raised by the leader's rules (docs/alerts.md) */
+    KP_KIND_KEY_BALANCE,  /* a key's prepaid credit and top-ups (docs/balances.md) */
     KP_KIND_COUNT
 };
 
@@ -519,6 +520,35 @@ const char *kp_alert_severity_name(int v);
 const char *kp_alert_event_name(int v);
 const char *kp_delivery_state_name(int v);
 
+/* --- balances (docs/balances.md) --- */
+
+/* Top-ups one balance keeps (the oldest dropped beyond this; the audit
+ * chain has them all), and the most credit a balance holds (10^18 nano-USD,
+ * a billion dollars). */
+#define KP_BALANCE_TOPUPS_MAX 32
+#define KP_BALANCE_CREDIT_MAX 1000000000000000000
+#define KP_BALANCE_NOTE_MAX   256
+
+struct kp_balance_topup {
+    kp_nanousd amount; /* > 0 */
+    int64_t at_ms;     /* the command's ts */
+    char *by;          /* the actor of add_key_topup */
+    char *note;        /* NULL when none */
+};
+
+/* A key's prepaid credit; its id is the key's id, and it goes with the
+ * key. @credit is everything recorded: the amount of the last
+ * set_key_balance plus every top-up since. Metered cost counts against it
+ * from @since_ms. The registry holds no spent figure: that is the meter's
+ * (docs/balances.md). */
+struct kp_key_balance {
+    struct kp_entity e;
+    kp_nanousd credit;
+    int64_t since_ms;
+    struct kp_balance_topup *topups; /* ascending by at_ms, at most KP_BALANCE_TOPUPS_MAX */
+    uint32_t ntopups;
+};
+
 /* Cluster settings, set once by init_cluster. Its id is the cluster id. */
 struct kp_cluster {
     struct kp_entity e;
@@ -617,7 +647,10 @@ int kp_audit_verify(const struct kp_audit_entry *entries, size_t n, const uint8_
     X(PUT_ALERT, "put_alert")                                                                      \
     X(RESOLVE_ALERT, "resolve_alert")                                                              \
     X(ACK_ALERT, "ack_alert")                                                                      \
-    X(ALERT_DELIVERY, "alert_delivery")
+    X(ALERT_DELIVERY, "alert_delivery")                                                            \
+    X(SET_KEY_BALANCE, "set_key_balance")                                                          \
+    X(ADD_KEY_TOPUP, "add_key_topup")                                                              \
+    X(DELETE_KEY_BALANCE, "delete_key_balance")
 
 enum kp_op {
     KP_OP_NONE, /* not decoded */
@@ -735,6 +768,22 @@ struct kp_cmd_alert_delivery {
     char *error;
 };
 
+/* set_key_balance: the key's credit is now @credit (top-ups before it
+ * are forgotten: they are in it), counted from @since_ms (0: the
+ * command's ts). */
+struct kp_cmd_set_balance {
+    char *id; /* key id */
+    kp_nanousd credit;
+    int64_t since_ms;
+};
+
+/* add_key_topup: @amount more credit, recorded with who and when. */
+struct kp_cmd_add_topup {
+    char *id; /* key id */
+    kp_nanousd amount;
+    char *note;
+};
+
 /* A decoded or to-be-encoded command. The body's type follows the op:
  *   put_<kind>        the entity struct (version, created/updated, and a
  *                     key's status and secrets are set by the registry)
@@ -753,7 +802,10 @@ struct kp_cmd_alert_delivery {
  *   put_alert         struct kp_alert (its state fields are set by the registry)
  *   resolve_alert     struct kp_cmd_resolve_alert
  *   ack_alert         struct kp_cmd_target
- *   alert_delivery    struct kp_cmd_alert_delivery */
+ *   alert_delivery    struct kp_cmd_alert_delivery
+ *   set_key_balance   struct kp_cmd_set_balance
+ *   add_key_topup     struct kp_cmd_add_topup
+ *   delete_key_balance struct kp_cmd_target (id = key id) */
 struct kp_command {
     uint32_t v; /* KP_COMMAND_VERSION */
     enum kp_op op;
@@ -788,6 +840,8 @@ struct kp_command {
         struct kp_alert *alert;
         struct kp_cmd_resolve_alert *resolve_alert;
         struct kp_cmd_alert_delivery *alert_delivery;
+        struct kp_cmd_set_balance *set_balance;
+        struct kp_cmd_add_topup *add_topup;
     } body;
 };
 
@@ -954,6 +1008,8 @@ const struct kp_budget_state *kp_view_budget_state(const struct kp_view *view,
 const struct kp_budget_window_state *
 kp_view_budget_window(const struct kp_view *view, const char *policy_id, const char *budget);
 const struct kp_lease_node *kp_view_lease_node(const struct kp_view *view, uint64_t node_id);
+/* The balance recorded for @key_id, or NULL. */
+const struct kp_key_balance *kp_view_key_balance(const struct kp_view *view, const char *key_id);
 /* The freeze of @target in @scope (enum kp_freeze_scope), or NULL. Cheap
  * when nothing is frozen: no id is built then. */
 const struct kp_freeze *kp_view_freeze(const struct kp_view *view, int scope, const char *target);

@@ -450,25 +450,41 @@ SCHEMA(alert_schema, kp_alert, "alert", HEADER(kp_alert, KP_CS_ID),
        OBJV(kp_alert, "deliveries", deliveries, KP_FF_STATE, alert_delivery_schema,
             KP_ALERT_DELIVERIES_MAX));
 
+/* A key's balance: its id is the key's (kind_rules checks the key
+ * exists); made and changed by set_key_balance and add_key_topup only
+ * (balance.c), never put whole. Snapshot format 7 added the table. */
+SCHEMA(topup_schema, kp_balance_topup, "topup",
+       INT(kp_balance_topup, "amount_nanousd", amount, KP_FT_I64, KP_FF_REQ, 1,
+           KP_BALANCE_CREDIT_MAX, 0),
+       TIME(kp_balance_topup, "at_ms", at_ms, 0),
+       STR(kp_balance_topup, "by", by, 0, KP_CS_TEXT, 256, KP_REF_NONE),
+       STR(kp_balance_topup, "note", note, 0, KP_CS_TEXT, KP_BALANCE_NOTE_MAX, KP_REF_NONE));
+
+SCHEMA(key_balance_schema, kp_key_balance, "key_balance", HEADER(kp_key_balance, KP_CS_ID),
+       INT(kp_key_balance, "credit_nanousd", credit, KP_FT_I64, 0, 0, KP_BALANCE_CREDIT_MAX, 0),
+       TIME(kp_key_balance, "since_ms", since_ms, 0),
+       OBJV(kp_key_balance, "topups", topups, 0, topup_schema, KP_BALANCE_TOPUPS_MAX));
+
 const struct kp_schema *const kp_store__kind_schema[KP_KIND_COUNT] = {
     &provider_schema,     &key_schema,        &pool_schema,    &tenant_schema,
     &project_schema,      &token_schema,      &policy_schema,  &price_schema,
     &member_schema,       &alert_rule_schema, &webhook_schema, &health_schema,
     &budget_state_schema, &lease_node_schema, &freeze_schema,  &alert_schema,
+    &key_balance_schema,
 };
 
 /* Snapshot table names, in enum order: format 1 ends at key_health, format
- * 2 at lease_nodes, format 3 at freezes. */
+ * 2 at lease_nodes, format 3 at freezes, format 5 at alerts. */
 const char *const kp_store__kind_plural[KP_KIND_COUNT] = {
-    "providers",     "keys",        "pools",   "tenants",     "projects", "tokens",
-    "policies",      "prices",      "members", "alert_rules", "webhooks", "key_health",
-    "budget_states", "lease_nodes", "freezes", "alerts",
+    "providers",     "keys",        "pools",   "tenants",     "projects",     "tokens",
+    "policies",      "prices",      "members", "alert_rules", "webhooks",     "key_health",
+    "budget_states", "lease_nodes", "freezes", "alerts",      "key_balances",
 };
 
 static const char *const kind_names[KP_KIND_COUNT] = {
-    "provider",     "key",        "pool",   "tenant",     "project", "token",
-    "policy",       "price",      "member", "alert_rule", "webhook", "key_health",
-    "budget_state", "lease_node", "freeze", "alert",
+    "provider",     "key",        "pool",   "tenant",     "project",     "token",
+    "policy",       "price",      "member", "alert_rule", "webhook",     "key_health",
+    "budget_state", "lease_node", "freeze", "alert",      "key_balance",
 };
 
 const char *kp_kind_name(enum kp_kind kind)
@@ -564,6 +580,18 @@ SCHEMA(alert_delivery_cmd_schema, kp_cmd_alert_delivery, "alert_delivery",
        INT(kp_cmd_alert_delivery, "attempts", attempts, KP_FT_U32, 0, 0, 1000, 0),
        STR(kp_cmd_alert_delivery, "error", error, 0, KP_CS_TEXT, 256, KP_REF_NONE));
 
+SCHEMA(set_balance_schema, kp_cmd_set_balance, "set_key_balance",
+       STR(kp_cmd_set_balance, "id", id, KP_FF_REQ, KP_CS_ID, 128, KP_REF_NONE),
+       INT(kp_cmd_set_balance, "credit_nanousd", credit, KP_FT_I64, KP_FF_REQ, 0,
+           KP_BALANCE_CREDIT_MAX, 0),
+       TIME(kp_cmd_set_balance, "since_ms", since_ms, 0));
+
+SCHEMA(add_topup_schema, kp_cmd_add_topup, "add_key_topup",
+       STR(kp_cmd_add_topup, "id", id, KP_FF_REQ, KP_CS_ID, 128, KP_REF_NONE),
+       INT(kp_cmd_add_topup, "amount_nanousd", amount, KP_FT_I64, KP_FF_REQ, 1,
+           KP_BALANCE_CREDIT_MAX, 0),
+       STR(kp_cmd_add_topup, "note", note, 0, KP_CS_TEXT, KP_BALANCE_NOTE_MAX, KP_REF_NONE));
+
 static const struct {
     const struct kp_schema *body;
     int kind; /* put ops: the entity kind of the body */
@@ -606,6 +634,9 @@ static const struct {
     [KP_OP_RESOLVE_ALERT] = {&resolve_alert_schema, -1},
     [KP_OP_ACK_ALERT] = {&target_schema, -1},
     [KP_OP_ALERT_DELIVERY] = {&alert_delivery_cmd_schema, -1},
+    [KP_OP_SET_KEY_BALANCE] = {&set_balance_schema, -1},
+    [KP_OP_ADD_KEY_TOPUP] = {&add_topup_schema, -1},
+    [KP_OP_DELETE_KEY_BALANCE] = {&target_schema, -1},
 };
 
 const struct kp_schema *kp_store__op_body(enum kp_op op)
@@ -1249,6 +1280,7 @@ static int kind_rules(const struct kp_state *st, const struct kp_entity *e, char
     case KP_KIND_MEMBER:
         return rule_member(st, (const struct kp_member *)e, msg, len);
     case KP_KIND_KEY_HEALTH:
+    case KP_KIND_KEY_BALANCE:
         if (kp_store__get(st, KP_KIND_KEY, e->id) == NULL)
             return refuse(msg, len, KP_EINVAL, "id: no key '%s'", e->id);
         return KP_OK;

@@ -30,8 +30,9 @@
  * budget's first lease after that starts its window afresh), formats 1
  * and 2 with nothing frozen, formats 1 to 3 with every budget at UTC and
  * without actions, formats 1 to 4 with no alerts (the leader's next
- * evaluation opens what still holds, and delivers it again), and formats
- * 1 to 5 with content capture off for every tenant.
+ * evaluation opens what still holds, and delivers it again), formats
+ * 1 to 5 with content capture off for every tenant, and formats 1 to 6
+ * with no key balances (format 7 added that table after alerts).
  *
  * Restore treats the input as hostile. It checks the header, the sizes
  * against each other and against the caller's limit, and the checksum,
@@ -53,13 +54,15 @@
 #include <zstd.h>
 
 #define SNAP_VERSION     1 /* the header and frame layout */
-#define SNAP_FORMAT      6 /* the msgpack map's content */
+#define SNAP_FORMAT      7 /* the msgpack map's content */
 #define SNAP_HEADER_SIZE 64
 /* Entity kinds a format-1 snapshot holds (up to key_health), a format-2
- * one (up to lease_nodes) and a format-3 one (up to freezes). */
+ * one (up to lease_nodes), a format-3 one (up to freezes) and a format-5
+ * one (up to alerts). */
 #define SNAP_FORMAT1_KINDS (KP_KIND_KEY_HEALTH + 1)
 #define SNAP_FORMAT2_KINDS (KP_KIND_LEASE_NODE + 1)
 #define SNAP_FORMAT3_KINDS (KP_KIND_FREEZE + 1)
+#define SNAP_FORMAT5_KINDS (KP_KIND_ALERT + 1)
 #define SNAP_WINDOW_LOG    23
 #define SNAP_LEVEL         3
 
@@ -412,7 +415,8 @@ static int read_state(struct kp_decoder *d, struct kp_state *st)
         kinds = SNAP_FORMAT2_KINDS;
     if (rc == KP_OK && (h.u == 3 || h.u == 4))
         kinds = SNAP_FORMAT3_KINDS; /* format 4 added fields, not tables */
-    /* Format 6 added a field too: 5 and 6 hold every kind. */
+    if (rc == KP_OK && (h.u == 5 || h.u == 6))
+        kinds = SNAP_FORMAT5_KINDS; /* format 6 added a field, not a table */
     if (rc == KP_OK && keys != 4 + (uint64_t)kinds)
         rc = kp_store__fail(d, KP_EPARSE, "expected %d tables", 4 + kinds);
     if (rc == KP_OK && (rc = key(d, "applied_index")) == KP_OK &&

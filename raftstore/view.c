@@ -101,6 +101,7 @@ LOOKUP(kp_view_price, kp_price, KP_KIND_PRICE)
 LOOKUP(kp_view_member, kp_member, KP_KIND_MEMBER)
 LOOKUP(kp_view_key_health, kp_key_health, KP_KIND_KEY_HEALTH)
 LOOKUP(kp_view_budget_state, kp_budget_state, KP_KIND_BUDGET_STATE)
+LOOKUP(kp_view_key_balance, kp_key_balance, KP_KIND_KEY_BALANCE)
 
 const struct kp_budget_window_state *
 kp_view_budget_window(const struct kp_view *view, const char *policy_id, const char *budget)

@@ -41,8 +41,9 @@ static void put(struct kp_fsm *f, uint64_t *index, enum kp_op op, void *body)
 /* provider p, keys k1 k2 (k1 with two secrets), pools a -> b, tenant t,
  * project j, token tk, cluster c, member n1, price m, health of k2,
  * freezes of tenant t and of project j (which cannot be deleted while it
- * is frozen), and an open alert al (so that resolve, ack and delivery
- * records reach their rules; the seeds name it). */
+ * is frozen), an open alert al (so that resolve, ack and delivery
+ * records reach their rules; the seeds name it), and a balance of k1 (so
+ * that top-ups reach theirs). */
 static struct kp_fsm *base(uint64_t *index)
 {
     struct kp_fsm *f = kp_fsm_new();
@@ -100,6 +101,8 @@ static struct kp_fsm *base(uint64_t *index)
                           .message = (char *)"m",
                           .action = (char *)"a"};
     put(f, index, KP_OP_PUT_ALERT, &al);
+    struct kp_cmd_set_balance bal = {.id = (char *)"k1", .credit = 1000000000};
+    put(f, index, KP_OP_SET_KEY_BALANCE, &bal);
     return f;
 }
 

@@ -1089,6 +1089,162 @@ static void test_key_health(void **state)
     assert_null(kp_fsm_get(f, KP_KIND_KEY_HEALTH, "k1"));
 }
 
+static int set_balance(struct kp_fsm *f, const char *key, kp_nanousd credit, int64_t since)
+{
+    struct kp_cmd_set_balance c = {.id = (char *)key, .credit = credit, .since_ms = since};
+    return apply(f, KP_OP_SET_KEY_BALANCE, &c);
+}
+
+static int topup(struct kp_fsm *f, const char *key, kp_nanousd amount, const char *note)
+{
+    struct kp_cmd_add_topup c = {.id = (char *)key, .amount = amount, .note = (char *)note};
+    return apply(f, KP_OP_ADD_KEY_TOPUP, &c);
+}
+
+static const struct kp_key_balance *balance_of(struct kp_fsm *f, const char *key)
+{
+    return (const struct kp_key_balance *)kp_fsm_get(f, KP_KIND_KEY_BALANCE, key);
+}
+
+/* Balances: the key must exist; set records the credit and since_ms (the
+ * command's ts when 0), a top-up adds to it with who, when and the note,
+ * and is refused without a balance or past the bound; at most
+ * KP_BALANCE_TOPUPS_MAX top-ups stay (the oldest dropped); set again
+ * forgets them; every change is audited; deleting the key removes its
+ * balance. */
+static void test_key_balance(void **state)
+{
+    struct kp_fsm *f = *state;
+    assert_refused(set_balance(f, "k1", 1000000000, 0), KP_ENOENT, "no key 'k1'");
+    assert_ok(put_provider(f, "openai"));
+    assert_ok(put_key(f, "k1", "openai"));
+    assert_refused(topup(f, "k1", 5, NULL), KP_ENOENT,
+                   "key 'k1' has no balance: set its credit first");
+    int64_t t1 = now;
+    assert_ok(set_balance(f, "k1", 1000000000, 0));
+    const struct kp_key_balance *b = balance_of(f, "k1");
+    assert_non_null(b);
+    assert_int_equal(b->credit, 1000000000);
+    assert_int_equal(b->since_ms, t1);
+    assert_int_equal(b->e.version, 1);
+    assert_int_equal(b->ntopups, 0);
+    assert_string_equal(last_audit(f)->action, "set_key_balance");
+    assert_string_equal(last_audit(f)->target, "k1");
+    char want[128];
+    snprintf(want, sizeof(want), "ok (credit 1000000000 nano-USD since %lld)", (long long)t1);
+    assert_string_equal(last_audit(f)->result, want);
+
+    int64_t t2 = now;
+    assert_ok(topup(f, "k1", 500000000, "March invoice"));
+    b = balance_of(f, "k1");
+    assert_int_equal(b->credit, 1500000000);
+    assert_int_equal(b->since_ms, t1);
+    assert_int_equal(b->e.version, 2);
+    assert_int_equal(b->ntopups, 1);
+    assert_int_equal(b->topups[0].amount, 500000000);
+    assert_int_equal(b->topups[0].at_ms, t2);
+    assert_string_equal(b->topups[0].by, "alice");
+    assert_string_equal(b->topups[0].note, "March invoice");
+    assert_string_equal(last_audit(f)->action, "add_key_topup");
+    assert_string_equal(last_audit(f)->result,
+                        "ok (topped up 500000000 nano-USD, credit 1500000000)");
+    assert_refused(apply_x(f, KP_OP_ADD_KEY_TOPUP,
+                           &(struct kp_cmd_add_topup){.id = (char *)"k1", .amount = 1}, 1),
+                   KP_ECONFLICT, "expect_version: balance of key 'k1' is at version 2, not 1");
+    assert_refused(topup(f, "k1", KP_BALANCE_CREDIT_MAX, NULL), KP_EINVAL,
+                   "amount_nanousd: the credit would pass 1000000000000000000 nano-USD");
+
+    /* The oldest top-ups go beyond the bound; the credit keeps them. */
+    for (int i = 0; i < KP_BALANCE_TOPUPS_MAX + 3; i++)
+        assert_ok(topup(f, "k1", 1 + i, NULL));
+    b = balance_of(f, "k1");
+    assert_int_equal(b->ntopups, KP_BALANCE_TOPUPS_MAX);
+    assert_int_equal(b->topups[0].amount, 4);
+    assert_null(b->topups[0].note);
+    assert_int_equal(b->topups[KP_BALANCE_TOPUPS_MAX - 1].amount, KP_BALANCE_TOPUPS_MAX + 3);
+    kp_nanousd sum = 0;
+    for (int i = 0; i < KP_BALANCE_TOPUPS_MAX + 3; i++)
+        sum += 1 + i;
+    assert_int_equal(b->credit, 1500000000 + sum);
+
+    /* A snapshot carries the balance and its top-ups. */
+    struct kp_buf s1, s2;
+    char err[256];
+    snap(f, &s1);
+    struct kp_fsm *g = kp_fsm_new();
+    if (kp_fsm_restore(g, s1.data, s1.len, 0, err, sizeof(err)) != KP_OK)
+        fail_msg("restore: %s", err);
+    snap(g, &s2);
+    assert_true(same_bytes(&s1, &s2));
+    assert_int_equal(balance_of(g, "k1")->credit, b->credit);
+    assert_int_equal(balance_of(g, "k1")->ntopups, KP_BALANCE_TOPUPS_MAX);
+    kp_buf_free(&s1);
+    kp_buf_free(&s2);
+
+    /* Under allocation failure, with a view held, a top-up and a set leave
+     * the state as it was, then match the replica that never failed. */
+    struct kp_view *v = kp_fsm_view_build(f);
+    struct kp_buf c;
+    encode(KP_OP_ADD_KEY_TOPUP,
+           &(struct kp_cmd_add_topup){.id = (char *)"k1", .amount = 7, .note = (char *)"n"}, -1,
+           &c);
+    check_apply_oom(f, g, &c);
+    kp_buf_free(&c);
+    encode(KP_OP_SET_KEY_BALANCE,
+           &(struct kp_cmd_set_balance){.id = (char *)"k1", .credit = 3, .since_ms = T0}, -1, &c);
+    check_apply_oom(f, g, &c);
+    kp_buf_free(&c);
+    kp_view_release(v);
+    kp_fsm_free(g);
+
+    /* Set again: credit and since replaced, top-ups forgotten. */
+    b = balance_of(f, "k1");
+    assert_int_equal(b->credit, 3);
+    assert_int_equal(b->since_ms, T0);
+    assert_int_equal(b->ntopups, 0);
+    assert_int_equal(b->e.created_ms, t1);
+
+    assert_ok(target_op(f, KP_OP_DELETE_KEY_BALANCE, "k1"));
+    assert_null(balance_of(f, "k1"));
+    assert_refused(target_op(f, KP_OP_DELETE_KEY_BALANCE, "k1"), KP_ENOENT, "no key_balance 'k1'");
+    assert_ok(set_balance(f, "k1", 1, 0));
+    assert_ok(target_op(f, KP_OP_DELETE_KEY, "k1"));
+    assert_null(balance_of(f, "k1"));
+}
+
+/* Balance commands are checked as they are decoded: a credit is never
+ * negative, a top-up is positive, and the note is bounded text. */
+static void test_key_balance_decode(void **state)
+{
+    struct kp_fsm *f = *state;
+    struct kp_buf b;
+    msgpack_packer pk;
+    raw_begin(&pk, &b, 1, "set_key_balance", 2);
+    pk_s(&pk, "id");
+    pk_s(&pk, "k1");
+    pk_s(&pk, "credit_nanousd");
+    msgpack_pack_int64(&pk, -1);
+    assert_int_equal(apply_raw(f, b.data, b.len), KP_EINVAL);
+    assert_memory_equal(res.message, "credit_nanousd: must be", 23);
+    kp_buf_free(&b);
+    raw_begin(&pk, &b, 1, "add_key_topup", 2);
+    pk_s(&pk, "id");
+    pk_s(&pk, "k1");
+    pk_s(&pk, "amount_nanousd");
+    msgpack_pack_int64(&pk, 0);
+    assert_int_equal(apply_raw(f, b.data, b.len), KP_EINVAL);
+    assert_memory_equal(res.message, "amount_nanousd: must be", 23);
+    kp_buf_free(&b);
+    raw_begin(&pk, &b, 1, "add_key_topup", 1);
+    pk_s(&pk, "id");
+    pk_s(&pk, "k1");
+    assert_int_equal(apply_raw(f, b.data, b.len), KP_EINVAL);
+    assert_memory_equal(res.message, "amount_nanousd: ", 16);
+    kp_buf_free(&b);
+    assert_string_equal(last_audit(f)->action, "add_key_topup");
+    assert_int_equal(kp_fsm_count(f, KP_KIND_KEY_BALANCE), 0);
+}
+
 /* audit_only records a denied attempt as given, and nothing else. */
 static void test_audit_only(void **state)
 {
@@ -1653,7 +1809,8 @@ static uint8_t *raw_of(struct kp_fsm *f, size_t *n)
 /* Budget state survives snapshot and restore; a format-1 snapshot (from
  * before budget state: no budget tables) still restores, to an empty
  * budget state, and so do a format-2 one (from before freezes: no
- * freezes table) and a format-3 one (from before alerts); a snapshot whose budget state breaks the
+ * freezes table), a format-3 one (from before alerts) and a format-5 or 6
+ * one (from before key balances); a snapshot whose budget state breaks the
  * lease invariant, or names a budget its policy lacks, is refused by name. */
 static void test_snapshot_budget_state(void **state)
 {
@@ -1670,20 +1827,21 @@ static void test_snapshot_budget_state(void **state)
                                   "budget_states\x90\xab"
                                   "lease_nodes\x90\xa7"
                                   "freezes\x90\xa6"
-                                  "alerts\x90";
-    /* What formats 1 to 4 lack at the end, and their key counts (format 4
-     * added budget fields, not tables). */
-    static const size_t lacks[] = {0, sizeof(tail) - 1, 17, 8, 8};
-    static const uint8_t keys[] = {0, 0x10, 0x12, 0x13, 0x13};
+                                  "alerts\x90\xac"
+                                  "key_balances\x90";
+    /* What formats 1 to 6 lack at the end, and their key counts (formats 4
+     * and 6 added fields, not tables). */
+    static const size_t lacks[] = {0, sizeof(tail) - 1, 31, 22, 22, 14, 14};
+    static const uint8_t keys[] = {0, 0x10, 0x12, 0x13, 0x13, 0x14, 0x14};
     size_t tl = sizeof(tail) - 1;
     assert_memory_equal(raw,
-                        "\xde\x00\x14\xa6"
-                        "format\x06",
+                        "\xde\x00\x15\xa6"
+                        "format\x07",
                         11);
     assert_memory_equal(raw + n - tl, tail, tl);
     struct kp_fsm *h = kp_fsm_new();
     snap(g, &s1);
-    for (int format = 1; format <= 4; format++) {
+    for (int format = 1; format <= 6; format++) {
         raw[2] = keys[format];
         raw[10] = (uint8_t)format;
         wrap(raw, n - lacks[format], &w);
@@ -1691,7 +1849,7 @@ static void test_snapshot_budget_state(void **state)
             fail_msg("format %d: %s", format, err);
         kp_buf_free(&w);
         snap(h, &s2);
-        assert_true(same_bytes(&s1, &s2)); /* written back as format 6 */
+        assert_true(same_bytes(&s1, &s2)); /* written back as format 7 */
         kp_buf_free(&s2);
     }
     kp_buf_free(&s1);
@@ -1713,8 +1871,14 @@ static void test_snapshot_budget_state(void **state)
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
     assert_non_null(strstr(err, "expected 20 tables"));
     kp_buf_free(&w);
-    raw[10] = 7;
-    wrap(raw, n - lacks[3], &w);
+    raw[2] = 0x14;
+    raw[10] = 7; /* format 7 without its key balances */
+    wrap(raw, n - lacks[5], &w);
+    assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
+    assert_non_null(strstr(err, "expected 21 tables"));
+    kp_buf_free(&w);
+    raw[10] = 8;
+    wrap(raw, n - lacks[5], &w);
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EVERSION);
     kp_buf_free(&w);
     free(raw);
@@ -1822,9 +1986,9 @@ static void test_snapshot_format3_budgets(void **state)
         alerts = q;
     assert_non_null(alerts);
     n = (size_t)(alerts - raw);
-    assert_int_equal(raw[2], 0x14);
+    assert_int_equal(raw[2], 0x15);
     raw[2] = 0x13;
-    assert_int_equal(raw[10], 6);
+    assert_int_equal(raw[10], 7);
     raw[10] = 4;
     wrap(raw, n, &w);
     assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
@@ -1892,11 +2056,18 @@ static void test_snapshot_format5_tenants(void **state)
         memmove(at, at + 17, n - (size_t)(at + 17 - raw));
         n -= 17;
     }
-    assert_int_equal(raw[10], 6);
+    assert_int_equal(raw[10], 7);
     wrap(raw, n, &w);
     assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
     assert_non_null(strstr(err, "capture_content: missing"));
     kp_buf_free(&w);
+    /* Format 5 had no key balances table (the last one). */
+    assert_memory_equal(raw + n - 14,
+                        "\xac"
+                        "key_balances\x90",
+                        14);
+    n -= 14;
+    raw[2] = 0x14;
     raw[10] = 5;
     wrap(raw, n, &w);
     if (kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)) != KP_OK)
@@ -2261,6 +2432,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_freeze_decode, setup, teardown),
         cmocka_unit_test_setup_teardown(test_price_member_alerts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_health, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_balance, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_balance_decode, setup, teardown),
         cmocka_unit_test_setup_teardown(test_audit_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rewrap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_envelope_refusals, setup, teardown),
