@@ -462,6 +462,11 @@ uint64_t kp_usage_result_rows(const struct kp_usage_result *r)
     return r->table.n;
 }
 
+kp_nanousd kp_usage_result_cost(const struct kp_usage_result *r)
+{
+    return kp_rollup_metrics_cost(&r->totals);
+}
+
 /* One day on its way into a result. */
 struct day_pass {
     struct kp_usage_result *r;

@@ -302,6 +302,9 @@ int kp_usage_result_new(const struct kp_usage_query *q, struct kp_usage_result *
 int kp_usage_result_add_day(struct kp_usage_result *r, const struct kp_rollup_day *d);
 /* Rows in the answer so far. */
 uint64_t kp_usage_result_rows(const struct kp_usage_result *r);
+/* The cost of every row so far (the totals' cost_nanousd): charged minus
+ * credited, nano-USD. */
+kp_nanousd kp_usage_result_cost(const struct kp_usage_result *r);
 /* The JSON answer (docs/usage-api.md); @meter_name may be NULL (null).
  * NULL when out of memory. Latencies are reals holding whole microseconds
  * in milliseconds (250.287): dump with JSON_REAL_PRECISION(15) to print

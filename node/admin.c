@@ -113,6 +113,9 @@ static const struct kp_admin_route routes[] = {
     {"POST", "/admin/v1/keys/{id}/revoke", CHG, KP_KIND_KEY, KP_OP_NONE, kp_admin__key_revoke},
     {"GET", "/admin/v1/keys/{id}/health", READ, KP_KIND_KEY_HEALTH, KP_OP_NONE, handle_get_health},
     {"PUT", "/admin/v1/keys/{id}/health", OPR, KP_KIND_KEY_HEALTH, KP_OP_NONE, handle_put_health},
+    {"GET", "/admin/v1/keys/{id}/balance", USAGE, -1, KP_OP_NONE, kp_admin__balance_get},
+    {"PUT", "/admin/v1/keys/{id}/balance", CHG, -1, KP_OP_NONE, kp_admin__balance_put},
+    {"POST", "/admin/v1/keys/{id}/balance/topups", CHG, -1, KP_OP_NONE, kp_admin__balance_topup},
     {"POST", "/admin/v1/secrets/rewrap", CHG, -1, KP_OP_NONE, kp_admin__secrets_rewrap},
     /* The whole registry, secrets sealed but the pepper in clear: admin only. */
     {"GET", "/admin/v1/snapshot", CHG | AUDIT, -1, KP_OP_NONE, kp_admin__snapshot},

@@ -1,6 +1,7 @@
 /* Internal to the control API's /admin/v1/ handlers (admin.c, admin_auth.c,
  * admin_write.c, admin_keys.c, admin_secrets.c, admin_audit.c,
- * admin_budgets.c, admin_freezes.c, admin_usage.c, admin_alerts.c); nothing
+ * admin_budgets.c, admin_freezes.c, admin_usage.c, admin_alerts.c,
+ * admin_balance.c); nothing
  * else includes this.
  *
  * admin.c routes a request, authenticates its caller and checks the
@@ -192,6 +193,14 @@ void kp_admin__freeze_delete(struct kp_admin_req *r);
 /* admin_usage.c: GET /admin/v1/usage and /admin/v1/usage/events (docs/usage-api.md). */
 void kp_admin__usage_query(struct kp_admin_req *r);
 void kp_admin__usage_events(struct kp_admin_req *r);
+/* Not a meter: relay @r to one, once (503 no_meter when there is none).
+ * False when the caller must answer itself (this node is a meter). */
+bool kp_admin__relay_to_meter(struct kp_admin_req *r);
+/* admin_balance.c: PUT and GET /admin/v1/keys/{id}/balance, POST
+ * /admin/v1/keys/{id}/balance/topups (docs/balances.md). */
+void kp_admin__balance_put(struct kp_admin_req *r);
+void kp_admin__balance_topup(struct kp_admin_req *r);
+void kp_admin__balance_get(struct kp_admin_req *r);
 void kp_admin__audit_verify(struct kp_admin_req *r);
 /* admin_alerts.c: GET /admin/v1/alerts, /alerts/dead-letters, /alerts/{id},
  * POST /alerts/{id}/ack (docs/alerts.md). */

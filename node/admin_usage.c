@@ -10,9 +10,7 @@
 
 #include "admin_internal.h"
 
-/* Not a meter: relay to one, once. False when the caller must answer
- * itself (this node is a meter). */
-static bool relay_to_meter(struct kp_admin_req *r)
+bool kp_admin__relay_to_meter(struct kp_admin_req *r)
 {
     if (kp_metering_store(r->n) != NULL)
         return false;
@@ -129,7 +127,7 @@ static int query_param(void *arg, const char *name, const char *value)
 
 void kp_admin__usage_query(struct kp_admin_req *r)
 {
-    if (relay_to_meter(r))
+    if (kp_admin__relay_to_meter(r))
         return;
     struct usage_work *u = work_new(r);
     if (u == NULL)
@@ -174,7 +172,7 @@ static int check_event_param(void *arg, const char *name, const char *value)
 
 void kp_admin__usage_events(struct kp_admin_req *r)
 {
-    if (relay_to_meter(r))
+    if (kp_admin__relay_to_meter(r))
         return;
     char bad[64] = "";
     if (kp_admin__query_each(r, check_event_param, bad) != KP_OK) {

@@ -10,7 +10,9 @@
  *
  * add creates the key with its first secret (If-None-Match: *, so an
  * existing key is a 409, not replaced); rotate adds a new primary secret and
- * keeps the old one usable for --grace; revoke is final and asks for --yes. */
+ * keeps the old one usable for --grace; revoke is final and asks for --yes.
+ * balance shows a key's prepaid credit less its metered cost, after
+ * recording a new credit (--set) or a top-up (--topup) when asked. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -29,6 +31,7 @@ static int keys_enable(struct kp_ctl *ctl, int argc, char **argv);
 static int keys_revoke(struct kp_ctl *ctl, int argc, char **argv);
 static int keys_retire(struct kp_ctl *ctl, int argc, char **argv);
 static int keys_list(struct kp_ctl *ctl, int argc, char **argv);
+static int keys_balance(struct kp_ctl *ctl, int argc, char **argv);
 
 static const struct kp_ctl_command keys_commands[] = {
     {"list", "", "list the keys (same as clusterctl get keys)", keys_list, false},
@@ -44,6 +47,10 @@ static const struct kp_ctl_command keys_commands[] = {
     {"enable", "ID", "route to a disabled key again", keys_enable, false},
     {"revoke", "ID --yes", "revoke a key for good: its secrets are erased", keys_revoke, false},
     {"retire", "ID VERSION", "retire an old secret version of a key now", keys_retire, false},
+    {"balance", "ID [--set USD [--since TIME]] [--topup USD [--note TEXT]]",
+     "show a key's prepaid credit, spent, remaining and projected exhaustion; --set records the "
+     "credit, --topup adds to it",
+     keys_balance, false},
 };
 
 int kp_ctl__cmd_keys(struct kp_ctl *ctl, int argc, char **argv)
@@ -484,6 +491,85 @@ static int keys_retire(struct kp_ctl *ctl, int argc, char **argv)
     snprintf(done, sizeof(done), "secret v%llu retired", (unsigned long long)version);
     if (rc == KP_CTL_EXIT_OK)
         print_key_result(ctl, argv[first], answer, done);
+    json_decref(answer);
+    kp_free(path);
+    return rc;
+}
+
+/* --- balance ------------------------------------------------------------------ */
+
+static const struct kp_ctl_column balance_cols[] = {
+    {"KEY", "key", NULL},
+    {"CREDIT", "credit_nanousd", kp_ctl__cell_usd},
+    {"SINCE", "since", NULL},
+    {"SPENT", "spent_nanousd", kp_ctl__cell_usd},
+    {"REMAINING", "remaining_nanousd", kp_ctl__cell_usd},
+    {"BURN/HOUR", "burn_per_hour_nanousd", kp_ctl__cell_usd},
+    {"EXHAUSTED", "exhausted", NULL},
+    {"RUNS OUT", "exhaustion_at", NULL},
+    {"TOP-UPS", "topups", kp_ctl__cell_count},
+};
+
+/* PUT or POST @body (consumed) to @path. */
+static int balance_write(struct kp_ctl *ctl, const char *method, char *path, json_t *body)
+{
+    int rc = path != NULL && body != NULL ? kp_ctl__call(ctl, method, path, body, NULL, NULL)
+                                          : KP_CTL_EXIT_NO;
+    if (path == NULL || body == NULL)
+        kp_ctl__error(ctl, "out of memory");
+    json_decref(body);
+    kp_free(path);
+    return rc;
+}
+
+static int keys_balance(struct kp_ctl *ctl, int argc, char **argv)
+{
+    const char *set = NULL, *since = NULL, *topup = NULL, *note = NULL;
+    const struct kp_ctl_flag flags[] = {
+        {"set", 0, KP_CTL_FLAG_VALUE, &set},
+        {"since", 0, KP_CTL_FLAG_VALUE, &since},
+        {"topup", 0, KP_CTL_FLAG_VALUE, &topup},
+        {"note", 0, KP_CTL_FLAG_VALUE, &note},
+    };
+    int64_t since_ms = 0;
+    json_t *answer = NULL;
+    int first, rc = kp_ctl__parse(ctl, argc, argv, flags, sizeof(flags) / sizeof(flags[0]), &first);
+    if (rc == KP_CTL_EXIT_OK)
+        rc = kp_ctl__positionals(ctl, argc - first, 1, 1, "ID", false);
+    if (rc == KP_CTL_EXIT_OK &&
+        ((since != NULL && set == NULL) || (note != NULL && topup == NULL))) {
+        kp_ctl__usage_error(ctl, "keys balance: --since goes with --set, --note with --topup");
+        rc = KP_CTL_EXIT_USAGE;
+    }
+    if (rc == KP_CTL_EXIT_OK && since != NULL)
+        rc = kp_ctl__parse_instant(ctl, "--since", since, &since_ms);
+    if (rc == KP_CTL_EXIT_OK)
+        rc = kp_ctl__resolve(ctl);
+    const char *id = rc == KP_CTL_EXIT_OK ? argv[first] : NULL;
+    /* Amounts go as decimal strings: the server parses them exactly. */
+    if (rc == KP_CTL_EXIT_OK && set != NULL) {
+        json_t *body = json_pack("{s:s}", "credit_usd", set);
+        if (body != NULL && since != NULL)
+            json_object_set_new(body, "since", json_integer(since_ms));
+        rc = balance_write(ctl, "PUT", kp_ctl__path("keys", id, "balance", NULL), body);
+    }
+    if (rc == KP_CTL_EXIT_OK && topup != NULL) {
+        json_t *body = json_pack("{s:s}", "amount_usd", topup);
+        if (body != NULL && note != NULL)
+            json_object_set_new(body, "note", json_string(note));
+        rc = balance_write(ctl, "POST", kp_ctl__path("keys", id, "balance", "topups", NULL), body);
+    }
+    char *path = rc == KP_CTL_EXIT_OK ? kp_ctl__path("keys", id, "balance", NULL) : NULL;
+    if (rc == KP_CTL_EXIT_OK && path == NULL) {
+        kp_ctl__error(ctl, "out of memory");
+        rc = KP_CTL_EXIT_NO;
+    }
+    if (rc == KP_CTL_EXIT_OK)
+        rc = kp_ctl__call(ctl, "GET", path, NULL, NULL, &answer);
+    if (rc == KP_CTL_EXIT_OK && ctl->output != KP_CTL_OUTPUT_TABLE)
+        kp_ctl__print_doc(ctl, answer);
+    else if (rc == KP_CTL_EXIT_OK)
+        kp_ctl__print_record(balance_cols, sizeof(balance_cols) / sizeof(balance_cols[0]), answer);
     json_decref(answer);
     kp_free(path);
     return rc;

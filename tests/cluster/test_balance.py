@@ -1,0 +1,132 @@
+"""Key balances (docs/balances.md): an operator records a key's prepaid
+credit and its top-ups in the registry; keyplane subtracts the meter's cost
+for that key and shows what remains, the burn rate and when it runs out.
+
+One node bootstraps and is the meter; its segments seal every 200 ms, so
+calls reach the meter quickly. The checks compare the balance with the
+usage API's own figure for the key, not with a figure computed here.
+"""
+
+import json
+import secrets
+import time
+import unittest
+import urllib.parse
+
+from harness import Harness, http, wait_until
+
+ADMIN = "/admin/v1"
+MASTER = secrets.token_hex(32)
+CONFIG = {"spool_seal_age_ms": "200ms", "alert_interval_ms": "200ms", "workers": 1}
+# $10 per million input tokens, $30 per million output tokens.
+PRICE = {"input_per_mtok": 10_000_000_000, "output_per_mtok": 30_000_000_000}
+MODEL = "gpt-4o"
+
+
+class Funded:
+    """n1 (leader and meter), a mock provider, key key-a in pool default
+    with a price for the model, and an app token of tenant acme."""
+
+    def __init__(self, test):
+        self.h = Harness(test)
+        self.mock = self.h.start_mock()
+        self.n1 = self.h.start_node("n1", config=CONFIG, env={"KEYPLANE_MASTER_KEY": MASTER})
+        wait_until(lambda: self.n1.admin_token, what="admin.token", alive=self.n1)
+        self.admin("PUT", "/providers/mock", {"kind": "openai-compatible",
+                                             "base_url": self.mock.url + "/v1",
+                                             "allow_insecure": True})
+        self.admin("PUT", "/tenants/acme", {"display_name": "Acme"})
+        self.admin("PUT", "/keys/key-a", {"provider": "mock", "secret": "sk-mock-balance-0001"})
+        self.admin("PUT", "/pools/default", {"members": [{"key": "key-a"}]})
+        self.admin("PUT", "/prices/" + MODEL, PRICE)
+        status, _, body = self.n1.control("POST", ADMIN + "/tokens", body={
+            "role": "app", "tenant": "acme", "name": "acme"})
+        assert status == 201, body
+        self.token = json.loads(body)["token"]
+        wait_until(lambda: http("GET", self.n1.gateway_url + "/v1/models", headers={
+            "Authorization": "Bearer " + self.token})[0] == 200,
+            what="the gateway knows the app token", alive=self.n1)
+
+    def request(self, method, path, body=None):
+        hdrs = {"Authorization": "Bearer " + self.n1.admin_token}
+        status, _, raw = self.n1.control(method, ADMIN + path, body=body, headers=hdrs)
+        return status, (json.loads(raw) if raw else None)
+
+    def admin(self, method, path, body=None):
+        status, v = self.request(method, path, body)
+        assert status in (200, 201), (method, path, status, v)
+        return v
+
+    def call(self):
+        body = {"model": MODEL, "max_tokens": 64,
+                "messages": [{"role": "user", "content": "x" * 400}]}
+        status, _, raw = http("POST", self.n1.gateway_url + "/v1/chat/completions", body=body,
+                              headers={"Authorization": "Bearer " + self.token,
+                                       "Content-Type": "application/json"}, timeout=60)
+        assert status == 200, (status, raw)
+
+    def meter_totals(self, since_ms):
+        q = urllib.parse.urlencode({"granularity": "total", "from": str(since_ms),
+                                    "filter": "key:key-a"})
+        return self.admin("GET", "/usage?" + q)["totals"]
+
+    def balance(self):
+        return self.admin("GET", "/keys/key-a/balance")
+
+
+class BalanceTest(unittest.TestCase):
+    def test_spent_is_the_meters_cost_and_a_topup_raises_the_credit(self):
+        f = Funded(self)
+        status, v = f.request("GET", "/keys/key-a/balance")
+        self.assertEqual(status, 404, v)
+        status, v = f.request("POST", "/keys/key-a/balance/topups", {"amount_usd": "1"})
+        self.assertEqual(status, 404, v)
+        # A whole minute back, so that the meter's minute rounding counts
+        # the same minutes for the balance and for the usage query below.
+        since = (int(time.time() * 1000) // 60000) * 60000
+        rec = f.admin("PUT", "/keys/key-a/balance", {"credit_usd": "1.00", "since": since})
+        self.assertEqual(rec["credit_nanousd"], 1_000_000_000)
+        self.assertEqual(rec["since_ms"], since)
+        b = f.balance()
+        self.assertEqual(b["spent_nanousd"], 0)
+        self.assertEqual(b["remaining_nanousd"], 1_000_000_000)
+        self.assertIsNone(b["exhaustion_at"])
+
+        for _ in range(5):
+            f.call()
+        wait_until(lambda: f.meter_totals(since)["requests"] == 5, what="5 calls metered",
+                   timeout=60, alive=f.n1)
+        cost = f.meter_totals(since)["cost_nanousd"]
+        self.assertGreater(cost, 0)
+        b = f.balance()
+        self.assertEqual(b["spent_nanousd"], cost)
+        self.assertEqual(b["remaining_nanousd"], 1_000_000_000 - cost)
+        self.assertEqual(b["credit_usd"], "1.000000000")
+        self.assertGreater(b["burn_per_hour_nanousd"], 0)
+        self.assertIsNotNone(b["exhaustion_at"])
+        self.assertFalse(b["exhausted"])
+
+        # A top-up raises the credit and what remains, and is audited.
+        f.admin("POST", "/keys/key-a/balance/topups",
+                {"amount_nanousd": 500_000_000, "note": "PO 4711"})
+        b = f.balance()
+        self.assertEqual(b["credit_nanousd"], 1_500_000_000)
+        self.assertEqual(b["remaining_nanousd"], 1_500_000_000 - cost)
+        self.assertEqual([t["amount_nanousd"] for t in b["topups"]], [500_000_000])
+        self.assertEqual(b["topups"][0]["note"], "PO 4711")
+        audit = f.admin("GET", "/audit?target=key-a")["entries"]
+        actions = [e["action"] for e in audit if e["result"].startswith("ok")]
+        self.assertIn("set_key_balance", actions)
+        self.assertIn("add_key_topup", actions)
+        topups = [e for e in audit if e["action"] == "add_key_topup"]
+        self.assertIn("topped up 500000000 nano-USD, credit 1500000000", topups[-1]["result"])
+
+        # Bad bodies are refused naming the field.
+        status, v = f.request("PUT", "/keys/key-a/balance", {"credit_usd": "-1"})
+        self.assertEqual(status, 400, v)
+        status, v = f.request("PUT", "/keys/key-a/balance", {"credit_usd": 1, "extra": 1})
+        self.assertEqual(status, 400, v)
+
+
+if __name__ == "__main__":
+    unittest.main()
