@@ -71,6 +71,7 @@ static const struct param_spec rule_params[KP_RULE_COUNT][MAX_PARAMS] = {
     [KP_RULE_METER_LAG] = {{"after_seconds", 1, 86400, 300}},
     [KP_RULE_KEY_ERROR_RATE] = {{"percent", 1, 100, 50}, {"min_attempts", 1, 1000000, 20}},
     [KP_RULE_KEY_RATE_LIMITED] = {{"per_minute", 1, 1000000, 30}},
+    [KP_RULE_KEY_BALANCE] = {{"within_hours", 1, 8760, 24}},
 };
 
 static const char *param(const struct kp_strmap *m, const char *name)
@@ -91,6 +92,33 @@ static bool parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
     if (*end != '\0' || v < min || v > max)
         return false;
     *out = v;
+    return true;
+}
+
+/* "2.50" (at most 9 decimals, below 10^9 dollars) into nano-USD. */
+static bool parse_usd(const char *s, int64_t *out)
+{
+    int64_t whole = 0, frac = 0;
+    int digits = 0, places = -1;
+    for (const char *p = s; p != NULL && *p != '\0'; p++) {
+        if (*p == '.' && places < 0) {
+            places = 0;
+            continue;
+        }
+        if (*p < '0' || *p > '9' || places >= 9 || (places < 0 && ++digits > 9))
+            return false;
+        if (places >= 0) {
+            frac = frac * 10 + (*p - '0');
+            places++;
+        } else {
+            whole = whole * 10 + (*p - '0');
+        }
+    }
+    if (s == NULL || (digits == 0 && places <= 0))
+        return false;
+    for (places = places < 0 ? 0 : places; places < 9; places++)
+        frac *= 10;
+    *out = whole * 1000000000 + frac;
     return true;
 }
 
@@ -159,6 +187,13 @@ int kp_alert_rule_check(const char *kind, const struct kp_strmap *params, char *
         if (strcmp(name, "policy") == 0 &&
             (k == KP_RULE_BUDGET_THRESHOLD || k == KP_RULE_BURN_RATE))
             continue;
+        if (strcmp(name, "below_usd") == 0 && k == KP_RULE_KEY_BALANCE) {
+            if (!parse_usd(v, &n))
+                return check_fail(errmsg, errlen,
+                                  "params.below_usd: dollars, a decimal with at most 9 places "
+                                  "(\"2.50\")");
+            continue;
+        }
         if (strcmp(name, "percents") == 0 && k == KP_RULE_BUDGET_THRESHOLD) {
             if (parse_percents(v, pct) < 0)
                 return check_fail(errmsg, errlen,
@@ -299,6 +334,7 @@ struct eval {
     int64_t now;
     struct kp_alert_plan *out;
     struct rules rules;
+    const struct kp_alert_spends *spends;
     int rc;
 };
 
@@ -865,6 +901,81 @@ static void eval_key_stats(struct eval *e, const struct kp_alert_member *members
 
 /* --- evaluation ------------------------------------------------------------------------ */
 
+/* --- balances ---------------------------------------------------------------------------- */
+
+static const struct kp_alert_key_spend *spend_of(const struct eval *e,
+                                                 const struct kp_key_balance *b)
+{
+    for (size_t i = 0; e->spends != NULL && i < e->spends->n; i++) {
+        const struct kp_alert_key_spend *s = &e->spends->v[i];
+        if (strcmp(s->key, b->e.id) == 0 && s->since_ms == b->since_ms)
+            return s;
+    }
+    return NULL;
+}
+
+/* key_balance: a key's prepaid credit exhausted (critical), below
+ * below_usd (10% of the credit by default), or projected to run out
+ * within within_hours at the last day's rate (warning). One alert per key,
+ * its severity the worse; a key the meter has not answered for holds. */
+static int eval_key_balance(const struct kp_entity *ent, void *arg)
+{
+    struct eval *e = arg;
+    const struct kp_key_balance *b = (const struct kp_key_balance *)ent;
+    const struct kp_alert_rule *r = rule_for(&e->rules, KP_RULE_KEY_BALANCE, NULL);
+    const char *id = b->e.id;
+    char aid[129];
+    make_id(aid, "key_balance:%s", id);
+    const struct kp_alert_key_spend *s = spend_of(e, b);
+    if (s == NULL) {
+        hold(e, KP_RULE_KEY_BALANCE, aid);
+        return e->rc != KP_OK;
+    }
+    struct kp_balance_figures f;
+    kp_balance_figures(b, &s->spend, e->now, &f);
+    int64_t below = b->credit / 10;
+    if (r != NULL && param(&r->params, "below_usd") != NULL)
+        parse_usd(param(&r->params, "below_usd"), &below);
+    int64_t within = rule_int(r, KP_RULE_KEY_BALANCE, "within_hours") * 3600000;
+    bool low = f.remaining < below;
+    bool soon = f.exhaustion_at_ms != 0 && f.exhaustion_at_ms - e->now <= within;
+    if (!f.exhausted && !low && !soon)
+        return 0;
+    struct kp_alert_want *w =
+        want(e, KP_RULE_KEY_BALANCE, f.exhausted ? KP_ALERT_CRITICAL : KP_ALERT_WARNING);
+    if (w == NULL)
+        return 1;
+    char left[32], credit[32], spent[32], since[32], when[32] = "";
+    fmt_usd(f.remaining > 0 ? f.remaining : 0, left, sizeof(left));
+    fmt_usd(f.credit, credit, sizeof(credit));
+    fmt_usd(f.spent, spent, sizeof(spent));
+    fmt_since(b->since_ms, e->now, since, sizeof(since));
+    if (f.exhaustion_at_ms != 0)
+        fmt_since(f.exhaustion_at_ms, e->now, when, sizeof(when));
+    memcpy(w->id, aid, sizeof(aid));
+    w->last_value = f.remaining;
+    snprintf(w->subject, sizeof(w->subject), "key %s", id);
+    if (f.exhausted) {
+        snprintf(w->message, sizeof(w->message),
+                 "key %s has spent its prepaid credit: %s metered since %s against %s credited", id,
+                 spent, since, credit);
+        snprintf(w->action, sizeof(w->action),
+                 "top up key %s: its %s credit is spent (clusterctl keys balance %s --topup USD "
+                 "--note TEXT), or disable it (clusterctl keys disable %s)",
+                 id, credit, id, id);
+    } else {
+        snprintf(w->message, sizeof(w->message),
+                 "key %s has %s left of %s credited since %s (%s spent)%s%s", id, left, credit,
+                 since, spent, when[0] ? "; at the last day's rate it runs out around " : "", when);
+        snprintf(w->action, sizeof(w->action),
+                 "top up key %s: %s left%s%s%s (clusterctl keys balance %s --topup USD --note "
+                 "TEXT)",
+                 id, left, when[0] ? ", runs out around " : "", when,
+                 when[0] ? " at the last day's rate" : "", id);
+    }
+    return 0;
+}
+
 static int cmp_want(const void *a, const void *b)
 {
     const struct kp_alert_want *x = a, *y = b;
@@ -890,9 +1001,9 @@ static void plan_finish(struct kp_alert_plan *p)
 
 int kp_alert_rules_eval(const struct kp_view *view, int64_t now_ms,
                         const struct kp_alert_member *members, size_t nmembers,
-                        struct kp_alert_plan *out)
+                        const struct kp_alert_spends *spends, struct kp_alert_plan *out)
 {
-    struct eval e = {.view = view, .now = now_ms, .out = out, .rc = KP_OK};
+    struct eval e = {.view = view, .now = now_ms, .out = out, .spends = spends, .rc = KP_OK};
     out->n = 0;
     e.rules.cap = kp_view_count(view, KP_KIND_ALERT_RULE);
     e.rules.v = kp_malloc((e.rules.cap + 1) * sizeof(*e.rules.v));
@@ -919,6 +1030,8 @@ int kp_alert_rules_eval(const struct kp_view *view, int64_t now_ms,
             meter_lag(&e, m, rule_int(lag, KP_RULE_METER_LAG, "after_seconds") * 1000);
     }
     eval_key_stats(&e, members, nmembers);
+    if (rule_enabled(rule_for(&e.rules, KP_RULE_KEY_BALANCE, NULL)))
+        kp_view_each(view, KP_KIND_KEY_BALANCE, eval_key_balance, &e);
     kp_free(e.rules.v);
     if (e.rc != KP_OK)
         return e.rc;

@@ -91,6 +91,12 @@ struct kp_alerts {
     size_t ndl;
     struct kp_alert_plan plan;
     struct kp_metric_family *open_gauge, *deliveries;
+    /* key_balance: the meter's last answer for every key with a balance
+     * (this node's store, queried on the threadpool, one batch at a time). */
+    struct kp_alert_key_spend *spends;
+    size_t nspends;
+    int64_t spends_ms; /* when asked; 0: never */
+    bool spending;
 };
 
 /* A call's completion context: which generation sent it. */
@@ -112,6 +118,7 @@ static void maybe_free(struct kp_alerts *a)
     for (size_t i = 0; i < a->nmembers; i++)
         kp_alert_report_free(&a->members[i].report);
     kp_alert_plan_free(&a->plan);
+    kp_free(a->spends);
     kp_free(a->dl);
     kp_free(a->window);
     kp_free(a);
@@ -312,6 +319,97 @@ static int member_in(const struct kp_entity *e, void *arg)
     return 0;
 }
 
+/* --- balances: what the meter says the keys with a balance cost ------------------------- */
+
+/* At most this many balances are checked per evaluation (the rest hold). */
+enum { MAX_SPENDS = 1024 };
+
+struct spend_work {
+    uv_work_t work;
+    struct kp_alerts *a;
+    struct kp_meter_store *store;
+    uint64_t generation;
+    int64_t now;
+    struct kp_alert_key_spend *v;
+    size_t n;
+    bool failed;
+};
+
+static int collect_balance(const struct kp_entity *e, void *arg)
+{
+    struct spend_work *u = arg;
+    const struct kp_key_balance *b = (const struct kp_key_balance *)e;
+    if (u->n == MAX_SPENDS)
+        return 1;
+    struct kp_alert_key_spend *s = &u->v[u->n++];
+    snprintf(s->key, sizeof(s->key), "%s", b->e.id);
+    s->since_ms = b->since_ms;
+    return 0;
+}
+
+static void spend_query(uv_work_t *w)
+{
+    struct spend_work *u = w->data;
+    char errmsg[256];
+    for (size_t i = 0; i < u->n && !u->failed; i++) {
+        struct kp_alert_key_spend *s = &u->v[i];
+        if (kp_balance_query(u->store, s->key, s->since_ms, u->now, &s->spend, errmsg,
+                             sizeof(errmsg)) != KP_OK) {
+            kp_warn("alerts", "key_balance: the meter query for key %s failed: %s", s->key, errmsg);
+            u->failed = true;
+        }
+    }
+}
+
+static void spend_done(uv_work_t *w, int status)
+{
+    struct spend_work *u = w->data;
+    struct kp_alerts *a = u->a;
+    (void)status;
+    a->spending = false;
+    a->calls--;
+    if (!u->failed && u->generation == a->generation && !a->closing) {
+        kp_free(a->spends);
+        a->spends = u->v;
+        a->nspends = u->n;
+        a->spends_ms = u->now;
+        u->v = NULL;
+    }
+    kp_free(u->v);
+    kp_free(u);
+    maybe_free(a);
+}
+
+/* Ask this node's meter store what each key with a balance cost, unless
+ * a batch is still running. A leader that is no meter has no answer: the
+ * key_balance rule holds there (docs/balances.md). */
+static void query_spends(struct kp_alerts *a, const struct kp_view *v, int64_t now)
+{
+    size_t count = kp_view_count(v, KP_KIND_KEY_BALANCE);
+    struct kp_meter_store *store = count > 0 ? kp_metering_store(a->n) : NULL;
+    if (a->spending || store == NULL)
+        return;
+    struct spend_work *u = kp_calloc(1, sizeof(*u));
+    size_t cap = count < MAX_SPENDS ? count : MAX_SPENDS;
+    if (u == NULL || (u->v = kp_calloc(cap, sizeof(*u->v))) == NULL) {
+        kp_free(u);
+        return;
+    }
+    u->a = a;
+    u->store = store;
+    u->generation = a->generation;
+    u->now = now;
+    kp_view_each(v, KP_KIND_KEY_BALANCE, collect_balance, u);
+    u->work.data = u;
+    if (uv_queue_work(a->n->rt->main_loop, &u->work, spend_query, spend_done) != 0) {
+        kp_free(u->v);
+        kp_free(u);
+        return;
+    }
+    a->spending = true;
+    a->calls++;
+}
+
 /* --- evaluation ------------------------------------------------------------------------ */
 
 static void evaluate(struct kp_alerts *a, const struct kp_view *v, int64_t now)
@@ -322,7 +420,10 @@ static void evaluate(struct kp_alerts *a, const struct kp_view *v, int64_t now)
     int64_t interval = a->n->cfg->alert_interval_ms;
     struct members_in in = {a, members, 0, MAX_MEMBERS, now, 3 * interval + 5000};
     kp_view_each(v, KP_KIND_MEMBER, member_in, &in);
-    if (kp_alert_rules_eval(v, now, members, in.n, &a->plan) != KP_OK) {
+    /* The meter's answer counts while it is as fresh as a member's report. */
+    struct kp_alert_spends spends = {a->spends, a->nspends};
+    bool fresh = a->spends_ms != 0 && now - a->spends_ms <= in.stale_ms;
+    if (kp_alert_rules_eval(v, now, members, in.n, fresh ? &spends : NULL, &a->plan) != KP_OK) {
         kp_warn("alerts", "evaluating the alert rules ran out of memory; next time");
         return;
     }
@@ -701,6 +802,8 @@ static void lost_leadership(struct kp_alerts *a)
         kp_alert_report_free(&a->members[i].report);
     a->nmembers = 0;
     a->ndl = 0; /* answers of this generation are ignored */
+    a->nspends = 0;
+    a->spends_ms = 0;
 }
 
 static void on_tick(uv_timer_t *t)
@@ -730,6 +833,7 @@ static void on_tick(uv_timer_t *t)
         return;
     note_contact(a, now);
     poll_members(a, now);
+    query_spends(a, v, now);
     evaluate(a, v, now);
     deliver(a, v, now);
     kp_view_release(v);

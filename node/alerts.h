@@ -24,6 +24,7 @@
 
 #include <jansson.h>
 
+#include "balance.h"
 #include "raftstore/raftstore.h"
 
 /* --- what nodes report (GET /internal/v1/health) --------------------------- */
@@ -111,7 +112,8 @@ struct kp_outcome_counts kp_outcome_window_span(const struct kp_outcome_window *
     X(SPOOL_FILLING, "spool_filling")                                                              \
     X(METER_LAG, "meter_lag")                                                                      \
     X(KEY_ERROR_RATE, "key_error_rate")                                                            \
-    X(KEY_RATE_LIMITED, "key_rate_limited")
+    X(KEY_RATE_LIMITED, "key_rate_limited")                                                        \
+    X(KEY_BALANCE, "key_balance")
 
 enum kp_alert_rule_kind {
 #define KP_ALERT_RULE_ENUM(e, name) KP_RULE_##e,
@@ -149,13 +151,29 @@ struct kp_alert_plan {
 
 void kp_alert_plan_free(struct kp_alert_plan *p);
 
+/* What the meter said one key with a balance cost (the leader asks a
+ * meter once per evaluation at most: node/alerts.c). */
+struct kp_alert_key_spend {
+    char key[129];
+    int64_t since_ms; /* the balance's since_ms the query counted from */
+    struct kp_balance_spend spend;
+};
+
+/* The spends the key_balance rule reads; a key missing here (or @spends
+ * NULL: no meter answered lately) holds. */
+struct kp_alert_spends {
+    const struct kp_alert_key_spend *v;
+    size_t n;
+};
+
 /* Evaluate every rule over @view at @now_ms, with what the leader knows of
- * the members (@members[0..nmembers): every member of the registry) into
+ * the members (@members[0..nmembers): every member of the registry) and
+ * what the meter said of the keys with balances (@spends, or NULL) into
  * @out (emptied first). Deterministic: the same inputs give the same plan.
  * KP_OK or KP_ENOMEM. */
 int kp_alert_rules_eval(const struct kp_view *view, int64_t now_ms,
                         const struct kp_alert_member *members, size_t nmembers,
-                        struct kp_alert_plan *out);
+                        const struct kp_alert_spends *spends, struct kp_alert_plan *out);
 
 /* What the registry must be told to match @plan: open (or update the
  * severity of) each wanted alert that is not open with that severity, and

@@ -127,6 +127,28 @@ class BalanceTest(unittest.TestCase):
         status, v = f.request("PUT", "/keys/key-a/balance", {"credit_usd": 1, "extra": 1})
         self.assertEqual(status, 400, v)
 
+    def test_a_tiny_credit_opens_the_key_balance_alert(self):
+        f = Funded(self)
+        f.admin("PUT", "/keys/key-a/balance", {"credit_nanousd": 1000})
+
+        def alert():
+            items = f.admin("GET", "/alerts?state=open")["items"]
+            return next((a for a in items if a["id"] == "key_balance:key-a"), None)
+
+        # One call spends far more than $0.000001.
+        f.call()
+        wait_until(lambda: alert() is not None and alert()["severity"] == "critical",
+                   what="the key_balance alert opens as critical", timeout=60, alive=f.n1)
+        a = alert()
+        self.assertEqual(a["rule"], "key_balance")
+        self.assertEqual(a["subject"], "key key-a")
+        self.assertIn("top up key key-a", a["action"])
+        self.assertLess(a["last_value"], 0)
+        # A top-up that covers the spend resolves it.
+        f.admin("POST", "/keys/key-a/balance/topups", {"amount_usd": 100, "note": "refill"})
+        wait_until(lambda: alert() is None, what="the key_balance alert resolves", timeout=60,
+                   alive=f.n1)
+
 
 if __name__ == "__main__":
     unittest.main()

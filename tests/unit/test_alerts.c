@@ -2,7 +2,7 @@
  * the rules as a pure function of a registry view, a clock and what the
  * leader knows of the members (budget thresholds, burn rate, invalid keys,
  * pools without a usable key, nodes down, spools and meters, per-key error
- * rates and 429s), the commands that reconcile the registry with them,
+ * rates and 429s, key balances), the commands that reconcile the registry with them,
  * the per-key outcome window a node reports, the report's parsing, and
  * what a webhook receives: the checks of a webhook entity, both body
  * shapes, the delivery id, the signature and the retry schedule. */
@@ -136,7 +136,7 @@ static void eval_at(int64_t now, const struct kp_alert_member *members, size_t n
 {
     struct kp_view *v = kp_fsm_view_build(fsm);
     assert_non_null(v);
-    assert_int_equal(kp_alert_rules_eval(v, now, members, n, &plan), KP_OK);
+    assert_int_equal(kp_alert_rules_eval(v, now, members, n, NULL, &plan), KP_OK);
     kp_view_release(v);
 }
 
@@ -306,6 +306,84 @@ static void test_key_invalid(void **state)
     set_health("k-prod-3", KP_HEALTH_HEALTHY, NULL);
     eval_at(ts, NULL, 0);
     assert_null(find("key:k-prod-3:invalid"));
+}
+
+/* Evaluate at @now with what the meter said of key k (NULL: nothing). */
+static void eval_spend(int64_t now, const struct kp_alert_key_spend *k)
+{
+    struct kp_alert_spends sp = {k, k != NULL};
+    struct kp_view *v = kp_fsm_view_build(fsm);
+    assert_non_null(v);
+    assert_int_equal(kp_alert_rules_eval(v, now, NULL, 0, k != NULL ? &sp : NULL, &plan), KP_OK);
+    kp_view_release(v);
+}
+
+/* key_balance: without the meter's answer for the balance's since_ms the
+ * rule holds; a balance with room and a slow burn wants nothing; below 10%
+ * of the credit (or below_usd) or projected to run out within
+ * within_hours it warns with the time; spent, it is critical; enabled
+ * false turns it off. */
+static void test_key_balance(void **state)
+{
+    (void)state;
+    put_provider();
+    put_key("k", true);
+    struct kp_cmd_set_balance set = {.id = (char *)"k", .credit = 10 * DOLLARS, .since_ms = T0};
+    apply(KP_OP_SET_KEY_BALANCE, &set);
+    int64_t now = T0 + 2 * DAY + 10 * HOUR;
+    eval_spend(now, NULL);
+    assert_true(find("key_balance:k")->hold);
+    struct kp_alert_key_spend k = {.key = "k", .since_ms = T0 + 1};
+    eval_spend(now, &k);
+    assert_true(find("key_balance:k")->hold); /* an answer for another since */
+
+    k.since_ms = T0;
+    k.spend = (struct kp_balance_spend){5 * DOLLARS, DOLLARS / 10, now - DAY};
+    eval_spend(now, &k);
+    assert_null(find("key_balance:k"));
+
+    /* $0.50 left: below 10% of $10. */
+    k.spend.spent = 9 * DOLLARS + DOLLARS / 2;
+    eval_spend(now, &k);
+    const struct kp_alert_want *w = find("key_balance:k");
+    assert_non_null(w);
+    assert_false(w->hold);
+    assert_int_equal(w->severity, KP_ALERT_WARNING);
+    assert_int_equal(w->rule, KP_RULE_KEY_BALANCE);
+    assert_int_equal(w->last_value, DOLLARS / 2);
+    assert_string_equal(w->subject, "key k");
+    /* $0.10 a day: $0.50 lasts 5 days, 2026-01-08T10:00Z. */
+    assert_string_equal(w->action, "top up key k: $0.500000 left, runs out around "
+                                   "2026-01-08T10:00Z at the last day's rate (clusterctl keys "
+                                   "balance k --topup USD --note TEXT)");
+
+    /* $5 left, but $5 spent in the last day: out in 24 hours. */
+    k.spend = (struct kp_balance_spend){5 * DOLLARS, 5 * DOLLARS, now - DAY};
+    eval_spend(now, &k);
+    w = find("key_balance:k");
+    assert_non_null(w);
+    assert_int_equal(w->severity, KP_ALERT_WARNING);
+    assert_non_null(strstr(w->message, "key k has $5.00 left of $10.00 credited since "
+                                       "2026-01-01T00:00Z ($5.00 spent); at the last day's rate "
+                                       "it runs out around 2026-01-04T10:00Z"));
+    put_rule("bal", "key_balance", "within_hours", "12", NULL, NULL);
+    eval_spend(now, &k);
+    assert_null(find("key_balance:k"));
+    put_rule("bal", "key_balance", "below_usd", "5.01", "within_hours", "12");
+    eval_spend(now, &k);
+    assert_non_null(find("key_balance:k"));
+
+    /* Spent: critical. */
+    k.spend = (struct kp_balance_spend){10 * DOLLARS + 1, DOLLARS, now - DAY};
+    eval_spend(now, &k);
+    w = find("key_balance:k");
+    assert_int_equal(w->severity, KP_ALERT_CRITICAL);
+    assert_int_equal(w->last_value, -1);
+    assert_non_null(strstr(w->action, "top up key k: its $10.00 credit is spent"));
+
+    put_rule("bal", "key_balance", "enabled", "false", NULL, NULL);
+    eval_spend(now, &k);
+    assert_null(find("key_balance:k"));
 }
 
 /* A pool whose every key is disabled, revoked, without a secret, invalid,
@@ -530,6 +608,13 @@ static void test_rule_check(void **state)
     m = (struct kp_strmap){secs, 1};
     assert_int_equal(kp_alert_rule_check("node_down", &m, err, sizeof(err)), KP_EINVAL);
     assert_string_equal(err, "params.after_seconds: an integer from 1 to 86400");
+    struct kp_strpair bal[] = {{(char *)"below_usd", (char *)"2.50"},
+                               {(char *)"within_hours", (char *)"48"}};
+    m = (struct kp_strmap){bal, 2};
+    assert_int_equal(kp_alert_rule_check("key_balance", &m, err, sizeof(err)), KP_OK);
+    bal[0].value = (char *)"$2";
+    assert_int_equal(kp_alert_rule_check("key_balance", &m, err, sizeof(err)), KP_EINVAL);
+    assert_non_null(strstr(err, "params.below_usd:"));
     assert_int_equal(kp_alert_rule_check("budget", NULL, err, sizeof(err)), KP_EINVAL);
     assert_non_null(strstr(err, "kind: must be one of budget_threshold, burn_rate"));
 }
@@ -672,6 +757,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_budget_alert_actions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_burn_rate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_invalid, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_balance, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool_no_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_members, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_stats, setup, teardown),
