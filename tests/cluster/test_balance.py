@@ -121,6 +121,20 @@ class BalanceTest(unittest.TestCase):
         topups = [e for e in audit if e["action"] == "add_key_topup"]
         self.assertIn("topped up 500000000 nano-USD, credit 1500000000", topups[-1]["result"])
 
+        # clusterctl: a top-up in dollars, then the balance as JSON and as a record.
+        env = {"KEYPLANE_CONFIG_DIR": f.h.path("ctl-config"),
+               "KEYPLANE_SERVER": "http://" + f.n1.listen["control"],
+               "KEYPLANE_TOKEN": f.n1.admin_token}
+        cp = f.h.run(["clusterctl", "-o", "json", "keys", "balance", "key-a", "--topup", "0.25",
+                      "--note", "from clusterctl"], env=env)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        shown = json.loads(cp.stdout)
+        self.assertEqual(shown["credit_nanousd"], 1_750_000_000)
+        self.assertEqual(shown["topups"][-1]["note"], "from clusterctl")
+        cp = f.h.run(["clusterctl", "keys", "balance", "key-a"], env=env)
+        self.assertEqual(cp.returncode, 0, cp.stderr)
+        self.assertIn("$1.75", cp.stdout)
+
         # Bad bodies are refused naming the field.
         status, v = f.request("PUT", "/keys/key-a/balance", {"credit_usd": "-1"})
         self.assertEqual(status, 400, v)
