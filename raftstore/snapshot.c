@@ -25,7 +25,8 @@
  * after lease_nodes; format 4 a budget's utc_offset_minutes,
  * period_start_ms, period_ms and actions (fields whose schema entry says
  * since = 4); format 5 the alerts after freezes; format 6 a tenant's
- * capture_content (since = 6). Older formats are still
+ * capture_content (since = 6); format 7 the key balances after alerts.
+ * Older formats are still
  * restored: format 1, which ends at key_health, with no budget state (a
  * budget's first lease after that starts its window afresh), formats 1
  * and 2 with nothing frozen, formats 1 to 3 with every budget at UTC and

@@ -1952,7 +1952,7 @@ static void test_snapshot_budget_state(void **state)
 
 /* A format-3 snapshot (from before budget offsets, periods and actions)
  * restores its budgets at UTC without actions, and is written back as
- * the same state in format 6; a format-4 one must carry the new fields. */
+ * the same state in format 7; a format-4 one must carry the new fields. */
 static void test_snapshot_format3_budgets(void **state)
 {
     struct kp_fsm *f = *state, *g = kp_fsm_new();
@@ -2004,7 +2004,7 @@ static void test_snapshot_format3_budgets(void **state)
     assert_int_equal(p->budgets[0].utc_offset_minutes, 0);
     assert_int_equal(p->budgets[0].nactions, 0);
     assert_int_equal(kp_fsm_count(g, KP_KIND_ALERT), 0);
-    /* Written back in format 6, it restores to the same bytes. */
+    /* Written back in format 7, it restores to the same bytes. */
     struct kp_fsm *h = kp_fsm_new();
     snap(g, &s1);
     assert_int_equal(kp_fsm_restore(h, s1.data, s1.len, 0, err, sizeof(err)), KP_OK);
