@@ -47,6 +47,7 @@ static int check_expect(struct kp_apply *a, const char *id, const struct kp_key_
 static int key_target(struct kp_apply *a, const char *id, const struct kp_key_balance **old)
 {
     a->target = id;
+    *old = NULL;
     const struct kp_key *k = (const struct kp_key *)kp_store__get(a->st, KP_KIND_KEY, id);
     if (k == NULL)
         return kp_store__refuse(a, KP_ENOENT, "no key '%s'", id);
@@ -69,7 +70,7 @@ static void stamp(struct kp_apply *a, struct kp_key_balance *b, const struct kp_
 int kp_store__op_set_key_balance(struct kp_apply *a)
 {
     const struct kp_cmd_set_balance *c = a->cmd->body.set_balance;
-    const struct kp_key_balance *old;
+    const struct kp_key_balance *old = NULL;
     int rc = key_target(a, c->id, &old);
     if (rc != KP_OK)
         return rc;
@@ -114,7 +115,7 @@ static int push_topup(struct kp_key_balance *b, struct kp_balance_topup *t)
 int kp_store__op_add_key_topup(struct kp_apply *a)
 {
     struct kp_cmd_add_topup *c = a->cmd->body.add_topup;
-    const struct kp_key_balance *old;
+    const struct kp_key_balance *old = NULL;
     int rc = key_target(a, c->id, &old);
     if (rc != KP_OK)
         return rc;
