@@ -74,6 +74,8 @@ static int collect_policy(const struct kp_entity *e, void *arg)
     struct cover_scan *s = arg;
     const struct kp_policy *p = (const struct kp_policy *)e;
     struct kp_call *c = s->c;
+    if (p->nbudgets > 0 && p->scope_kind == KP_SCOPE_KEY)
+        c->key_budgets_exist = true; /* kp_router__budget_begin looks at the keys */
     if (p->nbudgets == 0 || p->scope_kind == KP_SCOPE_KEY || !kp_router__policy_covers(p, c))
         return 0;
     if (!add_holds(c, p, c->holds, &c->nholds, KP_CALL_BUDGETS)) {
@@ -477,7 +479,8 @@ int kp_router__budget_begin(struct kp_call *c)
     /* A hard budget on a key the call may try needs the same bounds, and
      * the cap written before the body is: see kp_router__budget_key. */
     struct key_scan ks = {c, NULL, false, false};
-    kp_view_each(c->view, KP_KIND_POLICY, find_key_budget, &ks);
+    if (c->key_budgets_exist) /* one pass over the policies less in the common case */
+        kp_view_each(c->view, KP_KIND_POLICY, find_key_budget, &ks);
     if (c->nholds == 0 && !ks.any)
         return KP_OK;
     read_bounds(c);

@@ -233,6 +233,7 @@ struct kp_call {
     bool key_refused_set;
     bool budget_skipped;    /* a key was skipped for its budget */
     bool budget_collected;  /* holds[] has the budgets covering the call */
+    bool key_budgets_exist; /* some key-scoped policy has budgets (seen by collect) */
     bool budget_downgraded; /* a downgrade action switched c->model */
     int64_t budget_wait_until_ms;
     uint64_t stream_events;         /* upstream events, against out_cap */
