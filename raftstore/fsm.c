@@ -206,6 +206,53 @@ static int op_put(struct kp_apply *a)
                                        (const struct kp_policy *)e);
 }
 
+/* What the new health entity @h takes from @old: the canary fields when
+ * the command is not a probe's (last_canary_ms 0), and the history, with
+ * one change appended when the status changed (@same false), the oldest
+ * dropped past KP_HEALTH_HISTORY_MAX. Allocates only; @old is untouched. */
+static int health_carry(struct kp_apply *a, const struct kp_key_health *old,
+                        struct kp_key_health *h, bool same)
+{
+    if (h->last_canary_ms == 0 && old != NULL) {
+        h->last_canary_ms = old->last_canary_ms;
+        h->canary_streak = old->canary_streak;
+        kp_free(h->last_canary_result);
+        h->last_canary_result = NULL;
+        if (old->last_canary_result != NULL &&
+            (h->last_canary_result = kp_strdup(old->last_canary_result)) == NULL)
+            return KP_ENOMEM;
+    }
+    uint32_t keep = old != NULL ? old->nhistory : 0, skip = 0;
+    if (!same && keep >= KP_HEALTH_HISTORY_MAX)
+        skip = keep - (KP_HEALTH_HISTORY_MAX - 1);
+    uint32_t n = keep - skip + (same ? 0 : 1);
+    if (n == 0)
+        return KP_OK;
+    struct kp_health_change *v = kp_calloc(n, sizeof(*v));
+    if (v == NULL)
+        return KP_ENOMEM;
+    h->history = v; /* freed with @h from here on */
+    h->nhistory = n;
+    for (uint32_t i = 0; i < keep - skip; i++) {
+        const struct kp_health_change *c = &old->history[skip + i];
+        v[i].at_ms = c->at_ms;
+        v[i].status = c->status;
+        if ((c->error_class && (v[i].error_class = kp_strdup(c->error_class)) == NULL) ||
+            (c->source && (v[i].source = kp_strdup(c->source)) == NULL))
+            return KP_ENOMEM;
+    }
+    if (!same) {
+        struct kp_health_change *c = &v[n - 1];
+        const char *src = a->cmd->audit.source;
+        c->at_ms = a->cmd->ts;
+        c->status = h->status;
+        if ((h->last_error_class && (c->error_class = kp_strdup(h->last_error_class)) == NULL) ||
+            (src && src[0] && (c->source = kp_strdup(src)) == NULL))
+            return KP_ENOMEM;
+    }
+    return KP_OK;
+}
+
 static int op_set_key_health(struct kp_apply *a)
 {
     struct kp_key_health *h = a->cmd->body.key_health;
@@ -219,6 +266,8 @@ static int op_set_key_health(struct kp_apply *a)
         return rc;
     bool same = old != NULL && old->status == h->status;
     h->last_change_ms = same ? old->last_change_ms : a->cmd->ts;
+    if ((rc = health_carry(a, old, h, same)) != KP_OK)
+        return rc;
     h->e.version = old != NULL ? old->e.version + 1 : 1;
     h->e.created_ms = old != NULL ? old->e.created_ms : a->cmd->ts;
     h->e.updated_ms = a->cmd->ts;

@@ -336,11 +336,34 @@ enum kp_health_status {
 
 /* The health of a key; its id is the key's id. Kept apart from the key so
  * that status changes from probes do not bump the key's version. */
+/* One status change of a key, oldest first in its history. */
+struct kp_health_change {
+    int64_t at_ms;
+    uint8_t status; /* enum kp_health_status: the new one */
+    char *error_class;
+    char *source; /* who committed it: router, canary, admin, ... */
+};
+
+#define KP_HEALTH_HISTORY_MAX 10
+
+/* The health of a key; its id is the key's id. Kept apart from the key so
+ * that status changes from probes do not bump the key's version.
+ *
+ * The canary fields (snapshot format 7) are set by the leader's probe
+ * (node/canary.c): a command with last_canary_ms 0 is not a probe's and
+ * keeps the canary fields the entity had. history is the registry's: apply
+ * appends one change when the status changes and keeps the last
+ * KP_HEALTH_HISTORY_MAX. */
 struct kp_key_health {
     struct kp_entity e;
     uint8_t status; /* enum kp_health_status */
     char *last_error_class;
-    int64_t last_change_ms; /* when status last changed */
+    int64_t last_change_ms;   /* when status last changed */
+    int64_t last_canary_ms;   /* when the last probe started, 0: never */
+    char *last_canary_result; /* "ok" or its error class; NULL: never */
+    int32_t canary_streak;    /* > 0 successes in a row, < 0 failures */
+    struct kp_health_change *history;
+    uint32_t nhistory;
 };
 
 /* --- budget state (docs/budgets.md) --- */

@@ -379,10 +379,26 @@ SCHEMA(member_schema, kp_member, "member", HEADER(kp_member, KP_CS_ID),
 GENERIC(alert_rule_schema, kp_alert_rule, "alert_rule");
 GENERIC(webhook_schema, kp_webhook, "webhook");
 
+SCHEMA(health_change_schema, kp_health_change, "change",
+       TIME(kp_health_change, "at_ms", at_ms, KP_FF_REQ),
+       ENUM(kp_health_change, "status", status, KP_FF_REQ, health_statuses, 0),
+       STR(kp_health_change, "error_class", error_class, 0, KP_CS_ID, 64, KP_REF_NONE),
+       STR(kp_health_change, "source", source, 0, KP_CS_NAME, 64, KP_REF_NONE));
+
+/* Snapshot format 7 added the canary fields and the history. */
 SCHEMA(health_schema, kp_key_health, "key_health", HEADER(kp_key_health, KP_CS_ID),
        ENUM(kp_key_health, "status", status, KP_FF_REQ, health_statuses, 0),
        STR(kp_key_health, "last_error_class", last_error_class, 0, KP_CS_ID, 64, KP_REF_NONE),
-       TIME(kp_key_health, "last_change_ms", last_change_ms, KP_FF_STATE));
+       TIME(kp_key_health, "last_change_ms", last_change_ms, KP_FF_STATE),
+       F(kp_key_health, "last_canary_ms", last_canary_ms, KP_FT_I64, .min = 0, .max = TS_MAX,
+         .since = 8),
+       F(kp_key_health, "last_canary_result", last_canary_result, KP_FT_STR, .cs = KP_CS_ID,
+         .max = 64, .since = 8),
+       F(kp_key_health, "canary_streak", canary_streak, KP_FT_I32, .min = -1000000, .max = 1000000,
+         .since = 8),
+       F(kp_key_health, "history", history, KP_FT_OBJV, .flags = KP_FF_STATE,
+         .sub = &health_change_schema, .max = KP_HEALTH_HISTORY_MAX,
+         .off_n = offsetof(struct kp_key_health, nhistory), .since = 8));
 
 /* Budget state is made by budget_lease and budget_reset only (no put op),
  * so these schemas are read from snapshots and written to them and to

@@ -25,15 +25,17 @@
  * after lease_nodes; format 4 a budget's utc_offset_minutes,
  * period_start_ms, period_ms and actions (fields whose schema entry says
  * since = 4); format 5 the alerts after freezes; format 6 a tenant's
- * capture_content (since = 6); format 7 the key balances after alerts.
- * Older formats are still
+ * capture_content (since = 6); format 7 the key balances after alerts;
+ * format 8 a key health's canary fields and history (since = 8). Older
+ * formats are still
  * restored: format 1, which ends at key_health, with no budget state (a
  * budget's first lease after that starts its window afresh), formats 1
  * and 2 with nothing frozen, formats 1 to 3 with every budget at UTC and
  * without actions, formats 1 to 4 with no alerts (the leader's next
  * evaluation opens what still holds, and delivers it again), formats
- * 1 to 5 with content capture off for every tenant, and formats 1 to 6
- * with no key balances (format 7 added that table after alerts).
+ * 1 to 5 with content capture off for every tenant, formats 1 to 6
+ * with no key balances (format 7 added that table after alerts), and
+ * formats 1 to 7 with no key probed yet and no health history.
  *
  * Restore treats the input as hostile. It checks the header, the sizes
  * against each other and against the caller's limit, and the checksum,
@@ -55,7 +57,7 @@
 #include <zstd.h>
 
 #define SNAP_VERSION     1 /* the header and frame layout */
-#define SNAP_FORMAT      7 /* the msgpack map's content */
+#define SNAP_FORMAT      8 /* the msgpack map's content */
 #define SNAP_HEADER_SIZE 64
 /* Entity kinds a format-1 snapshot holds (up to key_health), a format-2
  * one (up to lease_nodes), a format-3 one (up to freezes) and a format-5
