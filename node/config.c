@@ -169,6 +169,9 @@ static const struct setting settings[] = {
      "how often the Raft leader evaluates alert rules, polls members and retries webhooks "
      "(docs/alerts.md)",
      NULL},
+    {"canary_interval_ms", SET_DURATION, FIELD(canary_interval_ms), 100, 24 * HOUR, false, "5m",
+     "DURATION",
+     "how often the Raft leader probes each active key (jittered by 20%; docs/health.md)", NULL},
     {"otlp_endpoint", SET_URL, FIELD(otlp_endpoint), 0, 0, true, NULL, "URL",
      "OpenTelemetry collector to export traces to over OTLP/HTTP with JSON (POST URL/v1/traces); "
      "none: traces are not exported",

@@ -49,6 +49,7 @@ struct kp_config {
                                        answering 503, so load balancers stop sending first */
     int64_t ready_max_staleness_ms; /* 10 s: /readyz fails when no leader was known for longer */
     int64_t alert_interval_ms;      /* 5 s: how often the leader evaluates alert rules */
+    int64_t canary_interval_ms;     /* 5 min: how often the leader probes each key */
     /* Traces and the access log (docs/observability.md) */
     char *otlp_endpoint;       /* http(s)://collector:4318, NULL: no export (default) */
     char *otlp_headers;        /* "Name: value" lines joined by '\n' (secret values), NULL */

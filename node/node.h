@@ -96,6 +96,7 @@ struct kp_node {
     struct kp_health_queue *health; /* health.c */
     struct kp_lease_client *lease;  /* lease.c */
     struct kp_alerts *alerts;       /* alerts.c */
+    struct kp_canary *canary;       /* canary.c */
     struct kp_telemetry *telemetry; /* telemetry.c, NULL: no export, no access log */
     /* lifecycle.c */
     bool fresh;         /* the raft directory was empty */
@@ -282,6 +283,9 @@ void kp_sweeper_stop(struct kp_node *n);
  * the timer; the state goes once the calls in flight have answered. */
 void kp_alerts_start(struct kp_node *n);
 void kp_alerts_stop(struct kp_node *n);
+/* canary.c: the leader's key probes (docs/health.md). */
+void kp_canary_start(struct kp_node *n);
+void kp_canary_stop(struct kp_node *n);
 /* GET /internal/v1/health (cluster secret checked by the caller): this
  * node's spool and per-key attempt outcomes, for the leader's rules. */
 void kp_alerts_report(struct kp_node *n, struct kp_http_exchange *ex, const char *rid);

@@ -89,7 +89,8 @@ static void on_sweep(uv_timer_t *t)
 
 void kp_sweeper_start(struct kp_node *n)
 {
-    kp_alerts_start(n); /* the leader's other periodic work (alerts.c) */
+    kp_alerts_start(n); /* the leader's other periodic work (alerts.c, canary.c) */
+    kp_canary_start(n);
     uv_timer_init(n->rt->main_loop, &n->sweep_timer);
     n->sweep_timer.data = n;
     n->sweep_timer_open = true;
@@ -99,6 +100,7 @@ void kp_sweeper_start(struct kp_node *n)
 void kp_sweeper_stop(struct kp_node *n)
 {
     kp_alerts_stop(n);
+    kp_canary_stop(n);
     if (n->sweep_timer_open) {
         n->sweep_timer_open = false;
         uv_close((uv_handle_t *)&n->sweep_timer, NULL);
