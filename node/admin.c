@@ -111,6 +111,7 @@ static const struct kp_admin_route routes[] = {
     {"POST", "/admin/v1/keys/{id}/disable", OPR, KP_KIND_KEY, KP_OP_NONE, kp_admin__key_disable},
     {"POST", "/admin/v1/keys/{id}/enable", OPR, KP_KIND_KEY, KP_OP_NONE, kp_admin__key_enable},
     {"POST", "/admin/v1/keys/{id}/revoke", CHG, KP_KIND_KEY, KP_OP_NONE, kp_admin__key_revoke},
+    {"GET", "/admin/v1/key-health", READ, KP_KIND_KEY_HEALTH, KP_OP_NONE, handle_list},
     {"GET", "/admin/v1/keys/{id}/health", READ, KP_KIND_KEY_HEALTH, KP_OP_NONE, handle_get_health},
     {"PUT", "/admin/v1/keys/{id}/health", OPR, KP_KIND_KEY_HEALTH, KP_OP_NONE, handle_put_health},
     {"GET", "/admin/v1/keys/{id}/balance", USAGE, -1, KP_OP_NONE, kp_admin__balance_get},
@@ -692,6 +693,23 @@ static void handle_put_health(struct kp_admin_req *r)
     json_t *body = kp_admin__body(r, false);
     if (body == NULL)
         return;
+    /* The canary fields and the history are the leader's record of what
+     * happened; an operator sets the status (and why) only. */
+    const char *name;
+    json_t *value;
+    json_object_foreach(body, name, value)
+    {
+        if (strcmp(name, "status") != 0 && strcmp(name, "last_error_class") != 0) {
+            char quoted[80];
+            kp_admin__quote(quoted, sizeof(quoted), name);
+            kp_admin__fail(r, 400, "invalid_field", name,
+                           "%s cannot be set: an operator sets a key's status and "
+                           "last_error_class; canaries record the rest",
+                           quoted);
+            json_decref(body);
+            return;
+        }
+    }
     propose_json(r, KP_OP_SET_KEY_HEALTH, body, false);
     json_decref(body);
 }

@@ -1,25 +1,28 @@
-/* Canaries on the Raft leader (docs/health.md): one cheap probe per
- * active key every canary_interval_ms, jittered by ±20%.
+/* Canaries led by the Raft leader (docs/health.md): one cheap probe per
+ * active key every canary_interval_ms, jittered by ±20%, sent by one of
+ * the live routers in turn.
  *
- * The leader itself sends the probes (it does not spread them over the
- * routers): a timer ticks ten times per interval; on each tick, once a
- * barrier has made sure this leader applied everything its predecessors
- * committed, every key whose due time (canary_rules.c, from the registry's
- * last_canary_ms) has come is probed with its opened secret through
- * kp_call_start (libcurl on the threadpool). The answer is metered as
- * canary traffic (no tenant) and committed with set_key_health: the
- * probe's start time, its result, the streak and the status the rules
- * give. A key stays "in flight" until that commit applied, so no tick
- * probes it twice.
+ * A timer ticks ten times per interval. On each tick, once a barrier has
+ * made sure this leader applied everything its predecessors committed,
+ * every key whose due time (canary_rules.c, from the registry's
+ * last_canary_ms) has come goes through three steps:
  *
- *   due --send--> in flight --answer--> recording --commit--> (due later)
+ *   claim:  set_key_health with last_canary_ms = now and result "pending"
+ *           commits first, so that no later leader probes the key again
+ *           before its next due time;
+ *   probe:  the next live member in turn (raft's recent contact; the
+ *           leader itself included) sends it: kp_canary_probe here, POST
+ *           /internal/v1/canary elsewhere. The node that sends it meters
+ *           it as canary traffic (no tenant);
+ *   record: set_key_health with the result, the streak and the status the
+ *           rules give (canary_rules.c).
  *
- * A new leader computes the same due times from the registry, so it
- * resumes without a gap and without probing a key whose probe committed.
- * A probe whose leader died before its result committed is sent again by
- * the next leader (at most one extra probe per key per failover). Losing
- * leadership drops what is in flight: answers of an old generation are
- * metered but not committed. */
+ * A key is "in flight" from its claim until its record applied, so no tick
+ * probes it twice. A leader that dies after its claim committed leaves the
+ * result "pending": the key is probed again at its next due time, never
+ * twice in one interval, and never more than an interval plus a failover
+ * late. Losing leadership drops what is in flight (answers of an old
+ * generation are metered by whoever sent them but not committed). */
 #include <stdio.h>
 #include <string.h>
 
@@ -27,8 +30,8 @@
 #include "node.h"
 
 enum {
-    MAX_INFLIGHT = 32, /* probes and their records; more wait for a later tick */
-    PROBE_TIMEOUT_MS = 10000,
+    MAX_INFLIGHT = 32, /* probes between claim and record; more wait for a later tick */
+    RELAY_TIMEOUT_MS = 15000,
 };
 
 struct kp_canary {
@@ -38,6 +41,7 @@ struct kp_canary {
     unsigned calls, proposing;
     uint64_t generation; /* bumped when leadership is lost */
     bool leader, ready, barrier;
+    uint64_t last_target;             /* the node id the last probe went to */
     char inflight[MAX_INFLIGHT][129]; /* "" when free */
 };
 
@@ -46,9 +50,8 @@ struct probe {
     uint64_t generation;
     size_t slot;
     int64_t started_ms;
-    uint64_t mono_start_us;
+    uint64_t target;
     char key[129];
-    char provider[129];
 };
 
 static void maybe_free(struct kp_canary *c)
@@ -57,55 +60,48 @@ static void maybe_free(struct kp_canary *c)
         kp_free(c);
 }
 
-static void meter(struct kp_canary *c, const struct probe *p, long status, const char *cls)
+static bool current(const struct kp_canary *c, const struct probe *p)
 {
-    struct kp_usage_event ev;
-    kp_usage_event_init(&ev);
-    ev.time_ms = p->started_ms;
-    char rid[64];
-    snprintf(rid, sizeof(rid), "canary-%s-%lld", c->n->cfg->node_name, (long long)p->started_ms);
-    kp_usage_set_str(ev.request_id, rid);
-    kp_usage_set_str(ev.node, c->n->cfg->node_name);
-    kp_usage_set_str(ev.key_id, p->key);
-    kp_usage_set_str(ev.provider, p->provider);
-    kp_usage_set_str(ev.kind, KP_USAGE_KIND_CANARY);
-    kp_usage_set_str(ev.error_class, cls);
-    ev.status = status > 0 && status < 1000 ? (uint16_t)status : 0;
-    ev.total_us = kp_now_mono_us() - p->mono_start_us;
-    kp_metering_record(c->n, &ev);
+    return !c->closing && p->generation == c->generation && kp_store_is_leader(c->n->store);
 }
 
-static void recorded(void *arg, int code, const struct kp_fsm_result *res)
+/* The probe is over (recorded, dropped or failed): free its slot. */
+static void finish(struct kp_canary *c, struct probe *p)
 {
-    struct probe *p = arg;
-    struct kp_canary *c = p->c;
-    c->proposing--;
-    if (code != KP_OK || res->code != KP_OK)
-        kp_warn("canary", "key %s: the probe's result did not commit (%s); probing again", p->key,
-                code != KP_OK ? kp_err_msg(code) : res->message);
     if (p->generation == c->generation)
         c->inflight[p->slot][0] = '\0';
     kp_free(p);
     maybe_free(c);
 }
 
-static int record(struct kp_canary *c, struct probe *p, enum kp_canary_outcome outcome,
-                  const char *cls)
+/* set_key_health for @p: the claim (@outcome NULL: status, streak and
+ * error class as they are, result "pending") or the record of @outcome. */
+static int propose_health(struct kp_canary *c, struct probe *p,
+                          const enum kp_canary_outcome *outcome, const char *cls,
+                          kp_store_apply_cb cb)
 {
     const struct kp_key_health *old = (const struct kp_key_health *)kp_fsm_get(
         kp_store_fsm(c->n->store), KP_KIND_KEY_HEALTH, p->key);
     int status = old ? old->status : KP_HEALTH_HEALTHY;
     struct kp_key_health h = {0};
     h.e.id = p->key;
-    h.status =
-        (uint8_t)kp_canary_next(status, old ? old->canary_streak : 0, outcome, &h.canary_streak);
-    h.last_error_class = cls[0] ? (char *)cls : old ? old->last_error_class : NULL;
     h.last_canary_ms = p->started_ms;
-    h.last_canary_result = cls[0] ? (char *)cls : (char *)"ok";
-    if (h.status != status)
-        kp_info("canary", "key %s: %s -> %s after a probe (%s)", p->key,
-                kp_health_status_name(status), kp_health_status_name(h.status),
-                h.last_canary_result);
+    h.last_error_class = old ? old->last_error_class : NULL;
+    if (outcome == NULL) {
+        h.status = (uint8_t)status;
+        h.canary_streak = old ? old->canary_streak : 0;
+        h.last_canary_result = (char *)"pending";
+    } else {
+        h.status = (uint8_t)kp_canary_next(status, old ? old->canary_streak : 0, *outcome,
+                                           &h.canary_streak);
+        if (cls[0])
+            h.last_error_class = (char *)cls;
+        h.last_canary_result = cls[0] ? (char *)cls : (char *)"ok";
+        if (h.status != status)
+            kp_info("canary", "key %s: %s -> %s after a probe (%s)", p->key,
+                    kp_health_status_name(status), kp_health_status_name(h.status),
+                    h.last_canary_result);
+    }
     struct kp_command cmd = {
         .v = KP_COMMAND_VERSION,
         .op = KP_OP_SET_KEY_HEALTH,
@@ -117,95 +113,148 @@ static int record(struct kp_canary *c, struct probe *p, enum kp_canary_outcome o
     kp_buf_init(&buf);
     int rc = kp_command_encode(&cmd, &buf, errmsg, sizeof(errmsg));
     if (rc == KP_OK)
-        rc = kp_store_propose(c->n->store, buf.data, buf.len, recorded, p);
+        rc = kp_store_propose(c->n->store, buf.data, buf.len, cb, p);
     kp_buf_free(&buf);
+    if (rc == KP_OK)
+        c->proposing++;
     return rc;
 }
 
-static void answered(void *arg, const struct kp_call_result *r)
+static void recorded(void *arg, int code, const struct kp_fsm_result *res)
+{
+    struct probe *p = arg;
+    p->c->proposing--;
+    if (code != KP_OK || res->code != KP_OK)
+        kp_warn("canary", "key %s: the probe's result did not commit (%s); it stays pending",
+                p->key, code != KP_OK ? kp_err_msg(code) : res->message);
+    finish(p->c, p);
+}
+
+static void got_answer(struct probe *p, enum kp_canary_outcome outcome, const char *cls)
+{
+    struct kp_canary *c = p->c;
+    if (current(c, p) && propose_health(c, p, &outcome, cls, recorded) == KP_OK)
+        return;
+    finish(c, p);
+}
+
+static void local_answered(void *arg, const struct kp_canary_answer *a)
+{
+    struct probe *p = arg;
+    p->c->calls--;
+    got_answer(p, a->outcome, a->error_class);
+}
+
+static void probe_here(struct kp_canary *c, struct probe *p)
+{
+    char errmsg[256];
+    if (kp_canary_probe(c->n, p->key, p->started_ms, local_answered, p, errmsg, sizeof(errmsg)) ==
+        KP_OK) {
+        c->calls++;
+        return;
+    }
+    kp_warn("canary", "key %s: probe not sent: %s", p->key, errmsg);
+    finish(c, p);
+}
+
+static void relay_answered(void *arg, const struct kp_call_result *r)
 {
     struct probe *p = arg;
     struct kp_canary *c = p->c;
     c->calls--;
-    const char *cls;
-    bool timed_out = r->status == 0 && strstr(r->error, "imeout") != NULL;
-    enum kp_canary_outcome outcome =
-        kp_canary_classify(r->status, (const char *)r->body.data, timed_out, &cls);
-    meter(c, p, r->status, cls);
-    bool current = !c->closing && p->generation == c->generation && kp_store_is_leader(c->n->store);
-    if (current && record(c, p, outcome, cls) == KP_OK) {
-        c->proposing++;
+    enum kp_canary_outcome outcome;
+    json_t *v =
+        r->status == 200 ? json_loadb((const char *)r->body.data, r->body.len, 0, NULL) : NULL;
+    const char *name = json_string_value(json_object_get(v, "outcome"));
+    const char *cls = json_string_value(json_object_get(v, "error_class"));
+    if (v != NULL && kp_canary_outcome_parse(name, &outcome) && cls != NULL) {
+        /* cls lives in @v: copy what the record needs first. */
+        char cls_copy[32];
+        snprintf(cls_copy, sizeof(cls_copy), "%s", cls);
+        json_decref(v);
+        got_answer(p, outcome, cls_copy);
         return;
     }
-    if (current)
-        c->inflight[p->slot][0] = '\0';
-    kp_free(p);
-    maybe_free(c);
-}
-
-/* Open the key's primary secret; NULL (and a warning) when it cannot be. */
-static struct kp_secret *open_secret(struct kp_node *n, const struct kp_key *key)
-{
-    const struct kp_key_secret *ks = kp_key_primary(key);
-    struct kp_secret *s = NULL;
-    char why[256];
-    if (ks == NULL)
-        return NULL;
-    int rc = kp_seal_open(n->kek, ks->sealed.p, ks->sealed.n, key->e.id, ks->version, &s, why,
-                          sizeof(why));
-    if (rc == KP_EPERM && n->prev_kek != NULL)
-        rc = kp_seal_open(n->prev_kek, ks->sealed.p, ks->sealed.n, key->e.id, ks->version, &s, why,
-                          sizeof(why));
-    if (rc != KP_OK)
-        kp_warn("canary", "key %s: cannot open its secret: %s", key->e.id, why);
-    return rc == KP_OK ? s : NULL;
-}
-
-static void probe(struct kp_canary *c, size_t slot, const struct kp_key *key,
-                  const struct kp_provider *prov, int64_t now)
-{
-    struct kp_canary_request req;
-    if (kp_canary_request(prov, key, &req) != KP_OK)
-        return;
-    struct kp_secret *secret = open_secret(c->n, key);
-    if (secret == NULL)
-        return;
-    size_t slen = kp_secret_len(secret);
-    struct probe *p = kp_calloc(1, sizeof(*p));
-    char auth[1200];
-    int pre = snprintf(auth, sizeof(auth), "%s: %s", req.auth_name, req.bearer ? "Bearer " : "");
-    if (p == NULL || pre < 0 || (size_t)pre + slen + 1 > sizeof(auth)) {
-        kp_free(p);
-        kp_secret_free(secret);
+    json_decref(v);
+    /* Not connected: the node never got the request, so nothing was sent
+     * to the provider and the leader may probe in its place. */
+    if (r->status == 0 && strstr(r->error, "onnect") != NULL &&
+        strstr(r->error, "imeout") == NULL && current(c, p)) {
+        kp_info("canary", "key %s: node %llu unreachable (%s); probing here", p->key,
+                (unsigned long long)p->target, r->error);
+        probe_here(c, p);
         return;
     }
-    memcpy(auth + pre, kp_secret_data(secret), slen);
-    auth[(size_t)pre + slen] = '\0';
-    kp_secret_free(secret);
-    const char *hdrs[6] = {auth, "Accept: application/json"};
-    size_t nh = 2;
-    if (req.body[0])
-        hdrs[nh++] = "Content-Type: application/json";
-    if (req.anthropic_version)
-        hdrs[nh++] = "anthropic-version: 2023-06-01";
-    hdrs[nh] = NULL;
-    p->c = c;
-    p->generation = c->generation;
-    p->slot = slot;
-    p->started_ms = now;
-    p->mono_start_us = kp_now_mono_us();
-    snprintf(p->key, sizeof(p->key), "%s", key->e.id);
-    snprintf(p->provider, sizeof(p->provider), "%s", prov->e.id);
-    int rc =
-        kp_call_start(c->n->rt->main_loop, req.method, req.url, hdrs, req.body[0] ? req.body : NULL,
-                      strlen(req.body), PROBE_TIMEOUT_MS, answered, p);
+    kp_warn("canary", "key %s: node %llu did not run the probe (%ld %s); it stays pending", p->key,
+            (unsigned long long)p->target, r->status,
+            r->status ? (const char *)r->body.data : r->error);
+    finish(c, p);
+}
+
+static void probe_at(struct kp_canary *c, struct probe *p, const char *control)
+{
+    char url[320], auth[160];
+    snprintf(url, sizeof(url), "http://%s/internal/v1/canary", control);
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(c->n));
+    const char *hdrs[] = {auth, "Content-Type: application/json", NULL};
+    json_t *body = json_pack("{s:s,s:I}", "key", p->key, "started_ms", (json_int_t)p->started_ms);
+    size_t len = 0;
+    char *text = body ? kp_json_dumps(body, &len) : NULL;
+    json_decref(body);
+    int rc = text ? kp_call_start(c->n->rt->main_loop, "POST", url, hdrs, text, len,
+                                  RELAY_TIMEOUT_MS, relay_answered, p)
+                  : KP_ENOMEM;
+    kp_free(text);
     kp_secret_wipe(auth, sizeof(auth));
-    if (rc != KP_OK) {
-        kp_free(p);
+    if (rc == KP_OK) {
+        c->calls++;
         return;
     }
-    c->calls++;
-    snprintf(c->inflight[slot], sizeof(c->inflight[slot]), "%s", key->e.id);
+    probe_here(c, p); /* nothing left this node */
+}
+
+/* The live member after the last one used, in node id order: raft's voters
+ * and standbys the leader heard from recently, and the leader itself. */
+static uint64_t next_target(struct kp_canary *c)
+{
+    struct kp_store_status st;
+    uint64_t self = c->n->node_id, first = 0, next = 0;
+    if (kp_store_status(c->n->store, &st) != KP_OK)
+        return self;
+    for (uint32_t i = 0; i < st.nservers; i++) {
+        const struct kp_store_server *s = &st.servers[i];
+        if (s->role == KP_STORE_SPARE || (!s->recent_contact && s->id != self))
+            continue;
+        if (first == 0 || s->id < first)
+            first = s->id;
+        if (s->id > c->last_target && (next == 0 || s->id < next))
+            next = s->id;
+    }
+    kp_store_status_free(&st);
+    uint64_t t = next ? next : first ? first : self;
+    c->last_target = t;
+    return t;
+}
+
+static void claimed(void *arg, int code, const struct kp_fsm_result *res)
+{
+    struct probe *p = arg;
+    struct kp_canary *c = p->c;
+    c->proposing--;
+    if (code != KP_OK || res->code != KP_OK || !current(c, p)) {
+        if (code != KP_OK || res->code != KP_OK)
+            kp_info("canary", "key %s: the probe's claim did not commit (%s)", p->key,
+                    code != KP_OK ? kp_err_msg(code) : res->message);
+        finish(c, p);
+        return;
+    }
+    char control[256];
+    p->target = next_target(c);
+    if (p->target != c->n->node_id &&
+        kp_node_member_control(c->n, p->target, control, sizeof(control)))
+        probe_at(c, p, control);
+    else
+        probe_here(c, p);
 }
 
 struct walk {
@@ -218,7 +267,7 @@ static bool in_flight(const struct kp_canary *c, const char *key, size_t *free_s
 {
     *free_slot = MAX_INFLIGHT;
     for (size_t i = 0; i < MAX_INFLIGHT; i++) {
-        if (strcmp(c->inflight[i], key) == 0 && c->inflight[i][0])
+        if (c->inflight[i][0] && strcmp(c->inflight[i], key) == 0)
             return true;
         if (!c->inflight[i][0] && *free_slot == MAX_INFLIGHT)
             *free_slot = i;
@@ -226,25 +275,33 @@ static bool in_flight(const struct kp_canary *c, const char *key, size_t *free_s
     return false;
 }
 
-static int probe_if_due(const struct kp_entity *e, void *arg)
+static int claim_if_due(const struct kp_entity *e, void *arg)
 {
     struct walk *w = arg;
+    struct kp_canary *c = w->c;
     const struct kp_key *key = (const struct kp_key *)e;
     const struct kp_key_health *h = kp_view_key_health(w->v, key->e.id);
-    if (!kp_canary_wanted(key, h))
+    if (!kp_canary_wanted(key, h) || kp_view_provider(w->v, key->provider) == NULL)
         return 0;
     /* A key never probed is first due an interval after it was created,
      * so a new cluster does not probe everything at once. */
     int64_t last = h != NULL && h->last_canary_ms > 0 ? h->last_canary_ms : key->e.created_ms;
-    int64_t due = kp_canary_due_ms(key->e.id, last, w->c->n->cfg->canary_interval_ms);
+    int64_t due = kp_canary_due_ms(key->e.id, last, c->n->cfg->canary_interval_ms);
     size_t slot;
-    if (due > w->now || in_flight(w->c, key->e.id, &slot))
+    if (due > w->now || in_flight(c, key->e.id, &slot))
         return 0;
     if (slot == MAX_INFLIGHT)
         return 1; /* full: the rest wait for a later tick */
-    const struct kp_provider *prov = kp_view_provider(w->v, key->provider);
-    if (prov != NULL)
-        probe(w->c, slot, key, prov, w->now);
+    struct probe *p = kp_calloc(1, sizeof(*p));
+    if (p == NULL)
+        return 1;
+    *p = (struct probe){.c = c, .generation = c->generation, .slot = slot, .started_ms = w->now};
+    snprintf(p->key, sizeof(p->key), "%s", key->e.id);
+    if (propose_health(c, p, NULL, "", claimed) != KP_OK) {
+        kp_free(p);
+        return 1; /* not the leader any more, or out of memory */
+    }
+    snprintf(c->inflight[slot], sizeof(c->inflight[slot]), "%s", key->e.id);
     return 0;
 }
 
@@ -290,7 +347,7 @@ static void on_tick(uv_timer_t *t)
     if (v == NULL)
         return;
     struct walk w = {c, v, kp_now_unix_ms()};
-    kp_view_each(v, KP_KIND_KEY, probe_if_due, &w);
+    kp_view_each(v, KP_KIND_KEY, claim_if_due, &w);
     kp_view_release(v);
 }
 

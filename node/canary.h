@@ -82,4 +82,39 @@ int kp_canary_next(int status, int32_t streak, enum kp_canary_outcome outcome, i
 /* Whether @status takes a key out of rotation at once. */
 bool kp_canary_out_of_rotation(int status);
 
+/* "ok", "auth", "quota", "rate_limit", "failed"; and back (false for any
+ * other text), for the probe's answer between nodes. */
+const char *kp_canary_outcome_name(enum kp_canary_outcome o);
+bool kp_canary_outcome_parse(const char *s, enum kp_canary_outcome *out);
+
+/* --- canary_probe.c: running one probe on this node ------------------------------------ */
+
+struct kp_node;
+struct kp_http_exchange;
+struct kp_http_request;
+
+/* What a probe learned: the provider's status (0: not reached), the
+ * outcome and the error class ("" on success; a static string). */
+struct kp_canary_answer {
+    long status;
+    enum kp_canary_outcome outcome;
+    const char *error_class;
+};
+typedef void (*kp_canary_probe_cb)(void *arg, const struct kp_canary_answer *a);
+
+/* Probe key @key_id as this node's registry view has it, on the main loop:
+ * @cb runs once with the answer, after the probe was metered as canary
+ * traffic from this node (time @started_ms). KP_OK, or an error (no such
+ * key or provider: KP_ENOENT; the secret cannot be opened: KP_EPERM) with
+ * @errmsg set and no callback and nothing sent. */
+int kp_canary_probe(struct kp_node *n, const char *key_id, int64_t started_ms,
+                    kp_canary_probe_cb cb, void *arg, char *errmsg, size_t errlen);
+
+/* POST /internal/v1/canary {"key","started_ms"} (cluster secret checked by
+ * the caller): the leader asks this node to run a probe; 200 {"status",
+ * "outcome","error_class"} once it answered, 404 for an unknown key, 503
+ * when it could not be sent. */
+void kp_canary_internal(struct kp_node *n, struct kp_http_exchange *ex,
+                        const struct kp_http_request *req, const char *rid);
+
 #endif

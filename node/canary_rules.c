@@ -150,3 +150,26 @@ int kp_canary_next(int status, int32_t streak, enum kp_canary_outcome outcome, i
         return outcome == KP_CANARY_RATE_LIMIT ? KP_HEALTH_RATE_LIMITED : KP_HEALTH_DEGRADED;
     }
 }
+
+static const char *const outcome_names[] = {
+    [KP_CANARY_OK] = "ok",         [KP_CANARY_AUTH] = "auth",
+    [KP_CANARY_QUOTA] = "quota",   [KP_CANARY_RATE_LIMIT] = "rate_limit",
+    [KP_CANARY_FAILED] = "failed",
+};
+
+const char *kp_canary_outcome_name(enum kp_canary_outcome o)
+{
+    return (unsigned)o < sizeof(outcome_names) / sizeof(outcome_names[0]) ? outcome_names[o]
+                                                                          : "failed";
+}
+
+bool kp_canary_outcome_parse(const char *s, enum kp_canary_outcome *out)
+{
+    for (unsigned i = 0; i < sizeof(outcome_names) / sizeof(outcome_names[0]); i++) {
+        if (s != NULL && strcmp(s, outcome_names[i]) == 0) {
+            *out = (enum kp_canary_outcome)i;
+            return true;
+        }
+    }
+    return false;
+}

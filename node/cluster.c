@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "canary.h"
 #include "node.h"
 
 /* --- shared ---------------------------------------------------------------------- */
@@ -832,6 +833,10 @@ void kp_internal_handle(struct kp_node *n, struct kp_http_exchange *ex,
     }
     if (strcmp(req->path, "/internal/v1/budget-lease") == 0 && strcmp(req->method, "POST") == 0) {
         kp_lease_internal(n, ex, req, rid);
+        return;
+    }
+    if (strcmp(req->path, "/internal/v1/canary") == 0 && strcmp(req->method, "POST") == 0) {
+        kp_canary_internal(n, ex, req, rid);
         return;
     }
     if (strcmp(req->path, "/internal/v1/health") == 0 && strcmp(req->method, "GET") == 0) {

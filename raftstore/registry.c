@@ -385,7 +385,7 @@ SCHEMA(health_change_schema, kp_health_change, "change",
        STR(kp_health_change, "error_class", error_class, 0, KP_CS_ID, 64, KP_REF_NONE),
        STR(kp_health_change, "source", source, 0, KP_CS_NAME, 64, KP_REF_NONE));
 
-/* Snapshot format 7 added the canary fields and the history. */
+/* Snapshot format 8 added the canary fields and the history. */
 SCHEMA(health_schema, kp_key_health, "key_health", HEADER(kp_key_health, KP_CS_ID),
        ENUM(kp_key_health, "status", status, KP_FF_REQ, health_statuses, 0),
        STR(kp_key_health, "last_error_class", last_error_class, 0, KP_CS_ID, 64, KP_REF_NONE),

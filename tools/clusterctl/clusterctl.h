@@ -220,6 +220,9 @@ void kp_ctl__cell_ms(struct kp_buf *out, const json_t *value, const json_t *row)
 /* Prints the objects of the array @rows as a table with aligned columns;
  * empty cells show "-". */
 void kp_ctl__print_table(const struct kp_ctl_column *cols, size_t n, const json_t *rows);
+/* GET /admin/v1/SEGMENT page by page ("next" followed); *@out is the first
+ * answer with every page's items and no "next" (the caller decrefs). */
+int kp_ctl__get_list(struct kp_ctl *ctl, const char *segment, bool consistent, json_t **out);
 /* Prints one object as "HEADER  value" lines. */
 void kp_ctl__print_record(const struct kp_ctl_column *cols, size_t n, const json_t *obj);
 /* Prints @v as indented JSON on stdout. */

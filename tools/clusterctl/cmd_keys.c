@@ -32,6 +32,7 @@ static int keys_revoke(struct kp_ctl *ctl, int argc, char **argv);
 static int keys_retire(struct kp_ctl *ctl, int argc, char **argv);
 static int keys_list(struct kp_ctl *ctl, int argc, char **argv);
 static int keys_balance(struct kp_ctl *ctl, int argc, char **argv);
+static int keys_health(struct kp_ctl *ctl, int argc, char **argv);
 
 static const struct kp_ctl_command keys_commands[] = {
     {"list", "", "list the keys (same as clusterctl get keys)", keys_list, false},
@@ -51,6 +52,10 @@ static const struct kp_ctl_command keys_commands[] = {
      "show a key's prepaid credit, spent, remaining and projected exhaustion; --set records the "
      "credit, --topup adds to it",
      keys_balance, false},
+    {"health", "[ID]",
+     "every key's status, last error and last canary; with ID, the key's record and its status "
+     "history",
+     keys_health, false},
 };
 
 int kp_ctl__cmd_keys(struct kp_ctl *ctl, int argc, char **argv)
@@ -572,5 +577,97 @@ static int keys_balance(struct kp_ctl *ctl, int argc, char **argv)
         kp_ctl__print_record(balance_cols, sizeof(balance_cols) / sizeof(balance_cols[0]), answer);
     json_decref(answer);
     kp_free(path);
+    return rc;
+}
+
+/* --- health -------------------------------------------------------------------- */
+
+static const struct kp_ctl_column health_cols[] = {
+    {"KEY", "id", NULL},
+    {"STATUS", "status", NULL},
+    {"LAST ERROR", "last_error_class", NULL},
+    {"SINCE", "last_change_ms", kp_ctl__cell_time},
+    {"LAST CANARY", "last_canary_ms", kp_ctl__cell_time},
+    {"RESULT", "last_canary_result", NULL},
+    {"STREAK", "canary_streak", NULL},
+};
+
+static const struct kp_ctl_column history_cols[] = {
+    {"AT", "at_ms", kp_ctl__cell_time},
+    {"STATUS", "status", NULL},
+    {"ERROR", "error_class", NULL},
+    {"SOURCE", "source", NULL},
+};
+
+/* Every key with its health record, "healthy" where none was ever
+ * recorded: keys come from /keys, records from /key-health. */
+static int health_rows(struct kp_ctl *ctl, json_t **out)
+{
+    json_t *keys = NULL, *records = NULL;
+    int rc = kp_ctl__get_list(ctl, "keys", false, &keys);
+    if (rc == KP_CTL_EXIT_OK)
+        rc = kp_ctl__get_list(ctl, "key-health", false, &records);
+    json_t *rows = rc == KP_CTL_EXIT_OK ? json_array() : NULL, *by_id = json_object();
+    size_t i;
+    json_t *k;
+    json_array_foreach(json_object_get(records, "items"), i, k)
+    {
+        const char *id = json_string_value(json_object_get(k, "id"));
+        if (id != NULL)
+            json_object_set(by_id, id, k);
+    }
+    json_array_foreach(json_object_get(keys, "items"), i, k)
+    {
+        const char *id = json_string_value(json_object_get(k, "id"));
+        json_t *row = id != NULL ? json_incref(json_object_get(by_id, id)) : NULL;
+        if (row == NULL)
+            row = json_pack("{s:s?,s:s}", "id", id, "status", "healthy");
+        json_array_append_new(rows, row);
+    }
+    json_decref(by_id);
+    json_decref(keys);
+    json_decref(records);
+    *out = rows;
+    return rc;
+}
+
+static int keys_health(struct kp_ctl *ctl, int argc, char **argv)
+{
+    int first, rc = kp_ctl__parse(ctl, argc, argv, NULL, 0, &first);
+    if (rc == KP_CTL_EXIT_OK)
+        rc = kp_ctl__positionals(ctl, argc - first, 0, 1, "[ID]", false);
+    if (rc == KP_CTL_EXIT_OK)
+        rc = kp_ctl__resolve(ctl);
+    if (rc != KP_CTL_EXIT_OK)
+        return rc;
+    json_t *answer = NULL;
+    if (first == argc) {
+        rc = health_rows(ctl, &answer);
+        if (rc == KP_CTL_EXIT_OK && ctl->output != KP_CTL_OUTPUT_TABLE)
+            kp_ctl__print_doc(ctl, answer);
+        else if (rc == KP_CTL_EXIT_OK)
+            kp_ctl__print_table(health_cols, sizeof(health_cols) / sizeof(health_cols[0]), answer);
+        json_decref(answer);
+        return rc;
+    }
+    char *path = kp_ctl__path("keys", argv[first], "health", NULL);
+    if (path == NULL) {
+        kp_ctl__error(ctl, "out of memory");
+        return KP_CTL_EXIT_NO;
+    }
+    rc = kp_ctl__call(ctl, "GET", path, NULL, NULL, &answer);
+    kp_free(path);
+    if (rc == KP_CTL_EXIT_OK && ctl->output != KP_CTL_OUTPUT_TABLE) {
+        kp_ctl__print_doc(ctl, answer);
+    } else if (rc == KP_CTL_EXIT_OK) {
+        kp_ctl__print_record(health_cols, sizeof(health_cols) / sizeof(health_cols[0]), answer);
+        json_t *history = json_object_get(answer, "history");
+        if (json_array_size(history) > 0) {
+            printf("\nHISTORY (oldest first)\n");
+            kp_ctl__print_table(history_cols, sizeof(history_cols) / sizeof(history_cols[0]),
+                                history);
+        }
+    }
+    json_decref(answer);
     return rc;
 }

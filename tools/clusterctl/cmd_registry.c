@@ -104,46 +104,64 @@ static void print_entities(struct kp_ctl *ctl, const struct listing *l, json_t *
     json_decref(rows);
 }
 
-static int show(struct kp_ctl *ctl, const struct listing *l, const char *id, bool consistent)
+int kp_ctl__get_list(struct kp_ctl *ctl, const char *segment, bool consistent, json_t **out)
 {
-    char *path = kp_ctl__path(l->segment, id, NULL);
-    struct kp_buf query = {path, path ? strlen(path) : 0, path ? strlen(path) + 1 : 0};
     json_t *answer = NULL;
-    int rc;
-
-    if (path == NULL || (consistent && kp_ctl__query_add(&query, "consistent", "true") != 0)) {
-        kp_buf_free(&query);
-        kp_ctl__error(ctl, "out of memory");
-        return KP_CTL_EXIT_NO;
-    }
-    rc = kp_ctl__call(ctl, "GET", query.data, NULL, NULL, &answer);
-    /* A list comes in pages: follow "next" and print them as one. */
-    while (rc == KP_CTL_EXIT_OK && id == NULL && json_is_string(json_object_get(answer, "next"))) {
-        char *base = kp_ctl__path(l->segment, NULL);
-        struct kp_buf more = {base, base ? strlen(base) : 0, base ? strlen(base) + 1 : 0};
+    const char *after = NULL;
+    int rc = KP_CTL_EXIT_OK;
+    *out = NULL;
+    /* A list comes in pages: follow "next" and gather them as one. */
+    do {
+        char *base = kp_ctl__path(segment, NULL);
+        struct kp_buf q = {base, base ? strlen(base) : 0, base ? strlen(base) + 1 : 0};
         json_t *page = NULL;
-        const char *after = json_string_value(json_object_get(answer, "next"));
-        if (base == NULL || (consistent && kp_ctl__query_add(&more, "consistent", "true") != 0) ||
-            kp_ctl__query_add(&more, "after", after) != 0) {
-            kp_buf_free(&more);
+        if (base == NULL || (consistent && kp_ctl__query_add(&q, "consistent", "true") != 0) ||
+            (after != NULL && kp_ctl__query_add(&q, "after", after) != 0)) {
+            kp_buf_free(&q);
             kp_ctl__error(ctl, "out of memory");
             rc = KP_CTL_EXIT_NO;
             break;
         }
-        rc = kp_ctl__call(ctl, "GET", more.data, NULL, NULL, &page);
-        kp_buf_free(&more);
-        if (rc == KP_CTL_EXIT_OK) {
+        rc = kp_ctl__call(ctl, "GET", q.data, NULL, NULL, &page);
+        kp_buf_free(&q);
+        if (rc == KP_CTL_EXIT_OK && answer == NULL) {
+            answer = page;
+        } else if (rc == KP_CTL_EXIT_OK) {
             json_array_extend(json_object_get(answer, "items"), json_object_get(page, "items"));
             json_object_set(answer, "next", json_object_get(page, "next"));
-            if (json_object_get(page, "next") == NULL)
-                json_object_del(answer, "next");
+            json_decref(page);
         }
-        json_decref(page);
+        after = json_string_value(json_object_get(answer, "next"));
+    } while (rc == KP_CTL_EXIT_OK && after != NULL);
+    if (rc != KP_CTL_EXIT_OK) {
+        json_decref(answer);
+        return rc;
+    }
+    json_object_del(answer, "next");
+    *out = answer;
+    return rc;
+}
+
+static int show(struct kp_ctl *ctl, const struct listing *l, const char *id, bool consistent)
+{
+    json_t *answer = NULL;
+    int rc;
+    if (id == NULL) {
+        rc = kp_ctl__get_list(ctl, l->segment, consistent, &answer);
+    } else {
+        char *path = kp_ctl__path(l->segment, id, NULL);
+        struct kp_buf query = {path, path ? strlen(path) : 0, path ? strlen(path) + 1 : 0};
+        if (path == NULL || (consistent && kp_ctl__query_add(&query, "consistent", "true") != 0)) {
+            kp_buf_free(&query);
+            kp_ctl__error(ctl, "out of memory");
+            return KP_CTL_EXIT_NO;
+        }
+        rc = kp_ctl__call(ctl, "GET", query.data, NULL, NULL, &answer);
+        kp_buf_free(&query);
     }
     if (rc == KP_CTL_EXIT_OK)
         print_entities(ctl, l, answer, id != NULL);
     json_decref(answer);
-    kp_buf_free(&query);
     return rc;
 }
 

@@ -106,3 +106,17 @@ void kp_mock__gemini_generate(struct kp_mock_gen *g, const json_t *body, bool st
     kp_mock__begin(a, 200, "application/json; charset=UTF-8");
     put_response(a, g, text, len, true);
 }
+
+void kp_mock__gemini_models(struct kp_mock_answer *a)
+{
+    static const char *const names[] = {"gemini-1.5-flash", "gemini-2.0-flash"};
+    kp_mock__begin(a, 200, "application/json");
+    kp_mock__put(a, "{\"models\":[");
+    for (unsigned i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        kp_mock__put(a, i > 0 ? ",{\"name\":\"models/" : "{\"name\":\"models/");
+        kp_mock__put(a, names[i]);
+        kp_mock__put(a, "\",\"supportedGenerationMethods\":[\"generateContent\","
+                        "\"streamGenerateContent\"]}");
+    }
+    kp_mock__put(a, "]}");
+}

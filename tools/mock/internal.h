@@ -163,6 +163,8 @@ void kp_mock__openai_embeddings(struct kp_mock_gen *g, const json_t *body,
 void kp_mock__openai_responses(struct kp_mock_gen *g, const json_t *body, bool stream,
                                struct kp_mock_answer *a);
 void kp_mock__openai_models(const char *path, struct kp_mock_answer *a);
+/* GET /v1beta/models: {"models":[{"name":"models/…",…}]}. */
+void kp_mock__gemini_models(struct kp_mock_answer *a);
 void kp_mock__anthropic_messages(struct kp_mock_gen *g, const json_t *body, bool stream,
                                  struct kp_mock_answer *a);
 void kp_mock__gemini_generate(struct kp_mock_gen *g, const json_t *body, bool stream, bool sse,

@@ -43,6 +43,7 @@ enum kp_mock_route {
     KP_MOCK_R_MESSAGES,
     KP_MOCK_R_GENERATE,
     KP_MOCK_R_STREAM_GENERATE,
+    KP_MOCK_R_GEMINI_MODELS, /* GET /v1beta/models: a Gemini canary */
     KP_MOCK_R_OTHER,
     KP_MOCK_R_CONTROL, /* /mock/... and /healthz: never counted */
     KP_MOCK_R_COUNT

@@ -40,6 +40,7 @@ static const struct {
     {"/v1/responses", KP_MOCK_R_RESPONSES, KP_MOCK_OPENAI, "POST"},
     {"/v1/models", KP_MOCK_R_MODELS, KP_MOCK_OPENAI, "GET"},
     {"/v1/messages", KP_MOCK_R_MESSAGES, KP_MOCK_ANTHROPIC, "POST"},
+    {"/v1beta/models", KP_MOCK_R_GEMINI_MODELS, KP_MOCK_GEMINI, "GET"},
 };
 
 /* "/v1beta/models/{model}:generateContent" and the v1 equivalent. */
@@ -340,9 +341,11 @@ static void answer_call(struct kp_mock *m, unsigned shard, const struct kp_http_
     char errmsg[320] = "";
     json_t *body;
 
-    if (t->route == KP_MOCK_R_MODELS) {
+    if (t->route == KP_MOCK_R_MODELS || t->route == KP_MOCK_R_GEMINI_MODELS) {
         if (a->faults.status != 0)
             kp_mock__fault_error(a, t->provider, &a->faults, NULL, 0);
+        else if (t->route == KP_MOCK_R_GEMINI_MODELS)
+            kp_mock__gemini_models(a);
         else
             kp_mock__openai_models(req->path, a);
         return;
