@@ -774,8 +774,8 @@ static int cmp_stats(const void *a, const void *b)
 
 /* Every key's stats summed over @members' reports, by key; *complete says
  * whether every member reported. */
-static int sum_stats(const struct kp_alert_member *members, size_t n,
-                     struct kp_alert_key_stats **out, size_t *nout, bool *complete)
+int kp_alert_sum_key_stats(const struct kp_alert_member *members, size_t n,
+                           struct kp_alert_key_stats **out, size_t *nout, bool *complete)
 {
     size_t total = 0;
     *complete = true;
@@ -805,6 +805,8 @@ static int sum_stats(const struct kp_alert_member *members, size_t n,
             v[m - 1].attempts_5m += v[i].attempts_5m;
             v[m - 1].errors_5m += v[i].errors_5m;
             v[m - 1].rate_limited_1m += v[i].rate_limited_1m;
+            v[m - 1].attempts_1m += v[i].attempts_1m;
+            v[m - 1].errors_1m += v[i].errors_1m;
         } else {
             v[m++] = v[i];
         }
@@ -883,7 +885,7 @@ static void eval_key_stats(struct eval *e, const struct kp_alert_member *members
     size_t ns;
     bool complete;
     if (e->rc == KP_OK)
-        e->rc = sum_stats(members, n, &stats, &ns, &complete);
+        e->rc = kp_alert_sum_key_stats(members, n, &stats, &ns, &complete);
     if (e->rc != KP_OK)
         return;
     const struct kp_alert_rule *er = rule_for(&e->rules, KP_RULE_KEY_ERROR_RATE, NULL);
@@ -1145,6 +1147,8 @@ int kp_alert_report_from_json(const json_t *v, struct kp_alert_report *out)
         s->attempts_5m = ju64(k, "attempts_5m");
         s->errors_5m = ju64(k, "errors_5m");
         s->rate_limited_1m = ju64(k, "rate_limited_1m");
+        s->attempts_1m = ju64(k, "attempts_1m"); /* 0 from a node older than these */
+        s->errors_1m = ju64(k, "errors_1m");
     }
     out->have = true;
     return KP_OK;

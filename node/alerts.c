@@ -42,6 +42,7 @@
 #include <sys/stat.h>
 
 #include "alerts.h"
+#include "canary.h"
 #include "node.h"
 
 enum {
@@ -85,6 +86,10 @@ struct kp_alerts {
     bool leader;
     int64_t leader_since_ms;
     struct kp_outcome_window *window;
+    /* The last evaluation's per-key traffic, summed over the members
+     * (classify_keys), sorted by key; cleared when leadership is lost. */
+    struct kp_alert_key_stats *key_stats;
+    size_t nkey_stats;
     struct member_state members[MAX_MEMBERS];
     size_t nmembers;
     struct delivery *dl;
@@ -121,6 +126,7 @@ static void maybe_free(struct kp_alerts *a)
     kp_free(a->spends);
     kp_free(a->dl);
     kp_free(a->window);
+    kp_free(a->key_stats);
     kp_free(a);
 }
 
@@ -412,6 +418,51 @@ static void query_spends(struct kp_alerts *a, const struct kp_view *v, int64_t n
 
 /* --- evaluation ------------------------------------------------------------------------ */
 
+/* Passive classification (docs/health.md): the members' traffic over the
+ * last minute, summed, moves a healthy key to rate_limited or degraded
+ * (canary_rules.c). The sums are kept for the canaries, which bring a key
+ * back only once its traffic is no longer troubled. */
+static void classify_keys(struct kp_alerts *a, const struct kp_view *v,
+                          const struct kp_alert_member *members, size_t n, int64_t now)
+{
+    struct kp_alert_key_stats *stats;
+    size_t ns;
+    bool complete;
+    if (kp_alert_sum_key_stats(members, n, &stats, &ns, &complete) != KP_OK)
+        return;
+    kp_free(a->key_stats);
+    a->key_stats = stats;
+    a->nkey_stats = ns;
+    for (size_t i = 0; i < ns; i++) {
+        const struct kp_key_health *h = kp_view_key_health(v, stats[i].key);
+        int status = h != NULL ? h->status : KP_HEALTH_HEALTHY;
+        /* When it last came back: a first record (history of one) is no
+         * return, so a new key can be judged at once. */
+        int64_t back = h != NULL && h->nhistory >= 2 ? now - h->last_change_ms : INT64_MAX;
+        const char *cls;
+        int next = kp_passive_next(status, &stats[i], back, &cls);
+        if (next == status || kp_view_key(v, stats[i].key) == NULL)
+            continue;
+        kp_info("health",
+                "key %s: %s -> %s from traffic (last minute: %llu attempts, %llu failed, %llu "
+                "rate limited)",
+                stats[i].key, kp_health_status_name(status), kp_health_status_name(next),
+                (unsigned long long)stats[i].attempts_1m, (unsigned long long)stats[i].errors_1m,
+                (unsigned long long)stats[i].rate_limited_1m);
+        kp_health_propose(a->n, stats[i].key, next, cls, "traffic", NULL, NULL);
+    }
+}
+
+bool kp_alerts_key_troubled(struct kp_node *n, const char *key)
+{
+    const struct kp_alerts *a = n->alerts;
+    const char *cls;
+    for (size_t i = 0; a != NULL && i < a->nkey_stats; i++)
+        if (strcmp(a->key_stats[i].key, key) == 0)
+            return kp_passive_troubled(&a->key_stats[i], &cls);
+    return false;
+}
+
 static void evaluate(struct kp_alerts *a, const struct kp_view *v, int64_t now)
 {
     if (a->proposing > 0)
@@ -431,6 +482,7 @@ static void evaluate(struct kp_alerts *a, const struct kp_view *v, int64_t now)
     size_t n = kp_alert_reconcile(v, &a->plan, steps, MAX_STEPS);
     for (size_t i = 0; i < n; i++)
         propose_step(a, &steps[i]);
+    classify_keys(a, v, members, in.n, now);
 }
 
 /* --- deliveries -------------------------------------------------------------------------- */
@@ -743,10 +795,11 @@ static json_t *own_report(struct kp_alerts *a, int64_t now)
         struct kp_outcome_counts c1 = kp_outcome_window_span(a->window, k, now, 60000);
         if (c5.attempts == 0 && c1.rate_limited == 0)
             continue;
-        json_array_append_new(keys, json_pack("{s:s,s:I,s:I,s:I}", "key", a->window->keys[k],
-                                              "attempts_5m", (json_int_t)c5.attempts, "errors_5m",
-                                              (json_int_t)c5.errors, "rate_limited_1m",
-                                              (json_int_t)c1.rate_limited));
+        json_array_append_new(
+            keys, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I}", "key", a->window->keys[k], "attempts_5m",
+                            (json_int_t)c5.attempts, "errors_5m", (json_int_t)c5.errors,
+                            "rate_limited_1m", (json_int_t)c1.rate_limited, "attempts_1m",
+                            (json_int_t)c1.attempts, "errors_1m", (json_int_t)c1.errors));
     }
     if (keys == NULL)
         return NULL;
@@ -804,6 +857,9 @@ static void lost_leadership(struct kp_alerts *a)
     a->ndl = 0; /* answers of this generation are ignored */
     a->nspends = 0;
     a->spends_ms = 0;
+    kp_free(a->key_stats);
+    a->key_stats = NULL;
+    a->nkey_stats = 0;
 }
 
 static void on_tick(uv_timer_t *t)

@@ -35,6 +35,8 @@ struct kp_alert_key_stats {
     uint64_t attempts_5m;     /* attempts in the last 5 minutes */
     uint64_t errors_5m;       /* of which failed, the request's own faults (client) aside */
     uint64_t rate_limited_1m; /* 429s in the last minute */
+    uint64_t attempts_1m;     /* attempts in the last minute */
+    uint64_t errors_1m;       /* of which failed (as errors_5m) */
 };
 
 struct kp_alert_report {
@@ -61,6 +63,12 @@ struct kp_alert_member {
     int64_t out_of_contact_ms;
     const struct kp_alert_report *report; /* NULL or !have: no fresh report */
 };
+
+/* Every key's stats summed over the members' reports, sorted by key, into
+ * *@out (kp_malloc; kp_free it); *@complete false when a member that should
+ * report has not. KP_OK or KP_ENOMEM. */
+int kp_alert_sum_key_stats(const struct kp_alert_member *members, size_t n,
+                           struct kp_alert_key_stats **out, size_t *nout, bool *complete);
 
 /* --- outcome windows (kept by every node for its report) -------------------- */
 

@@ -94,6 +94,11 @@ static int propose_health(struct kp_canary *c, struct probe *p,
     } else {
         h.status = (uint8_t)kp_canary_next(status, old ? old->canary_streak : 0, *outcome,
                                            &h.canary_streak);
+        /* Out through traffic, back only once the traffic is fine too. */
+        if (h.status == KP_HEALTH_HEALTHY &&
+            (status == KP_HEALTH_DEGRADED || status == KP_HEALTH_RATE_LIMITED) &&
+            kp_alerts_key_troubled(c->n, p->key))
+            h.status = (uint8_t)status;
         if (cls[0])
             h.last_error_class = (char *)cls;
         h.last_canary_result = cls[0] ? (char *)cls : (char *)"ok";

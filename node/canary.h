@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "alerts.h"
 #include "raftstore/raftstore.h"
 
 /* How a probe ended. */
@@ -78,6 +79,26 @@ enum kp_canary_outcome kp_canary_classify(long status, const char *body, bool ti
  *     brings it back);
  *   - disabled stays disabled. */
 int kp_canary_next(int status, int32_t streak, enum kp_canary_outcome outcome, int32_t *streak_out);
+
+/* Passive classification on the leader, from the last minute of real
+ * traffic summed over the members (@s). Troubled: at least
+ * KP_PASSIVE_MIN_EVENTS 429s making half the attempts or more (rate
+ * limited), or at least KP_PASSIVE_MIN_EVENTS attempts of which half or
+ * more failed (degraded); *@error_class gets "rate_limit" or "error_rate"
+ * ("" when not troubled). */
+#define KP_PASSIVE_MIN_EVENTS 10
+#define KP_PASSIVE_QUIET_MS   60000
+int kp_passive_troubled(const struct kp_alert_key_stats *s, const char **error_class);
+
+/* The status traffic gives a key now in @status: a healthy key that is
+ * troubled becomes rate_limited or degraded, unless it came back to
+ * healthy less than KP_PASSIVE_QUIET_MS ago (@since_back_ms; the window
+ * would still hold the failures that took it out). Anything else is
+ * returned as is: traffic never brings a key back (a canary does, once
+ * the traffic is no longer troubled), and invalid, quota_exhausted and
+ * disabled come from single answers and operators, not from rates. */
+int kp_passive_next(int status, const struct kp_alert_key_stats *s, int64_t since_back_ms,
+                    const char **error_class);
 
 /* Whether @status takes a key out of rotation at once. */
 bool kp_canary_out_of_rotation(int status);

@@ -173,3 +173,22 @@ bool kp_canary_outcome_parse(const char *s, enum kp_canary_outcome *out)
     }
     return false;
 }
+
+int kp_passive_troubled(const struct kp_alert_key_stats *s, const char **error_class)
+{
+    *error_class = "";
+    if (s->rate_limited_1m >= KP_PASSIVE_MIN_EVENTS && s->rate_limited_1m * 2 >= s->attempts_1m)
+        *error_class = "rate_limit";
+    else if (s->attempts_1m >= KP_PASSIVE_MIN_EVENTS && s->errors_1m * 2 >= s->attempts_1m)
+        *error_class = "error_rate";
+    return (*error_class)[0] != '\0';
+}
+
+int kp_passive_next(int status, const struct kp_alert_key_stats *s, int64_t since_back_ms,
+                    const char **error_class)
+{
+    if (!kp_passive_troubled(s, error_class) || status != KP_HEALTH_HEALTHY ||
+        since_back_ms < KP_PASSIVE_QUIET_MS)
+        return status;
+    return strcmp(*error_class, "rate_limit") == 0 ? KP_HEALTH_RATE_LIMITED : KP_HEALTH_DEGRADED;
+}

@@ -283,6 +283,10 @@ void kp_sweeper_stop(struct kp_node *n);
  * the timer; the state goes once the calls in flight have answered. */
 void kp_alerts_start(struct kp_node *n);
 void kp_alerts_stop(struct kp_node *n);
+/* On the leader: whether @key's traffic over the last minute, summed over
+ * the members at the last evaluation, is troubled (canary_rules.c); false
+ * when not known. */
+bool kp_alerts_key_troubled(struct kp_node *n, const char *key);
 /* canary.c: the leader's key probes (docs/health.md). */
 void kp_canary_start(struct kp_node *n);
 void kp_canary_stop(struct kp_node *n);

@@ -215,7 +215,9 @@ static int health_carry(struct kp_apply *a, const struct kp_key_health *old,
 {
     if (h->last_canary_ms == 0 && old != NULL) {
         h->last_canary_ms = old->last_canary_ms;
-        h->canary_streak = old->canary_streak;
+        /* Successes count from the last change: a key an operator or
+         * traffic moved needs KP_CANARY_STREAK new ones to come back. */
+        h->canary_streak = same ? old->canary_streak : 0;
         kp_free(h->last_canary_result);
         h->last_canary_result = NULL;
         if (old->last_canary_result != NULL &&

@@ -110,12 +110,33 @@ struct reasons {
     bool rate_limited; /* some key waits for a provider's Retry-After */
 };
 
+/* A degraded or rate-limited key (docs/health.md) stays usable but goes
+ * after the pool's healthy keys, whatever its priority: the candidates from
+ * @first on whose bit is set in @unwell_bits (bit i: c->cand[i]) move to
+ * the end, each group keeping its order. */
+static void demote_unwell(struct kp_call *c, uint32_t first, uint64_t unwell_bits)
+{
+    struct kp_candidate well[KP_MAX_CANDIDATES], unwell[KP_MAX_CANDIDATES];
+    uint32_t nw = 0, nu = 0;
+    if (unwell_bits == 0)
+        return;
+    for (uint32_t i = first; i < c->ncand; i++) {
+        if (unwell_bits & (UINT64_C(1) << i))
+            unwell[nu++] = c->cand[i];
+        else
+            well[nw++] = c->cand[i];
+    }
+    memcpy(&c->cand[first], well, nw * sizeof(well[0]));
+    memcpy(&c->cand[first + nw], unwell, nu * sizeof(unwell[0]));
+}
+
 static void consider(struct kp_call *c, const struct kp_pool *pool, struct reasons *why,
                      unsigned start)
 {
     /* Priority groups, lowest first; within a group the pool's strategy
      * orders the members (pick). */
-    uint32_t n = pool->nmembers;
+    uint32_t n = pool->nmembers, first = c->ncand;
+    uint64_t unwell = 0;
     bool used[256] = {false};
     for (uint32_t round = 0; round < n && c->ncand < KP_MAX_CANDIDATES; round++) {
         uint32_t best = UINT32_MAX, best_prio = UINT32_MAX, count = 0;
@@ -168,9 +189,13 @@ static void consider(struct kp_call *c, const struct kp_pool *pool, struct reaso
                 why->rate_limited |= limited;
                 continue;
             }
+            if (h != NULL &&
+                (h->status == KP_HEALTH_DEGRADED || h->status == KP_HEALTH_RATE_LIMITED))
+                unwell |= UINT64_C(1) << c->ncand;
             c->cand[c->ncand++] = (struct kp_candidate){k, p, pool->e.id};
         }
     }
+    demote_unwell(c, first, unwell);
 }
 
 /* The last resort of a call whose model no key could serve: the pool's

@@ -14,7 +14,12 @@ and the result moves the key's status with hysteresis.
   (d) the leader killed while probing: no key goes more than two
       intervals without a probe, and none is probed twice in one;
   (e) an operator sets a status, never the canary fields; clusterctl keys
-      health shows every key, and one key's history.
+      health shows every key, and one key's history;
+  (f) a degraded key goes after the pool's healthy ones whatever its
+      priority, on every router;
+  (g) traffic failing on one key through three routers, summed by the
+      leader, turns it degraded; canaries that succeed do not bring it
+      back while its traffic is still troubled.
 
 Every wait is on a condition, never a sleep.
 """
@@ -288,6 +293,69 @@ class CanaryTest(unittest.TestCase):
                       lambda h, s=c.health("key-a")["last_canary_ms"]:
                       h["last_canary_ms"] > s + INTERVAL_MS)
         self.assertEqual(c.health("key-b").get("last_canary_ms", 0), before)
+
+    def test_f_a_degraded_key_goes_after_the_healthy_ones(self):
+        c = Canaries(self, nodes=3)
+        c.key("key-a", KEY_A)
+        c.key("key-b", KEY_B)
+        c.admin("PUT", "/tenants/acme", {"display_name": "Acme"})
+        c.admin("PUT", "/pools/default", {"strategy": "priority", "members": [
+            {"key": "key-a", "priority": 1}, {"key": "key-b", "priority": 2}]})
+        token = c.app_token("acme")
+
+        def served_by(node):
+            status, _, body = c.chat(token, node=node)
+            self.assertEqual(status, 200, body)
+            app = [e for e in c.admin("GET", "/usage/recent?limit=100", node=node)["events"]
+                   if e["kind"] == "app"]
+            return app[-1]["key_id"]
+        wait_until(lambda: served_by(c.nodes[0]) == "key-a", what="key-a serves first")
+
+        # An operator's degraded: still usable, but after key-b (priority 2).
+        c.admin("PUT", "/keys/key-a/health", {"status": "degraded"})
+        for n in c.nodes:
+            wait_until(lambda n=n: served_by(n) == "key-b", what=f"{n.name} demotes key-a",
+                       alive=n)
+        c.admin("PUT", "/keys/key-a/health", {"status": "healthy"})
+        for n in c.nodes:
+            wait_until(lambda n=n: served_by(n) == "key-a", what=f"{n.name} uses key-a again",
+                       alive=n)
+
+    def test_g_failing_traffic_summed_over_routers_degrades_a_key(self):
+        c = Canaries(self, nodes=3)
+        c.key("key-a", KEY_A)
+        c.key("key-b", KEY_B)
+        c.admin("PUT", "/tenants/acme", {"display_name": "Acme"})
+        c.admin("PUT", "/pools/default", {"strategy": "priority", "members": [
+            {"key": "key-a", "priority": 1}, {"key": "key-b", "priority": 2}]})
+        token = c.app_token("acme")
+        c.wait_health("key-a", "probed", lambda h: h.get("last_canary_result") == "ok")
+
+        # Calls fail on key-a (its canary, GET /v1/models, still works):
+        # each router's breaker gives it a few attempts, failing over to
+        # key-b; the leader adds the routers' counts up and degrades it.
+        status, _, body = http("POST", c.mock.url + "/mock/faults", body={
+            "key": KEY_A, "faults": "500", "route": "/v1/chat/completions"})
+        self.assertEqual(status, 200, body)
+        i = [0]
+
+        def degraded():
+            node = c.nodes[i[0] % 3]
+            i[0] += 1
+            status, _, body = c.chat(token, node=node)
+            self.assertEqual(status, 200, body)  # failover hides the failures
+            h = c.health("key-a")
+            return h if h["status"] == "degraded" else None
+        h = wait_until(degraded, timeout=60, what="key-a degraded by traffic", alive=c.nodes[0])
+        self.assertEqual(h["last_error_class"], "error_rate")
+        self.assertEqual(h["history"][-1]["source"], "traffic")
+        self.assertEqual(h["canary_streak"], 0)  # successes count from the change
+        # Canaries succeed, but the last minute's traffic is still bad.
+        h = c.wait_health("key-a", "two good probes since",
+                          lambda h: h.get("canary_streak", 0) >= 2)
+        self.assertEqual(h["status"], "degraded")
+        self.assertEqual(h["last_canary_result"], "ok")
+
 
 
 if __name__ == "__main__":

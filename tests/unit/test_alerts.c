@@ -462,8 +462,9 @@ static void test_members(void **state)
 static void test_key_stats(void **state)
 {
     (void)state;
-    struct kp_alert_key_stats s1[] = {{"k1", 30, 20, 0}, {"k2", 10, 0, 25}};
-    struct kp_alert_key_stats s2[] = {{"k1", 10, 5, 0}, {"k2", 10, 0, 10}, {"k3", 5, 5, 0}};
+    struct kp_alert_key_stats s1[] = {{"k1", 30, 20, 0, 0, 0}, {"k2", 10, 0, 25, 0, 0}};
+    struct kp_alert_key_stats s2[] = {
+        {"k1", 10, 5, 0, 0, 0}, {"k2", 10, 0, 10, 0, 0}, {"k3", 5, 5, 0, 0, 0}};
     struct kp_alert_report r1 = {.have = true, .keys = s1, .nkeys = 2};
     struct kp_alert_report r2 = {.have = true, .keys = s2, .nkeys = 3};
     struct kp_alert_member m[2] = {{"n1", 1, 0, &r1}, {"n2", 2, 0, &r2}};

@@ -182,12 +182,69 @@ static void test_out_and_back(void **state)
     assert_false(kp_canary_out_of_rotation(KP_HEALTH_DEGRADED));
 }
 
+/* Traffic moves a healthy key only, on enough events in the last minute,
+ * and not within a minute of its return; it never brings a key back. */
+static void test_passive(void **state)
+{
+    (void)state;
+    const char *cls;
+    const int64_t long_ago = KP_PASSIVE_QUIET_MS;
+    struct kp_alert_key_stats s = {.attempts_1m = 9, .errors_1m = 9};
+    assert_false(kp_passive_troubled(&s, &cls));
+    assert_int_equal(kp_passive_next(KP_HEALTH_HEALTHY, &s, long_ago, &cls), KP_HEALTH_HEALTHY);
+    assert_string_equal(cls, "");
+    s.attempts_1m = 10;
+    s.errors_1m = 4;
+    assert_int_equal(kp_passive_next(KP_HEALTH_HEALTHY, &s, long_ago, &cls), KP_HEALTH_HEALTHY);
+    s.errors_1m = 5;
+    assert_true(kp_passive_troubled(&s, &cls));
+    assert_int_equal(kp_passive_next(KP_HEALTH_HEALTHY, &s, long_ago, &cls), KP_HEALTH_DEGRADED);
+    assert_string_equal(cls, "error_rate");
+    /* Back less than a minute ago: the window still holds the old failures. */
+    assert_int_equal(kp_passive_next(KP_HEALTH_HEALTHY, &s, long_ago - 1, &cls), KP_HEALTH_HEALTHY);
+    /* The five-minute figures play no part. */
+    s = (struct kp_alert_key_stats){.attempts_5m = 1000, .errors_5m = 1000};
+    assert_false(kp_passive_troubled(&s, &cls));
+    s = (struct kp_alert_key_stats){.attempts_1m = 200, .errors_1m = 99, .rate_limited_1m = 99};
+    assert_int_equal(kp_passive_next(KP_HEALTH_HEALTHY, &s, long_ago, &cls), KP_HEALTH_HEALTHY);
+    s.rate_limited_1m = s.errors_1m = 100;
+    assert_int_equal(kp_passive_next(KP_HEALTH_HEALTHY, &s, long_ago, &cls),
+                     KP_HEALTH_RATE_LIMITED);
+    assert_string_equal(cls, "rate_limit");
+    s = (struct kp_alert_key_stats){.attempts_1m = 12, .errors_1m = 9, .rate_limited_1m = 9};
+    assert_int_equal(kp_passive_next(KP_HEALTH_HEALTHY, &s, long_ago, &cls), KP_HEALTH_DEGRADED);
+    s.rate_limited_1m = s.errors_1m = 10;
+    assert_int_equal(kp_passive_next(KP_HEALTH_HEALTHY, &s, long_ago, &cls),
+                     KP_HEALTH_RATE_LIMITED);
+    /* Only a healthy key moves; clean traffic leaves others as they are. */
+    s = (struct kp_alert_key_stats){.attempts_1m = 100};
+    for (int st = 0; st <= KP_HEALTH_DISABLED; st++)
+        assert_int_equal(kp_passive_next(st, &s, long_ago, &cls), st);
+    s.errors_1m = 100;
+    assert_int_equal(kp_passive_next(KP_HEALTH_INVALID, &s, long_ago, &cls), KP_HEALTH_INVALID);
+    assert_int_equal(kp_passive_next(KP_HEALTH_RATE_LIMITED, &s, long_ago, &cls),
+                     KP_HEALTH_RATE_LIMITED);
+}
+
+static void test_outcome_names(void **state)
+{
+    (void)state;
+    enum kp_canary_outcome o;
+    for (int i = KP_CANARY_OK; i <= KP_CANARY_FAILED; i++) {
+        assert_true(kp_canary_outcome_parse(kp_canary_outcome_name(i), &o));
+        assert_int_equal(o, i);
+    }
+    assert_false(kp_canary_outcome_parse("maybe", &o));
+    assert_false(kp_canary_outcome_parse(NULL, &o));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_due),        cmocka_unit_test(test_wanted),
         cmocka_unit_test(test_request),    cmocka_unit_test(test_classify),
         cmocka_unit_test(test_hysteresis), cmocka_unit_test(test_out_and_back),
+        cmocka_unit_test(test_passive),    cmocka_unit_test(test_outcome_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -839,9 +839,10 @@ static void scripted_faults(void **state)
     struct kp_buf out;
     char err[256];
 
-    assert_int_equal(kp_mock_script_set(&f->mock, "sk-test", 7, "401", 3, 2, err, sizeof(err)), 0);
-    assert_int_not_equal(kp_mock_script_set(&f->mock, "sk-x", 4, "oops", 4, 0, err, sizeof(err)),
-                         0);
+    assert_int_equal(kp_mock_script_set(&f->mock, "sk-test", 7, "401", 3, 2, -1, err, sizeof(err)),
+                     0);
+    assert_int_not_equal(
+        kp_mock_script_set(&f->mock, "sk-x", 4, "oops", 4, 0, -1, err, sizeof(err)), 0);
     kp_buf_init(&out);
     assert_int_equal(kp_mock_script_render(&f->mock, &out), 0);
     assert_non_null(strstr(out.data, "fp_f3abf2a6cc4f"));
@@ -869,6 +870,20 @@ static void scripted_faults(void **state)
     call(f, "POST", "/v1/chat/completions", chat_body, OPENAI_AUTH, NULL);
     assert_int_equal(f->ans.status, 200);
     call(f, "POST", "/mock/faults", "{\"faults\":\"429\"}", NULL);
+    assert_int_equal(f->ans.status, 400);
+
+    /* A script for one route leaves the key's other routes alone. */
+    call(f, "POST", "/mock/faults",
+         "{\"key\":\"sk-test\",\"faults\":\"500\",\"route\":\"/v1/chat/completions\"}", NULL);
+    assert_int_equal(f->ans.status, 200);
+    call(f, "GET", "/v1/models", NULL, OPENAI_AUTH, NULL);
+    assert_int_equal(f->ans.status, 200);
+    call(f, "POST", "/v1/chat/completions", chat_body, OPENAI_AUTH, NULL);
+    assert_int_equal(f->ans.status, 500);
+    call(f, "GET", "/mock/faults", NULL, NULL);
+    assert_non_null(strstr(f->ans.body.data, "\"route\":\"/v1/chat/completions\""));
+    call(f, "POST", "/mock/faults", "{\"key\":\"sk-test\",\"faults\":\"500\",\"route\":\"/nope\"}",
+         NULL);
     assert_int_equal(f->ans.status, 400);
 }
 

@@ -37,8 +37,9 @@ static json_t *object_body(const struct kp_http_request *req, struct kp_mock_ans
 static void set_script(struct kp_mock *m, const struct kp_http_request *req,
                        struct kp_mock_answer *a)
 {
-    json_t *body = object_body(req, a), *key, *faults, *times;
+    json_t *body = object_body(req, a), *key, *faults, *times, *route;
     json_int_t n = 0;
+    int route_id = -1;
     char errmsg[320], fp[KP_MOCK_FP_LEN];
 
     if (body == NULL)
@@ -59,9 +60,18 @@ static void set_script(struct kp_mock *m, const struct kp_http_request *req,
             goto out;
         }
     }
+    route = json_object_get(body, "route");
+    if (route != NULL && !json_is_null(route) &&
+        (!json_is_string(route) ||
+         (route_id = kp_mock_route_parse(json_string_value(route))) < 0)) {
+        kp_mock__errorf(a, KP_MOCK_OPENAI, 400,
+                        "\"route\" must be a provider route as /mock/stats names it "
+                        "(\"/v1/chat/completions\", \"/v1/models\", ...).");
+        goto out;
+    }
     if (kp_mock_script_set(m, json_string_value(key), json_string_length(key),
                            json_string_value(faults), json_string_length(faults), (unsigned)n,
-                           errmsg, sizeof(errmsg)) != 0) {
+                           route_id, errmsg, sizeof(errmsg)) != 0) {
         kp_mock__errorf(a, KP_MOCK_OPENAI, 400, "faults: %s", errmsg);
         goto out;
     }

@@ -22,6 +22,7 @@ struct kp_mock_script {
     char *spec;
     struct kp_mock_faults faults;
     unsigned times_left; /* 0: until cleared */
+    int route;           /* -1: every route */
     uint64_t hits;
 };
 
@@ -275,7 +276,7 @@ static int script_reserve(struct kp_mock *m, unsigned n)
 }
 
 int kp_mock_script_set(struct kp_mock *m, const char *key, size_t key_len, const char *spec,
-                       size_t spec_len, unsigned times, char *errmsg, size_t errlen)
+                       size_t spec_len, unsigned times, int route, char *errmsg, size_t errlen)
 {
     struct kp_mock_script s = {0};
     unsigned n;
@@ -293,6 +294,7 @@ int kp_mock_script_set(struct kp_mock *m, const char *key, size_t key_len, const
     }
     s.key_len = key_len;
     s.times_left = times;
+    s.route = route;
     kp_mock_fingerprint(key, key_len, s.fp);
 
     pthread_mutex_lock(&m->script_lock);
@@ -322,7 +324,7 @@ err_after_strdup:
 }
 
 bool kp_mock_script_take(struct kp_mock *m, const char *key, size_t key_len,
-                         struct kp_mock_faults *out)
+                         enum kp_mock_route route, struct kp_mock_faults *out)
 {
     struct kp_mock_script *s;
     int at;
@@ -331,7 +333,7 @@ bool kp_mock_script_take(struct kp_mock *m, const char *key, size_t key_len,
         return false;
     pthread_mutex_lock(&m->script_lock);
     at = script_find(m, key, key_len);
-    if (at < 0) {
+    if (at < 0 || (m->scripts[at].route >= 0 && m->scripts[at].route != (int)route)) {
         pthread_mutex_unlock(&m->script_lock);
         return false;
     }
@@ -383,6 +385,9 @@ int kp_mock_script_render(struct kp_mock *m, struct kp_buf *out)
             rv |= kp_buf_appendf(out, "\",\"times_left\":%u", s->times_left);
         else
             rv |= kp_buf_appendf(out, "\",\"times_left\":null");
+        if (s->route >= 0)
+            rv |= kp_buf_appendf(out, ",\"route\":\"%s\"",
+                                 kp_mock_route_name((enum kp_mock_route)s->route));
         rv |= kp_buf_appendf(out, ",\"hits\":%llu}", (unsigned long long)s->hits);
     }
     rv |= kp_buf_appendf(out, "]}");

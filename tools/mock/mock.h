@@ -53,6 +53,8 @@ enum kp_mock_provider { KP_MOCK_OPENAI, KP_MOCK_ANTHROPIC, KP_MOCK_GEMINI };
 
 /* Static label of a route ("/v1/chat/completions"). */
 const char *kp_mock_route_name(enum kp_mock_route r);
+/* The provider route labelled @name (as in /mock/stats); -1 for none. */
+int kp_mock_route_parse(const char *name);
 
 /* --- faults -------------------------------------------------------------- */
 
@@ -133,12 +135,14 @@ void kp_mock_handle(struct kp_mock *m, unsigned shard, const struct kp_http_requ
 /* --- scripted faults ----------------------------------------------------- */
 
 /* Apply @spec to every request carrying @key, @times times (0: until
- * cleared). Replaces an earlier script for the same key. */
+ * cleared), only on @route when it is >= 0 (an enum kp_mock_route; -1:
+ * every route). Replaces an earlier script for the same key. */
 int kp_mock_script_set(struct kp_mock *m, const char *key, size_t key_len, const char *spec,
-                       size_t spec_len, unsigned times, char *errmsg, size_t errlen);
-/* Consume one use of @key's script into @out; false when there is none. */
+                       size_t spec_len, unsigned times, int route, char *errmsg, size_t errlen);
+/* Consume one use of @key's script for a request on @route into @out;
+ * false when there is none (or it is for another route). */
 bool kp_mock_script_take(struct kp_mock *m, const char *key, size_t key_len,
-                         struct kp_mock_faults *out);
+                         enum kp_mock_route route, struct kp_mock_faults *out);
 /* Remove @key's script (key NULL: all). Returns how many were removed. */
 unsigned kp_mock_script_clear(struct kp_mock *m, const char *key, size_t key_len);
 /* {"faults":[{"key_fp","faults","times_left","hits"}...]}: never a key. */

@@ -389,7 +389,7 @@ static void provider_request(struct kp_mock *m, unsigned shard, const struct kp_
     }
     if (early_checks(req, &t, key, a))
         return;
-    if (kp_mock_script_take(m, key, key_len, &scripted)) {
+    if (kp_mock_script_take(m, key, key_len, t.route, &scripted)) {
         /* The request's own header wins over the key's script. */
         kp_mock_faults_merge(&scripted, &a->faults);
         a->faults = scripted;

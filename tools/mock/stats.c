@@ -62,6 +62,14 @@ const char *kp_mock_route_name(enum kp_mock_route r)
     return (unsigned)r < KP_MOCK_R_COUNT ? route_names[r] : "other";
 }
 
+int kp_mock_route_parse(const char *name)
+{
+    for (int r = 0; r < KP_MOCK_R_OTHER; r++)
+        if (strcmp(name, route_names[r]) == 0)
+            return r;
+    return -1;
+}
+
 void kp_mock_fingerprint(const char *key, size_t len, char out[KP_MOCK_FP_LEN])
 {
     static const char hex[] = "0123456789abcdef";
