@@ -48,6 +48,13 @@ static void answered(void *arg, const struct kp_call_result *r)
     a.outcome =
         kp_canary_classify(r->status, (const char *)r->body.data, timed_out, &a.error_class);
     meter(p, r->status, a.error_class);
+    /* Registered once (the same name returns the same family). */
+    kp_metric_family_add(
+        kp_metric_family_counter("keyplane_canary_probes_total",
+                                 "Canary probes this node sent, by provider and result (ok or the "
+                                 "error class).",
+                                 2, (const char *[]){"provider", "result"}, 256),
+        (const char *[]){p->provider, a.error_class[0] ? a.error_class : "ok"}, 1);
     p->cb(p->arg, &a);
     kp_free(p);
 }

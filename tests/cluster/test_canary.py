@@ -29,7 +29,7 @@ import json
 import threading
 import unittest
 
-from harness import http, wait_until
+from harness import http, metric_value, wait_until
 from test_alerts import Alerting
 
 INTERVAL_MS = 1500
@@ -132,6 +132,11 @@ class CanaryTest(unittest.TestCase):
             per_key = {k: sum(1 for e in after if e["key_id"] == k) for k in keys}
             return all(stats.get(fp(secrets[k]), 0) == per_key[k] for k in keys)
         wait_until(same, what="mock requests == canary events for every key", alive=c.nodes[0])
+        # Each node counts the probes it sent.
+        sent = sum(metric_value(n.metrics(), "keyplane_canary_probes_total", provider=p,
+                                result="ok") or 0
+                   for n in c.nodes for p in ("mock", "claude", "gem"))
+        self.assertGreaterEqual(sent, 8)
 
     def test_b_a_401_key_is_invalid_until_a_canary_succeeds(self):
         c = Canaries(self)
