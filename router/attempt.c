@@ -330,7 +330,7 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
         return;
     if (strncmp(c->up_content_type, "text/event-stream", 17) != 0)
         return; /* answered without streaming: relayed whole at the end */
-    struct kp_http_header out[8] = {
+    struct kp_http_header out[5 + KP_RL_HEADERS_MAX] = {
         KP_HTTP_HEADER("Content-Type", "text/event-stream"),
         KP_HTTP_HEADER("Cache-Control", "no-cache"),
         KP_HTTP_HEADER("X-Request-Id", c->rid),
@@ -540,7 +540,7 @@ static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
         kp_free(text);
         snprintf(c->up_content_type, sizeof(c->up_content_type), "application/json");
     }
-    struct kp_http_header h[7] = {
+    struct kp_http_header h[4 + KP_RL_HEADERS_MAX] = {
         KP_HTTP_HEADER("Content-Type",
                        c->up_content_type[0] ? c->up_content_type : "application/json"),
         KP_HTTP_HEADER("X-Request-Id", c->rid),

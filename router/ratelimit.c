@@ -151,27 +151,28 @@ struct scan {
     char why[200];
 };
 
-/* What a successful answer tells the app of the tightest requests-per-
- * minute limit covering it (x-ratelimit-*-requests): the limit, what is
- * left of it, and when the bucket is full again. Each node holds its share
- * of the limit, so the cluster's remaining is estimated as this node's
- * times the number of nodes. */
-static void note_remaining(struct kp_call *c, struct bucket *b, uint64_t rpm, int64_t interval,
-                           unsigned nodes, int64_t now_us)
+/* What a successful answer tells the app of the tightest per-minute limit
+ * covering it, of requests or of tokens (x-ratelimit-*-requests, -tokens):
+ * the limit, what is left of it, and when the bucket is full again. Each
+ * node holds its share of the limit, so the cluster's remaining is
+ * estimated as this node's times the number of nodes. @interval is the
+ * bucket's cost of one request or one token. */
+static void note_remaining(struct kp_rl_seen *seen, struct bucket *b, uint64_t limit,
+                           int64_t interval, unsigned nodes, int64_t now_us)
 {
     int64_t tat = atomic_load_explicit(&b->tat_us, memory_order_relaxed);
     int64_t used = tat > now_us ? tat - now_us : 0;
     int64_t left = used >= BURST_US ? 0 : (BURST_US - used) / (interval > 0 ? interval : 1);
     uint64_t remaining = (uint64_t)left * (nodes ? nodes : 1);
-    if (remaining > rpm)
-        remaining = rpm;
+    if (remaining > limit)
+        remaining = limit;
     /* The tightest: least left, as a share of its limit. */
-    if (c->rl_ok_limit != 0 &&
-        (double)remaining / (double)rpm >= (double)c->rl_ok_remaining / (double)c->rl_ok_limit)
+    if (seen->limit != 0 &&
+        (double)remaining / (double)limit >= (double)seen->remaining / (double)seen->limit)
         return;
-    c->rl_ok_limit = rpm;
-    c->rl_ok_remaining = remaining;
-    c->rl_ok_reset_ms = used / 1000;
+    seen->limit = limit;
+    seen->remaining = remaining;
+    seen->reset_ms = used / 1000;
 }
 
 static int check_policy(const struct kp_entity *e, void *arg)
@@ -190,6 +191,9 @@ static int check_policy(const struct kp_entity *e, void *arg)
             s->limit = p->tpm;
             return 1;
         }
+        if (b != NULL)
+            note_remaining(&s->c->rl_ok_tok, b, p->tpm, interval_us(p->tpm, s->nodes), s->nodes,
+                           s->now_us);
     }
     if (p->rpm > 0) {
         struct bucket *b = bucket_of(name_hash("policy", p->e.id, "rpm"));
@@ -202,7 +206,7 @@ static int check_policy(const struct kp_entity *e, void *arg)
             return 1;
         }
         if (b != NULL)
-            note_remaining(s->c, b, p->rpm, interval, s->nodes, s->now_us);
+            note_remaining(&s->c->rl_ok_req, b, p->rpm, interval, s->nodes, s->now_us);
     }
     return 0;
 }
@@ -313,19 +317,40 @@ void kp_router__limit_charge(struct kp_call *c)
     }
 }
 
+/* "850ms" under a second, else whole seconds rounded up ("12s"), as
+ * OpenAI writes its reset headers. */
+static void format_reset(char *out, size_t len, int64_t ms)
+{
+    if (ms < 1000)
+        snprintf(out, len, "%lldms", (long long)ms);
+    else
+        snprintf(out, len, "%llds", (long long)(ms + 999) / 1000);
+}
+
 unsigned kp_router__limit_headers(const struct kp_call *c, struct kp_rl_headers *v,
                                   struct kp_http_header *out)
 {
-    if (c->rl_ok_limit == 0)
-        return 0;
-    snprintf(v->limit, sizeof(v->limit), "%llu", (unsigned long long)c->rl_ok_limit);
-    snprintf(v->remaining, sizeof(v->remaining), "%llu", (unsigned long long)c->rl_ok_remaining);
-    if (c->rl_ok_reset_ms < 1000)
-        snprintf(v->reset, sizeof(v->reset), "%lldms", (long long)c->rl_ok_reset_ms);
-    else
-        snprintf(v->reset, sizeof(v->reset), "%llds", (long long)(c->rl_ok_reset_ms + 999) / 1000);
-    out[0] = (struct kp_http_header)KP_HTTP_HEADER("x-ratelimit-limit-requests", v->limit);
-    out[1] = (struct kp_http_header)KP_HTTP_HEADER("x-ratelimit-remaining-requests", v->remaining);
-    out[2] = (struct kp_http_header)KP_HTTP_HEADER("x-ratelimit-reset-requests", v->reset);
-    return 3;
+    unsigned n = 0;
+    if (c->rl_ok_req.limit != 0) {
+        snprintf(v->limit, sizeof(v->limit), "%llu", (unsigned long long)c->rl_ok_req.limit);
+        snprintf(v->remaining, sizeof(v->remaining), "%llu",
+                 (unsigned long long)c->rl_ok_req.remaining);
+        format_reset(v->reset, sizeof(v->reset), c->rl_ok_req.reset_ms);
+        out[n++] = (struct kp_http_header)KP_HTTP_HEADER("x-ratelimit-limit-requests", v->limit);
+        out[n++] =
+            (struct kp_http_header)KP_HTTP_HEADER("x-ratelimit-remaining-requests", v->remaining);
+        out[n++] = (struct kp_http_header)KP_HTTP_HEADER("x-ratelimit-reset-requests", v->reset);
+    }
+    if (c->rl_ok_tok.limit != 0) {
+        snprintf(v->tok_limit, sizeof(v->tok_limit), "%llu",
+                 (unsigned long long)c->rl_ok_tok.limit);
+        snprintf(v->tok_remaining, sizeof(v->tok_remaining), "%llu",
+                 (unsigned long long)c->rl_ok_tok.remaining);
+        format_reset(v->tok_reset, sizeof(v->tok_reset), c->rl_ok_tok.reset_ms);
+        out[n++] = (struct kp_http_header)KP_HTTP_HEADER("x-ratelimit-limit-tokens", v->tok_limit);
+        out[n++] =
+            (struct kp_http_header)KP_HTTP_HEADER("x-ratelimit-remaining-tokens", v->tok_remaining);
+        out[n++] = (struct kp_http_header)KP_HTTP_HEADER("x-ratelimit-reset-tokens", v->tok_reset);
+    }
+    return n;
 }

@@ -207,10 +207,14 @@ struct kp_call {
     size_t body_len;           /* the app's body (the request may be gone) */
     int retry_after_s;         /* Retry-After of the app's answer, 0: none */
     uint64_t rl_limit;         /* the policy limit that refused the call, 0: none */
-    uint64_t rl_ok_limit;      /* the tightest policy rpm that let it through, 0: none */
-    uint64_t rl_ok_remaining;  /* ... what is left of it (cluster estimate) */
-    int64_t rl_ok_reset_ms;    /* ... until its bucket is full again */
-    char stream_error[256];    /* why, for the app's error event */
+    /* The tightest policy rpm and tpm that let it through (limit 0: none):
+     * what is left of each (cluster estimate) and until its bucket is full
+     * again, for the x-ratelimit-* headers of a successful answer. */
+    struct kp_rl_seen {
+        uint64_t limit, remaining;
+        int64_t reset_ms;
+    } rl_ok_req, rl_ok_tok;
+    char stream_error[256]; /* why, for the app's error event */
 
     /* budget.c */
     struct kp_ledger_hold holds[KP_CALL_BUDGETS];
@@ -449,7 +453,10 @@ int kp_router__limit_call(struct kp_call *c);
  * values in @v; returns how many (0: no policy rpm covers the call). */
 struct kp_rl_headers {
     char limit[24], remaining[24], reset[24];
+    char tok_limit[24], tok_remaining[24], tok_reset[24];
 };
+/* At most this many headers from kp_router__limit_headers. */
+#define KP_RL_HEADERS_MAX 6
 unsigned kp_router__limit_headers(const struct kp_call *c, struct kp_rl_headers *v,
                                   struct kp_http_header *out);
 /* Take one request of a named per-minute limit (@kind, @id) shared across

@@ -604,6 +604,37 @@ class RateLimitTest(unittest.TestCase):
         self.assertEqual(remaining, list(range(9, -1, -1)))
         self.assertRegex(ok[-1][1]["x-ratelimit-reset-requests"], r"^[0-9]+m?s$")
 
+    def test_successful_answers_say_what_is_left_of_a_token_limit(self):
+        # A tokens-per-minute policy: each answer says the limit, what is
+        # left before its own tokens are charged, and when it is full
+        # again; a stream says it in its headers too.
+        g = Gateway(self)
+        g.admin("PUT", "/policies/acme-tpm", {"scope_kind": "tenant", "scope_target": "acme",
+                                              "tpm": 1000, "rpm": 50})
+        left, seen, start = 1000, [], time.monotonic()
+
+        def refilled():  # the bucket refills 1000 tokens a minute meanwhile
+            return int((time.monotonic() - start) * 1000 / 60) + 1
+        for i in range(4):
+            status, h, raw = g.call("/v1/chat/completions", CHAT)
+            self.assertEqual(status, 200, raw)
+            self.assertEqual(h["x-ratelimit-limit-tokens"], "1000")
+            remaining = int(h["x-ratelimit-remaining-tokens"])
+            self.assertGreaterEqual(remaining, left)
+            self.assertLessEqual(remaining, min(1000, left + refilled()))
+            self.assertRegex(h["x-ratelimit-reset-tokens"], r"^[0-9]+m?s$")
+            self.assertEqual(h["x-ratelimit-limit-requests"], "50")  # both kinds at once
+            used = json.loads(raw)["usage"]["total_tokens"]
+            seen.append(used)
+            left -= used
+        self.assertTrue(all(u > 0 for u in seen), seen)
+        status, h, raw = g.call("/v1/chat/completions", dict(CHAT, stream=True))
+        self.assertEqual(status, 200, raw)
+        self.assertEqual(h["x-ratelimit-limit-tokens"], "1000")
+        remaining = int(h["x-ratelimit-remaining-tokens"])
+        self.assertGreaterEqual(remaining, left)
+        self.assertLessEqual(remaining, left + refilled())
+
     def test_a_key_scoped_policy_limits_that_key(self):
         # An internal limit on key-a (a policy scoped to the key): past it
         # the pool's next key serves, and nobody gets a 429.
