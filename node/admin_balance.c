@@ -41,33 +41,6 @@ static bool only_fields(struct kp_admin_req *r, json_t *body, const char *const 
     return true;
 }
 
-/* "12.5" (at most 9 decimals) into nano-USD; false when it is not one. */
-static bool parse_usd_text(const char *s, kp_nanousd *out)
-{
-    kp_nanousd whole = 0, frac = 0;
-    int digits = 0, decimals = -1;
-    for (const char *p = s; *p != '\0'; p++) {
-        if (*p == '.' && decimals < 0) {
-            decimals = 0;
-            continue;
-        }
-        if (*p < '0' || *p > '9' || ++digits > 18 || decimals >= 9)
-            return false;
-        if (decimals >= 0) {
-            frac = frac * 10 + (*p - '0');
-            decimals++;
-        } else {
-            whole = whole * 10 + (*p - '0');
-        }
-    }
-    if (digits == 0)
-        return false;
-    for (decimals = decimals < 0 ? 0 : decimals; decimals < 9; decimals++)
-        frac *= 10;
-    *out = whole * 1000000000 + frac;
-    return true;
-}
-
 /* An amount given as "<name>_nanousd" (an integer) or "<name>_usd" (a
  * number or a decimal string), exactly one of them, @min..max. False
  * after answering 400. */
@@ -87,7 +60,7 @@ static bool amount_of(struct kp_admin_req *r, json_t *body, const char *name, kp
         ok = d >= 0 && d <= (double)KP_BALANCE_CREDIT_MAX;
         *out = ok ? (kp_nanousd)(d + 0.5) : 0;
     } else if (ok) {
-        ok = json_is_string(u) && parse_usd_text(json_string_value(u), out);
+        ok = json_is_string(u) && kp_balance_parse_usd(json_string_value(u), false, out);
     }
     if (ok && *out >= min && *out <= KP_BALANCE_CREDIT_MAX)
         return true;
@@ -167,8 +140,11 @@ struct balance_work {
     uv_work_t work;
     struct kp_admin_req *r;
     struct kp_meter_store *store;
-    struct kp_view *view; /* holds @b */
-    const struct kp_key_balance *b;
+    struct kp_view *view; /* holds @b and @h */
+    const char *key;
+    const struct kp_key_balance *b; /* NULL: none recorded */
+    const struct kp_key_health *h;  /* NULL: never probed */
+    int64_t since;                  /* the meter counts from here */
     int64_t now;
     struct kp_balance_spend spend;
     int rc;
@@ -178,7 +154,7 @@ struct balance_work {
 static void balance_query(uv_work_t *w)
 {
     struct balance_work *u = w->data;
-    u->rc = kp_balance_query(u->store, u->b->e.id, u->b->since_ms, u->now, &u->spend, u->errmsg,
+    u->rc = kp_balance_query(u->store, u->key, u->since, u->now, &u->spend, u->errmsg,
                              sizeof(u->errmsg));
 }
 
@@ -193,14 +169,14 @@ static void balance_done(uv_work_t *w, int status)
         kp_admin__fail(r, 503, "meter_storage", NULL, "%s", u->errmsg);
     } else {
         struct kp_balance_figures f;
-        kp_balance_figures(u->b, &u->spend, u->now, &f);
-        json_t *v = kp_balance_json(u->b, &f);
+        kp_balance_figures(u->b, u->h, &u->spend, u->now, &f);
+        json_t *v = kp_balance_json(u->key, u->b, &f);
         if (v != NULL)
             json_object_set_new(v, "meter", json_string(r->n->cfg->node_name));
         if (v == NULL)
             kp_admin__oom(r);
         else
-            kp_admin__respond(r, 200, v, u->b->e.version, false);
+            kp_admin__respond(r, 200, v, u->b != NULL ? u->b->e.version : 0, false);
     }
     kp_view_release(u->view);
     kp_free(u);
@@ -214,15 +190,19 @@ void kp_admin__balance_get(struct kp_admin_req *r)
     if (view == NULL)
         return;
     const struct kp_key_balance *b = kp_view_key_balance(view, r->id);
-    if (b == NULL) {
+    const struct kp_key_health *h = kp_view_key_health(view, r->id);
+    if (h != NULL && h->provider_balance_ms == 0)
+        h = NULL;
+    if (b == NULL && h == NULL) {
         bool key = kp_view_key(view, r->id) != NULL;
         kp_view_release(view);
         char q[140];
         kp_admin__quote(q, sizeof(q), r->id);
         if (key)
             kp_admin__fail(r, 404, "not_found", NULL,
-                           "key '%s' has no balance: set one with PUT /admin/v1/keys/%s/balance", q,
-                           q);
+                           "key '%s' has no balance: set one with PUT /admin/v1/keys/%s/balance "
+                           "(or give its provider a balance endpoint the canary reads)",
+                           q, q);
         else
             kp_admin__fail(r, 404, "not_found", NULL, "no key '%s'", q);
         return;
@@ -233,7 +213,10 @@ void kp_admin__balance_get(struct kp_admin_req *r)
         kp_admin__oom(r);
         return;
     }
-    *u = (struct balance_work){.r = r, .view = view, .b = b, .now = kp_now_unix_ms()};
+    *u = (struct balance_work){
+        .r = r, .view = view, .key = r->id, .b = b, .h = h, .now = kp_now_unix_ms()};
+    /* Without a recorded credit only the burn rate needs the meter. */
+    u->since = b != NULL ? b->since_ms : u->now - KP_BALANCE_BURN_WINDOW_MS;
     u->work.data = u;
     u->store = kp_metering_store(r->n);
     if (uv_queue_work(kp_http_loop(r->ex), &u->work, balance_query, balance_done) != 0) {

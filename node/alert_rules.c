@@ -98,27 +98,10 @@ static bool parse_int(const char *s, int64_t min, int64_t max, int64_t *out)
 /* "2.50" (at most 9 decimals, below 10^9 dollars) into nano-USD. */
 static bool parse_usd(const char *s, int64_t *out)
 {
-    int64_t whole = 0, frac = 0;
-    int digits = 0, places = -1;
-    for (const char *p = s; p != NULL && *p != '\0'; p++) {
-        if (*p == '.' && places < 0) {
-            places = 0;
-            continue;
-        }
-        if (*p < '0' || *p > '9' || places >= 9 || (places < 0 && ++digits > 9))
-            return false;
-        if (places >= 0) {
-            frac = frac * 10 + (*p - '0');
-            places++;
-        } else {
-            whole = whole * 10 + (*p - '0');
-        }
-    }
-    if (s == NULL || (digits == 0 && places <= 0))
+    kp_nanousd v;
+    if (s == NULL || !kp_balance_parse_usd(s, false, &v) || v >= INT64_C(1000000000000000000))
         return false;
-    for (places = places < 0 ? 0 : places; places < 9; places++)
-        frac *= 10;
-    *out = whole * 1000000000 + frac;
+    *out = v;
     return true;
 }
 
@@ -934,7 +917,7 @@ static int eval_key_balance(const struct kp_entity *ent, void *arg)
         return e->rc != KP_OK;
     }
     struct kp_balance_figures f;
-    kp_balance_figures(b, &s->spend, e->now, &f);
+    kp_balance_figures(b, kp_view_key_health(e->view, id), &s->spend, e->now, &f);
     int64_t below = b->credit / 10;
     if (r != NULL && param(&r->params, "below_usd") != NULL)
         parse_usd(param(&r->params, "below_usd"), &below);
@@ -975,6 +958,42 @@ static int eval_key_balance(const struct kp_entity *ent, void *arg)
                  id, left, when[0] ? ", runs out around " : "", when,
                  when[0] ? " at the last day's rate" : "", id);
     }
+    return 0;
+}
+
+/* key_balance for a key with no recorded credit whose provider's balance
+ * endpoint the canary reads: exhausted (critical), or below below_usd when
+ * the rule sets it (warning). No projection: the meter is not asked. */
+static int eval_provider_balance(const struct kp_entity *ent, void *arg)
+{
+    struct eval *e = arg;
+    const struct kp_key_health *h = (const struct kp_key_health *)ent;
+    const struct kp_alert_rule *r = rule_for(&e->rules, KP_RULE_KEY_BALANCE, NULL);
+    if (h->provider_balance_ms == 0 || kp_view_key_balance(e->view, h->e.id) != NULL)
+        return 0;
+    int64_t below = 0;
+    if (r != NULL && param(&r->params, "below_usd") != NULL)
+        parse_usd(param(&r->params, "below_usd"), &below);
+    bool exhausted = h->provider_balance <= 0;
+    if (!exhausted && h->provider_balance >= below)
+        return 0;
+    struct kp_alert_want *w =
+        want(e, KP_RULE_KEY_BALANCE, exhausted ? KP_ALERT_CRITICAL : KP_ALERT_WARNING);
+    if (w == NULL)
+        return 1;
+    const char *id = h->e.id;
+    char left[32], at[32];
+    fmt_usd(h->provider_balance > 0 ? h->provider_balance : 0, left, sizeof(left));
+    fmt_since(h->provider_balance_ms, e->now, at, sizeof(at));
+    make_id(w->id, "key_balance:%s", id);
+    w->last_value = h->provider_balance;
+    snprintf(w->subject, sizeof(w->subject), "key %s", id);
+    snprintf(w->message, sizeof(w->message), "key %s: its provider reports %s left (read %s)", id,
+             left, at);
+    snprintf(w->action, sizeof(w->action),
+             "top up the account of key %s with its provider%s, or disable the key "
+             "(clusterctl keys disable %s)",
+             id, exhausted ? " now: calls on it will fail" : "", id);
     return 0;
 }
 
@@ -1032,8 +1051,10 @@ int kp_alert_rules_eval(const struct kp_view *view, int64_t now_ms,
             meter_lag(&e, m, rule_int(lag, KP_RULE_METER_LAG, "after_seconds") * 1000);
     }
     eval_key_stats(&e, members, nmembers);
-    if (rule_enabled(rule_for(&e.rules, KP_RULE_KEY_BALANCE, NULL)))
+    if (rule_enabled(rule_for(&e.rules, KP_RULE_KEY_BALANCE, NULL))) {
         kp_view_each(view, KP_KIND_KEY_BALANCE, eval_key_balance, &e);
+        kp_view_each(view, KP_KIND_KEY_HEALTH, eval_provider_balance, &e);
+    }
     kp_free(e.rules.v);
     if (e.rc != KP_OK)
         return e.rc;

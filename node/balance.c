@@ -4,6 +4,7 @@
  * balance's spent figure is exactly what GET /admin/v1/usage answers for
  * that key over the same minutes. */
 #include <inttypes.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -68,13 +69,18 @@ int kp_balance_query(struct kp_meter_store *m, const char *key, int64_t since_ms
     return cost_of(m, key, day_ago, to, &out->recent, &out->recent_from_ms, errmsg, errlen);
 }
 
-void kp_balance_figures(const struct kp_key_balance *b, const struct kp_balance_spend *s,
-                        int64_t now_ms, struct kp_balance_figures *out)
+void kp_balance_figures(const struct kp_key_balance *b, const struct kp_key_health *h,
+                        const struct kp_balance_spend *s, int64_t now_ms,
+                        struct kp_balance_figures *out)
 {
     memset(out, 0, sizeof(*out));
-    out->credit = b->credit;
+    out->credit = b != NULL ? b->credit : 0;
     out->spent = s->spent;
-    out->remaining = b->credit - s->spent;
+    out->remaining = out->credit - s->spent;
+    if (h != NULL && h->provider_balance_ms > 0) {
+        out->remaining = h->provider_balance;
+        out->provider_ms = h->provider_balance_ms;
+    }
     out->burn_from_ms = s->recent_from_ms;
     /* At least a minute, so that the first call after since_ms does not
      * read as a rate of dollars per millisecond. */
@@ -90,6 +96,101 @@ void kp_balance_figures(const struct kp_key_balance *b, const struct kp_balance_
         if (ms < 253402300799999.0 - (double)now_ms)
             out->exhaustion_at_ms = now_ms + (int64_t)ms;
     }
+}
+
+bool kp_balance_parse_usd(const char *s, bool negative_ok, kp_nanousd *out)
+{
+    kp_nanousd whole = 0, frac = 0;
+    int digits = 0, whole_digits = 0, decimals = -1;
+    bool negative = negative_ok && *s == '-';
+    for (const char *p = s + negative; *p != '\0'; p++) {
+        if (*p == '.' && decimals < 0) {
+            decimals = 0;
+            continue;
+        }
+        /* At most 10 whole digits: 9 * 10^9 dollars still fits. */
+        if (*p < '0' || *p > '9' || decimals >= 9 || (decimals < 0 && ++whole_digits > 10))
+            return false;
+        digits++;
+        if (decimals >= 0) {
+            frac = frac * 10 + (*p - '0');
+            decimals++;
+        } else {
+            whole = whole * 10 + (*p - '0');
+        }
+    }
+    if (digits == 0 || whole > INT64_C(9000000000))
+        return false;
+    for (decimals = decimals < 0 ? 0 : decimals; decimals < 9; decimals++)
+        frac *= 10;
+    *out = (whole * 1000000000 + frac) * (negative ? -1 : 1);
+    return true;
+}
+
+/* The value at JSON pointer @ptr in @root ("~1" is '/', "~0" is '~';
+ * arrays by index); NULL when there is none. */
+static json_t *at_pointer(json_t *root, const char *ptr)
+{
+    json_t *v = root;
+    const char *p = ptr;
+    while (v != NULL && *p == '/') {
+        char tok[128];
+        size_t n = 0;
+        for (p++; *p != '\0' && *p != '/'; p++) {
+            char c = *p;
+            if (c == '~' && (p[1] == '0' || p[1] == '1'))
+                c = *++p == '0' ? '~' : '/';
+            if (n + 1 >= sizeof(tok))
+                return NULL;
+            tok[n++] = c;
+        }
+        tok[n] = '\0';
+        if (json_is_object(v)) {
+            v = json_object_get(v, tok);
+        } else if (json_is_array(v)) {
+            char *end;
+            unsigned long i = strtoul(tok, &end, 10);
+            v = n > 0 && *end == '\0' ? json_array_get(v, i) : NULL;
+        } else {
+            v = NULL;
+        }
+    }
+    return *p == '\0' ? v : NULL;
+}
+
+static bool usd_at(json_t *root, const char *ptr, kp_nanousd *out)
+{
+    json_t *v = at_pointer(root, ptr);
+    if (json_is_number(v)) {
+        double d = json_number_value(v) * 1e9;
+        if (!(d > -9e17 && d < 9e17))
+            return false;
+        *out = (kp_nanousd)(d < 0 ? d - 0.5 : d + 0.5);
+        return true;
+    }
+    return json_is_string(v) && kp_balance_parse_usd(json_string_value(v), true, out);
+}
+
+int kp_balance_from_provider(const char *body, size_t len, const char *pointer,
+                             const char *used_pointer, kp_nanousd *out, char *errmsg, size_t errlen)
+{
+    json_t *root = json_loadb(body, len, 0, NULL);
+    kp_nanousd have = 0, used = 0;
+    int rc = KP_OK;
+    if (root == NULL) {
+        snprintf(errmsg, errlen, "the answer is not JSON");
+        rc = KP_EPARSE;
+    } else if (!usd_at(root, pointer, &have)) {
+        snprintf(errmsg, errlen, "no amount in dollars at %s", pointer);
+        rc = KP_EPARSE;
+    } else if (used_pointer != NULL && !usd_at(root, used_pointer, &used)) {
+        snprintf(errmsg, errlen, "no amount in dollars at %s", used_pointer);
+        rc = KP_EPARSE;
+    }
+    json_decref(root);
+    if (rc == KP_OK)
+        *out = have - used;
+    return rc;
 }
 
 void kp_balance_usd(kp_nanousd v, char *out, size_t len)
@@ -136,24 +237,29 @@ static json_t *topups_json(const struct kp_key_balance *b)
     return a;
 }
 
-json_t *kp_balance_json(const struct kp_key_balance *b, const struct kp_balance_figures *f)
+json_t *kp_balance_json(const char *key, const struct kp_key_balance *b,
+                        const struct kp_balance_figures *f)
 {
     json_t *o = json_object();
     if (o == NULL)
         return NULL;
-    int rc = json_object_set_new(o, "key", json_string(b->e.id));
-    rc |= json_object_set_new(o, "version", json_integer((json_int_t)b->e.version));
-    rc |= set_money(o, "credit", f->credit);
-    rc |= set_time(o, "since", b->since_ms);
-    rc |= json_object_set_new(o, "since_ms", json_integer(b->since_ms));
-    rc |= set_money(o, "spent", f->spent);
+    int rc = json_object_set_new(o, "key", json_string(key));
+    if (b != NULL) {
+        rc |= json_object_set_new(o, "version", json_integer((json_int_t)b->e.version));
+        rc |= set_money(o, "credit", f->credit);
+        rc |= set_time(o, "since", b->since_ms);
+        rc |= json_object_set_new(o, "since_ms", json_integer(b->since_ms));
+        rc |= set_money(o, "spent", f->spent);
+    }
     rc |= set_money(o, "remaining", f->remaining);
     rc |= set_money(o, "burn_per_hour", f->burn_per_hour);
     rc |= set_time(o, "burn_since", f->burn_from_ms);
     rc |= json_object_set_new(o, "exhausted", json_boolean(f->exhausted));
     rc |= set_time(o, "exhaustion_at", f->exhaustion_at_ms);
-    rc |= json_object_set_new(o, "source", json_string("meter"));
-    rc |= json_object_set_new(o, "topups", topups_json(b));
+    rc |= json_object_set_new(o, "source", json_string(f->provider_ms ? "provider" : "meter"));
+    if (f->provider_ms)
+        rc |= set_time(o, "provider_balance_at", f->provider_ms);
+    rc |= json_object_set_new(o, "topups", b != NULL ? topups_json(b) : json_array());
     if (rc != 0) {
         json_decref(o);
         return NULL;

@@ -45,17 +45,35 @@ struct kp_balance_figures {
     int64_t burn_from_ms;
     bool exhausted;           /* remaining <= 0 */
     int64_t exhaustion_at_ms; /* projected at the burn rate; 0: no burn (or exhausted) */
+    int64_t provider_ms;      /* remaining is what the provider said then; 0: credit - spent */
 };
 
-/* The figures of @b given what the meter said (@s) at @now_ms. Pure. */
-void kp_balance_figures(const struct kp_key_balance *b, const struct kp_balance_spend *s,
-                        int64_t now_ms, struct kp_balance_figures *out);
+/* The figures of key balance @b (NULL: none recorded) given what the meter
+ * said (@s) at @now_ms. When the key's health @h (may be NULL) holds a
+ * balance its provider's endpoint reported, that is what remains; else
+ * credit - spent. Pure. */
+void kp_balance_figures(const struct kp_key_balance *b, const struct kp_key_health *h,
+                        const struct kp_balance_spend *s, int64_t now_ms,
+                        struct kp_balance_figures *out);
+
+/* "12.5" (at most 9 decimals, at most 9 * 10^9 dollars; a leading '-'
+ * when @negative_ok) into nano-USD; false when it is not one. */
+bool kp_balance_parse_usd(const char *s, bool negative_ok, kp_nanousd *out);
+
+/* What a provider's balance endpoint answered (@body, JSON): the USD
+ * amount at the JSON pointer @pointer (RFC 6901), a number or a numeric
+ * string, less the one at @used_pointer when not NULL, into *@out.
+ * KP_OK, or KP_EPARSE with @errmsg naming what is missing. */
+int kp_balance_from_provider(const char *body, size_t len, const char *pointer,
+                             const char *used_pointer, kp_nanousd *out, char *errmsg,
+                             size_t errlen);
 
 /* "-1.500000000": @v nano-USD as a decimal with 9 places, exact. */
 void kp_balance_usd(kp_nanousd v, char *out, size_t len);
 
 /* The control API's answer for @b with @f (docs/control-api.md); NULL
  * when out of memory. */
-json_t *kp_balance_json(const struct kp_key_balance *b, const struct kp_balance_figures *f);
+json_t *kp_balance_json(const char *key, const struct kp_key_balance *b,
+                        const struct kp_balance_figures *f);
 
 #endif

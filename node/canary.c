@@ -51,6 +51,8 @@ struct probe {
     size_t slot;
     int64_t started_ms;
     uint64_t target;
+    bool has_balance; /* the provider's balance endpoint was read */
+    kp_nanousd balance;
     char key[129];
 };
 
@@ -87,6 +89,12 @@ static int propose_health(struct kp_canary *c, struct probe *p,
     h.e.id = p->key;
     h.last_canary_ms = p->started_ms;
     h.last_error_class = old ? old->last_error_class : NULL;
+    h.provider_balance_ms = old ? old->provider_balance_ms : 0;
+    h.provider_balance = old ? old->provider_balance : 0;
+    if (outcome != NULL && p->has_balance) {
+        h.provider_balance_ms = p->started_ms;
+        h.provider_balance = p->balance;
+    }
     if (outcome == NULL) {
         h.status = (uint8_t)status;
         h.canary_streak = old ? old->canary_streak : 0;
@@ -147,6 +155,8 @@ static void local_answered(void *arg, const struct kp_canary_answer *a)
 {
     struct probe *p = arg;
     p->c->calls--;
+    p->has_balance = a->has_balance;
+    p->balance = a->balance;
     got_answer(p, a->outcome, a->error_class);
 }
 
@@ -172,6 +182,11 @@ static void relay_answered(void *arg, const struct kp_call_result *r)
         r->status == 200 ? json_loadb((const char *)r->body.data, r->body.len, 0, NULL) : NULL;
     const char *name = json_string_value(json_object_get(v, "outcome"));
     const char *cls = json_string_value(json_object_get(v, "error_class"));
+    json_t *bal = json_object_get(v, "balance_nanousd");
+    if (json_is_integer(bal)) {
+        p->has_balance = true;
+        p->balance = json_integer_value(bal);
+    }
     if (v != NULL && kp_canary_outcome_parse(name, &outcome) && cls != NULL) {
         /* cls lives in @v: copy what the record needs first. */
         char cls_copy[32];

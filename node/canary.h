@@ -59,6 +59,12 @@ struct kp_canary_request {
 int kp_canary_request(const struct kp_provider *p, const struct kp_key *key,
                       struct kp_canary_request *out);
 
+/* The request that reads @p's balance endpoint with @key's auth (as the
+ * probe's): GET base_url + balance_path. KP_ENOENT when the provider has
+ * none; KP_ETOOBIG for a URL too long. */
+int kp_canary_balance_request(const struct kp_provider *p, const struct kp_key *key,
+                              struct kp_canary_request *out);
+
 /* Classify an answer: @status 0 is a transport failure. @body may be NULL.
  * *@error_class gets "" for success, else auth, quota, rate_limit,
  * server, timeout, connect or client (a static string). */
@@ -120,6 +126,8 @@ struct kp_canary_answer {
     long status;
     enum kp_canary_outcome outcome;
     const char *error_class;
+    bool has_balance; /* the provider's balance endpoint was read */
+    kp_nanousd balance;
 };
 typedef void (*kp_canary_probe_cb)(void *arg, const struct kp_canary_answer *a);
 

@@ -1,12 +1,15 @@
 /* One canary probe, run by whichever node the health leader picked
  * (docs/health.md): open the key's primary secret, send the provider's
  * cheap request (canary_rules.c), meter the answer as canary traffic from
- * this node, classify it. The leader calls kp_canary_probe for probes it
+ * this node, classify it; when the provider has a balance endpoint and
+ * the probe succeeded, read it with the same key (docs/balances.md). The
+ * leader calls kp_canary_probe for probes it
  * runs itself; other nodes run it for POST /internal/v1/canary, so probes
  * spread over the live routers and each is metered where it was sent. */
 #include <stdio.h>
 #include <string.h>
 
+#include "balance.h"
 #include "canary.h"
 #include "node.h"
 
@@ -18,9 +21,14 @@ struct probe_call {
     void *arg;
     int64_t started_ms;
     uint64_t mono_start_us;
+    struct kp_canary_answer answer;
     char key[129];
     char provider[129];
 };
+
+static int send_request(struct probe_call *p, const struct kp_key *key,
+                        const struct kp_canary_request *req, kp_call_cb cb, char *errmsg,
+                        size_t errlen);
 
 static void meter(struct probe_call *p, long status, const char *cls)
 {
@@ -40,23 +48,70 @@ static void meter(struct probe_call *p, long status, const char *cls)
     kp_metering_record(p->n, &ev);
 }
 
+static void deliver(struct probe_call *p)
+{
+    p->cb(p->arg, &p->answer);
+    kp_free(p);
+}
+
+static void balance_answered(void *arg, const struct kp_call_result *r)
+{
+    struct probe_call *p = arg;
+    struct kp_view *v = kp_view_acquire(&p->n->views);
+    const struct kp_provider *prov = v ? kp_view_provider(v, p->provider) : NULL;
+    char why[320] = "";
+    if (prov == NULL || prov->balance_pointer == NULL)
+        snprintf(why, sizeof(why), "the provider no longer has a balance endpoint");
+    else if (r->status < 200 || r->status > 299)
+        snprintf(why, sizeof(why), "answered %ld%s%s", r->status, r->status ? "" : ": ",
+                 r->status ? "" : r->error);
+    else if (kp_balance_from_provider((const char *)r->body.data, r->body.len,
+                                      prov->balance_pointer, prov->balance_used_pointer,
+                                      &p->answer.balance, why, sizeof(why)) == KP_OK)
+        p->answer.has_balance = true;
+    if (!p->answer.has_balance)
+        kp_warn("canary", "key %s: provider %s's balance endpoint not read: %s", p->key,
+                p->provider, why);
+    if (v != NULL)
+        kp_view_release(v);
+    deliver(p);
+}
+
+/* After a good probe, the balance endpoint when the provider has one;
+ * false when there is nothing to read (or it could not be sent). */
+static bool read_balance(struct probe_call *p)
+{
+    struct kp_view *v = kp_view_acquire(&p->n->views);
+    const struct kp_key *key = v ? kp_view_key(v, p->key) : NULL;
+    const struct kp_provider *prov = key ? kp_view_provider(v, key->provider) : NULL;
+    struct kp_canary_request req;
+    char errmsg[256];
+    bool sent = prov != NULL && kp_canary_balance_request(prov, key, &req) == KP_OK &&
+                send_request(p, key, &req, balance_answered, errmsg, sizeof(errmsg)) == KP_OK;
+    if (v != NULL)
+        kp_view_release(v);
+    return sent;
+}
+
 static void answered(void *arg, const struct kp_call_result *r)
 {
     struct probe_call *p = arg;
-    struct kp_canary_answer a = {.status = r->status};
+    struct kp_canary_answer *a = &p->answer;
+    a->status = r->status;
     bool timed_out = r->status == 0 && strstr(r->error, "imeout") != NULL;
-    a.outcome =
-        kp_canary_classify(r->status, (const char *)r->body.data, timed_out, &a.error_class);
-    meter(p, r->status, a.error_class);
+    a->outcome =
+        kp_canary_classify(r->status, (const char *)r->body.data, timed_out, &a->error_class);
+    meter(p, r->status, a->error_class);
     /* Registered once (the same name returns the same family). */
     kp_metric_family_add(
         kp_metric_family_counter("keyplane_canary_probes_total",
                                  "Canary probes this node sent, by provider and result (ok or the "
                                  "error class).",
                                  2, (const char *[]){"provider", "result"}, 256),
-        (const char *[]){p->provider, a.error_class[0] ? a.error_class : "ok"}, 1);
-    p->cb(p->arg, &a);
-    kp_free(p);
+        (const char *[]){p->provider, a->error_class[0] ? a->error_class : "ok"}, 1);
+    if (a->outcome == KP_CANARY_OK && read_balance(p))
+        return;
+    deliver(p);
 }
 
 /* Open the key's primary secret; NULL (and a warning) when it cannot be. */
@@ -77,17 +132,13 @@ static struct kp_secret *open_secret(struct kp_node *n, const struct kp_key *key
     return rc == KP_OK ? s : NULL;
 }
 
-/* Send the probe of @key; the secret goes only into the auth header, which
- * is wiped once libcurl copied it. */
-static int send_probe(struct probe_call *p, const struct kp_key *key,
-                      const struct kp_provider *prov, char *errmsg, size_t errlen)
+/* Send @r with @key's secret; the secret goes only into the auth header,
+ * which is wiped once libcurl copied it. */
+static int send_request(struct probe_call *p, const struct kp_key *key,
+                        const struct kp_canary_request *r, kp_call_cb cb, char *errmsg,
+                        size_t errlen)
 {
-    struct kp_canary_request req;
-    if (kp_canary_request(prov, key, &req) != KP_OK) {
-        snprintf(errmsg, errlen, "provider %s: its base URL or the key's model is too long",
-                 prov->e.id);
-        return KP_ETOOBIG;
-    }
+    const struct kp_canary_request req = *r;
     struct kp_secret *secret = open_secret(p->n, key);
     if (secret == NULL) {
         snprintf(errmsg, errlen, "key %s: its secret cannot be opened on this node", key->e.id);
@@ -113,7 +164,7 @@ static int send_probe(struct probe_call *p, const struct kp_key *key,
     hdrs[nh] = NULL;
     int rc =
         kp_call_start(p->n->rt->main_loop, req.method, req.url, hdrs, req.body[0] ? req.body : NULL,
-                      strlen(req.body), PROBE_TIMEOUT_MS, answered, p);
+                      strlen(req.body), PROBE_TIMEOUT_MS, cb, p);
     kp_secret_wipe(auth, sizeof(auth));
     if (rc != KP_OK)
         snprintf(errmsg, errlen, "out of memory");
@@ -143,7 +194,14 @@ int kp_canary_probe(struct kp_node *n, const char *key_id, int64_t started_ms,
             p->mono_start_us = kp_now_mono_us();
             snprintf(p->key, sizeof(p->key), "%s", key->e.id);
             snprintf(p->provider, sizeof(p->provider), "%s", prov->e.id);
-            if ((rc = send_probe(p, key, prov, errmsg, errlen)) != KP_OK)
+            struct kp_canary_request req;
+            rc = kp_canary_request(prov, key, &req);
+            if (rc != KP_OK)
+                snprintf(errmsg, errlen, "provider %s: its base URL or the key's model is too long",
+                         prov->e.id);
+            else
+                rc = send_request(p, key, &req, answered, errmsg, errlen);
+            if (rc != KP_OK)
                 kp_free(p);
         }
     }
@@ -162,10 +220,11 @@ struct relay {
 static void relay_answered(void *arg, const struct kp_canary_answer *a)
 {
     struct relay *r = arg;
-    kp_node_respond_json(r->ex, 200, r->rid,
-                         json_pack("{s:I,s:s,s:s}", "status", (json_int_t)a->status, "outcome",
-                                   kp_canary_outcome_name(a->outcome), "error_class",
-                                   a->error_class));
+    json_t *v = json_pack("{s:I,s:s,s:s}", "status", (json_int_t)a->status, "outcome",
+                          kp_canary_outcome_name(a->outcome), "error_class", a->error_class);
+    if (v != NULL && a->has_balance)
+        json_object_set_new(v, "balance_nanousd", json_integer(a->balance));
+    kp_node_respond_json(r->ex, 200, r->rid, v);
     kp_free(r);
 }
 

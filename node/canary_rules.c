@@ -84,6 +84,24 @@ int kp_canary_request(const struct kp_provider *p, const struct kp_key *key,
     return n < 0 || (size_t)n >= sizeof(out->url) ? KP_ETOOBIG : KP_OK;
 }
 
+int kp_canary_balance_request(const struct kp_provider *p, const struct kp_key *key,
+                              struct kp_canary_request *out)
+{
+    if (p->balance_path == NULL)
+        return KP_ENOENT;
+    int rc = kp_canary_request(p, key, out);
+    if (rc != KP_OK)
+        return rc;
+    const char *base = p->base_url;
+    size_t blen = strlen(base);
+    while (blen > 0 && base[blen - 1] == '/')
+        blen--;
+    int n = snprintf(out->url, sizeof(out->url), "%.*s%s", (int)blen, base, p->balance_path);
+    out->method = "GET";
+    out->body[0] = '\0';
+    return n < 0 || (size_t)n >= sizeof(out->url) ? KP_ETOOBIG : KP_OK;
+}
+
 static bool about_quota(const char *body)
 {
     return body != NULL &&

@@ -206,8 +206,9 @@ static int op_put(struct kp_apply *a)
                                        (const struct kp_policy *)e);
 }
 
-/* What the new health entity @h takes from @old: the canary fields when
- * the command is not a probe's (last_canary_ms 0), and the history, with
+/* What the new health entity @h takes from @old: the canary fields (and
+ * the provider balance a probe read) when the command is not a probe's
+ * (last_canary_ms 0), and the history, with
  * one change appended when the status changed (@same false), the oldest
  * dropped past KP_HEALTH_HISTORY_MAX. Allocates only; @old is untouched. */
 static int health_carry(struct kp_apply *a, const struct kp_key_health *old,
@@ -215,6 +216,8 @@ static int health_carry(struct kp_apply *a, const struct kp_key_health *old,
 {
     if (h->last_canary_ms == 0 && old != NULL) {
         h->last_canary_ms = old->last_canary_ms;
+        h->provider_balance_ms = old->provider_balance_ms;
+        h->provider_balance = old->provider_balance;
         /* Successes count from the last change: a key an operator or
          * traffic moved needs KP_CANARY_STREAK new ones to come back. */
         h->canary_streak = same ? old->canary_streak : 0;

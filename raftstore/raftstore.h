@@ -116,6 +116,14 @@ struct kp_provider {
      * default (connect 5 s, first byte 60 s, gap between body bytes 60 s,
      * total 600 s). */
     uint32_t connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms, total_timeout_ms;
+    /* A balance or credits endpoint the canary reads (docs/balances.md):
+     * GET base_url + balance_path with the key's auth; the remaining
+     * balance in USD is the number (or numeric string) at the JSON pointer
+     * balance_pointer, less the one at balance_used_pointer when set.
+     * NULL: none. */
+    char *balance_path;
+    char *balance_pointer;
+    char *balance_used_pointer;
 };
 
 enum kp_key_status { KP_KEY_ACTIVE, KP_KEY_DISABLED, KP_KEY_REVOKED };
@@ -362,6 +370,10 @@ struct kp_key_health {
     int64_t last_canary_ms;   /* when the last probe started, 0: never */
     char *last_canary_result; /* "ok" or its error class; NULL: never */
     int32_t canary_streak;    /* > 0 successes in a row, < 0 failures */
+    /* What the provider's balance endpoint said at provider_balance_ms (0:
+     * never read; the provider has none); nano-USD, may be negative. */
+    int64_t provider_balance_ms;
+    kp_nanousd provider_balance;
     struct kp_health_change *history;
     uint32_t nhistory;
 };

@@ -200,7 +200,13 @@ SCHEMA(provider_schema, kp_provider, "provider", HEADER(kp_provider, KP_CS_ID),
        INT(kp_provider, "first_byte_timeout_ms", first_byte_timeout_ms, KP_FT_U32, 0, 0, 3600000,
            0),
        INT(kp_provider, "idle_timeout_ms", idle_timeout_ms, KP_FT_U32, 0, 0, 3600000, 0),
-       INT(kp_provider, "total_timeout_ms", total_timeout_ms, KP_FT_U32, 0, 0, 86400000, 0));
+       INT(kp_provider, "total_timeout_ms", total_timeout_ms, KP_FT_U32, 0, 0, 86400000, 0),
+       F(kp_provider, "balance_path", balance_path, KP_FT_STR, .cs = KP_CS_URL, .max = 256,
+         .since = 9),
+       F(kp_provider, "balance_pointer", balance_pointer, KP_FT_STR, .cs = KP_CS_URL, .max = 256,
+         .since = 9),
+       F(kp_provider, "balance_used_pointer", balance_used_pointer, KP_FT_STR, .cs = KP_CS_URL,
+         .max = 256, .since = 9));
 
 SCHEMA_EXT(kp_store__key_secret_schema, kp_key_secret, "secret",
            INT(kp_key_secret, "version", version, KP_FT_U32, KP_FF_REQ, 1, UINT32_MAX, 0),
@@ -385,7 +391,8 @@ SCHEMA(health_change_schema, kp_health_change, "change",
        STR(kp_health_change, "error_class", error_class, 0, KP_CS_ID, 64, KP_REF_NONE),
        STR(kp_health_change, "source", source, 0, KP_CS_NAME, 64, KP_REF_NONE));
 
-/* Snapshot format 8 added the canary fields and the history. */
+/* Snapshot format 8 added the canary fields and the history, format 9 the
+ * provider balance. */
 SCHEMA(health_schema, kp_key_health, "key_health", HEADER(kp_key_health, KP_CS_ID),
        ENUM(kp_key_health, "status", status, KP_FF_REQ, health_statuses, 0),
        STR(kp_key_health, "last_error_class", last_error_class, 0, KP_CS_ID, 64, KP_REF_NONE),
@@ -396,6 +403,10 @@ SCHEMA(health_schema, kp_key_health, "key_health", HEADER(kp_key_health, KP_CS_I
          .max = 64, .since = 8),
        F(kp_key_health, "canary_streak", canary_streak, KP_FT_I32, .min = -1000000, .max = 1000000,
          .since = 8),
+       F(kp_key_health, "provider_balance_ms", provider_balance_ms, KP_FT_I64, .min = 0,
+         .max = TS_MAX, .since = 9),
+       F(kp_key_health, "provider_balance_nanousd", provider_balance, KP_FT_I64,
+         .min = -1000000000000000000, .max = 1000000000000000000, .since = 9),
        F(kp_key_health, "history", history, KP_FT_OBJV, .flags = KP_FF_STATE,
          .sub = &health_change_schema, .max = KP_HEALTH_HISTORY_MAX,
          .off_n = offsetof(struct kp_key_health, nhistory), .since = 8));
@@ -1130,6 +1141,19 @@ static int rule_provider(const struct kp_provider *p, char *msg, size_t len)
         return refuse(msg, len, KP_EINVAL, "base_url: has no host");
     if (p->kind == KP_PROVIDER_AZURE_OPENAI && p->api_version == NULL)
         return refuse(msg, len, KP_EINVAL, "api_version: required for azure-openai");
+    if ((p->balance_path == NULL) != (p->balance_pointer == NULL))
+        return refuse(msg, len, KP_EINVAL,
+                      "balance_pointer: balance_path and balance_pointer go together");
+    if (p->balance_used_pointer != NULL && p->balance_path == NULL)
+        return refuse(msg, len, KP_EINVAL, "balance_used_pointer: needs balance_path");
+    if (p->balance_path != NULL && (p->balance_path[0] != '/' || strstr(p->balance_path, "..")))
+        return refuse(msg, len, KP_EINVAL,
+                      "balance_path: a path under base_url, starting with / (\"/user/balance\")");
+    if ((p->balance_pointer != NULL && p->balance_pointer[0] != '/') ||
+        (p->balance_used_pointer != NULL && p->balance_used_pointer[0] != '/'))
+        return refuse(msg, len, KP_EINVAL,
+                      "balance_pointer: a JSON pointer (RFC 6901) such as "
+                      "\"/balance_infos/0/total_balance\"");
     return KP_OK;
 }
 

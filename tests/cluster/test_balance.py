@@ -163,6 +163,63 @@ class BalanceTest(unittest.TestCase):
         wait_until(lambda: alert() is None, what="the key_balance alert resolves", timeout=60,
                    alive=f.n1)
 
+    def test_the_canary_reads_a_providers_balance_endpoint(self):
+        # A provider with a DeepSeek-style balance endpoint: the canary
+        # reads it after a good probe, and the balance shown is the
+        # provider's (no credit recorded); at zero the alert opens.
+        h = Harness(self)
+        mock = h.start_mock()
+        cfg = dict(CONFIG, canary_interval_ms="1s")
+        n1 = h.start_node("n1", config=cfg, env={"KEYPLANE_MASTER_KEY": MASTER})
+        wait_until(lambda: n1.admin_token, what="admin.token", alive=n1)
+        hdrs = {"Authorization": "Bearer " + n1.admin_token}
+
+        def admin(method, path, body=None, want=(200, 201)):
+            status, _, raw = n1.control(method, ADMIN + path, body=body, headers=hdrs)
+            self.assertIn(status, want, raw)
+            return json.loads(raw) if raw else None
+        # The endpoint and the pointer go together, as a path and a JSON pointer.
+        status, _, raw = n1.control("PUT", ADMIN + "/providers/ds", body={
+            "kind": "openai-compatible", "base_url": mock.url + "/v1", "allow_insecure": True,
+            "balance_path": "/user/balance"}, headers=hdrs)
+        self.assertEqual(status, 400, raw)
+        self.assertEqual(json.loads(raw)["error"]["field"], "balance_pointer")
+        admin("PUT", "/providers/ds", {
+            "kind": "openai-compatible", "base_url": mock.url + "/v1", "allow_insecure": True,
+            "balance_path": "/user/balance", "balance_pointer": "/balance_infos/0/total_balance"})
+        secret = "sk-mock-provider-balance-0002"
+        status, _, raw = http("POST", mock.url + "/mock/balance",
+                              body={"key": secret, "usd": "12.50"})
+        self.assertEqual(status, 200, raw)
+        admin("PUT", "/keys/key-p", {"provider": "ds", "secret": secret})
+        health = wait_until(lambda: (lambda x: x if x.get("provider_balance_ms") else None)(
+            admin("GET", "/keys/key-p/health")), what="the canary read the balance", alive=n1)
+        self.assertEqual(health["provider_balance_nanousd"], 12_500_000_000)
+        b = admin("GET", "/keys/key-p/balance")
+        self.assertEqual(b["source"], "provider")
+        self.assertEqual(b["remaining_nanousd"], 12_500_000_000)
+        self.assertEqual(b["remaining_usd"], "12.500000000")
+        self.assertFalse(b["exhausted"])
+        self.assertIn("provider_balance_at", b)
+        self.assertNotIn("credit_nanousd", b)
+        self.assertGreaterEqual(json.loads(http("GET", mock.url + "/mock/stats")[2])
+                                ["routes"]["/v1/user/balance"], 1)
+
+        # The account runs dry: the next read says so, and the alert opens.
+        admin("PUT", "/alert-rules/balances", {"kind": "key_balance", "params": {}})
+        http("POST", mock.url + "/mock/balance", body={"key": secret, "usd": "0.00"})
+
+        def alert():
+            items = admin("GET", "/alerts?state=open")["items"]
+            return next((a for a in items if a["id"] == "key_balance:key-p"), None)
+        a = wait_until(alert, what="the key_balance alert opens", timeout=60, alive=n1)
+        self.assertEqual(a["severity"], "critical")
+        self.assertIn("its provider reports $0", a["message"])
+        self.assertTrue(admin("GET", "/keys/key-p/balance")["exhausted"])
+        # Topped up at the provider: the next read resolves it.
+        http("POST", mock.url + "/mock/balance", body={"key": secret, "usd": "5"})
+        wait_until(lambda: alert() is None, what="the alert resolves", timeout=60, alive=n1)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "alerts.h"
+#include "balance.h"
 
 #define DAY     86400000LL
 #define HOUR    3600000LL
@@ -384,6 +385,86 @@ static void test_key_balance(void **state)
     put_rule("bal", "key_balance", "enabled", "false", NULL, NULL);
     eval_spend(now, &k);
     assert_null(find("key_balance:k"));
+}
+
+/* What a provider's balance endpoint says, read through a JSON pointer:
+ * numbers and numeric strings in dollars, a used amount subtracted, and
+ * clear refusals for what is not there. */
+static void test_provider_balance_parse(void **state)
+{
+    (void)state;
+    kp_nanousd v = 0;
+    char err[160];
+    static const char deepseek[] = "{\"is_available\":true,\"balance_infos\":[{\"currency\":"
+                                   "\"USD\",\"total_balance\":\"110.25\"}]}";
+    assert_int_equal(kp_balance_from_provider(deepseek, sizeof(deepseek) - 1,
+                                              "/balance_infos/0/total_balance", NULL, &v, err,
+                                              sizeof(err)),
+                     KP_OK);
+    assert_int_equal(v, 110250000000);
+    static const char openrouter[] = "{\"data\":{\"total_credits\":15,\"total_usage\":2.5}}";
+    assert_int_equal(kp_balance_from_provider(openrouter, sizeof(openrouter) - 1,
+                                              "/data/total_credits", "/data/total_usage", &v, err,
+                                              sizeof(err)),
+                     KP_OK);
+    assert_int_equal(v, 12500000000);
+    static const char odd[] = "{\"a/b\":{\"c~d\":\"-1.5\"}}"; /* RFC 6901 escapes */
+    assert_int_equal(
+        kp_balance_from_provider(odd, sizeof(odd) - 1, "/a~1b/c~0d", NULL, &v, err, sizeof(err)),
+        KP_OK);
+    assert_int_equal(v, -1500000000);
+    assert_int_equal(kp_balance_from_provider(deepseek, sizeof(deepseek) - 1,
+                                              "/balance_infos/1/total_balance", NULL, &v, err,
+                                              sizeof(err)),
+                     KP_EPARSE);
+    assert_non_null(strstr(err, "no amount in dollars at /balance_infos/1/total_balance"));
+    assert_int_equal(kp_balance_from_provider(deepseek, sizeof(deepseek) - 1, "/is_available", NULL,
+                                              &v, err, sizeof(err)),
+                     KP_EPARSE);
+    assert_int_equal(kp_balance_from_provider("nope", 4, "/a", NULL, &v, err, sizeof(err)),
+                     KP_EPARSE);
+    assert_non_null(strstr(err, "not JSON"));
+
+    assert_true(kp_balance_parse_usd("9000000000.5", false, &v));
+    assert_int_equal(v, INT64_C(9000000000500000000));
+    assert_false(kp_balance_parse_usd("9000000001", false, &v)); /* would not fit */
+    assert_false(kp_balance_parse_usd("99999999999", false, &v));
+    assert_false(kp_balance_parse_usd("-1", false, &v));
+    assert_false(kp_balance_parse_usd("1.0000000001", false, &v));
+    assert_false(kp_balance_parse_usd(".", false, &v));
+    assert_true(kp_balance_parse_usd(".5", false, &v));
+    assert_int_equal(v, 500000000);
+}
+
+/* A key with no recorded credit whose provider reported its balance: the
+ * rule alerts at zero (critical) and below below_usd (warning). */
+static void test_key_balance_from_provider(void **state)
+{
+    (void)state;
+    put_provider();
+    put_key("p", true);
+    struct kp_key_health h = {.e.id = (char *)"p",
+                              .status = KP_HEALTH_HEALTHY,
+                              .last_canary_ms = T0,
+                              .last_canary_result = (char *)"ok",
+                              .provider_balance_ms = T0,
+                              .provider_balance = 3 * DOLLARS};
+    apply(KP_OP_SET_KEY_HEALTH, &h);
+    int64_t now = T0 + HOUR;
+    eval_spend(now, NULL);
+    assert_null(find("key_balance:p"));
+    put_rule("bal", "key_balance", "below_usd", "5", NULL, NULL);
+    eval_spend(now, NULL);
+    const struct kp_alert_want *w = find("key_balance:p");
+    assert_non_null(w);
+    assert_false(w->hold);
+    assert_int_equal(w->severity, KP_ALERT_WARNING);
+    assert_non_null(strstr(w->message, "its provider reports $3.00 left"));
+    h.provider_balance = 0;
+    h.last_canary_ms = T0 + 1;
+    apply(KP_OP_SET_KEY_HEALTH, &h);
+    eval_spend(now, NULL);
+    assert_int_equal(find("key_balance:p")->severity, KP_ALERT_CRITICAL);
 }
 
 /* A pool whose every key is disabled, revoked, without a secret, invalid,
@@ -759,6 +840,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_burn_rate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_invalid, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_balance, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_balance_from_provider, setup, teardown),
+        cmocka_unit_test(test_provider_balance_parse),
         cmocka_unit_test_setup_teardown(test_pool_no_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_members, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_stats, setup, teardown),

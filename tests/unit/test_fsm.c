@@ -1829,19 +1829,19 @@ static void test_snapshot_budget_state(void **state)
                                   "freezes\x90\xa6"
                                   "alerts\x90\xac"
                                   "key_balances\x90";
-    /* What formats 1 to 7 lack at the end, and their key counts (formats 4,
-     * 6 and 8 added fields, not tables). */
-    static const size_t lacks[] = {0, sizeof(tail) - 1, 31, 22, 22, 14, 14, 0};
-    static const uint8_t keys[] = {0, 0x10, 0x12, 0x13, 0x13, 0x14, 0x14, 0x15};
+    /* What formats 1 to 8 lack at the end, and their key counts (formats 4,
+     * 6, 8 and 9 added fields, not tables). */
+    static const size_t lacks[] = {0, sizeof(tail) - 1, 31, 22, 22, 14, 14, 0, 0};
+    static const uint8_t keys[] = {0, 0x10, 0x12, 0x13, 0x13, 0x14, 0x14, 0x15, 0x15};
     size_t tl = sizeof(tail) - 1;
     assert_memory_equal(raw,
                         "\xde\x00\x15\xa6"
-                        "format\x08",
+                        "format\x09",
                         11);
     assert_memory_equal(raw + n - tl, tail, tl);
     struct kp_fsm *h = kp_fsm_new();
     snap(g, &s1);
-    for (int format = 1; format <= 7; format++) {
+    for (int format = 1; format <= 8; format++) {
         raw[2] = keys[format];
         raw[10] = (uint8_t)format;
         wrap(raw, n - lacks[format], &w);
@@ -1849,7 +1849,7 @@ static void test_snapshot_budget_state(void **state)
             fail_msg("format %d: %s", format, err);
         kp_buf_free(&w);
         snap(h, &s2);
-        assert_true(same_bytes(&s1, &s2)); /* written back as format 8 */
+        assert_true(same_bytes(&s1, &s2)); /* written back as format 9 */
         kp_buf_free(&s2);
     }
     kp_buf_free(&s1);
@@ -1877,7 +1877,7 @@ static void test_snapshot_budget_state(void **state)
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
     assert_non_null(strstr(err, "expected 21 tables"));
     kp_buf_free(&w);
-    raw[10] = 9;
+    raw[10] = 10;
     wrap(raw, n - lacks[5], &w);
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EVERSION);
     kp_buf_free(&w);
@@ -1988,7 +1988,7 @@ static void test_snapshot_format3_budgets(void **state)
     n = (size_t)(alerts - raw);
     assert_int_equal(raw[2], 0x15);
     raw[2] = 0x13;
-    assert_int_equal(raw[10], 8);
+    assert_int_equal(raw[10], 9);
     raw[10] = 4;
     wrap(raw, n, &w);
     assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
@@ -2056,7 +2056,7 @@ static void test_snapshot_format5_tenants(void **state)
         memmove(at, at + 17, n - (size_t)(at + 17 - raw));
         n -= 17;
     }
-    assert_int_equal(raw[10], 8);
+    assert_int_equal(raw[10], 9);
     wrap(raw, n, &w);
     assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
     assert_non_null(strstr(err, "capture_content: missing"));

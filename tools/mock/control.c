@@ -6,6 +6,8 @@
  *   POST   /mock/faults   {"key":"...","faults":"SPEC[,SPEC...]","times":N}
  *   GET    /mock/faults   scripts by key fingerprint
  *   DELETE /mock/faults   clear all, or one with a body {"key":"..."}
+ *   POST   /mock/balance  {"key":"...","usd":"12.50"}: what GET
+ *                         /v1/user/balance answers for that key
  *
  * Control requests need no key, take no faults and are not counted. Bad
  * input is a 400 with an OpenAI-shaped error saying what to send. */
@@ -32,6 +34,23 @@ static json_t *object_body(const struct kp_http_request *req, struct kp_mock_ans
         return NULL;
     }
     return body;
+}
+
+static void set_balance(struct kp_mock *m, const struct kp_http_request *req,
+                        struct kp_mock_answer *a)
+{
+    json_t *body = object_body(req, a);
+    if (body == NULL)
+        return;
+    json_t *key = json_object_get(body, "key"), *usd = json_object_get(body, "usd");
+    if (!json_is_string(key) || json_string_length(key) == 0 || !json_is_string(usd) ||
+        kp_mock_balance_set(m, json_string_value(key), json_string_length(key),
+                            json_string_value(usd)) != 0)
+        kp_mock__errorf(a, KP_MOCK_OPENAI, 400,
+                        "Send {\"key\": \"sk-...\", \"usd\": \"12.50\"} (at most 64 keys).");
+    else
+        ok_json(a, "{\"ok\":true}");
+    json_decref(body);
 }
 
 static void set_script(struct kp_mock *m, const struct kp_http_request *req,
@@ -160,10 +179,13 @@ void kp_mock__control(struct kp_mock *m, const struct kp_http_request *req,
         }
     } else if (strcmp(req->path, "/mock/faults") == 0) {
         faults_route(m, req, a);
+    } else if (strcmp(req->path, "/mock/balance") == 0) {
+        if (method_is(req, "POST", a))
+            set_balance(m, req, a);
     } else {
         kp_mock__errorf(a, KP_MOCK_OPENAI, 404,
                         "Unknown control route %.100s (have /mock/stats, /mock/reset, "
-                        "/mock/faults, /healthz).",
+                        "/mock/faults, /mock/balance, /healthz).",
                         req->path);
     }
 }

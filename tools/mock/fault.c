@@ -402,3 +402,47 @@ void kp_mock__scripts_free(struct kp_mock *m)
     m->scripts = NULL;
     m->script_cap = 0;
 }
+
+/* --- account balances (GET /v1/user/balance) ----------------------------- */
+
+int kp_mock_balance_set(struct kp_mock *m, const char *key, size_t key_len, const char *usd)
+{
+    char fp[KP_MOCK_FP_LEN];
+    size_t n = strlen(usd);
+    if (n == 0 || n >= sizeof(m->balances[0].usd) || strspn(usd, "-0123456789.") != n)
+        return -1;
+    kp_mock_fingerprint(key, key_len, fp);
+    pthread_mutex_lock(&m->script_lock);
+    unsigned i = 0;
+    while (i < m->n_balances && strcmp(m->balances[i].fp, fp) != 0)
+        i++;
+    int rv = 0;
+    if (i == m->n_balances && m->n_balances == KP_MOCK_BALANCES) {
+        rv = -1;
+    } else {
+        if (i == m->n_balances)
+            m->n_balances++;
+        memcpy(m->balances[i].fp, fp, sizeof(fp));
+        memcpy(m->balances[i].usd, usd, n + 1);
+    }
+    pthread_mutex_unlock(&m->script_lock);
+    return rv;
+}
+
+bool kp_mock_balance_get(struct kp_mock *m, const char *key, size_t key_len, char out[32])
+{
+    char fp[KP_MOCK_FP_LEN];
+    bool found = false;
+    if (key == NULL)
+        return false;
+    kp_mock_fingerprint(key, key_len, fp);
+    pthread_mutex_lock(&m->script_lock);
+    for (unsigned i = 0; i < m->n_balances && !found; i++) {
+        if (strcmp(m->balances[i].fp, fp) == 0) {
+            memcpy(out, m->balances[i].usd, sizeof(m->balances[i].usd));
+            found = true;
+        }
+    }
+    pthread_mutex_unlock(&m->script_lock);
+    return found;
+}

@@ -44,6 +44,7 @@ enum kp_mock_route {
     KP_MOCK_R_GENERATE,
     KP_MOCK_R_STREAM_GENERATE,
     KP_MOCK_R_GEMINI_MODELS, /* GET /v1beta/models: a Gemini canary */
+    KP_MOCK_R_BALANCE,       /* GET /v1/user/balance: an account balance */
     KP_MOCK_R_OTHER,
     KP_MOCK_R_CONTROL, /* /mock/... and /healthz: never counted */
     KP_MOCK_R_COUNT
@@ -113,8 +114,16 @@ void kp_mock_answer_event(const struct kp_mock_answer *a, unsigned i, const char
 struct kp_mock_script;
 struct kp_mock_shard;
 
+#define KP_MOCK_BALANCES 64
+struct kp_mock_balance {
+    char fp[KP_MOCK_FP_LEN]; /* the key's fingerprint */
+    char usd[32];            /* what GET /v1/user/balance says is left */
+};
+
 struct kp_mock {
-    pthread_mutex_t script_lock;
+    pthread_mutex_t script_lock; /* guards the scripts and the balances */
+    struct kp_mock_balance balances[KP_MOCK_BALANCES];
+    unsigned n_balances;
     atomic_uint n_scripts;          /* read without the lock: 0 means skip the table */
     struct kp_mock_script *scripts; /* guarded by script_lock */
     unsigned script_cap;
@@ -143,6 +152,11 @@ int kp_mock_script_set(struct kp_mock *m, const char *key, size_t key_len, const
  * false when there is none (or it is for another route). */
 bool kp_mock_script_take(struct kp_mock *m, const char *key, size_t key_len,
                          enum kp_mock_route route, struct kp_mock_faults *out);
+/* What GET /v1/user/balance answers for @key: @usd (a decimal string);
+ * -1 when the table is full or @usd is not a decimal. */
+int kp_mock_balance_set(struct kp_mock *m, const char *key, size_t key_len, const char *usd);
+/* @key's balance into @out; false when none was set. */
+bool kp_mock_balance_get(struct kp_mock *m, const char *key, size_t key_len, char out[32]);
 /* Remove @key's script (key NULL: all). Returns how many were removed. */
 unsigned kp_mock_script_clear(struct kp_mock *m, const char *key, size_t key_len);
 /* {"faults":[{"key_fp","faults","times_left","hits"}...]}: never a key. */

@@ -41,6 +41,7 @@ static const struct {
     {"/v1/models", KP_MOCK_R_MODELS, KP_MOCK_OPENAI, "GET"},
     {"/v1/messages", KP_MOCK_R_MESSAGES, KP_MOCK_ANTHROPIC, "POST"},
     {"/v1beta/models", KP_MOCK_R_GEMINI_MODELS, KP_MOCK_GEMINI, "GET"},
+    {"/v1/user/balance", KP_MOCK_R_BALANCE, KP_MOCK_OPENAI, "GET"},
 };
 
 /* "/v1beta/models/{model}:generateContent" and the v1 equivalent. */
@@ -363,6 +364,25 @@ static void answer_call(struct kp_mock *m, unsigned shard, const struct kp_http_
     json_decref(body);
 }
 
+/* GET /v1/user/balance in DeepSeek's shape: the balance set for the key
+ * with POST /mock/balance, else 404. */
+static void answer_balance(struct kp_mock *m, const char *key, size_t key_len,
+                           struct kp_mock_answer *a)
+{
+    char usd[32];
+    if (!kp_mock_balance_get(m, key, key_len, usd)) {
+        kp_mock__errorf(a, KP_MOCK_OPENAI, 404,
+                        "No balance is set for this key (POST /mock/balance).");
+        return;
+    }
+    kp_mock__begin(a, 200, "application/json");
+    kp_mock__putf(a,
+                  "{\"is_available\":true,\"balance_infos\":[{\"currency\":\"USD\","
+                  "\"total_balance\":\"%s\",\"granted_balance\":\"0.00\","
+                  "\"topped_up_balance\":\"%s\"}]}",
+                  usd, usd);
+}
+
 static void provider_request(struct kp_mock *m, unsigned shard, const struct kp_http_request *req,
                              struct kp_mock_answer *a)
 {
@@ -393,6 +413,10 @@ static void provider_request(struct kp_mock *m, unsigned shard, const struct kp_
         /* The request's own header wins over the key's script. */
         kp_mock_faults_merge(&scripted, &a->faults);
         a->faults = scripted;
+    }
+    if (t.route == KP_MOCK_R_BALANCE && a->faults.status == 0) {
+        answer_balance(m, key, key_len, a);
+        return;
     }
     answer_call(m, shard, req, &t, a);
 }

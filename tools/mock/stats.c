@@ -53,6 +53,7 @@ static const char *const route_names[KP_MOCK_R_COUNT] = {
     [KP_MOCK_R_GENERATE] = "/v1beta/models:generateContent",
     [KP_MOCK_R_STREAM_GENERATE] = "/v1beta/models:streamGenerateContent",
     [KP_MOCK_R_GEMINI_MODELS] = "/v1beta/models",
+    [KP_MOCK_R_BALANCE] = "/v1/user/balance",
     [KP_MOCK_R_OTHER] = "other",
     [KP_MOCK_R_CONTROL] = "/mock",
 };
