@@ -314,6 +314,9 @@ class CanaryTest(unittest.TestCase):
             app = [e for e in c.admin("GET", "/usage/recent?limit=100", node=node)["events"]
                    if e["kind"] == "app"]
             return app[-1]["key_id"]
+        for n in c.nodes:  # every router has the token before anything is judged
+            wait_until(lambda n=n: c.chat(token, node=n)[0] == 200,
+                       what=f"{n.name} knows the app token", alive=n)
         wait_until(lambda: served_by(c.nodes[0]) == "key-a", what="key-a serves first")
 
         # An operator's degraded: still usable, but after key-b (priority 2).
@@ -334,6 +337,9 @@ class CanaryTest(unittest.TestCase):
         c.admin("PUT", "/pools/default", {"strategy": "priority", "members": [
             {"key": "key-a", "priority": 1}, {"key": "key-b", "priority": 2}]})
         token = c.app_token("acme")
+        for n in c.nodes:
+            wait_until(lambda n=n: c.chat(token, node=n)[0] == 200,
+                       what=f"{n.name} knows the app token", alive=n)
         c.wait_health("key-a", "probed", lambda h: h.get("last_canary_result") == "ok")
 
         # Calls fail on key-a (its canary, GET /v1/models, still works):
