@@ -115,19 +115,7 @@ static int propose_health(struct kp_canary *c, struct probe *p,
                     kp_health_status_name(status), kp_health_status_name(h.status),
                     h.last_canary_result);
     }
-    struct kp_command cmd = {
-        .v = KP_COMMAND_VERSION,
-        .op = KP_OP_SET_KEY_HEALTH,
-        .ts = kp_now_unix_ms(),
-        .audit = {.actor = (char *)"system", .role = (char *)"leader", .source = (char *)"canary"},
-        .body.key_health = &h};
-    char errmsg[256];
-    struct kp_buf buf;
-    kp_buf_init(&buf);
-    int rc = kp_command_encode(&cmd, &buf, errmsg, sizeof(errmsg));
-    if (rc == KP_OK)
-        rc = kp_store_propose(c->n->store, buf.data, buf.len, cb, p);
-    kp_buf_free(&buf);
+    int rc = kp_health_commit(c->n, &h, "leader", "canary", cb, p);
     if (rc == KP_OK)
         c->proposing++;
     return rc;

@@ -53,19 +53,15 @@ static void committed(void *arg, int code, const struct kp_fsm_result *res)
                 code != KP_OK ? kp_err_msg(code) : res->message);
 }
 
-int kp_health_propose(struct kp_node *n, const char *key, int status, const char *error_class,
-                      const char *source, kp_store_apply_cb cb, void *arg)
+int kp_health_commit(struct kp_node *n, const struct kp_key_health *h, const char *role,
+                     const char *source, kp_store_apply_cb cb, void *arg)
 {
-    struct kp_key_health h = {0};
-    h.e.id = (char *)key;
-    h.status = (uint8_t)status;
-    h.last_error_class = error_class && error_class[0] ? (char *)error_class : NULL;
     struct kp_command cmd = {
         .v = KP_COMMAND_VERSION,
         .op = KP_OP_SET_KEY_HEALTH,
         .ts = kp_now_unix_ms(),
-        .audit = {.actor = (char *)"system", .role = (char *)"node", .source = (char *)source},
-        .body.key_health = &h};
+        .audit = {.actor = (char *)"system", .role = (char *)role, .source = (char *)source},
+        .body.key_health = (struct kp_key_health *)h};
     char errmsg[256];
     struct kp_buf buf;
     kp_buf_init(&buf);
@@ -74,6 +70,16 @@ int kp_health_propose(struct kp_node *n, const char *key, int status, const char
         rc = kp_store_propose(n->store, buf.data, buf.len, cb ? cb : committed, arg);
     kp_buf_free(&buf);
     return rc;
+}
+
+int kp_health_propose(struct kp_node *n, const char *key, int status, const char *error_class,
+                      const char *source, kp_store_apply_cb cb, void *arg)
+{
+    struct kp_key_health h = {0};
+    h.e.id = (char *)key;
+    h.status = (uint8_t)status;
+    h.last_error_class = error_class && error_class[0] ? (char *)error_class : NULL;
+    return kp_health_commit(n, &h, "node", source, cb, arg);
 }
 
 static void leader_answered(void *arg, const struct kp_call_result *r)

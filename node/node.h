@@ -173,8 +173,12 @@ void kp_health_queue_free(struct kp_health_queue *q);
 /* The router's health sink (thread-safe). */
 void kp_health_report(void *queue, const char *key, uint64_t key_version, int status,
                       const char *error_class);
-/* Propose set_key_health on the leader (KP_ENOTLEADER elsewhere); @cb
- * may be NULL (failures are logged). */
+/* Propose set_key_health with @h as it is, audited as actor "system" in
+ * @role from @source, on the leader (KP_ENOTLEADER elsewhere); @cb may be
+ * NULL (failures are logged). */
+int kp_health_commit(struct kp_node *n, const struct kp_key_health *h, const char *role,
+                     const char *source, kp_store_apply_cb cb, void *arg);
+/* The same for a status and error class (the canary fields kept). */
 int kp_health_propose(struct kp_node *n, const char *key, int status, const char *error_class,
                       const char *source, kp_store_apply_cb cb, void *arg);
 
