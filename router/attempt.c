@@ -260,7 +260,7 @@ static bool retry_later(struct kp_call *c, const char *cls)
     }
     uint64_t cap = (uint64_t)RETRY_BASE_MS << c->key_retries;
     uint32_t rnd = 0;
-    kp_random_bytes(&rnd, sizeof(rnd));
+    kp_random_pooled(&rnd, sizeof(rnd));
     uint64_t wait = cap ? rnd % (cap + 1) : 0;
     c->key_retries++;
     c->retries_total++;

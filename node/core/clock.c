@@ -3,6 +3,7 @@
 
 #include <openssl/rand.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include "bytes.h"
@@ -49,6 +50,25 @@ void kp_format_time_ms(int64_t unix_ms, char *buf, size_t len)
 int kp_random_bytes(void *buf, size_t len)
 {
     return RAND_bytes(buf, (int)len) == 1 ? KP_OK : KP_EIO;
+}
+
+int kp_random_pooled(void *buf, size_t len)
+{
+    static _Thread_local struct {
+        unsigned char bytes[1024];
+        size_t used;
+    } pool = {.used = sizeof(pool.bytes)};
+    if (len > 64)
+        return KP_EINVAL;
+    if (pool.used + len > sizeof(pool.bytes)) {
+        if (kp_random_bytes(pool.bytes, sizeof(pool.bytes)) != KP_OK)
+            return KP_EIO;
+        pool.used = 0;
+    }
+    memcpy(buf, pool.bytes + pool.used, len);
+    memset(pool.bytes + pool.used, 0, len); /* handed out once */
+    pool.used += len;
+    return KP_OK;
 }
 
 int kp_random_hex(char *out, size_t n)

@@ -19,6 +19,12 @@ int64_t kp_days_from_civil(int64_t y, int m, int d);
 void kp_civil_from_days(int64_t days, int64_t *y, int *m, int *d);
 /* Fill @buf with @len cryptographically random bytes (OpenSSL). */
 int kp_random_bytes(void *buf, size_t len);
+/* The same bytes for what is random but no secret (request, trace and span
+ * ids, retry jitter), handed out from a per-thread pool refilled from
+ * kp_random_bytes 1 KiB at a time: one RAND_bytes call costs about as
+ * much as the rest of a gateway call's id work (a lock, a getpid, the
+ * DRBG's parameter lookups). @len at most 64. KP_OK or KP_EIO. */
+int kp_random_pooled(void *buf, size_t len);
 /* A random id: @n random bytes as lower-case hex into out (2n+1 bytes). */
 int kp_random_hex(char *out, size_t n);
 

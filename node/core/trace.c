@@ -165,7 +165,7 @@ bool kp_tracestate_valid(const char *s, size_t len)
 void kp_trace_new_id(uint8_t *id, size_t n)
 {
     static atomic_uint_fast64_t fallback = 0x9e3779b97f4a7c15ull;
-    if (kp_random_bytes(id, n) != KP_OK) {
+    if (kp_random_pooled(id, n) != KP_OK) {
         /* OpenSSL's generator failed (it does not in practice): unique
          * enough for a trace id, which is no secret. */
         uint64_t x = atomic_fetch_add(&fallback, 0x9e3779b97f4a7c15ull) ^ kp_now_mono_us();
