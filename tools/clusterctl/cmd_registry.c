@@ -127,8 +127,12 @@ int kp_ctl__get_list(struct kp_ctl *ctl, const char *segment, bool consistent, j
         if (rc == KP_CTL_EXIT_OK && answer == NULL) {
             answer = page;
         } else if (rc == KP_CTL_EXIT_OK) {
+            json_t *next = json_object_get(page, "next");
             json_array_extend(json_object_get(answer, "items"), json_object_get(page, "items"));
-            json_object_set(answer, "next", json_object_get(page, "next"));
+            if (next != NULL)
+                json_object_set(answer, "next", next);
+            else
+                json_object_del(answer, "next");
             json_decref(page);
         }
         after = json_string_value(json_object_get(answer, "next"));
