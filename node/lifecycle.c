@@ -544,10 +544,13 @@ static void catch_answered(void *arg, const struct kp_call_result *r)
     json_decref(v);
 }
 
-/* True once this node has applied what the leader had committed. */
+/* True once this node has applied what the leader had committed. Raft's
+ * applied index, not the state machine's: a commit index that ends in a
+ * barrier (the canary and alert loops take one when they start leading)
+ * is never reached by the commands alone. */
 static bool caught_up(struct kp_node *n)
 {
-    uint64_t applied = kp_fsm_applied_index(kp_store_fsm(n->store)), leader;
+    uint64_t applied = kp_store_applied_index(n->store), leader;
     char addr[256], control[256], url[512], auth[128];
     if (!n->catch_known && kp_store_is_leader(n->store)) {
         struct kp_store_status st;

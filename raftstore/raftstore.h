@@ -1368,6 +1368,11 @@ struct kp_view_slot *kp_store_views(struct kp_store *s);
 const struct kp_fsm *kp_store_fsm(const struct kp_store *s);
 
 bool kp_store_is_leader(struct kp_store *s);
+/* The last log index this node applied, barriers and configuration
+ * changes included (the state machine's own applied index counts only the
+ * commands it saw, so it stays below a commit index that ends in a
+ * barrier). */
+uint64_t kp_store_applied_index(struct kp_store *s);
 /* The leader as this node knows it: KP_OK with its id and raft address
  * (copied into @addr), or KP_ENOTLEADER when there is none. */
 int kp_store_leader(struct kp_store *s, uint64_t *id, char *addr, size_t addrlen);

@@ -358,6 +358,11 @@ bool kp_store_is_leader(struct kp_store *s)
     return !s->closing && s->failing == 0 && raft_state(&s->raft) == RAFT_LEADER;
 }
 
+uint64_t kp_store_applied_index(struct kp_store *s)
+{
+    return raft_last_applied(&s->raft);
+}
+
 int kp_store_leader(struct kp_store *s, uint64_t *id, char *addr, size_t addrlen)
 {
     raft_id lid = 0;
