@@ -192,6 +192,37 @@ void kp_ctl__if_match(char *buf, size_t len, uint64_t version);
 bool kp_ctl__valid_server(const char *url);
 void kp_ctl__client_close(struct kp_ctl *ctl);
 
+/* secret.c: secrets read from stdin or a file, never from the command line,
+ * and sent in request bodies that are wiped afterwards. */
+enum { KP_CTL_SECRET_MAX = 4096 };
+
+/* Holds a secret; kp_ctl__secret_wipe() it when done. */
+struct kp_ctl_secret {
+    char buf[KP_CTL_SECRET_MAX + 2];
+    size_t len;
+};
+
+void kp_ctl__secret_wipe(struct kp_ctl_secret *s);
+/* A key's secret (@id names the key in the prompt): from @file, from stdin
+ * when @file is NULL or "-", prompted for without echo when stdin is a
+ * terminal and @file is NULL. Surrounding whitespace is dropped; an empty
+ * secret, one of several lines or one over KP_CTL_SECRET_MAX bytes is a
+ * usage error. */
+int kp_ctl__read_secret(struct kp_ctl *ctl, const char *file, const char *id,
+                        struct kp_ctl_secret *s);
+/* A token from the file @path given with option @flag ("--token-file"): one
+ * non-empty line, surrounding whitespace dropped; else a usage error. */
+int kp_ctl__read_token_file(struct kp_ctl *ctl, const char *flag, const char *path,
+                            struct kp_ctl_secret *s);
+/* kp_ctl__call_raw() with the body {"secret": @s, <the fields of @fields>},
+ * built without reallocation and wiped after the request. */
+int kp_ctl__send_secret(struct kp_ctl *ctl, const char *method, const char *path,
+                        const json_t *fields, const struct kp_ctl_secret *s,
+                        const char *const *headers, json_t **answer);
+/* The first secret version of the key @key (an answer of /admin/v1/keys/ID)
+ * in @state ("primary", "previous", "retired"), or NULL. Borrowed. */
+json_t *kp_ctl__key_secret_in_state(const json_t *key, const char *state);
+
 /* output.c: what commands print. Strings from the server are printed with
  * control characters replaced, so a hostile or broken server cannot drive
  * the terminal. */

@@ -5,14 +5,11 @@
  * one command before `clusterctl status` works. use-context switches the
  * current one and refuses a name the file does not hold. Tokens are written
  * to the file but never printed: get-contexts only says whether one is set. */
-#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "clusterctl.h"
-
-enum { TOKEN_FILE_MAX = 4096 };
 
 static int use_context(struct kp_ctl *ctl, int argc, char **argv);
 static int set_context(struct kp_ctl *ctl, int argc, char **argv);
@@ -104,32 +101,6 @@ static int use_context(struct kp_ctl *ctl, int argc, char **argv)
     }
     kp_ctl__contexts_close(c);
     return rc;
-}
-
-/* Reads a token file: one line, surrounding whitespace dropped. The buffer
- * holds a secret; the caller wipes it. */
-static int read_token_file(struct kp_ctl *ctl, const char *path, char *out, size_t len)
-{
-    FILE *f = fopen(path, "re");
-    size_t n, start = 0;
-
-    if (f == NULL) {
-        kp_ctl__usage_error(ctl, "cannot read token file %s: %s", path, strerror(errno));
-        return KP_CTL_EXIT_USAGE;
-    }
-    n = fread(out, 1, len - 1, f);
-    fclose(f);
-    out[n] = '\0';
-    while (n > 0 && strchr(" \t\r\n", out[n - 1]) != NULL)
-        out[--n] = '\0';
-    while (out[start] == ' ' || out[start] == '\t')
-        start++;
-    memmove(out, out + start, n - start + 1);
-    if (out[0] == '\0' || strpbrk(out, "\r\n") != NULL) {
-        kp_ctl__usage_error(ctl, "token file %s must hold one non-empty line", path);
-        return KP_CTL_EXIT_USAGE;
-    }
-    return KP_CTL_EXIT_OK;
 }
 
 struct context_args {
@@ -226,18 +197,18 @@ out:
 static int set_context(struct kp_ctl *ctl, int argc, char **argv)
 {
     struct context_args a;
-    char token[TOKEN_FILE_MAX];
+    struct kp_ctl_secret token;
     int rc = parse_context_args(ctl, argc, argv, &a);
 
     if (rc != KP_CTL_EXIT_OK)
         return rc;
-    token[0] = '\0';
+    token.len = 0;
     if (a.token_file != NULL &&
-        (rc = read_token_file(ctl, a.token_file, token, sizeof(token))) != KP_CTL_EXIT_OK)
+        (rc = kp_ctl__read_token_file(ctl, "--token-file", a.token_file, &token)) != KP_CTL_EXIT_OK)
         goto out;
-    rc = save_context(ctl, &a, a.token_file != NULL ? token : a.token);
+    rc = save_context(ctl, &a, a.token_file != NULL ? token.buf : a.token);
 out:
-    memset(token, 0, sizeof(token));
+    kp_ctl__secret_wipe(&token);
     return rc;
 }
 

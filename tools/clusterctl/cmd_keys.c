@@ -3,26 +3,18 @@
  * A key's secret is read from stdin (prompted for without echo when stdin
  * is a terminal) or from --secret-file, never from the command line, where
  * the process list and the shell history would keep it: --secret is refused
- * and an extra argument is never repeated in a message. The secret is read
- * with read(2) into a fixed buffer, put into a request body sized up front
- * (no reallocation leaves a copy behind), and both are wiped once the
- * request is done. An empty secret is refused before anything is sent.
+ * and an extra argument is never repeated in a message. secret.c reads it
+ * and sends it; both copies are wiped once the request is done.
  *
  * add creates the key with its first secret (If-None-Match: *, so an
  * existing key is a 409, not replaced); rotate adds a new primary secret and
  * keeps the old one usable for --grace; revoke is final and asks for --yes.
  * balance shows a key's prepaid credit less its metered cost, after
  * recording a new credit (--set) or a top-up (--topup) when asked. */
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <termios.h>
-#include <unistd.h>
 
 #include "clusterctl.h"
-
-enum { SECRET_MAX = 4096 };
 
 static int keys_add(struct kp_ctl *ctl, int argc, char **argv);
 static int keys_rotate(struct kp_ctl *ctl, int argc, char **argv);
@@ -69,193 +61,7 @@ static int keys_list(struct kp_ctl *ctl, int argc, char **argv)
     return kp_ctl__list_kind(ctl, "keys", argc, argv);
 }
 
-/* --- reading the secret ---------------------------------------------------- */
-
-struct secret {
-    char buf[SECRET_MAX + 2];
-    size_t len;
-};
-
-static void secret_wipe(struct secret *s)
-{
-    memset(s->buf, 0, sizeof(s->buf));
-    s->len = 0;
-}
-
-/* Reads all of @fd, refusing more than SECRET_MAX bytes. */
-static int read_all(int fd, struct secret *s)
-{
-    ssize_t n;
-
-    s->len = 0;
-    while ((n = read(fd, s->buf + s->len, sizeof(s->buf) - 1 - s->len)) != 0) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -1;
-        s->len += (size_t)n;
-        if (s->len > SECRET_MAX)
-            return 1;
-    }
-    return 0;
-}
-
-/* One line from the terminal, without echo. */
-static int read_tty(const char *id, struct secret *s)
-{
-    struct termios old, quiet;
-    ssize_t n;
-    bool echo_off = tcgetattr(STDIN_FILENO, &old) == 0;
-
-    fprintf(stderr, "Secret for key %s (input hidden, end with Enter): ", id);
-    fflush(stderr);
-    if (echo_off) {
-        quiet = old;
-        quiet.c_lflag &= ~(tcflag_t)ECHO;
-        quiet.c_lflag |= ECHONL;
-        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
-    }
-    do
-        n = read(STDIN_FILENO, s->buf, sizeof(s->buf) - 1);
-    while (n < 0 && errno == EINTR);
-    if (echo_off)
-        tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
-    s->len = n > 0 ? (size_t)n : 0;
-    return n < 0 ? -1 : s->len > SECRET_MAX ? 1 : 0;
-}
-
-/* Drops surrounding whitespace (the newline of `echo KEY |` or of a file)
- * and refuses what is left if it is empty or not one printable line. */
-static int check_secret(struct kp_ctl *ctl, struct secret *s, const char *from)
-{
-    size_t start = 0;
-
-    while (s->len > 0 && strchr(" \t\r\n", s->buf[s->len - 1]) != NULL)
-        s->len--;
-    while (start < s->len && (s->buf[start] == ' ' || s->buf[start] == '\t'))
-        start++;
-    memmove(s->buf, s->buf + start, s->len - start);
-    memset(s->buf + s->len - start, 0, start);
-    s->len -= start;
-    s->buf[s->len] = '\0';
-    if (s->len == 0) {
-        kp_ctl__usage_error(ctl,
-                            "%s: no secret %s: pipe it in (%s ... < FILE) or pass --secret-file "
-                            "FILE",
-                            ctl->command, from, ctl->command);
-        return KP_CTL_EXIT_USAGE;
-    }
-    for (size_t i = 0; i < s->len; i++) {
-        if ((unsigned char)s->buf[i] < 0x20 || s->buf[i] == 0x7f) {
-            kp_ctl__usage_error(ctl, "%s: the secret %s must be one line of printable characters",
-                                ctl->command, from);
-            return KP_CTL_EXIT_USAGE;
-        }
-    }
-    return KP_CTL_EXIT_OK;
-}
-
-static int read_secret(struct kp_ctl *ctl, const char *file, const char *id, struct secret *s)
-{
-    char from[300];
-    int fd = STDIN_FILENO, rc;
-
-    if (file != NULL && strcmp(file, "-") != 0) {
-        snprintf(from, sizeof(from), "in %s", file);
-        if ((fd = open(file, O_RDONLY | O_CLOEXEC)) < 0) {
-            kp_ctl__usage_error(ctl, "%s: cannot read --secret-file %s: %s", ctl->command, file,
-                                strerror(errno));
-            return KP_CTL_EXIT_USAGE;
-        }
-        rc = read_all(fd, s);
-        close(fd);
-    } else if (file == NULL && isatty(STDIN_FILENO)) {
-        snprintf(from, sizeof(from), "was typed");
-        rc = read_tty(id, s);
-    } else {
-        snprintf(from, sizeof(from), "on stdin");
-        rc = read_all(fd, s);
-    }
-    if (rc < 0) {
-        kp_ctl__usage_error(ctl, "%s: cannot read the secret %s: %s", ctl->command, from,
-                            strerror(errno));
-        return KP_CTL_EXIT_USAGE;
-    }
-    if (rc > 0) {
-        kp_ctl__usage_error(ctl, "%s: the secret %s is longer than %d bytes", ctl->command, from,
-                            SECRET_MAX);
-        return KP_CTL_EXIT_USAGE;
-    }
-    return check_secret(ctl, s, from);
-}
-
-/* {"secret":"...", <the fields of @fields>} into @out, reserved up front so
- * that no reallocation leaves a copy of the secret in freed memory. */
-static int secret_body(const json_t *fields, const struct secret *s, struct kp_buf *out)
-{
-    size_t n;
-    char *rest = kp_json_dumps(fields, &n); /* "{...}" */
-    int rc;
-
-    kp_buf_init(out);
-    if (rest == NULL)
-        return -1;
-    rc = kp_buf_reserve(out, n + 6 * s->len + 16);
-    if (rc == 0)
-        rc = kp_buf_append_lit(out, "{\"secret\":\"");
-    if (rc == 0)
-        rc = kp_json_escape(out, s->buf, s->len);
-    if (rc == 0)
-        rc = kp_buf_append_lit(out, "\"");
-    if (rc == 0 && n > 2)
-        rc = kp_buf_append_lit(out, ",");
-    if (rc == 0)
-        rc = kp_buf_append(out, rest + 1, n - 1);
-    kp_free(rest);
-    return rc;
-}
-
-static void body_wipe(struct kp_buf *b)
-{
-    if (b->data != NULL)
-        memset(b->data, 0, b->cap);
-    kp_buf_free(b);
-}
-
-/* Sends @fields plus the secret; wipes the body afterwards. */
-static int send_secret(struct kp_ctl *ctl, const char *method, const char *path,
-                       const json_t *fields, struct secret *s, const char *const *headers,
-                       json_t **answer)
-{
-    struct kp_buf body;
-    int rc;
-
-    if (secret_body(fields, s, &body) != 0) {
-        body_wipe(&body);
-        kp_ctl__error(ctl, "out of memory");
-        return KP_CTL_EXIT_NO;
-    }
-    rc = kp_ctl__call_raw(ctl, method, path, body.data, body.len, headers, answer);
-    body_wipe(&body);
-    return rc;
-}
-
 /* --- what the answers say -------------------------------------------------- */
-
-/* The secret of @key in @state ("primary", "previous"), or NULL. */
-static json_t *secret_in_state(const json_t *key, const char *state)
-{
-    size_t i;
-    json_t *s;
-
-    json_array_foreach(json_object_get(key, "secrets"), i, s)
-    {
-        const char *st = json_string_value(json_object_get(s, "state"));
-        if (st != NULL && strcmp(st, state) == 0)
-            return s;
-    }
-    return NULL;
-}
 
 static void print_secret(const json_t *s)
 {
@@ -271,8 +77,8 @@ static void print_secret(const json_t *s)
 /* "key k1: <what>", or the key as JSON/YAML. */
 static void print_key_result(struct kp_ctl *ctl, const char *id, json_t *key, const char *what)
 {
-    json_t *primary = secret_in_state(key, "primary");
-    json_t *previous = secret_in_state(key, "previous");
+    json_t *primary = kp_ctl__key_secret_in_state(key, "primary");
+    json_t *previous = kp_ctl__key_secret_in_state(key, "previous");
 
     if (ctl->output != KP_CTL_OUTPUT_TABLE) {
         kp_ctl__print_doc(ctl, key);
@@ -329,7 +135,7 @@ static int keys_add(struct kp_ctl *ctl, int argc, char **argv)
         {"secret", 0, KP_CTL_FLAG_SECRET, NULL},
     };
     const char *const headers[] = {"If-None-Match: *", NULL};
-    struct secret secret;
+    struct kp_ctl_secret secret;
     char *path = NULL;
     int first, rc;
 
@@ -353,16 +159,16 @@ static int keys_add(struct kp_ctl *ctl, int argc, char **argv)
         }
     }
     if (rc == KP_CTL_EXIT_OK)
-        rc = read_secret(ctl, file, argv[first], &secret);
+        rc = kp_ctl__read_secret(ctl, file, argv[first], &secret);
     if (rc == KP_CTL_EXIT_OK)
         rc = kp_ctl__resolve(ctl);
     if (rc == KP_CTL_EXIT_OK && (path = kp_ctl__path("keys", argv[first], NULL)) == NULL)
         rc = KP_CTL_EXIT_NO;
     if (rc == KP_CTL_EXIT_OK)
-        rc = send_secret(ctl, "PUT", path, fields, &secret, headers, &answer);
+        rc = kp_ctl__send_secret(ctl, "PUT", path, fields, &secret, headers, &answer);
     if (rc == KP_CTL_EXIT_OK)
         print_key_result(ctl, argv[first], answer, "added");
-    secret_wipe(&secret);
+    kp_ctl__secret_wipe(&secret);
     json_decref(tags);
     json_decref(models);
     json_decref(fields);
@@ -380,7 +186,7 @@ static int keys_rotate(struct kp_ctl *ctl, int argc, char **argv)
         {"secret", 0, KP_CTL_FLAG_SECRET, NULL},
     };
     json_t *fields = json_object(), *answer = NULL;
-    struct secret secret;
+    struct kp_ctl_secret secret;
     uint64_t seconds;
     char *path = NULL;
     int first, rc;
@@ -393,16 +199,16 @@ static int keys_rotate(struct kp_ctl *ctl, int argc, char **argv)
         (rc = kp_ctl__parse_duration(ctl, "--grace", grace, &seconds)) == KP_CTL_EXIT_OK)
         json_object_set_new(fields, "grace_seconds", json_integer((json_int_t)seconds));
     if (rc == KP_CTL_EXIT_OK)
-        rc = read_secret(ctl, file, argv[first], &secret);
+        rc = kp_ctl__read_secret(ctl, file, argv[first], &secret);
     if (rc == KP_CTL_EXIT_OK)
         rc = kp_ctl__resolve(ctl);
     if (rc == KP_CTL_EXIT_OK && (path = kp_ctl__path("keys", argv[first], "secret", NULL)) == NULL)
         rc = KP_CTL_EXIT_NO;
     if (rc == KP_CTL_EXIT_OK)
-        rc = send_secret(ctl, "POST", path, fields, &secret, NULL, &answer);
+        rc = kp_ctl__send_secret(ctl, "POST", path, fields, &secret, NULL, &answer);
     if (rc == KP_CTL_EXIT_OK)
         print_key_result(ctl, argv[first], answer, "rotated");
-    secret_wipe(&secret);
+    kp_ctl__secret_wipe(&secret);
     json_decref(fields);
     json_decref(answer);
     kp_free(path);
