@@ -124,7 +124,7 @@ err:
     return NULL;
 }
 
-static void free_headers(struct curl_slist *list)
+void kp_ctl__free_header_lines(struct curl_slist *list)
 {
     for (struct curl_slist *l = list; l != NULL; l = l->next)
         memset(l->data, 0, strlen(l->data));
@@ -210,7 +210,7 @@ out:
      * outlives this call. */
     if (curl != NULL)
         curl_easy_reset(curl);
-    free_headers(list);
+    kp_ctl__free_header_lines(list);
     kp_free(url);
     return ret;
 }

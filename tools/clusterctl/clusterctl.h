@@ -11,6 +11,7 @@
 #ifndef KP_CLUSTERCTL_H
 #define KP_CLUSTERCTL_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -190,6 +191,9 @@ int kp_ctl__query_add(struct kp_buf *path, const char *name, const char *value);
 /* "If-Match: \"N\"" into @buf. */
 void kp_ctl__if_match(char *buf, size_t len, uint64_t version);
 bool kp_ctl__valid_server(const char *url);
+/* curl_slist_free_all() after wiping each line (one may hold a token). */
+struct curl_slist;
+void kp_ctl__free_header_lines(struct curl_slist *list);
 void kp_ctl__client_close(struct kp_ctl *ctl);
 
 /* secret.c: secrets read from stdin or a file, never from the command line,
@@ -222,6 +226,49 @@ int kp_ctl__send_secret(struct kp_ctl *ctl, const char *method, const char *path
 /* The first secret version of the key @key (an answer of /admin/v1/keys/ID)
  * in @state ("primary", "previous", "retired"), or NULL. Borrowed. */
 json_t *kp_ctl__key_secret_in_state(const json_t *key, const char *state);
+
+/* drill_traffic.c: the rotation drill's test traffic, a thread sending
+ * tiny chat completions through the gateway at a steady rate. */
+struct kp_ctl_traffic;
+
+enum { KP_CTL_GATEWAYS_MAX = 64 };
+
+struct kp_ctl_traffic_config {
+    const json_t *gateways; /* 1 to KP_CTL_GATEWAYS_MAX gateway base URLs, taken in turn */
+    const char *token;      /* the app token; copied, wiped when freed */
+    const char *pool;       /* sent as X-Keyplane-Pool */
+    const char *model;
+    unsigned rps;               /* requests per second, > 0 */
+    const char *request_prefix; /* X-Request-Id is PREFIX-SEQ, SEQ from 1 */
+};
+
+/* How one request went. Times are kp_now_mono_us(). */
+struct kp_ctl_request_record {
+    uint64_t start_us, end_us;
+    long status;      /* HTTP status; 0 when none came (a transport failure) */
+    unsigned gateway; /* the index of the gateway it went to */
+    int key;          /* the X-Keyplane-Key answered (a name index), -1 when none */
+    int error;        /* for a failure, its class (a name index), else -1 */
+};
+
+/* Starts the thread; the first request goes out at once. */
+int kp_ctl__traffic_start(const struct kp_ctl_traffic_config *cfg, struct kp_ctl_traffic **out,
+                          char *errmsg, size_t errlen);
+/* Waits until key @key served (2xx) a request that started at or after
+ * @after_us (through every gateway when @every_gateway, else through any),
+ * until @deadline_us, or until *@cancel is set (checked at least every
+ * 100 ms); true when it did. A NULL @key just waits. */
+bool kp_ctl__traffic_wait_served(struct kp_ctl_traffic *t, const char *key, uint64_t after_us,
+                                 bool every_gateway, uint64_t deadline_us,
+                                 const volatile sig_atomic_t *cancel);
+/* Stops the thread after the request in flight and joins it. */
+void kp_ctl__traffic_stop(struct kp_ctl_traffic *t);
+/* After kp_ctl__traffic_stop(): the records, in start order. */
+size_t kp_ctl__traffic_records(const struct kp_ctl_traffic *t,
+                               const struct kp_ctl_request_record **records);
+/* A key or error class of a record by index; NULL for -1. */
+const char *kp_ctl__traffic_name(const struct kp_ctl_traffic *t, int index);
+void kp_ctl__traffic_free(struct kp_ctl_traffic *t);
 
 /* output.c: what commands print. Strings from the server are printed with
  * control characters replaced, so a hostile or broken server cannot drive
@@ -371,6 +418,8 @@ int kp_ctl__cmd_snapshot(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_audit(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_budgets(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_alerts(struct kp_ctl *ctl, int argc, char **argv);
+/* cmd_drill.c: `drill rotate`. */
+int kp_ctl__cmd_drill(struct kp_ctl *ctl, int argc, char **argv);
 /* cmd_freeze.c: `freeze`, `unfreeze` and `freezes`. */
 int kp_ctl__cmd_freeze(struct kp_ctl *ctl, int argc, char **argv);
 int kp_ctl__cmd_unfreeze(struct kp_ctl *ctl, int argc, char **argv);

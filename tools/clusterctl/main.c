@@ -37,6 +37,10 @@ static const struct kp_ctl_command commands[] = {
      kp_ctl__cmd_apply, false},
     {"keys", "SUBCOMMAND ...", "add, rotate, disable, enable, revoke keys (clusterctl keys --help)",
      kp_ctl__cmd_keys, true},
+    {"drill", "rotate KEY --pool POOL --gateway URL --app-token-file FILE --model MODEL --yes",
+     "rehearse a leaked key on a test pool under traffic; report exposure and client errors "
+     "(clusterctl drill --help)",
+     kp_ctl__cmd_drill, true},
     {"tokens", "SUBCOMMAND ...", "create, list, disable tokens (clusterctl tokens --help)",
      kp_ctl__cmd_tokens, true},
     {"members", "SUBCOMMAND ...", "list, add, remove cluster members (clusterctl members --help)",
