@@ -142,8 +142,11 @@ class SnapshotTest(unittest.TestCase):
             got = wait_until(lambda nd=nd: self.exports(nd) == want and want,
                              what=f"{nd.name}'s registry == A's at the snapshot")
             self.assertEqual(self.exports(nd), got)
-            self.assertEqual([m["id"] for m in self.admin(nd, "GET", "/members")["items"]],
-                             ["b1", "b2"])
+            # b2's member record is written by the leader after the join
+            # (record_member), a moment after Raft has it.
+            wait_until(lambda nd=nd: [m["id"] for m in self.admin(nd, "GET", "/members")
+                                      ["items"]] == ["b1", "b2"],
+                       what=f"{nd.name} has both member records")
             self.assertNotIn("after-save", {t["id"] for t in self.exports(nd)["tenants"]})
         # The same with clusterctl, as an operator would compare.
         for kind, name in (("policies", "acme-spend"), ("keys", "k2")):
