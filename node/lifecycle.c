@@ -766,28 +766,36 @@ int kp_node_prepare(struct kp_node *n, char *errmsg, size_t errlen)
     return rc;
 }
 
-int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
+void kp_node_store_identity(const struct kp_node *n, const char *raft_dir,
+                            struct kp_store_config *sc)
 {
-    char raft_dir[4096];
-    path_in(raft_dir, sizeof(raft_dir), n->cfg->data_dir, "raft");
-    struct kp_store_config sc = {
+    *sc = (struct kp_store_config){
         .dir = raft_dir,
         .node_id = n->node_id,
         .address = n->raft_addr,
-        .bootstrap = n->bootstrap,
-        .snapshot_threshold = (unsigned)n->cfg->snapshot_threshold,
-        .snapshot_trailing = (unsigned)n->cfg->snapshot_trailing,
-        .views = &n->views,
-        .election_timeout_ms = (unsigned)n->cfg->election_timeout_ms,
-        .heartbeat_timeout_ms = (unsigned)n->cfg->heartbeat_timeout_ms,
-        .on_change = on_change,
-        .arg = n,
     };
+}
+
+int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
+{
+    char raft_dir[4096];
+    struct kp_store_config sc;
+    path_in(raft_dir, sizeof(raft_dir), n->cfg->data_dir, "raft");
+    kp_node_store_identity(n, raft_dir, &sc);
+    sc.bootstrap = n->bootstrap;
+    sc.snapshot_threshold = (unsigned)n->cfg->snapshot_threshold;
+    sc.snapshot_trailing = (unsigned)n->cfg->snapshot_trailing;
+    sc.views = &n->views;
+    sc.election_timeout_ms = (unsigned)n->cfg->election_timeout_ms;
+    sc.heartbeat_timeout_ms = (unsigned)n->cfg->heartbeat_timeout_ms;
+    sc.on_change = on_change;
+    sc.arg = n;
     int rc = kp_store_open(&n->store, n->rt->main_loop, &sc, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
-    kp_info("node", "node %llu (%s), raft %s, master key %s, %s", (unsigned long long)n->node_id,
-            n->cfg->node_name, n->raft_addr, kp_seal_kek_id(n->kek),
+    kp_info("node", "node %llu (%s), raft %s%s, master key %s, %s", (unsigned long long)n->node_id,
+            n->cfg->node_name, n->raft_addr, sc.tls_cert_file != NULL ? " over mutual TLS" : "",
+            kp_seal_kek_id(n->kek),
             n->bootstrap  ? "bootstrapping a new cluster"
             : n->restored ? "starting a new cluster from a snapshot"
             : n->fresh    ? "joining a cluster"

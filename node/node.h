@@ -152,6 +152,10 @@ int kp_node_write_private(const char *path, const char *data, size_t len, char *
                           size_t errlen);
 int kp_node_load_id(struct kp_node *n, char *errmsg, size_t errlen);
 int kp_node_resolve_raft_addr(struct kp_node *n, char *errmsg, size_t errlen);
+/* This node's Raft identity for the store: @raft_dir, its id, its raft
+ * address and the TLS files of the config (the rest of @sc zeroed). */
+void kp_node_store_identity(const struct kp_node *n, const char *raft_dir,
+                            struct kp_store_config *sc);
 
 /* restore.c: a new cluster from a registry snapshot (cfg->restore), made in
  * the empty raft directory @raft_dir before the store opens (kp_node_prepare

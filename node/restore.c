@@ -128,8 +128,9 @@ int kp_node_restore(struct kp_node *n, const char *raft_dir, char *errmsg, size_
     if (rc == KP_OK && (rc = kp_fsm_snapshot(fsm, &snap, why, sizeof(why))) != KP_OK)
         snprintf(errmsg, errlen, "restore: %s", why);
     if (rc == KP_OK) {
-        rc = kp_store_seed(raft_dir, n->node_id, n->raft_addr, snap.data, snap.len,
-                           kp_fsm_applied_index(fsm), why, sizeof(why));
+        struct kp_store_config sc;
+        kp_node_store_identity(n, raft_dir, &sc);
+        rc = kp_store_seed(&sc, snap.data, snap.len, kp_fsm_applied_index(fsm), why, sizeof(why));
         if (rc != KP_OK)
             snprintf(errmsg, errlen, "restore: %s (empty %s before trying again)", why, raft_dir);
     }
@@ -171,7 +172,9 @@ int kp_node_recover(struct kp_config *cfg, char *errmsg, size_t errlen)
     if (rc == KP_OK)
         rc = kp_node_resolve_raft_addr(&n, errmsg, errlen);
     if (rc == KP_OK) {
-        rc = kp_store_recover(raft_dir, n.node_id, n.raft_addr, why, sizeof(why));
+        struct kp_store_config sc;
+        kp_node_store_identity(&n, raft_dir, &sc);
+        rc = kp_store_recover(&sc, why, sizeof(why));
         if (rc != KP_OK)
             snprintf(errmsg, errlen, "recover: %s", why);
     }

@@ -1351,6 +1351,13 @@ struct kp_store_config {
      * published as a view, and when leadership changes. May be NULL. */
     void (*on_change)(void *arg);
     void *arg;
+    /* Raft links over mutual TLS (docs/operations.md, "Securing node
+     * links"): this node's certificate chain and private key, and the
+     * cluster CA that must have signed every peer's certificate; PEM files.
+     * All NULL: plain TCP. Some but not all set: kp_store_open refuses. */
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    const char *tls_ca_file;
 };
 
 /* Open the raft directory, restore the latest snapshot and log, start the
@@ -1358,6 +1365,11 @@ struct kp_store_config {
  * port, a directory from another node id, a corrupt log). */
 int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_config *cfg,
                   char *errmsg, size_t errlen);
+/* Read the TLS files named at open again (SIGHUP): links made from now on
+ * present and check the new certificates, links open now keep theirs. On
+ * failure the old ones stay in use and @errmsg says which file and why.
+ * KP_OK (also when the store runs without TLS: nothing to do), KP_ECONFIG. */
+int kp_store_tls_reload(struct kp_store *s, char *errmsg, size_t errlen);
 /* Stop raft and free the store once every handle closed; @cb (may be NULL)
  * runs then. Pending proposals complete with KP_ECLOSED first. */
 void kp_store_close(struct kp_store *s, void (*cb)(void *arg), void *arg);
@@ -1435,20 +1447,24 @@ int kp_store_transfer(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void
  * data directory's lock); each runs on a private loop and returns when
  * done. */
 
+/* Both take the node's identity from @cfg: dir, node_id, address and the
+ * TLS files (the transport kp_store_open would use; nothing is sent
+ * offline). Its other fields are ignored. */
+
 /* Start a new cluster from a registry snapshot: make the empty directory
- * @dir hold @snap (kp_fsm_snapshot bytes, @len; its applied index is
+ * cfg->dir hold @snap (kp_fsm_snapshot bytes, @len; its applied index is
  * @index) as Raft's first snapshot, at @index and term 1, with a
- * configuration of this node alone (@node_id at @address) as voter. The
- * next kp_store_open restores it and this node leads at once; a node that
- * joins later is sent the snapshot. KP_OK, or an error with @errmsg. */
-int kp_store_seed(const char *dir, uint64_t node_id, const char *address, const void *snap,
-                  size_t len, uint64_t index, char *errmsg, size_t errlen);
+ * configuration of this node alone (cfg->node_id at cfg->address) as voter.
+ * The next kp_store_open restores it and this node leads at once; a node
+ * that joins later is sent the snapshot. KP_OK, or an error with @errmsg. */
+int kp_store_seed(const struct kp_store_config *cfg, const void *snap, size_t len, uint64_t index,
+                  char *errmsg, size_t errlen);
 
 /* Recovery from the loss of a majority (raft_recover): append to the log in
- * @dir a configuration of this node alone (@node_id at @address) as voter,
- * so that it leads by itself at its next start. Entries the lost nodes
- * committed without this one are gone. KP_OK, or an error with @errmsg. */
-int kp_store_recover(const char *dir, uint64_t node_id, const char *address, char *errmsg,
-                     size_t errlen);
+ * cfg->dir a configuration of this node alone (cfg->node_id at
+ * cfg->address) as voter, so that it leads by itself at its next start.
+ * Entries the lost nodes committed without this one are gone. KP_OK, or an
+ * error with @errmsg. */
+int kp_store_recover(const struct kp_store_config *cfg, char *errmsg, size_t errlen);
 
 #endif

@@ -1,9 +1,10 @@
-/* The Raft glue: with raft_fsm.c, the only code in keyplane that calls
- * canonical/raft.
+/* The Raft glue: with raft_fsm.c and the TLS transport (transport_tls.c,
+ * tls_link.c), the only code in keyplane that calls canonical/raft.
  *
  * A store is one raft instance with its libuv I/O (raft_uv, segmented log and
- * snapshots in the raft directory) and TCP transport, driving the state
- * machine of fsm.c. Everything runs on one loop:
+ * snapshots in the raft directory) and transport (raft_uv_tcp, or mutual TLS
+ * from transport_tls.c when the config names certificate files), driving
+ * the state machine of fsm.c. Everything runs on one loop:
  *
  *   raft apply ----> raft_fsm.c -> kp_fsm_apply; the result is kept for the
  *        |                            proposer's callback (raft calls it
@@ -41,12 +42,14 @@ struct kp_store {
     struct raft raft;
     struct raft_io io;
     struct raft_uv_transport transport;
+    bool tls; /* transport is transport_tls.c's */
     struct kp_raft_fsm rfsm;
     struct kp_fsm *fsm;
     struct kp_view_slot *views; /* the caller's (cfg.views) */
     struct kp_store_config cfg;
     char *dir;
     char *address;
+    char *tls_files[3];    /* cfg's, copied */
     uv_timer_t notify;     /* publish a view and tell the node */
     uint64_t published_at; /* uv_now of the last publish */
     /* Inside a callback that reports a failed request: raft 0.15 fails
@@ -186,6 +189,8 @@ static void store_free(struct kp_store *s)
     kp_fsm_free(s->fsm);
     kp_free(s->dir);
     kp_free(s->address);
+    for (int i = 0; i < 3; i++)
+        kp_free(s->tls_files[i]);
     kp_free(s);
 }
 
@@ -208,11 +213,71 @@ static void close_timers(struct kp_store *s)
     uv_close((uv_handle_t *)&s->watch, handle_closed);
 }
 
+/* --- the transport ------------------------------------------------------------ */
+
+/* How many of the three TLS files @cfg names: 0 (plain TCP) or 3 (TLS);
+ * anything else is refused with a message that names what is missing. */
+static int tls_wanted(const struct kp_store_config *cfg, bool *tls, char *errmsg, size_t errlen)
+{
+    const char *names[3] = {"certificate (tls_cert_file)", "private key (tls_key_file)",
+                            "CA (tls_ca_file)"};
+    const char *files[3] = {cfg->tls_cert_file, cfg->tls_key_file, cfg->tls_ca_file};
+    int set = 0;
+    for (int i = 0; i < 3; i++)
+        set += files[i] != NULL && files[i][0] != '\0';
+    *tls = set == 3;
+    if (set == 0 || set == 3)
+        return KP_OK;
+    char missing[160] = "";
+    for (int i = 0; i < 3; i++)
+        if (files[i] == NULL || files[i][0] == '\0')
+            snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing), "%s%s",
+                     missing[0] ? ", " : "", names[i]);
+    snprintf(errmsg, errlen,
+             "raft TLS needs a certificate, its private key and the cluster CA together; "
+             "missing: %s",
+             missing);
+    return KP_ECONFIG;
+}
+
+static int transport_init(struct raft_uv_transport *t, bool tls, uv_loop_t *loop,
+                          const struct kp_store_config *cfg, char *errmsg, size_t errlen)
+{
+    if (tls)
+        return kp_raft_tls_init(t, loop, cfg->tls_cert_file, cfg->tls_key_file, cfg->tls_ca_file,
+                                errmsg, errlen);
+    int rv = raft_uv_tcp_init(t, loop);
+    if (rv != 0) {
+        snprintf(errmsg, errlen, "raft: cannot set up the TCP transport: %s", raft_strerror(rv));
+        return KP_EIO;
+    }
+    return KP_OK;
+}
+
+static void transport_close(struct raft_uv_transport *t, bool tls)
+{
+    if (tls)
+        kp_raft_tls_close(t);
+    else
+        raft_uv_tcp_close(t);
+}
+
+int kp_store_tls_reload(struct kp_store *s, char *errmsg, size_t errlen)
+{
+    if (!s->tls || s->closing)
+        return KP_OK;
+    int rc = kp_raft_tls_reload(&s->transport, errmsg, errlen);
+    if (rc == KP_OK)
+        kp_info("raft", "TLS certificates reloaded from %s, %s and %s; new links use them",
+                s->cfg.tls_cert_file, s->cfg.tls_key_file, s->cfg.tls_ca_file);
+    return rc;
+}
+
 static void raft_closed(struct raft *r)
 {
     struct kp_store *s = r->data;
     raft_uv_close(&s->io);
-    raft_uv_tcp_close(&s->transport);
+    transport_close(&s->transport, s->tls);
     close_timers(s);
 }
 
@@ -224,7 +289,10 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
         snprintf(errmsg, errlen, "raft: node id, address, directory and view slot are required");
         return KP_EINVAL;
     }
-    int rc = make_dir(cfg->dir, errmsg, errlen);
+    bool tls;
+    int rc = tls_wanted(cfg, &tls, errmsg, errlen);
+    if (rc == KP_OK)
+        rc = make_dir(cfg->dir, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
     struct kp_store *s = kp_calloc(1, sizeof(*s));
@@ -242,21 +310,31 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
     }
     s->cfg.dir = s->dir;
     s->cfg.address = s->address;
+    /* The TLS file names are kept for reloads. */
+    s->tls_files[0] = tls ? kp_strdup(cfg->tls_cert_file) : NULL;
+    s->tls_files[1] = tls ? kp_strdup(cfg->tls_key_file) : NULL;
+    s->tls_files[2] = tls ? kp_strdup(cfg->tls_ca_file) : NULL;
+    if (tls && (s->tls_files[0] == NULL || s->tls_files[1] == NULL || s->tls_files[2] == NULL)) {
+        store_free(s);
+        goto nomem;
+    }
+    s->cfg.tls_cert_file = s->tls_files[0];
+    s->cfg.tls_key_file = s->tls_files[1];
+    s->cfg.tls_ca_file = s->tls_files[2];
     uv_timer_init(loop, &s->notify);
     uv_timer_init(loop, &s->watch);
     s->notify.data = s->watch.data = s;
 
     kp_raft_fsm_init(&s->rfsm, s->fsm, &s->raft, store_dirty, s);
 
-    int rv = raft_uv_tcp_init(&s->transport, loop);
-    if (rv != 0) {
-        snprintf(errmsg, errlen, "raft: cannot set up the TCP transport: %s", raft_strerror(rv));
+    rc = transport_init(&s->transport, tls, loop, cfg, errmsg, errlen);
+    if (rc != KP_OK)
         goto fail_timers;
-    }
-    rv = raft_uv_init(&s->io, loop, s->dir, &s->transport);
+    s->tls = tls;
+    int rv = raft_uv_init(&s->io, loop, s->dir, &s->transport);
     if (rv != 0) {
         snprintf(errmsg, errlen, "raft: cannot open %s: %s", s->dir, s->io.errmsg);
-        raft_uv_tcp_close(&s->transport);
+        transport_close(&s->transport, tls);
         goto fail_timers;
     }
     /* Snapshots are zstd already. */
@@ -265,7 +343,7 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
     if (rv != 0) {
         snprintf(errmsg, errlen, "raft: %s", raft_errmsg(&s->raft));
         raft_uv_close(&s->io);
-        raft_uv_tcp_close(&s->transport);
+        transport_close(&s->transport, tls);
         goto fail_timers;
     }
     s->raft.data = s;
@@ -299,9 +377,12 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
     }
     rv = raft_start(&s->raft);
     if (rv != 0) {
+        /* raft_uv does not copy the transport's message (a failed listen). */
         const char *why = raft_errmsg(&s->raft);
         if (why == NULL || why[0] == '\0')
-            why = s->io.errmsg[0] ? s->io.errmsg : raft_strerror(rv);
+            why = s->io.errmsg[0] ? s->io.errmsg : s->transport.errmsg;
+        if (why[0] == '\0')
+            why = raft_strerror(rv);
         snprintf(errmsg, errlen, "raft: cannot start on %s with %s: %s", s->address, s->dir, why);
         goto fail_raft;
     }
@@ -320,7 +401,7 @@ fail_raft:
 fail_timers:
     s->closing = true;
     close_timers(s);
-    return KP_EIO;
+    return rc != KP_OK ? rc : KP_EIO;
 nomem:
     snprintf(errmsg, errlen, "out of memory");
     return KP_ENOMEM;
@@ -646,6 +727,7 @@ int kp_store_transfer(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void
 struct offline {
     uv_loop_t loop;
     struct raft_uv_transport transport;
+    bool tls;
     struct raft_io io;
     struct raft raft;
     struct raft_fsm fsm; /* raft_init wants one; nothing is applied offline */
@@ -654,23 +736,28 @@ struct offline {
     int status;
 };
 
-static int offline_open(struct offline *o, const char *dir, char *errmsg, size_t errlen)
+/* The same transport as kp_store_open would use, so that an offline
+ * operation fails on the same configuration errors as a start would. */
+static int offline_open(struct offline *o, const struct kp_store_config *cfg, char *errmsg,
+                        size_t errlen)
 {
     memset(o, 0, sizeof(*o));
+    int rc = tls_wanted(cfg, &o->tls, errmsg, errlen);
+    if (rc != KP_OK)
+        return rc;
     if (uv_loop_init(&o->loop) != 0) {
         snprintf(errmsg, errlen, "raft: cannot make an event loop");
         return KP_ENOMEM;
     }
-    int rv = raft_uv_tcp_init(&o->transport, &o->loop);
-    if (rv != 0) {
-        snprintf(errmsg, errlen, "raft: cannot set up the TCP transport: %s", raft_strerror(rv));
+    rc = transport_init(&o->transport, o->tls, &o->loop, cfg, errmsg, errlen);
+    if (rc != KP_OK) {
         uv_loop_close(&o->loop);
-        return KP_EIO;
+        return rc;
     }
-    rv = raft_uv_init(&o->io, &o->loop, dir, &o->transport);
+    int rv = raft_uv_init(&o->io, &o->loop, cfg->dir, &o->transport);
     if (rv != 0) {
-        snprintf(errmsg, errlen, "raft: cannot open %s: %s", dir, o->io.errmsg);
-        raft_uv_tcp_close(&o->transport);
+        snprintf(errmsg, errlen, "raft: cannot open %s: %s", cfg->dir, o->io.errmsg);
+        transport_close(&o->transport, o->tls);
         uv_loop_close(&o->loop);
         return KP_EIO;
     }
@@ -710,7 +797,7 @@ static void offline_close(struct offline *o, bool io_inited)
         offline_run_until_done(o);
     }
     raft_uv_close(&o->io);
-    raft_uv_tcp_close(&o->transport);
+    transport_close(&o->transport, o->tls);
     uv_run(&o->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&o->loop) != 0)
         kp_warn("raft", "offline loop closed with open handles");
@@ -723,17 +810,19 @@ static void seed_put_done(struct raft_io_snapshot_put *req, int status)
     o->done = true;
 }
 
-int kp_store_seed(const char *dir, uint64_t node_id, const char *address, const void *snap,
-                  size_t len, uint64_t index, char *errmsg, size_t errlen)
+int kp_store_seed(const struct kp_store_config *cfg, const void *snap, size_t len, uint64_t index,
+                  char *errmsg, size_t errlen)
 {
     struct offline o;
-    if (index == 0 || node_id == 0 || len == 0) {
+    const char *dir = cfg->dir, *address = cfg->address;
+    uint64_t node_id = cfg->node_id;
+    if (index == 0 || node_id == 0 || len == 0 || dir == NULL || address == NULL) {
         snprintf(errmsg, errlen, "raft: a seed needs an index, a node id and a snapshot");
         return KP_EINVAL;
     }
     int rc = make_dir(dir, errmsg, errlen);
     if (rc == KP_OK)
-        rc = offline_open(&o, dir, errmsg, errlen);
+        rc = offline_open(&o, cfg, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
     struct raft_buffer buf = {raft_malloc(len), len};
@@ -767,12 +856,13 @@ int kp_store_seed(const char *dir, uint64_t node_id, const char *address, const 
     return rv == 0 ? KP_OK : rv == RAFT_NOMEM ? KP_ENOMEM : KP_EIO;
 }
 
-int kp_store_recover(const char *dir, uint64_t node_id, const char *address, char *errmsg,
-                     size_t errlen)
+int kp_store_recover(const struct kp_store_config *cfg, char *errmsg, size_t errlen)
 {
     struct offline o;
     struct raft_configuration conf;
-    int rc = offline_open(&o, dir, errmsg, errlen);
+    const char *dir = cfg->dir, *address = cfg->address;
+    uint64_t node_id = cfg->node_id;
+    int rc = offline_open(&o, cfg, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
     o.fsm.version = 2;
