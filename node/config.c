@@ -12,7 +12,9 @@
  * "keyplane.yaml:7: workers", "KEYPLANE_WORKERS" or "--workers".
  *
  * The YAML file is parsed by libfyaml. Its root must be a mapping from
- * setting names to scalars (join may also be a sequence). libfyaml's
+ * setting names to scalars (join may also be a sequence). A dotted name
+ * (tls.cert_file) lives in a section: YAML `tls:` holding `cert_file:`,
+ * environment KEYPLANE_TLS_CERT_FILE, flag --tls-cert-file. libfyaml's
  * diagnostics are collected rather than printed, and the first becomes our
  * error with its line. Duplicate keys are allowed through libfyaml so that we
  * can name the setting and both lines. No host name is ever resolved here:
@@ -191,6 +193,15 @@ static const struct setting settings[] = {
     {"access_log", SET_PATH, FIELD(access_log), 0, 0, true, NULL, "FILE",
      "one JSON line per gateway call to this file (reopened on SIGHUP) or to stderr; none: off",
      NULL},
+    /* One section: its rows stay together (kp_config_print relies on it). */
+    {"tls.cert_file", SET_PATH, FIELD(tls_cert_file), 0, 0, true, NULL, "FILE",
+     "this node's certificate chain (PEM), signed by the cluster CA; with tls.key_file and "
+     "tls.ca_file, Raft traffic between nodes runs over mutual TLS (reread on SIGHUP)",
+     NULL},
+    {"tls.key_file", SET_PATH, FIELD(tls_key_file), 0, 0, true, NULL, "FILE",
+     "the private key of tls.cert_file (PEM, mode 0600)", NULL},
+    {"tls.ca_file", SET_PATH, FIELD(tls_ca_file), 0, 0, true, NULL, "FILE",
+     "the cluster CA (PEM): a node's Raft peers must present a certificate it signed", NULL},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -251,13 +262,14 @@ static const struct setting *setting_by_name(const char *name, size_t len)
     return NULL;
 }
 
-/* Flags spell the name with dashes: data_dir -> --data-dir. */
+/* Flags spell the name with dashes: data_dir -> --data-dir, tls.ca_file ->
+ * --tls-ca-file. */
 static const struct setting *setting_by_flag(const char *flag, size_t len)
 {
     for (size_t i = 0; i < N_SETTINGS; i++) {
         const char *n = settings[i].name;
         size_t j = 0;
-        while (j < len && n[j] != '\0' && flag[j] == (n[j] == '_' ? '-' : n[j]))
+        while (j < len && n[j] != '\0' && flag[j] == (n[j] == '_' || n[j] == '.' ? '-' : n[j]))
             j++;
         if (j == len && n[j] == '\0')
             return &settings[i];
@@ -269,14 +281,14 @@ static void env_name(const struct setting *s, char *buf, size_t len)
 {
     size_t n = (size_t)snprintf(buf, len, ENV_PREFIX "%s", s->name);
     for (size_t i = 0; i < n && i < len; i++)
-        buf[i] = (char)toupper((unsigned char)buf[i]);
+        buf[i] = buf[i] == '.' ? '_' : (char)toupper((unsigned char)buf[i]);
 }
 
 static void flag_name(const struct setting *s, char *buf, size_t len)
 {
     size_t n = (size_t)snprintf(buf, len, "--%s", s->name);
     for (size_t i = 2; i < n && i < len; i++)
-        if (buf[i] == '_')
+        if (buf[i] == '_' || buf[i] == '.')
             buf[i] = '-';
 }
 
@@ -1139,13 +1151,26 @@ static int unknown_key(const char *path, int line, const char *name, size_t len,
     return errf(errmsg, errlen, KP_ECONFIG, "%s: unknown setting \"%s\"", pos, shown);
 }
 
+/* Whether some setting's name is "@name.something": @name is a section. */
+static bool is_section(const char *name, size_t len)
+{
+    for (size_t i = 0; i < N_SETTINGS; i++)
+        if (strncmp(settings[i].name, name, len) == 0 && settings[i].name[len] == '.')
+            return true;
+    return false;
+}
+
+static int apply_yaml_section(struct kp_config *cfg, const char *path, const char *section,
+                              size_t slen, struct fy_node *map, int *first_line, char *errmsg,
+                              size_t errlen);
+
 /* @first_line remembers where each setting was first set, to refuse a
- * second. */
-static int apply_yaml_pair(struct kp_config *cfg, const char *path, struct fy_node_pair *pair,
-                           int *first_line, char *errmsg, size_t errlen)
+ * second. @section is the enclosing section's name ("" at the top). */
+static int apply_yaml_pair(struct kp_config *cfg, const char *path, const char *section,
+                           struct fy_node_pair *pair, int *first_line, char *errmsg, size_t errlen)
 {
     struct fy_node *key = fy_node_pair_key(pair);
-    char pos[PATH_MAX + 16], where[PATH_MAX + 64];
+    char pos[PATH_MAX + 16], where[PATH_MAX + 64], full[128];
     const struct setting *s;
     const char *name = NULL;
     size_t len = 0;
@@ -1156,6 +1181,14 @@ static int apply_yaml_pair(struct kp_config *cfg, const char *path, struct fy_no
         name = fy_node_get_scalar(key, &len);
     if (name == NULL)
         return errf(errmsg, errlen, KP_ECONFIG, "%s: setting names must be plain strings", pos);
+    if (section[0] != '\0') {
+        int n = snprintf(full, sizeof(full), "%s.%.*s", section, (int)len, name);
+        name = full;
+        len = n > 0 && (size_t)n < sizeof(full) ? (size_t)n : sizeof(full) - 1;
+    } else if (is_section(name, len)) {
+        return apply_yaml_section(cfg, path, name, len, deref(fy_node_pair_value(pair)), first_line,
+                                  errmsg, errlen);
+    }
     if ((s = setting_by_name(name, len)) == NULL)
         return unknown_key(path, line, name, len, errmsg, errlen);
     snprintf(where, sizeof(where), "%s: %s", pos, s->name);
@@ -1167,6 +1200,32 @@ static int apply_yaml_pair(struct kp_config *cfg, const char *path, struct fy_no
         return errf(errmsg, errlen, KP_ECONFIG, "%s: set twice", where);
     first_line[idx] = line > 0 ? line : -1;
     return apply_yaml_value(cfg, s, fy_node_pair_value(pair), path, where, errmsg, errlen);
+}
+
+/* A section (tls:): a mapping of the names after the dot; empty or null
+ * sets nothing. */
+static int apply_yaml_section(struct kp_config *cfg, const char *path, const char *section,
+                              size_t slen, struct fy_node *map, int *first_line, char *errmsg,
+                              size_t errlen)
+{
+    char name[64], pos[PATH_MAX + 16];
+    struct fy_node_pair *pair;
+    void *iter = NULL;
+    snprintf(name, sizeof(name), "%.*s", (int)slen, section);
+    if (map == NULL || (fy_node_get_type(map) == FYNT_SCALAR && fy_node_get_scalar0(map) != NULL &&
+                        is_yaml_null(map, fy_node_get_scalar0(map))))
+        return 0;
+    if (fy_node_get_type(map) != FYNT_MAPPING) {
+        file_pos(pos, sizeof(pos), path, node_line(map));
+        return errf(errmsg, errlen, KP_ECONFIG, "%s: %s: expected a mapping of settings, got %s",
+                    pos, name, node_kind(map));
+    }
+    while ((pair = fy_node_mapping_iterate(map, &iter)) != NULL) {
+        int rv = apply_yaml_pair(cfg, path, name, pair, first_line, errmsg, errlen);
+        if (rv != 0)
+            return rv;
+    }
+    return 0;
 }
 
 static int apply_yaml_root(struct kp_config *cfg, const char *path, struct fy_node *root,
@@ -1190,7 +1249,7 @@ static int apply_yaml_root(struct kp_config *cfg, const char *path, struct fy_no
                     pos, node_kind(root));
     }
     while ((pair = fy_node_mapping_iterate(root, &iter)) != NULL) {
-        rv = apply_yaml_pair(cfg, path, pair, first_line, errmsg, errlen);
+        rv = apply_yaml_pair(cfg, path, "", pair, first_line, errmsg, errlen);
         if (rv != 0)
             return rv;
     }
@@ -1453,6 +1512,28 @@ static int check_listeners(const struct kp_config *cfg, char *errmsg, size_t err
     return 0;
 }
 
+/* Raft's TLS needs all three files: a certificate without the CA could not
+ * check its peers, and a CA alone would present nothing. */
+static int check_tls(const struct kp_config *cfg, char *errmsg, size_t errlen)
+{
+    const char *names[3] = {"tls.cert_file", "tls.key_file", "tls.ca_file"};
+    const char *files[3] = {cfg->tls_cert_file, cfg->tls_key_file, cfg->tls_ca_file};
+    char set[64] = "", unset[64] = "";
+    int n = 0;
+    for (int i = 0; i < 3; i++) {
+        char *list = files[i] != NULL ? set : unset;
+        n += files[i] != NULL;
+        snprintf(list + strlen(list), sizeof(set) - strlen(list), "%s%s", list[0] ? ", " : "",
+                 names[i]);
+    }
+    if (n == 0 || n == 3)
+        return 0;
+    return errf(errmsg, errlen, KP_ECONFIG,
+                "%s set but not %s: Raft over TLS needs this node's certificate, its key and "
+                "the cluster CA (docs/operations.md, \"Securing node links\")",
+                set, unset);
+}
+
 static int load_sources(struct kp_config *cfg, int argc, char **argv, char **envp,
                         const struct flag_scan *scan, char *errmsg, size_t errlen)
 {
@@ -1471,7 +1552,9 @@ static int load_sources(struct kp_config *cfg, int argc, char **argv, char **env
         return rv;
     if ((rv = walk_flags(argc, argv, &again, cfg, errmsg, errlen)) != 0)
         return rv;
-    return check_listeners(cfg, errmsg, errlen);
+    if ((rv = check_listeners(cfg, errmsg, errlen)) != 0)
+        return rv;
+    return check_tls(cfg, errmsg, errlen);
 }
 
 int kp_config_load(struct kp_config *cfg, int argc, char **argv, char **envp,
@@ -1615,6 +1698,18 @@ static void print_headers(FILE *out, const char *lines)
 
 static void print_setting(FILE *out, const struct kp_config *cfg, const struct setting *s)
 {
+    /* A section's settings print under its name, indented. */
+    const char *dot = strchr(s->name, '.');
+    if (dot != NULL) {
+        size_t slen = (size_t)(dot - s->name);
+        if (s == settings || strncmp(s[-1].name, s->name, slen + 1) != 0)
+            fprintf(out, "%.*s:\n", (int)slen, s->name);
+        fputs("  ", out);
+        struct setting inner = *s;
+        inner.name = dot + 1;
+        print_setting(out, cfg, &inner);
+        return;
+    }
     if (s->type == SET_RATIO) {
         double d;
         memcpy(&d, (const char *)cfg + s->offset, sizeof(d));
@@ -1718,7 +1813,12 @@ static void usage_setting(const struct setting *s)
         def = s->type == SET_NAME ? "the host name" : "none";
     usage_add("  %s %s\n", flag, s->metavar);
     usage_wrap(s->help);
-    usage_add("      default: %s; env %s; YAML %s\n", def, env, s->name);
+    const char *dot = strchr(s->name, '.');
+    if (dot != NULL)
+        usage_add("      default: %s; env %s; YAML %.*s: %s\n", def, env, (int)(dot - s->name),
+                  s->name, dot + 1);
+    else
+        usage_add("      default: %s; env %s; YAML %s\n", def, env, s->name);
 }
 
 /* Built once from the table, so it cannot drift from what is accepted. Not

@@ -57,6 +57,10 @@ struct kp_config {
     int64_t otlp_timeout_ms;   /* 10 s per export request */
     int trace_queue_spans;     /* 4096 spans waiting at most */
     char *access_log;          /* NULL: off (default), "stderr", or a file */
+    /* Raft over mutual TLS: all three or none (docs/operations.md) */
+    char *tls_cert_file; /* this node's certificate chain, PEM */
+    char *tls_key_file;  /* its private key, PEM */
+    char *tls_ca_file;   /* the cluster CA, PEM */
 };
 
 /* What the command line asked for besides settings. */

@@ -773,6 +773,9 @@ void kp_node_store_identity(const struct kp_node *n, const char *raft_dir,
         .dir = raft_dir,
         .node_id = n->node_id,
         .address = n->raft_addr,
+        .tls_cert_file = n->cfg->tls_cert_file,
+        .tls_key_file = n->cfg->tls_key_file,
+        .tls_ca_file = n->cfg->tls_ca_file,
     };
 }
 

@@ -245,7 +245,7 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     struct kp_runtime *rt = s->data;
     if (signum == SIGHUP) {
-        kp_info("runtime", "SIGHUP -> reopen the access log");
+        kp_info("runtime", "SIGHUP -> reopen the access log, reload the Raft TLS certificates");
         if (rt->on_hup != NULL)
             rt->on_hup(rt->control_arg);
         return;

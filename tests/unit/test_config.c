@@ -853,6 +853,112 @@ static void test_alloc_failures(void **state)
     assert_string_equal(f->cfg.join, "a:1,[::1]:2");
 }
 
+/* --- the tls section ------------------------------------------------------ */
+
+/* The Raft TLS files come from a YAML tls: section, from
+ * KEYPLANE_TLS_*_FILE and from --tls-*-file flags, with the usual order;
+ * they are unset by default. */
+static void test_tls_sources(void **state)
+{
+    struct fixture *f = *state;
+    assert_loads(f, LOAD0(f, NULL));
+    assert_null(f->cfg.tls_cert_file);
+    assert_null(f->cfg.tls_key_file);
+    assert_null(f->cfg.tls_ca_file);
+
+    const char *path = write_file(f, "tls.yaml",
+                                  "workers: 2\n"
+                                  "tls:\n"
+                                  "  cert_file: /etc/kp/node.pem\n"
+                                  "  key_file: /etc/kp/node.key\n"
+                                  "  ca_file: /etc/kp/ca.pem\n");
+    assert_loads(f, LOAD(f, NULL, "--config", (char *)path));
+    assert_string_equal(f->cfg.tls_cert_file, "/etc/kp/node.pem");
+    assert_string_equal(f->cfg.tls_key_file, "/etc/kp/node.key");
+    assert_string_equal(f->cfg.tls_ca_file, "/etc/kp/ca.pem");
+
+    char *env[] = {"KEYPLANE_TLS_CA_FILE=/env/ca.pem", "KEYPLANE_TLS_KEY_FILE=/env/k", NULL};
+    assert_loads(f, LOAD(f, env, "--config", (char *)path, "--tls-key-file", "/flag/k"));
+    assert_string_equal(f->cfg.tls_cert_file, "/etc/kp/node.pem");
+    assert_string_equal(f->cfg.tls_ca_file, "/env/ca.pem");
+    assert_string_equal(f->cfg.tls_key_file, "/flag/k");
+
+    /* An empty section sets nothing. */
+    path = write_file(f, "empty.yaml", "tls:\n");
+    assert_loads(f, LOAD(f, NULL, "--config", (char *)path));
+    assert_null(f->cfg.tls_cert_file);
+}
+
+/* Raft over TLS needs all three files: a partial set is refused, naming
+ * what is set and what is missing, wherever the values came from. */
+static void test_tls_partial_refused(void **state)
+{
+    struct fixture *f = *state;
+    const char *tail = ": Raft over TLS needs this node's certificate, its key and the cluster CA "
+                       "(docs/operations.md, \"Securing node links\")";
+    char want[512];
+
+    snprintf(want, sizeof(want), "tls.cert_file set but not tls.key_file, tls.ca_file%s", tail);
+    expect_error(f, LOAD(f, NULL, "--tls-cert-file", "/c.pem"), want);
+
+    char *env[] = {"KEYPLANE_TLS_CERT_FILE=/c.pem", "KEYPLANE_TLS_KEY_FILE=/k.pem", NULL};
+    snprintf(want, sizeof(want), "tls.cert_file, tls.key_file set but not tls.ca_file%s", tail);
+    expect_error(f, LOAD0(f, env), want);
+
+    const char *path = write_file(f, "ca.yaml", "tls:\n  ca_file: /ca.pem\n");
+    snprintf(want, sizeof(want), "tls.ca_file set but not tls.cert_file, tls.key_file%s", tail);
+    expect_error(f, LOAD(f, NULL, "--config", (char *)path), want);
+
+    /* A flag may unset what the file set. */
+    path = write_file(f, "all.yaml", "tls: {cert_file: /c, key_file: /k, ca_file: /ca}\n");
+    assert_loads(f, LOAD(f, NULL, "--config", (char *)path));
+    snprintf(want, sizeof(want), "tls.cert_file, tls.ca_file set but not tls.key_file%s", tail);
+    expect_error(f, LOAD(f, NULL, "--config", (char *)path, "--tls-key-file="), want);
+}
+
+/* Inside tls: only its own names are settings, a section must be a
+ * mapping, and a name set twice is refused like any other. */
+static void test_tls_section_errors(void **state)
+{
+    struct fixture *f = *state;
+    char want[PATH_MAX + 128];
+    const char *typo = write_file(f, "t.yaml", "tls:\n  cert_fil: /c\n");
+    snprintf(want, sizeof(want),
+             "%s:2: unknown setting \"tls.cert_fil\" (did you mean \"tls.cert_file\"?)", typo);
+    expect_error(f, LOAD(f, NULL, "--config", (char *)typo), want);
+
+    const char *scalar = write_file(f, "s.yaml", "tls: /etc/kp\n");
+    snprintf(want, sizeof(want), "%s:1: tls: expected a mapping of settings, got a scalar", scalar);
+    expect_error(f, LOAD(f, NULL, "--config", (char *)scalar), want);
+
+    const char *twice = write_file(f, "d.yaml",
+                                   "tls:\n  ca_file: /a\n  cert_file: /c\n  key_file: /k\n"
+                                   "tls:\n  ca_file: /b\n");
+    snprintf(want, sizeof(want), "%s:6: tls.ca_file: set twice (first on line 2)", twice);
+    expect_error(f, LOAD(f, NULL, "--config", (char *)twice), want);
+}
+
+/* --check-config prints the section as YAML that loads back, and --help
+ * names its flag, variable and YAML key. */
+static void test_tls_print_and_usage(void **state)
+{
+    struct fixture *f = *state;
+    assert_loads(f, LOAD(f, NULL, "--tls-cert-file", "/c.pem", "--tls-key-file", "/k.pem",
+                         "--tls-ca-file", "/ca.pem"));
+    char *text = print_to_string(&f->cfg);
+    assert_non_null(strstr(text, "tls:\n  cert_file: /c.pem\n  key_file: /k.pem\n"
+                                 "  ca_file: /ca.pem\n"));
+    const char *path = write_file(f, "printed.yaml", text);
+    free(text);
+    kp_config_free(&f->cfg);
+    assert_loads(f, LOAD(f, NULL, "--config", (char *)path));
+    assert_string_equal(f->cfg.tls_key_file, "/k.pem");
+
+    const char *usage = kp_config_usage();
+    assert_non_null(strstr(usage, "  --tls-ca-file FILE\n"));
+    assert_non_null(strstr(usage, "env KEYPLANE_TLS_CA_FILE; YAML tls: ca_file\n"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -886,6 +992,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_print_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alloc_failures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_sources, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_partial_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_section_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_print_and_usage, setup, teardown),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }
