@@ -12,6 +12,8 @@ packages=(
   libzstd-dev libssl-dev libjansson-dev libfyaml-dev
   # tests and tools
   libcmocka-dev python3 curl ca-certificates procps iproute2
+  # certificates for Raft over TLS (deploy/make-certs.sh, its tests)
+  openssl
   # benchmarks: the side-by-side references
   nginx-light wrk
   # the local three-node cluster behind a load balancer (deploy/local-cluster.sh)
