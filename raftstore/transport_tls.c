@@ -14,6 +14,7 @@
  * (SSL_new holds a reference), so a reload changes new links only. */
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,9 +241,13 @@ static SSL_CTX *load_context(const char *cert, const char *key, const char *ca, 
         goto fail;
     what = "cannot load the private key";
     file = key;
-    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+        /* It checks the pair itself: say which mistake it is. */
+        if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH)
+            what = "the certificate does not belong to the private key";
         goto fail;
-    what = "the private key does not match the certificate";
+    }
+    what = "the certificate does not belong to the private key";
     if (SSL_CTX_check_private_key(ctx) != 1)
         goto fail;
     what = "cannot load the CA certificates";
