@@ -32,6 +32,11 @@ struct kp_tls_transport {
     char *address;
     uv_tcp_t listener;
     bool listener_open;
+    /* Takes a connection there is no memory for, to close it: libuv stops
+     * watching a listener until its pending connection is accepted. */
+    uv_tcp_t refused;
+    bool refused_open;
+    bool refuse_again; /* another one waits for the handle to close */
     raft_uv_accept_cb accept_cb;
     raft_uv_transport_close_cb close_cb;
     bool closing;

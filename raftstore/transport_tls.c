@@ -23,7 +23,8 @@
 
 void kp_tls__maybe_closed(struct kp_tls_transport *tt)
 {
-    if (!tt->closing || tt->listener_open || tt->links != NULL || tt->close_cb == NULL)
+    if (!tt->closing || tt->listener_open || tt->refused_open || tt->links != NULL ||
+        tt->close_cb == NULL)
         return;
     raft_uv_transport_close_cb cb = tt->close_cb;
     tt->close_cb = NULL;
@@ -31,6 +32,37 @@ void kp_tls__maybe_closed(struct kp_tls_transport *tt)
 }
 
 /* --- incoming ----------------------------------------------------------------------- */
+
+static void refuse_connection(struct kp_tls_transport *tt);
+
+static void refused_closed(uv_handle_t *h)
+{
+    struct kp_tls_transport *tt = h->data;
+    tt->refused_open = false;
+    if (tt->refuse_again && !tt->closing) {
+        tt->refuse_again = false;
+        refuse_connection(tt);
+        return;
+    }
+    kp_tls__maybe_closed(tt);
+}
+
+/* Out of memory for a link: accept the connection into the spare handle
+ * and close it, so that the listener goes on (the peer retries). */
+static void refuse_connection(struct kp_tls_transport *tt)
+{
+    kp_warn("raft", "accept on %s: out of memory -> connection closed", tt->address);
+    if (tt->refused_open) {
+        /* libuv watches the listener again only once this one is taken */
+        tt->refuse_again = true;
+        return;
+    }
+    uv_tcp_init(tt->loop, &tt->refused);
+    tt->refused.data = tt;
+    tt->refused_open = true;
+    uv_accept((uv_stream_t *)&tt->listener, (uv_stream_t *)&tt->refused);
+    uv_close((uv_handle_t *)&tt->refused, refused_closed);
+}
 
 static void on_connection(uv_stream_t *server, int status)
 {
@@ -41,7 +73,7 @@ static void on_connection(uv_stream_t *server, int status)
     }
     struct kp_tls_link *l = kp_tls__link_new(tt, false);
     if (l == NULL) {
-        kp_warn("raft", "accept on %s: out of memory", tt->address);
+        refuse_connection(tt);
         return;
     }
     snprintf(l->peer, sizeof(l->peer), "?");

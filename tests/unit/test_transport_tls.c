@@ -26,7 +26,7 @@
 
 static char tmp[64];
 static uv_loop_t loop;
-static char logs[65536];
+static char logs[1 << 20];
 
 struct side {
     struct raft_uv_transport t;
@@ -425,6 +425,106 @@ static void test_bad_files(void **state)
     assert_non_null(strstr(err, "/nonexistent.key"));
 }
 
+/* Like open_side, but an allocation may fail: false when the transport
+ * could not be made (nothing to close), true when it must be closed. */
+static bool try_side(struct side *s, const char *name, raft_id id, bool listen, bool *usable)
+{
+    char cert[128], key[128], cafile[128], pem[16], keyname[16], err[256];
+    memset(s, 0, sizeof(*s));
+    snprintf(pem, sizeof(pem), "%s.pem", name);
+    snprintf(keyname, sizeof(keyname), "%s.key", name);
+    file_of(cert, sizeof(cert), "ca1", pem);
+    file_of(key, sizeof(key), "ca1", keyname);
+    file_of(cafile, sizeof(cafile), "ca1", "ca.pem");
+    *usable = false;
+    if (kp_raft_tls_init(&s->t, &loop, cert, key, cafile, err, sizeof(err)) != KP_OK) {
+        assert_string_equal(err, "out of memory");
+        return false;
+    }
+    s->t.data = s;
+    snprintf(s->address, sizeof(s->address), "127.0.0.1:%d", free_port());
+    if (s->t.init(&s->t, id, s->address) != 0)
+        return true;
+    *usable = !listen || s->t.listen(&s->t, on_accept) == 0;
+    return true;
+}
+
+struct exchange {
+    struct side *a, *b;
+    size_t n;
+};
+
+static bool exchange_over(const struct exchange *x)
+{
+    return x->a->got == x->n || x->a->eof || x->b->eof;
+}
+
+/* b sends @n bytes to a with every allocation failing from the @fail_th on:
+ * true when they all arrived. */
+static bool exchange_failing_after(long fail_th, size_t n, const char *data)
+{
+    struct side a, b;
+    bool a_usable, b_usable, done = false;
+    kp_alloc_fail_after(fail_th);
+    bool a_open = try_side(&a, "a", 1, true, &a_usable);
+    bool b_open = try_side(&b, "b", 2, false, &b_usable);
+    if (a_usable && b_usable) {
+        b.req.data = &b;
+        if (b.t.connect(&b.t, &b.req, 1, a.address, on_connect) == 0)
+            run_until(&b.connect_done);
+    }
+    if (b.connect_done && b.connect_status == 0) {
+        struct big_write w = {.done = false};
+        struct exchange x = {&a, &b, n};
+        w.req.data = &w;
+        uv_buf_t buf = uv_buf_init((char *)data, (unsigned)n);
+        assert_int_equal(uv_write(&w.req, b.connected, &buf, 1, big_written), 0);
+        bool late = false;
+        uv_timer_t timer;
+        uv_timer_init(&loop, &timer);
+        timer.data = &late;
+        uv_timer_start(&timer, timed_out, 20000, 0);
+        while (!exchange_over(&x) && !late)
+            uv_run(&loop, UV_RUN_ONCE);
+        uv_close((uv_handle_t *)&timer, NULL);
+        if (late)
+            fail_msg("failing from allocation %ld: stuck; logs:\n%s", fail_th, logs);
+        done = a.got == n && !a.bad_byte;
+        run_until(&w.done);
+    }
+    if (b_open)
+        close_side(&b);
+    if (a_open)
+        close_side(&a);
+    kp_alloc_fail_reset();
+    uv_run(&loop, UV_RUN_NOWAIT);
+    return done;
+}
+
+/* With every allocation failing from the first, the second, ... on, each
+ * step of making, relaying and closing a link fails cleanly: setup refuses,
+ * or the link closes on both ends, nothing hangs, and everything is freed
+ * (ASan checks for leaks and double frees). A server out of memory for a
+ * new link still takes the connection off its listener and closes it. */
+static void test_allocation_failures(void **state)
+{
+    (void)state;
+    size_t n = 200000;
+    char *data = malloc(n);
+    assert_non_null(data);
+    for (size_t i = 0; i < n; i++)
+        data[i] = (char)pattern(i);
+    long th = 0;
+    while (!exchange_failing_after(th, n, data)) {
+        th++;
+        assert_true(th < 2000);
+    }
+    free(data);
+    assert_true(th > 5); /* it did fail in several places first */
+    /* The server ran out of memory for a new link at least once. */
+    assert_non_null(strstr(logs, "out of memory -> connection closed"));
+}
+
 /* kp_store_open runs plain TCP with no TLS file and TLS with all three; a
  * partial set is a configuration error naming what is missing. */
 static void test_store_refuses_partial_tls(void **state)
@@ -458,6 +558,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_while_connecting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_keeps_old_on_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_allocation_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_store_refuses_partial_tls, setup, teardown),
     };
     return cmocka_run_group_tests_name("transport_tls", tests, group_setup, group_teardown);
