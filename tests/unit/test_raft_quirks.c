@@ -19,7 +19,14 @@
  *    the terms of the entries before it: the log's terms stop being
  *    monotonic (uvWriteClosedSegment sets entry.term = 1). It works (the
  *    recovered node leads and new nodes join, tests/cluster/
- *    test_recovery.py), but a log like that is outside Raft's invariants. */
+ *    test_recovery.py), but a log like that is outside Raft's invariants.
+ *
+ * 3. raft_uv_tcp's listener stops accepting for good after one incoming
+ *    connection it could not allocate for: it returns from libuv's
+ *    connection callback without uv_accept, and libuv watches a listener
+ *    again only once its pending connection is accepted. keyplane's TLS
+ *    transport does not have this (it takes such a connection and closes
+ *    it); a node on plain TCP needs a restart. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -29,6 +36,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <cmocka.h>
 #include <raft.h>
 #include <raft/uv.h>
@@ -196,11 +204,154 @@ static void recover_appends_a_term_1_entry(void **state)
     remove_dir(dir);
 }
 
+/* --- quirk 3: raft_uv_tcp's listener after a failed allocation --------------- */
+
+static bool heap_failing;
+
+static void *heap_malloc(void *data, size_t size)
+{
+    (void)data;
+    return heap_failing ? NULL : malloc(size);
+}
+
+static void heap_free(void *data, void *ptr)
+{
+    (void)data;
+    free(ptr);
+}
+
+static void *heap_calloc(void *data, size_t n, size_t size)
+{
+    (void)data;
+    return heap_failing ? NULL : calloc(n, size);
+}
+
+static void *heap_realloc(void *data, void *ptr, size_t size)
+{
+    (void)data;
+    return heap_failing ? NULL : realloc(ptr, size);
+}
+
+static void *heap_aligned_alloc(void *data, size_t alignment, size_t size)
+{
+    (void)data;
+    return heap_failing ? NULL : aligned_alloc(alignment, size);
+}
+
+static void heap_aligned_free(void *data, size_t alignment, void *ptr)
+{
+    (void)data;
+    (void)alignment;
+    free(ptr);
+}
+
+static int tcp_accepted;
+
+static void count_accept(struct raft_uv_transport *t, raft_id id, const char *address,
+                         uv_stream_t *stream)
+{
+    (void)t;
+    (void)id;
+    (void)address;
+    tcp_accepted++;
+    uv_close((uv_handle_t *)stream, (uv_close_cb)raft_free);
+}
+
+/* A connection to @port that sends raft_uv_tcp's preamble as node 2. The
+ * kernel completes it and queues the bytes before this returns. */
+static int dial_with_preamble(int port)
+{
+    struct sockaddr_in sin = {.sin_family = AF_INET,
+                              .sin_port = htons((uint16_t)port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    uint8_t pre[24 + 16] = {0};
+    const uint64_t fields[3] = {1, 2, 16}; /* protocol, id, address length */
+    for (int f = 0; f < 3; f++)
+        for (int i = 0; i < 8; i++)
+            pre[f * 8 + i] = (uint8_t)(fields[f] >> (8 * i));
+    memcpy(pre + 24, "127.0.0.1:2", 11);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(write(fd, pre, sizeof(pre)), sizeof(pre));
+    return fd;
+}
+
+/* What a listener does with what is already queued, without waiting. */
+static void run_queued(uv_loop_t *loop)
+{
+    for (int i = 0; i < 20; i++)
+        uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static void tcp_closed(struct raft_uv_transport *t)
+{
+    *(bool *)t->data = true;
+}
+
+/* Quirk 3: when raft_uv_tcp cannot allocate for an incoming connection, its
+ * listen callback returns without uv_accept; libuv then stops watching the
+ * listener until a connection is accepted, which never happens: the node
+ * takes no Raft connection again until it restarts. (keyplane's TLS
+ * transport takes such a connection and closes it, tls_link.c.) */
+static void tcp_listener_stuck_after_allocation_failure(void **state)
+{
+    (void)state;
+    struct raft_heap heap = {NULL,         heap_malloc,        heap_free,        heap_calloc,
+                             heap_realloc, heap_aligned_alloc, heap_aligned_free};
+    uv_loop_t loop;
+    struct raft_uv_transport t;
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sin);
+    char addr[32];
+    bool closed = false;
+    int probe = socket(AF_INET, SOCK_STREAM, 0);
+    assert_int_equal(bind(probe, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(getsockname(probe, (struct sockaddr *)&sin, &len), 0);
+    close(probe);
+    int port = ntohs(sin.sin_port);
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(raft_uv_tcp_init(&t, &loop), 0);
+    t.data = &closed;
+    assert_int_equal(t.init(&t, 1, addr), 0);
+    assert_int_equal(t.listen(&t, count_accept), 0);
+
+    /* The control: a connection is accepted from what is queued. */
+    int ok = dial_with_preamble(port);
+    run_queued(&loop);
+    assert_int_equal(tcp_accepted, 1);
+
+    /* One connection while allocations fail... */
+    raft_heap_set(&heap);
+    heap_failing = true;
+    int failed = dial_with_preamble(port);
+    run_queued(&loop);
+    heap_failing = false;
+    raft_heap_set_default();
+    /* ...and the next one, with memory again, is never taken. */
+    int next = dial_with_preamble(port);
+    run_queued(&loop);
+    assert_int_equal(tcp_accepted, 1); /* should be 2 */
+
+    close(ok);
+    close(failed);
+    close(next);
+    t.close(&t, tcp_closed);
+    while (!closed)
+        uv_run(&loop, UV_RUN_ONCE);
+    raft_uv_tcp_close(&t);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(lone_voter_leads_without_a_new_term),
         cmocka_unit_test(recover_appends_a_term_1_entry),
+        cmocka_unit_test(tcp_listener_stuck_after_allocation_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
