@@ -96,16 +96,27 @@ static void peer_subject(struct kp_tls_link *l, char *buf, size_t len)
 static void refuse(struct kp_tls_link *l, const char *what)
 {
     struct kp_tls_transport *tt = l->tt;
-    char why[200], subject[200], key[sizeof(tt->last_refusal)];
+    char why[200], subject[200], key[sizeof(tt->refusals[0].key)];
     tls_reason(l, why, sizeof(why));
     peer_subject(l, subject, sizeof(subject));
     snprintf(key, sizeof(key), "%d %s %s %s%s", l->outgoing, l->outgoing ? l->peer : l->peer_host,
              what, why, subject);
     uint64_t now = uv_now(tt->loop);
-    bool again = strcmp(key, tt->last_refusal) == 0 && now - tt->last_refusal_at < REFUSAL_QUIET_MS;
+    /* The entry of this refusal, else the oldest one, which it replaces. */
+    bool again = false;
+    int slot = 0;
+    for (int i = 0; i < REFUSALS_KEPT; i++) {
+        if (strcmp(key, tt->refusals[i].key) == 0) {
+            again = now - tt->refusals[i].at < REFUSAL_QUIET_MS;
+            slot = i;
+            break;
+        }
+        if (tt->refusals[i].at < tt->refusals[slot].at)
+            slot = i;
+    }
     if (!again) {
-        snprintf(tt->last_refusal, sizeof(tt->last_refusal), "%s", key);
-        tt->last_refusal_at = now;
+        snprintf(tt->refusals[slot].key, sizeof(tt->refusals[slot].key), "%s", key);
+        tt->refusals[slot].at = now;
     }
     kp_log(again ? KP_LOG_DEBUG : KP_LOG_WARN, "raft", "link %s %s refused: %s: %s%s",
            l->outgoing ? "to" : "from", l->peer, what, why, subject);

@@ -12,13 +12,14 @@
 #include "raftstore/raft_glue.h"
 
 enum {
-    PROTOCOL = 1,            /* raft_uv_tcp's handshake protocol */
-    ADDRESS_MAX = 1024,      /* longest address a preamble may announce */
-    RELAY_HIGH = 1 << 20,    /* stop reading the other side above this queue */
-    RELAY_LOW = 256 << 10,   /* resume below this */
-    READ_SIZE = 64 << 10,    /* one read from either side */
-    HANDSHAKE_MS = 10000,    /* handshake and preamble must be done by then */
-    REFUSAL_QUIET_MS = 60000 /* an identical refusal within this is not logged again */
+    PROTOCOL = 1,             /* raft_uv_tcp's handshake protocol */
+    ADDRESS_MAX = 1024,       /* longest address a preamble may announce */
+    RELAY_HIGH = 1 << 20,     /* stop reading the other side above this queue */
+    RELAY_LOW = 256 << 10,    /* resume below this */
+    READ_SIZE = 64 << 10,     /* one read from either side */
+    HANDSHAKE_MS = 10000,     /* handshake and preamble must be done by then */
+    REFUSAL_QUIET_MS = 60000, /* an identical refusal within this is not logged again */
+    REFUSALS_KEPT = 8         /* distinct refusals remembered for that */
 };
 
 enum kp_tls_link_state { L_RESOLVING, L_CONNECTING, L_HANDSHAKE, L_PREAMBLE, L_RELAY, L_CLOSING };
@@ -42,9 +43,12 @@ struct kp_tls_transport {
     bool closing;
     struct kp_tls_link *links; /* every link not yet freed */
     char rbuf[READ_SIZE];      /* reads never nest on one loop: one buffer */
-    /* Refusals repeat once a second while raft retries: say it once. */
-    char last_refusal[768];
-    uint64_t last_refusal_at;
+    /* Refusals repeat once a second while raft retries: each is logged
+     * once a minute; a few peers can be refusing at the same time. */
+    struct {
+        char key[768];
+        uint64_t at;
+    } refusals[REFUSALS_KEPT];
 };
 
 struct kp_tls_link {
