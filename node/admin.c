@@ -85,6 +85,9 @@ static void handle_cluster(struct kp_admin_req *r);
  * the generic {kind} ones. */
 static const struct kp_admin_route routes[] = {
     {"GET", "/admin/v1/whoami", 0, -1, KP_OP_NONE, handle_whoami},
+    {"POST", "/admin/v1/session", 0, -1, KP_OP_NONE, kp_admin__session_start},
+    {"GET", "/admin/v1/session", 0, -1, KP_OP_NONE, kp_admin__session_get},
+    {"DELETE", "/admin/v1/session", 0, -1, KP_OP_NONE, kp_admin__session_end},
     {"GET", "/admin/v1/usage/recent", USAGE, -1, KP_OP_NONE, handle_usage_recent},
     {"GET", "/admin/v1/usage", USAGE, -1, KP_OP_NONE, kp_admin__usage_query},
     {"GET", "/admin/v1/usage/events", USAGE, -1, KP_OP_NONE, kp_admin__usage_events},
@@ -246,6 +249,12 @@ void kp_admin__fail(struct kp_admin_req *r, int status, const char *code, const 
 void kp_admin__oom(struct kp_admin_req *r)
 {
     kp_admin__fail(r, 503, "out_of_memory", NULL, "out of memory; retry");
+}
+
+void kp_admin__respond_with(struct kp_admin_req *r, int status, json_t *v,
+                            const struct kp_http_header *h, unsigned nh, bool wipe)
+{
+    respond_body(r->ex, status, r->rid, v, h, nh > 4 ? 4 : nh, wipe);
 }
 
 void kp_admin__respond(struct kp_admin_req *r, int status, json_t *v, uint64_t etag, bool wipe)
@@ -928,11 +937,27 @@ void kp_admin_handle(struct kp_node *n, struct kp_http_exchange *ex,
 
     const char *c = kp_admin__query(r, "consistent");
     bool consistent = c != NULL && strcmp(c, "true") == 0;
+    /* A session is signed by the node asked, which sets its cookie (a
+     * forwarded answer would lose Set-Cookie). */
+    if (r->route->fn == kp_admin__session_end) {
+        /* Signing out clears the cookie whatever state its token is in. */
+        kp_admin__session_end(r);
+        return;
+    }
+    if (r->route->fn == kp_admin__session_get &&
+        kp_http_request_header(req, "authorization") == NULL &&
+        kp_admin__session_cookie(req) == NULL) {
+        /* The console asks before it signs in: no credentials is an
+         * answer, not an error (a refused session still is a 401). */
+        kp_admin__respond(r, 200, json_pack("{s:b}", "session", 0), 0, false);
+        return;
+    }
     /* The caller is checked here first, against this node's replica, so
      * that only requests from valid tokens cost a forward. */
     if (!kp_admin__authenticate(r, route_perm(r->route, r->kind)))
         return;
-    if ((!is_read(req->method) || consistent) && !kp_store_is_leader(n->store)) {
+    if ((!is_read(req->method) || consistent) && r->route->fn != kp_admin__session_start &&
+        !kp_store_is_leader(n->store)) {
         kp_forward_to_leader(n, ex, req, rid);
         return;
     }

@@ -27,6 +27,7 @@ struct denial {
     char role[72];                /* the token's stored role, or "" */
     char msg[320];                /* for the client */
     char why[320];                /* for the audit entry */
+    bool here;                    /* answered where refused: not forwarded, not audited */
 };
 
 static bool deny(struct denial *d, int status, const char *code, const char *fmt, ...)
@@ -44,11 +45,83 @@ static bool deny(struct denial *d, int status, const char *code, const char *fmt
     return false;
 }
 
+/* The token's state and role, once the caller proved it holds @tok (by its
+ * text or a session cookie). */
+static bool admit(struct kp_admin_req *r, unsigned perm, struct denial *d,
+                  const struct kp_token *tok, const char *id)
+{
+    snprintf(d->role, sizeof(d->role), "%s", tok->role);
+    if (tok->disabled)
+        return deny(d, 401, "disabled_token", "token %s is disabled", id);
+    if (tok->expires_at_ms != 0 && kp_now_unix_ms() >= tok->expires_at_ms) {
+        char at[32];
+        kp_format_time_ms(tok->expires_at_ms, at, sizeof(at));
+        return deny(d, 401, "expired_token", "token %s expired at %s", id, at);
+    }
+    enum kp_role role;
+    if (kp_role_parse(tok->role, &role) != KP_OK) {
+        deny(d, 403, "permission_denied", "token %s has role '%s', which grants nothing here", id,
+             tok->role);
+        snprintf(d->why, sizeof(d->why), "unknown role %s", tok->role);
+        return false;
+    }
+    if (perm != 0 && !kp_role_has(role, perm)) {
+        unsigned missing = perm & ~kp_role_perms(role);
+        char refusal[256];
+        kp_role_refusal(refusal, sizeof(refusal), id, role, perm);
+        deny(d, 403, "permission_denied", "%s", refusal);
+        snprintf(d->why, sizeof(d->why), "lacks permission %s",
+                 kp_perm_name(missing & (0u - missing)));
+        return false;
+    }
+    snprintf(r->who.token_id, sizeof(r->who.token_id), "%s", id);
+    r->who.role = role;
+    return true;
+}
+
+/* A console session (admin_session.c): the cookie's MAC and expiry, the
+ * CSRF checks on a change, then the token as for a Bearer. A refused
+ * cookie names no role (so it is answered, not audited, like an unknown
+ * token); a change refused for its CSRF token or Origin is answered by the
+ * node the browser reached (the leader would not see the Origin). */
+static bool authenticate_session(struct kp_admin_req *r, unsigned perm, struct denial *d,
+                                 const char *cookie)
+{
+    char id[KP_TOKEN_ID_SIZE], why[256];
+    const struct kp_token *tok;
+    const struct kp_seal_kek *kek;
+    int rc = kp_admin__session_verify(r, cookie, id, sizeof(id), &tok, &kek, why, sizeof(why));
+    snprintf(d->actor, sizeof(d->actor), "%s", id);
+    if (rc != KP_OK)
+        return deny(d, 401, rc == KP_ETIMEDOUT ? "session_expired" : "invalid_session", "%s", why);
+    const char *method = r->req->method;
+    const char *code = NULL;
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0 &&
+        !kp_admin__session_csrf_ok(r, kek, cookie, &code, why, sizeof(why))) {
+        deny(d, 403, code, "%s", why);
+        d->here = true;
+        return false;
+    }
+    if (!admit(r, perm, d, tok, id))
+        return false;
+    r->session = cookie;
+    return true;
+}
+
 /* docs/tokens.md: parse, look up, verify, then state and role. Nothing
- * here ever quotes the presented text. */
+ * here ever quotes the presented text. Without an Authorization header, a
+ * console session cookie is taken instead. */
 static bool authenticate(struct kp_admin_req *r, unsigned perm, struct denial *d)
 {
+    const struct kp_fsm *fsm = kp_admin__fsm(r);
     const char *h = kp_http_request_header(r->req, "authorization");
+    const char *cookie = h == NULL ? kp_admin__session_cookie(r->req) : NULL;
+    if (cookie != NULL) {
+        if (kp_fsm_cluster(fsm) == NULL)
+            return deny(d, 503, "cluster_not_initialised",
+                        "cluster not initialised yet: no session can be checked; retry");
+        return authenticate_session(r, perm, d, cookie);
+    }
     if (h == NULL)
         return deny(d, 401, "missing_token",
                     "no token: send Authorization: Bearer kp_... (an internal token)");
@@ -67,7 +140,6 @@ static bool authenticate(struct kp_admin_req *r, unsigned perm, struct denial *d
         return deny(d, 401, "malformed_token", "malformed token: %s", why);
     snprintf(d->actor, sizeof(d->actor), "%s", parts.id);
 
-    const struct kp_fsm *fsm = kp_admin__fsm(r);
     const struct kp_cluster *cluster = kp_fsm_cluster(fsm);
     if (cluster == NULL)
         return deny(d, 503, "cluster_not_initialised",
@@ -76,40 +148,16 @@ static bool authenticate(struct kp_admin_req *r, unsigned perm, struct denial *d
     if (tok == NULL)
         return deny(d, 401, "invalid_token",
                     "token %s is not valid (unknown, or its secret does not match)", parts.id);
-    snprintf(d->role, sizeof(d->role), "%s", tok->role);
     int rc = kp_token_verify(tok->hash, cluster->pepper, parts.secret, parts.secret_len);
-    if (rc == KP_EPERM)
+    if (rc == KP_EPERM) {
+        snprintf(d->role, sizeof(d->role), "%s", tok->role);
         return deny(d, 401, "invalid_token",
                     "token %s is not valid (unknown, or its secret does not match)", parts.id);
+    }
     if (rc != KP_OK)
         return deny(d, 503, "verify_failed", "cannot check the token now (%s); retry",
                     kp_err_msg(rc));
-    if (tok->disabled)
-        return deny(d, 401, "disabled_token", "token %s is disabled", parts.id);
-    if (tok->expires_at_ms != 0 && kp_now_unix_ms() >= tok->expires_at_ms) {
-        char at[32];
-        kp_format_time_ms(tok->expires_at_ms, at, sizeof(at));
-        return deny(d, 401, "expired_token", "token %s expired at %s", parts.id, at);
-    }
-    enum kp_role role;
-    if (kp_role_parse(tok->role, &role) != KP_OK) {
-        deny(d, 403, "permission_denied", "token %s has role '%s', which grants nothing here",
-             parts.id, tok->role);
-        snprintf(d->why, sizeof(d->why), "unknown role %s", tok->role);
-        return false;
-    }
-    if (perm != 0 && !kp_role_has(role, perm)) {
-        unsigned missing = perm & ~kp_role_perms(role);
-        char refusal[256];
-        kp_role_refusal(refusal, sizeof(refusal), parts.id, role, perm);
-        deny(d, 403, "permission_denied", "%s", refusal);
-        snprintf(d->why, sizeof(d->why), "lacks permission %s",
-                 kp_perm_name(missing & (0u - missing)));
-        return false;
-    }
-    snprintf(r->who.token_id, sizeof(r->who.token_id), "%s", parts.id);
-    r->who.role = role;
-    return true;
+    return admit(r, perm, d, tok, parts.id);
 }
 
 /* Denial audits: a token bucket of 20 per second per node, so that a flood
@@ -202,7 +250,7 @@ static void refuse_caller(struct kp_admin_req *r, const struct denial *d)
         kp_admin__fail(r, 503, d->code, NULL, "%s", d->msg);
         return;
     }
-    if (d->role[0] == '\0') {
+    if (d->role[0] == '\0' || d->here) {
         /* No token of this registry (missing, malformed, unknown): answered
          * here and counted, not written to the replicated audit chain, so
          * that anonymous traffic can neither fill the log nor push real

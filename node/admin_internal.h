@@ -1,7 +1,7 @@
 /* Internal to the control API's /admin/v1/ handlers (admin.c, admin_auth.c,
  * admin_write.c, admin_keys.c, admin_secrets.c, admin_audit.c,
  * admin_budgets.c, admin_freezes.c, admin_usage.c, admin_alerts.c,
- * admin_balance.c); nothing
+ * admin_balance.c, admin_session.c); nothing
  * else includes this.
  *
  * admin.c routes a request, authenticates its caller and checks the
@@ -30,6 +30,8 @@ struct kp_admin_req {
     bool has_expect; /* If-Match / If-None-Match, as expect_version */
     uint64_t expect;
     struct kp_admin_span *span; /* admin_trace.c: a write's span, or NULL */
+    const char *session;        /* the console session cookie's value (up to ';') when the
+                                   caller came by it, else NULL (admin_session.c) */
 };
 
 struct kp_admin_write;
@@ -98,6 +100,9 @@ json_t *kp_admin__entity_json(const struct kp_entity *e);
  * With @wipe the serialized body is wiped before it is freed (it holds a
  * secret shown once). */
 void kp_admin__respond(struct kp_admin_req *r, int status, json_t *v, uint64_t etag, bool wipe);
+/* The same with up to 4 extra headers (@h: valid until this returns). */
+void kp_admin__respond_with(struct kp_admin_req *r, int status, json_t *v,
+                            const struct kp_http_header *h, unsigned nh, bool wipe);
 /* Answer the control API's error shape; the type follows @status. */
 void kp_admin__fail(struct kp_admin_req *r, int status, const char *code, const char *field,
                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
@@ -152,6 +157,29 @@ void kp_admin__span_applied(struct kp_admin_req *r, int code);
  * token). On refusal the request is answered (401/403, audited) or
  * forwarded to the leader, and false returned. */
 bool kp_admin__authenticate(struct kp_admin_req *r, unsigned perm);
+
+/* --- admin_session.c (docs/console.md) --------------------------------------- */
+
+/* The value of the kp_session cookie in @req (up to ';' or the end of the
+ * header), or NULL. */
+const char *kp_admin__session_cookie(const struct kp_http_request *req);
+/* Check a session cookie: its MAC (under the master key or, during a
+ * rotation, the previous one: *@kek_out says which), its expiry and that its
+ * token still exists with the hash it was signed for. @id_out gets the
+ * token id the cookie names even when it is refused. KP_OK with *@tok_out,
+ * else KP_EPERM (malformed, altered, token gone) or KP_ETIMEDOUT (expired)
+ * with @why. The token's own state and role are the caller's to check. */
+int kp_admin__session_verify(struct kp_admin_req *r, const char *cookie, char *id_out,
+                             size_t id_len, const struct kp_token **tok_out,
+                             const struct kp_seal_kek **kek_out, char *why, size_t why_len);
+/* A change made with a session: Origin (when sent) names this host and
+ * X-CSRF-Token is the session's. False with @code and @why otherwise. */
+bool kp_admin__session_csrf_ok(struct kp_admin_req *r, const struct kp_seal_kek *kek,
+                               const char *cookie, const char **code, char *why, size_t why_len);
+/* POST, GET and DELETE /admin/v1/session. */
+void kp_admin__session_start(struct kp_admin_req *r);
+void kp_admin__session_get(struct kp_admin_req *r);
+void kp_admin__session_end(struct kp_admin_req *r);
 
 /* --- admin_keys.c --------------------------------------------------------- */
 

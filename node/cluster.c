@@ -397,6 +397,21 @@ static void cluster_finish(struct cluster_view *cv)
     kp_free(cv);
 }
 
+/* This node's usage spool and how far the meters are behind its events
+ * (the age of its oldest sealed segment not yet shipped to every meter;
+ * 0 when none waits): shown per member by GET /admin/v1/cluster. */
+static void add_spool(struct kp_node *n, json_t *to)
+{
+    struct kp_metering_health mh;
+    kp_metering_health(n, &mh);
+    int64_t lag = mh.oldest_unshipped_ms != 0 ? kp_now_unix_ms() - mh.oldest_unshipped_ms : 0;
+    json_object_set_new(to, "spool",
+                        json_pack("{s:I,s:I,s:I}", "bytes", (json_int_t)mh.spool_bytes, "cap_bytes",
+                                  (json_int_t)mh.spool_cap_bytes, "segments_waiting",
+                                  (json_int_t)mh.spool_waiting));
+    json_object_set_new(to, "meter_lag_ms", json_integer(lag < 0 ? 0 : lag));
+}
+
 static void member_polled(void *arg, const struct kp_call_result *r)
 {
     struct member_poll *p = arg;
@@ -404,7 +419,8 @@ static void member_polled(void *arg, const struct kp_call_result *r)
     json_t *status = r->status == 200 ? json_loadb(r->body.data, r->body.len, 0, NULL) : NULL;
     json_object_set_new(p->member, "reachable", json_boolean(status != NULL));
     if (status != NULL) {
-        static const char *const fields[] = {"term", "commit_index", "applied_index", "state"};
+        static const char *const fields[] = {"term",  "commit_index", "applied_index",
+                                             "state", "spool",        "meter_lag_ms"};
         for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
             json_t *v = json_object_get(status, fields[i]);
             if (v != NULL)
@@ -486,6 +502,7 @@ static void handle_cluster(struct kp_node *n, struct kp_http_exchange *ex, const
             json_object_set_new(m, "state", json_string(st.state));
             json_object_set_new(m, "last_contact_ms", json_integer(0));
             json_object_set_new(m, "reachable", json_true());
+            add_spool(n, m);
             json_decref(m);
             continue;
         }
@@ -725,13 +742,14 @@ static void handle_raft_status(struct kp_node *n, struct kp_http_exchange *ex, c
         return;
     }
     const struct kp_cluster *c = kp_fsm_cluster(kp_store_fsm(n->store));
-    kp_node_respond_json(ex, 200, rid,
-                         json_pack("{s:I,s:s,s:I,s:I,s:I,s:I,s:I,s:s?}", "node_id",
-                                   (json_int_t)st.node_id, "state", st.state, "term",
-                                   (json_int_t)st.term, "commit_index", (json_int_t)st.commit_index,
-                                   "applied_index", (json_int_t)st.applied_index, "last_index",
-                                   (json_int_t)st.last_index, "leader_id", (json_int_t)st.leader_id,
-                                   "cluster_id", c != NULL ? c->e.id : NULL));
+    json_t *v = json_pack(
+        "{s:I,s:s,s:I,s:I,s:I,s:I,s:I,s:s?}", "node_id", (json_int_t)st.node_id, "state", st.state,
+        "term", (json_int_t)st.term, "commit_index", (json_int_t)st.commit_index, "applied_index",
+        (json_int_t)st.applied_index, "last_index", (json_int_t)st.last_index, "leader_id",
+        (json_int_t)st.leader_id, "cluster_id", c != NULL ? c->e.id : NULL);
+    if (v != NULL)
+        add_spool(n, v);
+    kp_node_respond_json(ex, 200, rid, v);
     kp_store_status_free(&st);
 }
 

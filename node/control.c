@@ -1,7 +1,8 @@
 /* Handlers of the control listener: health, readiness, metrics, status,
- * and the dispatch of /admin/v1/ (admin*.c) and /internal/v1/ (cluster.c).
+ * and the dispatch of /admin/v1/ (admin*.c), /internal/v1/ (cluster.c) and
+ * the web console's files under /ui/ (console.c).
  *
- * Every answer is JSON except /metrics. Errors have the OpenAI shape that
+ * Every answer is JSON except /metrics and /ui/. Errors have the OpenAI shape that
  * apps and clusterctl both parse: {"error":{"message","type","code","param"}}
  * with the request id in X-Request-Id. */
 #include <stdio.h>
@@ -191,6 +192,10 @@ void kp_control_handle(struct kp_http_exchange *ex, const struct kp_http_request
     if (strncmp(req->path, "/admin/v1/", 10) == 0 && strcmp(req->path, "/admin/v1/status") != 0) {
         kp_http_set_route(ex, "/admin/v1/*");
         kp_admin_handle(n, ex, req, rid);
+        return;
+    }
+    if (strcmp(req->path, "/ui") == 0 || strncmp(req->path, "/ui/", 4) == 0) {
+        kp_console_handle(ex, req, rid);
         return;
     }
     if (strncmp(req->path, "/internal/v1/", 13) == 0) {

@@ -290,13 +290,15 @@ static void forward_done(void *arg, const struct kp_call_result *r)
 }
 
 /* Request headers a forwarded request carries (the app's trace context
- * too, so the leader's span joins its trace); hop-by-hop and framing
+ * too, so the leader's span joins its trace; a console session's cookie
+ * and CSRF token, which the leader checks again); hop-by-hop and framing
  * headers are curl's business. */
 static bool forwarded_header(const char *name)
 {
-    static const char *const pass[] = {"authorization", "content-type", "if-match",
-                                       "if-none-match", "accept",       "traceparent",
-                                       "tracestate"};
+    static const char *const pass[] = {
+        "authorization", "content-type", "if-match", "if-none-match", "accept",
+        "traceparent",   "tracestate",   "cookie",   "x-csrf-token",
+    };
     for (size_t i = 0; i < sizeof(pass) / sizeof(pass[0]); i++)
         if (strcasecmp(name, pass[i]) == 0)
             return true;

@@ -70,6 +70,9 @@ void kp_datadir_close(struct kp_datadir *d);
 
 /* control.c */
 void kp_control_handle(struct kp_http_exchange *ex, const struct kp_http_request *req, void *arg);
+/* console.c: GET /ui and /ui/... (the web console's files, docs/console.md). */
+void kp_console_handle(struct kp_http_exchange *ex, const struct kp_http_request *req,
+                       const char *rid);
 /* Answer an OpenAI-shaped error with X-Request-Id (and X-Keyplane-Error). */
 void kp_node_error(struct kp_http_exchange *ex, int status, const char *request_id,
                    const char *type, const char *code, const char *message);

@@ -1,0 +1,369 @@
+// End-to-end test of the web console (/ui/): playwright-core drives
+// Debian's chromium (headless) against a real keyplaned and keyplane-mock
+// that tests/cluster/test_console.py started and set up.
+//
+// Environment (all set by test_console.py):
+//   KP_CONTROL        the node's control URL (http://127.0.0.1:PORT)
+//   KP_GATEWAY        its gateway URL
+//   KP_MOCK           keyplane-mock's URL
+//   KP_ADMIN_TOKEN, KP_FINANCE_TOKEN, KP_APP_TOKEN
+//   KP_KEY_A          the secret of key-a (already in pool "default")
+//   KP_MODEL          a priced model
+//   KP_CHROMIUM       the browser (default: chromium on PATH)
+//   KP_SHOTS          where screenshots go (one per page, desktop and narrow)
+//
+// Each check prints "ok - NAME" or "FAIL - NAME: why"; the steps depend on
+// each other, so the first failure stops the run. The last line is
+// "N passed, M failed"; the exit code is 0 only when nothing failed.
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = (k) => {
+  if (!process.env[k]) throw new Error(`${k} is not set (run this through tests/cluster/test_console.py)`);
+  return process.env[k];
+};
+const CONTROL = env('KP_CONTROL');
+const GATEWAY = env('KP_GATEWAY');
+const MOCK = env('KP_MOCK');
+const ADMIN = env('KP_ADMIN_TOKEN');
+const FINANCE = env('KP_FINANCE_TOKEN');
+const APP = env('KP_APP_TOKEN');
+const KEY_A = env('KP_KEY_A');
+const MODEL = env('KP_MODEL');
+const SHOTS = env('KP_SHOTS');
+const SECRET = 'sk-console-ui-' + createHash('sha256').update(String(process.pid)).digest('hex').slice(0, 16);
+const fp = (s) => 'fp_' + createHash('sha256').update(s).digest('hex').slice(0, 12);
+
+const DESKTOP = { width: 1366, height: 900 };
+const NARROW = { width: 390, height: 844 };
+const TIMEOUT = 30000 * Number(process.env.KEYPLANE_TIMEOUT_SCALE || 1);
+
+let passed = 0;
+let failed = 0;
+function ok(name) { passed++; console.log(`ok - ${name}`); }
+function assert(cond, msg) { if (!cond) throw new Error(msg); }
+
+async function waitFor(fn, what, timeout = TIMEOUT) {
+  const end = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) { last = e; }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? ': ' + last.message : ''}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function adminApi(method, path, body) {
+  const res = await fetch(CONTROL + '/admin/v1/' + path, {
+    method, headers: { Authorization: 'Bearer ' + ADMIN, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
+  return text;
+}
+const adminJson = async (method, path, body) => JSON.parse(await adminApi(method, path, body));
+const mockStats = async () => (await fetch(MOCK + '/mock/stats')).json();
+const mockReset = () => fetch(MOCK + '/mock/reset', { method: 'POST' });
+
+async function chat() {
+  const res = await fetch(GATEWAY + '/v1/chat/completions', {
+    method: 'POST', headers: { Authorization: 'Bearer ' + APP, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'hello from the console test' }] }),
+  });
+  await res.arrayBuffer();
+  return { status: res.status, key: res.headers.get('x-keyplane-key') };
+}
+
+// Console errors, uncaught exceptions and failed requests of every page.
+const problems = [];
+let expectRefusals = false;
+function watch(page, label) {
+  page.on('console', (m) => {
+    if (m.type() !== 'error') return;
+    if (expectRefusals && /status of 40[13]/.test(m.text())) return;
+    problems.push(`${label} console: ${m.text()}`);
+  });
+  page.on('pageerror', (e) => problems.push(`${label} page error: ${e.message}`));
+}
+
+async function shoot(page, name) {
+  for (const [size, vp] of [['desktop', DESKTOP], ['narrow', NARROW]]) {
+    await page.setViewportSize(vp);
+    await page.screenshot({ path: join(SHOTS, `${name}-${size}.png`), fullPage: true });
+  }
+  await page.setViewportSize(DESKTOP);
+}
+
+// Go to a page of the console (a same-document navigation when only the
+// hash changes) and wait until that page has rendered.
+async function open(page, hash, ready) {
+  const id = hash.match(/^#\/(\w+)/)[1];
+  await page.goto(`${CONTROL}/ui/${hash}`);
+  await page.waitForSelector(`section.page[data-page=${id}][aria-busy=false]${ready ? ' ' + ready : ''}`, { timeout: TIMEOUT });
+}
+
+const steps = [];
+const step = (name, fn) => steps.push([name, fn]);
+let browser, admin, finance, usageQuery;
+
+step('the console is served with a strict policy', async () => {
+  for (const path of ['/ui/', '/ui/app.js', '/ui/style.css']) {
+    const res = await fetch(CONTROL + path);
+    assert(res.status === 200, `${path}: ${res.status}`);
+    const csp = res.headers.get('content-security-policy') || '';
+    assert(/script-src 'self'/.test(csp) && /frame-ancestors 'none'/.test(csp) && !/unsafe-inline/.test(csp), `${path}: CSP ${csp}`);
+    assert(res.headers.get('x-content-type-options') === 'nosniff', `${path}: nosniff`);
+    assert(res.headers.get('x-frame-options') === 'DENY', `${path}: X-Frame-Options`);
+    assert(res.headers.get('etag'), `${path}: ETag`);
+  }
+  const js = await fetch(CONTROL + '/ui/app.js');
+  assert(js.headers.get('content-type').startsWith('text/javascript'), 'app.js Content-Type');
+});
+
+step('a wrong token is refused at sign-in', async () => {
+  admin = await browser.newPage({ viewport: DESKTOP, acceptDownloads: true });
+  watch(admin, 'admin');
+  await admin.goto(CONTROL + '/ui/');
+  await admin.waitForSelector('#signin:not([hidden])');
+  await shoot(admin, 'signin');
+  expectRefusals = true;
+  await admin.fill('#token', 'kp_aaaaaaaaaaaa_' + 'A'.repeat(38));
+  await admin.press('#token', 'Enter');
+  await admin.waitForSelector('#signin-error:not(:empty)');
+  expectRefusals = false;
+  assert(await admin.isHidden('#nav'), 'the navigation is shown without a session');
+});
+
+step('sign in with the keyboard; the token is not kept by the page', async () => {
+  await admin.focus('#token');
+  await admin.keyboard.type(ADMIN);
+  await admin.keyboard.press('Enter');
+  await admin.waitForSelector('#nav:not([hidden]) a[data-page=keys]');
+  const links = await admin.$$eval('#nav a', (as) => as.map((a) => a.dataset.page));
+  assert(links.join() === 'keys,pools,usage,alerts,audit,cluster', `admin sees ${links}`);
+  const cookies = await admin.context().cookies();
+  const c = cookies.find((x) => x.name === 'kp_session');
+  assert(c && c.httpOnly && c.sameSite === 'Strict' && c.path === '/', `cookie ${JSON.stringify(c)}`);
+  const stored = await admin.evaluate(() => JSON.stringify(localStorage) + JSON.stringify(sessionStorage) + document.cookie + document.documentElement.outerHTML);
+  assert(!stored.includes(ADMIN), 'the token text is readable by script');
+  // keyboard: the first Tab reaches the skip link, then the navigation
+  await admin.goto(CONTROL + '/ui/#/keys');
+  await admin.reload();
+  await admin.waitForSelector('section.page[data-page=keys][aria-busy=false]');
+  await admin.keyboard.press('Tab');
+  assert(await admin.evaluate(() => document.activeElement.classList.contains('skip')), 'Tab does not reach the skip link');
+  await admin.keyboard.press('Tab');
+  assert(await admin.evaluate(() => document.activeElement.closest('nav') !== null), 'Tab does not reach the navigation');
+});
+
+step('add a key: listed with its fingerprint only', async () => {
+  await open(admin, '#/keys', '[data-testid=keys]');
+  await admin.click('details.card summary');
+  await admin.fill('[data-testid=add-key] [name=id]', 'key-ui');
+  await admin.selectOption('[data-testid=add-key] [name=provider]', 'mock');
+  await admin.fill('[data-testid=add-key] [name=owner]', 'console test');
+  await admin.fill('[data-testid=add-key] [name=tags]', 'ui, e2e');
+  await admin.fill('[data-testid=add-key] [name=secret]', SECRET);
+  await admin.click('[data-testid=add-key] button[type=submit]');
+  await admin.waitForSelector('tr[data-id=key-ui]', { timeout: TIMEOUT });
+  const row = await admin.textContent('tr[data-id=key-ui]');
+  assert(row.includes(fp(SECRET)), `the row shows no fingerprint ${fp(SECRET)}: ${row}`);
+  const html = await admin.content();
+  assert(!html.includes(SECRET) && !html.includes(SECRET.slice(-4) + '<'), 'the secret is in the page');
+  assert(await admin.inputValue('[data-testid=add-key] [name=secret]') === '', 'the secret stays in its field');
+  const key = await adminJson('GET', 'keys/key-ui');
+  assert(key.owner === 'console test' && key.tags.join() === 'ui,e2e', `stored ${JSON.stringify(key)}`);
+  await shoot(admin, 'keys');
+});
+
+step('edit the pool: the new key first', async () => {
+  await open(admin, '#/pools', '[data-pool=default]');
+  await shoot(admin, 'pools');
+  await admin.click('[data-pool=default] button');
+  await admin.waitForSelector('[data-testid=pool-editor]');
+  await admin.fill('[data-testid=pool-editor] tr.member >> nth=0 >> [name=priority]', '1');
+  await admin.click('text=Add member');
+  await admin.selectOption('[data-testid=pool-editor] tr.member >> nth=1 >> [name=key]', 'key-ui');
+  await admin.fill('[data-testid=pool-editor] tr.member >> nth=1 >> [name=priority]', '0');
+  await admin.fill('[data-testid=pool-editor] [name=downgrades]', 'gpt-4o -> ' + MODEL);
+  await shoot(admin, 'pool-editor');
+  await admin.click('[data-testid=pool-editor] button[type=submit]');
+  await admin.waitForSelector('[data-pool=default] >> text=key-ui');
+  const p = await adminJson('GET', 'pools/default');
+  const m = Object.fromEntries(p.members.map((x) => [x.key, x.priority]));
+  assert(m['key-ui'] === 0 && m['key-a'] === 1 && p.downgrades[0].from === 'gpt-4o', `stored ${JSON.stringify(p)}`);
+  await waitFor(async () => (await chat()).key === 'key-ui', 'the gateway using key-ui');
+  await mockReset();
+  for (let i = 0; i < 3; i++) assert((await chat()).status === 200, 'a call failed');
+  const s = await mockStats();
+  assert(s.keys[fp(SECRET)] === 3, `mock stats ${JSON.stringify(s.keys)}`);
+});
+
+step('disable the key (confirmed): the gateway stops using it', async () => {
+  await open(admin, '#/keys', 'tr[data-id=key-ui]');
+  await admin.click('tr[data-id=key-ui] >> text=Disable');
+  await admin.waitForSelector('dialog[open]');
+  await shoot(admin, 'keys-confirm');
+  await admin.click('dialog[open] button[type=submit]');
+  await admin.waitForSelector('tr[data-id=key-ui] >> text=Enable', { timeout: TIMEOUT });
+  assert((await adminJson('GET', 'keys/key-ui')).status === 'disabled', 'not disabled');
+  await mockReset();
+  for (let i = 0; i < 5; i++) {
+    const r = await chat();
+    assert(r.status === 200 && r.key === 'key-a', `call ${i}: ${JSON.stringify(r)}`);
+  }
+  const s = await mockStats();
+  assert(!s.keys[fp(SECRET)] && s.keys[fp(KEY_A)] === 5, `mock stats ${JSON.stringify(s.keys)}`);
+});
+
+step('usage: totals, charts and CSV match the admin API', async () => {
+  for (let i = 0; i < 4; i++) assert((await chat()).status === 200, 'a call failed');
+  const day = new Date();
+  const from = Date.UTC(day.getUTCFullYear(), day.getUTCMonth(), day.getUTCDate());
+  const iso = (ms) => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
+  usageQuery = new URLSearchParams({ from: iso(from), to: iso(from + 86400e3), granularity: 'minute', group_by: 'key' }).toString();
+  const calls = (await fetch(CONTROL + '/admin/v1/usage/recent?limit=10000', { headers: { Authorization: 'Bearer ' + ADMIN } }).then((r) => r.json())).events.length;
+  const api = await waitFor(async () => {
+    const u = await adminJson('GET', 'usage?' + usageQuery);
+    return u.totals.requests >= calls ? u : null;
+  }, `the meter counting all ${calls} calls`, TIMEOUT * 2);
+  await open(admin, '#/usage?range=today&g=minute&by=key', '[data-testid=usage-rows]');
+  const text = async (id) => (await admin.textContent(`[data-testid=${id}]`)).trim();
+  assert(await text('total-requests') === api.totals.requests.toLocaleString('en-US'), `requests ${await text('total-requests')} vs ${api.totals.requests}`);
+  assert(await text('total-cost') === '$' + api.totals.cost_usd, `cost ${await text('total-cost')} vs ${api.totals.cost_usd}`);
+  assert(await text('total-tokens-in') === api.totals.tokens_in.toLocaleString('en-US'), 'tokens in');
+  assert(await text('total-tokens-out') === api.totals.tokens_out.toLocaleString('en-US'), 'tokens out');
+  const total = await admin.getAttribute('[data-testid=chart-cumulative]', 'data-total-cost');
+  assert(total === api.totals.cost_usd, `chart total ${total}`);
+  const buckets = new Set(api.rows.map((r) => r.start)).size;
+  const pts = await admin.getAttribute('[data-testid=chart-cumulative] path[data-series="cost to date"]', 'data-points');
+  assert(Number(pts) === buckets, `chart points ${pts} vs ${buckets} buckets`);
+  const keysCharted = await admin.$$eval('[data-testid=chart-cost] path[data-series]', (ps) => ps.map((p) => p.dataset.series).sort());
+  const keysApi = [...new Set(api.rows.map((r) => r.key))].sort();
+  assert(keysCharted.join() === keysApi.join(), `charted ${keysCharted} vs ${keysApi}`);
+  const projected = await text('projected');
+  assert(/^\$/.test(projected), `projection ${projected}`);
+  const rows = await admin.$$eval('[data-testid=usage-rows] tbody tr', (trs) => trs.length);
+  assert(rows === api.rows.length, `table rows ${rows} vs ${api.rows.length}`);
+  await shoot(admin, 'usage');
+  // the CSV: exactly the API's CSV for the same query
+  const [dl] = await Promise.all([admin.waitForEvent('download'), admin.click('[data-testid=csv]')]);
+  const got = readFileSync(await dl.path(), 'utf8');
+  const want = await adminApi('GET', 'usage?' + usageQuery + '&format=csv');
+  assert(got === want, `CSV differs:\n${got}\n---\n${want}`);
+  assert(got.trim().split('\r\n').length === api.rows.length + 1, 'CSV rows');
+});
+
+step('a key answering 401 raises an alert, shown with its action; acknowledge it', async () => {
+  await fetch(MOCK + '/mock/faults', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ key: KEY_A, faults: '401' }) });
+  await chat();
+  await waitFor(async () => (await adminJson('GET', 'keys/key-a/health')).status === 'invalid', 'key-a invalid');
+  await open(admin, '#/alerts', '[data-testid=alerts]');
+  await waitFor(async () => {
+    await admin.click('text=Refresh');
+    await admin.waitForSelector('section.page[aria-busy=false] [data-testid=alerts]');
+    return admin.$('tr[data-id="key:key-a:invalid"]');
+  }, 'the key_invalid alert on the page');
+  const row = await admin.textContent('tr[data-id="key:key-a:invalid"]');
+  assert(row.includes('rotate key key-a') && row.includes('critical'), `row: ${row}`);
+  await shoot(admin, 'alerts');
+  await admin.click('tr[data-id="key:key-a:invalid"] >> text=Acknowledge');
+  await waitFor(async () => (await adminJson('GET', 'alerts/key:key-a:invalid')).acked_ms > 0, 'the ack');
+  await fetch(MOCK + '/mock/faults', { method: 'DELETE' });
+});
+
+step('audit: verified chain, filtered', async () => {
+  await open(admin, '#/audit', '[data-testid=audit]');
+  const banner = await admin.textContent('[data-testid=audit-verify]');
+  assert(banner.startsWith('Chain verified'), banner);
+  await admin.fill('form [name=target]', 'key-ui');
+  await admin.click('form >> text=Filter');
+  const cells = (col) => admin.$$eval(`[data-testid=audit] td[data-col=${col}]`, (tds) => tds.map((t) => t.textContent));
+  let targets = [];
+  await waitFor(async () => {
+    targets = await cells('target');
+    return targets.length >= 2 && targets.every((t) => t === 'key-ui');
+  }, 'only key-ui entries after filtering').catch((e) => { throw new Error(`${e.message}: ${targets}`); });
+  const actors = await cells('actor');
+  const me = (await adminJson('GET', 'whoami')).token_id;
+  assert(actors.every((a) => a === me), `the console's writes are attributed to ${actors}, not ${me}`);
+  await shoot(admin, 'audit');
+});
+
+step('cluster: members and the leader', async () => {
+  await open(admin, '#/cluster', '[data-testid=members]');
+  const leader = await admin.textContent('[data-testid=leader]');
+  const c = await adminJson('GET', 'cluster');
+  assert(leader === c.members.find((m) => m.leader).name, `leader ${leader}`);
+  const spool = await admin.textContent('[data-testid=members] td[data-col=spool]');
+  assert(/of .*waiting/.test(spool), `spool ${spool}`);
+  await shoot(admin, 'cluster');
+});
+
+step('a finance token sees Usage and Alerts, and cannot reach key actions', async () => {
+  const ctx = await browser.newContext({ viewport: DESKTOP });
+  finance = await ctx.newPage();
+  watch(finance, 'finance');
+  await finance.goto(CONTROL + '/ui/');
+  await finance.fill('#token', FINANCE);
+  await finance.click('#signin-form button');
+  await finance.waitForSelector('#nav:not([hidden]) a');
+  const links = await finance.$$eval('#nav a', (as) => as.map((a) => a.dataset.page));
+  assert(links.join() === 'usage,alerts', `finance sees ${links}`);
+  await finance.goto(CONTROL + '/ui/#/keys');
+  await finance.waitForSelector('[data-testid=forbidden]');
+  assert(await finance.$$eval('button', (bs) => bs.filter((b) => /Disable|Rotate|Revoke/.test(b.textContent)).length) === 0, 'key actions offered');
+  await shoot(finance, 'finance-keys');
+  // Even by hand, with the session's own CSRF token: 403.
+  expectRefusals = true;
+  const status = await finance.evaluate(async () => {
+    const s = await (await fetch('/admin/v1/session')).json();
+    const r = await fetch('/admin/v1/keys/key-a/disable', { method: 'POST', headers: { 'X-CSRF-Token': s.csrf_token } });
+    return r.status;
+  });
+  expectRefusals = false;
+  assert(status === 403, `finance disabling a key: ${status}`);
+  await open(finance, '#/usage?range=today&by=model', '[data-testid=usage-rows]');
+  await shoot(finance, 'finance-usage');
+  await ctx.close();
+});
+
+step('sign out ends the session', async () => {
+  await admin.click('#signout');
+  await admin.waitForSelector('#signin:not([hidden])');
+  const c = (await admin.context().cookies()).find((x) => x.name === 'kp_session');
+  assert(!c, 'the cookie is still there');
+});
+
+step('no console errors on any page', async () => {
+  assert(problems.length === 0, problems.join('\n'));
+});
+
+mkdirSync(SHOTS, { recursive: true });
+console.log(`screenshots: ${SHOTS}`);
+browser = await chromium.launch({
+  executablePath: process.env.KP_CHROMIUM || 'chromium',
+  args: ['--no-sandbox', '--disable-dev-shm-usage'],
+});
+try {
+  for (const [name, fn] of steps) {
+    try {
+      await fn();
+      ok(name);
+    } catch (e) {
+      failed++;
+      console.log(`FAIL - ${name}: ${e.stack || e.message}`);
+      break;
+    }
+  }
+} finally {
+  await browser.close();
+}
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed === 0 ? 0 : 1);
