@@ -18,9 +18,12 @@ packages=(
   nginx-light wrk
   # the local three-node cluster behind a load balancer (deploy/local-cluster.sh)
   haproxy
+  # the web console's end-to-end test (tests/ui: playwright-core drives it headless)
+  chromium fonts-dejavu-core
 )
 
-# The SDK checks (tests/sdk) run the official Node.js SDKs. Machines that
+# The SDK checks (tests/sdk) run the official Node.js SDKs, and the console
+# test (tests/ui) runs playwright-core. Machines that
 # already have node and npm (for example from NodeSource) keep theirs.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   packages+=(nodejs npm)

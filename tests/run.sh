@@ -37,6 +37,10 @@ if command -v npm >/dev/null 2>&1 && [ -f tests/sdk/package-lock.json ]; then
   echo "== SDK check dependencies (npm ci, from the lockfile)"
   (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
 fi
+if command -v npm >/dev/null 2>&1 && [ -f tests/ui/package-lock.json ]; then
+  echo "== console test dependencies (npm ci, from the lockfile: playwright-core only)"
+  (cd tests/ui && npm ci --no-audit --no-fund --loglevel=error)
+fi
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}

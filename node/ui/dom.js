@@ -31,7 +31,7 @@ export function clear(el, ...children) {
 export function table(columns, rows, opts = {}) {
   const head = h('tr', {}, columns.map((c) => h('th', { scope: 'col', class: c.cls }, c.label)));
   const body = rows.map((r) => h('tr', { 'data-id': opts.id ? opts.id(r) : undefined },
-    columns.map((c) => { const v = c.get(r); return h('td', { class: c.cls, 'data-col': c.key }, v === undefined || v === null || v === '' ? '—' : v); })));
+    columns.map((c) => { const v = c.get(r); return h('td', { class: c.cls, 'data-col': c.key, 'data-label': c.label }, v === undefined || v === null || v === '' ? '—' : v); })));
   if (rows.length === 0) {
     body.push(h('tr', {}, h('td', { colspan: columns.length, class: 'empty' }, opts.empty || 'Nothing to show.')));
   }
