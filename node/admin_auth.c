@@ -89,15 +89,14 @@ static bool authenticate_session(struct kp_admin_req *r, unsigned perm, struct d
 {
     char id[KP_TOKEN_ID_SIZE], why[256];
     const struct kp_token *tok;
-    const struct kp_seal_kek *kek;
-    int rc = kp_admin__session_verify(r, cookie, id, sizeof(id), &tok, &kek, why, sizeof(why));
+    int rc = kp_admin__session_verify(r, cookie, id, sizeof(id), &tok, why, sizeof(why));
     snprintf(d->actor, sizeof(d->actor), "%s", id);
     if (rc != KP_OK)
         return deny(d, 401, rc == KP_ETIMEDOUT ? "session_expired" : "invalid_session", "%s", why);
     const char *method = r->req->method;
     const char *code = NULL;
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0 &&
-        !kp_admin__session_csrf_ok(r, kek, cookie, &code, why, sizeof(why))) {
+        !kp_admin__session_csrf_ok(r, cookie, &code, why, sizeof(why))) {
         deny(d, 403, code, "%s", why);
         d->here = true;
         return false;

@@ -164,18 +164,18 @@ bool kp_admin__authenticate(struct kp_admin_req *r, unsigned perm);
  * header), or NULL. */
 const char *kp_admin__session_cookie(const struct kp_http_request *req);
 /* Check a session cookie: its MAC (under the master key or, during a
- * rotation, the previous one: *@kek_out says which), its expiry and that its
+ * rotation, the previous one), its expiry and that its
  * token still exists with the hash it was signed for. @id_out gets the
  * token id the cookie names even when it is refused. KP_OK with *@tok_out,
  * else KP_EPERM (malformed, altered, token gone) or KP_ETIMEDOUT (expired)
  * with @why. The token's own state and role are the caller's to check. */
 int kp_admin__session_verify(struct kp_admin_req *r, const char *cookie, char *id_out,
-                             size_t id_len, const struct kp_token **tok_out,
-                             const struct kp_seal_kek **kek_out, char *why, size_t why_len);
+                             size_t id_len, const struct kp_token **tok_out, char *why,
+                             size_t why_len);
 /* A change made with a session: Origin (when sent) names this host and
  * X-CSRF-Token is the session's. False with @code and @why otherwise. */
-bool kp_admin__session_csrf_ok(struct kp_admin_req *r, const struct kp_seal_kek *kek,
-                               const char *cookie, const char **code, char *why, size_t why_len);
+bool kp_admin__session_csrf_ok(struct kp_admin_req *r, const char *cookie, const char **code,
+                               char *why, size_t why_len);
 /* POST, GET and DELETE /admin/v1/session. */
 void kp_admin__session_start(struct kp_admin_req *r);
 void kp_admin__session_get(struct kp_admin_req *r);

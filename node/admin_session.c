@@ -121,8 +121,8 @@ static size_t cookie_len(const char *v)
 }
 
 int kp_admin__session_verify(struct kp_admin_req *r, const char *cookie, char *id_out,
-                             size_t id_len, const struct kp_token **tok_out,
-                             const struct kp_seal_kek **kek_out, char *why, size_t why_len)
+                             size_t id_len, const struct kp_token **tok_out, char *why,
+                             size_t why_len)
 {
     size_t n = cookie_len(cookie);
     char v[160], *dot1 = NULL, *dot2 = NULL, *end;
@@ -159,7 +159,6 @@ int kp_admin__session_verify(struct kp_admin_req *r, const char *cookie, char *i
             return KP_ETIMEDOUT;
         }
         *tok_out = tok;
-        *kek_out = keks[i];
         return KP_OK;
     }
     snprintf(why, why_len,
@@ -168,7 +167,9 @@ int kp_admin__session_verify(struct kp_admin_req *r, const char *cookie, char *i
     return KP_EPERM;
 }
 
-/* The CSRF token of the session whose cookie value is @cookie. */
+/* The CSRF token of the session whose cookie value is @cookie: always under
+ * the current master key, also for a cookie signed under the previous one,
+ * so that the token handed out and the token checked agree. */
 static bool csrf_of(const struct kp_seal_kek *kek, const char *cookie, char *out)
 {
     char head[200];
@@ -176,8 +177,8 @@ static bool csrf_of(const struct kp_seal_kek *kek, const char *cookie, char *out
     return session_mac(kek, head, NULL, 0, out);
 }
 
-bool kp_admin__session_csrf_ok(struct kp_admin_req *r, const struct kp_seal_kek *kek,
-                               const char *cookie, const char **code, char *why, size_t why_len)
+bool kp_admin__session_csrf_ok(struct kp_admin_req *r, const char *cookie, const char **code,
+                               char *why, size_t why_len)
 {
     const struct kp_http_request *req = r->req;
     const char *origin = kp_http_request_header(req, "origin");
@@ -196,7 +197,7 @@ bool kp_admin__session_csrf_ok(struct kp_admin_req *r, const struct kp_seal_kek 
     }
     const char *given = kp_http_request_header(req, "x-csrf-token");
     char want[MAC_B64_LEN + 1];
-    if (given == NULL || !csrf_of(kek, cookie, want) || !mac_equal(want, given)) {
+    if (given == NULL || !csrf_of(r->n->kek, cookie, want) || !mac_equal(want, given)) {
         *code = "csrf_failed";
         snprintf(why, why_len,
                  "a change made with a console session needs the session's X-CSRF-Token header "

@@ -213,6 +213,8 @@ step('disable the key (confirmed): the gateway stops using it', async () => {
   await admin.click('dialog[open] button[type=submit]');
   await admin.waitForSelector('tr[data-id=key-ui] >> text=Enable', { timeout: TIMEOUT });
   assert((await adminJson('GET', 'keys/key-ui')).status === 'disabled', 'not disabled');
+  // The workers take the change from the next registry view they see.
+  await waitFor(async () => (await chat()).key === 'key-a', 'the gateway leaving key-ui');
   await mockReset();
   for (let i = 0; i < 5; i++) {
     const r = await chat();
