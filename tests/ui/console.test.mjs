@@ -131,6 +131,7 @@ step('a wrong token is refused at sign-in', async () => {
   watch(admin, 'admin');
   await admin.goto(CONTROL + '/ui/');
   await admin.waitForSelector('#signin:not([hidden])');
+  assert(await admin.isHidden('#signout') && await admin.isHidden('#nav'), 'sign-out or the pages offered before signing in');
   await shoot(admin, 'signin');
   expectRefusals = true;
   await admin.fill('#token', 'kp_aaaaaaaaaaaa_' + 'A'.repeat(38));
