@@ -390,6 +390,7 @@ The local keyplane cluster is up (state, logs and pid files in $state).
 
   gateway (apps)       http://127.0.0.1:$lb_gw/v1   HAProxy over kp-1..kp-3 gateways $(gw_port 1), $(gw_port 2), $(gw_port 3)
   control (operators)  http://127.0.0.1:$lb_ctl       HAProxy over control ports $(ctl_port 1), $(ctl_port 2), $(ctl_port 3)
+  web console          http://127.0.0.1:$lb_ctl/ui/   through HAProxy: a session works on every node
   HAProxy stats        http://127.0.0.1:$lb_stats/
   mock provider        http://127.0.0.1:$mock_port/v1
   meters               kp-1 and kp-2 (kp-3 is not a meter)

@@ -77,6 +77,7 @@ keyplane is running.
 
   gateway (apps)        http://127.0.0.1:$gw_port/v1   (OpenAI API; Anthropic API under /anthropic)
   control (operators)   http://127.0.0.1:$ctl_port   (/admin/v1 API, /metrics, /healthz, /readyz)
+  web console           http://127.0.0.1:$ctl_port/ui/   (sign in with the admin token below)
   mock provider         http://127.0.0.1:$mock_port/v1   (OpenAI, Anthropic and Gemini shapes)
   logs                  $state/keyplaned.log, $state/mock.log
 

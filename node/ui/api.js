@@ -4,6 +4,14 @@
 
 export const session = { csrf: null, role: null, tokenId: null, perms: new Set() };
 
+// Behind a load balancer the read after a change may reach a follower that
+// has not applied it yet: for a while after each change, registry reads ask
+// for ?consistent=true (answered by the leader after a barrier). Usage comes
+// from the meters, not the registry, and sessions are no change.
+const CONSISTENT_FOR_MS = 10000;
+let consistentUntil = 0;
+const registry = (path) => !/^(\/admin\/v1\/)?(usage|session)\b/.test(path);
+
 export class ApiError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -14,6 +22,10 @@ export class ApiError extends Error {
 
 export async function api(method, path, body, headers = {}) {
   const h = { Accept: 'application/json', ...headers };
+  const read = method === 'GET' || method === 'HEAD';
+  if (read && Date.now() < consistentUntil && registry(path)) {
+    path += (path.includes('?') ? '&' : '?') + 'consistent=true';
+  }
   if (body !== undefined) h['Content-Type'] = 'application/json';
   if (method !== 'GET' && method !== 'HEAD' && session.csrf) h['X-CSRF-Token'] = session.csrf;
   const res = await fetch(path.startsWith('/') ? path : '/admin/v1/' + path, {
@@ -28,6 +40,7 @@ export async function api(method, path, body, headers = {}) {
     if (res.status === 401 && path !== '/admin/v1/session') window.dispatchEvent(new Event('kp-signed-out'));
     throw new ApiError(res.status, e.code || 'error', e.message || `${method} ${path}: HTTP ${res.status}`);
   }
+  if (!read && registry(path)) consistentUntil = Date.now() + CONSISTENT_FOR_MS;
   if (data && res.headers.get('ETag')) Object.defineProperty(data, '_etag', { value: res.headers.get('ETag') });
   return data;
 }

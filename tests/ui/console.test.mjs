@@ -208,11 +208,11 @@ step('edit the pool: the new key first', async () => {
 
 step('disable the key (confirmed): the gateway stops using it', async () => {
   await open(admin, '#/keys', 'tr[data-id=key-ui]');
-  await admin.click('tr[data-id=key-ui] >> text=Disable');
+  await admin.click('tr[data-id=key-ui] button:text-is("Disable")');
   await admin.waitForSelector('dialog[open]');
   await shoot(admin, 'keys-confirm');
   await admin.click('dialog[open] button[type=submit]');
-  await admin.waitForSelector('tr[data-id=key-ui] >> text=Enable', { timeout: TIMEOUT });
+  await admin.waitForSelector('tr[data-id=key-ui] button:text-is("Enable")', { timeout: TIMEOUT });
   assert((await adminJson('GET', 'keys/key-ui')).status === 'disabled', 'not disabled');
   // The workers take the change from the next registry view they see.
   await waitFor(async () => (await chat()).key === 'key-a', 'the gateway leaving key-ui');
