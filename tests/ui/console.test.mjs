@@ -281,6 +281,28 @@ step('a key answering 401 raises an alert, shown with its action; acknowledge it
   await fetch(MOCK + '/mock/faults', { method: 'DELETE' });
 });
 
+step('rotate, then revoke, the key (each confirmed)', async () => {
+  const next = SECRET + '-rotated';
+  await open(admin, '#/keys', 'tr[data-id=key-ui]');
+  await admin.click('tr[data-id=key-ui] button:text-is("Rotate")');
+  await admin.waitForSelector('dialog[open] [name=secret]');
+  await admin.fill('dialog[open] [name=secret]', next);
+  await admin.fill('dialog[open] [name=grace]', '0');
+  await admin.click('dialog[open] button[type=submit]');
+  await admin.waitForSelector(`tr[data-id=key-ui] >> text=${fp(next)}`, { timeout: TIMEOUT });
+  assert(!(await admin.content()).includes(next), 'the new secret is in the page');
+  const k = await adminJson('GET', 'keys/key-ui');
+  assert(k.secrets.find((s) => s.state === 'primary').fingerprint === fp(next), `stored ${JSON.stringify(k.secrets)}`);
+  await admin.click('tr[data-id=key-ui] button:text-is("Revoke")');
+  await admin.waitForSelector('dialog[open]');
+  const text = await admin.textContent('dialog[open]');
+  assert(/final/.test(text), `the confirmation does not say revoking is final: ${text}`);
+  await admin.click('dialog[open] button[type=submit]');
+  await admin.waitForSelector('tr[data-id=key-ui] td[data-col=status] >> text=revoked', { timeout: TIMEOUT });
+  assert(await admin.$$eval('tr[data-id=key-ui] button', (bs) => bs.length) === 0, 'actions offered on a revoked key');
+  assert((await adminJson('GET', 'keys/key-ui')).status === 'revoked', 'not revoked');
+});
+
 step('audit: verified chain, filtered', async () => {
   await open(admin, '#/audit', '[data-testid=audit]');
   const banner = await admin.textContent('[data-testid=audit-verify]');
