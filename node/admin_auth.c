@@ -90,7 +90,8 @@ static bool authenticate_session(struct kp_admin_req *r, unsigned perm, struct d
     char id[KP_TOKEN_ID_SIZE], why[256];
     const struct kp_token *tok;
     int rc = kp_admin__session_verify(r, cookie, id, sizeof(id), &tok, why, sizeof(why));
-    snprintf(d->actor, sizeof(d->actor), "%s", id);
+    if (rc == KP_OK || rc == KP_ETIMEDOUT) /* else the id is the client's word only */
+        snprintf(d->actor, sizeof(d->actor), "%s", id);
     if (rc != KP_OK)
         return deny(d, 401, rc == KP_ETIMEDOUT ? "session_expired" : "invalid_session", "%s", why);
     const char *method = r->req->method;

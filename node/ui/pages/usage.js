@@ -63,6 +63,10 @@ function controls(p) {
       ['minute', 'hour', 'day'].map((g) => h('option', { value: g, selected: g === p.g }, g)))),
     field('Filter', h('input', { name: 'filter', value: p.filter, placeholder: 'tenant:acme' })),
     h('button', { type: 'submit' }, 'Show'));
+  // Typing a date means a custom range.
+  form.querySelectorAll('input[type=date]').forEach((i) => i.addEventListener('change', () => {
+    form.querySelector('[name=range]').value = 'custom';
+  }));
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
     const v = Object.fromEntries(new FormData(form).entries());
