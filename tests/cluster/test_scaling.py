@@ -62,6 +62,10 @@ class ScalingTest(unittest.TestCase):
             status, hdrs, body = self.chat(r4)
             self.assertEqual(status, 200, body)
             self.assertEqual(hdrs["x-keyplane-key"], "k1")
+        # The usage event is recorded as the call ends, which may be just
+        # after its answer reached the client.
+        wait_until(lambda: len(c.json(r4, "GET", "/admin/v1/usage/recent")[1]["events"]) == 5,
+                   what="r4's 5 usage events")
         status, raw = c.json(r4, "GET", "/admin/v1/usage/recent")
         self.assertEqual((status, raw["node"], len(raw["events"])), (200, "r4", 5), raw)
         listed = self.ctl(r4, "members", "list")
