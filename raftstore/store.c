@@ -37,6 +37,9 @@
  * period instead of once per write. */
 enum { PUBLISH_MIN_MS = 5 };
 
+/* How long closing waits for requests raft holds. */
+#define CLOSE_DRAIN_MS 2000
+
 struct kp_store {
     uv_loop_t *loop;
     struct raft raft;
@@ -64,6 +67,12 @@ struct kp_store {
     uint64_t seen_leader;
     bool raft_started;
     bool closing;
+    /* Proposals and other requests raft holds (their callback not called
+     * yet). Closing waits for them, up to CLOSE_DRAIN_MS: raft 0.15's
+     * raft_close with entries of a leader still in flight can read a NULL
+     * pointer inside libraft (tests/unit/test_raft_quirks.c, quirk 4). */
+    unsigned inflight;
+    uint64_t close_deadline;
     int handles_open;
     void (*close_cb)(void *arg);
     void *close_arg;
@@ -407,6 +416,19 @@ nomem:
     return KP_ENOMEM;
 }
 
+/* raft_close once raft holds no request of ours, or at the deadline (a
+ * leader without a quorum never finishes them). */
+static void close_when_drained(uv_timer_t *t)
+{
+    struct kp_store *s = t->data;
+    if (s->inflight > 0 && uv_now(s->loop) < s->close_deadline) {
+        uv_timer_start(&s->watch, close_when_drained, 5, 0);
+        return;
+    }
+    uv_timer_stop(&s->watch);
+    raft_close(&s->raft, raft_closed);
+}
+
 void kp_store_close(struct kp_store *s, void (*cb)(void *arg), void *arg)
 {
     if (s == NULL) {
@@ -414,12 +436,13 @@ void kp_store_close(struct kp_store *s, void (*cb)(void *arg), void *arg)
             cb(arg);
         return;
     }
-    s->closing = true;
+    s->closing = true; /* no new request from here on */
     s->close_cb = cb;
     s->close_arg = arg;
     uv_timer_stop(&s->notify);
     uv_timer_stop(&s->watch);
-    raft_close(&s->raft, raft_closed);
+    s->close_deadline = uv_now(s->loop) + CLOSE_DRAIN_MS;
+    close_when_drained(&s->watch);
 }
 
 struct kp_view_slot *kp_store_views(struct kp_store *s)
@@ -513,6 +536,7 @@ struct apply_req {
 static void apply_done(struct raft_apply *req, int status, void *result)
 {
     struct apply_req *p = req->data;
+    p->s->inflight--;
     const struct kp_raft_applied *a = result;
     if (status == 0 && (a == NULL || a->index != req->index)) {
         /* Cannot happen with raft 0.15 (the callback follows the apply);
@@ -548,6 +572,8 @@ int kp_store_propose(struct kp_store *s, const void *cmd, size_t len, kp_store_a
     p->cb = cb;
     p->arg = arg;
     int rv = raft_apply(&s->raft, &p->req, &buf, 1, apply_done);
+    if (rv == 0)
+        s->inflight++;
     if (rv != 0) {
         /* raft 0.15 owns the buffer once the entry was appended, and frees
          * it itself when a later step fails (logDiscard); it is still ours
@@ -598,8 +624,10 @@ static int done_req_start(struct kp_store *s, kp_store_done_cb cb, void *arg, ui
  * taken, so it is freed here. */
 static int submitted(struct done_req *p, int rv)
 {
-    if (rv == 0)
+    if (rv == 0) {
+        p->s->inflight++;
         return KP_OK;
+    }
     kp_free(p);
     return from_raft(rv);
 }
@@ -607,6 +635,7 @@ static int submitted(struct done_req *p, int rv)
 static void done_finish(struct done_req *p, int status, const char *what)
 {
     char msg[256];
+    p->s->inflight--;
     if (status == 0)
         snprintf(msg, sizeof(msg), "%s: done", what);
     else
@@ -699,6 +728,7 @@ int kp_store_remove(struct kp_store *s, uint64_t id, kp_store_done_cb cb, void *
 static void transfer_done(struct raft_transfer *req)
 {
     struct done_req *p = req->data;
+    p->s->inflight--;
     uint64_t now = leader_id(p->s);
     bool ok = now != 0 && now != p->s->cfg.node_id && (p->id == 0 || now == p->id);
     char msg[128];
