@@ -12,105 +12,23 @@
 //   KP_CHROMIUM       the browser (default: chromium on PATH)
 //   KP_SHOTS          where screenshots go (one per page, desktop and narrow)
 //
-// Each check prints "ok - NAME" or "FAIL - NAME: why"; the steps depend on
-// each other, so the first failure stops the run. The last line is
+// Each check prints "ok - NAME" or "FAIL - NAME: why" (shared.mjs: run);
+// the steps depend on each other, so the first failure stops the run. The last line is
 // "N passed, M failed"; the exit code is 0 only when nothing failed.
-import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { chromium } from 'playwright-core';
+import {
+  ADMIN, ADMIN_PAGES, CONTROL, DESKTOP, KEY_A, MOCK, MODEL, SECRET, TIMEOUT, adminApi, adminJson, assert, chat,
+  checkTabOrder, checkUsagePage, env, fp, meteredUsage, mockReset, mockStats, navLinks, open, refusals, run,
+  shooter, waitFor, watch,
+} from './shared.mjs';
 
-const env = (k) => {
-  if (!process.env[k]) throw new Error(`${k} is not set (run this through tests/cluster/test_console.py)`);
-  return process.env[k];
-};
-const CONTROL = env('KP_CONTROL');
-const GATEWAY = env('KP_GATEWAY');
-const MOCK = env('KP_MOCK');
-const ADMIN = env('KP_ADMIN_TOKEN');
 const FINANCE = env('KP_FINANCE_TOKEN');
-const APP = env('KP_APP_TOKEN');
-const KEY_A = env('KP_KEY_A');
-const MODEL = env('KP_MODEL');
-const SHOTS = env('KP_SHOTS');
-const SECRET = 'sk-console-ui-' + createHash('sha256').update(String(process.pid)).digest('hex').slice(0, 16);
-const fp = (s) => 'fp_' + createHash('sha256').update(s).digest('hex').slice(0, 12);
-
-const DESKTOP = { width: 1366, height: 900 };
-const NARROW = { width: 390, height: 844 };
-const TIMEOUT = 30000 * Number(process.env.KEYPLANE_TIMEOUT_SCALE || 1);
-
-let passed = 0;
-let failed = 0;
-function ok(name) { passed++; console.log(`ok - ${name}`); }
-function assert(cond, msg) { if (!cond) throw new Error(msg); }
-
-async function waitFor(fn, what, timeout = TIMEOUT) {
-  const end = Date.now() + timeout;
-  let last;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) { last = e; }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? ': ' + last.message : ''}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-async function adminApi(method, path, body) {
-  const res = await fetch(CONTROL + '/admin/v1/' + path, {
-    method, headers: { Authorization: 'Bearer ' + ADMIN, 'Content-Type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
-  return text;
-}
-const adminJson = async (method, path, body) => JSON.parse(await adminApi(method, path, body));
-const mockStats = async () => (await fetch(MOCK + '/mock/stats')).json();
-const mockReset = () => fetch(MOCK + '/mock/reset', { method: 'POST' });
-
-async function chat() {
-  const res = await fetch(GATEWAY + '/v1/chat/completions', {
-    method: 'POST', headers: { Authorization: 'Bearer ' + APP, 'Content-Type': 'application/json' },
-    body: JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'hello from the console test' }] }),
-  });
-  await res.arrayBuffer();
-  return { status: res.status, key: res.headers.get('x-keyplane-key') };
-}
-
-// Console errors, uncaught exceptions and failed requests of every page.
-const problems = [];
-let expectRefusals = false;
-function watch(page, label) {
-  page.on('console', (m) => {
-    if (m.type() !== 'error') return;
-    if (expectRefusals && /status of 40[13]/.test(m.text())) return;
-    problems.push(`${label} console: ${m.text()}`);
-  });
-  page.on('pageerror', (e) => problems.push(`${label} page error: ${e.message}`));
-}
-
-async function shoot(page, name) {
-  for (const [size, vp] of [['desktop', DESKTOP], ['narrow', NARROW]]) {
-    await page.setViewportSize(vp);
-    await page.screenshot({ path: join(SHOTS, `${name}-${size}.png`), fullPage: true });
-  }
-  await page.setViewportSize(DESKTOP);
-}
-
-// Go to a page of the console (a same-document navigation when only the
-// hash changes) and wait until that page has rendered.
-async function open(page, hash, ready) {
-  const id = hash.match(/^#\/(\w+)/)[1];
-  await page.goto(`${CONTROL}/ui/${hash}`);
-  await page.waitForSelector(`section.page[data-page=${id}][aria-busy=false]${ready ? ' ' + ready : ''}`, { timeout: TIMEOUT });
-}
+const shoot = shooter((page, vp) => page.setViewportSize(vp));
 
 const steps = [];
 const step = (name, fn) => steps.push([name, fn]);
-let browser, admin, finance, usageQuery;
+let browser, admin, finance;
 
 step('the console is served with a strict policy', async () => {
   for (const path of ['/ui/', '/ui/app.js', '/ui/style.css']) {
@@ -133,11 +51,11 @@ step('a wrong token is refused at sign-in', async () => {
   await admin.waitForSelector('#signin:not([hidden])');
   assert(await admin.isHidden('#signout') && await admin.isHidden('#nav'), 'sign-out or the pages offered before signing in');
   await shoot(admin, 'signin');
-  expectRefusals = true;
+  refusals.expected = true;
   await admin.fill('#token', 'kp_aaaaaaaaaaaa_' + 'A'.repeat(38));
   await admin.press('#token', 'Enter');
   await admin.waitForSelector('#signin-error:not(:empty)');
-  expectRefusals = false;
+  refusals.expected = false;
   assert(await admin.isHidden('#nav'), 'the navigation is shown without a session');
 });
 
@@ -146,8 +64,8 @@ step('sign in with the keyboard; the token is not kept by the page', async () =>
   await admin.keyboard.type(ADMIN);
   await admin.keyboard.press('Enter');
   await admin.waitForSelector('#nav:not([hidden]) a[data-page=keys]');
-  const links = await admin.$$eval('#nav a', (as) => as.map((a) => a.dataset.page));
-  assert(links.join() === 'keys,pools,usage,alerts,audit,cluster', `admin sees ${links}`);
+  const links = await navLinks(admin);
+  assert(links.join() === ADMIN_PAGES, `admin sees ${links}`);
   const cookies = await admin.context().cookies();
   const c = cookies.find((x) => x.name === 'kp_session');
   assert(c && c.httpOnly && c.sameSite === 'Strict' && c.path === '/', `cookie ${JSON.stringify(c)}`);
@@ -157,10 +75,7 @@ step('sign in with the keyboard; the token is not kept by the page', async () =>
   await admin.goto(CONTROL + '/ui/#/keys');
   await admin.reload();
   await admin.waitForSelector('section.page[data-page=keys][aria-busy=false]');
-  await admin.keyboard.press('Tab');
-  assert(await admin.evaluate(() => document.activeElement.classList.contains('skip')), 'Tab does not reach the skip link');
-  await admin.keyboard.press('Tab');
-  assert(await admin.evaluate(() => document.activeElement.closest('nav') !== null), 'Tab does not reach the navigation');
+  await checkTabOrder(admin);
 });
 
 step('add a key: listed with its fingerprint only', async () => {
@@ -227,38 +142,14 @@ step('disable the key (confirmed): the gateway stops using it', async () => {
 
 step('usage: totals, charts and CSV match the admin API', async () => {
   for (let i = 0; i < 4; i++) assert((await chat()).status === 200, 'a call failed');
-  const day = new Date();
-  const from = Date.UTC(day.getUTCFullYear(), day.getUTCMonth(), day.getUTCDate());
-  const iso = (ms) => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
-  usageQuery = new URLSearchParams({ from: iso(from), to: iso(from + 86400e3), granularity: 'minute', group_by: 'key' }).toString();
-  const calls = (await fetch(CONTROL + '/admin/v1/usage/recent?limit=10000', { headers: { Authorization: 'Bearer ' + ADMIN } }).then((r) => r.json())).events.length;
-  const api = await waitFor(async () => {
-    const u = await adminJson('GET', 'usage?' + usageQuery);
-    return u.totals.requests >= calls ? u : null;
-  }, `the meter counting all ${calls} calls`, TIMEOUT * 2);
+  const { api, query } = await meteredUsage();
   await open(admin, '#/usage?range=today&g=minute&by=key', '[data-testid=usage-rows]');
-  const text = async (id) => (await admin.textContent(`[data-testid=${id}]`)).trim();
-  assert(await text('total-requests') === api.totals.requests.toLocaleString('en-US'), `requests ${await text('total-requests')} vs ${api.totals.requests}`);
-  assert(await text('total-cost') === '$' + api.totals.cost_usd, `cost ${await text('total-cost')} vs ${api.totals.cost_usd}`);
-  assert(await text('total-tokens-in') === api.totals.tokens_in.toLocaleString('en-US'), 'tokens in');
-  assert(await text('total-tokens-out') === api.totals.tokens_out.toLocaleString('en-US'), 'tokens out');
-  const total = await admin.getAttribute('[data-testid=chart-cumulative]', 'data-total-cost');
-  assert(total === api.totals.cost_usd, `chart total ${total}`);
-  const buckets = new Set(api.rows.map((r) => r.start)).size;
-  const pts = await admin.getAttribute('[data-testid=chart-cumulative] path[data-series="cost to date"]', 'data-points');
-  assert(Number(pts) === buckets, `chart points ${pts} vs ${buckets} buckets`);
-  const keysCharted = await admin.$$eval('[data-testid=chart-cost] path[data-series]', (ps) => ps.map((p) => p.dataset.series).sort());
-  const keysApi = [...new Set(api.rows.map((r) => r.key))].sort();
-  assert(keysCharted.join() === keysApi.join(), `charted ${keysCharted} vs ${keysApi}`);
-  const projected = await text('projected');
-  assert(/^\$/.test(projected), `projection ${projected}`);
-  const rows = await admin.$$eval('[data-testid=usage-rows] tbody tr', (trs) => trs.length);
-  assert(rows === api.rows.length, `table rows ${rows} vs ${api.rows.length}`);
+  await checkUsagePage(admin, api);
   await shoot(admin, 'usage');
   // the CSV: exactly the API's CSV for the same query
   const [dl] = await Promise.all([admin.waitForEvent('download'), admin.click('[data-testid=csv]')]);
   const got = readFileSync(await dl.path(), 'utf8');
-  const want = await adminApi('GET', 'usage?' + usageQuery + '&format=csv');
+  const want = await adminApi('GET', 'usage?' + query + '&format=csv');
   assert(got === want, `CSV differs:\n${got}\n---\n${want}`);
   assert(got.trim().split('\r\n').length === api.rows.length + 1, 'CSV rows');
 });
@@ -339,20 +230,20 @@ step('a finance token sees Usage and Alerts, and cannot reach key actions', asyn
   await finance.fill('#token', FINANCE);
   await finance.click('#signin-form button');
   await finance.waitForSelector('#nav:not([hidden]) a');
-  const links = await finance.$$eval('#nav a', (as) => as.map((a) => a.dataset.page));
+  const links = await navLinks(finance);
   assert(links.join() === 'usage,alerts', `finance sees ${links}`);
   await finance.goto(CONTROL + '/ui/#/keys');
   await finance.waitForSelector('[data-testid=forbidden]');
   assert(await finance.$$eval('button', (bs) => bs.filter((b) => /Disable|Rotate|Revoke/.test(b.textContent)).length) === 0, 'key actions offered');
   await shoot(finance, 'finance-keys');
   // Even by hand, with the session's own CSRF token: 403.
-  expectRefusals = true;
+  refusals.expected = true;
   const status = await finance.evaluate(async () => {
     const s = await (await fetch('/admin/v1/session')).json();
     const r = await fetch('/admin/v1/keys/key-a/disable', { method: 'POST', headers: { 'X-CSRF-Token': s.csrf_token } });
     return r.status;
   });
-  expectRefusals = false;
+  refusals.expected = false;
   assert(status === 403, `finance disabling a key: ${status}`);
   await open(finance, '#/usage?range=today&by=model', '[data-testid=usage-rows]');
   await shoot(finance, 'finance-usage');
@@ -366,29 +257,10 @@ step('sign out ends the session', async () => {
   assert(!c, 'the cookie is still there');
 });
 
-step('no console errors on any page', async () => {
-  assert(problems.length === 0, problems.join('\n'));
-});
-
-mkdirSync(SHOTS, { recursive: true });
-console.log(`screenshots: ${SHOTS}`);
-browser = await chromium.launch({
-  executablePath: process.env.KP_CHROMIUM || 'chromium',
-  args: ['--no-sandbox', '--disable-dev-shm-usage'],
-});
-try {
-  for (const [name, fn] of steps) {
-    try {
-      await fn();
-      ok(name);
-    } catch (e) {
-      failed++;
-      console.log(`FAIL - ${name}: ${e.stack || e.message}`);
-      break;
-    }
-  }
-} finally {
-  await browser.close();
-}
-console.log(`${passed} passed, ${failed} failed`);
-process.exit(failed === 0 ? 0 : 1);
+await run(steps, async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.KP_CHROMIUM || 'chromium',
+    args: ['--no-sandbox', '--disable-dev-shm-usage'],
+  });
+  return browser;
+}, (b) => b.close());
