@@ -18,12 +18,13 @@ packages=(
   nginx-light wrk
   # the local three-node cluster behind a load balancer (deploy/local-cluster.sh)
   haproxy
-  # the web console's end-to-end test (tests/ui: playwright-core drives it headless)
-  chromium fonts-dejavu-core
+  # the web console's end-to-end tests (tests/ui: playwright-core drives
+  # chromium, puppeteer-core drives firefox-esr over WebDriver BiDi; headless)
+  chromium firefox-esr fonts-dejavu-core
 )
 
 # The SDK checks (tests/sdk) run the official Node.js SDKs, and the console
-# test (tests/ui) runs playwright-core. Machines that
+# tests (tests/ui) run playwright-core and puppeteer-core. Machines that
 # already have node and npm (for example from NodeSource) keep theirs.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   packages+=(nodejs npm)

@@ -38,8 +38,10 @@ if command -v npm >/dev/null 2>&1 && [ -f tests/sdk/package-lock.json ]; then
   (cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
 fi
 if command -v npm >/dev/null 2>&1 && [ -f tests/ui/package-lock.json ]; then
-  echo "== console test dependencies (npm ci, from the lockfile: playwright-core only)"
-  (cd tests/ui && npm ci --no-audit --no-fund --loglevel=error)
+  # puppeteer-core, unlike puppeteer, downloads no browser: the tests drive
+  # Debian's chromium and firefox-esr.
+  echo "== console test dependencies (npm ci, from the lockfile: playwright-core, puppeteer-core)"
+  (cd tests/ui && PUPPETEER_SKIP_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1}

@@ -1,8 +1,9 @@
 // What the console's browser tests share (console.test.mjs drives chromium
-// with playwright-core): the environment that the cluster test sets, the
-// admin API, gateway and mock helpers, the watch for console errors,
-// screenshots with the narrow-width overflow check, opening a page, the
-// usage page's checks, and the step runner.
+// with playwright-core, firefox.test.mjs drives firefox-esr with
+// puppeteer-core over WebDriver BiDi): the environment that the cluster
+// test sets, the admin API, gateway and mock helpers, the watch for console
+// errors, screenshots with the narrow-width overflow check, opening a page,
+// the usage page's checks, and the step runner.
 //
 // Only what both drivers spell the same is used on a page here: goto,
 // waitForSelector (a CSS selector), $eval/$$eval, evaluate, keyboard.press,
