@@ -21,6 +21,7 @@
 #include <uv.h>
 
 #include "alloc.h"
+#include "tls.h"
 
 struct kp_http_limits {
     size_t max_header_bytes;     /* request line + headers; over -> 431 */
@@ -75,6 +76,11 @@ struct kp_http_server_config {
     kp_http_handler_fn handler;
     void *arg;
     struct kp_http_limits limits;
+    /* NULL: plain TCP. Else every connection is TLS with the context
+     * current when it was accepted (shared by every server of a listener;
+     * must outlive them). The handshake must complete within
+     * limits.header_timeout_ms. */
+    struct kp_tls_server *tls;
 };
 
 /* Parse "host:port", "[v6]:port" or ":port" (all addresses). */
@@ -154,6 +160,11 @@ size_t kp_http_queued_bytes(const struct kp_http_exchange *ex);
  * of [A-Za-z0-9._:-], else a new "req_" + 32 hex digits (exchange memory;
  * "req_unknown" when out of memory). */
 const char *kp_http_request_id(struct kp_http_exchange *ex, const struct kp_http_request *req);
+
+/* "127.0.0.1:5000", the address of the client (for logs). */
+int kp_http_peer_addr(struct kp_http_exchange *ex, char *out, size_t len);
+/* Whether the exchange came over TLS. */
+bool kp_http_tls(const struct kp_http_exchange *ex);
 
 /* "OK", "Not Found", ... */
 const char *kp_http_reason(int status);

@@ -31,8 +31,12 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <arpa/inet.h>
 #include <llhttp.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -48,6 +52,7 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "tls.h"
 
 /* Unparsed bytes buffered while a request is with the handler; past this we
  * stop reading the socket (pipelining clients wait, memory stays bounded). */
@@ -124,6 +129,16 @@ struct conn {
     bool in_parse; /* inside parse_pending(): do not recurse */
     bool reset_pending;
     bool counted;
+    /* TLS (srv->cfg.tls): ciphertext goes through memory BIOs between the
+     * socket and OpenSSL; c->in holds the plaintext as for plain TCP. */
+    SSL *ssl;            /* NULL: plain TCP */
+    bool tls_seen;       /* the first byte arrived (a handshake, or plain HTTP) */
+    bool tls_done;       /* handshake finished */
+    bool tls_plain;      /* plain HTTP on a TLS port: answered in the clear, closing */
+    bool tls_failed;     /* handshake or record error: no close_notify */
+    bool in_pump;        /* inside tls_pump(): do not recurse */
+    bool pump_again;     /* more plaintext may wait in OpenSSL */
+    struct kp_buf plain; /* pieces of one write joined into one TLS record */
 };
 
 struct kp_http_server {
@@ -141,6 +156,11 @@ struct kp_http_server {
     void *close_arg;
     time_t date_sec;
     char date[64];
+    char *tls_rbuf; /* TLS: the loop's read buffer for ciphertext */
+    /* TLS: handshake failures logged in the current 10 s window, and how
+     * many were not (a scanner must not flood the log). */
+    int64_t tls_log_window;
+    unsigned tls_logged, tls_unlogged;
 };
 
 struct write_req {
@@ -158,6 +178,7 @@ static void conn_close_gracefully(struct conn *c);
 static void conn_maybe_free(struct conn *c);
 static void parse_pending(struct conn *c);
 static void ex_finish(struct kp_http_exchange *ex);
+static int tls_flush(struct conn *c);
 
 void kp_http_limits_default(struct kp_http_limits *l)
 {
@@ -358,11 +379,16 @@ static void write_done(uv_write_t *req, int status)
  * try the socket directly first: most answers fit, and then nothing is
  * copied or allocated and libuv need not re-arm the socket for writing. What
  * does not fit is copied into one write request and queued. */
+static int tls_write(struct conn *c, const void *a, size_t alen, const void *b, size_t blen,
+                     const void *d, size_t dlen);
+
 static int conn_write(struct conn *c, const void *a, size_t alen, const void *b, size_t blen,
                       const void *d, size_t dlen)
 {
     if (c->closing)
         return KP_ECLOSED;
+    if (c->ssl != NULL && !c->tls_plain)
+        return tls_write(c, a, alen, b, blen, d, dlen);
     uv_buf_t bufs[3] = {uv_buf_init((char *)a, (unsigned)alen),
                         uv_buf_init((char *)b, (unsigned)blen),
                         uv_buf_init((char *)d, (unsigned)dlen)};
@@ -798,6 +824,8 @@ static void conn_maybe_free(struct conn *c)
         ex_free(c->spare);
     kp_buf_free(&c->head);
     kp_buf_free(&c->in);
+    kp_buf_free(&c->plain);
+    SSL_free(c->ssl);
     kp_free(c);
     server_maybe_closed(srv);
 }
@@ -857,6 +885,13 @@ static void conn_close_gracefully(struct conn *c)
         return;
     c->shutting = true;
     uv_timer_stop(&c->timer);
+    if (c->ssl != NULL && c->tls_done && !c->tls_plain && !c->tls_failed) {
+        /* close_notify, so the client knows the answer is whole. */
+        ERR_clear_error();
+        SSL_shutdown(c->ssl);
+        ERR_clear_error();
+        tls_flush(c);
+    }
     c->shutdown_req.data = c;
     if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, shutdown_done) != 0) {
         c->shutting = false;
@@ -1253,10 +1288,309 @@ static void parse_pending(struct conn *c)
     read_resume(c);
 }
 
+/* --- TLS ------------------------------------------------------------------
+ *
+ * With a kp_tls_server in the listener's config every connection gets an
+ * SSL object over two memory BIOs: what the socket reads is written into
+ * the read BIO, OpenSSL's output (handshake, records, alerts) is taken from
+ * the write BIO and written to the socket like any answer, so `queued`,
+ * the watermark and the drain work on the bytes actually sent. Plaintext
+ * lands in c->in, where the parser finds it as on plain TCP.
+ *
+ *   accept -> handshake (within header_timeout_ms, or closed) -> requests
+ *          \-> first byte not a TLS record: plain HTTP gets a 400 in the
+ *              clear, anything else is closed
+ *
+ * Pipelining and backpressure: plaintext is taken from OpenSSL only while
+ * c->in holds less than MAX_PIPELINE_BUFFER unparsed bytes; past that the
+ * socket stops being read, and read_resume() pumps what OpenSSL still
+ * holds once the handler has answered. */
+
+/* "127.0.0.1:5000" of the connection's peer, or "unknown peer". */
+static void conn_peer(struct conn *c, char *out, size_t len)
+{
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    char host[INET6_ADDRSTRLEN] = "";
+    snprintf(out, len, "unknown peer");
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) != 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        snprintf(out, len, "%s:%d", host, ntohs(in->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        snprintf(out, len, "[%s]:%d", host, ntohs(in6->sin6_port));
+    }
+}
+
+int kp_http_peer_addr(struct kp_http_exchange *ex, char *out, size_t len)
+{
+    conn_peer(ex->conn, out, len);
+    return KP_OK;
+}
+
+bool kp_http_tls(const struct kp_http_exchange *ex)
+{
+    return ex->conn->ssl != NULL && !ex->conn->tls_plain;
+}
+
+/* Move what OpenSSL wrote into the write BIO to the socket: straight away
+ * when nothing is queued and the socket takes it, else queued. */
+static int tls_flush(struct conn *c)
+{
+    BIO *wbio = SSL_get_wbio(c->ssl);
+    size_t n = BIO_ctrl_pending(wbio);
+    if (n == 0)
+        return KP_OK;
+    if (c->closing) {
+        (void)BIO_reset(wbio);
+        return KP_ECLOSED;
+    }
+    struct write_req *w = kp_malloc(sizeof(*w) + n);
+    if (w == NULL)
+        return KP_ENOMEM;
+    if (BIO_read(wbio, w->data, (int)n) != (int)n) {
+        kp_free(w);
+        return KP_EIO;
+    }
+    size_t skip = 0;
+    if (c->queued == 0) {
+        uv_buf_t b = uv_buf_init(w->data, (unsigned)n);
+        int r = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (r >= 0)
+            skip = (size_t)r;
+        else if (r != UV_EAGAIN && r != UV_ENOSYS) {
+            kp_free(w);
+            return kp_err_from_uv(r);
+        }
+    }
+    if (skip == n) {
+        kp_free(w);
+        return KP_OK;
+    }
+    w->conn = c;
+    w->len = n - skip;
+    uv_buf_t buf = uv_buf_init(w->data + skip, (unsigned)(n - skip));
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &buf, 1, write_done);
+    if (rc != 0) {
+        kp_free(w);
+        return kp_err_from_uv(rc);
+    }
+    c->queued += n - skip;
+    return KP_OK;
+}
+
+/* The pieces are joined so a chunk (size line, data, CRLF) is one record. */
+static int tls_write(struct conn *c, const void *a, size_t alen, const void *b, size_t blen,
+                     const void *d, size_t dlen)
+{
+    const void *p[3] = {a, b, d};
+    size_t n[3] = {alen, blen, dlen};
+    int pieces = (alen > 0) + (blen > 0) + (dlen > 0);
+    if (pieces > 1 && alen + blen + dlen <= 16384) {
+        c->plain.len = 0;
+        for (int i = 0; i < 3; i++)
+            if (n[i] > 0 && kp_buf_append(&c->plain, p[i], n[i]) != 0)
+                return KP_ENOMEM;
+        p[0] = c->plain.data;
+        n[0] = c->plain.len;
+        n[1] = n[2] = 0;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (n[i] == 0)
+            continue;
+        ERR_clear_error();
+        if (!c->tls_done || SSL_write(c->ssl, p[i], (int)n[i]) != (int)n[i]) {
+            ERR_clear_error();
+            return KP_EIO;
+        }
+    }
+    return tls_flush(c);
+}
+
+/* A handshake or record error: log it (bounded), send OpenSSL's alert and
+ * close. */
+static void tls_failed(struct conn *c, const char *what, int ssl_err)
+{
+    struct kp_http_server *srv = c->srv;
+    char why[300], peer[80], subject[256] = "";
+    kp_tls__errors(why, sizeof(why));
+    if (ssl_err == SSL_ERROR_SSL && SSL_get_verify_result(c->ssl) != X509_V_OK)
+        snprintf(why, sizeof(why), "client certificate not accepted: %s",
+                 X509_verify_cert_error_string(SSL_get_verify_result(c->ssl)));
+    X509 *peer_cert = SSL_get0_peer_certificate(c->ssl);
+    if (peer_cert != NULL) {
+        char name[200];
+        X509_NAME_oneline(X509_get_subject_name(peer_cert), name, sizeof(name));
+        snprintf(subject, sizeof(subject), " (client certificate %s)", name);
+    }
+    conn_peer(c, peer, sizeof(peer));
+    int64_t window = (int64_t)(uv_now(srv->loop) / 10000);
+    if (window != srv->tls_log_window) {
+        if (srv->tls_unlogged > 0)
+            kp_warn("http", "%s listener: %u more TLS failures were not logged", srv->cfg.name,
+                    srv->tls_unlogged);
+        srv->tls_log_window = window;
+        srv->tls_logged = srv->tls_unlogged = 0;
+    }
+    if (srv->tls_logged < 5) {
+        srv->tls_logged++;
+        kp_warn("http", "%s listener: TLS %s with %s failed: %s%s -> close", srv->cfg.name, what,
+                peer, why, subject);
+    } else {
+        srv->tls_unlogged++;
+    }
+    c->tls_failed = true;
+    tls_flush(c); /* the alert */
+    conn_close_gracefully(c);
+}
+
+/* @n plaintext bytes were appended to c->in. */
+static void conn_got_plain(struct conn *c, size_t n)
+{
+    c->in.len += n;
+    if (c->state == C_IDLE && c->ex == NULL)
+        conn_disarm_timer(c);
+    if (c->state == C_HANDLER)
+        return; /* parsed once the handler has answered */
+    parse_pending(c);
+}
+
+/* Take plaintext from OpenSSL while there is room for it. */
+static void tls_read_plain(struct conn *c)
+{
+    while (!c->closing && !c->shutting) {
+        if (c->state == C_HANDLER && c->in.len - c->in_off > MAX_PIPELINE_BUFFER) {
+            if (c->reading) {
+                uv_read_stop((uv_stream_t *)&c->tcp);
+                c->reading = false;
+            }
+            return;
+        }
+        if (kp_buf_reserve(&c->in, READ_CHUNK) != 0) {
+            conn_close(c);
+            return;
+        }
+        ERR_clear_error();
+        int r = SSL_read(c->ssl, c->in.data + c->in.len, (int)(c->in.cap - c->in.len - 1));
+        if (r <= 0) {
+            int e = SSL_get_error(c->ssl, r);
+            if (e == SSL_ERROR_WANT_READ) {
+                tls_flush(c); /* a key update's answer, a session ticket */
+                return;
+            }
+            if (e == SSL_ERROR_ZERO_RETURN) {
+                kp_trace("http", "client close_notify -> close");
+                conn_close(c);
+                return;
+            }
+            tls_failed(c, "read", e);
+            return;
+        }
+        conn_got_plain(c, (size_t)r);
+    }
+}
+
+static void tls_pump(struct conn *c)
+{
+    if (c->in_pump) {
+        c->pump_again = true;
+        return;
+    }
+    c->in_pump = true;
+    do {
+        c->pump_again = false;
+        if (!c->tls_done) {
+            ERR_clear_error();
+            int r = SSL_do_handshake(c->ssl);
+            if (r != 1) {
+                int e = SSL_get_error(c->ssl, r);
+                if (e == SSL_ERROR_WANT_READ)
+                    tls_flush(c);
+                else
+                    tls_failed(c, "handshake", e);
+                break;
+            }
+            c->tls_done = true;
+            kp_trace("http", "TLS handshake done (%s) -> read requests", SSL_get_version(c->ssl));
+            if (tls_flush(c) != KP_OK) {
+                conn_close(c);
+                break;
+            }
+        }
+        tls_read_plain(c);
+    } while (c->pump_again && !c->closing && !c->shutting);
+    c->in_pump = false;
+}
+
+/* OpenSSL holds plaintext, or ciphertext not yet decrypted. */
+static bool tls_pending(struct conn *c)
+{
+    return SSL_pending(c->ssl) > 0 || BIO_ctrl_pending(SSL_get_rbio(c->ssl)) > 0;
+}
+
+/* Bytes from the socket on a TLS connection. */
+static void tls_received(struct conn *c, const char *data, size_t n)
+{
+    if (!c->tls_seen) {
+        c->tls_seen = true;
+        /* 0x16: a TLS handshake record. An upper-case letter: a plain HTTP
+         * request (a method), which gets a readable answer. */
+        if ((unsigned char)data[0] != 0x16) {
+            if (data[0] >= 'A' && data[0] <= 'Z') {
+                c->tls_plain = true;
+                kp_trace("http", "plain HTTP on a TLS port -> answer 400 and close");
+                conn_fail(c, 400,
+                          "this port speaks TLS: use https:// (plain HTTP is not served here)");
+            } else {
+                kp_trace("http", "not a TLS handshake -> close");
+                conn_close(c);
+            }
+            return;
+        }
+    }
+    if (BIO_write(SSL_get_rbio(c->ssl), data, (int)n) != (int)n) {
+        conn_close(c);
+        return;
+    }
+    tls_pump(c);
+}
+
+/* A new connection's SSL object, from the listener's current context. */
+static int tls_accept(struct conn *c)
+{
+    SSL_CTX *ctx = kp_tls__acquire(c->srv->cfg.tls);
+    c->ssl = SSL_new(ctx);
+    SSL_CTX_free(ctx); /* the SSL object holds its own reference */
+    if (c->ssl == NULL)
+        return KP_ENOMEM;
+    BIO *rbio = BIO_new(BIO_s_mem()), *wbio = BIO_new(BIO_s_mem());
+    if (rbio == NULL || wbio == NULL) {
+        BIO_free(rbio);
+        BIO_free(wbio);
+        return KP_ENOMEM;
+    }
+    /* An empty read BIO means "wait for more", not end of input. */
+    BIO_set_mem_eof_return(rbio, -1);
+    SSL_set_bio(c->ssl, rbio, wbio);
+    SSL_set_accept_state(c->ssl);
+    return KP_OK;
+}
+
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct conn *c = h->data;
     (void)suggested;
+    if (c->ssl != NULL) {
+        /* Ciphertext is copied into OpenSSL at once (read_cb), so the
+         * loop's connections share one buffer. */
+        buf->base = c->srv->tls_rbuf;
+        buf->len = READ_CHUNK;
+        return;
+    }
     if (kp_buf_reserve(&c->in, READ_CHUNK) != 0) {
         buf->base = NULL;
         buf->len = 0;
@@ -1285,6 +1619,10 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         c->in.len = c->in_off = 0; /* lingering: discard */
         return;
     }
+    if (c->ssl != NULL) {
+        tls_received(c, buf->base, (size_t)nread);
+        return;
+    }
     c->in.len += (size_t)nread;
     if (c->state == C_IDLE && c->ex == NULL)
         conn_disarm_timer(c);
@@ -1300,10 +1638,14 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void read_resume(struct conn *c)
 {
-    if (c->reading || c->closing)
+    if (c->closing)
         return;
-    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0)
+    if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0)
         c->reading = true;
+    /* Requests the client sent while the handler was busy may be in
+     * OpenSSL already; no socket event would bring them. */
+    if (c->ssl != NULL && c->tls_done && !c->shutting && tls_pending(c))
+        tls_pump(c);
 }
 
 static void on_connection(uv_stream_t *listener, int status)
@@ -1316,6 +1658,7 @@ static void on_connection(uv_stream_t *listener, int status)
         goto err;
     c->srv = srv;
     kp_buf_init(&c->in);
+    kp_buf_init(&c->plain);
     if (uv_tcp_init(srv->loop, &c->tcp) != 0)
         goto err_after_alloc;
     c->tcp.data = c;
@@ -1332,7 +1675,8 @@ static void on_connection(uv_stream_t *listener, int status)
     kp_metrics_http_conn_delta(srv->cfg.name, 1);
     llhttp_init(&c->parser, HTTP_REQUEST, &parser_settings);
     c->parser.data = c;
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0 ||
+        (srv->cfg.tls != NULL && tls_accept(c) != KP_OK)) {
         conn_close(c);
         return;
     }
@@ -1402,6 +1746,11 @@ int kp_http_server_start(struct kp_http_server **out, uv_loop_t *loop,
         goto err_after_listener;
     }
     srv->listening = true;
+    if (cfg->tls != NULL && (srv->tls_rbuf = kp_malloc(READ_CHUNK)) == NULL) {
+        snprintf(errmsg, errlen, "%s: out of memory", cfg->name);
+        rc = KP_ENOMEM;
+        goto err_after_listener;
+    }
     if (bound_port) {
         struct sockaddr_storage got;
         int len = sizeof(got);
@@ -1434,6 +1783,7 @@ static void server_maybe_closed(struct kp_http_server *srv)
         return;
     void (*cb)(void *) = srv->close_cb;
     void *arg = srv->close_arg;
+    kp_free(srv->tls_rbuf);
     kp_free(srv);
     if (cb)
         cb(arg);

@@ -183,7 +183,7 @@ static void server_main(void *arg)
 {
     (void)arg;
     char err[256];
-    struct kp_http_server_config cfg = {"test", on_request, NULL, st.limits};
+    struct kp_http_server_config cfg = {"test", on_request, NULL, st.limits, NULL};
     int rc =
         kp_http_server_start(&st.srv, &st.loop, &cfg, "127.0.0.1:0", &st.port, err, sizeof(err));
     if (rc != 0) {
