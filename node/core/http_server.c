@@ -139,6 +139,7 @@ struct conn {
     bool in_pump;        /* inside tls_pump(): do not recurse */
     bool pump_again;     /* more plaintext may wait in OpenSSL */
     struct kp_buf plain; /* pieces of one write joined into one TLS record */
+    char *tls_refused;   /* subject of a client certificate that did not verify */
 };
 
 struct kp_http_server {
@@ -825,6 +826,7 @@ static void conn_maybe_free(struct conn *c)
     kp_buf_free(&c->head);
     kp_buf_free(&c->in);
     kp_buf_free(&c->plain);
+    kp_free(c->tls_refused);
     SSL_free(c->ssl);
     kp_free(c);
     server_maybe_closed(srv);
@@ -1421,12 +1423,8 @@ static void tls_failed(struct conn *c, const char *what, int ssl_err)
     if (ssl_err == SSL_ERROR_SSL && SSL_get_verify_result(c->ssl) != X509_V_OK)
         snprintf(why, sizeof(why), "client certificate not accepted: %s",
                  X509_verify_cert_error_string(SSL_get_verify_result(c->ssl)));
-    X509 *peer_cert = SSL_get0_peer_certificate(c->ssl);
-    if (peer_cert != NULL) {
-        char name[200];
-        X509_NAME_oneline(X509_get_subject_name(peer_cert), name, sizeof(name));
-        snprintf(subject, sizeof(subject), " (client certificate %s)", name);
-    }
+    if (c->tls_refused != NULL)
+        snprintf(subject, sizeof(subject), " (client certificate %s)", c->tls_refused);
     conn_peer(c, peer, sizeof(peer));
     int64_t window = (int64_t)(uv_now(srv->loop) / 10000);
     if (window != srv->tls_log_window) {
@@ -1559,11 +1557,31 @@ static void tls_received(struct conn *c, const char *data, size_t n)
     tls_pump(c);
 }
 
+/* OpenSSL's verdict on a client certificate, unchanged; the subject of one
+ * it refuses is kept for the log line (after a failed verification OpenSSL
+ * no longer shows the peer's certificate). */
+static int tls_verify(int ok, X509_STORE_CTX *store)
+{
+    SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+    struct conn *c = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
+    X509 *leaf = X509_STORE_CTX_get0_cert(store);
+    if (!ok && c != NULL && c->tls_refused == NULL && leaf != NULL) {
+        char name[200];
+        X509_NAME_oneline(X509_get_subject_name(leaf), name, sizeof(name));
+        c->tls_refused = kp_strdup(name);
+    }
+    return ok;
+}
+
 /* A new connection's SSL object, from the listener's current context. */
 static int tls_accept(struct conn *c)
 {
     SSL_CTX *ctx = kp_tls__acquire(c->srv->cfg.tls);
     c->ssl = SSL_new(ctx);
+    if (c->ssl != NULL && SSL_CTX_get_verify_mode(ctx) != SSL_VERIFY_NONE) {
+        SSL_set_app_data(c->ssl, c);
+        SSL_set_verify(c->ssl, SSL_CTX_get_verify_mode(ctx), tls_verify);
+    }
     SSL_CTX_free(ctx); /* the SSL object holds its own reference */
     if (c->ssl == NULL)
         return KP_ENOMEM;
