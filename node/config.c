@@ -54,6 +54,7 @@ enum setting_type {
     SET_URL,      /* http:// or https:// URL without query or fragment */
     SET_HEADERS,  /* name=value[,name=value...]; a YAML mapping too */
     SET_RATIO,    /* a number from 0 to 1, stored as a double */
+    SET_BOOL,     /* true/false, yes/no, on/off, 1/0, stored as a bool */
 };
 
 struct setting {
@@ -195,13 +196,31 @@ static const struct setting settings[] = {
      NULL},
     /* One section: its rows stay together (kp_config_print relies on it). */
     {"tls.cert_file", SET_PATH, FIELD(tls_cert_file), 0, 0, true, NULL, "FILE",
-     "this node's certificate chain (PEM), signed by the cluster CA; with tls.key_file and "
-     "tls.ca_file, Raft traffic between nodes runs over mutual TLS (reread on SIGHUP)",
+     "this node's certificate chain (PEM), signed by the cluster CA: with tls.key_file and "
+     "tls.ca_file, Raft traffic between nodes runs over mutual TLS; also what its TLS listeners "
+     "serve and its client certificate when it calls other nodes (reread on SIGHUP)",
      NULL},
     {"tls.key_file", SET_PATH, FIELD(tls_key_file), 0, 0, true, NULL, "FILE",
-     "the private key of tls.cert_file (PEM, mode 0600)", NULL},
+     "the private key of tls.cert_file (PEM, mode 0600); reread on SIGHUP", NULL},
     {"tls.ca_file", SET_PATH, FIELD(tls_ca_file), 0, 0, true, NULL, "FILE",
-     "the cluster CA (PEM): a node's Raft peers must present a certificate it signed", NULL},
+     "the cluster CA (PEM): a node's Raft peers must present a certificate it signed, and other "
+     "nodes' control ports are verified against it when this node calls them over https",
+     NULL},
+    {"tls.gateway", SET_BOOL, FIELD(tls_gateway), 0, 0, false, "false", "BOOL",
+     "serve the gateway port over TLS (needs tls.cert_file, tls.key_file and tls.ca_file)", NULL},
+    {"tls.control", SET_BOOL, FIELD(tls_control), 0, 0, false, "false", "BOOL",
+     "serve the control port over TLS and call other nodes' control ports over https, verified "
+     "against tls.ca_file (set it on every node of a cluster)",
+     NULL},
+    {"tls.client_ca_file", SET_PATH, FIELD(tls_client_ca_file), 0, 0, true, NULL, "FILE",
+     "ask TLS clients for a certificate and verify it against these CA certificates (PEM); a "
+     "certificate that does not verify is refused",
+     NULL},
+    {"tls.require_client_cert", SET_BOOL, FIELD(tls_require_client_cert), 0, 0, false, "false",
+     "BOOL",
+     "refuse TLS clients without a valid certificate from tls.client_ca_file, on every TLS "
+     "listener (nodes present tls.cert_file when they call each other)",
+     NULL},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
@@ -330,6 +349,9 @@ static const struct setting *closest_setting(const char *name, size_t len)
         return NULL;
     for (size_t i = 0; i < len; i++)
         norm[i] = name[i] == '-' ? '_' : name[i];
+    /* A flag spells tls.cert_file as tls-cert-file. */
+    if (len > 4 && memcmp(norm, "tls_", 4) == 0)
+        norm[3] = '.';
     for (size_t i = 0; i < N_SETTINGS; i++) {
         size_t d = edit_distance(norm, len, settings[i].name);
         if (d < best_d) {
@@ -417,6 +439,9 @@ static void describe(const struct setting *s, char *buf, size_t len)
         return;
     case SET_RATIO:
         snprintf(buf, len, "a number from 0 to 1");
+        return;
+    case SET_BOOL:
+        snprintf(buf, len, "true or false");
         return;
     case SET_CHOICE: {
         size_t o = (size_t)snprintf(buf, len, "one of");
@@ -875,6 +900,22 @@ static int set_value(struct kp_config *cfg, const struct setting *s, const char 
         memcpy((char *)cfg + s->offset, &d, sizeof(d));
         return 0;
     }
+    case SET_BOOL: {
+        static const char *const yes[] = {"true", "yes", "on", "1", NULL};
+        static const char *const no[] = {"false", "no", "off", "0", NULL};
+        int v = -1;
+        for (int i = 0; yes[i] != NULL; i++) {
+            if (strcasecmp(text, yes[i]) == 0)
+                v = 1;
+            if (strcasecmp(text, no[i]) == 0)
+                v = 0;
+        }
+        if (v < 0)
+            break;
+        bool b = v == 1;
+        memcpy((char *)cfg + s->offset, &b, sizeof(b));
+        return 0;
+    }
     }
     return value_error(s, where, text, why, errmsg, errlen);
 }
@@ -1232,9 +1273,9 @@ static int apply_yaml_root(struct kp_config *cfg, const char *path, struct fy_no
                            char *errmsg, size_t errlen)
 {
     int first_line[N_SETTINGS] = {0};
+    char pos[PATH_MAX + 16];
     struct fy_node_pair *pair;
     void *iter = NULL;
-    char pos[PATH_MAX + 16];
     int rv;
 
     /* A document with nothing in it ("---" alone) sets nothing. */
@@ -1529,8 +1570,8 @@ static int check_tls(const struct kp_config *cfg, char *errmsg, size_t errlen)
     if (n == 0 || n == 3)
         return 0;
     return errf(errmsg, errlen, KP_ECONFIG,
-                "%s set but not %s: Raft over TLS needs this node's certificate, its key and "
-                "the cluster CA (docs/operations.md, \"Securing node links\")",
+                "%s set but not %s: TLS needs this node's certificate, its key and the "
+                "cluster CA (docs/operations.md, \"Securing node links\")",
                 set, unset);
 }
 
@@ -1554,7 +1595,7 @@ static int load_sources(struct kp_config *cfg, int argc, char **argv, char **env
         return rv;
     if ((rv = check_listeners(cfg, errmsg, errlen)) != 0)
         return rv;
-    return check_tls(cfg, errmsg, errlen);
+    return kp_config_check_tls(cfg, errmsg, errlen);
 }
 
 int kp_config_load(struct kp_config *cfg, int argc, char **argv, char **envp,
@@ -1721,6 +1762,12 @@ static void print_setting(FILE *out, const struct kp_config *cfg, const struct s
         print_headers(out, *string_slot((struct kp_config *)cfg, s));
         return;
     }
+    if (s->type == SET_BOOL) {
+        bool b;
+        memcpy(&b, (const char *)cfg + s->offset, sizeof(b));
+        fprintf(out, "%s: %s\n", s->name, b ? "true" : "false");
+        return;
+    }
     const char *str = is_string_type(s->type) ? *string_slot((struct kp_config *)cfg, s) : NULL;
     int64_t n = is_string_type(s->type) ? 0 : load_number(cfg, s);
     char human[32];
@@ -1761,6 +1808,23 @@ void kp_config_print(const struct kp_config *cfg, FILE *out)
     fputc('\n', out);
     for (size_t i = 0; i < N_SETTINGS; i++)
         print_setting(out, cfg, &settings[i]);
+}
+
+int kp_config_check_tls(const struct kp_config *cfg, char *errmsg, size_t errlen)
+{
+    int rv = check_tls(cfg, errmsg, errlen); /* the three files: all or none */
+    if (rv != 0)
+        return rv;
+    const char *listener = cfg->tls_gateway && cfg->tls_control ? "tls.gateway and tls.control"
+                           : cfg->tls_gateway                   ? "tls.gateway"
+                                                                : "tls.control";
+    if ((cfg->tls_gateway || cfg->tls_control) && cfg->tls_cert_file == NULL)
+        return errf(errmsg, errlen, KP_ECONFIG,
+                    "%s: needs tls.cert_file, tls.key_file and tls.ca_file", listener);
+    if (cfg->tls_require_client_cert && cfg->tls_client_ca_file == NULL)
+        return errf(errmsg, errlen, KP_ECONFIG,
+                    "tls.require_client_cert: needs tls.client_ca_file to verify them against");
+    return 0;
 }
 
 /* --- usage ---------------------------------------------------------------- */

@@ -57,10 +57,18 @@ struct kp_config {
     int64_t otlp_timeout_ms;   /* 10 s per export request */
     int trace_queue_spans;     /* 4096 spans waiting at most */
     char *access_log;          /* NULL: off (default), "stderr", or a file */
-    /* Raft over mutual TLS: all three or none (docs/operations.md) */
-    char *tls_cert_file; /* this node's certificate chain, PEM */
-    char *tls_key_file;  /* its private key, PEM */
-    char *tls_ca_file;   /* the cluster CA, PEM */
+    /* TLS (YAML section tls:, docs/operations.md): the three files, all or
+     * none, make Raft links mutual TLS; the listeners use them when
+     * tls.gateway / tls.control say so. Files are checked when the node
+     * starts, not here. */
+    char *tls_cert_file;          /* tls.cert_file: this node's certificate (PEM), NULL */
+    char *tls_key_file;           /* tls.key_file: its private key (PEM), NULL */
+    char *tls_ca_file;            /* tls.ca_file: the cluster CA (PEM), NULL */
+    bool tls_gateway;             /* tls.gateway: serve the gateway port over TLS */
+    bool tls_control;             /* tls.control: serve the control port over TLS, and call
+                                     other nodes' control ports over https */
+    char *tls_client_ca_file;     /* tls.client_ca_file: CA of client certificates, NULL */
+    bool tls_require_client_cert; /* tls.require_client_cert */
 };
 
 /* What the command line asked for besides settings. */
@@ -92,6 +100,10 @@ void kp_config_free(struct kp_config *cfg);
 /* The --help text, generated from the settings table (static storage; call
  * from one thread). */
 const char *kp_config_usage(void);
+/* The TLS settings that go together (tls.gateway needs a certificate and a
+ * key, ...); kp_config_load runs it. The files themselves are read when
+ * the node starts (node/tls.c). */
+int kp_config_check_tls(const struct kp_config *cfg, char *errmsg, size_t errlen);
 /* Print the effective configuration as YAML (for --check-config). */
 void kp_config_print(const struct kp_config *cfg, FILE *out);
 

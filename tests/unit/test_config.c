@@ -799,6 +799,72 @@ static void test_telemetry_settings(void **state)
     assert_true(f->cfg.trace_sample_ratio == 0);
 }
 
+/* The tls: section: nested in YAML, KEYPLANE_TLS_* and --tls-* with the
+ * same names, booleans in their usual spellings, the settings that go
+ * together checked, and a round trip through --check-config's output. */
+static void test_tls_settings(void **state)
+{
+    struct fixture *f = *state;
+    assert_loads(f, LOAD0(f, NULL));
+    assert_null(f->cfg.tls_cert_file);
+    assert_false(f->cfg.tls_gateway);
+    assert_false(f->cfg.tls_control);
+    assert_false(f->cfg.tls_require_client_cert);
+
+    const char *path = write_file(f, "tls.yaml",
+                                  "tls:\n  cert_file: /etc/kp/n1.crt\n  key_file: /etc/kp/n1.key\n"
+                                  "  ca_file: /etc/kp/ca.crt\n  gateway: yes\n  control: true\n"
+                                  "  client_ca_file: /etc/kp/clients.crt\n"
+                                  "  require_client_cert: on\n");
+    assert_loads(f, LOAD(f, NULL, "--config", (char *)path));
+    assert_string_equal(f->cfg.tls_cert_file, "/etc/kp/n1.crt");
+    assert_string_equal(f->cfg.tls_key_file, "/etc/kp/n1.key");
+    assert_string_equal(f->cfg.tls_ca_file, "/etc/kp/ca.crt");
+    assert_string_equal(f->cfg.tls_client_ca_file, "/etc/kp/clients.crt");
+    assert_true(f->cfg.tls_gateway && f->cfg.tls_control && f->cfg.tls_require_client_cert);
+
+    char *env[] = {"KEYPLANE_TLS_GATEWAY=false", "KEYPLANE_TLS_REQUIRE_CLIENT_CERT=0", NULL};
+    assert_loads(f, LOAD(f, env, "--config", (char *)path, "--tls-control=off"));
+    assert_false(f->cfg.tls_gateway);
+    assert_false(f->cfg.tls_control);
+    assert_false(f->cfg.tls_require_client_cert);
+
+    /* --check-config prints what loads back the same. */
+    assert_loads(f, LOAD(f, NULL, "--config", (char *)path));
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    kp_config_print(&f->cfg, mem);
+    fclose(mem);
+    assert_non_null(strstr(text, "tls:\n"));
+    assert_non_null(strstr(text, "  gateway: true\n"));
+    const char *again = write_file(f, "printed.yaml", text);
+    free(text);
+    assert_loads(f, LOAD(f, NULL, "--config", (char *)again));
+    assert_true(f->cfg.tls_gateway && f->cfg.tls_require_client_cert);
+    assert_string_equal(f->cfg.tls_ca_file, "/etc/kp/ca.crt");
+
+    expect_error(f, LOAD(f, NULL, "--tls-gateway", "maybe"),
+                 "--tls-gateway: expected true or false, got \"maybe\"");
+    expect_error(f, LOAD(f, NULL, "--tls-gateway", "true"),
+                 "tls.gateway: needs tls.cert_file, tls.key_file and tls.ca_file");
+    /* The three files go together (test_tls_partial_refused). */
+    expect_error(
+        f, LOAD(f, NULL, "--tls-control", "true", "--tls-cert-file", "a", "--tls-key-file", "b"),
+        "tls.cert_file, tls.key_file set but not tls.ca_file: TLS needs this node's "
+        "certificate, its key and the cluster CA (docs/operations.md, \"Securing node links\")");
+    expect_error(f, LOAD(f, NULL, "--tls-require-client-cert", "true"),
+                 "tls.require_client_cert: needs tls.client_ca_file to verify them against");
+    const char *bad = write_file(f, "bad.yaml", "tls:\n  cert_flie: x\n");
+    char want[PATH_MAX + 120];
+    snprintf(want, sizeof(want),
+             "%s:2: unknown setting \"tls.cert_flie\" (did you mean \"tls.cert_file\"?)", bad);
+    expect_error(f, LOAD(f, NULL, "--config", (char *)bad), want);
+    bad = write_file(f, "bad2.yaml", "tls: on\n");
+    snprintf(want, sizeof(want), "%s:1: tls: expected a mapping of settings, got a scalar", bad);
+    expect_error(f, LOAD(f, NULL, "--config", (char *)bad), want);
+}
+
 /* --- memory ---------------------------------------------------------------- */
 
 /* Loading again into a loaded struct frees the old values (ASan checks). */
@@ -894,7 +960,7 @@ static void test_tls_sources(void **state)
 static void test_tls_partial_refused(void **state)
 {
     struct fixture *f = *state;
-    const char *tail = ": Raft over TLS needs this node's certificate, its key and the cluster CA "
+    const char *tail = ": TLS needs this node's certificate, its key and the cluster CA "
                        "(docs/operations.md, \"Securing node links\")";
     char want[512];
 
@@ -964,6 +1030,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_telemetry_settings, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tls_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_overrides_defaults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_env_overrides_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flags_override_env, setup, teardown),
