@@ -12,7 +12,7 @@ packages=(
   libzstd-dev libssl-dev libjansson-dev libfyaml-dev
   # tests and tools
   libcmocka-dev python3 curl ca-certificates procps iproute2
-  # certificates for Raft over TLS (deploy/make-certs.sh, its tests)
+  # certificates for TLS (deploy/make-certs.sh, its tests)
   openssl
   # benchmarks: the side-by-side references
   nginx-light wrk

@@ -120,7 +120,8 @@ static enum outcome deliver(struct kp_shipper *sh, struct target_state *t,
         return FAILED;
     }
     CURL *c = t->curl;
-    snprintf(url, sizeof(url), "http://%s/internal/v1/segments", to->address);
+    snprintf(url, sizeof(url), "%s://%s/internal/v1/segments", sh->opt.https ? "https" : "http",
+             to->address);
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", token);
     snprintf(label, sizeof(label), "X-Keyplane-Segment: %s/%" PRIu64, kp_spool_node(sh->opt.spool),
              seq);
@@ -144,7 +145,18 @@ static enum outcome deliver(struct kp_shipper *sh, struct target_state *t,
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, sh->opt.timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http");
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, sh->opt.https ? "https" : "http");
+    if (sh->opt.https) {
+        curl_easy_setopt(c, CURLOPT_CAINFO, sh->opt.ca_file);
+        curl_easy_setopt(c, CURLOPT_CAPATH, NULL);
+        curl_easy_setopt(c, CURLOPT_SSLCERT, sh->opt.cert_file);
+        curl_easy_setopt(c, CURLOPT_SSLKEY, sh->opt.key_file);
+#if LIBCURL_VERSION_NUM >= 0x075700
+        /* Read the CA file for each new connection (a SIGHUP may have
+         * replaced it), not once a day. */
+        curl_easy_setopt(c, CURLOPT_CA_CACHE_TIMEOUT, 0L);
+#endif
+    }
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_answer);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &sh->answer);
     CURLcode cc = curl_easy_perform(c);

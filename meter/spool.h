@@ -98,6 +98,11 @@ struct kp_shipper_options {
     kp_ship_targets_fn targets;
     void *arg;
     long timeout_ms; /* per delivery; 0 = 30 s */
+    /* https to the meters' control ports, verifying them against @ca_file
+     * and presenting @cert_file/@key_file (the cluster's TLS, node/tls.c);
+     * the strings must outlive the shipper. */
+    bool https;
+    const char *ca_file, *cert_file, *key_file;
 };
 
 struct kp_shipper_stats {

@@ -283,11 +283,11 @@ static void poll_members(struct kp_alerts *a, int64_t now)
         c->a = a;
         c->generation = a->generation;
         c->node_id = m->node_id;
-        snprintf(url, sizeof(url), "http://%s/internal/v1/health", control);
+        kp_node_peer_url(url, sizeof(url), control, "/internal/v1/health");
         snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(a->n));
         const char *hdrs[] = {auth, NULL};
-        int rc = kp_call_start(a->n->rt->main_loop, "GET", url, hdrs, NULL, 0, POLL_TIMEOUT_MS,
-                               poll_done, c);
+        int rc = kp_call_start_peer(a->n->rt->main_loop, "GET", url, hdrs, NULL, 0, POLL_TIMEOUT_MS,
+                                    poll_done, c);
         kp_secret_wipe(auth, sizeof(auth));
         if (rc != KP_OK) {
             kp_free(c);

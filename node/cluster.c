@@ -186,12 +186,12 @@ static void tell_removed(struct member_op *op)
     size_t len = 0;
     char *text = body != NULL ? kp_json_dumps(body, &len) : NULL;
     json_decref(body);
-    snprintf(url, sizeof(url), "http://%s/internal/v1/removed", op->control);
+    kp_node_peer_url(url, sizeof(url), op->control, "/internal/v1/removed");
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(op->n));
     const char *hdrs[] = {auth, "Content-Type: application/json", NULL};
     if (name == NULL || text == NULL ||
-        kp_call_start(op->n->rt->main_loop, "POST", url, hdrs, text, len, 2000, removed_told,
-                      name) != KP_OK)
+        kp_call_start_peer(op->n->rt->main_loop, "POST", url, hdrs, text, len, 2000, removed_told,
+                           name) != KP_OK)
         kp_free(name);
     kp_free(text);
     kp_secret_wipe(auth, sizeof(auth));
@@ -517,12 +517,12 @@ static void handle_cluster(struct kp_node *n, struct kp_http_exchange *ex, const
         }
         p->cv = cv;
         p->member = m;
-        snprintf(url, sizeof(url), "http://%s/internal/v1/raft", l.m->control_address);
+        kp_node_peer_url(url, sizeof(url), l.m->control_address, "/internal/v1/raft");
         snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(n));
         const char *hdrs[] = {auth, NULL};
         cv->pending++;
-        if (kp_call_start(kp_http_loop(ex), "GET", url, hdrs, NULL, 0, 1000, member_polled, p) !=
-            KP_OK) {
+        if (kp_call_start_peer(kp_http_loop(ex), "GET", url, hdrs, NULL, 0, 1000, member_polled,
+                               p) != KP_OK) {
             cv->pending--;
             json_object_set_new(m, "reachable", json_false());
             json_decref(m);
@@ -734,6 +734,28 @@ static bool internal_authorized(struct kp_node *n, const struct kp_http_request 
            token_matches(auth + 7, n->internal_token_prev);
 }
 
+/* A node-to-node call without the cluster secret: a node started with
+ * another master key (it cannot join), or someone probing. Logged with
+ * the caller's address, at most once every 10 s (main loop only). */
+static void refused_log(struct kp_http_exchange *ex, const struct kp_http_request *req)
+{
+    static int64_t last_ms;
+    static unsigned unlogged;
+    int64_t now = (int64_t)(kp_now_mono_us() / 1000);
+    if (last_ms != 0 && now - last_ms < 10000) {
+        unlogged++;
+        return;
+    }
+    char peer[80];
+    kp_http_peer_addr(ex, peer, sizeof(peer));
+    kp_warn(
+        "cluster",
+        "refused %s %.100s from %s: no valid cluster secret (a node with another master key?)%s",
+        req->method, req->path, peer, unlogged > 0 ? "; earlier refusals not logged" : "");
+    last_ms = now;
+    unlogged = 0;
+}
+
 static void handle_raft_status(struct kp_node *n, struct kp_http_exchange *ex, const char *rid)
 {
     struct kp_store_status st;
@@ -836,6 +858,7 @@ void kp_internal_handle(struct kp_node *n, struct kp_http_exchange *ex,
                         const struct kp_http_request *req, const char *rid)
 {
     if (!internal_authorized(n, req)) {
+        refused_log(ex, req);
         kp_admin_error(ex, 401, rid, "unauthorized", "bad_cluster_secret", NULL,
                        "node-to-node calls need the cluster secret: is this node's master key "
                        "the cluster's?");

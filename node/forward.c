@@ -16,6 +16,26 @@
 
 enum { CONNECT_TIMEOUT_MS = 2000 };
 
+/* How calls to other nodes use TLS (node/tls.c): set once before any call
+ * starts, read by the threadpool threads after. */
+static struct {
+    bool https;
+    const char *ca_file, *cert_file, *key_file;
+} peer_tls;
+
+void kp_call_set_tls(const char *ca_file, const char *cert_file, const char *key_file)
+{
+    peer_tls.https = true;
+    peer_tls.ca_file = ca_file;
+    peer_tls.cert_file = cert_file;
+    peer_tls.key_file = key_file;
+}
+
+bool kp_call_https(void)
+{
+    return peer_tls.https;
+}
+
 struct kp_call {
     uv_work_t work;
     /* in */
@@ -25,6 +45,7 @@ struct kp_call {
     char *body;
     size_t body_len;
     long timeout_ms;
+    bool peer; /* another node's control port: the cluster's TLS settings */
     kp_call_cb cb;
     void *arg;
     /* out */
@@ -126,6 +147,16 @@ static void call_work(uv_work_t *w)
     SET(CURLOPT_HEADERFUNCTION, on_header);
     SET(CURLOPT_HEADERDATA, &c->res);
     SET(CURLOPT_ERRORBUFFER, curl_err);
+    if (c->peer && peer_tls.https && strncmp(c->url, "https://", 8) == 0) {
+        /* The peer's certificate and name are verified (curl's default)
+         * against the cluster CA only; ours goes along for peers that
+         * require client certificates. The files are read for every call,
+         * so a SIGHUP's new ones take effect at once. */
+        SET(CURLOPT_CAINFO, peer_tls.ca_file);
+        SET(CURLOPT_CAPATH, NULL);
+        SET(CURLOPT_SSLCERT, peer_tls.cert_file);
+        SET(CURLOPT_SSLKEY, peer_tls.key_file);
+    }
     if (strcmp(c->method, "HEAD") == 0) {
         SET(CURLOPT_NOBODY, 1L);
     } else if (c->body != NULL) {
@@ -170,12 +201,14 @@ static void call_done(uv_work_t *w, int status)
     call_free(c);
 }
 
-int kp_call_start(uv_loop_t *loop, const char *method, const char *url, const char *const *headers,
-                  const void *body, size_t body_len, long timeout_ms, kp_call_cb cb, void *arg)
+static int call_start(uv_loop_t *loop, bool peer, const char *method, const char *url,
+                      const char *const *headers, const void *body, size_t body_len,
+                      long timeout_ms, kp_call_cb cb, void *arg)
 {
     struct kp_call *c = kp_calloc(1, sizeof(*c));
     if (c == NULL)
         return KP_ENOMEM;
+    c->peer = peer;
     kp_buf_init(&c->res.body);
     c->method = kp_strdup(method);
     c->url = kp_strdup(url);
@@ -211,6 +244,19 @@ int kp_call_start(uv_loop_t *loop, const char *method, const char *url, const ch
         return KP_ENOMEM;
     }
     return KP_OK;
+}
+
+int kp_call_start(uv_loop_t *loop, const char *method, const char *url, const char *const *headers,
+                  const void *body, size_t body_len, long timeout_ms, kp_call_cb cb, void *arg)
+{
+    return call_start(loop, false, method, url, headers, body, body_len, timeout_ms, cb, arg);
+}
+
+int kp_call_start_peer(uv_loop_t *loop, const char *method, const char *url,
+                       const char *const *headers, const void *body, size_t body_len,
+                       long timeout_ms, kp_call_cb cb, void *arg)
+{
+    return call_start(loop, true, method, url, headers, body, body_len, timeout_ms, cb, arg);
 }
 
 /* --- forwarding to the leader ----------------------------------------------- */
@@ -359,7 +405,7 @@ void kp_forward_to(struct kp_node *n, struct kp_http_exchange *ex,
     f->ex = ex;
     f->to = to;
     snprintf(f->rid, sizeof(f->rid), "%s", rid);
-    snprintf(url, sizeof(url), "http://%s%s", control, req->target);
+    kp_node_peer_url(url, sizeof(url), control, req->target);
     for (unsigned i = 0; i < req->n_headers && nh < 12; i++) {
         const struct kp_http_header *hh = &req->headers[i];
         if (!forwarded_header(hh->name) || hh->value_len > 400)
@@ -375,7 +421,8 @@ void kp_forward_to(struct kp_node *n, struct kp_http_exchange *ex,
     hdrs[nh] = NULL;
     bool has_body =
         req->body_len > 0 || (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0);
-    int rc = kp_call_start(kp_http_loop(ex), req->method, url, hdrs, has_body ? req->body : NULL,
+    int rc =
+        kp_call_start_peer(kp_http_loop(ex), req->method, url, hdrs, has_body ? req->body : NULL,
                            req->body_len, FORWARD_TIMEOUT_MS, forward_done, f);
     kp_secret_wipe(lines, sizeof(lines)); /* the Authorization line */
     if (rc != KP_OK) {

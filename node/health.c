@@ -107,11 +107,12 @@ static void send_to_leader(struct kp_node *n, const struct report *rep)
     size_t len = 0;
     char *text = body ? kp_json_dumps(body, &len) : NULL;
     json_decref(body);
-    snprintf(url, sizeof(url), "http://%s/internal/v1/key-health", control);
+    kp_node_peer_url(url, sizeof(url), control, "/internal/v1/key-health");
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(n));
     const char *hdrs[] = {auth, "Content-Type: application/json", NULL};
     if (text != NULL)
-        kp_call_start(n->rt->main_loop, "POST", url, hdrs, text, len, 5000, leader_answered, n);
+        kp_call_start_peer(n->rt->main_loop, "POST", url, hdrs, text, len, 5000, leader_answered,
+                           n);
     kp_free(text);
     kp_secret_wipe(auth, sizeof(auth));
 }

@@ -319,11 +319,11 @@ static void transmit(struct kp_lease_client *lc)
         unknown(lc, "no leader known");
         return;
     }
-    snprintf(url, sizeof(url), "http://%s/internal/v1/budget-lease", control);
+    kp_node_peer_url(url, sizeof(url), control, "/internal/v1/budget-lease");
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(n));
     const char *hdrs[] = {auth, "Content-Type: application/msgpack", NULL};
-    rc = kp_call_start(n->rt->main_loop, "POST", url, hdrs, lc->cmd.data, lc->cmd.len,
-                       HTTP_TIMEOUT_MS, http_answered, lc);
+    rc = kp_call_start_peer(n->rt->main_loop, "POST", url, hdrs, lc->cmd.data, lc->cmd.len,
+                            HTTP_TIMEOUT_MS, http_answered, lc);
     kp_secret_wipe(auth, sizeof(auth));
     if (rc != KP_OK)
         unknown(lc, kp_err_msg(rc));

@@ -436,11 +436,11 @@ static void cluster_answered(void *arg, const struct kp_call_result *r)
 static void cluster_check_send(struct kp_node *n)
 {
     char url[512], auth[128];
-    snprintf(url, sizeof(url), "http://%s/internal/v1/raft", n->join_target);
+    kp_node_peer_url(url, sizeof(url), n->join_target, "/internal/v1/raft");
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(n));
     const char *hdrs[] = {auth, NULL};
-    if (kp_call_start(n->rt->main_loop, "GET", url, hdrs, NULL, 0, 5000, cluster_answered, n) ==
-        KP_OK)
+    if (kp_call_start_peer(n->rt->main_loop, "GET", url, hdrs, NULL, 0, 5000, cluster_answered,
+                           n) == KP_OK)
         n->join_inflight = true;
     kp_secret_wipe(auth, sizeof(auth));
 }
@@ -497,7 +497,7 @@ static void join_next(struct kp_node *n)
 static void join_send(struct kp_node *n)
 {
     char url[512], auth[128];
-    snprintf(url, sizeof(url), "http://%s/internal/v1/join", n->join_target);
+    kp_node_peer_url(url, sizeof(url), n->join_target, "/internal/v1/join");
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(n));
     const char *hdrs[] = {auth, "Content-Type: application/json", NULL};
     json_t *body = json_pack("{s:I,s:s,s:s,s:s,s:s}", "node_id", (json_int_t)n->node_id, "name",
@@ -511,8 +511,8 @@ static void join_send(struct kp_node *n)
     size_t blen = 0;
     char *text = body ? kp_json_dumps(body, &blen) : NULL;
     json_decref(body);
-    if (text != NULL && kp_call_start(n->rt->main_loop, "POST", url, hdrs, text, blen, 30000,
-                                      join_answered, n) == KP_OK)
+    if (text != NULL && kp_call_start_peer(n->rt->main_loop, "POST", url, hdrs, text, blen, 30000,
+                                           join_answered, n) == KP_OK)
         n->join_inflight = true;
     kp_free(text);
     kp_secret_wipe(auth, sizeof(auth));
@@ -568,10 +568,10 @@ static bool caught_up(struct kp_node *n)
         !kp_node_member_control(n, leader, control, sizeof(control)))
         return false;
     n->catch_tried_ms = now;
-    snprintf(url, sizeof(url), "http://%s/internal/v1/raft", control);
+    kp_node_peer_url(url, sizeof(url), control, "/internal/v1/raft");
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(n));
     const char *hdrs[] = {auth, NULL};
-    if (kp_call_start(n->rt->main_loop, "GET", url, hdrs, NULL, 0, 2000, catch_answered, n) ==
+    if (kp_call_start_peer(n->rt->main_loop, "GET", url, hdrs, NULL, 0, 2000, catch_answered, n) ==
         KP_OK)
         n->catch_inflight = true;
     kp_secret_wipe(auth, sizeof(auth));

@@ -62,7 +62,9 @@ static int run(struct kp_config *cfg)
     rt.on_drain = kp_node_draining;
     kp_view_slot_init(&node.views);
     node.usage = kp_usage_log_new();
-    int rc = node.usage != NULL ? kp_node_prepare(&node, errmsg, sizeof(errmsg)) : KP_ENOMEM;
+    int rc = node.usage != NULL ? kp_node_tls_open(&node, errmsg, sizeof(errmsg)) : KP_ENOMEM;
+    if (rc == KP_OK)
+        rc = kp_node_prepare(&node, errmsg, sizeof(errmsg));
     if (rc != KP_OK) {
         kp_error("main", "cannot start: %s", node.usage ? errmsg : "out of memory");
         code = rc == KP_ECONFIG ? 2 : 1;
@@ -116,9 +118,9 @@ static int run(struct kp_config *cfg)
     if (kp_datadir_write_listen(&dd, rt.gateway_addr, rt.control_addr, node.raft_addr, errmsg,
                                 sizeof(errmsg)) != KP_OK)
         kp_warn("main", "%s", errmsg);
-    kp_info("main",
-            "keyplaned %s started: node %s, %d workers, gateway http://%s, control http://%s",
-            kp_version(), cfg->node_name, rt.n_workers, rt.gateway_addr, rt.control_addr);
+    kp_info("main", "keyplaned %s started: node %s, %d workers, gateway %s://%s, control %s://%s",
+            kp_version(), cfg->node_name, rt.n_workers, cfg->tls_gateway ? "https" : "http",
+            rt.gateway_addr, cfg->tls_control ? "https" : "http", rt.control_addr);
     code = kp_runtime_wait(&rt);
     kp_info("main", "stopped");
 out:
@@ -135,6 +137,7 @@ out:
     kp_usage_log_free(node.usage);
     kp_seal_kek_free(node.kek);
     kp_seal_kek_free(node.prev_kek);
+    kp_node_tls_close(&rt);
     kp_datadir_close(&dd);
     return code;
 }

@@ -267,7 +267,13 @@ int kp_metering_open(struct kp_node *n, char *errmsg, size_t errlen)
 int kp_metering_start(struct kp_node *n, char *errmsg, size_t errlen)
 {
     struct kp_metering *mt = n->metering;
-    struct kp_shipper_options so = {.spool = mt->spool, .targets = ship_targets, .arg = n};
+    struct kp_shipper_options so = {.spool = mt->spool,
+                                    .targets = ship_targets,
+                                    .arg = n,
+                                    .https = n->cfg->tls_control,
+                                    .ca_file = n->cfg->tls_ca_file,
+                                    .cert_file = n->cfg->tls_cert_file,
+                                    .key_file = n->cfg->tls_key_file};
     int rc = kp_shipper_start(&so, &mt->shipper, errmsg, errlen);
     if (rc != KP_OK)
         return rc;

@@ -29,6 +29,8 @@ struct kp_runtime {
     atomic_bool draining;
     uv_loop_t *main_loop;
     struct kp_http_server *control;        /* on the main loop */
+    struct kp_tls_server *tls;             /* tls.c: the gateway's and control's context when
+                                              a certificate is configured, else NULL */
     const struct kp_router_shared *router; /* each worker makes a router from it */
     void *control_arg;                     /* the control handler's arg (struct kp_node *) */
     void (*on_stop)(void *arg);            /* called with control_arg when stopping */
@@ -335,6 +337,31 @@ typedef void (*kp_call_cb)(void *arg, const struct kp_call_result *res);
  * @body (copied) may be NULL. KP_OK, or KP_ENOMEM with no callback. */
 int kp_call_start(uv_loop_t *loop, const char *method, const char *url, const char *const *headers,
                   const void *body, size_t body_len, long timeout_ms, kp_call_cb cb, void *arg);
+/* The same to another node's control port (a URL from kp_node_peer_url):
+ * over https it verifies the peer against the cluster CA and presents this
+ * node's certificate (kp_call_set_tls), where kp_call_start uses the
+ * system's CAs (webhooks). */
+int kp_call_start_peer(uv_loop_t *loop, const char *method, const char *url,
+                       const char *const *headers, const void *body, size_t body_len,
+                       long timeout_ms, kp_call_cb cb, void *arg);
+/* Calls to https:// URLs verify the peer against @ca_file and present
+ * @cert_file/@key_file (tls.c sets it once, before any call; the strings
+ * must outlive every call). kp_call_https: whether it was set. */
+void kp_call_set_tls(const char *ca_file, const char *cert_file, const char *key_file);
+bool kp_call_https(void);
+
+/* tls.c (docs/operations.md, "TLS"): the listeners' context from the
+ * configuration, files checked (before the runtime starts; KP_ECONFIG with
+ * a message naming the setting), and the TLS of calls to other nodes;
+ * SIGHUP's reload (keeps the old context when the new files are bad);
+ * freeing the context after the listeners closed. */
+int kp_node_tls_open(struct kp_node *n, char *errmsg, size_t errlen);
+void kp_node_tls_reload(struct kp_node *n);
+void kp_node_tls_close(struct kp_runtime *rt);
+/* "https://CONTROL/PATH" when this node runs tls.control (so every node
+ * does), else "http://CONTROL/PATH". KP_ETOOBIG when it does not fit. */
+int kp_node_peer_url(char *out, size_t len, const char *control, const char *path);
+
 /* The control address of member @node_id from the published registry view;
  * false when unknown. */
 bool kp_node_member_control(struct kp_node *n, uint64_t node_id, char *out, size_t len);

@@ -122,7 +122,8 @@ static int worker_listen(struct kp_worker *w)
     int rc = kp_router_new(&w->router, &w->loop, rt->router, w->errmsg, sizeof(w->errmsg));
     if (rc != KP_OK)
         return rc;
-    struct kp_http_server_config gw = {"gateway", kp_router_handle, w->router, rt->limits, NULL};
+    struct kp_http_server_config gw = {"gateway", kp_router_handle, w->router, rt->limits,
+                                       rt->cfg->tls_gateway ? rt->tls : NULL};
     rc = kp_http_server_start(&w->gateway, &w->loop, &gw, rt->cfg->gateway_listen, &w->gateway_port,
                               w->errmsg, sizeof(w->errmsg));
     if (rc != KP_OK)
@@ -245,7 +246,7 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     struct kp_runtime *rt = s->data;
     if (signum == SIGHUP) {
-        kp_info("runtime", "SIGHUP -> reopen the access log, reload the Raft TLS certificates");
+        kp_info("runtime", "SIGHUP -> reopen the access log, reload TLS certificates");
         if (rt->on_hup != NULL)
             rt->on_hup(rt->control_arg);
         return;
@@ -334,7 +335,7 @@ int kp_runtime_run(struct kp_runtime *rt, char *errmsg, size_t errlen)
     main_wake.data = rt;
     int ctl_port = 0;
     struct kp_http_server_config ctl = {"control", kp_control_handle, rt->control_arg,
-                                        rt->control_limits, NULL};
+                                        rt->control_limits, rt->cfg->tls_control ? rt->tls : NULL};
     int rc = kp_http_server_start(&rt->control, loop, &ctl, rt->cfg->control_listen, &ctl_port,
                                   errmsg, errlen);
     if (rc == KP_OK) {

@@ -634,12 +634,14 @@ void kp_node_hup(void *node)
     struct kp_node *n = node;
     char why[512];
     kp_telemetry_reopen(n->telemetry);
-    /* A bad certificate file must not cut the cluster off: the store keeps
-     * the certificates it has and says why it did not take the new ones. */
+    /* A bad certificate file must not cut the cluster off: the store and
+     * the listeners keep the certificates they have and say why they did
+     * not take the new ones. */
     if (n->store != NULL && !n->store_closing &&
         kp_store_tls_reload(n->store, why, sizeof(why)) != KP_OK)
         kp_error("raft", "SIGHUP: TLS certificates not reloaded, the previous ones stay in use: %s",
                  why);
+    kp_node_tls_reload(n);
 }
 
 void kp_telemetry_close(struct kp_node *n)

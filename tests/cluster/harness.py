@@ -129,15 +129,16 @@ def wait_equal(fn, expected, timeout=30, interval=0.05, what="value"):
 # --- HTTP -------------------------------------------------------------------
 
 
-def http(method, url, body=None, headers=None, timeout=10):
+def http(method, url, body=None, headers=None, timeout=10, context=None):
     """One request on a fresh connection. Returns (status, headers, body bytes)
     with header names lower-cased (repeated headers joined with ", ").
 
-    @body may be bytes, str, or a dict/list (sent as JSON). Raises only for
-    connection-level errors (OSError, http.client.HTTPException)."""
+    @body may be bytes, str, or a dict/list (sent as JSON). https:// URLs
+    need @context (an ssl.SSLContext). Raises only for connection-level
+    errors (OSError, http.client.HTTPException)."""
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http":
-        raise HarnessError(f"http(): only http:// URLs are supported, got {url!r}")
+    if parts.scheme not in ("http", "https") or (parts.scheme == "https" and context is None):
+        raise HarnessError(f"http(): only http:// URLs, or https:// with a context, got {url!r}")
     hdrs = dict(headers or {})
     if isinstance(body, (dict, list)):
         body = json.dumps(body).encode()
@@ -147,7 +148,11 @@ def http(method, url, body=None, headers=None, timeout=10):
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
-    conn = http_client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    if parts.scheme == "https":
+        conn = http_client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
+                                           context=context)
+    else:
+        conn = http_client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
     try:
         conn.request(method, target, body=body, headers=hdrs)
         resp = conn.getresponse()
@@ -161,9 +166,10 @@ def http(method, url, body=None, headers=None, timeout=10):
         conn.close()
 
 
-def http_json(method, url, body=None, headers=None, timeout=10):
+def http_json(method, url, body=None, headers=None, timeout=10, context=None):
     """http() with the body parsed as JSON (None when it is not JSON)."""
-    status, hdrs, data = http(method, url, body=body, headers=headers, timeout=timeout)
+    status, hdrs, data = http(method, url, body=body, headers=headers, timeout=timeout,
+                              context=context)
     try:
         parsed = json.loads(data) if data else None
     except ValueError:
@@ -607,11 +613,16 @@ class NodeProc(_Proc):
     """A keyplaned process. Addresses come from DATA_DIR/listen.json, which
     keyplaned writes atomically once its listeners are bound."""
 
-    def __init__(self, harness, name, argv, env, data_dir):
+    def __init__(self, harness, name, argv, env, data_dir, tls_context=None,
+                 tls_gateway=False, tls_control=False):
         super().__init__(harness, name, argv, env)
         self.data_dir = data_dir
         self.listen = None
         self.gateway_url = self.control_url = self.raft_addr = None
+        # With TLS listeners: the ssl.SSLContext the harness's own calls use.
+        self.tls_context = tls_context
+        self.tls_gateway = tls_gateway
+        self.tls_control = tls_control
 
     @property
     def listen_path(self):
@@ -632,15 +643,16 @@ class NodeProc(_Proc):
         self.listen = wait_until(self._read_listen, timeout=30,
                                  what=f"{self.name} to write {self.listen_path} with its pid",
                                  alive=self)
-        self.gateway_url = "http://" + self.listen["gateway"]
-        self.control_url = "http://" + self.listen["control"]
+        self.gateway_url = ("https://" if self.tls_gateway else "http://") + self.listen["gateway"]
+        self.control_url = ("https://" if self.tls_control else "http://") + self.listen["control"]
         self.raft_addr = self.listen.get("raft")
         if wait_ready:
             self.wait_ready()
         return self
 
     def wait_ready(self, timeout=30):
-        wait_until(lambda: http("GET", self.control_url + "/readyz", timeout=5)[0] == 200,
+        wait_until(lambda: http("GET", self.control_url + "/readyz", timeout=5,
+                                context=self.tls_context)[0] == 200,
                    timeout=timeout, what=f"{self.name} GET /readyz == 200", alive=self)
 
     @property
@@ -665,10 +677,11 @@ class NodeProc(_Proc):
         hdrs = dict(headers or {})
         if auth and self.admin_token and "Authorization" not in hdrs:
             hdrs["Authorization"] = "Bearer " + self.admin_token
-        return http(method, self.control_url + path, body=body, headers=hdrs, timeout=timeout)
+        return http(method, self.control_url + path, body=body, headers=hdrs, timeout=timeout,
+                    context=self.tls_context)
 
     def metrics(self):
-        status, _, body = http("GET", self.control_url + "/metrics")
+        status, _, body = http("GET", self.control_url + "/metrics", context=self.tls_context)
         if status != 200:
             raise AssertionError(f"GET /metrics -> {status}: {body[:300]!r}")
         return body.decode()
@@ -774,10 +787,12 @@ class Harness:
         return mock.start()
 
     def start_node(self, name="n1", config=None, args=(), env=None, wait_ready=True,
-                   data_dir=None, wait_listen=True):
+                   data_dir=None, wait_listen=True, tls_context=None):
         """Start keyplaned on port 0 for every listener. @config (dict or YAML
         text) is passed with --config. With wait_listen=False the call returns
-        as soon as the process is spawned (for tests that expect it to fail)."""
+        as soon as the process is spawned (for tests that expect it to fail).
+        A dict @config with tls: gateway/control makes the node's URLs https,
+        called with @tls_context (an ssl.SSLContext)."""
         name = self._unique(name)
         data_dir = data_dir or self.path(name, "data")
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
@@ -789,7 +804,9 @@ class Harness:
         argv += list(args)
         node_env = {"KEYPLANE_NODE_NAME": name.split(".")[0]}
         node_env.update(env or {})
-        node = NodeProc(self, name, argv, self.env(node_env), data_dir)
+        tls = config.get("tls", {}) if isinstance(config, dict) else {}
+        node = NodeProc(self, name, argv, self.env(node_env), data_dir, tls_context=tls_context,
+                        tls_gateway=bool(tls.get("gateway")), tls_control=bool(tls.get("control")))
         self.procs.append(node)
         return node.start(wait_listen=wait_listen, wait_ready=wait_ready)
 

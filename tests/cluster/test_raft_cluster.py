@@ -235,6 +235,10 @@ class RaftClusterTest(unittest.TestCase):
         bad.wait_exit(timeout=30)
         self.assertNotEqual(bad.poll(), 0)
         self.assertIn("master key", bad.stderr_text())
+        # The node it asked logs the refusal, naming the call and the caller.
+        wait_until(lambda: "refused POST /internal/v1/join from 127.0.0.1:" in
+                   c.nodes[0].stderr_text(), what="the leader logs the refused join",
+                   alive=c.nodes[0])
         # Restarting a member with another key: it stops instead of serving.
         n1 = c.nodes[0]
         n1.stop()
