@@ -239,6 +239,49 @@ class TlsListenerTest(unittest.TestCase):
         self.assertIn("TLS handshake with 127.0.0.1:", n1.stderr_text())
         self.assertEqual(n1.stop(), 0)
 
+    def test_clusterctl_over_tls(self):
+        h = Harness(self)
+        ca = Certs(h)
+        crt, key = ca.issue("n1", 6001)
+        op = ca.issue("operator", 6002)
+        n1 = h.start_node("n1", config=tls_config(crt, key, ca.crt, client_ca=ca.crt,
+                                                  require=True),
+                          env={"KEYPLANE_MASTER_KEY": MASTER}, tls_context=ca.context(op))
+        wait_until(lambda: n1.admin_token, what="admin.token", alive=n1)
+        conf = h.path("ctl")
+        env = {"KEYPLANE_CONFIG_DIR": conf, "KEYPLANE_TOKEN": n1.admin_token}
+
+        def ctl(*args, extra_env=None):
+            return h.run(["clusterctl", *args], env=dict(env, **(extra_env or {})))
+        server = ["--server", n1.control_url]
+        # Not trusting the CA, or without a client certificate: unreachable (3).
+        r = ctl(*server, "get", "tenants")
+        self.assertEqual(r.returncode, 3, r.stderr)
+        r = ctl(*server, "--cacert", ca.crt, "get", "tenants")
+        self.assertEqual(r.returncode, 3, r.stderr)
+        # Both: served.
+        r = ctl(*server, "--cacert", ca.crt, "--cert", op[0], "--key", op[1], "get", "tenants")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # The same from the environment, and from a context.
+        r = ctl(*server, "get", "tenants", extra_env={"KEYPLANE_CACERT": ca.crt,
+                                                       "KEYPLANE_CERT": op[0],
+                                                       "KEYPLANE_KEY": op[1]})
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ctl("config", "set-context", "tls", "--server", n1.control_url, "--cacert", ca.crt,
+                "--cert", op[0], "--key", op[1])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ctl("get", "tenants")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = ctl("config", "get-contexts", "-o", "json")
+        self.assertEqual(json.loads(r.stdout)["contexts"][0]["cacert"], ca.crt)
+        # Half a client certificate, or a file that is not there: usage errors.
+        r = ctl(*server, "--cert", op[0], "get", "tenants")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("needs both --cert and --key", r.stderr)
+        r = ctl(*server, "--cacert", h.path("none.crt"), "get", "tenants")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("cannot read", r.stderr)
+
     def test_sighup_reloads_the_certificate(self):
         h = Harness(self)
         ca = Certs(h)

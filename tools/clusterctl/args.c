@@ -19,13 +19,16 @@
 
 #include "clusterctl.h"
 
-enum { N_COMMON = 4, FLAG_BASE = 0x100 };
+enum { N_COMMON = 7, FLAG_BASE = 0x100 };
 
 static const struct option common[N_COMMON] = {
     {"server", required_argument, NULL, 's'},
     {"token", required_argument, NULL, 't'},
     {"output", required_argument, NULL, 'o'},
     {"help", no_argument, NULL, 'h'},
+    {"cacert", required_argument, NULL, KP_CTL_OPT_CACERT},
+    {"cert", required_argument, NULL, KP_CTL_OPT_CERT},
+    {"key", required_argument, NULL, KP_CTL_OPT_KEY},
 };
 
 /* The option as the user typed it, without any "=value". */

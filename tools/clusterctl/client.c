@@ -54,8 +54,8 @@ struct request {
     size_t body_len;
 };
 
-static int setup(CURL *curl, const struct request *req, struct curl_slist *headers,
-                 struct kp_ctl_response *resp, char *curl_err)
+static int setup(const struct kp_ctl *ctl, CURL *curl, const struct request *req,
+                 struct curl_slist *headers, struct kp_ctl_response *resp, char *curl_err)
 {
     char agent[64];
     CURLcode rc = CURLE_OK;
@@ -76,6 +76,12 @@ static int setup(CURL *curl, const struct request *req, struct curl_slist *heade
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, &resp->body);
     SET(CURLOPT_ERRORBUFFER, curl_err);
+    if (ctl->cacert != NULL)
+        SET(CURLOPT_CAINFO, ctl->cacert);
+    if (ctl->cert != NULL) {
+        SET(CURLOPT_SSLCERT, ctl->cert);
+        SET(CURLOPT_SSLKEY, ctl->key);
+    }
     if (req->body != NULL || strcmp(req->method, "POST") == 0) {
         /* Not copied by curl: @body outlives the transfer. */
         SET(CURLOPT_POSTFIELDS, req->body != NULL ? req->body : "");
@@ -182,7 +188,7 @@ int kp_ctl__request(struct kp_ctl *ctl, const char *method, const char *path, co
     }
     snprintf(url, n, "%s%s", ctl->server, path);
     req.url = url;
-    if (setup(curl, &req, list, resp, curl_err) != 0) {
+    if (setup(ctl, curl, &req, list, resp, curl_err) != 0) {
         snprintf(ctl->errmsg, sizeof(ctl->errmsg), "cannot set up the request");
         goto err_after_alloc;
     }

@@ -38,11 +38,15 @@ struct kp_ctl {
     /* From --server / --token / --output; NULL when not given. */
     const char *flag_server;
     const char *flag_token;
+    const char *flag_cacert, *flag_cert, *flag_key; /* --cacert, --cert, --key */
     enum kp_ctl_output output;
     /* Resolved by kp_ctl__resolve(): flag, then environment, then the
      * current context, then the default. The token is never printed. */
     char *server;
     char *token;
+    /* TLS: the CA to verify an https:// server against (NULL: the system's)
+     * and a client certificate and key (NULL: none). */
+    char *cacert, *cert, *key;
     char server_source[96]; /* "--server", "KEYPLANE_SERVER", "context prod" */
     void *curl;             /* CURL *, created on first request */
     char command[64];       /* the command being run, for messages: "keys add" */
@@ -58,6 +62,9 @@ struct kp_ctl_command {
     int (*run)(struct kp_ctl *ctl, int argc, char **argv);
     bool group; /* answers --help itself by listing its subcommands */
 };
+
+/* getopt values of the long-only common options. */
+enum { KP_CTL_OPT_CACERT = 0x80, KP_CTL_OPT_CERT, KP_CTL_OPT_KEY };
 
 /* main.c */
 void kp_ctl__usage_error(struct kp_ctl *ctl, const char *fmt, ...)
@@ -375,6 +382,9 @@ struct kp_ctl_context {
     const char *name;
     const char *server; /* NULL when unset */
     const char *token;  /* NULL when unset */
+    const char *cacert; /* NULL when unset; file names, absolute */
+    const char *cert;
+    const char *key;
 };
 
 /* $KEYPLANE_CONFIG_DIR/config.yaml, else $XDG_CONFIG_HOME/keyplane/config.yaml,
@@ -390,9 +400,9 @@ const char *kp_ctl__contexts_current(struct kp_ctl_contexts *c);
 bool kp_ctl__contexts_find(struct kp_ctl_contexts *c, const char *name, struct kp_ctl_context *out);
 size_t kp_ctl__contexts_count(struct kp_ctl_contexts *c);
 bool kp_ctl__contexts_at(struct kp_ctl_contexts *c, size_t i, struct kp_ctl_context *out);
-/* Creates or updates @name; a NULL @server or @token leaves that field. */
+/* Creates or updates @name; a NULL argument leaves that field. */
 int kp_ctl__contexts_set(struct kp_ctl_contexts *c, const char *name, const char *server,
-                         const char *token);
+                         const char *token, const char *cacert, const char *cert, const char *key);
 int kp_ctl__contexts_use(struct kp_ctl_contexts *c, const char *name);
 /* Writes the file atomically with mode 0600 (directory 0700). */
 int kp_ctl__contexts_save(struct kp_ctl_contexts *c, char *errmsg, size_t errlen);

@@ -6,7 +6,9 @@
  * current one and refuses a name the file does not hold. Tokens are written
  * to the file but never printed: get-contexts only says whether one is set. */
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "clusterctl.h"
@@ -18,7 +20,9 @@ static int current_context(struct kp_ctl *ctl, int argc, char **argv);
 
 static const struct kp_ctl_command config_commands[] = {
     {"use-context", "NAME", "make NAME the current context", use_context, false},
-    {"set-context", "NAME [--server URL] [--token TOKEN | --token-file FILE]",
+    {"set-context",
+     "NAME [--server URL] [--token TOKEN | --token-file FILE] [--cacert FILE] [--cert FILE "
+     "--key FILE]",
      "create or update a context; the first one becomes current", set_context, false},
     {"get-contexts", "", "list the contexts (tokens are never shown)", get_contexts, false},
     {"current-context", "", "print the name of the current context", current_context, false},
@@ -108,7 +112,19 @@ struct context_args {
     char *server; /* trailing slashes trimmed */
     const char *token;
     const char *token_file;
+    /* TLS files, made absolute (the context is used from any directory) */
+    char cacert[PATH_MAX], cert[PATH_MAX], key[PATH_MAX];
 };
+
+/* @path as an absolute name into @out; a usage error when it is not there. */
+static int tls_path(struct kp_ctl *ctl, const char *opt, const char *path, char *out)
+{
+    if (realpath(path, out) == NULL) {
+        kp_ctl__usage_error(ctl, "config set-context: %s '%s': %s", opt, path, strerror(errno));
+        return KP_CTL_EXIT_USAGE;
+    }
+    return KP_CTL_EXIT_OK;
+}
 
 static int parse_context_args(struct kp_ctl *ctl, int argc, char **argv, struct context_args *a)
 {
@@ -116,9 +132,12 @@ static int parse_context_args(struct kp_ctl *ctl, int argc, char **argv, struct 
         {"server", required_argument, NULL, 's'},
         {"token", required_argument, NULL, 't'},
         {"token-file", required_argument, NULL, 'f'},
+        {"cacert", required_argument, NULL, KP_CTL_OPT_CACERT},
+        {"cert", required_argument, NULL, KP_CTL_OPT_CERT},
+        {"key", required_argument, NULL, KP_CTL_OPT_KEY},
         {NULL, 0, NULL, 0},
     };
-    int c;
+    int c, rc;
 
     memset(a, 0, sizeof(*a));
     opterr = 0;
@@ -130,6 +149,15 @@ static int parse_context_args(struct kp_ctl *ctl, int argc, char **argv, struct 
             a->token = optarg;
         } else if (c == 'f') {
             a->token_file = optarg;
+        } else if (c == KP_CTL_OPT_CACERT || c == KP_CTL_OPT_CERT || c == KP_CTL_OPT_KEY) {
+            char *dst = c == KP_CTL_OPT_CACERT ? a->cacert
+                        : c == KP_CTL_OPT_CERT ? a->cert
+                                               : a->key;
+            const char *opt = c == KP_CTL_OPT_CACERT ? "--cacert"
+                              : c == KP_CTL_OPT_CERT ? "--cert"
+                                                     : "--key";
+            if ((rc = tls_path(ctl, opt, optarg, dst)) != KP_CTL_EXIT_OK)
+                return rc;
         } else {
             kp_ctl__usage_error(ctl, "config set-context: %s '%s'",
                                 c == ':' ? "option needs a value" : "unknown option",
@@ -139,6 +167,11 @@ static int parse_context_args(struct kp_ctl *ctl, int argc, char **argv, struct 
     }
     if ((a->name = name_arg(ctl, argc, argv, optind, "set-context")) == NULL)
         return KP_CTL_EXIT_USAGE;
+    if ((a->cert[0] == '\0') != (a->key[0] == '\0')) {
+        kp_ctl__usage_error(ctl, "config set-context: a client certificate needs both --cert and "
+                                 "--key");
+        return KP_CTL_EXIT_USAGE;
+    }
     if (a->token != NULL && a->token_file != NULL) {
         kp_ctl__usage_error(ctl, "config set-context: give --token or --token-file, not both");
         return KP_CTL_EXIT_USAGE;
@@ -173,7 +206,8 @@ static int save_context(struct kp_ctl *ctl, const struct context_args *a, const 
         rc = KP_CTL_EXIT_USAGE;
         goto out;
     }
-    if (kp_ctl__contexts_set(c, a->name, a->server, token) != 0) {
+    if (kp_ctl__contexts_set(c, a->name, a->server, token, a->cacert[0] ? a->cacert : NULL,
+                             a->cert[0] ? a->cert : NULL, a->key[0] ? a->key : NULL) != 0) {
         kp_ctl__error(ctl, "cannot update the contexts: out of memory");
         rc = KP_CTL_EXIT_NO;
         goto out;
@@ -242,8 +276,10 @@ static void print_contexts_doc(const struct kp_ctl *ctl, struct kp_ctl_contexts 
 
     for (size_t i = 0; i < n; i++) {
         if (kp_ctl__contexts_at(c, i, &ctx))
-            json_array_append_new(list, json_pack("{s:s, s:s?, s:b}", "name", ctx.name, "server",
-                                                  ctx.server, "token_set", ctx.token != NULL));
+            json_array_append_new(list,
+                                  json_pack("{s:s, s:s?, s:b, s:s?, s:s?}", "name", ctx.name,
+                                            "server", ctx.server, "token_set", ctx.token != NULL,
+                                            "cacert", ctx.cacert, "cert", ctx.cert));
     }
     json_t *out = json_pack("{s:s, s:s?, s:o}", "file", kp_ctl__contexts_file(c), "current-context",
                             current, "contexts", list);

@@ -6,6 +6,9 @@
  *   - name: prod
  *     server: https://keyplane.internal:7601
  *     token: kp_...
+ *     cacert: /etc/keyplane/ca.crt      # optional: TLS, see clusterctl.md
+ *     cert: /home/op/.keyplane/op.crt   # optional: a client certificate
+ *     key: /home/op/.keyplane/op.key
  *
  * The file is loaded into a libfyaml document and changed in place, so keys
  * clusterctl does not know survive a rewrite. It holds tokens, so it is
@@ -159,6 +162,9 @@ static bool read_context(struct fy_node *item, struct kp_ctl_context *out)
     out->name = lookup_str(item, "name");
     out->server = lookup_str(item, "server");
     out->token = lookup_str(item, "token");
+    out->cacert = lookup_str(item, "cacert");
+    out->cert = lookup_str(item, "cert");
+    out->key = lookup_str(item, "key");
     return out->name != NULL;
 }
 
@@ -268,7 +274,7 @@ static struct fy_node *new_item(struct kp_ctl_contexts *c, const char *name)
 }
 
 int kp_ctl__contexts_set(struct kp_ctl_contexts *c, const char *name, const char *server,
-                         const char *token)
+                         const char *token, const char *cacert, const char *cert, const char *key)
 {
     struct fy_node *item = find_item(c, name);
 
@@ -277,6 +283,12 @@ int kp_ctl__contexts_set(struct kp_ctl_contexts *c, const char *name, const char
     if (server != NULL && set_field(c->doc, item, "server", server) != 0)
         return -1;
     if (token != NULL && set_field(c->doc, item, "token", token) != 0)
+        return -1;
+    if (cacert != NULL && set_field(c->doc, item, "cacert", cacert) != 0)
+        return -1;
+    if (cert != NULL && set_field(c->doc, item, "cert", cert) != 0)
+        return -1;
+    if (key != NULL && set_field(c->doc, item, "key", key) != 0)
         return -1;
     return 0;
 }

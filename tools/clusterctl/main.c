@@ -13,11 +13,13 @@
  * Every failure ends in one of four exit codes (clusterctl.h) with a line on
  * stderr that says what to do next. */
 #include <curl/curl.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "clusterctl.h"
 
@@ -86,9 +88,14 @@ static const char global_help[] =
     "  -t, --token TOKEN      admin token, sent as Authorization: Bearer (prefer KEYPLANE_TOKEN:\n"
     "                         a flag is visible to other users in the process list)\n"
     "  -o, --output FORMAT    table (default), json or yaml\n"
+    "      --cacert FILE      verify an https:// server against this CA (PEM) instead of the\n"
+    "                         system's (env KEYPLANE_CACERT)\n"
+    "      --cert FILE        client certificate (PEM) for a server that requires one, with\n"
+    "      --key FILE         its private key (env KEYPLANE_CERT, KEYPLANE_KEY)\n"
     "  -h, --help             show this help; COMMAND --help shows a command's\n"
     "\n"
-    "The server and token come from the flags, else KEYPLANE_SERVER and KEYPLANE_TOKEN,\n"
+    "The server, token and TLS files come from the flags, else KEYPLANE_SERVER,\n"
+    "KEYPLANE_TOKEN, KEYPLANE_CACERT, KEYPLANE_CERT and KEYPLANE_KEY,\n"
     "else the current context in $KEYPLANE_CONFIG_DIR/config.yaml (default\n"
     "~/.config/keyplane/config.yaml; see clusterctl config --help).\n"
     "\n"
@@ -103,6 +110,9 @@ static const struct option common_options[] = {
     {"token", required_argument, NULL, 't'},
     {"output", required_argument, NULL, 'o'},
     {"help", no_argument, NULL, 'h'},
+    {"cacert", required_argument, NULL, KP_CTL_OPT_CACERT},
+    {"cert", required_argument, NULL, KP_CTL_OPT_CERT},
+    {"key", required_argument, NULL, KP_CTL_OPT_KEY},
     {NULL, 0, NULL, 0},
 };
 
@@ -190,6 +200,15 @@ int kp_ctl__common_option(struct kp_ctl *ctl, int c, const char *value, bool *he
         return KP_CTL_EXIT_OK;
     case 'o':
         return kp_ctl__parse_output(ctl, value);
+    case KP_CTL_OPT_CACERT:
+        ctl->flag_cacert = value;
+        return KP_CTL_EXIT_OK;
+    case KP_CTL_OPT_CERT:
+        ctl->flag_cert = value;
+        return KP_CTL_EXIT_OK;
+    case KP_CTL_OPT_KEY:
+        ctl->flag_key = value;
+        return KP_CTL_EXIT_OK;
     case 'h':
         *help = true;
         return KP_CTL_EXIT_OK;
@@ -257,10 +276,18 @@ static int resolve_from_context(struct kp_ctl *ctl, const char *env_token)
                 trim_server(ctl->server);
             snprintf(ctl->server_source, sizeof(ctl->server_source), "context %s", name);
         }
-        /* The context's token belongs to the context's server only. */
-        if (ctl->token == NULL && env_token == NULL && cur.token != NULL && cur.server != NULL &&
-            ctl->server != NULL && strcmp(ctl->server, cur.server) == 0)
+        /* The context's token, CA and client certificate belong to the
+         * context's server only. */
+        bool same =
+            cur.server != NULL && ctl->server != NULL && strcmp(ctl->server, cur.server) == 0;
+        if (ctl->token == NULL && env_token == NULL && cur.token != NULL && same)
             ctl->token = kp_strdup(cur.token);
+        if (ctl->cacert == NULL && cur.cacert != NULL && same)
+            ctl->cacert = kp_strdup(cur.cacert);
+        if (ctl->cert == NULL && cur.cert != NULL && cur.key != NULL && same) {
+            ctl->cert = kp_strdup(cur.cert);
+            ctl->key = kp_strdup(cur.key);
+        }
     }
     kp_ctl__contexts_close(contexts);
     return KP_CTL_EXIT_OK;
@@ -270,6 +297,41 @@ static const char *nonempty_env(const char *name)
 {
     const char *v = getenv(name);
     return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+/* A TLS file named by a flag or the environment: it must be readable. */
+static int tls_file(struct kp_ctl *ctl, const char *flag, const char *env, const char *opt,
+                    char **out)
+{
+    const char *v = flag != NULL ? flag : nonempty_env(env);
+    if (v == NULL)
+        return KP_CTL_EXIT_OK;
+    if (access(v, R_OK) != 0) {
+        kp_ctl__usage_error(ctl, "%s '%s' (from %s): cannot read: %s", opt, v,
+                            flag != NULL ? opt : env, strerror(errno));
+        return KP_CTL_EXIT_USAGE;
+    }
+    if ((*out = kp_strdup(v)) == NULL) {
+        kp_ctl__error(ctl, "out of memory");
+        return KP_CTL_EXIT_NO;
+    }
+    return KP_CTL_EXIT_OK;
+}
+
+static int resolve_tls_flags(struct kp_ctl *ctl)
+{
+    int rc;
+    if ((rc = tls_file(ctl, ctl->flag_cacert, "KEYPLANE_CACERT", "--cacert", &ctl->cacert)) !=
+            KP_CTL_EXIT_OK ||
+        (rc = tls_file(ctl, ctl->flag_cert, "KEYPLANE_CERT", "--cert", &ctl->cert)) !=
+            KP_CTL_EXIT_OK ||
+        (rc = tls_file(ctl, ctl->flag_key, "KEYPLANE_KEY", "--key", &ctl->key)) != KP_CTL_EXIT_OK)
+        return rc;
+    if ((ctl->cert == NULL) != (ctl->key == NULL)) {
+        kp_ctl__usage_error(ctl, "a client certificate needs both --cert and --key");
+        return KP_CTL_EXIT_USAGE;
+    }
+    return KP_CTL_EXIT_OK;
 }
 
 int kp_ctl__resolve(struct kp_ctl *ctl)
@@ -286,8 +348,11 @@ int kp_ctl__resolve(struct kp_ctl *ctl)
     }
     if (token != NULL)
         ctl->token = kp_strdup(token);
-    if (ctl->server == NULL || ctl->token == NULL) {
-        int rc = resolve_from_context(ctl, env_token);
+    int rc = resolve_tls_flags(ctl);
+    if (rc != KP_CTL_EXIT_OK)
+        return rc;
+    if (ctl->server == NULL || ctl->token == NULL || ctl->cacert == NULL || ctl->cert == NULL) {
+        rc = resolve_from_context(ctl, env_token);
         if (rc != KP_CTL_EXIT_OK)
             return rc;
     }
@@ -400,6 +465,9 @@ int main(int argc, char **argv)
     kp_ctl__client_close(&ctl);
     kp_free(ctl.server);
     kp_free(ctl.token);
+    kp_free(ctl.cacert);
+    kp_free(ctl.cert);
+    kp_free(ctl.key);
     curl_global_cleanup();
     return rc;
 }
