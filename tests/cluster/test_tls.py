@@ -25,6 +25,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import unittest
 
 from harness import Harness, http, wait_until
@@ -112,6 +113,20 @@ def peer_serial(addr, ctx):
             return s.getpeercert()["serialNumber"]
 
 
+def read_head(f):
+    """The status line and header lines of one answer from file @f."""
+    head = []
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            return head or [""]
+        head.append(line.decode().rstrip("\r\n"))
+
+
+def head_fields(head):
+    return {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in head[1:])}
+
+
 def refused(fn):
     """True when @fn fails at the TLS or connection level."""
     try:
@@ -169,6 +184,36 @@ class TlsListenerTest(unittest.TestCase):
         resp.read()
         conn.close()
 
+        # A large body in, and a long stream out to a client with a small
+        # receive buffer (the gateway's writes wait on the watermark).
+        big = dict(CHAT, messages=[{"role": "user", "content": "word " * 400_000}])
+        status, _, body = http("POST", n1.gateway_url + "/v1/chat/completions", body=big,
+                               headers=hdrs, context=ctx, timeout=60)
+        self.assertEqual(status, 200, body[:300])
+        # Two thousand pipelined requests sent at once to a client with a
+        # small receive buffer: the server stops reading while its pipeline
+        # buffer is full, takes the rest out of OpenSSL after each answer,
+        # and every answer arrives, in order.
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(60)
+        raw.connect(n1.gateway_addr)
+        n = 2000
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            reqs = b"".join(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Request-Id: many-%d\r\n"
+                            b"Authorization: Bearer %s\r\n\r\n" % (i, token.encode())
+                            for i in range(n))
+            sender = threading.Thread(target=s.sendall, args=(reqs,))
+            sender.start()
+            f = s.makefile("rb")
+            for i in range(n):
+                head = read_head(f)
+                self.assertTrue(head[0].startswith("HTTP/1.1 200"), head)
+                fields = head_fields(head)
+                self.assertEqual(fields["x-request-id"], f"many-{i}")
+                f.read(int(fields["content-length"]))
+            sender.join()
+
         # ALPN: http/1.1 is chosen from what the client offers.
         alpn = ca.context()
         alpn.set_alpn_protocols(["h2", "http/1.1"])
@@ -181,15 +226,9 @@ class TlsListenerTest(unittest.TestCase):
                     f"X-Request-Id: pipe-{i}\r\n\r\n".encode() for i in range(3)))
                 f = s.makefile("rb")
                 for i in range(3):
-                    head = []
-                    while True:
-                        line = f.readline()
-                        if line in (b"\r\n", b""):
-                            break
-                        head.append(line.decode().rstrip("\r\n"))
-                    self.assertTrue(head and head[0].startswith("HTTP/1.1 200"), head)
-                    fields = {k.lower(): v.strip() for k, _, v in
-                              (ln.partition(":") for ln in head[1:])}
+                    head = read_head(f)
+                    self.assertTrue(head[0].startswith("HTTP/1.1 200"), head)
+                    fields = head_fields(head)
                     self.assertEqual(fields["x-request-id"], f"pipe-{i}")
                     f.read(int(fields["content-length"]))
 
