@@ -1442,7 +1442,12 @@ static void tls_failed(struct conn *c, const char *what, int ssl_err)
         srv->tls_unlogged++;
     }
     c->tls_failed = true;
-    tls_flush(c); /* the alert */
+    if (c->tls_done) {
+        /* A bad record mid-connection: abort what the handler holds. */
+        conn_close(c);
+        return;
+    }
+    tls_flush(c); /* the alert, read by the client before the close */
     conn_close_gracefully(c);
 }
 
