@@ -364,6 +364,26 @@ class TlsListenerTest(unittest.TestCase):
         self.assertEqual(old.sock.getpeercert()["serialNumber"], old_serial)
         old.close()
 
+        # Reloads while connections arrive on every worker: each handshake
+        # sees one whole certificate (ThreadSanitizer runs this too).
+        seen, errors = set(), []
+
+        def connect_many():
+            try:
+                for _ in range(60):
+                    seen.add(int(peer_serial(n1.gateway_addr, ctx), 16))
+            except Exception as e:  # reported below
+                errors.append(e)
+        t = threading.Thread(target=connect_many)
+        t.start()
+        for i in range(2, 12):
+            n1.send_signal(signal.SIGHUP)
+            # One at a time: signals sent close together may arrive as one.
+            wait_until(lambda: n1.stderr_text().count("TLS certificate reloaded") >= i,
+                       what=f"reload {i} logged", alive=n1)
+        t.join()
+        self.assertEqual((errors, seen), ([], {3002}))
+
         # A bad file: the reload fails, says why, and the last good one stays.
         with open(live_crt, "w") as f:
             f.write("not a certificate\n")
