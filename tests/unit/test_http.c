@@ -3,7 +3,13 @@
  * A real kp_http_server runs on its own thread and loop on 127.0.0.1; each
  * test talks to it with plain blocking sockets and raw bytes, so what is
  * checked is exactly what a client sees on the wire. Waits are bounded reads
- * (poll with a deadline), never sleeps. */
+ * (poll with a deadline), never sleeps.
+ *
+ * Every protocol test runs twice: over plain TCP, and over TLS (node/core/
+ * tls.c) with a self-signed certificate made at setup and a blocking
+ * OpenSSL client, so limits, pipelining, streams, backpressure, timeouts and
+ * aborts are shown to behave the same through the memory BIOs. A few tests
+ * are TLS's own: plain HTTP on a TLS port, the handshake deadline, reload. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -20,6 +26,11 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "core/core.h"
 
@@ -41,6 +52,17 @@ struct server_thread {
 };
 
 static struct server_thread st;
+
+/* TLS mode: the server's context, the client's, and each client socket's
+ * SSL object (indexed by fd). */
+static struct {
+    bool on;
+    char dir[64];
+    char crt[128], key[128];
+    struct kp_tls_server *srv;
+    SSL_CTX *client;
+    SSL *ssl[1024];
+} tls;
 
 /* --- handlers (server thread) -------------------------------------------- */
 
@@ -183,7 +205,8 @@ static void server_main(void *arg)
 {
     (void)arg;
     char err[256];
-    struct kp_http_server_config cfg = {"test", on_request, NULL, st.limits, NULL};
+    struct kp_http_server_config cfg = {"test", on_request, NULL, st.limits,
+                                        tls.on ? tls.srv : NULL};
     int rc =
         kp_http_server_start(&st.srv, &st.loop, &cfg, "127.0.0.1:0", &st.port, err, sizeof(err));
     if (rc != 0) {
@@ -223,22 +246,142 @@ static int server_down(void **state)
     return 0;
 }
 
+/* A self-signed P-256 certificate for CN=@cn with @serial in @crt/@key. */
+static void make_cert(const char *crt, const char *key, const char *cn, long serial)
+{
+    EVP_PKEY *pkey = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    assert_non_null(pkey);
+    assert_non_null(x);
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), serial);
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    X509_set_pubkey(x, pkey);
+    X509_NAME *name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(x, name);
+    assert_true(X509_sign(x, pkey, EVP_sha256()) > 0);
+    FILE *f = fopen(crt, "w");
+    assert_non_null(f);
+    assert_int_equal(PEM_write_X509(f, x), 1);
+    fclose(f);
+    f = fopen(key, "w");
+    assert_non_null(f);
+    assert_int_equal(PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL), 1);
+    fclose(f);
+    X509_free(x);
+    EVP_PKEY_free(pkey);
+}
+
+/* The client trusts the certificate in tls.crt as it is now. */
+static void client_trust_current(void)
+{
+    SSL_CTX_free(tls.client);
+    tls.client = SSL_CTX_new(TLS_client_method());
+    assert_non_null(tls.client);
+    assert_int_equal(SSL_CTX_load_verify_locations(tls.client, tls.crt, NULL), 1);
+    SSL_CTX_set_verify(tls.client, SSL_VERIFY_PEER, NULL);
+}
+
+static int tls_server_up(void **state)
+{
+    char err[512];
+    memset(&tls, 0, sizeof(tls));
+    strcpy(tls.dir, "/tmp/kp-test-http-tls.XXXXXX");
+    assert_non_null(mkdtemp(tls.dir));
+    snprintf(tls.crt, sizeof(tls.crt), "%s/s.crt", tls.dir);
+    snprintf(tls.key, sizeof(tls.key), "%s/s.key", tls.dir);
+    make_cert(tls.crt, tls.key, "first", 1);
+    struct kp_tls_settings s = {tls.crt, tls.key, NULL, false};
+    if (kp_tls_server_new(&tls.srv, &s, err, sizeof(err)) != KP_OK)
+        fail_msg("%s", err);
+    client_trust_current();
+    tls.on = true;
+    return server_up(state);
+}
+
+static int tls_server_down(void **state)
+{
+    server_down(state);
+    kp_tls_server_free(tls.srv);
+    SSL_CTX_free(tls.client);
+    unlink(tls.crt);
+    unlink(tls.key);
+    rmdir(tls.dir);
+    tls.on = false;
+    return 0;
+}
+
 /* --- client helpers ------------------------------------------------------ */
 
-static int client(void)
+/* A TCP connection to the server, with no TLS even in TLS mode. */
+static int raw_client(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)st.port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_true(fd < 1024);
     return fd;
+}
+
+/* A connection to the server: TLS (handshake done, certificate verified)
+ * in TLS mode. */
+static int client(void)
+{
+    int fd = raw_client();
+    if (!tls.on)
+        return fd;
+    SSL *ssl = SSL_new(tls.client);
+    assert_non_null(ssl);
+    SSL_set_fd(ssl, fd);
+    if (SSL_connect(ssl) != 1) {
+        char why[256];
+        ERR_error_string_n(ERR_get_error(), why, sizeof(why));
+        fail_msg("TLS handshake: %s", why);
+    }
+    tls.ssl[fd] = ssl;
+    return fd;
+}
+
+static void client_close(int fd)
+{
+    SSL_free(tls.ssl[fd]);
+    tls.ssl[fd] = NULL;
+    close(fd);
+}
+
+static ssize_t io_send(int fd, const void *p, size_t n)
+{
+    if (tls.ssl[fd] == NULL)
+        return send(fd, p, n, MSG_NOSIGNAL);
+    int k = SSL_write(tls.ssl[fd], p, (int)n);
+    return k > 0 ? k : -1;
+}
+
+/* 0 at the end of the stream, whether the server said close_notify or not. */
+static ssize_t io_recv(int fd, void *p, size_t n)
+{
+    if (tls.ssl[fd] == NULL)
+        return recv(fd, p, n, 0);
+    int k = SSL_read(tls.ssl[fd], p, (int)n);
+    if (k <= 0)
+        ERR_clear_error();
+    return k > 0 ? k : 0;
+}
+
+/* Whether a read would return now (decrypted bytes wait in OpenSSL). */
+static bool io_buffered(int fd)
+{
+    return tls.ssl[fd] != NULL && SSL_pending(tls.ssl[fd]) > 0;
 }
 
 static void send_str(int fd, const char *s)
 {
     size_t n = strlen(s);
     while (n > 0) {
-        ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
+        ssize_t k = io_send(fd, s, n);
         assert_true(k > 0);
         s += k;
         n -= (size_t)k;
@@ -255,9 +398,9 @@ static size_t read_until(int fd, char *buf, size_t cap, const char *needle, bool
         if (needle && strstr(buf, needle))
             break;
         struct pollfd p = {fd, POLLIN, 0};
-        if (poll(&p, 1, DEADLINE_MS) <= 0)
+        if (!io_buffered(fd) && poll(&p, 1, DEADLINE_MS) <= 0)
             fail_msg("no answer within %d ms; have: %s", DEADLINE_MS, buf);
-        ssize_t k = recv(fd, buf + len, cap - 1 - len, 0);
+        ssize_t k = io_recv(fd, buf + len, cap - 1 - len);
         if (k <= 0) {
             *eof = true;
             break;
@@ -306,7 +449,7 @@ static void test_get_keepalive(void **state)
     read_until(fd, buf, sizeof(buf), "body=", &eof);
     assert_false(eof);
     assert_non_null(strstr(buf, "GET /b"));
-    close(fd);
+    client_close(fd);
 }
 
 /* Pipelined requests are answered in order even when the first is slower. */
@@ -327,7 +470,7 @@ static void test_pipelining_in_order(void **state)
     assert_non_null(last);
     assert_true(slow < fast && fast < last);
     assert_int_equal(count(buf, "HTTP/1.1 200"), 3);
-    close(fd);
+    client_close(fd);
 }
 
 /* A chunked request body is reassembled before the handler sees it. */
@@ -341,7 +484,7 @@ static void test_chunked_request_body(void **state)
     read_to_eof(fd, buf, sizeof(buf));
     assert_non_null(strstr(buf, "200 OK"));
     assert_non_null(strstr(buf, "body=hello world"));
-    close(fd);
+    client_close(fd);
 }
 
 /* Expect: 100-continue gets an interim 100 before the body is sent. */
@@ -358,7 +501,7 @@ static void test_expect_continue(void **state)
     send_str(fd, "ping");
     read_until(fd, buf, sizeof(buf), "body=ping", &eof);
     assert_non_null(strstr(buf, "200 OK"));
-    close(fd);
+    client_close(fd);
     /* Over the body limit: refused before the body, without a 100. */
     fd = client();
     send_str(fd, "POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 999999\r\nExpect: "
@@ -366,7 +509,7 @@ static void test_expect_continue(void **state)
     read_to_eof(fd, buf, sizeof(buf));
     assert_null(strstr(buf, "100 Continue"));
     assert_non_null(strstr(buf, "HTTP/1.1 413 "));
-    close(fd);
+    client_close(fd);
 }
 
 static void expect_status_and_close(const char *request, const char *status_line)
@@ -381,7 +524,7 @@ static void expect_status_and_close(const char *request, const char *status_line
     assert_non_null(strstr(buf, "{\"error\":"));
     /* Nothing after the error answer is parsed: exactly one answer. */
     assert_int_equal(count(buf, "HTTP/1.1 "), 1);
-    close(fd);
+    client_close(fd);
 }
 
 /* Header block over 32 KiB and more than 100 headers get 431. */
@@ -436,10 +579,10 @@ static void test_smuggling_shapes(void **state)
     static const char nul[] = "GET / HTTP/1.1\r\nX-Nul: a\0b\r\n\r\n";
     char buf[4096];
     int fd = client();
-    assert_int_equal(send(fd, nul, sizeof(nul) - 1, MSG_NOSIGNAL), (ssize_t)sizeof(nul) - 1);
+    assert_int_equal(io_send(fd, nul, sizeof(nul) - 1), (ssize_t)sizeof(nul) - 1);
     read_to_eof(fd, buf, sizeof(buf));
     assert_non_null(strstr(buf, "HTTP/1.1 400 "));
-    close(fd);
+    client_close(fd);
     expect_status_and_close("GARBAGE\r\n\r\n", "HTTP/1.1 400 ");
     expect_status_and_close("GET / HTTP/2.0\r\n\r\n", "HTTP/1.1 ");
 }
@@ -458,7 +601,7 @@ static void test_timeouts(void **state)
     read_until(fd, buf, sizeof(buf), "body=", &eof);
     size_t n = read_to_eof(fd, buf, sizeof(buf));
     assert_int_equal(n, 0);
-    close(fd);
+    client_close(fd);
 }
 
 /* Streams use chunked coding for HTTP/1.1 and close-delimiting for 1.0. */
@@ -471,13 +614,13 @@ static void test_streams(void **state)
     read_to_eof(fd, buf, sizeof(buf));
     assert_non_null(strstr(buf, "Transfer-Encoding: chunked"));
     assert_non_null(strstr(buf, "b\r\ndata: one\n\n\r\nb\r\ndata: two\n\n\r\n0\r\n\r\n"));
-    close(fd);
+    client_close(fd);
     fd = client();
     send_str(fd, "GET /sse HTTP/1.0\r\n\r\n");
     read_to_eof(fd, buf, sizeof(buf));
     assert_null(strstr(buf, "chunked"));
     assert_non_null(strstr(buf, "\r\n\r\ndata: one\n\ndata: two\n\n"));
-    close(fd);
+    client_close(fd);
 }
 
 /* A client that does not read pauses the producer: what the server queues
@@ -504,15 +647,17 @@ static void test_slow_client_backpressure(void **state)
     static char big[1 << 16];
     long total = 0;
     for (;;) {
-        ssize_t k = recv(fd, big, sizeof(big), 0);
+        ssize_t k = io_recv(fd, big, sizeof(big));
         if (k <= 0)
             break;
         total += k;
     }
     assert_true(total > STREAM_TOTAL);
     assert_int_equal(atomic_load(&st.stream_done), 1);
-    assert_true(atomic_load(&st.max_queued) <= (long)st.limits.write_high_watermark + 16384 + 16);
-    close(fd);
+    /* Over TLS the queue holds records: a chunk's bytes plus their framing. */
+    long slack = 16384 + 16 + (tls.on ? 256 : 0);
+    assert_true(atomic_load(&st.max_queued) <= (long)st.limits.write_high_watermark + slack);
+    client_close(fd);
 }
 
 /* A client that goes away mid-stream aborts the exchange. */
@@ -528,7 +673,7 @@ static void test_client_abort(void **state)
     read_until(fd, buf, sizeof(buf), "\r\n\r\n", &eof);
     struct linger lg = {1, 0};
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    close(fd);
+    client_close(fd);
     for (int i = 0; i < 1000 && atomic_load(&st.stream_done) == 0; i++) {
         struct pollfd p = {-1, 0, 0};
         poll(&p, 0, 10);
@@ -549,7 +694,129 @@ static void test_head(void **state)
     char *end = strstr(buf, "\r\n\r\n");
     assert_non_null(end);
     assert_int_equal((size_t)(end + 4 - buf), n);
-    close(fd);
+    client_close(fd);
+}
+
+/* --- TLS's own ------------------------------------------------------------ */
+
+/* Plain HTTP on a TLS port gets a readable 400 in the clear and a close;
+ * bytes that are neither TLS nor HTTP get only the close. */
+static void test_tls_plain_http_refused(void **state)
+{
+    (void)state;
+    char buf[4096];
+    int fd = raw_client();
+    send_str(fd, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    read_to_eof(fd, buf, sizeof(buf));
+    assert_non_null(strstr(buf, "HTTP/1.1 400 "));
+    assert_non_null(strstr(buf, "use https://"));
+    assert_non_null(strstr(buf, "Connection: close\r\n"));
+    client_close(fd);
+    fd = raw_client();
+    send_str(fd, "\x01\x02junk");
+    assert_int_equal(read_to_eof(fd, buf, sizeof(buf)), 0);
+    client_close(fd);
+}
+
+/* A handshake that stops half-way is closed at the header deadline. */
+static void test_tls_handshake_deadline(void **state)
+{
+    (void)state;
+    char buf[4096];
+    int fd = raw_client();
+    send_str(fd, "\x16\x03\x01");
+    assert_int_equal(read_to_eof(fd, buf, sizeof(buf)), 0);
+    client_close(fd);
+}
+
+static long peer_serial(int fd)
+{
+    X509 *x = SSL_get0_peer_certificate(tls.ssl[fd]);
+    assert_non_null(x);
+    return ASN1_INTEGER_get(X509_get0_serialNumber(x));
+}
+
+static void get_ok(int fd)
+{
+    char buf[4096];
+    bool eof;
+    send_str(fd, "GET /r HTTP/1.1\r\nHost: t\r\n\r\n");
+    read_until(fd, buf, sizeof(buf), "body=", &eof);
+    assert_non_null(strstr(buf, "HTTP/1.1 200 OK\r\n"));
+}
+
+/* A reload (from another thread than the server's) changes the
+ * certificate of new connections only; a bad file keeps the loaded one and
+ * says why. */
+static void test_tls_reload(void **state)
+{
+    (void)state;
+    char err[512];
+    int old = client();
+    get_ok(old);
+    assert_int_equal(peer_serial(old), 1);
+
+    make_cert(tls.crt, tls.key, "second", 2);
+    assert_int_equal(kp_tls_server_reload(tls.srv, err, sizeof(err)), KP_OK);
+    kp_tls_server_describe(tls.srv, err, sizeof(err));
+    assert_non_null(strstr(err, "subject /CN=second, serial 02"));
+    client_trust_current();
+    int fresh = client();
+    get_ok(fresh);
+    assert_int_equal(peer_serial(fresh), 2);
+    get_ok(old); /* the old connection goes on with its certificate */
+    assert_int_equal(peer_serial(old), 1);
+
+    FILE *f = fopen(tls.crt, "w");
+    assert_non_null(f);
+    fputs("not a certificate\n", f);
+    fclose(f);
+    assert_int_equal(kp_tls_server_reload(tls.srv, err, sizeof(err)), KP_ECONFIG);
+    assert_non_null(strstr(err, "not a PEM certificate"));
+    int third = client();
+    get_ok(third);
+    assert_int_equal(peer_serial(third), 2);
+    client_close(old);
+    client_close(fresh);
+    client_close(third);
+}
+
+/* Files that cannot make a context: each error names the file and why. */
+static void test_tls_bad_files(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/kp-test-http-bad.XXXXXX", a_crt[64], a_key[64], b_crt[64], b_key[64];
+    char err[512];
+    struct kp_tls_server *t = NULL;
+    assert_non_null(mkdtemp(dir));
+    snprintf(a_crt, sizeof(a_crt), "%s/a.crt", dir);
+    snprintf(a_key, sizeof(a_key), "%s/a.key", dir);
+    snprintf(b_crt, sizeof(b_crt), "%s/b.crt", dir);
+    snprintf(b_key, sizeof(b_key), "%s/b.key", dir);
+    make_cert(a_crt, a_key, "a", 1);
+    make_cert(b_crt, b_key, "b", 2);
+    struct kp_tls_settings s = {a_crt, b_key, NULL, false};
+    assert_int_equal(kp_tls_server_new(&t, &s, err, sizeof(err)), KP_ECONFIG);
+    assert_non_null(strstr(err, "not the key of certificate"));
+    s.key_file = "/nonexistent/k.pem";
+    assert_int_equal(kp_tls_server_new(&t, &s, err, sizeof(err)), KP_ECONFIG);
+    assert_string_equal(err, "private key /nonexistent/k.pem: cannot open: No such file or "
+                             "directory");
+    s = (struct kp_tls_settings){a_crt, a_key, a_key, true};
+    assert_int_equal(kp_tls_server_new(&t, &s, err, sizeof(err)), KP_ECONFIG);
+    assert_non_null(strstr(err, "client CA file"));
+    s = (struct kp_tls_settings){a_crt, a_key, NULL, true};
+    assert_int_equal(kp_tls_server_new(&t, &s, err, sizeof(err)), KP_ECONFIG);
+    assert_int_equal(kp_tls_check_ca_file(a_key, err, sizeof(err)), KP_ECONFIG);
+    assert_int_equal(kp_tls_check_ca_file(a_crt, err, sizeof(err)), KP_OK);
+    s = (struct kp_tls_settings){a_crt, a_key, b_crt, true};
+    assert_int_equal(kp_tls_server_new(&t, &s, err, sizeof(err)), KP_OK);
+    kp_tls_server_free(t);
+    unlink(a_crt);
+    unlink(a_key);
+    unlink(b_crt);
+    unlink(b_key);
+    rmdir(dir);
 }
 
 /* Address parsing accepts the documented forms and names what is wrong. */
@@ -571,22 +838,32 @@ static void test_parse_addr(void **state)
     assert_non_null(strstr(err, "host"));
 }
 
+#define BOTH(t)                                                                                    \
+    cmocka_unit_test_setup_teardown(t, server_up, server_down),                                    \
+        cmocka_unit_test_setup_teardown(t, tls_server_up, tls_server_down)
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_addr),
-        cmocka_unit_test_setup_teardown(test_get_keepalive, server_up, server_down),
-        cmocka_unit_test_setup_teardown(test_pipelining_in_order, server_up, server_down),
-        cmocka_unit_test_setup_teardown(test_chunked_request_body, server_up, server_down),
-        cmocka_unit_test_setup_teardown(test_expect_continue, server_up, server_down),
-        cmocka_unit_test_setup_teardown(test_header_limits, server_up, server_down),
-        cmocka_unit_test_setup_teardown(test_body_limit, server_up, server_down),
-        cmocka_unit_test_setup_teardown(test_smuggling_shapes, server_up, server_down),
-        cmocka_unit_test_setup_teardown(test_timeouts, server_up, server_down),
-        cmocka_unit_test_setup_teardown(test_streams, server_up, server_down),
-        cmocka_unit_test_setup_teardown(test_slow_client_backpressure, server_up, server_down),
-        cmocka_unit_test_setup_teardown(test_client_abort, server_up, server_down),
-        cmocka_unit_test_setup_teardown(test_head, server_up, server_down),
+        cmocka_unit_test(test_tls_bad_files),
+        cmocka_unit_test_setup_teardown(test_tls_plain_http_refused, tls_server_up,
+                                        tls_server_down),
+        cmocka_unit_test_setup_teardown(test_tls_handshake_deadline, tls_server_up,
+                                        tls_server_down),
+        cmocka_unit_test_setup_teardown(test_tls_reload, tls_server_up, tls_server_down),
+        BOTH(test_get_keepalive),
+        BOTH(test_pipelining_in_order),
+        BOTH(test_chunked_request_body),
+        BOTH(test_expect_continue),
+        BOTH(test_header_limits),
+        BOTH(test_body_limit),
+        BOTH(test_smuggling_shapes),
+        BOTH(test_timeouts),
+        BOTH(test_streams),
+        BOTH(test_slow_client_backpressure),
+        BOTH(test_client_abort),
+        BOTH(test_head),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
