@@ -20,6 +20,21 @@
 
 #include "node.h"
 
+/* keyplane_tls_certificate_expiry_seconds and keyplane_tls_reloads_total:
+ * what an operator alerts on before a certificate runs out. */
+static void note_certificate(struct kp_node *n, const char *result)
+{
+    kp_metric_set(kp_metric_gauge("keyplane_tls_certificate_expiry_seconds",
+                                  "notAfter of the certificate the TLS listeners serve, in seconds "
+                                  "since the epoch"),
+                  kp_tls_server_not_after(n->rt->tls));
+    if (result != NULL)
+        kp_metric_family_add(kp_metric_family_counter("keyplane_tls_reloads_total",
+                                                      "TLS reloads on SIGHUP, by result", 1,
+                                                      (const char *const[]){"result"}, 4),
+                             (const char *const[]){result}, 1);
+}
+
 int kp_node_tls_open(struct kp_node *n, char *errmsg, size_t errlen)
 {
     const struct kp_config *cfg = n->cfg;
@@ -44,6 +59,7 @@ int kp_node_tls_open(struct kp_node *n, char *errmsg, size_t errlen)
                 cfg->tls_require_client_cert ? "; client certificates required"
                 : cfg->tls_client_ca_file    ? "; client certificates verified when sent"
                                              : "");
+        note_certificate(n, NULL);
     }
     if (cfg->tls_control)
         kp_call_set_tls(cfg->tls_ca_file, cfg->tls_cert_file, cfg->tls_key_file);
@@ -61,11 +77,13 @@ void kp_node_tls_reload(struct kp_node *n)
                  "SIGHUP: TLS reload failed, still serving the certificate loaded before "
                  "(%s): %s",
                  desc, why);
+        note_certificate(n, "failed");
         return;
     }
     kp_tls_server_describe(n->rt->tls, desc, sizeof(desc));
     kp_info("tls", "SIGHUP: TLS certificate reloaded from %s: %s; new connections use it",
             n->cfg->tls_cert_file, desc);
+    note_certificate(n, "ok");
 }
 
 void kp_node_tls_close(struct kp_runtime *rt)

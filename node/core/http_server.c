@@ -162,6 +162,7 @@ struct kp_http_server {
      * many were not (a scanner must not flood the log). */
     int64_t tls_log_window;
     unsigned tls_logged, tls_unlogged;
+    struct kp_metric_family *tls_failures; /* keyplane_tls_handshake_failures_total */
 };
 
 struct write_req {
@@ -1442,6 +1443,7 @@ static void tls_failed(struct conn *c, const char *what, int ssl_err)
         srv->tls_unlogged++;
     }
     c->tls_failed = true;
+    kp_metric_family_add(srv->tls_failures, (const char *const[]){srv->cfg.name}, 1);
     if (c->tls_done) {
         /* A bad record mid-connection: abort what the handler holds. */
         conn_close(c);
@@ -1774,6 +1776,12 @@ int kp_http_server_start(struct kp_http_server **out, uv_loop_t *loop,
         rc = KP_ENOMEM;
         goto err_after_listener;
     }
+    if (cfg->tls != NULL)
+        srv->tls_failures = kp_metric_family_counter(
+            "keyplane_tls_handshake_failures_total",
+            "TLS handshakes (and records) that failed, by listener: bad or missing client "
+            "certificates, no common protocol, garbage",
+            1, (const char *const[]){"listener"}, 8);
     if (bound_port) {
         struct sockaddr_storage got;
         int len = sizeof(got);

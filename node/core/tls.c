@@ -237,6 +237,18 @@ void kp_tls_server_describe(struct kp_tls_server *t, char *out, size_t len)
     snprintf(out, len, "subject %s, serial %s, expires %s", subject, serial, expires);
 }
 
+long long kp_tls_server_not_after(struct kp_tls_server *t)
+{
+    SSL_CTX *ctx = kp_tls__acquire(t);
+    X509 *x = SSL_CTX_get0_certificate(ctx);
+    struct tm tm;
+    long long at = 0;
+    if (x != NULL && ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1)
+        at = (long long)timegm(&tm);
+    SSL_CTX_free(ctx);
+    return at;
+}
+
 int kp_tls_check_ca_file(const char *path, char *errmsg, size_t errlen)
 {
     int rc = readable("CA file", path, errmsg, errlen);

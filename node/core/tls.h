@@ -33,6 +33,8 @@ int kp_tls_server_reload(struct kp_tls_server *t, char *errmsg, size_t errlen);
 /* "subject CN=n1, serial 1A2B, expires 2027-11-30 08:00:00 UTC" of the
  * certificate currently served. */
 void kp_tls_server_describe(struct kp_tls_server *t, char *out, size_t len);
+/* The certificate's notAfter, in seconds since the epoch (0 if unknown). */
+long long kp_tls_server_not_after(struct kp_tls_server *t);
 /* After every server using it is closed. NULL is fine. */
 void kp_tls_server_free(struct kp_tls_server *t);
 

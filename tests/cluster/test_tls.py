@@ -26,9 +26,10 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 import unittest
 
-from harness import Harness, http, wait_until
+from harness import Harness, http, metric_value, wait_until
 
 ADMIN = "/admin/v1"
 MASTER = secrets.token_hex(32)
@@ -276,6 +277,8 @@ class TlsListenerTest(unittest.TestCase):
                    "CN=intruder" in n1.stderr_text(),
                    what="the stranger's certificate logged", alive=n1)
         self.assertIn("TLS handshake with 127.0.0.1:", n1.stderr_text())
+        self.assertGreaterEqual(metric_value(n1.metrics(), "keyplane_tls_handshake_failures_total",
+                                             listener="control"), 2)
         self.assertEqual(n1.stop(), 0)
 
     def test_clusterctl_over_tls(self):
@@ -391,6 +394,11 @@ class TlsListenerTest(unittest.TestCase):
         wait_until(lambda: "TLS reload failed" in n1.stderr_text(),
                    what="the failed reload logged", alive=n1)
         self.assertIn("not a PEM certificate", n1.stderr_text())
+        text = n1.metrics()
+        self.assertEqual(metric_value(text, "keyplane_tls_reloads_total", result="failed"), 1)
+        self.assertEqual(metric_value(text, "keyplane_tls_reloads_total", result="ok"), 11)
+        self.assertGreater(metric_value(text, "keyplane_tls_certificate_expiry_seconds"),
+                           time.time() + 3600)
         self.assertEqual(int(peer_serial(n1.gateway_addr, ctx), 16), 3002)
         # A key that is not the certificate's: refused the same way.
         install((ca.issue("n1-third", 3003)[0], first[1]))
