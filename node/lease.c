@@ -36,7 +36,8 @@ struct kp_lease_client {
     struct kp_budget_ledger *ledger;
     uv_timer_t timer;
     uv_async_t need;
-    int open_handles;
+    int open_handles;    /* and HTTP calls in flight: each holds the client */
+    bool closed;         /* stopped: answers still in flight are dropped */
     bool inflight;       /* batch/cmd are out, not answered */
     bool waiting_reply;  /* a proposal or an HTTP call is running */
     unsigned tries;      /* sends of the in-flight command */
@@ -158,9 +159,17 @@ static void proposed(void *arg, int code, const struct kp_fsm_result *res)
     applied(lc, res->lease.duplicate, res->lease.items, res->lease.n);
 }
 
+static void release(struct kp_lease_client *lc);
+
 static void http_answered(void *arg, const struct kp_call_result *r)
 {
     struct kp_lease_client *lc = arg;
+    /* A stop that gave up waiting may have closed the client meanwhile. */
+    if (lc->closed) {
+        release(lc);
+        return;
+    }
+    lc->open_handles--;
     if (r->status != 200) {
         char why[320];
         json_t *doc = r->status ? json_loadb(r->body.data, r->body.len, 0, NULL) : NULL;
@@ -327,6 +336,8 @@ static void transmit(struct kp_lease_client *lc)
     kp_secret_wipe(auth, sizeof(auth));
     if (rc != KP_OK)
         unknown(lc, kp_err_msg(rc));
+    else
+        lc->open_handles++;
 }
 
 static void send_now(struct kp_lease_client *lc)
@@ -369,13 +380,19 @@ static void send_now(struct kp_lease_client *lc)
 
 /* --- the stop ----------------------------------------------------------------------- */
 
-static void handle_closed(uv_handle_t *h)
+/* One of the client's handles closed, or an HTTP call ended after the
+ * stop: the last one frees it. */
+static void release(struct kp_lease_client *lc)
 {
-    struct kp_lease_client *lc = h->data;
     if (--lc->open_handles == 0) {
         kp_buf_free(&lc->cmd);
         kp_free(lc);
     }
+}
+
+static void handle_closed(uv_handle_t *h)
+{
+    release(h->data);
 }
 
 static void finish_stop(struct kp_lease_client *lc)
@@ -383,6 +400,7 @@ static void finish_stop(struct kp_lease_client *lc)
     void (*cb)(struct kp_node *) = lc->stopped;
     struct kp_node *n = lc->n;
     lc->stopped = NULL;
+    lc->closed = true;
     n->lease = NULL;
     uv_close((uv_handle_t *)&lc->timer, handle_closed);
     uv_close((uv_handle_t *)&lc->need, handle_closed);
