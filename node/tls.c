@@ -60,6 +60,12 @@ int kp_node_tls_open(struct kp_node *n, char *errmsg, size_t errlen)
                 : cfg->tls_client_ca_file    ? "; client certificates verified when sent"
                                              : "");
         note_certificate(n, NULL);
+        if (cfg->tls_ca_file != NULL &&
+            kp_tls_server_check_chain(n->rt->tls, cfg->tls_ca_file, why, sizeof(why)) != KP_OK)
+            kp_warn("tls",
+                    "certificate %s does not verify against tls.ca_file %s (%s): other nodes "
+                    "will refuse this node's calls, and clients trusting that CA its listeners",
+                    cfg->tls_cert_file, cfg->tls_ca_file, why);
     }
     if (cfg->tls_control)
         kp_call_set_tls(cfg->tls_ca_file, cfg->tls_cert_file, cfg->tls_key_file);

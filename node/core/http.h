@@ -1,5 +1,6 @@
 /* The HTTP/1.1 server behind every keyplane listener (gateway, control,
- * keyplane-mock): llhttp on libuv, one server per worker loop.
+ * keyplane-mock): llhttp on libuv, one server per worker loop, over plain
+ * TCP or TLS (tls.h, kp_http_server_config.tls).
  *
  * A request is parsed whole (headers and body, up to the limits) and handed to
  * the handler as a kp_http_exchange. The handler answers at once or later from

@@ -26,18 +26,22 @@
  * parsed). A client that goes away while its request is with the handler
  * aborts the exchange: the abort callback runs, later writes fail with
  * KP_ECLOSED, and the memory stays until the handler finishes the exchange.
- * Out of memory while reading fails that connection only. */
+ * Out of memory while reading fails that connection only.
+ *
+ * A listener with TLS runs the same machine on the plaintext that OpenSSL
+ * takes out of the socket's bytes (the TLS section below); a handshake that
+ * fails or does not finish in time closes the connection before IDLE. */
 #include "http.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
-#include <arpa/inet.h>
 #include <llhttp.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
-#include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

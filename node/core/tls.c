@@ -237,6 +237,32 @@ void kp_tls_server_describe(struct kp_tls_server *t, char *out, size_t len)
     snprintf(out, len, "subject %s, serial %s, expires %s", subject, serial, expires);
 }
 
+int kp_tls_server_check_chain(struct kp_tls_server *t, const char *ca_file, char *errmsg,
+                              size_t errlen)
+{
+    int rc = KP_OK;
+    SSL_CTX *ctx = kp_tls__acquire(t);
+    X509 *leaf = SSL_CTX_get0_certificate(ctx);
+    STACK_OF(X509) *chain = NULL;
+    X509_STORE *store = X509_STORE_new();
+    X509_STORE_CTX *vctx = X509_STORE_CTX_new();
+    ERR_clear_error();
+    SSL_CTX_get0_chain_certs(ctx, &chain);
+    if (store == NULL || vctx == NULL || leaf == NULL) {
+        rc = kp_errf(errmsg, errlen, KP_ENOMEM, "out of memory");
+    } else if (X509_STORE_load_file(store, ca_file) != 1) {
+        rc = kp_errf(errmsg, errlen, KP_ECONFIG, "CA file %s cannot be read", ca_file);
+    } else if (X509_STORE_CTX_init(vctx, store, leaf, chain) != 1 || X509_verify_cert(vctx) != 1) {
+        rc = kp_errf(errmsg, errlen, KP_EAUTH, "%s",
+                     X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
+    }
+    ERR_clear_error();
+    X509_STORE_CTX_free(vctx);
+    X509_STORE_free(store);
+    SSL_CTX_free(ctx);
+    return rc;
+}
+
 long long kp_tls_server_not_after(struct kp_tls_server *t)
 {
     SSL_CTX *ctx = kp_tls__acquire(t);

@@ -42,6 +42,12 @@ void kp_tls_server_free(struct kp_tls_server *t);
  * client verifies servers against). KP_ECONFIG with a message. */
 int kp_tls_check_ca_file(const char *path, char *errmsg, size_t errlen);
 
+/* Whether the served certificate chains to a CA in @ca_file (as another
+ * node verifying it would find). KP_OK, or KP_EAUTH with @errmsg saying
+ * why (KP_ECONFIG when @ca_file cannot be read). */
+int kp_tls_server_check_chain(struct kp_tls_server *t, const char *ca_file, char *errmsg,
+                              size_t errlen);
+
 /* Internal to node/core (http_server.c): the current context, with a
  * reference the caller gives back with SSL_CTX_free(). */
 struct ssl_ctx_st *kp_tls__acquire(struct kp_tls_server *t);

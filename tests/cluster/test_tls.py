@@ -499,6 +499,7 @@ class TlsClusterTest(unittest.TestCase):
                           wait_ready=False)
         wait_until(lambda: "join: cannot reach" in n4.stderr_text(),
                    what="n4's join refused", alive=n4)
+        self.assertIn("does not verify against tls.ca_file", n4.stderr_text())
         wait_until(lambda: "client certificate not accepted" in n1.stderr_text(),
                    what="n1 logs the refused certificate", alive=n1)
         self.assertEqual(len(cluster(n1)["members"]), 3)

@@ -811,6 +811,10 @@ static void test_tls_bad_files(void **state)
     assert_int_equal(kp_tls_check_ca_file(a_crt, err, sizeof(err)), KP_OK);
     s = (struct kp_tls_settings){a_crt, a_key, b_crt, true};
     assert_int_equal(kp_tls_server_new(&t, &s, err, sizeof(err)), KP_OK);
+    /* a is its own CA, not b's. */
+    assert_int_equal(kp_tls_server_check_chain(t, a_crt, err, sizeof(err)), KP_OK);
+    assert_int_equal(kp_tls_server_check_chain(t, b_crt, err, sizeof(err)), KP_EAUTH);
+    assert_non_null(strstr(err, "self-signed"));
     kp_tls_server_free(t);
     unlink(a_crt);
     unlink(a_key);
