@@ -166,6 +166,15 @@ static void handle_status(struct kp_http_exchange *ex, struct kp_runtime *rt, co
         (int)kp_runtime_connections(rt, "control"), "inflight", "gateway",
         (int)kp_runtime_inflight(rt, "gateway"), "control",
         (int)kp_runtime_inflight(rt, "control"));
+    /* What any TLS client sees anyway: which listeners serve TLS and the
+     * certificate they present (after the last reload). */
+    char cert[512] = "";
+    if (rt->tls != NULL)
+        kp_tls_server_describe(rt->tls, cert, sizeof(cert));
+    json_object_set_new(v, "tls",
+                        json_pack("{s:b,s:b,s:s?}", "gateway", rt->cfg->tls_gateway, "control",
+                                  rt->cfg->tls_control, "certificate",
+                                  rt->tls != NULL ? cert : NULL));
     kp_node_respond_json(ex, 200, rid, v);
 }
 

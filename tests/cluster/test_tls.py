@@ -156,6 +156,10 @@ class TlsListenerTest(unittest.TestCase):
         self.assertEqual((status, json.loads(body)), (200, {"status": "ok"}))
         status, _, body = n1.control("GET", ADMIN + "/tenants")
         self.assertEqual(status, 200, body)
+        status, _, body = n1.control("GET", ADMIN + "/status")
+        tls = json.loads(body)["tls"]
+        self.assertEqual((tls["gateway"], tls["control"]), (True, True))
+        self.assertIn("subject /CN=n1, serial 03E9", tls["certificate"])
 
         # A chat completion through the mock, whole.
         status, headers, body = http("POST", n1.gateway_url + "/v1/chat/completions", body=CHAT,
