@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "bench.h"
 #include "core/core.h"
@@ -60,7 +61,7 @@ static int url_host(const char *p, const char **rest, struct kp_bench_url *out)
 
 static int url_port(const char *p, const char **rest, struct kp_bench_url *out)
 {
-    out->port = 80;
+    out->port = out->tls ? 443 : 80;
     if (*p != ':') {
         *rest = p;
         return 0;
@@ -79,19 +80,15 @@ static int url_port(const char *p, const char **rest, struct kp_bench_url *out)
 
 int kp_bench_url_parse(const char *text, struct kp_bench_url *out, char *errmsg, size_t errlen)
 {
-    static const char expect[] = "expected http://HOST[:PORT][/PATH], e.g. "
+    static const char expect[] = "expected http[s]://HOST[:PORT][/PATH], e.g. "
                                  "http://127.0.0.1:7600/v1/chat/completions";
     memset(out, 0, sizeof(*out));
     if (text == NULL || *text == '\0')
         return fail(errmsg, errlen, KP_EINVAL, "--url is required (%s)", expect);
-    if (strncasecmp(text, "https://", 8) == 0)
-        return fail(errmsg, errlen, KP_EINVAL,
-                    "bad URL '%s': https is not supported; keyplane-bench speaks plain "
-                    "HTTP/1.1 (%s)",
-                    text, expect);
-    if (strncasecmp(text, "http://", 7) != 0)
+    out->tls = strncasecmp(text, "https://", 8) == 0;
+    if (!out->tls && strncasecmp(text, "http://", 7) != 0)
         return fail(errmsg, errlen, KP_EINVAL, "bad URL '%s': %s", text, expect);
-    const char *p = text + 7, *rest;
+    const char *p = text + (out->tls ? 8 : 7), *rest;
     if (url_host(p, &rest, out) != 0)
         return fail(errmsg, errlen, KP_EINVAL, "bad URL '%s': no host; %s", text, expect);
     if (url_port(rest, &p, out) != 0)
@@ -328,6 +325,10 @@ static int apply_flag(struct kp_bench_config *cfg, struct flags_seen *seen, cons
             return fail(errmsg, errlen, KP_EINVAL, "--header: at most %d headers",
                         KP_BENCH_MAX_HEADERS);
         cfg->headers[cfg->n_headers++] = v;
+    } else if (strcmp(flag, "--cacert") == 0) {
+        if (access(v, R_OK) != 0)
+            return fail(errmsg, errlen, KP_ENOENT, "--cacert '%s': %s", v, strerror(errno));
+        cfg->cacert = v;
     } else if (strcmp(flag, "--token") == 0) {
         if (*v == '\0' || strpbrk(v, "\r\n") != NULL)
             return fail(errmsg, errlen, KP_EINVAL, "--token: expected a token");
@@ -464,6 +465,8 @@ void kp_bench_usage(FILE *out)
         "  --method M          request method (default POST)\n"
         "  --header 'K: V'     add a header (repeatable): X-Tenant, X-Project, ...\n"
         "  --token T           add 'Authorization: Bearer T'\n"
+        "  --cacert FILE       https: verify the server against this CA (PEM) rather than\n"
+        "                      the system's; connections count once their handshake is done\n"
         "  --model NAME        model in the built-in chat bodies (default gpt-4o-mini)\n"
         "  --embedding-model NAME  (default text-embedding-3-small)\n"
         "Output:\n"

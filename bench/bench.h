@@ -33,9 +33,10 @@ struct kp_bench_url {
     int port;
     char hostport[270]; /* the Host header: "127.0.0.1:8080", "[::1]:80" */
     char path[2048];    /* request-target: path and query, "/" at least */
+    bool tls;           /* https:// */
 };
 
-/* Parses "http://HOST[:PORT][/PATH][?QUERY]". Writes a message that says
+/* Parses "http[s]://HOST[:PORT][/PATH][?QUERY]". Writes a message that says
  * what is wrong and what is expected on error. */
 int kp_bench_url_parse(const char *text, struct kp_bench_url *out, char *errmsg, size_t errlen);
 
@@ -104,6 +105,8 @@ struct kp_bench_config {
     const char *headers[KP_BENCH_MAX_HEADERS];
     unsigned n_headers;
     const char *token;
+    const char *cacert;                 /* https: verify the server against this CA (PEM); NULL: the
+                                           system's CAs */
     unsigned weights[KP_BENCH_N_KINDS]; /* --mix */
     bool mix_set;
     const char *model;

@@ -26,11 +26,20 @@
  * of their latency; the ones never sent by the deadline (end + --timeout)
  * count as unsent.
  *
+ * https: a connection counts as open once its TLS handshake is done (so
+ * handshakes are never measured; each replaced connection makes a new
+ * one), OpenSSL works on memory BIOs, requests are encrypted into one
+ * write each, and answers are decrypted before response.c parses them.
+ *
  * Timing: uv_hrtime() and the timerfd both read CLOCK_MONOTONIC, and the
  * thread asks for a 1 ns timer slack, so a request leaves within a few
  * microseconds of its due time when the thread keeps up (the lag histogram
  * says whether it did). */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/prctl.h>
@@ -62,6 +71,17 @@ struct kp_bench_conn {
     uint64_t sent_ns;
     uint64_t first_byte_ns;
     char *rbuf;
+    SSL *ssl;            /* https, else NULL */
+    bool tls_ready;      /* handshake done */
+    unsigned tls_writes; /* ciphertext writes in flight */
+};
+
+/* A write of ciphertext (its own request: handshake flights and requests
+ * may overlap). */
+struct tls_write {
+    uv_write_t req;
+    struct kp_bench_conn *c;
+    char data[];
 };
 
 static void conn_connect(struct kp_bench_conn *c);
@@ -145,6 +165,42 @@ static void on_write(uv_write_t *req, int status)
     }
 }
 
+static void tls_write_done(uv_write_t *req, int status)
+{
+    struct tls_write *t = (struct tls_write *)req;
+    struct kp_bench_conn *c = t->c;
+    kp_free(t);
+    c->tls_writes--;
+    c->write_pending = c->tls_writes > 0;
+    if (status < 0 && c->state == CONN_BUSY) {
+        count_error(c->w, KP_BENCH_ERR_WRITE, c->measured);
+        conn_close(c, false);
+    }
+}
+
+/* Send what OpenSSL wrote into the write BIO. */
+static int tls_flush(struct kp_bench_conn *c)
+{
+    BIO *wbio = SSL_get_wbio(c->ssl);
+    size_t n = BIO_ctrl_pending(wbio);
+    if (n == 0)
+        return 0;
+    struct tls_write *t = kp_malloc(sizeof(*t) + n);
+    if (t == NULL || BIO_read(wbio, t->data, (int)n) != (int)n) {
+        kp_free(t);
+        return -1;
+    }
+    t->c = c;
+    uv_buf_t buf = uv_buf_init(t->data, (unsigned)n);
+    if (uv_write(&t->req, (uv_stream_t *)&c->tcp, &buf, 1, tls_write_done) != 0) {
+        kp_free(t);
+        return -1;
+    }
+    c->tls_writes++;
+    c->write_pending = true;
+    return 0;
+}
+
 static void send_request(struct kp_bench_conn *c, uint64_t origin_ns, bool measured, uint64_t now)
 {
     struct kp_bench_worker *w = c->w;
@@ -158,6 +214,15 @@ static void send_request(struct kp_bench_conn *c, uint64_t origin_ns, bool measu
     c->first_byte_ns = 0;
     if (measured)
         w->stats.bytes_sent += r->len;
+    if (c->ssl != NULL) {
+        ERR_clear_error();
+        if (SSL_write(c->ssl, r->bytes, (int)r->len) != (int)r->len || tls_flush(c) != 0) {
+            ERR_clear_error();
+            count_error(w, KP_BENCH_ERR_WRITE, measured);
+            conn_close(c, false);
+        }
+        return;
+    }
     /* The request bytes are shared and outlive the loop: no copy. */
     uv_buf_t buf = uv_buf_init(r->bytes, (unsigned)r->len);
     c->write_req.data = c;
@@ -330,15 +395,9 @@ static void on_eof_or_error(struct kp_bench_conn *c, ssize_t nread)
     conn_close(c, false);
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* Bytes of an answer (decrypted, with https). */
+static void got_bytes(struct kp_bench_conn *c, const char *data, size_t nread)
 {
-    struct kp_bench_conn *c = s->data;
-    if (nread == 0)
-        return;
-    if (nread < 0) {
-        on_eof_or_error(c, nread);
-        return;
-    }
     if (c->state != CONN_BUSY) {
         /* Bytes nobody asked for (a server's parting 408 on an idle
          * connection): the connection is out of step, replace it. */
@@ -350,7 +409,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         c->first_byte_ns = now;
     if (c->measured)
         c->w->stats.bytes_received += (uint64_t)nread;
-    llhttp_errno_t err = kp_bench__response_feed(&c->resp, buf->base, (size_t)nread, now);
+    llhttp_errno_t err = kp_bench__response_feed(&c->resp, data, nread, now);
     if (c->resp.complete) {
         if (err != HPE_OK)
             c->resp.keep_alive = false;
@@ -361,6 +420,133 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
+static void tls_handshake_done(struct kp_bench_conn *c, const char *failure);
+static void tls_pump(struct kp_bench_conn *c);
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct kp_bench_conn *c = s->data;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        if (c->ssl != NULL && !c->tls_ready) {
+            tls_handshake_done(c, nread == UV_EOF ? "the server closed the connection"
+                                                  : uv_strerror((int)nread));
+            return;
+        }
+        on_eof_or_error(c, nread);
+        return;
+    }
+    if (c->ssl == NULL) {
+        got_bytes(c, buf->base, (size_t)nread);
+        return;
+    }
+    if (BIO_write(SSL_get_rbio(c->ssl), buf->base, (int)nread) != (int)nread) {
+        count_error(c->w, KP_BENCH_ERR_READ, c->measured);
+        conn_close(c, false);
+        return;
+    }
+    tls_pump(c);
+}
+
+/* --- https --------------------------------------------------------------- */
+
+/* The handshake ended: the connection is open (@failure NULL) or it
+ * failed, which counts as a connect failure (and ends a run that is still
+ * opening its first connections). */
+static void tls_handshake_done(struct kp_bench_conn *c, const char *failure)
+{
+    struct kp_bench_worker *w = c->w;
+    bool first = w->phase == KP_BENCH_CONNECTING;
+    if (first)
+        w->connecting--;
+    if (failure != NULL) {
+        if (first && w->err == KP_OK) {
+            w->err = KP_ENET;
+            snprintf(w->errmsg, sizeof(w->errmsg), "TLS handshake with %s failed: %s",
+                     w->shared->cfg->url.hostport, failure);
+        }
+        count_error(w, KP_BENCH_ERR_CONNECT, !first);
+        conn_close(c, true);
+    } else {
+        c->tls_ready = true;
+        conn_ready(c, uv_hrtime());
+    }
+    if (first && w->connecting == 0)
+        uv_stop(&w->loop);
+}
+
+/* Drive the handshake, then decrypt what arrived and hand it on. */
+static void tls_pump(struct kp_bench_conn *c)
+{
+    if (!c->tls_ready) {
+        ERR_clear_error();
+        int r = SSL_do_handshake(c->ssl);
+        if (tls_flush(c) != 0) {
+            tls_handshake_done(c, "out of memory");
+            return;
+        }
+        if (r != 1) {
+            if (SSL_get_error(c->ssl, r) == SSL_ERROR_WANT_READ)
+                return;
+            char why[256];
+            long vr = SSL_get_verify_result(c->ssl);
+            if (vr != X509_V_OK)
+                snprintf(why, sizeof(why), "certificate not trusted: %s",
+                         X509_verify_cert_error_string(vr));
+            else
+                ERR_error_string_n(ERR_get_error(), why, sizeof(why));
+            ERR_clear_error();
+            tls_handshake_done(c, why);
+            return;
+        }
+        tls_handshake_done(c, NULL);
+    }
+    while (c->state != CONN_CLOSING && c->state != CONN_CLOSED) {
+        ERR_clear_error();
+        int n = SSL_read(c->ssl, c->rbuf, READ_BUFFER_BYTES);
+        if (n > 0) {
+            got_bytes(c, c->rbuf, (size_t)n);
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        ERR_clear_error();
+        if (e == SSL_ERROR_WANT_READ) {
+            if (tls_flush(c) != 0) /* a key update's answer */
+                conn_close(c, false);
+            return;
+        }
+        on_eof_or_error(c, e == SSL_ERROR_ZERO_RETURN ? UV_EOF : UV_EPROTO);
+        return;
+    }
+}
+
+/* The TCP connection is up: start the handshake. */
+static int tls_start(struct kp_bench_conn *c)
+{
+    const struct kp_bench_url *url = &c->w->shared->cfg->url;
+    unsigned char ip[16];
+    c->ssl = SSL_new(c->w->shared->tls);
+    BIO *rbio = BIO_new(BIO_s_mem()), *wbio = BIO_new(BIO_s_mem());
+    if (c->ssl == NULL || rbio == NULL || wbio == NULL) {
+        BIO_free(rbio);
+        BIO_free(wbio);
+        return -1;
+    }
+    BIO_set_mem_eof_return(rbio, -1);
+    SSL_set_bio(c->ssl, rbio, wbio);
+    SSL_set_connect_state(c->ssl);
+    /* The name (or address) in the URL is what the certificate must show. */
+    bool is_ip = inet_pton(AF_INET, url->host, ip) == 1 || inet_pton(AF_INET6, url->host, ip) == 1;
+    X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
+    if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, url->host) != 1
+              : SSL_set_tlsext_host_name(c->ssl, url->host) != 1 ||
+                    SSL_set1_host(c->ssl, url->host) != 1)
+        return -1;
+    tls_pump(c);
+    return 0;
+}
+
 /* --- connections --------------------------------------------------------- */
 
 static void on_connect(uv_connect_t *req, int status)
@@ -369,7 +555,8 @@ static void on_connect(uv_connect_t *req, int status)
     struct kp_bench_worker *w = c->w;
     if (status == UV_ECANCELED)
         return; /* closed while connecting; on_close follows */
-    if (w->phase == KP_BENCH_CONNECTING)
+    /* With https the connection counts once its handshake is done. */
+    if (w->phase == KP_BENCH_CONNECTING && !(status >= 0 && w->shared->tls != NULL))
         w->connecting--;
     if (status < 0) {
         if (w->phase == KP_BENCH_CONNECTING && w->err == KP_OK) {
@@ -382,9 +569,17 @@ static void on_connect(uv_connect_t *req, int status)
     } else {
         uv_tcp_nodelay(&c->tcp, 1);
         int rv = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        if (rv != 0 && w->shared->tls != NULL) {
+            tls_handshake_done(c, uv_strerror(rv));
+            return;
+        }
         if (rv != 0) {
             count_error(w, KP_BENCH_ERR_READ, true);
             conn_close(c, true);
+        } else if (w->shared->tls != NULL) {
+            if (tls_start(c) != 0)
+                tls_handshake_done(c, "cannot set up TLS (out of memory?)");
+            return; /* tls_handshake_done stops the connecting loop */
         } else {
             conn_ready(c, uv_hrtime());
         }
@@ -427,6 +622,9 @@ static void on_close(uv_handle_t *h)
     struct kp_bench_conn *c = h->data;
     struct kp_bench_worker *w = c->w;
     c->state = CONN_CLOSED;
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+    c->tls_ready = false;
     if (w->phase == KP_BENCH_RUNNING && !c->retry_later)
         conn_connect(c);
 }

@@ -7,6 +7,8 @@
  * not connect aborts the run for all, and its message ("cannot connect to
  * 127.0.0.1:7600: connection refused") becomes the run's error. */
 #include <netdb.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,36 @@ static atomic_bool interrupt_requested;
 void kp_bench_interrupt(void)
 {
     atomic_store(&interrupt_requested, true);
+}
+
+/* https: one client context for every thread (connections take their own
+ * SSL objects from it): TLS 1.2 or later, ALPN http/1.1, the server
+ * verified against --cacert or the system's CAs. */
+static int tls_context(const struct kp_bench_config *cfg, SSL_CTX **out, char *errmsg,
+                       size_t errlen)
+{
+    static const unsigned char alpn[] = "\x08http/1.1";
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        snprintf(errmsg, errlen, "out of memory");
+        return KP_ENOMEM;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
+    int ok = cfg->cacert != NULL ? SSL_CTX_load_verify_locations(ctx, cfg->cacert, NULL)
+                                 : SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+        char why[256];
+        ERR_error_string_n(ERR_get_error(), why, sizeof(why));
+        ERR_clear_error();
+        snprintf(errmsg, errlen, "--cacert '%s': no PEM CA certificate in it (%s)",
+                 cfg->cacert ? cfg->cacert : "(system)", why);
+        SSL_CTX_free(ctx);
+        return KP_EINVAL;
+    }
+    *out = ctx;
+    return KP_OK;
 }
 
 static int resolve(const struct kp_bench_url *url, struct sockaddr_storage *out, char *errmsg,
@@ -203,6 +235,8 @@ int kp_bench_run(const struct kp_bench_config *cfg, struct kp_bench_result *res,
     rv = resolve(&cfg->url, &sh.addr, errmsg, errlen);
     if (rv != KP_OK)
         return rv;
+    if (cfg->url.tls && (rv = tls_context(cfg, &sh.tls, errmsg, errlen)) != KP_OK)
+        goto err_out;
     rv = workers_create(&sh, &w);
     if (rv != KP_OK)
         goto err_out;
@@ -243,6 +277,7 @@ err_after_workers:
         kp_bench_stats_close(&w[i].stats);
     kp_free(w);
 err_out:
+    SSL_CTX_free(sh.tls);
     if (rv == KP_ENOMEM && errmsg[0] == '\0')
         snprintf(errmsg, errlen, "out of memory");
     return rv;

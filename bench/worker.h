@@ -24,6 +24,7 @@ struct kp_bench_shared {
     uv_barrier_t connected;   /* every thread has its connections open */
     uv_barrier_t go;          /* run.c has set the times */
     atomic_bool abort;        /* a thread failed, or the user interrupted */
+    struct ssl_ctx_st *tls;   /* https: the client context (run.c), else NULL */
 };
 
 enum kp_bench_phase {

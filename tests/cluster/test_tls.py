@@ -252,6 +252,21 @@ class TlsListenerTest(unittest.TestCase):
             s.sendall(b"\x16\x03\x01\x00")  # the start of a ClientHello, and nothing more
             self.assertEqual(s.recv(100), b"")
 
+        # keyplane-bench over https: every request answered, none failed.
+        url = n1.gateway_url + "/v1/chat/completions"
+        r = h.run(["keyplane-bench", "--url", url, "--cacert", ca.crt, "--token", token,
+                   "--connections", "4", "--requests", "200", "--json", "--quiet"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        report = json.loads(r.stdout)
+        self.assertEqual(report["status"], {"200": 200}, report)
+        self.assertEqual(sum(report["errors"].values()), 0, report)
+        # Without the CA it cannot verify the gateway, and says so.
+        r = h.run(["keyplane-bench", "--url", url, "--token", token, "--requests", "1",
+                   "--quiet"])
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("TLS handshake with 127.0.0.1:", r.stderr)
+        self.assertIn("certificate not trusted", r.stderr)
+
         # A client that does not trust the CA gives up; the node goes on.
         self.assertTrue(refused(lambda: http("GET", n1.control_url + "/healthz",
                                              context=ssl.create_default_context())))

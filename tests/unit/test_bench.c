@@ -243,9 +243,10 @@ static void test_args_errors(void **state)
     char err[512];
     (void)state;
     expect_error(PARSE(&cfg, err, "--rate", "10"), err, KP_EINVAL, "--url is required");
-    expect_error(PARSE(&cfg, err, "--url", "127.0.0.1:80"), err, KP_EINVAL, "expected http://");
+    expect_error(PARSE(&cfg, err, "--url", "127.0.0.1:80"), err, KP_EINVAL, "expected http[s]://");
     expect_error(PARSE(&cfg, err, "--url", "ftp://x/"), err, KP_EINVAL, "bad URL 'ftp://x/'");
-    expect_error(PARSE(&cfg, err, "--url", "https://x/"), err, KP_EINVAL, "https is not");
+    expect_error(PARSE(&cfg, err, "--url", "https://x/", "--cacert", "/nonexistent/ca.crt"), err,
+                 KP_ENOENT, "--cacert '/nonexistent/ca.crt': No such file");
     expect_error(PARSE(&cfg, err, "--url", "http://x:99999/"), err, KP_EINVAL, "port");
     expect_error(PARSE(&cfg, err, "--url", "http://:80/"), err, KP_EINVAL, "no host");
     expect_error(PARSE(&cfg, err, "--url", "http://x/", "--body", "/nonexistent/body.json"), err,
@@ -298,6 +299,13 @@ static void test_args_defaults(void **state)
     assert_string_equal(cfg.url.host, "::1");
     assert_string_equal(cfg.url.hostport, "[::1]:80");
     assert_string_equal(cfg.url.path, "/v1?x=1");
+    assert_false(cfg.url.tls);
+    kp_bench_config_free(&cfg);
+    /* https: port 443 unless given. */
+    assert_int_equal(PARSE(&cfg, err, "--url", "https://gw.example/v1/chat/completions"), KP_OK);
+    assert_true(cfg.url.tls);
+    assert_string_equal(cfg.url.hostport, "gw.example:443");
+    assert_string_equal(cfg.url.host, "gw.example");
     kp_bench_config_free(&cfg);
 }
 
