@@ -250,10 +250,13 @@ static void answer_session(struct kp_admin_req *r, int status, const char *cooki
 /* "Secure" when the browser reached us over TLS: a TLS-terminating proxy
  * says so in X-Forwarded-Proto. (The flag only narrows where the browser
  * sends the cookie, so trusting the header cannot weaken anything.) */
+/* Secure when the browser reached us over TLS: this listener's own, or a
+ * TLS-terminating proxy's that says so. */
 static const char *secure_attr(struct kp_admin_req *r)
 {
     const char *p = kp_http_request_header(r->req, "x-forwarded-proto");
-    return p != NULL && strcasecmp(p, "https") == 0 ? "; Secure" : "";
+    bool tls = kp_http_tls(r->ex) || (p != NULL && strcasecmp(p, "https") == 0);
+    return tls ? "; Secure" : "";
 }
 
 void kp_admin__session_start(struct kp_admin_req *r)

@@ -202,15 +202,18 @@ static void relay_answered(void *arg, const struct kp_call_result *r)
 static void probe_at(struct kp_canary *c, struct probe *p, const char *control)
 {
     char url[320], auth[160];
-    snprintf(url, sizeof(url), "http://%s/internal/v1/canary", control);
+    if (kp_node_peer_url(url, sizeof(url), control, "/internal/v1/canary") != KP_OK) {
+        probe_here(c, p); /* nothing left this node */
+        return;
+    }
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", kp_node_out_token(c->n));
     const char *hdrs[] = {auth, "Content-Type: application/json", NULL};
     json_t *body = json_pack("{s:s,s:I}", "key", p->key, "started_ms", (json_int_t)p->started_ms);
     size_t len = 0;
     char *text = body ? kp_json_dumps(body, &len) : NULL;
     json_decref(body);
-    int rc = text ? kp_call_start(c->n->rt->main_loop, "POST", url, hdrs, text, len,
-                                  RELAY_TIMEOUT_MS, relay_answered, p)
+    int rc = text ? kp_call_start_peer(c->n->rt->main_loop, "POST", url, hdrs, text, len,
+                                       RELAY_TIMEOUT_MS, relay_answered, p)
                   : KP_ENOMEM;
     kp_free(text);
     kp_secret_wipe(auth, sizeof(auth));
