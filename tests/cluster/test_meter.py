@@ -422,6 +422,11 @@ class ClusterTest(unittest.TestCase):
                 return False
             return all(read(x) == read(y) for x, y in zip(a, b))
 
+        # Both meters compact on their own: wait until each has compacted every
+        # event (equal files can be a moment both have reached, not the end).
+        wait_until(lambda: m.total_requests(node=m.n1) == len(ids) and
+                   m.total_requests(node=n2) == len(ids), timeout=60,
+                   what="both meters' rollups count every metered event")
         wait_until(same_rollups, timeout=60, what="identical rollup files on both meters")
         # n1's restart (meter: auto) rewrote its member record and kept it a meter.
         self.assertTrue(m.admin("GET", "/members/n1")["meter"])
