@@ -742,6 +742,8 @@ class Harness:
         os.makedirs(self.home)
         self.procs = []
         self._names = set()
+        self.networks = []  # faults.Network, closed after the processes stop
+        self.mounts = []  # faults.Tmpfs
         testcase.addCleanup(self._cleanup)
 
     # -- naming and files --
@@ -777,36 +779,52 @@ class Harness:
         env.update(extra or {})
         return env
 
+    def add_network(self, net):
+        self.networks.append(net)
+
+    def add_mount(self, mount):
+        self.mounts.append(mount)
+
     # -- processes --
 
-    def start_mock(self, extra_args=(), name="mock"):
+    def start_mock(self, extra_args=(), name="mock", host=None):
+        """Start keyplane-mock on port 0; with @host (a faults.Host) inside
+        that host's network namespace on its address."""
         name = self._unique(name)
-        argv = [bin_path("keyplane-mock"), "--listen", "127.0.0.1:0", *extra_args]
+        addr = host.ip if host else "127.0.0.1"
+        argv = [bin_path("keyplane-mock"), "--listen", addr + ":0", *extra_args]
+        if host:
+            argv = host.wrap(argv)
         mock = MockProc(self, name, argv, self.env())
         self.procs.append(mock)
         return mock.start()
 
     def start_node(self, name="n1", config=None, args=(), env=None, wait_ready=True,
-                   data_dir=None, wait_listen=True, tls_context=None):
+                   data_dir=None, wait_listen=True, tls_context=None, host=None):
         """Start keyplaned on port 0 for every listener. @config (dict or YAML
         text) is passed with --config. With wait_listen=False the call returns
         as soon as the process is spawned (for tests that expect it to fail).
         A dict @config with tls: gateway/control makes the node's URLs https,
-        called with @tls_context (an ssl.SSLContext)."""
+        called with @tls_context (an ssl.SSLContext). With @host (a
+        faults.Host) the node runs inside that host's network namespace and
+        listens on its address."""
         name = self._unique(name)
         data_dir = data_dir or self.path(name, "data")
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        addr = (host.ip if host else "127.0.0.1") + ":0"
         argv = [bin_path("keyplaned"), "--data-dir", data_dir,
-                "--gateway-listen", "127.0.0.1:0", "--control-listen", "127.0.0.1:0",
-                "--raft-listen", "127.0.0.1:0"]
+                "--gateway-listen", addr, "--control-listen", addr, "--raft-listen", addr]
         if config is not None:
             argv += ["--config", self.write_config(os.path.join(name, "keyplane.yaml"), config)]
         argv += list(args)
+        if host:
+            argv = host.wrap(argv)
         node_env = {"KEYPLANE_NODE_NAME": name.split(".")[0]}
         node_env.update(env or {})
         tls = config.get("tls", {}) if isinstance(config, dict) else {}
         node = NodeProc(self, name, argv, self.env(node_env), data_dir, tls_context=tls_context,
                         tls_gateway=bool(tls.get("gateway")), tls_control=bool(tls.get("control")))
+        node.host = host
         self.procs.append(node)
         return node.start(wait_listen=wait_listen, wait_ready=wait_ready)
 
@@ -837,6 +855,7 @@ class Harness:
         for p in reversed(self.procs):
             if not p.running():
                 continue
+            p.send_signal(signal.SIGCONT)  # one a test paused must see the SIGTERM
             try:
                 p.stop(signal.SIGTERM, timeout=30)
             except AssertionError:
@@ -874,7 +893,10 @@ class Harness:
             # outlives the test.
             for p in self.procs:
                 if p.running():
+                    p.send_signal(signal.SIGCONT)  # a paused process cannot die
                     p.kill()
+            for res in reversed(self.networks + self.mounts):
+                res.close()
             if os.environ.get("KEYPLANE_KEEP_TMP") == "1":
                 sys.stderr.write(f"\nkept {self.tmp}\n")
             else:
