@@ -24,13 +24,14 @@ import json
 import os
 import random
 import secrets
+import subprocess
 import threading
 import time
 import urllib.parse
 
 import faults
 import history
-from harness import Harness, http, wait_until
+from harness import Harness, assert_no_secrets, http, wait_until
 
 ADMIN = "/admin/v1"
 MODEL = "gpt-4o-mini"
@@ -214,6 +215,24 @@ class ReliabCluster:
                 return n
         return None
 
+    def view_index(self, node):
+        """The applied index of the registry view @node's routers use."""
+        status, _, raw = self.request(node, "GET", "/freezes", timeout=5)
+        return json.loads(raw)["applied_index"] if status == 200 else -1
+
+    def commit_index(self):
+        return self.cluster_state(self.wait_leader())["commit_index"]
+
+    def views_at(self, index, what, routers=None):
+        """{(node, what): monotonic time} when each router's view first held
+        @index (polled; the time is an upper bound of when it did)."""
+        out = {}
+        for n in routers or self.live():
+            wait_until(lambda n=n: self.view_index(n) >= index, timeout=60,
+                       what=f"{n.name}'s view at index {index}", interval=0.01)
+            out[(n.name, what)] = time.monotonic()
+        return out
+
     def node_id(self, name):
         st = self.cluster_state(self.wait_leader())
         return next(m["node_id"] for m in st["members"] if m.get("name") == name)
@@ -297,13 +316,14 @@ class ReliabCluster:
             # still commit.
             self.hist.info(op, status=status, code=code)
 
-    def caller(self, client, node_name="r1", max_tokens=None):
+    def caller(self, client, node_name="r1", max_tokens=None, token=None, stream_every=0):
         i = 0
         while not self.stop.is_set():
             rid = f"r-{client}-{i}"
             i += 1
             node = self.nodes[node_name]
-            op = self.call(node, rid, client=client, max_tokens=max_tokens)
+            op = self.call(node, rid, client=client, max_tokens=max_tokens, token=token,
+                           stream=bool(stream_every) and i % stream_every == 0)
             # A bounded rate (refusals are fast), so that histories stay a
             # size the checkers and the meter's search handle in seconds.
             self.stop.wait(self.call_pause)
@@ -311,16 +331,18 @@ class ReliabCluster:
                 wait_until(lambda: node.running() or self.stop.is_set(), timeout=120,
                            what=f"{node.name} back")
 
-    def call(self, node, rid, client=0, max_tokens=None, headers=None, stream=False):
-        body = {"model": MODEL, "messages": [{"role": "user", "content": f"call {rid}"}]}
+    def call(self, node, rid, client=0, max_tokens=None, headers=None, stream=False,
+             token=None, model=MODEL):
+        body = {"model": model, "messages": [{"role": "user", "content": f"call {rid}"}]}
         if max_tokens:
             body["max_tokens"] = max_tokens
         if stream:
             body["stream"] = True
-        hdrs = {"Authorization": "Bearer " + self.token, "Content-Type": "application/json",
+        token = token or self.token
+        hdrs = {"Authorization": "Bearer " + token, "Content-Type": "application/json",
                 "X-Request-Id": rid}
         hdrs.update(headers or {})
-        op = self.hist.invoke("call", client, rid=rid, node=node.name, token=self.token)
+        op = self.hist.invoke("call", client, rid=rid, node=node.name, token=token)
         try:
             status, rh, raw = http("POST", node.gateway_url + "/v1/chat/completions",
                                    body=body, headers=hdrs, timeout=30)
@@ -361,15 +383,14 @@ class ReliabCluster:
             after = items[-1]["id"]
 
     def meter_events(self, node_name="n1"):
-        """Every request id in the meter's raw events for tenant acme,
-        duplicates kept: the search answers at most 10,000 events, so a
+        """Every request id in the meter's raw events, duplicates kept: the search answers at most 10,000 events, so a
         window that is truncated is split in two (bounds in Unix ms)."""
         now = int(time.time() * 1000)
         windows = [(now - 3_600_000, now + 3_600_000)]
         out = []
         while windows:
             lo, hi = windows.pop()
-            q = urllib.parse.urlencode({"from": lo, "to": hi, "limit": 10000, "tenant": "acme"})
+            q = urllib.parse.urlencode({"from": lo, "to": hi, "limit": 10000})
             body = self.admin("GET", "/usage/events?" + q, node=self.nodes[node_name])
             if body.get("truncated"):
                 assert hi - lo > 1, f"over 10,000 events in one millisecond at {lo}"
@@ -402,14 +423,108 @@ class ReliabCluster:
         return self.admin("GET", "/usage?" + q, node=self.nodes[node_name])["totals"][
             "cost_nanousd"]
 
+    def collect_artifacts(self, calls=()):
+        """Write what the cluster shows to the outside into TMP/artifacts so
+        that the canary scan reads it too: every node's /metrics, the audit
+        log, the usage CSV export and raw events, each router's recent
+        events, a registry snapshot, and the body of every call answer."""
+        out = self.h.path("artifacts")
+        os.makedirs(out, exist_ok=True)
+
+        def save(name, data):
+            with open(os.path.join(out, name), "wb") as f:
+                f.write(data if isinstance(data, bytes) else data.encode())
+
+        for n in self.live():
+            save(f"{n.name}.metrics.txt", n.metrics())
+            status, _, raw = self.request(n, "GET", "/usage/recent?limit=10000")
+            save(f"{n.name}.recent.json", raw)
+            status, _, raw = self.request(n, "GET", "/status")
+            save(f"{n.name}.status.json", raw)
+        after, pages = 0, 0
+        while True:
+            body = self.admin("GET", f"/audit?limit=1000&after_seq={after}")
+            save(f"audit-{pages}.json", json.dumps(body))
+            pages += 1
+            if len(body["entries"]) < 1000:
+                break
+            after = body["entries"][-1]["seq"]
+        since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
+        status, _, raw = self.request(self.nodes["n1"], "GET",
+                                      f"/usage?format=csv&granularity=minute&from={since}"
+                                      f"&group_by=tenant,key,model")
+        save("usage.csv", raw)
+        status, _, raw = self.request(self.nodes["n1"], "GET",
+                                      f"/usage/events?from={since}&limit=10000")
+        save("events.json", raw)
+        status, _, raw = self.request(self.nodes["n1"], "GET", "/snapshot")
+        save("snapshot.bin", raw)
+        with open(os.path.join(out, "call-bodies.txt"), "wb") as f:
+            for o in self.hist.of("call", "ok"):
+                f.write(o.result.get("body") or b"")
+                f.write(b"\n")
+        return out
+
     def check_secrets(self):
         """Canary scan over every file the test left: logs, data dirs
-        (raft log, snapshots, spools, segments, rollups), CSV exports."""
-        from harness import assert_no_secrets
+        (raft log, snapshots, spools, segments, rollups), the artifacts,
+        and the zstd frames inside any of them decompressed (segments and
+        snapshots are compressed: a secret there would not show raw)."""
         # DATA_DIR/admin.token is where the bootstrap hands the admin token
         # to its operator: the one file meant to hold a secret.
         paths = []
         for root, _, files in os.walk(self.h.tmp):
             paths += [os.path.join(root, f) for f in files if f != "admin.token"]
-        assert_no_secrets(paths, self.canaries)
+        frames = bytearray()
+        for p in paths:
+            with open(p, "rb") as f:
+                frames += b"".join(zstd_frames(f.read()))
+        decoded = subprocess.run(["zstd", "-dc"], input=bytes(frames),
+                                 capture_output=True).stdout if frames else b""
+        out = self.h.path("artifacts", "zstd-decoded.bin")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "wb") as f:
+            f.write(decoded)
+        assert_no_secrets(paths + [out], self.canaries)
+        self.figures["secret_scan"] = {"files": len(paths), "decompressed_bytes": len(decoded)}
         return len(paths)
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def zstd_frames(data):
+    """Every whole zstd frame in @data (found by its magic, walked block by
+    block per RFC 8878 to its end), as byte strings."""
+    out = []
+    at = data.find(ZSTD_MAGIC)
+    while at >= 0:
+        end = _zstd_frame_end(data, at)
+        if end:
+            out.append(data[at:end])
+        at = data.find(ZSTD_MAGIC, end or at + 4)
+    return out
+
+
+def _zstd_frame_end(data, at):
+    pos = at + 4
+    if pos >= len(data):
+        return None
+    fhd = data[pos]
+    fcs_flag, single, checksum, did_flag = fhd >> 6, (fhd >> 5) & 1, (fhd >> 2) & 1, fhd & 3
+    if fhd & 0x08:  # reserved bit
+        return None
+    pos += 1 + (0 if single else 1) + (0, 1, 2, 4)[did_flag]
+    pos += (1 if single else 0, 2, 4, 8)[fcs_flag]
+    while True:
+        if pos + 3 > len(data):
+            return None
+        hdr = int.from_bytes(data[pos:pos + 3], "little")
+        last, btype, size = hdr & 1, (hdr >> 1) & 3, hdr >> 3
+        if btype == 3:
+            return None
+        pos += 3 + (1 if btype == 1 else size)
+        if last:
+            break
+    pos += 4 if checksum else 0
+    return pos if pos <= len(data) else None
