@@ -73,7 +73,7 @@ class ReliabCluster:
     """Build with ReliabCluster(test, seed).start(); see the module comment."""
 
     def __init__(self, test, seed, netns=True, hosts=("n1", "n2", "n3", "r1", "up"),
-                 config=None, budget_nanousd=3_000_000):
+                 config=None, budget_nanousd=3_000_000, tmpfs=None):
         self.test = test
         self.seed = seed
         self.rng = random.Random(seed)
@@ -92,6 +92,9 @@ class ReliabCluster:
         self.token = None
         self.figures = {}
         self.call_pause = 0.02
+        # name -> size: that node's data directory is a small tmpfs
+        self.tmpfs_sizes = dict(tmpfs or {})
+        self.disks = {}
         self.write_pause = 0.01
 
     def host(self, name):
@@ -118,9 +121,13 @@ class ReliabCluster:
     def join(self, name, meter=False, role="voter"):
         cfg = dict(self.cfg, meter="yes" if meter else "no", raft_role=role)
         joins = ",".join(n.listen["control"] for n in self.nodes.values() if n.running())
+        data_dir = None
+        if name in self.tmpfs_sizes:
+            data_dir = self.h.path(name, "data")
+            self.disks[name] = faults.Tmpfs(self.h, data_dir, self.tmpfs_sizes[name])
         node = self.h.start_node(name, config=cfg, args=["--join", joins],
                                  env={"KEYPLANE_MASTER_KEY": self.master},
-                                 host=self.host(name))
+                                 host=self.host(name), data_dir=data_dir)
         self.nodes[name] = node
         return node
 

@@ -12,6 +12,7 @@ for docs/reliability.md.
 import json
 import os
 import signal
+import threading
 import time
 import unittest
 
@@ -146,6 +147,164 @@ class PartitionTest(Checks, unittest.TestCase):
         c.run_for(1)
         self.final_checks(c)
         figures(self, "calls_while_partitioned", n=during)
+
+
+class DiskFullTest(Checks, unittest.TestCase):
+    def workload(self, c):
+        for i in range(2):
+            c.spawn(c.writer, i)
+        for i in range(2):
+            c.spawn(c.register, 10 + i)
+        c.spawn(c.caller, 20, "r1")
+        c.spawn(c.caller, 21, "n3")
+
+    def test_disk_full_on_the_leader(self):
+        # The leader's data directory fills up. Writes may fail or stall
+        # while it leads, but none is acknowledged without being durable on
+        # a majority; once room is back the node serves again without a
+        # file deleted by hand, and holds every acknowledged write.
+        c = ReliabCluster(self, seed=51, tmpfs={"n3": "48m"}).start()
+        c.make_leader("n3")
+        self.workload(c)
+        c.run_for(1)
+        disk = c.disks["n3"]
+        disk.fill()
+        c.run_for(duration(5, 60))
+        n3 = c.nodes["n3"]
+        state = "running" if n3.running() else n3.describe_exit().split(";")[0]
+        disk.drain()
+        if not n3.running():
+            n3.restart(keep_ports=True)
+        c.run_for(2)
+        self.final_checks(c)
+        acked = {o.key for o in c.hist.of("create", "ok")}
+        wait_until(lambda: acked <= set(c.final_tenants()), what="every write")
+        figures(self, "disk_full_leader", node_during_fault=state.replace(" ", "_"))
+
+    def test_disk_full_on_a_router_spool(self):
+        # r1's spool has no room: calls are still answered, their events
+        # wait in memory and reach the meters once there is room again.
+        c = ReliabCluster(self, seed=52, tmpfs={"r1": "48m"}).start()
+        self.workload(c)
+        c.run_for(1)
+        disk = c.disks["r1"]
+        disk.fill()
+        before = len(c.hist.of("call", "ok"))
+        c.run_for(duration(4, 60))
+        during = len(c.hist.of("call", "ok")) - before
+        self.assertTrue(c.nodes["r1"].running(), c.nodes["r1"].describe_exit())
+        disk.drain()
+        c.run_for(1)
+        self.final_checks(c)
+        dropped = faults_metric(c.nodes["r1"], "keyplane_usage_events_dropped_total")
+        self.assertEqual(dropped, 0)
+        figures(self, "disk_full_spool", calls_while_full=during, events_dropped=dropped)
+
+
+class UpstreamFaultTest(Checks, unittest.TestCase):
+    def test_slow_and_resetting_upstreams(self):
+        # Two keys whose upstream turns slow (first byte, whole answer),
+        # resets mid-stream, sends broken JSON and 500s, phase by phase,
+        # under plain and streamed calls on two routers. Every call gets an
+        # answer that is a 200 or a documented error, is metered once, and
+        # what it cost is settled against the hard budget (a stream cut
+        # mid-way included).
+        c = ReliabCluster(self, seed=61, budget_nanousd=20_000_000).start()
+        key_b = canary("openai")
+        c.canaries.append(key_b)
+        c.admin("PUT", "/keys/key-b", {"provider": "mock", "secret": key_b})
+        c.admin("PUT", "/pools/default", {"members": [{"key": "key-a"}, {"key": "key-b"}]})
+        for name in ("r1", "n3"):
+            wait_until(lambda n=c.nodes[name]: c.view_index(n) >= c.commit_index(),
+                       what=f"{name} has key-b")
+        for i, name in enumerate(("r1", "r1", "n3")):
+            c.spawn(c.caller, 20 + i, name, None, None, 2)
+        a, b = c.upstream_secret, key_b
+        phases = [{a: "slow_first_byte=700"}, {a: "reset_mid_stream=1"},
+                  {a: "latency=400", b: "reset_mid_stream"}, {b: "malformed_json"},
+                  {a: "500", b: "slow_first_byte=300"}, {a: "reset_mid_stream", b: "500"}]
+        for phase in phases * duration(1, 8):
+            http("DELETE", c.mock.url + "/mock/faults")
+            for secret, spec in phase.items():
+                status, _, raw = http("POST", c.mock.url + "/mock/faults",
+                                      body={"key": secret, "faults": spec})
+                self.assertEqual(status, 200, raw)
+            c.run_for(duration(1.5, 10))
+        http("DELETE", c.mock.url + "/mock/faults")
+        c.halt()
+        documented = {200, 429, 502, 503, 504}
+        odd = [o for o in c.hist.of("call") if o.type != "ok"
+               or o.result["status"] not in documented]
+        self.assertEqual(odd, [], "every call answered, with a documented status")
+        self.final_checks(c)
+        statuses = {}
+        for o in c.hist.of("call", "ok"):
+            k = f"{o.result['status']}/{o.result.get('error') or '-'}"
+            statuses[k] = statuses.get(k, 0) + 1
+        figures(self, "answers", **statuses)
+
+
+class OverloadTest(Checks, unittest.TestCase):
+    @unittest.expectedFailure  # keyplane has no load shedding yet: see below
+    def test_overload_at_twice_capacity_sheds(self):
+        # The router's capacity is measured closed-loop, then an open-loop load at twice that rate is offered.
+        # What a gateway should do: shed what it cannot serve at once
+        # (429/503 with Retry-After) and keep its memory bounded, so that
+        # every request gets an answer within the client's timeout.
+        #
+        # BUG (missing feature): keyplaned has no admission control on the
+        # gateway (no in-flight cap, no queue bound): excess requests wait
+        # for the upstream, latency grows without bound and clients time
+        # out; nothing is shed with Retry-After. The test will pass once a
+        # bound on in-flight calls answers 503 + Retry-After beyond it.
+        c = ReliabCluster(self, seed=71, netns=False, hosts=(),
+                          budget_nanousd=10_000_000_000).start(voters=1, router=False)
+        n1 = c.nodes["n1"]
+        url = n1.gateway_url + "/v1/chat/completions"
+        measure = c.h.run(["keyplane-bench", "--url", url, "--connections", "32",
+                           "--duration", "3s", "--token", c.token, "--json", "--quiet"],
+                          timeout=60)
+        self.assertEqual(measure.returncode, 0, measure.stderr)
+        capacity = json.loads(measure.stdout)
+        rate = max(10, int(2 * capacity["throughput_rps"]))
+        rss = []
+        done = threading.Event()
+
+        def watch():  # samples the router's memory while the load runs
+            while not done.wait(0.1):
+                rss.append(_rss_kib(n1.pid))
+        t = threading.Thread(target=watch, daemon=True)
+        t.start()
+        load = c.h.run(["keyplane-bench", "--url", url, "--rate", str(rate),
+                        "--duration", duration("5s", "60s"), "--timeout", "5s",
+                        "--token", c.token, "--json", "--quiet"], timeout=300)
+        done.set()
+        t.join()
+        result = json.loads(load.stdout)
+        figures(self, "overload", capacity_rps=capacity["throughput_rps"], offered_rps=rate,
+                statuses=json.dumps(result["status"]), errors=json.dumps(result["errors"]),
+                max_rss_mib=max(rss) // 1024)
+        self.assertLess(max(rss), 1024 * 1024, "RSS under 1 GiB")
+        self.assertEqual(result["errors"]["timeout"], 0,
+                         f"requests timed out instead of being shed: {result['errors']}")
+        shed = sum(n for s, n in result["status"].items() if s in ("429", "503"))
+        self.assertGreater(shed, 0, "requests shed with 429/503")
+
+
+def _rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def faults_metric(node, name):
+    from harness import metric_value
+    return metric_value(node.metrics(), name) or 0
 
 
 class CanaryTest(Checks, unittest.TestCase):
