@@ -56,8 +56,9 @@ struct kp_spool {
     bool have_open;
     int fd;
     uint64_t seq, next_seq;
-    int64_t open_deadline_ms; /* seal by age at this wall time */
-    uint64_t last_commit_us;  /* monotonic */
+    uint64_t open_deadline_us; /* seal by age at this monotonic time (a wall
+                                  clock stepped back must not hold it) */
+    uint64_t last_commit_us;   /* monotonic */
 };
 
 static void seg_name(char *out, size_t len, const char *dir, uint64_t seq, const char *ext)
@@ -370,7 +371,7 @@ static int open_segment(struct kp_spool *s, int64_t now_ms)
     s->seq = seq;
     s->next_seq = seq + 1;
     s->have_open = true;
-    s->open_deadline_ms = now_ms + s->opt.seal_age_ms;
+    s->open_deadline_us = kp_now_mono_us() + (uint64_t)s->opt.seal_age_ms * 1000;
     return KP_OK;
 }
 
@@ -448,9 +449,11 @@ static int commit(struct kp_spool *s, const struct kp_buf *batch, uint64_t event
     return rc;
 }
 
-static void wait_until_ms(struct kp_spool *s, int64_t deadline_ms)
+/* @wake runs on CLOCK_MONOTONIC (kp_spool_open), as do the deadlines. */
+static void wait_until_us(struct kp_spool *s, uint64_t deadline_us)
 {
-    struct timespec ts = {.tv_sec = deadline_ms / 1000, .tv_nsec = (deadline_ms % 1000) * 1000000};
+    struct timespec ts = {.tv_sec = (time_t)(deadline_us / 1000000),
+                          .tv_nsec = (long)(deadline_us % 1000000) * 1000};
     pthread_cond_timedwait(&s->wake, &s->mu, &ts);
 }
 
@@ -462,12 +465,11 @@ static void *spool_thread(void *arg)
     bool failing = false;
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        int64_t now = kp_now_unix_ms();
+        uint64_t mono = kp_now_mono_us();
         bool sync_wanted = s->want_gen != s->done_gen;
-        bool age_due = s->have_open && now >= s->open_deadline_ms;
+        bool age_due = s->have_open && mono >= s->open_deadline_us;
         if (s->queue_events == 0 && !sync_wanted && !age_due && !s->stop && !failing) {
-            int64_t until = s->have_open ? s->open_deadline_ms : now + 1000;
-            wait_until_ms(s, until);
+            wait_until_us(s, s->have_open ? s->open_deadline_us : mono + 1000000);
             continue;
         }
         /* Group commit: one frame and one fdatasync per interval at most
@@ -475,9 +477,8 @@ static void *spool_thread(void *arg)
          * retry once a second. */
         int64_t gap_ms = failing ? 1000 : s->opt.commit_interval_ms;
         uint64_t next_us = s->last_commit_us + (uint64_t)gap_ms * 1000;
-        uint64_t mono = kp_now_mono_us();
         if (!sync_wanted && !s->stop && !age_due && mono < next_us) {
-            wait_until_ms(s, now + (int64_t)((next_us - mono + 999) / 1000));
+            wait_until_us(s, next_us);
             continue;
         }
         struct kp_buf tmp = s->queue;
@@ -493,7 +494,7 @@ static void *spool_thread(void *arg)
         int rc = commit(s, &batch, events);
         if (rc == KP_OK && s->have_open &&
             (seal || s->w.out_offset >= s->opt.seal_bytes ||
-             kp_now_unix_ms() >= s->open_deadline_ms))
+             kp_now_mono_us() >= s->open_deadline_us))
             rc = seal_segment(s);
 
         pthread_mutex_lock(&s->mu);
@@ -571,7 +572,11 @@ int kp_spool_open(const struct kp_spool_options *opt, struct kp_spool **out, cha
     s->fd = -1;
     kp_buf_init(&s->queue);
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->wake, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->wake, &attr);
+    pthread_condattr_destroy(&attr);
     pthread_cond_init(&s->done, NULL);
     int rc = kp_mkdir_p(s->dir, 0700, errmsg, errlen);
     if (rc == KP_OK)
