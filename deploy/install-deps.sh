@@ -14,6 +14,8 @@ packages=(
   libcmocka-dev python3 curl ca-certificates procps iproute2
   # certificates for TLS (deploy/make-certs.sh, its tests)
   openssl
+  # reliability scenarios: clock jumps (libfaketime), zstd frames in the secret scan
+  faketime zstd
   # benchmarks: the side-by-side references
   nginx-light wrk
   # the local three-node cluster behind a load balancer (deploy/local-cluster.sh)

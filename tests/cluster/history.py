@@ -53,8 +53,10 @@ class Op:
             raise AttributeError(name) from None
 
     def __repr__(self):
-        return (f"Op#{self.id}({self.f} {self.type} client={self.client} {self.args} "
-                f"-> {self.result} t={self.invoked:.3f}..{self.completed or 0:.3f})")
+        args = {k: v for k, v in self.args.items() if k != "token"}
+        result = {k: (v[:120] if isinstance(v, bytes) else v) for k, v in self.result.items()}
+        return (f"Op#{self.id}({self.f} {self.type} client={self.client} {args} "
+                f"-> {result} t={self.invoked:.3f}..{self.completed or 0:.3f})")
 
 
 class History:

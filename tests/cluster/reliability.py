@@ -27,6 +27,7 @@ import secrets
 import subprocess
 import threading
 import time
+import unittest
 import urllib.parse
 
 import faults
@@ -59,6 +60,15 @@ def _error_code(raw):
         return None
 
 
+def faketime_lib():
+    for path in ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+                 "/usr/lib/faketime/libfaketimeMT.so.1"):
+        if os.path.exists(path):
+            return path
+    return None
+
+
 def long_mode():
     return os.environ.get("KEYPLANE_RELIABILITY_LONG") == "1"
 
@@ -73,7 +83,8 @@ class ReliabCluster:
     """Build with ReliabCluster(test, seed).start(); see the module comment."""
 
     def __init__(self, test, seed, netns=True, hosts=("n1", "n2", "n3", "r1", "up"),
-                 config=None, budget_nanousd=3_000_000, tmpfs=None):
+                 config=None, budget_nanousd=3_000_000, tmpfs=None, faketime=False,
+                 window=None):
         self.test = test
         self.seed = seed
         self.rng = random.Random(seed)
@@ -93,6 +104,13 @@ class ReliabCluster:
         self.figures = {}
         self.call_pause = 0.02
         # name -> size: that node's data directory is a small tmpfs
+        self.window = window or {"window": "daily"}
+        # Voters run under libfaketime (wall clock only) when @faketime:
+        # set_clock() moves one node's CLOCK_REALTIME.
+        self.faketime = faketime and faketime_lib()
+        if faketime and not self.faketime:
+            raise unittest.SkipTest("libfaketime not installed (Debian package faketime): "
+                                    "clock jumps not tested")
         self.tmpfs_sizes = dict(tmpfs or {})
         self.disks = {}
         self.write_pause = 0.01
@@ -104,7 +122,7 @@ class ReliabCluster:
 
     def start(self, voters=3, router=True):
         self.mock = self.h.start_mock(host=self.host("up"))
-        env = {"KEYPLANE_MASTER_KEY": self.master}
+        env = dict(self.node_env("n1"), KEYPLANE_MASTER_KEY=self.master)
         cfg = dict(self.cfg, meter="yes")
         n1 = self.h.start_node("n1", config=cfg, env=env, host=self.host("n1"))
         wait_until(lambda: n1.admin_token, what="admin.token", alive=n1)
@@ -126,10 +144,23 @@ class ReliabCluster:
             data_dir = self.h.path(name, "data")
             self.disks[name] = faults.Tmpfs(self.h, data_dir, self.tmpfs_sizes[name])
         node = self.h.start_node(name, config=cfg, args=["--join", joins],
-                                 env={"KEYPLANE_MASTER_KEY": self.master},
+                                 env=dict(self.node_env(name), KEYPLANE_MASTER_KEY=self.master),
                                  host=self.host(name), data_dir=data_dir)
         self.nodes[name] = node
         return node
+
+    def node_env(self, name):
+        if not self.faketime or not name.startswith("n"):
+            return {}
+        clock = self.h.write_file(f"{name}/faketime", "+0\n", mode=0o644)
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        return {"LD_PRELOAD": self.faketime, "FAKETIME_TIMESTAMP_FILE": clock,
+                "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_CACHE_DURATION": "1",
+                "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+
+    def set_clock(self, name, offset_s):
+        """Step @name's wall clock to real time + @offset_s (seen within 1 s)."""
+        self.h.write_file(f"{name}/faketime", f"{offset_s:+d}\n", mode=0o644)
 
     def voters(self):
         return [n for name, n in sorted(self.nodes.items()) if name.startswith("n")]
@@ -155,8 +186,8 @@ class ReliabCluster:
         self.admin("PUT", "/prices/" + MODEL, PRICE)
         self.admin("PUT", "/policies/acme-spend", {
             "scope_kind": "tenant", "scope_target": "acme",
-            "budgets": [{"name": "daily", "window": "daily",
-                         "limit_nanousd": self.budget_nanousd, "kind": "hard"}]})
+            "budgets": [dict(self.window, name="daily", limit_nanousd=self.budget_nanousd,
+                             kind="hard")]})
         self.token = self.admin("POST", "/tokens", {"role": "app", "tenant": "acme",
                                                      "name": "app"})["token"]
         self.canaries.append(self.token)
@@ -247,6 +278,8 @@ class ReliabCluster:
     def make_leader(self, name):
         """Move leadership to @name (a voter) and wait until it leads."""
         want = self.nodes[name]
+        if self.wait_leader() is want:
+            return want
         self.admin("POST", "/cluster/transfer", {"node_id": self.node_id(name)})
         wait_until(lambda: self.leader() is want, timeout=60, what=f"{name} leads")
         return want
@@ -393,7 +426,9 @@ class ReliabCluster:
         """Every request id in the meter's raw events, duplicates kept: the search answers at most 10,000 events, so a
         window that is truncated is split in two (bounds in Unix ms)."""
         now = int(time.time() * 1000)
-        windows = [(now - 3_600_000, now + 3_600_000)]
+        # A day either way: nodes under a clock jump stamp their events
+        # with their own clock.
+        windows = [(now - 86_400_000, now + 86_400_000)]
         out = []
         while windows:
             lo, hi = windows.pop()

@@ -307,6 +307,68 @@ def faults_metric(node, name):
     return metric_value(node.metrics(), name) or 0
 
 
+class ClockJumpTest(Checks, unittest.TestCase):
+    def test_leader_clock_jumps_across_a_window_rollover(self):
+        # A fixed one-hour budget window. The leader's wall clock steps an
+        # hour ahead (into the next window) while calls run on it and on
+        # r1 and n2, whose clocks are right; then steps back. The
+        # proposer's clock may open the next window early (docs/budgets.md:
+        # windows follow the commands' ts), but windows only move forward:
+        # the hour the clock came back to is never reopened, so the meter's
+        # total is at most one limit for each of the two windows, and the
+        # state machine's spend never passes the limit in either.
+        c = ReliabCluster(self, seed=81, faketime=True, budget_nanousd=5_000_000,
+                          window={"window": "fixed", "period_ms": 3_600_000,
+                                  "period_start_ms": 0}).start()
+        leader = c.make_leader("n1")
+        seen = []  # (node, window_start, spent_nanousd) as shown at each node's clock
+        done = threading.Event()
+
+        def watch():
+            while not done.wait(0.05):
+                for n in (leader, c.nodes["n2"]):
+                    try:
+                        status, _, raw = c.request(n, "GET", "/budgets/acme-spend/daily")
+                    except OSError:
+                        continue
+                    if status == 200:
+                        b = json.loads(raw)
+                        seen.append((n.name, b["window_start"], b["spent_nanousd"]))
+        c.spawn(watch)
+        c.spawn(c.caller, 20, "r1")
+        c.spawn(c.caller, 21, "n1")
+        c.spawn(c.caller, 22, "n2")
+        wait_until(lambda: any(o.result.get("error") == "budget_exceeded"
+                               for o in c.hist.of("call", "ok")),
+                   timeout=60, what="the first window's budget spent")
+        wait_until(lambda: any(n == "n1" for n, _, _ in seen), what="the leader's budget read")
+        first = [w for n, w, _ in seen if n == "n1"][-1]
+        c.set_clock("n1", 3600)
+        wait_until(lambda: [w for n, w, _ in seen if n == "n1"][-1] != first, timeout=60,
+                   what="the leader's clock in the next window")
+        c.run_for(duration(3, 30))
+        c.set_clock("n1", 0)
+        c.run_for(duration(3, 30))
+        done.set()
+        c.halt()
+        for node, start, spent in seen:
+            self.assertLessEqual(spent, c.budget_nanousd, f"{node}: spent in window {start}")
+        c.wait_metered("n1", timeout=60)
+        report = history.budget_held(2 * c.budget_nanousd, {"meter": c.meter_cost()})
+        print("\n" + str(report))
+        self.assertTrue(report.ok, str(report))
+        metered = history.metered_once(c.hist, c.meter_events("n1"))
+        print(str(metered))
+        self.assertTrue(metered.ok, str(metered))
+        c.check_secrets()
+        shown = []
+        for node, start, _ in seen:
+            if node == "n1" and (not shown or shown[-1] != start):
+                shown.append(start)
+        figures(self, "clock_jump", cost=c.meter_cost(), limit_per_window=c.budget_nanousd,
+                windows_shown_by_leader="|".join(shown))
+
+
 class CanaryTest(Checks, unittest.TestCase):
     def test_secrets_never_leave_and_revocations_hold(self):
         # Every secret the cluster is given is a unique canary. Keys are
