@@ -1358,6 +1358,14 @@ static int load_yaml(struct kp_config *cfg, const char *path, const char *text, 
 
     if (fyp == NULL)
         return oom(errmsg, errlen);
+    /* YAML is Unicode text; libfyaml 0.7 loops forever on some bytes that
+     * are not UTF-8 (a directive "%\xff"), so they never reach it. */
+    size_t bad = kp_utf8_invalid_at(text, len);
+    if (bad < len) {
+        rv = errf(errmsg, errlen, KP_ECONFIG, "%s: byte %zu: not UTF-8 (YAML is UTF-8 text)", path,
+                  bad + 1);
+        goto err_after_parser;
+    }
     if (fy_parser_set_string(fyp, text, len) != 0) {
         rv = oom(errmsg, errlen);
         goto err_after_parser;

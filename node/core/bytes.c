@@ -69,3 +69,16 @@ size_t kp_utf8_len(const void *s, size_t n)
     }
     return len;
 }
+
+size_t kp_utf8_invalid_at(const void *s, size_t n)
+{
+    const uint8_t *p = s;
+    size_t at = 0;
+    while (at < n) {
+        size_t k = kp_utf8_len(p + at, n - at);
+        if (k == 0)
+            return at;
+        at += k;
+    }
+    return n;
+}

@@ -19,5 +19,8 @@ int kp_hex_value(char c);
  * there is none (n == 0, a byte that cannot lead, a missing continuation
  * byte, an overlong form, a surrogate, or beyond U+10FFFF). */
 size_t kp_utf8_len(const void *p, size_t n);
+/* The offset of the first byte of the @n bytes at @p that does not start a
+ * well-formed UTF-8 sequence (kp_utf8_len), or @n when they all do. */
+size_t kp_utf8_invalid_at(const void *p, size_t n);
 
 #endif

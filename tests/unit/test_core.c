@@ -2517,6 +2517,11 @@ static void test_bytes_utf8_len(void **state)
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
         assert_int_equal(kp_utf8_len(cases[c].s, cases[c].n), cases[c].want);
     assert_int_equal(kp_utf8_len("\xc3\xa9tait", 6), 2); /* only the first sequence */
+    /* The first offending byte of a whole text (libfyaml hangs on some). */
+    assert_int_equal(kp_utf8_invalid_at("a: \xc3\xa9\n", 6), 6);
+    assert_int_equal(kp_utf8_invalid_at("%\xff\n", 3), 1);
+    assert_int_equal(kp_utf8_invalid_at("ok \xe2\x82", 5), 3);
+    assert_int_equal(kp_utf8_invalid_at("", 0), 0);
 }
 
 /* --- zstd (zstd_frame.c) ---------------------------------------------------- */

@@ -105,32 +105,76 @@ static struct fy_document *load_stream(struct fy_parser *parser, const char *pat
     return doc;
 }
 
+/* All of @fp in a buffer (kp_free() it) and its length; NULL on a read error
+ * or out of memory, with errno set. */
+static char *read_all(FILE *fp, size_t *len)
+{
+    size_t cap = 8192, n = 0;
+    char *buf = kp_malloc(cap);
+    while (buf != NULL) {
+        n += fread(buf + n, 1, cap - n, fp);
+        if (ferror(fp)) {
+            kp_free(buf);
+            return NULL;
+        }
+        if (n < cap) {
+            *len = n;
+            return buf;
+        }
+        char *bigger = kp_realloc(buf, cap * 2);
+        if (bigger == NULL)
+            kp_free(buf);
+        buf = bigger;
+        cap *= 2;
+    }
+    errno = ENOMEM;
+    return NULL;
+}
+
 struct fy_document *kp_ctl__yaml_parse_file(const char *path, char *errmsg, size_t errlen)
 {
     struct fy_parse_cfg pcfg;
     struct fy_parser *parser = NULL;
     struct fy_document *doc = NULL;
-    struct fy_diag *diag = diag_new();
+    struct fy_diag *diag = NULL;
     bool from_stdin = strcmp(path, "-") == 0;
+    const char *name = from_stdin ? "stdin" : path;
     FILE *fp = from_stdin ? stdin : fopen(path, "re");
+    FILE *mem = NULL;
+    char *text = NULL;
+    size_t len = 0, bad;
 
-    if (fp == NULL) {
+    if (fp == NULL || (text = read_all(fp, &len)) == NULL) {
         errf(errmsg, errlen, "cannot read %s: %s", path, strerror(errno));
+        goto out;
+    }
+    /* YAML is Unicode text; libfyaml 0.7 loops forever on some bytes that
+     * are not UTF-8 (a directive "%\xff"), so they never reach it. */
+    if ((bad = kp_utf8_invalid_at(text, len)) < len) {
+        errf(errmsg, errlen, "%s: byte %zu: not UTF-8 (YAML is UTF-8 text)", name, bad + 1);
         goto out;
     }
     memset(&pcfg, 0, sizeof(pcfg));
     pcfg.flags = FYPCF_QUIET | FYPCF_RESOLVE_DOCUMENT;
-    pcfg.diag = diag;
-    if (diag == NULL || (parser = fy_parser_create(&pcfg)) == NULL ||
-        fy_parser_set_input_fp(parser, from_stdin ? "stdin" : path, fp) != 0) {
+    if ((diag = diag_new()) == NULL ||
+        (mem = len > 0 ? fmemopen(text, len, "r") : fopen("/dev/null", "re")) == NULL) {
         errf(errmsg, errlen, "out of memory");
         goto out;
     }
-    doc = load_stream(parser, from_stdin ? "stdin" : path, diag, errmsg, errlen);
+    pcfg.diag = diag;
+    if ((parser = fy_parser_create(&pcfg)) == NULL ||
+        fy_parser_set_input_fp(parser, name, mem) != 0) {
+        errf(errmsg, errlen, "out of memory");
+        goto out;
+    }
+    doc = load_stream(parser, name, diag, errmsg, errlen);
 out:
     /* The document keeps what it needs of the input after this. */
     if (parser != NULL)
         fy_parser_destroy(parser);
+    if (mem != NULL)
+        fclose(mem);
+    kp_free(text);
     if (fp != NULL && !from_stdin)
         fclose(fp);
     if (diag != NULL)
