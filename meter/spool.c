@@ -345,16 +345,44 @@ static void fatal_io(struct kp_spool *s, const char *what)
     _exit(70);
 }
 
-static int open_segment(struct kp_spool *s, int64_t now_ms)
+/* DATA_DIR/spool/last_seq = @seq, replaced atomically. A write that fails
+ * (disk full) is an error the spool retries; a failed fsync is fatal, as
+ * for a segment: the node must not go on answering calls whose events it
+ * cannot make durable. */
+static int write_last_seq(struct kp_spool *s, uint64_t seq)
 {
-    char path[4096], errmsg[512], text[32];
-    uint64_t seq = s->next_seq;
+    char path[4096], tmp[4200], errmsg[512], text[32];
     int n = snprintf(text, sizeof(text), "%" PRIu64 "\n", seq);
     snprintf(path, sizeof(path), "%s/last_seq", s->dir);
-    if (kp_file_replace(path, text, (size_t)n, 0644, errmsg, sizeof(errmsg)) != KP_OK) {
-        kp_error("spool", "%s", errmsg);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || kp_write_all(fd, text, (size_t)n) != KP_OK) {
+        kp_error("spool", "%s: %s", tmp, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(tmp);
+        }
         return KP_EIO;
     }
+    if (fsync(fd) != 0)
+        fatal_io(s, "fsync of last_seq");
+    close(fd);
+    if (rename(tmp, path) != 0) {
+        kp_error("spool", "%s: rename: %s", path, strerror(errno));
+        unlink(tmp);
+        return KP_EIO;
+    }
+    if (kp_fsync_dir(s->dir, 1, errmsg, sizeof(errmsg)) != KP_OK)
+        fatal_io(s, "fsync of the directory");
+    return KP_OK;
+}
+
+static int open_segment(struct kp_spool *s, int64_t now_ms)
+{
+    char path[4096], errmsg[512];
+    uint64_t seq = s->next_seq;
+    if (write_last_seq(s, seq) != KP_OK)
+        return KP_EIO;
     struct kp_segment_writer_options wo = {.node = s->node, .seq = seq, .created_ms = now_ms};
     int rc = kp_segment_writer_init(&s->w, &wo);
     if (rc != KP_OK)
