@@ -299,11 +299,14 @@ def metered_once(history, event_ids, f="call", may_lose=()):
     problems = []
     lost = dup = 0
     allowed_loss = 0
+    allowed_by_status = {}
     for o in calls:
         n = counts.get(o.args["rid"], 0)
         if o.type == "ok" and n == 0:
             if o.args["rid"] in may_lose:
                 allowed_loss += 1
+                k = f"{o.result.get('status')}/{o.result.get('error') or '-'}"
+                allowed_by_status[k] = allowed_by_status.get(k, 0) + 1
                 continue
             lost += 1
             problems.append(f"not metered: {o!r}")
@@ -316,7 +319,8 @@ def metered_once(history, event_ids, f="call", may_lose=()):
     answered = sum(1 for o in calls if o.type == "ok")
     return Report("every answered call metered exactly once", not problems,
                   {"answered": answered, "events": len(event_ids), "lost": lost,
-                   "duplicated": dup, "stray": len(stray), "lost_allowed": allowed_loss},
+                   "duplicated": dup, "stray": len(stray), "lost_allowed": allowed_loss,
+                   **({"lost_allowed_by_status": allowed_by_status} if allowed_by_status else {})},
                   problems)
 
 

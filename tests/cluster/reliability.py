@@ -32,7 +32,7 @@ import urllib.parse
 
 import faults
 import history
-from harness import Harness, assert_no_secrets, http, wait_until
+from harness import Harness, assert_no_secrets, bin_dir, http, wait_until
 
 ADMIN = "/admin/v1"
 MODEL = "gpt-4o-mini"
@@ -84,7 +84,7 @@ class ReliabCluster:
 
     def __init__(self, test, seed, netns=True, hosts=("n1", "n2", "n3", "r1", "up"),
                  config=None, budget_nanousd=3_000_000, tmpfs=None, faketime=False,
-                 window=None):
+                 window=None, fsync_fault=None):
         self.test = test
         self.seed = seed
         self.rng = random.Random(seed)
@@ -112,6 +112,9 @@ class ReliabCluster:
             raise unittest.SkipTest("libfaketime not installed (Debian package faketime): "
                                     "clock jumps not tested")
         self.tmpfs_sizes = dict(tmpfs or {})
+        # name -> path substring: fsync/fdatasync of matching files fail
+        # with EIO on that node once fsync_fault(name, True) (fault_fsync.c)
+        self.fsync_faults = dict(fsync_fault or {})
         self.disks = {}
         self.write_pause = 0.01
 
@@ -150,13 +153,31 @@ class ReliabCluster:
         return node
 
     def node_env(self, name):
-        if not self.faketime or not name.startswith("n"):
-            return {}
-        clock = self.h.write_file(f"{name}/faketime", "+0\n", mode=0o644)
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        return {"LD_PRELOAD": self.faketime, "FAKETIME_TIMESTAMP_FILE": clock,
-                "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_CACHE_DURATION": "1",
-                "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
+        preload, env = [], {}
+        if self.faketime and name.startswith("n"):
+            clock = self.h.write_file(f"{name}/faketime", "+0\n", mode=0o644)
+            preload.append(self.faketime)
+            env.update({"FAKETIME_TIMESTAMP_FILE": clock, "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+                        "FAKETIME_CACHE_DURATION": "1"})
+        if name in self.fsync_faults:
+            lib = os.path.join(bin_dir(), "kpfault_fsync.so")
+            if not os.path.exists(lib):
+                raise unittest.SkipTest(f"{lib} not built: fsync faults not tested")
+            preload.append(lib)
+            env.update({"KP_FAULT_FSYNC_MATCH": self.fsync_faults[name],
+                        "KP_FAULT_FSYNC_TRIGGER": self.h.path(name, "fsync-fault")})
+        if preload:
+            asan = os.environ.get("ASAN_OPTIONS", "")
+            env["LD_PRELOAD"] = ":".join(preload)
+            env["ASAN_OPTIONS"] = (asan + ":" if asan else "") + "verify_asan_link_order=0"
+        return env
+
+    def fsync_fault(self, name, on):
+        trigger = self.h.path(name, "fsync-fault")
+        if on:
+            self.h.write_file(f"{name}/fsync-fault", "")
+        elif os.path.exists(trigger):
+            os.unlink(trigger)
 
     def set_clock(self, name, offset_s):
         """Step @name's wall clock to real time + @offset_s (seen within 1 s)."""

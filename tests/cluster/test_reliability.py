@@ -49,8 +49,12 @@ class Checks:
         for m in meters:
             ids = c.wait_metered(m, may_lose=may_lose)
             reports.append(history.metered_once(c.hist, ids, may_lose=may_lose))
-        wait_until(lambda: c.budget_spent() == c.meter_cost(meters[0]), timeout=60,
-                   what="spent in the state machine == the meter's cost")
+        if not may_lose:
+            wait_until(lambda: c.budget_spent() == c.meter_cost(meters[0]), timeout=60,
+                       what="spent in the state machine == the meter's cost")
+        # else: events of calls answered around a failed commit are gone
+        # from the meter while their cost was settled (or is held as the
+        # dead router's grant): the state machine may count more.
         reports.append(history.budget_held(c.budget_nanousd, {
             "meter": c.meter_cost(meters[0]), "state_machine": c.budget_spent()}))
         for r in reports:
@@ -367,6 +371,39 @@ class ClockJumpTest(Checks, unittest.TestCase):
                 shown.append(start)
         figures(self, "clock_jump", cost=c.meter_cost(), limit_per_window=c.budget_nanousd,
                 windows_shown_by_leader="|".join(shown))
+
+
+class FsyncFailureTest(Checks, unittest.TestCase):
+    def test_spool_fsync_failure_stops_the_router(self):
+        # r1's spool fdatasync fails (EIO) under load. After such a failure
+        # the kernel may have dropped the pages: the node must stop (exit
+        # 70, saying why), not retry into silence. Restarted without the
+        # fault, it ships what its spool holds; only calls answered around
+        # the failure may be missing from the meters (their answers went
+        # out before their commit, docs/meter.md), and none twice.
+        c = ReliabCluster(self, seed=91, fsync_fault={"r1": "/spool/"}).start()
+        for i in range(2):
+            c.spawn(c.writer, i)
+        c.spawn(c.caller, 20, "r1")
+        c.spawn(c.caller, 21, "r1")
+        c.spawn(c.caller, 22, "n3")
+        r1 = c.nodes["r1"]
+        c.run_for(1)
+        c.fsync_fault("r1", True)
+        t_fault = time.monotonic()
+        rc = r1.wait_exit(timeout=60)
+        self.assertEqual(rc, 70, r1.describe_exit())
+        self.assertIn("stopping this node", r1.stderr_text())
+        c.fsync_fault("r1", False)
+        c.run_for(1)
+        r1.restart(keep_ports=True)
+        c.run_for(1)
+        # The group commit before the fault began may be the one that failed.
+        may_lose = {o.rid for o in c.hist.of("call", "ok")
+                    if o.args["node"] == "r1" and o.completed >= t_fault - 0.5}
+        reports = self.final_checks(c, may_lose=may_lose)
+        figures(self, "fsync_failure", exit_code=rc, answered_around_failure=len(may_lose),
+                not_metered=reports[2].figures["lost_allowed"])
 
 
 class CanaryTest(Checks, unittest.TestCase):
