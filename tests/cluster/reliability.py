@@ -25,6 +25,7 @@ import os
 import random
 import secrets
 import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -82,14 +83,25 @@ def canary(kind):
 class ReliabCluster:
     """Build with ReliabCluster(test, seed).start(); see the module comment."""
 
-    def __init__(self, test, seed, netns=True, hosts=("n1", "n2", "n3", "r1", "up"),
+    def __init__(self, test, seed, netns="auto", hosts=("n1", "n2", "n3", "r1", "up"),
                  config=None, budget_nanousd=3_000_000, tmpfs=None, faketime=False,
                  window=None, fsync_fault=None):
         self.test = test
         self.seed = seed
         self.rng = random.Random(seed)
         self.h = Harness(test)
-        self.net = faults.Network(self.h, hosts) if netns else None
+        # netns: "auto" (namespaces when permitted, else loopback, said on
+        # stderr), "required" (partitions: skip without them) or False.
+        self.net = None
+        why = faults.netns_unavailable() if netns else None
+        if netns == "required" and why:
+            raise unittest.SkipTest(f"network namespaces not permitted ({why}): partitions "
+                                    f"not tested")
+        if netns and not why:
+            self.net = faults.Network(self.h, hosts)
+        elif netns:
+            sys.stderr.write(f"\nnetwork namespaces not permitted ({why}): this scenario "
+                             f"runs on loopback\n")
         self.master = canary("master")
         self.upstream_secret = canary("openai")
         self.canaries = [self.master, self.upstream_secret]
