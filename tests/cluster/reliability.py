@@ -552,8 +552,11 @@ class ReliabCluster:
             paths += [os.path.join(root, f) for f in files if f != "admin.token"]
         frames = bytearray()
         for p in paths:
-            with open(p, "rb") as f:
-                frames += b"".join(zstd_frames(f.read()))
+            try:
+                with open(p, "rb") as f:
+                    frames += b"".join(zstd_frames(f.read()))
+            except FileNotFoundError:
+                pass  # a running node removed it meanwhile (an old raft snapshot)
         decoded = subprocess.run(["zstd", "-dc"], input=bytes(frames),
                                  capture_output=True).stdout if frames else b""
         out = self.h.path("artifacts", "zstd-decoded.bin")

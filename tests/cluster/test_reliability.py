@@ -10,8 +10,6 @@ for docs/reliability.md.
 """
 
 import json
-import os
-import signal
 import threading
 import time
 import unittest
@@ -93,7 +91,7 @@ class LeaderKillTest(Checks, unittest.TestCase):
             first = min(o.completed for o in c.hist.of("create", "ok") if o.invoked > t0)
             failovers.append(first - t0)
             leader.restart(keep_ports=True)
-        reports = self.final_checks(c)
+        self.final_checks(c)
         figures(self, "failover_ms", min=round(min(failovers) * 1000),
                 max=round(max(failovers) * 1000), kills=kills)
 
