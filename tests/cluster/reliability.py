@@ -166,6 +166,9 @@ class ReliabCluster:
 
     def node_env(self, name):
         preload, env = [], {}
+        supp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsan-libraft.supp")
+        lsan = os.environ.get("LSAN_OPTIONS", "")
+        env["LSAN_OPTIONS"] = (lsan + ":" if lsan else "") + f"suppressions={supp}"
         if self.faketime and name.startswith("n"):
             clock = self.h.write_file(f"{name}/faketime", "+0\n", mode=0o644)
             preload.append(self.faketime)
