@@ -343,7 +343,10 @@ class ReliabCluster:
             op = self.hist.invoke("create", client, key=key, value=value, node=node.name)
             self._admin_op(op, node, "PUT", f"/tenants/{key}", {"display_name": value})
 
-    def register(self, client, keys=6):
+    def register(self, client, keys=None):
+        # More registers in long runs keep each one's history short enough
+        # for the linearizability search to decide.
+        keys = keys or (32 if long_mode() else 6)
         rng = random.Random(self.seed * 2000 + client)
         i = 0
         while not self.stop.is_set():
