@@ -167,6 +167,11 @@ static const struct setting settings[] = {
      NULL},
     {"drain_delay_ms", SET_DURATION, FIELD(drain_delay_ms), 0, 24 * HOUR, false, "0ms", "DURATION",
      "on SIGTERM, how long to keep accepting with /readyz at 503 before the drain", NULL},
+    {"max_inflight_calls", SET_INT, FIELD(max_inflight_calls), 0, 10000000, false, "20000", "N",
+     "gateway calls in flight on this node (streams included) beyond which new ones are "
+     "answered 503 overloaded with Retry-After, bounding memory (about 35 KiB per call); 0: no "
+     "cap",
+     NULL},
     {"alert_interval_ms", SET_DURATION, FIELD(alert_interval_ms), 100, HOUR, false, "5s",
      "DURATION",
      "how often the Raft leader evaluates alert rules, polls members and retries webhooks "

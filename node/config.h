@@ -47,6 +47,8 @@ struct kp_config {
     int64_t drain_timeout_ms;       /* 30000: how long SIGTERM waits for in-flight work */
     int64_t drain_delay_ms;         /* 0: after SIGTERM, keep accepting this long with /readyz
                                        answering 503, so load balancers stop sending first */
+    int64_t max_inflight_calls;     /* 20000: gateway calls in flight on the node beyond which
+                                       new ones are answered 503 overloaded; 0: no cap */
     int64_t ready_max_staleness_ms; /* 10 s: /readyz fails when no leader was known for longer */
     int64_t alert_interval_ms;      /* 5 s: how often the leader evaluates alert rules */
     int64_t canary_interval_ms;     /* 5 min: how often the leader probes each key */

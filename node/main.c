@@ -76,6 +76,7 @@ static int run(struct kp_config *cfg)
         .kek = node.kek,
         .prev_kek = node.prev_kek,
         .usage = {kp_metering_record, kp_metering_accepting, &node},
+        .max_inflight = (uint32_t)cfg->max_inflight_calls,
     };
     rc = kp_metering_open(&node, errmsg, sizeof(errmsg));
     if (rc != KP_OK) {

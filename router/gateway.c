@@ -6,6 +6,7 @@
  * Everything runs on the worker's loop; the registry is the view acquired
  * when the request arrived, held until the call ends, so a registry change
  * mid-call cannot pull an entity from under it. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -41,8 +42,12 @@ static void timer_closed(uv_handle_t *h)
     kp_free(h);
 }
 
+/* Calls in flight in this process, all workers: the max_inflight cap. */
+static atomic_uint inflight_calls;
+
 static void call_free(struct kp_call *c)
 {
+    atomic_fetch_sub_explicit(&inflight_calls, 1, memory_order_relaxed);
     if (c->retry_timer != NULL) {
         uv_timer_stop(c->retry_timer);
         c->retry_timer->data = NULL;
@@ -333,6 +338,7 @@ static struct kp_call *call_new(struct kp_router *r, struct kp_http_exchange *ex
     struct kp_call *c = kp_calloc(1, sizeof(*c));
     if (c == NULL)
         return NULL;
+    atomic_fetch_add_explicit(&inflight_calls, 1, memory_order_relaxed);
     c->r = r;
     c->ex = ex;
     c->req = req;
@@ -383,6 +389,45 @@ static void plain_error(struct kp_http_exchange *ex, const struct kp_http_reques
     kp_free(body);
 }
 
+/* --- overload: refuse new calls past the cap ------------------------------------------ */
+
+/* True when a new call must be refused: the node holds max_inflight calls
+ * already (each holds memory until it ends). Answering at once with 503
+ * and Retry-After costs a few microseconds, where admitting it would make
+ * every call in flight slower still and memory unbounded. */
+static bool overloaded(struct kp_router *r)
+{
+    return r->sh.max_inflight > 0 &&
+           atomic_load_explicit(&inflight_calls, memory_order_relaxed) >= r->sh.max_inflight;
+}
+
+/* 503 overloaded with Retry-After: 1, in the OpenAI shape; the SDKs retry
+ * it with backoff. */
+static void shed(struct kp_http_exchange *ex, const struct kp_http_request *req, const char *rid,
+                 unsigned cap)
+{
+    char tp[KP_TRACEPARENT_LEN + 1], trace_id[KP_USAGE_TRACE_ID_LEN + 1], msg[160];
+    kp_trace__orphan(req, tp, trace_id);
+    snprintf(msg, sizeof(msg),
+             "keyplane is overloaded (this node has %u calls in flight, its cap); retry in 1 s, "
+             "or on another node",
+             cap);
+    json_t *v = json_pack("{s:{s:s,s:s,s:s,s:n,s:s}}", "error", "message", msg, "type",
+                          "server_error", "code", "overloaded", "param", "trace_id", trace_id);
+    size_t len;
+    char *body = v ? kp_json_dumps(v, &len) : NULL;
+    json_decref(v);
+    struct kp_http_header h[5] = {
+        KP_HTTP_HEADER("X-Request-Id", rid),
+        KP_HTTP_HEADER("traceparent", tp),
+        KP_HTTP_HEADER("Retry-After", "1"),
+        KP_HTTP_HEADER("X-Keyplane-Error", "overloaded"),
+        KP_HTTP_HEADER("Content-Type", "application/json"),
+    };
+    kp_http_respond(ex, 503, h, body ? 5 : 4, body, body ? len : 0);
+    kp_free(body);
+}
+
 void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request *req, void *arg)
 {
     struct kp_router *r = arg;
@@ -409,6 +454,11 @@ void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request 
         char msg[128];
         snprintf(msg, sizeof(msg), "%s %s is not allowed; use %s", req->method, req->path, want);
         plain_error(ex, req, rid, 405, "method_not_allowed", msg, want);
+        return;
+    }
+    if (overloaded(r)) {
+        kp_router__count_shed();
+        shed(ex, req, rid, r->sh.max_inflight);
         return;
     }
     struct kp_call *c = call_new(r, ex, req, rid);

@@ -13,6 +13,7 @@ enum { MAX_SERIES = 500 };
 
 static struct kp_metric_family *attempts, *failovers, *tokens, *cost, *cooldowns;
 static struct kp_metric *table_full;
+static struct kp_metric *shed;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 static void init(void)
@@ -37,6 +38,14 @@ static void init(void)
         (const char *[]){"key", "reason"}, MAX_SERIES);
     table_full = kp_metric_counter("keyplane_router_ratelimit_table_full_total",
                                    "Calls not rate limited because the bucket table was full.");
+    shed = kp_metric_counter("keyplane_router_shed_total",
+                             "Calls answered 503 overloaded: the node had max_inflight_calls in "
+                             "flight.");
+}
+
+void kp_router__count_shed(void)
+{
+    kp_metric_add(shed, 1);
 }
 
 void kp_router__count_ratelimit_table_full(void)

@@ -151,6 +151,9 @@ struct kp_router_shared {
     struct kp_health_sink health;
     struct kp_budget_ledger *budgets; /* NULL: budgets are not enforced */
     struct kp_trace_sink trace;       /* spans and access log records */
+    /* Calls in flight on this node beyond which new ones are refused with
+     * 503 overloaded (each holds its buffers until it ends); 0: no cap. */
+    uint32_t max_inflight;
 };
 
 struct kp_router;

@@ -437,6 +437,7 @@ void kp_trace__content_free(struct kp_trace_content *tc);
 /* metrics.c */
 void kp_router__metrics_init(void);
 void kp_router__count_attempt(const char *provider, const char *key, const char *outcome);
+void kp_router__count_shed(void);
 void kp_router__count_failover(const char *pool);
 void kp_router__count_usage(const struct kp_usage_event *ev);
 void kp_router__count_cooldown(const char *key, const char *reason);

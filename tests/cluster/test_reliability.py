@@ -276,19 +276,18 @@ class UpstreamFaultTest(Checks, unittest.TestCase):
 
 
 class OverloadTest(Checks, unittest.TestCase):
-    @unittest.expectedFailure  # keyplane has no load shedding yet: see below
     def test_overload_at_twice_capacity_sheds(self):
-        # The router's capacity is measured closed-loop, then an open-loop load at twice that rate is offered.
-        # What a gateway should do: shed what it cannot serve at once
-        # (429/503 with Retry-After) and keep its memory bounded, so that
-        # every request gets an answer within the client's timeout.
-        #
-        # BUG (missing feature): keyplaned has no admission control on the
-        # gateway (no in-flight cap, no queue bound): excess requests wait
-        # for the upstream, latency grows without bound and clients time
-        # out; nothing is shed with Retry-After. The test will pass once a
-        # bound on in-flight calls answers 503 + Retry-After beyond it.
+        # The router's capacity is measured closed-loop, then an open-loop
+        # load at twice that rate is offered. Past max_inflight_calls
+        # (docs/router.md, "Overload") the gateway answers new calls 503
+        # overloaded with Retry-After at once, so every request gets an answer within the client's timeout
+        # and memory stays bounded. The open loop gets a pool of 1,000 connections so that
+        # the excess waits at the gateway, not in the load generator's own
+        # queue (where no server could shed it).
+        # The operator's cap on calls in flight (max_inflight_calls) is what
+        # bounds memory: set here to what this small node serves comfortably.
         c = ReliabCluster(self, seed=71, netns=False, hosts=(),
+                          config={"max_inflight_calls": 256},
                           budget_nanousd=10_000_000_000).start(voters=1, router=False)
         n1 = c.nodes["n1"]
         url = n1.gateway_url + "/v1/chat/completions"
@@ -306,7 +305,7 @@ class OverloadTest(Checks, unittest.TestCase):
                 rss.append(_rss_kib(n1.pid))
         t = threading.Thread(target=watch, daemon=True)
         t.start()
-        load = c.h.run(["keyplane-bench", "--url", url, "--rate", str(rate),
+        load = c.h.run(["keyplane-bench", "--url", url, "--rate", str(rate), "--connections", "1000",
                         "--duration", duration("5s", "60s"), "--timeout", "5s",
                         "--token", c.token, "--json", "--quiet"], timeout=300)
         done.set()
