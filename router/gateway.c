@@ -363,14 +363,16 @@ static struct kp_call *call_new(struct kp_router *r, struct kp_http_exchange *ex
 
 /* An answer made before there is a call (404, 405): no usage event, no
  * span, but a trace id all the same. */
-static void plain_error(struct kp_http_exchange *ex, const struct kp_http_request *req,
-                        const char *rid, int status, const char *code, const char *msg,
-                        const char *allow)
+/* An error answered before a call exists, in the OpenAI shape, with one
+ * optional extra header (Allow for a 405, Retry-After for a shed call). */
+static void early_error(struct kp_http_exchange *ex, const struct kp_http_request *req,
+                        const char *rid, int status, const char *type, const char *code,
+                        const char *msg, const char *extra_name, const char *extra_value)
 {
     char tp[KP_TRACEPARENT_LEN + 1], trace_id[KP_USAGE_TRACE_ID_LEN + 1];
     kp_trace__orphan(req, tp, trace_id);
-    json_t *v = json_pack("{s:{s:s,s:s,s:s,s:n,s:s}}", "error", "message", msg, "type",
-                          "invalid_request_error", "code", code, "param", "trace_id", trace_id);
+    json_t *v = json_pack("{s:{s:s,s:s,s:s,s:n,s:s}}", "error", "message", msg, "type", type,
+                          "code", code, "param", "trace_id", trace_id);
     size_t len;
     char *body = v ? kp_json_dumps(v, &len) : NULL;
     json_decref(v);
@@ -379,14 +381,23 @@ static void plain_error(struct kp_http_exchange *ex, const struct kp_http_reques
         KP_HTTP_HEADER("traceparent", tp),
         KP_HTTP_HEADER("Content-Type", "application/json"),
         KP_HTTP_HEADER("X-Keyplane-Error", code),
-        KP_HTTP_HEADER("Allow", allow ? allow : ""),
+        {extra_name, extra_name ? strlen(extra_name) : 0, extra_value,
+         extra_value ? strlen(extra_value) : 0},
     };
     if (body == NULL) {
         kp_http_respond(ex, 503, h, 2, NULL, 0);
         return;
     }
-    kp_http_respond(ex, status, h, allow ? 5 : 4, body, len);
+    kp_http_respond(ex, status, h, extra_name ? 5 : 4, body, len);
     kp_free(body);
+}
+
+static void plain_error(struct kp_http_exchange *ex, const struct kp_http_request *req,
+                        const char *rid, int status, const char *code, const char *msg,
+                        const char *allow)
+{
+    early_error(ex, req, rid, status, "invalid_request_error", code, msg, allow ? "Allow" : NULL,
+                allow);
 }
 
 /* --- overload: refuse new calls past the cap ------------------------------------------ */
@@ -401,31 +412,16 @@ static bool overloaded(struct kp_router *r)
            atomic_load_explicit(&inflight_calls, memory_order_relaxed) >= r->sh.max_inflight;
 }
 
-/* 503 overloaded with Retry-After: 1, in the OpenAI shape; the SDKs retry
- * it with backoff. */
+/* 503 overloaded with Retry-After: 1; the SDKs retry it with backoff. */
 static void shed(struct kp_http_exchange *ex, const struct kp_http_request *req, const char *rid,
                  unsigned cap)
 {
-    char tp[KP_TRACEPARENT_LEN + 1], trace_id[KP_USAGE_TRACE_ID_LEN + 1], msg[160];
-    kp_trace__orphan(req, tp, trace_id);
+    char msg[160];
     snprintf(msg, sizeof(msg),
              "keyplane is overloaded (this node has %u calls in flight, its cap); retry in 1 s, "
              "or on another node",
              cap);
-    json_t *v = json_pack("{s:{s:s,s:s,s:s,s:n,s:s}}", "error", "message", msg, "type",
-                          "server_error", "code", "overloaded", "param", "trace_id", trace_id);
-    size_t len;
-    char *body = v ? kp_json_dumps(v, &len) : NULL;
-    json_decref(v);
-    struct kp_http_header h[5] = {
-        KP_HTTP_HEADER("X-Request-Id", rid),
-        KP_HTTP_HEADER("traceparent", tp),
-        KP_HTTP_HEADER("Retry-After", "1"),
-        KP_HTTP_HEADER("X-Keyplane-Error", "overloaded"),
-        KP_HTTP_HEADER("Content-Type", "application/json"),
-    };
-    kp_http_respond(ex, 503, h, body ? 5 : 4, body, body ? len : 0);
-    kp_free(body);
+    early_error(ex, req, rid, 503, "server_error", "overloaded", msg, "Retry-After", "1");
 }
 
 void kp_router_handle(struct kp_http_exchange *ex, const struct kp_http_request *req, void *arg)
