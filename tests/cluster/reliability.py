@@ -112,6 +112,10 @@ class ReliabCluster:
         self.hist = history.History()
         self.stop = threading.Event()
         self.threads = []
+        # Workload threads stop before the harness stops the nodes, however
+        # the test ends (a skip or a failure midway included): cleanups run
+        # last-added first.
+        test.addCleanup(self.halt)
         self.token = None
         self.figures = {}
         self.call_pause = 0.02
@@ -339,6 +343,7 @@ class ReliabCluster:
             i += 1
             node = rng.choice(self.voters())
             if not node.running():
+                self.stop.wait(0.01)  # not a busy loop while it is down
                 continue
             op = self.hist.invoke("create", client, key=key, value=value, node=node.name)
             self._admin_op(op, node, "PUT", f"/tenants/{key}", {"display_name": value})
@@ -353,6 +358,7 @@ class ReliabCluster:
             key = f"reg-{rng.randrange(keys)}"
             node = rng.choice(self.voters())
             if not node.running():
+                self.stop.wait(0.01)  # not a busy loop while it is down
                 continue
             i += 1
             if rng.random() < 0.5:

@@ -194,10 +194,9 @@ class LinkQualityTest(Checks, unittest.TestCase):
         # the node-to-node calls retry through it, nothing acknowledged is
         # lost and every answered call is metered once.
         c = ReliabCluster(self, seed=41, netns="required").start()
-        self.workload(c)
-        c.run_for(1)
         leader = c.wait_leader()
-        c.net.netem(leader.host, "delay", "30ms", "10ms", "loss", "5%")
+        c.net.netem(leader.host, "delay", "30ms", "10ms", "loss", "5%")  # or skip, here
+        self.workload(c)
         before = len(c.hist.of("call", "ok"))
         c.run_for(duration(5, 30))
         during = len(c.hist.of("call", "ok")) - before
