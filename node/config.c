@@ -342,6 +342,8 @@ static size_t edit_distance(const char *a, size_t alen, const char *b)
     return row[blen];
 }
 
+static bool is_section(const char *name, size_t len);
+
 /* The one setting clearly meant by an unknown name (dashes read as
  * underscores), or NULL when none is close or two are equally close. */
 static const struct setting *closest_setting(const char *name, size_t len)
@@ -354,9 +356,11 @@ static const struct setting *closest_setting(const char *name, size_t len)
         return NULL;
     for (size_t i = 0; i < len; i++)
         norm[i] = name[i] == '-' ? '_' : name[i];
-    /* A flag spells tls.cert_file as tls-cert-file. */
-    if (len > 4 && memcmp(norm, "tls_", 4) == 0)
-        norm[3] = '.';
+    /* A flag spells a section's setting with a dash after the section's
+     * name (tls.cert_file as tls-cert-file). */
+    const char *us = memchr(norm, '_', len);
+    if (us != NULL && is_section(norm, (size_t)(us - norm)))
+        norm[us - norm] = '.';
     for (size_t i = 0; i < N_SETTINGS; i++) {
         size_t d = edit_distance(norm, len, settings[i].name);
         if (d < best_d) {

@@ -855,6 +855,9 @@ static void test_tls_settings(void **state)
         "certificate, its key and the cluster CA (docs/operations.md, \"Securing node links\")");
     expect_error(f, LOAD(f, NULL, "--tls-require-client-cert", "true"),
                  "tls.require_client_cert: needs tls.client_ca_file to verify them against");
+    /* A flag's typo is matched against the section's settings too. */
+    expect_error(f, LOAD(f, NULL, "--tls-cert-fle", "x"),
+                 "unknown option --tls-cert-fle (did you mean --tls-cert-file?)");
     const char *bad = write_file(f, "bad.yaml", "tls:\n  cert_flie: x\n");
     char want[PATH_MAX + 120];
     snprintf(want, sizeof(want),
