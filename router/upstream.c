@@ -47,6 +47,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* Easy handles (and their header buffers) kept for reuse per upstream. */
 #define SPARE_MAX 32
@@ -70,8 +72,18 @@ struct easy_slot {
 struct sock {
     uv_poll_t poll;
     curl_socket_t fd;
+    int events;  /* UV_READABLE | UV_WRITABLE the handle watches now */
+    bool parked; /* curl let go of it, its connection idles in curl's cache */
     struct kp_upstream *u;
     struct sock *prev, *next;
+};
+
+/* What the upstream knows of a file descriptor number: whether curl opened
+ * it through on_curl_opensocket (so on_curl_closesocket will say when it is
+ * closed), and the poll handle parked on it between two transfers. */
+struct fd_slot {
+    struct sock *sock;
+    bool ours;
 };
 
 struct kp_upstream {
@@ -83,6 +95,8 @@ struct kp_upstream {
     struct kp_upstream_call *calls; /* not yet finished or released */
     struct kp_upstream_call *todo, *todo_tail;
     struct sock *socks;
+    struct fd_slot *fds; /* by descriptor number */
+    unsigned n_fds;
     struct easy_slot spare[SPARE_MAX];
     unsigned n_spare;
     unsigned active;
@@ -685,10 +699,33 @@ static void sock_closed(uv_handle_t *h)
     upstream_maybe_free(u);
 }
 
+static struct fd_slot *fd_slot(struct kp_upstream *u, curl_socket_t fd, bool grow)
+{
+    if (fd < 0)
+        return NULL;
+    if ((unsigned)fd >= u->n_fds) {
+        if (!grow)
+            return NULL;
+        unsigned n = u->n_fds ? u->n_fds : 64;
+        while (n <= (unsigned)fd)
+            n *= 2;
+        struct fd_slot *f = kp_realloc(u->fds, n * sizeof(*f));
+        if (f == NULL)
+            return NULL;
+        memset(f + u->n_fds, 0, (n - u->n_fds) * sizeof(*f));
+        u->fds = f;
+        u->n_fds = n;
+    }
+    return &u->fds[fd];
+}
+
 static void sock_close(struct kp_upstream *u, struct sock *s)
 {
-    if (u->multi)
+    if (u->multi && !s->parked)
         curl_multi_assign(u->multi, s->fd, NULL);
+    struct fd_slot *slot = fd_slot(u, s->fd, false);
+    if (slot && slot->sock == s)
+        slot->sock = NULL;
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -713,8 +750,11 @@ static void finish_close(struct kp_upstream *u)
     }
     while (u->socks != NULL)
         sock_close(u, u->socks);
-    curl_multi_cleanup(u->multi);
+    curl_multi_cleanup(u->multi); /* closes cached connections: on_curl_closesocket */
     u->multi = NULL;
+    kp_free(u->fds);
+    u->fds = NULL;
+    u->n_fds = 0;
     curl_url_cleanup(u->url);
     u->url = NULL;
     kp_free(u->url_ok);
@@ -757,11 +797,21 @@ static void on_poll(uv_poll_t *h, int status, int events)
 {
     struct sock *s = h->data;
     int flags = 0;
+    if (s->parked) {
+        /* An idle connection turned readable: the provider closed it (or
+         * sent what nobody asked for). Stop watching; curl finds it dead
+         * when it next looks for a connection to reuse. */
+        uv_poll_stop(h);
+        s->events = 0;
+        return;
+    }
     /* libuv reports a socket error (and stops the handle); let curl read
      * and write too, so that it fails with the socket's own error ("Recv
      * failure: Connection reset by peer") rather than a generic one. */
-    if (status < 0)
+    if (status < 0) {
         flags = CURL_CSELECT_ERR | CURL_CSELECT_IN | CURL_CSELECT_OUT;
+        s->events = 0;
+    }
     if (events & UV_READABLE)
         flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE)
@@ -800,6 +850,50 @@ static int sock_trouble(CURL *easy)
     return 0;
 }
 
+/* Between two transfers on one connection curl says CURL_POLL_REMOVE and
+ * then asks for the same socket again. A socket curl opened through
+ * on_curl_opensocket keeps its poll handle meanwhile (parked, still
+ * watching for the provider closing the connection), so that the next
+ * transfer costs no handle set-up and, when it watches the same events,
+ * no epoll_ctl at all (libuv re-registers the descriptor on every
+ * uv_poll_start). on_curl_closesocket closes the handle before the
+ * descriptor. Other sockets (the resolver's) are closed on REMOVE, as curl
+ * may close them behind our back. */
+static int sock_watch(struct sock *s, int events)
+{
+    if (events == s->events)
+        return 0;
+    int rc = events ? uv_poll_start(&s->poll, events, on_poll) : uv_poll_stop(&s->poll);
+    s->events = rc == 0 ? events : 0;
+    return rc;
+}
+
+static struct sock *sock_new(struct kp_upstream *u, curl_socket_t fd)
+{
+    struct sock *s = kp_malloc(sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    if (uv_poll_init_socket(u->loop, &s->poll, fd) != 0) {
+        kp_free(s);
+        return NULL;
+    }
+    s->poll.data = s;
+    s->fd = fd;
+    s->events = 0;
+    s->parked = false;
+    s->u = u;
+    s->prev = NULL;
+    s->next = u->socks;
+    if (u->socks)
+        u->socks->prev = s;
+    u->socks = s;
+    u->open_handles++;
+    struct fd_slot *slot = fd_slot(u, fd, false);
+    if (slot && slot->ours)
+        slot->sock = s;
+    return s;
+}
+
 /* CURLMOPT_SOCKETFUNCTION */
 static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *arg, void *sockp)
 {
@@ -807,35 +901,61 @@ static int on_curl_socket(CURL *easy, curl_socket_t fd, int what, void *arg, voi
     struct sock *s = sockp;
 
     if (what == CURL_POLL_REMOVE) {
-        if (s != NULL)
+        if (s == NULL)
+            return 0;
+        struct fd_slot *slot = fd_slot(u, fd, false);
+        if (u->closing || slot == NULL || slot->sock != s || sock_watch(s, UV_READABLE) != 0) {
             sock_close(u, s);
+            return 0;
+        }
+        s->parked = true;
         return 0;
     }
     if (u->closing)
         return 0;
     if (s == NULL) {
-        s = kp_malloc(sizeof(*s));
-        if (s == NULL)
+        struct fd_slot *slot = fd_slot(u, fd, false);
+        s = slot ? slot->sock : NULL;
+        if (s != NULL)
+            s->parked = false;
+        else if ((s = sock_new(u, fd)) == NULL)
             return sock_trouble(easy);
-        if (uv_poll_init_socket(u->loop, &s->poll, fd) != 0) {
-            kp_free(s);
-            return sock_trouble(easy);
-        }
-        s->poll.data = s;
-        s->fd = fd;
-        s->u = u;
-        s->prev = NULL;
-        s->next = u->socks;
-        if (u->socks)
-            u->socks->prev = s;
-        u->socks = s;
-        u->open_handles++;
         curl_multi_assign(u->multi, fd, s);
     }
     int events =
         ((what & CURL_POLL_IN) ? UV_READABLE : 0) | ((what & CURL_POLL_OUT) ? UV_WRITABLE : 0);
-    int rc = events ? uv_poll_start(&s->poll, events, on_poll) : uv_poll_stop(&s->poll);
-    return rc == 0 ? 0 : sock_trouble(easy);
+    return sock_watch(s, events) == 0 ? 0 : sock_trouble(easy);
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION: the socket curl would open, remembered as
+ * one that on_curl_closesocket will see closed. */
+static curl_socket_t on_curl_opensocket(void *arg, curlsocktype purpose, struct curl_sockaddr *addr)
+{
+    struct kp_upstream *u = arg;
+    (void)purpose;
+    curl_socket_t fd = socket(addr->family, addr->socktype | SOCK_CLOEXEC, addr->protocol);
+    if (fd == CURL_SOCKET_BAD)
+        return fd;
+    struct fd_slot *slot = fd_slot(u, fd, true); /* NULL: not parked, still works */
+    if (slot) {
+        slot->ours = true;
+        slot->sock = NULL;
+    }
+    return fd;
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION: a parked handle goes before the descriptor
+ * (libuv must not watch a number the kernel may hand out again). */
+static int on_curl_closesocket(void *arg, curl_socket_t fd)
+{
+    struct kp_upstream *u = arg;
+    struct fd_slot *slot = fd_slot(u, fd, false);
+    if (slot) {
+        if (slot->sock)
+            sock_close(u, slot->sock);
+        slot->ours = false;
+    }
+    return close(fd);
 }
 
 /* --- the upstream ------------------------------------------------------------ */
@@ -1100,6 +1220,10 @@ static int easy_setup(struct kp_upstream_call *call, const struct kp_upstream_re
             rc = curl_easy_setopt(e, opt, val);                                                    \
     } while (0)
     SET(CURLOPT_PRIVATE, (void *)call);
+    SET(CURLOPT_OPENSOCKETFUNCTION, on_curl_opensocket);
+    SET(CURLOPT_OPENSOCKETDATA, (void *)call->u);
+    SET(CURLOPT_CLOSESOCKETFUNCTION, on_curl_closesocket);
+    SET(CURLOPT_CLOSESOCKETDATA, (void *)call->u);
     SET(CURLOPT_URL, req->url);
     SET(CURLOPT_PROTOCOLS_STR, req->allow_http ? "http,https" : "https");
     SET(CURLOPT_REDIR_PROTOCOLS_STR, "https");
