@@ -16,6 +16,9 @@
 
 #include "router_internal.h"
 
+/* SSE waiting for the end of curl's pass is written at once past this. */
+#define SSE_OUT_MAX ((size_t)64 << 10)
+
 enum { MAX_BUFFERED = 64 << 20, MAX_ERROR_BODY = 64 << 10 };
 
 static void attempt_done(void *arg, enum kp_upstream_result result, const char *detail);
@@ -358,37 +361,84 @@ static bool usage_only(const json_t *chunk)
            (choices == NULL || (json_is_array(choices) && json_array_size(choices) == 0));
 }
 
+/* Writes what the call's events made so far, as one chunk. */
+static void unqueue_events(struct kp_call *c)
+{
+    if (!c->sse_flush_queued)
+        return;
+    struct kp_call **pp = &c->r->sse_flush;
+    while (*pp != c)
+        pp = &(*pp)->sse_flush_next;
+    *pp = c->sse_flush_next;
+    c->sse_flush_queued = false;
+}
+
+void kp_router__flush_events(struct kp_call *c)
+{
+    unqueue_events(c);
+    if (c->sse_out.len > 0 && !c->done)
+        kp_http_stream_write(c->ex, c->sse_out.data, c->sse_out.len);
+    kp_buf_free(&c->sse_out); /* an idle stream holds no buffer */
+}
+
+/* Ends the app's stream with what is still queued for it, in one write. */
+void kp_router__end_stream(struct kp_call *c)
+{
+    unqueue_events(c);
+    kp_http_stream_end_with(c->ex, c->sse_out.data, c->sse_out.len);
+    kp_buf_free(&c->sse_out);
+}
+
+/* The upstream's settled hook: curl's pass is over. */
+void kp_router__flush_all_events(void *arg)
+{
+    struct kp_router *r = arg;
+    while (r->sse_flush != NULL)
+        kp_router__flush_events(r->sse_flush);
+}
+
 int kp_router__write_event(struct kp_call *c, const char *event, size_t event_len, const char *data,
                            size_t data_len)
 {
-    struct kp_buf out;
-    kp_buf_init(&out);
+    struct kp_buf *out = &c->sse_out;
+    size_t mark = out->len;
     int rc = 0;
     if (event != NULL && !(event_len == 7 && memcmp(event, "message", 7) == 0)) {
-        rc |= kp_buf_append_lit(&out, "event: ");
-        rc |= kp_buf_append(&out, event, event_len);
-        rc |= kp_buf_append_lit(&out, "\n");
+        rc |= kp_buf_append_lit(out, "event: ");
+        rc |= kp_buf_append(out, event, event_len);
+        rc |= kp_buf_append_lit(out, "\n");
     }
     /* Data may hold newlines: one data line each. */
     const char *p = data, *end = data + data_len;
     do {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
-        rc |= kp_buf_append_lit(&out, "data: ");
-        rc |= kp_buf_append(&out, p, n);
-        rc |= kp_buf_append_lit(&out, "\n");
+        rc |= kp_buf_append_lit(out, "data: ");
+        rc |= kp_buf_append(out, p, n);
+        rc |= kp_buf_append_lit(out, "\n");
         p = nl ? nl + 1 : end;
     } while (p < end);
-    rc |= kp_buf_append_lit(&out, "\n");
-    if (rc == 0) {
-        if (!c->sent_body)
-            c->ev.ttfb_us = kp_now_mono_us() - c->start_us;
-        c->sent_body = true;
-        kp_trace__scan(c, data, data_len); /* finish reasons, for the spans */
-        kp_http_stream_write(c->ex, out.data, out.len);
+    rc |= kp_buf_append_lit(out, "\n");
+    if (rc != 0) {
+        out->len = mark;
+        return KP_ENOMEM;
     }
-    kp_buf_free(&out);
-    return rc == 0 ? 0 : KP_ENOMEM;
+    if (!c->sent_body)
+        c->ev.ttfb_us = kp_now_mono_us() - c->start_us;
+    c->sent_body = true;
+    kp_trace__scan(c, data, data_len); /* finish reasons, for the spans */
+    /* Inside curl's pass the settled hook writes it (soon: once curl has
+     * handled what the loop saw); anywhere else, or past the cap, now. */
+    if (kp_upstream_in_pass(c->r->up) && out->len < SSE_OUT_MAX) {
+        if (!c->sse_flush_queued) {
+            c->sse_flush_queued = true;
+            c->sse_flush_next = c->r->sse_flush;
+            c->r->sse_flush = c;
+        }
+    } else {
+        kp_router__flush_events(c);
+    }
+    return 0;
 }
 
 static int on_event(void *arg, const struct kp_sse_event *e)
@@ -489,7 +539,7 @@ static void end_stream_with_error(struct kp_call *c, const char *cls, const char
         kp_free(body);
     }
     kp_usage_set_str(c->ev.error_class, cls);
-    kp_http_stream_end(c->ex);
+    kp_router__end_stream(c);
 }
 
 /* Answer the app with the provider's whole answer (translated when the
@@ -570,7 +620,7 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
     stat_end(c, result == KP_UPSTREAM_OK && c->up_status >= 200 && c->up_status <= 299);
     if (c->streaming_out) {
         if (result == KP_UPSTREAM_OK && !c->stream_broken && kp_router__stream_end(c) == KP_OK) {
-            kp_http_stream_end(c->ex);
+            kp_router__end_stream(c);
         } else if (result == KP_UPSTREAM_OK && !c->stream_broken) {
             end_stream_with_error(c, "server",
                                   "the provider's stream ended before it was complete");

@@ -86,6 +86,7 @@ void kp_router__finish(struct kp_call *c)
             c->r->sh.usage.record(c->r->sh.usage.arg, &c->ev);
         kp_trace__finish(c); /* spans and the access log line (trace.c) */
     }
+    kp_router__flush_events(c); /* done: drops what was not written */
     call_free(c);
 }
 
@@ -530,6 +531,7 @@ int kp_router_new(struct kp_router **out, uv_loop_t *loop, const struct kp_route
         kp_free(r);
         return rc;
     }
+    kp_upstream_on_settled(r->up, kp_router__flush_all_events, r);
     kp_router__budget_init(r);
     *out = r;
     return KP_OK;

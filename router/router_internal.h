@@ -145,6 +145,7 @@ struct kp_router {
     struct kp_token_mac *token_mac;     /* auth.c: made on the first call */
     struct kp_call *calls;              /* in flight, for close */
     struct kp_budget_wake *budget_wake; /* budget.c: wakes waiting calls */
+    struct kp_call *sse_flush;          /* attempt.c: calls with SSE to write after curl's pass */
     bool closing;
     void (*close_cb)(void *arg);
     void *close_arg;
@@ -170,7 +171,14 @@ struct kp_call {
     bool stream;
     bool client_wants_usage;      /* stream_options.include_usage from the app */
     struct kp_buf rewritten_body; /* the app's body with include_usage added */
-    struct kp_buf upstream_body;  /* this attempt's translated body */
+    /* SSE made during one pass of curl (a read of the upstream often
+     * holds many events, each in its own HTTP chunk), written to the app
+     * in one go when the pass ends: one write per read, as a plain proxy
+     * does, not one per event. */
+    struct kp_buf sse_out;
+    struct kp_call *sse_flush_next;
+    bool sse_flush_queued;
+    struct kp_buf upstream_body; /* this attempt's translated body */
 
     struct kp_candidate cand[KP_MAX_CANDIDATES];
     unsigned ncand, next_cand;
@@ -368,6 +376,12 @@ void kp_router__stream_free(struct kp_call *c);
 
 /* attempt.c: write one SSE event to the app (@event NULL or "message":
  * data only). */
+/* Write the call's queued SSE now (attempt.c); the upstream's settled hook
+ * writes every call's. */
+void kp_router__flush_events(struct kp_call *c);
+void kp_router__flush_all_events(void *arg);
+/* Ends the app's stream, the queued SSE and the last chunk in one write. */
+void kp_router__end_stream(struct kp_call *c);
 int kp_router__write_event(struct kp_call *c, const char *event, size_t event_len, const char *data,
                            size_t data_len);
 

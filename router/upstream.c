@@ -106,6 +106,8 @@ struct kp_upstream {
     bool closing;
     void (*close_cb)(void *arg);
     void *close_arg;
+    void (*settled_fn)(void *arg);
+    void *settled_arg;
 };
 
 struct kp_upstream_call {
@@ -147,6 +149,17 @@ const char *kp_upstream_result_name(enum kp_upstream_result r)
 unsigned kp_upstream_active(const struct kp_upstream *u)
 {
     return u->active;
+}
+
+bool kp_upstream_in_pass(const struct kp_upstream *u)
+{
+    return u->depth > 0;
+}
+
+void kp_upstream_on_settled(struct kp_upstream *u, void (*fn)(void *arg), void *arg)
+{
+    u->settled_fn = fn;
+    u->settled_arg = arg;
 }
 
 static void after_curl(struct kp_upstream *u, bool read_done);
@@ -780,6 +793,8 @@ static void after_curl(struct kp_upstream *u, bool read_done)
         read_completions(u);
     if (u->closing)
         finish_close(u);
+    else if (u->settled_fn != NULL)
+        u->settled_fn(u->settled_arg);
 }
 
 static void drive(struct kp_upstream *u, curl_socket_t fd, int flags)

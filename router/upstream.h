@@ -92,4 +92,12 @@ void kp_upstream_resume(struct kp_upstream_call *call);
 /* Calls in flight, for metrics and tests. */
 unsigned kp_upstream_active(const struct kp_upstream *u);
 
+/* True while curl is running callbacks (on_head, on_body): a pass of curl
+ * over what the loop saw is under way, and the settled hook follows it. */
+bool kp_upstream_in_pass(const struct kp_upstream *u);
+/* @fn runs after every pass of curl (a socket or timer event, a resume),
+ * once no callback is running and finished transfers have been reported:
+ * the place to write what one read of the network made, in one go. */
+void kp_upstream_on_settled(struct kp_upstream *u, void (*fn)(void *arg), void *arg);
+
 #endif

@@ -151,6 +151,8 @@ bool kp_http_stream_writable(struct kp_http_exchange *ex);
 void kp_http_on_drain(struct kp_http_exchange *ex, kp_http_event_fn fn, void *arg);
 /* Ends the stream (terminating chunk) and finishes the exchange. */
 int kp_http_stream_end(struct kp_http_exchange *ex);
+/* The same after a last chunk of @len bytes, both in one write. */
+int kp_http_stream_end_with(struct kp_http_exchange *ex, const void *data, size_t len);
 /* Closes the connection with a TCP reset and finishes the exchange. */
 void kp_http_reset(struct kp_http_exchange *ex);
 

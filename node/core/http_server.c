@@ -729,16 +729,30 @@ int kp_http_stream_write(struct kp_http_exchange *ex, const void *data, size_t l
     return rc;
 }
 
-int kp_http_stream_end(struct kp_http_exchange *ex)
+int kp_http_stream_end_with(struct kp_http_exchange *ex, const void *data, size_t len)
 {
     if (!ex->streaming || ex->finished)
         return KP_EINVAL;
     bool aborted = ex->aborted;
     int rc = KP_OK;
-    if (!aborted && ex->chunked && !ex->is_head)
-        rc = conn_write(ex->conn, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
+    if (!aborted && !ex->is_head) {
+        if (!ex->chunked) {
+            rc = len ? conn_write(ex->conn, data, len, NULL, 0, NULL, 0) : KP_OK;
+        } else if (len == 0) {
+            rc = conn_write(ex->conn, "0\r\n\r\n", 5, NULL, 0, NULL, 0);
+        } else {
+            char size[24];
+            int n = snprintf(size, sizeof(size), "%zx\r\n", len);
+            rc = conn_write(ex->conn, size, (size_t)n, data, len, "\r\n0\r\n\r\n", 7);
+        }
+    }
     ex_finish(ex);
     return aborted ? KP_ECLOSED : rc;
+}
+
+int kp_http_stream_end(struct kp_http_exchange *ex)
+{
+    return kp_http_stream_end_with(ex, NULL, 0);
 }
 
 void kp_http_reset(struct kp_http_exchange *ex)

@@ -182,6 +182,13 @@ static void on_request(struct kp_http_exchange *ex, const struct kp_http_request
         kp_http_stream_end(ex);
         return;
     }
+    if (strcmp(req->path, "/sse-end") == 0) { /* the last chunk with the end */
+        struct kp_http_header h = KP_HTTP_HEADER("Content-Type", "text/event-stream");
+        kp_http_stream_begin(ex, 200, &h, 1);
+        kp_http_stream_write(ex, "data: one\n\n", 11);
+        kp_http_stream_end_with(ex, "data: last\n\n", 12);
+        return;
+    }
     /* Echo: method, path, query, header count, X-Echo, body. */
     char head[512];
     const char *echo = kp_http_request_header(req, "x-echo");
@@ -620,6 +627,17 @@ static void test_streams(void **state)
     read_to_eof(fd, buf, sizeof(buf));
     assert_null(strstr(buf, "chunked"));
     assert_non_null(strstr(buf, "\r\n\r\ndata: one\n\ndata: two\n\n"));
+    client_close(fd);
+    fd = client();
+    send_str(fd, "GET /sse-end HTTP/1.1\r\nConnection: close\r\n\r\n");
+    read_to_eof(fd, buf, sizeof(buf));
+    assert_non_null(strstr(buf, "b\r\ndata: one\n\n\r\nc\r\ndata: last\n\n\r\n0\r\n\r\n"));
+    client_close(fd);
+    fd = client();
+    send_str(fd, "GET /sse-end HTTP/1.0\r\n\r\n");
+    read_to_eof(fd, buf, sizeof(buf));
+    assert_non_null(strstr(buf, "\r\n\r\ndata: one\n\ndata: last\n\n"));
+    assert_null(strstr(buf, "0\r\n\r\n"));
     client_close(fd);
 }
 
