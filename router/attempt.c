@@ -719,6 +719,7 @@ static int build_request(struct kp_call *c, const struct kp_candidate *k,
     req->first_byte_timeout_ms = k->provider->first_byte_timeout_ms;
     req->idle_timeout_ms = k->provider->idle_timeout_ms;
     req->total_timeout_ms = k->provider->total_timeout_ms;
+    req->stream = c->stream;
     req->headers = prep->headers;
     req->n_headers = prep->n;
     const struct kp_buf *body = c->upstream_body.len > 0    ? &c->upstream_body

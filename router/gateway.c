@@ -61,6 +61,9 @@ static void call_free(struct kp_call *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     json_decref(c->body);
+    kp_trace__free(c);
+    if (c->cand != c->cand_small)
+        kp_free(c->cand);
     kp_buf_free(&c->rewritten_body);
     kp_buf_free(&c->upstream_body);
     kp_router__stream_free(c);
@@ -341,6 +344,7 @@ static struct kp_call *call_new(struct kp_router *r, struct kp_http_exchange *ex
         return NULL;
     atomic_fetch_add_explicit(&inflight_calls, 1, memory_order_relaxed);
     c->r = r;
+    c->cand = c->cand_small;
     c->ex = ex;
     c->req = req;
     c->rid = rid;

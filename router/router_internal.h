@@ -116,22 +116,25 @@ struct kp_trace_attempt {
 
 struct kp_call_trace {
     uint8_t trace_id[16];
-    uint8_t span_id[8];                     /* the server span's */
-    uint8_t parent_id[8];                   /* the app's span; zero: a new trace */
-    uint8_t flags;                          /* trace-flags sent upstream and to the app */
-    bool sampled;                           /* head decision: the app's flag, else the ratio */
-    int64_t start_ns;                       /* Unix ns when the call started */
-    char tracestate[KP_TRACESTATE_MAX + 1]; /* the app's, passed on; "" */
-    char header[KP_TRACEPARENT_LEN + 1];    /* for the app's answers */
-    char upstream[KP_TRACEPARENT_LEN + 1];  /* for the attempt being built */
-    uint8_t next_span[8];                   /* that attempt's span */
-    struct kp_trace_attempt att[KP_TRACE_ATTEMPTS];
-    unsigned natt;                          /* recorded in att */
-    unsigned started;                       /* every attempt started */
-    int cur;                                /* att index of the current attempt, -1: none */
-    unsigned failed;                        /* attempts that failed */
-    char dg_model[2][KP_USAGE_STR_MAX + 1]; /* the model after each downgrade */
-    char finish[KP_TRACE_FINISH][24];       /* finish reasons seen */
+    uint8_t span_id[8];                    /* the server span's */
+    uint8_t parent_id[8];                  /* the app's span; zero: a new trace */
+    uint8_t flags;                         /* trace-flags sent upstream and to the app */
+    bool sampled;                          /* head decision: the app's flag, else the ratio */
+    int64_t start_ns;                      /* Unix ns when the call started */
+    char *tracestate;                      /* the app's, passed on; NULL: none */
+    char header[KP_TRACEPARENT_LEN + 1];   /* for the app's answers */
+    char upstream[KP_TRACEPARENT_LEN + 1]; /* for the attempt being built */
+    uint8_t next_span[8];                  /* that attempt's span */
+    /* Most calls make one attempt: a few inline, up to KP_TRACE_ATTEMPTS
+     * on the heap once more are made (trace.c). */
+    struct kp_trace_attempt *att;
+    struct kp_trace_attempt att_small[2];
+    unsigned natt;                    /* recorded in att */
+    unsigned started;                 /* every attempt started */
+    int cur;                          /* att index of the current attempt, -1: none */
+    unsigned failed;                  /* attempts that failed */
+    char *dg_model[2];                /* the model after each downgrade */
+    char finish[KP_TRACE_FINISH][24]; /* finish reasons seen */
     unsigned nfinish;
 };
 
@@ -180,7 +183,10 @@ struct kp_call {
     bool sse_flush_queued;
     struct kp_buf upstream_body; /* this attempt's translated body */
 
-    struct kp_candidate cand[KP_MAX_CANDIDATES];
+    /* The keys to try, in order: a pool or two of a few keys each fit in
+     * cand_small; a longer list moves to the heap (select.c). */
+    struct kp_candidate *cand;
+    struct kp_candidate cand_small[4];
     unsigned ncand, next_cand;
     unsigned attempts;
 
@@ -418,6 +424,8 @@ void kp_trace__attempt_end(struct kp_call *c);
 void kp_trace__attempt_failed(struct kp_call *c, const char *cls);
 void kp_trace__scan(struct kp_call *c, const char *data, size_t len);
 void kp_trace__finish(struct kp_call *c);
+/* What kp_trace__begin and the attempts allocated (rarely anything). */
+void kp_trace__free(struct kp_call *c);
 /* For an answer made before a call exists (404, 405): the traceparent to
  * send (the app's trace continued, or a new one) and its trace id. */
 void kp_trace__orphan(const struct kp_http_request *req, char header[KP_TRACEPARENT_LEN + 1],

@@ -130,6 +130,22 @@ static void demote_unwell(struct kp_call *c, uint32_t first, uint64_t unwell_bit
     memcpy(&c->cand[first + nw], unwell, nu * sizeof(unwell[0]));
 }
 
+/* Room for one more candidate: the call's few inline slots, then the
+ * longest list there can be, at once. */
+static bool cand_room(struct kp_call *c)
+{
+    if (c->cand == NULL)
+        c->cand = c->cand_small;
+    if (c->cand != c->cand_small || c->ncand < sizeof(c->cand_small) / sizeof(c->cand_small[0]))
+        return true;
+    struct kp_candidate *all = kp_malloc(KP_MAX_CANDIDATES * sizeof(*all));
+    if (all == NULL)
+        return false;
+    memcpy(all, c->cand_small, c->ncand * sizeof(*all));
+    c->cand = all;
+    return true;
+}
+
 static void consider(struct kp_call *c, const struct kp_pool *pool, struct reasons *why,
                      unsigned start)
 {
@@ -188,6 +204,10 @@ static void consider(struct kp_call *c, const struct kp_pool *pool, struct reaso
                     why->wait_ms = wait;
                 why->rate_limited |= limited;
                 continue;
+            }
+            if (!cand_room(c)) {
+                snprintf(why->last, sizeof(why->last), "out of memory listing keys");
+                break;
             }
             if (h != NULL &&
                 (h->status == KP_HEALTH_DEGRADED || h->status == KP_HEALTH_RATE_LIMITED))

@@ -198,5 +198,13 @@ int kp_sse_feed(struct kp_sse_parser *p, const void *bytes, size_t len,
         if ((rc = end_line(p, fn, arg)) != KP_OK)
             return rc;
     }
+    /* Between events nothing is kept: a stream waiting for its next event
+     * (most of an open stream's life) holds no buffer. */
+    if (p->line.len == 0)
+        kp_buf_free(&p->line);
+    if (p->data.len == 0 && p->event.len == 0) {
+        kp_buf_free(&p->data);
+        kp_buf_free(&p->event);
+    }
     return KP_OK;
 }

@@ -62,7 +62,7 @@ void kp_trace__begin(struct kp_call *c)
         t->sampled = (p.flags & KP_TRACE_SAMPLED) != 0;
         const char *ts = kp_http_request_header(c->req, "tracestate");
         if (ts != NULL && kp_tracestate_valid(ts, strlen(ts)))
-            snprintf(t->tracestate, sizeof(t->tracestate), "%s", ts);
+            t->tracestate = kp_strdup(ts); /* out of memory: not passed on */
     } else {
         kp_trace_new_id(t->trace_id, sizeof(t->trace_id));
         t->sampled = sink->spans && kp_trace_ratio_keeps(t->trace_id, sink->sample_ratio);
@@ -93,7 +93,7 @@ unsigned kp_trace__upstream_headers(struct kp_call *c, struct kp_http_header *h)
     kp_trace_new_id(t->next_span, sizeof(t->next_span));
     kp_traceparent_format(t->trace_id, t->next_span, t->flags, t->upstream);
     h[0] = KP_HTTP_HEADER("traceparent", t->upstream);
-    if (t->tracestate[0] == '\0')
+    if (t->tracestate == NULL)
         return 1;
     h[1] = KP_HTTP_HEADER("tracestate", t->tracestate);
     return 2;
@@ -114,10 +114,19 @@ static const char *attempt_model(struct kp_call *c)
 {
     if (c->downgrades == 0 || c->downgrades > 2)
         return c->ev.model_requested;
-    char *dst = c->trace.dg_model[c->downgrades - 1];
-    if (dst[0] == '\0')
-        snprintf(dst, sizeof(c->trace.dg_model[0]), "%s", c->model);
-    return dst;
+    char **dst = &c->trace.dg_model[c->downgrades - 1];
+    if (*dst == NULL)
+        *dst = kp_strdup(c->model);
+    return *dst ? *dst : c->ev.model_requested;
+}
+
+void kp_trace__free(struct kp_call *c)
+{
+    if (c->trace.att != c->trace.att_small)
+        kp_free(c->trace.att);
+    kp_free(c->trace.tracestate);
+    kp_free(c->trace.dg_model[0]);
+    kp_free(c->trace.dg_model[1]);
 }
 
 void kp_trace__attempt_begin(struct kp_call *c)
@@ -127,6 +136,15 @@ void kp_trace__attempt_begin(struct kp_call *c)
     t->cur = -1;
     if (t->natt == KP_TRACE_ATTEMPTS)
         return;
+    if (t->att == NULL)
+        t->att = t->att_small;
+    if (t->att == t->att_small && t->natt == sizeof(t->att_small) / sizeof(t->att_small[0])) {
+        struct kp_trace_attempt *all = kp_malloc(KP_TRACE_ATTEMPTS * sizeof(*all));
+        if (all == NULL)
+            return; /* counted, without a span */
+        memcpy(all, t->att_small, sizeof(t->att_small));
+        t->att = all;
+    }
     t->cur = (int)t->natt;
     struct kp_trace_attempt *a = &t->att[t->natt++];
     memset(a, 0, sizeof(*a));
@@ -367,7 +385,7 @@ static void server_span(struct kp_span_set *s, struct kp_call *c, int64_t end_ns
     if (sp == NULL)
         return;
     set_ids(sp, t, t->span_id, t->parent_id); /* zero without a parent */
-    kp_span_trace_state(s, sp, t->tracestate);
+    kp_span_trace_state(s, sp, t->tracestate ? t->tracestate : "");
     sp->start_ns = t->start_ns;
     sp->end_ns = end_ns;
     kp_span_str(s, sp, "http.request.method", "POST");
@@ -429,7 +447,7 @@ static void client_span(struct kp_span_set *s, struct kp_call *c, unsigned i, in
     if (sp == NULL)
         return;
     set_ids(sp, t, a->span_id, t->span_id);
-    kp_span_trace_state(s, sp, t->tracestate);
+    kp_span_trace_state(s, sp, t->tracestate ? t->tracestate : "");
     sp->start_ns = a->start_ns;
     sp->end_ns = a->end_ns ? a->end_ns : end_ns;
     kp_span_str(s, sp, "gen_ai.operation.name", op);

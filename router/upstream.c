@@ -1261,7 +1261,7 @@ static int easy_setup(struct kp_upstream_call *call, const struct kp_upstream_re
     /* Provider answers arrive in small pieces (stream events, a few KiB of
      * JSON); half of curl's 16 KiB default receive buffer per transfer is
      * plenty and counts with thousands of open streams. */
-    SET(CURLOPT_BUFFERSIZE, 8192L);
+    SET(CURLOPT_BUFFERSIZE, req->stream ? 2048L : 8192L);
     SET(CURLOPT_CONNECTTIMEOUT_MS, (long)call->connect_ms);
     SET(CURLOPT_ERRORBUFFER, call->errbuf);
     SET(CURLOPT_HTTPHEADER, headers);

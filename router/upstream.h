@@ -68,6 +68,9 @@ struct kp_upstream_request {
     uint32_t first_byte_timeout_ms; /* 0: 60000 */
     uint32_t idle_timeout_ms;       /* 0: 60000 */
     uint32_t total_timeout_ms;      /* 0: 600000 */
+    /* A stream: small reads, so an open stream holds a small receive
+     * buffer (events are a few hundred bytes; a burst takes more reads). */
+    bool stream;
 };
 
 /* One per loop. KP_ENOMEM, or KP_ECONFIG when libcurl lacks what is needed

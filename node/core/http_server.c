@@ -65,6 +65,8 @@
  * our last answer is not lost to a reset. */
 #define LINGER_MS  2000
 #define READ_CHUNK 65536
+/* Room made in c->in for each SSL_read: one TLS record's plaintext. */
+#define TLS_PLAIN_CHUNK 16384
 /* How long an idle connection may stay once the server drains. */
 #define DRAIN_IDLE_GRACE_MS 500
 
@@ -161,7 +163,11 @@ struct kp_http_server {
     void *close_arg;
     time_t date_sec;
     char date[64];
-    char *tls_rbuf; /* TLS: the loop's read buffer for ciphertext */
+    /* The loop's read buffer: every connection reads into it and keeps only
+     * what arrived (c->in), so an idle or streaming connection holds a few
+     * hundred bytes, not a 64 KiB buffer (most of an open stream's memory
+     * when each connection had its own). TLS: ciphertext for OpenSSL. */
+    char *rbuf;
     /* TLS: handshake failures logged in the current 10 s window, and how
      * many were not (a scanner must not flood the log). */
     int64_t tls_log_window;
@@ -705,6 +711,7 @@ int kp_http_stream_begin(struct kp_http_exchange *ex, int status,
     int rc = build_head(ex, head, status, headers, n_headers, -1);
     if (rc == KP_OK)
         rc = conn_write(ex->conn, head->data, head->len, NULL, 0, NULL, 0);
+    kp_buf_free(head); /* a stream may stay open for minutes: keep nothing for it */
     return rc;
 }
 
@@ -1493,7 +1500,7 @@ static void tls_read_plain(struct conn *c)
             }
             return;
         }
-        if (kp_buf_reserve(&c->in, READ_CHUNK) != 0) {
+        if (kp_buf_reserve(&c->in, TLS_PLAIN_CHUNK) != 0) {
             conn_close(c);
             return;
         }
@@ -1627,20 +1634,8 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct conn *c = h->data;
     (void)suggested;
-    if (c->ssl != NULL) {
-        /* Ciphertext is copied into OpenSSL at once (read_cb), so the
-         * loop's connections share one buffer. */
-        buf->base = c->srv->tls_rbuf;
-        buf->len = READ_CHUNK;
-        return;
-    }
-    if (kp_buf_reserve(&c->in, READ_CHUNK) != 0) {
-        buf->base = NULL;
-        buf->len = 0;
-        return;
-    }
-    buf->base = c->in.data + c->in.len;
-    buf->len = c->in.cap - c->in.len - 1;
+    buf->base = c->srv->rbuf;
+    buf->len = READ_CHUNK;
 }
 
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
@@ -1666,7 +1661,10 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         tls_received(c, buf->base, (size_t)nread);
         return;
     }
-    c->in.len += (size_t)nread;
+    if (kp_buf_append(&c->in, buf->base, (size_t)nread) != 0) {
+        conn_close(c);
+        return;
+    }
     if (c->state == C_IDLE && c->ex == NULL)
         conn_disarm_timer(c);
     if (c->state == C_HANDLER) {
@@ -1789,7 +1787,7 @@ int kp_http_server_start(struct kp_http_server **out, uv_loop_t *loop,
         goto err_after_listener;
     }
     srv->listening = true;
-    if (cfg->tls != NULL && (srv->tls_rbuf = kp_malloc(READ_CHUNK)) == NULL) {
+    if ((srv->rbuf = kp_malloc(READ_CHUNK)) == NULL) {
         snprintf(errmsg, errlen, "%s: out of memory", cfg->name);
         rc = KP_ENOMEM;
         goto err_after_listener;
@@ -1832,7 +1830,7 @@ static void server_maybe_closed(struct kp_http_server *srv)
         return;
     void (*cb)(void *) = srv->close_cb;
     void *arg = srv->close_arg;
-    kp_free(srv->tls_rbuf);
+    kp_free(srv->rbuf);
     kp_free(srv);
     if (cb)
         cb(arg);
