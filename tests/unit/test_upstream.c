@@ -131,13 +131,19 @@ static bool wait_until(struct fx *f, const int *p, int n)
     return *p >= n;
 }
 
-/* Drive the loop for @ms (to see that nothing more happens). */
-static void run_for(struct fx *f, uint64_t ms)
+/* Drive the loop for @ms (to see that nothing more happens); returns the
+ * loop iterations it took (a loop with nothing to do blocks, one that
+ * spins on a ready descriptor makes thousands). */
+static unsigned run_for(struct fx *f, uint64_t ms)
 {
+    unsigned n = 0;
     f->guard_fired = false;
     uv_timer_start(&f->guard, guard_fired, ms, 0);
-    while (!f->guard_fired)
+    while (!f->guard_fired) {
         uv_run(&f->loop, UV_RUN_ONCE);
+        n++;
+    }
+    return n;
 }
 
 /* --- server handlers ------------------------------------------------------- */
@@ -1118,6 +1124,49 @@ static void test_truncated_body(void **state)
     assert_int_equal(r->heads, 1);
 }
 
+/* A provider closes a kept-alive connection while it idles between calls:
+ * the connection's parked poll handle sees the close and stops watching
+ * (the loop does not spin on the readable socket), and the next call opens
+ * a new connection and succeeds. */
+static void test_idle_connection_closed_by_provider(void **state)
+{
+    struct fx *f = *state;
+    raw_start(f, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/", f->raw.port);
+    struct kp_upstream_request req = {.allow_http = true};
+    struct rec *a = rec_new(f);
+    assert_int_equal(start_url(a, url, &req), KP_OK);
+    assert_true(wait_until(f, &a->dones, 1));
+    assert_int_equal(a->result, KP_UPSTREAM_OK);
+    assert_string_equal(a->body.data, "ok");
+    assert_true(run_for(f, 200) < 50);
+    assert_false(f->raw.conn_open);
+    f->raw.replied = false;
+    f->raw.in_len = 0;
+    struct rec *b = rec_new(f);
+    assert_int_equal(start_url(b, url, &req), KP_OK);
+    assert_true(wait_until(f, &b->dones, 1));
+    assert_int_equal(b->result, KP_UPSTREAM_OK);
+    assert_string_equal(b->body.data, "ok");
+}
+
+/* Many calls one after another share one connection (its poll handle is
+ * parked between them, not made again). */
+static void test_connection_reuse_many(void **state)
+{
+    struct fx *f = *state;
+    long before = accepted();
+    for (int i = 0; i < 50; i++) {
+        char path[32];
+        snprintf(path, sizeof(path), "/n/%d", i);
+        struct rec *r = call_path(f, path);
+        assert_true(wait_until(f, &r->dones, 1));
+        assert_int_equal(atoi(r->body.data), i);
+    }
+    assert_int_equal(accepted() - before, 1);
+}
+
 /* Closing with calls in flight (streaming, hanging, paused, connecting)
  * runs no callback and frees everything; the server sees each abort. */
 static void test_close_in_flight(void **state)
@@ -1336,6 +1385,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_start_in_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_interim_and_folded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncated_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_connection_closed_by_provider, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connection_reuse_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_in_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_in_done, setup, teardown),
