@@ -1,33 +1,52 @@
-/* What the gateway reads of an OpenAI-shaped answer it relays as is: the
- * top-level "model" and the "usage" object (attempt.c, relay_answer).
+/* What the gateway reads of JSON it relays as is, without building the
+ * document: the top-level "model" and the "usage" object of an
+ * OpenAI-shaped answer (attempt.c, relay_answer), and the fields of the
+ * app's request the gateway itself needs (gateway.c, parse_body).
  *
- * Parsing the answer with jansson builds the whole document (an allocation
- * per object, key and string) only for those two fields: for a 560-byte
- * chat answer that was 12% of the gateway's CPU per call. This scanner
- * reads the bytes once and allocates nothing. It answers only when it is
- * sure that json_loadb(flags 0) would have read the same text the same way:
- * the text is one JSON object, valid by RFC 8259 and by jansson's own rules
- * (strict UTF-8, no \u0000, surrogates in pairs, integers that fit in
- * json_int_t, reals that do not overflow), and the keys and strings it
- * reads hold no escape. For anything else (a syntax error, an escaped key
- * at a level it reads, an integer of 19 digits or more, nesting deeper than
- * SCAN_MAX_DEPTH) it returns false and the caller parses with jansson as
- * before. A key given twice counts as jansson counts it: the last wins. */
+ * Parsing with jansson builds the whole document (an allocation per
+ * object, key and string) only for a few fields: for a 560-byte chat
+ * answer that was 12% of the gateway's CPU per call, and as much again for
+ * the request. This scanner reads the bytes once and allocates nothing. It
+ * answers only when it is sure that json_loadb would have read the same
+ * text the same way: the text is one JSON object, valid by RFC 8259 and by
+ * jansson's own rules (strict UTF-8, no \u0000, surrogates in pairs,
+ * integers that fit in json_int_t, reals that do not overflow), and the
+ * keys and strings it reads hold no escape. For anything else (a syntax
+ * error, an escaped key at a level it reads, an integer of 19 digits or
+ * more, nesting deeper than SCAN_MAX_DEPTH) it returns false and the
+ * caller parses with jansson as before.
+ *
+ * Answers: a key given twice counts as jansson counts it (the last wins).
+ * Requests are parsed with JSON_REJECT_DUPLICATES, so there the scan is
+ * strict: every key of every object is compared with the others of its
+ * object, and an escaped key, or an object of more than SCAN_MAX_KEYS
+ * members, sends the request to jansson (which decides on duplicates). */
 #include <string.h>
 
 #include "router_internal.h"
 
-enum { SCAN_MAX_DEPTH = 64 };
+enum { SCAN_MAX_DEPTH = 64, SCAN_MAX_KEYS = 24 };
 
 /* What the object being scanned is to the caller. */
-enum level { L_OTHER, L_TOP, L_USAGE, L_PROMPT_DETAILS, L_INPUT_DETAILS };
+enum level {
+    L_OTHER,
+    L_TOP,
+    L_USAGE,
+    L_PROMPT_DETAILS,
+    L_INPUT_DETAILS,
+    L_REQ_TOP,            /* the app's request */
+    L_REQ_STREAM_OPTIONS, /* its stream_options */
+};
 
 struct scan {
     const unsigned char *p, *end;
     unsigned depth;
+    bool strict; /* no escaped key, no key twice in an object (requests) */
+    struct kp_answer_facts *answer;
+    struct kp_request_facts *request;
 };
 
-static bool scan_object(struct scan *s, enum level lv, struct kp_answer_facts *f);
+static bool scan_object(struct scan *s, enum level lv);
 
 static bool at(const struct scan *s, unsigned char c)
 {
@@ -220,7 +239,7 @@ static bool skip_value(struct scan *s)
         return false;
     switch (*s->p) {
     case '{':
-        return scan_object(s, L_OTHER, NULL);
+        return scan_object(s, L_OTHER);
     case '[':
         if (++s->depth > SCAN_MAX_DEPTH)
             return false;
@@ -279,10 +298,37 @@ static bool key_is(const char *key, size_t len, const char *name)
     return len == strlen(name) && memcmp(key, name, len) == 0;
 }
 
-/* The value of member @key of an object at level @lv, s->p on it. */
-static bool scan_member(struct scan *s, enum level lv, const char *key, size_t klen,
-                        struct kp_answer_facts *f)
+/* The value of member @key of the app's request at level @lv. Anything
+ * but the plain case (a model that is an unescaped string, stream true,
+ * false or null) goes to jansson, which gives the error answers. */
+static bool scan_request_member(struct scan *s, enum level lv, const char *key, size_t klen)
 {
+    struct kp_request_facts *f = s->request;
+    bool esc;
+    if (lv == L_REQ_TOP && key_is(key, klen, "model"))
+        return at(s, '"') && scan_string(s, &f->model, &f->model_len, &esc) && !esc;
+    if (lv == L_REQ_TOP && key_is(key, klen, "stream")) {
+        f->stream = at(s, 't');
+        return scan_literal(s, "true", 4) || scan_literal(s, "false", 5) ||
+               scan_literal(s, "null", 4);
+    }
+    if (lv == L_REQ_TOP && key_is(key, klen, "stream_options")) {
+        f->stream_options = true;
+        return at(s, '{') ? scan_object(s, L_REQ_STREAM_OPTIONS) : skip_value(s);
+    }
+    if (lv == L_REQ_STREAM_OPTIONS && key_is(key, klen, "include_usage")) {
+        f->include_usage = at(s, 't');
+        return skip_value(s);
+    }
+    return skip_value(s);
+}
+
+/* The value of member @key of an object at level @lv, s->p on it. */
+static bool scan_member(struct scan *s, enum level lv, const char *key, size_t klen)
+{
+    struct kp_answer_facts *f = s->answer;
+    if (lv >= L_REQ_TOP)
+        return scan_request_member(s, lv, key, klen);
     if (lv == L_TOP && key_is(key, klen, "model")) {
         f->model = NULL;
         if (!at(s, '"'))
@@ -298,7 +344,7 @@ static bool scan_member(struct scan *s, enum level lv, const char *key, size_t k
         if (!at(s, '{'))
             return skip_value(s);
         f->usage = true;
-        return scan_object(s, L_USAGE, f);
+        return scan_object(s, L_USAGE);
     }
     if (lv == L_USAGE) {
         uint64_t *count = key_is(key, klen, "prompt_tokens")       ? &f->u.prompt_tokens
@@ -315,7 +361,7 @@ static bool scan_member(struct scan *s, enum level lv, const char *key, size_t k
             *(prompt ? &f->u.prompt_cached : &f->u.input_cached) = 0;
             if (!at(s, '{'))
                 return skip_value(s);
-            return scan_object(s, prompt ? L_PROMPT_DETAILS : L_INPUT_DETAILS, f);
+            return scan_object(s, prompt ? L_PROMPT_DETAILS : L_INPUT_DETAILS);
         }
     }
     if ((lv == L_PROMPT_DETAILS || lv == L_INPUT_DETAILS) && key_is(key, klen, "cached_tokens"))
@@ -324,8 +370,11 @@ static bool scan_member(struct scan *s, enum level lv, const char *key, size_t k
 }
 
 /* An object, s->p on its '{'. */
-static bool scan_object(struct scan *s, enum level lv, struct kp_answer_facts *f)
+static bool scan_object(struct scan *s, enum level lv)
 {
+    const char *seen[SCAN_MAX_KEYS];
+    size_t seen_len[SCAN_MAX_KEYS];
+    unsigned nseen = 0;
     if (++s->depth > SCAN_MAX_DEPTH)
         return false;
     s->p++;
@@ -341,14 +390,23 @@ static bool scan_object(struct scan *s, enum level lv, struct kp_answer_facts *f
         bool esc;
         if (!at(s, '"') || !scan_string(s, &key, &klen, &esc))
             return false;
-        if (esc && lv != L_OTHER)
-            return false; /* might name a member read here once decoded */
+        if (esc && (lv != L_OTHER || s->strict))
+            return false; /* might name a member read here (or another key) once decoded */
+        if (s->strict) {
+            if (nseen == SCAN_MAX_KEYS)
+                return false;
+            for (unsigned i = 0; i < nseen; i++)
+                if (seen_len[i] == klen && memcmp(seen[i], key, klen) == 0)
+                    return false;
+            seen[nseen] = key;
+            seen_len[nseen++] = klen;
+        }
         skip_ws(s);
         if (!at(s, ':'))
             return false;
         s->p++;
         skip_ws(s);
-        if (!scan_member(s, lv, key, klen, f))
+        if (!scan_member(s, lv, key, klen))
             return false;
         skip_ws(s);
         if (at(s, '}')) {
@@ -363,15 +421,31 @@ static bool scan_object(struct scan *s, enum level lv, struct kp_answer_facts *f
     }
 }
 
+static bool scan_document(struct scan *s, enum level lv)
+{
+    skip_ws(s);
+    if (!at(s, '{') || !scan_object(s, lv))
+        return false;
+    skip_ws(s);
+    return s->p == s->end;
+}
+
 bool kp_router__scan_answer(const char *data, size_t len, struct kp_answer_facts *f)
 {
     memset(f, 0, sizeof(*f));
     if (data == NULL)
         return false;
-    struct scan s = {(const unsigned char *)data, (const unsigned char *)data + len, 0};
-    skip_ws(&s);
-    if (!at(&s, '{') || !scan_object(&s, L_TOP, f))
+    struct scan s = {
+        (const unsigned char *)data, (const unsigned char *)data + len, 0, false, f, NULL};
+    return scan_document(&s, L_TOP);
+}
+
+bool kp_router__scan_request(const char *data, size_t len, struct kp_request_facts *f)
+{
+    memset(f, 0, sizeof(*f));
+    if (data == NULL)
         return false;
-    skip_ws(&s);
-    return s.p == s.end;
+    struct scan s = {
+        (const unsigned char *)data, (const unsigned char *)data + len, 0, true, NULL, f};
+    return scan_document(&s, L_REQ_TOP) && f->model != NULL;
 }

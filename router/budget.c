@@ -172,10 +172,11 @@ static int act_downgrade(struct kp_call *c, const struct kp_budget_action *a)
 {
     if (strcmp(c->model, a->model) == 0)
         return KP_OK;
-    json_t *m = json_string(a->model);
-    if (m == NULL || json_object_set_new(c->body, "model", m) != 0)
+    json_t *body = kp_router__body(c);
+    json_t *m = body ? json_string(a->model) : NULL;
+    if (m == NULL || json_object_set_new(body, "model", m) != 0)
         return kp_router__fail(c, 503, "server_error", "out_of_memory", "out of memory; retry");
-    c->model = json_string_value(json_object_get(c->body, "model"));
+    c->model = json_string_value(json_object_get(body, "model"));
     c->body_changed = true;
     c->budget_downgraded = true;
     return KP_OK;
@@ -243,7 +244,7 @@ static size_t count_images(const char *body, size_t len)
 
 /* The body field that caps output tokens for this endpoint ("" when the
  * endpoint has no output). */
-static const char *cap_field(const struct kp_call *c)
+static const char *cap_field(struct kp_call *c)
 {
     switch (c->ep) {
     case KP_EP_EMBEDDINGS:
@@ -251,8 +252,9 @@ static const char *cap_field(const struct kp_call *c)
     case KP_EP_RESPONSES:
         return "max_output_tokens";
     case KP_EP_CHAT:
-        return json_object_get(c->body, "max_completion_tokens") != NULL ? "max_completion_tokens"
-                                                                         : "max_tokens";
+        return json_object_get(kp_router__body(c), "max_completion_tokens") != NULL
+                   ? "max_completion_tokens"
+                   : "max_tokens";
     default:
         return "max_tokens";
     }
@@ -273,14 +275,15 @@ static int read_bounds(struct kp_call *c)
         c->out_cap = 0;
         return KP_OK;
     }
-    uint64_t n = positive_int(json_object_get(c->body, "n"));
-    uint64_t best = positive_int(json_object_get(c->body, "best_of"));
+    json_t *body = kp_router__body(c); /* NULL (out of memory): the defaults */
+    uint64_t n = positive_int(json_object_get(body, "n"));
+    uint64_t best = positive_int(json_object_get(body, "best_of"));
     c->choices = n > best ? n : best > 0 ? best : 1;
     if (c->choices > 128)
         c->choices = 128;
-    uint64_t cap = positive_int(json_object_get(c->body, field));
+    uint64_t cap = positive_int(json_object_get(body, field));
     if (c->ep == KP_EP_CHAT && cap == 0)
-        cap = positive_int(json_object_get(c->body, "max_tokens"));
+        cap = positive_int(json_object_get(body, "max_tokens"));
     c->out_cap = cap > 0 ? cap : DEFAULT_MAX_TOKENS;
     c->out_cap_set = cap == 0; /* the gateway must write it */
     return KP_OK;
@@ -314,12 +317,13 @@ static int write_cap(struct kp_call *c)
     const char *field = cap_field(c);
     if (field[0] == '\0' || !c->body_changed)
         return KP_OK;
-    if (json_object_set_new(c->body, field, json_integer((json_int_t)c->out_cap)) != 0)
+    json_t *body = kp_router__body(c);
+    if (body == NULL || json_object_set_new(body, field, json_integer((json_int_t)c->out_cap)) != 0)
         return KP_ENOMEM;
     /* A chat request may carry both names: lower the other one too. */
     const char *other = strcmp(field, "max_tokens") == 0 ? "max_completion_tokens" : "max_tokens";
-    if (c->ep == KP_EP_CHAT && json_object_get(c->body, other) != NULL &&
-        json_object_set_new(c->body, other, json_integer((json_int_t)c->out_cap)) != 0)
+    if (c->ep == KP_EP_CHAT && json_object_get(body, other) != NULL &&
+        json_object_set_new(body, other, json_integer((json_int_t)c->out_cap)) != 0)
         return KP_ENOMEM;
     return KP_OK;
 }

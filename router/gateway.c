@@ -186,8 +186,24 @@ static void on_abort(struct kp_http_exchange *ex, void *arg)
 
 static int parse_body(struct kp_call *c)
 {
-    json_error_t err;
     c->body_len = c->req->body_len;
+    struct kp_request_facts f;
+    /* The common case without building the document: it is built only if
+     * something needs it (kp_router__body). */
+    if (kp_router__scan_request(c->req->body, c->req->body_len, &f) && f.model_len > 0 &&
+        f.model_len <= KP_USAGE_STR_MAX) {
+        memcpy(c->ev.model_requested, f.model, f.model_len);
+        c->ev.model_requested[f.model_len] = '\0';
+        c->model = c->ev.model_requested;
+        c->stream = f.stream;
+        c->stream_options = f.stream_options;
+        c->client_wants_usage = f.include_usage;
+        if (c->stream && c->ep == KP_EP_EMBEDDINGS)
+            return kp_router__fail(c, 400, "invalid_request_error", "invalid_field",
+                                   "stream: embeddings cannot be streamed");
+        return KP_OK;
+    }
+    json_error_t err;
     c->body = json_loadb(c->req->body, c->req->body_len, JSON_REJECT_DUPLICATES, &err);
     if (c->body == NULL || !json_is_object(c->body)) {
         char msg[300];
@@ -216,30 +232,66 @@ static int parse_body(struct kp_call *c)
         return kp_router__fail(c, 400, "invalid_request_error", "invalid_field",
                                "stream: embeddings cannot be streamed");
     json_t *so = json_object_get(c->body, "stream_options");
+    c->stream_options = so != NULL;
     c->client_wants_usage = json_is_true(json_object_get(so, "include_usage"));
     return KP_OK;
 }
 
+json_t *kp_router__body(struct kp_call *c)
+{
+    if (c->body != NULL)
+        return c->body;
+    /* Valid already (parse_body): what goes upstream, the app's bytes or
+     * those with include_usage spliced in. NULL only out of memory. */
+    const struct kp_buf *b = &c->rewritten_body;
+    c->body = b->len > 0 ? json_loadb(b->data, b->len, JSON_REJECT_DUPLICATES, NULL)
+                         : json_loadb(c->req->body, c->req->body_len, JSON_REJECT_DUPLICATES, NULL);
+    if (c->body != NULL && !json_is_object(c->body)) {
+        json_decref(c->body);
+        c->body = NULL;
+    }
+    return c->body;
+}
+
 /* The bytes sent upstream: the app's body as it came, unless the gateway
- * must ask for usage in a stream the app did not ask it for. */
+ * must ask for usage in a stream the app did not ask it for, or a budget
+ * changed the document. */
 static int upstream_body(struct kp_call *c)
 {
     bool ask_usage =
         c->stream && (c->ep == KP_EP_CHAT || c->ep == KP_EP_COMPLETIONS) && !c->client_wants_usage;
     if (!ask_usage && !c->body_changed)
         return KP_OK;
-    json_t *so = json_object_get(c->body, "stream_options");
+    if (ask_usage && !c->body_changed && !c->stream_options && c->body == NULL) {
+        /* The app's bytes with one member first: valid as they are (the
+         * object has "model", so a comma follows), and kept byte for byte. */
+        static const char member[] = "\"stream_options\":{\"include_usage\":true},";
+        const char *body = c->req->body;
+        size_t len = c->req->body_len, open = 0;
+        while (open < len && body[open] != '{')
+            open++;
+        kp_buf_consume(&c->rewritten_body, c->rewritten_body.len);
+        int rc = kp_buf_append(&c->rewritten_body, body, open + 1);
+        rc |= kp_buf_append(&c->rewritten_body, member, sizeof(member) - 1);
+        rc |= kp_buf_append(&c->rewritten_body, body + open + 1, len - open - 1);
+        return rc == 0 ? KP_OK : KP_ENOMEM;
+    }
+    json_t *doc = kp_router__body(c);
+    if (doc == NULL)
+        return KP_ENOMEM;
+    json_t *so = json_object_get(doc, "stream_options");
     if (ask_usage && !json_is_object(so)) {
         so = json_object();
-        if (so == NULL || json_object_set_new(c->body, "stream_options", so) != 0)
+        if (so == NULL || json_object_set_new(doc, "stream_options", so) != 0)
             return KP_ENOMEM;
     }
     if (ask_usage && json_object_set_new(so, "include_usage", json_true()) != 0)
         return KP_ENOMEM;
     size_t len;
-    char *text = kp_json_dumps(c->body, &len);
+    char *text = kp_json_dumps(doc, &len);
     if (text == NULL)
         return KP_ENOMEM;
+    kp_buf_consume(&c->rewritten_body, c->rewritten_body.len);
     int rc = kp_buf_append(&c->rewritten_body, text, len) == 0 ? KP_OK : KP_ENOMEM;
     kp_free(text);
     return rc;

@@ -169,9 +169,10 @@ struct kp_call {
     int64_t start_ms;
     uint64_t start_us;
 
-    json_t *body;      /* the app's request */
+    json_t *body;      /* the app's request, once built (kp_router__body) */
     const char *model; /* from body */
     bool stream;
+    bool stream_options;          /* the app sent stream_options */
     bool client_wants_usage;      /* stream_options.include_usage from the app */
     struct kp_buf rewritten_body; /* the app's body with include_usage added */
     /* SSE made during one pass of curl (a read of the upstream often
@@ -351,6 +352,19 @@ struct kp_answer_facts {
 };
 bool kp_router__scan_answer(const char *data, size_t len, struct kp_answer_facts *f);
 
+/* What the gateway needs of the app's body (answer_scan.c). True only for
+ * a body json_loadb(JSON_REJECT_DUPLICATES) would read the same way, with
+ * "model" an unescaped string and "stream", when there, true, false or
+ * null; false sends the body to jansson. */
+struct kp_request_facts {
+    const char *model; /* into the body, not terminated */
+    size_t model_len;
+    bool stream;
+    bool stream_options; /* present, whatever it is */
+    bool include_usage;  /* stream_options.include_usage is true */
+};
+bool kp_router__scan_request(const char *data, size_t len, struct kp_request_facts *f);
+
 /* An attempt's request as it is being built: on the stack of the code
  * that starts it (the upstream client copies URL and headers at start),
  * so a call in flight does not carry ~7 KiB it no longer needs. */
@@ -382,6 +396,10 @@ void kp_router__stream_free(struct kp_call *c);
 
 /* attempt.c: write one SSE event to the app (@event NULL or "message":
  * data only). */
+/* The app's request as a document (gateway.c), built on first use: the
+ * gateway reads what it needs without it; budgets, downgrades, other
+ * providers' shapes and content capture use it. NULL: out of memory. */
+json_t *kp_router__body(struct kp_call *c);
 /* Write the call's queued SSE now (attempt.c); the upstream's settled hook
  * writes every call's. */
 void kp_router__flush_events(struct kp_call *c);

@@ -238,12 +238,13 @@ bool kp_router__downgrade(struct kp_call *c)
     kp_info("router", "request %s: model %s downgraded to %s by pool %s", c->rid, c->model, to,
             pool->e.id);
     /* c->model points into the body: replaced together. */
-    if (json_object_set_new(c->body, "model", json_string(to)) != 0)
+    json_t *body = kp_router__body(c);
+    if (body == NULL || json_object_set_new(body, "model", json_string(to)) != 0)
         return false;
-    c->model = json_string_value(json_object_get(c->body, "model"));
+    c->model = json_string_value(json_object_get(body, "model"));
     c->downgrades++;
     size_t len;
-    char *text = kp_json_dumps(c->body, &len);
+    char *text = kp_json_dumps(body, &len);
     if (text == NULL)
         return false;
     kp_buf_consume(&c->rewritten_body, c->rewritten_body.len);

@@ -65,17 +65,21 @@ static int translate_request(struct kp_call *c, char *errmsg, size_t errlen, cha
 {
     json_t *out = NULL;
     int rc = KP_OK;
+    if (c->shape == KP_SHAPE_OPENAI || c->shape == KP_SHAPE_MESSAGES)
+        return KP_OK; /* the app's bytes, or c->upstream_body already */
+    json_t *body = kp_router__body(c);
+    if (body == NULL)
+        return KP_ENOMEM;
     switch (c->shape) {
     case KP_SHAPE_CHAT_VIA_ANTHROPIC:
-        rc = kp_anthropic_request_from_chat(c->body, c->model, DEFAULT_ANTHROPIC_MAX_TOKENS, &out,
+        rc = kp_anthropic_request_from_chat(body, c->model, DEFAULT_ANTHROPIC_MAX_TOKENS, &out,
                                             errmsg, errlen, param, paramlen);
         break;
     case KP_SHAPE_CHAT_VIA_GEMINI:
-        rc = kp_gemini_request_from_chat(c->body, &out, errmsg, errlen, param, paramlen);
+        rc = kp_gemini_request_from_chat(body, &out, errmsg, errlen, param, paramlen);
         break;
     case KP_SHAPE_MESSAGES_VIA_CHAT:
-        rc = kp_chat_request_from_anthropic(c->body, c->model, &out, errmsg, errlen, param,
-                                            paramlen);
+        rc = kp_chat_request_from_anthropic(body, c->model, &out, errmsg, errlen, param, paramlen);
         break;
     default:
         return KP_OK; /* the app's bytes, or c->upstream_body already */

@@ -361,12 +361,12 @@ static bool captures_content(const struct kp_call *c)
 
 /* The request's text, and the answer's for a whole 2xx answer (a stream's
  * answer is relayed, not kept, so only its request is captured). */
-static void content_attrs(struct kp_span_set *s, struct kp_span *sp, const struct kp_call *c)
+static void content_attrs(struct kp_span_set *s, struct kp_span *sp, struct kp_call *c)
 {
     bool answered = !c->stream && c->ev.status >= 200 && c->ev.status <= 299 &&
                     !c->resp_incomplete && c->resp.len > 0;
     struct kp_trace_content tc;
-    kp_trace__content(c->body, answered ? c->resp.data : NULL, c->resp.len, &tc);
+    kp_trace__content(kp_router__body(c), answered ? c->resp.data : NULL, c->resp.len, &tc);
     kp_span_str(s, sp, "gen_ai.system_instructions", tc.system);
     kp_span_str(s, sp, "gen_ai.input.messages", tc.input);
     kp_span_str(s, sp, "gen_ai.output.messages", tc.output);

@@ -252,6 +252,17 @@ class RouterTest(unittest.TestCase):
             ({"Authorization": "Bearer kp_nope"}, CHAT, None, 401, "invalid_token"),
             ({}, b"{not json", g.token, 400, "invalid_json"),
             ({}, {"messages": []}, g.token, 400, "missing_model"),
+            # A key twice, at the top or inside: the gateway and the
+            # provider could read different values, so neither reads it.
+            ({}, b'{"model":"gpt-4o-mini","model":"claude-x","messages":[]}', g.token, 400,
+             "invalid_json"),
+            ({}, b'{"model":"gpt-4o-mini","messages":[{"role":"user","role":"system",'
+                 b'"content":"hi"}]}', g.token, 400, "invalid_json"),
+            ({}, b'{"model":"gpt-4o-mini","\\u006dodel":"x","messages":[]}', g.token, 400,
+             "invalid_json"),
+            ({}, b'{"model":"gpt-4o-mini","stream":"yes","messages":[]}', g.token, 400,
+             "invalid_field"),
+            ({}, b'{"model":"","messages":[]}', g.token, 400, "missing_model"),
             ({"X-Tenant": "other"}, CHAT, g.token, 403, "outside_scope"),
             ({"X-Keyplane-Pool": "nope"}, CHAT, g.token, 404, "pool_not_found"),
         ]
@@ -283,6 +294,12 @@ class RouterTest(unittest.TestCase):
         status, h, raw = g.call("/v1/chat/completions", dict(CHAT, model="claude-x"))
         self.assertEqual((status, h["x-keyplane-error"]), (404, "model_not_found"), raw)
         self.assertEqual(g.stats()["requests"], 1)  # only the project-scoped call
+        # An escaped model name is read as the provider reads it.
+        status, _, raw = g.call("/v1/chat/completions",
+                                b'{"model":"gpt\\u002d4o-mini","messages":[{"role":"user",'
+                                b'"content":"hi"}]}')
+        self.assertEqual(status, 200, raw)
+        self.assertEqual(json.loads(raw)["model"], "gpt-4o-mini")
 
     def test_reset_mid_stream_ends_with_an_error_event_and_an_estimate(self):
         g = self.g

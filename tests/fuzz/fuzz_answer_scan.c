@@ -1,10 +1,13 @@
-/* libFuzzer driver for the router's answer scanner (router/answer_scan.c):
- * a differential check against jansson. Whenever the scanner says it is
- * sure of an answer, json_loadb must accept the text as an object and the
- * usage and model read from the document must be what the scanner found;
- * when it is not sure, nothing is checked (the router parses with jansson
- * then). Seeds in corpus/answer_scan/ are provider answers and the edge
- * cases the scanner was written against. */
+/* libFuzzer driver for the router's JSON scanner (router/answer_scan.c):
+ * a differential check against jansson, of both its uses. Whenever the
+ * scanner says it is sure of an answer, json_loadb must accept the text as
+ * an object and the usage and model read from the document must be what
+ * the scanner found; whenever it is sure of a request, json_loadb with
+ * JSON_REJECT_DUPLICATES must accept it (no key twice at any level) and
+ * model, stream and stream_options.include_usage must read the same. When
+ * it is not sure, nothing is checked (the router parses with jansson
+ * then). Seeds in corpus/answer_scan/ are provider answers, app requests
+ * and the edge cases the scanner was written against. */
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -58,9 +61,32 @@ static bool ref_parse(const char *data, size_t len, struct ref *r)
     return obj;
 }
 
+static void check_request(const char *text, size_t size)
+{
+    struct kp_request_facts f;
+    if (!kp_router__scan_request(text, size, &f))
+        return;
+    json_t *doc = json_loadb(text ? text : "", size, JSON_REJECT_DUPLICATES, NULL);
+    if (!json_is_object(doc))
+        abort(); /* sure of a request jansson refuses (a key twice, say) */
+    json_t *model = json_object_get(doc, "model");
+    json_t *stream = json_object_get(doc, "stream");
+    json_t *so = json_object_get(doc, "stream_options");
+    if (!json_is_string(model) || json_string_length(model) != f.model_len ||
+        memcmp(json_string_value(model), f.model, f.model_len) != 0)
+        abort();
+    if (stream != NULL && !json_is_boolean(stream) && !json_is_null(stream))
+        abort();
+    if (json_is_true(stream) != f.stream || (so != NULL) != f.stream_options ||
+        json_is_true(json_object_get(so, "include_usage")) != f.include_usage)
+        abort();
+    json_decref(doc);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *text = (const char *)data;
+    check_request(text, size);
     struct kp_answer_facts f;
     struct ref r, s = {0};
     if (!kp_router__scan_answer(text, size, &f))
