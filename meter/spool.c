@@ -25,6 +25,9 @@
 
 #include "meter/meter.h"
 
+/* zstd level of the spool's segments (open_segment). */
+#define SPOOL_ZSTD_LEVEL 1
+
 #define SEQ_FMT      "%020" PRIu64
 #define WARN_PERCENT 80
 
@@ -157,8 +160,10 @@ static int reseal(struct kp_spool *s, const char *path, uint64_t seq, const stru
         kp_segment_reader_close(&r);
         return rc;
     }
-    struct kp_segment_writer_options wo = {
-        .node = r.header.node, .seq = seq, .created_ms = r.header.created_ms};
+    struct kp_segment_writer_options wo = {.node = r.header.node,
+                                           .seq = seq,
+                                           .created_ms = r.header.created_ms,
+                                           .zstd_level = SPOOL_ZSTD_LEVEL};
     rc = kp_segment_writer_init(&w, &wo);
     while (rc == KP_OK && kp_segment_reader_next(&r, &ev))
         rc = kp_segment_writer_add(&w, &ev);
@@ -383,7 +388,10 @@ static int open_segment(struct kp_spool *s, int64_t now_ms)
     uint64_t seq = s->next_seq;
     if (write_last_seq(s, seq) != KP_OK)
         return KP_EIO;
-    struct kp_segment_writer_options wo = {.node = s->node, .seq = seq, .created_ms = now_ms};
+    /* zstd's fastest level: a router compresses on the request path's
+     * CPU; the meter's compaction makes the files that are kept. */
+    struct kp_segment_writer_options wo = {
+        .node = s->node, .seq = seq, .created_ms = now_ms, .zstd_level = SPOOL_ZSTD_LEVEL};
     int rc = kp_segment_writer_init(&s->w, &wo);
     if (rc != KP_OK)
         return rc;
