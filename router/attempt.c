@@ -16,6 +16,8 @@
 
 #include "router_internal.h"
 
+static void queue_events(struct kp_call *c);
+
 /* SSE waiting for the end of curl's pass is written at once past this. */
 #define SSE_OUT_MAX ((size_t)64 << 10)
 
@@ -345,7 +347,15 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
     if (kp_router__stream_begin(c) != KP_OK)
         return; /* answered at the end as a failed attempt */
     kp_http_on_drain(c->ex, on_drain, c);
-    kp_http_stream_begin(c->ex, 200, out, nout);
+    /* Inside curl's pass (always, from on_head) the head waits for the
+     * events of the same read, to leave with them in one write; the
+     * settled hook writes it alone when there are none. */
+    if (kp_upstream_in_pass(c->r->up)) {
+        kp_http_stream_begin_held(c->ex, 200, out, nout);
+        queue_events(c);
+    } else {
+        kp_http_stream_begin(c->ex, 200, out, nout);
+    }
     c->streaming_out = true;
     c->ev.status = 200;
     c->ev.error_class[0] = '\0';
@@ -362,6 +372,16 @@ static bool usage_only(const json_t *chunk)
 }
 
 /* Writes what the call's events made so far, as one chunk. */
+/* Written by the settled hook when curl's pass ends. */
+static void queue_events(struct kp_call *c)
+{
+    if (c->sse_flush_queued)
+        return;
+    c->sse_flush_queued = true;
+    c->sse_flush_next = c->r->sse_flush;
+    c->r->sse_flush = c;
+}
+
 static void unqueue_events(struct kp_call *c)
 {
     if (!c->sse_flush_queued)
@@ -378,7 +398,9 @@ void kp_router__flush_events(struct kp_call *c)
     unqueue_events(c);
     if (c->sse_out.len > 0 && !c->done)
         kp_http_stream_write(c->ex, c->sse_out.data, c->sse_out.len);
-    kp_buf_free(&c->sse_out); /* an idle stream holds no buffer */
+    else if (!c->done && c->streaming_out)
+        kp_http_stream_flush(c->ex); /* a held head, alone */
+    kp_buf_free(&c->sse_out);        /* an idle stream holds no buffer */
 }
 
 /* Ends the app's stream with what is still queued for it, in one write. */
@@ -430,11 +452,7 @@ int kp_router__write_event(struct kp_call *c, const char *event, size_t event_le
     /* Inside curl's pass the settled hook writes it (soon: once curl has
      * handled what the loop saw); anywhere else, or past the cap, now. */
     if (kp_upstream_in_pass(c->r->up) && out->len < SSE_OUT_MAX) {
-        if (!c->sse_flush_queued) {
-            c->sse_flush_queued = true;
-            c->sse_flush_next = c->r->sse_flush;
-            c->r->sse_flush = c;
-        }
+        queue_events(c);
     } else {
         kp_router__flush_events(c);
     }

@@ -138,6 +138,13 @@ int kp_http_respond_json(struct kp_http_exchange *ex, int status, const char *js
  * body delimited by closing the connection for HTTP/1.0. */
 int kp_http_stream_begin(struct kp_http_exchange *ex, int status,
                          const struct kp_http_header *headers, unsigned n_headers);
+/* The same, but the head waits for the stream's first bytes (or the end,
+ * or kp_http_stream_flush) and goes out with them in one write. The caller
+ * must flush it soon: nothing else will. */
+int kp_http_stream_begin_held(struct kp_http_exchange *ex, int status,
+                              const struct kp_http_header *headers, unsigned n_headers);
+/* Write a held head now (no-op when none is held). */
+int kp_http_stream_flush(struct kp_http_exchange *ex);
 /* Queue @len bytes (copied) as one chunk. Returns KP_ECLOSED after an abort.
  * Never refuses for backpressure: the producer must check
  * kp_http_stream_writable() and wait for the drain callback. */

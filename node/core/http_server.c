@@ -99,6 +99,7 @@ struct kp_http_exchange {
     int status;
     bool started;   /* status line queued */
     bool streaming; /* kp_http_stream_begin called */
+    bool head_held; /* the stream's head waits in conn->head for its first bytes */
     bool chunked;
     bool keep_alive;
     bool is_head;
@@ -692,8 +693,8 @@ int kp_http_respond_json(struct kp_http_exchange *ex, int status, const char *js
     return kp_http_respond(ex, status, &h, 1, json, len);
 }
 
-int kp_http_stream_begin(struct kp_http_exchange *ex, int status,
-                         const struct kp_http_header *headers, unsigned n_headers)
+static int stream_begin(struct kp_http_exchange *ex, int status,
+                        const struct kp_http_header *headers, unsigned n_headers, bool hold)
 {
     if (ex->started)
         return KP_EINVAL;
@@ -709,10 +710,55 @@ int kp_http_stream_begin(struct kp_http_exchange *ex, int status,
     struct kp_buf *head = &ex->conn->head;
     head->len = 0;
     int rc = build_head(ex, head, status, headers, n_headers, -1);
+    if (rc == KP_OK && hold) {
+        ex->head_held = true;
+        return KP_OK;
+    }
     if (rc == KP_OK)
         rc = conn_write(ex->conn, head->data, head->len, NULL, 0, NULL, 0);
     kp_buf_free(head); /* a stream may stay open for minutes: keep nothing for it */
     return rc;
+}
+
+int kp_http_stream_begin(struct kp_http_exchange *ex, int status,
+                         const struct kp_http_header *headers, unsigned n_headers)
+{
+    return stream_begin(ex, status, headers, n_headers, false);
+}
+
+int kp_http_stream_begin_held(struct kp_http_exchange *ex, int status,
+                              const struct kp_http_header *headers, unsigned n_headers)
+{
+    return stream_begin(ex, status, headers, n_headers, true);
+}
+
+/* Writes a held head with @data as the stream's first bytes (the chunk
+ * size line joins the head; @tail ends the chunk, and the stream when it
+ * holds the last chunk), in one write. */
+static int write_held(struct kp_http_exchange *ex, const void *data, size_t len, const char *tail,
+                      size_t tail_len)
+{
+    struct kp_buf *head = &ex->conn->head;
+    ex->head_held = false;
+    int rc = KP_OK;
+    if (ex->chunked && len > 0 && kp_buf_appendf(head, "%zx\r\n", len) != 0)
+        rc = KP_ENOMEM;
+    if (rc == KP_OK)
+        rc = conn_write(ex->conn, head->data, head->len, data, len, tail, tail_len);
+    kp_buf_free(head);
+    return rc;
+}
+
+int kp_http_stream_flush(struct kp_http_exchange *ex)
+{
+    if (!ex->head_held)
+        return KP_OK;
+    if (ex->aborted || ex->finished) {
+        ex->head_held = false;
+        kp_buf_free(&ex->conn->head);
+        return KP_ECLOSED;
+    }
+    return write_held(ex, NULL, 0, NULL, 0);
 }
 
 int kp_http_stream_write(struct kp_http_exchange *ex, const void *data, size_t len)
@@ -724,7 +770,9 @@ int kp_http_stream_write(struct kp_http_exchange *ex, const void *data, size_t l
     if (len == 0 || ex->is_head)
         return KP_OK;
     int rc;
-    if (ex->chunked) {
+    if (ex->head_held) {
+        rc = write_held(ex, data, len, ex->chunked ? "\r\n" : NULL, ex->chunked ? 2 : 0);
+    } else if (ex->chunked) {
         char size[24];
         int n = snprintf(size, sizeof(size), "%zx\r\n", len);
         rc = conn_write(ex->conn, size, (size_t)n, data, len, "\r\n", 2);
@@ -742,7 +790,12 @@ int kp_http_stream_end_with(struct kp_http_exchange *ex, const void *data, size_
         return KP_EINVAL;
     bool aborted = ex->aborted;
     int rc = KP_OK;
-    if (!aborted && !ex->is_head) {
+    if (!aborted && ex->head_held) {
+        const char *tail = !ex->chunked ? NULL : len ? "\r\n0\r\n\r\n" : "0\r\n\r\n";
+        size_t tail_len = !ex->chunked ? 0 : len ? 7 : 5;
+        rc = write_held(ex, ex->is_head ? NULL : data, ex->is_head ? 0 : len,
+                        ex->is_head ? NULL : tail, ex->is_head ? 0 : tail_len);
+    } else if (!aborted && !ex->is_head) {
         if (!ex->chunked) {
             rc = len ? conn_write(ex->conn, data, len, NULL, 0, NULL, 0) : KP_OK;
         } else if (len == 0) {
@@ -777,6 +830,10 @@ void kp_http_reset(struct kp_http_exchange *ex)
 /* The end of an exchange: count it, free it, and move the connection on. */
 static void ex_finish(struct kp_http_exchange *ex)
 {
+    if (ex->head_held) { /* reset or aborted before anything was written */
+        ex->head_held = false;
+        kp_buf_free(&ex->conn->head);
+    }
     struct conn *c = ex->conn;
     struct kp_http_server *srv = c->srv;
     if (ex->finished)

@@ -182,6 +182,16 @@ static void on_request(struct kp_http_exchange *ex, const struct kp_http_request
         kp_http_stream_end(ex);
         return;
     }
+    if (strncmp(req->path, "/sse-held", 9) == 0) { /* the head waits for the first bytes */
+        struct kp_http_header h = KP_HTTP_HEADER("Content-Type", "text/event-stream");
+        kp_http_stream_begin_held(ex, 200, &h, 1);
+        if (strcmp(req->path, "/sse-held-flush") == 0)
+            kp_http_stream_flush(ex);
+        if (strcmp(req->path, "/sse-held-empty") != 0)
+            kp_http_stream_write(ex, "data: one\n\n", 11);
+        kp_http_stream_end(ex);
+        return;
+    }
     if (strcmp(req->path, "/sse-end") == 0) { /* the last chunk with the end */
         struct kp_http_header h = KP_HTTP_HEADER("Content-Type", "text/event-stream");
         kp_http_stream_begin(ex, 200, &h, 1);
@@ -627,6 +637,25 @@ static void test_streams(void **state)
     read_to_eof(fd, buf, sizeof(buf));
     assert_null(strstr(buf, "chunked"));
     assert_non_null(strstr(buf, "\r\n\r\ndata: one\n\ndata: two\n\n"));
+    client_close(fd);
+    static const char *const held[] = {"/sse-held", "/sse-held-flush", "/sse-held-empty"};
+    for (int i = 0; i < 3; i++) {
+        char req[128];
+        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nConnection: close\r\n\r\n", held[i]);
+        fd = client();
+        send_str(fd, req);
+        read_to_eof(fd, buf, sizeof(buf));
+        assert_non_null(strstr(buf, "HTTP/1.1 200"));
+        assert_non_null(strstr(buf, "Transfer-Encoding: chunked"));
+        assert_non_null(
+            strstr(buf, i < 2 ? "\r\n\r\nb\r\ndata: one\n\n\r\n0\r\n\r\n" : "\r\n\r\n0\r\n\r\n"));
+        client_close(fd);
+    }
+    fd = client();
+    send_str(fd, "GET /sse-held HTTP/1.0\r\n\r\n");
+    read_to_eof(fd, buf, sizeof(buf));
+    assert_non_null(strstr(buf, "\r\n\r\ndata: one\n\n"));
+    assert_null(strstr(buf, "chunked"));
     client_close(fd);
     fd = client();
     send_str(fd, "GET /sse-end HTTP/1.1\r\nConnection: close\r\n\r\n");
