@@ -406,6 +406,8 @@ void kp_router__flush_events(struct kp_call *c)
 /* Ends the app's stream with what is still queued for it, in one write. */
 void kp_router__end_stream(struct kp_call *c)
 {
+    kp_router__settle(c); /* tokens charged before the end leaves (relay_answer) */
+    kp_router__limit_charge(c);
     unqueue_events(c);
     kp_http_stream_end_with(c->ex, c->sse_out.data, c->sse_out.len);
     kp_buf_free(&c->sse_out);
@@ -459,6 +461,27 @@ int kp_router__write_event(struct kp_call *c, const char *event, size_t event_le
     return 0;
 }
 
+/* Whether an event's data may hold a "usage" object: the key, then
+ * (after any spaces) an opening brace. One pass; a false positive only
+ * costs a parse. */
+static bool has_usage_object(const char *data, size_t len)
+{
+    const char *end = data + len, *p = data;
+    while ((p = memmem(p, (size_t)(end - p), "\"usage\"", 7)) != NULL) {
+        p += 7;
+        while (p < end && (*p == ' ' || *p == '\t'))
+            p++;
+        if (p < end && *p == ':') {
+            p++;
+            while (p < end && (*p == ' ' || *p == '\t'))
+                p++;
+            if (p < end && *p == '{')
+                return true;
+        }
+    }
+    return false;
+}
+
 static int on_event(void *arg, const struct kp_sse_event *e)
 {
     struct kp_call *c = arg;
@@ -475,9 +498,7 @@ static int on_event(void *arg, const struct kp_sse_event *e)
     /* Parsing every event would cost more than relaying it: only the first
      * (the model served) and those carrying a usage object are read; the
      * others only count toward the estimate. */
-    bool read = !done && (c->ev.model_served[0] == '\0' ||
-                          memmem(e->data, e->data_len, "\"usage\":{", 9) != NULL ||
-                          memmem(e->data, e->data_len, "\"usage\": {", 10) != NULL);
+    bool read = !done && (c->ev.model_served[0] == '\0' || has_usage_object(e->data, e->data_len));
     if (!done && !read)
         c->streamed_bytes += e->data_len / 4; /* roughly the content's share */
     if (read) {
@@ -627,6 +648,10 @@ static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
         kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, "ok");
     }
     kp_trace__scan(c, c->resp.data, c->resp.len); /* finish reasons, for the spans */
+    /* Tokens are charged before the answer leaves: the app's next call
+     * (on another worker, say) must see them. */
+    kp_router__settle(c);
+    kp_router__limit_charge(c);
     kp_http_respond(c->ex, c->up_status, h, nh, c->resp.data, c->resp.len);
     return true;
 }

@@ -305,8 +305,9 @@ static int charge_policy(const struct kp_entity *e, void *arg)
 void kp_router__limit_charge(struct kp_call *c)
 {
     uint64_t tokens = c->ev.tokens_in + c->ev.tokens_out;
-    if (tokens == 0 || c->view == NULL)
+    if (tokens == 0 || c->view == NULL || c->limit_charged)
         return;
+    c->limit_charged = true;
     struct scan s = {c, (int64_t)kp_now_mono_us(), nodes_of(c->view), 0, 0, ""};
     kp_view_each(c->view, KP_KIND_POLICY, charge_policy, &s);
     const struct kp_key *k = c->ev.key_id[0] ? kp_view_key(c->view, c->ev.key_id) : NULL;

@@ -173,6 +173,7 @@ struct kp_call {
     const char *model; /* from body */
     bool stream;
     bool stream_options;          /* the app sent stream_options */
+    bool limit_charged;           /* its tokens are in the per-minute limits */
     bool client_wants_usage;      /* stream_options.include_usage from the app */
     struct kp_buf rewritten_body; /* the app's body with include_usage added */
     /* SSE made during one pass of curl (a read of the upstream often
@@ -487,7 +488,8 @@ void kp_router__count_ratelimit_table_full(void);
  * kp_router__limit_call checks every policy covering the call (answers 429
  * and returns non-zero when one is over); kp_router__limit_key takes one
  * request of @k's budget, or returns how many ms until it could;
- * kp_router__limit_charge charges the call's tokens when it ends. */
+ * kp_router__limit_charge charges the call's tokens once, before its
+ * answer leaves (or when it ends). */
 int kp_router__limit_call(struct kp_call *c);
 /* The x-ratelimit-*-requests headers of a successful answer (the tightest
  * policy rpm that let the call through) into @out (room for 3), their

@@ -185,9 +185,12 @@ int kp_sse_feed(struct kp_sse_parser *p, const void *bytes, size_t len,
                 continue;
             }
         }
-        const char *eol = s;
-        while (eol < end && *eol != '\n' && *eol != '\r')
-            eol++;
+        /* The line ends at the first CR or LF: memchr's word-at-a-time scan,
+         * the CR looked for only before the LF. */
+        const char *nl = memchr(s, '\n', (size_t)(end - s));
+        const char *lim = nl ? nl : end;
+        const char *cr = memchr(s, '\r', (size_t)(lim - s));
+        const char *eol = cr ? cr : lim;
         if ((rc = take(p, s, (size_t)(eol - s))) != KP_OK)
             return rc;
         if (eol == end)
