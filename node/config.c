@@ -145,6 +145,11 @@ static const struct setting settings[] = {
      NULL},
     {"heartbeat_timeout_ms", SET_DURATION, FIELD(heartbeat_timeout_ms), 10, 10 * SEC, false,
      "100ms", "DURATION", "Raft heartbeat interval of the leader", NULL},
+    {"raft_segment_bytes", SET_SIZE, FIELD(raft_segment_bytes), 64 * KIB, 256 * MIB, false, "8MiB",
+     "SIZE",
+     "size of each Raft log segment file, allocated in full when it is created (a node keeps "
+     "up to three: the one being written and two ready); a multiple of 4KiB",
+     NULL},
     {"max_body_bytes", SET_SIZE, FIELD(max_body_bytes), KIB, GIB, false, "8MiB", "SIZE",
      "largest request body accepted; a larger one gets 413", NULL},
     {"max_header_bytes", SET_SIZE, FIELD(max_header_bytes), KIB, MIB, false, "32KiB", "SIZE",
@@ -1570,6 +1575,18 @@ static int check_listeners(const struct kp_config *cfg, char *errmsg, size_t err
     return 0;
 }
 
+/* libraft would round a segment size down to its block size (4 KiB on the
+ * file systems it supports) without a word: refuse what it would change. */
+static int check_raft_segment(const struct kp_config *cfg, char *errmsg, size_t errlen)
+{
+    if (cfg->raft_segment_bytes % (4 * KIB) == 0)
+        return 0;
+    return errf(errmsg, errlen, KP_ECONFIG,
+                "raft_segment_bytes: %lld is not a multiple of 4KiB (4096 bytes); try %lldKiB",
+                (long long)cfg->raft_segment_bytes,
+                (long long)(cfg->raft_segment_bytes / (4 * KIB) * 4));
+}
+
 /* Raft's TLS needs all three files: a certificate without the CA could not
  * check its peers, and a CA alone would present nothing. */
 static int check_tls(const struct kp_config *cfg, char *errmsg, size_t errlen)
@@ -1611,6 +1628,8 @@ static int load_sources(struct kp_config *cfg, int argc, char **argv, char **env
     if ((rv = walk_flags(argc, argv, &again, cfg, errmsg, errlen)) != 0)
         return rv;
     if ((rv = check_listeners(cfg, errmsg, errlen)) != 0)
+        return rv;
+    if ((rv = check_raft_segment(cfg, errmsg, errlen)) != 0)
         return rv;
     return kp_config_check_tls(cfg, errmsg, errlen);
 }

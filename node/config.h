@@ -37,6 +37,7 @@ struct kp_config {
     int snapshot_trailing;          /* 128 entries kept after a snapshot */
     int64_t election_timeout_ms;    /* 1000 */
     int64_t heartbeat_timeout_ms;   /* 100 */
+    int64_t raft_segment_bytes;     /* 8 MiB: raft_uv's open segment size */
     /* HTTP limits (node/core/http.h) */
     int64_t max_body_bytes;         /* 8 MiB */
     int64_t max_header_bytes;       /* 32 KiB */

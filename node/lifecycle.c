@@ -791,6 +791,7 @@ int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
     sc.views = &n->views;
     sc.election_timeout_ms = (unsigned)n->cfg->election_timeout_ms;
     sc.heartbeat_timeout_ms = (unsigned)n->cfg->heartbeat_timeout_ms;
+    sc.segment_bytes = (size_t)n->cfg->raft_segment_bytes;
     sc.on_change = on_change;
     sc.arg = n;
     int rc = kp_store_open(&n->store, n->rt->main_loop, &sc, errmsg, errlen);

@@ -1347,6 +1347,9 @@ struct kp_store_config {
     struct kp_view_slot *views;
     unsigned election_timeout_ms;  /* 0: 1000 */
     unsigned heartbeat_timeout_ms; /* 0: 100 */
+    /* Size of each log segment file, preallocated when created (0: raft's
+     * 8 MiB); a multiple of 4 KiB. */
+    size_t segment_bytes;
     /* Called on the loop after each batch of applied entries has been
      * published as a view, and when leadership changes. May be NULL. */
     void (*on_change)(void *arg);

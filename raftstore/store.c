@@ -26,9 +26,11 @@
 #include <errno.h>
 #include <raft.h>
 #include <raft/uv.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "raftstore/raft_glue.h"
 
@@ -76,6 +78,11 @@ struct kp_store {
     int handles_open;
     void (*close_cb)(void *arg);
     void *close_arg;
+    /* raft_uv's own, called by the guards that replace them in io. */
+    int (*uv_append)(struct raft_io *io, struct raft_io_append *req,
+                     const struct raft_entry entries[], unsigned n, raft_io_append_cb cb);
+    int (*uv_set_term)(struct raft_io *io, raft_term term);
+    int (*uv_set_vote)(struct raft_io *io, raft_id server_id);
 };
 
 static int from_raft(int rv)
@@ -103,6 +110,109 @@ static int from_raft(int rv)
     default:
         return KP_EIO;
     }
+}
+
+/* --- the log's durability -------------------------------------------------- */
+
+/* raft_uv makes log entries durable with O_DSYNC writes (kernel AIO) into
+ * segment files it preallocates, and the term and vote with fsync. When one
+ * of them fails, raft 0.15 goes on: a leader drops the entries and fails
+ * their requests, and keeps leading (heartbeats need no disk), failing
+ * the writes it is given for as long as its disk is full, although the
+ * other voters could elect a leader that can write
+ * (tests/unit/test_raft_quirks.c, quirk 5).
+ * After a write the device failed (EIO) nothing the process believes it
+ * wrote can be trusted either. So the guards below stop the node (exit KP_EXIT_RAFT_IO,
+ * saying why) before raft sees the failure. Its peers never counted the
+ * failed entries as stored here, so no acknowledged write depended on
+ * them; restarted once the disk has room again (or is replaced), the node
+ * loads what is durable and catches up from the leader. */
+enum { KP_EXIT_RAFT_IO = 74 }; /* EX_IOERR; docs/operations.md */
+
+struct guarded_append {
+    struct raft_io_append inner;  /* what raft_uv completes */
+    struct raft_io_append *outer; /* raft's */
+    struct kp_store *s;
+};
+
+static struct kp_store *io_store(struct raft_io *io)
+{
+    return (struct kp_store *)(void *)((char *)io - offsetof(struct kp_store, io));
+}
+
+static void log_io_failed(struct kp_store *s, const char *what, int rv)
+{
+    /* raft_strerror has no text for RAFT_NOSPACE in 0.15. */
+    const char *why = rv == RAFT_NOSPACE ? "no space left on the disk" : raft_strerror(rv);
+    kp_error("raft",
+             "%s: %s failed: %s%s%s; stopping this node: Raft cannot go on after a log "
+             "write it could not make durable (restart it once the disk has room or is "
+             "replaced: it catches up from the others)",
+             s->dir, what, why, s->io.errmsg[0] ? ": " : "", s->io.errmsg);
+    _exit(KP_EXIT_RAFT_IO);
+}
+
+static void guarded_append_done(struct raft_io_append *req, int status)
+{
+    struct guarded_append *g = req->data;
+    struct raft_io_append *outer = g->outer;
+    struct kp_store *s = g->s;
+    raft_free(g);
+    /* Canceled: raft_close finishing what was queued, nothing failed. */
+    if (status != 0 && status != RAFT_CANCELED)
+        log_io_failed(s, "writing log entries", status);
+    outer->cb(outer, status);
+}
+
+static int guarded_append(struct raft_io *io, struct raft_io_append *req,
+                          const struct raft_entry entries[], unsigned n, raft_io_append_cb cb)
+{
+    struct kp_store *s = io_store(io);
+    struct guarded_append *g = raft_malloc(sizeof(*g));
+    if (g == NULL)
+        return RAFT_NOMEM;
+    g->inner.data = g;
+    g->outer = req;
+    g->s = s;
+    req->cb = cb;
+    int rv = s->uv_append(io, &g->inner, entries, n, guarded_append_done);
+    if (rv == RAFT_NOMEM) {
+        raft_free(g); /* refused before it was queued */
+        return rv;
+    }
+    /* Any other error comes after raft_uv queued the request (a write it
+     * could not submit): the disk is failing. */
+    if (rv != 0)
+        log_io_failed(s, "writing log entries", rv);
+    return 0;
+}
+
+static int guarded_set_term(struct raft_io *io, raft_term term)
+{
+    struct kp_store *s = io_store(io);
+    int rv = s->uv_set_term(io, term);
+    if (rv != 0)
+        log_io_failed(s, "storing the term", rv);
+    return rv;
+}
+
+static int guarded_set_vote(struct raft_io *io, raft_id server_id)
+{
+    struct kp_store *s = io_store(io);
+    int rv = s->uv_set_vote(io, server_id);
+    if (rv != 0)
+        log_io_failed(s, "storing the vote", rv);
+    return rv;
+}
+
+static void guard_io(struct kp_store *s)
+{
+    s->uv_append = s->io.append;
+    s->uv_set_term = s->io.set_term;
+    s->uv_set_vote = s->io.set_vote;
+    s->io.append = guarded_append;
+    s->io.set_term = guarded_set_term;
+    s->io.set_vote = guarded_set_vote;
 }
 
 /* --- publishing and watching ---------------------------------------------- */
@@ -348,6 +458,9 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
     }
     /* Snapshots are zstd already. */
     raft_uv_set_snapshot_compression(&s->io, false);
+    if (cfg->segment_bytes != 0)
+        raft_uv_set_segment_size(&s->io, cfg->segment_bytes);
+    guard_io(s);
     rv = raft_init(&s->raft, &s->io, &s->rfsm.rf, cfg->node_id, s->address);
     if (rv != 0) {
         snprintf(errmsg, errlen, "raft: %s", raft_errmsg(&s->raft));

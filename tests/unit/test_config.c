@@ -306,6 +306,19 @@ static void test_size_duration_messages(void **state)
                  "number with ms, s, m or h), got \"1d\"");
 }
 
+/* A Raft segment size libraft would round down silently is refused. */
+static void test_raft_segment_bytes(void **state)
+{
+    struct fixture *f = *state;
+    assert_loads(f, LOAD(f, NULL, "--raft-segment-bytes", "64KiB"));
+    assert_int_equal(f->cfg.raft_segment_bytes, 65536);
+    expect_error(f, LOAD(f, NULL, "--raft-segment-bytes", "100000"),
+                 "raft_segment_bytes: 100000 is not a multiple of 4KiB (4096 bytes); try 96KiB");
+    expect_error(f, LOAD(f, NULL, "--raft-segment-bytes", "4KiB"),
+                 "--raft-segment-bytes: expected a size from 64KiB to 256MiB (bytes, or a number "
+                 "with KiB, MiB or GiB), got \"4KiB\"");
+}
+
 /* Log levels are debug, info, warn, error (any case; "warning" reads as
  * warn) and nothing else. */
 static void test_log_level(void **state)
@@ -1042,6 +1055,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_empty_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sizes_and_durations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_size_duration_messages, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_raft_segment_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_log_level, setup, teardown),
         cmocka_unit_test_setup_teardown(test_listen_addresses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_listener_clash, setup, teardown),

@@ -34,7 +34,15 @@
  *    With every request finished first, raft_close is clean. keyplane's
  *    store closes only once the requests it gave raft have finished (up
  *    to 2 s: raftstore/store.c, close_when_drained); a leader without a
- *    quorum past that deadline can still hit it on its way out. */
+ *    quorum past that deadline can still hit it on its way out.
+ *
+ * 5. A leader whose log writes fail keeps leading: raft drops the entries
+ *    and fails their requests (RAFT_IOERR), and nothing makes it step
+ *    down, since heartbeats need no disk. A leader with a full disk thus
+ *    fails the writes it is given for as long as the disk is full.
+ *    keyplane's store stops the node at the first failed log write
+ *    (raftstore/store.c, "the log's durability"), so the others elect a
+ *    leader that can write. */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -45,6 +53,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include <arpa/inet.h>
@@ -413,6 +422,80 @@ static void close_with_applies_in_flight_crashes(void **state)
     assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* --- quirk 5: a failed append ----------------------------------------------------- */
+
+static int q5_status[8];
+static unsigned q5_done;
+
+static void q5_apply_cb(struct raft_apply *req, int status, void *result)
+{
+    (void)result;
+    q5_status[(uintptr_t)req->data] = status;
+    free(req);
+    q5_done++;
+}
+
+static void q5_apply(struct node *n, unsigned i, char fill)
+{
+    struct raft_apply *req = malloc(sizeof(*req));
+    struct raft_buffer buf = {raft_malloc(1024), 1024};
+    assert_non_null(req);
+    memset(buf.base, fill, 1024);
+    req->data = (void *)(uintptr_t)i;
+    assert_int_equal(raft_apply(&n->raft, req, &buf, 1, q5_apply_cb), 0);
+    while (q5_done <= i)
+        uv_run(&n->loop, UV_RUN_ONCE);
+}
+
+/* A lone leader with 8 KiB segments, under RLIMIT_FSIZE of 4 KiB: raft_uv
+ * cannot prepare a new segment (posix_fallocate fails with EFBIG, a real
+ * failure inside raft_uv, as ENOSPC is on a full disk). Entries a to d
+ * fail, and raft goes on leading: it drops them and fails their requests,
+ * and with nothing to step down for (heartbeats need no disk) it stays
+ * leader however many fail. Lifted, the limit lets e through, at the index
+ * a had; the log raft loads next time holds e there. */
+static void failed_appends_leave_the_leader_leading(void **state)
+{
+    (void)state;
+    char *dir = temp_dir();
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN); /* EFBIG instead of the signal */
+        struct node nd;
+        node_open(&nd, dir, false);
+        raft_uv_set_segment_size(&nd.io, 8192);
+        bootstrap(&nd);
+        if (raft_start(&nd.raft) != 0)
+            _exit(3);
+        raft_index before = raft_last_index(&nd.raft);
+        struct rlimit small = {4096, RLIM_INFINITY}, none = {RLIM_INFINITY, RLIM_INFINITY};
+        setrlimit(RLIMIT_FSIZE, &small);
+        for (unsigned i = 0; i < 4; i++) {
+            q5_apply(&nd, i, (char)('a' + i));
+            if (q5_status[i] != RAFT_IOERR || raft_last_index(&nd.raft) != before)
+                _exit(10 + (int)i); /* the entry stayed: raft changed */
+        }
+        if (raft_state(&nd.raft) != RAFT_LEADER)
+            _exit(20); /* it stepped down: raft changed */
+        setrlimit(RLIMIT_FSIZE, &none);
+        q5_apply(&nd, 4, 'e');
+        if (q5_status[4] != 0 || raft_last_index(&nd.raft) != before + 1)
+            _exit(21);
+        node_close(&nd);
+        node_open(&nd, dir, false);
+        if (raft_start(&nd.raft) != 0 || raft_last_index(&nd.raft) != before + 1)
+            _exit(22);
+        node_close(&nd);
+        _exit(0);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    remove_dir(dir);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -420,6 +503,7 @@ int main(void)
         cmocka_unit_test(recover_appends_a_term_1_entry),
         cmocka_unit_test(tcp_listener_stuck_after_allocation_failure),
         cmocka_unit_test(close_with_applies_in_flight_crashes),
+        cmocka_unit_test(failed_appends_leave_the_leader_leading),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
