@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "meter/durable.h"
 #include "meter/meter.h"
 
 /* zstd level of the spool's segments (open_segment). */
@@ -341,13 +342,12 @@ static int recover(struct kp_spool *s, char *errmsg, size_t errlen)
 
 /* --- the spool thread ----------------------------------------------------------- */
 
-static void fatal_io(struct kp_spool *s, const char *what)
+/* After a failed fsync the kernel may have dropped the dirty pages:
+ * retrying would report data durable that is not. Stop the node
+ * (durable.h). */
+_Noreturn static void fatal_io(struct kp_spool *s, const char *what)
 {
-    /* After a failed fsync the kernel may have dropped the dirty pages:
-     * retrying would report data durable that is not. Stop the node. */
-    kp_error("spool", "%s: %s: %s; stopping this node (usage events would be lost silently)",
-             s->dir, what, strerror(errno));
-    _exit(70);
+    kp_meter__fsync_failed("spool", s->dir, what);
 }
 
 /* DATA_DIR/spool/last_seq = @seq, replaced atomically. A write that fails

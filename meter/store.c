@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "meter/durable.h"
 #include "meter/meter.h"
 
 #define DAY_MS      86400000LL
@@ -184,7 +185,7 @@ static int day_write(struct kp_meter_store *m, const struct kp_rollup_day *d)
     day_path(m, kp_rollup_day_start(d), path, sizeof(path));
     int rc = kp_rollup_day_encode(d, &b);
     if (rc == KP_OK)
-        rc = kp_file_replace(path, b.data, b.len, 0644, errmsg, sizeof(errmsg));
+        rc = kp_meter__file_replace("meter", path, b.data, b.len, errmsg, sizeof(errmsg));
     if (rc == KP_EIO)
         kp_error("meter", "%s", errmsg);
     kp_buf_free(&b);
@@ -405,6 +406,48 @@ static int cmp_seg_first(const void *a, const void *b)
     return x->first_ms < y->first_ms ? -1 : x->first_ms > y->first_ms;
 }
 
+/* Delete the *.tmp files in @dir. */
+static void remove_tmp_in(const char *dir)
+{
+    char path[4700];
+    DIR *d = kp_opendir(dir);
+    if (d == NULL)
+        return;
+    struct dirent *f;
+    while ((f = readdir(d)) != NULL) {
+        size_t len = strlen(f->d_name);
+        if (len > 4 && strcmp(f->d_name + len - 4, ".tmp") == 0) {
+            snprintf(path, sizeof(path), "%s/%s", dir, f->d_name);
+            if (unlink(path) == 0)
+                kp_info("meter", "%s: removed an unfinished write", path);
+        }
+    }
+    closedir(d);
+}
+
+/* At open, before any delivery: delete what writes that never finished
+ * left (SEQ.kpseg.PID.N.tmp between write and link, DAY.kpru.tmp before
+ * its rename), for instance when a failed fsync stopped the node. Senders
+ * deliver such segments again; a day file is merged again. */
+static void remove_unfinished(struct kp_meter_store *m)
+{
+    char base[4096], sub[4400];
+    snprintf(sub, sizeof(sub), "%s/rollups", m->dir);
+    remove_tmp_in(sub);
+    snprintf(base, sizeof(base), "%s/segments", m->dir);
+    DIR *d = kp_opendir(base);
+    if (d == NULL)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!node_name_ok(e->d_name))
+            continue;
+        snprintf(sub, sizeof(sub), "%s/%s", base, e->d_name);
+        remove_tmp_in(sub);
+    }
+    closedir(d);
+}
+
 static int find_pending(struct kp_meter_store *m)
 {
     struct scan all = {0};
@@ -573,6 +616,7 @@ int kp_meter_store_open(const struct kp_meter_store_options *opt, struct kp_mete
     if (rc == KP_OK)
         rc = kp_mkdir_p(sub, 0700, errmsg, errlen);
     if (rc == KP_OK) {
+        remove_unfinished(m);
         rc = find_pending(m);
         if (rc != KP_OK)
             snprintf(errmsg, errlen, "%s: cannot scan the stored segments: %s", m->dir,
@@ -664,12 +708,18 @@ int kp_meter_store_put(struct kp_meter_store *m, const void *buf, size_t len, bo
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0)
         return kp_errf(errmsg, errlen, KP_EIO, "%s: %s", tmp, strerror(errno));
-    if (kp_write_all(fd, buf, len) != KP_OK || fsync(fd) != 0) {
+    if (kp_write_all(fd, buf, len) != KP_OK) {
+        /* The disk is full: nothing is claimed, the sender tries again. */
         rc = kp_errf(errmsg, errlen, KP_EIO, "%s: %s", tmp, strerror(errno));
         close(fd);
         unlink(tmp);
         return rc;
     }
+    /* A failed fsync is not retried (durable.h): an answer the sender
+     * took for "stored" would be a lie, and so would the "duplicate" a
+     * later delivery of the same segment would get. */
+    if (fsync(fd) != 0)
+        kp_meter__fsync_failed("meter", tmp, "fsync of a received segment");
     close(fd);
     bool exists = link(tmp, path) != 0;
     int link_errno = errno;
@@ -694,9 +744,8 @@ int kp_meter_store_put(struct kp_meter_store *m, const void *buf, size_t len, bo
         *duplicate = true;
         return KP_OK;
     }
-    rc = kp_fsync_dir(dir, 1, errmsg, errlen);
-    if (rc != KP_OK)
-        return rc;
+    if (kp_fsync_dir(dir, 1, errmsg, errlen) != KP_OK)
+        kp_meter__fsync_failed("meter", dir, "fsync of the directory");
     struct seg_ref r = {.seq = sum.header.seq,
                         .first_ms = sum.min_time_ms,
                         .last_ms = sum.max_time_ms,
