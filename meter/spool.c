@@ -542,6 +542,7 @@ static void *spool_thread(void *arg)
                          s->dir, strerror(errno));
             failing = true;
             s->st.write_error = true;
+            pthread_cond_broadcast(&s->done); /* kp_spool_sync answers KP_EIO */
             if (!s->have_open && batch.len > 0) {
                 if (kp_buf_append(&batch, s->queue.data, s->queue.len) == KP_OK) {
                     struct kp_buf t2 = s->queue;
@@ -714,7 +715,10 @@ int kp_spool_append(struct kp_spool *s, const struct kp_usage_event *ev)
 bool kp_spool_accepting(struct kp_spool *s)
 {
     pthread_mutex_lock(&s->mu);
-    bool ok = !(s->opt.refuse_when_full && s->st.full);
+    /* refuse: at the cap, and while events cannot be written (a full or
+     * failing disk), so that no call is answered whose event only waits
+     * in memory. */
+    bool ok = !(s->opt.refuse_when_full && (s->st.full || s->st.write_error));
     pthread_mutex_unlock(&s->mu);
     return ok;
 }

@@ -5,6 +5,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -309,6 +312,45 @@ static void test_full(void **state)
     }
 }
 
+/* With refuse_when_full a spool that cannot write (here: a file size limit
+ * makes its writes fail) refuses calls too, and accepts them again once it
+ * writes: nothing it could not write is lost meanwhile. */
+static void test_refuses_while_it_cannot_write(void **state)
+{
+    (void)state;
+    struct kp_usage_event ev;
+    struct kp_spool *s = open_spool((uint64_t)1 << 30, true, 0);
+    make_event(&ev, 0);
+    assert_int_equal(kp_spool_append(s, &ev), KP_OK);
+    assert_int_equal(kp_spool_sync(s, false), KP_OK);
+    assert_true(kp_spool_accepting(s));
+    struct rlimit old, tiny;
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    tiny = old;
+    tiny.rlim_cur = 1;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &tiny), 0);
+    make_event(&ev, 1);
+    assert_int_equal(kp_spool_append(s, &ev), KP_OK);
+    int rc = kp_spool_sync(s, false);
+    bool refused = !kp_spool_accepting(s);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    assert_int_equal(rc, KP_EIO);
+    assert_true(refused);
+    /* The spool retries once a second: wait for it (bounded). */
+    for (int i = 0; i < 500 && !kp_spool_accepting(s); i++)
+        poll(NULL, 0, 10);
+    assert_true(kp_spool_accepting(s));
+    assert_int_equal(kp_spool_sync(s, true), KP_OK);
+    uint64_t seqs[4];
+    assert_int_equal(kp_spool_sealed(s, seqs, 4), 1);
+    assert_int_equal(read_sealed(s, seqs[0], 0), 2); /* both events, in order */
+    struct kp_spool_stats st;
+    kp_spool_get_stats(s, &st);
+    assert_int_equal(st.dropped, 0);
+    kp_spool_close(s);
+}
+
 static void test_bad_event_refused(void **state)
 {
     (void)state;
@@ -329,6 +371,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_torn_tail_every_cut, setup, teardown),
         cmocka_unit_test_setup_teardown(test_quarantine, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refuses_while_it_cannot_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_event_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
