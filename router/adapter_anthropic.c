@@ -57,8 +57,9 @@
  * adapter_anthropic_response.c (whole answers, both ways) and
  * adapter_anthropic_stream.c (both stream translators). This one holds
  * what they share, declared in adapter_internal.h: jansson shorthands,
- * stop reason and usage mappings, and tool-call argument parsing with an
- * allocation-free JSON syntax check. */
+ * stop reason and usage mappings, tool-call argument parsing, and the
+ * loading of JSON text from apps and providers that tells bad JSON from
+ * jansson running out of memory (which the Gemini adapter uses too). */
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -194,153 +195,245 @@ bool kp_adapter__read_chat_usage(const json_t *u, struct kp_usage_counts *c)
     return true;
 }
 
-/* --- a JSON syntax check that allocates nothing ---------------------------
- * jansson reports running out of memory while parsing as a syntax error, so
- * when it fails on tool-call arguments this check tells bad JSON (the
- * app's mistake) from want of memory (ours). Same grammar as RFC 8259, same
- * depth limit as jansson. */
+/* --- JSON text from apps and providers, read with jansson ------------------
+ * Tool-call arguments and tool results arrive as JSON text inside JSON, and
+ * a text that is not valid is the app's mistake (KP_EINVAL) while jansson
+ * running out of memory is ours (KP_ENOMEM). jansson 2.14 blurs the two: a
+ * failed allocation in its lexer reads as a syntax error ("invalid token"),
+ * and most others return NULL without setting any error. In that case
+ * json_error_code() is not "unknown" but garbage: jsonp_error_init clears
+ * only text[0], and the code lives in the last byte of text, so it is
+ * whatever the caller's stack held there (often a byte of a randomized
+ * address, which made an out-of-memory read as "NUL character" or "bad
+ * UTF-8" in one run in a few dozen). So: no error text means out of
+ * memory; a syntax error on a text this check finds valid means out of
+ * memory; any other code is about the text. */
 
-#define JSON_CHECK_MAX_DEPTH 2048
+/* An allocation-free JSON syntax check: RFC 8259 with jansson's extra
+ * rules (surrogate escapes must pair up; at most JSON_PARSER_MAX_DEPTH
+ * nested values). */
+#define SCAN_MAX_DEPTH 2048 /* jansson's JSON_PARSER_MAX_DEPTH */
 
-static const char *ws(const char *p, const char *e)
+struct scan {
+    const char *p, *end;
+    int depth;
+};
+
+static bool scan_value(struct scan *s);
+
+static void scan_space(struct scan *s)
 {
-    while (p < e && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
-        p++;
-    return p;
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\r' || *s->p == '\n'))
+        s->p++;
 }
 
-static const char *check_value(const char *p, const char *e, int depth);
-
-static const char *check_string(const char *p, const char *e)
+static bool scan_peek(const struct scan *s, char c)
 {
-    for (p++; p < e; p++) {
-        unsigned char c = (unsigned char)*p;
+    return s->p < s->end && *s->p == c;
+}
+
+static bool scan_digits(struct scan *s)
+{
+    const char *start = s->p;
+    while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
+        s->p++;
+    return s->p > start;
+}
+
+static bool scan_number(struct scan *s)
+{
+    if (scan_peek(s, '-'))
+        s->p++;
+    if (scan_peek(s, '0'))
+        s->p++;
+    else if (s->p >= s->end || *s->p < '1' || *s->p > '9' || !scan_digits(s))
+        return false;
+    if (scan_peek(s, '.') && (s->p++, !scan_digits(s)))
+        return false;
+    if (scan_peek(s, 'e') || scan_peek(s, 'E')) {
+        s->p++;
+        if (scan_peek(s, '+') || scan_peek(s, '-'))
+            s->p++;
+        return scan_digits(s);
+    }
+    return true;
+}
+
+/* Four hex digits after "\u"; -1 when they are not. */
+static long scan_hex4(struct scan *s)
+{
+    long v = 0;
+    if (s->end - s->p < 4)
+        return -1;
+    for (int k = 0; k < 4; k++) {
+        char c = *s->p++;
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+static bool scan_string(struct scan *s)
+{
+    s->p++; /* the opening quote */
+    while (s->p < s->end) {
+        unsigned char c = (unsigned char)*s->p++;
         if (c == '"')
-            return p + 1;
+            return true;
         if (c < 0x20)
-            return NULL;
+            return false;
         if (c != '\\')
             continue;
-        if (++p == e)
-            return NULL;
-        if (*p == 'u') {
-            for (int k = 0; k < 4; k++)
-                if (++p == e || strchr("0123456789abcdefABCDEF", *p) == NULL || *p == '\0')
-                    return NULL;
-        } else if (strchr("\"\\/bfnrt", *p) == NULL || *p == '\0') {
-            return NULL;
+        c = s->p < s->end ? (unsigned char)*s->p++ : 0;
+        if (c != 'u') {
+            if (c == 0 || strchr("\"\\/bfnrt", c) == NULL)
+                return false;
+            continue;
+        }
+        long u = scan_hex4(s);
+        if (u < 0 || (u >= 0xdc00 && u <= 0xdfff))
+            return false;
+        if (u >= 0xd800 && u <= 0xdbff) { /* a high surrogate needs its low half */
+            if (s->end - s->p < 2 || s->p[0] != '\\' || s->p[1] != 'u')
+                return false;
+            s->p += 2;
+            u = scan_hex4(s);
+            if (u < 0xdc00 || u > 0xdfff)
+                return false;
         }
     }
-    return NULL;
+    return false;
 }
 
-static const char *check_digits(const char *p, const char *e)
+static bool scan_container(struct scan *s)
 {
-    const char *q = p;
-    while (q < e && *q >= '0' && *q <= '9')
-        q++;
-    return q == p ? NULL : q;
-}
-
-static const char *check_number(const char *p, const char *e)
-{
-    if (*p == '-')
-        p++;
-    if (p < e && *p == '0')
-        p++;
-    else if ((p = check_digits(p, e)) == NULL)
-        return NULL;
-    if (p < e && *p == '.' && (p = check_digits(p + 1, e)) == NULL)
-        return NULL;
-    if (p < e && (*p == 'e' || *p == 'E')) {
-        p++;
-        if (p < e && (*p == '+' || *p == '-'))
-            p++;
-        p = check_digits(p, e);
+    char close = *s->p == '{' ? '}' : ']';
+    s->p++;
+    scan_space(s);
+    if (scan_peek(s, close)) {
+        s->p++;
+        return true;
     }
-    return p;
-}
-
-/* The elements of an array or members of an object, after its opener. */
-static const char *check_items(const char *p, const char *e, char close, int depth)
-{
-    p = ws(p + 1, e);
-    if (p < e && *p == close)
-        return p + 1;
     for (;;) {
         if (close == '}') {
-            if (p == e || *p != '"' || (p = check_string(p, e)) == NULL)
-                return NULL;
-            p = ws(p, e);
-            if (p == e || *p != ':')
-                return NULL;
-            p = ws(p + 1, e);
+            scan_space(s);
+            if (!scan_peek(s, '"') || !scan_string(s))
+                return false;
+            scan_space(s);
+            if (!scan_peek(s, ':'))
+                return false;
+            s->p++;
         }
-        if ((p = check_value(p, e, depth + 1)) == NULL)
-            return NULL;
-        p = ws(p, e);
-        if (p < e && *p == close)
-            return p + 1;
-        if (p == e || *p != ',')
-            return NULL;
-        p = ws(p + 1, e);
+        if (!scan_value(s))
+            return false;
+        scan_space(s);
+        if (s->p >= s->end)
+            return false;
+        char c = *s->p++;
+        if (c == close)
+            return true;
+        if (c != ',')
+            return false;
     }
 }
 
-static const char *check_value(const char *p, const char *e, int depth)
+static bool scan_literal(struct scan *s, const char *lit)
 {
-    if (p == e || depth > JSON_CHECK_MAX_DEPTH)
-        return NULL;
-    switch (*p) {
+    size_t n = strlen(lit);
+    if ((size_t)(s->end - s->p) < n || memcmp(s->p, lit, n) != 0)
+        return false;
+    s->p += n;
+    return true;
+}
+
+/* jansson counts every value, scalars too, against its depth limit. */
+static bool scan_value(struct scan *s)
+{
+    bool ok;
+    scan_space(s);
+    if (s->p >= s->end || ++s->depth > SCAN_MAX_DEPTH)
+        return false;
+    switch (*s->p) {
     case '{':
-        return check_items(p, e, '}', depth);
     case '[':
-        return check_items(p, e, ']', depth);
+        ok = scan_container(s);
+        break;
     case '"':
-        return check_string(p, e);
+        ok = scan_string(s);
+        break;
     case 't':
-        return e - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+        ok = scan_literal(s, "true");
+        break;
     case 'f':
-        return e - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+        ok = scan_literal(s, "false");
+        break;
     case 'n':
-        return e - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+        ok = scan_literal(s, "null");
+        break;
     default:
-        return (*p == '-' || (*p >= '0' && *p <= '9')) ? check_number(p, e) : NULL;
+        ok = scan_number(s);
+        break;
     }
+    s->depth--;
+    return ok;
 }
 
 static bool json_text_valid(const char *text, size_t len)
 {
-    const char *e = text + len;
-    const char *p = check_value(ws(text, e), e, 1);
-    return p != NULL && ws(p, e) == e;
+    struct scan s = {text, text + len, 0};
+    if (!scan_value(&s))
+        return false;
+    scan_space(&s);
+    return s.p == s.end;
+}
+
+/* Whether json_loadb(@text, @len, JSON_DECODE_ANY | ...) failed, with
+ * @jerr, for want of memory. */
+static bool load_failed_for_memory(const json_error_t *jerr, const char *text, size_t len)
+{
+    if (jerr->text[0] == '\0')
+        return true; /* jansson names every failure but its allocations' */
+    switch (json_error_code(jerr)) {
+    case json_error_out_of_memory:
+        return true;
+    case json_error_unknown:
+    case json_error_invalid_syntax:
+    case json_error_premature_end_of_input:
+    case json_error_end_of_input_expected:
+        return json_text_valid(text, len);
+    default:
+        return false; /* a NUL, too big a number, too deep a nesting, bad UTF-8, ... */
+    }
+}
+
+json_t *kp_adapter__load(const char *text, size_t len, size_t flags, json_error_t *jerr,
+                         bool *nomem)
+{
+    json_t *v = json_loadb(text, len, JSON_DECODE_ANY | flags, jerr);
+    *nomem = v == NULL && load_failed_for_memory(jerr, text, len);
+    return v;
 }
 
 /* Parse tool-call arguments (a JSON text) into an object. "" is {}.
  * Returns KP_OK, KP_ENOMEM, or KP_EINVAL when it is not a JSON object. */
 int kp_adapter__parse_arguments(const char *text, size_t len, json_t **out)
 {
-    const char *start = ws(text, text + len);
-    if (start == text + len) {
+    struct scan s = {text, text + len, 0};
+    scan_space(&s);
+    if (s.p == s.end) {
         *out = json_object();
         return *out ? KP_OK : KP_ENOMEM;
     }
     json_error_t err;
-    *out = json_loadb(text, len, 0, &err);
-    if (*out == NULL) {
-        /* Failures about the content itself carry their own codes; for the
-         * rest, the text decides. */
-        switch (json_error_code(&err)) {
-        case json_error_null_character:
-        case json_error_null_byte_in_key:
-        case json_error_numeric_overflow:
-        case json_error_stack_overflow:
-        case json_error_invalid_utf8:
-            return KP_EINVAL;
-        default:
-            return *start == '{' && json_text_valid(text, len) ? KP_ENOMEM : KP_EINVAL;
-        }
-    }
+    bool nomem;
+    *out = kp_adapter__load(text, len, 0, &err, &nomem);
+    if (*out == NULL)
+        return nomem ? KP_ENOMEM : KP_EINVAL;
     if (!json_is_object(*out)) {
         json_decref(*out);
         *out = NULL;

@@ -307,190 +307,6 @@ static int add_user(struct req *r, json_t *contents, const json_t *m, size_t i)
     return append_turn(r, contents, "user", parts);
 }
 
-/* An allocation-free JSON syntax check, with jansson's nesting limit. */
-struct scan {
-    const char *p, *end;
-    int depth;
-};
-
-static bool scan_value(struct scan *s);
-
-static void scan_space(struct scan *s)
-{
-    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\r' || *s->p == '\n'))
-        s->p++;
-}
-
-static bool scan_peek(const struct scan *s, char c)
-{
-    return s->p < s->end && *s->p == c;
-}
-
-static bool scan_digits(struct scan *s)
-{
-    const char *start = s->p;
-    while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
-        s->p++;
-    return s->p > start;
-}
-
-static bool scan_number(struct scan *s)
-{
-    if (scan_peek(s, '-'))
-        s->p++;
-    if (scan_peek(s, '0'))
-        s->p++;
-    else if (s->p >= s->end || *s->p < '1' || *s->p > '9' || !scan_digits(s))
-        return false;
-    if (scan_peek(s, '.') && (s->p++, !scan_digits(s)))
-        return false;
-    if (scan_peek(s, 'e') || scan_peek(s, 'E')) {
-        s->p++;
-        if (scan_peek(s, '+') || scan_peek(s, '-'))
-            s->p++;
-        return scan_digits(s);
-    }
-    return true;
-}
-
-/* Four hex digits after "\u"; -1 when they are not. */
-static long scan_hex4(struct scan *s)
-{
-    long v = 0;
-    if (s->end - s->p < 4)
-        return -1;
-    for (int k = 0; k < 4; k++) {
-        char c = *s->p++;
-        int d = c >= '0' && c <= '9'   ? c - '0'
-                : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                       : -1;
-        if (d < 0)
-            return -1;
-        v = v * 16 + d;
-    }
-    return v;
-}
-
-static bool scan_string(struct scan *s)
-{
-    s->p++; /* the opening quote */
-    while (s->p < s->end) {
-        unsigned char c = (unsigned char)*s->p++;
-        if (c == '"')
-            return true;
-        if (c < 0x20)
-            return false;
-        if (c != '\\')
-            continue;
-        c = s->p < s->end ? (unsigned char)*s->p++ : 0;
-        if (c != 'u') {
-            if (c == 0 || strchr("\"\\/bfnrt", c) == NULL)
-                return false;
-            continue;
-        }
-        long u = scan_hex4(s);
-        if (u < 0 || (u >= 0xdc00 && u <= 0xdfff))
-            return false;
-        if (u >= 0xd800 && u <= 0xdbff) { /* a high surrogate needs its low half */
-            if (s->end - s->p < 2 || s->p[0] != '\\' || s->p[1] != 'u')
-                return false;
-            s->p += 2;
-            u = scan_hex4(s);
-            if (u < 0xdc00 || u > 0xdfff)
-                return false;
-        }
-    }
-    return false;
-}
-
-static bool scan_container(struct scan *s)
-{
-    char close = *s->p == '{' ? '}' : ']';
-    if (++s->depth > 2048) /* jansson's JSON_PARSER_MAX_DEPTH */
-        return false;
-    s->p++;
-    scan_space(s);
-    if (scan_peek(s, close)) {
-        s->p++;
-        s->depth--;
-        return true;
-    }
-    for (;;) {
-        if (close == '}') {
-            scan_space(s);
-            if (!scan_peek(s, '"') || !scan_string(s))
-                return false;
-            scan_space(s);
-            if (!scan_peek(s, ':'))
-                return false;
-            s->p++;
-        }
-        if (!scan_value(s))
-            return false;
-        scan_space(s);
-        if (s->p >= s->end)
-            return false;
-        char c = *s->p++;
-        if (c == close) {
-            s->depth--;
-            return true;
-        }
-        if (c != ',')
-            return false;
-    }
-}
-
-static bool scan_literal(struct scan *s, const char *lit)
-{
-    size_t n = strlen(lit);
-    if ((size_t)(s->end - s->p) < n || memcmp(s->p, lit, n) != 0)
-        return false;
-    s->p += n;
-    return true;
-}
-
-static bool scan_value(struct scan *s)
-{
-    scan_space(s);
-    if (s->p >= s->end)
-        return false;
-    switch (*s->p) {
-    case '{':
-    case '[':
-        return scan_container(s);
-    case '"':
-        return scan_string(s);
-    case 't':
-        return scan_literal(s, "true");
-    case 'f':
-        return scan_literal(s, "false");
-    case 'n':
-        return scan_literal(s, "null");
-    default:
-        return scan_number(s);
-    }
-}
-
-/* Whether json_loadb(@text, @len, JSON_DECODE_ANY | JSON_ALLOW_NUL) failed
- * for want of memory. jansson 2.14 does not always say so (an allocation
- * failing mid-parse reads as a syntax error), so a syntax error on text that
- * scans as valid JSON is taken as one. */
-static bool load_oom(const json_error_t *jerr, const char *text, size_t len)
-{
-    /* jansson leaves the code unset when it fails before parsing starts. */
-    enum json_error_code code = jerr->text[0] != '\0' ? json_error_code(jerr) : json_error_unknown;
-    struct scan s = {text, text + len, 0};
-    if (code == json_error_out_of_memory)
-        return true;
-    if (code != json_error_unknown && code != json_error_invalid_syntax)
-        return false; /* a too-big number, too deep a nesting, ... */
-    if (!scan_value(&s))
-        return false;
-    scan_space(&s);
-    return s.p == s.end;
-}
-
 /* A tool call's "arguments" (a string of JSON) -> a new object in @out. */
 static int parse_arguments(struct req *r, const json_t *args, const char *param, json_t **out)
 {
@@ -506,8 +322,9 @@ static int parse_arguments(struct req *r, const json_t *args, const char *param,
     else {
         const char *text = json_string_value(args);
         size_t len = json_string_length(args);
-        *out = json_loadb(text, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-        if (*out == NULL && !load_oom(&jerr, text, len))
+        bool nomem;
+        *out = kp_adapter__load(text, len, JSON_ALLOW_NUL, &jerr, &nomem);
+        if (*out == NULL && !nomem)
             return refuse(r, param, "tool call arguments are not valid JSON (line %d, column %d)",
                           jerr.line, jerr.column);
         if (*out != NULL && !json_is_object(*out)) {
@@ -622,8 +439,9 @@ static int tool_response(struct req *r, const struct kp_buf *b, json_t **out)
     json_error_t jerr;
     *out = NULL;
     if (text[skip] == '{') {
-        *out = json_loadb(text, b->len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-        if (*out == NULL && load_oom(&jerr, text, b->len))
+        bool nomem;
+        *out = kp_adapter__load(text, b->len, JSON_ALLOW_NUL, &jerr, &nomem);
+        if (*out == NULL && nomem)
             return oom(r);
     }
     if (*out == NULL)

@@ -1,8 +1,9 @@
 /* router/adapter_internal: what the adapter_*.c files share among
  * themselves, behind the public router/adapter.h. The Anthropic helpers
- * are defined in adapter_anthropic.c and the Gemini answer readers in
- * adapter_gemini.c; each of those files opens with the decisions its
- * provider's translations make. Internal to the adapters. */
+ * (and kp_adapter__load, which both providers use) are defined in
+ * adapter_anthropic.c and the Gemini answer readers in adapter_gemini.c;
+ * each of those files opens with the decisions its provider's
+ * translations make. Internal to the adapters. */
 #ifndef KP_ROUTER_ADAPTER_INTERNAL_H
 #define KP_ROUTER_ADAPTER_INTERNAL_H
 
@@ -30,6 +31,12 @@ bool kp_adapter__read_anthropic_usage(const json_t *u, uint64_t *input, uint64_t
                                       uint64_t *cache_write, uint64_t *output);
 bool kp_adapter__read_chat_usage(const json_t *u, struct kp_usage_counts *c);
 
+/* json_loadb(@text, @len, JSON_DECODE_ANY | @flags, @jerr). When it fails,
+ * *@nomem says whether for want of memory (jansson 2.14 does not say so
+ * reliably) rather than for what the text holds, which @jerr then
+ * locates. Both providers' adapters read JSON text with it. */
+json_t *kp_adapter__load(const char *text, size_t len, size_t flags, json_error_t *jerr,
+                         bool *nomem);
 /* Tool-call arguments (JSON text) -> a new object: KP_OK, KP_ENOMEM, or
  * KP_EINVAL when the text is not a JSON object. */
 int kp_adapter__parse_arguments(const char *text, size_t len, json_t **out);

@@ -13,8 +13,9 @@
  * code produces (review the diff before keeping it).
  *
  * Around them: round trips that must come back unchanged, usage counts,
- * the stop-reason table in both directions, stream end states, and
- * allocation failure at every point of every translator without leaks. */
+ * the stop-reason table in both directions, stream end states,
+ * allocation failure at every point of every translator without leaks, and
+ * tool-call arguments told apart: bad JSON from want of memory. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,6 +29,7 @@
 #include <string.h>
 
 #include "router/adapter.h"
+#include "router/adapter_internal.h"
 
 #ifndef GOLDEN_DIR
 #error "GOLDEN_DIR must name tests/unit/golden"
@@ -602,6 +604,89 @@ static int run_failing(enum kind kind, const json_t *in, long jn, long kn)
     return rc;
 }
 
+/* Leaves @byte in the stack below the caller: what the uninitialized
+ * locals of its next calls will hold. */
+static void __attribute__((noinline)) soil_stack(int byte)
+{
+    volatile char junk[4096];
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (char)byte;
+}
+
+/* kp_adapter__parse_arguments with its frame well inside what soil_stack
+ * wrote (the top of soil_stack's own frame is bookkeeping it does not). */
+static int __attribute__((noinline))
+parse_arguments_deeper(const char *text, size_t len, json_t **out)
+{
+    volatile char pad[512];
+    pad[0] = 0;
+    return kp_adapter__parse_arguments(text, len, out) + pad[0];
+}
+
+/* jansson sets no error for most of its allocation failures, and its error
+ * code is then whatever the stack held (an out-of-memory once read as "bad
+ * UTF-8", KP_EINVAL, in one run in a few dozen, as ASLR moved the bytes).
+ * Whatever the stack holds, arguments that cannot be parsed for want of
+ * memory are KP_ENOMEM, never the app's invalid request. */
+static void test_arguments_oom_any_stack(void **state)
+{
+    (void)state;
+    static const char args[] = "{\"city\":\"Rome\",\"days\":[1,2]}";
+    json_set_alloc_funcs(failing_malloc, free);
+    for (int byte = 0; byte < 256; byte++) {
+        int rc = KP_ENOMEM;
+        for (long n = 0; n < 100 && rc != KP_OK; n++) {
+            json_t *out = NULL;
+            soil_stack(byte);
+            jansson_budget = n;
+            rc = parse_arguments_deeper(args, sizeof(args) - 1, &out);
+            jansson_budget = -1;
+            if (rc != KP_OK && rc != KP_ENOMEM)
+                fail_msg("stack byte %d, jansson allocation %ld failing: %s", byte, n,
+                         kp_err_name(rc));
+            assert_true(rc == KP_OK ? json_is_object(out) : out == NULL);
+            json_decref(out);
+        }
+        assert_int_equal(rc, KP_OK);
+    }
+    json_set_alloc_funcs(malloc, free);
+}
+
+/* With memory to spare, what jansson refuses is the app's mistake, even
+ * where plain RFC 8259 would allow it (a lone surrogate escape). */
+static void test_arguments_invalid(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "{\"a\":\"\\ud800\"}",
+        "{\"a\":\"\\udc00\"}",
+        "{\"a\":1,}",
+        "{\"a\"}",
+        "{\"a\":01}",
+        "{\"a\":\"\\u0000\"}",
+        "[1]",
+        "\"x\"",
+        "{} {}",
+        "{\"a\":tru}",
+    };
+    static const char *const good[] = {"{}", " {\"a\":\"\\ud83d\\ude00\"} ", "{\"a\":[1,-0.5e3]}",
+                                       "", " \n"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        json_t *out = (json_t *)1;
+        int rc = kp_adapter__parse_arguments(bad[i], strlen(bad[i]), &out);
+        if (rc != KP_EINVAL)
+            fail_msg("'%s' gives %s", bad[i], kp_err_name(rc));
+        assert_null(out);
+    }
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        json_t *out = NULL;
+        if (kp_adapter__parse_arguments(good[i], strlen(good[i]), &out) != KP_OK)
+            fail_msg("'%s' is refused", good[i]);
+        assert_true(json_is_object(out));
+        json_decref(out);
+    }
+}
+
 /* Out of memory at every allocation of every translator: KP_ENOMEM and no
  * output, nothing leaked (ASan), until there is enough and it succeeds. */
 static void test_oom(void **state)
@@ -664,6 +749,8 @@ int main(void)
         cmocka_unit_test(test_stream_states),
         cmocka_unit_test(test_emit_stops),
         cmocka_unit_test(test_oom),
+        cmocka_unit_test(test_arguments_oom_any_stack),
+        cmocka_unit_test(test_arguments_invalid),
     };
     size_t nfixed = sizeof(fixed) / sizeof(fixed[0]);
     struct CMUnitTest *tests = calloc(ngolden + nfixed, sizeof(*tests));
