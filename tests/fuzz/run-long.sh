@@ -67,7 +67,10 @@ run_one() {
   log=$work/fuzz.log
   mkdir -p "$work/corpus" "$crashes"
   local status=0
-  ASAN_OPTIONS=detect_leaks=1 nice "$build/bin/$name" -max_total_time="$max_time" \
+  # fuzz_config: full stacks, so that lsan.supp can name libfyaml's leak.
+  local asan=detect_leaks=1
+  [ "$name" = fuzz_config ] && asan=$asan:fast_unwind_on_malloc=0
+  ASAN_OPTIONS=$asan LSAN_OPTIONS=suppressions=$root/tests/fuzz/lsan.supp nice "$build/bin/$name" -max_total_time="$max_time" \
     -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$crashes/" "$work/corpus" "$corpus" >"$log" 2>&1 || status=$?
   local execs secs corp
