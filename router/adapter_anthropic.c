@@ -206,191 +206,8 @@ bool kp_adapter__read_chat_usage(const json_t *u, struct kp_usage_counts *c)
  * whatever the caller's stack held there (often a byte of a randomized
  * address, which made an out-of-memory read as "NUL character" or "bad
  * UTF-8" in one run in a few dozen). So: no error text means out of
- * memory; a syntax error on a text this check finds valid means out of
- * memory; any other code is about the text. */
-
-/* An allocation-free JSON syntax check: RFC 8259 with jansson's extra
- * rules (surrogate escapes must pair up; at most JSON_PARSER_MAX_DEPTH
- * nested values). */
-#define SCAN_MAX_DEPTH 2048 /* jansson's JSON_PARSER_MAX_DEPTH */
-
-struct scan {
-    const char *p, *end;
-    int depth;
-};
-
-static bool scan_value(struct scan *s);
-
-static void scan_space(struct scan *s)
-{
-    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\r' || *s->p == '\n'))
-        s->p++;
-}
-
-static bool scan_peek(const struct scan *s, char c)
-{
-    return s->p < s->end && *s->p == c;
-}
-
-static bool scan_digits(struct scan *s)
-{
-    const char *start = s->p;
-    while (s->p < s->end && *s->p >= '0' && *s->p <= '9')
-        s->p++;
-    return s->p > start;
-}
-
-static bool scan_number(struct scan *s)
-{
-    if (scan_peek(s, '-'))
-        s->p++;
-    if (scan_peek(s, '0'))
-        s->p++;
-    else if (s->p >= s->end || *s->p < '1' || *s->p > '9' || !scan_digits(s))
-        return false;
-    if (scan_peek(s, '.') && (s->p++, !scan_digits(s)))
-        return false;
-    if (scan_peek(s, 'e') || scan_peek(s, 'E')) {
-        s->p++;
-        if (scan_peek(s, '+') || scan_peek(s, '-'))
-            s->p++;
-        return scan_digits(s);
-    }
-    return true;
-}
-
-/* Four hex digits after "\u"; -1 when they are not. */
-static long scan_hex4(struct scan *s)
-{
-    long v = 0;
-    if (s->end - s->p < 4)
-        return -1;
-    for (int k = 0; k < 4; k++) {
-        char c = *s->p++;
-        int d = c >= '0' && c <= '9'   ? c - '0'
-                : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                       : -1;
-        if (d < 0)
-            return -1;
-        v = v * 16 + d;
-    }
-    return v;
-}
-
-static bool scan_string(struct scan *s)
-{
-    s->p++; /* the opening quote */
-    while (s->p < s->end) {
-        unsigned char c = (unsigned char)*s->p++;
-        if (c == '"')
-            return true;
-        if (c < 0x20)
-            return false;
-        if (c != '\\')
-            continue;
-        c = s->p < s->end ? (unsigned char)*s->p++ : 0;
-        if (c != 'u') {
-            if (c == 0 || strchr("\"\\/bfnrt", c) == NULL)
-                return false;
-            continue;
-        }
-        long u = scan_hex4(s);
-        if (u < 0 || (u >= 0xdc00 && u <= 0xdfff))
-            return false;
-        if (u >= 0xd800 && u <= 0xdbff) { /* a high surrogate needs its low half */
-            if (s->end - s->p < 2 || s->p[0] != '\\' || s->p[1] != 'u')
-                return false;
-            s->p += 2;
-            u = scan_hex4(s);
-            if (u < 0xdc00 || u > 0xdfff)
-                return false;
-        }
-    }
-    return false;
-}
-
-static bool scan_container(struct scan *s)
-{
-    char close = *s->p == '{' ? '}' : ']';
-    s->p++;
-    scan_space(s);
-    if (scan_peek(s, close)) {
-        s->p++;
-        return true;
-    }
-    for (;;) {
-        if (close == '}') {
-            scan_space(s);
-            if (!scan_peek(s, '"') || !scan_string(s))
-                return false;
-            scan_space(s);
-            if (!scan_peek(s, ':'))
-                return false;
-            s->p++;
-        }
-        if (!scan_value(s))
-            return false;
-        scan_space(s);
-        if (s->p >= s->end)
-            return false;
-        char c = *s->p++;
-        if (c == close)
-            return true;
-        if (c != ',')
-            return false;
-    }
-}
-
-static bool scan_literal(struct scan *s, const char *lit)
-{
-    size_t n = strlen(lit);
-    if ((size_t)(s->end - s->p) < n || memcmp(s->p, lit, n) != 0)
-        return false;
-    s->p += n;
-    return true;
-}
-
-/* jansson counts every value, scalars too, against its depth limit. */
-static bool scan_value(struct scan *s)
-{
-    bool ok;
-    scan_space(s);
-    if (s->p >= s->end || ++s->depth > SCAN_MAX_DEPTH)
-        return false;
-    switch (*s->p) {
-    case '{':
-    case '[':
-        ok = scan_container(s);
-        break;
-    case '"':
-        ok = scan_string(s);
-        break;
-    case 't':
-        ok = scan_literal(s, "true");
-        break;
-    case 'f':
-        ok = scan_literal(s, "false");
-        break;
-    case 'n':
-        ok = scan_literal(s, "null");
-        break;
-    default:
-        ok = scan_number(s);
-        break;
-    }
-    s->depth--;
-    return ok;
-}
-
-static bool json_text_valid(const char *text, size_t len)
-{
-    struct scan s = {text, text + len, 0};
-    if (!scan_value(&s))
-        return false;
-    scan_space(&s);
-    return s.p == s.end;
-}
+ * memory; a syntax error on a text kp_router__json_syntax_ok finds valid
+ * means out of memory; any other code is about the text. */
 
 /* Whether json_loadb(@text, @len, JSON_DECODE_ANY | ...) failed, with
  * @jerr, for want of memory. */
@@ -405,7 +222,7 @@ static bool load_failed_for_memory(const json_error_t *jerr, const char *text, s
     case json_error_invalid_syntax:
     case json_error_premature_end_of_input:
     case json_error_end_of_input_expected:
-        return json_text_valid(text, len);
+        return kp_router__json_syntax_ok(text, len);
     default:
         return false; /* a NUL, too big a number, too deep a nesting, bad UTF-8, ... */
     }
@@ -423,9 +240,10 @@ json_t *kp_adapter__load(const char *text, size_t len, size_t flags, json_error_
  * Returns KP_OK, KP_ENOMEM, or KP_EINVAL when it is not a JSON object. */
 int kp_adapter__parse_arguments(const char *text, size_t len, json_t **out)
 {
-    struct scan s = {text, text + len, 0};
-    scan_space(&s);
-    if (s.p == s.end) {
+    size_t i = 0;
+    while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\r' || text[i] == '\n'))
+        i++;
+    if (i == len) {
         *out = json_object();
         return *out ? KP_OK : KP_ENOMEM;
     }

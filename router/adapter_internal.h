@@ -31,6 +31,13 @@ bool kp_adapter__read_anthropic_usage(const json_t *u, uint64_t *input, uint64_t
                                       uint64_t *cache_write, uint64_t *output);
 bool kp_adapter__read_chat_usage(const json_t *u, struct kp_usage_counts *c);
 
+/* Whether @text is one JSON value by RFC 8259 and jansson's syntax rules
+ * (strict UTF-8, surrogate escapes in pairs, at most JSON_PARSER_MAX_DEPTH
+ * nested containers; \u0000 and numbers of any size pass: jansson gives
+ * those errors codes of their own). Allocates nothing (answer_scan.c, the
+ * gateway's scanner). */
+bool kp_router__json_syntax_ok(const char *text, size_t len);
+
 /* json_loadb(@text, @len, JSON_DECODE_ANY | @flags, @jerr). When it fails,
  * *@nomem says whether for want of memory (jansson 2.14 does not say so
  * reliably) rather than for what the text holds, which @jerr then

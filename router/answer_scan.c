@@ -1,7 +1,10 @@
 /* What the gateway reads of JSON it relays as is, without building the
  * document: the top-level "model" and the "usage" object of an
  * OpenAI-shaped answer (attempt.c, relay_answer), and the fields of the
- * app's request the gateway itself needs (gateway.c, parse_body).
+ * app's request the gateway itself needs (gateway.c, parse_body). The same
+ * scanner, in syntax mode, tells the adapters whether a text jansson
+ * refused was valid after all (kp_router__json_syntax_ok: jansson 2.14
+ * reports some failed allocations as syntax errors).
  *
  * Parsing with jansson builds the whole document (an allocation per
  * object, key and string) only for a few fields: for a 560-byte chat
@@ -23,6 +26,7 @@
  * members, sends the request to jansson (which decides on duplicates). */
 #include <string.h>
 
+#include "router/adapter_internal.h"
 #include "router_internal.h"
 
 enum { SCAN_MAX_DEPTH = 64, SCAN_MAX_KEYS = 24 };
@@ -40,8 +44,9 @@ enum level {
 
 struct scan {
     const unsigned char *p, *end;
-    unsigned depth;
+    unsigned depth, max_depth;
     bool strict; /* no escaped key, no key twice in an object (requests) */
+    bool syntax; /* syntax only (kp_router__json_syntax_ok): \u0000 and any number */
     struct kp_answer_facts *answer;
     struct kp_request_facts *request;
 };
@@ -68,44 +73,12 @@ static int hex4(const unsigned char *p)
 {
     int v = 0;
     for (int i = 0; i < 4; i++) {
-        int c = p[i];
-        int d = c >= '0' && c <= '9'   ? c - '0'
-                : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                       : -1;
+        int d = kp_hex_value((char)p[i]);
         if (d < 0)
             return -1;
         v = v * 16 + d;
     }
     return v;
-}
-
-/* The length of the UTF-8 sequence at @p, 0 when jansson would refuse it
- * (utf8_check_first and utf8_check_full: overlong forms, surrogates and
- * code points past U+10FFFF). */
-static size_t utf8_seq(const unsigned char *p, size_t avail)
-{
-    size_t n;
-    uint32_t v;
-    if (p[0] >= 0xC2 && p[0] <= 0xDF)
-        n = 2, v = p[0] & 0x1Fu;
-    else if (p[0] >= 0xE0 && p[0] <= 0xEF)
-        n = 3, v = p[0] & 0x0Fu;
-    else if (p[0] >= 0xF0 && p[0] <= 0xF4)
-        n = 4, v = p[0] & 0x07u;
-    else
-        return 0;
-    if (avail < n)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0;
-        v = (v << 6) | (p[i] & 0x3Fu);
-    }
-    if (v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF) || (n == 3 && v < 0x800) ||
-        (n == 4 && v < 0x10000))
-        return 0;
-    return n;
 }
 
 /* A string, s->p on its opening quote: its bytes between the quotes into
@@ -125,7 +98,9 @@ static bool scan_string(struct scan *s, const char **str, size_t *len, bool *esc
         if (c < 0x20)
             return false;
         if (c >= 0x80) {
-            size_t n = utf8_seq(p, (size_t)(end - p));
+            /* jansson's rules too: no overlong form, surrogate or code
+             * point past U+10FFFF. */
+            size_t n = kp_utf8_len(p, (size_t)(end - p));
             if (n == 0)
                 return false;
             p += n;
@@ -143,7 +118,7 @@ static bool scan_string(struct scan *s, const char **str, size_t *len, bool *esc
             /* jansson refuses \u0000 and a surrogate that is not half of a
              * high-low pair. */
             int v = end - p >= 6 ? hex4(p + 2) : -1;
-            if (v <= 0 || (v >= 0xDC00 && v <= 0xDFFF))
+            if (v < 0 || (v == 0 && !s->syntax) || (v >= 0xDC00 && v <= 0xDFFF))
                 return false;
             p += 6;
             if (v >= 0xD800 && v <= 0xDBFF) {
@@ -201,12 +176,16 @@ static bool scan_number(struct scan *s, bool *is_int, int64_t *value)
         for (; is_digit(s); s->p++)
             if (s->p - e0 < 6)
                 exp = exp * 10 + (*s->p - '0');
-        if (s->p - e0 > 6)
+        if (s->p - e0 > 6 && !s->syntax)
             return false;
         exp = eneg ? -exp : exp;
         real = true;
     }
     *is_int = !real;
+    if (s->syntax) {
+        *value = 0; /* not read: too big a number is jansson's other error */
+        return true;
+    }
     if (real) {
         /* Below 10^(nint + exp): past 10^300 it might overflow a double,
          * which jansson refuses (underflow it takes). */
@@ -241,7 +220,7 @@ static bool skip_value(struct scan *s)
     case '{':
         return scan_object(s, L_OTHER);
     case '[':
-        if (++s->depth > SCAN_MAX_DEPTH)
+        if (++s->depth > s->max_depth)
             return false;
         s->p++;
         skip_ws(s);
@@ -375,7 +354,7 @@ static bool scan_object(struct scan *s, enum level lv)
     const char *seen[SCAN_MAX_KEYS];
     size_t seen_len[SCAN_MAX_KEYS];
     unsigned nseen = 0;
-    if (++s->depth > SCAN_MAX_DEPTH)
+    if (++s->depth > s->max_depth)
         return false;
     s->p++;
     skip_ws(s);
@@ -435,8 +414,10 @@ bool kp_router__scan_answer(const char *data, size_t len, struct kp_answer_facts
     memset(f, 0, sizeof(*f));
     if (data == NULL)
         return false;
-    struct scan s = {
-        (const unsigned char *)data, (const unsigned char *)data + len, 0, false, f, NULL};
+    struct scan s = {.p = (const unsigned char *)data,
+                     .end = (const unsigned char *)data + len,
+                     .max_depth = SCAN_MAX_DEPTH,
+                     .answer = f};
     return scan_document(&s, L_TOP);
 }
 
@@ -445,7 +426,25 @@ bool kp_router__scan_request(const char *data, size_t len, struct kp_request_fac
     memset(f, 0, sizeof(*f));
     if (data == NULL)
         return false;
-    struct scan s = {
-        (const unsigned char *)data, (const unsigned char *)data + len, 0, true, NULL, f};
+    struct scan s = {.p = (const unsigned char *)data,
+                     .end = (const unsigned char *)data + len,
+                     .max_depth = SCAN_MAX_DEPTH,
+                     .strict = true,
+                     .request = f};
     return scan_document(&s, L_REQ_TOP) && f->model != NULL;
+}
+
+bool kp_router__json_syntax_ok(const char *text, size_t len)
+{
+    if (text == NULL)
+        return false;
+    struct scan s = {.p = (const unsigned char *)text,
+                     .end = (const unsigned char *)text + len,
+                     .max_depth = JSON_PARSER_MAX_DEPTH,
+                     .syntax = true};
+    skip_ws(&s);
+    if (!skip_value(&s))
+        return false;
+    skip_ws(&s);
+    return s.p == s.end;
 }

@@ -6,8 +6,9 @@
  * JSON_REJECT_DUPLICATES must accept it (no key twice at any level) and
  * model, stream and stream_options.include_usage must read the same. When
  * it is not sure, nothing is checked (the router parses with jansson
- * then). Seeds in corpus/answer_scan/ are provider answers, app requests
- * and the edge cases the scanner was written against. */
+ * then). Its syntax mode (kp_router__json_syntax_ok) must accept whatever
+ * jansson reads and refuse what jansson calls a syntax error. Seeds in corpus/answer_scan/ are
+ * provider answers, app requests and the edge cases the scanner was written against. */
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "router/adapter_internal.h"
 #include "router/router_internal.h"
 
 struct ref {
@@ -83,10 +85,31 @@ static void check_request(const char *text, size_t size)
     json_decref(doc);
 }
 
+/* The syntax mode (what the adapters ask after jansson refused a text):
+ * whatever jansson reads is valid; what it refuses as a syntax error is not. */
+static void check_syntax(const char *text, size_t size)
+{
+    json_error_t err;
+    bool ok = kp_router__json_syntax_ok(text ? text : "", size);
+    json_t *doc = json_loadb(text ? text : "", size, JSON_DECODE_ANY | JSON_ALLOW_NUL, &err);
+    /* jansson ends a top-level scalar at a raw NUL byte ("2\0x" reads as
+     * 2); the scanner, like RFC 8259, refuses the byte: stricter, so it
+     * never calls such a text an out-of-memory. */
+    if (doc != NULL && !ok && memchr(text ? text : "", 0, size) == NULL)
+        abort();
+    json_decref(doc);
+    enum json_error_code code = json_error_code(&err);
+    if (doc == NULL && ok &&
+        (code == json_error_invalid_syntax || code == json_error_premature_end_of_input ||
+         code == json_error_end_of_input_expected))
+        abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *text = (const char *)data;
     check_request(text, size);
+    check_syntax(text, size);
     struct kp_answer_facts f;
     struct ref r, s = {0};
     if (!kp_router__scan_answer(text, size, &f))
