@@ -698,8 +698,7 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
             attempt_failed(c, "server", why);
             return;
         }
-        kp_router__settle(c);
-        kp_router__finish(c);
+        kp_router__finish(c); /* settled by relay_answer, before the answer left */
         return;
     }
     /* A failed attempt's body is classified on what was kept of it (its
