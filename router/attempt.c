@@ -815,11 +815,12 @@ void kp_router__attempt_next(struct kp_call *c)
         kp_router__stream_free(c);
         c->stream_broken = false;
         c->stream_error[0] = '\0';
+        prep.auth_len = 0;
         int rc = build_request(c, k, &req, &prep, errmsg, sizeof(errmsg), param, sizeof(param));
         if (rc == KP_EINVAL) {
             /* The request cannot be expressed for this provider: the app's
              * to fix, not a reason to try another key. */
-            kp_secret_wipe(prep.auth, sizeof(prep.auth));
+            kp_secret_wipe(prep.auth, prep.auth_len);
             kp_router__fail_param(c, 400, "invalid_request_error", "unsupported_for_provider",
                                   param[0] ? param : NULL, errmsg);
             return;
@@ -829,7 +830,7 @@ void kp_router__attempt_next(struct kp_call *c)
             cb.arg = c;
             rc = kp_upstream_start(c->r->up, &req, &cb, &c->up, errmsg, sizeof(errmsg));
         }
-        kp_secret_wipe(prep.auth, sizeof(prep.auth));
+        kp_secret_wipe(prep.auth, prep.auth_len);
         if (rc == KP_OK) {
             kp_keystat_begin(c->r->breakers, k->key->e.id);
             c->stat_open = true;

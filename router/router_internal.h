@@ -372,6 +372,7 @@ bool kp_router__scan_request(const char *data, size_t len, struct kp_request_fac
 struct kp_prep {
     char url[2600];
     char auth[4200]; /* "Bearer <secret>": wiped once the call started */
+    size_t auth_len; /* the bytes of auth in use, with the NUL: what is wiped */
     struct kp_http_header headers[40];
     unsigned n;
 };

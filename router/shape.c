@@ -157,6 +157,7 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
     memcpy(prep->auth, "Bearer ", pre);
     memcpy(prep->auth + pre, secret, secret_len);
     prep->auth[pre + secret_len] = '\0';
+    prep->auth_len = pre + secret_len + 1;
     prep->headers[nh].name = auth_name;
     prep->headers[nh].name_len = strlen(auth_name);
     prep->headers[nh].value = prep->auth;
