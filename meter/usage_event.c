@@ -111,6 +111,10 @@ bool kp_usage_str_valid(const char *s, size_t len)
     if (len > KP_USAGE_STR_MAX)
         return false;
     for (size_t i = 0; i < len;) {
+        if ((uint8_t)(p[i] - 1) < 0x7f) { /* ASCII but NUL: most bytes */
+            i++;
+            continue;
+        }
         size_t n = kp_utf8_len(p + i, len - i);
         if (n == 0 || p[i] == 0)
             return false;

@@ -128,6 +128,7 @@ struct kp_upstream_call {
     const char *fail_detail;
     uint32_t connect_ms, first_byte_ms, idle_ms, total_ms;
     uint64_t head_due, total_due, last_rx;
+    uintptr_t body_at; /* where the last body callback's bytes were */
     size_t secret_len; /* bytes of header strings to wipe */
     char *strings;
     char errbuf[CURL_ERROR_SIZE];
@@ -524,6 +525,20 @@ static size_t on_curl_body(char *data, size_t size, size_t nmemb, void *arg)
     if (skip == len)
         return len;
     call->last_rx = uv_now(call->u->loop);
+    /* curl reads the network into the start of the transfer's receive
+     * buffer each time and hands the bytes over from there, in order. Bytes
+     * at or before where the last callback's were came from a new read,
+     * which curl makes in the same pass while the socket stays readable:
+     * what the earlier reads made goes out now (the settled hook), not
+     * when the provider pauses. Only batching rests on this; were curl to
+     * hand bytes over otherwise, a stream would go out in fewer or more
+     * writes, never in another order. */
+    uintptr_t at = (uintptr_t)data;
+    if (call->body_at != 0 && at <= call->body_at && call->u->settled_fn != NULL)
+        call->u->settled_fn(call->u->settled_arg);
+    call->body_at = at;
+    if (call->cancelled)
+        return CURL_WRITEFUNC_ERROR;
     bool more = call->cb.on_body ? call->cb.on_body(call->cb.arg, data + skip, len - skip) : true;
     if (call->cancelled)
         return CURL_WRITEFUNC_ERROR;

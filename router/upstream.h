@@ -99,8 +99,10 @@ unsigned kp_upstream_active(const struct kp_upstream *u);
  * over what the loop saw is under way, and the settled hook follows it. */
 bool kp_upstream_in_pass(const struct kp_upstream *u);
 /* @fn runs after every pass of curl (a socket or timer event, a resume),
- * once no callback is running and finished transfers have been reported:
- * the place to write what one read of the network made, in one go. */
+ * once no callback is running and finished transfers have been reported,
+ * and inside a pass before the bytes of a transfer's next read of the
+ * network are handed over: the place to write what one read made, in one
+ * go. */
 void kp_upstream_on_settled(struct kp_upstream *u, void (*fn)(void *arg), void *arg);
 
 #endif

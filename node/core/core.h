@@ -14,6 +14,7 @@
 #include "metrics.h"
 #include "mpack.h"
 #include "seal.h"
+#include "siphash.h"
 #include "tls.h"
 #include "trace.h"
 #include "version.h"

@@ -13,6 +13,7 @@ import secrets
 import sys
 import time
 import unittest
+import zlib
 
 from harness import Harness, http, log_lines, wait_until
 
@@ -68,6 +69,18 @@ class Gateway:
 
     def usage(self):
         return self.admin("GET", "/usage/recent?limit=100")["events"]
+
+
+def with_secret(token, secret):
+    """@token with another secret and a checksum that matches it, so that it
+    parses and is refused only by the MAC (raftstore/token.c)."""
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    text = token[:16] + secret
+    v, check = zlib.crc32(text.encode()), ""
+    for _ in range(6):
+        v, d = divmod(v, 62)
+        check = digits[d] + check
+    return text + check
 
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}
@@ -243,6 +256,25 @@ class RouterTest(unittest.TestCase):
             "first_byte_timeout_ms": 3600001})
         self.assertEqual(status, 400, raw)
         self.assertIn("first_byte_timeout_ms", json.loads(raw)["error"]["message"])
+
+    def test_every_call_proves_its_token(self):
+        # Workers remember the secrets they verified (a keyed tag, not the
+        # secret): a wrong secret under a known token id is still refused,
+        # before and after the right one was seen, and a deleted token
+        # stops working although its secret was remembered.
+        g = self.g
+        forged = with_secret(g.token, "A" * 32)
+        for _ in range(4):  # on both workers
+            self.assertEqual(g.call("/v1/chat/completions", CHAT)[0], 200)
+            status, h, raw = g.call("/v1/chat/completions", CHAT, token=forged)
+            self.assertEqual((status, h.get("x-keyplane-error")), (401, "invalid_token"), raw)
+            self.assertIn("unknown token", json.loads(raw)["error"]["message"])
+        token_id = "tk_" + g.token[3:15]
+        g.admin("DELETE", "/tokens/" + token_id)
+        for _ in range(4):
+            status, h, raw = g.call("/v1/chat/completions", CHAT)
+            self.assertEqual((status, h.get("x-keyplane-error")), (401, "invalid_token"), raw)
+        self.assertEqual(g.stats()["requests"], 4)
 
     def test_refusals(self):
         g = self.g

@@ -25,6 +25,8 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
 #include <uv.h>
 #include <zstd.h>
 
@@ -2475,6 +2477,41 @@ static void test_bytes_hex_encode(void **state)
     assert_string_equal(out, "");
 }
 
+/* SipHash-2-4-128: the reference vector for the empty input under the key
+ * 00..0f, and the same tags as OpenSSL's SIPHASH for every length up to
+ * 80 bytes (each tail length, one to ten whole words) under random keys. */
+static void test_siphash128(void **state)
+{
+    (void)state;
+    uint8_t key[KP_SIPHASH_KEY_LEN], in[80], tag[KP_SIPHASH_TAG_LEN], want[KP_SIPHASH_TAG_LEN];
+    for (size_t i = 0; i < sizeof(key); i++)
+        key[i] = (uint8_t)i;
+    static const uint8_t empty[KP_SIPHASH_TAG_LEN] = {0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25,
+                                                       0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14,
+                                                       0xc7, 0x55, 0x02, 0x93};
+    kp_siphash128(key, "", 0, tag);
+    assert_memory_equal(tag, empty, sizeof(tag));
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "SIPHASH", NULL);
+    assert_non_null(mac);
+    for (size_t len = 0; len <= sizeof(in); len++) {
+        assert_int_equal(kp_random_bytes(key, sizeof(key)), KP_OK);
+        assert_int_equal(kp_random_bytes(in, sizeof(in)), KP_OK);
+        EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(mac);
+        size_t size = KP_SIPHASH_TAG_LEN, n = 0;
+        OSSL_PARAM params[] = {OSSL_PARAM_construct_size_t(OSSL_MAC_PARAM_SIZE, &size),
+                               OSSL_PARAM_construct_end()};
+        assert_non_null(ctx);
+        assert_int_equal(EVP_MAC_init(ctx, key, sizeof(key), params), 1);
+        assert_int_equal(EVP_MAC_update(ctx, in, len), 1);
+        assert_int_equal(EVP_MAC_final(ctx, want, &n, sizeof(want)), 1);
+        assert_int_equal(n, sizeof(want));
+        EVP_MAC_CTX_free(ctx);
+        kp_siphash128(key, in, len, tag);
+        assert_memory_equal(tag, want, sizeof(tag));
+    }
+    EVP_MAC_free(mac);
+}
+
 /* Hex digits of either case have their values; nothing else is a digit. */
 static void test_bytes_hex_value(void **state)
 {
@@ -2668,7 +2705,7 @@ int main(void)
         UNIT_TEST(test_mp_kind_names),
     };
     const struct CMUnitTest bytes_tests[] = {
-        UNIT_TEST(test_bytes_little_endian), UNIT_TEST(test_bytes_hex_encode),
+        UNIT_TEST(test_bytes_little_endian), UNIT_TEST(test_bytes_hex_encode), UNIT_TEST(test_siphash128),
         UNIT_TEST(test_bytes_hex_value),     UNIT_TEST(test_bytes_utf8_len),
         UNIT_TEST(test_zstd_frame_check),    UNIT_TEST(test_zstd_memory_is_ours),
     };
