@@ -668,7 +668,6 @@ void kp_spool_close(struct kp_spool *s)
 int kp_spool_append(struct kp_spool *s, const struct kp_usage_event *ev)
 {
     char why[200];
-    uint8_t head[12];
     struct kp_buf enc;
     kp_buf_init(&enc);
     int rc = kp_usage_event_encode(ev, &enc, why, sizeof(why));
@@ -681,17 +680,26 @@ int kp_spool_append(struct kp_spool *s, const struct kp_usage_event *ev)
         pthread_mutex_unlock(&s->mu);
         return rc == KP_EINVAL ? KP_EINVAL : KP_EBUSY;
     }
-    kp_put_le(head, (uint64_t)ev->time_ms, 8);
-    kp_put_le(head + 8, enc.len, 4);
+    rc = kp_spool_append_encoded(s, ev->time_ms, enc.data, enc.len);
+    kp_buf_free(&enc);
+    return rc;
+}
+
+int kp_spool_append_encoded(struct kp_spool *s, int64_t time_ms, const void *enc, size_t len)
+{
+    uint8_t head[12];
+    int rc;
+    kp_put_le(head, (uint64_t)time_ms, 8);
+    kp_put_le(head + 8, len, 4);
     pthread_mutex_lock(&s->mu);
-    bool over = s->queue.len + sizeof(head) + enc.len > s->opt.queue_bytes;
+    bool over = s->queue.len + sizeof(head) + len > s->opt.queue_bytes;
     if (over || s->st.full) {
         rc = KP_EBUSY;
     } else {
         size_t mark = s->queue.len;
         rc = kp_buf_append(&s->queue, head, sizeof(head));
         if (rc == KP_OK)
-            rc = kp_buf_append(&s->queue, enc.data, enc.len);
+            rc = kp_buf_append(&s->queue, enc, len);
         if (rc != KP_OK) {
             s->queue.len = mark;
             rc = KP_EBUSY;
@@ -708,7 +716,6 @@ int kp_spool_append(struct kp_spool *s, const struct kp_usage_event *ev)
                      s->st.dropped);
     }
     pthread_mutex_unlock(&s->mu);
-    kp_buf_free(&enc);
     return rc;
 }
 

@@ -54,6 +54,9 @@ void kp_spool_close(struct kp_spool *s);
  * event does not pass kp_usage_event_check), KP_EBUSY (dropped: the spool
  * is full or the queue overflowed; counted in stats). */
 int kp_spool_append(struct kp_spool *s, const struct kp_usage_event *ev);
+/* kp_spool_append for an event already encoded (kp_usage_event_encode, so
+ * checked), of @len bytes at @enc: KP_OK or KP_EBUSY. */
+int kp_spool_append_encoded(struct kp_spool *s, int64_t time_ms, const void *enc, size_t len);
 /* False when calls should be refused: full with refuse_when_full. */
 bool kp_spool_accepting(struct kp_spool *s);
 void kp_spool_get_stats(struct kp_spool *s, struct kp_spool_stats *st);

@@ -31,12 +31,27 @@ struct kp_metering {
 
 /* --- the usage sink the router writes to ----------------------------------------- */
 
+/* Encoded once, for the spool and for the ring of recent events. */
 void kp_metering_record(void *node, const struct kp_usage_event *ev)
 {
     struct kp_node *n = node;
-    kp_usage_log_record(n->usage, ev);
-    if (n->metering != NULL && n->metering->spool != NULL)
-        kp_spool_append(n->metering->spool, ev);
+    struct kp_spool *spool = n->metering != NULL ? n->metering->spool : NULL;
+    char why[200];
+    struct kp_buf enc;
+    kp_buf_init(&enc);
+    if (kp_usage_event_encode(ev, &enc, why, sizeof(why)) != KP_OK) {
+        if (spool != NULL)
+            kp_spool_append(spool, ev); /* which says why and counts the drop */
+        else
+            kp_warn("metering", "usage event of request %.64s not recorded: %s", ev->request_id,
+                    why);
+        kp_buf_free(&enc);
+        return;
+    }
+    kp_usage_log_record(n->usage, enc.data, enc.len);
+    if (spool != NULL)
+        kp_spool_append_encoded(spool, ev->time_ms, enc.data, enc.len);
+    kp_buf_free(&enc);
 }
 
 bool kp_metering_accepting(void *node)

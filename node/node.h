@@ -254,8 +254,9 @@ void kp_telemetry_close(struct kp_node *n);
 /* usage.c: recent usage events in memory (GET /admin/v1/usage/recent). */
 struct kp_usage_log *kp_usage_log_new(void);
 void kp_usage_log_free(struct kp_usage_log *l);
-/* The router's usage sink (thread-safe). */
-void kp_usage_log_record(void *log, const struct kp_usage_event *ev);
+/* Keep the encoded event (kp_usage_event_encode) of @len bytes at @enc
+ * (any thread). */
+void kp_usage_log_record(struct kp_usage_log *l, const void *enc, size_t len);
 /* The last @limit events, oldest first, as a JSON array. */
 json_t *kp_usage_log_recent(struct kp_usage_log *l, size_t limit);
 
