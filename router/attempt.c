@@ -17,6 +17,7 @@
 #include "router_internal.h"
 
 static void queue_events(struct kp_call *c);
+static void on_read(void *arg);
 
 /* SSE waiting for the end of curl's pass is written at once past this. */
 #define SSE_OUT_MAX ((size_t)64 << 10)
@@ -396,8 +397,10 @@ static void unqueue_events(struct kp_call *c)
 void kp_router__flush_events(struct kp_call *c)
 {
     unqueue_events(c);
-    if (c->sse_out.len > 0 && !c->done)
+    if (c->sse_out.len > 0 && !c->done) {
         kp_http_stream_write(c->ex, c->sse_out.data, c->sse_out.len);
+        c->events_out = true;
+    }
     else if (!c->done && c->streaming_out)
         kp_http_stream_flush(c->ex); /* a held head, alone */
     kp_buf_free(&c->sse_out);        /* an idle stream holds no buffer */
@@ -411,6 +414,17 @@ void kp_router__end_stream(struct kp_call *c)
     unqueue_events(c);
     kp_http_stream_end_with(c->ex, c->sse_out.data, c->sse_out.len);
     kp_buf_free(&c->sse_out);
+}
+
+/* curl reads again inside its pass: a stream's first events, still held
+ * (with the head), go out now rather than when the socket runs dry, so
+ * the first event never waits on a busy provider connection. Later events
+ * go out once per pass (the settled hook), to spare writes. */
+static void on_read(void *arg)
+{
+    struct kp_call *c = arg;
+    if (c->sse_flush_queued && !c->events_out && c->sse_out.len > 0)
+        kp_router__flush_events(c);
 }
 
 /* The upstream's settled hook: curl's pass is over. */
@@ -774,7 +788,8 @@ static int build_request(struct kp_call *c, const struct kp_candidate *k,
 
 void kp_router__attempt_next(struct kp_call *c)
 {
-    static const struct kp_upstream_callbacks cbs = {on_head, on_body, attempt_done, NULL};
+    static const struct kp_upstream_callbacks cbs = {on_head, on_body, attempt_done, NULL,
+                                                     on_read};
     char errmsg[300] = "", param[160] = "";
     struct kp_prep prep;
     while (c->next_cand < c->ncand) {

@@ -199,6 +199,7 @@ struct kp_call {
     char up_content_type[128];
     bool streaming_out; /* response head sent to the app */
     bool sent_body;     /* bytes of the answer went to the app */
+    bool events_out;    /* a stream's first events were written (not held) */
     bool paused;
     struct kp_buf resp; /* non-stream answer, or a failed attempt's body */
     struct kp_sse_parser sse;

@@ -528,17 +528,16 @@ static size_t on_curl_body(char *data, size_t size, size_t nmemb, void *arg)
     /* curl reads the network into the start of the transfer's receive
      * buffer each time and hands the bytes over from there, in order. Bytes
      * at or before where the last callback's were came from a new read,
-     * which curl makes in the same pass while the socket stays readable:
-     * what the earlier reads made goes out now (the settled hook), not
-     * when the provider pauses. Only batching rests on this; were curl to
-     * hand bytes over otherwise, a stream would go out in fewer or more
-     * writes, never in another order. */
+     * which curl makes in the same pass while the socket stays readable.
+     * Only batching rests on this: were curl to hand bytes over otherwise,
+     * on_read would come more or less often, never out of order. */
     uintptr_t at = (uintptr_t)data;
-    if (call->body_at != 0 && at <= call->body_at && call->u->settled_fn != NULL)
-        call->u->settled_fn(call->u->settled_arg);
+    if (call->body_at != 0 && at <= call->body_at && call->cb.on_read != NULL) {
+        call->cb.on_read(call->cb.arg);
+        if (call->cancelled)
+            return CURL_WRITEFUNC_ERROR;
+    }
     call->body_at = at;
-    if (call->cancelled)
-        return CURL_WRITEFUNC_ERROR;
     bool more = call->cb.on_body ? call->cb.on_body(call->cb.arg, data + skip, len - skip) : true;
     if (call->cancelled)
         return CURL_WRITEFUNC_ERROR;

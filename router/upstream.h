@@ -51,6 +51,10 @@ struct kp_upstream_callbacks {
      * and error bodies: it never contains the URL's query, headers or body. */
     void (*on_done)(void *arg, enum kp_upstream_result result, const char *detail);
     void *arg;
+    /* Optional: inside a pass of curl, the body bytes that follow come
+     * from a new read of the network (curl reads again while the socket
+     * stays readable, before the pass ends and the settled hook runs). */
+    void (*on_read)(void *arg);
 };
 
 struct kp_upstream_request {
@@ -99,10 +103,8 @@ unsigned kp_upstream_active(const struct kp_upstream *u);
  * over what the loop saw is under way, and the settled hook follows it. */
 bool kp_upstream_in_pass(const struct kp_upstream *u);
 /* @fn runs after every pass of curl (a socket or timer event, a resume),
- * once no callback is running and finished transfers have been reported,
- * and inside a pass before the bytes of a transfer's next read of the
- * network are handed over: the place to write what one read made, in one
- * go. */
+ * once no callback is running and finished transfers have been reported:
+ * the place to write what one read of the network made, in one go. */
 void kp_upstream_on_settled(struct kp_upstream *u, void (*fn)(void *arg), void *arg);
 
 #endif
