@@ -441,6 +441,37 @@ static int decode_map(struct decoder *d)
     return check_all_seen(d, seen);
 }
 
+/* Every field empty or zero, as kp_usage_event_init leaves them but for the
+ * bytes past each string's end: the decoder writes every field it reads,
+ * and clearing the 3 KiB of string room was a fifth of its time. */
+static void reset_fields(struct kp_usage_event *ev)
+{
+    for (size_t i = 0; i < NFIELDS; i++) {
+        char *p = (char *)ev + fields[i].off;
+        switch (fields[i].type) {
+        case FT_STR:
+        case FT_TRACE:
+            p[0] = '\0';
+            break;
+        case FT_INT64:
+            *(int64_t *)(void *)p = 0;
+            break;
+        case FT_COUNT:
+            *(uint64_t *)(void *)p = 0;
+            break;
+        case FT_UINT32:
+            *(uint32_t *)(void *)p = 0;
+            break;
+        case FT_STATUS:
+            *(uint16_t *)(void *)p = 0;
+            break;
+        case FT_BOOL:
+            *(bool *)p = false;
+            break;
+        }
+    }
+}
+
 int kp_usage_event_decode(const void *buf, size_t len, struct kp_usage_event *ev, size_t *used,
                           char *errmsg, size_t errlen)
 {
@@ -450,7 +481,7 @@ int kp_usage_event_decode(const void *buf, size_t len, struct kp_usage_event *ev
         .errlen = errlen,
     };
     kp_mp_reader_init(&d.c, buf, len);
-    kp_usage_event_init(ev);
+    reset_fields(ev);
     int rc = decode_map(&d);
     *used = rc == KP_OK ? kp_mp_offset(&d.c) : d.err_off;
     return rc;

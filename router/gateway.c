@@ -45,6 +45,11 @@ static void timer_closed(uv_handle_t *h)
 /* Calls in flight in this process, all workers: the max_inflight cap. */
 static atomic_uint inflight_calls;
 
+/* A call is 7 KiB: a worker keeps a few freed ones for the next calls, as
+ * malloc would take a large block for each, and with it sweep its bins of
+ * small ones (malloc_consolidate), 2% of a call's CPU. */
+#define SPARE_CALLS 16
+
 static void call_free(struct kp_call *c)
 {
     atomic_fetch_sub_explicit(&inflight_calls, 1, memory_order_relaxed);
@@ -71,6 +76,12 @@ static void call_free(struct kp_call *c)
     kp_sse_free(&c->sse);
     if (c->view != NULL)
         kp_view_release(c->view);
+    if (r->n_spare_calls < SPARE_CALLS) {
+        c->next = r->spare_calls;
+        r->spare_calls = c;
+        r->n_spare_calls++;
+        return;
+    }
     kp_free(c);
 }
 
@@ -391,9 +402,14 @@ void kp_router__respond_list(struct kp_call *c, json_t *data)
 static struct kp_call *call_new(struct kp_router *r, struct kp_http_exchange *ex,
                                 const struct kp_http_request *req, const char *rid)
 {
-    struct kp_call *c = kp_calloc(1, sizeof(*c));
-    if (c == NULL)
+    struct kp_call *c = r->spare_calls;
+    if (c != NULL) {
+        r->spare_calls = c->next;
+        r->n_spare_calls--;
+        memset(c, 0, sizeof(*c));
+    } else if ((c = kp_calloc(1, sizeof(*c))) == NULL) {
         return NULL;
+    }
     atomic_fetch_add_explicit(&inflight_calls, 1, memory_order_relaxed);
     c->r = r;
     c->cand = c->cand_small;
@@ -599,6 +615,11 @@ static void upstream_closed(void *arg)
     void (*cb)(void *) = r->close_cb;
     void *cb_arg = r->close_arg;
     kp_router__auth_free(r);
+    while (r->spare_calls != NULL) {
+        struct kp_call *c = r->spare_calls;
+        r->spare_calls = c->next;
+        kp_free(c);
+    }
     kp_breakers_free(r->breakers);
     kp_secret_cache_free(r->secrets);
     kp_free(r);

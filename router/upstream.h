@@ -51,9 +51,10 @@ struct kp_upstream_callbacks {
      * and error bodies: it never contains the URL's query, headers or body. */
     void (*on_done)(void *arg, enum kp_upstream_result result, const char *detail);
     void *arg;
-    /* Optional: inside a pass of curl, the body bytes that follow come
-     * from a new read of the network (curl reads again while the socket
-     * stays readable, before the pass ends and the settled hook runs). */
+    /* Optional: the body bytes that follow come from another read of the
+     * network than the last ones did. Within one pass of curl (it reads
+     * again while the socket stays readable, before the settled hook
+     * runs), the moment to pass on what the earlier reads made. */
     void (*on_read)(void *arg);
 };
 

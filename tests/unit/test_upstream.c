@@ -400,7 +400,7 @@ struct rec {
     struct fx *f;
     struct rec *next_rec;
     struct kp_upstream_call *call;
-    int heads, bodies, dones;
+    int heads, bodies, dones, reads;
     int status;
     enum kp_upstream_result result;
     char detail[256];
@@ -555,7 +555,16 @@ static void rec_done(void *arg, enum kp_upstream_result result, const char *deta
     }
 }
 
-static const struct kp_upstream_callbacks rec_cbs = {rec_head, rec_body, rec_done, NULL};
+static void rec_read(void *arg)
+{
+    struct rec *r = arg;
+    assert_true(r->bodies > 0);
+    r->reads++;
+    rec_order(r, 'R');
+}
+
+static const struct kp_upstream_callbacks rec_cbs = {rec_head, rec_body, rec_done, NULL,
+                                                     rec_read};
 
 /* Start @r's call to @path on the fixture's server, with @req's timeouts,
  * method, body and headers (method defaults to GET). */
@@ -742,8 +751,32 @@ static void test_streaming(void **state)
     assert_string_equal(r->body.data, "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n");
     assert_true(r->bodies > 1);
     assert_int_equal(r->order[0], 'H');
+    for (unsigned i = 1; i + 1 < r->n_order; i++) /* each read announced */
+        assert_true(r->order[i] == 'B' || (r->order[i] == 'R' && r->order[i + 1] == 'B'));
+    assert_int_equal(r->order[r->n_order - 1], 'D');
+    assert_true(r->reads >= 1);
+}
+
+/* Bytes curl reads again within one pass are announced (on_read) before
+ * they are handed over: 16 KiB written at once and read 2 KiB at a time
+ * (a stream's receive buffer) take several reads in curl's first pass. */
+static void test_on_read_between_reads(void **state)
+{
+    struct fx *f = *state;
+    struct rec *r = rec_new(f);
+    struct kp_upstream_request req;
+    memset(&req, 0, sizeof(req));
+    req.stream = true;
+    assert_int_equal(start_path(r, "/big?n=4", &req), KP_OK);
+    assert_true(wait_until(f, &r->dones, 1));
+    assert_int_equal(r->result, KP_UPSTREAM_OK);
+    assert_int_equal(r->body.len, 4 * BIG_CHUNK);
+    for (size_t k = 0; k < r->body.len; k++)
+        assert_int_equal((unsigned char)r->body.data[k], big_byte(k));
+    assert_true(r->reads >= 2);
+    assert_int_equal(r->order[0], 'H');
     for (unsigned i = 1; i + 1 < r->n_order; i++)
-        assert_int_equal(r->order[i], 'B');
+        assert_true(r->order[i] == 'B' || (r->order[i] == 'R' && r->order[i + 1] == 'B'));
     assert_int_equal(r->order[r->n_order - 1], 'D');
 }
 
@@ -1367,6 +1400,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_plain_200, setup, teardown),
         cmocka_unit_test_setup_teardown(test_non_200, setup, teardown),
         cmocka_unit_test_setup_teardown(test_streaming, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_on_read_between_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mock_chat_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_timeout, setup, teardown),
