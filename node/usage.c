@@ -12,7 +12,7 @@
 
 #include "node.h"
 
-#define RING 10000
+#define RING       10000
 #define SLOT_BYTES 488 /* an event longer than this lives on the heap */
 
 struct slot {

@@ -400,10 +400,10 @@ void kp_router__flush_events(struct kp_call *c)
     if (c->sse_out.len > 0 && !c->done) {
         kp_http_stream_write(c->ex, c->sse_out.data, c->sse_out.len);
         c->events_out = true;
-    }
-    else if (!c->done && c->streaming_out)
+    } else if (!c->done && c->streaming_out) {
         kp_http_stream_flush(c->ex); /* a held head, alone */
-    kp_buf_free(&c->sse_out);        /* an idle stream holds no buffer */
+    }
+    kp_buf_free(&c->sse_out); /* an idle stream holds no buffer */
 }
 
 /* Ends the app's stream with what is still queued for it, in one write. */
@@ -788,8 +788,7 @@ static int build_request(struct kp_call *c, const struct kp_candidate *k,
 
 void kp_router__attempt_next(struct kp_call *c)
 {
-    static const struct kp_upstream_callbacks cbs = {on_head, on_body, attempt_done, NULL,
-                                                     on_read};
+    static const struct kp_upstream_callbacks cbs = {on_head, on_body, attempt_done, NULL, on_read};
     char errmsg[300] = "", param[160] = "";
     struct kp_prep prep;
     while (c->next_cand < c->ncand) {

@@ -144,10 +144,10 @@ struct kp_router {
     struct kp_router_shared sh;
     struct kp_secret_cache *secrets;
     struct kp_breakers *breakers;
-    uint64_t rng;                       /* xorshift state for the weighted strategy */
-    struct kp_token_mac *token_mac;     /* auth.c: made on the first call */
-    struct kp_call *calls;              /* in flight, for close */
-    struct kp_call *spare_calls;        /* freed, for the next calls (next) */
+    uint64_t rng;                   /* xorshift state for the weighted strategy */
+    struct kp_token_mac *token_mac; /* auth.c: made on the first call */
+    struct kp_call *calls;          /* in flight, for close */
+    struct kp_call *spare_calls;    /* freed, for the next calls (next) */
     unsigned n_spare_calls;
     struct kp_budget_wake *budget_wake; /* budget.c: wakes waiting calls */
     struct kp_call *sse_flush;          /* attempt.c: calls with SSE to write after curl's pass */

@@ -2487,8 +2487,8 @@ static void test_siphash128(void **state)
     for (size_t i = 0; i < sizeof(key); i++)
         key[i] = (uint8_t)i;
     static const uint8_t empty[KP_SIPHASH_TAG_LEN] = {0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25,
-                                                       0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14,
-                                                       0xc7, 0x55, 0x02, 0x93};
+                                                      0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14,
+                                                      0xc7, 0x55, 0x02, 0x93};
     kp_siphash128(key, "", 0, tag);
     assert_memory_equal(tag, empty, sizeof(tag));
     EVP_MAC *mac = EVP_MAC_fetch(NULL, "SIPHASH", NULL);
@@ -2705,9 +2705,10 @@ int main(void)
         UNIT_TEST(test_mp_kind_names),
     };
     const struct CMUnitTest bytes_tests[] = {
-        UNIT_TEST(test_bytes_little_endian), UNIT_TEST(test_bytes_hex_encode), UNIT_TEST(test_siphash128),
-        UNIT_TEST(test_bytes_hex_value),     UNIT_TEST(test_bytes_utf8_len),
-        UNIT_TEST(test_zstd_frame_check),    UNIT_TEST(test_zstd_memory_is_ours),
+        UNIT_TEST(test_bytes_little_endian), UNIT_TEST(test_bytes_hex_encode),
+        UNIT_TEST(test_siphash128),          UNIT_TEST(test_bytes_hex_value),
+        UNIT_TEST(test_bytes_utf8_len),      UNIT_TEST(test_zstd_frame_check),
+        UNIT_TEST(test_zstd_memory_is_ours),
     };
 #undef UNIT_TEST
 #define LOG_TEST(f) cmocka_unit_test_setup_teardown(f, log_setup, log_teardown)

@@ -563,8 +563,7 @@ static void rec_read(void *arg)
     rec_order(r, 'R');
 }
 
-static const struct kp_upstream_callbacks rec_cbs = {rec_head, rec_body, rec_done, NULL,
-                                                     rec_read};
+static const struct kp_upstream_callbacks rec_cbs = {rec_head, rec_body, rec_done, NULL, rec_read};
 
 /* Start @r's call to @path on the fixture's server, with @req's timeouts,
  * method, body and headers (method defaults to GET). */
