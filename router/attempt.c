@@ -510,9 +510,16 @@ static int on_event(void *arg, const struct kp_sse_event *e)
     }
     bool done = e->data_len == 6 && memcmp(e->data, "[DONE]", 6) == 0;
     /* Parsing every event would cost more than relaying it: only the first
-     * (the model served) and those carrying a usage object are read; the
-     * others only count toward the estimate. */
-    bool read = !done && (c->ev.model_served[0] == '\0' || has_usage_object(e->data, e->data_len));
+     * (the model served; by the answer scanner, without a document) and
+     * those carrying a usage object are read; the others only count
+     * toward the estimate. */
+    bool has_usage = !done && has_usage_object(e->data, e->data_len);
+    bool read = !done && (c->ev.model_served[0] == '\0' || has_usage);
+    struct kp_answer_facts facts;
+    if (read && !has_usage && kp_router__scan_answer(e->data, e->data_len, &facts)) {
+        apply_facts(c, &facts); /* the first event's model, without a document */
+        read = false;
+    }
     if (!done && !read)
         c->streamed_bytes += e->data_len / 4; /* roughly the content's share */
     if (read) {

@@ -129,6 +129,9 @@ class RouterTest(unittest.TestCase):
         self.assertTrue(ev["streamed"])
         self.assertFalse(ev["tokens_estimated"])
         self.assertEqual(ev["tokens_out"], 16)
+        # The model served is read from the first event.
+        self.assertEqual(ev["model_served"], chunks[0]["model"])
+        self.assertEqual(ev["model_served"], "gpt-4o-mini")
 
     def test_stream_with_usage_requested_keeps_the_usage_chunk(self):
         g = self.g
