@@ -169,6 +169,9 @@ static void upstream_timer_closed(uv_handle_t *h);
 
 /* --- easy handles ---------------------------------------------------------- */
 
+static CURLcode easy_defaults(CURL *e, struct kp_upstream *u);
+static CURLcode easy_forget(CURL *e);
+
 static int easy_get(struct kp_upstream *u, struct kp_upstream_call *call)
 {
     if (u->n_spare > 0) {
@@ -179,16 +182,19 @@ static int easy_get(struct kp_upstream *u, struct kp_upstream_call *call)
     }
     call->easy = curl_easy_init();
     kp_buf_init(&call->head);
+    if (call->easy != NULL && easy_defaults(call->easy, u) != CURLE_OK) {
+        curl_easy_cleanup(call->easy);
+        call->easy = NULL;
+    }
     return call->easy ? KP_OK : KP_ENOMEM;
 }
 
-/* Back to the free list, reset so that it holds nothing of the call. */
+/* Back to the free list, holding no pointer into the call. */
 static void easy_put(struct kp_upstream *u, struct kp_upstream_call *call)
 {
     if (call->easy == NULL)
         return;
-    if (!u->closing && u->n_spare < SPARE_MAX) {
-        curl_easy_reset(call->easy);
+    if (!u->closing && u->n_spare < SPARE_MAX && easy_forget(call->easy) == CURLE_OK) {
         if (call->head.cap > HEAD_KEEP)
             kp_buf_free(&call->head);
         call->head.len = 0;
@@ -1234,27 +1240,23 @@ static struct curl_slist *build_headers(struct kp_upstream_call *call,
     return &call->nodes[0];
 }
 
-static int easy_setup(struct kp_upstream_call *call, const struct kp_upstream_request *req,
-                      struct curl_slist *headers, bool https)
-{
-    CURL *e = call->easy;
-    CURLcode rc = CURLE_OK;
-    bool post = strcmp(req->method, "POST") == 0;
-    bool get = strcmp(req->method, "GET") == 0;
-    bool head = strcmp(req->method, "HEAD") == 0;
-
 #define SET(opt, val)                                                                              \
     do {                                                                                           \
         if (rc == CURLE_OK)                                                                        \
             rc = curl_easy_setopt(e, opt, val);                                                    \
     } while (0)
-    SET(CURLOPT_PRIVATE, (void *)call);
+
+/* The options every transfer has, set once per easy handle: a handle goes
+ * back to the free list without curl_easy_reset (which frees and sets
+ * again some 30 options, 4% of a call's user-space instructions), so these
+ * stay, and easy_setup sets everything that differs between calls. */
+static CURLcode easy_defaults(CURL *e, struct kp_upstream *u)
+{
+    CURLcode rc = CURLE_OK;
     SET(CURLOPT_OPENSOCKETFUNCTION, on_curl_opensocket);
-    SET(CURLOPT_OPENSOCKETDATA, (void *)call->u);
+    SET(CURLOPT_OPENSOCKETDATA, (void *)u);
     SET(CURLOPT_CLOSESOCKETFUNCTION, on_curl_closesocket);
-    SET(CURLOPT_CLOSESOCKETDATA, (void *)call->u);
-    SET(CURLOPT_URL, req->url);
-    SET(CURLOPT_PROTOCOLS_STR, req->allow_http ? "http,https" : "https");
+    SET(CURLOPT_CLOSESOCKETDATA, (void *)u);
     SET(CURLOPT_REDIR_PROTOCOLS_STR, "https");
     SET(CURLOPT_FOLLOWLOCATION, 0L);
     SET(CURLOPT_SSL_VERIFYPEER, 1L);
@@ -1268,10 +1270,30 @@ static int easy_setup(struct kp_upstream_call *call, const struct kp_upstream_re
     SET(CURLOPT_HTTP_CONTENT_DECODING, 0L);
     SET(CURLOPT_HTTP_TRANSFER_DECODING, 1L);
     SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    SET(CURLOPT_HEADERFUNCTION, on_curl_header);
+    SET(CURLOPT_WRITEFUNCTION, on_curl_body);
+    SET(CURLOPT_PREREQFUNCTION, on_curl_prereq);
+    return rc;
+}
+
+/* Everything of one call: its pointers, URL, timeouts, headers, method
+ * and body. */
+static int easy_setup(struct kp_upstream_call *call, const struct kp_upstream_request *req,
+                      struct curl_slist *headers, bool https)
+{
+    CURL *e = call->easy;
+    CURLcode rc = CURLE_OK;
+    bool post = strcmp(req->method, "POST") == 0;
+    bool get = strcmp(req->method, "GET") == 0;
+    bool head = strcmp(req->method, "HEAD") == 0;
+
+    SET(CURLOPT_PRIVATE, (void *)call);
+    SET(CURLOPT_URL, req->url);
+    SET(CURLOPT_PROTOCOLS_STR, req->allow_http ? "http,https" : "https");
     /* Over TLS, wait for a connection being set up that may multiplex
      * rather than open one more. */
     SET(CURLOPT_PIPEWAIT, https ? 1L : 0L);
-    SET(CURLOPT_TCP_KEEPALIVE, 1L);
     /* Provider answers arrive in small pieces (stream events, a few KiB of
      * JSON); half of curl's 16 KiB default receive buffer per transfer is
      * plenty and counts with thousands of open streams. */
@@ -1279,26 +1301,41 @@ static int easy_setup(struct kp_upstream_call *call, const struct kp_upstream_re
     SET(CURLOPT_CONNECTTIMEOUT_MS, (long)call->connect_ms);
     SET(CURLOPT_ERRORBUFFER, call->errbuf);
     SET(CURLOPT_HTTPHEADER, headers);
-    SET(CURLOPT_HEADERFUNCTION, on_curl_header);
     SET(CURLOPT_HEADERDATA, (void *)call);
-    SET(CURLOPT_WRITEFUNCTION, on_curl_body);
     SET(CURLOPT_WRITEDATA, (void *)call);
-    SET(CURLOPT_PREREQFUNCTION, on_curl_prereq);
     SET(CURLOPT_PREREQDATA, (void *)call);
+    /* The method from scratch, as the last call's may linger: NOBODY
+     * first (turning it off makes a HEAD a GET), then the rest. */
+    SET(CURLOPT_NOBODY, head ? 1L : 0L);
+    SET(CURLOPT_CUSTOMREQUEST, post || get || head ? NULL : req->method);
     if (head) {
-        SET(CURLOPT_NOBODY, 1L);
+        /* NOBODY made it a HEAD */
     } else if (get && req->body_len == 0) {
         SET(CURLOPT_HTTPGET, 1L);
     } else {
         /* Not copied: the caller keeps the body until on_done or cancel. */
         SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
         SET(CURLOPT_POSTFIELDS, req->body_len ? req->body : "");
-        if (!post)
-            SET(CURLOPT_CUSTOMREQUEST, req->method);
     }
-#undef SET
     return rc == CURLE_OK ? KP_OK : rc == CURLE_OUT_OF_MEMORY ? KP_ENOMEM : KP_ECONFIG;
 }
+
+/* What points into the call (freed next) goes before the handle is kept
+ * for another: curl holds these pointers, not copies. */
+static CURLcode easy_forget(CURL *e)
+{
+    CURLcode rc = CURLE_OK;
+    SET(CURLOPT_PRIVATE, NULL);
+    SET(CURLOPT_ERRORBUFFER, NULL);
+    SET(CURLOPT_HTTPHEADER, NULL);
+    SET(CURLOPT_HEADERDATA, NULL);
+    SET(CURLOPT_WRITEDATA, NULL);
+    SET(CURLOPT_PREREQDATA, NULL);
+    SET(CURLOPT_POSTFIELDS, NULL);
+    SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+    return rc;
+}
+#undef SET
 
 static uint32_t or_default(uint32_t v, uint32_t def)
 {

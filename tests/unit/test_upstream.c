@@ -724,6 +724,50 @@ static void test_plain_200(void **state)
     assert_int_equal(kp_upstream_active(f->up), 0);
 }
 
+/* Calls one after another reuse one easy handle without curl_easy_reset:
+ * each goes out with its own method, body and headers, none of the last
+ * call's. */
+static void test_reused_handle_forgets_the_last_call(void **state)
+{
+    struct fx *f = *state;
+    static const struct {
+        const char *method, *body, *header;
+    } calls[] = {
+        {"POST", "{\"a\":1}", "X-First: 1"}, {"GET", "", "X-Second: 2"},
+        {"PUT", "put-body", "X-Third: 3"},   {"HEAD", "", "X-Fourth: 4"},
+        {"DELETE", "", "X-Fifth: 5"},        {"POST", "again", "X-Sixth: 6"},
+        {"GET", "", "X-Seventh: 7"},
+    };
+    for (size_t i = 0; i < sizeof(calls) / sizeof(calls[0]); i++) {
+        struct rec *r = rec_new(f);
+        char name[16], value[8];
+        sscanf(calls[i].header, "%15[^:]: %7s", name, value);
+        struct kp_http_header h = {name, strlen(name), value, strlen(value)};
+        struct kp_upstream_request req = {.method = calls[i].method, .headers = &h, .n_headers = 1};
+        req.body = calls[i].body;
+        req.body_len = strlen(calls[i].body);
+        assert_int_equal(start_path(r, "/echo", &req), KP_OK);
+        assert_true(wait_until(f, &r->dones, 1));
+        assert_int_equal(r->result, KP_UPSTREAM_OK);
+        assert_string_equal(f->last_method, calls[i].method);
+        assert_string_equal(rec_header(r, "x-method"), calls[i].method);
+        if (strcmp(calls[i].method, "HEAD") == 0)
+            assert_int_equal(r->body.len, 0);
+        else
+            assert_memory_equal(r->body.data ? r->body.data : "", calls[i].body,
+                                strlen(calls[i].body) + (r->body.data == NULL));
+        assert_int_equal(r->body.len, strcmp(calls[i].method, "HEAD") == 0 ? 0 : req.body_len);
+        /* this call's header only */
+        for (size_t k = 0; k < sizeof(calls) / sizeof(calls[0]); k++) {
+            const char *hit = strstr(f->last_headers.data, calls[k].header);
+            if (k == i)
+                assert_non_null(hit);
+            else if (strcmp(calls[k].header, calls[i].header) != 0)
+                assert_null(hit);
+        }
+    }
+}
+
 /* A non-200 status is delivered with its headers (values trimmed) and body,
  * and the call still ends OK: the status is the caller's business. */
 static void test_non_200(void **state)
@@ -1398,6 +1442,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_plain_200, setup, teardown),
         cmocka_unit_test_setup_teardown(test_non_200, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reused_handle_forgets_the_last_call, setup, teardown),
         cmocka_unit_test_setup_teardown(test_streaming, setup, teardown),
         cmocka_unit_test_setup_teardown(test_on_read_between_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mock_chat_stream, setup, teardown),
