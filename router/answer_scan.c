@@ -317,6 +317,19 @@ static bool scan_member(struct scan *s, enum level lv, const char *key, size_t k
             return false;
         return true;
     }
+    if (lv == L_TOP && key_is(key, klen, "choices")) {
+        /* Whether it is [] (a stream's usage-only chunk), then skipped. */
+        const unsigned char *start = s->p;
+        f->choices = true;
+        f->choices_empty = false;
+        if (at(s, '[')) {
+            s->p++;
+            skip_ws(s);
+            f->choices_empty = at(s, ']');
+            s->p = start;
+        }
+        return skip_value(s);
+    }
     if (lv == L_TOP && key_is(key, klen, "usage")) {
         f->usage = false;
         memset(&f->u, 0, sizeof(f->u));

@@ -516,8 +516,17 @@ static int on_event(void *arg, const struct kp_sse_event *e)
     bool has_usage = !done && has_usage_object(e->data, e->data_len);
     bool read = !done && (c->ev.model_served[0] == '\0' || has_usage);
     struct kp_answer_facts facts;
-    if (read && !has_usage && kp_router__scan_answer(e->data, e->data_len, &facts)) {
-        apply_facts(c, &facts); /* the first event's model, without a document */
+    /* The scanner reads the first event's model and a top-level usage
+     * without a document; what it does not find where it looks (the
+     * Responses API's model and usage, inside "response") is left to
+     * jansson. */
+    if (read && kp_router__scan_answer(e->data, e->data_len, &facts) &&
+        (facts.usage || !has_usage) && (facts.model != NULL || c->ev.model_served[0] != '\0')) {
+        if (c->ev.model_served[0] != '\0')
+            facts.model = NULL; /* the first event's stands */
+        apply_facts(c, &facts);
+        if (facts.usage && !c->client_wants_usage && (!facts.choices || facts.choices_empty))
+            return 0; /* the usage-only chunk the gateway asked for */
         read = false;
     }
     if (!done && !read)
@@ -526,10 +535,12 @@ static int on_event(void *arg, const struct kp_sse_event *e)
         json_t *chunk = json_loadb(e->data, e->data_len, 0, NULL);
         if (chunk != NULL) {
             json_t *model = json_object_get(chunk, "model");
-            if (json_is_string(model) && c->ev.model_served[0] == '\0')
-                kp_usage_set_str(c->ev.model_served, json_string_value(model));
             json_t *usage = json_object_get(chunk, "usage");
             json_t *resp = json_object_get(chunk, "response"); /* responses API */
+            if (!json_is_string(model))
+                model = json_object_get(resp, "model");
+            if (json_is_string(model) && c->ev.model_served[0] == '\0')
+                kp_usage_set_str(c->ev.model_served, json_string_value(model));
             if (json_is_object(usage))
                 read_usage(c, usage);
             else if (json_is_object(resp) && json_is_object(json_object_get(resp, "usage")))

@@ -338,7 +338,7 @@ void kp_router__attempt_cancel(struct kp_call *c);
  * estimate when a stream that reached the app reported none). */
 void kp_router__settle(struct kp_call *c);
 
-/* answer_scan.c: the top-level "model" and "usage" of an OpenAI-shaped
+/* answer_scan.c: the top-level "model", "usage" and "choices" of an OpenAI-shaped
  * answer, read without building the document. False when it cannot be
  * sure json_loadb would read the text the same way (invalid JSON, not an
  * object, an escape where it reads, ...): parse it with jansson then.
@@ -353,6 +353,8 @@ struct kp_answer_facts {
         bool prompt_details, input_details;   /* *_tokens_details present */
         uint64_t prompt_cached, input_cached; /* their cached_tokens */
     } u;
+    bool choices;       /* "choices" is there, whatever it is; then: */
+    bool choices_empty; /* it is an empty array */
 };
 bool kp_router__scan_answer(const char *data, size_t len, struct kp_answer_facts *f);
 

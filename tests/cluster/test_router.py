@@ -133,6 +133,27 @@ class RouterTest(unittest.TestCase):
         self.assertEqual(ev["model_served"], chunks[0]["model"])
         self.assertEqual(ev["model_served"], "gpt-4o-mini")
 
+    def test_responses_stream_is_metered_from_its_completed_event(self):
+        # The Responses API carries usage inside "response" of its
+        # response.completed event, not at the top of a chunk.
+        g = self.g
+        body = {"model": "gpt-4o-mini", "input": "hello there", "stream": True}
+        status, h, raw = g.call("/v1/responses", body, headers={"X-Request-Id": "r-resp"})
+        self.assertEqual(status, 200, raw)
+        self.assertTrue(h["content-type"].startswith("text/event-stream"))
+        datas = [json.loads(line[6:]) for line in raw.decode().split("\n")
+                 if line.startswith("data: ") and line[6:] != "[DONE]"]
+        done = [d for d in datas if d.get("type") == "response.completed"]
+        self.assertEqual(len(done), 1, datas)
+        usage = done[0]["response"]["usage"]
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-resp"),
+                                     None), what="the usage event")
+        self.assertTrue(ev["streamed"])
+        self.assertFalse(ev["tokens_estimated"])
+        self.assertEqual((ev["tokens_in"], ev["tokens_out"]),
+                         (usage["input_tokens"], usage["output_tokens"]))
+        self.assertEqual(ev["model_served"], "gpt-4o-mini")
+
     def test_stream_with_usage_requested_keeps_the_usage_chunk(self):
         g = self.g
         body = dict(CHAT, stream=True, stream_options={"include_usage": True})

@@ -1,8 +1,8 @@
 /* libFuzzer driver for the router's JSON scanner (router/answer_scan.c):
  * a differential check against jansson, of both its uses. Whenever the
  * scanner says it is sure of an answer, json_loadb must accept the text as
- * an object and the usage and model read from the document must be what
- * the scanner found; whenever it is sure of a request, json_loadb with
+ * an object and the usage, model and choices (there, and empty) read from
+ * the document must be what the scanner found; whenever it is sure of a request, json_loadb with
  * JSON_REJECT_DUPLICATES must accept it (no key twice at any level) and
  * model, stream and stream_options.include_usage must read the same. When
  * it is not sure, nothing is checked (the router parses with jansson
@@ -24,6 +24,7 @@ struct ref {
     uint64_t input, output, cached;
     bool model_set;
     char model[300];
+    bool choices, choices_empty;
 };
 
 static uint64_t uint_at(const json_t *o, const char *k)
@@ -58,6 +59,9 @@ static bool ref_parse(const char *data, size_t len, struct ref *r)
         else
             memcpy(r->model, m, n + 1);
     }
+    json_t *choices = json_object_get(doc, "choices");
+    r->choices = choices != NULL;
+    r->choices_empty = json_is_array(choices) && json_array_size(choices) == 0;
     bool obj = json_is_object(doc);
     json_decref(doc);
     return obj;
@@ -132,7 +136,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     if (s.present != r.present || s.input != r.input || s.output != r.output ||
-        s.cached != r.cached || s.model_set != r.model_set || strcmp(s.model, r.model) != 0)
+        s.cached != r.cached || s.model_set != r.model_set || strcmp(s.model, r.model) != 0 ||
+        f.choices != r.choices || f.choices_empty != r.choices_empty)
         abort();
     return 0;
 }
