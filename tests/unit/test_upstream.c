@@ -1029,6 +1029,34 @@ static void test_pause_resume(void **state)
     assert_int_equal(r->pauses, r->bodies);
 }
 
+/* A transfer cancelled while paused, with bytes curl holds back for it,
+ * leaves nothing in its easy handle: the next call, which gets that handle,
+ * receives its own answer only. */
+static void test_cancel_paused_then_reuse(void **state)
+{
+    struct fx *f = *state;
+    struct rec *a = rec_new(f);
+    a->hold_at_body = 1;
+    a->hold_ms = 60000; /* resumed never: cancelled first */
+    struct kp_upstream_request req;
+    memset(&req, 0, sizeof(req));
+    assert_int_equal(start_path(a, "/big?n=64", &req), KP_OK);
+    assert_true(wait_until(f, &a->pauses, 1));
+    uv_timer_stop(&a->resume);
+    kp_upstream_cancel(a->call);
+    a->cancelled = true;
+    struct rec *b = rec_new(f);
+    static const char body[] = "fresh";
+    struct kp_upstream_request rb = {.method = "POST", .body = body, .body_len = 5};
+    assert_int_equal(start_path(b, "/echo", &rb), KP_OK);
+    assert_true(wait_until(f, &b->dones, 1));
+    assert_int_equal(b->result, KP_UPSTREAM_OK);
+    assert_int_equal(b->body.len, 5);
+    assert_memory_equal(b->body.data, body, 5);
+    assert_int_equal(a->after_cancel, 0);
+    assert_int_equal(a->dones, 0);
+}
+
 /* Scheme rules and request validation fail at start with KP_EINVAL, no
  * callback, and never echo the URL's query in the message. */
 static void test_bad_requests(void **state)
@@ -1443,6 +1471,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_plain_200, setup, teardown),
         cmocka_unit_test_setup_teardown(test_non_200, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reused_handle_forgets_the_last_call, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_paused_then_reuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_streaming, setup, teardown),
         cmocka_unit_test_setup_teardown(test_on_read_between_reads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mock_chat_stream, setup, teardown),
