@@ -4,7 +4,8 @@
  * (docs/meter.md, "Spool").
  *
  * Worker threads hand events to kp_spool_append(), which encodes them and
- * queues the bytes (a mutex held for one memcpy). One spool thread takes
+ * queues the bytes (a mutex held for one memcpy), or already encoded ones
+ * to kp_spool_append_encoded(). One spool thread takes
  * the queue at most every commit_interval_ms, writes it as one frame of the
  * open segment and fdatasyncs it (group commit), and seals the segment when
  * it reaches seal_bytes or seal_age_ms. Sealed segments wait in the

@@ -422,15 +422,21 @@ static bool scan_document(struct scan *s, enum level lv)
     return s->p == s->end;
 }
 
+/* A scan of the @len bytes at @data, no deeper than @max_depth. */
+static struct scan scan_start(const char *data, size_t len, unsigned max_depth)
+{
+    return (struct scan){.p = (const unsigned char *)data,
+                         .end = (const unsigned char *)data + len,
+                         .max_depth = max_depth};
+}
+
 bool kp_router__scan_answer(const char *data, size_t len, struct kp_answer_facts *f)
 {
     memset(f, 0, sizeof(*f));
     if (data == NULL)
         return false;
-    struct scan s = {.p = (const unsigned char *)data,
-                     .end = (const unsigned char *)data + len,
-                     .max_depth = SCAN_MAX_DEPTH,
-                     .answer = f};
+    struct scan s = scan_start(data, len, SCAN_MAX_DEPTH);
+    s.answer = f;
     return scan_document(&s, L_TOP);
 }
 
@@ -439,11 +445,9 @@ bool kp_router__scan_request(const char *data, size_t len, struct kp_request_fac
     memset(f, 0, sizeof(*f));
     if (data == NULL)
         return false;
-    struct scan s = {.p = (const unsigned char *)data,
-                     .end = (const unsigned char *)data + len,
-                     .max_depth = SCAN_MAX_DEPTH,
-                     .strict = true,
-                     .request = f};
+    struct scan s = scan_start(data, len, SCAN_MAX_DEPTH);
+    s.strict = true;
+    s.request = f;
     return scan_document(&s, L_REQ_TOP) && f->model != NULL;
 }
 
@@ -451,10 +455,8 @@ bool kp_router__json_syntax_ok(const char *text, size_t len)
 {
     if (text == NULL)
         return false;
-    struct scan s = {.p = (const unsigned char *)text,
-                     .end = (const unsigned char *)text + len,
-                     .max_depth = JSON_PARSER_MAX_DEPTH,
-                     .syntax = true};
+    struct scan s = scan_start(text, len, JSON_PARSER_MAX_DEPTH);
+    s.syntax = true;
     skip_ws(&s);
     if (!skip_value(&s))
         return false;

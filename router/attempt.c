@@ -510,16 +510,14 @@ static int on_event(void *arg, const struct kp_sse_event *e)
     }
     bool done = e->data_len == 6 && memcmp(e->data, "[DONE]", 6) == 0;
     /* Parsing every event would cost more than relaying it: only the first
-     * (the model served; by the answer scanner, without a document) and
-     * those carrying a usage object are read; the others only count
-     * toward the estimate. */
-    bool has_usage = !done && has_usage_object(e->data, e->data_len);
-    bool read = !done && (c->ev.model_served[0] == '\0' || has_usage);
-    struct kp_answer_facts facts;
-    /* The scanner reads the first event's model and a top-level usage
+     * (the model served) and those carrying a usage object are read; the
+     * others only count toward the estimate. The answer scanner reads them
      * without a document; what it does not find where it looks (the
      * Responses API's model and usage, inside "response") is left to
      * jansson. */
+    bool has_usage = !done && has_usage_object(e->data, e->data_len);
+    bool read = !done && (c->ev.model_served[0] == '\0' || has_usage);
+    struct kp_answer_facts facts;
     if (read && kp_router__scan_answer(e->data, e->data_len, &facts) &&
         (facts.usage || !has_usage) && (facts.model != NULL || c->ev.model_served[0] != '\0')) {
         if (c->ev.model_served[0] != '\0')

@@ -46,8 +46,8 @@ static void timer_closed(uv_handle_t *h)
 static atomic_uint inflight_calls;
 
 /* A call is 7 KiB: a worker keeps a few freed ones for the next calls, as
- * malloc would take a large block for each, and with it sweep its bins of
- * small ones (malloc_consolidate), 2% of a call's CPU. */
+ * malloc takes a block that large from its large bins and sweeps its bins
+ * of small blocks first (malloc_consolidate, which ran twice a call). */
 #define SPARE_CALLS 16
 
 static void call_free(struct kp_call *c)

@@ -437,6 +437,16 @@ static size_t read_to_eof(int fd, char *buf, size_t cap)
     return n;
 }
 
+/* @req on a connection of its own, and everything until the server closes
+ * it into @buf. */
+static void exchange(const char *req, char *buf, size_t cap)
+{
+    int fd = client();
+    send_str(fd, req);
+    read_to_eof(fd, buf, cap);
+    client_close(fd);
+}
+
 static int count(const char *hay, const char *needle)
 {
     int n = 0;
@@ -626,48 +636,30 @@ static void test_streams(void **state)
 {
     (void)state;
     char buf[8192];
-    int fd = client();
-    send_str(fd, "GET /sse HTTP/1.1\r\nConnection: close\r\n\r\n");
-    read_to_eof(fd, buf, sizeof(buf));
+    exchange("GET /sse HTTP/1.1\r\nConnection: close\r\n\r\n", buf, sizeof(buf));
     assert_non_null(strstr(buf, "Transfer-Encoding: chunked"));
     assert_non_null(strstr(buf, "b\r\ndata: one\n\n\r\nb\r\ndata: two\n\n\r\n0\r\n\r\n"));
-    client_close(fd);
-    fd = client();
-    send_str(fd, "GET /sse HTTP/1.0\r\n\r\n");
-    read_to_eof(fd, buf, sizeof(buf));
+    exchange("GET /sse HTTP/1.0\r\n\r\n", buf, sizeof(buf));
     assert_null(strstr(buf, "chunked"));
     assert_non_null(strstr(buf, "\r\n\r\ndata: one\n\ndata: two\n\n"));
-    client_close(fd);
     static const char *const held[] = {"/sse-held", "/sse-held-flush", "/sse-held-empty"};
     for (int i = 0; i < 3; i++) {
         char req[128];
         snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nConnection: close\r\n\r\n", held[i]);
-        fd = client();
-        send_str(fd, req);
-        read_to_eof(fd, buf, sizeof(buf));
+        exchange(req, buf, sizeof(buf));
         assert_non_null(strstr(buf, "HTTP/1.1 200"));
         assert_non_null(strstr(buf, "Transfer-Encoding: chunked"));
         assert_non_null(
             strstr(buf, i < 2 ? "\r\n\r\nb\r\ndata: one\n\n\r\n0\r\n\r\n" : "\r\n\r\n0\r\n\r\n"));
-        client_close(fd);
     }
-    fd = client();
-    send_str(fd, "GET /sse-held HTTP/1.0\r\n\r\n");
-    read_to_eof(fd, buf, sizeof(buf));
+    exchange("GET /sse-held HTTP/1.0\r\n\r\n", buf, sizeof(buf));
     assert_non_null(strstr(buf, "\r\n\r\ndata: one\n\n"));
     assert_null(strstr(buf, "chunked"));
-    client_close(fd);
-    fd = client();
-    send_str(fd, "GET /sse-end HTTP/1.1\r\nConnection: close\r\n\r\n");
-    read_to_eof(fd, buf, sizeof(buf));
+    exchange("GET /sse-end HTTP/1.1\r\nConnection: close\r\n\r\n", buf, sizeof(buf));
     assert_non_null(strstr(buf, "b\r\ndata: one\n\n\r\nc\r\ndata: last\n\n\r\n0\r\n\r\n"));
-    client_close(fd);
-    fd = client();
-    send_str(fd, "GET /sse-end HTTP/1.0\r\n\r\n");
-    read_to_eof(fd, buf, sizeof(buf));
+    exchange("GET /sse-end HTTP/1.0\r\n\r\n", buf, sizeof(buf));
     assert_non_null(strstr(buf, "\r\n\r\ndata: one\n\ndata: last\n\n"));
     assert_null(strstr(buf, "0\r\n\r\n"));
-    client_close(fd);
 }
 
 /* A client that does not read pauses the producer: what the server queues
