@@ -239,7 +239,9 @@ int kp_node_resolve_raft_addr(struct kp_node *n, char *errmsg, size_t errlen)
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
     socklen_t slen = sizeof(*sin);
-    if (fd < 0 || bind(fd, (struct sockaddr *)sin, sizeof(*sin)) != 0 ||
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, (struct sockaddr *)sin, sizeof(*sin)) != 0 ||
         getsockname(fd, (struct sockaddr *)sin, &slen) != 0) {
         snprintf(errmsg, errlen, "raft_listen %s: cannot find a free port: %s", want,
                  strerror(errno));
@@ -247,11 +249,21 @@ int kp_node_resolve_raft_addr(struct kp_node *n, char *errmsg, size_t errlen)
             close(fd);
         return KP_EIO;
     }
-    close(fd);
+    /* Held, not closed: the raft listener binds the same port beside it
+     * (both with SO_REUSEADDR, neither listening yet). */
+    n->raft_port_fd = fd;
+    n->raft_port_held = true;
     snprintf(n->raft_addr, sizeof(n->raft_addr), "%.*s:%u", (int)(colon - want), want,
              (unsigned)ntohs(sin->sin_port));
     snprintf(text, sizeof(text), "%s\n", n->raft_addr);
     return kp_node_write_private(path, text, strlen(text), errmsg, errlen);
+}
+
+void kp_node_release_raft_port(struct kp_node *n)
+{
+    if (n->raft_port_held)
+        close(n->raft_port_fd);
+    n->raft_port_held = false;
 }
 
 /* --- bootstrap: the first commands of a new cluster ---------------------------------- */
@@ -795,6 +807,7 @@ int kp_node_start(struct kp_node *n, char *errmsg, size_t errlen)
     sc.on_change = on_change;
     sc.arg = n;
     int rc = kp_store_open(&n->store, n->rt->main_loop, &sc, errmsg, errlen);
+    kp_node_release_raft_port(n); /* the listener has it now, or failed */
     if (rc != KP_OK)
         return rc;
     kp_info("node", "node %llu (%s), raft %s%s, master key %s, %s", (unsigned long long)n->node_id,

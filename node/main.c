@@ -125,6 +125,7 @@ static int run(struct kp_config *cfg)
     code = kp_runtime_wait(&rt);
     kp_info("main", "stopped");
 out:
+    kp_node_release_raft_port(&node);
     kp_health_queue_close(node.health);
     /* Let closing handles (raft, timers) finish. */
     uv_run(rt.main_loop, UV_RUN_DEFAULT);

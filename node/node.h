@@ -87,7 +87,12 @@ struct kp_node {
     struct kp_store *store;
     struct kp_seal_kek *kek;
     uint64_t node_id;
-    char raft_addr[128];          /* as advertised */
+    char raft_addr[128]; /* as advertised */
+    /* A port picked for raft_listen ":0" stays bound here (SO_REUSEADDR,
+     * not listening) until the raft listener has it, so that no other
+     * process takes it in between (kp_node_release_raft_port). */
+    bool raft_port_held;
+    int raft_port_fd;
     char internal_token[65];      /* hex HMAC(KEK, "keyplane internal v1"): the
                                      cluster secret for /internal/v1/ (secret) */
     struct kp_seal_kek *prev_kek; /* during a rotation, else NULL */
@@ -157,6 +162,7 @@ int kp_node_write_private(const char *path, const char *data, size_t len, char *
                           size_t errlen);
 int kp_node_load_id(struct kp_node *n, char *errmsg, size_t errlen);
 int kp_node_resolve_raft_addr(struct kp_node *n, char *errmsg, size_t errlen);
+void kp_node_release_raft_port(struct kp_node *n);
 /* This node's Raft identity for the store: @raft_dir, its id, its raft
  * address and the TLS files of the config (the rest of @sc zeroed). */
 void kp_node_store_identity(const struct kp_node *n, const char *raft_dir,

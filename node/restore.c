@@ -175,6 +175,7 @@ int kp_node_recover(struct kp_config *cfg, char *errmsg, size_t errlen)
         struct kp_store_config sc;
         kp_node_store_identity(&n, raft_dir, &sc);
         rc = kp_store_recover(&sc, why, sizeof(why));
+        kp_node_release_raft_port(&n);
         if (rc != KP_OK)
             snprintf(errmsg, errlen, "recover: %s", why);
     }

@@ -24,11 +24,13 @@
  *
  * Log entries are framed and padded to 8 bytes (raft_fsm.c says why). */
 #include <errno.h>
+#include <netinet/in.h>
 #include <raft.h>
 #include <raft/uv.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -185,6 +187,29 @@ static int guarded_append(struct raft_io *io, struct raft_io_append *req,
     if (rv != 0)
         log_io_failed(s, "writing log entries", rv);
     return 0;
+}
+
+/* Whether the raft listener's address cannot be bound, and why (in @why):
+ * raft_uv reports an address in use, say, as a bare "I/O error". The bind
+ * is tried as libuv does it, with SO_REUSEADDR. */
+static bool listen_problem(const char *address, char *why, size_t len)
+{
+    struct sockaddr_storage ss;
+    char ignored[160];
+    if (kp_http_parse_addr(address, &ss, ignored, sizeof(ignored)) != KP_OK)
+        return false;
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    int one = 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    socklen_t slen =
+        ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    bool bad = bind(fd, (struct sockaddr *)&ss, slen) != 0;
+    if (bad)
+        snprintf(why, len, "cannot listen on %s: %s", address, strerror(errno));
+    close(fd);
+    return bad;
 }
 
 static int guarded_set_term(struct raft_io *io, raft_term term)
@@ -500,11 +525,14 @@ int kp_store_open(struct kp_store **out, uv_loop_t *loop, const struct kp_store_
     rv = raft_start(&s->raft);
     if (rv != 0) {
         /* raft_uv does not copy the transport's message (a failed listen). */
+        char listen_why[200];
         const char *why = raft_errmsg(&s->raft);
         if (why == NULL || why[0] == '\0')
             why = s->io.errmsg[0] ? s->io.errmsg : s->transport.errmsg;
         if (why[0] == '\0')
             why = raft_strerror(rv);
+        if (listen_problem(s->address, listen_why, sizeof(listen_why)))
+            why = listen_why; /* what raft_uv calls a bare I/O error */
         snprintf(errmsg, errlen, "raft: cannot start on %s with %s: %s", s->address, s->dir, why);
         goto fail_raft;
     }

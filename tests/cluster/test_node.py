@@ -224,6 +224,8 @@ class DataDirLockTest(unittest.TestCase):
         second = h.start_node("n2", args=["--raft-listen", raft], wait_listen=False)
         self.assertEqual(second.wait_exit(timeout=30), 1, second.stderr_text())
         self.assertIn("cannot start on " + raft, second.stderr_text())
+        # The reason, not raft_uv's bare "I/O error".
+        self.assertIn("cannot listen on %s: Address already in use" % raft, second.stderr_text())
         self.assertTrue(first.running())
 
 
