@@ -27,7 +27,7 @@
 
 #include "node.h"
 
-enum worker_cmd { CMD_RUN, CMD_QUIESCE, CMD_DRAIN, CMD_STOP };
+enum worker_cmd { CMD_RUN, CMD_DRAIN, CMD_STOP };
 
 struct kp_worker {
     struct kp_runtime *rt;
@@ -85,10 +85,7 @@ static void worker_apply(struct kp_worker *w)
     if (cmd == w->applied_cmd)
         return;
     w->applied_cmd = cmd;
-    if (cmd == CMD_QUIESCE) {
-        if (w->gateway != NULL)
-            kp_http_server_quiesce(w->gateway);
-    } else if (cmd == CMD_DRAIN) {
+    if (cmd == CMD_DRAIN) {
         kp_http_server_drain(w->gateway);
     } else if (cmd == CMD_STOP) {
         struct kp_http_server *g = w->gateway;
@@ -122,8 +119,14 @@ static int worker_listen(struct kp_worker *w)
     int rc = kp_router_new(&w->router, &w->loop, rt->router, w->errmsg, sizeof(w->errmsg));
     if (rc != KP_OK)
         return rc;
-    struct kp_http_server_config gw = {"gateway", kp_router_handle, w->router, rt->limits,
-                                       rt->cfg->tls_gateway ? rt->tls : NULL};
+    /* Answers say Connection: close from the moment the drain flag is set,
+     * the same moment /readyz turns 503. */
+    struct kp_http_server_config gw = {.name = "gateway",
+                                       .handler = kp_router_handle,
+                                       .arg = w->router,
+                                       .limits = rt->limits,
+                                       .tls = rt->cfg->tls_gateway ? rt->tls : NULL,
+                                       .quiesce = &rt->draining};
     rc = kp_http_server_start(&w->gateway, &w->loop, &gw, rt->cfg->gateway_listen, &w->gateway_port,
                               w->errmsg, sizeof(w->errmsg));
     if (rc != KP_OK)
@@ -257,7 +260,6 @@ static void on_signal(uv_signal_t *s, int signum)
     }
     atomic_store(&rt->draining, true);
     kp_info("runtime", "%s -> draining (readyz now 503)", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    send_all(rt, CMD_QUIESCE);
     if (rt->on_drain != NULL)
         rt->on_drain(rt->control_arg);
     if (rt->cfg->drain_delay_ms > 0)
@@ -334,8 +336,11 @@ int kp_runtime_run(struct kp_runtime *rt, char *errmsg, size_t errlen)
     uv_async_init(loop, &main_wake, drain_check);
     main_wake.data = rt;
     int ctl_port = 0;
-    struct kp_http_server_config ctl = {"control", kp_control_handle, rt->control_arg,
-                                        rt->control_limits, rt->cfg->tls_control ? rt->tls : NULL};
+    struct kp_http_server_config ctl = {.name = "control",
+                                        .handler = kp_control_handle,
+                                        .arg = rt->control_arg,
+                                        .limits = rt->control_limits,
+                                        .tls = rt->cfg->tls_control ? rt->tls : NULL};
     int rc = kp_http_server_start(&rt->control, loop, &ctl, rt->cfg->control_listen, &ctl_port,
                                   errmsg, errlen);
     if (rc == KP_OK) {

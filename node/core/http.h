@@ -16,6 +16,7 @@
 #ifndef KP_CORE_HTTP_H
 #define KP_CORE_HTTP_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -82,6 +83,13 @@ struct kp_http_server_config {
      * must outlive them). The handshake must complete within
      * limits.header_timeout_ms. */
     struct kp_tls_server *tls;
+    /* NULL, or a flag another thread sets when the drain is coming: from
+     * then on every answer says Connection: close (the server keeps
+     * accepting), so that clients, and load balancers that balance
+     * connections rather than requests, open their next connection
+     * elsewhere. Read for each answer, so it holds from the moment it is
+     * set, with no hop through this server's loop. Must outlive the server. */
+    const atomic_bool *quiesce;
 };
 
 /* Parse "host:port", "[v6]:port" or ":port" (all addresses). */
@@ -94,10 +102,6 @@ int kp_http_server_start(struct kp_http_server **out, uv_loop_t *loop,
                          const struct kp_http_server_config *cfg, const char *addr, int *bound_port,
                          char *errmsg, size_t errlen);
 
-/* The drain is coming: keep accepting, but every answer from now on says
- * Connection: close, so that clients (and load balancers that balance
- * connections, not requests) open their next connection elsewhere. */
-void kp_http_server_quiesce(struct kp_http_server *srv);
 /* Stop accepting new connections; idle keep-alive connections are closed,
  * connections with a request in flight close after their answer. */
 void kp_http_server_drain(struct kp_http_server *srv);

@@ -157,7 +157,6 @@ struct kp_http_server {
     unsigned n_conns;
     unsigned inflight;
     bool listening;
-    bool quiescing; /* answers say Connection: close; still accepting */
     bool draining;
     bool closing;
     void (*close_cb)(void *);
@@ -493,7 +492,8 @@ static int build_head(struct kp_http_exchange *ex, struct kp_buf *out, int statu
                       const struct kp_http_header *headers, unsigned n, long long length)
 {
     struct conn *c = ex->conn;
-    if (c->srv->draining || c->srv->quiescing)
+    if (c->srv->draining || (c->srv->cfg.quiesce != NULL &&
+                             atomic_load_explicit(c->srv->cfg.quiesce, memory_order_relaxed)))
         ex->keep_alive = false;
     /* Built by hand: this runs for every answer, and printf showed in
      * profiles. */
@@ -1897,11 +1897,6 @@ static void stop_listening(struct kp_http_server *srv)
 {
     if (srv->listening && !uv_is_closing((uv_handle_t *)&srv->listener))
         uv_close((uv_handle_t *)&srv->listener, listener_closed);
-}
-
-void kp_http_server_quiesce(struct kp_http_server *srv)
-{
-    srv->quiescing = true;
 }
 
 void kp_http_server_drain(struct kp_http_server *srv)

@@ -42,7 +42,7 @@ static void setup(void)
 {
     char err[256];
     uv_loop_init(&loop);
-    struct kp_http_server_config cfg = {"fuzz", on_request, NULL, {0}, NULL};
+    struct kp_http_server_config cfg = {.name = "fuzz", .handler = on_request};
     kp_http_limits_default(&cfg.limits);
     cfg.limits.max_body_bytes = 1024;
     cfg.limits.max_header_bytes = 1024;

@@ -49,6 +49,7 @@ struct server_thread {
     atomic_long max_queued;   /* most bytes ever queued for the client */
     atomic_int pauses;        /* times the producer found the stream not writable */
     atomic_int stream_done;
+    atomic_bool quiesce; /* the server's drain-is-coming flag */
 };
 
 static struct server_thread st;
@@ -222,8 +223,11 @@ static void server_main(void *arg)
 {
     (void)arg;
     char err[256];
-    struct kp_http_server_config cfg = {"test", on_request, NULL, st.limits,
-                                        tls.on ? tls.srv : NULL};
+    struct kp_http_server_config cfg = {.name = "test",
+                                        .handler = on_request,
+                                        .limits = st.limits,
+                                        .tls = tls.on ? tls.srv : NULL,
+                                        .quiesce = &st.quiesce};
     int rc =
         kp_http_server_start(&st.srv, &st.loop, &cfg, "127.0.0.1:0", &st.port, err, sizeof(err));
     if (rc != 0) {
@@ -477,6 +481,33 @@ static void test_get_keepalive(void **state)
     assert_false(eof);
     assert_non_null(strstr(buf, "GET /b"));
     client_close(fd);
+}
+
+/* Once another thread sets the quiesce flag, the very next answer on a
+ * keep-alive connection says Connection: close and the server closes it;
+ * new connections are still accepted and answered. */
+static void test_quiesce_flag_closes_after_the_next_answer(void **state)
+{
+    (void)state;
+    char buf[8192];
+    bool eof;
+    int fd = client();
+    send_str(fd, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n");
+    read_until(fd, buf, sizeof(buf), "body=", &eof);
+    assert_null(strstr(buf, "Connection: close"));
+    atomic_store(&st.quiesce, true);
+    send_str(fd, "GET /b HTTP/1.1\r\nHost: t\r\n\r\n");
+    read_to_eof(fd, buf, sizeof(buf));
+    assert_non_null(strstr(buf, "GET /b"));
+    assert_non_null(strstr(buf, "Connection: close\r\n"));
+    client_close(fd);
+    fd = client();
+    send_str(fd, "GET /c HTTP/1.1\r\nHost: t\r\n\r\n");
+    read_to_eof(fd, buf, sizeof(buf));
+    assert_non_null(strstr(buf, "GET /c"));
+    assert_non_null(strstr(buf, "Connection: close\r\n"));
+    client_close(fd);
+    atomic_store(&st.quiesce, false);
 }
 
 /* Pipelined requests are answered in order even when the first is slower. */
@@ -897,6 +928,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_reload, tls_server_up, tls_server_down),
         BOTH(test_get_keepalive),
         BOTH(test_pipelining_in_order),
+        BOTH(test_quiesce_flag_closes_after_the_next_answer),
         BOTH(test_chunked_request_body),
         BOTH(test_expect_continue),
         BOTH(test_header_limits),
