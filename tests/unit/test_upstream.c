@@ -275,6 +275,8 @@ static void on_request(struct kp_http_exchange *ex, const struct kp_http_request
         kp_http_respond(ex, 429, h, 2, body, sizeof(body) - 1);
     } else if (strncmp(req->path, "/n/", 3) == 0) {
         kp_http_respond(ex, 200, NULL, 0, req->path + 3, strlen(req->path + 3));
+    } else if (strncmp(req->path, "/t/", 3) == 0) {
+        kp_http_respond(ex, 200, NULL, 0, req->target, strlen(req->target));
     } else if (strcmp(req->path, "/stream") == 0) {
         struct srv_ex *x = sx_new(f, ex);
         x->left = (int)qint(req->query, "n", 5);
@@ -1170,6 +1172,36 @@ static void test_concurrent_200(void **state)
     assert_int_equal(kp_upstream_active(f->up), 0);
 }
 
+/* Each call reaches its own URL, whether its parsed form is kept (a URL
+ * seen before, or one of more URLs than are kept, pushing out the least
+ * recently used), or the call's own (a URL with a query): one after another
+ * on reused handles, and many held at once (test_concurrent_200). */
+static void test_each_call_reaches_its_url(void **state)
+{
+    struct fx *f = *state;
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 40; i++) {
+            char path[48];
+            if (i % 5 == 4)
+                snprintf(path, sizeof(path), "/t/%d?q=%d", i, round);
+            else
+                snprintf(path, sizeof(path), "/t/%d", i % 24); /* some twice a round */
+            struct rec *r = call_path(f, path);
+            assert_true(wait_until(f, &r->dones, 1));
+            assert_int_equal(r->result, KP_UPSTREAM_OK);
+            assert_string_equal(r->body.data, path);
+        }
+    }
+    /* A bad URL is refused, and the kept ones still serve. */
+    struct rec *bad = rec_new(f);
+    struct kp_upstream_request req = {0};
+    assert_int_equal(start_path(bad, "/t/has space", &req), KP_EINVAL);
+    struct rec *r = call_path(f, "/t/1");
+    assert_true(wait_until(f, &r->dones, 1));
+    assert_string_equal(r->body.data, "/t/1");
+    assert_int_equal(kp_upstream_active(f->up), 0);
+}
+
 /* A call started from inside another call's on_head (inside curl) is added
  * once curl returns, and both complete. */
 static void test_start_in_callback(void **state)
@@ -1489,6 +1521,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_https_to_plain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connection_reuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_200, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_each_call_reaches_its_url, setup, teardown),
         cmocka_unit_test_setup_teardown(test_start_in_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_interim_and_folded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncated_body, setup, teardown),
