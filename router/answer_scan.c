@@ -24,6 +24,7 @@
  * strict: every key of every object is compared with the others of its
  * object, and an escaped key, or an object of more than SCAN_MAX_KEYS
  * members, sends the request to jansson (which decides on duplicates). */
+#include <stdint.h>
 #include <string.h>
 
 #include "router/adapter_internal.h"
@@ -81,6 +82,20 @@ static int hex4(const unsigned char *p)
     return v;
 }
 
+/* The bytes among the 8 at @p that scan_string must look at (a quote, a
+ * backslash, a control or a non-ASCII byte) as the high bits of a mask; 0
+ * when there are none. Bytes after the first one may be marked wrongly,
+ * never before it. Strings are mostly plain ASCII, so they are passed over
+ * 8 bytes at a time: the byte loop was most of a scan's cost. */
+static uint64_t specials_in_8(const unsigned char *p)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    uint64_t x;
+    memcpy(&x, p, sizeof(x));
+    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+    return (((q - ones) & ~q) | ((b - ones) & ~b) | ((x - ones * 0x20) & ~x) | x) & highs;
+}
+
 /* A string, s->p on its opening quote: its bytes between the quotes into
  * @str and @len, and whether it holds an escape. */
 static bool scan_string(struct scan *s, const char **str, size_t *len, bool *escaped)
@@ -88,6 +103,16 @@ static bool scan_string(struct scan *s, const char **str, size_t *len, bool *esc
     const unsigned char *p = s->p + 1, *end = s->end;
     *escaped = false;
     while (p < end) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        if (end - p >= 8) {
+            uint64_t m = specials_in_8(p);
+            if (m == 0) {
+                p += 8;
+                continue;
+            }
+            p += (unsigned)__builtin_ctzll(m) / 8; /* the first: the byte loop's */
+        }
+#endif
         unsigned char c = *p;
         if (c == '"') {
             *str = (const char *)s->p + 1;
