@@ -477,12 +477,21 @@ int kp_router__write_event(struct kp_call *c, const char *event, size_t event_le
 
 /* Whether an event's data may hold a "usage" object: the key, then
  * (after any spaces) an opening brace. One pass; a false positive only
- * costs a parse. */
+ * costs a parse. Every "usage" in the text is looked at, found by its 'g'
+ * (memchr: a rarer byte in JSON than the quote, and a quicker search than
+ * memmem's, which was 6% of a short stream's instructions). */
 static bool has_usage_object(const char *data, size_t len)
 {
-    const char *end = data + len, *p = data;
-    while ((p = memmem(p, (size_t)(end - p), "\"usage\"", 7)) != NULL) {
-        p += 7;
+    if (len < 7)
+        return false;
+    /* The key is p[-4] to p[2] around its 'g' at p. */
+    const char *end = data + len, *p = data + 4, *last = end - 2;
+    while (p < last && (p = memchr(p, 'g', (size_t)(last - p))) != NULL) {
+        if (memcmp(p - 4, "\"usage\"", 7) != 0) {
+            p++;
+            continue;
+        }
+        p += 3;
         while (p < end && (*p == ' ' || *p == '\t'))
             p++;
         if (p < end && *p == ':') {
