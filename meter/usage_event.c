@@ -5,9 +5,9 @@
  * messages), its type and its rules. The encoder, the checker, the decoder
  * and the JSON conversion all walk that table, so they cannot disagree.
  *
- * Encoding goes through msgpack-c's packer into a kp_buf (so the allocation
- * is ours and injectable). Decoding does not use msgpack-c's unpacker: that
- * one allocates from a claimed element count before reading the elements
+ * Encoding writes msgpack's smallest forms into a kp_buf (so the allocation
+ * is ours and injectable), byte for byte as msgpack-c's packer would. Decoding does not use
+ * msgpack-c's unpacker: that one allocates from a claimed element count before reading the elements
  * (five bytes claiming a 4-billion-element array ask malloc for 96 GB) and
  * builds a tree we would only walk once. The decoder here reads the map in
  * place with core's bounded reader (core/mpack.h), allocates nothing, and
@@ -20,7 +20,6 @@
 #include "meter/meter.h"
 
 #include <inttypes.h>
-#include <msgpack.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -190,40 +189,83 @@ int kp_usage_event_check(const struct kp_usage_event *ev, char *errmsg, size_t e
 
 /* --- encoding ------------------------------------------------------------ */
 
-static int buf_write(void *data, const char *p, size_t n)
+/* msgpack in its smallest forms, written as msgpack-c's packer writes
+ * them (so the bytes of an event never depend on which encoder made them;
+ * test_segment compares the two), straight into room reserved beforehand:
+ * the packer's write callback per piece was half of an event's encoding. */
+static uint8_t *put_be(uint8_t *p, uint8_t tag, uint64_t v, unsigned n)
 {
-    return kp_buf_append(data, p, n) == 0 ? 0 : -1;
+    *p++ = tag;
+    for (unsigned i = n; i-- > 0;)
+        *p++ = (uint8_t)(v >> (8 * i));
+    return p;
 }
 
-static int pack_str(msgpack_packer *pk, const char *s)
+static uint8_t *put_uint(uint8_t *p, uint64_t v)
 {
-    size_t n = strlen(s);
-    if (msgpack_pack_str(pk, n) != 0)
-        return -1;
-    return msgpack_pack_str_body(pk, s, n);
+    if (v < 128) {
+        *p++ = (uint8_t)v;
+        return p;
+    }
+    if (v < 256)
+        return put_be(p, 0xcc, v, 1);
+    if (v < 65536)
+        return put_be(p, 0xcd, v, 2);
+    if (v <= UINT32_MAX)
+        return put_be(p, 0xce, v, 4);
+    return put_be(p, 0xcf, v, 8);
 }
 
-static int pack_field(msgpack_packer *pk, const struct field *f, const struct kp_usage_event *ev)
+static uint8_t *put_int(uint8_t *p, int64_t v)
 {
-    const void *p = (const char *)ev + f->off;
-    if (pack_str(pk, f->key) != 0)
-        return -1;
+    if (v >= 0)
+        return put_uint(p, (uint64_t)v);
+    if (v >= -32) {
+        *p++ = (uint8_t)v;
+        return p;
+    }
+    if (v >= INT8_MIN)
+        return put_be(p, 0xd0, (uint64_t)v, 1);
+    if (v >= INT16_MIN)
+        return put_be(p, 0xd1, (uint64_t)v, 2);
+    if (v >= INT32_MIN)
+        return put_be(p, 0xd2, (uint64_t)v, 4);
+    return put_be(p, 0xd3, (uint64_t)v, 8);
+}
+
+static uint8_t *put_str(uint8_t *p, const char *s, size_t n)
+{
+    if (n < 32)
+        *p++ = (uint8_t)(0xa0 | n);
+    else if (n < 256)
+        p = put_be(p, 0xd9, n, 1);
+    else
+        p = put_be(p, 0xda, n, 2); /* KP_USAGE_STR_MAX keeps it under 65536 */
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static uint8_t *put_field(uint8_t *p, const struct field *f, const struct kp_usage_event *ev)
+{
+    const void *v = (const char *)ev + f->off;
+    p = put_str(p, f->key, strlen(f->key));
     switch (f->type) {
     case FT_STR:
     case FT_TRACE:
-        return pack_str(pk, p);
+        return put_str(p, v, strlen(v));
     case FT_INT64:
-        return msgpack_pack_int64(pk, *(const int64_t *)p);
+        return put_int(p, *(const int64_t *)v);
     case FT_COUNT:
-        return msgpack_pack_uint64(pk, *(const uint64_t *)p);
+        return put_uint(p, *(const uint64_t *)v);
     case FT_UINT32:
-        return msgpack_pack_uint32(pk, *(const uint32_t *)p);
+        return put_uint(p, *(const uint32_t *)v);
     case FT_STATUS:
-        return msgpack_pack_uint16(pk, *(const uint16_t *)p);
+        return put_uint(p, *(const uint16_t *)v);
     case FT_BOOL:
-        return *(const bool *)p ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+        *p++ = *(const bool *)v ? 0xc3 : 0xc2;
+        return p;
     }
-    return -1;
+    return p;
 }
 
 /* An optional field with nothing in it is left out, so that events without
@@ -239,22 +281,31 @@ int kp_usage_event_encode(const struct kp_usage_event *ev, struct kp_buf *out, c
     int rc = kp_usage_event_check(ev, errmsg, errlen);
     if (rc != KP_OK)
         return rc;
-    size_t start = out->len, n = 0;
-    for (size_t i = 0; i < NFIELDS; i++)
-        n += !omitted(&fields[i], ev);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, out, buf_write);
-    if (msgpack_pack_map(&pk, n) != 0)
-        goto err_nomem;
+    /* The room it takes at most: a map head, and per field a fixstr key
+     * and a value of at most a str16 head and its bytes, or 9 bytes. */
+    _Static_assert(KP_USAGE_STR_MAX < 65536, "a string head is at most str16");
+    size_t room = 3, n = 0;
     for (size_t i = 0; i < NFIELDS; i++) {
-        if (!omitted(&fields[i], ev) && pack_field(&pk, &fields[i], ev) != 0)
-            goto err_nomem;
+        const struct field *f = &fields[i];
+        if (omitted(f, ev))
+            continue;
+        n++;
+        bool str = f->type == FT_STR || f->type == FT_TRACE;
+        room += 1 + strlen(f->key) + (str ? 3 + strlen((const char *)ev + f->off) : 9);
     }
+    if (kp_buf_reserve(out, room) != 0)
+        return kp_errf(errmsg, errlen, KP_ENOMEM, "encode usage event: out of memory");
+    uint8_t *start = (uint8_t *)out->data + out->len, *p = start;
+    if (n < 16)
+        *p++ = (uint8_t)(0x80 | n);
+    else
+        p = put_be(p, 0xde, n, 2);
+    for (size_t i = 0; i < NFIELDS; i++)
+        if (!omitted(&fields[i], ev))
+            p = put_field(p, &fields[i], ev);
+    out->len += (size_t)(p - start);
+    out->data[out->len] = '\0';
     return KP_OK;
-
-err_nomem:
-    out->len = start;
-    return kp_errf(errmsg, errlen, KP_ENOMEM, "encode usage event: out of memory");
 }
 
 /* --- decoding ------------------------------------------------------------ */

@@ -445,6 +445,61 @@ static void pack_mutated(msgpack_sbuffer *sb, const struct kp_usage_event *ev,
     }
 }
 
+/* kp_usage_event_encode writes what msgpack-c's packer writes, byte for
+ * byte: every integer at the edges of msgpack's forms, strings of every
+ * head size, the optional trace id present and absent. */
+static void test_event_bytes_are_msgpack_c_s(void **state)
+{
+    static const int64_t ints[] = {INT64_MIN, -2147483649LL, INT32_MIN,  -32769,       INT16_MIN,
+                                   -129,      INT8_MIN,      -33,        -32,          -1,
+                                   0,         127,           128,        255,          256,
+                                   65535,     65536,         UINT32_MAX, 4294967296LL, INT64_MAX};
+    static const size_t lens[] = {1, 31, 32, 255, 256};
+    static const uint32_t u32s[] = {0, 127, 128, 255, 256, 65535, 65536, UINT32_MAX};
+    static const uint16_t statuses[] = {0, 127, 128, 255, 256, 999};
+    (void)state;
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+        struct kp_usage_event ev;
+        make_event(i, &ev);
+        ev.time_ms = ints[i];
+        ev.cost = ints[sizeof(ints) / sizeof(ints[0]) - 1 - i];
+        uint64_t u = ints[i] < 0 ? (uint64_t)(-(ints[i] + 1)) : (uint64_t)ints[i];
+        ev.tokens_in = u;
+        ev.tokens_out = u / 3;
+        ev.tokens_cached = u > 0 ? u - 1 : 0;
+        ev.ttfb_us = u >> 7;
+        ev.total_us = u >> 15;
+        ev.retries = u32s[i % (sizeof(u32s) / sizeof(u32s[0]))];
+        ev.status = statuses[i % (sizeof(statuses) / sizeof(statuses[0]))];
+        size_t len = lens[i % (sizeof(lens) / sizeof(lens[0]))];
+        memset(ev.model_served, 'm', len);
+        ev.model_served[len] = '\0';
+        ev.feature[0] = '\0';
+        if (i % 2)
+            memset(ev.trace_id, 'a' + (char)(i % 6), KP_USAGE_TRACE_ID_LEN);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_map(&pk, NWIRE + (ev.trace_id[0] != '\0'));
+        for (size_t k = 0; k < NWIRE; k++) {
+            pack_cstr(&pk, wire[k].key, strlen(wire[k].key));
+            pack_wire_value(&pk, k, &ev);
+        }
+        if (ev.trace_id[0] != '\0') {
+            pack_cstr(&pk, "tr", 2);
+            pack_cstr(&pk, ev.trace_id, strlen(ev.trace_id));
+        }
+        struct kp_buf buf;
+        kp_buf_init(&buf);
+        assert_int_equal(kp_usage_event_encode(&ev, &buf, NULL, 0), KP_OK);
+        assert_int_equal(buf.len, sb.size);
+        assert_memory_equal(buf.data, sb.data, sb.size);
+        kp_buf_free(&buf);
+        msgpack_sbuffer_destroy(&sb);
+    }
+}
+
 static void v_int5(msgpack_packer *pk)
 {
     msgpack_pack_int(pk, 5);
@@ -1278,6 +1333,7 @@ int main(void)
         cmocka_unit_test(test_event_round_trip),
         cmocka_unit_test(test_event_max_size),
         cmocka_unit_test(test_event_is_msgpack),
+        cmocka_unit_test(test_event_bytes_are_msgpack_c_s),
         cmocka_unit_test(test_event_to_json),
         cmocka_unit_test(test_event_trace_id),
         cmocka_unit_test(test_event_check),
