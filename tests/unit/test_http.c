@@ -501,9 +501,7 @@ static void test_quiesce_flag_closes_after_the_next_answer(void **state)
     assert_non_null(strstr(buf, "GET /b"));
     assert_non_null(strstr(buf, "Connection: close\r\n"));
     client_close(fd);
-    fd = client();
-    send_str(fd, "GET /c HTTP/1.1\r\nHost: t\r\n\r\n");
-    read_to_eof(fd, buf, sizeof(buf));
+    exchange("GET /c HTTP/1.1\r\nHost: t\r\n\r\n", buf, sizeof(buf));
     assert_non_null(strstr(buf, "GET /c"));
     assert_non_null(strstr(buf, "Connection: close\r\n"));
     client_close(fd);
