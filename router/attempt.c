@@ -681,17 +681,20 @@ static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
         nh += kp_router__limit_headers(c, &rl, h + 4);
     c->ev.status = (uint16_t)c->up_status;
     c->ev.ttfb_us = kp_now_mono_us() - c->start_us;
-    if (c->up_status >= 200 && c->up_status <= 299) {
+    if (ok2xx)
         c->ev.error_class[0] = '\0'; /* an earlier key's failure is not this answer's */
-        kp_breaker_success(c->r->breakers, c->cur->key->e.id);
-        kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, "ok");
-    }
-    kp_trace__scan(c, c->resp.data, c->resp.len); /* finish reasons, for the spans */
     /* Tokens are charged before the answer leaves: the app's next call
      * (on another worker, say) must see them. */
     kp_router__settle(c);
     kp_router__limit_charge(c);
     kp_http_respond(c->ex, c->up_status, h, nh, c->resp.data, c->resp.len);
+    /* What no other call waits for comes after the answer has left: the
+     * call, and c->resp, stay until kp_router__finish. */
+    if (ok2xx) {
+        kp_breaker_success(c->r->breakers, c->cur->key->e.id);
+        kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, "ok");
+    }
+    kp_trace__scan(c, c->resp.data, c->resp.len); /* finish reasons, for the spans */
     return true;
 }
 
