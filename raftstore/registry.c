@@ -93,12 +93,6 @@ static bool is_id_char(unsigned char c)
            c == '_' || c == ':' || c == '-';
 }
 
-static bool is_tchar(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
 static const char *check_text(const unsigned char *p, size_t n)
 {
     for (size_t i = 0; i < n;) {
@@ -125,7 +119,7 @@ const char *kp_store__check_cs(enum kp_cs cs, const char *s, size_t n)
                 return "may contain only letters, digits and . _ : -";
             break;
         case KP_CS_HNAME:
-            if (!is_tchar(c))
+            if (!kp_is_tchar(c))
                 return "must be an HTTP header name";
             break;
         case KP_CS_HVALUE:

@@ -65,10 +65,23 @@
 #define REQ_HEADER_COUNT 256u
 
 enum call_state { ST_CONNECT, ST_HEAD, ST_BODY };
+enum { METHOD_POST, METHOD_GET, METHOD_HEAD, METHOD_OTHER };
+
+/* The per-call options an easy handle was last given, so a call sets only
+ * those that differ: curl parses CURLOPT_PROTOCOLS_STR again on every set.
+ * -1: not set yet (a new handle). */
+struct easy_memo {
+    int8_t allow_http, pipewait, method; /* method: a METHOD_* */
+    int32_t bufsize;
+    int64_t connect_ms;
+};
+
+#define EASY_MEMO_UNSET ((struct easy_memo){-1, -1, -1, -1, -1})
 
 struct easy_slot {
     CURL *easy;
     struct kp_buf head;
+    struct easy_memo memo;
 };
 
 struct sock {
@@ -130,7 +143,8 @@ struct kp_upstream_call {
     struct kp_upstream_call *prev, *next; /* u->calls */
     struct kp_upstream_call *todo_next;
     CURL *easy;
-    struct kp_buf head; /* "name\0value\0" pairs, then the index */
+    struct easy_memo memo; /* what easy was last set to */
+    struct kp_buf head;    /* "name\0value\0" pairs, then the index */
     struct kp_upstream_callbacks cb;
     uv_timer_t timer;
     enum call_state state;
@@ -195,8 +209,10 @@ static int easy_get(struct kp_upstream *u, struct kp_upstream_call *call)
         struct easy_slot *s = &u->spare[--u->n_spare];
         call->easy = s->easy;
         call->head = s->head;
+        call->memo = s->memo;
         return KP_OK;
     }
+    call->memo = EASY_MEMO_UNSET;
     call->easy = curl_easy_init();
     kp_buf_init(&call->head);
     if (call->easy != NULL && easy_defaults(call->easy, u) != CURLE_OK) {
@@ -218,7 +234,7 @@ static void easy_put(struct kp_upstream *u, struct kp_upstream_call *call)
         if (call->head.cap > HEAD_KEEP)
             kp_buf_free(&call->head);
         call->head.len = 0;
-        u->spare[u->n_spare++] = (struct easy_slot){call->easy, call->head};
+        u->spare[u->n_spare++] = (struct easy_slot){call->easy, call->head, call->memo};
     } else {
         curl_easy_cleanup(call->easy);
         kp_buf_free(&call->head);
@@ -1203,31 +1219,20 @@ static void url_release(struct kp_upstream_call *call)
     }
 }
 
-static bool is_tchar(unsigned char c)
+static bool name_is(const struct kp_http_header *h, const char *name, size_t len)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    return h->name_len == len && strncasecmp(h->name, name, len) == 0;
 }
 
-static bool name_is(const struct kp_http_header *h, const char *name)
-{
-    return h->name_len == strlen(name) && strncasecmp(h->name, name, h->name_len) == 0;
-}
+#define NAME_IS(h, lit) name_is((h), (lit), sizeof(lit) - 1)
 
 /* Framing and hop-by-hop headers are curl's to write. */
 static bool header_reserved(const struct kp_http_header *h)
 {
-    static const char *const names[] = {
-        "content-length",   "transfer-encoding",
-        "connection",       "keep-alive",
-        "upgrade",          "te",
-        "trailer",          "expect",
-        "proxy-connection", "host",
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (name_is(h, names[i]))
-            return true;
-    return false;
+    return NAME_IS(h, "content-length") || NAME_IS(h, "transfer-encoding") ||
+           NAME_IS(h, "connection") || NAME_IS(h, "keep-alive") || NAME_IS(h, "upgrade") ||
+           NAME_IS(h, "te") || NAME_IS(h, "trailer") || NAME_IS(h, "expect") ||
+           NAME_IS(h, "proxy-connection") || NAME_IS(h, "host");
 }
 
 /* Validate the request headers and the method; the bytes the header lines
@@ -1245,21 +1250,18 @@ static int check_headers(const struct kp_upstream_request *req, size_t *bytes, b
         if (h->name_len == 0 || h->name_len > REQ_HEADERS_MAX || h->value_len > REQ_HEADERS_MAX)
             return kp_errf(errmsg, errlen, KP_EINVAL, "upstream: request header %u: bad length", i);
         for (size_t k = 0; k < h->name_len; k++)
-            if (!is_tchar((unsigned char)h->name[k]))
+            if (!kp_is_tchar((unsigned char)h->name[k]))
                 return kp_errf(errmsg, errlen, KP_EINVAL,
                                "upstream: request header %u: bad byte in the name", i);
-        for (size_t k = 0; k < h->value_len; k++) {
-            unsigned char c = (unsigned char)h->value[k];
-            if ((c < 0x20 && c != '\t') || c == 0x7f)
-                return kp_errf(errmsg, errlen, KP_EINVAL,
-                               "upstream: request header %.*s: control byte in the value",
-                               (int)h->name_len, h->name);
-        }
+        if (!kp_field_value_ok(h->value, h->value_len))
+            return kp_errf(errmsg, errlen, KP_EINVAL,
+                           "upstream: request header %.*s: control byte in the value",
+                           (int)h->name_len, h->name);
         if (header_reserved(h))
             return kp_errf(errmsg, errlen, KP_EINVAL,
                            "upstream: request header %.*s is set by the transport",
                            (int)h->name_len, h->name);
-        if (name_is(h, "content-type"))
+        if (NAME_IS(h, "content-type"))
             *has_ctype = true;
         total += h->name_len + 2 + h->value_len + 1;
         if (total > REQ_HEADERS_MAX)
@@ -1274,7 +1276,7 @@ static bool method_ok(const char *m)
     if (m == NULL || *m == '\0' || strlen(m) > 16)
         return false;
     for (; *m; m++)
-        if (!is_tchar((unsigned char)*m))
+        if (!kp_is_tchar((unsigned char)*m))
             return false;
     return true;
 }
@@ -1365,27 +1367,51 @@ static int easy_setup(struct kp_upstream_call *call, const struct kp_upstream_re
     bool post = strcmp(req->method, "POST") == 0;
     bool get = strcmp(req->method, "GET") == 0;
     bool head = strcmp(req->method, "HEAD") == 0;
+    struct easy_memo *m = &call->memo,
+                     want = {
+                         .allow_http = req->allow_http,
+                         .pipewait = https,
+                         .method = post   ? METHOD_POST
+                                   : get  ? METHOD_GET
+                                   : head ? METHOD_HEAD
+                                          : METHOD_OTHER,
+                         /* Provider answers arrive in small pieces (stream events, a few
+                          * KiB of JSON); half of curl's 16 KiB default receive buffer per
+                          * transfer is plenty and counts with thousands of open streams. */
+                         .bufsize = req->stream ? 2048 : 8192,
+                         .connect_ms = call->connect_ms,
+                     };
+    /* Set again from scratch if anything fails: the memo no longer says
+     * what the handle holds. */
+    struct easy_memo had = *m;
+    *m = EASY_MEMO_UNSET;
 
     SET(CURLOPT_PRIVATE, (void *)call);
     SET(CURLOPT_CURLU, call->url->h);
-    SET(CURLOPT_PROTOCOLS_STR, req->allow_http ? "http,https" : "https");
+    if (want.allow_http != had.allow_http)
+        SET(CURLOPT_PROTOCOLS_STR, want.allow_http ? "http,https" : "https");
     /* Over TLS, wait for a connection being set up that may multiplex
      * rather than open one more. */
-    SET(CURLOPT_PIPEWAIT, https ? 1L : 0L);
-    /* Provider answers arrive in small pieces (stream events, a few KiB of
-     * JSON); half of curl's 16 KiB default receive buffer per transfer is
-     * plenty and counts with thousands of open streams. */
-    SET(CURLOPT_BUFFERSIZE, req->stream ? 2048L : 8192L);
-    SET(CURLOPT_CONNECTTIMEOUT_MS, (long)call->connect_ms);
+    if (want.pipewait != had.pipewait)
+        SET(CURLOPT_PIPEWAIT, (long)want.pipewait);
+    if (want.bufsize != had.bufsize)
+        SET(CURLOPT_BUFFERSIZE, (long)want.bufsize);
+    if (want.connect_ms != had.connect_ms)
+        SET(CURLOPT_CONNECTTIMEOUT_MS, (long)want.connect_ms);
     SET(CURLOPT_ERRORBUFFER, call->errbuf);
     SET(CURLOPT_HTTPHEADER, headers);
     SET(CURLOPT_HEADERDATA, (void *)call);
     SET(CURLOPT_WRITEDATA, (void *)call);
     SET(CURLOPT_PREREQDATA, (void *)call);
     /* The method from scratch, as the last call's may linger: NOBODY
-     * first (turning it off makes a HEAD a GET), then the rest. */
-    SET(CURLOPT_NOBODY, head ? 1L : 0L);
-    SET(CURLOPT_CUSTOMREQUEST, post || get || head ? NULL : req->method);
+     * first (turning it off makes a HEAD a GET), then the rest. A POST or
+     * GET after one of its own kind needs neither (easy_forget's
+     * POSTFIELDS turns the method into POST, which HTTPGET or POSTFIELDS
+     * below sets again, and NOBODY stays off); a HEAD needs NOBODY again. */
+    if (want.method != had.method || (want.method != METHOD_POST && want.method != METHOD_GET)) {
+        SET(CURLOPT_NOBODY, head ? 1L : 0L);
+        SET(CURLOPT_CUSTOMREQUEST, post || get || head ? NULL : req->method);
+    }
     if (head) {
         /* NOBODY made it a HEAD */
     } else if (get && req->body_len == 0) {
@@ -1395,6 +1421,8 @@ static int easy_setup(struct kp_upstream_call *call, const struct kp_upstream_re
         SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
         SET(CURLOPT_POSTFIELDS, req->body_len ? req->body : "");
     }
+    if (rc == CURLE_OK)
+        *m = want;
     return rc == CURLE_OK ? KP_OK : rc == CURLE_OUT_OF_MEMORY ? KP_ENOMEM : KP_ECONFIG;
 }
 

@@ -1,6 +1,8 @@
 /* Byte-level encodings (bytes.h). */
 #include "bytes.h"
 
+#include <string.h>
+
 void kp_put_le(uint8_t *p, uint64_t v, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -24,6 +26,27 @@ void kp_hex_encode(const void *in, size_t n, char *out)
         out[2 * i + 1] = digits[p[i] & 15];
     }
     out[2 * n] = '\0';
+}
+
+bool kp_field_value_ok(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    size_t i = 0;
+    /* 8 bytes at a time while none is below 0x20 or is 0x7f (exact as a
+     * yes or no, in either byte order); from the first word with one, a
+     * tab say, byte by byte. Values are mostly plain. */
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    for (; n - i >= 8; i += 8) {
+        uint64_t x, d;
+        memcpy(&x, b + i, sizeof(x));
+        d = x ^ (ones * 0x7f);
+        if ((((x - ones * 0x20) & ~x) | ((d - ones) & ~d)) & highs)
+            break;
+    }
+    for (; i < n; i++)
+        if ((b[i] < 0x20 && b[i] != '\t') || b[i] == 0x7f)
+            return false;
+    return true;
 }
 
 int kp_hex_value(char c)

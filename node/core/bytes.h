@@ -3,6 +3,7 @@
 #ifndef KP_CORE_BYTES_H
 #define KP_CORE_BYTES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,5 +23,16 @@ size_t kp_utf8_len(const void *p, size_t n);
 /* The offset of the first byte of the @n bytes at @p that does not start a
  * well-formed UTF-8 sequence (kp_utf8_len), or @n when they all do. */
 size_t kp_utf8_invalid_at(const void *p, size_t n);
+/* Whether @c may be in an HTTP field name (RFC 9110 tchar: letters,
+ * digits and !#$%&'*+-.^_`|~). */
+static inline bool kp_is_tchar(unsigned char c)
+{
+    /* One bit per byte value below 128: 0-63, then 64-127. */
+    static const uint64_t low = 0x03ff6cfa00000000u, high = 0x57ffffffc7fffffeu;
+    return c < 64 ? (low >> c) & 1 : c < 128 ? (high >> (c - 64)) & 1 : false;
+}
+/* Whether the @n bytes at @p may be an HTTP field value as sent: no
+ * control byte (a tab aside) and no DEL. */
+bool kp_field_value_ok(const void *p, size_t n);
 
 #endif

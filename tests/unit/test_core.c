@@ -2526,6 +2526,43 @@ static void test_bytes_hex_value(void **state)
     }
 }
 
+/* Exactly RFC 9110's tchar bytes are allowed in a field name. */
+static void test_bytes_tchar(void **state)
+{
+    (void)state;
+    for (int c = 0; c < 256; c++) {
+        bool want = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+        assert_int_equal(kp_is_tchar((unsigned char)c), want);
+    }
+}
+
+/* A field value is refused for any control byte but a tab, and for DEL,
+ * wherever it is: each byte value at each offset of values 1 to 40 bytes
+ * long, alone in plain text and behind a tab (the 8-byte pass must not
+ * step over one). */
+static void test_bytes_field_value_ok(void **state)
+{
+    (void)state;
+    char v[40];
+    assert_true(kp_field_value_ok("", 0));
+    for (size_t n = 1; n <= sizeof(v); n++)
+        for (size_t at = 0; at < n; at++)
+            for (int c = 0; c < 256; c++) {
+                bool want = !((c < 0x20 && c != '\t') || c == 0x7f);
+                memset(v, 'a', n);
+                v[at] = (char)c;
+                assert_int_equal(kp_field_value_ok(v, n), want);
+                if (at > 0) {
+                    v[at - 1] = '\t';
+                    assert_int_equal(kp_field_value_ok(v, n), want);
+                }
+                v[0] = (char)0xff; /* obs-text is allowed */
+                if (at > 0)
+                    assert_int_equal(kp_field_value_ok(v, n), want);
+            }
+}
+
 /* UTF-8 sequences are well formed exactly as Unicode's table 3-7 says: the
  * boundaries of every row, overlong forms, surrogates, code points past
  * U+10FFFF, missing continuation bytes and a cut input. */
@@ -2707,6 +2744,7 @@ int main(void)
     const struct CMUnitTest bytes_tests[] = {
         UNIT_TEST(test_bytes_little_endian), UNIT_TEST(test_bytes_hex_encode),
         UNIT_TEST(test_siphash128),          UNIT_TEST(test_bytes_hex_value),
+        UNIT_TEST(test_bytes_tchar),         UNIT_TEST(test_bytes_field_value_ok),
         UNIT_TEST(test_bytes_utf8_len),      UNIT_TEST(test_zstd_frame_check),
         UNIT_TEST(test_zstd_memory_is_ours),
     };
