@@ -49,6 +49,26 @@ bool kp_field_value_ok(const void *p, size_t n)
     return true;
 }
 
+bool kp_has_crlf_nul(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    size_t i = 0;
+    /* As kp_field_value_ok: exact per word, byte by byte from a hit. */
+    for (; n - i >= 8; i += 8) {
+        uint64_t x, r, l;
+        memcpy(&x, b + i, sizeof(x));
+        r = x ^ (ones * '\r');
+        l = x ^ (ones * '\n');
+        if ((((x - ones) & ~x) | ((r - ones) & ~r) | ((l - ones) & ~l)) & highs)
+            break;
+    }
+    for (; i < n; i++)
+        if (b[i] == '\r' || b[i] == '\n' || b[i] == '\0')
+            return true;
+    return false;
+}
+
 int kp_hex_value(char c)
 {
     if (c >= '0' && c <= '9')

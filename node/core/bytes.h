@@ -34,5 +34,8 @@ static inline bool kp_is_tchar(unsigned char c)
 /* Whether the @n bytes at @p may be an HTTP field value as sent: no
  * control byte (a tab aside) and no DEL. */
 bool kp_field_value_ok(const void *p, size_t n);
+/* Whether the @n bytes at @p hold a CR, an LF or a NUL: what would cut an
+ * HTTP/1.1 header line short. */
+bool kp_has_crlf_nul(const void *p, size_t n);
 
 #endif

@@ -481,10 +481,7 @@ static bool header_is_clean(const struct kp_http_header *h)
     for (size_t i = 0; i < h->name_len; i++)
         if (h->name[i] <= ' ' || h->name[i] == ':' || h->name[i] == 127)
             return false;
-    for (size_t i = 0; i < h->value_len; i++)
-        if (h->value[i] == '\r' || h->value[i] == '\n' || h->value[i] == '\0')
-            return false;
-    return h->name_len > 0;
+    return h->name_len > 0 && !kp_has_crlf_nul(h->value, h->value_len);
 }
 
 /* Status line and headers. @length < 0 means chunked (or close-delimited). */
@@ -1166,12 +1163,10 @@ static int cb_header_value(llhttp_t *p, const char *at, size_t len)
     }
     ex->value_end = off + len;
     /* A value must not carry CR, LF or NUL. */
-    for (size_t i = 0; i < len; i++) {
-        if (at[i] == '\r' || at[i] == '\n' || at[i] == '\0') {
-            ex->error_status = 400;
-            ex->error_msg = "invalid character (CR, LF or NUL) in a header value";
-            return -1;
-        }
+    if (kp_has_crlf_nul(at, len)) {
+        ex->error_status = 400;
+        ex->error_msg = "invalid character (CR, LF or NUL) in a header value";
+        return -1;
     }
     ex->spans[ex->n_spans - 1].value_len += len;
     return kp_buf_append(&ex->text, at, len) == 0 ? 0 : -1;

@@ -2563,6 +2563,28 @@ static void test_bytes_field_value_ok(void **state)
             }
 }
 
+/* CR, LF and NUL are found wherever they are, and nothing else is: each
+ * byte value at each offset of 1 to 40 bytes, in plain text and behind
+ * bytes next to them in value. */
+static void test_bytes_has_crlf_nul(void **state)
+{
+    (void)state;
+    char v[40];
+    assert_false(kp_has_crlf_nul("", 0));
+    for (size_t n = 1; n <= sizeof(v); n++)
+        for (size_t at = 0; at < n; at++)
+            for (int c = 0; c < 256; c++) {
+                bool want = c == '\r' || c == '\n' || c == 0;
+                memset(v, 'a', n);
+                v[at] = (char)c;
+                assert_int_equal(kp_has_crlf_nul(v, n), want);
+                memset(v, 0x0b, at); /* between LF and CR */
+                if (n > at + 1)
+                    memset(v + at + 1, (char)0x80, n - at - 1);
+                assert_int_equal(kp_has_crlf_nul(v, n), want);
+            }
+}
+
 /* UTF-8 sequences are well formed exactly as Unicode's table 3-7 says: the
  * boundaries of every row, overlong forms, surrogates, code points past
  * U+10FFFF, missing continuation bytes and a cut input. */
@@ -2745,8 +2767,8 @@ int main(void)
         UNIT_TEST(test_bytes_little_endian), UNIT_TEST(test_bytes_hex_encode),
         UNIT_TEST(test_siphash128),          UNIT_TEST(test_bytes_hex_value),
         UNIT_TEST(test_bytes_tchar),         UNIT_TEST(test_bytes_field_value_ok),
-        UNIT_TEST(test_bytes_utf8_len),      UNIT_TEST(test_zstd_frame_check),
-        UNIT_TEST(test_zstd_memory_is_ours),
+        UNIT_TEST(test_bytes_has_crlf_nul),  UNIT_TEST(test_bytes_utf8_len),
+        UNIT_TEST(test_zstd_frame_check),    UNIT_TEST(test_zstd_memory_is_ours),
     };
 #undef UNIT_TEST
 #define LOG_TEST(f) cmocka_unit_test_setup_teardown(f, log_setup, log_teardown)
