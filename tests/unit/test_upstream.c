@@ -726,6 +726,32 @@ static void test_plain_200(void **state)
     assert_int_equal(kp_upstream_active(f->up), 0);
 }
 
+/* A body over curl's 100-continue threshold (1 MiB in curl 7.88) goes out
+ * at once and whole: no Expect header, no wait for a 100. */
+static void test_big_body_without_expect(void **state)
+{
+    struct fx *f = *state;
+    struct rec *r = rec_new(f);
+    size_t n = (2u << 20) + 3;
+    char *body = kp_malloc(n + 1);
+    assert_non_null(body);
+    for (size_t k = 0; k < n; k++)
+        body[k] = (char)('a' + k % 26);
+    body[n] = '\0';
+    struct kp_http_header h = KP_HTTP_HEADER("Content-Type", "application/octet-stream");
+    struct kp_upstream_request req = {.method = "POST", .headers = &h, .n_headers = 1};
+    req.body = body;
+    req.body_len = n;
+    assert_int_equal(start_path(r, "/echo", &req), KP_OK);
+    assert_true(wait_until(f, &r->dones, 1));
+    assert_int_equal(r->result, KP_UPSTREAM_OK);
+    assert_int_equal(r->status, 200);
+    assert_int_equal(r->body.len, n);
+    assert_memory_equal(r->body.data, body, n);
+    assert_null(strcasestr(f->last_headers.data, "expect"));
+    kp_free(body);
+}
+
 /* Calls one after another reuse one easy handle without curl_easy_reset:
  * each goes out with its own method, body and headers, none of the last
  * call's. */
@@ -1500,6 +1526,7 @@ int main(void)
                              cm_calloc) != CURLE_OK)
         return 1;
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_big_body_without_expect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_plain_200, setup, teardown),
         cmocka_unit_test_setup_teardown(test_non_200, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reused_handle_forgets_the_last_call, setup, teardown),
