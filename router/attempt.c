@@ -323,9 +323,13 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
     c->up_content_type[0] = '\0';
     c->up_retry_after_ms = 0;
     for (unsigned i = 0; i < n; i++) {
-        if (strcmp(h[i].name, "content-type") == 0)
-            snprintf(c->up_content_type, sizeof(c->up_content_type), "%s", h[i].value);
-        else if (strcmp(h[i].name, "retry-after") == 0) {
+        if (strcmp(h[i].name, "content-type") == 0) {
+            size_t len = h[i].value_len < sizeof(c->up_content_type) - 1
+                             ? h[i].value_len
+                             : sizeof(c->up_content_type) - 1;
+            memcpy(c->up_content_type, h[i].value, len);
+            c->up_content_type[len] = '\0';
+        } else if (strcmp(h[i].name, "retry-after") == 0) {
             char *end = NULL;
             long v = strtol(h[i].value, &end, 10);
             if (end != h[i].value && *end == '\0' && v > 0 && v < 86400)

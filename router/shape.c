@@ -145,7 +145,13 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
                          suffix, p->api_version);
             auth_name = "api-key";
         } else {
-            n = snprintf(prep->url, sizeof(prep->url), "%.*s%s", (int)blen, base, suffix);
+            /* The common case, every call: joined without printf. */
+            size_t slen = strlen(suffix);
+            n = (int)(blen + slen);
+            if (blen + slen < sizeof(prep->url)) {
+                memcpy(prep->url, base, blen);
+                memcpy(prep->url + blen, suffix, slen + 1);
+            }
             pre = 7;
         }
         break;
