@@ -36,6 +36,7 @@ enum field_type {
 
 struct field {
     const char *key;
+    uint8_t key_len;
     const char *name;
     enum field_type type;
     bool nonempty;
@@ -45,12 +46,13 @@ struct field {
 
 #define F(key, member, type, nonempty)                                                             \
     {                                                                                              \
-        key, #member, type, nonempty, false, offsetof(struct kp_usage_event, member)               \
+        key, sizeof(key) - 1, #member, type, nonempty, false,                                      \
+            offsetof(struct kp_usage_event, member)                                                \
     }
 /* A field added after version 1 shipped: old events lack it. */
 #define OPT(key, member, type)                                                                     \
     {                                                                                              \
-        key, #member, type, false, true, offsetof(struct kp_usage_event, member)                   \
+        key, sizeof(key) - 1, #member, type, false, true, offsetof(struct kp_usage_event, member)  \
     }
 
 /* The wire keys are part of the format (docs/segment-format.md): never
@@ -124,9 +126,10 @@ bool kp_usage_str_valid(const char *s, size_t len)
 
 /* --- checking ------------------------------------------------------------ */
 
-static int check_str(const struct field *f, const char *s, char *errmsg, size_t errlen)
+static int check_str(const struct field *f, const char *s, size_t *len, char *errmsg, size_t errlen)
 {
     size_t n = strnlen(s, KP_USAGE_STR_MAX + 1);
+    *len = n;
     if (n > KP_USAGE_STR_MAX)
         return kp_errf(errmsg, errlen, KP_EINVAL, "field '%s' (%s): longer than %d bytes", f->key,
                        f->name, KP_USAGE_STR_MAX);
@@ -150,13 +153,16 @@ static bool trace_id_valid(const char *s, size_t n)
     return true;
 }
 
-static int check_field(const struct field *f, const void *p, char *errmsg, size_t errlen)
+/* A field's value against its rules; a string's length into *@len. */
+static int check_field(const struct field *f, const void *p, size_t *len, char *errmsg,
+                       size_t errlen)
 {
     switch (f->type) {
     case FT_STR:
-        return check_str(f, p, errmsg, errlen);
+        return check_str(f, p, len, errmsg, errlen);
     case FT_TRACE:
-        if (!trace_id_valid(p, strnlen(p, KP_USAGE_TRACE_ID_LEN + 1)))
+        *len = strnlen(p, KP_USAGE_TRACE_ID_LEN + 1);
+        if (!trace_id_valid(p, *len))
             return kp_errf(errmsg, errlen, KP_EINVAL,
                            "field '%s' (%s): not empty nor %d lower-case hex digits", f->key,
                            f->name, KP_USAGE_TRACE_ID_LEN);
@@ -180,7 +186,8 @@ static int check_field(const struct field *f, const void *p, char *errmsg, size_
 int kp_usage_event_check(const struct kp_usage_event *ev, char *errmsg, size_t errlen)
 {
     for (size_t i = 0; i < NFIELDS; i++) {
-        int rc = check_field(&fields[i], (const char *)ev + fields[i].off, errmsg, errlen);
+        size_t len;
+        int rc = check_field(&fields[i], (const char *)ev + fields[i].off, &len, errmsg, errlen);
         if (rc != KP_OK)
             return rc;
     }
@@ -245,14 +252,14 @@ static uint8_t *put_str(uint8_t *p, const char *s, size_t n)
     return p + n;
 }
 
-static uint8_t *put_field(uint8_t *p, const struct field *f, const struct kp_usage_event *ev)
+/* @len: a string's length (check_field's). */
+static uint8_t *put_field(uint8_t *p, const struct field *f, const void *v, size_t len)
 {
-    const void *v = (const char *)ev + f->off;
-    p = put_str(p, f->key, strlen(f->key));
+    p = put_str(p, f->key, f->key_len);
     switch (f->type) {
     case FT_STR:
     case FT_TRACE:
-        return put_str(p, v, strlen(v));
+        return put_str(p, v, len);
     case FT_INT64:
         return put_int(p, *(const int64_t *)v);
     case FT_COUNT:
@@ -278,20 +285,17 @@ static bool omitted(const struct field *f, const struct kp_usage_event *ev)
 int kp_usage_event_encode(const struct kp_usage_event *ev, struct kp_buf *out, char *errmsg,
                           size_t errlen)
 {
-    int rc = kp_usage_event_check(ev, errmsg, errlen);
-    if (rc != KP_OK)
-        return rc;
-    /* The room it takes at most: a map head, and per field a fixstr key
-     * and a value of at most a str16 head and its bytes, or 9 bytes. */
     _Static_assert(KP_USAGE_STR_MAX < 65536, "a string head is at most str16");
+    /* One pass: each field checked, then written into room reserved for
+     * the largest event (a map head, and per field a fixstr key and a
+     * value of at most a str16 head and its bytes, or 9 bytes); nothing
+     * counts until every field has passed. */
     size_t room = 3, n = 0;
     for (size_t i = 0; i < NFIELDS; i++) {
         const struct field *f = &fields[i];
-        if (omitted(f, ev))
-            continue;
-        n++;
         bool str = f->type == FT_STR || f->type == FT_TRACE;
-        room += 1 + strlen(f->key) + (str ? 3 + strlen((const char *)ev + f->off) : 9);
+        room += 1 + f->key_len + (str ? 3 + KP_USAGE_STR_MAX : 9);
+        n += !omitted(f, ev);
     }
     if (kp_buf_reserve(out, room) != 0)
         return kp_errf(errmsg, errlen, KP_ENOMEM, "encode usage event: out of memory");
@@ -300,9 +304,16 @@ int kp_usage_event_encode(const struct kp_usage_event *ev, struct kp_buf *out, c
         *p++ = (uint8_t)(0x80 | n);
     else
         p = put_be(p, 0xde, n, 2);
-    for (size_t i = 0; i < NFIELDS; i++)
-        if (!omitted(&fields[i], ev))
-            p = put_field(p, &fields[i], ev);
+    for (size_t i = 0; i < NFIELDS; i++) {
+        const struct field *f = &fields[i];
+        const void *v = (const char *)ev + f->off;
+        size_t len = 0;
+        int rc = check_field(f, v, &len, errmsg, errlen);
+        if (rc != KP_OK)
+            return rc;
+        if (!omitted(f, ev))
+            p = put_field(p, f, v, len);
+    }
     out->len += (size_t)(p - start);
     out->data[out->len] = '\0';
     return KP_OK;

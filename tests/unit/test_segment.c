@@ -315,6 +315,19 @@ static void test_event_check(void **state)
     assert_int_equal(kp_usage_event_encode(&ev, &buf, err, sizeof(err)), KP_EINVAL);
     assert_contains(err, "'pj' (project)");
     assert_int_equal(buf.len, 0);
+    /* Behind a good event, a bad one (its last field bad) adds nothing. */
+    make_event(1, &ev);
+    assert_int_equal(kp_usage_event_encode(&ev, &buf, err, sizeof(err)), KP_OK);
+    size_t good = buf.len;
+    char *copy = kp_malloc(good);
+    assert_non_null(copy);
+    memcpy(copy, buf.data, good);
+    memcpy(ev.trace_id, "XYZ", 4);
+    assert_int_equal(kp_usage_event_encode(&ev, &buf, err, sizeof(err)), KP_EINVAL);
+    assert_contains(err, "'tr' (trace_id)");
+    assert_int_equal(buf.len, good);
+    assert_memory_equal(buf.data, copy, good);
+    kp_free(copy);
     make_event(1, &ev);
     ev.request_id[0] = '\0';
     assert_int_equal(kp_usage_event_check(&ev, err, sizeof(err)), KP_EINVAL);
