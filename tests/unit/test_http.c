@@ -504,7 +504,6 @@ static void test_quiesce_flag_closes_after_the_next_answer(void **state)
     exchange("GET /c HTTP/1.1\r\nHost: t\r\n\r\n", buf, sizeof(buf));
     assert_non_null(strstr(buf, "GET /c"));
     assert_non_null(strstr(buf, "Connection: close\r\n"));
-    client_close(fd);
     atomic_store(&st.quiesce, false);
 }
 
