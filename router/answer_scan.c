@@ -89,11 +89,10 @@ static int hex4(const unsigned char *p)
  * 8 bytes at a time: the byte loop was most of a scan's cost. */
 static uint64_t specials_in_8(const unsigned char *p)
 {
-    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
     uint64_t x;
     memcpy(&x, p, sizeof(x));
-    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-    return (((q - ones) & ~q) | ((b - ones) & ~b) | ((x - ones * 0x20) & ~x) | x) & highs;
+    return kp_word_has_byte(x, '"') | kp_word_has_byte(x, '\\') | kp_word_has_below(x, 0x20) |
+           (x & KP_WORD_HIGHS);
 }
 
 /* A string, s->p on its opening quote: its bytes between the quotes into

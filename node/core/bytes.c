@@ -32,15 +32,13 @@ bool kp_field_value_ok(const void *p, size_t n)
 {
     const unsigned char *b = p;
     size_t i = 0;
-    /* 8 bytes at a time while none is below 0x20 or is 0x7f (exact as a
-     * yes or no, in either byte order); from the first word with one, a
-     * tab say, byte by byte. Values are mostly plain. */
-    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    /* 8 bytes at a time while none is below 0x20 or is 0x7f; from the
+     * first word with one, a tab say, byte by byte. Values are mostly
+     * plain. */
     for (; n - i >= 8; i += 8) {
-        uint64_t x, d;
+        uint64_t x;
         memcpy(&x, b + i, sizeof(x));
-        d = x ^ (ones * 0x7f);
-        if ((((x - ones * 0x20) & ~x) | ((d - ones) & ~d)) & highs)
+        if (kp_word_has_below(x, 0x20) | kp_word_has_byte(x, 0x7f))
             break;
     }
     for (; i < n; i++)
@@ -52,15 +50,12 @@ bool kp_field_value_ok(const void *p, size_t n)
 bool kp_has_crlf_nul(const void *p, size_t n)
 {
     const unsigned char *b = p;
-    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
     size_t i = 0;
-    /* As kp_field_value_ok: exact per word, byte by byte from a hit. */
+    /* As kp_field_value_ok: by words, byte by byte from a hit. */
     for (; n - i >= 8; i += 8) {
-        uint64_t x, r, l;
+        uint64_t x;
         memcpy(&x, b + i, sizeof(x));
-        r = x ^ (ones * '\r');
-        l = x ^ (ones * '\n');
-        if ((((x - ones) & ~x) | ((r - ones) & ~r) | ((l - ones) & ~l)) & highs)
+        if (kp_word_has_byte(x, 0) | kp_word_has_byte(x, '\r') | kp_word_has_byte(x, '\n'))
             break;
     }
     for (; i < n; i++)

@@ -31,6 +31,21 @@ static inline bool kp_is_tchar(unsigned char c)
     static const uint64_t low = 0x03ff6cfa00000000u, high = 0x57ffffffc7fffffeu;
     return c < 64 ? (low >> c) & 1 : c < 128 ? (high >> (c - 64)) & 1 : false;
 }
+/* Tests on the 8 bytes of a word, exact as a yes or no in either byte
+ * order: non-zero when a byte is @c, or below @n (@n <= 128). The marks
+ * (each such byte's high bit) may wrongly take in bytes after the first
+ * real one, never before it. */
+#define KP_WORD_ONES  0x0101010101010101u
+#define KP_WORD_HIGHS 0x8080808080808080u
+static inline uint64_t kp_word_has_byte(uint64_t x, uint8_t c)
+{
+    uint64_t y = x ^ (KP_WORD_ONES * c);
+    return (y - KP_WORD_ONES) & ~y & KP_WORD_HIGHS;
+}
+static inline uint64_t kp_word_has_below(uint64_t x, uint8_t n)
+{
+    return (x - KP_WORD_ONES * n) & ~x & KP_WORD_HIGHS;
+}
 /* Whether the @n bytes at @p may be an HTTP field value as sent: no
  * control byte (a tab aside) and no DEL. */
 bool kp_field_value_ok(const void *p, size_t n);

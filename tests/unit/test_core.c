@@ -2537,52 +2537,57 @@ static void test_bytes_tchar(void **state)
     }
 }
 
-/* A field value is refused for any control byte but a tab, and for DEL,
- * wherever it is: each byte value at each offset of values 1 to 40 bytes
- * long, alone in plain text and behind a tab (the 8-byte pass must not
- * step over one). */
-static void test_bytes_field_value_ok(void **state)
+/* @finds (a test made 8 bytes at a time) says yes exactly when @hit says
+ * so of a byte: each byte value at each offset of 1 to 40 bytes, in plain
+ * text, then with @before filling the bytes ahead of it and @after those
+ * behind (neither a hit; bytes that make the word test look closer). */
+static void check_byte_finder(bool (*finds)(const void *, size_t), bool (*hit)(int c), char before,
+                              char after)
 {
-    (void)state;
     char v[40];
-    assert_true(kp_field_value_ok("", 0));
+    assert_false(finds("", 0));
     for (size_t n = 1; n <= sizeof(v); n++)
         for (size_t at = 0; at < n; at++)
             for (int c = 0; c < 256; c++) {
-                bool want = !((c < 0x20 && c != '\t') || c == 0x7f);
                 memset(v, 'a', n);
                 v[at] = (char)c;
-                assert_int_equal(kp_field_value_ok(v, n), want);
-                if (at > 0) {
-                    v[at - 1] = '\t';
-                    assert_int_equal(kp_field_value_ok(v, n), want);
-                }
-                v[0] = (char)0xff; /* obs-text is allowed */
-                if (at > 0)
-                    assert_int_equal(kp_field_value_ok(v, n), want);
+                assert_int_equal(finds(v, n), hit(c));
+                memset(v, before, at);
+                memset(v + at + 1, after, n - at - 1);
+                assert_int_equal(finds(v, n), hit(c));
             }
 }
 
-/* CR, LF and NUL are found wherever they are, and nothing else is: each
- * byte value at each offset of 1 to 40 bytes, in plain text and behind
- * bytes next to them in value. */
+static bool value_refused(const void *p, size_t n)
+{
+    return !kp_field_value_ok(p, n);
+}
+
+static bool control_but_tab(int c)
+{
+    return (c < 0x20 && c != '\t') || c == 0x7f;
+}
+
+/* A field value is refused for any control byte but a tab, and for DEL,
+ * wherever it is; a tab before it (the 8-byte pass must not step over
+ * one) and obs-text after it change nothing. */
+static void test_bytes_field_value_ok(void **state)
+{
+    (void)state;
+    check_byte_finder(value_refused, control_but_tab, '\t', (char)0xff);
+}
+
+static bool cr_lf_nul(int c)
+{
+    return c == '\r' || c == '\n' || c == 0;
+}
+
+/* CR, LF and NUL are found wherever they are, and nothing else is, even
+ * among bytes next to them in value (0x0b, 0x80). */
 static void test_bytes_has_crlf_nul(void **state)
 {
     (void)state;
-    char v[40];
-    assert_false(kp_has_crlf_nul("", 0));
-    for (size_t n = 1; n <= sizeof(v); n++)
-        for (size_t at = 0; at < n; at++)
-            for (int c = 0; c < 256; c++) {
-                bool want = c == '\r' || c == '\n' || c == 0;
-                memset(v, 'a', n);
-                v[at] = (char)c;
-                assert_int_equal(kp_has_crlf_nul(v, n), want);
-                memset(v, 0x0b, at); /* between LF and CR */
-                if (n > at + 1)
-                    memset(v + at + 1, (char)0x80, n - at - 1);
-                assert_int_equal(kp_has_crlf_nul(v, n), want);
-            }
+    check_byte_finder(kp_has_crlf_nul, cr_lf_nul, 0x0b, (char)0x80);
 }
 
 /* UTF-8 sequences are well formed exactly as Unicode's table 3-7 says: the
