@@ -275,6 +275,7 @@ static bool ship_pass(struct kp_shipper *sh)
 static void *ship_thread(void *arg)
 {
     struct kp_shipper *sh = arg;
+    kp_thread_name("kp-ship", -1);
     pthread_mutex_lock(&sh->mu);
     while (!sh->stop) {
         sh->kicked = false;

@@ -496,6 +496,7 @@ static void wait_until_us(struct kp_spool *s, uint64_t deadline_us)
 static void *spool_thread(void *arg)
 {
     struct kp_spool *s = arg;
+    kp_thread_name("kp-spool", -1);
     struct kp_buf batch;
     kp_buf_init(&batch);
     bool failing = false;

@@ -535,6 +535,7 @@ static void sweep(struct kp_meter_store *m)
 static void *compactor(void *arg)
 {
     struct kp_meter_store *m = arg;
+    kp_thread_name("kp-compact", -1);
     int64_t next_sweep = 0;
     pthread_mutex_lock(&m->mu);
     while (!m->stop) {

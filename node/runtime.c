@@ -138,6 +138,7 @@ static int worker_listen(struct kp_worker *w)
 static void worker_main(void *arg)
 {
     struct kp_worker *w = arg;
+    kp_thread_name("kp-worker", w->index);
     uv_async_init(&w->loop, &w->wake, worker_wake);
     w->wake.data = w;
     uv_timer_init(&w->loop, &w->tick);

@@ -446,6 +446,7 @@ static bool flushed(struct kp_telemetry *t)
 static void *run(void *arg)
 {
     struct kp_telemetry *t = arg;
+    kp_thread_name("kp-telemetry", -1);
     int64_t deadline = 0;
     for (;;) {
         bool stopping = atomic_load(&t->stop);

@@ -15,6 +15,7 @@
 #include "mpack.h"
 #include "seal.h"
 #include "siphash.h"
+#include "thread.h"
 #include "tls.h"
 #include "trace.h"
 #include "version.h"

@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -2701,6 +2702,43 @@ static void test_zstd_memory_is_ours(void **state)
     ZSTD_freeCCtx(c);
 }
 
+struct named {
+    const char *prefix;
+    int index;
+    char got[32];
+};
+
+static void *name_self(void *arg)
+{
+    struct named *n = arg;
+    kp_thread_name(n->prefix, n->index);
+    if (pthread_getname_np(pthread_self(), n->got, sizeof(n->got)) != 0)
+        n->got[0] = '\0';
+    return NULL;
+}
+
+static void check_thread_name(const char *prefix, int index, const char *want)
+{
+    struct named n = {prefix, index, ""};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, name_self, &n), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_string_equal(n.got, want);
+}
+
+/* What `top -H` shows: the prefix, the index after a dash, and a long name
+ * cut at the kernel's 15 bytes rather than refused (which would leave the
+ * process's name on the thread). */
+static void test_thread_name(void **state)
+{
+    (void)state;
+    check_thread_name("kp-worker", 3, "kp-worker-3");
+    check_thread_name("kp-spool", -1, "kp-spool");
+    check_thread_name("kp-worker", 12345, "kp-worker-12345");
+    check_thread_name("kp-worker", 123456, "kp-worker-12345");
+    check_thread_name("a-very-long-thread-name", -1, "a-very-long-thr");
+}
+
 int main(void)
 {
 #define UNIT_TEST(f) cmocka_unit_test_teardown(f, injection_teardown)
@@ -2774,6 +2812,7 @@ int main(void)
         UNIT_TEST(test_bytes_tchar),         UNIT_TEST(test_bytes_field_value_ok),
         UNIT_TEST(test_bytes_has_crlf_nul),  UNIT_TEST(test_bytes_utf8_len),
         UNIT_TEST(test_zstd_frame_check),    UNIT_TEST(test_zstd_memory_is_ours),
+        UNIT_TEST(test_thread_name),
     };
 #undef UNIT_TEST
 #define LOG_TEST(f) cmocka_unit_test_setup_teardown(f, log_setup, log_teardown)

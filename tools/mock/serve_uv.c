@@ -308,6 +308,7 @@ static void worker_main(void *arg)
 {
     struct kp_mock_worker *w = arg;
 
+    kp_thread_name("mock-worker", (int)w->index);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     if (w->on_exit != NULL)
         w->on_exit(w->exit_arg);
