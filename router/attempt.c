@@ -640,7 +640,6 @@ static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
         scanned ? NULL : json_loadb(c->resp.data ? c->resp.data : "", c->resp.len, 0, NULL);
     json_t *translated = NULL;
     bool ok2xx = c->up_status >= 200 && c->up_status <= 299;
-    bool translates = c->shape != KP_SHAPE_OPENAI && c->shape != KP_SHAPE_MESSAGES;
     if (doc != NULL) {
         if (c->shape == KP_SHAPE_OPENAI || c->shape == KP_SHAPE_MESSAGES_VIA_CHAT)
             read_usage(c, json_object_get(doc, "usage"));
@@ -654,7 +653,10 @@ static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
                      c->cur->key->e.id, kp_err_msg(rc));
             return false;
         }
-    } else if (ok2xx && translates) {
+    } else if (ok2xx && !scanned) {
+        /* Every endpoint's success answer is a JSON document: one that is
+         * not (cut, an HTML page behind a 200) is the provider's failure,
+         * never relayed. (A scanned answer was read as valid JSON.) */
         snprintf(why, whylen, "key %s: its answer is not JSON", c->cur->key->e.id);
         return false;
     }

@@ -205,6 +205,25 @@ class RouterTest(unittest.TestCase):
                         what="the usage event")
         self.assertEqual(ev["retries"], 1)
 
+    def test_a_cut_success_answer_fails_over_and_is_never_relayed(self):
+        # A 200 whose body is not JSON (cut in the middle) is the
+        # provider's failure (class server): retried once on the same key,
+        # then the next key answers; with every key doing it the app gets
+        # a 502, never the broken body.
+        g = self.g
+        http("POST", g.mock.url + "/mock/faults",
+             body={"key": KEY_A, "faults": "malformed_json", "times": 2})
+        status, h, raw = g.call("/v1/chat/completions", CHAT, headers={"X-Request-Id": "r-cut"})
+        self.assertEqual((status, h.get("x-keyplane-key")), (200, "key-b"), (h, raw))
+        self.assertEqual(json.loads(raw)["object"], "chat.completion")
+        self.assertEqual(g.stats()["keys"], {fp(KEY_A): 2, fp(KEY_B): 1})
+        for key in (KEY_A, KEY_B):
+            http("POST", g.mock.url + "/mock/faults", body={"key": key, "faults": "malformed_json"})
+        status, _, raw = g.call("/v1/chat/completions", CHAT)
+        self.assertEqual(status, 502, raw)
+        self.assertEqual(json.loads(raw)["error"]["code"], "upstream_error", raw)
+        self.assertIn("not JSON", json.loads(raw)["error"]["message"])
+
     def test_weighted_and_lowest_latency_pools(self):
         g = self.g
         g.admin("PUT", "/pools/default", {"strategy": "weighted",
