@@ -107,10 +107,16 @@ static const struct kp_price *call_price(const struct kp_call *c)
 void kp_router__settle(struct kp_call *c)
 {
     struct kp_usage_event *ev = &c->ev;
-    if (!c->usage.present && c->sent_body) {
-        /* A stream that ended without usage: estimate (~4 bytes a token). */
-        c->usage.input = c->body_len / 4;
-        c->usage.output = c->streamed_bytes / 4;
+    if (c->sent_body && (!c->usage.present || c->stream_cut)) {
+        /* A stream that ended without usage, or was cut, when what usage
+         * came may be only its start's (Anthropic's message_start, a
+         * Gemini chunk's running count): estimate what is missing at
+         * about 4 bytes a token of the request and of the text relayed. */
+        if (!c->usage.present)
+            c->usage.input = c->body_len / 4;
+        uint64_t out = c->streamed_bytes / 4;
+        if (out > c->usage.output)
+            c->usage.output = out;
         ev->tokens_estimated = true;
     }
     ev->tokens_in = c->usage.input;
@@ -509,11 +515,55 @@ static bool has_usage_object(const char *data, size_t len)
     return false;
 }
 
+/* The length of the JSON string that starts at @p (just past its opening
+ * quote), escapes counted as one byte each: enough for an estimate. */
+static size_t string_bytes(const char *p, const char *end)
+{
+    size_t n = 0;
+    while (p < end && *p != '"') {
+        p += *p == '\\' ? 2 : 1;
+        n++;
+    }
+    return n;
+}
+
+/* Bytes of generated text in one upstream event, for an estimate when
+ * usage never comes or the stream is cut: the string values of the keys
+ * providers put it under (OpenAI's "content" and a tool call's
+ * "arguments", Anthropic's "text" and "partial_json", Gemini's "text"). */
+static size_t text_bytes(const char *data, size_t len)
+{
+    static const struct {
+        const char *key;
+        size_t len;
+    } keys[] = {
+        {"\"content\"", 9}, {"\"arguments\"", 11}, {"\"text\"", 6}, {"\"partial_json\"", 14}};
+    const char *end = data + len;
+    size_t n = 0;
+    for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+        const char *p = data;
+        while ((p = memmem(p, (size_t)(end - p), keys[k].key, keys[k].len)) != NULL) {
+            p += keys[k].len;
+            while (p < end && (*p == ' ' || *p == '\t'))
+                p++;
+            if (p >= end || *p != ':')
+                continue;
+            p++;
+            while (p < end && (*p == ' ' || *p == '\t'))
+                p++;
+            if (p < end && *p == '"')
+                n += string_bytes(p + 1, end);
+        }
+    }
+    return n;
+}
+
 static int on_event(void *arg, const struct kp_sse_event *e)
 {
     struct kp_call *c = arg;
     if (kp_router__budget_stream_guard(c) != KP_OK)
         return KP_ETOOBIG;
+    c->streamed_bytes += text_bytes(e->data, e->data_len);
     if (c->shape != KP_SHAPE_OPENAI) {
         char why[256];
         int rc = kp_router__stream_event(c, e, why, sizeof(why));
@@ -540,8 +590,6 @@ static int on_event(void *arg, const struct kp_sse_event *e)
             return 0; /* the usage-only chunk the gateway asked for */
         read = false;
     }
-    if (!done && !read)
-        c->streamed_bytes += e->data_len / 4; /* roughly the content's share */
     if (read) {
         json_t *chunk = json_loadb(e->data, e->data_len, 0, NULL);
         if (chunk != NULL) {
@@ -556,12 +604,6 @@ static int on_event(void *arg, const struct kp_sse_event *e)
                 read_usage(c, usage);
             else if (json_is_object(resp) && json_is_object(json_object_get(resp, "usage")))
                 read_usage(c, json_object_get(resp, "usage"));
-            /* Content bytes, for an estimate if usage never comes. */
-            json_t *choices = json_object_get(chunk, "choices");
-            json_t *delta = json_object_get(json_array_get(choices, 0), "delta");
-            const char *text = json_string_value(json_object_get(delta, "content"));
-            if (text != NULL)
-                c->streamed_bytes += strlen(text);
             bool drop = !c->client_wants_usage && usage_only(chunk);
             json_decref(chunk);
             if (drop)
@@ -612,12 +654,16 @@ static bool on_body(void *arg, const void *data, size_t len)
 
 static void end_stream_with_error(struct kp_call *c, const char *cls, const char *why)
 {
+    c->stream_cut = true;
     char msg[400];
     snprintf(msg, sizeof(msg), "the upstream stream broke after it started: %s", why);
     size_t len;
-    char *body = kp_json_error_body(msg, "server_error", "upstream_stream_error", &len);
+    char *body =
+        kp_router__error_body(c, 502, "server_error", "upstream_stream_error", NULL, msg, &len);
     if (body != NULL) {
-        kp_router__write_event(c, NULL, 0, body, len);
+        /* Anthropic's SDKs read an error from an "error" event. */
+        bool named = c->ep == KP_EP_MESSAGES;
+        kp_router__write_event(c, named ? "error" : NULL, named ? 5 : 0, body, len);
         kp_free(body);
     }
     kp_usage_set_str(c->ev.error_class, cls);

@@ -106,8 +106,8 @@ void kp_router__finish(struct kp_call *c)
 
 /* The error body in the app's shape: OpenAI's, or Anthropic's for
  * /anthropic/v1/messages. */
-static char *error_body(const struct kp_call *c, int status, const char *type, const char *code,
-                        const char *param, const char *message, size_t *len)
+char *kp_router__error_body(const struct kp_call *c, int status, const char *type, const char *code,
+                            const char *param, const char *message, size_t *len)
 {
     json_t *v;
     if (c->ep == KP_EP_MESSAGES) {
@@ -139,7 +139,7 @@ int kp_router__fail_param(struct kp_call *c, int status, const char *type, const
                           const char *param, const char *message)
 {
     size_t len;
-    char *body = error_body(c, status, type, code, param, message, &len);
+    char *body = kp_router__error_body(c, status, type, code, param, message, &len);
     char retry[16], limit[24];
     snprintf(retry, sizeof(retry), "%d", c->retry_after_s);
     snprintf(limit, sizeof(limit), "%llu", (unsigned long long)c->rl_limit);
@@ -188,7 +188,8 @@ static void on_abort(struct kp_http_exchange *ex, void *arg)
     (void)ex;
     kp_router__attempt_cancel(c);
     kp_usage_set_str(c->ev.error_class, "cancelled");
-    kp_router__settle(c); /* what reached the app is still metered */
+    c->stream_cut = c->streaming_out; /* a stream's usage may not have come yet */
+    kp_router__settle(c);             /* what reached the app is still metered */
     kp_http_reset(c->ex);
     kp_router__finish(c);
 }

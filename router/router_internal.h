@@ -222,7 +222,8 @@ struct kp_call {
     uint64_t head_us;          /* when its answer's head came, 0 before */
     bool upstream_done;        /* the provider's stream sent [DONE] */
     int64_t up_retry_after_ms; /* the provider's Retry-After, 0 when none */
-    uint64_t streamed_bytes;   /* content bytes relayed, for an estimate */
+    uint64_t streamed_bytes;   /* text bytes relayed, for an estimate */
+    bool stream_cut;           /* the app's stream ended on an error or went away */
     size_t body_len;           /* the app's body (the request may be gone) */
     int retry_after_s;         /* Retry-After of the app's answer, 0: none */
     uint64_t rl_limit;         /* the policy limit that refused the call, 0: none */
@@ -269,6 +270,11 @@ struct kp_call {
     bool done;
 };
 
+/* gateway.c: the error body in the app's shape (OpenAI's, or Anthropic's on
+ * /anthropic/v1/messages), malloc'd, with its length in @len; NULL when
+ * memory ran out. */
+char *kp_router__error_body(const struct kp_call *c, int status, const char *type, const char *code,
+                            const char *param, const char *message, size_t *len);
 /* gateway.c: answer an OpenAI-shaped error (X-Request-Id, X-Keyplane-Error),
  * record the usage event, end the call. Returns KP_EPERM, so a step can
  * `return kp_router__fail(...)`. */

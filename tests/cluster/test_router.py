@@ -392,6 +392,11 @@ class RouterTest(unittest.TestCase):
         self.assertTrue(ev["tokens_estimated"])
         self.assertGreater(ev["tokens_in"], 0)
         self.assertNotEqual(ev["error_class"], "")
+        # The estimate: about 4 bytes a token of the text the app received.
+        text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
+                       for e in events[:-1] if json.loads(e).get("choices"))
+        self.assertGreater(len(text), 8, events)
+        self.assertEqual(ev["tokens_out"], len(text) // 4, (text, ev))
 
     def test_client_going_away_aborts_the_upstream_call(self):
         g = self.g
@@ -607,6 +612,49 @@ class ShapesTest(unittest.TestCase):
         status, _, raw = g.call("/anthropic/v1/messages", msg, token="kp_nope")
         self.assertEqual(status, 401)
         self.assertEqual(json.loads(raw)["type"], "error")
+
+    def test_cut_streams_end_in_the_apps_shape_with_an_estimate(self):
+        # A stream cut after it started, through each provider shape: the
+        # app's last event is an error in its own shape, and the usage
+        # event estimates the output from the text relayed (Anthropic's
+        # message_start count and Gemini's running counts are only a
+        # start).
+        g = self.g
+        for key in ("sk-ant-mock-key-0003", "AIza-mock-key-0004"):
+            http("POST", g.mock.url + "/mock/faults",
+                 body={"key": key, "faults": "reset_mid_stream=5"})
+        for pool in ("anth", "gem"):
+            rid = "r-cut-" + pool
+            body = dict(CHAT, stream=True, model="claude-3-5-haiku-latest" if pool == "anth"
+                        else "gemini-2.0-flash")
+            status, _, raw = g.call("/v1/chat/completions", body,
+                                    headers={"X-Keyplane-Pool": pool, "X-Request-Id": rid})
+            self.assertEqual(status, 200, raw)
+            events = sse_data(raw)
+            self.assertEqual(json.loads(events[-1])["error"]["code"], "upstream_stream_error",
+                             (pool, events[-3:]))
+            text = "".join(c["choices"][0]["delta"].get("content") or ""
+                           for c in map(json.loads, events[:-1]) if c.get("choices"))
+            self.assertGreater(len(text), 8, (pool, events))
+            ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == rid), None),
+                            what="the usage event")
+            self.assertTrue(ev["tokens_estimated"], (pool, ev))
+            self.assertEqual(ev["tokens_out"], len(text) // 4, (pool, text, ev))
+        # The Anthropic endpoint: Anthropic's error event.
+        msg = {"model": "claude-3-5-haiku-latest", "max_tokens": 64, "stream": True,
+               "messages": [{"role": "user", "content": "hello"}]}
+        status, _, raw = g.call("/anthropic/v1/messages", msg,
+                                headers={"anthropic-version": "2023-06-01",
+                                         "X-Keyplane-Pool": "anth", "X-Request-Id": "r-cut-msg"})
+        self.assertEqual(status, 200, raw)
+        lines = raw.decode().rstrip("\n").split("\n")
+        self.assertEqual(lines[-2], "event: error", lines[-4:])
+        err = json.loads(lines[-1][6:])
+        self.assertEqual((err["type"], err["error"]["type"]), ("error", "api_error"), err)
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-cut-msg"),
+                                     None), what="the usage event")
+        self.assertTrue(ev["tokens_estimated"], ev)
+        self.assertGreater(ev["tokens_out"], 1, ev)
 
     def test_untranslatable_request_is_a_400_naming_the_param(self):
         status, h, raw = self.chat("anth", n=2)
