@@ -1004,6 +1004,28 @@ static void conn_disarm_timer(struct conn *c)
     c->deadline = 0;
 }
 
+/* The error code of a refusal by the server itself (docs/architecture.md,
+ * "Limits"). */
+static const char *protocol_error_code(int status)
+{
+    switch (status) {
+    case 408:
+        return "request_timeout";
+    case 413:
+        return "request_too_large";
+    case 417:
+        return "expectation_failed";
+    case 431:
+        return "headers_too_large";
+    case 501:
+        return "not_implemented";
+    case 505:
+        return "http_version_not_supported";
+    default:
+        return "bad_request";
+    }
+}
+
 /* Answer a protocol error and close. Nothing more is parsed. */
 static void conn_fail(struct conn *c, int status, const char *msg)
 {
@@ -1020,14 +1042,18 @@ static void conn_fail(struct conn *c, int status, const char *msg)
     ex->keep_alive = false;
     ex->req.version_minor = 1;
     c->in_off = c->in.len; /* drop whatever else was sent */
+    const char *code = protocol_error_code(status);
+    /* The app's X-Request-Id once its headers were read (a 413, a 417),
+     * else a new one: every answer carries one. */
+    struct kp_http_header h[3] = {
+        KP_HTTP_HEADER("Content-Type", "application/json"),
+        KP_HTTP_HEADER("X-Request-Id", kp_http_request_id(ex, &ex->req)),
+        KP_HTTP_HEADER("X-Keyplane-Error", code),
+    };
     size_t len;
-    char *body = kp_json_error_body(msg, "invalid_request_error", "bad_request", &len);
-    if (body) {
-        kp_http_respond_json(ex, status, body, len);
-        kp_free(body);
-    } else {
-        kp_http_respond(ex, status, NULL, 0, NULL, 0);
-    }
+    char *body = kp_json_error_body(msg, "invalid_request_error", code, &len);
+    kp_http_respond(ex, status, h, 3, body, body ? len : 0);
+    kp_free(body);
     conn_close_gracefully(c);
 }
 

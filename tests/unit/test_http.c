@@ -577,9 +577,35 @@ static void expect_status_and_close(const char *request, const char *status_line
         fail_msg("expected %s for %.60s..., got: %.200s", status_line, request, buf);
     assert_non_null(strstr(buf, "Connection: close"));
     assert_non_null(strstr(buf, "{\"error\":"));
+    /* Every refusal says which, and carries a request id. */
+    assert_non_null(strstr(buf, "\r\nX-Request-Id: "));
+    char code[64];
+    const char *h = strstr(buf, "\r\nX-Keyplane-Error: ");
+    assert_non_null(h);
+    assert_int_equal(sscanf(h, "\r\nX-Keyplane-Error: %63[a-z_]", code), 1);
+    char in_body[96];
+    snprintf(in_body, sizeof(in_body), "\"code\":\"%s\"", code);
+    assert_non_null(strstr(buf, in_body));
     /* Nothing after the error answer is parsed: exactly one answer. */
     assert_int_equal(count(buf, "HTTP/1.1 "), 1);
     client_close(fd);
+}
+
+/* A refusal after the headers were read echoes the app's request id, and
+ * names the limit. */
+static void test_refusal_keeps_the_request_id(void **state)
+{
+    (void)state;
+    char buf[8192];
+    exchange("POST / HTTP/1.1\r\nX-Request-Id: r-big.1\r\nContent-Length: 5000\r\n\r\n", buf,
+             sizeof(buf));
+    assert_non_null(strstr(buf, "HTTP/1.1 413 "));
+    assert_non_null(strstr(buf, "\r\nX-Request-Id: r-big.1\r\n"));
+    assert_non_null(strstr(buf, "\r\nX-Keyplane-Error: request_too_large\r\n"));
+    exchange("GET / HTTP/1.1\r\nX-Request-Id: r-bad\r\nX-A: 1\r\n folded\r\n\r\n", buf,
+             sizeof(buf));
+    assert_non_null(strstr(buf, "HTTP/1.1 400 "));
+    assert_non_null(strstr(buf, "\r\nX-Keyplane-Error: bad_request\r\n"));
 }
 
 /* Header block over 32 KiB and more than 100 headers get 431. */
@@ -930,6 +956,7 @@ int main(void)
         BOTH(test_expect_continue),
         BOTH(test_header_limits),
         BOTH(test_body_limit),
+        BOTH(test_refusal_keeps_the_request_id),
         BOTH(test_smuggling_shapes),
         BOTH(test_timeouts),
         BOTH(test_streams),
