@@ -527,35 +527,52 @@ static size_t string_bytes(const char *p, const char *end)
     return n;
 }
 
+/* Whether the member name that ends at @colon is one providers put
+ * generated text under: OpenAI's "content" and a tool call's "arguments",
+ * the Responses API's "delta" (a string there; an object elsewhere, which
+ * text_bytes passes over), Anthropic's "text" and "partial_json",
+ * Gemini's "text". */
+static bool text_key_before(const char *data, const char *colon)
+{
+#define ENDS_WITH(lit)                                                                             \
+    ((size_t)(colon - data) >= sizeof(lit) - 1 &&                                                  \
+     memcmp(colon - (sizeof(lit) - 1), lit, sizeof(lit) - 1) == 0)
+    /* On the key's last letter first: most members are none of these. */
+    switch (colon[-2]) {
+    case 't':
+        return ENDS_WITH("\"content\"") || ENDS_WITH("\"text\"");
+    case 's':
+        return ENDS_WITH("\"arguments\"");
+    case 'n':
+        return ENDS_WITH("\"partial_json\"");
+    case 'a':
+        return ENDS_WITH("\"delta\"");
+    default:
+        return false;
+    }
+#undef ENDS_WITH
+}
+
 /* Bytes of generated text in one upstream event, for an estimate when
- * usage never comes or the stream is cut: the string values of the keys
- * providers put it under (OpenAI's "content" and a tool call's
- * "arguments", Anthropic's "text" and "partial_json", Gemini's "text"). */
+ * usage never comes or the stream is cut: the string value of the last
+ * member text_key_before names. Searched from the end, where OpenAI's and
+ * Anthropic's deltas keep it, and only the last one: an event carries one
+ * piece of text (a multi-part one is undercounted), and reading every
+ * member would cost a tenth of a stream's instructions. A colon inside a
+ * string never matches: an escaped quote has a backslash before it. */
 static size_t text_bytes(const char *data, size_t len)
 {
-    static const struct {
-        const char *key;
-        size_t len;
-    } keys[] = {
-        {"\"content\"", 9}, {"\"arguments\"", 11}, {"\"text\"", 6}, {"\"partial_json\"", 14}};
-    const char *end = data + len;
-    size_t n = 0;
-    for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
-        const char *p = data;
-        while ((p = memmem(p, (size_t)(end - p), keys[k].key, keys[k].len)) != NULL) {
-            p += keys[k].len;
-            while (p < end && (*p == ' ' || *p == '\t'))
-                p++;
-            if (p >= end || *p != ':')
-                continue;
+    const char *end = data + len, *colon = end;
+    while ((colon = memrchr(data, ':', (size_t)(colon - data))) != NULL) {
+        if (colon - data < 6 || colon[-1] != '"' || !text_key_before(data, colon))
+            continue;
+        const char *p = colon + 1;
+        while (p < end && (*p == ' ' || *p == '\t'))
             p++;
-            while (p < end && (*p == ' ' || *p == '\t'))
-                p++;
-            if (p < end && *p == '"')
-                n += string_bytes(p + 1, end);
-        }
+        if (p < end && *p == '"')
+            return string_bytes(p + 1, end);
     }
-    return n;
+    return 0;
 }
 
 static int on_event(void *arg, const struct kp_sse_event *e)
@@ -563,7 +580,13 @@ static int on_event(void *arg, const struct kp_sse_event *e)
     struct kp_call *c = arg;
     if (kp_router__budget_stream_guard(c) != KP_OK)
         return KP_ETOOBIG;
-    c->streamed_bytes += text_bytes(e->data, e->data_len);
+    /* New text comes in unnamed events ("message": chat chunks, Gemini)
+     * or in named ones ending in "delta" (Anthropic's content_block_delta,
+     * the Responses API's ...delta); the others (message_start, a
+     * Responses ...done event repeating the whole text) add none. */
+    if (e->event_len >= 5 && (memcmp(e->event + e->event_len - 5, "delta", 5) == 0 ||
+                              (e->event_len == 7 && memcmp(e->event, "message", 7) == 0)))
+        c->streamed_bytes += text_bytes(e->data, e->data_len);
     if (c->shape != KP_SHAPE_OPENAI) {
         char why[256];
         int rc = kp_router__stream_event(c, e, why, sizeof(why));
