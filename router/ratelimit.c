@@ -1,7 +1,8 @@
 /* Rate limits: requests and tokens per minute, for keys (the provider's
  * ceiling, `rpm`/`tpm` on the key) and for policies (`rpm`/`tpm` on a
  * policy whose scope covers the call: global, tenant, project, token,
- * pool, feature; key-scoped policies are not applied yet).
+ * pool, feature; a key-scoped policy limits the calls sent to that key,
+ * check_key_policy).
  *
  * A limit holds across the cluster without any coordination per request:
  * each node enforces limit / N, where N is the number of members in its
