@@ -276,6 +276,7 @@ static bool retry_later(struct kp_call *c, const char *cls)
     uint64_t wait = cap ? rnd % (cap + 1) : 0;
     c->key_retries++;
     c->retries_total++;
+    kp_router__count_retry(c->cur->provider->e.id, c->cur->key->e.id);
     c->next_cand--; /* the same key again */
     c->attempts--;  /* attempt_next counts it again */
     uv_timer_start(c->retry_timer, retry_fire, wait, 0);

@@ -54,6 +54,9 @@ struct kp_breakers *kp_breakers_new(void)
 
 void kp_breakers_free(struct kp_breakers *b)
 {
+    for (size_t i = 0; b != NULL && i < SLOTS; i++)
+        if (b->slots[i].key[0] != '\0' && b->slots[i].open_ms != 0)
+            kp_router__count_tripped(b->slots[i].key, -1); /* the worker is gone */
     kp_free(b);
 }
 
@@ -89,6 +92,8 @@ static struct slot *find(struct kp_breakers *b, const char *key, bool create, in
     }
     if (!create)
         return NULL;
+    if (spare->key[0] != '\0' && spare->open_ms != 0)
+        kp_router__count_tripped(spare->key, -1); /* forgotten here */
     memset(spare, 0, sizeof(*spare));
     size_t n = strlen(key);
     memcpy(spare->key, key, n < sizeof(spare->key) - 1 ? n : sizeof(spare->key) - 1);
@@ -139,6 +144,8 @@ void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
     s->rate_limited = false;
     if (++s->failures < OPEN_AFTER)
         return;
+    if (s->open_ms == 0)
+        kp_router__count_tripped(key, 1);
     s->open_ms = s->open_ms == 0 ? OPEN_MS : s->open_ms * 2;
     if (s->open_ms > OPEN_MAX_MS)
         s->open_ms = OPEN_MAX_MS;
@@ -152,6 +159,8 @@ void kp_breaker_success(struct kp_breakers *b, const char *key)
 {
     struct slot *s = find(b, key, false, 0);
     if (s != NULL) {
+        if (s->open_ms != 0)
+            kp_router__count_tripped(s->key, -1);
         s->until_ms = s->trial_until = 0;
         s->failures = 0;
         s->open_ms = 0;

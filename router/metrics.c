@@ -1,7 +1,8 @@
 /* The router's metrics (Prometheus, rendered with everything else on
- * /metrics): attempts by provider, key and outcome; failovers by pool;
- * tokens and cost by provider, model and tenant; cooldowns by key and
- * reason; rate limits that could not be applied. Label sets are bounded (node/core/metrics.h: past
+ * /metrics): attempts by provider, key and outcome; retries of a key and
+ * failovers by pool; tokens and cost by provider, model and tenant, and by
+ * key; cooldowns by key and reason; tripped breakers by key; rate limits
+ * that could not be applied. Label sets are bounded (node/core/metrics.h: past
  * 500 per family they count as "overflow"), so apps sending odd model names cannot blow the series
  * up. Registered once per process. */
 #include <pthread.h>
@@ -11,7 +12,8 @@
 
 enum { MAX_SERIES = 500 };
 
-static struct kp_metric_family *attempts, *failovers, *tokens, *cost, *cooldowns;
+static struct kp_metric_family *attempts, *retries, *failovers, *tokens, *cost, *key_tokens,
+    *key_cost, *cooldowns, *tripped;
 static struct kp_metric *table_full;
 static struct kp_metric *shed;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -22,6 +24,10 @@ static void init(void)
         "keyplane_router_attempts_total",
         "Upstream attempts, by provider, key and outcome (ok or the failure class).", 3,
         (const char *[]){"provider", "key", "outcome"}, MAX_SERIES);
+    retries = kp_metric_family_counter(
+        "keyplane_router_retries_total",
+        "Attempts that retried the same key after a retryable failure, by provider and key.", 2,
+        (const char *[]){"provider", "key"}, MAX_SERIES);
     failovers = kp_metric_family_counter("keyplane_router_failovers_total",
                                          "Attempts that failed and moved on to the next key.", 1,
                                          (const char *[]){"pool"}, MAX_SERIES);
@@ -32,6 +38,18 @@ static void init(void)
     cost = kp_metric_family_counter("keyplane_router_cost_nanousd_total",
                                     "Cost of answered calls in billionths of a US dollar.", 3,
                                     (const char *[]){"provider", "model", "tenant"}, MAX_SERIES);
+    key_tokens =
+        kp_metric_family_counter("keyplane_router_key_tokens_total",
+                                 "Tokens of answered calls, by key and direction (in, out).", 2,
+                                 (const char *[]){"key", "direction"}, MAX_SERIES);
+    key_cost = kp_metric_family_counter("keyplane_router_key_cost_nanousd_total",
+                                        "Cost of answered calls by key, in billionths of a US "
+                                        "dollar.",
+                                        1, (const char *[]){"key"}, MAX_SERIES);
+    tripped = kp_metric_family_gauge(
+        "keyplane_router_breakers_tripped",
+        "Workers whose breaker for the key is open or half-open (tripped, no success since).", 1,
+        (const char *[]){"key"}, MAX_SERIES);
     cooldowns = kp_metric_family_counter(
         "keyplane_router_cooldowns_total",
         "Keys set aside by a worker: rate_limit (a 429) or breaker (failing).", 2,
@@ -78,6 +96,21 @@ void kp_router__count_usage(const struct kp_usage_event *ev)
     kp_metric_family_add(tokens, (const char *[]){ev->provider, model, ev->tenant, "out"},
                          (int64_t)ev->tokens_out);
     kp_metric_family_add(cost, (const char *[]){ev->provider, model, ev->tenant}, ev->cost);
+    if (ev->key_id[0] == '\0')
+        return;
+    kp_metric_family_add(key_tokens, (const char *[]){ev->key_id, "in"}, (int64_t)ev->tokens_in);
+    kp_metric_family_add(key_tokens, (const char *[]){ev->key_id, "out"}, (int64_t)ev->tokens_out);
+    kp_metric_family_add(key_cost, (const char *[]){ev->key_id}, ev->cost);
+}
+
+void kp_router__count_retry(const char *provider, const char *key)
+{
+    kp_metric_family_add(retries, (const char *[]){provider, key}, 1);
+}
+
+void kp_router__count_tripped(const char *key, int delta)
+{
+    kp_metric_family_add(tripped, (const char *[]){key}, delta);
 }
 
 void kp_router__count_cooldown(const char *key, const char *reason)

@@ -494,6 +494,9 @@ void kp_router__count_shed(void);
 void kp_router__count_failover(const char *pool);
 void kp_router__count_usage(const struct kp_usage_event *ev);
 void kp_router__count_cooldown(const char *key, const char *reason);
+void kp_router__count_retry(const char *provider, const char *key);
+/* A worker's breaker for @key tripped (+1) or closed again (-1). */
+void kp_router__count_tripped(const char *key, int delta);
 void kp_router__count_ratelimit_table_full(void);
 
 /* ratelimit.c: requests and tokens per minute, shared across the cluster.

@@ -9,6 +9,7 @@ where the call arrived.
 
 import hashlib
 import json
+import re
 import secrets
 import sys
 import time
@@ -181,6 +182,8 @@ class RouterTest(unittest.TestCase):
             self.assertIn(line + "\n", m)
         self.assertIn('keyplane_router_tokens_total{provider="mock",model="gpt-4o-mini",'
                       'tenant="acme",direction="out"} 16\n', m)
+        self.assertIn('keyplane_router_key_tokens_total{key="key-b",direction="out"} 16\n', m)
+        self.assertNotIn('keyplane_router_key_tokens_total{key="key-a"', m)
 
     def test_403_fails_over_without_condemning_the_key(self):
         g = self.g
@@ -204,6 +207,9 @@ class RouterTest(unittest.TestCase):
         ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-rt"), None),
                         what="the usage event")
         self.assertEqual(ev["retries"], 1)
+        # One retry of key-a in each call (the second then failed over).
+        self.assertIn('keyplane_router_retries_total{provider="mock",key="key-a"} 2\n',
+                      g.node.metrics())
 
     def test_a_cut_success_answer_fails_over_and_is_never_relayed(self):
         # A 200 whose body is not JSON (cut in the middle) is the
@@ -439,6 +445,12 @@ class RouterTest(unittest.TestCase):
         # Three failures per worker (a call and its retry count two) open
         # key A's breaker: the rest skip it.
         self.assertLessEqual(g.stats()["keys"][fp(KEY_A)], 6)
+        # Each worker that saw the failures has key A's breaker tripped.
+        tripped = re.search(r'keyplane_router_breakers_tripped\{key="key-a"\} (\d+)\n',
+                            g.node.metrics())
+        self.assertIsNotNone(tripped)
+        self.assertIn(int(tripped.group(1)), (1, 2))
+        self.assertNotIn('keyplane_router_breakers_tripped{key="key-b"} 1', g.node.metrics())
 
     def test_a_revoked_key_gets_no_traffic(self):
         g = self.g
