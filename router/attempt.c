@@ -322,13 +322,29 @@ static void on_drain(struct kp_http_exchange *ex, void *arg)
     }
 }
 
+/* A provider's Retry-After in milliseconds (0: none usable): delay
+ * seconds, or an HTTP-date read against this node's clock; at most a
+ * day. */
+static int64_t retry_after_ms(const char *v)
+{
+    char *end = NULL;
+    long secs = strtol(v, &end, 10);
+    if (end != v && *end == '\0')
+        return secs > 0 && secs < 86400 ? (int64_t)secs * 1000 : 0;
+    int64_t at;
+    if (kp_parse_http_date(v, &at) != KP_OK)
+        return 0;
+    int64_t wait = at - kp_now_unix_ms();
+    return wait > 0 && wait < 86400000 ? wait : 0;
+}
+
 static void on_head(void *arg, int status, const struct kp_http_header *h, unsigned n)
 {
     struct kp_call *c = arg;
     c->up_status = status;
     c->head_us = kp_now_mono_us();
     c->up_content_type[0] = '\0';
-    c->up_retry_after_ms = 0;
+    int64_t retry_ms = 0;
     for (unsigned i = 0; i < n; i++) {
         if (strcmp(h[i].name, "content-type") == 0) {
             size_t len = h[i].value_len < sizeof(c->up_content_type) - 1
@@ -336,13 +352,17 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
                              : sizeof(c->up_content_type) - 1;
             memcpy(c->up_content_type, h[i].value, len);
             c->up_content_type[len] = '\0';
-        } else if (strcmp(h[i].name, "retry-after") == 0) {
+        } else if (strcmp(h[i].name, "retry-after") == 0 && retry_ms == 0) {
+            retry_ms = retry_after_ms(h[i].value);
+        } else if (strcmp(h[i].name, "retry-after-ms") == 0) {
+            /* OpenAI's, finer than Retry-After: it wins. */
             char *end = NULL;
-            long v = strtol(h[i].value, &end, 10);
-            if (end != h[i].value && *end == '\0' && v > 0 && v < 86400)
-                c->up_retry_after_ms = v * 1000; /* an HTTP-date is ignored */
+            long long v = strtoll(h[i].value, &end, 10);
+            if (end != h[i].value && *end == '\0' && v > 0 && v < 86400000)
+                retry_ms = v;
         }
     }
+    c->up_retry_after_ms = retry_ms;
     if (status < 200 || status > 299 || !c->stream)
         return;
     if (strncmp(c->up_content_type, "text/event-stream", 17) != 0)

@@ -2,6 +2,7 @@
 #include "clock.h"
 
 #include <openssl/rand.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -79,6 +80,47 @@ int kp_random_hex(char *out, size_t n)
     if (kp_random_bytes(raw, n) != KP_OK)
         return KP_EIO;
     kp_hex_encode(raw, n, out);
+    return KP_OK;
+}
+
+/* @n digits at @s as a number, or -1. */
+static int digits(const char *s, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+int kp_parse_http_date(const char *s, int64_t *unix_ms)
+{
+    static const char days[] = "MonTueWedThuFriSatSun";
+    static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    /* "Sun, 06 Nov 1994 08:49:37 GMT": 29 bytes, every field in place. */
+    if (s == NULL || strlen(s) != 29 || s[3] != ',' || s[4] != ' ' || s[7] != ' ' || s[11] != ' ' ||
+        s[16] != ' ' || s[19] != ':' || s[22] != ':' || strcmp(s + 25, " GMT") != 0)
+        return KP_EINVAL;
+    bool day_ok = false;
+    for (int i = 0; i < 7 && !day_ok; i++)
+        day_ok = memcmp(s, days + 3 * i, 3) == 0;
+    int month = 0;
+    for (int i = 0; i < 12 && month == 0; i++)
+        if (memcmp(s + 8, months + 3 * i, 3) == 0)
+            month = i + 1;
+    int d = digits(s + 5, 2), y = digits(s + 12, 4), h = digits(s + 17, 2), mi = digits(s + 20, 2),
+        sec = digits(s + 23, 2);
+    if (!day_ok || month == 0 || d < 1 || d > 31 || y < 0 || h < 0 || h > 23 || mi < 0 || mi > 59 ||
+        sec < 0 || sec > 60)
+        return KP_EINVAL;
+    int64_t days_since = kp_days_from_civil(y, month, d), by;
+    int bm, bd;
+    kp_civil_from_days(days_since, &by, &bm, &bd);
+    if (bd != d) /* "31 Feb" */
+        return KP_EINVAL;
+    *unix_ms = ((days_since * 24 + h) * 60 + mi) * 60000 + (int64_t)sec * 1000;
     return KP_OK;
 }
 

@@ -17,6 +17,11 @@ void kp_format_time_ms(int64_t unix_ms, char *buf, size_t len);
  * for every int64 day a caller here can produce). */
 int64_t kp_days_from_civil(int64_t y, int m, int d);
 void kp_civil_from_days(int64_t days, int64_t *y, int *m, int *d);
+/* An HTTP-date in the IMF-fixdate form every server must send ("Sun, 06
+ * Nov 1994 08:49:37 GMT", RFC 9110 section 5.6.7) into Unix milliseconds.
+ * KP_OK, or KP_EINVAL for anything else (the obsolete forms, which a
+ * recipient may ignore, included). */
+int kp_parse_http_date(const char *s, int64_t *unix_ms);
 /* Fill @buf with @len cryptographically random bytes (OpenSSL). */
 int kp_random_bytes(void *buf, size_t len);
 /* The same bytes for what is random but no secret (request, trace and span

@@ -436,6 +436,16 @@ class RouterTest(unittest.TestCase):
             self.assertGreater(int(h["retry-after"]), 0)
         self.assertLessEqual(g.stats()["requests"], 4)
 
+    def test_retry_after_as_an_http_date_is_honoured(self):
+        # Retry-After may be a date (RFC 9110): the keys cool down until
+        # then, not for the 1 s default, and the app is told how long.
+        g = self.g
+        for k in (KEY_A, KEY_B):
+            http("POST", g.mock.url + "/mock/faults", body={"key": k, "faults": "429:retry_at=30"})
+        status, h, raw = g.call("/v1/chat/completions", CHAT)
+        self.assertEqual((status, h["x-keyplane-error"]), (429, "rate_limited"), raw)
+        self.assertTrue(25 <= int(h["retry-after"]) <= 31, h)
+
     def test_failing_key_opens_its_breaker(self):
         g = self.g
         http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "500"})

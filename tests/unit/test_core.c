@@ -2739,6 +2739,37 @@ static void test_thread_name(void **state)
     check_thread_name("a-very-long-thread-name", -1, "a-very-long-thr");
 }
 
+/* RFC 9110's example and its neighbours; anything not IMF-fixdate is
+ * refused rather than misread. */
+static void test_clock_parse_http_date(void **state)
+{
+    (void)state;
+    int64_t ms = 0;
+    assert_int_equal(kp_parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT", &ms), KP_OK);
+    assert_int_equal(ms, 784111777000);
+    assert_int_equal(kp_parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT", &ms), KP_OK);
+    assert_int_equal(ms, 0);
+    assert_int_equal(kp_parse_http_date("Tue, 29 Feb 2028 23:59:59 GMT", &ms), KP_OK);
+    assert_int_equal(ms, 1835481599000);
+    static const char *const bad[] = {
+        "Sunday, 06-Nov-94 08:49:37 GMT", /* RFC 850 */
+        "Sun Nov  6 08:49:37 1994",       /* asctime */
+        "Sun, 06 Nov 1994 08:49:37 UTC",
+        "Sun, 06 Nov 1994 08:49:37 GMT ",
+        "Sun, 31 Feb 1994 08:49:37 GMT",
+        "Sun, 06 Nox 1994 08:49:37 GMT",
+        "Sun, 06 Nov 1994 24:49:37 GMT",
+        "Xyz, 06 Nov 1994 08:49:37 GMT",
+        "Sun, 0x Nov 1994 08:49:37 GMT",
+        "",
+        "120",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (kp_parse_http_date(bad[i], &ms) != KP_EINVAL)
+            fail_msg("accepted \"%s\"", bad[i]);
+    assert_int_equal(kp_parse_http_date(NULL, &ms), KP_EINVAL);
+}
+
 int main(void)
 {
 #define UNIT_TEST(f) cmocka_unit_test_teardown(f, injection_teardown)
@@ -2780,6 +2811,7 @@ int main(void)
         UNIT_TEST(test_clock_format_known_epochs), UNIT_TEST(test_clock_format_before_epoch),
         UNIT_TEST(test_clock_random_hex),          UNIT_TEST(test_clock_random_hex_charset),
         UNIT_TEST(test_clock_random_hex_too_long), UNIT_TEST(test_clock_random_bytes),
+        UNIT_TEST(test_clock_parse_http_date),
     };
     const struct CMUnitTest json_tests[] = {
         UNIT_TEST(test_json_escape_specials),

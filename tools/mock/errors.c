@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -173,7 +174,14 @@ void kp_mock__fault_error(struct kp_mock_answer *a, enum kp_mock_provider p,
                  "429).",
                  f->retry_after_s);
         error_body(a, p, 429, false, true, msg);
-        snprintf(a->retry_after, sizeof(a->retry_after), "%u", f->retry_after_s);
+        if (f->retry_as_date) {
+            time_t at = time(NULL) + f->retry_after_s;
+            struct tm tm;
+            gmtime_r(&at, &tm);
+            strftime(a->retry_after, sizeof(a->retry_after), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        } else {
+            snprintf(a->retry_after, sizeof(a->retry_after), "%u", f->retry_after_s);
+        }
         return;
     }
     if (f->status == 404) {

@@ -138,7 +138,7 @@ static int parse_timing(struct kp_mock_faults *f, const char *s, size_t n)
 
 static int parse_one(struct kp_mock_faults *f, const char *s, size_t n)
 {
-    static const char retry[] = "429:retry_after=";
+    static const char retry[] = "429:retry_after=", retry_at[] = "429:retry_at=";
     int status;
     unsigned long secs;
 
@@ -155,6 +155,15 @@ static int parse_one(struct kp_mock_faults *f, const char *s, size_t n)
             set_status(f, 429, false) != 0)
             return -1;
         f->retry_after_s = (unsigned)secs;
+        return 0;
+    }
+    if (n > sizeof(retry_at) - 1 && memcmp(s, retry_at, sizeof(retry_at) - 1) == 0) {
+        if (parse_uint(s + sizeof(retry_at) - 1, n - (sizeof(retry_at) - 1),
+                       KP_MOCK_MAX_RETRY_AFTER, &secs) != 0 ||
+            set_status(f, 429, false) != 0)
+            return -1;
+        f->retry_after_s = (unsigned)secs;
+        f->retry_as_date = true;
         return 0;
     }
     if (n == 5 && memcmp(s, "quota", 5) == 0)
@@ -189,7 +198,8 @@ int kp_mock_faults_parse(struct kp_mock_faults *f, const char *spec, size_t len,
         count++;
         if (parse_one(f, spec + start, end - start) != 0) {
             snprintf(errmsg, errlen,
-                     "bad fault spec '%.*s' (want 401|403|404|429[:retry_after=S]|quota|500|502|"
+                     "bad fault spec '%.*s' (want "
+                     "401|403|404|429[:retry_after=S|:retry_at=S]|quota|500|502|"
                      "503|529|latency=MS|slow_first_byte=MS|slow_chunks=MS|reset_mid_stream[=N]|"
                      "malformed_json, one error status at most)",
                      (int)(end - start > 64 ? 64 : end - start), spec + start);
@@ -209,6 +219,7 @@ void kp_mock_faults_merge(struct kp_mock_faults *dst, const struct kp_mock_fault
         dst->status = src->status;
         dst->quota = src->quota;
         dst->retry_after_s = src->retry_after_s;
+        dst->retry_as_date = src->retry_as_date;
     }
     if (src->latency_ms)
         dst->latency_ms = src->latency_ms;

@@ -63,6 +63,7 @@ struct kp_mock_faults {
     int status;                  /* 0, or the error status to answer with */
     bool quota;                  /* with status 429: out of quota, not rate limited */
     unsigned retry_after_s;      /* Retry-After of a 429 */
+    bool retry_as_date;          /* sent as an HTTP-date that many seconds ahead */
     unsigned latency_ms;         /* hold the whole answer */
     unsigned slow_first_byte_ms; /* hold the status line and headers */
     unsigned slow_chunks_ms;     /* pause between stream events */
@@ -90,7 +91,7 @@ struct kp_mock_answer {
     bool failed;              /* building ran out of memory */
     const char *content_type; /* static */
     const char *allow;        /* static Allow header of a 405, or NULL */
-    char retry_after[16];     /* "" when none */
+    char retry_after[32];     /* "" when none */
     struct kp_buf body;
     size_t event_end[KP_MOCK_MAX_EVENTS];
     unsigned n_events;
