@@ -734,6 +734,8 @@ static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
         if (c->shape == KP_SHAPE_OPENAI || c->shape == KP_SHAPE_MESSAGES_VIA_CHAT)
             read_usage(c, json_object_get(doc, "usage"));
         json_t *model = json_object_get(doc, "model");
+        if (!json_is_string(model))
+            model = json_object_get(doc, "modelVersion"); /* Gemini */
         if (json_is_string(model))
             kp_usage_set_str(c->ev.model_served, json_string_value(model));
         int rc = ok2xx ? kp_router__translate_answer(c, doc, &translated) : KP_OK;

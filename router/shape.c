@@ -302,6 +302,17 @@ int kp_router__stream_event(struct kp_call *c, const struct kp_sse_event *e, cha
         snprintf(errmsg, errlen, "the provider sent an event that is not JSON");
         return KP_EPARSE;
     }
+    if (c->ev.model_served[0] == '\0' && data != NULL) {
+        /* The model the provider says served: an OpenAI chunk's "model",
+         * Anthropic's message_start, Gemini's "modelVersion". */
+        const json_t *m = json_object_get(data, "model");
+        if (!json_is_string(m))
+            m = json_object_get(json_object_get(data, "message"), "model");
+        if (!json_is_string(m))
+            m = json_object_get(data, "modelVersion");
+        if (json_is_string(m))
+            kp_usage_set_str(c->ev.model_served, json_string_value(m));
+    }
     switch (c->shape) {
     case KP_SHAPE_CHAT_VIA_ANTHROPIC:
         if (data != NULL)

@@ -662,6 +662,8 @@ class ShapesTest(unittest.TestCase):
                             what="the usage event")
             self.assertTrue(ev["tokens_estimated"], (pool, ev))
             self.assertEqual(ev["tokens_out"], len(text) // 4, (pool, text, ev))
+            # The model the provider named (message_start, modelVersion).
+            self.assertEqual(ev["model_served"], body["model"], ev)
         # The Anthropic endpoint: Anthropic's error event.
         msg = {"model": "claude-3-5-haiku-latest", "max_tokens": 64, "stream": True,
                "messages": [{"role": "user", "content": "hello"}]}
@@ -677,6 +679,15 @@ class ShapesTest(unittest.TestCase):
                                      None), what="the usage event")
         self.assertTrue(ev["tokens_estimated"], ev)
         self.assertGreater(ev["tokens_out"], 1, ev)
+        self.assertEqual(ev["model_served"], "claude-3-5-haiku-latest", ev)
+        # Whole answers name it too, Gemini's under "modelVersion".
+        http("DELETE", g.mock.url + "/mock/faults")
+        for pool in ("anth", "gem"):
+            status, _, raw = self.chat(pool, stream=False)
+            self.assertEqual(status, 200, raw)
+        served = {e["key_id"]: e["model_served"] for e in g.usage() if not e["streamed"]}
+        self.assertEqual(served, {"key-anth": "claude-3-5-haiku-latest",
+                                  "key-gem": "gemini-2.0-flash"})
 
     def test_untranslatable_request_is_a_400_naming_the_param(self):
         status, h, raw = self.chat("anth", n=2)
