@@ -918,6 +918,20 @@ void kp_router__attempt_next(struct kp_call *c)
     char errmsg[300] = "", param[160] = "";
     struct kp_prep prep;
     while (c->next_cand < c->ncand) {
+        if (c->deadline_us != 0 && kp_now_mono_us() >= c->deadline_us) {
+            /* Retries and failovers end with the first attempt's total
+             * timeout: no call outlives it, however many keys fail. */
+            char msg[300];
+            snprintf(msg, sizeof(msg),
+                     "the call used up its total timeout (%llu ms, from provider %s) in %u "
+                     "attempt%s of pool %s",
+                     (unsigned long long)c->deadline_ms, c->deadline_of, c->attempts,
+                     c->attempts == 1 ? "" : "s", c->pool_name);
+            kp_usage_set_str(c->ev.error_class, "timeout");
+            c->retry_after_s = 0;
+            kp_router__fail(c, 504, "server_error", "upstream_timeout", msg);
+            return;
+        }
         const struct kp_candidate *k = &c->cand[c->next_cand++];
         if (k != c->cur)
             c->key_retries = 0;
@@ -966,6 +980,16 @@ void kp_router__attempt_next(struct kp_call *c)
             return;
         }
         if (rc == KP_OK) {
+            uint64_t total_ms = req.total_timeout_ms ? req.total_timeout_ms : 600000;
+            if (c->deadline_us == 0) {
+                c->deadline_ms = total_ms;
+                c->deadline_of = k->provider->e.id;
+                c->deadline_us = c->start_us + total_ms * 1000;
+            }
+            uint64_t now = kp_now_mono_us();
+            uint64_t left_ms = c->deadline_us > now ? (c->deadline_us - now) / 1000 : 0;
+            if (left_ms < total_ms)
+                req.total_timeout_ms = left_ms > 0 ? (uint32_t)left_ms : 1;
             struct kp_upstream_callbacks cb = cbs;
             cb.arg = c;
             rc = kp_upstream_start(c->r->up, &req, &cb, &c->up, errmsg, sizeof(errmsg));

@@ -224,6 +224,9 @@ struct kp_call {
     int64_t up_retry_after_ms; /* the provider's Retry-After, 0 when none */
     uint64_t streamed_bytes;   /* text bytes relayed, for an estimate */
     bool stream_cut;           /* the app's stream ended on an error or went away */
+    uint64_t deadline_us;      /* no attempt starts after it (0: none yet) */
+    uint64_t deadline_ms;      /* the total timeout it came from */
+    const char *deadline_of;   /* that provider's id (the view outlives the call) */
     size_t body_len;           /* the app's body (the request may be gone) */
     int retry_after_s;         /* Retry-After of the app's answer, 0: none */
     uint64_t rl_limit;         /* the policy limit that refused the call, 0: none */

@@ -306,6 +306,29 @@ class RouterTest(unittest.TestCase):
         self.assertEqual(status, 400, raw)
         self.assertIn("first_byte_timeout_ms", json.loads(raw)["error"]["message"])
 
+    def test_failovers_end_with_the_total_timeout(self):
+        # Three keys whose provider never answers in time: retries and
+        # failovers stop when the first attempt's total timeout is used up,
+        # rather than trying every key for its full timeouts.
+        g = self.g
+        g.admin("PUT", "/providers/slow", {"kind": "openai-compatible",
+                                          "base_url": g.mock.url + "/v1", "allow_insecure": True,
+                                          "first_byte_timeout_ms": 400, "total_timeout_ms": 600})
+        members = []
+        for i in range(3):
+            secret = f"sk-mock-router-slow-000{i}"
+            g.admin("PUT", f"/keys/slow-{i}", {"provider": "slow", "secret": secret})
+            http("POST", g.mock.url + "/mock/faults",
+                 body={"key": secret, "faults": "slow_first_byte=3000"})
+            members.append({"key": f"slow-{i}", "priority": i})
+        g.admin("PUT", "/pools/slow", {"members": members})
+        status, h, raw = g.call("/v1/chat/completions", CHAT, headers={"X-Keyplane-Pool": "slow"})
+        self.assertEqual((status, h["x-keyplane-error"]), (504, "upstream_timeout"), raw)
+        self.assertIn("used up its total timeout (600 ms, from provider slow)",
+                      json.loads(raw)["error"]["message"])
+        # Unbounded, each key and its retry would each wait 400 ms: 6.
+        self.assertLessEqual(g.stats()["requests"], 3)
+
     def test_every_call_proves_its_token(self):
         # Workers remember the secrets they verified (a keyed tag, not the
         # secret): a wrong secret under a known token id is still refused,
