@@ -343,6 +343,7 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
     struct kp_call *c = arg;
     c->up_status = status;
     c->head_us = kp_now_mono_us();
+    kp_router__observe_head(c->cur->provider->e.id, c->head_us - c->attempt_start_us);
     c->up_content_type[0] = '\0';
     int64_t retry_ms = 0;
     for (unsigned i = 0; i < n; i++) {

@@ -1,8 +1,9 @@
 /* The router's metrics (Prometheus, rendered with everything else on
  * /metrics): attempts by provider, key and outcome; retries of a key and
  * failovers by pool; tokens and cost by provider, model and tenant, and by
- * key; cooldowns by key and reason; tripped breakers by key; rate limits
- * that could not be applied. Label sets are bounded (node/core/metrics.h: past
+ * key; cooldowns by key and reason; tripped breakers by key; time to the
+ * provider's answer head by provider (a histogram); rate limits that could
+ * not be applied. Label sets are bounded (node/core/metrics.h: past
  * 500 per family they count as "overflow"), so apps sending odd model names cannot blow the series
  * up. Registered once per process. */
 #include <pthread.h>
@@ -13,7 +14,7 @@
 enum { MAX_SERIES = 500 };
 
 static struct kp_metric_family *attempts, *retries, *failovers, *tokens, *cost, *key_tokens,
-    *key_cost, *cooldowns, *tripped;
+    *key_cost, *cooldowns, *tripped, *head_time;
 static struct kp_metric *table_full;
 static struct kp_metric *shed;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -50,6 +51,11 @@ static void init(void)
         "keyplane_router_breakers_tripped",
         "Workers whose breaker for the key is open or half-open (tripped, no success since).", 1,
         (const char *[]){"key"}, MAX_SERIES);
+    head_time = kp_metric_family_histogram(
+        "keyplane_router_upstream_head_seconds",
+        "Time from starting an attempt to the provider's answer head (status and headers), by "
+        "provider: connection, request and the provider's wait before answering.",
+        1, (const char *[]){"provider"}, MAX_SERIES);
     cooldowns = kp_metric_family_counter(
         "keyplane_router_cooldowns_total",
         "Keys set aside by a worker: rate_limit (a 429) or breaker (failing).", 2,
@@ -101,6 +107,11 @@ void kp_router__count_usage(const struct kp_usage_event *ev)
     kp_metric_family_add(key_tokens, (const char *[]){ev->key_id, "in"}, (int64_t)ev->tokens_in);
     kp_metric_family_add(key_tokens, (const char *[]){ev->key_id, "out"}, (int64_t)ev->tokens_out);
     kp_metric_family_add(key_cost, (const char *[]){ev->key_id}, ev->cost);
+}
+
+void kp_router__observe_head(const char *provider, uint64_t us)
+{
+    kp_metric_family_observe_us(head_time, (const char *[]){provider}, us);
 }
 
 void kp_router__count_retry(const char *provider, const char *key)

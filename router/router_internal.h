@@ -498,6 +498,7 @@ void kp_router__count_failover(const char *pool);
 void kp_router__count_usage(const struct kp_usage_event *ev);
 void kp_router__count_cooldown(const char *key, const char *reason);
 void kp_router__count_retry(const char *provider, const char *key);
+void kp_router__observe_head(const char *provider, uint64_t us);
 /* A worker's breaker for @key tripped (+1) or closed again (-1). */
 void kp_router__count_tripped(const char *key, int delta);
 void kp_router__count_ratelimit_table_full(void);

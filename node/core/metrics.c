@@ -206,7 +206,7 @@ int64_t kp_metric_value(const struct kp_metric *m)
 
 /* --- labelled counters ----------------------------------------------------- */
 
-#define MAX_FAMILIES     16
+#define MAX_FAMILIES     32
 #define FAMILY_LABELS    4
 #define FAMILY_VALUE_MAX 64
 
@@ -220,6 +220,10 @@ struct kp_metric_family {
     const char *name;
     const char *help;
     bool is_gauge;
+    /* A histogram: per series N_BUCKETS + 1 bucket counts (bucket_us
+     * bounds, the last +Inf) in buckets, and the sum in microseconds in
+     * the series' value. NULL otherwise. */
+    atomic_uint_least64_t *buckets;
     unsigned nlabels;
     const char *labels[FAMILY_LABELS];
     unsigned max;
@@ -231,8 +235,8 @@ static struct kp_metric_family families[MAX_FAMILIES];
 static atomic_size_t n_families;
 
 static struct kp_metric_family *family_register(const char *name, const char *help, bool is_gauge,
-                                                unsigned nlabels, const char *const labels[],
-                                                unsigned max_series)
+                                                bool histogram, unsigned nlabels,
+                                                const char *const labels[], unsigned max_series)
 {
     if (nlabels == 0 || nlabels > FAMILY_LABELS || max_series < 2)
         return NULL;
@@ -244,6 +248,12 @@ static struct kp_metric_family *family_register(const char *name, const char *he
             f = &families[i];
     if (f == NULL && n < MAX_FAMILIES) {
         struct series *s = kp_calloc(max_series, sizeof(*s));
+        atomic_uint_least64_t *b =
+            histogram ? kp_calloc((size_t)max_series * (N_BUCKETS + 1), sizeof(*b)) : NULL;
+        if (histogram && b == NULL) {
+            kp_free(s);
+            s = NULL;
+        }
         if (s != NULL) {
             f = &families[n];
             f->name = name;
@@ -254,6 +264,7 @@ static struct kp_metric_family *family_register(const char *name, const char *he
                 f->labels[i] = labels[i];
             f->max = max_series;
             f->series = s;
+            f->buckets = b;
             atomic_store(&f->n, 0);
             atomic_store_explicit(&n_families, n + 1, memory_order_release);
         }
@@ -266,14 +277,21 @@ struct kp_metric_family *kp_metric_family_counter(const char *name, const char *
                                                   unsigned nlabels, const char *const labels[],
                                                   unsigned max_series)
 {
-    return family_register(name, help, false, nlabels, labels, max_series);
+    return family_register(name, help, false, false, nlabels, labels, max_series);
+}
+
+struct kp_metric_family *kp_metric_family_histogram(const char *name, const char *help,
+                                                    unsigned nlabels, const char *const labels[],
+                                                    unsigned max_series)
+{
+    return family_register(name, help, false, true, nlabels, labels, max_series);
 }
 
 struct kp_metric_family *kp_metric_family_gauge(const char *name, const char *help,
                                                 unsigned nlabels, const char *const labels[],
                                                 unsigned max_series)
 {
-    return family_register(name, help, true, nlabels, labels, max_series);
+    return family_register(name, help, true, false, nlabels, labels, max_series);
 }
 
 static uint64_t values_hash(const struct kp_metric_family *f, const char *const values[])
@@ -338,6 +356,20 @@ void kp_metric_family_add(struct kp_metric_family *f, const char *const values[]
         atomic_fetch_add_explicit(&series_of(f, values)->value, delta, memory_order_relaxed);
 }
 
+void kp_metric_family_observe_us(struct kp_metric_family *f, const char *const values[],
+                                 uint64_t us)
+{
+    if (f == NULL || f->buckets == NULL)
+        return;
+    struct series *s = series_of(f, values);
+    size_t b = 0;
+    while (b < N_BUCKETS && us > bucket_us[b])
+        b++;
+    atomic_fetch_add_explicit(&f->buckets[(size_t)(s - f->series) * (N_BUCKETS + 1) + b], 1,
+                              memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->value, (int64_t)us, memory_order_relaxed);
+}
+
 void kp_metric_family_set(struct kp_metric_family *f, const char *const values[], int64_t v)
 {
     if (f != NULL)
@@ -381,16 +413,50 @@ static int append_label(struct kp_buf *out, const char *v)
     return rc;
 }
 
-static int render_series(struct kp_buf *out, const struct kp_metric_family *f,
+static int render_labels(struct kp_buf *out, const struct kp_metric_family *f,
                          const struct series *s)
 {
-    int64_t v = atomic_load_explicit(&s->value, memory_order_relaxed);
-    int rc = kp_buf_appendf(out, "%s{", f->name);
+    int rc = 0;
     for (unsigned l = 0; l < f->nlabels; l++) {
         rc |= kp_buf_appendf(out, "%s%s=\"", l ? "," : "", f->labels[l]);
         rc |= append_label(out, s->values[l]);
         rc |= kp_buf_append_lit(out, "\"");
     }
+    return rc;
+}
+
+static int render_histogram(struct kp_buf *out, const struct kp_metric_family *f,
+                            const struct series *s)
+{
+    const atomic_uint_least64_t *b = &f->buckets[(size_t)(s - f->series) * (N_BUCKETS + 1)];
+    uint64_t cum = 0;
+    int rc = 0;
+    for (size_t i = 0; i <= N_BUCKETS; i++) {
+        cum += atomic_load_explicit(&b[i], memory_order_relaxed);
+        rc |= kp_buf_appendf(out, "%s_bucket{", f->name);
+        rc |= render_labels(out, f, s);
+        if (i < N_BUCKETS)
+            rc |= kp_buf_appendf(out, ",le=\"%g\"} %llu\n", (double)bucket_us[i] / 1e6,
+                                 (unsigned long long)cum);
+        else
+            rc |= kp_buf_appendf(out, ",le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    }
+    rc |= kp_buf_appendf(out, "%s_sum{", f->name);
+    rc |= render_labels(out, f, s);
+    rc |= kp_buf_appendf(out, "} %.6f\n%s_count{", (double)atomic_load(&s->value) / 1e6, f->name);
+    rc |= render_labels(out, f, s);
+    rc |= kp_buf_appendf(out, "} %llu\n", (unsigned long long)cum);
+    return rc;
+}
+
+static int render_series(struct kp_buf *out, const struct kp_metric_family *f,
+                         const struct series *s)
+{
+    if (f->buckets != NULL)
+        return render_histogram(out, f, s);
+    int64_t v = atomic_load_explicit(&s->value, memory_order_relaxed);
+    int rc = kp_buf_appendf(out, "%s{", f->name);
+    rc |= render_labels(out, f, s);
     rc |= kp_buf_appendf(out, "} %lld\n", (long long)v);
     return rc;
 }
@@ -402,7 +468,9 @@ static int render_families(struct kp_buf *out)
     for (size_t i = 0; i < nf; i++) {
         const struct kp_metric_family *f = &families[i];
         rc |= kp_buf_appendf(out, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name,
-                             f->is_gauge ? "gauge" : "counter");
+                             f->buckets    ? "histogram"
+                             : f->is_gauge ? "gauge"
+                                           : "counter");
         size_t n = atomic_load_explicit(&f->n, memory_order_acquire);
         for (size_t k = 0; k < n; k++)
             rc |= render_series(out, f, &f->series[k]);
@@ -536,8 +604,10 @@ void kp_metrics_reset(void)
     memset(conns, 0, sizeof(conns));
     memset(named, 0, sizeof(named));
     size_t nf = atomic_load(&n_families);
-    for (size_t i = 0; i < nf; i++)
+    for (size_t i = 0; i < nf; i++) {
         kp_free(families[i].series);
+        kp_free(families[i].buckets);
+    }
     memset(families, 0, sizeof(families));
     atomic_store(&n_families, 0);
     pthread_mutex_unlock(&reg_lock);

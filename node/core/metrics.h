@@ -40,6 +40,14 @@ struct kp_metric_family *kp_metric_family_gauge(const char *name, const char *he
                                                 unsigned nlabels, const char *const labels[],
                                                 unsigned max_series);
 void kp_metric_family_set(struct kp_metric_family *f, const char *const values[], int64_t v);
+/* The same as a histogram of durations, rendered in seconds with the
+ * buckets of keyplane_http_request_duration_seconds (0.5 ms to 60 s); its
+ * value in kp_metric_family_each is the sum in microseconds. */
+struct kp_metric_family *kp_metric_family_histogram(const char *name, const char *help,
+                                                    unsigned nlabels, const char *const labels[],
+                                                    unsigned max_series);
+void kp_metric_family_observe_us(struct kp_metric_family *f, const char *const values[],
+                                 uint64_t us);
 /* Call @fn with the label values and the value of every series of the
  * family named @name that has one (the "overflow" series once it counted),
  * in the order they were first seen. Nothing when there is no such

@@ -183,6 +183,10 @@ class RouterTest(unittest.TestCase):
         self.assertIn('keyplane_router_tokens_total{provider="mock",model="gpt-4o-mini",'
                       'tenant="acme",direction="out"} 16\n', m)
         self.assertIn('keyplane_router_key_tokens_total{key="key-b",direction="out"} 16\n', m)
+        # Both attempts got an answer head (a 401, then a 200).
+        self.assertIn('keyplane_router_upstream_head_seconds_count{provider="mock"} 2\n', m)
+        self.assertIn('keyplane_router_upstream_head_seconds_bucket{provider="mock",le="+Inf"} 2\n',
+                      m)
         self.assertNotIn('keyplane_router_key_tokens_total{key="key-a"', m)
 
     def test_403_fails_over_without_condemning_the_key(self):

@@ -1791,6 +1791,38 @@ static void test_metrics_family(void **state)
     kp_free(t);
 }
 
+/* A labelled histogram: cumulative buckets in seconds, +Inf, sum and count
+ * per label set, and observing into a plain counter does nothing. */
+static void test_metrics_family_histogram(void **state)
+{
+    (void)state;
+    const char *labels[] = {"provider"};
+    struct kp_metric_family *h =
+        kp_metric_family_histogram("keyplane_test_wait_seconds", "Waits.", 1, labels, 4);
+    assert_non_null(h);
+    kp_metric_family_observe_us(h, (const char *[]){"p1"}, 400);      /* le 0.0005 */
+    kp_metric_family_observe_us(h, (const char *[]){"p1"}, 500);      /* le 0.0005, inclusive */
+    kp_metric_family_observe_us(h, (const char *[]){"p1"}, 3000);     /* le 0.005 */
+    kp_metric_family_observe_us(h, (const char *[]){"p1"}, 90000000); /* past 60 s */
+    kp_metric_family_observe_us(h, (const char *[]){"p2"}, 1000);
+    struct kp_metric_family *c =
+        kp_metric_family_counter("keyplane_test_plain_total", "Plain.", 1, labels, 4);
+    kp_metric_family_observe_us(c, (const char *[]){"p1"}, 1000);
+    char *t = render();
+    assert_has_line(t, "# TYPE keyplane_test_wait_seconds histogram");
+    assert_has_line(t, "keyplane_test_wait_seconds_bucket{provider=\"p1\",le=\"0.0005\"} 2");
+    assert_has_line(t, "keyplane_test_wait_seconds_bucket{provider=\"p1\",le=\"0.0025\"} 2");
+    assert_has_line(t, "keyplane_test_wait_seconds_bucket{provider=\"p1\",le=\"0.005\"} 3");
+    assert_has_line(t, "keyplane_test_wait_seconds_bucket{provider=\"p1\",le=\"60\"} 3");
+    assert_has_line(t, "keyplane_test_wait_seconds_bucket{provider=\"p1\",le=\"+Inf\"} 4");
+    assert_has_line(t, "keyplane_test_wait_seconds_sum{provider=\"p1\"} 90.003900");
+    assert_has_line(t, "keyplane_test_wait_seconds_count{provider=\"p1\"} 4");
+    assert_has_line(t, "keyplane_test_wait_seconds_bucket{provider=\"p2\",le=\"0.001\"} 1");
+    assert_has_line(t, "keyplane_test_wait_seconds_count{provider=\"p2\"} 1");
+    assert_int_equal(count_lines_with_prefix(t, "keyplane_test_plain_total{"), 0);
+    kp_free(t);
+}
+
 struct seen {
     char lines[8][64];
     int n;
@@ -2881,6 +2913,7 @@ int main(void)
         METRICS_TEST(test_metrics_requests_total),
         METRICS_TEST(test_metrics_family),
         METRICS_TEST(test_metrics_family_each_gauge),
+        METRICS_TEST(test_metrics_family_histogram),
         METRICS_TEST(test_metrics_histogram_exact),
         METRICS_TEST(test_metrics_histogram_boundaries),
         METRICS_TEST(test_metrics_odd_status_and_route),
