@@ -851,6 +851,7 @@ static void attempt_done(void *arg, enum kp_upstream_result result, const char *
         /* The request's own fault: the app sees the provider's answer, in
          * the app's shape when the provider speaks another. */
         kp_usage_set_str(c->ev.error_class, "client");
+        kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, "client");
         if (c->shape != KP_SHAPE_OPENAI && c->shape != KP_SHAPE_MESSAGES) {
             json_t *doc = json_loadb(c->resp.data, c->resp.len, 0, NULL);
             const char *m =

@@ -189,6 +189,18 @@ class RouterTest(unittest.TestCase):
                       m)
         self.assertNotIn('keyplane_router_key_tokens_total{key="key-a"', m)
 
+    def test_a_providers_client_error_is_relayed_and_counted(self):
+        # A 404 from the provider is the request's fault: relayed as is,
+        # no failover, and counted as a "client" attempt.
+        g = self.g
+        http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "404"})
+        status, h, raw = g.call("/v1/chat/completions", CHAT)
+        self.assertEqual(status, 404, raw)
+        self.assertNotIn("x-keyplane-error", h)
+        self.assertEqual(g.stats()["keys"], {fp(KEY_A): 1})
+        self.assertIn('keyplane_router_attempts_total{provider="mock",key="key-a",outcome="client"}'
+                      ' 1\n', g.node.metrics())
+
     def test_403_fails_over_without_condemning_the_key(self):
         g = self.g
         http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "403", "times": 1})
