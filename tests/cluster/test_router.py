@@ -267,6 +267,19 @@ class RouterTest(unittest.TestCase):
         # Each worker measures each key once or twice, then prefers the fast one.
         self.assertLessEqual(keys.get(fp(KEY_A), 0), 6, keys)
 
+    def test_a_pool_falls_back_to_its_fallback_pool(self):
+        # A pool whose only key fails lends the call to its fallback pool.
+        g = self.g
+        g.admin("PUT", "/pools/backup", {"members": [{"key": "key-b"}]})
+        g.admin("PUT", "/pools/main", {"members": [{"key": "key-a"}], "fallback": "backup"})
+        http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "503"})
+        status, h, raw = g.call("/v1/chat/completions", CHAT,
+                                headers={"X-Keyplane-Pool": "main", "X-Request-Id": "r-fb"})
+        self.assertEqual((status, h["x-keyplane-key"]), (200, "key-b"), raw)
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-fb"), None),
+                        what="the usage event")
+        self.assertEqual((ev["pool"], ev["key_id"]), ("backup", "key-b"), ev)
+
     def test_model_downgrade_by_pool_rule(self):
         g = self.g
         g.admin("PUT", "/keys/key-a", {"provider": "mock", "models": ["gpt-4o-mini"]})
@@ -727,6 +740,34 @@ class ShapesTest(unittest.TestCase):
         served = {e["key_id"]: e["model_served"] for e in g.usage() if not e["streamed"]}
         self.assertEqual(served, {"key-anth": "claude-3-5-haiku-latest",
                                   "key-gem": "gemini-2.0-flash"})
+
+    def test_azure_openai_deployments(self):
+        # The model names the deployment, in the path with the provider's
+        # api-version; the key goes in api-key. Chat (whole and streamed),
+        # completions and embeddings.
+        g = self.g
+        g.admin("PUT", "/providers/az", {"kind": "azure-openai", "base_url": g.mock.url,
+                                        "api_version": "2024-10-21", "allow_insecure": True})
+        g.admin("PUT", "/keys/key-az", {"provider": "az", "secret": "az-mock-key-0005"})
+        g.admin("PUT", "/pools/az", {"members": [{"key": "key-az"}]})
+        hdrs = {"X-Keyplane-Pool": "az"}
+        status, h, raw = g.call("/v1/chat/completions", dict(CHAT, model="my-gpt4o"),
+                                headers=hdrs)
+        self.assertEqual((status, h["x-keyplane-key"]), (200, "key-az"), raw)
+        self.assertEqual(json.loads(raw)["model"], "my-gpt4o")
+        status, _, raw = g.call("/v1/chat/completions",
+                                dict(CHAT, model="my-gpt4o", stream=True), headers=hdrs)
+        self.assertEqual(status, 200, raw)
+        self.assertEqual(sse_data(raw)[-1], "[DONE]")
+        status, _, raw = g.call("/v1/completions", {"model": "my-instruct", "prompt": "hi"},
+                                headers=hdrs)
+        self.assertEqual(status, 200, raw)
+        self.assertEqual(json.loads(raw)["object"], "text_completion", raw)
+        status, _, raw = g.call("/v1/embeddings", {"model": "my-embed", "input": "hi"},
+                                headers=hdrs)
+        self.assertEqual(status, 200, raw)
+        self.assertEqual(json.loads(raw)["object"], "list", raw)
+        self.assertEqual(g.stats()["keys"], {fp("az-mock-key-0005"): 4})
 
     def test_untranslatable_request_is_a_400_naming_the_param(self):
         status, h, raw = self.chat("anth", n=2)

@@ -24,8 +24,9 @@ struct target {
     enum kp_mock_route route;
     enum kp_mock_provider provider;
     const char *method;
-    const char *model; /* Gemini: from the path */
+    const char *model; /* Gemini, Azure: from the path */
     size_t model_len;
+    bool azure; /* Azure OpenAI: /openai/deployments/{name}/..., api-key */
 };
 
 static const struct {
@@ -69,6 +70,35 @@ static bool match_gemini(const char *path, struct target *t)
     return true;
 }
 
+/* Azure OpenAI: "/openai/deployments/{deployment}/chat/completions" (or
+ * completions, embeddings), the deployment standing for the model. */
+static bool match_azure(const char *path, struct target *t)
+{
+    static const char prefix[] = "/openai/deployments/";
+    static const struct {
+        const char *suffix;
+        enum kp_mock_route route;
+    } ops[] = {{"/chat/completions", KP_MOCK_R_CHAT},
+               {"/completions", KP_MOCK_R_COMPLETIONS},
+               {"/embeddings", KP_MOCK_R_EMBEDDINGS}};
+    if (strncmp(path, prefix, sizeof(prefix) - 1) != 0)
+        return false;
+    const char *name = path + sizeof(prefix) - 1, *slash = strchr(name, '/');
+    if (slash == NULL || slash == name)
+        return false;
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+        if (strcmp(slash, ops[i].suffix) == 0) {
+            t->route = ops[i].route;
+            t->provider = KP_MOCK_OPENAI;
+            t->method = "POST";
+            t->model = name;
+            t->model_len = (size_t)(slash - name);
+            t->azure = true;
+            return true;
+        }
+    return false;
+}
+
 static void match_target(const char *path, struct target *t)
 {
     memset(t, 0, sizeof(*t));
@@ -80,7 +110,7 @@ static void match_target(const char *path, struct target *t)
             return;
         }
     }
-    if (match_gemini(path, t))
+    if (match_gemini(path, t) || match_azure(path, t))
         return;
     if (strncmp(path, "/v1/models/", 11) == 0 && path[11] != '\0') {
         t->route = KP_MOCK_R_MODELS;
@@ -131,6 +161,8 @@ static const char *find_key(const struct kp_http_request *req, const struct targ
     bool any = t->route == KP_MOCK_R_OTHER;
     const char *k = NULL;
 
+    if (t->azure)
+        return header_value(req, "api-key", len);
     if (any || t->provider == KP_MOCK_ANTHROPIC)
         k = header_value(req, "x-api-key", len);
     if (k == NULL && (any || t->provider != KP_MOCK_GEMINI))
@@ -140,10 +172,12 @@ static const char *find_key(const struct kp_http_request *req, const struct targ
     return k;
 }
 
-static bool query_has_key(const char *query)
+/* Whether a parameter of @query starts with @prefix ("key="). */
+static bool query_has(const char *query, const char *prefix)
 {
+    size_t n = strlen(prefix);
     for (const char *p = query; p != NULL && *p != '\0';) {
-        if (strncmp(p, "key=", 4) == 0)
+        if (strncmp(p, prefix, n) == 0)
             return true;
         p = strchr(p, '&');
         if (p != NULL)
@@ -191,10 +225,20 @@ static bool early_checks(const struct kp_http_request *req, const struct target 
         a->allow = t->method;
         return true;
     }
-    if (t->provider == KP_MOCK_GEMINI && query_has_key(req->query)) {
+    if (t->provider == KP_MOCK_GEMINI && query_has(req->query, "key=")) {
         kp_mock__errorf(a, t->provider, 400,
                         "An API key in the ?key= query parameter is refused (URLs end up in logs "
                         "and traces); send it in the x-goog-api-key header.");
+        return true;
+    }
+    if (t->azure && !query_has(req->query, "api-version=")) {
+        kp_mock__errorf(a, t->provider, 404, "Resource not found (an api-version is required)");
+        return true;
+    }
+    if (key == NULL && t->azure) {
+        kp_mock__errorf(a, t->provider, 401,
+                        "Access denied due to invalid subscription key or wrong API endpoint. "
+                        "Make sure to provide a valid key in the api-key header.");
         return true;
     }
     if (key == NULL) {
@@ -239,7 +283,7 @@ static void body_model(const json_t *body, struct target *t)
 {
     const json_t *model = json_object_get(body, "model");
 
-    if (t->provider != KP_MOCK_GEMINI && json_is_string(model)) {
+    if (t->provider != KP_MOCK_GEMINI && !t->azure && json_is_string(model)) {
         t->model = json_string_value(model);
         t->model_len = json_string_length(model);
     }
