@@ -273,6 +273,9 @@ static void on_request(struct kp_http_exchange *ex, const struct kp_http_request
                                       KP_HTTP_HEADER("X-Padded", "  spaced out  ")};
         static const char body[] = "{\"error\":\"slow down\"}";
         kp_http_respond(ex, 429, h, 2, body, sizeof(body) - 1);
+    } else if (strcmp(req->path, "/redirect") == 0) {
+        struct kp_http_header h = KP_HTTP_HEADER("Location", "/n/followed");
+        kp_http_respond(ex, 302, &h, 1, "moved", 5);
     } else if (strncmp(req->path, "/n/", 3) == 0) {
         kp_http_respond(ex, 200, NULL, 0, req->path + 3, strlen(req->path + 3));
     } else if (strncmp(req->path, "/t/", 3) == 0) {
@@ -808,6 +811,20 @@ static void test_non_200(void **state)
     assert_string_equal(rec_header(r, "retry-after"), "7");
     assert_string_equal(rec_header(r, "x-padded"), "spaced out");
     assert_string_equal(r->body.data, "{\"error\":\"slow down\"}");
+}
+
+/* A redirect is the provider's answer, never followed: a base URL from
+ * the registry cannot be turned into another host by the provider. */
+static void test_redirect_not_followed(void **state)
+{
+    struct fx *f = *state;
+    struct rec *r = call_path(f, "/redirect");
+    assert_true(wait_until(f, &r->dones, 1));
+    assert_int_equal(r->result, KP_UPSTREAM_OK);
+    assert_int_equal(r->status, 302);
+    assert_string_equal(rec_header(r, "location"), "/n/followed");
+    assert_string_equal(r->body.data, "moved");
+    assert_int_equal(f->requests, 1);
 }
 
 /* A streamed body arrives in several on_body calls, in order, as the
@@ -1529,6 +1546,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_big_body_without_expect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_plain_200, setup, teardown),
         cmocka_unit_test_setup_teardown(test_non_200, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redirect_not_followed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reused_handle_forgets_the_last_call, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_paused_then_reuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_streaming, setup, teardown),
