@@ -5,9 +5,11 @@
  * check_key_policy).
  *
  * A limit holds across the cluster without any coordination per request:
- * each node enforces limit / N, where N is the number of members in its
- * registry view, so the shares follow nodes joining and leaving. Within a
- * node every worker shares one bucket per limit.
+ * each node enforces limit / N, where N is the number of routers in its
+ * registry view (nodes_of: members that can route, less those an open
+ * node_down alert says are down), so the shares follow nodes joining,
+ * leaving and dying. Within a node every worker shares one bucket per
+ * limit.
  *
  * Buckets use GCRA (the generic cell rate algorithm): one atomic number per
  * limit, the "theoretical arrival time". A request of cost c at time t
@@ -212,10 +214,44 @@ static int check_policy(const struct kp_entity *e, void *arg)
     return 0;
 }
 
+struct live {
+    const struct kp_view *view;
+    unsigned n;
+};
+
+static int count_router(const struct kp_entity *e, void *arg)
+{
+    const struct kp_member *m = (const struct kp_member *)e;
+    struct live *l = arg;
+    if (m->role == KP_MEMBER_SPARE)
+        return 0; /* holds no registry: routes nothing */
+    char id[160];
+    snprintf(id, sizeof(id), "node:%s:down", m->e.id);
+    const struct kp_alert *down = (const struct kp_alert *)kp_view_get(l->view, KP_KIND_ALERT, id);
+    if (down == NULL || down->resolved_ms != 0)
+        l->n++;
+    return 0;
+}
+
+/* The routers a cluster-wide limit is shared among: the members that can
+ * route (voters and standbys), less those the leader's node_down alert
+ * says are out of contact (docs/alerts.md: after 30 s by default), so the
+ * survivors take up a dead router's share and give it back when it is
+ * heard from again. Counted once per view on each thread. */
 static unsigned nodes_of(const struct kp_view *v)
 {
-    size_t n = kp_view_count(v, KP_KIND_MEMBER);
-    return n > 0 ? (unsigned)n : 1;
+    static _Thread_local const struct kp_view *memo_view;
+    static _Thread_local uint64_t memo_index;
+    static _Thread_local unsigned memo_n;
+    uint64_t index = kp_view_applied_index(v);
+    if (v == memo_view && index == memo_index)
+        return memo_n;
+    struct live l = {v, 0};
+    kp_view_each(v, KP_KIND_MEMBER, count_router, &l);
+    memo_view = v;
+    memo_index = index;
+    memo_n = l.n > 0 ? l.n : 1;
+    return memo_n;
 }
 
 int kp_router__limit_call(struct kp_call *c)

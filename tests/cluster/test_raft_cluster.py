@@ -34,14 +34,17 @@ class Cluster:
         self.h = Harness(test)
         self.nodes = []
         self.token = None
+        self.extra_config = {}
 
-    def start(self, n=3):
-        first = self.h.start_node("n1", config=CONFIG, env={"KEYPLANE_MASTER_KEY": MASTER_KEY})
+    def start(self, n=3, extra_config=None):
+        self.extra_config = extra_config or {}
+        first = self.h.start_node("n1", config=dict(CONFIG, **self.extra_config),
+                                  env={"KEYPLANE_MASTER_KEY": MASTER_KEY})
         self.token = first.admin_token
         self.test.assertTrue(self.token and self.token.startswith("kp_"), "admin.token written")
         self.nodes.append(first)
         for i in range(2, n + 1):
-            self.add_node(f"n{i}")
+            self.add_node(f"n{i}", self.extra_config)
         self.wait_members(n)
         return self
 

@@ -898,9 +898,11 @@ class RateLimitTest(unittest.TestCase):
         self.assertEqual([r[0] for r in results], [200] * 6)
         self.assertEqual(g.stats()["keys"], {fp(KEY_A): 2, fp(KEY_B): 4})
 
-    def test_a_limit_holds_across_three_routers(self):
+    def limited_cluster(self, extra_config=None):
+        """Three routers, one key, a global policy of 60 requests a minute
+        that every node has applied, and an app token's headers."""
         from test_raft_cluster import Cluster
-        c = Cluster(self).start(3)
+        c = Cluster(self).start(3, extra_config)
         mock = c.h.start_mock()
 
         def admin(method, path, body=None):
@@ -920,15 +922,42 @@ class RateLimitTest(unittest.TestCase):
                        what=f"{node.name} to have the token")
             wait_until(lambda node=node: c.json(node, "GET", ADMIN + "/policies/global")[0]
                        == 200, what=f"{node.name} to have the policy")
-        accepted = 0
-        for i in range(120):
-            node = c.nodes[i % 3]
+        return c, admin, hdrs
+
+    def accepted(self, nodes, calls, hdrs):
+        n = 0
+        for i in range(calls):
+            node = nodes[i % len(nodes)]
             status, _, raw = http("POST", node.gateway_url + "/v1/chat/completions", body=CHAT,
                                   headers=hdrs)
             self.assertIn(status, (200, 429), raw)
-            accepted += status == 200
+            n += status == 200
+        return n
+
+    def test_a_limit_holds_across_three_routers(self):
+        c, _, hdrs = self.limited_cluster()
+        accepted = self.accepted(c.nodes, 120, hdrs)
         # 60 a minute for the cluster, 20 per node; a minute's refill over
         # the run adds at most a couple.
         print(f"\naccepted {accepted} of 120 (limit 60)", file=sys.stderr)
+        self.assertGreaterEqual(accepted, 57)
+        self.assertLessEqual(accepted, 63)
+
+    def test_a_dead_routers_share_goes_to_the_others(self):
+        # A router out of contact past node_down's after_seconds no longer
+        # counts: the two left enforce 30 a minute each, not 20.
+        c, admin, hdrs = self.limited_cluster({"alert_interval_ms": "200ms"})
+        admin("PUT", "/alert-rules/down", {"kind": "node_down",
+                                          "params": {"after_seconds": "1"}})
+        leader = c.wait_leader()
+        victim = next(n for n in c.nodes if n is not leader)
+        rest = [n for n in c.nodes if n is not victim]
+        victim.kill()
+        down = f"/alerts/node:{victim.name}:down"
+        for node in rest:
+            wait_until(lambda node=node: c.json(node, "GET", ADMIN + down)[0] == 200,
+                       what=f"{node.name} to hold the node_down alert")
+        accepted = self.accepted(rest, 80, hdrs)
+        print(f"\naccepted {accepted} of 80 on 2 routers (limit 60)", file=sys.stderr)
         self.assertGreaterEqual(accepted, 57)
         self.assertLessEqual(accepted, 63)
