@@ -98,6 +98,9 @@ With the OpenAI SDK (npm install openai):
   const r = await client.chat.completions.create({ model: 'gpt-4o-mini',
     messages: [{ role: 'user', content: 'hello' }] });
   console.log(r.choices[0].message.content);
+  const s = await client.chat.completions.create({ model: 'gpt-4o-mini', stream: true,
+    messages: [{ role: 'user', content: 'hello' }] });
+  for await (const chunk of s) process.stdout.write(chunk.choices[0]?.delta?.content ?? '');
 
 Admin token (full rights; kept in $state/node1/admin.token, mode 0600):
   $token
