@@ -33,6 +33,7 @@
 #include <openssl/x509.h>
 
 #include "core/core.h"
+#include "test_cert.h"
 
 #define DEADLINE_MS 10000
 
@@ -267,34 +268,6 @@ static int server_down(void **state)
     return 0;
 }
 
-/* A self-signed P-256 certificate for CN=@cn with @serial in @crt/@key. */
-static void make_cert(const char *crt, const char *key, const char *cn, long serial)
-{
-    EVP_PKEY *pkey = EVP_EC_gen("P-256");
-    X509 *x = X509_new();
-    assert_non_null(pkey);
-    assert_non_null(x);
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), serial);
-    X509_gmtime_adj(X509_getm_notBefore(x), 0);
-    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
-    X509_set_pubkey(x, pkey);
-    X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-    X509_set_issuer_name(x, name);
-    assert_true(X509_sign(x, pkey, EVP_sha256()) > 0);
-    FILE *f = fopen(crt, "w");
-    assert_non_null(f);
-    assert_int_equal(PEM_write_X509(f, x), 1);
-    fclose(f);
-    f = fopen(key, "w");
-    assert_non_null(f);
-    assert_int_equal(PEM_write_PrivateKey(f, pkey, NULL, NULL, 0, NULL, NULL), 1);
-    fclose(f);
-    X509_free(x);
-    EVP_PKEY_free(pkey);
-}
-
 /* The client trusts the certificate in tls.crt as it is now. */
 static void client_trust_current(void)
 {
@@ -313,7 +286,7 @@ static int tls_server_up(void **state)
     assert_non_null(mkdtemp(tls.dir));
     snprintf(tls.crt, sizeof(tls.crt), "%s/s.crt", tls.dir);
     snprintf(tls.key, sizeof(tls.key), "%s/s.key", tls.dir);
-    make_cert(tls.crt, tls.key, "first", 1);
+    test_make_cert(tls.crt, tls.key, "first", 1);
     struct kp_tls_settings s = {tls.crt, tls.key, NULL, false};
     if (kp_tls_server_new(&tls.srv, &s, err, sizeof(err)) != KP_OK)
         fail_msg("%s", err);
@@ -849,7 +822,7 @@ static void test_tls_reload(void **state)
     get_ok(old);
     assert_int_equal(peer_serial(old), 1);
 
-    make_cert(tls.crt, tls.key, "second", 2);
+    test_make_cert(tls.crt, tls.key, "second", 2);
     assert_int_equal(kp_tls_server_reload(tls.srv, err, sizeof(err)), KP_OK);
     kp_tls_server_describe(tls.srv, err, sizeof(err));
     assert_non_null(strstr(err, "subject /CN=second, serial 02"));
@@ -886,8 +859,8 @@ static void test_tls_bad_files(void **state)
     snprintf(a_key, sizeof(a_key), "%s/a.key", dir);
     snprintf(b_crt, sizeof(b_crt), "%s/b.crt", dir);
     snprintf(b_key, sizeof(b_key), "%s/b.key", dir);
-    make_cert(a_crt, a_key, "a", 1);
-    make_cert(b_crt, b_key, "b", 2);
+    test_make_cert(a_crt, a_key, "a", 1);
+    test_make_cert(b_crt, b_key, "b", 2);
     struct kp_tls_settings s = {a_crt, b_key, NULL, false};
     assert_int_equal(kp_tls_server_new(&t, &s, err, sizeof(err)), KP_ECONFIG);
     assert_non_null(strstr(err, "not the key of certificate"));

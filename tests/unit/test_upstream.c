@@ -24,6 +24,7 @@
 #include <curl/curl.h>
 
 #include "router/upstream.h"
+#include "test_cert.h"
 #include "tools/mock/mock.h"
 
 #define DEADLINE_MS 10000
@@ -112,6 +113,9 @@ struct fx {
     struct kp_mock mock;
     struct kp_mock_answer ans;
     struct raw raw;
+    /* setup_tls: the server speaks TLS with a self-signed certificate */
+    struct kp_tls_server *tls;
+    char tls_dir[64], tls_crt[96], tls_key[96];
 };
 
 static void guard_fired(uv_timer_t *t)
@@ -633,27 +637,48 @@ static void srv_closed(void *arg)
     f->srv_closed = true;
 }
 
-static int setup(void **state)
+static int setup_with(void **state, bool tls)
 {
     char errmsg[256];
     struct fx *f = calloc(1, sizeof(*f));
     assert_non_null(f);
+    if (tls) {
+        strcpy(f->tls_dir, "/tmp/kp-test-upstream-tls.XXXXXX");
+        assert_non_null(mkdtemp(f->tls_dir));
+        snprintf(f->tls_crt, sizeof(f->tls_crt), "%s/s.crt", f->tls_dir);
+        snprintf(f->tls_key, sizeof(f->tls_key), "%s/s.key", f->tls_dir);
+        test_make_cert(f->tls_crt, f->tls_key, "127.0.0.1", 1);
+        struct kp_tls_settings ts = {f->tls_crt, f->tls_key, NULL, false};
+        if (kp_tls_server_new(&f->tls, &ts, errmsg, sizeof(errmsg)) != KP_OK)
+            fail_msg("%s", errmsg);
+    }
     assert_int_equal(uv_loop_init(&f->loop), 0);
     uv_timer_init(&f->loop, &f->guard);
     f->guard.data = f;
     kp_buf_init(&f->last_headers);
-    struct kp_http_server_config cfg = {.name = "upstream_test", .handler = on_request, .arg = f};
+    struct kp_http_server_config cfg = {
+        .name = "upstream_test", .handler = on_request, .arg = f, .tls = f->tls};
     kp_http_limits_default(&cfg.limits);
     assert_int_equal(kp_http_server_start(&f->srv, &f->loop, &cfg, "127.0.0.1:0", &f->port, errmsg,
                                           sizeof(errmsg)),
                      KP_OK);
-    snprintf(f->base, sizeof(f->base), "http://127.0.0.1:%d", f->port);
+    snprintf(f->base, sizeof(f->base), "%s://127.0.0.1:%d", tls ? "https" : "http", f->port);
     assert_int_equal(kp_upstream_new(&f->up, &f->loop, errmsg, sizeof(errmsg)), KP_OK);
     assert_int_equal(kp_mock_init(&f->mock, 1), 0);
     f->mock.fixed_time = 1700000000;
     kp_mock_answer_init(&f->ans);
     *state = f;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_with(state, false);
+}
+
+static int setup_tls(void **state)
+{
+    return setup_with(state, true);
 }
 
 static int teardown(void **state)
@@ -687,6 +712,12 @@ static int teardown(void **state)
     kp_buf_free(&f->last_headers);
     kp_mock_answer_free(&f->ans);
     kp_mock_close(&f->mock);
+    if (f->tls != NULL) {
+        kp_tls_server_free(f->tls);
+        unlink(f->tls_crt);
+        unlink(f->tls_key);
+        rmdir(f->tls_dir);
+    }
     free(f);
     return 0;
 }
@@ -811,6 +842,22 @@ static void test_non_200(void **state)
     assert_string_equal(rec_header(r, "retry-after"), "7");
     assert_string_equal(rec_header(r, "x-padded"), "spaced out");
     assert_string_equal(r->body.data, "{\"error\":\"slow down\"}");
+}
+
+/* TLS is verified: a provider whose certificate no trusted CA signed is a
+ * failed connection, and no request reaches it. */
+static void test_untrusted_certificate_refused(void **state)
+{
+    struct fx *f = *state;
+    struct rec *r = rec_new(f);
+    char url[96];
+    struct kp_upstream_request req = {0};
+    snprintf(url, sizeof(url), "%s/n/1", f->base);
+    assert_int_equal(start_url(r, url, &req), KP_OK);
+    assert_true(wait_until(f, &r->dones, 1));
+    assert_int_equal(r->result, KP_UPSTREAM_CONNECT);
+    assert_int_equal(r->heads, 0);
+    assert_int_equal(f->requests, 0);
 }
 
 /* A redirect is the provider's answer, never followed: a base URL from
@@ -1547,6 +1594,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_plain_200, setup, teardown),
         cmocka_unit_test_setup_teardown(test_non_200, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redirect_not_followed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_untrusted_certificate_refused, setup_tls, teardown),
         cmocka_unit_test_setup_teardown(test_reused_handle_forgets_the_last_call, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_paused_then_reuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_streaming, setup, teardown),
