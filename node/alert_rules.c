@@ -327,28 +327,6 @@ void kp_alert_plan_free(struct kp_alert_plan *p)
     memset(p, 0, sizeof(*p));
 }
 
-/* An id of at most 128 id characters: @fmt as given when it fits, else
- * its first 110 characters, '~' and a 64-bit hash of the whole (the parts
- * are registry ids, which are id characters already). */
-static void make_id(char out[129], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void make_id(char out[129], const char *fmt, ...)
-{
-    char full[600];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(full, sizeof(full), fmt, ap);
-    va_end(ap);
-    if (n >= 0 && n <= 128) {
-        memcpy(out, full, (size_t)n + 1);
-        return;
-    }
-    uint64_t h = 14695981039346656037ull;
-    for (const char *p = full; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    snprintf(out, 129, "%.110s~%016" PRIx64, full, h);
-}
-
 /* A new entry of the plan, zeroed but for its rule and severity; NULL (and
  * e->rc set) when out of memory or at the bound. */
 static struct kp_alert_want *want(struct eval *e, int rule, int severity)
@@ -433,7 +411,7 @@ static void budget_threshold(struct eval *e, const struct budget_now *bn, int pc
     fmt_minute(bn->start, start, sizeof(start));
     fmt_minute(bn->end, end, sizeof(end));
     usage_hint(bn->p, hint, sizeof(hint));
-    make_id(w->id, "budget:%s:%s:%" PRId64 ":%d", bn->p->e.id, b->name, bn->start, pct);
+    kp_alert_id(w->id, "budget:%s:%s:%" PRId64 ":%d", bn->p->e.id, b->name, bn->start, pct);
     w->last_value = bn->spent;
     snprintf(w->subject, sizeof(w->subject), "budget %s/%s", bn->p->e.id, b->name);
     snprintf(w->message, sizeof(w->message),
@@ -485,7 +463,7 @@ static void burn_rate(struct eval *e, const struct budget_now *bn, int64_t min_p
     fmt_usd((kp_nanousd)(rate * 3600000.0), per_h, sizeof(per_h));
     fmt_duration(elapsed, took, sizeof(took));
     usage_hint(bn->p, hint, sizeof(hint));
-    make_id(w->id, "burn:%s:%s:%" PRId64, bn->p->e.id, b->name, bn->start);
+    kp_alert_id(w->id, "burn:%s:%s:%" PRId64, bn->p->e.id, b->name, bn->start);
     w->last_value = at;
     snprintf(w->subject, sizeof(w->subject), "budget %s/%s", bn->p->e.id, b->name);
     snprintf(w->message, sizeof(w->message),
@@ -574,7 +552,7 @@ static int eval_key_health(const struct kp_entity *ent, void *arg)
     char since[32];
     const char *id = k->e.id;
     fmt_since(h->last_change_ms, e->now, since, sizeof(since));
-    make_id(w->id, "key:%s:%s", id, invalid ? "invalid" : "quota_exhausted");
+    kp_alert_id(w->id, "key:%s:%s", id, invalid ? "invalid" : "quota_exhausted");
     w->last_value = h->last_change_ms;
     snprintf(w->subject, sizeof(w->subject), "key %s", id);
     snprintf(w->message, sizeof(w->message),
@@ -635,7 +613,7 @@ static int eval_pool(const struct kp_entity *ent, void *arg)
     if (w == NULL)
         return 1;
     const char *id = pool->e.id;
-    make_id(w->id, "pool:%s:no_key", id);
+    kp_alert_id(w->id, "pool:%s:no_key", id);
     w->last_value = pool->nmembers;
     snprintf(w->subject, sizeof(w->subject), "pool %s", id);
     char then[200];
@@ -661,7 +639,7 @@ static int eval_pool(const struct kp_entity *ent, void *arg)
 static void node_down(struct eval *e, const struct kp_alert_member *m, int64_t after_ms)
 {
     char id[129];
-    make_id(id, "node:%s:down", m->name);
+    kp_alert_id(id, "node:%s:down", m->name);
     if (m->out_of_contact_ms == 0)
         return;
     if (m->out_of_contact_ms < 0 || m->out_of_contact_ms <= after_ms) {
@@ -690,7 +668,7 @@ static void spool_filling(struct eval *e, const struct kp_alert_member *m, int64
 {
     char id[129];
     const struct kp_alert_report *r = m->report;
-    make_id(id, "node:%s:spool", m->name);
+    kp_alert_id(id, "node:%s:spool", m->name);
     if (r == NULL || !r->have) {
         hold(e, KP_RULE_SPOOL_FILLING, id);
         return;
@@ -722,7 +700,7 @@ static void meter_lag(struct eval *e, const struct kp_alert_member *m, int64_t a
 {
     char id[129];
     const struct kp_alert_report *r = m->report;
-    make_id(id, "node:%s:meter_lag", m->name);
+    kp_alert_id(id, "node:%s:meter_lag", m->name);
     if (r == NULL || !r->have) {
         hold(e, KP_RULE_METER_LAG, id);
         return;
@@ -811,7 +789,7 @@ static void key_error_rate(struct eval *e, const struct kp_alert_key_stats *s,
     if (w == NULL)
         return;
     int64_t rate = (int64_t)(s->errors_5m * 100 / s->attempts_5m);
-    make_id(w->id, "key:%s:error_rate", s->key);
+    kp_alert_id(w->id, "key:%s:error_rate", s->key);
     w->last_value = rate;
     snprintf(w->subject, sizeof(w->subject), "key %s", s->key);
     snprintf(w->message, sizeof(w->message),
@@ -834,7 +812,7 @@ static void key_rate_limited(struct eval *e, const struct kp_alert_key_stats *s,
     struct kp_alert_want *w = want(e, KP_RULE_KEY_RATE_LIMITED, KP_ALERT_WARNING);
     if (w == NULL)
         return;
-    make_id(w->id, "key:%s:rate_limited", s->key);
+    kp_alert_id(w->id, "key:%s:rate_limited", s->key);
     w->last_value = (int64_t)s->rate_limited_1m;
     snprintf(w->subject, sizeof(w->subject), "key %s", s->key);
     snprintf(w->message, sizeof(w->message),
@@ -910,7 +888,7 @@ static int eval_key_balance(const struct kp_entity *ent, void *arg)
     const struct kp_alert_rule *r = rule_for(&e->rules, KP_RULE_KEY_BALANCE, NULL);
     const char *id = b->e.id;
     char aid[129];
-    make_id(aid, "key_balance:%s", id);
+    kp_alert_id(aid, "key_balance:%s", id);
     const struct kp_alert_key_spend *s = spend_of(e, b);
     if (s == NULL) {
         hold(e, KP_RULE_KEY_BALANCE, aid);
@@ -985,7 +963,7 @@ static int eval_provider_balance(const struct kp_entity *ent, void *arg)
     char left[32], at[32];
     fmt_usd(h->provider_balance > 0 ? h->provider_balance : 0, left, sizeof(left));
     fmt_since(h->provider_balance_ms, e->now, at, sizeof(at));
-    make_id(w->id, "key_balance:%s", id);
+    kp_alert_id(w->id, "key_balance:%s", id);
     w->last_value = h->provider_balance;
     snprintf(w->subject, sizeof(w->subject), "key %s", id);
     snprintf(w->message, sizeof(w->message), "key %s: its provider reports %s left (read %s)", id,

@@ -28,8 +28,26 @@
 #include "raftstore/internal.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+void kp_alert_id(char out[129], const char *fmt, ...)
+{
+    char full[600];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(full, sizeof(full), fmt, ap);
+    va_end(ap);
+    if (n >= 0 && n <= 128) {
+        memcpy(out, full, (size_t)n + 1);
+        return;
+    }
+    uint64_t h = 14695981039346656037ull;
+    for (const char *p = full; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    snprintf(out, 129, "%.110s~%016" PRIx64, full, h);
+}
 
 static const struct kp_alert *alert_get(const struct kp_apply *a, const char *id)
 {

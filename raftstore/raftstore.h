@@ -551,6 +551,12 @@ struct kp_alert {
     uint32_t ndeliveries;
 };
 
+/* An alert id of at most 128 id characters: @fmt as given when it fits,
+ * else its first 110 characters, '~' and a 64-bit hash of the whole (the
+ * parts are registry ids, which are id characters already). The alert
+ * rules name alerts with it ("node:NAME:down"), and whoever looks one up
+ * builds the id the same way. */
+void kp_alert_id(char out[129], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *kp_alert_severity_name(int v);
 const char *kp_alert_event_name(int v);
 const char *kp_delivery_state_name(int v);

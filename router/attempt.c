@@ -322,15 +322,25 @@ static void on_drain(struct kp_http_exchange *ex, void *arg)
     }
 }
 
+/* @v as a whole number in 1..@max, else 0; *@whole says whether it was
+ * a number at all. */
+static int64_t number_upto(const char *v, int64_t max, bool *whole)
+{
+    char *end = NULL;
+    long long n = strtoll(v, &end, 10);
+    *whole = end != v && *end == '\0';
+    return *whole && n > 0 && n <= max ? n : 0;
+}
+
 /* A provider's Retry-After in milliseconds (0: none usable): delay
  * seconds, or an HTTP-date read against this node's clock; at most a
  * day. */
 static int64_t retry_after_ms(const char *v)
 {
-    char *end = NULL;
-    long secs = strtol(v, &end, 10);
-    if (end != v && *end == '\0')
-        return secs > 0 && secs < 86400 ? (int64_t)secs * 1000 : 0;
+    bool whole;
+    int64_t secs = number_upto(v, 86399, &whole);
+    if (whole)
+        return secs * 1000;
     int64_t at;
     if (kp_parse_http_date(v, &at) != KP_OK)
         return 0;
@@ -357,10 +367,10 @@ static void on_head(void *arg, int status, const struct kp_http_header *h, unsig
             retry_ms = retry_after_ms(h[i].value);
         } else if (strcmp(h[i].name, "retry-after-ms") == 0) {
             /* OpenAI's, finer than Retry-After: it wins. */
-            char *end = NULL;
-            long long v = strtoll(h[i].value, &end, 10);
-            if (end != h[i].value && *end == '\0' && v > 0 && v < 86400000)
-                retry_ms = v;
+            bool whole;
+            int64_t ms = number_upto(h[i].value, 86399999, &whole);
+            if (ms > 0)
+                retry_ms = ms;
         }
     }
     c->up_retry_after_ms = retry_ms;
@@ -734,11 +744,9 @@ static bool relay_answer(struct kp_call *c, char *why, size_t whylen)
     if (doc != NULL) {
         if (c->shape == KP_SHAPE_OPENAI || c->shape == KP_SHAPE_MESSAGES_VIA_CHAT)
             read_usage(c, json_object_get(doc, "usage"));
-        json_t *model = json_object_get(doc, "model");
-        if (!json_is_string(model))
-            model = json_object_get(doc, "modelVersion"); /* Gemini */
-        if (json_is_string(model))
-            kp_usage_set_str(c->ev.model_served, json_string_value(model));
+        const char *served = kp_router__served_model(doc);
+        if (served != NULL)
+            kp_usage_set_str(c->ev.model_served, served);
         int rc = ok2xx ? kp_router__translate_answer(c, doc, &translated) : KP_OK;
         json_decref(doc);
         if (rc != KP_OK) {

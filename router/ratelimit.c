@@ -225,8 +225,8 @@ static int count_router(const struct kp_entity *e, void *arg)
     struct live *l = arg;
     if (m->role == KP_MEMBER_SPARE)
         return 0; /* holds no registry: routes nothing */
-    char id[160];
-    snprintf(id, sizeof(id), "node:%s:down", m->e.id);
+    char id[129];
+    kp_alert_id(id, "node:%s:down", m->e.id); /* the node_down rule's id */
     const struct kp_alert *down = (const struct kp_alert *)kp_view_get(l->view, KP_KIND_ALERT, id);
     if (down == NULL || down->resolved_ms != 0)
         l->n++;

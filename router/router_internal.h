@@ -404,6 +404,10 @@ int kp_router__prepare(struct kp_call *c, const struct kp_candidate *k, const ch
 /* A whole 2xx answer in the app's shape: *@out is the translated document
  * (NULL: relay the provider's bytes). Reads usage into c->usage. */
 int kp_router__translate_answer(struct kp_call *c, json_t *doc, json_t **out);
+/* The model a provider's answer or stream event says served it: OpenAI's
+ * and Anthropic's "model" (in message_start's "message" for a stream),
+ * Gemini's "modelVersion"; NULL when it names none. */
+const char *kp_router__served_model(const json_t *doc);
 int kp_router__stream_begin(struct kp_call *c);
 int kp_router__stream_event(struct kp_call *c, const struct kp_sse_event *e, char *errmsg,
                             size_t errlen);

@@ -289,6 +289,16 @@ void kp_router__stream_free(struct kp_call *c)
     c->messages = NULL;
 }
 
+const char *kp_router__served_model(const json_t *doc)
+{
+    const json_t *m = json_object_get(doc, "model");
+    if (!json_is_string(m)) /* Anthropic's message_start */
+        m = json_object_get(json_object_get(doc, "message"), "model");
+    if (!json_is_string(m)) /* Gemini */
+        m = json_object_get(doc, "modelVersion");
+    return json_string_value(m);
+}
+
 /* One upstream event of a translated (or Anthropic-native) stream. */
 int kp_router__stream_event(struct kp_call *c, const struct kp_sse_event *e, char *errmsg,
                             size_t errlen)
@@ -302,17 +312,9 @@ int kp_router__stream_event(struct kp_call *c, const struct kp_sse_event *e, cha
         snprintf(errmsg, errlen, "the provider sent an event that is not JSON");
         return KP_EPARSE;
     }
-    if (c->ev.model_served[0] == '\0' && data != NULL) {
-        /* The model the provider says served: an OpenAI chunk's "model",
-         * Anthropic's message_start, Gemini's "modelVersion". */
-        const json_t *m = json_object_get(data, "model");
-        if (!json_is_string(m))
-            m = json_object_get(json_object_get(data, "message"), "model");
-        if (!json_is_string(m))
-            m = json_object_get(data, "modelVersion");
-        if (json_is_string(m))
-            kp_usage_set_str(c->ev.model_served, json_string_value(m));
-    }
+    const char *served = c->ev.model_served[0] == '\0' ? kp_router__served_model(data) : NULL;
+    if (served != NULL)
+        kp_usage_set_str(c->ev.model_served, served);
     switch (c->shape) {
     case KP_SHAPE_CHAT_VIA_ANTHROPIC:
         if (data != NULL)

@@ -138,7 +138,12 @@ static int parse_timing(struct kp_mock_faults *f, const char *s, size_t n)
 
 static int parse_one(struct kp_mock_faults *f, const char *s, size_t n)
 {
-    static const char retry[] = "429:retry_after=", retry_at[] = "429:retry_at=";
+    /* Retry-After in seconds, or as an HTTP-date that many seconds ahead. */
+    static const struct {
+        const char *prefix;
+        size_t len;
+        bool date;
+    } retry[] = {{"429:retry_after=", 16, false}, {"429:retry_at=", 13, true}};
     int status;
     unsigned long secs;
 
@@ -149,21 +154,14 @@ static int parse_one(struct kp_mock_faults *f, const char *s, size_t n)
             f->retry_after_s = 1;
         return 0;
     }
-    if (n > sizeof(retry) - 1 && memcmp(s, retry, sizeof(retry) - 1) == 0) {
-        if (parse_uint(s + sizeof(retry) - 1, n - (sizeof(retry) - 1), KP_MOCK_MAX_RETRY_AFTER,
-                       &secs) != 0 ||
+    for (size_t i = 0; i < sizeof(retry) / sizeof(retry[0]); i++) {
+        if (n <= retry[i].len || memcmp(s, retry[i].prefix, retry[i].len) != 0)
+            continue;
+        if (parse_uint(s + retry[i].len, n - retry[i].len, KP_MOCK_MAX_RETRY_AFTER, &secs) != 0 ||
             set_status(f, 429, false) != 0)
             return -1;
         f->retry_after_s = (unsigned)secs;
-        return 0;
-    }
-    if (n > sizeof(retry_at) - 1 && memcmp(s, retry_at, sizeof(retry_at) - 1) == 0) {
-        if (parse_uint(s + sizeof(retry_at) - 1, n - (sizeof(retry_at) - 1),
-                       KP_MOCK_MAX_RETRY_AFTER, &secs) != 0 ||
-            set_status(f, 429, false) != 0)
-            return -1;
-        f->retry_after_s = (unsigned)secs;
-        f->retry_as_date = true;
+        f->retry_as_date = retry[i].date;
         return 0;
     }
     if (n == 5 && memcmp(s, "quota", 5) == 0)
