@@ -247,6 +247,11 @@ static void fault_specs_parse(void **state)
     assert_false(fl.quota);
     fl = parse_ok("429:retry_after=30");
     assert_int_equal(fl.retry_after_s, 30);
+    assert_false(fl.retry_as_date);
+    fl = parse_ok("429:retry_at=30");
+    assert_int_equal(fl.status, 429);
+    assert_int_equal(fl.retry_after_s, 30);
+    assert_true(fl.retry_as_date);
     fl = parse_ok("quota");
     assert_int_equal(fl.status, 429);
     assert_true(fl.quota);
@@ -330,6 +335,28 @@ static void chat_completion_shape(void **state)
                         "mock11 mock12 mock13 mock14 mock15");
     assert_int_equal(jint(a, "usage.prompt_tokens_details.cached_tokens"), 0);
     json_decref(a);
+}
+
+/* Azure OpenAI: the deployment in the path, the key in api-key, and an
+ * api-version required, each refused the way Azure does. */
+static void azure_deployment_routes(void **state)
+{
+    struct fx *f = *state;
+    static const char *const path = "/openai/deployments/my-gpt/chat/completions";
+    char target[128];
+
+    snprintf(target, sizeof(target), "%s?api-version=2024-10-21", path);
+    json_t *a = body_json(call(f, "POST", target, chat_body, "api-key", "az-test", NULL));
+    assert_int_equal(f->ans.status, 200);
+    assert_string_equal(jstr(a, "object"), "chat.completion");
+    json_decref(a);
+    call(f, "POST", path, chat_body, "api-key", "az-test", NULL);
+    assert_int_equal(f->ans.status, 404);
+    call(f, "POST", target, chat_body, OPENAI_AUTH, NULL); /* a Bearer key is not Azure's */
+    assert_int_equal(f->ans.status, 401);
+    call(f, "POST", "/openai/deployments//chat/completions?api-version=1", chat_body, "api-key",
+         "az-test", NULL);
+    assert_int_equal(f->ans.status, 404);
 }
 
 /* Legacy completions: text_completion with choices[].text and usage. */
@@ -984,6 +1011,7 @@ int main(void)
         cmocka_unit_test(fault_specs_parse),
         cmocka_unit_test(bad_fault_specs_are_refused),
         cmocka_unit_test_setup_teardown(chat_completion_shape, setup, teardown),
+        cmocka_unit_test_setup_teardown(azure_deployment_routes, setup, teardown),
         cmocka_unit_test_setup_teardown(completions_shape, setup, teardown),
         cmocka_unit_test_setup_teardown(embeddings_shape, setup, teardown),
         cmocka_unit_test_setup_teardown(responses_shape, setup, teardown),
