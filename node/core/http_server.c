@@ -1012,7 +1012,7 @@ static const char *protocol_error_code(int status)
     case 408:
         return "request_timeout";
     case 413:
-        return "request_too_large";
+        return "too_large";
     case 417:
         return "expectation_failed";
     case 431:

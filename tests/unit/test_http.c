@@ -574,7 +574,7 @@ static void test_refusal_keeps_the_request_id(void **state)
              sizeof(buf));
     assert_non_null(strstr(buf, "HTTP/1.1 413 "));
     assert_non_null(strstr(buf, "\r\nX-Request-Id: r-big.1\r\n"));
-    assert_non_null(strstr(buf, "\r\nX-Keyplane-Error: request_too_large\r\n"));
+    assert_non_null(strstr(buf, "\r\nX-Keyplane-Error: too_large\r\n"));
     exchange("GET / HTTP/1.1\r\nX-Request-Id: r-bad\r\nX-A: 1\r\n folded\r\n\r\n", buf,
              sizeof(buf));
     assert_non_null(strstr(buf, "HTTP/1.1 400 "));
