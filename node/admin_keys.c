@@ -399,21 +399,22 @@ static bool opt_string(struct kp_admin_req *r, json_t *body, const char *name, c
 /* The token fields of a POST /tokens body, pointing into @body. */
 struct token_args {
     char *name, *role, *tenant;
-    struct kp_strv projects, pools, models;
+    struct kp_strv projects, features, pools, models;
     int64_t expires_at_ms;
 };
 
 static void token_args_free(struct token_args *a)
 {
     kp_free(a->projects.v);
+    kp_free(a->features.v);
     kp_free(a->pools.v);
     kp_free(a->models.v);
 }
 
 static bool token_args(struct kp_admin_req *r, json_t *body, struct token_args *a)
 {
-    static const char *const known[] = {"name",  "role",   "tenant",       "projects",
-                                        "pools", "models", "expires_at_ms"};
+    static const char *const known[] = {"name",     "role",  "tenant", "projects",
+                                        "features", "pools", "models", "expires_at_ms"};
     static char any_tenant[] = "*";
     const char *key;
     json_t *v;
@@ -449,6 +450,7 @@ static bool token_args(struct kp_admin_req *r, json_t *body, struct token_args *
     }
     a->expires_at_ms = v != NULL ? json_integer_value(v) : 0;
     if (strv_of(r, "projects", json_object_get(body, "projects"), &a->projects) &&
+        strv_of(r, "features", json_object_get(body, "features"), &a->features) &&
         strv_of(r, "pools", json_object_get(body, "pools"), &a->pools) &&
         strv_of(r, "models", json_object_get(body, "models"), &a->models))
         return true;
@@ -512,6 +514,7 @@ static void token_propose(struct kp_admin_write *w, bool may_forward)
         .role = a.role,
         .tenant = a.tenant,
         .projects = a.projects,
+        .features = a.features,
         .pools = a.pools,
         .models = a.models,
         .expires_at_ms = a.expires_at_ms,

@@ -207,7 +207,7 @@ struct kp_project {
  * (computed by the control plane; the registry only stores it). Scope, as
  * struct kp_token_scope reads it: tenant is a tenant id or "*" for every
  * tenant; empty lists mean "not restricted"; projects belong to the
- * tenant. */
+ * tenant; features are names, not entities (snapshot format 10). */
 struct kp_token {
     struct kp_entity e;
     char *name;
@@ -215,6 +215,7 @@ struct kp_token {
     char *role;
     char *tenant; /* tenant id or "*" */
     struct kp_strv projects;
+    struct kp_strv features;
     struct kp_strv pools;
     struct kp_strv models;
     int64_t expires_at_ms; /* 0 means never */
@@ -1255,6 +1256,8 @@ struct kp_token_scope {
     const char *tenant; /* a tenant id, or "*" for every tenant */
     const char *const *projects;
     size_t n_projects;
+    const char *const *features; /* exact names, as X-Feature sends them */
+    size_t n_features;
     const char *const *pools;
     size_t n_pools;
     const char *const *models;
@@ -1270,6 +1273,7 @@ enum kp_token_scope_dim {
     KP_TOKEN_SCOPE_EXPIRED,
     KP_TOKEN_SCOPE_TENANT,
     KP_TOKEN_SCOPE_PROJECT,
+    KP_TOKEN_SCOPE_FEATURE,
     KP_TOKEN_SCOPE_POOL,
     KP_TOKEN_SCOPE_MODEL,
 };
@@ -1280,16 +1284,15 @@ struct kp_token_refusal {
 };
 
 /* Whether @scope allows a request for @model through @pool in
- * @tenant/@project at @now_ms. A NULL dimension is not checked, for callers
- * that check in steps (a fallback pool is checked when it is chosen); every
- * dimension must be checked before the request goes upstream. Expiry comes
- * first, then tenant, project, pool, model. KP_OK, or KP_EPERM with @why
- * (may be NULL) saying which dimension refused and why:
- * "project prj-x is outside this token's scope (allowed: prj-a, prj-b)",
- * "token expired at 2026-01-01T00:00:00.000Z". */
+ * @tenant/@project, for @feature, at @now_ms. A NULL dimension is not
+ * checked, for callers that check in steps (a fallback pool is checked when
+ * it is chosen); every dimension must be checked before the request goes
+ * upstream. Expiry comes first, then tenant, project, feature, pool, model. KP_OK, or KP_EPERM with
+ * @why (may be NULL) saying which dimension refused and why: "project prj-x is outside this token's
+ * scope (allowed: prj-a, prj-b)", "token expired at 2026-01-01T00:00:00.000Z". */
 int kp_token_scope_allows(const struct kp_token_scope *scope, int64_t now_ms, const char *tenant,
-                          const char *project, const char *pool, const char *model,
-                          struct kp_token_refusal *why);
+                          const char *project, const char *feature, const char *pool,
+                          const char *model, struct kp_token_refusal *why);
 
 /* Validate a scope before it is stored: a non-empty tenant, at most
  * KP_TOKEN_SCOPE_MAX_ENTRIES non-empty entries per list, each at most

@@ -28,7 +28,7 @@
  * capture_content (since = 6); format 7 the key balances after alerts;
  * format 8 a key health's canary fields and history (since = 8); format 9
  * a provider's balance endpoint and a key health's provider balance
- * (since = 9). Older formats are still
+ * (since = 9); format 10 a token's features (since = 10). Older formats are still
  * restored: format 1, which ends at key_health, with no budget state (a
  * budget's first lease after that starts its window afresh), formats 1
  * and 2 with nothing frozen, formats 1 to 3 with every budget at UTC and
@@ -37,7 +37,8 @@
  * 1 to 5 with content capture off for every tenant, formats 1 to 6
  * with no key balances (format 7 added that table after alerts), and
  * formats 1 to 7 with no key probed yet and no health history, and
- * formats 1 to 8 with no balance endpoint and no provider balance read.
+ * formats 1 to 8 with no balance endpoint and no provider balance read,
+ * and formats 1 to 9 with every token open to every feature.
  *
  * Restore treats the input as hostile. It checks the header, the sizes
  * against each other and against the caller's limit, and the checksum,
@@ -58,8 +59,8 @@
 #include <string.h>
 #include <zstd.h>
 
-#define SNAP_VERSION     1 /* the header and frame layout */
-#define SNAP_FORMAT      9 /* the msgpack map's content */
+#define SNAP_VERSION     1  /* the header and frame layout */
+#define SNAP_FORMAT      10 /* the msgpack map's content */
 #define SNAP_HEADER_SIZE 64
 /* Entity kinds a format-1 snapshot holds (up to key_health), a format-2
  * one (up to lease_nodes), a format-3 one (up to freezes) and a format-5

@@ -328,8 +328,8 @@ static bool tenant_allowed(const char *scope_tenant, const char *tenant)
 }
 
 int kp_token_scope_allows(const struct kp_token_scope *scope, int64_t now_ms, const char *tenant,
-                          const char *project, const char *pool, const char *model,
-                          struct kp_token_refusal *why)
+                          const char *project, const char *feature, const char *pool,
+                          const char *model, struct kp_token_refusal *why)
 {
     struct kp_token_refusal unused;
     if (why == NULL)
@@ -353,6 +353,9 @@ int kp_token_scope_allows(const struct kp_token_scope *scope, int64_t now_ms, co
     if (project != NULL && !listed(scope->projects, scope->n_projects, project, false))
         return refuse_outside(why, KP_TOKEN_SCOPE_PROJECT, "project", project, scope->projects,
                               scope->n_projects);
+    if (feature != NULL && !listed(scope->features, scope->n_features, feature, false))
+        return refuse_outside(why, KP_TOKEN_SCOPE_FEATURE, "feature", feature, scope->features,
+                              scope->n_features);
     if (pool != NULL && !listed(scope->pools, scope->n_pools, pool, false))
         return refuse_outside(why, KP_TOKEN_SCOPE_POOL, "pool", pool, scope->pools, scope->n_pools);
     if (model != NULL && !listed(scope->models, scope->n_models, model, true))
@@ -413,6 +416,8 @@ int kp_token_scope_check(const struct kp_token_scope *scope, char *errmsg, size_
         (rc = check_entry("tenant", 0, scope->tenant, false, errmsg, errlen)) != KP_OK)
         return rc;
     if ((rc = check_list("projects", scope->projects, scope->n_projects, false, errmsg, errlen)) !=
+            KP_OK ||
+        (rc = check_list("features", scope->features, scope->n_features, false, errmsg, errlen)) !=
             KP_OK ||
         (rc = check_list("pools", scope->pools, scope->n_pools, false, errmsg, errlen)) != KP_OK ||
         (rc = check_list("models", scope->models, scope->n_models, true, errmsg, errlen)) != KP_OK)

@@ -190,6 +190,17 @@ static const char *header_value(const struct kp_http_request *req, const char *n
     return v != NULL && v[0] != '\0' ? v : NULL;
 }
 
+/* A token limited to a list of projects (features) must name one: a call
+ * without the header would otherwise be charged to no project at all. */
+static int header_required(struct kp_call *c, const struct kp_strv *list, const char *what,
+                           const char *header, const char *code)
+{
+    char msg[240];
+    snprintf(msg, sizeof(msg), "this token is limited to %s (%.64s%s): send %s with one of them",
+             what, list->v[0], list->n > 1 ? ", ..." : "", header);
+    return kp_router__fail(c, 403, "permission_error", code, msg);
+}
+
 int kp_router__scope(struct kp_call *c)
 {
     const struct kp_token *t = c->token;
@@ -222,17 +233,16 @@ int kp_router__scope(struct kp_call *c)
         if (tenant == NULL)
             tenant = p->tenant;
     }
-    if (project == NULL && t->projects.n > 0) {
-        char msg[200];
-        snprintf(msg, sizeof(msg),
-                 "this token is limited to projects (%s%s): send X-Project with one of them",
-                 t->projects.v[0], t->projects.n > 1 ? ", ..." : "");
-        return kp_router__fail(c, 403, "permission_error", "project_required", msg);
-    }
+    if (project == NULL && t->projects.n > 0)
+        return header_required(c, &t->projects, "projects", "X-Project", "project_required");
+    if (feature == NULL && t->features.n > 0)
+        return header_required(c, &t->features, "features", "X-Feature", "feature_required");
     struct kp_token_scope scope = {
         .tenant = t->tenant,
         .projects = (const char *const *)t->projects.v,
         .n_projects = t->projects.n,
+        .features = (const char *const *)t->features.v,
+        .n_features = t->features.n,
         .pools = (const char *const *)t->pools.v,
         .n_pools = t->pools.n,
         .models = (const char *const *)t->models.v,
@@ -240,8 +250,8 @@ int kp_router__scope(struct kp_call *c)
         .expires_at = t->expires_at_ms,
     };
     struct kp_token_refusal why;
-    if (kp_token_scope_allows(&scope, c->start_ms, tenant, project, pool, c->model, &why) !=
-        KP_OK) {
+    if (kp_token_scope_allows(&scope, c->start_ms, tenant, project, feature, pool, c->model,
+                              &why) != KP_OK) {
         if (why.dim == KP_TOKEN_SCOPE_EXPIRED)
             return kp_router__fail(c, 401, "invalid_request_error", "token_expired", why.msg);
         return kp_router__fail(c, 403, "permission_error", "outside_scope", why.msg);

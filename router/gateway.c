@@ -321,7 +321,8 @@ static void add_model(struct models_acc *m, const char *id)
     struct kp_token_refusal r;
     if (strchr(id, '*') != NULL || json_object_get(m->seen, id) != NULL)
         return;
-    if (kp_token_scope_allows(&m->c->scope, m->c->start_ms, NULL, NULL, NULL, id, &r) != KP_OK)
+    if (kp_token_scope_allows(&m->c->scope, m->c->start_ms, NULL, NULL, NULL, NULL, id, &r) !=
+        KP_OK)
         return;
     json_object_set_new(m->seen, id, json_true());
 }
@@ -352,7 +353,7 @@ static void handle_models(struct kp_call *c)
         const struct kp_pool *pool = kp_view_pool(c->view, name);
         struct kp_token_refusal why;
         if (pool == NULL || (depth > 0 && kp_token_scope_allows(&c->scope, c->start_ms, NULL, NULL,
-                                                                name, NULL, &why) != KP_OK))
+                                                                NULL, name, NULL, &why) != KP_OK))
             break;
         for (uint32_t i = 0; i < pool->nmembers; i++) {
             const struct kp_key *k = kp_view_pool_key(c->view, pool, i);

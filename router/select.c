@@ -233,7 +233,7 @@ bool kp_router__downgrade(struct kp_call *c)
             to = pool->downgrades[i].to;
     struct kp_token_refusal r;
     if (to == NULL ||
-        kp_token_scope_allows(&c->scope, c->start_ms, NULL, NULL, NULL, to, &r) != KP_OK)
+        kp_token_scope_allows(&c->scope, c->start_ms, NULL, NULL, NULL, NULL, to, &r) != KP_OK)
         return false;
     kp_info("router", "request %s: model %s downgraded to %s by pool %s", c->rid, c->model, to,
             pool->e.id);
@@ -275,8 +275,8 @@ int kp_router__select(struct kp_call *c)
             break;
         }
         struct kp_token_refusal r;
-        if (depth > 0 &&
-            kp_token_scope_allows(&c->scope, c->start_ms, NULL, NULL, name, NULL, &r) != KP_OK)
+        if (depth > 0 && kp_token_scope_allows(&c->scope, c->start_ms, NULL, NULL, NULL, name, NULL,
+                                               &r) != KP_OK)
             break;
         /* A frozen fallback lends no keys; its own fallback still may (a
          * frozen first pool refused the call already: freeze.c). */

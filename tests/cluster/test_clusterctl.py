@@ -276,6 +276,7 @@ class FakeControlPlane:
             tid = "tk_abcdefghijk" + "lmnopqrstu"[len(self.store["tokens"]) % 10]
             item = {"id": tid, "kind": "token", "role": body["role"],
                     "tenant": body.get("tenant", "*"), "projects": body.get("projects", []),
+                    "features": body.get("features", []),
                     "pools": body.get("pools", []), "models": body.get("models", []),
                     "expires_at_ms": body.get("expires_at_ms", 0), "disabled": False,
                     "version": 1, "created_ms": now, "updated_ms": now}
@@ -935,17 +936,19 @@ class AgainstFakeControlPlaneTest(ClusterctlTestCase):
 
     def test_tokens_create_prints_the_token_once_on_stdout(self):
         cp = self.run_ok("tokens", "create", "--role", "app", "--tenant", "acme", "--project",
-                         "web", "--model", "gpt-4o*", "--expires-in", "30d")
+                         "web", "--feature", "search", "--feature", "chat", "--model", "gpt-4o*",
+                         "--expires-in", "30d")
         self.assertRegex(cp.stdout, r"^kp_[a-z2-7]{12}_\w{38}\n$")
         self.assertIn("only time", cp.stderr)
         self.assertNotIn(cp.stdout.strip(), cp.stderr)
         body = json.loads(self.fake.requests[-1][3])
-        self.assertEqual((body["role"], body["tenant"], body["projects"], body["models"]),
-                         ("app", "acme", ["web"], ["gpt-4o*"]))
+        self.assertEqual((body["role"], body["tenant"], body["projects"], body["features"],
+                          body["models"]), ("app", "acme", ["web"], ["search", "chat"],
+                                            ["gpt-4o*"]))
         self.assertGreater(body["expires_at_ms"], 1_700_000_000_000)
         cp = self.run_ok("tokens", "list")
         self.assertNotIn("kp_", cp.stdout)
-        self.assertRegex(cp.stdout, r"tk_\w+\s+-\s+app\s+acme\s+web")
+        self.assertRegex(cp.stdout, r"tk_\w+\s+-\s+app\s+acme\s+web\s+search,chat\s")
         self.run_ok("tokens", "disable", "tk_abcdefghijkl")
         self.assertTrue(self.fake.store["tokens"]["tk_abcdefghijkl"]["disabled"])
 

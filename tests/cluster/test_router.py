@@ -421,12 +421,38 @@ class RouterTest(unittest.TestCase):
         status, _, raw = g.call("/v1/chat/completions", CHAT, token=limited,
                                 headers={"X-Project": "search"})
         self.assertEqual(status, 200, raw)
+        # So must a token limited to features, and only those are let through.
+        status, _, raw = g.node.control("POST", ADMIN + "/tokens", body={
+            "role": "app", "tenant": "acme", "features": ["summarise", "search-box"]})
+        self.assertEqual(status, 201, raw)
+        self.assertEqual(json.loads(raw)["item"]["features"], ["summarise", "search-box"])
+        by_feature = json.loads(raw)["token"]
+        status, rh, raw = g.call("/v1/chat/completions", CHAT, token=by_feature)
+        self.assertEqual((status, rh["x-keyplane-error"]), (403, "feature_required"), raw)
+        self.assertIn("send X-Feature", json.loads(raw)["error"]["message"])
+        status, rh, raw = g.call("/v1/chat/completions", CHAT, token=by_feature,
+                                 headers={"X-Feature": "translate"})
+        self.assertEqual((status, rh["x-keyplane-error"]), (403, "outside_scope"), raw)
+        self.assertEqual(json.loads(raw)["error"]["message"],
+                         "feature translate is outside this token's scope (allowed: summarise, "
+                         "search-box)")
+        status, _, raw = g.call("/v1/chat/completions", CHAT, token=by_feature,
+                                headers={"X-Feature": "search-box", "X-Request-Id": "r-feat"})
+        self.assertEqual(status, 200, raw)
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-feat"),
+                                     None), what="the usage event")
+        self.assertEqual(ev["feature"], "search-box")
+        # A feature list is checked like the others before it is stored.
+        status, rh, raw = g.node.control("POST", ADMIN + "/tokens", body={
+            "role": "app", "features": ["has space"]})
+        self.assertEqual(status, 400, raw)
+        self.assertIn("features", raw.decode())
         # A model no key may serve.
         g.admin("PUT", "/keys/key-a", {"provider": "mock", "models": ["gpt-4o*"]})
         g.admin("PUT", "/keys/key-b", {"provider": "mock", "models": ["gpt-4o*"]})
         status, h, raw = g.call("/v1/chat/completions", dict(CHAT, model="claude-x"))
         self.assertEqual((status, h["x-keyplane-error"]), (404, "model_not_found"), raw)
-        self.assertEqual(g.stats()["requests"], 1)  # only the project-scoped call
+        self.assertEqual(g.stats()["requests"], 2)  # the project- and feature-scoped calls
         # An escaped model name is read as the provider reads it.
         status, _, raw = g.call("/v1/chat/completions",
                                 b'{"model":"gpt\\u002d4o-mini","messages":[{"role":"user",'

@@ -1829,19 +1829,19 @@ static void test_snapshot_budget_state(void **state)
                                   "freezes\x90\xa6"
                                   "alerts\x90\xac"
                                   "key_balances\x90";
-    /* What formats 1 to 8 lack at the end, and their key counts (formats 4,
-     * 6, 8 and 9 added fields, not tables). */
-    static const size_t lacks[] = {0, sizeof(tail) - 1, 31, 22, 22, 14, 14, 0, 0};
-    static const uint8_t keys[] = {0, 0x10, 0x12, 0x13, 0x13, 0x14, 0x14, 0x15, 0x15};
+    /* What formats 1 to 9 lack at the end, and their key counts (formats 4,
+     * 6, 8, 9 and 10 added fields, not tables). */
+    static const size_t lacks[] = {0, sizeof(tail) - 1, 31, 22, 22, 14, 14, 0, 0, 0};
+    static const uint8_t keys[] = {0, 0x10, 0x12, 0x13, 0x13, 0x14, 0x14, 0x15, 0x15, 0x15};
     size_t tl = sizeof(tail) - 1;
     assert_memory_equal(raw,
                         "\xde\x00\x15\xa6"
-                        "format\x09",
+                        "format\x0a",
                         11);
     assert_memory_equal(raw + n - tl, tail, tl);
     struct kp_fsm *h = kp_fsm_new();
     snap(g, &s1);
-    for (int format = 1; format <= 8; format++) {
+    for (int format = 1; format <= 9; format++) {
         raw[2] = keys[format];
         raw[10] = (uint8_t)format;
         wrap(raw, n - lacks[format], &w);
@@ -1849,7 +1849,7 @@ static void test_snapshot_budget_state(void **state)
             fail_msg("format %d: %s", format, err);
         kp_buf_free(&w);
         snap(h, &s2);
-        assert_true(same_bytes(&s1, &s2)); /* written back as format 9 */
+        assert_true(same_bytes(&s1, &s2)); /* written back as format 10 */
         kp_buf_free(&s2);
     }
     kp_buf_free(&s1);
@@ -1877,7 +1877,7 @@ static void test_snapshot_budget_state(void **state)
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
     assert_non_null(strstr(err, "expected 21 tables"));
     kp_buf_free(&w);
-    raw[10] = 10;
+    raw[10] = 11;
     wrap(raw, n - lacks[5], &w);
     assert_int_equal(kp_fsm_restore(h, w.data, w.len, 0, err, sizeof(err)), KP_EVERSION);
     kp_buf_free(&w);
@@ -1988,7 +1988,7 @@ static void test_snapshot_format3_budgets(void **state)
     n = (size_t)(alerts - raw);
     assert_int_equal(raw[2], 0x15);
     raw[2] = 0x13;
-    assert_int_equal(raw[10], 9);
+    assert_int_equal(raw[10], 10);
     raw[10] = 4;
     wrap(raw, n, &w);
     assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
@@ -2056,7 +2056,7 @@ static void test_snapshot_format5_tenants(void **state)
         memmove(at, at + 17, n - (size_t)(at + 17 - raw));
         n -= 17;
     }
-    assert_int_equal(raw[10], 9);
+    assert_int_equal(raw[10], 10);
     wrap(raw, n, &w);
     assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
     assert_non_null(strstr(err, "capture_content: missing"));
@@ -2077,6 +2077,75 @@ static void test_snapshot_format5_tenants(void **state)
     assert_non_null(got);
     assert_false(got->capture_content);
     assert_string_equal(got->display_name, "Globex");
+    free(raw);
+    kp_fsm_free(g);
+}
+
+/* A token's features survive a snapshot; a format-9 snapshot (from before
+ * the field) restores every token open to every feature, while a
+ * format-10 one must carry it. */
+static void test_snapshot_format9_tokens(void **state)
+{
+    struct kp_fsm *f = *state, *g = kp_fsm_new();
+    struct kp_buf w;
+    char err[256];
+    size_t n;
+    populate(f);
+    char *features[] = {(char *)"search", (char *)"chat"};
+    struct kp_token t = {.e.id = (char *)"tk_feat",
+                         .role = (char *)"app",
+                         .tenant = (char *)"acme",
+                         .features = {features, 2}};
+    memset(t.hash, 'H', sizeof(t.hash));
+    assert_ok(apply(f, KP_OP_PUT_TOKEN, &t));
+    uint8_t *raw = raw_of(f, &n);
+    wrap(raw, n, &w);
+    assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_OK);
+    kp_buf_free(&w);
+    const struct kp_token *got = (const struct kp_token *)kp_fsm_get(g, KP_KIND_TOKEN, "tk_feat");
+    assert_non_null(got);
+    assert_int_equal(got->features.n, 2);
+    assert_string_equal(got->features.v[0], "search");
+    assert_string_equal(got->features.v[1], "chat");
+    /* Drop the field from both tokens (14 fields -> 13). */
+    static const struct {
+        const char *head, *field;
+        size_t field_len;
+    } cut[] = {
+        {"\x8e\xa2id\xa6tk_abc",
+         "\xa8"
+         "features\x90",
+         10},
+        {"\x8e\xa2id\xa7tk_feat",
+         "\xa8"
+         "features\x92\xa6search\xa4"
+         "chat",
+         22},
+    };
+    for (size_t i = 0; i < sizeof(cut) / sizeof(cut[0]); i++) {
+        uint8_t *map = memmem(raw, n, cut[i].head, strlen(cut[i].head));
+        assert_non_null(map);
+        *map = 0x8d;
+        uint8_t *at = memmem(map, n - (size_t)(map - raw), cut[i].field, cut[i].field_len);
+        assert_non_null(at);
+        assert_true(at - map < 160);
+        memmove(at, at + cut[i].field_len, n - (size_t)(at + cut[i].field_len - raw));
+        n -= cut[i].field_len;
+    }
+    assert_int_equal(raw[10], 10);
+    wrap(raw, n, &w);
+    assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
+    assert_non_null(strstr(err, "features: missing"));
+    kp_buf_free(&w);
+    raw[10] = 9;
+    wrap(raw, n, &w);
+    if (kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)) != KP_OK)
+        fail_msg("format 9: %s", err);
+    kp_buf_free(&w);
+    got = (const struct kp_token *)kp_fsm_get(g, KP_KIND_TOKEN, "tk_feat");
+    assert_non_null(got);
+    assert_int_equal(got->features.n, 0);
+    assert_string_equal(got->tenant, "acme");
     free(raw);
     kp_fsm_free(g);
 }
@@ -2448,6 +2517,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_snapshot_payload_corrupt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_budget_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_format3_budgets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_format9_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_format5_tenants, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alloc_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_alloc_failure, setup, teardown),

@@ -356,8 +356,8 @@ static void test_render_kinds(void **state)
 
     j = render(f, KP_KIND_TOKEN, "tk_abc");
     keys_of(j, keys, sizeof(keys));
-    assert_string_equal(keys, "created_ms,disabled,expires_at_ms,id,kind,models,pools,projects,"
-                              "role,tenant,updated_ms,version");
+    assert_string_equal(keys, "created_ms,disabled,expires_at_ms,features,id,kind,models,pools,"
+                              "projects,role,tenant,updated_ms,version");
     assert_int_equal(jint(j, "expires_at_ms"), T0 + 86400000);
     assert_no_secrets(j);
     json_decref(j);

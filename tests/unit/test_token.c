@@ -477,7 +477,7 @@ static void expect_refused(const struct kp_token_scope *s, int64_t now, const ch
                            enum kp_token_scope_dim dim, const char *want)
 {
     struct kp_token_refusal why;
-    int rc = kp_token_scope_allows(s, now, tenant, project, pool, model, &why);
+    int rc = kp_token_scope_allows(s, now, tenant, project, NULL, pool, model, &why);
     if (rc != KP_EPERM || why.dim != dim || strcmp(why.msg, want) != 0)
         fail_msg("rc %s dim %d message \"%s\", wanted dim %d \"%s\"", kp_err_name(rc), (int)why.dim,
                  why.msg, (int)dim, want);
@@ -490,7 +490,7 @@ static void test_scope_dimensions(void **state)
     struct kp_token_scope s = narrow_scope();
     struct kp_token_refusal why;
     (void)state;
-    assert_int_equal(kp_token_scope_allows(&s, T0, "acme", "prj-b", "pool-main", "o3", &why),
+    assert_int_equal(kp_token_scope_allows(&s, T0, "acme", "prj-b", NULL, "pool-main", "o3", &why),
                      KP_OK);
     assert_int_equal(why.dim, KP_TOKEN_SCOPE_ALLOWED);
     assert_string_equal(why.msg, "");
@@ -518,8 +518,45 @@ static void test_scope_dimensions(void **state)
     expect_refused(&s, T0, "other", "prj-x", "pool-b", "x", KP_TOKEN_SCOPE_TENANT,
                    "tenant other is outside this token's scope (allowed: acme)");
     /* NULL dimensions are not checked; why may be NULL. */
-    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, NULL, NULL), KP_OK);
-    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, "pool-x", NULL, NULL), KP_EPERM);
+    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, NULL, NULL, NULL), KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, "pool-x", NULL, NULL),
+                     KP_EPERM);
+}
+
+/* Features are matched exactly, after the project and before the pool; a
+ * scope without features allows every feature, and a NULL feature is not
+ * checked (the router refuses a missing X-Feature itself). */
+static void test_scope_features(void **state)
+{
+    static const char *const features[] = {"search", "chat-summary"};
+    struct kp_token_scope s = narrow_scope();
+    struct kp_token_refusal why;
+    (void)state;
+    assert_int_equal(
+        kp_token_scope_allows(&s, T0, "acme", "prj-a", "anything", "pool-main", "o3", &why), KP_OK);
+    s.features = features;
+    s.n_features = 2;
+    assert_int_equal(
+        kp_token_scope_allows(&s, T0, "acme", "prj-a", "chat-summary", "pool-main", "o3", &why),
+        KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, T0, "acme", "prj-a", NULL, "pool-main", "o3", &why),
+                     KP_OK);
+    const char *refused[] = {"chat", "search-v2", "Search", ""};
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        char want[128];
+        snprintf(want, sizeof(want),
+                 "feature %s is outside this token's scope (allowed: search, chat-summary)",
+                 refused[i]);
+        assert_int_equal(
+            kp_token_scope_allows(&s, T0, "acme", "prj-a", refused[i], "pool-x", "o3-mini", &why),
+            KP_EPERM);
+        assert_int_equal(why.dim, KP_TOKEN_SCOPE_FEATURE); /* before the pool and the model */
+        assert_string_equal(why.msg, want);
+    }
+    /* A project outside the scope is reported before the feature. */
+    assert_int_equal(kp_token_scope_allows(&s, T0, "acme", "prj-x", "chat", NULL, NULL, &why),
+                     KP_EPERM);
+    assert_int_equal(why.dim, KP_TOKEN_SCOPE_PROJECT);
 }
 
 /* Model entries ending in '*' match by prefix; "*" matches every model. */
@@ -528,17 +565,22 @@ static void test_scope_model_wildcards(void **state)
     struct kp_token_scope s = narrow_scope();
     static const char *const star[] = {"*"};
     (void)state;
-    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, "gpt-4o", NULL), KP_OK);
-    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, "gpt-4o-mini", NULL), KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, NULL, "gpt-4o", NULL), KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, NULL, "gpt-4o-mini", NULL),
+                     KP_OK);
     assert_int_equal(
-        kp_token_scope_allows(&s, T0, NULL, NULL, NULL, "claude-3-5-sonnet@20240620", NULL), KP_OK);
-    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, "gpt-4", NULL), KP_EPERM);
-    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, "GPT-4o", NULL), KP_EPERM);
-    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, "", NULL), KP_EPERM);
+        kp_token_scope_allows(&s, T0, NULL, NULL, NULL, NULL, "claude-3-5-sonnet@20240620", NULL),
+        KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, NULL, "gpt-4", NULL),
+                     KP_EPERM);
+    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, NULL, "GPT-4o", NULL),
+                     KP_EPERM);
+    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, NULL, "", NULL), KP_EPERM);
     s.models = star;
     s.n_models = 1;
-    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, "anything", NULL), KP_OK);
-    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, "", NULL), KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, NULL, "anything", NULL),
+                     KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, NULL, NULL, NULL, "", NULL), KP_OK);
 }
 
 /* Tenant "*" and empty lists allow everything in their dimension. */
@@ -546,10 +588,10 @@ static void test_scope_everything(void **state)
 {
     struct kp_token_scope s = {.tenant = "*"};
     (void)state;
-    assert_int_equal(kp_token_scope_allows(&s, T0, "t1", "p1", "pool1", "m1", NULL), KP_OK);
-    assert_int_equal(kp_token_scope_allows(&s, INT64_MAX, "", "", "", "", NULL), KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, T0, "t1", "p1", NULL, "pool1", "m1", NULL), KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, INT64_MAX, "", "", NULL, "", "", NULL), KP_OK);
     s.tenant = "t1";
-    assert_int_equal(kp_token_scope_allows(&s, T0, "t1", "p1", "pool1", "m1", NULL), KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, T0, "t1", "p1", NULL, "pool1", "m1", NULL), KP_OK);
     /* A scope with no tenant at all (never valid) refuses every tenant. */
     s.tenant = NULL;
     expect_refused(&s, T0, "t1", NULL, NULL, NULL, KP_TOKEN_SCOPE_TENANT,
@@ -563,14 +605,17 @@ static void test_scope_expiry(void **state)
 {
     struct kp_token_scope s = narrow_scope();
     (void)state;
-    assert_int_equal(kp_token_scope_allows(&s, T0 + 999, "acme", NULL, NULL, NULL, NULL), KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, T0 + 999, "acme", NULL, NULL, NULL, NULL, NULL),
+                     KP_OK);
     expect_refused(&s, T0 + 1000, "acme", NULL, NULL, NULL, KP_TOKEN_SCOPE_EXPIRED,
                    "token expired at 2026-01-01T00:00:01.000Z");
     expect_refused(&s, T0 + 5000, "other", "x", "y", "z", KP_TOKEN_SCOPE_EXPIRED,
                    "token expired at 2026-01-01T00:00:01.000Z");
     s.expires_at = 0;
-    assert_int_equal(kp_token_scope_allows(&s, INT64_MAX, "acme", NULL, NULL, NULL, NULL), KP_OK);
-    assert_int_equal(kp_token_scope_allows(&s, INT64_MIN, "acme", NULL, NULL, NULL, NULL), KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, INT64_MAX, "acme", NULL, NULL, NULL, NULL, NULL),
+                     KP_OK);
+    assert_int_equal(kp_token_scope_allows(&s, INT64_MIN, "acme", NULL, NULL, NULL, NULL, NULL),
+                     KP_OK);
 }
 
 /* A long allowed list is cut with "..." and a long request value is
@@ -589,7 +634,7 @@ static void test_scope_long_messages(void **state)
     }
     memset(value, 'v', sizeof(value) - 1);
     value[sizeof(value) - 1] = '\0';
-    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, value, NULL, NULL, &why), KP_EPERM);
+    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, value, NULL, NULL, NULL, &why), KP_EPERM);
     assert_int_equal(why.dim, KP_TOKEN_SCOPE_PROJECT);
     assert_true(strlen(why.msg) < sizeof(why.msg));
     assert_memory_equal(why.msg, "project vvvv", 12);
@@ -601,7 +646,7 @@ static void test_scope_long_messages(void **state)
     memset(names[0], 'p', 200);
     names[0][200] = '\0';
     s.n_projects = 1;
-    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, value, NULL, NULL, &why), KP_EPERM);
+    assert_int_equal(kp_token_scope_allows(&s, T0, NULL, value, NULL, NULL, NULL, &why), KP_EPERM);
     assert_string_equal(why.msg + strlen(why.msg) - 14, "(allowed: ...)");
 }
 
@@ -679,6 +724,18 @@ static void test_scope_check(void **state)
     assert_int_equal(kp_token_scope_check(&s, NULL, 0), KP_OK);
     longest[KP_TOKEN_SCOPE_MAX_NAME] = 'x';
     expect_scope_invalid(&s, "pools entry 1 is longer than 128 bytes");
+
+    s = narrow_scope();
+    s.features = empty_entry;
+    s.n_features = 2;
+    expect_scope_invalid(&s, "features entry 2 is empty");
+    s.features = star_project;
+    s.n_features = 1;
+    expect_scope_invalid(&s,
+                         "features entry 1: '*' is allowed only as the last character of a model");
+    s.features = comma;
+    expect_scope_invalid(
+        &s, "features entry 1: character 2 is not printable ASCII, or is a space or ','");
 }
 
 int main(void)
@@ -697,6 +754,7 @@ int main(void)
         cmocka_unit_test(test_role_names_and_checks),
         cmocka_unit_test(test_role_refusal_message),
         cmocka_unit_test(test_scope_dimensions),
+        cmocka_unit_test(test_scope_features),
         cmocka_unit_test(test_scope_model_wildcards),
         cmocka_unit_test(test_scope_everything),
         cmocka_unit_test(test_scope_expiry),

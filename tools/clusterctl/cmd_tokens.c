@@ -18,7 +18,8 @@ static int tokens_delete(struct kp_ctl *ctl, int argc, char **argv);
 static const struct kp_ctl_command tokens_commands[] = {
     {"list", "", "list the tokens (never their secrets)", tokens_list, false},
     {"create",
-     "--role ROLE [--name N] [--tenant T] [--project P]... [--pool P]... [--model M]... "
+     "--role ROLE [--name N] [--tenant T] [--project P]... [--feature F]... [--pool P]... [--model "
+     "M]... "
      "[--expires-in DURATION]",
      "create a token and print it, this once", tokens_create, false},
     {"disable", "ID", "stop a token from working (it stays listed)", tokens_disable, false},
@@ -38,7 +39,7 @@ static int tokens_list(struct kp_ctl *ctl, int argc, char **argv)
 
 struct create_args {
     const char *role, *name, *tenant, *expires_in;
-    json_t *projects, *pools, *models;
+    json_t *projects, *features, *pools, *models;
 };
 
 static json_t *create_body(struct kp_ctl *ctl, const struct create_args *a)
@@ -61,9 +62,9 @@ static json_t *create_body(struct kp_ctl *ctl, const struct create_args *a)
         }
         expires_at = (json_int_t)(kp_now_unix_ms() + (int64_t)seconds * 1000);
     }
-    json_t *body =
-        json_pack("{s:s, s:s*, s:s*, s:O*, s:O*, s:O*}", "role", a->role, "name", a->name, "tenant",
-                  a->tenant, "projects", a->projects, "pools", a->pools, "models", a->models);
+    json_t *body = json_pack("{s:s, s:s*, s:s*, s:O*, s:O*, s:O*, s:O*}", "role", a->role, "name",
+                             a->name, "tenant", a->tenant, "projects", a->projects, "features",
+                             a->features, "pools", a->pools, "models", a->models);
     if (body == NULL) {
         kp_ctl__usage_error(ctl, "tokens create: the values must be valid UTF-8");
         return NULL;
@@ -116,6 +117,7 @@ static int tokens_create(struct kp_ctl *ctl, int argc, char **argv)
         {"name", 0, KP_CTL_FLAG_VALUE, &a.name},
         {"tenant", 0, KP_CTL_FLAG_VALUE, &a.tenant},
         {"project", 0, KP_CTL_FLAG_LIST, &a.projects},
+        {"feature", 0, KP_CTL_FLAG_LIST, &a.features},
         {"pool", 0, KP_CTL_FLAG_LIST, &a.pools},
         {"model", 0, KP_CTL_FLAG_LIST, &a.models},
         {"expires-in", 0, KP_CTL_FLAG_VALUE, &a.expires_in},
@@ -142,6 +144,7 @@ static int tokens_create(struct kp_ctl *ctl, int argc, char **argv)
     json_decref(answer);
     json_decref(body);
     json_decref(a.projects);
+    json_decref(a.features);
     json_decref(a.pools);
     json_decref(a.models);
     return rc;

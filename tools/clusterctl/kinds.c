@@ -87,6 +87,7 @@ static const struct kp_ctl_column token_columns[] = {
     {"ROLE", "role", NULL},
     {"TENANT", "tenant", NULL},
     {"PROJECTS", "projects", NULL},
+    {"FEATURES", "features", NULL},
     {"POOLS", "pools", NULL},
     {"MODELS", "models", NULL},
     {"EXPIRES", "expires_at_ms", kp_ctl__cell_time},
