@@ -148,12 +148,16 @@ int kp_router__fail_param(struct kp_call *c, int status, const char *type, const
         KP_HTTP_HEADER("X-Request-Id", c->rid),
         KP_HTTP_HEADER("X-Keyplane-Error", code),
         KP_HTTP_HEADER("Retry-After", retry),
-        /* A policy's limit refused the call: which one, and when to retry. */
-        KP_HTTP_HEADER("X-RateLimit-Limit", limit),
+        /* Nothing left until the reset; the limit only when it is the
+         * app's own (a policy's): a key's ceiling is the operator's, and a
+         * provider's 429 names no number. */
         KP_HTTP_HEADER("X-RateLimit-Remaining", "0"),
         KP_HTTP_HEADER("X-RateLimit-Reset", retry),
+        KP_HTTP_HEADER("X-RateLimit-Limit", limit),
     };
-    unsigned nh = c->retry_after_s > 0 ? (c->rl_limit > 0 ? 7 : 4) : 3;
+    unsigned nh = 3;
+    if (c->retry_after_s > 0)
+        nh = status == 429 ? (c->rl_limit > 0 ? 7 : 6) : 4;
     if (c->budget_refused[0] != '\0') {
         /* Retrying before the reset cannot help: say so to SDKs that
          * retry 429s on their own (the OpenAI and Anthropic SDKs read

@@ -503,6 +503,10 @@ class RouterTest(unittest.TestCase):
         status, h, raw = g.call("/v1/chat/completions", CHAT)
         self.assertEqual((status, h["x-keyplane-error"]), (429, "rate_limited"), raw)
         self.assertEqual(h["retry-after"], "30")
+        # Nothing left until then; no limit is named, as no policy of the
+        # app's refused it.
+        self.assertEqual((h["x-ratelimit-remaining"], h["x-ratelimit-reset"]), ("0", "30"))
+        self.assertNotIn("x-ratelimit-limit", h)
         tried = g.stats()["requests"]
         self.assertEqual(tried, 2)  # each key once
         # Both keys cool down on every worker that saw them; calls meanwhile
@@ -913,6 +917,23 @@ class RateLimitTest(unittest.TestCase):
         remaining = int(h["x-ratelimit-remaining-tokens"])
         self.assertGreaterEqual(remaining, left)
         self.assertLessEqual(remaining, left + refilled())
+
+    def test_every_key_over_its_ceiling_is_a_429_that_says_when(self):
+        # The keys' own rpm (the providers' ceilings): once both are used
+        # up the app gets 429 with Retry-After and X-RateLimit-Remaining/
+        # Reset, and the provider sees nothing more.
+        g = Gateway(self)
+        for name in ("key-a", "key-b"):
+            g.admin("PUT", "/keys/" + name, {"provider": "mock", "rpm": 1})
+        results = [g.call("/v1/chat/completions", CHAT) for _ in range(3)]
+        self.assertEqual([r[0] for r in results], [200, 200, 429])
+        _, h, raw = results[2]
+        self.assertEqual(h["x-keyplane-error"], "rate_limited", raw)
+        self.assertTrue(0 < int(h["retry-after"]) <= 61, h)
+        self.assertEqual((h["x-ratelimit-remaining"], h["x-ratelimit-reset"]),
+                         ("0", h["retry-after"]))
+        self.assertNotIn("x-ratelimit-limit", h)
+        self.assertEqual(g.stats()["requests"], 2)
 
     def test_a_key_scoped_policy_limits_that_key(self):
         # An internal limit on key-a (a policy scoped to the key): past it
