@@ -105,6 +105,8 @@ enum kp_provider_kind {
     KP_PROVIDER_OPENAI_COMPATIBLE,
 };
 
+#define KP_PROVIDER_RETRIES_MAX 10 /* max_retries */
+
 struct kp_provider {
     struct kp_entity e;
     uint8_t kind;             /* enum kp_provider_kind */
@@ -116,6 +118,12 @@ struct kp_provider {
      * default (connect 5 s, first byte 60 s, gap between body bytes 60 s,
      * total 600 s). */
     uint32_t connect_timeout_ms, first_byte_timeout_ms, idle_timeout_ms, total_timeout_ms;
+    /* Retries of one key after a server error, a failed connection or a
+     * timeout (docs/router.md, "Retries"; snapshot format 10): at most
+     * max_retries (default 1), after a random wait of up to
+     * retry_backoff_ms << n (default 100), while the call is younger than
+     * retry_window_ms (default 3000). */
+    uint32_t max_retries, retry_backoff_ms, retry_window_ms;
     /* A balance or credits endpoint the canary reads (docs/balances.md):
      * GET base_url + balance_path with the key's auth; the remaining
      * balance in USD is the number (or numeric string) at the JSON pointer

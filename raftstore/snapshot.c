@@ -28,7 +28,8 @@
  * capture_content (since = 6); format 7 the key balances after alerts;
  * format 8 a key health's canary fields and history (since = 8); format 9
  * a provider's balance endpoint and a key health's provider balance
- * (since = 9); format 10 a token's features (since = 10). Older formats are still
+ * (since = 9); format 10 a token's features and a provider's retry
+ * settings (since = 10). Older formats are still
  * restored: format 1, which ends at key_health, with no budget state (a
  * budget's first lease after that starts its window afresh), formats 1
  * and 2 with nothing frozen, formats 1 to 3 with every budget at UTC and
@@ -38,7 +39,8 @@
  * with no key balances (format 7 added that table after alerts), and
  * formats 1 to 7 with no key probed yet and no health history, and
  * formats 1 to 8 with no balance endpoint and no provider balance read,
- * and formats 1 to 9 with every token open to every feature.
+ * and formats 1 to 9 with every token open to every feature and every
+ * provider retrying as before (1 retry, 100 ms backoff, 3 s window).
  *
  * Restore treats the input as hostile. It checks the header, the sizes
  * against each other and against the caller's limit, and the checksum,

@@ -238,13 +238,11 @@ static void report_key(struct kp_call *c, const char *cls)
 }
 
 /* Retries of the same key, for failures that may pass (a 5xx, a failed
- * connection, a timeout): at most RETRIES per key, with exponential backoff
- * and full jitter (a random wait up to 100 ms, 200 ms, ...), and only while
- * the call is younger than RETRY_BUDGET_MS. A 429 is not retried on the
- * same key (its cooldown says wait); nothing is retried once bytes went to
- * the app. */
-enum { RETRIES = 1, RETRY_BASE_MS = 100, RETRY_BUDGET_MS = 3000 };
-
+ * connection, a timeout): at most the provider's max_retries per key, with
+ * exponential backoff and full jitter (a random wait up to
+ * retry_backoff_ms, twice that, ...), and only while the call is younger
+ * than its retry_window_ms. A 429 is not retried on the same key (its
+ * cooldown says wait); nothing is retried once bytes went to the app. */
 static void retry_fire(uv_timer_t *t)
 {
     struct kp_call *c = t->data;
@@ -257,8 +255,9 @@ static bool retry_later(struct kp_call *c, const char *cls)
 {
     bool retryable =
         strcmp(cls, "server") == 0 || strcmp(cls, "connect") == 0 || strcmp(cls, "timeout") == 0;
+    const struct kp_provider *p = c->cur->provider;
     uint64_t age_ms = (kp_now_mono_us() - c->start_us) / 1000;
-    if (!retryable || c->key_retries >= RETRIES || age_ms >= RETRY_BUDGET_MS ||
+    if (!retryable || c->key_retries >= p->max_retries || age_ms >= p->retry_window_ms ||
         kp_breaker_open(c->r->breakers, c->cur->key->e.id, kp_now_unix_ms()))
         return false;
     if (c->retry_timer == NULL) {
@@ -270,7 +269,7 @@ static bool retry_later(struct kp_call *c, const char *cls)
         }
         c->retry_timer->data = c;
     }
-    uint64_t cap = (uint64_t)RETRY_BASE_MS << c->key_retries;
+    uint64_t cap = (uint64_t)p->retry_backoff_ms << c->key_retries; /* at most 60 s << 9 */
     uint32_t rnd = 0;
     kp_random_pooled(&rnd, sizeof(rnd));
     uint64_t wait = cap ? rnd % (cap + 1) : 0;

@@ -227,6 +227,37 @@ class RouterTest(unittest.TestCase):
         self.assertIn('keyplane_router_retries_total{provider="mock",key="key-a"} 2\n',
                       g.node.metrics())
 
+    def test_retries_follow_the_providers_settings(self):
+        # max_retries 2: key-a is tried three times (its breaker opens at
+        # the third failure in a row), then key-b answers.
+        g = self.g
+        base = {"kind": "openai-compatible", "base_url": g.mock.url + "/v1",
+                "allow_insecure": True}
+        item = g.admin("PUT", "/providers/mock", dict(base, max_retries=2, retry_backoff_ms=1))
+        self.assertEqual((item["max_retries"], item["retry_backoff_ms"], item["retry_window_ms"]),
+                         (2, 1, 3000))
+        http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "502"})
+        status, h, raw = g.call("/v1/chat/completions", CHAT, headers={"X-Request-Id": "r-3"})
+        self.assertEqual((status, h["x-keyplane-key"]), (200, "key-b"), raw)
+        self.assertEqual(g.stats()["keys"], {fp(KEY_A): 3, fp(KEY_B): 1})
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-3"), None),
+                        what="the usage event")
+        self.assertEqual(ev["retries"], 3)  # two retries and a failover
+        # max_retries 0: key-b alone in the pool, failing once, is not
+        # tried again: the app gets the 502 (the default would retry it).
+        g.admin("PUT", "/pools/default", {"members": [{"key": "key-b"}]})
+        g.admin("PUT", "/providers/mock", dict(base, max_retries=0))
+        g.reset_mock()
+        http("POST", g.mock.url + "/mock/faults", body={"key": KEY_B, "faults": "500", "times": 1})
+        status, h, raw = g.call("/v1/chat/completions", CHAT)
+        self.assertEqual((status, h["x-keyplane-error"]), (502, "upstream_error"), raw)
+        self.assertEqual(g.stats()["keys"], {fp(KEY_B): 1})
+        # Out of range is refused by name.
+        status, _, raw = g.node.control("PUT", ADMIN + "/providers/mock",
+                                        body=dict(base, max_retries=11))
+        self.assertEqual(status, 400, raw)
+        self.assertIn("max_retries", raw.decode())
+
     def test_a_cut_success_answer_fails_over_and_is_never_relayed(self):
         # A 200 whose body is not JSON (cut in the middle) is the
         # provider's failure (class server): retried once on the same key,

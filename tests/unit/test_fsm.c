@@ -2081,10 +2081,30 @@ static void test_snapshot_format5_tenants(void **state)
     kp_fsm_free(g);
 }
 
-/* A token's features survive a snapshot; a format-9 snapshot (from before
- * the field) restores every token open to every feature, while a
- * format-10 one must carry it. */
-static void test_snapshot_format9_tokens(void **state)
+/* Remove @field (its key and value, @len bytes) from the map whose first
+ * key and value are the first @head in raw[0..*n): its count (a fixmap's,
+ * or the low byte of a map 16's) drops by one. */
+static void drop_field(uint8_t *raw, size_t *n, const char *head, const char *field, size_t len)
+{
+    uint8_t *map = memmem(raw, *n, head, strlen(head));
+    assert_non_null(map);
+    assert_true(map - raw >= 3);
+    uint8_t *count = map - 1;
+    assert_true(((*count & 0xf0) == 0x80 && (*count & 0x0f) > 1) ||
+                (map[-3] == 0xde && map[-2] == 0 && *count > 16));
+    (*count)--;
+    uint8_t *at = memmem(map, *n - (size_t)(map - raw), field, len);
+    assert_non_null(at);
+    assert_true(at - map < 400); /* inside the same entity */
+    memmove(at, at + len, *n - (size_t)(at + len - raw));
+    *n -= len;
+}
+
+/* Format 10 added a token's features and a provider's retry settings: they
+ * survive a snapshot, a format-9 snapshot (from before them) restores
+ * every token open to every feature and every provider with the default
+ * retries, and a format-10 one must carry them. */
+static void test_snapshot_format9(void **state)
 {
     struct kp_fsm *f = *state, *g = kp_fsm_new();
     struct kp_buf w;
@@ -2098,6 +2118,13 @@ static void test_snapshot_format9_tokens(void **state)
                          .features = {features, 2}};
     memset(t.hash, 'H', sizeof(t.hash));
     assert_ok(apply(f, KP_OP_PUT_TOKEN, &t));
+    struct kp_provider p = {.e.id = (char *)"slow",
+                            .kind = KP_PROVIDER_OPENAI,
+                            .base_url = (char *)"https://slow.example/v1",
+                            .max_retries = 3,
+                            .retry_backoff_ms = 250,
+                            .retry_window_ms = 20000};
+    assert_ok(apply(f, KP_OP_PUT_PROVIDER, &p));
     uint8_t *raw = raw_of(f, &n);
     wrap(raw, n, &w);
     assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_OK);
@@ -2107,35 +2134,33 @@ static void test_snapshot_format9_tokens(void **state)
     assert_int_equal(got->features.n, 2);
     assert_string_equal(got->features.v[0], "search");
     assert_string_equal(got->features.v[1], "chat");
-    /* Drop the field from both tokens (14 fields -> 13). */
-    static const struct {
-        const char *head, *field;
-        size_t field_len;
-    } cut[] = {
-        {"\x8e\xa2id\xa6tk_abc",
-         "\xa8"
-         "features\x90",
-         10},
-        {"\x8e\xa2id\xa7tk_feat",
-         "\xa8"
-         "features\x92\xa6search\xa4"
-         "chat",
-         22},
-    };
-    for (size_t i = 0; i < sizeof(cut) / sizeof(cut[0]); i++) {
-        uint8_t *map = memmem(raw, n, cut[i].head, strlen(cut[i].head));
-        assert_non_null(map);
-        *map = 0x8d;
-        uint8_t *at = memmem(map, n - (size_t)(map - raw), cut[i].field, cut[i].field_len);
-        assert_non_null(at);
-        assert_true(at - map < 160);
-        memmove(at, at + cut[i].field_len, n - (size_t)(at + cut[i].field_len - raw));
-        n -= cut[i].field_len;
-    }
+    const struct kp_provider *gp =
+        (const struct kp_provider *)kp_fsm_get(g, KP_KIND_PROVIDER, "slow");
+    assert_non_null(gp);
+    assert_int_equal(gp->max_retries, 3);
+    assert_int_equal(gp->retry_backoff_ms, 250);
+    assert_int_equal(gp->retry_window_ms, 20000);
+
+    /* The same state as format 9 wrote it: without the new fields. */
+    drop_field(raw, &n, "\xa2id\xa6tk_abc",
+               "\xa8"
+               "features\x90",
+               10);
+    drop_field(raw, &n, "\xa2id\xa7tk_feat",
+               "\xa8"
+               "features\x92\xa6search\xa4"
+               "chat",
+               22);
+    drop_field(raw, &n, "\xa2id\xa4slow", "\xabmax_retries\x03", 13);
+    drop_field(raw, &n, "\xa2id\xa4slow", "\xb0retry_backoff_ms\xcc\xfa", 19);
+    drop_field(raw, &n, "\xa2id\xa4slow", "\xafretry_window_ms\xcd\x4e\x20", 19);
+    drop_field(raw, &n, "\xa2id\xa6openai", "\xabmax_retries\x00", 13);
+    drop_field(raw, &n, "\xa2id\xa6openai", "\xb0retry_backoff_ms\x00", 18);
+    drop_field(raw, &n, "\xa2id\xa6openai", "\xafretry_window_ms\x00", 17);
     assert_int_equal(raw[10], 10);
     wrap(raw, n, &w);
     assert_int_equal(kp_fsm_restore(g, w.data, w.len, 0, err, sizeof(err)), KP_EPARSE);
-    assert_non_null(strstr(err, "features: missing"));
+    assert_non_null(strstr(err, "missing"));
     kp_buf_free(&w);
     raw[10] = 9;
     wrap(raw, n, &w);
@@ -2146,6 +2171,12 @@ static void test_snapshot_format9_tokens(void **state)
     assert_non_null(got);
     assert_int_equal(got->features.n, 0);
     assert_string_equal(got->tenant, "acme");
+    gp = (const struct kp_provider *)kp_fsm_get(g, KP_KIND_PROVIDER, "slow");
+    assert_non_null(gp);
+    assert_int_equal(gp->max_retries, 1);
+    assert_int_equal(gp->retry_backoff_ms, 100);
+    assert_int_equal(gp->retry_window_ms, 3000);
+    assert_string_equal(gp->base_url, "https://slow.example/v1");
     free(raw);
     kp_fsm_free(g);
 }
@@ -2517,7 +2548,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_snapshot_payload_corrupt, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_budget_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_format3_budgets, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_snapshot_format9_tokens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_format9, setup, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_format5_tenants, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alloc_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_budget_alloc_failure, setup, teardown),

@@ -284,8 +284,9 @@ static void test_render_kinds(void **state)
     keys_of(j, keys, sizeof(keys));
     /* api_version is absent: omitted, not null */
     assert_string_equal(keys, "allow_insecure,base_url,connect_timeout_ms,created_ms,"
-                              "first_byte_timeout_ms,headers,id,idle_timeout_ms,kind,"
-                              "total_timeout_ms,updated_ms,version");
+                              "first_byte_timeout_ms,headers,id,idle_timeout_ms,kind,max_retries,"
+                              "retry_backoff_ms,retry_window_ms,total_timeout_ms,updated_ms,"
+                              "version");
     assert_string_equal(jstr(j, "kind"), "openai"); /* its own field, not the entity kind */
     assert_string_equal(jstr(j, "id"), "openai");
     assert_int_equal(jint(j, "version"), 1);
