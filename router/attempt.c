@@ -516,34 +516,25 @@ int kp_router__write_event(struct kp_call *c, const char *event, size_t event_le
     return 0;
 }
 
-/* Whether an event's data may hold a "usage" object: the key, then
- * (after any spaces) an opening brace. One pass; a false positive only
- * costs a parse. Every "usage" in the text is looked at, found by its 'g'
- * (memchr: a rarer byte in JSON than the quote, and a quicker search than
- * memmem's, which was 6% of a short stream's instructions). */
-static bool has_usage_object(const char *data, size_t len)
+/* Relay a chat chunk without the "usage":null member that every chunk
+ * carries once include_usage is set: the gateway set it, not the app, and
+ * without it OpenAI sends no such member. Anything else goes as it is. */
+static int write_without_null_usage(struct kp_call *c, const struct kp_sse_event *e)
 {
-    if (len < 7)
-        return false;
-    /* The key is p[-4] to p[2] around its 'g' at p. */
-    const char *end = data + len, *p = data + 4, *last = end - 2;
-    while (p < last && (p = memchr(p, 'g', (size_t)(last - p))) != NULL) {
-        if (memcmp(p - 4, "\"usage\"", 7) != 0) {
-            p++;
-            continue;
-        }
-        p += 3;
-        while (p < end && (*p == ' ' || *p == '\t'))
-            p++;
-        if (p < end && *p == ':') {
-            p++;
-            while (p < end && (*p == ' ' || *p == '\t'))
-                p++;
-            if (p < end && *p == '{')
-                return true;
-        }
-    }
-    return false;
+    size_t from, to;
+    if (!kp_router__null_usage_span(e->data, e->data_len, &from, &to))
+        return kp_router__write_event(c, e->event, e->event_len, e->data, e->data_len);
+    size_t tail = e->data_len - to, n = from + tail;
+    char small[2048];
+    char *tmp = n <= sizeof(small) ? small : kp_malloc(n);
+    if (tmp == NULL)
+        return kp_router__write_event(c, e->event, e->event_len, e->data, e->data_len);
+    memcpy(tmp, e->data, from);
+    memcpy(tmp + from, e->data + to, tail);
+    int rc = kp_router__write_event(c, e->event, e->event_len, tmp, n);
+    if (tmp != small)
+        kp_free(tmp);
+    return rc;
 }
 
 /* The length of the JSON string that starts at @p (just past its opening
@@ -632,7 +623,7 @@ static int on_event(void *arg, const struct kp_sse_event *e)
      * without a document; what it does not find where it looks (the
      * Responses API's model and usage, inside "response") is left to
      * jansson. */
-    bool has_usage = !done && has_usage_object(e->data, e->data_len);
+    bool has_usage = !done && kp_router__has_usage_object(e->data, e->data_len);
     bool read = !done && (c->ev.model_served[0] == '\0' || has_usage);
     struct kp_answer_facts facts;
     if (read && kp_router__scan_answer(e->data, e->data_len, &facts) &&
@@ -664,6 +655,8 @@ static int on_event(void *arg, const struct kp_sse_event *e)
                 return 0;
         }
     }
+    if (!c->client_wants_usage && (c->ep == KP_EP_CHAT || c->ep == KP_EP_COMPLETIONS))
+        return write_without_null_usage(c, e);
     return kp_router__write_event(c, e->event, e->event_len, e->data, e->data_len);
 }
 

@@ -121,8 +121,10 @@ class RouterTest(unittest.TestCase):
         self.assertEqual(events[-1], "[DONE]")
         chunks = [json.loads(e) for e in events[:-1]]
         # The gateway asked the mock for usage; the app did not, so it
-        # sees no usage chunk.
+        # sees no usage chunk, and no "usage": null in the others (OpenAI
+        # sends none without include_usage).
         self.assertTrue(all(c["choices"] for c in chunks), chunks[-1])
+        self.assertEqual([c for c in chunks if "usage" in c], [])
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
         self.assertTrue(text.startswith("mock0"))
         ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-s"), None),
@@ -164,6 +166,9 @@ class RouterTest(unittest.TestCase):
         last = json.loads(events[-2])
         self.assertEqual(last["choices"], [])
         self.assertEqual(last["usage"]["completion_tokens"], 16)
+        # The app asked: every other chunk keeps its "usage": null.
+        chunks = [json.loads(e) for e in events[:-2]]
+        self.assertTrue(chunks and all("usage" in c and c["usage"] is None for c in chunks))
 
     def test_401_on_the_first_key_fails_over_to_the_second(self):
         g = self.g
