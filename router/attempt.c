@@ -577,24 +577,29 @@ static bool text_key_before(const char *data, const char *colon)
 
 /* Bytes of generated text in one upstream event, for an estimate when
  * usage never comes or the stream is cut: the string value of the last
- * member text_key_before names. Searched from the end, where OpenAI's and
- * Anthropic's deltas keep it, and only the last one: an event carries one
- * piece of text (a multi-part one is undercounted), and reading every
- * member would cost a tenth of a stream's instructions. A colon inside a
- * string never matches: an escaped quote has a backslash before it. */
-static size_t text_bytes(const char *data, size_t len)
+ * member text_key_before names, or with @every the sum of all of them.
+ * Searched from the end, where OpenAI's and Anthropic's deltas keep their
+ * one piece of text: reading every member of their events would cost a
+ * tenth of a stream's instructions. Gemini's chunks may hold several
+ * parts, each with its "text", so there every one counts. A colon inside
+ * a string never matches: an escaped quote has a backslash before it. */
+static size_t text_bytes(const char *data, size_t len, bool every)
 {
     const char *end = data + len, *colon = end;
+    size_t n = 0;
     while ((colon = memrchr(data, ':', (size_t)(colon - data))) != NULL) {
         if (colon - data < 6 || colon[-1] != '"' || !text_key_before(data, colon))
             continue;
         const char *p = colon + 1;
         while (p < end && (*p == ' ' || *p == '\t'))
             p++;
-        if (p < end && *p == '"')
-            return string_bytes(p + 1, end);
+        if (p < end && *p == '"') {
+            n += string_bytes(p + 1, end);
+            if (!every)
+                break;
+        }
     }
-    return 0;
+    return n;
 }
 
 static int on_event(void *arg, const struct kp_sse_event *e)
@@ -608,7 +613,7 @@ static int on_event(void *arg, const struct kp_sse_event *e)
      * Responses ...done event repeating the whole text) add none. */
     if (e->event_len >= 5 && (memcmp(e->event + e->event_len - 5, "delta", 5) == 0 ||
                               (e->event_len == 7 && memcmp(e->event, "message", 7) == 0)))
-        c->streamed_bytes += text_bytes(e->data, e->data_len);
+        c->streamed_bytes += text_bytes(e->data, e->data_len, c->shape == KP_SHAPE_CHAT_VIA_GEMINI);
     if (c->shape != KP_SHAPE_OPENAI) {
         char why[256];
         int rc = kp_router__stream_event(c, e, why, sizeof(why));

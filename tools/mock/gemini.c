@@ -20,13 +20,19 @@ static void put_usage(struct kp_mock_answer *a, const struct kp_mock_gen *g)
                   g->prompt_tokens, g->completion_tokens, g->prompt_tokens + g->completion_tokens);
 }
 
-/* One response object whose single part holds @text; @last adds the finish
- * reason and the usage. */
+/* One response object holding @text: in one part, or with @split in two
+ * (its halves: the replies are ASCII), as Gemini's stream chunks may come;
+ * @last adds the finish reason and the usage. */
 static void put_response(struct kp_mock_answer *a, const struct kp_mock_gen *g, const char *text,
-                         size_t len, bool last)
+                         size_t len, bool split, bool last)
 {
+    size_t half = split && len >= 2 ? len / 2 : len;
     kp_mock__put(a, "{\"candidates\":[{\"content\":{\"parts\":[{\"text\":");
-    kp_mock__put_str(a, text, len);
+    kp_mock__put_str(a, text, half);
+    if (half < len) {
+        kp_mock__put(a, "},{\"text\":");
+        kp_mock__put_str(a, text + half, len - half);
+    }
     kp_mock__put(a, "}],\"role\":\"model\"}");
     if (last)
         kp_mock__put(a, g->truncated ? ",\"finishReason\":\"MAX_TOKENS\""
@@ -54,7 +60,7 @@ static void generate_stream(const struct kp_mock_gen *g, bool sse, struct kp_moc
             kp_mock__event_begin(a, NULL);
         else
             kp_mock__put(a, i == 0 ? "[" : ",\r\n");
-        put_response(a, g, w, wl, last);
+        put_response(a, g, w, wl, true, last);
         if (sse)
             kp_mock__event_end(a, SSE_SEP);
         else
@@ -104,7 +110,7 @@ void kp_mock__gemini_generate(struct kp_mock_gen *g, const json_t *body, bool st
     }
     kp_mock__reply_text(g->completion_tokens, &text, &len);
     kp_mock__begin(a, 200, "application/json; charset=UTF-8");
-    put_response(a, g, text, len, true);
+    put_response(a, g, text, len, false, true);
 }
 
 void kp_mock__gemini_models(struct kp_mock_answer *a)
