@@ -292,7 +292,8 @@ static void attempt_failed(struct kp_call *c, const char *cls, const char *why)
     kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, cls);
     if (strcmp(cls, "rate_limit") == 0) {
         int64_t ms = c->up_retry_after_ms > 0 ? c->up_retry_after_ms : 1000;
-        c->retry_after_s = (int)((ms > 600000 ? 600000 : ms) / 1000);
+        /* Whole seconds, rounded up: a wait of 500 ms is not "0". */
+        c->retry_after_s = (int)(((ms > 600000 ? 600000 : ms) + 999) / 1000);
     }
     if (retry_later(c, cls)) {
         kp_info("router", "request %s: key %s failed (%s): %s; retrying it after a backoff", c->rid,

@@ -564,6 +564,24 @@ class RouterTest(unittest.TestCase):
         self.assertEqual((status, h["x-keyplane-error"]), (429, "rate_limited"), raw)
         self.assertTrue(25 <= int(h["retry-after"]) <= 31, h)
 
+    def test_retry_after_ms_is_honoured(self):
+        # OpenAI's retry-after-ms alone (no Retry-After): the keys cool down
+        # for it, not for the 1 s default, and the app is told the whole
+        # seconds, rounded up.
+        g = self.g
+        for k in (KEY_A, KEY_B):
+            http("POST", g.mock.url + "/mock/faults",
+                 body={"key": k, "faults": "429:retry_after_ms=20500"})
+        status, h, raw = g.call("/v1/chat/completions", CHAT)
+        self.assertEqual((status, h["x-keyplane-error"]), (429, "rate_limited"), raw)
+        self.assertEqual(h["retry-after"], "21", h)
+        # Both keys cool down: the next call reaches no provider.
+        tried = g.stats()["requests"]
+        status, h, raw = g.call("/v1/chat/completions", CHAT)
+        self.assertEqual(status, 429, raw)
+        self.assertTrue(15 <= int(h["retry-after"]) <= 21, h)
+        self.assertLessEqual(g.stats()["requests"], tried + 2)  # the other worker may try each
+
     def test_failing_key_opens_its_breaker(self):
         g = self.g
         http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "500"})

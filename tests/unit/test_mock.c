@@ -243,15 +243,19 @@ static void fault_specs_parse(void **state)
     (void)state;
     fl = parse_ok("429");
     assert_int_equal(fl.status, 429);
-    assert_int_equal(fl.retry_after_s, 1);
+    assert_int_equal(fl.retry_after, 1);
     assert_false(fl.quota);
     fl = parse_ok("429:retry_after=30");
-    assert_int_equal(fl.retry_after_s, 30);
-    assert_false(fl.retry_as_date);
+    assert_int_equal(fl.retry_after, 30);
+    assert_int_equal(fl.retry_form, KP_MOCK_RETRY_SECONDS);
     fl = parse_ok("429:retry_at=30");
     assert_int_equal(fl.status, 429);
-    assert_int_equal(fl.retry_after_s, 30);
-    assert_true(fl.retry_as_date);
+    assert_int_equal(fl.retry_after, 30);
+    assert_int_equal(fl.retry_form, KP_MOCK_RETRY_DATE);
+    fl = parse_ok("429:retry_after_ms=2500");
+    assert_int_equal(fl.status, 429);
+    assert_int_equal(fl.retry_after, 2500);
+    assert_int_equal(fl.retry_form, KP_MOCK_RETRY_MS);
     fl = parse_ok("quota");
     assert_int_equal(fl.status, 429);
     assert_true(fl.quota);
@@ -778,7 +782,7 @@ static void request_errors(void **state)
 static void status_faults(void **state)
 {
     struct fx *f = *state;
-    struct kp_http_header h[4];
+    struct kp_http_header h[KP_MOCK_ANSWER_HEADERS];
     unsigned n;
     json_t *a;
 
@@ -790,6 +794,14 @@ static void status_faults(void **state)
     assert_int_equal(n, 2);
     assert_string_equal(h[1].name, "Retry-After");
     assert_string_equal(h[1].value, "9");
+    json_decref(a);
+    a = body_json(call(f, "POST", "/v1/chat/completions", chat_body, OPENAI_AUTH, "X-Mock-Fault",
+                       "429:retry_after_ms=2500", NULL));
+    assert_int_equal(f->ans.status, 429);
+    n = kp_mock_answer_headers(&f->ans, h);
+    assert_int_equal(n, 2);
+    assert_string_equal(h[1].name, "retry-after-ms"); /* alone: no Retry-After */
+    assert_string_equal(h[1].value, "2500");
     json_decref(a);
 
     a = body_json(call(f, "POST", "/v1/chat/completions", chat_body, OPENAI_AUTH, "X-Mock-Fault",

@@ -242,7 +242,7 @@ static void answer_mock(struct fx *f, struct kp_http_exchange *ex,
                         const struct kp_http_request *req)
 {
     struct kp_mock_answer *a = &f->ans;
-    struct kp_http_header h[4];
+    struct kp_http_header h[KP_MOCK_ANSWER_HEADERS];
     kp_mock_handle(&f->mock, 0, req, a);
     unsigned n = kp_mock_answer_headers(a, h);
     if (!a->stream) {

@@ -46,6 +46,8 @@ unsigned kp_mock_answer_headers(const struct kp_mock_answer *a, struct kp_http_h
     out[n++] = KP_HTTP_HEADER("Content-Type", a->content_type);
     if (a->retry_after[0] != '\0')
         out[n++] = KP_HTTP_HEADER("Retry-After", a->retry_after);
+    if (a->retry_after_ms[0] != '\0')
+        out[n++] = KP_HTTP_HEADER("retry-after-ms", a->retry_after_ms);
     if (a->allow != NULL)
         out[n++] = KP_HTTP_HEADER("Allow", a->allow);
     if (a->stream)

@@ -172,15 +172,18 @@ void kp_mock__fault_error(struct kp_mock_answer *a, enum kp_mock_provider p,
         snprintf(msg, sizeof(msg),
                  "Rate limit reached for requests; please try again in %us (keyplane-mock fault "
                  "429).",
-                 f->retry_after_s);
+                 f->retry_form == KP_MOCK_RETRY_MS ? (f->retry_after + 999) / 1000
+                                                   : f->retry_after);
         error_body(a, p, 429, false, true, msg);
-        if (f->retry_as_date) {
-            time_t at = time(NULL) + f->retry_after_s;
+        if (f->retry_form == KP_MOCK_RETRY_DATE) {
+            time_t at = time(NULL) + f->retry_after;
             struct tm tm;
             gmtime_r(&at, &tm);
             strftime(a->retry_after, sizeof(a->retry_after), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        } else if (f->retry_form == KP_MOCK_RETRY_MS) {
+            snprintf(a->retry_after_ms, sizeof(a->retry_after_ms), "%u", f->retry_after);
         } else {
-            snprintf(a->retry_after, sizeof(a->retry_after), "%u", f->retry_after_s);
+            snprintf(a->retry_after, sizeof(a->retry_after), "%u", f->retry_after);
         }
         return;
     }

@@ -138,20 +138,23 @@ static int parse_timing(struct kp_mock_faults *f, const char *s, size_t n)
 
 static int parse_one(struct kp_mock_faults *f, const char *s, size_t n)
 {
-    /* Retry-After in seconds, or as an HTTP-date that many seconds ahead. */
+    /* Retry-After in seconds, or as an HTTP-date that many seconds ahead;
+     * or retry-after-ms alone. */
     static const struct {
         const char *prefix;
         size_t len;
-        bool date;
-    } retry[] = {{"429:retry_after=", 16, false}, {"429:retry_at=", 13, true}};
+        enum kp_mock_retry_form form;
+    } retry[] = {{"429:retry_after=", 16, KP_MOCK_RETRY_SECONDS},
+                 {"429:retry_at=", 13, KP_MOCK_RETRY_DATE},
+                 {"429:retry_after_ms=", 19, KP_MOCK_RETRY_MS}};
     int status;
     unsigned long secs;
 
     if (is_status_fault(s, n, &status)) {
         if (set_status(f, status, false) != 0)
             return -1;
-        if (status == 429 && f->retry_after_s == 0)
-            f->retry_after_s = 1;
+        if (status == 429 && f->retry_after == 0)
+            f->retry_after = 1;
         return 0;
     }
     for (size_t i = 0; i < sizeof(retry) / sizeof(retry[0]); i++) {
@@ -160,8 +163,8 @@ static int parse_one(struct kp_mock_faults *f, const char *s, size_t n)
         if (parse_uint(s + retry[i].len, n - retry[i].len, KP_MOCK_MAX_RETRY_AFTER, &secs) != 0 ||
             set_status(f, 429, false) != 0)
             return -1;
-        f->retry_after_s = (unsigned)secs;
-        f->retry_as_date = retry[i].date;
+        f->retry_after = (unsigned)secs;
+        f->retry_form = (uint8_t)retry[i].form;
         return 0;
     }
     if (n == 5 && memcmp(s, "quota", 5) == 0)
@@ -197,7 +200,7 @@ int kp_mock_faults_parse(struct kp_mock_faults *f, const char *spec, size_t len,
         if (parse_one(f, spec + start, end - start) != 0) {
             snprintf(errmsg, errlen,
                      "bad fault spec '%.*s' (want "
-                     "401|403|404|429[:retry_after=S|:retry_at=S]|quota|500|502|"
+                     "401|403|404|429[:retry_after=S|:retry_at=S|:retry_after_ms=MS]|quota|500|502|"
                      "503|529|latency=MS|slow_first_byte=MS|slow_chunks=MS|reset_mid_stream[=N]|"
                      "malformed_json, one error status at most)",
                      (int)(end - start > 64 ? 64 : end - start), spec + start);
@@ -216,8 +219,8 @@ void kp_mock_faults_merge(struct kp_mock_faults *dst, const struct kp_mock_fault
     if (src->status != 0) {
         dst->status = src->status;
         dst->quota = src->quota;
-        dst->retry_after_s = src->retry_after_s;
-        dst->retry_as_date = src->retry_as_date;
+        dst->retry_after = src->retry_after;
+        dst->retry_form = src->retry_form;
     }
     if (src->latency_ms)
         dst->latency_ms = src->latency_ms;

@@ -59,11 +59,18 @@ int kp_mock_route_parse(const char *name);
 
 /* --- faults -------------------------------------------------------------- */
 
+/* How a 429 says when to come back. */
+enum kp_mock_retry_form {
+    KP_MOCK_RETRY_SECONDS, /* Retry-After: N */
+    KP_MOCK_RETRY_DATE,    /* Retry-After: an HTTP-date N seconds ahead */
+    KP_MOCK_RETRY_MS,      /* retry-after-ms: N alone (OpenAI's header) */
+};
+
 struct kp_mock_faults {
     int status;                  /* 0, or the error status to answer with */
     bool quota;                  /* with status 429: out of quota, not rate limited */
-    unsigned retry_after_s;      /* Retry-After of a 429 */
-    bool retry_as_date;          /* sent as an HTTP-date that many seconds ahead */
+    unsigned retry_after;        /* a 429's wait: seconds, or ms for KP_MOCK_RETRY_MS */
+    uint8_t retry_form;          /* enum kp_mock_retry_form */
     unsigned latency_ms;         /* hold the whole answer */
     unsigned slow_first_byte_ms; /* hold the status line and headers */
     unsigned slow_chunks_ms;     /* pause between stream events */
@@ -92,6 +99,7 @@ struct kp_mock_answer {
     const char *content_type; /* static */
     const char *allow;        /* static Allow header of a 405, or NULL */
     char retry_after[32];     /* "" when none */
+    char retry_after_ms[16];  /* "" when none */
     struct kp_buf body;
     size_t event_end[KP_MOCK_MAX_EVENTS];
     unsigned n_events;
@@ -104,8 +112,9 @@ void kp_mock_answer_init(struct kp_mock_answer *a);
 /* Forget the previous answer but keep the body's memory for the next one. */
 void kp_mock_answer_clear(struct kp_mock_answer *a);
 void kp_mock_answer_free(struct kp_mock_answer *a);
-/* Fill @out (room for 4) with the answer's headers; returns how many. The
- * values point into @a (or static strings). */
+/* Fill @out (room for KP_MOCK_ANSWER_HEADERS) with the answer's headers;
+ * returns how many. The values point into @a (or static strings). */
+#define KP_MOCK_ANSWER_HEADERS 5
 unsigned kp_mock_answer_headers(const struct kp_mock_answer *a, struct kp_http_header *out);
 /* Start and length of event @i of a stream answer. */
 void kp_mock_answer_event(const struct kp_mock_answer *a, unsigned i, const char **p, size_t *len);

@@ -474,6 +474,7 @@ static void out_of_memory(struct kp_mock_answer *a)
     kp_mock_faults_init(&a->faults);
     a->failed = false;
     a->retry_after[0] = '\0';
+    a->retry_after_ms[0] = '\0';
     a->allow = NULL;
     kp_mock__putn(a, body, sizeof(body) - 1);
 }

@@ -64,7 +64,7 @@ static void respond_oom(struct kp_mock_worker *w, struct kp_http_exchange *ex, b
 static void respond_whole(struct kp_mock_worker *w, struct kp_http_exchange *ex,
                           const struct kp_mock_answer *a)
 {
-    struct kp_http_header headers[4];
+    struct kp_http_header headers[KP_MOCK_ANSWER_HEADERS];
     unsigned n = kp_mock_answer_headers(a, headers);
 
     count_status(w, a);
@@ -142,7 +142,7 @@ static void call_pump(struct mock_call *c)
 
 static void call_send(struct mock_call *c)
 {
-    struct kp_http_header headers[4];
+    struct kp_http_header headers[KP_MOCK_ANSWER_HEADERS];
     unsigned n;
 
     if (!c->ans.stream) {
