@@ -495,66 +495,80 @@ bool kp_router__json_syntax_ok(const char *text, size_t len)
 
 /* --- "usage" in stream events ------------------------------------------------------------ */
 
-/* The first "usage" member whose value is an object (@want '{') or null
- * (@want 'n'): *key at its opening quote, *val at the value's first byte. A match inside a string
- * cannot happen (its quotes would be escaped); one in a nested object only
- * costs the caller a parse. Every "usage" in the text is looked at, found
- * by its 'g' (memchr: a rarer byte in JSON than the quote, and a quicker
- * search than memmem's, which was 6% of a short stream's instructions). */
-static bool find_usage(const char *data, size_t len, char want, const char **key, const char **val)
+/* The span of a "usage": null member from its key at @key to its value's
+ * end at @after, widened to one comma beside it; false when neither side
+ * has one (the only member, which stays). */
+static bool null_span(const char *data, const char *end, const char *key, const char *after,
+                      size_t *from, size_t *to)
 {
+    const char *q = key;
+    while (q > data && is_ws(q[-1]))
+        q--;
+    if (q > data && q[-1] == ',') {
+        key = q - 1; /* ..., "usage": null} */
+    } else {
+        while (after < end && is_ws(*after))
+            after++;
+        if (after >= end || *after != ',')
+            return false;
+        after++; /* {"usage":null, ... */
+    }
+    *from = (size_t)(key - data);
+    *to = (size_t)(after - data);
+    return true;
+}
+
+enum kp_usage_member kp_router__usage_member(const char *data, size_t len, size_t *from, size_t *to)
+{
+    const char *end = data + len, *p = end;
+    *from = *to = 0;
+    /* OpenAI's chunks end with it: ..."usage":null}, found without a
+     * search. */
+    while (p > data && is_ws(p[-1]))
+        p--;
+    if (p - data >= 13 && p[-1] == '}' && memcmp(p - 5, "null", 4) == 0) {
+        const char *q = p - 5;
+        while (q > data && is_ws(q[-1]))
+            q--;
+        if (q > data && q[-1] == ':') {
+            q--;
+            while (q > data && is_ws(q[-1]))
+                q--;
+            if (q - data >= 7 && memcmp(q - 7, "\"usage\"", 7) == 0) {
+                null_span(data, end, q - 7, p - 1, from, to);
+                return KP_USAGE_NULL;
+            }
+        }
+    }
+    /* Elsewhere: every "usage" in the text is looked at, found by its 'g'
+     * (memchr: a rarer byte in JSON than the quote, and a quicker search
+     * than memmem's). A match inside a string cannot happen (its quotes
+     * would be escaped); one in a nested object only costs the caller a
+     * parse. The key is p[-4] to p[2] around its 'g' at p. */
     if (len < 7)
-        return false;
-    /* The key is p[-4] to p[2] around its 'g' at p. */
-    const char *end = data + len, *p = data + 4, *last = end - 2;
+        return KP_USAGE_NONE;
+    const char *last = end - 2;
+    p = data + 4;
     while (p < last && (p = memchr(p, 'g', (size_t)(last - p))) != NULL) {
         if (memcmp(p - 4, "\"usage\"", 7) != 0) {
             p++;
             continue;
         }
-        const char *k = p - 4;
+        const char *key = p - 4;
         p += 3;
         while (p < end && is_ws(*p))
             p++;
-        if (p < end && *p == ':') {
+        if (p >= end || *p != ':')
+            continue;
+        p++;
+        while (p < end && is_ws(*p))
             p++;
-            while (p < end && is_ws(*p))
-                p++;
-            if (p < end && *p == want &&
-                (want == '{' || ((size_t)(end - p) >= 4 && memcmp(p, "null", 4) == 0))) {
-                *key = k;
-                *val = p;
-                return true;
-            }
+        if (p < end && *p == '{')
+            return KP_USAGE_OBJECT;
+        if ((size_t)(end - p) >= 4 && memcmp(p, "null", 4) == 0) {
+            null_span(data, end, key, p + 4, from, to);
+            return KP_USAGE_NULL;
         }
     }
-    return false;
-}
-
-bool kp_router__has_usage_object(const char *data, size_t len)
-{
-    const char *key, *val;
-    return find_usage(data, len, '{', &key, &val);
-}
-
-bool kp_router__null_usage_span(const char *data, size_t len, size_t *from, size_t *to)
-{
-    const char *key, *val, *end = data + len;
-    if (!find_usage(data, len, 'n', &key, &val))
-        return false;
-    const char *cut = key, *upto = val + 4, *q = key;
-    while (q > data && is_ws(q[-1]))
-        q--;
-    if (q > data && q[-1] == ',') {
-        cut = q - 1; /* ..., "usage": null} */
-    } else {
-        while (upto < end && is_ws(*upto))
-            upto++;
-        if (upto >= end || *upto != ',')
-            return false; /* {"usage":null}: the only member; leave it */
-        upto++;           /* {"usage":null, ... */
-    }
-    *from = (size_t)(cut - data);
-    *to = (size_t)(upto - data);
-    return true;
+    return KP_USAGE_NONE;
 }

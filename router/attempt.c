@@ -517,14 +517,9 @@ int kp_router__write_event(struct kp_call *c, const char *event, size_t event_le
     return 0;
 }
 
-/* Relay a chat chunk without the "usage":null member that every chunk
- * carries once include_usage is set: the gateway set it, not the app, and
- * without it OpenAI sends no such member. Anything else goes as it is. */
-static int write_without_null_usage(struct kp_call *c, const struct kp_sse_event *e)
+/* Relay a chat chunk without its bytes [from, to). */
+static int write_cut_event(struct kp_call *c, const struct kp_sse_event *e, size_t from, size_t to)
 {
-    size_t from, to;
-    if (!kp_router__null_usage_span(e->data, e->data_len, &from, &to))
-        return kp_router__write_event(c, e->event, e->event_len, e->data, e->data_len);
     size_t tail = e->data_len - to, n = from + tail;
     char small[2048];
     char *tmp = n <= sizeof(small) ? small : kp_malloc(n);
@@ -629,7 +624,10 @@ static int on_event(void *arg, const struct kp_sse_event *e)
      * without a document; what it does not find where it looks (the
      * Responses API's model and usage, inside "response") is left to
      * jansson. */
-    bool has_usage = !done && kp_router__has_usage_object(e->data, e->data_len);
+    size_t from = 0, to = 0;
+    enum kp_usage_member um =
+        done ? KP_USAGE_NONE : kp_router__usage_member(e->data, e->data_len, &from, &to);
+    bool has_usage = um == KP_USAGE_OBJECT;
     bool read = !done && (c->ev.model_served[0] == '\0' || has_usage);
     struct kp_answer_facts facts;
     if (read && kp_router__scan_answer(e->data, e->data_len, &facts) &&
@@ -661,8 +659,12 @@ static int on_event(void *arg, const struct kp_sse_event *e)
                 return 0;
         }
     }
-    if (!c->client_wants_usage && (c->ep == KP_EP_CHAT || c->ep == KP_EP_COMPLETIONS))
-        return write_without_null_usage(c, e);
+    /* Once include_usage is set every chunk carries "usage": null; the
+     * gateway set it, not the app, and without it OpenAI sends no such
+     * member: it goes. */
+    if (um == KP_USAGE_NULL && from < to && !c->client_wants_usage &&
+        (c->ep == KP_EP_CHAT || c->ep == KP_EP_COMPLETIONS))
+        return write_cut_event(c, e, from, to);
     return kp_router__write_event(c, e->event, e->event_len, e->data, e->data_len);
 }
 

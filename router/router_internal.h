@@ -366,13 +366,14 @@ struct kp_answer_facts {
     bool choices_empty; /* it is an empty array */
 };
 bool kp_router__scan_answer(const char *data, size_t len, struct kp_answer_facts *f);
-/* Whether a stream event's data may hold a "usage" object (a false
- * positive only costs a parse). */
-bool kp_router__has_usage_object(const char *data, size_t len);
-/* The bytes [*from, *to) of a chunk that are its "usage": null member and
- * one comma beside it, so that what is left is the same JSON without it;
- * false when it has none (or has nothing else). */
-bool kp_router__null_usage_span(const char *data, size_t len, size_t *from, size_t *to);
+/* What a stream event's "usage" member holds: an object (a false positive
+ * only costs a parse), null, or there is none. For null, [*from, *to) are
+ * the bytes of the member and one comma beside it, so that what is left is
+ * the same JSON without it; empty (from == to) when it is the only
+ * member. */
+enum kp_usage_member { KP_USAGE_NONE, KP_USAGE_OBJECT, KP_USAGE_NULL };
+enum kp_usage_member kp_router__usage_member(const char *data, size_t len, size_t *from,
+                                             size_t *to);
 
 /* What the gateway needs of the app's body (answer_scan.c). True only for
  * a body json_loadb(JSON_REJECT_DUPLICATES) would read the same way, with

@@ -12,6 +12,7 @@ import json
 import re
 import secrets
 import sys
+import threading
 import time
 import unittest
 import zlib
@@ -28,11 +29,11 @@ def fp(key):
 
 
 class Gateway:
-    def __init__(self, test):
+    def __init__(self, test, workers=2):
         self.h = Harness(test)
         self.mock = self.h.start_mock()
         self.node = self.h.start_node(env={"KEYPLANE_MASTER_KEY": secrets.token_hex(32)},
-                                      args=["--workers", "2"])
+                                      args=["--workers", str(workers)])
         wait_until(lambda: self.node.admin_token, what="admin.token", alive=self.node)
         self.admin("PUT", "/providers/mock", {"kind": "openai-compatible",
                                              "base_url": self.mock.url + "/v1",
@@ -302,6 +303,29 @@ class RouterTest(unittest.TestCase):
         keys = g.stats()["keys"]
         # Each worker measures each key once or twice, then prefers the fast one.
         self.assertLessEqual(keys.get(fp(KEY_A), 0), 6, keys)
+
+    def test_least_inflight_avoids_the_busy_key(self):
+        # One worker, so one in-flight count per key. A call through a pool
+        # of key-a alone holds key-a (its provider is slow to answer); every
+        # call meanwhile to a least_inflight pool of both goes to key-b,
+        # where the default rotation would send every other one to key-a.
+        g = Gateway(self, workers=1)
+        g.admin("PUT", "/pools/a-only", {"members": [{"key": "key-a"}]})
+        g.admin("PUT", "/pools/default", {"strategy": "least_inflight",
+                                          "members": [{"key": "key-a"}, {"key": "key-b"}]})
+        http("POST", g.mock.url + "/mock/faults",
+             body={"key": KEY_A, "faults": "slow_first_byte=3000", "times": 1})
+        held = {}
+        t = threading.Thread(target=lambda: held.update(r=g.call(
+            "/v1/chat/completions", CHAT, headers={"X-Keyplane-Pool": "a-only"})))
+        t.start()
+        wait_until(lambda: g.stats()["keys"].get(fp(KEY_A)) == 1, what="key-a's held call")
+        for _ in range(6):
+            status, h, raw = g.call("/v1/chat/completions", CHAT)
+            self.assertEqual((status, h["x-keyplane-key"]), (200, "key-b"), raw)
+        t.join(timeout=30)
+        self.assertEqual(held["r"][0], 200)
+        self.assertEqual(g.stats()["keys"], {fp(KEY_A): 1, fp(KEY_B): 6})
 
     def test_a_pool_falls_back_to_its_fallback_pool(self):
         # A pool whose only key fails lends the call to its fallback pool.

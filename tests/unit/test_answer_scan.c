@@ -1,6 +1,7 @@
-/* The stream-event helpers of router/answer_scan.c: where a chunk's
- * "usage" is, and which bytes to drop to relay a chunk without the
- * "usage": null the gateway asked the provider for. */
+/* kp_router__usage_member (router/answer_scan.c): what a chunk's "usage"
+ * holds, and which bytes to drop to relay a chunk without the
+ * "usage": null the gateway asked the provider for, at its end (found
+ * without a search) and elsewhere. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,8 +17,11 @@
  * for a chunk that is relayed as it is. */
 static void expect_cut(const char *in, const char *want)
 {
-    size_t from = 0, to = 0, n = strlen(in);
-    bool cut = kp_router__null_usage_span(in, n, &from, &to);
+    size_t from = 9, to = 9, n = strlen(in);
+    enum kp_usage_member um = kp_router__usage_member(in, n, &from, &to);
+    bool cut = um == KP_USAGE_NULL && from < to;
+    if (um != KP_USAGE_NULL)
+        assert_true(from == 0 && to == 0);
     if (want == NULL) {
         if (cut)
             fail_msg("%s: cut [%zu, %zu), wanted none", in, from, to);
@@ -44,6 +48,11 @@ static void test_null_usage_is_cut_with_one_comma(void **state)
     expect_cut("{\"usage\":null,\"id\":\"c\"}", "{\"id\":\"c\"}");
     expect_cut("{\"usage\" : null , \"id\":\"c\"}", "{ \"id\":\"c\"}");
     expect_cut("{\"a\":1,\n\"usage\":null,\n\"b\":2}", "{\"a\":1,\n\"b\":2}");
+    /* Trailing whitespace, or some before the brace. */
+    expect_cut("{\"id\":\"c\",\"usage\":null}\r\n", "{\"id\":\"c\"}\r\n");
+    expect_cut("{\"id\":\"c\",\"usage\":null }", "{\"id\":\"c\" }");
+    /* A key that only ends in usage is another member. */
+    expect_cut("{\"id\":\"c\",\"x_usage\":null}", NULL);
     /* The only member: left alone, so the chunk stays an object. */
     expect_cut("{\"usage\":null}", NULL);
     /* Nothing to cut: a usage object, no usage, or the word in a string. */
@@ -60,11 +69,15 @@ static void test_usage_object_is_found(void **state)
     static const char null[] = "{\"choices\":[],\"usage\":null}";
     static const char text[] = "{\"choices\":[{\"delta\":{\"content\":\"usage\"}}]}";
     (void)state;
-    assert_true(kp_router__has_usage_object(obj, sizeof(obj) - 1));
-    assert_false(kp_router__has_usage_object(null, sizeof(null) - 1));
-    assert_false(kp_router__has_usage_object(text, sizeof(text) - 1));
+    size_t from, to;
+    assert_int_equal(kp_router__usage_member(obj, sizeof(obj) - 1, &from, &to), KP_USAGE_OBJECT);
+    assert_int_equal(kp_router__usage_member(null, sizeof(null) - 1, &from, &to), KP_USAGE_NULL);
+    assert_int_equal(kp_router__usage_member(text, sizeof(text) - 1, &from, &to), KP_USAGE_NONE);
     /* The key cut short at the end of the data. */
-    assert_false(kp_router__has_usage_object(obj, 21));
+    assert_int_equal(kp_router__usage_member(obj, 21, &from, &to), KP_USAGE_NONE);
+    /* The only member: null, but nothing to cut. */
+    assert_int_equal(kp_router__usage_member("{\"usage\":null}", 14, &from, &to), KP_USAGE_NULL);
+    assert_int_equal(from, to);
 }
 
 int main(void)
