@@ -7,7 +7,8 @@
  * model, stream and stream_options.include_usage must read the same. When
  * it is not sure, nothing is checked (the router parses with jansson
  * then). Its syntax mode (kp_router__json_syntax_ok) must accept whatever
- * jansson reads and refuse what jansson calls a syntax error. Seeds in corpus/answer_scan/ are
+ * jansson reads and refuse what jansson calls a syntax error. Cutting a
+ * chunk's "usage": null must leave it valid. Seeds in corpus/answer_scan/ are
  * provider answers, app requests and the edge cases the scanner was written against. */
 #include <jansson.h>
 #include <stdbool.h>
@@ -109,11 +110,43 @@ static void check_syntax(const char *text, size_t size)
         abort();
 }
 
+/* Cutting a chunk's "usage": null (kp_router__usage_member) leaves
+ * valid JSON: a text jansson reads as an object is still one without the
+ * bytes cut, and it then has one member fewer somewhere, never a "usage"
+ * object lost. */
+static void check_usage_cut(const char *text, size_t size)
+{
+    size_t from, to;
+    enum kp_usage_member um = kp_router__usage_member(text ? text : "", size, &from, &to);
+    if (from > to || to > size || (um != KP_USAGE_NULL && to != 0))
+        abort();
+    json_t *doc = json_loadb(text ? text : "", size, 0, NULL);
+    if (!json_is_object(doc) || um != KP_USAGE_NULL || from == to) {
+        json_decref(doc);
+        return;
+    }
+    char *cut = malloc(size - (to - from) + 1);
+    if (cut == NULL)
+        abort();
+    memcpy(cut, text, from);
+    memcpy(cut + from, text + to, size - to);
+    json_t *after = json_loadb(cut, size - (to - from), 0, NULL);
+    if (!json_is_object(after))
+        abort(); /* the cut broke the JSON */
+    if (json_is_object(json_object_get(doc, "usage")) &&
+        !json_is_object(json_object_get(after, "usage")))
+        abort(); /* a usage object went */
+    json_decref(after);
+    json_decref(doc);
+    free(cut);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *text = (const char *)data;
     check_request(text, size);
     check_syntax(text, size);
+    check_usage_cut(text, size);
     struct kp_answer_facts f;
     struct ref r, s = {0};
     if (!kp_router__scan_answer(text, size, &f))
