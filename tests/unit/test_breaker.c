@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -77,10 +78,60 @@ static void test_tripped_gauge(void **state)
     kp_breakers_free(w1);
 }
 
+/* FNV-1a, as breaker.c hashes keys: keys with the same low 10 bits share
+ * their 16 probe slots. */
+static uint32_t fnv1a(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+/* When all 16 slots a key may use hold open breakers, a new key's
+ * failure takes the slot whose wait ends first: that key's breaker is
+ * forgotten on this worker, and the gauge counts it no more. */
+static void test_evicted_breaker_leaves_the_gauge(void **state)
+{
+    (void)state;
+    kp_router__metrics_init();
+    static char keys[17][16];
+    uint32_t want = 0;
+    int n = 0;
+    for (unsigned i = 0; n < 17 && i < 10000000; i++) {
+        char k[16];
+        snprintf(k, sizeof(k), "ev-%u", i);
+        uint32_t h = fnv1a(k) & 1023u;
+        if (n == 0)
+            want = h;
+        if (h == want)
+            memcpy(keys[n++], k, sizeof(k));
+    }
+    assert_int_equal(n, 17);
+    struct kp_breakers *w = kp_breakers_new();
+    assert_non_null(w);
+    int64_t now = 1000000;
+    for (int i = 0; i < 16; i++) /* keys[0]'s wait ends first */
+        fail_n(w, keys[i], 3, now + i);
+    for (int i = 0; i < 16; i++) {
+        assert_true(kp_breaker_open(w, keys[i], now + 16));
+        assert_int_equal(tripped(keys[i]), 1);
+    }
+    fail_n(w, keys[16], 1, now + 16);
+    assert_int_equal(tripped(keys[0]), 0);
+    assert_false(kp_breaker_open(w, keys[0], now + 16));
+    for (int i = 1; i < 16; i++)
+        assert_int_equal(tripped(keys[i]), 1);
+    kp_breakers_free(w);
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(tripped(keys[i]), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tripped_gauge),
+        cmocka_unit_test(test_evicted_breaker_leaves_the_gauge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
