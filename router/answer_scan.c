@@ -495,10 +495,20 @@ bool kp_router__json_syntax_ok(const char *text, size_t len)
 
 /* --- "usage" in stream events ------------------------------------------------------------ */
 
+/* Whether the quote at @q opens a member name: in JSON only '{' or ','
+ * (and whitespace) come before one. This tells the key "usage" from the
+ * same bytes after an escaped quote inside another name or a string. */
+static bool opens_key(const char *data, const char *q)
+{
+    while (q > data && is_ws(q[-1]))
+        q--;
+    return q > data && (q[-1] == '{' || q[-1] == ',');
+}
+
 /* The span of a "usage": null member from its key at @key to its value's
- * end at @after, widened to one comma beside it; false when neither side
+ * end at @after, widened to one comma beside it; nothing when neither side
  * has one (the only member, which stays). */
-static bool null_span(const char *data, const char *end, const char *key, const char *after,
+static void null_span(const char *data, const char *end, const char *key, const char *after,
                       size_t *from, size_t *to)
 {
     const char *q = key;
@@ -510,12 +520,11 @@ static bool null_span(const char *data, const char *end, const char *key, const 
         while (after < end && is_ws(*after))
             after++;
         if (after >= end || *after != ',')
-            return false;
+            return;
         after++; /* {"usage":null, ... */
     }
     *from = (size_t)(key - data);
     *to = (size_t)(after - data);
-    return true;
 }
 
 enum kp_usage_member kp_router__usage_member(const char *data, size_t len, size_t *from, size_t *to)
@@ -523,7 +532,8 @@ enum kp_usage_member kp_router__usage_member(const char *data, size_t len, size_
     const char *end = data + len, *p = end;
     *from = *to = 0;
     /* OpenAI's chunks end with it: ..."usage":null}, found without a
-     * search. */
+     * search. Its closing brace is the text's last byte, so it is the
+     * top-level member. */
     while (p > data && is_ws(p[-1]))
         p--;
     if (p - data >= 13 && p[-1] == '}' && memcmp(p - 5, "null", 4) == 0) {
@@ -534,27 +544,28 @@ enum kp_usage_member kp_router__usage_member(const char *data, size_t len, size_
             q--;
             while (q > data && is_ws(q[-1]))
                 q--;
-            if (q - data >= 7 && memcmp(q - 7, "\"usage\"", 7) == 0) {
+            if (q - data >= 7 && memcmp(q - 7, "\"usage\"", 7) == 0 && opens_key(data, q - 7)) {
                 null_span(data, end, q - 7, p - 1, from, to);
                 return KP_USAGE_NULL;
             }
         }
     }
-    /* Elsewhere: every "usage" in the text is looked at, found by its 'g'
-     * (memchr: a rarer byte in JSON than the quote, and a quicker search
-     * than memmem's). A match inside a string cannot happen (its quotes
-     * would be escaped); one in a nested object only costs the caller a
-     * parse. The key is p[-4] to p[2] around its 'g' at p. */
+    /* Elsewhere: every "usage" key in the text is looked at, found by its
+     * 'g' (memchr: a rarer byte in JSON than the quote, and a quicker
+     * search than memmem's); the key is p[-4] to p[2] around its 'g' at p.
+     * An object anywhere wins (one in a nested object only costs the
+     * caller a parse); else the first null is the one cut. */
     if (len < 7)
         return KP_USAGE_NONE;
+    enum kp_usage_member found = KP_USAGE_NONE;
     const char *last = end - 2;
     p = data + 4;
     while (p < last && (p = memchr(p, 'g', (size_t)(last - p))) != NULL) {
-        if (memcmp(p - 4, "\"usage\"", 7) != 0) {
+        const char *key = p - 4;
+        if (memcmp(key, "\"usage\"", 7) != 0 || !opens_key(data, key)) {
             p++;
             continue;
         }
-        const char *key = p - 4;
         p += 3;
         while (p < end && is_ws(*p))
             p++;
@@ -563,12 +574,14 @@ enum kp_usage_member kp_router__usage_member(const char *data, size_t len, size_
         p++;
         while (p < end && is_ws(*p))
             p++;
-        if (p < end && *p == '{')
+        if (p < end && *p == '{') {
+            *from = *to = 0;
             return KP_USAGE_OBJECT;
-        if ((size_t)(end - p) >= 4 && memcmp(p, "null", 4) == 0) {
+        }
+        if (found == KP_USAGE_NONE && (size_t)(end - p) >= 4 && memcmp(p, "null", 4) == 0) {
             null_span(data, end, key, p + 4, from, to);
-            return KP_USAGE_NULL;
+            found = KP_USAGE_NULL;
         }
     }
-    return KP_USAGE_NONE;
+    return found;
 }

@@ -51,8 +51,12 @@ static void test_null_usage_is_cut_with_one_comma(void **state)
     /* Trailing whitespace, or some before the brace. */
     expect_cut("{\"id\":\"c\",\"usage\":null}\r\n", "{\"id\":\"c\"}\r\n");
     expect_cut("{\"id\":\"c\",\"usage\":null }", "{\"id\":\"c\" }");
-    /* A key that only ends in usage is another member. */
+    /* A key that only ends in usage is another member, and so is one with
+     * an escaped quote before "usage" (the quote opens no name). */
     expect_cut("{\"id\":\"c\",\"x_usage\":null}", NULL);
+    expect_cut("{\"x\\\"usage\":null,\"a\":1}", NULL);
+    expect_cut("{\"x\\\"usage\":null}", NULL);
+    expect_cut("{\"a\":\"b\\\",\\\"usage\\\":null\"}", NULL);
     /* The only member: left alone, so the chunk stays an object. */
     expect_cut("{\"usage\":null}", NULL);
     /* Nothing to cut: a usage object, no usage, or the word in a string. */
@@ -75,6 +79,12 @@ static void test_usage_object_is_found(void **state)
     assert_int_equal(kp_router__usage_member(text, sizeof(text) - 1, &from, &to), KP_USAGE_NONE);
     /* The key cut short at the end of the data. */
     assert_int_equal(kp_router__usage_member(obj, 21, &from, &to), KP_USAGE_NONE);
+    /* A null in a nested object does not hide the object after it. */
+    static const char nested[] =
+        "{\"choices\":[{\"usage\":null,\"i\":0}],\"usage\":{\"prompt_tokens\":1}}";
+    assert_int_equal(kp_router__usage_member(nested, sizeof(nested) - 1, &from, &to),
+                     KP_USAGE_OBJECT);
+    assert_true(from == 0 && to == 0);
     /* The only member: null, but nothing to cut. */
     assert_int_equal(kp_router__usage_member("{\"usage\":null}", 14, &from, &to), KP_USAGE_NULL);
     assert_int_equal(from, to);
