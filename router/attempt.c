@@ -241,7 +241,9 @@ static void report_key(struct kp_call *c, const char *cls)
  * connection, a timeout): at most the provider's max_retries per key, with
  * exponential backoff and full jitter (a random wait up to
  * retry_backoff_ms, twice that, ...), and only while the call is younger
- * than its retry_window_ms. A 429 is not retried on the same key (its
+ * than its retry_window_ms (the wait ends inside it) and its deadline
+ * leaves time for the wait. The key's breaker opens only once a call's
+ * retries are all used (breaker.c, open_after). A 429 is not retried on the same key (its
  * cooldown says wait); nothing is retried once bytes went to the app. */
 static void retry_fire(uv_timer_t *t)
 {
@@ -269,10 +271,17 @@ static bool retry_later(struct kp_call *c, const char *cls)
         }
         c->retry_timer->data = c;
     }
-    uint64_t cap = (uint64_t)p->retry_backoff_ms << c->key_retries; /* at most 60 s << 9 */
+    /* At most 60 s << 9; and the retry starts inside the window. */
+    uint64_t cap = (uint64_t)p->retry_backoff_ms << c->key_retries;
+    if (cap > p->retry_window_ms - age_ms)
+        cap = p->retry_window_ms - age_ms;
     uint32_t rnd = 0;
     kp_random_pooled(&rnd, sizeof(rnd));
     uint64_t wait = cap ? rnd % (cap + 1) : 0;
+    /* A retry that would start after the call's time is up is not made:
+     * the next key (or the 504) comes now. */
+    if (c->deadline_us != 0 && kp_now_mono_us() + wait * 1000 >= c->deadline_us)
+        return false;
     c->key_retries++;
     c->retries_total++;
     kp_router__count_retry(c->cur->provider->e.id, c->cur->key->e.id);
@@ -288,7 +297,7 @@ static void attempt_failed(struct kp_call *c, const char *cls, const char *why)
     kp_usage_set_str(c->ev.error_class, cls);
     report_key(c, cls);
     kp_breaker_failure(c->r->breakers, c->cur->key->e.id, cls, c->up_retry_after_ms,
-                       kp_now_unix_ms());
+                       c->cur->provider->max_retries + 1, kp_now_unix_ms());
     kp_router__count_attempt(c->cur->provider->e.id, c->cur->key->e.id, cls);
     if (strcmp(cls, "rate_limit") == 0) {
         int64_t ms = c->up_retry_after_ms > 0 ? c->up_retry_after_ms : 1000;

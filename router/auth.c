@@ -201,6 +201,13 @@ static int header_required(struct kp_call *c, const struct kp_strv *list, const 
     return kp_router__fail(c, 403, "permission_error", code, msg);
 }
 
+static int scope_refused(struct kp_call *c, const struct kp_token_refusal *why)
+{
+    if (why->dim == KP_TOKEN_SCOPE_EXPIRED)
+        return kp_router__fail(c, 401, "invalid_request_error", "token_expired", why->msg);
+    return kp_router__fail(c, 403, "permission_error", "outside_scope", why->msg);
+}
+
 int kp_router__scope(struct kp_call *c)
 {
     const struct kp_token *t = c->token;
@@ -215,6 +222,22 @@ int kp_router__scope(struct kp_call *c)
         pool = t->pools.n > 0 ? t->pools.v[0] : "default";
     const char *strs[] = {tenant, project, feature, pool};
     const char *names[] = {"X-Tenant", "X-Project", "X-Feature", "X-Keyplane-Pool"};
+    struct kp_token_scope scope = {
+        .tenant = t->tenant,
+        .projects = (const char *const *)t->projects.v,
+        .n_projects = t->projects.n,
+        .features = (const char *const *)t->features.v,
+        .n_features = t->features.n,
+        .pools = (const char *const *)t->pools.v,
+        .n_pools = t->pools.n,
+        .models = (const char *const *)t->models.v,
+        .n_models = t->models.n,
+        .expires_at = t->expires_at_ms,
+    };
+    struct kp_token_refusal why;
+    /* An expired token is told so (401) before anything about its headers. */
+    if (kp_token_scope_allows(&scope, c->start_ms, NULL, NULL, NULL, NULL, NULL, &why) != KP_OK)
+        return scope_refused(c, &why);
     for (int i = 0; i < 4; i++) {
         if (strs[i] != NULL && !kp_usage_str_valid(strs[i], strlen(strs[i]))) {
             char msg[160];
@@ -237,25 +260,9 @@ int kp_router__scope(struct kp_call *c)
         return header_required(c, &t->projects, "projects", "X-Project", "project_required");
     if (feature == NULL && t->features.n > 0)
         return header_required(c, &t->features, "features", "X-Feature", "feature_required");
-    struct kp_token_scope scope = {
-        .tenant = t->tenant,
-        .projects = (const char *const *)t->projects.v,
-        .n_projects = t->projects.n,
-        .features = (const char *const *)t->features.v,
-        .n_features = t->features.n,
-        .pools = (const char *const *)t->pools.v,
-        .n_pools = t->pools.n,
-        .models = (const char *const *)t->models.v,
-        .n_models = t->models.n,
-        .expires_at = t->expires_at_ms,
-    };
-    struct kp_token_refusal why;
     if (kp_token_scope_allows(&scope, c->start_ms, tenant, project, feature, pool, c->model,
-                              &why) != KP_OK) {
-        if (why.dim == KP_TOKEN_SCOPE_EXPIRED)
-            return kp_router__fail(c, 401, "invalid_request_error", "token_expired", why.msg);
-        return kp_router__fail(c, 403, "permission_error", "outside_scope", why.msg);
-    }
+                              &why) != KP_OK)
+        return scope_refused(c, &why);
     c->scope = scope;
     kp_usage_set_str(c->ev.tenant, tenant ? tenant : "");
     kp_usage_set_str(c->ev.project, project ? project : "");

@@ -3,7 +3,9 @@
  *
  *   rate_limit (429)          cooling down for the provider's Retry-After
  *                             (1 s when it gave none, at most 10 minutes)
- *   server, connect, timeout  after 3 in a row the breaker opens for 5 s,
+ *   server, connect, timeout  after 3 in a row (or the caller's open_after,
+ *                             when more: one call's retries all fail
+ *                             before it opens) the breaker opens for 5 s,
  *                             doubling on each reopening up to 2 minutes;
  *                             then one call may try the key (half-open):
  *                             success closes it, failure reopens it
@@ -127,8 +129,10 @@ bool kp_breaker_open(struct kp_breakers *b, const char *key, int64_t now_ms)
 }
 
 void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
-                        int64_t retry_after_ms, int64_t now_ms)
+                        int64_t retry_after_ms, unsigned open_after, int64_t now_ms)
 {
+    if (open_after < OPEN_AFTER)
+        open_after = OPEN_AFTER;
     struct slot *s = find(b, key, true, now_ms);
     if (strcmp(cls, "rate_limit") == 0) {
         int64_t wait = retry_after_ms > 0 ? retry_after_ms : RETRY_AFTER_DEFAULT_MS;
@@ -142,7 +146,7 @@ void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
     if (strcmp(cls, "server") != 0 && strcmp(cls, "connect") != 0 && strcmp(cls, "timeout") != 0)
         return;
     s->rate_limited = false;
-    if (++s->failures < OPEN_AFTER)
+    if (++s->failures < open_after)
         return;
     if (s->open_ms == 0)
         kp_router__count_tripped(key, 1);
@@ -151,7 +155,7 @@ void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
         s->open_ms = OPEN_MAX_MS;
     s->until_ms = now_ms + s->open_ms;
     s->trial_until = 0;
-    s->failures = OPEN_AFTER - 1; /* half-open: the next failure reopens */
+    s->failures = open_after - 1; /* half-open: the next failure reopens */
     kp_router__count_cooldown(key, "breaker");
 }
 

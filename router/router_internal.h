@@ -446,8 +446,13 @@ int64_t kp_breaker_wait_ms(struct kp_breakers *b, const char *key, int64_t now_m
                            bool *rate_limited);
 /* Whether @key is set aside now (no half-open trial is taken). */
 bool kp_breaker_open(struct kp_breakers *b, const char *key, int64_t now_ms);
+/* A failure of @key of class @cls: a rate_limit cools it down for
+ * @retry_after_ms (0: the default); a server, connect or timeout failure
+ * counts toward its breaker, which opens after 3 in a row or @open_after
+ * when that is more (the provider's max_retries + 1, so that one call's
+ * retries are all made). Other classes change nothing. */
 void kp_breaker_failure(struct kp_breakers *b, const char *key, const char *cls,
-                        int64_t retry_after_ms, int64_t now_ms);
+                        int64_t retry_after_ms, unsigned open_after, int64_t now_ms);
 void kp_breaker_success(struct kp_breakers *b, const char *key);
 /* Attempts in flight and smoothed time to the answer's head, per key. */
 void kp_keystat_begin(struct kp_breakers *b, const char *key);

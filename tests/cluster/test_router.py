@@ -234,21 +234,22 @@ class RouterTest(unittest.TestCase):
                       g.node.metrics())
 
     def test_retries_follow_the_providers_settings(self):
-        # max_retries 2: key-a is tried three times (its breaker opens at
-        # the third failure in a row), then key-b answers.
+        # max_retries 4: key-a is tried five times (its breaker waits for
+        # a call's retries: it opens at the fifth failure, not the third),
+        # then key-b answers.
         g = self.g
         base = {"kind": "openai-compatible", "base_url": g.mock.url + "/v1",
                 "allow_insecure": True}
-        item = g.admin("PUT", "/providers/mock", dict(base, max_retries=2, retry_backoff_ms=1))
+        item = g.admin("PUT", "/providers/mock", dict(base, max_retries=4, retry_backoff_ms=1))
         self.assertEqual((item["max_retries"], item["retry_backoff_ms"], item["retry_window_ms"]),
-                         (2, 1, 3000))
+                         (4, 1, 3000))
         http("POST", g.mock.url + "/mock/faults", body={"key": KEY_A, "faults": "502"})
-        status, h, raw = g.call("/v1/chat/completions", CHAT, headers={"X-Request-Id": "r-3"})
+        status, h, raw = g.call("/v1/chat/completions", CHAT, headers={"X-Request-Id": "r-5"})
         self.assertEqual((status, h["x-keyplane-key"]), (200, "key-b"), raw)
-        self.assertEqual(g.stats()["keys"], {fp(KEY_A): 3, fp(KEY_B): 1})
-        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-3"), None),
+        self.assertEqual(g.stats()["keys"], {fp(KEY_A): 5, fp(KEY_B): 1})
+        ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-5"), None),
                         what="the usage event")
-        self.assertEqual(ev["retries"], 3)  # two retries and a failover
+        self.assertEqual(ev["retries"], 5)  # four retries and a failover
         # max_retries 0: key-b alone in the pool, failing once, is not
         # tried again: the app gets the 502 (the default would retry it).
         g.admin("PUT", "/pools/default", {"members": [{"key": "key-b"}]})
@@ -502,6 +503,14 @@ class RouterTest(unittest.TestCase):
         ev = wait_until(lambda: next((e for e in g.usage() if e["request_id"] == "r-feat"),
                                      None), what="the usage event")
         self.assertEqual(ev["feature"], "search-box")
+        # Expiry comes first: an expired token is told so, whatever it sent.
+        status, _, raw = g.node.control("POST", ADMIN + "/tokens", body={
+            "role": "app", "tenant": "acme", "features": ["summarise"], "projects": ["search"],
+            "expires_at_ms": 1})
+        expired = json.loads(raw)["token"]
+        for hdrs in ({}, {"X-Project": "nope"}, {"X-Project": "search", "X-Feature": "x"}):
+            status, rh, raw = g.call("/v1/chat/completions", CHAT, token=expired, headers=hdrs)
+            self.assertEqual((status, rh["x-keyplane-error"]), (401, "token_expired"), (hdrs, raw))
         # A feature list is checked like the others before it is stored.
         status, rh, raw = g.node.control("POST", ADMIN + "/tokens", body={
             "role": "app", "features": ["has space"]})

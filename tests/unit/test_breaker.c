@@ -35,7 +35,7 @@ static int64_t tripped(const char *key)
 static void fail_n(struct kp_breakers *b, const char *key, int times, int64_t now_ms)
 {
     for (int i = 0; i < times; i++)
-        kp_breaker_failure(b, key, "server", 0, now_ms);
+        kp_breaker_failure(b, key, "server", 0, 0, now_ms);
 }
 
 /* Three failures in a row open a worker's breaker; each worker counts
@@ -64,8 +64,8 @@ static void test_tripped_gauge(void **state)
 
     fail_n(w2, "k1", 3, now);
     assert_int_equal(tripped("k1"), 2);
-    kp_breaker_failure(w2, "k2", "rate_limit", 1000, now);
-    kp_breaker_failure(w2, "k2", "client", 0, now);
+    kp_breaker_failure(w2, "k2", "rate_limit", 1000, 0, now);
+    kp_breaker_failure(w2, "k2", "client", 0, 0, now);
     assert_int_equal(tripped("k2"), 0);
 
     kp_breaker_success(w1, "k1");
@@ -76,6 +76,31 @@ static void test_tripped_gauge(void **state)
     kp_breakers_free(w2);
     assert_int_equal(tripped("k1"), 0);
     kp_breakers_free(w1);
+}
+
+/* A caller's open_after above 3 (a provider's max_retries + 1) holds the
+ * breaker closed until that many failures in a row; below 3 changes
+ * nothing. Half-open, one failure reopens it either way. */
+static void test_open_after(void **state)
+{
+    (void)state;
+    kp_router__metrics_init();
+    struct kp_breakers *w = kp_breakers_new();
+    assert_non_null(w);
+    int64_t now = 1000000;
+    for (int i = 0; i < 4; i++)
+        kp_breaker_failure(w, "k5", "server", 0, 5, now);
+    assert_false(kp_breaker_open(w, "k5", now));
+    kp_breaker_failure(w, "k5", "timeout", 0, 5, now);
+    assert_true(kp_breaker_open(w, "k5", now));
+    kp_breaker_failure(w, "k5", "server", 0, 5, now + 6000); /* half-open trial failed */
+    assert_true(kp_breaker_open(w, "k5", now + 6000));
+    for (int i = 0; i < 2; i++)
+        kp_breaker_failure(w, "k1", "connect", 0, 1, now);
+    assert_false(kp_breaker_open(w, "k1", now));
+    kp_breaker_failure(w, "k1", "connect", 0, 1, now);
+    assert_true(kp_breaker_open(w, "k1", now));
+    kp_breakers_free(w);
 }
 
 /* FNV-1a, as breaker.c hashes keys: keys with the same low 10 bits share
@@ -132,6 +157,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tripped_gauge),
         cmocka_unit_test(test_evicted_breaker_leaves_the_gauge),
+        cmocka_unit_test(test_open_after),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
