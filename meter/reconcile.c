@@ -399,20 +399,12 @@ void kp_recon_close(struct kp_recon_table *t)
     t->n_entries = t->cap_entries = t->n_slots = 0;
 }
 
-static uint32_t fnv1a(uint32_t h, const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 16777619u;
-    return h;
-}
-
 static uint32_t key_hash(int32_t day, bool unattributed, const char *model, const char *scope)
 {
-    uint32_t h = fnv1a(2166136261u, &day, sizeof(day));
-    h = fnv1a(h, &unattributed, sizeof(unattributed));
-    h = fnv1a(h, model, strlen(model) + 1);
-    return fnv1a(h, scope, strlen(scope) + 1);
+    uint32_t h = kp_fnv1a(KP_FNV1A_INIT, &day, sizeof(day));
+    h = kp_fnv1a(h, &unattributed, sizeof(unattributed));
+    h = kp_fnv1a(h, model, strlen(model) + 1);
+    return kp_fnv1a(h, scope, strlen(scope) + 1);
 }
 
 static int grow_slots(struct kp_recon_table *t)

@@ -62,14 +62,6 @@ void kp_breakers_free(struct kp_breakers *b)
     kp_free(b);
 }
 
-static uint32_t hash(const char *s)
-{
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
-}
-
 /* A slot that holds nothing worth keeping: empty, or a key with no
  * failures whose wait is over. */
 static bool idle(const struct slot *s, int64_t now_ms)
@@ -82,7 +74,7 @@ static bool idle(const struct slot *s, int64_t now_ms)
  * (else the one whose wait ends first) is taken for it. */
 static struct slot *find(struct kp_breakers *b, const char *key, bool create, int64_t now_ms)
 {
-    uint32_t h = hash(key);
+    uint32_t h = kp_fnv1a(KP_FNV1A_INIT, key, strlen(key));
     struct slot *spare = NULL;
     for (uint32_t i = 0; i < PROBE; i++) {
         struct slot *s = &b->slots[(h + i) & (SLOTS - 1)];

@@ -43,14 +43,6 @@ void kp_secret_cache_free(struct kp_secret_cache *sc)
     kp_free(sc);
 }
 
-static uint32_t hash(const char *s)
-{
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
-}
-
 const struct kp_secret *kp_secret_cache_get(struct kp_secret_cache *sc,
                                             const struct kp_router_shared *sh,
                                             const struct kp_key *key, char *errmsg, size_t errlen)
@@ -61,7 +53,8 @@ const struct kp_secret *kp_secret_cache_get(struct kp_secret_cache *sc,
         return NULL;
     }
     /* One slot per key id (a collision just evicts). */
-    struct slot *s = &sc->slots[hash(key->e.id) & (SLOTS - 1)];
+    struct slot *s =
+        &sc->slots[kp_fnv1a(KP_FNV1A_INIT, key->e.id, strlen(key->e.id)) & (SLOTS - 1)];
     if (s->key_id != NULL && strcmp(s->key_id, key->e.id) == 0 &&
         s->key_version == key->e.version && s->secret_version == ks->version)
         return s->secret;

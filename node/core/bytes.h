@@ -23,6 +23,17 @@ size_t kp_utf8_len(const void *p, size_t n);
 /* The offset of the first byte of the @n bytes at @p that does not start a
  * well-formed UTF-8 sequence (kp_utf8_len), or @n when they all do. */
 size_t kp_utf8_invalid_at(const void *p, size_t n);
+/* FNV-1a (32-bit) of the @n bytes at @p, continuing from @h
+ * (KP_FNV1A_INIT to start): a cheap hash for in-memory tables, not for
+ * anything an adversary chooses the keys of without a bound on probes. */
+#define KP_FNV1A_INIT 2166136261u
+static inline uint32_t kp_fnv1a(uint32_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 16777619u;
+    return h;
+}
 /* Whether @c may be in an HTTP field name (RFC 9110 tchar: letters,
  * digits and !#$%&'*+-.^_`|~). */
 static inline bool kp_is_tchar(unsigned char c)

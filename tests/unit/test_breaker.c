@@ -103,16 +103,6 @@ static void test_open_after(void **state)
     kp_breakers_free(w);
 }
 
-/* FNV-1a, as breaker.c hashes keys: keys with the same low 10 bits share
- * their 16 probe slots. */
-static uint32_t fnv1a(const char *s)
-{
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
-}
-
 /* When all 16 slots a key may use hold open breakers, a new key's
  * failure takes the slot whose wait ends first: that key's breaker is
  * forgotten on this worker, and the gauge counts it no more. */
@@ -126,7 +116,7 @@ static void test_evicted_breaker_leaves_the_gauge(void **state)
     for (unsigned i = 0; n < 17 && i < 10000000; i++) {
         char k[16];
         snprintf(k, sizeof(k), "ev-%u", i);
-        uint32_t h = fnv1a(k) & 1023u;
+        uint32_t h = kp_fnv1a(KP_FNV1A_INIT, k, strlen(k)) & 1023u; /* breaker.c's slot */
         if (n == 0)
             want = h;
         if (h == want)
