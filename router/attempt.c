@@ -999,7 +999,7 @@ void kp_router__attempt_next(struct kp_call *c)
             return;
         }
         if (rc == KP_OK) {
-            uint64_t total_ms = req.total_timeout_ms ? req.total_timeout_ms : 600000;
+            uint64_t total_ms = req.total_timeout_ms ? req.total_timeout_ms : KP_UPSTREAM_TOTAL_MS;
             if (c->deadline_us == 0) {
                 c->deadline_ms = total_ms;
                 c->deadline_of = k->provider->e.id;

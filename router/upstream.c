@@ -1493,7 +1493,7 @@ int kp_upstream_start(struct kp_upstream *u, const struct kp_upstream_request *r
     call->connect_ms = or_default(req->connect_timeout_ms, 5000);
     call->first_byte_ms = or_default(req->first_byte_timeout_ms, 60000);
     call->idle_ms = or_default(req->idle_timeout_ms, 60000);
-    call->total_ms = or_default(req->total_timeout_ms, 600000);
+    call->total_ms = or_default(req->total_timeout_ms, KP_UPSTREAM_TOTAL_MS);
     call->total_due = uv_now(u->loop) + call->total_ms;
     if (easy_get(u, call) != KP_OK)
         goto err_after_alloc;

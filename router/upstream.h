@@ -58,6 +58,9 @@ struct kp_upstream_callbacks {
     void (*on_read)(void *arg);
 };
 
+/* The total timeout of a call whose provider sets none (ms). */
+#define KP_UPSTREAM_TOTAL_MS 600000u
+
 struct kp_upstream_request {
     const char *method; /* "POST", "GET" */
     const char *url;    /* http:// only with allow_http */
@@ -72,7 +75,7 @@ struct kp_upstream_request {
     uint32_t connect_timeout_ms;    /* 0: 5000 */
     uint32_t first_byte_timeout_ms; /* 0: 60000 */
     uint32_t idle_timeout_ms;       /* 0: 60000 */
-    uint32_t total_timeout_ms;      /* 0: 600000 */
+    uint32_t total_timeout_ms;      /* 0: KP_UPSTREAM_TOTAL_MS */
     /* A stream: small reads, so an open stream holds a small receive
      * buffer (events are a few hundred bytes; a burst takes more reads). */
     bool stream;
