@@ -57,6 +57,10 @@ class Gateway:
         assert status in (200, 201), (method, path, status, raw)
         return json.loads(raw) if raw else None
 
+    def fault_both_keys(self, faults):
+        for k in (KEY_A, KEY_B):
+            http("POST", self.mock.url + "/mock/faults", body={"key": k, "faults": faults})
+
     def reset_mock(self):
         http("POST", self.mock.url + "/mock/reset")
 
@@ -360,8 +364,7 @@ class RouterTest(unittest.TestCase):
 
     def test_every_key_failing_gives_a_clear_error(self):
         g = self.g
-        for k in (KEY_A, KEY_B):
-            http("POST", g.mock.url + "/mock/faults", body={"key": k, "faults": "500"})
+        g.fault_both_keys("500")
         status, h, body = g.call("/v1/chat/completions", CHAT)
         self.assertEqual(status, 502, body)
         err = json.loads(body)["error"]
@@ -379,9 +382,7 @@ class RouterTest(unittest.TestCase):
                                            "base_url": g.mock.url + "/v1",
                                            "allow_insecure": True, "first_byte_timeout_ms": 300})
         self.assertEqual(g.admin("GET", "/providers/mock")["first_byte_timeout_ms"], 300)
-        for k in (KEY_A, KEY_B):
-            http("POST", g.mock.url + "/mock/faults",
-                 body={"key": k, "faults": "slow_first_byte=20000"})
+        g.fault_both_keys("slow_first_byte=20000")
         started = time.monotonic()
         status, h, body = g.call("/v1/chat/completions", CHAT)
         took = time.monotonic() - started
@@ -567,8 +568,7 @@ class RouterTest(unittest.TestCase):
 
     def test_429_storm_honours_retry_after_without_a_retry_storm(self):
         g = self.g
-        for k in (KEY_A, KEY_B):
-            http("POST", g.mock.url + "/mock/faults", body={"key": k, "faults": "429:retry_after=30"})
+        g.fault_both_keys("429:retry_after=30")
         status, h, raw = g.call("/v1/chat/completions", CHAT)
         self.assertEqual((status, h["x-keyplane-error"]), (429, "rate_limited"), raw)
         self.assertEqual(h["retry-after"], "30")
@@ -591,8 +591,7 @@ class RouterTest(unittest.TestCase):
         # Retry-After may be a date (RFC 9110): the keys cool down until
         # then, not for the 1 s default, and the app is told how long.
         g = self.g
-        for k in (KEY_A, KEY_B):
-            http("POST", g.mock.url + "/mock/faults", body={"key": k, "faults": "429:retry_at=30"})
+        g.fault_both_keys("429:retry_at=30")
         status, h, raw = g.call("/v1/chat/completions", CHAT)
         self.assertEqual((status, h["x-keyplane-error"]), (429, "rate_limited"), raw)
         self.assertTrue(25 <= int(h["retry-after"]) <= 31, h)
@@ -602,9 +601,7 @@ class RouterTest(unittest.TestCase):
         # for it, not for the 1 s default, and the app is told the whole
         # seconds, rounded up.
         g = self.g
-        for k in (KEY_A, KEY_B):
-            http("POST", g.mock.url + "/mock/faults",
-                 body={"key": k, "faults": "429:retry_after_ms=20500"})
+        g.fault_both_keys("429:retry_after_ms=20500")
         status, h, raw = g.call("/v1/chat/completions", CHAT)
         self.assertEqual((status, h["x-keyplane-error"]), (429, "rate_limited"), raw)
         self.assertEqual(h["retry-after"], "21", h)
